@@ -1,0 +1,364 @@
+/*
+ * negsamp — negative sampling for contrastive training.
+ *
+ * The public C ABI, and nothing else public. Conventions:
+ *  - Every call returns an ns_status; NS_OK is 0. On failure ns_last_error(ctx) names the
+ *    function, the argument, the value received and the value expected, and no output has been
+ *    written (outputs are staged and written only once the call is known to succeed).
+ *  - The library never aborts, exits or prints.
+ *  - Matrices are row-major (ns_matrix); outputs are dense row-major f32/int64 arrays.
+ *  - On a CUDA context every data pointer is a device pointer and work is ordered on the
+ *    context's stream: calls return once the work is enqueued, outputs are ready when the stream
+ *    completes. Scalar outputs that live in host memory (counts, losses returned by value) are
+ *    noted per call and synchronise the stream.
+ *  - A context is used by one thread at a time (like a zstd context or a cuBLAS handle).
+ *  - Option structs start with struct_size and have an initializer macro; pass NULL for the
+ *    defaults.
+ */
+#ifndef NEGSAMP_H
+#define NEGSAMP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define NS_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define NS_API __attribute__((visibility("default")))
+#else
+#define NS_API
+#endif
+
+#define NS_VERSION_MAJOR 0
+#define NS_VERSION_MINOR 1
+#define NS_VERSION_PATCH 0
+#define NS_VERSION_CODE (NS_VERSION_MAJOR * 10000 + NS_VERSION_MINOR * 100 + NS_VERSION_PATCH)
+
+/* The run-time version, NS_VERSION_CODE of the library actually loaded. */
+NS_API int ns_version(void);
+
+/* Status codes. The values are frozen: new codes are only ever appended. */
+typedef enum {
+    NS_OK = 0,
+    NS_ERR_INVALID_ARGUMENT = 1, /* a null pointer, a bad shape, an option out of its bounds */
+    NS_ERR_UNSUPPORTED = 2,      /* a dtype, backend or option this build does not provide */
+    NS_ERR_OUT_OF_MEMORY = 3,
+    NS_ERR_NO_DEVICE = 4,        /* a CUDA context was asked for and no usable GPU exists */
+    NS_ERR_CUDA = 5,             /* a CUDA runtime / cuBLAS call failed */
+    NS_ERR_COMM = 6,             /* a communicator failed, timed out or ranks disagree */
+    NS_ERR_NONFINITE = 7,        /* an input holds NaN or Inf */
+    NS_ERR_IO = 8,               /* a file is missing, truncated or malformed */
+    NS_ERR_INTERNAL = 9
+} ns_status;
+
+/* A static string naming the status ("NS_ERR_INVALID_ARGUMENT: invalid argument"). */
+NS_API const char *ns_status_string(ns_status status);
+
+/* ------------------------------------------------------------------ contexts */
+
+typedef struct ns_context ns_context;
+
+typedef enum {
+    NS_BACKEND_AUTO = 0, /* CUDA when a device is usable, otherwise CPU */
+    NS_BACKEND_CPU = 1,
+    NS_BACKEND_CUDA = 2
+} ns_backend;
+
+typedef struct {
+    size_t struct_size;  /* sizeof(ns_context_options) */
+    ns_backend backend;
+    int device;          /* CUDA device ordinal */
+    void *stream;        /* cudaStream_t the work is ordered on; NULL = the legacy default stream */
+    int threads;         /* CPU threads; 0 = all the cores OpenMP sees */
+} ns_context_options;
+
+#define NS_CONTEXT_OPTIONS_INIT {sizeof(ns_context_options), NS_BACKEND_AUTO, 0, NULL, 0}
+
+/* Creates a context. On failure *ctx is NULL and ns_last_error(NULL) holds the message. */
+NS_API ns_status ns_context_create(ns_context **ctx, const ns_context_options *options);
+/* Destroys a context; NULL is accepted. */
+NS_API ns_status ns_context_destroy(ns_context *ctx);
+/* The backend the context resolved to (CPU or CUDA, never AUTO). */
+NS_API ns_backend ns_context_backend(const ns_context *ctx);
+/* Sets the CUDA stream (or ignores it on CPU). */
+NS_API ns_status ns_context_set_stream(ns_context *ctx, void *stream);
+/* The message of the last failed call on ctx ("" when none). ctx == NULL gives the calling
+ * thread's last failure of a call that had no context (ns_context_create, ns_npy_open). */
+NS_API const char *ns_last_error(const ns_context *ctx);
+/* 1 when this build has the CUDA backend, and the number of devices it sees (0 without GPU). */
+NS_API int ns_cuda_built(void);
+NS_API int ns_cuda_device_count(void);
+
+/* ------------------------------------------------------------------ matrices */
+
+typedef enum { NS_F32 = 0, NS_F16 = 1, NS_BF16 = 2 } ns_dtype;
+
+/* A row-major matrix: element (r, c) is at data + (r * ld + c) * sizeof(dtype).
+ * ld = 0 means ld = cols. f16/bf16 inputs are converted to f32 block by block, never whole. */
+typedef struct {
+    const void *data;
+    ns_dtype dtype;
+    int64_t rows, cols, ld;
+} ns_matrix;
+
+/* Lists of ids per query in CSR form: the ids of query i are ids[offsets[i] .. offsets[i+1]).
+ * offsets has queries+1 entries, offsets[0] == 0. Used for exclusions and positives. */
+typedef struct {
+    const int64_t *offsets;
+    const int64_t *ids;
+    int64_t queries;
+} ns_id_lists;
+
+/* ------------------------------------------------------------------ similarity */
+
+#define NS_NORMALIZE 1u /* L2-normalise the rows of q and p before the product (cosine) */
+
+/* s (q.rows × p.rows, row-major, ld = p.rows) = scale · q · pᵀ, f32 accumulation.
+ * Bounds: q.cols == p.cols ≥ 1, scale finite. flags: 0 or NS_NORMALIZE. */
+NS_API ns_status ns_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float scale,
+                               unsigned flags, float *s);
+
+/* ------------------------------------------------------------------ mining */
+
+/* Progress report for long calls: done out of total units. Return non-zero to cancel (the call
+ * then returns NS_ERR_INVALID_ARGUMENT with "cancelled" and leaves outputs untouched). */
+typedef int (*ns_progress_fn)(int64_t done, int64_t total, void *user);
+
+typedef struct {
+    size_t struct_size;
+    float scale;                 /* score = scale · q·c; default 1 */
+    unsigned flags;              /* NS_NORMALIZE */
+    const ns_id_lists *exclude;  /* corpus rows never returned for query i (positives, self) */
+    ns_progress_fn progress;     /* optional */
+    void *progress_user;
+} ns_mine_options;
+
+#define NS_MINE_OPTIONS_INIT {sizeof(ns_mine_options), 1.0f, 0u, NULL, NULL, NULL}
+
+/* Exact top-k: for each query the k corpus rows of highest score, best first, ties to the lower
+ * row index. index/score are q.rows × k. When exclusions leave fewer than k rows, the tail is
+ * index -1, score -INFINITY. Bounds: 1 ≤ k ≤ corpus.rows, k ≤ NS_MAX_K. */
+#define NS_MAX_K 16384
+NS_API ns_status ns_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
+                              const ns_mine_options *options, int64_t *index, float *score);
+
+/* A .npy file (v1/v2/v3 header, C order, <f4 / <f2) mapped read-only into memory, so a corpus
+ * larger than RAM can be mined. The matrix stays valid until ns_npy_close. 1-D arrays are
+ * mapped as one column. */
+typedef struct ns_npy_file ns_npy_file;
+NS_API ns_status ns_npy_open(const char *path, ns_npy_file **file);
+NS_API ns_matrix ns_npy_matrix(const ns_npy_file *file);
+NS_API ns_status ns_npy_close(ns_npy_file *file);
+
+/* ------------------------------------------------------------------ candidates, filter */
+
+/* Candidate negatives of B queries, C per query, in rank order (best first, as ns_mine_topk
+ * returns them). id -1 marks an empty slot (never kept). */
+typedef struct {
+    int64_t queries;               /* B */
+    int64_t per_query;             /* C */
+    const int64_t *id;             /* B×C candidate ids (corpus rows or document ids) */
+    const float *score;            /* B×C scores s_ij */
+    const float *positive_score;   /* B: s⁺, the lowest score among query i's positives */
+    const ns_id_lists *positive_id;/* ids of each query's positives (same-id rule), optional */
+    const float *guide_score;      /* B×C guide-model scores g_ij, optional */
+    const float *guide_positive_score; /* B: g⁺, optional */
+    int64_t query_offset;          /* global id of query 0: the RNG counter for sampling */
+} ns_candidates;
+
+enum {
+    NS_FILTER_SAME_ID = 1u << 0,   /* id equals one of the query's positive ids */
+    NS_FILTER_MAX_SCORE = 1u << 1, /* s > max_score */
+    NS_FILTER_MIN_SCORE = 1u << 2, /* s < min_score */
+    NS_FILTER_MARGIN = 1u << 3,    /* s > s⁺ − margin            (NV-Retriever TopK-MarginPos) */
+    NS_FILTER_REL_MARGIN = 1u << 4,/* s > s⁺ − |s⁺| · rel_margin (TopK-PercPos, perc = 1 − rel) */
+    NS_FILTER_RANK = 1u << 5,      /* rank outside [rank_min, rank_max) */
+    NS_FILTER_GUIDE = 1u << 6,     /* g > g⁺ − guide_margin      (GISTEmbed) */
+    NS_FILTER_GUIDE_REL = 1u << 7  /* g > g⁺ − |g⁺| · guide_margin */
+};
+
+typedef struct {
+    size_t struct_size;
+    unsigned rules;                /* NS_FILTER_* bits */
+    float max_score, min_score, margin, rel_margin;
+    int64_t rank_min, rank_max;
+    float guide_margin;
+} ns_filter_options;
+
+#define NS_FILTER_OPTIONS_INIT \
+    {sizeof(ns_filter_options), NS_FILTER_SAME_ID, 0.f, 0.f, 0.f, 0.f, 0, 0, 0.f}
+
+/* How many candidates each rule removed. A candidate several rules remove is counted by each;
+ * removed counts it once. empty counts id -1 slots. */
+typedef struct {
+    int64_t examined, kept, removed, empty;
+    int64_t same_id, max_score, min_score, margin, rel_margin, rank, guide;
+} ns_filter_counts;
+
+/* keep (B×C) = 1 where the candidate survives every enabled rule, else 0. counts may be NULL.
+ * CUDA: counts are host memory and synchronise the stream. */
+NS_API ns_status ns_filter(ns_context *ctx, const ns_candidates *cand,
+                           const ns_filter_options *options, uint8_t *keep,
+                           ns_filter_counts *counts);
+
+/* ------------------------------------------------------------------ sampling */
+
+typedef enum {
+    NS_SAMPLE_TOP = 0,     /* the m highest scores */
+    NS_SAMPLE_UNIFORM = 1,
+    NS_SAMPLE_SIMANS = 2,  /* w = exp(−a · (s − s⁺ − b)²) */
+    NS_SAMPLE_SOFTMAX = 3  /* w = exp(s / temperature) */
+} ns_sampler;
+
+typedef struct {
+    size_t struct_size;
+    ns_sampler strategy;
+    float simans_a, simans_b;  /* a > 0; defaults 0.5, 0 (SimXNS) */
+    float temperature;         /* softmax τ_s > 0 */
+    uint64_t seed;
+    uint64_t step;             /* the training step: part of the RNG counter */
+} ns_sampler_options;
+
+#define NS_SAMPLER_OPTIONS_INIT \
+    {sizeof(ns_sampler_options), NS_SAMPLE_SIMANS, 0.5f, 0.0f, 1.0f, 0u, 0u}
+
+/* Draws m distinct kept candidates per query without replacement, exactly by weight
+ * (Gumbel-top-m in log space; Philox4x32-10 keyed by seed, countered by step, global query id
+ * and candidate id, so the draw does not depend on threads, batch split or backend).
+ * index (B×m): the chosen candidate ids in key order, -1 padded; score (B×m, optional): their
+ * scores, NaN padded; count (B): how many were found (≤ m). keep may be NULL (all non-empty). */
+NS_API ns_status ns_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
+                           const ns_sampler_options *options, int64_t m, int64_t *index,
+                           float *score, int64_t *count);
+
+/* ------------------------------------------------------------------ InfoNCE */
+
+/* The candidate set of query i: every in-batch passage (its positive among them), its own hard
+ * negatives, and the extra rows (e.g. a queue, no gradient). */
+typedef struct {
+    ns_matrix query;             /* B×d */
+    ns_matrix passage;           /* N×d in-batch passages */
+    const int64_t *positive;     /* B: the passage row of query i's positive; NULL = row i */
+    ns_matrix hard;              /* (B·h)×d, rows i·h .. i·h+h−1 belong to query i; rows 0 = none */
+    int64_t hard_per_query;      /* h */
+    const uint8_t *hard_keep;    /* B·h, 0 masks a hard negative (filter result, padding) */
+    ns_matrix extra;             /* E×d shared extra negatives without gradient; rows 0 = none */
+    const int64_t *passage_id;   /* N ids: same-id masking; NULL = ids are the row numbers */
+    const int64_t *hard_id;      /* B·h ids; -1 = padding (masked); NULL = none equal */
+    const int64_t *extra_id;     /* E ids; NULL = none equal */
+} ns_infonce_inputs;
+
+typedef struct {
+    size_t struct_size;
+    float temperature;    /* τ > 0 */
+    int symmetric;        /* add the passage→query term over positives, loss = (L_q + L_p)/2 */
+    int mask_same_id;     /* mask candidates whose id equals the positive's (default 1) */
+    float tau_plus;       /* debiased (Chuang et al. 2020) class prior τ⁺ in [0, 1); 0 = off */
+    float beta;           /* hard-negative reweighting (Robinson et al. 2021) β ≥ 0; 0 = off */
+} ns_loss_options;
+
+#define NS_LOSS_OPTIONS_INIT {sizeof(ns_loss_options), 0.05f, 0, 1, 0.0f, 0.0f}
+
+/* Floats per query that the forward saves for the backward (row statistics of the online
+ * softmax; the first is the row's log-sum-exp in the plain case). */
+#define NS_INFONCE_SAVED_PER_QUERY 8
+
+/* loss: the mean over queries (host float; CUDA: synchronises); per_query (B, optional);
+ * saved (B · NS_INFONCE_SAVED_PER_QUERY) for the backward. Never forms the B×N logits. */
+NS_API ns_status ns_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
+                                    const ns_loss_options *options, float *loss,
+                                    float *per_query, float *saved);
+
+typedef struct {
+    float *query;       /* B×d, optional */
+    float *passage;     /* N×d, optional */
+    float *hard;        /* (B·h)×d, optional */
+    float *temperature; /* one float (host), optional: dL/dτ */
+} ns_infonce_grads;
+
+/* Gradients of grad_loss · loss, overwriting the given buffers (f32, dense, ld = d). */
+NS_API ns_status ns_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                     const ns_loss_options *options, const float *saved,
+                                     float grad_loss, const ns_infonce_grads *grads);
+
+/* ------------------------------------------------------------------ queue */
+
+/* A fixed-capacity FIFO of past passage embeddings (f32) and ids: cross-batch memory. */
+typedef struct ns_queue ns_queue;
+NS_API ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_queue **queue);
+NS_API ns_status ns_queue_destroy(ns_queue *queue);
+/* Appends rows (dropping the oldest beyond capacity); ids may be NULL (then -1). */
+NS_API ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows,
+                               const int64_t *ids);
+/* The rows held now, oldest first, valid until the next push. */
+NS_API ns_status ns_queue_view(ns_context *ctx, const ns_queue *queue, ns_matrix *rows,
+                               const int64_t **ids);
+NS_API int64_t ns_queue_size(const ns_queue *queue);
+
+/* ------------------------------------------------------------------ communicators */
+
+/* Other ranks (NCCL / MPI): see the communicator functions. NULL = one rank. */
+typedef struct ns_comm ns_comm;
+
+/* ------------------------------------------------------------------ the step */
+
+/* One training batch: B queries, their positives, and C candidate negatives per query (for
+ * example mined offline with ns_mine_topk) from which the step filters and samples h. */
+typedef struct {
+    ns_matrix query;              /* B×d */
+    ns_matrix positive;           /* B×d, row i is the positive of query i */
+    const int64_t *positive_id;   /* B; NULL = query_offset + i */
+    ns_matrix candidate;          /* (B·C)×d; rows 0 = in-batch negatives only */
+    int64_t candidates_per_query; /* C */
+    const int64_t *candidate_id;  /* B·C; -1 = empty slot; NULL = no ids (no same-id rule) */
+    const float *guide_score;     /* B·C guide-model scores, optional */
+    const float *guide_positive_score; /* B, optional */
+    int64_t query_offset;         /* global id of query 0 */
+} ns_batch;
+
+typedef struct {
+    size_t struct_size;
+    int64_t hard_negatives;       /* h sampled per query (≤ C) */
+    ns_filter_options filter;
+    ns_sampler_options sampler;
+    ns_loss_options loss;
+    ns_queue *queue;              /* extra negatives, optional */
+    int enqueue;                  /* push the positives into the queue after the backward */
+    ns_comm *comm;                /* other ranks, optional */
+} ns_step_options;
+
+#define NS_STEP_OPTIONS_INIT                                                                  \
+    {sizeof(ns_step_options), 0, NS_FILTER_OPTIONS_INIT, NS_SAMPLER_OPTIONS_INIT,            \
+     NS_LOSS_OPTIONS_INIT, NULL, 0, NULL}
+
+typedef struct {
+    float loss;                   /* mean over the (global) batch */
+    const float *per_query;       /* B, owned by the context until the next step */
+    const int64_t *negative_id;   /* B×h chosen candidate ids (-1 padded), owned by the context */
+    const int64_t *negative_row;  /* B×h rows of batch.candidate (-1 padded), owned by the context */
+    const int64_t *negative_count;/* B */
+    ns_filter_counts filtered;
+} ns_step_result;
+
+typedef struct {
+    float *query;                 /* B×d, optional */
+    float *positive;              /* B×d, optional */
+    float *candidate;             /* (B·C)×d, optional: zero for candidates not sampled */
+    float *temperature;           /* host float, optional */
+} ns_step_grads;
+
+/* Filter → sample → InfoNCE forward for one batch. The batch's buffers must stay alive and
+ * unchanged until ns_step_backward. result pointers live in the context. */
+NS_API ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch,
+                                 const ns_step_options *options, ns_step_result *result);
+/* The backward of the last ns_step_forward on ctx. */
+NS_API ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NEGSAMP_H */

@@ -1,0 +1,42 @@
+// Shared by the CUDA sources: the per-context CUDA state and the macros that turn a CUDA or
+// cuBLAS failure into an ns_status with the call site recorded (never an exit, never a print).
+#pragma once
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "ns_internal.h"
+
+struct ns_cuda_state {
+    cublasHandle_t blas;
+    cublasLtHandle_t lt;
+    void *lt_workspace;
+    size_t lt_workspace_size;
+    void *ws[NS_WS_COUNT];  // device workspace slots, same numbering as host ones
+    size_t ws_size[NS_WS_COUNT];
+    void *pinned[2];        // pinned host double buffers for streaming a host corpus
+    size_t pinned_size;
+};
+
+#define NS_CUDA_TRY(ctx, fn, call)                                                            \
+    do {                                                                                      \
+        cudaError_t ns_e_ = (call);                                                           \
+        if (ns_e_ != cudaSuccess) {                                                           \
+            cudaGetLastError();                                                               \
+            return ns_fail((ctx), ns_e_ == cudaErrorMemoryAllocation ? NS_ERR_OUT_OF_MEMORY  \
+                                                                     : NS_ERR_CUDA,          \
+                           "%s: %s failed: %s (%s:%d)", (fn), #call, cudaGetErrorString(ns_e_), \
+                           __FILE__, __LINE__);                                               \
+        }                                                                                     \
+    } while (0)
+
+#define NS_CUBLAS_TRY(ctx, fn, call)                                                          \
+    do {                                                                                      \
+        cublasStatus_t ns_b_ = (call);                                                        \
+        if (ns_b_ != CUBLAS_STATUS_SUCCESS)                                                   \
+            return ns_fail((ctx), NS_ERR_CUDA, "%s: %s failed: %s (%s:%d)", (fn), #call,     \
+                           cublasGetStatusString(ns_b_), __FILE__, __LINE__);                 \
+    } while (0)
+
+static inline cudaStream_t ns_stream(const ns_context *ctx) { return (cudaStream_t)ctx->stream; }

@@ -1,0 +1,45 @@
+/* The CUDA backend's entry points. Each is called by the public function after every argument
+ * check has passed, with ctx->backend == NS_BACKEND_CUDA, and only in builds with
+ * NS_HAVE_CUDA. Pointers are device pointers; work goes on ctx->stream. Implemented under
+ * kernels/. */
+#ifndef NS_CUDA_H
+#define NS_CUDA_H
+
+#include "ns_internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int ns_cuda_device_count_impl(void);
+/* Creates ctx->cuda (handles, workspace) for ctx->device; NS_ERR_NO_DEVICE without a GPU. */
+ns_status ns_cuda_context_init(ns_context *ctx);
+void ns_cuda_context_free(ns_context *ctx);
+ns_status ns_cuda_set_stream(ns_context *ctx, void *stream);
+
+ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float scale,
+                             unsigned flags, float *s);
+ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
+                            const ns_mine_options *opt, int64_t *index, float *score);
+ns_status ns_cuda_filter(ns_context *ctx, const ns_candidates *cand, const ns_filter_options *opt,
+                         uint8_t *keep, ns_filter_counts *counts);
+ns_status ns_cuda_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
+                         const ns_sampler_options *opt, int64_t m, int64_t *index, float *score,
+                         int64_t *count);
+ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
+                                  const ns_loss_options *opt, float *loss, float *per_query,
+                                  float *saved);
+ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                   const ns_loss_options *opt, const float *saved,
+                                   float grad_loss, const ns_infonce_grads *grads);
+/* Device memory helpers for the queue and the step. */
+ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes);
+void ns_cuda_free(ns_context *ctx, void *p);
+ns_status ns_cuda_memcpy(ns_context *ctx, void *dst, const void *src, size_t bytes, int kind);
+/* Device workspace slot (same slot numbers as ns_workspace). */
+void *ns_cuda_workspace(ns_context *ctx, int slot, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,110 @@
+/* Internal to the library: the context, error recording, argument checks, workspace and the
+ * block-wise conversion of f16/bf16 rows to f32 that every CPU op uses. */
+#ifndef NS_INTERNAL_H
+#define NS_INTERNAL_H
+
+#include "negsamp.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NS_ERROR_CAPACITY 1024
+/* Workspace slots: each grows on demand and is reused, so no hot path allocates once warm.
+ * Each op family owns its slots so that a step can hold one op's buffers while calling another. */
+enum {
+    NS_WS_SIMILARITY = 0, /* ns_similarity, ns_mine_topk: tiles */
+    NS_WS_MINE = 1,       /* ns_mine_topk: staged results */
+    NS_WS_SAMPLE = 2,     /* ns_filter / ns_sample */
+    NS_WS_LOSS = 3,       /* ns_infonce_*: tiles and column statistics */
+    NS_WS_LOSS2 = 4,
+    NS_WS_STEP = 5,       /* ns_step_*: scores, keep mask, gathered rows, saved statistics */
+    NS_WS_STEP2 = 6,
+    NS_WS_STEP3 = 7,
+    NS_WS_COUNT = 8
+};
+
+struct ns_step_state; /* src/step.c */
+struct ns_cuda_state; /* kernels/cuda_context.cu */
+
+struct ns_context {
+    ns_backend backend; /* CPU or CUDA, never AUTO */
+    int device;
+    void *stream;
+    int threads;
+    char error[NS_ERROR_CAPACITY];
+    void *ws[NS_WS_COUNT];
+    size_t ws_size[NS_WS_COUNT];
+    struct ns_step_state *step;
+    struct ns_cuda_state *cuda;
+};
+
+/* Records "fn: message" as the context's (or, for ctx == NULL, the thread's) last error and
+ * returns status. Use: return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "ns_x: k (%lld) ...", k); */
+ns_status ns_fail(ns_context *ctx, ns_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void ns_clear_error(ns_context *ctx);
+
+/* Host workspace of at least bytes in slot (64-byte aligned; contents not kept across growth).
+ * NULL on allocation failure (the caller returns NS_ERR_OUT_OF_MEMORY). */
+void *ns_workspace(ns_context *ctx, int slot, size_t bytes);
+
+/* Argument checks. Each returns NS_OK or records "fn: name ..." and returns the failure. */
+ns_status ns_check_context(ns_context *ctx, const char *fn);
+ns_status ns_check_ptr(ns_context *ctx, const char *fn, const char *name, const void *p);
+/* A matrix with data, a supported dtype, rows ≥ 1 (≥ 0 with allow_empty), cols ≥ 1, ld ≥ cols. */
+ns_status ns_check_matrix(ns_context *ctx, const char *fn, const char *name, ns_matrix m,
+                          int allow_empty);
+/* ld with 0 resolved to cols. */
+static inline int64_t ns_ld(ns_matrix m) { return m.ld ? m.ld : m.cols; }
+size_t ns_dtype_size(ns_dtype t);
+const char *ns_dtype_name(ns_dtype t);
+
+/* Row r of m as a pointer (no conversion). */
+static inline const void *ns_row(ns_matrix m, int64_t r) {
+    return (const char *)m.data + (size_t)(r * ns_ld(m)) * ns_dtype_size(m.dtype);
+}
+
+/* Converts rows [r0, r0+n) of m to f32 in dst (n × m.cols, ld = m.cols). Returns the index of
+ * the first non-finite element found + 1 (0 when all finite), so callers can report NaN/Inf. */
+int64_t ns_rows_to_f32(ns_matrix m, int64_t r0, int64_t n, float *dst);
+/* Returns a f32 view of rows [r0, r0+n): m's own memory when m is f32 (ld kept), otherwise
+ * converted into buf (n × cols). *ld_out is the view's ld. Non-finite detection as above. */
+const float *ns_rows_f32_view(ns_matrix m, int64_t r0, int64_t n, float *buf, int64_t *ld_out,
+                              int64_t *nonfinite);
+/* Scans rows for NaN/Inf: returns flat index + 1 of the first one, 0 if none. */
+int64_t ns_matrix_find_nonfinite(ns_matrix m);
+int64_t ns_find_nonfinite_f32(const float *x, int64_t n);
+
+float ns_f16_to_f32(uint16_t h);
+float ns_bf16_to_f32(uint16_t h);
+uint16_t ns_f32_to_f16(float f);
+uint16_t ns_f32_to_bf16(float f);
+
+/* Threads the CPU backend uses for this context. */
+int ns_threads(const ns_context *ctx);
+
+/* BLAS (OpenBLAS): C = alpha · A · Bᵀ + beta · C, row-major, f32. */
+void ns_sgemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* C = alpha · A · B + beta · C, row-major. */
+void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* C = alpha · Aᵀ · B + beta · C, row-major (A is k × m). */
+void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/* Validation shared by ns_filter and ns_sample. */
+ns_status ns_check_candidates(ns_context *ctx, const char *fn, const ns_candidates *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
