@@ -238,7 +238,8 @@ NS_API ns_status ns_sample(ns_context *ctx, const ns_candidates *cand, const uin
 /* ------------------------------------------------------------------ InfoNCE */
 
 /* The candidate set of query i: every in-batch passage (its positive among them), its own hard
- * negatives, and the extra rows (e.g. a queue, no gradient). */
+ * negatives (or, with share_hard, every hard negative of the batch), and the extra rows (e.g. a
+ * queue, no gradient). Logits l = q·c / τ (normalise the embeddings first for cosine). */
 typedef struct {
     ns_matrix query;             /* B×d */
     ns_matrix passage;           /* N×d in-batch passages */
@@ -259,9 +260,11 @@ typedef struct {
     int mask_same_id;     /* mask candidates whose id equals the positive's (default 1) */
     float tau_plus;       /* debiased (Chuang et al. 2020) class prior τ⁺ in [0, 1); 0 = off */
     float beta;           /* hard-negative reweighting (Robinson et al. 2021) β ≥ 0; 0 = off */
+    int share_hard;       /* 1: every query also contrasts against every other query's hard
+                             negatives (Tevatron-style shared pool); 0: only its own h */
 } ns_loss_options;
 
-#define NS_LOSS_OPTIONS_INIT {sizeof(ns_loss_options), 0.05f, 0, 1, 0.0f, 0.0f}
+#define NS_LOSS_OPTIONS_INIT {sizeof(ns_loss_options), 0.05f, 0, 1, 0.0f, 0.0f, 0}
 
 /* Floats per query that the forward saves for the backward (row statistics of the online
  * softmax; the first is the row's log-sum-exp in the plain case). */
@@ -294,7 +297,8 @@ NS_API ns_status ns_queue_destroy(ns_queue *queue);
 /* Appends rows (dropping the oldest beyond capacity); ids may be NULL (then -1). */
 NS_API ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows,
                                const int64_t *ids);
-/* The rows held now, oldest first, valid until the next push. */
+/* The rows held now (at most capacity), in storage order (a ring: the order carries no
+ * meaning for a loss), valid until the next push. On CUDA rows.data and *ids are device memory. */
 NS_API ns_status ns_queue_view(ns_context *ctx, const ns_queue *queue, ns_matrix *rows,
                                const int64_t **ids);
 NS_API int64_t ns_queue_size(const ns_queue *queue);
