@@ -32,6 +32,17 @@ ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
 ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                    const ns_loss_options *opt, const float *saved,
                                    float grad_loss, const ns_infonce_grads *grads);
+/* The step's two small kernels (kernels/step_kernels.cu): score[i·C + j] = q_i · cand_{i·C+j}
+ * and positive_score[i] = q_i · p_i; then gather the sampled rows (ids → rows of the candidate
+ * block of query i, f32 out, keep/row/id arrays, zero rows for padding). */
+ns_status ns_cuda_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
+                              int64_t per_query, float *score, float *positive_score);
+ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
+                              const int64_t *cand_id, const int64_t *chosen_id, int64_t h,
+                              float *hard, uint8_t *keep, int64_t *row);
+/* grad_cand (B·C × d) = 0, then grad_cand[row[r]] += grad_hard[r] for every r with row ≥ 0. */
+ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
+                               const int64_t *row, int64_t nrow, float *grad_cand);
 /* Device memory helpers for the queue and the step. */
 ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes);
 void ns_cuda_free(ns_context *ctx, void *p);
