@@ -17,7 +17,13 @@ struct ns_cuda_state {
     size_t ws_size[NS_WS_COUNT];
     void *pinned[2];        // pinned host double buffers for streaming a host corpus
     size_t pinned_size;
+    // Created on first use by kernels/cuda_util.cu (ns_cuda_flags, ns_cuda_copy_stream):
+    int *dflag;             // device status words (non-finite seen, ...), NS_CUDA_FLAGS ints
+    int *hflag;             // pinned host mirror of dflag
+    cudaStream_t copy;      // H2D copies of a streamed host corpus, overlapping compute
+    cudaEvent_t ev[4];      // copied[2], consumed[2] for the double buffer
 };
+#define NS_CUDA_FLAGS 16
 
 #define NS_CUDA_TRY(ctx, fn, call)                                                            \
     do {                                                                                      \

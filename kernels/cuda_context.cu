@@ -48,6 +48,14 @@ void ns_cuda_context_free(ns_context *ctx) {
     cudaFree(s->lt_workspace);
     cudaFreeHost(s->pinned[0]);
     cudaFreeHost(s->pinned[1]);
+    cudaFree(s->dflag);
+    cudaFreeHost(s->hflag);
+    for (int i = 0; i < 4; i++)
+        if (s->ev[i]) cudaEventDestroy(s->ev[i]);
+    if (s->copy) {
+        cudaStreamSynchronize(s->copy);
+        cudaStreamDestroy(s->copy);
+    }
     if (s->lt) cublasLtDestroy(s->lt);
     if (s->blas) cublasDestroy(s->blas);
     free(s);

@@ -1,0 +1,73 @@
+// ns_similarity on CUDA: s = scale · q · pᵀ as one cuBLAS GEMM (f32/f16/bf16 in, f32 out,
+// FP32 accumulation), cosine by scaling the product with the rows' inverse norms afterwards.
+#include "cuda_util.cuh"
+#include "ns_cuda.h"
+
+// s[i, j] *= inv_q[i] · inv_p[j]
+__global__ void ns_k_scale_rows_cols(float *s, int64_t m, int64_t n, const float *inv_q,
+                                     const float *inv_p) {
+    int64_t total = m * n;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        int64_t i = e / n, j = e - i * n;
+        s[e] = s[e] * (inv_q[i] * inv_p[j]);
+    }
+}
+
+// Synchronises once (before anything is written) to report NaN/Inf inputs as NS_ERR_NONFINITE
+// with s untouched; skipped while the stream is captured into a CUDA graph.
+ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float scale,
+                             unsigned flags, float *s) {
+    static const char *fn = "ns_similarity";
+    cudaStream_t st = ns_stream(ctx);
+    ns_status rc;
+    if (!ns_cuda_capturing(ctx)) {
+        int *dflags;
+        const int *hflags;
+        if ((rc = ns_cuda_flags_reset(ctx, fn, &dflags))) return rc;
+        if ((rc = ns_cuda_scan_nonfinite(ctx, fn, q, 0, q.rows, dflags, 0, st))) return rc;
+        if ((rc = ns_cuda_scan_nonfinite(ctx, fn, p, 0, p.rows, dflags, 1, st))) return rc;
+        if ((rc = ns_cuda_flags_read(ctx, fn, &hflags))) return rc;
+        if (hflags[0] || hflags[1])
+            return ns_fail(ctx, NS_ERR_NONFINITE, "%s: %s holds NaN or Inf", fn,
+                           hflags[0] ? "q" : "p");
+    }
+    const int64_t m = q.rows, n = p.rows, d = q.cols;
+    size_t need = 0;
+    const int mixed = q.dtype != p.dtype;
+    const int norm = (flags & NS_NORMALIZE) != 0;
+    size_t off_q = 0, off_p = 0, off_iq = 0, off_ip = 0;
+    if (mixed) {
+        off_q = need, need += ns_align256((size_t)m * d * 4);
+        off_p = need, need += ns_align256((size_t)n * d * 4);
+    }
+    if (norm) {
+        off_iq = need, need += ns_align256((size_t)m * 4);
+        off_ip = need, need += ns_align256((size_t)n * 4);
+    }
+    char *ws = nullptr;
+    if (need) {
+        ws = (char *)ns_cuda_workspace(ctx, NS_WS_SIMILARITY, need);
+        if (!ws)
+            return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of device workspace",
+                           fn, need);
+    }
+    const void *a = q.data, *b = p.data;
+    ns_dtype t = q.dtype;
+    int64_t lda = ns_ld(q), ldb = ns_ld(p);
+    if (mixed) {  // cuBLAS multiplies one dtype: widen both to f32
+        if ((rc = ns_cuda_rows_to_f32(ctx, fn, q, 0, m, (float *)(ws + off_q), st))) return rc;
+        if ((rc = ns_cuda_rows_to_f32(ctx, fn, p, 0, n, (float *)(ws + off_p), st))) return rc;
+        a = ws + off_q, b = ws + off_p, t = NS_F32, lda = ldb = d;
+    }
+    if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, m, n, d, scale, a, t, lda, b, t, ldb, 0.0f, s, n)))
+        return rc;
+    if (norm) {
+        float *iq = (float *)(ws + off_iq), *ip = (float *)(ws + off_ip);
+        if ((rc = ns_cuda_row_inv_norms(ctx, fn, q, 0, m, iq, st))) return rc;
+        if ((rc = ns_cuda_row_inv_norms(ctx, fn, p, 0, n, ip, st))) return rc;
+        ns_k_scale_rows_cols<<<ns_blocks(m * n), NS_CUDA_THREADS, 0, st>>>(s, m, n, iq, ip);
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    }
+    return NS_OK;
+}

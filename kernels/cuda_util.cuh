@@ -1,0 +1,68 @@
+// Helpers shared by the CUDA ops: the one row-major GEMM wrapper, dtype loads, row norms,
+// non-finite scans, the device status words and pointer classification.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda_common.cuh"
+
+// Threads per block for the simple elementwise kernels.
+#define NS_CUDA_THREADS 256
+
+// Element e of a row-major f32/f16/bf16 array as f32 (same conversion as ns_rows_to_f32).
+__device__ __forceinline__ float ns_load_f32(const void *base, ns_dtype t, size_t e) {
+    if (t == NS_F32) return ((const float *)base)[e];
+    if (t == NS_F16) return __half2float(((const __half *)base)[e]);
+    return __bfloat162float(((const __nv_bfloat16 *)base)[e]);
+}
+
+static inline unsigned ns_blocks(int64_t n, int threads = NS_CUDA_THREADS) {
+    int64_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    return (unsigned)(b > 65535 * 32 ? 65535 * 32 : b);  // grid-stride loops cover the rest
+}
+
+// Row-major GEMM, f32 out: C (m×n, ldc) = alpha · op(A) · op(B) + beta · C, with op(X) = X or Xᵀ
+// (ta/tb non-zero = transposed), A and B of the same dtype (f32/f16/bf16), FP32 compute
+// (CUBLAS_COMPUTE_32F: no TF32). Ordered on the context's stream.
+ns_status ns_cuda_gemm(ns_context *ctx, const char *fn, int ta, int tb, int64_t m, int64_t n,
+                       int64_t k, float alpha, const void *a, ns_dtype adt, int64_t lda,
+                       const void *b, ns_dtype bdt, int64_t ldb, float beta, float *c,
+                       int64_t ldc);
+
+// dst (n × m.cols, ld = m.cols) = rows [r0, r0+n) of m as f32. m.data is a device pointer.
+ns_status ns_cuda_rows_to_f32(ns_context *ctx, const char *fn, ns_matrix m, int64_t r0,
+                              int64_t n, float *dst, cudaStream_t st);
+// inv[r] = 1/‖row r0+r‖₂ (0 for a zero row) for n rows of m (device data).
+ns_status ns_cuda_row_inv_norms(ns_context *ctx, const char *fn, ns_matrix m, int64_t r0,
+                                int64_t n, float *inv, cudaStream_t st);
+// Sets flags[slot] = 1 when any of rows [r0, r0+n) of m holds NaN/Inf (device data).
+ns_status ns_cuda_scan_nonfinite(ns_context *ctx, const char *fn, ns_matrix m, int64_t r0,
+                                 int64_t n, int *flags, int slot, cudaStream_t st);
+// Same for a dense f32 array.
+ns_status ns_cuda_scan_nonfinite_f32(ns_context *ctx, const char *fn, const float *x, int64_t n,
+                                     int *flags, int slot, cudaStream_t st);
+
+// The context's device status words (NS_CUDA_FLAGS ints), zeroed on the stream.
+ns_status ns_cuda_flags_reset(ns_context *ctx, const char *fn, int **flags);
+// Copies the status words to host and waits for the stream: the one documented sync of an op
+// whose status depends on data. *host points at NS_CUDA_FLAGS ints.
+ns_status ns_cuda_flags_read(ns_context *ctx, const char *fn, const int **host);
+
+// 1 when the stream is being captured into a graph (then no op may synchronise).
+int ns_cuda_capturing(ns_context *ctx);
+
+// 1 when p is device (or managed) memory, 0 for host memory (pageable or pinned): a host
+// corpus is streamed to the device tile by tile.
+int ns_cuda_is_device_ptr(const void *p);
+// 1 when p is page-locked host memory (cudaMemcpyAsync from it is asynchronous).
+int ns_cuda_is_pinned_host(const void *p);
+
+// The copy stream and its events (created on first use).
+ns_status ns_cuda_copy_stream(ns_context *ctx, const char *fn, cudaStream_t *copy);
+// The pinned double buffers, each at least bytes.
+ns_status ns_cuda_pinned(ns_context *ctx, const char *fn, size_t bytes);
+
+// Bytes rounded up to 256 so that sub-buffers carved from one workspace stay aligned.
+static inline size_t ns_align256(size_t b) { return (b + 255) & ~(size_t)255; }
