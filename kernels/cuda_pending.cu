@@ -2,10 +2,6 @@
 // backend work removes a function from here as it implements it.
 #include "ns_cuda.h"
 
-ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix, ns_matrix, int64_t, const ns_mine_options *,
-                            int64_t *, float *) {
-    return ns_fail(ctx, NS_ERR_UNSUPPORTED, "ns_mine_topk: not yet implemented on CUDA");
-}
 ns_status ns_cuda_filter(ns_context *ctx, const ns_candidates *, const ns_filter_options *,
                          uint8_t *, ns_filter_counts *) {
     return ns_fail(ctx, NS_ERR_UNSUPPORTED, "ns_filter: not yet implemented on CUDA");
