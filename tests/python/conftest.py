@@ -1,0 +1,35 @@
+"""Makes the package importable from the source tree and gives the tests a shared RNG."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "python") not in sys.path:
+    sys.path.insert(0, str(ROOT / "python"))
+
+import negsamp  # noqa: E402
+
+
+def pytest_report_header(config):
+    try:
+        return f"negsamp library: {negsamp.library_path()} (version {negsamp.version()})"
+    except Exception as e:  # reported by the tests themselves
+        return f"negsamp library: not loaded ({e})"
+
+
+@pytest.fixture
+def rng(request):
+    # A fresh, fixed stream per test: reproducible, independent of test order.
+    seed = abs(hash(request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)
+
+
+def require(*names):
+    """Skips the test when the loaded library does not export the C functions yet."""
+    from negsamp import _ffi
+    missing = [n for n in names if not _ffi.has(n)]
+    if missing:
+        pytest.skip(f"libnegsamp lacks {', '.join(missing)} (op not built yet)")
