@@ -1,0 +1,36 @@
+/* Row tiles shared by ns_similarity and ns_mine_topk (src/similarity.c): a fast NaN/Inf scan
+ * that reports where, and f32 (optionally L2-normalised) views of a block of rows. */
+#ifndef NS_TILES_H
+#define NS_TILES_H
+
+#include "ns_internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Scans rows [r0, r0+n) of m for NaN/Inf. Returns 0 when all are finite, else 1 with the first
+ * offender's row, column and value (as f32). Vectorisable: one compare per element. */
+int ns_tile_find_nonfinite(ns_matrix m, int64_t r0, int64_t n, int64_t *row, int64_t *col,
+                           float *value);
+
+/* Records "fn: name[row][col] is <value>; inputs must be finite" as NS_ERR_NONFINITE. */
+ns_status ns_tile_fail_nonfinite(ns_context *ctx, const char *fn, const char *name, int64_t row,
+                                 int64_t col, float value);
+
+/* f32 view of rows [r0, r0+n): m's own memory when m is f32 and normalize is 0, otherwise the
+ * rows converted into buf (n × m.cols) and, with normalize, scaled to unit L2 norm (norm in
+ * double; a zero row stays zero, so its scores are 0). *ld is the view's leading dimension.
+ * threads > 1 converts rows in parallel (never called from inside a parallel region). */
+const float *ns_tile_rows(ns_matrix m, int64_t r0, int64_t n, int normalize, float *buf,
+                          int64_t *ld, int threads);
+
+/* Whether ns_tile_rows needs buf for m (a conversion or a normalised copy). */
+static inline int ns_tile_needs_buffer(ns_matrix m, int normalize) {
+    return m.dtype != NS_F32 || normalize;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif
