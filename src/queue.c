@@ -1,0 +1,208 @@
+/* A fixed-capacity FIFO of past passage embeddings: a ring of f32 rows and int64 ids. Rows are
+ * written at the slot after the newest, wrapping; once full, each push overwrites the oldest.
+ * ns_queue_view returns the slots in storage order (slot 0 first), not age order: the InfoNCE
+ * loss sums over its candidates, so their order carries no meaning.
+ * On a CUDA context the ring lives in device memory and pushes take device rows (f32 only). */
+#include "ns_internal.h"
+#ifdef NS_HAVE_CUDA
+#include "ns_cuda.h"
+#endif
+
+#include <stdlib.h>
+#include <string.h>
+
+struct ns_queue {
+    ns_context *ctx;    /* the context it was created on (device memory is freed through it) */
+    ns_backend backend;
+    int64_t capacity, dim;
+    int64_t size;       /* rows held, ≤ capacity */
+    int64_t next;       /* the slot the next row goes to */
+    float *rows;        /* capacity × dim */
+    int64_t *ids;       /* capacity */
+    void *stage;        /* CUDA: host staging for the non-finite check, grown on demand */
+    size_t stage_size;
+};
+
+ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_queue **queue) {
+    static const char *fn = "ns_queue_create";
+    ns_status st = ns_check_context(ctx, fn);
+    if (st) return st;
+    if ((st = ns_check_ptr(ctx, fn, "queue", queue))) return st;
+    if (capacity < 1)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: capacity (%lld) must be at least 1", fn,
+                       (long long)capacity);
+    if (dim < 1)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: dim (%lld) must be at least 1", fn,
+                       (long long)dim);
+    if (capacity > INT64_MAX / 4 / dim)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: capacity × dim (%lld × %lld) overflows the addressable size", fn,
+                       (long long)capacity, (long long)dim);
+    ns_queue *qu = (ns_queue *)calloc(1, sizeof(ns_queue));
+    if (!qu) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the queue", fn);
+    qu->ctx = ctx;
+    qu->backend = ctx->backend;
+    qu->capacity = capacity;
+    qu->dim = dim;
+    size_t rb = (size_t)(capacity * dim) * sizeof(float), ib = (size_t)capacity * sizeof(int64_t);
+#ifdef NS_HAVE_CUDA
+    if (ctx->backend == NS_BACKEND_CUDA) {
+        if ((st = ns_cuda_malloc(ctx, (void **)&qu->rows, rb)) ||
+            (st = ns_cuda_malloc(ctx, (void **)&qu->ids, ib))) {
+            if (qu->rows) ns_cuda_free(ctx, qu->rows);
+            free(qu);
+            return ns_fail(ctx, st, "%s: cannot allocate %zu bytes of device memory for the ring",
+                           fn, rb + ib);
+        }
+        *queue = qu;
+        return NS_OK;
+    }
+#endif
+    qu->rows = (float *)malloc(rb);
+    qu->ids = (int64_t *)malloc(ib);
+    if (!qu->rows || !qu->ids) {
+        free(qu->rows);
+        free(qu->ids);
+        free(qu);
+        return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for the ring", fn,
+                       rb + ib);
+    }
+    *queue = qu;
+    return NS_OK;
+}
+
+ns_status ns_queue_destroy(ns_queue *queue) {
+    if (!queue) return NS_OK;
+#ifdef NS_HAVE_CUDA
+    if (queue->backend == NS_BACKEND_CUDA) {
+        ns_cuda_free(queue->ctx, queue->rows);
+        ns_cuda_free(queue->ctx, queue->ids);
+        free(queue->stage);
+        free(queue);
+        return NS_OK;
+    }
+#endif
+    free(queue->rows);
+    free(queue->ids);
+    free(queue);
+    return NS_OK;
+}
+
+int64_t ns_queue_size(const ns_queue *queue) { return queue ? queue->size : 0; }
+
+static ns_status check_queue(ns_context *ctx, const char *fn, const ns_queue *queue) {
+    ns_status st = ns_check_ptr(ctx, fn, "queue", queue);
+    if (st) return st;
+    if (queue->backend != ctx->backend)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: the queue was created on a %s context but ctx is %s", fn,
+                       queue->backend == NS_BACKEND_CUDA ? "CUDA" : "CPU",
+                       ctx->backend == NS_BACKEND_CUDA ? "CUDA" : "CPU");
+    return NS_OK;
+}
+
+#ifdef NS_HAVE_CUDA
+/* Device push: rows are device f32. The rows are brought to the host once to reject NaN/Inf
+ * (this synchronises the stream), then copied device to device into the ring. */
+static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const int64_t *ids,
+                           int64_t first, int64_t n) {
+    static const char *fn = "ns_queue_push";
+    const int64_t dim = qu->dim, ld = ns_ld(rows);
+    if (rows.dtype != NS_F32)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: rows.dtype (%s) is not supported on CUDA (expected f32)", fn,
+                       ns_dtype_name(rows.dtype));
+    size_t bytes = (size_t)(n * dim) * 4 + (size_t)n * 8;
+    if (qu->stage_size < bytes) {
+        void *p = realloc(qu->stage, bytes);
+        if (!p) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes", fn, bytes);
+        qu->stage = p;
+        qu->stage_size = bytes;
+    }
+    float *host = (float *)qu->stage;
+    ns_status st;
+    for (int64_t r = 0; r < n; r++)
+        if ((st = ns_cuda_memcpy(ctx, host + r * dim, (const float *)rows.data + (first + r) * ld,
+                                 (size_t)dim * 4, 2)))
+            return st;
+    int64_t bad = ns_find_nonfinite_f32(host, n * dim);
+    if (bad)
+        return ns_fail(ctx, NS_ERR_NONFINITE, "%s: rows[%lld][%lld] is not finite", fn,
+                       (long long)(first + (bad - 1) / dim), (long long)((bad - 1) % dim));
+    int64_t *hid = (int64_t *)(host + n * dim);
+    if (!ids)
+        for (int64_t r = 0; r < n; r++) hid[r] = -1;
+    /* Copy in up to two contiguous runs of slots (before and after the wrap). */
+    int64_t done = 0, slot = qu->next;
+    while (done < n) {
+        int64_t run = qu->capacity - slot < n - done ? qu->capacity - slot : n - done;
+        if ((st = ns_cuda_memcpy(ctx, qu->rows + slot * dim, host + done * dim,
+                                 (size_t)(run * dim) * 4, 1)))
+            return st;
+        if (ids) st = ns_cuda_memcpy(ctx, qu->ids + slot, ids + first + done, (size_t)run * 8, 3);
+        else st = ns_cuda_memcpy(ctx, qu->ids + slot, hid + done, (size_t)run * 8, 1);
+        if (st) return st;
+        done += run;
+        slot = (slot + run) % qu->capacity;
+    }
+    return NS_OK;
+}
+#endif
+
+ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const int64_t *ids) {
+    static const char *fn = "ns_queue_push";
+    ns_status st = ns_check_context(ctx, fn);
+    if (st) return st;
+    if ((st = check_queue(ctx, fn, queue))) return st;
+    if ((st = ns_check_matrix(ctx, fn, "rows", rows, 1))) return st;
+    if (rows.rows == 0) return NS_OK;
+    if (rows.cols != queue->dim)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: rows has %lld columns but the queue holds rows of dim %lld", fn,
+                       (long long)rows.cols, (long long)queue->dim);
+    /* Only the newest capacity rows can survive the push. */
+    const int64_t n = rows.rows < queue->capacity ? rows.rows : queue->capacity;
+    const int64_t first = rows.rows - n;
+#ifdef NS_HAVE_CUDA
+    if (ctx->backend == NS_BACKEND_CUDA) {
+        if ((st = push_cuda(ctx, queue, rows, ids, first, n))) return st;
+        queue->next = (queue->next + n) % queue->capacity;
+        queue->size = queue->size + n < queue->capacity ? queue->size + n : queue->capacity;
+        return NS_OK;
+    }
+#endif
+    /* Reject non-finite rows before any slot changes. */
+    ns_matrix tail = rows;
+    tail.data = ns_row(rows, first);
+    tail.rows = n;
+    int64_t bad = ns_matrix_find_nonfinite(tail);
+    if (bad)
+        return ns_fail(ctx, NS_ERR_NONFINITE, "%s: rows[%lld][%lld] is not finite", fn,
+                       (long long)(first + (bad - 1) / rows.cols),
+                       (long long)((bad - 1) % rows.cols));
+    int64_t slot = queue->next;
+    for (int64_t r = 0; r < n; r++) {
+        ns_rows_to_f32(rows, first + r, 1, queue->rows + slot * queue->dim);
+        queue->ids[slot] = ids ? ids[first + r] : -1;
+        slot = slot + 1 == queue->capacity ? 0 : slot + 1;
+    }
+    queue->next = slot;
+    queue->size = queue->size + n < queue->capacity ? queue->size + n : queue->capacity;
+    return NS_OK;
+}
+
+ns_status ns_queue_view(ns_context *ctx, const ns_queue *queue, ns_matrix *rows,
+                        const int64_t **ids) {
+    static const char *fn = "ns_queue_view";
+    ns_status st = ns_check_context(ctx, fn);
+    if (st) return st;
+    if ((st = check_queue(ctx, fn, queue))) return st;
+    if ((st = ns_check_ptr(ctx, fn, "rows", rows))) return st;
+    rows->data = queue->rows;
+    rows->dtype = NS_F32;
+    rows->rows = queue->size;
+    rows->cols = queue->dim;
+    rows->ld = queue->dim;
+    if (ids) *ids = queue->ids;
+    return NS_OK;
+}
