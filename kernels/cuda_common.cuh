@@ -18,12 +18,14 @@ struct ns_cuda_state {
     void *pinned[2];        // pinned host double buffers for streaming a host corpus
     size_t pinned_size;
     // Created on first use by kernels/cuda_util.cu (ns_cuda_flags, ns_cuda_copy_stream):
-    int *dflag;             // device status words (non-finite seen, ...), NS_CUDA_FLAGS ints
+    int *dflag;             // device status words (non-finite seen, ...), NS_CUDA_FLAGS ints;
+                            // ints [32, 128) are read as 48 uint64 words (NS_CUDA_WIDE)
     int *hflag;             // pinned host mirror of dflag
     cudaStream_t copy;      // H2D copies of a streamed host corpus, overlapping compute
     cudaEvent_t ev[4];      // copied[2], consumed[2] for the double buffer
 };
-#define NS_CUDA_FLAGS 16
+#define NS_CUDA_FLAGS 128
+#define NS_CUDA_WIDE(flags) ((unsigned long long *)((flags) + 32))
 
 #define NS_CUDA_TRY(ctx, fn, call)                                                            \
     do {                                                                                      \
