@@ -30,6 +30,22 @@ ns_status ns_cuda_gemm(ns_context *ctx, const char *fn, int ta, int tb, int64_t 
     return NS_OK;
 }
 
+ns_status ns_cuda_gemm_batched(ns_context *ctx, const char *fn, int ta, int tb, int64_t m,
+                               int64_t n, int64_t k, float alpha, const void *a, int64_t lda,
+                               int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
+                               ns_dtype t, float beta, float *c, int64_t ldc, int64_t stride_c,
+                               int64_t batch) {
+    if (m == 0 || n == 0 || batch == 0) return NS_OK;
+    // Same mapping as ns_cuda_gemm, per batch entry.
+    NS_CUBLAS_TRY(ctx, fn,
+                  cublasGemmStridedBatchedEx_64(
+                      ctx->cuda->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      n, m, k, &alpha, b, ns_cuda_type(t), ldb, stride_b, a, ns_cuda_type(t), lda,
+                      stride_a, &beta, c, CUDA_R_32F, ldc, stride_c, batch, CUBLAS_COMPUTE_32F,
+                      CUBLAS_GEMM_DEFAULT));
+    return NS_OK;
+}
+
 __global__ void ns_k_rows_to_f32(const void *src, ns_dtype t, int64_t ld, int64_t r0, int64_t n,
                                  int64_t cols, float *dst) {
     int64_t total = n * cols;

@@ -31,6 +31,13 @@ ns_status ns_cuda_gemm(ns_context *ctx, const char *fn, int ta, int tb, int64_t 
                        const void *b, ns_dtype bdt, int64_t ldb, float beta, float *c,
                        int64_t ldc);
 
+// The same for `batch` independent products, operand p of batch b at p + b · stride_p elements.
+ns_status ns_cuda_gemm_batched(ns_context *ctx, const char *fn, int ta, int tb, int64_t m,
+                               int64_t n, int64_t k, float alpha, const void *a, int64_t lda,
+                               int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
+                               ns_dtype t, float beta, float *c, int64_t ldc, int64_t stride_c,
+                               int64_t batch);
+
 // dst (n × m.cols, ld = m.cols) = rows [r0, r0+n) of m as f32. m.data is a device pointer.
 ns_status ns_cuda_rows_to_f32(ns_context *ctx, const char *fn, ns_matrix m, int64_t r0,
                               int64_t n, float *dst, cudaStream_t st);

@@ -1,0 +1,458 @@
+// CUDA backend against the CPU backend (the reference) on the same fresh random inputs:
+// similarity and loss values within f32 rounding, top-k score lists equal within rounding and
+// index sets equal wherever neighbouring scores are separated by more than rounding, filter
+// decisions and sampled negatives identical. Skips, with the reason, where no GPU exists.
+#include "ns_test_util.h"
+
+#include <algorithm>
+#include <memory>
+#include <set>
+
+#ifdef NS_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+using namespace nstest;
+
+namespace {
+
+// Both contexts, or a skip when the CUDA one cannot be made here.
+struct Pair {
+    Ctx cpu{NS_BACKEND_CPU, 2};
+    Ctx gpu{NS_BACKEND_CUDA};
+};
+
+#define NS_REQUIRE_GPU(p)                                                                     \
+    do {                                                                                      \
+        if (!ns_cuda_built()) GTEST_SKIP() << "this build has no CUDA backend";              \
+        if (ns_cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device here: " << (p).gpu.why; \
+        ASSERT_EQ((p).gpu.status, NS_OK) << (p).gpu.why;                                      \
+        ASSERT_EQ((p).cpu.status, NS_OK) << (p).cpu.why;                                      \
+    } while (0)
+
+uint16_t to_bf16(float f) {  // round to nearest even (inputs are finite)
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+uint16_t to_f16(float f) {  // |f| ≤ 1 here: normal or subnormal halves, round to nearest even
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    float a = std::fabs(f);
+    if (a < 6.103515625e-05f) {  // subnormal half: multiples of 2^-24
+        uint32_t m = (uint32_t)std::nearbyint(a * 16777216.0f);
+        return (uint16_t)(sign | m);
+    }
+    std::memcpy(&u, &a, 4);
+    uint32_t e = ((u >> 23) & 0xff) - 127 + 15, m = u & 0x7fffffu;
+    uint32_t h = (e << 10) | (m >> 13);
+    uint32_t rest = m & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+
+// A matrix of random values in [-1, 1] in a dtype, with ld ≥ cols; vals holds the f32 values
+// the library sees (after rounding to the dtype) for references.
+struct HostMat {
+    ns_dtype t;
+    int64_t rows, cols, ld;
+    std::vector<float> f;     // storage when t == f32
+    std::vector<uint16_t> h;  // storage when f16/bf16
+    std::vector<float> vals;  // rows × ld, the values as f32
+    HostMat(ns_dtype t_, int64_t r, int64_t c, int64_t ld_, uint64_t seed) : t(t_), rows(r), cols(c), ld(ld_) {
+        std::vector<float> v = random_floats((size_t)(r * ld), seed);
+        vals.resize(v.size());
+        if (t == NS_F32) {
+            f = v;
+            vals = v;
+        } else {
+            h.resize(v.size());
+            for (size_t i = 0; i < v.size(); i++) {
+                h[i] = t == NS_BF16 ? to_bf16(v[i]) : to_f16(v[i]);
+                vals[i] = t == NS_BF16 ? from_bf16(h[i]) : v[i];
+            }
+            if (t == NS_F16)  // recover the exact half value through the library's CPU path
+                for (size_t i = 0; i < v.size(); i++) {
+                    uint16_t x = h[i];
+                    int e = (x >> 10) & 0x1f, m = x & 0x3ff;
+                    float mag = e ? std::ldexp(1.0f + m / 1024.0f, e - 15) : std::ldexp((float)m, -24);
+                    vals[i] = (x & 0x8000) ? -mag : mag;
+                }
+        }
+    }
+    float at(int64_t r, int64_t c) const { return vals[(size_t)(r * ld + c)]; }
+};
+
+// The same matrix on a context's backend.
+struct DevMat {
+    std::unique_ptr<Buf<float>> f;
+    std::unique_ptr<Buf<uint16_t>> h;
+    ns_matrix m;
+    DevMat(const Ctx &c, const HostMat &x) {
+        if (x.t == NS_F32) f.reset(new Buf<float>(c, x.f));
+        else h.reset(new Buf<uint16_t>(c, x.h));
+        m.data = x.t == NS_F32 ? (const void *)f->ptr() : (const void *)h->ptr();
+        m.dtype = x.t;
+        m.rows = x.rows;
+        m.cols = x.cols;
+        m.ld = x.ld;
+    }
+};
+
+const char *dtype_name(ns_dtype t) { return t == NS_F32 ? "f32" : t == NS_F16 ? "f16" : "bf16"; }
+
+}  // namespace
+
+// ---------------------------------------------------------------- similarity
+
+TEST(CudaParity, Similarity) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    struct Shape { int64_t m, n, d, ldq, ldp; };
+    const Shape shapes[] = {{1, 1, 1, 1, 1}, {37, 53, 19, 23, 19}, {128, 300, 64, 64, 70}, {5, 1, 7, 7, 9}};
+    const ns_dtype types[][2] = {{NS_F32, NS_F32}, {NS_F16, NS_F16}, {NS_BF16, NS_BF16}, {NS_BF16, NS_F32}};
+    uint64_t seed = 1000;
+    for (const Shape &s : shapes)
+        for (auto &tt : types)
+            for (unsigned flags : {0u, (unsigned)NS_NORMALIZE}) {
+                HostMat q(tt[0], s.m, s.d, s.ldq, seed++), pm(tt[1], s.n, s.d, s.ldp, seed++);
+                DevMat qc(p.cpu, q), pc(p.cpu, pm), qg(p.gpu, q), pg(p.gpu, pm);
+                Buf<float> sc(p.cpu, (size_t)(s.m * s.n), 0.f), sg(p.gpu, (size_t)(s.m * s.n), 0.f);
+                const float scale = 0.75f;
+                ASSERT_EQ(ns_similarity(p.cpu, qc.m, pc.m, scale, flags, sc.ptr()), NS_OK) << ns_last_error(p.cpu);
+                ASSERT_EQ(ns_similarity(p.gpu, qg.m, pg.m, scale, flags, sg.ptr()), NS_OK) << ns_last_error(p.gpu);
+                auto &a = sc.fetch();
+                auto &b = sg.fetch();
+                int bad = 0;
+                for (size_t e = 0; e < a.size(); e++)
+                    if (!close(b[e], a[e], 1e-5 * std::sqrt((double)s.d), 1e-4) && bad++ < 5)
+                        ADD_FAILURE() << "m=" << s.m << " n=" << s.n << " d=" << s.d << " " << dtype_name(tt[0])
+                                      << "/" << dtype_name(tt[1]) << " flags=" << flags << " s[" << e
+                                      << "]: cuda " << b[e] << " cpu " << a[e];
+                EXPECT_EQ(bad, 0) << "mismatches";
+            }
+}
+
+TEST(CudaParity, SimilarityNonFiniteLeavesOutputUntouched) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    HostMat q(NS_F32, 4, 8, 8, 1), pm(NS_F32, 5, 8, 8, 2);
+    q.f[13] = NAN;
+    DevMat qg(p.gpu, q), pg(p.gpu, pm);
+    Buf<float> s(p.gpu, 20, 42.0f);
+    EXPECT_EQ(ns_similarity(p.gpu, qg.m, pg.m, 1.0f, 0, s.ptr()), NS_ERR_NONFINITE);
+    EXPECT_NE(std::string(ns_last_error(p.gpu)).find("q"), std::string::npos) << ns_last_error(p.gpu);
+    for (float v : s.fetch()) EXPECT_EQ(v, 42.0f);
+}
+
+// ---------------------------------------------------------------- mining
+
+namespace {
+
+enum CorpusPlace { ON_DEVICE, PAGEABLE_HOST, PINNED_HOST };
+
+struct MineCase {
+    int64_t Q, N, d, k;
+    ns_dtype t;
+    unsigned flags;
+    bool exclude;
+    CorpusPlace place;
+};
+
+void run_mine_case(Pair &p, const MineCase &c, uint64_t seed) {
+    SCOPED_TRACE("Q=" + std::to_string(c.Q) + " N=" + std::to_string(c.N) + " d=" + std::to_string(c.d) +
+                 " k=" + std::to_string(c.k) + " " + dtype_name(c.t) + " flags=" + std::to_string(c.flags) +
+                 " exclude=" + std::to_string(c.exclude) + " place=" + std::to_string((int)c.place));
+    HostMat q(c.t, c.Q, c.d, c.d, seed), corpus(c.t, c.N, c.d, c.d + (c.d % 3), seed + 1);
+    // Exclusions: 0..3 random rows per query, plus the query's own index when in range.
+    std::vector<int64_t> off{0}, ids;
+    std::mt19937_64 g(seed + 2);
+    for (int64_t i = 0; i < c.Q; i++) {
+        int n = (int)(g() % 4);
+        for (int t = 0; t < n; t++) ids.push_back((int64_t)(g() % c.N));
+        if (i < c.N) ids.push_back(i);
+        off.push_back((int64_t)ids.size());
+    }
+    if (ids.empty()) ids.push_back(0);
+    DevMat qc(p.cpu, q), cc(p.cpu, corpus), qg(p.gpu, q);
+    Buf<int64_t> offc(p.cpu, off), idsc(p.cpu, ids), offg(p.gpu, off), idsg(p.gpu, ids);
+    ns_id_lists exc{offc.ptr(), idsc.ptr(), c.Q}, exg{offg.ptr(), idsg.ptr(), c.Q};
+    ns_mine_options oc = NS_MINE_OPTIONS_INIT, og = NS_MINE_OPTIONS_INIT;
+    oc.scale = og.scale = 1.5f;
+    oc.flags = og.flags = c.flags;
+    if (c.exclude) oc.exclude = &exc, og.exclude = &exg;
+
+    // The corpus for the CUDA call: device memory, the host vector itself, or a pinned copy.
+    ns_matrix cg = cc.m;
+    std::unique_ptr<DevMat> on_device;
+    void *pinned = nullptr;
+    size_t bytes = (size_t)(corpus.rows * corpus.ld) * (c.t == NS_F32 ? 4 : 2);
+    const void *host_data = c.t == NS_F32 ? (const void *)corpus.f.data() : (const void *)corpus.h.data();
+    if (c.place == ON_DEVICE) {
+        on_device.reset(new DevMat(p.gpu, corpus));
+        cg = on_device->m;
+    } else if (c.place == PAGEABLE_HOST) {
+        cg.data = host_data;
+    } else {
+#ifdef NS_HAVE_CUDA
+        ASSERT_EQ(cudaMallocHost(&pinned, bytes), cudaSuccess);
+        std::memcpy(pinned, host_data, bytes);
+        cg.data = pinned;
+#endif
+    }
+    Buf<int64_t> ic(p.cpu, (size_t)(c.Q * c.k), 0), ig(p.gpu, (size_t)(c.Q * c.k), 0);
+    Buf<float> sc(p.cpu, (size_t)(c.Q * c.k), 0.f), sg(p.gpu, (size_t)(c.Q * c.k), 0.f);
+    ASSERT_EQ(ns_mine_topk(p.cpu, qc.m, cc.m, c.k, &oc, ic.ptr(), sc.ptr()), NS_OK) << ns_last_error(p.cpu);
+    ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg, c.k, &og, ig.ptr(), sg.ptr()), NS_OK) << ns_last_error(p.gpu);
+#ifdef NS_HAVE_CUDA
+    if (pinned) cudaFreeHost(pinned);
+#endif
+    auto &ci = ic.fetch();
+    auto &cs = sc.fetch();
+    auto &gi = ig.fetch();
+    auto &gs = sg.fetch();
+    // Rounding of one score: both backends accumulate d products of values ≤ 1 in f32.
+    const double tol = 4e-6 * c.d * oc.scale + 1e-6;
+    int bad = 0;
+    for (int64_t i = 0; i < c.Q && bad < 10; i++) {
+        std::set<int64_t> seen, excluded;
+        if (c.exclude)
+            for (int64_t t = off[i]; t < off[i + 1]; t++) excluded.insert(ids[t]);
+        double nq = 0;
+        for (int64_t e = 0; e < c.d; e++) nq += (double)q.at(i, e) * q.at(i, e);
+        for (int64_t r = 0; r < c.k; r++) {
+            const size_t e = (size_t)(i * c.k + r);
+            // Rank by rank the score lists agree within rounding (padding exactly).
+            if (ci[e] < 0 || gi[e] < 0) {
+                if (ci[e] != gi[e] || !(std::isinf(gs[e]) && gs[e] < 0)) {
+                    ADD_FAILURE() << "query " << i << " rank " << r << ": cuda " << gi[e] << " (" << gs[e]
+                                  << ") cpu " << ci[e] << " (" << cs[e] << ")";
+                    bad++;
+                }
+                continue;
+            }
+            if (std::fabs(gs[e] - cs[e]) > tol) {
+                ADD_FAILURE() << "query " << i << " rank " << r << ": cuda score " << gs[e] << " cpu " << cs[e];
+                bad++;
+            }
+            // The CUDA index is a real, distinct, non-excluded row whose score it reports.
+            const int64_t j = gi[e];
+            if (j >= c.N || !seen.insert(j).second || excluded.count(j)) {
+                ADD_FAILURE() << "query " << i << " rank " << r << ": bad or repeated index " << j;
+                bad++;
+                continue;
+            }
+            double dot = 0, nc = 0;
+            for (int64_t t = 0; t < c.d; t++) {
+                dot += (double)q.at(i, t) * corpus.at(j, t);
+                nc += (double)corpus.at(j, t) * corpus.at(j, t);
+            }
+            if (c.flags & NS_NORMALIZE) dot = (nq > 0 && nc > 0) ? dot / std::sqrt(nq * nc) : 0;
+            if (std::fabs(oc.scale * dot - gs[e]) > tol) {
+                ADD_FAILURE() << "query " << i << " rank " << r << ": cuda score " << gs[e]
+                              << " but q·corpus[" << j << "] = " << oc.scale * dot;
+                bad++;
+            }
+            // Where the neighbours are separated by more than rounding, the same row.
+            bool sep = (r == 0 || cs[e - 1] - cs[e] > 2 * tol) &&
+                       (r + 1 < c.k ? (ci[e + 1] < 0 || cs[e] - cs[e + 1] > 2 * tol) : c.k == c.N);
+            if (sep && ci[e] != gi[e]) {
+                ADD_FAILURE() << "query " << i << " rank " << r << ": cuda row " << gi[e] << " cpu row " << ci[e]
+                              << " (score " << cs[e] << ")";
+                bad++;
+            }
+        }
+    }
+    EXPECT_EQ(bad, 0);
+}
+
+}  // namespace
+
+TEST(CudaParity, MineTopkSmall) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const MineCase cases[] = {
+        {1, 1, 1, 1, NS_F32, 0, false, ON_DEVICE},
+        {7, 50, 5, 50, NS_F32, 0, true, ON_DEVICE},   // k = N with exclusions: padded tails
+        {37, 1000, 16, 10, NS_F32, 0, false, ON_DEVICE},
+        {37, 1000, 16, 10, NS_BF16, NS_NORMALIZE, true, ON_DEVICE},
+        {37, 1000, 16, 10, NS_F16, 0, true, PAGEABLE_HOST},
+        {9, 777, 12, 33, NS_F32, NS_NORMALIZE, true, PINNED_HOST},
+    };
+    uint64_t seed = 77;
+    for (const MineCase &c : cases) run_mine_case(p, c, seed += 10);
+}
+
+TEST(CudaParity, MineTopkManyTilesAndLargeK) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const MineCase cases[] = {
+        {2100, 9000, 8, 100, NS_F32, 0, true, ON_DEVICE},       // 2 query blocks × 3 corpus tiles
+        {2100, 9000, 8, 20, NS_BF16, 0, true, PAGEABLE_HOST},    // streamed through pinned buffers
+        {3, 20000, 8, 5000, NS_F32, 0, true, ON_DEVICE},         // k beyond the shared collection
+        {2, 16384, 4, 16384, NS_F32, 0, false, ON_DEVICE},       // k = NS_MAX_K = N
+    };
+    uint64_t seed = 7000;
+    for (const MineCase &c : cases) run_mine_case(p, c, seed += 10);
+}
+
+TEST(CudaParity, MineTopkCancelAndNonFinite) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    HostMat q(NS_F32, 3, 4, 4, 5), corpus(NS_F32, 100, 4, 4, 6);
+    corpus.f[4 * 60 + 2] = INFINITY;
+    DevMat qg(p.gpu, q), cg(p.gpu, corpus);
+    Buf<int64_t> ig(p.gpu, 3 * 5, 7);
+    Buf<float> sg(p.gpu, 3 * 5, 7.f);
+    EXPECT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 5, nullptr, ig.ptr(), sg.ptr()), NS_ERR_NONFINITE);
+    for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
+    for (float v : sg.fetch()) EXPECT_EQ(v, 7.f);
+    HostMat ok(NS_F32, 100, 4, 4, 8);
+    DevMat og(p.gpu, ok);
+    ns_mine_options o = NS_MINE_OPTIONS_INIT;
+    o.progress = [](int64_t, int64_t, void *) { return 1; };
+    EXPECT_EQ(ns_mine_topk(p.gpu, qg.m, og.m, 5, &o, ig.ptr(), sg.ptr()), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(p.gpu)).find("cancelled"), std::string::npos);
+    for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
+}
+
+// ---------------------------------------------------------------- filter and sample
+
+namespace {
+
+struct CandHost {
+    int64_t B, C;
+    std::vector<int64_t> id, pos_off, pos_ids;
+    std::vector<float> score, sp, guide, gp;
+    std::vector<uint8_t> keep;
+    CandHost(int64_t B_, int64_t C_, uint64_t seed) : B(B_), C(C_) {
+        std::mt19937_64 g(seed);
+        std::uniform_real_distribution<float> u(-1.f, 1.f);
+        int64_t idspace = C * 2 + 3;  // small: duplicate ids inside a row happen
+        for (int64_t t = 0; t < B * C; t++) {
+            id.push_back(g() % 9 == 0 ? -1 : (int64_t)(g() % idspace));
+            score.push_back(u(g));
+            guide.push_back(u(g));
+            keep.push_back(g() % 5 != 0);
+        }
+        pos_off.push_back(0);
+        for (int64_t i = 0; i < B; i++) {
+            sp.push_back(u(g) * 0.5f + 0.5f);
+            gp.push_back(u(g));
+            int n = (int)(g() % 3);
+            for (int k = 0; k < n; k++) pos_ids.push_back((int64_t)(g() % idspace));
+            pos_off.push_back((int64_t)pos_ids.size());
+        }
+        if (pos_ids.empty()) pos_ids.push_back(0);
+    }
+};
+
+struct CandDev {
+    Buf<int64_t> id, pos_off, pos_ids;
+    Buf<float> score, sp, guide, gp;
+    Buf<uint8_t> keep;
+    ns_id_lists pos;
+    ns_candidates c;
+    CandDev(const Ctx &x, const CandHost &h, int64_t query_offset)
+        : id(x, h.id), pos_off(x, h.pos_off), pos_ids(x, h.pos_ids), score(x, h.score), sp(x, h.sp),
+          guide(x, h.guide), gp(x, h.gp), keep(x, h.keep) {
+        pos = {pos_off.ptr(), pos_ids.ptr(), h.B};
+        c.queries = h.B;
+        c.per_query = h.C;
+        c.id = id.ptr();
+        c.score = score.ptr();
+        c.positive_score = sp.ptr();
+        c.positive_id = &pos;
+        c.guide_score = guide.ptr();
+        c.guide_positive_score = gp.ptr();
+        c.query_offset = query_offset;
+    }
+};
+
+}  // namespace
+
+TEST(CudaParity, FilterSameDecisionsAndCounts) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const int64_t shapes[][2] = {{1, 1}, {13, 37}, {200, 128}};
+    const unsigned rule_sets[] = {
+        NS_FILTER_SAME_ID,
+        NS_FILTER_SAME_ID | NS_FILTER_MAX_SCORE | NS_FILTER_MIN_SCORE | NS_FILTER_MARGIN | NS_FILTER_RANK,
+        NS_FILTER_REL_MARGIN | NS_FILTER_GUIDE,
+        NS_FILTER_GUIDE_REL | NS_FILTER_MARGIN | NS_FILTER_SAME_ID,
+        0u};
+    uint64_t seed = 300;
+    for (auto &s : shapes)
+        for (unsigned rules : rule_sets) {
+            CandHost h(s[0], s[1], seed++);
+            CandDev dc(p.cpu, h, 0), dg(p.gpu, h, 0);
+            ns_filter_options o = NS_FILTER_OPTIONS_INIT;
+            o.rules = rules;
+            o.max_score = 0.8f, o.min_score = -0.9f, o.margin = 0.1f, o.rel_margin = 0.05f;
+            o.rank_min = 1, o.rank_max = s[1] > 2 ? s[1] - 1 : 2, o.guide_margin = 0.02f;
+            Buf<uint8_t> kc(p.cpu, (size_t)(s[0] * s[1]), 9), kg(p.gpu, (size_t)(s[0] * s[1]), 9);
+            ns_filter_counts cc, cg;
+            ASSERT_EQ(ns_filter(p.cpu, &dc.c, &o, kc.ptr(), &cc), NS_OK) << ns_last_error(p.cpu);
+            ASSERT_EQ(ns_filter(p.gpu, &dg.c, &o, kg.ptr(), &cg), NS_OK) << ns_last_error(p.gpu);
+            EXPECT_EQ(kc.fetch(), kg.fetch()) << "rules 0x" << std::hex << rules;
+            EXPECT_EQ(0, std::memcmp(&cc, &cg, sizeof cc)) << "counts differ, rules 0x" << std::hex << rules
+                                                           << " kept " << cc.kept << " vs " << cg.kept;
+        }
+}
+
+TEST(CudaParity, SampleIdenticalNegatives) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    struct S { int64_t B, C, m; };
+    const S shapes[] = {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {3, 5000, 40}};
+    const ns_sampler strategies[] = {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX};
+    uint64_t seed = 900;
+    for (const S &s : shapes)
+        for (ns_sampler st : strategies)
+            for (int use_keep : {0, 1}) {
+                CandHost h(s.B, s.C, seed++);
+                CandDev dc(p.cpu, h, 1234), dg(p.gpu, h, 1234);
+                ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
+                o.strategy = st;
+                o.seed = 0x1234567890ull + seed;
+                o.step = 17;
+                o.temperature = 0.3f;
+                o.simans_a = 2.0f, o.simans_b = 0.1f;
+                size_t n = (size_t)(s.B * s.m);
+                Buf<int64_t> ic(p.cpu, n, 5), ig(p.gpu, n, 5), nc(p.cpu, (size_t)s.B, 5), ng(p.gpu, (size_t)s.B, 5);
+                Buf<float> sc(p.cpu, n, 5.f), sg(p.gpu, n, 5.f);
+                ASSERT_EQ(ns_sample(p.cpu, &dc.c, use_keep ? dc.keep.ptr() : nullptr, &o, s.m, ic.ptr(), sc.ptr(), nc.ptr()),
+                          NS_OK) << ns_last_error(p.cpu);
+                ASSERT_EQ(ns_sample(p.gpu, &dg.c, use_keep ? dg.keep.ptr() : nullptr, &o, s.m, ig.ptr(), sg.ptr(), ng.ptr()),
+                          NS_OK) << ns_last_error(p.gpu);
+                SCOPED_TRACE("B=" + std::to_string(s.B) + " C=" + std::to_string(s.C) + " m=" + std::to_string(s.m) +
+                             " strategy=" + std::to_string((int)st) + " keep=" + std::to_string(use_keep));
+                EXPECT_EQ(ic.fetch(), ig.fetch());
+                EXPECT_EQ(nc.fetch(), ng.fetch());
+                auto &a = sc.fetch();
+                auto &b = sg.fetch();
+                EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << "scores differ";
+            }
+}
+
+TEST(CudaParity, SampleBadScoreLeavesOutputUntouched) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    CandHost h(4, 8, 5);
+    h.id[9] = 3;
+    h.score[9] = NAN;
+    CandDev dg(p.gpu, h, 0);
+    ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
+    Buf<int64_t> ig(p.gpu, 8, 5), ng(p.gpu, 4, 5);
+    EXPECT_EQ(ns_sample(p.gpu, &dg.c, nullptr, &o, 2, ig.ptr(), nullptr, ng.ptr()), NS_ERR_NONFINITE);
+    EXPECT_NE(std::string(ns_last_error(p.gpu)).find("cand->score[9]"), std::string::npos) << ns_last_error(p.gpu);
+    for (int64_t v : ig.fetch()) EXPECT_EQ(v, 5);
+}
