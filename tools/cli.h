@@ -1,0 +1,163 @@
+/* The negsamp command-line program: shared declarations of its pieces (file formats, outputs
+ * written atomically, progress bar, device staging, subcommands). Not part of the library. */
+#ifndef NS_CLI_H
+#define NS_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "negsamp.h"
+
+/* Exit codes: 0 ok, 1 runtime error (a file, the library), 2 usage error. */
+enum { CLI_OK = 0, CLI_RUNTIME = 1, CLI_USAGE = 2 };
+
+/* "negsamp <cmd>: message" on stderr. The command name is set once by main. */
+extern const char *cli_command;
+void cli_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+/* Prints the usage message and returns CLI_USAGE. */
+int cli_usage_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+/* Option values: each returns 0 and stores the value, or prints a usage error and returns -1. */
+int cli_parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out);
+int cli_parse_f32(const char *opt, const char *s, float *out);
+int cli_parse_u64(const char *opt, const char *s, uint64_t *out);
+
+/* ------------------------------------------------------------------ embeddings in */
+
+/* Embeddings from .npy (memory-mapped by ns_npy_open) or .fvecs (read into memory, f32). */
+typedef struct {
+    const char *path;
+    ns_npy_file *npy;
+    float *owned;
+    ns_matrix m;
+} cli_embeddings;
+
+int cli_embeddings_load(const char *path, cli_embeddings *e); /* 0 or -1 (message printed) */
+void cli_embeddings_free(cli_embeddings *e);
+/* Row r as f32 (converting f16/bf16) into out (m.cols floats). */
+void cli_embeddings_row(const cli_embeddings *e, int64_t r, float *out);
+
+/* ------------------------------------------------------------------ arrays in (.npy) */
+
+typedef enum { CLI_I64, CLI_I32, CLI_F32, CLI_F16 } cli_kind;
+
+/* A whole .npy read into memory (C order, little endian, v1/v2/v3). */
+typedef struct {
+    void *data;
+    cli_kind kind;
+    int ndim;
+    int64_t shape[2]; /* 1-D arrays: shape[1] = 1 */
+} cli_array;
+
+int cli_npy_read(const char *path, cli_array *a); /* 0 or -1 (message printed) */
+/* Converts to int64 / f32 in place (i32 → i64, f16 → f32); -1 when the kind cannot be. */
+int cli_array_to_i64(const char *path, cli_array *a);
+int cli_array_to_f32(const char *path, cli_array *a);
+
+/* ------------------------------------------------------------------ ids and positives */
+
+/* Ids of rows: from a file (one per line) or, without a file, the row numbers. */
+typedef struct {
+    const char *path;   /* NULL: ids are row numbers */
+    const char *what;   /* "query" / "corpus" for messages */
+    int64_t rows;
+    char **id;          /* rows strings when path */
+    int64_t *slot;      /* hash table of row + 1, 0 empty */
+    int64_t slots;
+    char *text;         /* the file's content, id[] points into it */
+} cli_ids;
+
+/* rows < 0: as many rows as the file has ids (no embeddings to count them). */
+int cli_ids_load(cli_ids *ids, const char *path, const char *what, int64_t rows);
+void cli_ids_free(cli_ids *ids);
+/* The row of id (length n), -1 if unknown. */
+int64_t cli_ids_find(const cli_ids *ids, const char *id, size_t n);
+/* Writes id of row r as a JSON value: a string with an id file, else the row number. */
+void cli_ids_write_json(FILE *f, const cli_ids *ids, int64_t r);
+
+/* Positives per query row as CSR lists of corpus rows (sorted, unique). */
+typedef struct {
+    int64_t *offsets; /* queries + 1 */
+    int64_t *ids;
+    int64_t queries;
+} cli_lists;
+
+void cli_lists_free(cli_lists *l);
+/* BEIR qrels TSV (query-id corpus-id score; TREC's 4 columns accepted; header optional;
+ * score ≤ 0 is not a positive). */
+int cli_qrels_load(const char *path, const cli_ids *qids, const cli_ids *cids, cli_lists *out);
+/* Line i holds the corpus ids of query row i's positives (whitespace or comma separated). */
+int cli_positives_load(const char *path, const cli_ids *cids, int64_t queries, cli_lists *out);
+/* Query i's positive is corpus row i (aligned pairs). */
+int cli_lists_paired(int64_t queries, int64_t corpus_rows, cli_lists *out);
+/* a ∪ {i} per query (self exclusion), or a copy of a when self is 0. a may be empty (NULL ids). */
+int cli_lists_with_self(const cli_lists *a, int64_t queries, int self, cli_lists *out);
+
+/* ------------------------------------------------------------------ outputs */
+
+/* An output written to a temporary file in the same directory, renamed over path only by
+ * cli_output_commit: a crash, an error or Ctrl-C never leaves a half-written file. */
+typedef struct {
+    char path[4096];
+    char tmp[4096];
+    FILE *f;
+    int slot; /* in the signal-cleanup registry */
+} cli_output;
+
+/* Refuses an existing path unless force. 0 or -1 (message printed). */
+int cli_output_open(cli_output *o, const char *path, int force);
+int cli_output_commit(cli_output *o);
+void cli_output_abort(cli_output *o);
+/* SIGINT/SIGTERM remove every open temporary file, then the signal ends the process. */
+void cli_install_signal_cleanup(void);
+
+/* .npy writing: header for a C-order 2-D (cols > 0) or 1-D (cols == 0) array. */
+int cli_npy_write_header(FILE *f, const char *descr, int64_t rows, int64_t cols);
+/* JSON string with escapes. */
+void cli_json_string(FILE *f, const char *s, size_t n);
+
+/* ------------------------------------------------------------------ progress */
+
+typedef struct {
+    int enabled;
+    const char *label;
+    int64_t total, base, span; /* the block in flight covers [base, base + span) */
+    double t0, last;
+} cli_progress;
+
+void cli_progress_init(cli_progress *p, const char *label, int64_t total, int quiet);
+/* ns_progress_fn: done/total is the fraction of the current block, user is the cli_progress. */
+int cli_progress_update(int64_t done, int64_t total, void *user);
+void cli_progress_finish(cli_progress *p);
+double cli_now(void);
+
+/* ------------------------------------------------------------------ device staging */
+
+/* On a CUDA context the library takes device pointers: these copy host arrays in and out.
+ * On a CPU context they return the host pointer / do nothing. */
+void *cli_dev_put(ns_context *ctx, const void *host, size_t bytes); /* NULL on failure */
+void *cli_dev_alloc(ns_context *ctx, size_t bytes);
+int cli_dev_get(ns_context *ctx, void *host, const void *dev, size_t bytes);
+void cli_dev_free(ns_context *ctx, void *dev, const void *host);
+
+/* ------------------------------------------------------------------ gzip CSV */
+
+/* Reads a (possibly gzip-compressed) CSV of numbers: *rows × *cols doubles. */
+int cli_csv_read(const char *path, double **values, int64_t *rows, int64_t *cols);
+
+/* ------------------------------------------------------------------ subcommands */
+
+int cli_cmd_mine(int argc, char **argv);
+int cli_cmd_sample(int argc, char **argv);
+int cli_cmd_demo(int argc, char **argv);
+int cli_cmd_info(int argc, char **argv);
+
+#endif

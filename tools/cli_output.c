@@ -1,0 +1,163 @@
+/* Outputs written atomically (temporary file in the same directory, renamed when complete;
+ * removed on error, SIGINT or SIGTERM) and the .npy header writer. */
+#define _POSIX_C_SOURCE 200809L
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Temporary files a signal must remove. Plain arrays so the handler only reads memory and
+ * calls unlink (async-signal-safe). */
+#define CLI_MAX_OUTPUTS 16
+static char cleanup_path[CLI_MAX_OUTPUTS][4096];
+static volatile sig_atomic_t cleanup_live[CLI_MAX_OUTPUTS];
+
+static void on_signal(int sig) {
+    for (int i = 0; i < CLI_MAX_OUTPUTS; i++)
+        if (cleanup_live[i]) unlink(cleanup_path[i]);
+    /* End the way the signal would have (exit status 128 + sig for the shell). */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void cli_install_signal_cleanup(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+/* Blocks the cleanup signals while the registry changes. */
+static void block_signals(sigset_t *old, int block) {
+    if (block) {
+        sigset_t s;
+        sigemptyset(&s);
+        sigaddset(&s, SIGINT);
+        sigaddset(&s, SIGTERM);
+        sigaddset(&s, SIGHUP);
+        sigprocmask(SIG_BLOCK, &s, old);
+    } else {
+        sigprocmask(SIG_SETMASK, old, NULL);
+    }
+}
+
+int cli_output_open(cli_output *o, const char *path, int force) {
+    memset(o, 0, sizeof(*o));
+    o->slot = -1;
+    if (strlen(path) + 16 >= sizeof o->tmp) {
+        cli_error("%s: path too long", path);
+        return -1;
+    }
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (!force) {
+            cli_error("%s: output exists; pass --force to overwrite it", path);
+            return -1;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            cli_error("%s: is a directory", path);
+            return -1;
+        }
+    }
+    strcpy(o->path, path);
+    /* Same directory as the output, so the rename is atomic. */
+    snprintf(o->tmp, sizeof o->tmp, "%s.tmp.XXXXXX", path);
+    sigset_t old;
+    block_signals(&old, 1);
+    int fd = mkstemp(o->tmp);
+    if (fd < 0) {
+        block_signals(&old, 0);
+        cli_error("%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+        return -1;
+    }
+    for (int i = 0; i < CLI_MAX_OUTPUTS; i++)
+        if (!cleanup_live[i]) {
+            strcpy(cleanup_path[i], o->tmp);
+            cleanup_live[i] = 1;
+            o->slot = i;
+            break;
+        }
+    block_signals(&old, 0);
+    /* mkstemp makes 0600; give the output the usual 0666 & ~umask. */
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
+    o->f = fdopen(fd, "wb");
+    if (!o->f) {
+        close(fd);
+        cli_output_abort(o);
+        cli_error("%s: cannot open a stream: %s", path, strerror(errno));
+        return -1;
+    }
+    setvbuf(o->f, NULL, _IOFBF, 1 << 20);
+    return 0;
+}
+
+static void unregister(cli_output *o) {
+    if (o->slot >= 0) {
+        sigset_t old;
+        block_signals(&old, 1);
+        cleanup_live[o->slot] = 0;
+        block_signals(&old, 0);
+        o->slot = -1;
+    }
+}
+
+void cli_output_abort(cli_output *o) {
+    if (o->f) fclose(o->f);
+    o->f = NULL;
+    if (o->tmp[0]) unlink(o->tmp);
+    unregister(o);
+    o->tmp[0] = '\0';
+}
+
+int cli_output_commit(cli_output *o) {
+    if (!o->f) return 0;
+    int bad = ferror(o->f) != 0;
+    if (fflush(o->f) != 0) bad = 1;
+    int err = errno;
+    if (fclose(o->f) != 0) bad = 1, err = errno;
+    o->f = NULL;
+    if (bad) {
+        cli_error("%s: write failed: %s", o->path, strerror(err));
+        cli_output_abort(o);
+        return -1;
+    }
+    if (rename(o->tmp, o->path) != 0) {
+        cli_error("%s: cannot rename %s into place: %s", o->path, o->tmp, strerror(errno));
+        cli_output_abort(o);
+        return -1;
+    }
+    unregister(o);
+    o->tmp[0] = '\0';
+    return 0;
+}
+
+int cli_npy_write_header(FILE *f, const char *descr, int64_t rows, int64_t cols) {
+    char dict[256];
+    if (cols > 0)
+        snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld, %lld), }",
+                 descr, (long long)rows, (long long)cols);
+    else
+        snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld,), }",
+                 descr, (long long)rows);
+    /* Version 1.0: magic(6) version(2) length(2) dict, spaces, '\n' to a multiple of 64. */
+    size_t n = strlen(dict), total = 10 + n + 1;
+    size_t pad = (64 - total % 64) % 64;
+    size_t hlen = n + pad + 1;
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 255),
+                             (unsigned char)(hlen >> 8)};
+    fwrite(pre, 1, 10, f);
+    fwrite(dict, 1, n, f);
+    for (size_t i = 0; i < pad; i++) fputc(' ', f);
+    fputc('\n', f);
+    return ferror(f) ? -1 : 0;
+}
