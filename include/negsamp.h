@@ -308,6 +308,49 @@ NS_API int64_t ns_queue_size(const ns_queue *queue);
 /* Other ranks (NCCL / MPI): see the communicator functions. NULL = one rank. */
 typedef struct ns_comm ns_comm;
 
+/* A communicator lets every rank's queries contrast against all ranks' rows (ns_step_options
+ * .comm). Its collectives never hang: a rank that dies or stops answering makes the others fail
+ * with NS_ERR_COMM after timeout_ms; ranks that pass different shapes or options fail with
+ * NS_ERR_COMM naming the value and the ranks. After any NS_ERR_COMM the communicator is
+ * unusable (every later call fails at once): destroy it and build a new one. One rank per
+ * process; an ns_comm is used by one thread at a time, with contexts of its backend. */
+typedef struct {
+    size_t struct_size; /* sizeof(ns_comm_options) */
+    int timeout_ms;     /* longest wait for the other ranks in one call, ≥ 1; default 60000 */
+} ns_comm_options;
+
+#define NS_COMM_OPTIONS_INIT {sizeof(ns_comm_options), 60000}
+
+/* MPI, for CPU contexts. mpi_comm points to the caller's MPI_Comm (e.g. &MPI_COMM_WORLD's
+ * handle); negsamp duplicates it (collectively, with the timeout), sets MPI_ERRORS_RETURN on the
+ * duplicate and uses non-blocking collectives polled against the deadline. MPI must be
+ * initialised. NS_ERR_UNSUPPORTED in builds without MPI. */
+NS_API ns_status ns_comm_create_mpi(ns_context *ctx, const void *mpi_comm,
+                                    const ns_comm_options *options, ns_comm **comm);
+/* NCCL, for CUDA contexts (device ctx's device, work on ctx's stream). nccl_comm is the
+ * caller's ncclComm_t, not owned. On a timeout negsamp calls ncclCommAbort on it (the only way
+ * to free a stream stuck in a collective): after NS_ERR_COMM the caller must not use it again.
+ * NS_ERR_UNSUPPORTED in builds without NCCL. */
+NS_API ns_status ns_comm_create_nccl(ns_context *ctx, void *nccl_comm,
+                                     const ns_comm_options *options, ns_comm **comm);
+/* NCCL, owned: created from an ncclUniqueId (NS_NCCL_UNIQUE_ID_BYTES bytes that rank 0 made
+ * with ns_nccl_unique_id and broadcast, e.g. through the training framework) as a non-blocking
+ * communicator (ncclCommInitRankConfig, blocking = 0) within the timeout. Called by every rank
+ * with the same id and nranks and its own rank in [0, nranks). */
+#define NS_NCCL_UNIQUE_ID_BYTES 128
+NS_API ns_status ns_comm_create_nccl_id(ns_context *ctx, const void *unique_id, int nranks,
+                                        int rank, const ns_comm_options *options,
+                                        ns_comm **comm);
+/* Writes a fresh ncclUniqueId (NS_NCCL_UNIQUE_ID_BYTES bytes) to unique_id. ctx may be NULL
+ * (then ns_last_error(NULL) holds a failure). */
+NS_API ns_status ns_nccl_unique_id(ns_context *ctx, void *unique_id);
+/* Destroys a communicator (NULL accepted); an owned NCCL communicator is finalised and
+ * destroyed, a caller's one is left alone. Local: no other rank is waited for. */
+NS_API ns_status ns_comm_destroy(ns_comm *comm);
+/* This rank and the number of ranks; NULL is one rank (0 and 1). */
+NS_API int ns_comm_rank(const ns_comm *comm);
+NS_API int ns_comm_size(const ns_comm *comm);
+
 /* ------------------------------------------------------------------ the step */
 
 /* One training batch: B queries, their positives, and C candidate negatives per query (for

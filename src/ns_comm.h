@@ -1,0 +1,97 @@
+/* Internal communicator interface: the few collectives the multi-rank step needs, with one
+ * implementation per transport (src/comm_mpi.c, src/comm_nccl.c) behind a table of functions.
+ *
+ * Every collective is called by every rank in the same order. Buffers live where the
+ * communicator's backend keeps data: host memory for MPI (CPU contexts), device memory for NCCL
+ * (CUDA contexts, ordered on ctx->stream). Functions named *_host take host memory on both.
+ * Each call returns only when its result is ready (NCCL: the stream has reached it), or fails
+ * with NS_ERR_COMM once timeout_ms passed without the other ranks; the communicator is then
+ * marked broken and every later call fails at once. fn names the public caller in messages. */
+#ifndef NS_COMM_H
+#define NS_COMM_H
+
+#include "ns_internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { NS_COMM_MPI = 1, NS_COMM_NCCL = 2 } ns_comm_kind;
+
+typedef struct {
+    /* Rank r's `rows` rows of row_bytes each (at src, pitch src_pitch bytes) land at
+     * out + r·rows·row_bytes on every rank. */
+    ns_status (*allgather_rows)(ns_context *ctx, ns_comm *c, const void *src, size_t src_pitch,
+                                size_t row_bytes, int64_t rows, void *out, const char *fn);
+    /* recv[0..n) = Σ_r send_r[rank·n .. rank·n + n) (send holds size·n floats). */
+    ns_status (*reduce_scatter_f32)(ns_context *ctx, ns_comm *c, const float *send, float *recv,
+                                    size_t n, const char *fn);
+    /* Small host-memory all-gather: all[r·bytes ..] = rank r's mine. Names a rank that did not
+     * answer when it can tell. */
+    ns_status (*allgather_host)(ns_context *ctx, ns_comm *c, const void *mine, void *all,
+                                size_t bytes, const char *fn);
+    void (*destroy)(ns_comm *c);
+} ns_comm_ops;
+
+struct ns_comm {
+    ns_comm_kind kind;
+    int rank, size;
+    int timeout_ms;
+    ns_backend backend; /* the contexts it serves: CPU (MPI) or CUDA (NCCL) */
+    int device;         /* CUDA device (NCCL) */
+    int broken;         /* set by a failed or timed-out collective */
+    char broken_why[NS_ERROR_CAPACITY];
+    const ns_comm_ops *ops;
+    void *impl;
+};
+
+/* Shared by the constructors: allocates the ns_comm shell with validated options. */
+ns_status ns_comm_new(ns_context *ctx, const char *fn, const ns_comm_options *opt,
+                      ns_comm_kind kind, ns_comm **out);
+/* Marks c broken with the reason (kept for later calls) and records it as ctx's error. */
+ns_status ns_comm_break(ns_context *ctx, ns_comm *c, ns_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+/* Seconds on a monotonic clock, for deadlines. */
+double ns_comm_now(void);
+/* Sleeps a little more each time it is called while polling (spin first, then up to 1 ms). */
+void ns_comm_backoff(unsigned *round);
+
+/* Checks that c is usable with ctx (not broken, same backend and device). */
+ns_status ns_comm_usable(ns_context *ctx, const ns_comm *c, const char *fn);
+
+/* out (size·rows × cols, packed, same dtype, on the backend) = every rank's `rows` in rank
+ * order. Every rank passes the same rows.rows, cols and dtype (check with ns_comm_check_same). */
+ns_status ns_comm_allgather_rows(ns_context *ctx, ns_comm *c, ns_matrix rows, void *out,
+                                 const char *fn);
+/* Packed raw elements: out[r·n·elem ..] = rank r's src[0 .. n·elem). */
+ns_status ns_comm_allgather(ns_context *ctx, ns_comm *c, const void *src, size_t n, size_t elem,
+                            void *out, const char *fn);
+/* recv (n floats) = the sum over ranks of their send[rank·n .. rank·n + n); send has size·n. */
+ns_status ns_comm_reduce_scatter_f32(ns_context *ctx, ns_comm *c, const float *send,
+                                     float *recv, size_t n, const char *fn);
+/* v[0..n) (host) = Σ_r v_r, summed in rank order so every rank gets the same bits. */
+ns_status ns_comm_allreduce_sum_host(ns_context *ctx, ns_comm *c, double *v, int n,
+                                     const char *fn);
+/* Fails with NS_ERR_COMM on every rank unless all ranks passed equal values[0..n) (host);
+ * the message names the first differing value (names[i]), its value here and on the first
+ * rank that differs. */
+ns_status ns_comm_check_same(ns_context *ctx, ns_comm *c, const int64_t *values,
+                             const char *const *names, int n, const char *fn);
+
+/* Constructors of the transports (only in builds that have them). */
+#ifdef NS_HAVE_MPI
+ns_status ns_comm_mpi_init(ns_context *ctx, ns_comm *c, const void *mpi_comm, const char *fn);
+#endif
+#ifdef NS_HAVE_NCCL
+ns_status ns_comm_nccl_init(ns_context *ctx, ns_comm *c, void *nccl_comm, const void *unique_id,
+                            int nranks, int rank, const char *fn);
+ns_status ns_comm_nccl_unique_id(ns_context *ctx, void *unique_id);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

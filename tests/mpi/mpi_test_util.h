@@ -1,0 +1,65 @@
+// Helpers for the multi-rank test programs: checks that count failures instead of aborting
+// (every rank must reach MPI_Finalize), and a closing line from rank 0.
+#pragma once
+
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "negsamp.h"
+
+namespace mpitest {
+
+inline int &failures() {
+    static int n = 0;
+    return n;
+}
+inline int rank() {
+    int r = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &r);
+    return r;
+}
+inline int size() {
+    int s = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &s);
+    return s;
+}
+
+#define MT_CHECK(cond, ...)                                                                   \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            ++mpitest::failures();                                                            \
+            std::fprintf(stderr, "[rank %d] FAILED %s:%d: %s: ", mpitest::rank(), __FILE__,   \
+                         __LINE__, #cond);                                                    \
+            std::fprintf(stderr, __VA_ARGS__);                                                \
+            std::fprintf(stderr, "\n");                                                       \
+        }                                                                                     \
+    } while (0)
+
+#define MT_CHECK_OK(ctx, call)                                                                \
+    do {                                                                                      \
+        ns_status st_ = (call);                                                               \
+        MT_CHECK(st_ == NS_OK, "%s -> %s: %s", #call, ns_status_string(st_),                \
+                 ns_last_error(ctx));                                                         \
+    } while (0)
+
+inline bool contains(const char *hay, const char *needle) {
+    return hay && std::strstr(hay, needle) != nullptr;
+}
+
+// Sums every rank's failure count; rank 0 prints the closing line. Returns the exit code.
+inline int finish(const char *name) {
+    int mine = failures(), all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank() == 0) {
+        if (all == 0) std::printf("%s: all checks passed on %d ranks\n", name, size());
+        else std::printf("%s: %d check(s) FAILED on %d ranks\n", name, all, size());
+        std::fflush(stdout);
+    }
+    return all == 0 ? 0 : 1;
+}
+
+}  // namespace mpitest
