@@ -1,0 +1,562 @@
+"""PyTorch custom ops over libnegsamp, and an InfoNCELoss module.
+
+Ops (torch.library.custom_op, traceable by torch.compile, checked by torch.library.opcheck):
+
+    negsamp::infonce           (query, passage, hard?, ...) -> (loss, per_query, saved)
+    negsamp::infonce_backward  (grad_loss, ..., saved) -> (grad_query, grad_passage, grad_hard)
+    negsamp::mine_topk         (query, corpus, k, ...) -> (index, score)
+    negsamp::filter            (candidate_id, score, ...) -> (keep, counts)
+    negsamp::sample            (candidate_id, score, m, ...) -> (index, score, count)
+
+Outputs are allocated here (so the fake kernels mirror them exactly) and their data pointers go
+to C; on CUDA tensors the context is told the current stream (ns_context_set_stream), so work is
+ordered like any PyTorch kernel. One context per (device, thread) is cached.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _ffi
+from ._core import Context, _c, _counts_dict, _COUNT_NAMES  # noqa: F401
+from ._errors import InvalidArgument, Unsupported
+
+__all__ = ["infonce", "infonce_backward", "mine_topk", "filter", "sample", "InfoNCELoss",
+           "context_for", "FILTER_COUNT_NAMES"]
+
+FILTER_COUNT_NAMES = list(_COUNT_NAMES)
+
+# ------------------------------------------------------------------ contexts and tensors
+
+_local = threading.local()
+
+
+def context_for(device: torch.device) -> Context:
+    """This thread's context for device, ordered on the current CUDA stream."""
+    device = torch.device(device)
+    cache = getattr(_local, "ctxs", None)
+    if cache is None:
+        cache = _local.ctxs = {}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        key = ("cuda", index)
+    elif device.type == "cpu":
+        index, key = 0, ("cpu", 0)
+    else:
+        raise Unsupported(f"negsamp: tensors on {device} are not supported (cpu or cuda)")
+    ctx = cache.get(key)
+    if ctx is None:
+        ctx = cache[key] = Context(key[0], device=index)
+    if key[0] == "cuda":
+        ctx.set_stream(torch.cuda.current_stream(index).cuda_stream)
+    return ctx
+
+
+class _on_device:
+    """The CUDA device guard for C calls (a no-op on CPU)."""
+
+    def __init__(self, device):
+        self.guard = torch.cuda.device(device) if device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.guard is not None:
+            self.guard.__enter__()
+
+    def __exit__(self, *exc):
+        if self.guard is not None:
+            self.guard.__exit__(*exc)
+
+
+_DTYPES = {torch.float32: _ffi.NS_F32, torch.float16: _ffi.NS_F16,
+           torch.bfloat16: _ffi.NS_BF16}
+
+
+def _rows(t: Tensor, name: str) -> Tensor:
+    """t as a 2-D f32/f16/bf16 tensor with unit-stride rows (no copy when it already is)."""
+    if t.dim() != 2:
+        raise InvalidArgument(f"{name} must be 2-D (rows × columns); got shape {tuple(t.shape)}")
+    if t.dtype not in _DTYPES:
+        t = t.float()
+    r, c = t.shape
+    if (c > 1 and t.stride(1) != 1) or (r > 1 and t.stride(0) < c):
+        t = t.contiguous()
+    return t
+
+
+def _matrix(t: Optional[Tensor]) -> _ffi.ns_matrix:
+    if t is None or t.numel() == 0:
+        return _ffi.ns_matrix(None, _ffi.NS_F32, 0, 0, 0)
+    r, c = t.shape
+    return _ffi.ns_matrix(t.data_ptr(), _DTYPES[t.dtype], r, c, t.stride(0) if r > 1 else c)
+
+
+def _flat(t: Optional[Tensor], dtype, name: str, numel: Optional[int] = None):
+    if t is None:
+        return None
+    t = t.reshape(-1).to(dtype).contiguous()
+    if numel is not None and t.numel() != numel:
+        raise InvalidArgument(f"{name} has {t.numel()} elements; expected {numel}")
+    return t
+
+
+def _p(t: Optional[Tensor], ctype=None):
+    if t is None:
+        return None
+    if ctype is None:
+        return t.data_ptr()
+    import ctypes
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctype))
+
+
+# ------------------------------------------------------------------ InfoNCE
+
+
+def _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard):
+    from ._core import _loss_options as lo
+    return lo(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard)
+
+
+class _Inputs:
+    """ns_infonce_inputs over tensors (kept alive with the struct)."""
+
+    def __init__(self, query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
+                 extra_id):
+        import ctypes
+        self.query = _rows(query, "query")
+        self.passage = _rows(passage, "passage")
+        B, N = self.query.shape[0], self.passage.shape[0]
+        h = 0
+        self.hard = None
+        if hard is not None:
+            if hard.dim() != 3 or hard.shape[0] != B:
+                raise InvalidArgument(f"hard must be (B, h, d) with B = {B}; got "
+                                      f"{tuple(hard.shape)}")
+            h = hard.shape[1]
+            self.hard = _rows(hard.reshape(B * h, hard.shape[2]), "hard")
+        self.hard_keep = _flat(hard_keep, torch.uint8, "hard_keep", B * h)
+        self.extra = None if extra is None else _rows(extra, "extra")
+        self.positive = _flat(positive, torch.int64, "positive", B)
+        self.passage_id = _flat(passage_id, torch.int64, "passage_id", N)
+        self.hard_id = _flat(hard_id, torch.int64, "hard_id", B * h)
+        self.extra_id = _flat(extra_id, torch.int64, "extra_id",
+                              0 if self.extra is None else self.extra.shape[0])
+        i64 = ctypes.c_int64
+        self.struct = _ffi.ns_infonce_inputs(
+            _matrix(self.query), _matrix(self.passage), _p(self.positive, i64),
+            _matrix(self.hard), h, _p(self.hard_keep, ctypes.c_uint8), _matrix(self.extra),
+            _p(self.passage_id, i64), _p(self.hard_id, i64), _p(self.extra_id, i64))
+
+
+@torch.library.custom_op("negsamp::infonce", mutates_args=())
+def infonce(query: Tensor, passage: Tensor, hard: Optional[Tensor] = None,
+            hard_keep: Optional[Tensor] = None, extra: Optional[Tensor] = None,
+            positive: Optional[Tensor] = None, passage_id: Optional[Tensor] = None,
+            hard_id: Optional[Tensor] = None, extra_id: Optional[Tensor] = None,
+            temperature: float = 0.05, symmetric: bool = False, mask_same_id: bool = True,
+            tau_plus: float = 0.0, beta: float = 0.0,
+            share_hard: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """InfoNCE loss (0-d f32), per-query losses (B) and the saved row statistics (B·8).
+    hard is (B, h, d); hard_keep/hard_id are (B, h)."""
+    import ctypes
+    dev = query.device
+    ctx = context_for(dev)
+    inp = _Inputs(query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
+                  extra_id)
+    B = query.shape[0]
+    opt = _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard)
+    per_query = torch.empty(B, dtype=torch.float32, device=dev)
+    saved = torch.empty(B * _ffi.NS_INFONCE_SAVED_PER_QUERY, dtype=torch.float32, device=dev)
+    loss = ctypes.c_float()
+    with _on_device(dev):
+        ctx.check(_c("ns_infonce_forward")(ctx.handle, ctypes.byref(inp.struct),
+                                           ctypes.byref(opt), ctypes.byref(loss),
+                                           per_query.data_ptr(), saved.data_ptr()))
+    # The library returns the mean as a host float (on CUDA it has synchronised already).
+    out = torch.full((), loss.value, dtype=torch.float32, device=dev)
+    return out, per_query, saved
+
+
+@infonce.register_fake
+def _(query, passage, hard=None, hard_keep=None, extra=None, positive=None, passage_id=None,
+      hard_id=None, extra_id=None, temperature=0.05, symmetric=False, mask_same_id=True,
+      tau_plus=0.0, beta=0.0, share_hard=False):
+    B = query.shape[0]
+    return (query.new_empty((), dtype=torch.float32),
+            query.new_empty((B,), dtype=torch.float32),
+            query.new_empty((B * _ffi.NS_INFONCE_SAVED_PER_QUERY,), dtype=torch.float32))
+
+
+@torch.library.custom_op("negsamp::infonce_backward", mutates_args=())
+def infonce_backward(grad_loss: Tensor, query: Tensor, passage: Tensor, saved: Tensor,
+                     hard: Optional[Tensor] = None, hard_keep: Optional[Tensor] = None,
+                     extra: Optional[Tensor] = None, positive: Optional[Tensor] = None,
+                     passage_id: Optional[Tensor] = None, hard_id: Optional[Tensor] = None,
+                     extra_id: Optional[Tensor] = None, temperature: float = 0.05,
+                     symmetric: bool = False, mask_same_id: bool = True,
+                     tau_plus: float = 0.0, beta: float = 0.0, share_hard: bool = False,
+                     need_query: bool = True, need_passage: bool = True,
+                     need_hard: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients of grad_loss · loss w.r.t. query, passage and hard, in their dtypes (an empty
+    tensor for one not needed or absent)."""
+    import ctypes
+    dev = query.device
+    ctx = context_for(dev)
+    inp = _Inputs(query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
+                  extra_id)
+    opt = _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard)
+    f32 = dict(dtype=torch.float32, device=dev)
+    gq = torch.empty(query.shape, **f32) if need_query else None
+    gp = torch.empty(passage.shape, **f32) if need_passage else None
+    gh = torch.empty(hard.shape, **f32) if need_hard and hard is not None else None
+    saved = saved.to(torch.float32).contiguous()
+    fc = ctypes.c_float
+    grads = _ffi.ns_infonce_grads(_p(gq, fc), _p(gp, fc), _p(gh, fc), None)
+    with _on_device(dev):
+        # The gradients are linear in grad_loss: compute them for 1 and scale on the device,
+        # so no device-to-host copy of grad_loss is needed.
+        ctx.check(_c("ns_infonce_backward")(ctx.handle, ctypes.byref(inp.struct),
+                                            ctypes.byref(opt), saved.data_ptr(), 1.0,
+                                            ctypes.byref(grads)))
+    g = grad_loss.to(device=dev, dtype=torch.float32)
+
+    def out(t, like):
+        if t is None:
+            return like.new_empty((0,))
+        return (t * g).to(like.dtype)
+    return out(gq, query), out(gp, passage), out(gh, hard if hard is not None else query)
+
+
+@infonce_backward.register_fake
+def _(grad_loss, query, passage, saved, hard=None, hard_keep=None, extra=None, positive=None,
+      passage_id=None, hard_id=None, extra_id=None, temperature=0.05, symmetric=False,
+      mask_same_id=True, tau_plus=0.0, beta=0.0, share_hard=False, need_query=True,
+      need_passage=True, need_hard=True):
+    def out(need, like):
+        return like.new_empty(like.shape) if need and like is not None else \
+            query.new_empty((0,)) if like is None else like.new_empty((0,))
+    return out(need_query, query), out(need_passage, passage), out(need_hard, hard)
+
+
+_INFONCE_TENSORS = ("query", "passage", "hard", "hard_keep", "extra", "positive", "passage_id",
+                    "hard_id", "extra_id")
+_INFONCE_OPTIONS = ("temperature", "symmetric", "mask_same_id", "tau_plus", "beta",
+                    "share_hard")
+
+
+def _infonce_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:9], output[2])
+    ctx.options = inputs[9:]
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _infonce_grad(ctx, grad_loss, grad_per_query, grad_saved):
+    query, passage, hard, hard_keep, extra, positive, passage_id, hard_id, extra_id, saved = \
+        ctx.saved_tensors
+    need = ctx.needs_input_grad
+    gq, gp, gh = torch.ops.negsamp.infonce_backward(
+        grad_loss, query, passage, saved, hard, hard_keep, extra, positive, passage_id, hard_id,
+        extra_id, *ctx.options, need_query=need[0], need_passage=need[1],
+        need_hard=need[2] and hard is not None)
+    return ((gq if need[0] else None), (gp if need[1] else None),
+            (gh if need[2] and hard is not None else None)) + (None,) * 12
+
+
+infonce.register_autograd(_infonce_grad, setup_context=_infonce_setup)
+
+# ------------------------------------------------------------------ mining
+
+
+@torch.library.custom_op("negsamp::mine_topk", mutates_args=())
+def mine_topk(query: Tensor, corpus: Tensor, k: int, scale: float = 1.0,
+              normalize: bool = False, exclude_offsets: Optional[Tensor] = None,
+              exclude_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Exact top-k corpus rows per query: (index int64 B×k, score f32 B×k), best first.
+    Exclusions in CSR form: exclude_ids[exclude_offsets[i]:exclude_offsets[i+1]]."""
+    import ctypes
+    dev = query.device
+    ctx = context_for(dev)
+    q = _rows(query, "query")
+    c = _rows(corpus, "corpus")
+    opt = _ffi.mine_options_init()
+    opt.scale = float(scale)
+    opt.flags = _ffi.NS_NORMALIZE if normalize else 0
+    keep = []
+    if exclude_offsets is not None:
+        off = _flat(exclude_offsets, torch.int64, "exclude_offsets", q.shape[0] + 1)
+        ids = _flat(exclude_ids if exclude_ids is not None else off.new_empty(0), torch.int64,
+                    "exclude_ids")
+        if ids.numel() == 0:
+            ids = off.new_zeros(1)
+        lists = _ffi.ns_id_lists(_p(off, ctypes.c_int64), _p(ids, ctypes.c_int64),
+                                 q.shape[0])
+        keep += [off, ids, lists]
+        opt.exclude = ctypes.pointer(lists)
+    index = torch.empty((q.shape[0], k), dtype=torch.int64, device=dev)
+    score = torch.empty((q.shape[0], k), dtype=torch.float32, device=dev)
+    with _on_device(dev):
+        ctx.check(_c("ns_mine_topk")(ctx.handle, _matrix(q), _matrix(c), int(k),
+                                     ctypes.byref(opt), index.data_ptr(), score.data_ptr()))
+    return index, score
+
+
+@mine_topk.register_fake
+def _(query, corpus, k, scale=1.0, normalize=False, exclude_offsets=None, exclude_ids=None):
+    B = query.shape[0]
+    return (query.new_empty((B, k), dtype=torch.int64),
+            query.new_empty((B, k), dtype=torch.float32))
+
+
+# ------------------------------------------------------------------ filter and sample
+
+
+class _Cands:
+    def __init__(self, candidate_id, score, positive_score=None, positive_offsets=None,
+                 positive_ids=None, guide_score=None, guide_positive_score=None,
+                 query_offset=0):
+        import ctypes
+        if score.dim() != 2:
+            raise InvalidArgument(f"score must be 2-D (queries × candidates); got "
+                                  f"{tuple(score.shape)}")
+        B, C = score.shape
+        self.score = _flat(score, torch.float32, "score")
+        self.id = _flat(candidate_id, torch.int64, "candidate_id", B * C)
+        self.ps = _flat(positive_score, torch.float32, "positive_score", B)
+        self.gs = _flat(guide_score, torch.float32, "guide_score", B * C)
+        self.gps = _flat(guide_positive_score, torch.float32, "guide_positive_score", B)
+        self.lists = None
+        if positive_offsets is not None:
+            self.po = _flat(positive_offsets, torch.int64, "positive_offsets", B + 1)
+            pi = positive_ids if positive_ids is not None else self.po.new_empty(0)
+            self.pi = _flat(pi, torch.int64, "positive_ids")
+            if self.pi.numel() == 0:
+                self.pi = self.po.new_zeros(1)
+            self.lists = _ffi.ns_id_lists(_p(self.po, ctypes.c_int64),
+                                          _p(self.pi, ctypes.c_int64), B)
+        f, i64 = ctypes.c_float, ctypes.c_int64
+        self.struct = _ffi.ns_candidates(
+            B, C, _p(self.id, i64), _p(self.score, f), _p(self.ps, f),
+            None if self.lists is None else ctypes.pointer(self.lists), _p(self.gs, f),
+            _p(self.gps, f), int(query_offset))
+
+
+@torch.library.custom_op("negsamp::filter", mutates_args=())
+def filter(candidate_id: Tensor, score: Tensor, positive_score: Optional[Tensor] = None,
+           positive_offsets: Optional[Tensor] = None, positive_ids: Optional[Tensor] = None,
+           guide_score: Optional[Tensor] = None, guide_positive_score: Optional[Tensor] = None,
+           rules: int = 0, max_score: float = 0.0, min_score: float = 0.0,
+           margin: float = 0.0, rel_margin: float = 0.0, rank_min: int = 0, rank_max: int = 0,
+           guide_margin: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """keep (bool B×C) and counts (int64, FILTER_COUNT_NAMES order, on the CPU).
+    rules: NS_FILTER_* bits; positive lists in CSR form (positive_offsets, positive_ids)."""
+    import ctypes
+    dev = score.device
+    ctx = context_for(dev)
+    cand = _Cands(candidate_id, score, positive_score, positive_offsets, positive_ids,
+                  guide_score, guide_positive_score)
+    o = _ffi.filter_options_init()
+    o.rules = int(rules)
+    o.max_score, o.min_score, o.margin, o.rel_margin = max_score, min_score, margin, rel_margin
+    o.rank_min, o.rank_max, o.guide_margin = int(rank_min), int(rank_max), guide_margin
+    keep = torch.empty(score.shape, dtype=torch.bool, device=dev)
+    counts = _ffi.ns_filter_counts()
+    with _on_device(dev):
+        ctx.check(_c("ns_filter")(ctx.handle, ctypes.byref(cand.struct), ctypes.byref(o),
+                                  keep.data_ptr(), ctypes.byref(counts)))
+    return keep, torch.tensor([getattr(counts, n) for n in FILTER_COUNT_NAMES],
+                              dtype=torch.int64)
+
+
+@filter.register_fake
+def _(candidate_id, score, positive_score=None, positive_offsets=None, positive_ids=None,
+      guide_score=None, guide_positive_score=None, rules=0, max_score=0.0, min_score=0.0,
+      margin=0.0, rel_margin=0.0, rank_min=0, rank_max=0, guide_margin=0.0):
+    return (score.new_empty(score.shape, dtype=torch.bool),
+            torch.empty((len(FILTER_COUNT_NAMES),), dtype=torch.int64, device="cpu"))
+
+
+_STRATEGIES = {"top": _ffi.NS_SAMPLE_TOP, "uniform": _ffi.NS_SAMPLE_UNIFORM,
+               "simans": _ffi.NS_SAMPLE_SIMANS, "softmax": _ffi.NS_SAMPLE_SOFTMAX}
+
+
+@torch.library.custom_op("negsamp::sample", mutates_args=())
+def sample(candidate_id: Tensor, score: Tensor, m: int,
+           positive_score: Optional[Tensor] = None, keep: Optional[Tensor] = None,
+           strategy: int = _ffi.NS_SAMPLE_SIMANS, simans_a: float = 0.5, simans_b: float = 0.0,
+           temperature: float = 1.0, seed: int = 0, step: int = 0,
+           query_offset: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    """m distinct kept candidates per query (Gumbel-top-m): (index int64 B×m, -1 padded;
+    score f32 B×m, NaN padded; count int64 B). strategy: an NS_SAMPLE_* value."""
+    import ctypes
+    from ._core import _sampler_options
+    dev = score.device
+    ctx = context_for(dev)
+    cand = _Cands(candidate_id, score, positive_score, query_offset=query_offset)
+    k = _flat(keep, torch.uint8, "keep", score.numel())
+    o = _sampler_options(int(strategy), simans_a, simans_b, temperature, seed, step)
+    B = score.shape[0]
+    index = torch.empty((B, m), dtype=torch.int64, device=dev)
+    out = torch.empty((B, m), dtype=torch.float32, device=dev)
+    count = torch.empty((B,), dtype=torch.int64, device=dev)
+    with _on_device(dev):
+        ctx.check(_c("ns_sample")(ctx.handle, ctypes.byref(cand.struct), _p(k), ctypes.byref(o),
+                                  int(m), index.data_ptr(), out.data_ptr(), count.data_ptr()))
+    return index, out, count
+
+
+@sample.register_fake
+def _(candidate_id, score, m, positive_score=None, keep=None, strategy=2, simans_a=0.5,
+      simans_b=0.0, temperature=1.0, seed=0, step=0, query_offset=0):
+    B = score.shape[0]
+    return (score.new_empty((B, m), dtype=torch.int64),
+            score.new_empty((B, m), dtype=torch.float32),
+            score.new_empty((B,), dtype=torch.int64))
+
+
+# ------------------------------------------------------------------ the loss module
+
+
+def _filter_rules(cfg: dict):
+    """(rules bits, kwargs of negsamp::filter) from keyword options like negsamp.filter's."""
+    cfg = dict(cfg)
+    rules, kw = 0, {}
+    if cfg.pop("same_id", False):
+        rules |= _ffi.NS_FILTER_SAME_ID
+    for name, bit in (("max_score", _ffi.NS_FILTER_MAX_SCORE),
+                      ("min_score", _ffi.NS_FILTER_MIN_SCORE), ("margin", _ffi.NS_FILTER_MARGIN),
+                      ("rel_margin", _ffi.NS_FILTER_REL_MARGIN)):
+        v = cfg.pop(name, None)
+        if v is not None:
+            rules |= bit
+            kw[name] = float(v)
+    rank = cfg.pop("rank", None)
+    if rank is not None:
+        rules |= _ffi.NS_FILTER_RANK
+        kw["rank_min"], kw["rank_max"] = int(rank[0]), int(rank[1])
+    if cfg:
+        raise InvalidArgument(f"InfoNCELoss: unknown filter options {sorted(cfg)} (known: "
+                              "same_id, max_score, min_score, margin, rel_margin, rank)")
+    return rules, kw
+
+
+class InfoNCELoss(torch.nn.Module):
+    """InfoNCE over in-batch passages and hard negatives, computed by negsamp (O(B + N) extra
+    memory: the B×N logits are never formed).
+
+    Drop-in for a MultipleNegativesRankingLoss-style loss: with normalize=True (cosine),
+    temperature = 1/scale and share_hard=True (every query contrasts against every hard
+    negative of the batch) it is cross_entropy(cat(q·pᵀ, q·Hᵀ)/τ, arange(B)).
+
+    forward(query (B,d), positive (B,d), hard (B,C,d) optional, ...). With hard_negatives=h
+    (< C) the C candidates of each query are first filtered (filter: dict of negsamp.filter
+    rules: same_id, max_score, min_score, margin, rel_margin, rank — scores are the cosine or
+    dot products computed without gradient) and then h are sampled (sampler: dict with
+    strategy 'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed); the
+    module's step counter (or the step argument) feeds the sampler's RNG.
+    """
+
+    def __init__(self, temperature: float = 0.05, *, normalize: bool = False,
+                 symmetric: bool = False, share_hard: bool = True, mask_same_id: bool = True,
+                 tau_plus: float = 0.0, beta: float = 0.0,
+                 hard_negatives: Optional[int] = None, filter: Optional[dict] = None,
+                 sampler: Optional[dict] = None):
+        super().__init__()
+        self.temperature = float(temperature)
+        self.normalize = normalize
+        self.symmetric = symmetric
+        self.share_hard = share_hard
+        self.mask_same_id = mask_same_id
+        self.tau_plus = float(tau_plus)
+        self.beta = float(beta)
+        self.hard_negatives = hard_negatives
+        self.filter_rules, self.filter_kwargs = _filter_rules(filter or {})
+        s = dict(sampler or {})
+        strategy = s.pop("strategy", "top" if sampler is None else "simans")
+        if isinstance(strategy, str):
+            if strategy not in _STRATEGIES:
+                raise InvalidArgument(f"InfoNCELoss: sampler strategy ({strategy!r}) is not one "
+                                      f"of {sorted(_STRATEGIES)}")
+            strategy = _STRATEGIES[strategy]
+        self.sampler = dict(strategy=int(strategy), simans_a=float(s.pop("simans_a", 0.5)),
+                            simans_b=float(s.pop("simans_b", 0.0)),
+                            temperature=float(s.pop("temperature", 1.0)),
+                            seed=int(s.pop("seed", 0)))
+        if s:
+            raise InvalidArgument(f"InfoNCELoss: unknown sampler options {sorted(s)}")
+        self.step = 0
+
+    def extra_repr(self):
+        return (f"temperature={self.temperature}, normalize={self.normalize}, "
+                f"symmetric={self.symmetric}, share_hard={self.share_hard}, "
+                f"hard_negatives={self.hard_negatives}")
+
+    def select(self, query: Tensor, positive: Tensor, hard: Tensor,
+               hard_id: Optional[Tensor] = None, positive_id: Optional[Tensor] = None,
+               step: Optional[int] = None):
+        """Filter + sample h of the C candidates per query: (rows (B,h) into dim 1 of hard,
+        -1 padded; keep (B,h) bool)."""
+        B, C = hard.shape[0], hard.shape[1]
+        h = int(self.hard_negatives)
+        with torch.no_grad():
+            s = torch.einsum("bd,bcd->bc", query.float(), hard.float())
+            sp = (query.float() * positive.float()).sum(-1)
+            cols = torch.arange(C, device=hard.device).expand(B, C)
+            ids = cols if hard_id is None else hard_id.reshape(B, C).to(torch.int64)
+            keep = None
+            rules = self.filter_rules
+            if rules:
+                po = pi = None
+                if rules & _ffi.NS_FILTER_SAME_ID:
+                    if positive_id is None:
+                        raise InvalidArgument("InfoNCELoss: the same_id filter needs positive_id")
+                    po = torch.arange(B + 1, device=hard.device, dtype=torch.int64)
+                    pi = positive_id.reshape(B).to(torch.int64)
+                keep, _ = torch.ops.negsamp.filter(ids, s, sp, po, pi, rules=rules,
+                                                   **self.filter_kwargs)
+            # Sampling by column: ids must be unique within a row to map back to rows.
+            chosen, _, _ = torch.ops.negsamp.sample(
+                cols if hard_id is None else ids, s, h, sp, keep,
+                step=int(self.step if step is None else step), **self.sampler)
+            if hard_id is None:
+                rows = chosen
+            else:
+                match = ids.unsqueeze(1) == chosen.unsqueeze(2)  # (B, h, C)
+                rows = torch.where(chosen >= 0, match.to(torch.int64).argmax(-1),
+                                   torch.full_like(chosen, -1))
+        return rows, rows >= 0
+
+    def forward(self, query: Tensor, positive: Tensor, hard: Optional[Tensor] = None,
+                hard_keep: Optional[Tensor] = None, *, positive_id: Optional[Tensor] = None,
+                hard_id: Optional[Tensor] = None, extra: Optional[Tensor] = None,
+                extra_id: Optional[Tensor] = None, step: Optional[int] = None) -> Tensor:
+        if self.normalize:
+            query = torch.nn.functional.normalize(query, dim=-1)
+            positive = torch.nn.functional.normalize(positive, dim=-1)
+            hard = None if hard is None else torch.nn.functional.normalize(hard, dim=-1)
+            extra = None if extra is None else torch.nn.functional.normalize(extra, dim=-1)
+        if hard is not None and hard.dim() == 2:
+            hard = hard.unsqueeze(1)
+        if (hard is not None and self.hard_negatives is not None
+                and self.hard_negatives < hard.shape[1]):
+            rows, sel_keep = self.select(query, positive, hard, hard_id, positive_id, step)
+            safe = rows.clamp(min=0)
+            hard = torch.gather(hard, 1, safe.unsqueeze(-1).expand(-1, -1, hard.shape[2]))
+            if hard_id is not None:
+                hard_id = torch.where(sel_keep, torch.gather(hard_id.reshape(rows.shape[0], -1)
+                                                             .to(torch.int64), 1, safe),
+                                      torch.full_like(rows, -1))
+            if hard_keep is not None:
+                sel_keep = sel_keep & torch.gather(hard_keep.reshape(rows.shape[0], -1).bool(),
+                                                   1, safe)
+            hard_keep = sel_keep
+        if self.training and step is None:
+            self.step += 1
+        if hard_keep is not None:
+            hard_keep = hard_keep.to(torch.uint8)
+        loss, _, _ = torch.ops.negsamp.infonce(
+            query, positive, hard, hard_keep, extra, None, positive_id, hard_id, extra_id,
+            self.temperature, self.symmetric, self.mask_same_id, self.tau_plus, self.beta,
+            self.share_hard)
+        return loss

@@ -1,0 +1,284 @@
+"""The PyTorch custom ops and InfoNCELoss: opcheck, plain-PyTorch references, torch.compile.
+Skipped as a whole where torch is not installed."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import negsamp  # noqa: E402
+from negsamp import torch_ops  # noqa: E402,F401  (registers torch.ops.negsamp.*)
+from conftest import require  # noqa: E402
+
+ops = torch.ops.negsamp
+
+
+def _devices():
+    devs = ["cpu"]
+    if torch.cuda.is_available() and negsamp.cuda_device_count() > 0:
+        devs.append("cuda")
+    return devs
+
+
+DEVICES = pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        "cuda" not in _devices(),
+        reason="no CUDA device for torch, or libnegsamp built without CUDA")),
+])
+
+
+@pytest.fixture
+def gen(request):
+    return torch.Generator().manual_seed(abs(hash(request.node.nodeid)) % (2**31))
+
+
+def _randn(gen, *shape, device="cpu", dtype=torch.float32, scale=0.5, grad=False):
+    t = (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+    return t.requires_grad_(grad)
+
+
+def ref_loss(q, p, hard=None, temperature=0.05, symmetric=False, share_hard=True, keep=None):
+    """Plain PyTorch: matmul + cross_entropy (what MNRL computes)."""
+    q, p = q.float(), p.float()
+    B = q.shape[0]
+    logits = q @ p.T
+    if hard is not None:
+        h = hard.float()
+        if share_hard:
+            hl = q @ h.reshape(-1, h.shape[-1]).T
+            if keep is not None:
+                hl = hl.masked_fill(~keep.reshape(1, -1).bool(), float("-inf"))
+        else:
+            hl = torch.einsum("bd,bhd->bh", q, h)
+            if keep is not None:
+                hl = hl.masked_fill(~keep.bool(), float("-inf"))
+        logits = torch.cat([logits, hl], 1)
+    labels = torch.arange(B, device=q.device)
+    loss = F.cross_entropy(logits / temperature, labels)
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy((p @ q.T) / temperature, labels))
+    return loss
+
+
+def _grads(loss, *ts):
+    return torch.autograd.grad(loss, [t for t in ts if t is not None])
+
+
+CASES = [dict(), dict(h=2), dict(h=3, share_hard=False), dict(h=2, keep=True),
+         dict(h=2, keep=True, share_hard=False), dict(symmetric=True),
+         dict(symmetric=True, h=1)]
+
+
+@DEVICES
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+                         or "plain")
+def test_infonce_matches_matmul_cross_entropy(gen, device, case):
+    require("ns_infonce_forward", "ns_infonce_backward")
+    B, d = 6, 16
+    q = _randn(gen, B, d, device=device, grad=True)
+    p = _randn(gen, B, d, device=device, grad=True)
+    h = case.get("h", 0)
+    hard = _randn(gen, B, h, d, device=device, grad=True) if h else None
+    keep = None
+    if case.get("keep"):
+        keep = torch.rand(B, h, generator=gen) < 0.6
+        keep[0] = False
+        keep = keep.to(device)
+    share = case.get("share_hard", True)
+    sym = case.get("symmetric", False)
+    loss, per_query, saved = ops.infonce(q, p, hard, keep, temperature=0.1, symmetric=sym,
+                                         share_hard=share)
+    ref = ref_loss(q, p, hard, 0.1, sym, share, keep)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    assert per_query.shape == (B,) and torch.allclose(per_query.mean(), loss, atol=1e-5)
+    for a, b in zip(_grads(2.5 * loss, q, p, hard), _grads(2.5 * ref, q, p, hard)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@DEVICES
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_infonce_half_inputs_give_half_gradients(gen, device, dtype):
+    require("ns_infonce_forward", "ns_infonce_backward")
+    q = _randn(gen, 5, 8, device=device, dtype=dtype, grad=True)
+    p = _randn(gen, 5, 8, device=device, dtype=dtype, grad=True)
+    hard = _randn(gen, 5, 2, 8, device=device, dtype=dtype, grad=True)
+    loss, _, _ = ops.infonce(q, p, hard, temperature=0.2, share_hard=True)
+    ref = ref_loss(q, p, hard, 0.2)
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+    g = _grads(loss, q, p, hard)
+    r = _grads(ref, q, p, hard)
+    for a, b in zip(g, r):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+def _opcheck(op, args, kwargs=None):
+    torch.library.opcheck(op, args, kwargs or {})
+
+
+@DEVICES
+def test_opcheck_infonce(gen, device):
+    require("ns_infonce_forward", "ns_infonce_backward")
+    B, h, d = 4, 2, 8
+    q = _randn(gen, B, d, device=device, grad=True)
+    p = _randn(gen, B, d, device=device, grad=True)
+    hard = _randn(gen, B, h, d, device=device, grad=True)
+    keep = torch.ones(B, h, dtype=torch.uint8, device=device)
+    _opcheck(ops.infonce.default, (q, p, hard, keep), dict(temperature=0.3, share_hard=True))
+    _opcheck(ops.infonce.default, (q, p, hard), dict(temperature=0.3, symmetric=True,
+                                                    tau_plus=0.1))
+    fwd = ops.infonce(q, p, hard, temperature=0.3)
+    _opcheck(ops.infonce_backward.default,
+             (torch.ones((), device=device), q.detach(), p.detach(), fwd[2], hard.detach()),
+             dict(temperature=0.3))
+
+
+@DEVICES
+def test_opcheck_mine_topk_filter_sample(gen, device):
+    require("ns_mine_topk", "ns_filter", "ns_sample")
+    q = _randn(gen, 3, 8, device=device)
+    corpus = _randn(gen, 30, 8, device=device)
+    _opcheck(ops.mine_topk.default, (q, corpus, 5))
+    off = torch.tensor([0, 2, 2, 3], device=device)
+    ids = torch.tensor([4, 7, 1], device=device)
+    _opcheck(ops.mine_topk.default, (q, corpus, 4), dict(exclude_offsets=off, exclude_ids=ids))
+    cid = torch.arange(30, device=device).reshape(3, 10)
+    s = _randn(gen, 3, 10, device=device)
+    sp = _randn(gen, 3, device=device)
+    _opcheck(ops.filter.default, (cid, s, sp),
+             dict(rules=negsamp._ffi.NS_FILTER_MARGIN | negsamp._ffi.NS_FILTER_MAX_SCORE,
+                  margin=0.1, max_score=0.5))
+    keep = torch.rand(3, 10, generator=gen).to(device) < 0.7
+    _opcheck(ops.sample.default, (cid, s, 4, sp, keep), dict(seed=5))
+    _opcheck(ops.sample.default, (cid, s, 10), dict(strategy=negsamp._ffi.NS_SAMPLE_TOP))
+
+
+@DEVICES
+def test_mine_filter_sample_ops_match_numpy_api(gen, device):
+    require("ns_mine_topk", "ns_filter", "ns_sample")
+    q = _randn(gen, 4, 8, device=device)
+    corpus = _randn(gen, 50, 8, device=device)
+    idx, sc = ops.mine_topk(q, corpus, 6, scale=2.0, exclude_offsets=torch.tensor(
+        [0, 1, 1, 1, 3], device=device), exclude_ids=torch.tensor([0, 5, 6], device=device))
+    ridx, rsc = negsamp.mine_topk(q.cpu().numpy(), corpus.cpu().numpy(), 6, scale=2.0,
+                                  exclude=[[0], [], [], [5, 6]])
+    np.testing.assert_array_equal(idx.cpu().numpy(), ridx)
+    np.testing.assert_allclose(sc.cpu().numpy(), rsc, rtol=1e-5, atol=1e-6)
+
+    cid = torch.randint(0, 40, (4, 10), generator=gen).to(device)
+    s = _randn(gen, 4, 10, device=device)
+    sp = _randn(gen, 4, device=device)
+    keep, counts = ops.filter(cid, s, sp, torch.tensor([0, 1, 2, 3, 4], device=device),
+                              cid[:, 0].contiguous(),
+                              rules=negsamp._ffi.NS_FILTER_SAME_ID | negsamp._ffi.NS_FILTER_MARGIN,
+                              margin=0.05)
+    rkeep, rcounts = negsamp.filter(cid.cpu().numpy(), s.cpu().numpy(), sp.cpu().numpy(),
+                                    [[int(x)] for x in cid[:, 0].cpu()], margin=0.05)
+    np.testing.assert_array_equal(keep.cpu().numpy(), rkeep)
+    assert dict(zip(torch_ops.FILTER_COUNT_NAMES, counts.tolist())) == rcounts
+
+    index, score, count = ops.sample(cid, s, 3, sp, keep, seed=11, step=2)
+    r = negsamp.sample(cid.cpu().numpy(), s.cpu().numpy(), 3, positive_score=sp.cpu().numpy(),
+                       keep=rkeep, seed=11, step=2)
+    np.testing.assert_array_equal(index.cpu().numpy(), r.index)
+    np.testing.assert_array_equal(count.cpu().numpy(), r.count)
+
+
+def test_errors_surface_as_negsamp_exceptions(gen):
+    require("ns_infonce_forward", "ns_mine_topk")
+    q = _randn(gen, 3, 4)
+    with pytest.raises(negsamp.InvalidArgument, match="temperature"):
+        ops.infonce(q, q, temperature=0.0)
+    with pytest.raises(negsamp.InvalidArgument, match=r"k \(9\)"):
+        ops.mine_topk(q, _randn(gen, 8, 4), 9)
+    bad = q.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(negsamp.NonFinite):
+        ops.infonce(bad, q)
+
+
+# ------------------------------------------------------------------ the module
+
+
+@DEVICES
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_infonce_loss_is_mnrl(gen, device, symmetric):
+    """InfoNCELoss(normalize=True, temperature=1/scale) = sentence-transformers' MNRL
+    (cos_sim · scale, cross_entropy over [positives | all hard negatives])."""
+    require("ns_infonce_forward", "ns_infonce_backward")
+    B, h, d = 8, 2, 12
+    q = _randn(gen, B, d, device=device, grad=True)
+    p = _randn(gen, B, d, device=device, grad=True)
+    hard = _randn(gen, B, h, d, device=device, grad=True)
+    mod = negsamp.InfoNCELoss(temperature=1 / 20.0, normalize=True, symmetric=symmetric)
+    loss = mod(q, p, hard)
+    nq, np_, nh = F.normalize(q, dim=-1), F.normalize(p, dim=-1), F.normalize(hard, dim=-1)
+    ref = ref_loss(nq, np_, nh, 1 / 20.0, symmetric)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(_grads(loss, q, p, hard), _grads(ref, q, p, hard)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_infonce_loss_filters_and_samples_hard_negatives(gen):
+    require("ns_infonce_forward", "ns_filter", "ns_sample")
+    B, C, h, d = 5, 8, 3, 6
+    q = _randn(gen, B, d, grad=True)
+    p = _randn(gen, B, d, grad=True)
+    cand = _randn(gen, B, C, d, grad=True)
+    mod = negsamp.InfoNCELoss(temperature=0.2, share_hard=False, hard_negatives=h,
+                              filter=dict(max_score=0.3), sampler=dict(strategy="top"))
+    loss = mod(q, p, cand)
+    with torch.no_grad():
+        s = torch.einsum("bd,bcd->bc", q, cand)
+    rows = []
+    for i in range(B):
+        ok = [j for j in range(C) if s[i, j] <= 0.3]
+        rows.append(sorted(ok, key=lambda j: (-float(s[i, j]), j))[:h])
+    sel = torch.zeros(B, h, d)
+    keep = torch.zeros(B, h, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        sel[i, :len(r)] = cand[i, r].detach()
+        keep[i, :len(r)] = True
+    ref = ref_loss(q, p, sel, 0.2, share_hard=False, keep=keep)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    (g,) = torch.autograd.grad(loss, cand)
+    chosen = torch.zeros(B, C, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        chosen[i, r] = True
+    assert torch.all(g[~chosen] == 0) and torch.all(g[chosen].abs().sum(-1) > 0)
+
+
+def test_infonce_loss_samples_by_ids_with_same_id_filter(gen):
+    require("ns_infonce_forward", "ns_filter", "ns_sample")
+    B, C, d = 4, 6, 5
+    q, p, cand = _randn(gen, B, d, grad=True), _randn(gen, B, d), _randn(gen, B, C, d)
+    pid = torch.arange(B) * 100
+    cid = torch.arange(B * C).reshape(B, C) + 1000
+    cid[:, 0] = pid  # the positive itself among the candidates: must be filtered out
+    mod = negsamp.InfoNCELoss(temperature=0.5, share_hard=False, hard_negatives=C - 1,
+                              filter=dict(same_id=True), sampler=dict(strategy="uniform",
+                                                                       seed=3))
+    loss = mod(q, p, cand, positive_id=pid, hard_id=cid)
+    ref = ref_loss(q, p, cand[:, 1:], 0.5, share_hard=False)  # all but the positive
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_traces_the_loss(gen):
+    require("ns_infonce_forward", "ns_infonce_backward", "ns_filter", "ns_sample")
+    B, C, d = 6, 5, 8
+    mod = negsamp.InfoNCELoss(temperature=0.1, normalize=True, hard_negatives=3,
+                              sampler=dict(strategy="softmax", temperature=0.5, seed=1))
+
+    def loss_fn(q, p, cand):
+        return mod(q, p, cand, step=0)
+
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    q, p, cand = (_randn(gen, B, d, grad=True), _randn(gen, B, d, grad=True),
+                  _randn(gen, B, C, d, grad=True))
+    want = loss_fn(q, p, cand)
+    got = compiled(q, p, cand)
+    torch.testing.assert_close(got, want)
+    # The backward runs through the compiled graph's autograd (aot_eager traces it too).
+    for a, b in zip(_grads(got, q, p, cand), _grads(want, q, p, cand)):
+        torch.testing.assert_close(a, b)
