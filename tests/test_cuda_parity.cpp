@@ -456,3 +456,152 @@ TEST(CudaParity, SampleBadScoreLeavesOutputUntouched) {
     EXPECT_NE(std::string(ns_last_error(p.gpu)).find("cand->score[9]"), std::string::npos) << ns_last_error(p.gpu);
     for (int64_t v : ig.fetch()) EXPECT_EQ(v, 5);
 }
+
+// ---------------------------------------------------------------- InfoNCE
+
+namespace {
+
+struct LossCase {
+    int64_t B, N, d, h, E;
+    ns_dtype t;
+    int share, sym, same;
+    float tau_plus, beta;
+    bool permute, dup_ids, masks;
+};
+
+// max |a − b| ≤ rtol · max |b| (+ a tiny floor for all-zero references)
+void expect_close_vec(const std::vector<float> &got, const std::vector<float> &want, double rtol,
+                      const std::string &what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    double ref = 0, err = 0;
+    size_t worst = 0;
+    for (size_t e = 0; e < want.size(); e++) {
+        ref = std::max(ref, (double)std::fabs(want[e]));
+        double d = std::fabs((double)got[e] - want[e]);
+        if (!(d <= err)) err = d, worst = e;
+    }
+    EXPECT_LE(err, rtol * ref + 1e-7) << what << ": worst element " << worst << " cuda " << got[worst]
+                                      << " cpu " << want[worst] << " (max |cpu| " << ref << ")";
+}
+
+void run_loss_case(Pair &p, const LossCase &c, uint64_t seed) {
+    SCOPED_TRACE("B=" + std::to_string(c.B) + " N=" + std::to_string(c.N) + " d=" + std::to_string(c.d) +
+                 " h=" + std::to_string(c.h) + " E=" + std::to_string(c.E) + " " + dtype_name(c.t) +
+                 " share=" + std::to_string(c.share) + " sym=" + std::to_string(c.sym) +
+                 " same=" + std::to_string(c.same) + " tau_plus=" + std::to_string(c.tau_plus) +
+                 " beta=" + std::to_string(c.beta));
+    std::mt19937_64 g(seed);
+    HostMat q(c.t, c.B, c.d, c.d, seed + 1), ps(c.t, c.N, c.d, c.d + 1, seed + 2);
+    HostMat hd(c.t, c.B * c.h, c.d, c.d, seed + 3), ex(c.t, c.E, c.d, c.d, seed + 4);
+    std::vector<int64_t> pos(c.B), pid(c.N), hid(std::max<int64_t>(1, c.B * c.h)), eid(std::max<int64_t>(1, c.E));
+    std::vector<uint8_t> hkeep(std::max<int64_t>(1, c.B * c.h));
+    for (int64_t i = 0; i < c.B; i++) pos[i] = c.permute ? (int64_t)(g() % c.N) : i;
+    for (int64_t j = 0; j < c.N; j++) pid[j] = c.dup_ids ? (int64_t)(g() % (c.N / 2 + 1)) : j;
+    for (auto &x : hid) x = c.masks && g() % 7 == 0 ? -1 : (int64_t)(g() % (c.N + 5));
+    for (auto &x : eid) x = (int64_t)(g() % (c.N + 5));
+    for (auto &x : hkeep) x = c.masks ? g() % 5 != 0 : 1;
+    const ns_loss_options base = NS_LOSS_OPTIONS_INIT;
+    ns_loss_options o = base;
+    o.temperature = 0.1f;
+    o.symmetric = c.sym;
+    o.mask_same_id = c.same;
+    o.tau_plus = c.tau_plus;
+    o.beta = c.beta;
+    o.share_hard = c.share;
+    const double rtol = c.t == NS_F32 ? 1e-4 : 1e-2;
+    const float grad_loss = 1.7f;
+
+    struct Side {
+        DevMat q, p;
+        std::unique_ptr<DevMat> h, e;
+        Buf<int64_t> pos, pid, hid, eid;
+        Buf<uint8_t> hkeep;
+        Buf<float> per_query, saved, gq, gp, gh;
+        ns_infonce_inputs in;
+        float loss = 0, dtau = 0;
+        Side(const Ctx &x, const LossCase &c, const HostMat &q_, const HostMat &p_, const HostMat &h_,
+             const HostMat &e_, const std::vector<int64_t> &pos_, const std::vector<int64_t> &pid_,
+             const std::vector<int64_t> &hid_, const std::vector<int64_t> &eid_, const std::vector<uint8_t> &hk)
+            : q(x, q_), p(x, p_), pos(x, pos_), pid(x, pid_), hid(x, hid_), eid(x, eid_), hkeep(x, hk),
+              per_query(x, (size_t)c.B, 0.f), saved(x, (size_t)(c.B * NS_INFONCE_SAVED_PER_QUERY), 0.f),
+              gq(x, (size_t)(c.B * c.d), 0.f), gp(x, (size_t)(c.N * c.d), 0.f),
+              gh(x, (size_t)std::max<int64_t>(1, c.B * c.h * c.d), 0.f) {
+            std::memset(&in, 0, sizeof in);
+            in.query = q.m;
+            in.passage = p.m;
+            in.positive = pos.ptr();
+            in.passage_id = pid.ptr();
+            if (c.h > 0) {
+                h.reset(new DevMat(x, h_));
+                in.hard = h->m;
+                in.hard_per_query = c.h;
+                in.hard_id = hid.ptr();
+                in.hard_keep = hkeep.ptr();
+            } else {
+                in.hard = f32_matrix(nullptr, 0, c.d);
+            }
+            if (c.E > 0) {
+                e.reset(new DevMat(x, e_));
+                in.extra = e->m;
+                in.extra_id = eid.ptr();
+            } else {
+                in.extra = f32_matrix(nullptr, 0, c.d);
+            }
+        }
+        ns_status run(ns_context *ctx, const ns_loss_options &o, float grad_loss, const float *saved_in) {
+            ns_status st = ns_infonce_forward(ctx, &in, &o, &loss, per_query.ptr(), saved.ptr());
+            if (st) return st;
+            ns_infonce_grads gr{gq.ptr(), gp.ptr(), in.hard_per_query > 0 ? gh.ptr() : nullptr, &dtau};
+            return ns_infonce_backward(ctx, &in, &o, saved_in ? saved_in : saved.ptr(), grad_loss, &gr);
+        }
+    };
+    Side cpu(p.cpu, c, q, ps, hd, ex, pos, pid, hid, eid, hkeep);
+    Side gpu(p.gpu, c, q, ps, hd, ex, pos, pid, hid, eid, hkeep);
+    ASSERT_EQ(cpu.run(p.cpu, o, grad_loss, nullptr), NS_OK) << ns_last_error(p.cpu);
+    ASSERT_EQ(gpu.run(p.gpu, o, grad_loss, nullptr), NS_OK) << ns_last_error(p.gpu);
+    EXPECT_TRUE(close(gpu.loss, cpu.loss, 1e-6, rtol)) << "loss cuda " << gpu.loss << " cpu " << cpu.loss;
+    EXPECT_TRUE(close(gpu.dtau, cpu.dtau, 1e-6, rtol * 10)) << "dtau cuda " << gpu.dtau << " cpu " << cpu.dtau;
+    expect_close_vec(gpu.per_query.fetch(), cpu.per_query.fetch(), rtol, "per_query");
+    expect_close_vec(gpu.gq.fetch(), cpu.gq.fetch(), rtol, "grad query");
+    expect_close_vec(gpu.gp.fetch(), cpu.gp.fetch(), rtol, "grad passage");
+    if (c.h > 0) expect_close_vec(gpu.gh.fetch(), cpu.gh.fetch(), rtol, "grad hard");
+    // The saved statistics mean the same thing on both backends.
+    auto &sc = cpu.saved.fetch();
+    auto &sg = gpu.saved.fetch();
+    for (int64_t i = 0; i < c.B; i++) {
+        const float *a = &sc[(size_t)(i * NS_INFONCE_SAVED_PER_QUERY)], *b = &sg[(size_t)(i * NS_INFONCE_SAVED_PER_QUERY)];
+        EXPECT_TRUE(close(b[5], a[5], 1e-5, rtol)) << "saved loss of query " << i << ": " << b[5] << " vs " << a[5];
+        EXPECT_TRUE(close(b[7], a[7], 1e-4, rtol)) << "saved l+ of query " << i << ": " << b[7] << " vs " << a[7];
+    }
+}
+
+}  // namespace
+
+TEST(CudaParity, InfoNceForwardBackwardF32) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const LossCase cases[] = {
+        {1, 1, 1, 0, 0, NS_F32, 0, 0, 1, 0.f, 0.f, false, false, false},
+        {16, 16, 8, 0, 0, NS_F32, 0, 0, 1, 0.f, 0.f, false, false, false},
+        {33, 40, 12, 3, 0, NS_F32, 0, 1, 1, 0.f, 0.f, true, true, true},     // own hard, symmetric, masks
+        {33, 40, 12, 3, 7, NS_F32, 1, 1, 1, 0.f, 0.f, true, true, true},     // shared hard + extra
+        {20, 25, 6, 2, 5, NS_F32, 0, 0, 1, 0.1f, 0.f, false, true, true},    // debiased
+        {20, 25, 6, 2, 5, NS_F32, 1, 1, 1, 0.1f, 0.5f, true, false, true},   // debiased + reweighted
+        {20, 25, 6, 0, 0, NS_F32, 0, 0, 0, 0.f, 1.0f, false, false, false},  // reweighted only
+        {4100, 4200, 4, 1, 0, NS_F32, 0, 1, 1, 0.f, 0.f, false, false, false}, // > one 4096 tile each way
+    };
+    uint64_t seed = 4000;
+    for (const LossCase &c : cases) run_loss_case(p, c, seed += 10);
+}
+
+TEST(CudaParity, InfoNceForwardBackwardHalf) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const LossCase cases[] = {
+        {64, 64, 32, 0, 0, NS_BF16, 0, 0, 1, 0.f, 0.f, false, false, false},
+        {33, 40, 16, 3, 9, NS_BF16, 0, 1, 1, 0.f, 0.f, true, true, true},
+        {33, 40, 16, 3, 9, NS_F16, 1, 0, 1, 0.05f, 0.3f, true, true, true},
+    };
+    uint64_t seed = 5000;
+    for (const LossCase &c : cases) run_loss_case(p, c, seed += 10);
+}
