@@ -1,0 +1,786 @@
+// InfoNCE forward and backward against a plainly written double-precision reference over the
+// materialised logits, and gradients against central finite differences of that reference.
+#include "ns_test_util.h"
+
+#include <algorithm>
+#include <functional>
+
+using namespace nstest;
+
+extern "C" void ns_infonce_set_tiles(int64_t rows, int64_t cols);  // src/infonce.c, test hook
+
+namespace {
+
+// One loss problem: inputs as the library sees them (values after dtype rounding, in double),
+// ids, masks and options.
+struct Problem {
+    int64_t B = 1, N = 1, d = 1, h = 0, E = 0;
+    std::vector<double> q, p, hd, ex;
+    std::vector<int64_t> positive, pid, hid, eid;
+    std::vector<uint8_t> keep;
+    bool use_positive = false, use_pid = false, use_hid = false, use_eid = false, use_keep = false;
+    double tau = 0.5, tau_plus = 0.0, beta = 0.0;
+    int sym = 0, same = 1, share = 0;
+
+    int64_t pos(int64_t i) const { return use_positive ? positive[i] : i; }
+    int64_t pidof(int64_t j) const { return use_pid ? pid[j] : j; }
+    int64_t posid(int64_t i) const { return pidof(pos(i)); }
+    ns_loss_options options() const {
+        ns_loss_options o = NS_LOSS_OPTIONS_INIT;
+        o.temperature = (float)tau;
+        o.tau_plus = (float)tau_plus;
+        o.beta = (float)beta;
+        o.symmetric = sym;
+        o.mask_same_id = same;
+        o.share_hard = share;
+        return o;
+    }
+};
+
+double dot(const double *a, const double *b, int64_t d) {
+    double s = 0;
+    for (int64_t e = 0; e < d; e++) s += a[e] * b[e];
+    return s;
+}
+
+struct RefInfo {
+    int clamped = 0, unclamped = 0;
+};
+
+// The reference loss (mean over queries); per_query optional.
+double ref_loss(const Problem &P, const double *q, const double *p, const double *hd,
+                const double *ex, double tau, std::vector<double> *per_query = nullptr,
+                RefInfo *info = nullptr) {
+    const int64_t B = P.B, d = P.d;
+    const bool general = P.tau_plus > 0 || P.beta > 0;
+    double total = 0;
+    if (per_query) per_query->assign(B, 0.0);
+    for (int64_t i = 0; i < B; i++) {
+        const double *qi = q + i * d;
+        const int64_t pi = P.pos(i), pidi = P.posid(i);
+        double lpos = dot(qi, p + pi * d, d) / tau;
+        std::vector<double> neg;  // logits of the unmasked negatives
+        for (int64_t j = 0; j < P.N; j++) {
+            if (j == pi) continue;
+            if (P.same && P.pidof(j) == pidi) continue;
+            neg.push_back(dot(qi, p + j * d, d) / tau);
+        }
+        int64_t r0 = P.share ? 0 : i * P.h, r1 = P.share ? B * P.h : (i + 1) * P.h;
+        for (int64_t r = r0; r < r1; r++) {
+            if (P.use_keep && !P.keep[r]) continue;
+            if (P.use_hid && (P.hid[r] == -1 || (P.same && P.hid[r] == pidi))) continue;
+            neg.push_back(dot(qi, hd + r * d, d) / tau);
+        }
+        for (int64_t k = 0; k < P.E; k++) {
+            if (P.use_eid && P.same && P.eid[k] == pidi) continue;
+            neg.push_back(dot(qi, ex + k * d, d) / tau);
+        }
+        double L;
+        if (!general) {
+            double s = std::exp(lpos);
+            for (double l : neg) s += std::exp(l);
+            L = -lpos + std::log(s);
+        } else if (neg.empty()) {
+            L = 0;
+        } else {
+            double n = (double)neg.size(), A = 0, W = 0;
+            for (double l : neg) {
+                A += std::exp((1 + P.beta) * l);
+                W += std::exp(P.beta * l);
+            }
+            double g1 = (n * A / W - P.tau_plus * n * std::exp(lpos)) / (1 - P.tau_plus);
+            double g2 = n * std::exp(-1.0 / tau);
+            if (info) (g1 >= g2 ? info->unclamped : info->clamped)++;
+            L = -lpos + std::log(std::exp(lpos) + std::max(g1, g2));
+        }
+        if (P.sym) {
+            const double *pp = p + pi * d;
+            double s = 0;
+            for (int64_t k = 0; k < B; k++) {
+                if (k != i && P.same && P.posid(k) == pidi) continue;
+                s += std::exp(dot(q + k * d, pp, d) / tau);
+            }
+            L = 0.5 * (L + (-lpos + std::log(s)));
+        }
+        if (per_query) (*per_query)[i] = L;
+        total += L;
+    }
+    return total / (double)B;
+}
+
+struct RefGrads {
+    std::vector<double> q, p, hd;
+    double tau = 0;
+};
+
+// Central finite differences of the reference, element by element (every element when
+// max_elems < 0, else a fixed-seed sample of max_elems per tensor; others left NaN).
+RefGrads fd_grads(const Problem &P, double step = 1e-3, int max_elems = -1) {
+    Problem W = P;
+    RefGrads g;
+    auto f = [&]() { return ref_loss(W, W.q.data(), W.p.data(), W.hd.data(), W.ex.data(), W.tau); };
+    auto run = [&](std::vector<double> &x, std::vector<double> &out) {
+        out.assign(x.size(), NAN);
+        std::vector<size_t> idx(x.size());
+        for (size_t i = 0; i < idx.size(); i++) idx[i] = i;
+        if (max_elems >= 0 && (size_t)max_elems < idx.size()) {
+            std::mt19937_64 r(77);
+            std::shuffle(idx.begin(), idx.end(), r);
+            idx.resize(max_elems);
+        }
+        for (size_t i : idx) {
+            double v = x[i];
+            x[i] = v + step;
+            double a = f();
+            x[i] = v - step;
+            double b = f();
+            x[i] = v;
+            out[i] = (a - b) / (2 * step);
+        }
+    };
+    run(W.q, g.q);
+    run(W.p, g.p);
+    run(W.hd, g.hd);
+    double t = W.tau;
+    W.tau = t + step;
+    double a = f();
+    W.tau = t - step;
+    double b = f();
+    W.tau = t;
+    g.tau = (a - b) / (2 * step);
+    return g;
+}
+
+// Storage of one input matrix as the library takes it: dtype, ld ≥ cols.
+struct Mat {
+    std::vector<uint16_t> half;
+    std::vector<float> f;
+    ns_matrix m{};
+};
+
+uint16_t to_f16(float v) {
+    _Float16 h = (_Float16)v;
+    uint16_t b;
+    std::memcpy(&b, &h, 2);
+    return b;
+}
+double from_f16(uint16_t b) {
+    _Float16 h;
+    std::memcpy(&h, &b, 2);
+    return (double)(float)h;
+}
+uint16_t to_bf16(float v) {  // truncation: any bf16 value will do as an input
+    uint32_t x;
+    std::memcpy(&x, &v, 4);
+    return (uint16_t)(x >> 16);
+}
+double from_bf16(uint16_t b) {
+    uint32_t x = (uint32_t)b << 16;
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+
+// Fills a Problem tensor with random values representable in dtype, and the matching Mat.
+void make_tensor(std::vector<double> &dst, Mat &mat, int64_t rows, int64_t cols, uint64_t seed,
+                 ns_dtype dt, int64_t pad) {
+    auto v = random_floats((size_t)(rows * cols), seed);
+    int64_t ld = cols + pad;
+    dst.assign((size_t)(rows * cols), 0.0);
+    mat.m.dtype = dt;
+    mat.m.rows = rows;
+    mat.m.cols = cols;
+    mat.m.ld = pad ? ld : 0;
+    if (dt == NS_F32) {
+        mat.f.assign((size_t)(std::max<int64_t>(rows, 1) * ld), 777.f);  // padding never read
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++) {
+                mat.f[r * ld + c] = v[r * cols + c];
+                dst[r * cols + c] = v[r * cols + c];
+            }
+        mat.m.data = mat.f.data();
+    } else {
+        mat.half.assign((size_t)(std::max<int64_t>(rows, 1) * ld), 0x7e00);  // NaN padding
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++) {
+                uint16_t b = dt == NS_F16 ? to_f16(v[r * cols + c]) : to_bf16(v[r * cols + c]);
+                mat.half[r * ld + c] = b;
+                dst[r * cols + c] = dt == NS_F16 ? from_f16(b) : from_bf16(b);
+            }
+        mat.m.data = mat.half.data();
+    }
+    if (rows == 0) mat.m = ns_matrix{};
+}
+
+// A problem with its library-side storage.
+struct Case {
+    Problem P;
+    Mat q, p, hd, ex;
+    ns_infonce_inputs inputs() const {
+        ns_infonce_inputs in{};
+        in.query = q.m;
+        in.passage = p.m;
+        in.positive = P.use_positive ? P.positive.data() : nullptr;
+        in.hard = hd.m;
+        in.hard_per_query = P.h;
+        in.hard_keep = P.use_keep ? P.keep.data() : nullptr;
+        in.extra = ex.m;
+        in.passage_id = P.use_pid ? P.pid.data() : nullptr;
+        in.hard_id = P.use_hid ? P.hid.data() : nullptr;
+        in.extra_id = P.use_eid ? P.eid.data() : nullptr;
+        return in;
+    }
+    // Writes the double values back after a change to P (f32 only).
+    void sync_f32() {
+        auto put = [](Mat &m, const std::vector<double> &v) {
+            int64_t ld = m.m.ld ? m.m.ld : m.m.cols;
+            for (int64_t r = 0; r < m.m.rows; r++)
+                for (int64_t c = 0; c < m.m.cols; c++) m.f[r * ld + c] = (float)v[r * m.m.cols + c];
+        };
+        put(q, P.q);
+        put(p, P.p);
+        if (P.h) put(hd, P.hd);
+        if (P.E) put(ex, P.ex);
+    }
+};
+
+struct Shape {
+    int64_t B, N, d, h, E;
+};
+
+// A random case; ids and masks switched on by the flags.
+Case make_case(Shape s, uint64_t seed, ns_dtype dt = NS_F32, int64_t pad = 0, bool ids = false,
+               bool positives = false) {
+    Case c;
+    Problem &P = c.P;
+    P.B = s.B;
+    P.N = s.N;
+    P.d = s.d;
+    P.h = s.h;
+    P.E = s.E;
+    make_tensor(P.q, c.q, s.B, s.d, seed, dt, pad);
+    make_tensor(P.p, c.p, s.N, s.d, seed + 1, dt, pad);
+    make_tensor(P.hd, c.hd, s.B * s.h, s.d, seed + 2, dt, pad);
+    make_tensor(P.ex, c.ex, s.E, s.d, seed + 3, dt, pad);
+    std::mt19937_64 g(seed + 4);
+    if (positives) {
+        P.use_positive = true;
+        P.positive.resize(s.B);
+        for (auto &x : P.positive) x = (int64_t)(g() % s.N);
+    }
+    if (ids) {
+        // Few distinct ids, so that duplicates are common.
+        int64_t nid = std::max<int64_t>(2, s.N / 2);
+        P.use_pid = P.use_hid = P.use_eid = P.use_keep = true;
+        P.pid.resize(s.N);
+        for (auto &x : P.pid) x = (int64_t)(g() % nid);
+        P.hid.resize(s.B * s.h);
+        for (auto &x : P.hid) x = g() % 7 == 0 ? -1 : (int64_t)(g() % nid);
+        P.keep.resize(s.B * s.h);
+        for (auto &x : P.keep) x = g() % 5 != 0;
+        P.eid.resize(s.E);
+        for (auto &x : P.eid) x = (int64_t)(g() % nid);
+    }
+    return c;
+}
+
+struct LibResult {
+    ns_status fwd = NS_OK, bwd = NS_OK;
+    float loss = NAN, dtau = NAN;
+    std::vector<float> per, saved, dq, dp, dh;
+};
+
+LibResult run_lib(ns_context *ctx, const Case &c, float grad_loss = 1.0f, bool want_hard = true) {
+    LibResult r;
+    const Problem &P = c.P;
+    ns_infonce_inputs in = c.inputs();
+    ns_loss_options o = P.options();
+    r.per.assign(P.B, NAN);
+    r.saved.assign(P.B * NS_INFONCE_SAVED_PER_QUERY, NAN);
+    r.fwd = ns_infonce_forward(ctx, &in, &o, &r.loss, r.per.data(), r.saved.data());
+    if (r.fwd != NS_OK) return r;
+    r.dq.assign(P.B * P.d, NAN);
+    r.dp.assign(P.N * P.d, NAN);
+    r.dh.assign(std::max<int64_t>(P.B * P.h * P.d, 1), NAN);
+    ns_infonce_grads g{r.dq.data(), r.dp.data(), want_hard && P.h ? r.dh.data() : nullptr, &r.dtau};
+    r.bwd = ns_infonce_backward(ctx, &in, &o, r.saved.data(), grad_loss, &g);
+    return r;
+}
+
+// Compares got (float) with want (double, NaN = not checked); reports the first mismatches.
+void expect_close(const char *what, const std::vector<float> &got, const std::vector<double> &want,
+                  double atol, double rtol) {
+    double scale = 0;
+    for (double w : want)
+        if (!std::isnan(w)) scale = std::max(scale, std::fabs(w));
+    int bad = 0;
+    std::string first;
+    for (size_t i = 0; i < want.size(); i++) {
+        if (std::isnan(want[i])) continue;
+        if (!close(got[i], want[i], atol + rtol * scale, rtol)) {
+            if (bad < 5)
+                first += "\n  [" + std::to_string(i) + "] got " + std::to_string(got[i]) +
+                         " want " + std::to_string(want[i]);
+            bad++;
+        }
+    }
+    EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << want.size()
+                      << " mismatches (max |want| " << scale << ")" << first;
+}
+
+// Checks forward (loss, per-query) against the reference and the gradients against finite
+// differences.
+void check_case(ns_context *ctx, const Case &c, const std::string &label, int fd_elems = -1,
+                double gtol = 2e-3) {
+    SCOPED_TRACE(label);
+    const Problem &P = c.P;
+    LibResult r = run_lib(ctx, c);
+    ASSERT_EQ(r.fwd, NS_OK) << ns_last_error(ctx);
+    ASSERT_EQ(r.bwd, NS_OK) << ns_last_error(ctx);
+    std::vector<double> per;
+    double L = ref_loss(P, P.q.data(), P.p.data(), P.hd.data(), P.ex.data(), P.tau, &per);
+    EXPECT_TRUE(close(r.loss, L, 1e-5, 1e-5)) << "loss got " << r.loss << " want " << L;
+    expect_close("per_query", r.per, per, 2e-5, 2e-5);
+    RefGrads g = fd_grads(P, 1e-3, fd_elems);
+    expect_close("dQ", r.dq, g.q, 1e-6, gtol);
+    expect_close("dP", r.dp, g.p, 1e-6, gtol);
+    if (P.h) {
+        std::vector<float> dh(r.dh.begin(), r.dh.begin() + P.B * P.h * P.d);
+        expect_close("dH", dh, g.hd, 1e-6, gtol);
+    }
+    EXPECT_TRUE(close(r.dtau, g.tau, 1e-5, gtol)) << "dtau got " << r.dtau << " want " << g.tau;
+}
+
+struct OptionSet {
+    const char *name;
+    double tau_plus, beta;
+    int sym, same, share;
+};
+const OptionSet kOptions[] = {
+    {"plain", 0, 0, 0, 1, 0},          {"plain_nosame", 0, 0, 0, 0, 0},
+    {"symmetric", 0, 0, 1, 1, 0},      {"symmetric_nosame", 0, 0, 1, 0, 0},
+    {"debiased", 0.1, 0, 0, 1, 0},     {"reweighted", 0, 0.5, 0, 1, 0},
+    {"debiased_beta", 0.1, 1.0, 0, 1, 0}, {"share_hard", 0, 0, 0, 1, 1},
+    {"share_sym_debiased_beta", 0.05, 0.3, 1, 1, 1},
+};
+
+void apply(Problem &P, const OptionSet &o) {
+    P.tau_plus = o.tau_plus;
+    P.beta = o.beta;
+    P.sym = o.sym;
+    P.same = o.same;
+    P.share = o.share;
+}
+
+}  // namespace
+
+TEST(InfoNCE, PlainShapesMatchReferenceAndFiniteDifferences) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    const Shape shapes[] = {{1, 1, 1, 0, 0}, {1, 5, 3, 0, 0}, {4, 4, 1, 0, 0},
+                            {3, 1, 4, 2, 0}, {5, 9, 7, 2, 4}, {37, 45, 13, 3, 0}};
+    uint64_t seed = 100;
+    for (const Shape &s : shapes) {
+        for (int64_t pad : {0, 3}) {
+            Case k = make_case(s, seed++, NS_F32, pad, false, s.N > s.B || s.B > s.N);
+            if (!k.P.use_positive && k.P.B > k.P.N) continue;
+            check_case(c, k,
+                       "B=" + std::to_string(s.B) + " N=" + std::to_string(s.N) + " d=" +
+                           std::to_string(s.d) + " h=" + std::to_string(s.h) + " E=" +
+                           std::to_string(s.E) + " pad=" + std::to_string(pad));
+        }
+    }
+}
+
+TEST(InfoNCE, EveryOptionMatchesReference) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    for (bool ids : {false, true}) {
+        for (const OptionSet &o : kOptions) {
+            Case k = make_case({9, 11, 6, 2, 3}, 200, NS_F32, 2, ids, true);
+            apply(k.P, o);
+            check_case(c, k, std::string(o.name) + (ids ? " with ids and masks" : ""));
+        }
+    }
+}
+
+TEST(InfoNCE, RaggedWithIdsEveryOption) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    for (const OptionSet &o : kOptions) {
+        Case k = make_case({37, 45, 13, 3, 5}, 300, NS_F32, 1, true, false);
+        apply(k.P, o);
+        check_case(c, k, o.name, 40);
+    }
+}
+
+TEST(InfoNCE, TinyTilesCrossEveryBoundary) {
+    Ctx c(NS_BACKEND_CPU, 3);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    const int64_t tiles[][2] = {{1, 1}, {4, 5}, {3, 7}, {8, 2}};
+    for (auto &t : tiles) {
+        ns_infonce_set_tiles(t[0], t[1]);
+        for (const OptionSet &o : kOptions) {
+            Case k = make_case({10, 13, 5, 2, 4}, 400, NS_F32, 0, true, true);
+            apply(k.P, o);
+            check_case(c, k,
+                       std::string(o.name) + " tiles " + std::to_string(t[0]) + "x" +
+                           std::to_string(t[1]));
+        }
+    }
+    ns_infonce_set_tiles(0, 0);
+}
+
+TEST(InfoNCE, LargerThanDefaultTiles) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    // 300 > 256 query rows and 520 > 512 candidate columns: the default tiles are crossed.
+    const OptionSet sets[] = {kOptions[0], {"sym_debiased_beta", 0.1, 0.5, 1, 1, 0}};
+    for (const OptionSet &o : sets) {
+        Case k = make_case({300, 520, 4, 1, 0}, 500, NS_F32, 0, false, false);
+        apply(k.P, o);
+        check_case(c, k, o.name, 6, 3e-3);
+    }
+}
+
+TEST(InfoNCE, HalfPrecisionInputs) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    for (ns_dtype dt : {NS_F16, NS_BF16}) {
+        for (const OptionSet &o : {kOptions[0], kOptions[2], kOptions[6], kOptions[8]}) {
+            Case k = make_case({7, 10, 9, 2, 3}, 600, dt, 3, true, true);
+            apply(k.P, o);
+            check_case(c, k, std::string(o.name) + (dt == NS_F16 ? " f16" : " bf16"));
+        }
+    }
+}
+
+TEST(InfoNCE, SameIdDuplicatesAndSharedPositives) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    Case k = make_case({8, 6, 5, 1, 2}, 700, NS_F32, 0, false, true);
+    Problem &P = k.P;
+    P.use_pid = true;
+    P.pid = {10, 11, 10, 12, 11, 13};         // rows 0/2 and 1/4 are the same document
+    P.positive = {0, 0, 2, 1, 4, 3, 5, 1};    // queries share positives and positive ids
+    P.use_eid = true;
+    P.eid = {10, 99};
+    for (const OptionSet &o : kOptions) {
+        apply(P, o);
+        check_case(c, k, std::string(o.name) + " duplicates");
+    }
+}
+
+TEST(InfoNCE, DebiasedBothBranchesOfTheClamp) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    Case k = make_case({12, 12, 6, 1, 0}, 800, NS_F32, 0, false, false);
+    Problem &P = k.P;
+    // Half the queries get a strong positive: τ⁺·e^{l⁺} then outweighs the negatives.
+    for (int64_t i = 0; i < P.B; i += 2)
+        for (int64_t e = 0; e < P.d; e++) P.p[i * P.d + e] = 1.5 * P.q[i * P.d + e];
+    k.sync_f32();
+    for (double beta : {0.0, 0.7}) {
+        P.tau_plus = 0.3;
+        P.beta = beta;
+        RefInfo info;
+        ref_loss(P, P.q.data(), P.p.data(), P.hd.data(), P.ex.data(), P.tau, nullptr, &info);
+        EXPECT_GT(info.clamped, 0);
+        EXPECT_GT(info.unclamped, 0);
+        check_case(c, k, "clamp beta=" + std::to_string(beta));
+    }
+}
+
+TEST(InfoNCE, NoNegativesGivesZeroLoss) {
+    Ctx c(NS_BACKEND_CPU, 1);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    for (const OptionSet &o : kOptions) {
+        Case k = make_case({1, 1, 3, 0, 0}, 900);
+        apply(k.P, o);
+        LibResult r = run_lib(c, k);
+        ASSERT_EQ(r.fwd, NS_OK) << ns_last_error(c);
+        ASSERT_EQ(r.bwd, NS_OK) << ns_last_error(c);
+        EXPECT_NEAR(r.loss, 0.0, 1e-6) << o.name;
+        for (float x : r.dq) EXPECT_NEAR(x, 0.0, 1e-6) << o.name;
+        EXPECT_NEAR(r.dtau, 0.0, 1e-6) << o.name;
+    }
+}
+
+TEST(InfoNCE, ThreadCountIndependentAndDeterministic) {
+    std::vector<LibResult> rs;
+    ns_infonce_set_tiles(16, 24);
+    Case k = make_case({70, 90, 11, 2, 5}, 1000, NS_F32, 0, true, true);
+    apply(k.P, kOptions[8]);
+    for (int t : {1, 2, 3, 2}) {
+        Ctx c(NS_BACKEND_CPU, t);
+        ASSERT_EQ(c.status, NS_OK) << c.why;
+        rs.push_back(run_lib(c, k));
+        ASSERT_EQ(rs.back().fwd, NS_OK);
+        ASSERT_EQ(rs.back().bwd, NS_OK);
+    }
+    ns_infonce_set_tiles(0, 0);
+    auto as_double = [](const std::vector<float> &v) { return std::vector<double>(v.begin(), v.end()); };
+    for (size_t i = 1; i < 3; i++) {
+        EXPECT_TRUE(close(rs[i].loss, rs[0].loss, 1e-6, 1e-5));
+        expect_close("dQ threads", rs[i].dq, as_double(rs[0].dq), 1e-7, 1e-5);
+        expect_close("dP threads", rs[i].dp, as_double(rs[0].dp), 1e-7, 1e-5);
+        expect_close("dH threads", rs[i].dh, as_double(rs[0].dh), 1e-7, 1e-5);
+        EXPECT_TRUE(close(rs[i].dtau, rs[0].dtau, 1e-6, 1e-5));
+    }
+    // Same thread count twice: bitwise the same.
+    EXPECT_EQ(std::memcmp(&rs[1].loss, &rs[3].loss, 4), 0);
+    EXPECT_EQ(rs[1].per, rs[3].per);
+    EXPECT_EQ(rs[1].dq, rs[3].dq);
+    EXPECT_EQ(rs[1].dp, rs[3].dp);
+    EXPECT_EQ(rs[1].dh, rs[3].dh);
+    EXPECT_EQ(std::memcmp(&rs[1].dtau, &rs[3].dtau, 4), 0);
+}
+
+TEST(InfoNCE, GradLossScalesEveryGradient) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    Case k = make_case({9, 11, 6, 2, 3}, 1100, NS_F32, 0, true, true);
+    apply(k.P, kOptions[8]);
+    LibResult a = run_lib(c, k, 1.0f), b = run_lib(c, k, -2.5f);
+    ASSERT_EQ(b.bwd, NS_OK);
+    auto scaled = [](const std::vector<float> &v) {
+        std::vector<double> o(v.size());
+        for (size_t i = 0; i < v.size(); i++) o[i] = -2.5 * v[i];
+        return o;
+    };
+    expect_close("dQ", b.dq, scaled(a.dq), 1e-7, 1e-5);
+    expect_close("dP", b.dp, scaled(a.dp), 1e-7, 1e-5);
+    expect_close("dH", b.dh, scaled(a.dh), 1e-7, 1e-5);
+    EXPECT_TRUE(close(b.dtau, -2.5 * a.dtau, 1e-7, 1e-5));
+    // Optional gradients: only the temperature.
+    ns_infonce_inputs in = k.inputs();
+    ns_loss_options o = k.P.options();
+    float t = NAN;
+    ns_infonce_grads g{nullptr, nullptr, nullptr, &t};
+    ASSERT_EQ(ns_infonce_backward(c, &in, &o, a.saved.data(), 1.0f, &g), NS_OK);
+    EXPECT_EQ(std::memcmp(&t, &a.dtau, 4), 0);
+}
+
+TEST(InfoNCE, DefaultOptionsAreTheDocumentedOnes) {
+    Ctx c(NS_BACKEND_CPU, 1);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    Case k = make_case({5, 7, 4, 0, 0}, 1200, NS_F32, 0, true, false);
+    k.P.tau = 0.05;
+    ns_infonce_inputs in = k.inputs();
+    float loss = NAN, saved[5 * NS_INFONCE_SAVED_PER_QUERY];
+    ASSERT_EQ(ns_infonce_forward(c, &in, nullptr, &loss, nullptr, saved), NS_OK);
+    double L = ref_loss(k.P, k.P.q.data(), k.P.p.data(), k.P.hd.data(), k.P.ex.data(), 0.05);
+    EXPECT_TRUE(close(loss, L, 1e-4, 1e-5)) << loss << " vs " << L;
+    // The first saved float is the row log-sum-exp in the plain case.
+    for (int64_t i = 0; i < 5; i++) {
+        std::vector<double> per;
+        ref_loss(k.P, k.P.q.data(), k.P.p.data(), k.P.hd.data(), k.P.ex.data(), 0.05, &per);
+        double lpos = dot(&k.P.q[i * 4], &k.P.p[i * 4], 4) / 0.05;
+        EXPECT_TRUE(close(saved[i * NS_INFONCE_SAVED_PER_QUERY], per[i] + lpos, 1e-3, 1e-5));
+    }
+}
+
+// ---------------------------------------------------------------- bad input
+
+namespace {
+struct BadCall {
+    ns_status status;
+    std::string msg;
+    bool untouched;
+};
+
+BadCall forward_bad(ns_context *ctx, const ns_infonce_inputs *in, const ns_loss_options *o,
+                    bool null_loss = false, bool null_saved = false) {
+    float loss = 123.f;
+    std::vector<float> per(64, 7.f), saved(64 * NS_INFONCE_SAVED_PER_QUERY, 9.f);
+    ns_status st = ns_infonce_forward(ctx, in, o, null_loss ? nullptr : &loss, per.data(),
+                                      null_saved ? nullptr : saved.data());
+    bool untouched = loss == 123.f && std::all_of(per.begin(), per.end(), [](float x) { return x == 7.f; }) &&
+                     std::all_of(saved.begin(), saved.end(), [](float x) { return x == 9.f; });
+    return {st, ns_last_error(ctx), untouched};
+}
+}  // namespace
+
+#define EXPECT_BAD(call, code, text)                                                   \
+    do {                                                                               \
+        BadCall b_ = (call);                                                           \
+        EXPECT_EQ(b_.status, code) << b_.msg;                                          \
+        EXPECT_NE(b_.msg.find(text), std::string::npos) << "message: " << b_.msg;      \
+        EXPECT_TRUE(b_.untouched) << b_.msg;                                           \
+    } while (0)
+
+TEST(InfoNCE, ForwardRejectsBadInput) {
+    Ctx c(NS_BACKEND_CPU, 1);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    Case k = make_case({4, 6, 3, 2, 2}, 1300, NS_F32, 0, true, true);
+    const ns_infonce_inputs good = k.inputs();
+    const ns_loss_options og = k.P.options();
+    ASSERT_TRUE(forward_bad(c, &good, &og).status == NS_OK);
+
+    EXPECT_EQ(ns_infonce_forward(nullptr, &good, &og, nullptr, nullptr, nullptr), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_BAD(forward_bad(c, nullptr, &og), NS_ERR_INVALID_ARGUMENT, "ns_infonce_forward: inputs is NULL");
+    EXPECT_BAD(forward_bad(c, &good, &og, true), NS_ERR_INVALID_ARGUMENT, "loss is NULL");
+    EXPECT_BAD(forward_bad(c, &good, &og, false, true), NS_ERR_INVALID_ARGUMENT, "saved is NULL");
+
+    auto with_opt = [&](std::function<void(ns_loss_options &)> f) {
+        ns_loss_options o = og;
+        f(o);
+        return forward_bad(c, &good, &o);
+    };
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.struct_size = 8; }), NS_ERR_INVALID_ARGUMENT, "struct_size (8)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = 0; }), NS_ERR_INVALID_ARGUMENT, "temperature (0)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = -1; }), NS_ERR_INVALID_ARGUMENT, "temperature (-1)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = INFINITY; }), NS_ERR_INVALID_ARGUMENT, "temperature (inf)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = NAN; }), NS_ERR_INVALID_ARGUMENT, "temperature");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.tau_plus = 1; }), NS_ERR_INVALID_ARGUMENT, "tau_plus (1)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.tau_plus = -0.5f; }), NS_ERR_INVALID_ARGUMENT, "tau_plus (-0.5)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.beta = -1; }), NS_ERR_INVALID_ARGUMENT, "beta (-1)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.beta = NAN; }), NS_ERR_INVALID_ARGUMENT, "beta");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.symmetric = 2; }), NS_ERR_INVALID_ARGUMENT, "symmetric (2)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.mask_same_id = -1; }), NS_ERR_INVALID_ARGUMENT, "mask_same_id (-1)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.share_hard = 5; }), NS_ERR_INVALID_ARGUMENT, "share_hard (5)");
+
+    auto with_in = [&](std::function<void(ns_infonce_inputs &)> f) {
+        ns_infonce_inputs in = good;
+        f(in);
+        return forward_bad(c, &in, &og);
+    };
+    std::vector<float> wide(6 * 5, 0.5f), nanq(4 * 3, 0.5f), infh(8 * 3, 0.25f);
+    nanq[7] = NAN;
+    infh[13] = -INFINITY;
+    std::vector<int64_t> badpos = {0, 1, 6, 2}, negpos = {0, -1, 1, 2};
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.passage = f32_matrix(wide.data(), 6, 5); }),
+               NS_ERR_INVALID_ARGUMENT, "ns_infonce_forward: query has 3 columns but passage has 5");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.hard = f32_matrix(wide.data(), 6, 5); in.hard.rows = 8; }),
+               NS_ERR_INVALID_ARGUMENT, "query has 3 columns but hard has 5");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.extra = f32_matrix(wide.data(), 2, 5); }),
+               NS_ERR_INVALID_ARGUMENT, "query has 3 columns but extra has 5");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.hard.rows = 7; }), NS_ERR_INVALID_ARGUMENT,
+               "hard has 7 rows but queries × hard_per_query is 4 × 2");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.hard_per_query = -1; }), NS_ERR_INVALID_ARGUMENT,
+               "hard_per_query (-1)");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.hard_per_query = 0; }), NS_ERR_INVALID_ARGUMENT,
+               "hard has 8 rows but hard_per_query is 0");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.positive = badpos.data(); }), NS_ERR_INVALID_ARGUMENT,
+               "positive[2] (6) is not a passage row in [0, 6)");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.positive = negpos.data(); }), NS_ERR_INVALID_ARGUMENT,
+               "positive[1] (-1)");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.positive = nullptr; in.passage.rows = 3; }),
+               NS_ERR_INVALID_ARGUMENT, "4 queries and only 3 passages");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.passage.rows = 0; }), NS_ERR_INVALID_ARGUMENT,
+               "passage.rows (0) must be at least 1");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.query.rows = 0; }), NS_ERR_INVALID_ARGUMENT,
+               "query.rows (0) must be at least 1");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.query.data = nullptr; }), NS_ERR_INVALID_ARGUMENT,
+               "query.data is NULL");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.query.ld = 2; }), NS_ERR_INVALID_ARGUMENT,
+               "query.ld (2) is smaller than query.cols (3)");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.query.dtype = (ns_dtype)9; }), NS_ERR_UNSUPPORTED,
+               "query.dtype (9)");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.extra.data = nullptr; }), NS_ERR_INVALID_ARGUMENT,
+               "extra.data is NULL");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.query = f32_matrix(nanq.data(), 4, 3); }),
+               NS_ERR_NONFINITE, "query[2][1] is not finite");
+    EXPECT_BAD(with_in([&](ns_infonce_inputs &in) { in.hard = f32_matrix(infh.data(), 8, 3); }),
+               NS_ERR_NONFINITE, "hard[4][1] is not finite");
+}
+
+TEST(InfoNCE, BackwardRejectsBadInput) {
+    Ctx c(NS_BACKEND_CPU, 1);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    Case k = make_case({4, 6, 3, 2, 2}, 1400, NS_F32, 0, true, true);
+    const ns_infonce_inputs good = k.inputs();
+    const ns_loss_options og = k.P.options();
+    LibResult ok = run_lib(c, k);
+    ASSERT_EQ(ok.bwd, NS_OK);
+    auto call = [&](const ns_infonce_inputs *in, const ns_loss_options *o, const float *saved,
+                    float gl, bool null_grads = false) {
+        std::vector<float> dq(12, 5.f), dp(18, 5.f), dh(24, 5.f);
+        float dt = 5.f;
+        ns_infonce_grads g{dq.data(), dp.data(), dh.data(), &dt};
+        ns_status st = ns_infonce_backward(c, in, o, saved, gl, null_grads ? nullptr : &g);
+        auto same = [](const std::vector<float> &v) {
+            return std::all_of(v.begin(), v.end(), [](float x) { return x == 5.f; });
+        };
+        return BadCall{st, ns_last_error(c), same(dq) && same(dp) && same(dh) && dt == 5.f};
+    };
+    EXPECT_BAD(call(&good, &og, nullptr, 1.f), NS_ERR_INVALID_ARGUMENT, "ns_infonce_backward: saved is NULL");
+    EXPECT_BAD(call(&good, &og, ok.saved.data(), 1.f, true), NS_ERR_INVALID_ARGUMENT, "grads is NULL");
+    EXPECT_BAD(call(&good, &og, ok.saved.data(), NAN), NS_ERR_NONFINITE, "grad_loss (nan)");
+    EXPECT_BAD(call(nullptr, &og, ok.saved.data(), 1.f), NS_ERR_INVALID_ARGUMENT, "inputs is NULL");
+    ns_loss_options o = og;
+    o.temperature = -2;
+    EXPECT_BAD(call(&good, &o, ok.saved.data(), 1.f), NS_ERR_INVALID_ARGUMENT, "temperature (-2)");
+    std::vector<float> sv = ok.saved;
+    sv[3] = INFINITY;
+    EXPECT_BAD(call(&good, &og, sv.data(), 1.f), NS_ERR_NONFINITE, "saved[3] is not finite");
+    ns_infonce_inputs in = good;
+    std::vector<float> wide(6 * 5, 0.5f);
+    in.passage = f32_matrix(wide.data(), 6, 5);
+    EXPECT_BAD(call(&in, &og, ok.saved.data(), 1.f), NS_ERR_INVALID_ARGUMENT,
+               "ns_infonce_backward: query has 3 columns but passage has 5");
+    EXPECT_EQ(ns_infonce_backward(nullptr, &good, &og, ok.saved.data(), 1.f, nullptr), NS_ERR_INVALID_ARGUMENT);
+}
+
+// ---------------------------------------------------------------- CUDA against CPU
+
+class InfoNCEBackend : public ::testing::TestWithParam<ns_backend> {};
+
+TEST_P(InfoNCEBackend, MatchesCpuReference) {
+    Ctx c(GetParam(), 2);
+    NS_REQUIRE_BACKEND(c);
+    Ctx cpu(NS_BACKEND_CPU, 2);
+    for (const OptionSet &o : kOptions) {
+        Case k = make_case({33, 40, 16, 2, 8}, 1500, NS_F32, 0, true, true);
+        apply(k.P, o);
+        LibResult want = run_lib(cpu, k);
+        ASSERT_EQ(want.bwd, NS_OK);
+        if (!c.cuda()) continue;
+#ifdef NS_HAVE_CUDA
+        // Device copies of every input.
+        ns_infonce_inputs in = k.inputs();
+        ns_loss_options opt = k.P.options();
+        auto dev = [](const void *h, size_t bytes) {
+            void *p = nullptr;
+            if (!h || !bytes) return (void *)nullptr;
+            cudaMalloc(&p, bytes);
+            cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice);
+            return p;
+        };
+        std::vector<void *> owned;
+        auto put = [&](const void *h, size_t bytes) { owned.push_back(dev(h, bytes)); return owned.back(); };
+        in.query.data = put(k.q.f.data(), k.q.f.size() * 4);
+        in.passage.data = put(k.p.f.data(), k.p.f.size() * 4);
+        in.hard.data = put(k.hd.f.data(), k.hd.f.size() * 4);
+        in.extra.data = put(k.ex.f.data(), k.ex.f.size() * 4);
+        in.positive = (const int64_t *)put(k.P.positive.data(), k.P.positive.size() * 8);
+        in.hard_keep = (const uint8_t *)put(k.P.keep.data(), k.P.keep.size());
+        in.passage_id = (const int64_t *)put(k.P.pid.data(), k.P.pid.size() * 8);
+        in.hard_id = (const int64_t *)put(k.P.hid.data(), k.P.hid.size() * 8);
+        in.extra_id = (const int64_t *)put(k.P.eid.data(), k.P.eid.size() * 8);
+        Buf<float> per(c, k.P.B, 0.f), saved(c, k.P.B * NS_INFONCE_SAVED_PER_QUERY, 0.f);
+        Buf<float> dq(c, k.P.B * k.P.d, 0.f), dp(c, k.P.N * k.P.d, 0.f), dh(c, k.P.B * k.P.h * k.P.d, 0.f);
+        float loss = NAN, dtau = NAN;
+        ns_status st = ns_infonce_forward(c, &in, &opt, &loss, per.ptr(), saved.ptr());
+        if (st == NS_ERR_UNSUPPORTED) {
+            for (void *p : owned) cudaFree(p);
+            GTEST_SKIP() << "CUDA InfoNCE not available: " << ns_last_error(c);
+        }
+        ASSERT_EQ(st, NS_OK) << ns_last_error(c);
+        ns_infonce_grads g{dq.ptr(), dp.ptr(), dh.ptr(), &dtau};
+        ASSERT_EQ(ns_infonce_backward(c, &in, &opt, saved.ptr(), 1.0f, &g), NS_OK) << ns_last_error(c);
+        SCOPED_TRACE(o.name);
+        EXPECT_TRUE(close(loss, want.loss, 1e-5, 1e-4));
+        auto d = [](const std::vector<float> &v) { return std::vector<double>(v.begin(), v.end()); };
+        expect_close("per_query", per.fetch(), d(want.per), 1e-5, 1e-4);
+        expect_close("dQ", dq.fetch(), d(want.dq), 1e-6, 1e-3);
+        expect_close("dP", dp.fetch(), d(want.dp), 1e-6, 1e-3);
+        std::vector<float> wh(want.dh.begin(), want.dh.begin() + k.P.B * k.P.h * k.P.d);
+        expect_close("dH", dh.fetch(), d(wh), 1e-6, 1e-3);
+        EXPECT_TRUE(close(dtau, want.dtau, 1e-6, 1e-3));
+        for (void *p : owned) cudaFree(p);
+#endif
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(B, InfoNCEBackend, NS_BACKENDS, BackendName());
