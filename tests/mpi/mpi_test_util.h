@@ -51,10 +51,12 @@ inline bool contains(const char *hay, const char *needle) {
 }
 
 // Sums every rank's failure count; rank 0 prints the closing line. Returns the exit code.
-inline int finish(const char *name) {
-    int mine = failures(), all = 0;
-    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    if (rank() == 0) {
+// over: the ranks still taking part (all of them unless a test made one leave).
+inline int finish(const char *name, MPI_Comm over = MPI_COMM_WORLD) {
+    int mine = failures(), all = 0, me = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_SUM, over);
+    MPI_Comm_rank(over, &me);
+    if (me == 0) {
         if (all == 0) std::printf("%s: all checks passed on %d ranks\n", name, size());
         else std::printf("%s: %d check(s) FAILED on %d ranks\n", name, all, size());
         std::fflush(stdout);
