@@ -105,7 +105,7 @@ static ns_status check_queue(ns_context *ctx, const char *fn, const ns_queue *qu
 /* Device push: rows are device f32. The rows are brought to the host once to reject NaN/Inf
  * (this synchronises the stream), then copied device to device into the ring. */
 static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const int64_t *ids,
-                           int64_t first, int64_t n) {
+                           int64_t first, int64_t n, int64_t start) {
     static const char *fn = "ns_queue_push";
     const int64_t dim = qu->dim, ld = ns_ld(rows);
     if (rows.dtype != NS_F32)
@@ -133,7 +133,7 @@ static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const 
     if (!ids)
         for (int64_t r = 0; r < n; r++) hid[r] = -1;
     /* Copy in up to two contiguous runs of slots (before and after the wrap). */
-    int64_t done = 0, slot = qu->next;
+    int64_t done = 0, slot = start;
     while (done < n) {
         int64_t run = qu->capacity - slot < n - done ? qu->capacity - slot : n - done;
         if ((st = ns_cuda_memcpy(ctx, qu->rows + slot * dim, host + done * dim,
@@ -160,13 +160,15 @@ ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const 
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: rows has %lld columns but the queue holds rows of dim %lld", fn,
                        (long long)rows.cols, (long long)queue->dim);
-    /* Only the newest capacity rows can survive the push. */
+    /* Only the newest capacity rows can survive the push; they land in the slots that pushing
+     * every row one at a time would have left them in. */
     const int64_t n = rows.rows < queue->capacity ? rows.rows : queue->capacity;
     const int64_t first = rows.rows - n;
+    const int64_t start = (queue->next + first % queue->capacity) % queue->capacity;
 #ifdef NS_HAVE_CUDA
     if (ctx->backend == NS_BACKEND_CUDA) {
-        if ((st = push_cuda(ctx, queue, rows, ids, first, n))) return st;
-        queue->next = (queue->next + n) % queue->capacity;
+        if ((st = push_cuda(ctx, queue, rows, ids, first, n, start))) return st;
+        queue->next = (start + n) % queue->capacity;
         queue->size = queue->size + n < queue->capacity ? queue->size + n : queue->capacity;
         return NS_OK;
     }
@@ -180,7 +182,7 @@ ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const 
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: rows[%lld][%lld] is not finite", fn,
                        (long long)(first + (bad - 1) / rows.cols),
                        (long long)((bad - 1) % rows.cols));
-    int64_t slot = queue->next;
+    int64_t slot = start;
     for (int64_t r = 0; r < n; r++) {
         ns_rows_to_f32(rows, first + r, 1, queue->rows + slot * queue->dim);
         queue->ids[slot] = ids ? ids[first + r] : -1;
