@@ -1,0 +1,633 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the negsamp command-line program.
+
+Each group runs as its own ctest (cli_<group>, registered in tools/CMakeLists.txt):
+    python3 tests/cli/test_cli.py --negsamp BUILD/tools/negsamp --data DIGITS.csv.gz --group mine_generated
+Without --group every group runs. Needs only numpy. References are independent: numpy brute-force
+top-k in float64, Python's json module, plain file checks.
+"""
+import argparse
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+
+NEGSAMP = None
+DATA = None
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def run(*args, expect=0, timeout=180):
+    """Runs negsamp; checks the exit status; returns (stdout, stderr)."""
+    p = subprocess.run([NEGSAMP, *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    if p.returncode != expect:
+        raise Failure(f"negsamp {' '.join(map(str, args))}\n  exit {p.returncode}, expected "
+                      f"{expect}\n  stdout: {p.stdout[-2000:]}\n  stderr: {p.stderr[-2000:]}")
+    return p.stdout, p.stderr
+
+
+def leftovers(d):
+    """Temporary files negsamp may have left in d."""
+    return [f for f in os.listdir(d) if ".tmp." in f]
+
+
+# ---------------------------------------------------------------- references
+
+def ref_topk(q, c, k, exclude=None, cosine=False):
+    """Float64 brute force: (index, score), best first, ties to the lower row, -1/-inf tail."""
+    q = q.astype(np.float64)
+    c = c.astype(np.float64)
+    if cosine:
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        c = c / np.linalg.norm(c, axis=1, keepdims=True)
+    full = q @ c.T
+    s = full.copy()
+    if exclude:
+        for i, ids in exclude.items():
+            s[i, list(ids)] = -np.inf
+    idx = np.empty((q.shape[0], k), np.int64)
+    sc = np.empty((q.shape[0], k))
+    for i in range(q.shape[0]):
+        order = np.lexsort((np.arange(c.shape[0]), -s[i]))[:k]
+        idx[i] = order
+        sc[i] = s[i, order]
+        bad = ~np.isfinite(sc[i])
+        idx[i, bad] = -1
+    return idx, sc, full
+
+
+def assert_topk_match(idx, sc, ref_idx, ref_sc, full, what, tol=2e-5):
+    check(idx.shape == ref_idx.shape, f"{what}: shape {idx.shape} != reference {ref_idx.shape}")
+    check(idx.dtype == np.int64, f"{what}: index dtype {idx.dtype}, expected int64")
+    check(sc.dtype == np.float32, f"{what}: score dtype {sc.dtype}, expected float32")
+    bad = []
+    for i in range(idx.shape[0]):
+        for j in range(idx.shape[1]):
+            if idx[i, j] == ref_idx[i, j]:
+                continue
+            # A swap is allowed only between rows whose scores tie within f32 rounding.
+            if idx[i, j] >= 0 and abs(full[i, idx[i, j]] - ref_sc[i, j]) < tol:
+                continue
+            bad.append((i, j, int(idx[i, j]), int(ref_idx[i, j])))
+    check(not bad, f"{what}: {len(bad)} index mismatches (query, rank, got, expected), "
+                   f"first: {bad[:5]}")
+    fin = ref_idx >= 0
+    err = np.abs(sc[fin].astype(np.float64) - ref_sc[fin])
+    check(err.size == 0 or err.max() < tol * 10,
+          f"{what}: score error {err.max() if err.size else 0} too large")
+
+
+def save_fvecs(path, x):
+    x = np.asarray(x, np.float32)
+    with open(path, "wb") as f:
+        for row in x:
+            np.array([x.shape[1]], np.int32).tofile(f)
+            row.tofile(f)
+
+
+def save_npy_v2(path, x):
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(x), version=(2, 0))
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def digits():
+    with gzip.open(DATA, "rt") as f:
+        a = np.loadtxt(f, delimiter=",")
+    x = a[:, :-1].astype(np.float32)
+    y = a[:, -1].astype(np.int64)
+    return x, y
+
+
+# ---------------------------------------------------------------- groups
+
+def group_help(tmp):
+    out, _ = run("--help")
+    check("usage" in out and "mine" in out and "demo" in out, "main --help lacks the commands")
+    for cmd in ("mine", "sample", "demo", "info"):
+        out, _ = run(cmd, "--help")
+        check("usage: negsamp " + cmd in out, f"{cmd} --help lacks its usage line")
+        if cmd != "info":
+            check("Example" in out, f"{cmd} --help lacks examples")
+    out, _ = run("info")
+    for key in ("negsamp 0.", "cuda backend built:", "cuda devices:", "backends: cpu",
+                "auto resolves to:"):
+        check(key in out, f"info lacks '{key}': {out}")
+
+
+def group_usage(tmp):
+    rng = np.random.default_rng(1)
+    q = os.path.join(tmp, "q.npy")
+    np.save(q, rng.standard_normal((5, 4)).astype(np.float32))
+    out = os.path.join(tmp, "o.npy")
+    cases = [
+        [],
+        ["frobnicate"],
+        ["mine", "--bogus"],
+        ["mine", "--corpus", q, "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "-k", "2", "-m", "3", "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--sampler", "best", "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--simans-a", "0", "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--temperature", "-1", "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "-m", "abc", "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--rank-min", "4", "--rank-max", "4",
+         "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q],
+        ["mine", "--queries", q, "--corpus", q, "--sampler", "simans", "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--margin", "0.1", "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--format", "st", "--out", out],
+        ["mine", "--queries", q, "--corpus", q, "--format", "xml", "--out", out],
+        ["mine", "--queries", q, "--corpus", q, "--paired", "--positives", q, "--out", out],
+        ["mine", "--queries", q, "--corpus", q, "--out", out, "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--backend", "tpu", "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--out-index", out, "extra"],
+        ["mine", "--queries"],
+        ["sample", "--scores", q, "--out-index", out],
+        ["sample", "--candidates", q, "--scores", q, "--sampler", "simans", "--out-index", out],
+        ["demo", "--positive", "best"],
+        ["demo", "-k", "5", "-m", "10"],
+        ["info", "extra"],
+    ]
+    for args in cases:
+        _, err = run(*args, expect=2)
+        check(err.strip(), f"usage error without a message: {args}")
+        check(not os.path.exists(out), f"usage error left an output: {args}")
+        check(not leftovers(tmp), f"usage error left temporary files: {args}")
+
+
+def group_mine_generated(tmp):
+    rng = np.random.default_rng(7)
+    for (B, N, d, k) in [(37, 211, 13, 20), (1, 5, 1, 5), (64, 300, 32, 1), (9, 50, 7, 50)]:
+        qx = rng.standard_normal((B, d)).astype(np.float32)
+        cx = rng.standard_normal((N, d)).astype(np.float32)
+        qp, cp = os.path.join(tmp, "q.npy"), os.path.join(tmp, "c.npy")
+        np.save(qp, qx)
+        np.save(cp, cx)
+        ip, sp = os.path.join(tmp, "i.npy"), os.path.join(tmp, "s.npy")
+        run("mine", "--queries", qp, "--corpus", cp, "-k", k, "-m", k, "--out-index", ip,
+            "--out-score", sp, "--force", "--quiet")
+        ref_idx, ref_sc, full = ref_topk(qx, cx, k)
+        assert_topk_match(np.load(ip), np.load(sp), ref_idx, ref_sc, full,
+                          f"top-{k} of B={B} N={N} d={d}")
+        # The same through several query blocks, cosine scores and a v2 header.
+        save_npy_v2(qp, qx)
+        run("mine", "--queries", qp, "--corpus", cp, "-k", k, "-m", k, "--cosine", "--batch", 4,
+            "--out-index", ip, "--out-score", sp, "--force", "--quiet")
+        ref_idx, ref_sc, full = ref_topk(qx, cx, k, cosine=True)
+        assert_topk_match(np.load(ip), np.load(sp), ref_idx, ref_sc, full,
+                          f"cosine top-{k}, blocks of 4, v2 header")
+
+    # f16 queries/corpus (compared against the f16 values), .fvecs input.
+    B, N, d, k = 23, 120, 16, 10
+    qx = rng.standard_normal((B, d)).astype(np.float16)
+    cx = rng.standard_normal((N, d)).astype(np.float16)
+    qp, cp = os.path.join(tmp, "q16.npy"), os.path.join(tmp, "c16.npy")
+    np.save(qp, qx)
+    np.save(cp, cx)
+    ip, sp = os.path.join(tmp, "i16.npy"), os.path.join(tmp, "s16.npy")
+    run("mine", "--queries", qp, "--corpus", cp, "-k", k, "-m", k, "--out-index", ip,
+        "--out-score", sp, "--quiet")
+    ref_idx, ref_sc, full = ref_topk(qx.astype(np.float32), cx.astype(np.float32), k)
+    assert_topk_match(np.load(ip), np.load(sp), ref_idx, ref_sc, full, "f16 inputs", tol=1e-4)
+    qf, cf = os.path.join(tmp, "q.fvecs"), os.path.join(tmp, "c.fvecs")
+    save_fvecs(qf, qx.astype(np.float32))
+    save_fvecs(cf, cx.astype(np.float32))
+    ipf = os.path.join(tmp, "if.npy")
+    run("mine", "--queries", qf, "--corpus", cf, "-k", k, "-m", k, "--out-index", ipf, "--quiet")
+    check(np.array_equal(np.load(ipf), np.load(ip)), ".fvecs input gives other neighbours")
+
+    # Self exclusion (queries = corpus) and positives excluded (same-id rule).
+    N, d, k = 80, 8, 12
+    x = rng.standard_normal((N, d)).astype(np.float32)
+    xp = os.path.join(tmp, "x.npy")
+    np.save(xp, x)
+    pos = {i: {(i * 7 + 3) % N} for i in range(N) if (i * 7 + 3) % N != i}
+    posf = os.path.join(tmp, "pos.txt")
+    with open(posf, "w") as f:
+        for i in range(N):
+            f.write(" ".join(str(p) for p in sorted(pos.get(i, ()))) + "\n")
+    ip, sp, pp = (os.path.join(tmp, n) for n in ("ix.npy", "sx.npy", "px.npy"))
+    run("mine", "--queries", xp, "--corpus", xp, "--exclude-self", "--positives", posf, "-k", k,
+        "-m", k, "--out-index", ip, "--out-score", sp, "--out-positive-score", pp, "--quiet")
+    excl = {i: {i} | pos.get(i, set()) for i in range(N)}
+    ref_idx, ref_sc, full = ref_topk(x, x, k, exclude=excl)
+    idx = np.load(ip)
+    assert_topk_match(idx, np.load(sp), ref_idx, ref_sc, full, "self + positives excluded")
+    ps = np.load(pp)
+    for i in range(N):
+        want = min(full[i, p] for p in pos[i]) if i in pos else np.nan
+        if i in pos:
+            check(abs(ps[i] - want) < 1e-4, f"positive score of query {i}: {ps[i]} != {want}")
+        else:
+            check(np.isnan(ps[i]) and (idx[i] == -1).all(),
+                  f"query {i} has no positive: expected a NaN positive score and -1 row")
+
+    # Filter rules against numpy: every kept negative obeys each rule; rank window.
+    s_plus = np.array([min(full[i, p] for p in pos[i]) if i in pos else np.nan for i in range(N)])
+    for rule, val, ok in [
+        ("--max-score", 0.5, lambda s, i, r: s <= 0.5),
+        ("--min-score", -0.5, lambda s, i, r: s >= -0.5),
+        ("--margin", 0.1, lambda s, i, r: s <= s_plus[i] - 0.1),
+        ("--rel-margin", 0.2, lambda s, i, r: s <= s_plus[i] - abs(s_plus[i]) * 0.2),
+        ("--rank-min", 3, lambda s, i, r: r >= 3),
+    ]:
+        fi, fs = os.path.join(tmp, "fi.npy"), os.path.join(tmp, "fs.npy")
+        run("mine", "--queries", xp, "--corpus", xp, "--exclude-self", "--positives", posf,
+            "-k", k, "-m", 5, rule, val, "--out-index", fi, "--out-score", fs, "--force",
+            "--quiet")
+        ii, ss = np.load(fi), np.load(fs)
+        for i in range(N):
+            if i not in pos:
+                continue
+            # Expected: the first 5 of the unfiltered top-k that pass the rule, in rank order.
+            want = [int(ref_idx[i, r]) for r in range(k)
+                    if ref_idx[i, r] >= 0 and ok(ref_sc[i, r], i, r)][:5]
+            got = [int(v) for v in ii[i] if v >= 0]
+            check(got == want, f"{rule} {val}: query {i} got {got}, expected {want}")
+            check(all(np.isnan(ss[i, len(got):])), f"{rule}: padding scores are not NaN")
+
+    # Samplers: seeded runs repeat, block size does not change the draw, no duplicates.
+    for sampler in ("uniform", "simans", "softmax"):
+        a1, a2 = os.path.join(tmp, "a1.npy"), os.path.join(tmp, "a2.npy")
+        base = ["mine", "--queries", xp, "--corpus", xp, "--exclude-self", "--positives", posf,
+                "-k", k, "-m", 6, "--sampler", sampler, "--seed", 11, "--quiet", "--force"]
+        run(*base, "--out-index", a1)
+        run(*base, "--batch", 7, "--threads", 1, "--out-index", a2)
+        r1, r2 = np.load(a1), np.load(a2)
+        check(np.array_equal(r1, r2), f"{sampler}: the draw depends on the block size/threads")
+        for i in range(N):
+            row = [v for v in r1[i] if v >= 0]
+            check(len(set(row)) == len(row), f"{sampler}: duplicate negatives for query {i}")
+            check(set(row) <= set(ref_idx[i].tolist()), f"{sampler}: negative outside the top-k")
+        run(*base[:-4], "--seed", 12, "--quiet", "--force", "--out-index", a2)
+        check(not np.array_equal(r1, np.load(a2)), f"{sampler}: seeds 11 and 12 draw the same")
+
+
+def digits_npy(tmp):
+    x, y = digits()
+    check(x.shape == (1797, 64), f"digits shape {x.shape}")
+    p = os.path.join(tmp, "digits.npy")
+    np.save(p, x)
+    return p, x, y
+
+
+def group_mine_digits(tmp):
+    p, x, y = digits_npy(tmp)
+    k = 10
+    ip, sp, jp = (os.path.join(tmp, n) for n in ("di.npy", "ds.npy", "d.jsonl"))
+    run("mine", "--queries", p, "--corpus", p, "--exclude-self", "--cosine", "-k", k, "-m", k,
+        "--out-index", ip, "--out-score", sp, "--out", jp, "--quiet")
+    ref_idx, ref_sc, full = ref_topk(x, x, k, exclude={i: {i} for i in range(len(x))},
+                                     cosine=True)
+    idx = np.load(ip)
+    assert_topk_match(idx, np.load(sp), ref_idx, ref_sc, full, "digits cosine top-10")
+    rows = read_jsonl(jp)
+    check(len(rows) == len(x), f"{len(rows)} JSONL rows for {len(x)} queries")
+    for i, r in enumerate(rows):
+        check(set(r) == {"query", "positive", "negatives", "scores"}, f"fields {sorted(r)}")
+        check(r["query"] == i and r["positive"] is None, f"row {i}: {r['query']}, {r['positive']}")
+        check(r["negatives"] == idx[i].tolist(), f"row {i}: JSONL negatives differ from .npy")
+    # Digits with labelled pairs: the positive is image i+1 of the same label (qrels).
+    qrels = os.path.join(tmp, "digits.qrels.tsv")
+    with open(qrels, "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for i in range(len(x)):
+            same = np.nonzero(y == y[i])[0]
+            j = same[(np.searchsorted(same, i) + 1) % len(same)]
+            f.write(f"{i}\t{j}\t1\n")
+    out = os.path.join(tmp, "dq.jsonl")
+    run("mine", "--queries", p, "--corpus", p, "--exclude-self", "--cosine", "--qrels", qrels,
+        "-k", 30, "-m", 5, "--rel-margin", 0.05, "--sampler", "simans", "--simans-a", 20,
+        "--seed", 3, "--out", out, "--quiet")
+    rows = read_jsonl(out)
+    check(len(rows) == len(x), f"{len(rows)} rows with one positive per query")
+    for r in rows:
+        i = r["query"]
+        check(r["positive"] != i and y[r["positive"]] == y[i], f"query {i}: wrong positive")
+        check(i not in r["negatives"] and r["positive"] not in r["negatives"],
+              f"query {i}: itself or its positive among the negatives")
+        sp_ = full[i, r["positive"]]
+        for n, s in zip(r["negatives"], r["scores"]):
+            check(abs(full[i, n] - s) < 1e-4, f"query {i}: score of {n} is {s}, not {full[i, n]}")
+            check(s <= sp_ - abs(sp_) * 0.05 + 1e-6, f"query {i}: {n} ({s}) breaks the margin")
+
+
+def group_formats(tmp):
+    rng = np.random.default_rng(3)
+    B, N, d = 6, 40, 5
+    qx = rng.standard_normal((B, d)).astype(np.float32)
+    cx = rng.standard_normal((N, d)).astype(np.float32)
+    qp, cp = os.path.join(tmp, "q.npy"), os.path.join(tmp, "c.npy")
+    np.save(qp, qx)
+    np.save(cp, cx)
+    qids = [f"q-{i}" for i in range(B)]
+    cids = [f'doc "{i}"\\x' for i in range(N)]  # quotes and backslashes need escaping
+    qf, cf = os.path.join(tmp, "qids.txt"), os.path.join(tmp, "cids.txt")
+    with open(qf, "w") as f:
+        f.write("\n".join(qids) + "\n")
+    with open(cf, "w") as f:
+        f.write("\n".join(cids) + "\n")
+    positives = {0: [3, 5], 1: [7], 2: [0], 3: [9], 4: [11]}  # query 5 has none
+    qrels = os.path.join(tmp, "qrels.tsv")
+    with open(qrels, "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q, ps in positives.items():
+            for p in ps:
+                f.write(f"{qids[q]}\t{cids[p]}\t1\n")
+        f.write(f"{qids[5]}\t{cids[1]}\t0\n")  # score 0: not a positive
+    m = 4
+    _, _, full = ref_topk(qx, cx, N)
+    common = ["mine", "--queries", qp, "--corpus", cp, "--query-ids", qf, "--corpus-ids", cf,
+              "--qrels", qrels, "-k", 12, "-m", m, "--quiet"]
+    ip = os.path.join(tmp, "idx.npy")
+    outs = {}
+    for fmt in ("ids", "st", "tevatron"):
+        outs[fmt] = os.path.join(tmp, f"{fmt}.jsonl")
+        run(*common, "--format", fmt, "--out", outs[fmt], *(["--out-index", ip] if fmt == "ids"
+                                                             else []))
+    idx = np.load(ip)
+    check((idx[5] == -1).all(), "query without positive is not a -1 row")
+    rows = read_jsonl(outs["ids"])
+    check(len(rows) == 6, f"ids: {len(rows)} rows, expected one per (query, positive) = 6")
+    for r in rows:
+        check(list(r) == ["query", "positive", "negatives", "scores"], f"ids fields {list(r)}")
+        q = qids.index(r["query"])
+        p = cids.index(r["positive"])
+        check(p in positives[q], f"ids: {r['positive']} is not a positive of {r['query']}")
+        negs = [cids.index(n) for n in r["negatives"]]
+        check(negs == idx[q].tolist(), "ids: negatives differ from the index matrix")
+        check(not set(negs) & set(positives[q]), "ids: a positive among the negatives")
+        check(np.allclose(r["scores"], full[q, negs], atol=1e-5), "ids: scores wrong")
+    rows = read_jsonl(outs["st"])
+    check(len(rows) == 6, f"st: {len(rows)} rows")
+    for r in rows:
+        check(list(r) == ["query", "positive"] + [f"negative_{j + 1}" for j in range(m)],
+              f"st column order {list(r)}")
+        q = qids.index(r["query"])
+        check([cids.index(r[f"negative_{j + 1}"]) for j in range(m)] == idx[q].tolist(),
+              "st: negatives differ")
+    rows = read_jsonl(outs["tevatron"])
+    check(len(rows) == 5, f"tevatron: {len(rows)} rows, expected one per query with positives")
+    for r in rows:
+        check(list(r) == ["query_id", "positive_passages", "negative_passages"],
+              f"tevatron fields {list(r)}")
+        q = qids.index(r["query_id"])
+        check(sorted(cids.index(p["docid"]) for p in r["positive_passages"]) == positives[q],
+              "tevatron: positives")
+        check([cids.index(n["docid"]) for n in r["negative_passages"]] == idx[q].tolist(),
+              "tevatron: negatives")
+        check(all(isinstance(n["score"], float) for n in r["negative_passages"]),
+              "tevatron: scores")
+    # TREC 4-column qrels read the same; row-number ids without id files.
+    trec = os.path.join(tmp, "trec.qrels")
+    with open(trec, "w") as f:
+        for q, ps in positives.items():
+            for p in ps:
+                f.write(f"{q} 0 {p} 2\n")
+    o2 = os.path.join(tmp, "trec.jsonl")
+    run("mine", "--queries", qp, "--corpus", cp, "--qrels", trec, "-k", 12, "-m", m, "--out", o2,
+        "--quiet")
+    rows = read_jsonl(o2)
+    check([(r["query"], r["positive"]) for r in rows] ==
+          [(q, p) for q in sorted(positives) for p in positives[q]], "TREC qrels pairs")
+    check(all(r["negatives"] == idx[r["query"]].tolist() for r in rows), "TREC qrels negatives")
+
+
+def group_sample(tmp):
+    rng = np.random.default_rng(5)
+    N, d, k = 60, 6, 20
+    x = rng.standard_normal((N, d)).astype(np.float32)
+    xp = os.path.join(tmp, "x.npy")
+    np.save(xp, x)
+    ci, cs, cpz = (os.path.join(tmp, n) for n in ("ci.npy", "cs.npy", "cp.npy"))
+    # Query i's positive is corpus row i (paired); candidates = the top-k of the rest.
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", k, "--out-index", ci,
+        "--out-score", cs, "--out-positive-score", cpz, "--quiet")
+    I, S, P = np.load(ci), np.load(cs), np.load(cpz)
+    check(np.allclose(P, (x.astype(np.float64) ** 2).sum(1), rtol=1e-5), "paired s+ = |x|^2")
+    o = os.path.join(tmp, "o.npy")
+    run("sample", "--candidates", ci, "--scores", cs, "-m", 5, "--out-index", o, "--quiet")
+    check(np.array_equal(np.load(o), I[:, :5]), "sample --sampler top != first 5 candidates")
+    run("sample", "--candidates", ci, "--scores", cs, "-m", 5, "--rank-min", 4, "--rank-max", 8,
+        "--out-index", o, "--force", "--quiet")
+    check(np.array_equal(np.load(o)[:, :4], I[:, 4:8]) and (np.load(o)[:, 4] == -1).all(),
+          "rank window [4, 8)")
+    # int32 candidates and a margin on s+ from the file.
+    ci32 = os.path.join(tmp, "ci32.npy")
+    np.save(ci32, I.astype(np.int32))
+    os_ = os.path.join(tmp, "os.npy")
+    run("sample", "--candidates", ci32, "--scores", cs, "--positive-score", cpz, "-m", 5,
+        "--margin", 0.5, "--out-index", o, "--out-score", os_, "--force", "--quiet")
+    oi, osc = np.load(o), np.load(os_)
+    for i in range(N):
+        want = [int(I[i, r]) for r in range(k) if S[i, r] <= P[i] - 0.5][:5]
+        check([int(v) for v in oi[i] if v >= 0] == want, f"margin: query {i}")
+    # Same as mine doing it in one go.
+    o3 = os.path.join(tmp, "o3.npy")
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", 5, "--margin", 0.5,
+        "--out-index", o3, "--quiet")
+    check(np.array_equal(np.load(o3), oi), "sample after mine != mine with the filter")
+    # SimANS: seeded, repeatable, matches mine's draw with the same candidates and seed.
+    a, b = os.path.join(tmp, "a.npy"), os.path.join(tmp, "b.npy")
+    run("sample", "--candidates", ci, "--scores", cs, "--positive-score", cpz, "-m", 5,
+        "--sampler", "simans", "--simans-a", 0.1, "--seed", 9, "--out-index", a, "--quiet")
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", 5, "--sampler",
+        "simans", "--simans-a", 0.1, "--seed", 9, "--out-index", b, "--quiet")
+    check(np.array_equal(np.load(a), np.load(b)), "simans: sample and mine draw differently")
+    # JSONL with qrels in the sample command.
+    j = os.path.join(tmp, "s.jsonl")
+    run("sample", "--candidates", ci, "--scores", cs, "--paired", "-m", 3, "--out", j, "--quiet")
+    rows = read_jsonl(j)
+    check(len(rows) == N and all(r["positive"] == r["query"] for r in rows), "sample JSONL")
+    check(all(r["negatives"] == I[r["query"], :3].tolist() for r in rows), "sample JSONL negs")
+
+
+def group_errors(tmp):
+    rng = np.random.default_rng(9)
+    good = os.path.join(tmp, "good.npy")
+    np.save(good, rng.standard_normal((20, 8)).astype(np.float32))
+    raw = open(good, "rb").read()
+    trunc = os.path.join(tmp, "trunc.npy")
+    with open(trunc, "wb") as f:
+        f.write(raw[:-13])
+    i8 = os.path.join(tmp, "int64.npy")
+    np.save(i8, rng.integers(0, 5, (20, 8)).astype("<i8"))
+    d7 = os.path.join(tmp, "d7.npy")
+    np.save(d7, rng.standard_normal((20, 7)).astype(np.float32))
+    fv = os.path.join(tmp, "trunc.fvecs")
+    save_fvecs(fv, rng.standard_normal((4, 3)))
+    with open(fv, "ab") as f:
+        f.write(b"\x03\x00")
+    badq = os.path.join(tmp, "badq.tsv")
+    with open(badq, "w") as f:
+        f.write("0\t1\t1\n25\t1\t1\n")
+    badc = os.path.join(tmp, "badc.tsv")
+    with open(badc, "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n0\t1\t1\n3\tdoc-x\t1\n")
+    badci = os.path.join(tmp, "badci.tsv")
+    with open(badci, "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n0\td1\t1\n3\tdoc-x\t1\n")
+    ids = os.path.join(tmp, "cids.txt")
+    with open(ids, "w") as f:
+        f.write("\n".join(f"d{i}" for i in range(20)) + "\n")
+    short_ids = os.path.join(tmp, "short.txt")
+    with open(short_ids, "w") as f:
+        f.write("a\nb\n")
+    out = os.path.join(tmp, "out.npy")
+    base = ["--out-index", out, "-k", 5, "-m", 3, "--quiet"]
+    cases = [
+        (["--queries", trunc, "--corpus", good], [trunc]),
+        (["--queries", good, "--corpus", trunc], [trunc]),
+        (["--queries", good, "--corpus", i8], [i8]),
+        (["--queries", good, "--corpus", d7], [good, d7, "8", "7"]),
+        (["--queries", fv, "--corpus", good], [fv, "truncated"]),
+        (["--queries", os.path.join(tmp, "missing.npy"), "--corpus", good], ["missing.npy"]),
+        (["--queries", good, "--corpus", good, "--qrels", badq], [badq, "line 2", "'25'"]),
+        (["--queries", good, "--corpus", good, "--qrels", badci, "--corpus-ids", ids],
+         [badci, "line 3", "doc-x", ids]),
+        (["--queries", good, "--corpus", good, "--qrels", badc], [badc, "doc-x"]),
+        (["--queries", good, "--corpus", good, "--corpus-ids", short_ids, "--paired"],
+         [short_ids, "2 ids", "20 rows"]),
+        (["--queries", good, "--corpus", good, "--qrels", os.path.join(tmp, "nope.tsv")],
+         ["nope.tsv"]),
+    ]
+    for args, needles in cases:
+        _, err = run("mine", *args, *base, expect=1)
+        for n in needles:
+            check(n in err, f"message lacks '{n}' for {args}: {err}")
+        check(not os.path.exists(out), f"error left {out} behind for {args}")
+        check(not leftovers(tmp), f"error left temporary files for {args}: {leftovers(tmp)}")
+    # sample: wrong dtype / shapes.
+    s = os.path.join(tmp, "s.npy")
+    np.save(s, rng.standard_normal((20, 5)).astype(np.float32))
+    ci = os.path.join(tmp, "ci.npy")
+    np.save(ci, rng.integers(0, 20, (20, 5)).astype(np.int64))
+    for args, needles in [
+        (["--candidates", s, "--scores", s], [s, "floats"]),
+        (["--candidates", ci, "--scores", ci], [ci, "integers"]),
+        (["--candidates", ci, "--scores", good], ["shape mismatch", good]),
+        (["--candidates", trunc, "--scores", s], [trunc, "truncated"]),
+    ]:
+        _, err = run("sample", *args, "--out-index", out, "--quiet", expect=1)
+        for n in needles:
+            check(n in err, f"message lacks '{n}' for sample {args}: {err}")
+        check(not os.path.exists(out) and not leftovers(tmp), f"sample {args} left files")
+    # An existing output is kept unless --force.
+    with open(out, "wb") as f:
+        f.write(b"precious")
+    _, err = run("mine", "--queries", good, "--corpus", good, *base, expect=1)
+    check(out in err and "--force" in err, f"existing output message: {err}")
+    check(open(out, "rb").read() == b"precious", "existing output was modified without --force")
+    run("mine", "--queries", good, "--corpus", good, *base, "--force")
+    check(np.load(out).shape == (20, 3), "--force did not overwrite")
+    check(not leftovers(tmp), "temporary files after --force")
+    # Demo on a missing file.
+    _, err = run("demo", "--data", os.path.join(tmp, "none.csv.gz"), expect=1)
+    check("none.csv.gz" in err, f"demo message: {err}")
+
+
+def group_outputs(tmp):
+    """Ctrl-C (SIGINT) during a run leaves neither the output nor a temporary file."""
+    rng = np.random.default_rng(2)
+    q = os.path.join(tmp, "q.npy")
+    c = os.path.join(tmp, "c.npy")
+    np.save(q, rng.standard_normal((4000, 64)).astype(np.float32))
+    np.save(c, rng.standard_normal((60000, 64)).astype(np.float32))
+    out = os.path.join(tmp, "big.jsonl")
+    interrupted = 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        p = subprocess.Popen([NEGSAMP, "mine", "--queries", q, "--corpus", c, "-k", "100",
+                              "-m", "10", "--batch", "500", "--out", out, "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        t0 = time.time()
+        while not leftovers(tmp) and p.poll() is None and time.time() - t0 < 30:
+            time.sleep(0.005)
+        time.sleep(0.3)  # into the loading / mining
+        p.send_signal(sig)
+        p.wait(timeout=120)
+        if p.returncode == -sig:
+            interrupted += 1
+            check(not os.path.exists(out), f"{sig.name}: output left behind")
+        elif p.returncode == 0:  # finished before the signal landed: nothing to check
+            os.unlink(out)
+        else:
+            raise Failure(f"{sig.name}: exit {p.returncode}: {p.stderr.read()}")
+        check(not leftovers(tmp), f"{sig.name}: temporary files left: {leftovers(tmp)}")
+    print(f"  interrupted {interrupted} of 2 runs mid-way")
+
+
+def group_demo(tmp):
+    t0 = time.time()
+    out, _ = run("demo", "--data", DATA)
+    took = time.time() - t0
+    for key in ("1797 images x 64 pixels", "(a) top", "(b) top+F", "(c) simans", "(d) simans+F",
+                "(e) uniform", "false neg."):
+        check(key in out, f"demo output lacks '{key}':\n{out}")
+    # The shares are percentages in [0, 100]; picked negatives per image ≤ m.
+    for line in out.splitlines():
+        if line.startswith("("):
+            parts = line.split()
+            pct = float([p for p in parts if p.endswith("%")][0][:-1])
+            check(0 <= pct <= 100, f"bad share in {line}")
+    # A plain CSV (not gzip) works as well; a small k and m.
+    x, y = digits()
+    plain = os.path.join(tmp, "d.csv")
+    np.savetxt(plain, np.column_stack([x[:300], y[:300]]), fmt="%d", delimiter=",")
+    out2, _ = run("demo", "--data", plain, "-k", 20, "-m", 5, "--positive", "random")
+    check("300 images x 64 pixels" in out2, out2)
+    print(f"  demo took {took:.2f}s")
+
+
+GROUPS = {name[6:]: fn for name, fn in globals().items() if name.startswith("group_")}
+
+
+def main():
+    global NEGSAMP, DATA
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--negsamp", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--group", action="append", choices=sorted(GROUPS))
+    a = ap.parse_args()
+    NEGSAMP, DATA = a.negsamp, a.data
+    failed = ran = 0
+    for g in a.group or list(GROUPS):
+        if g in ("mine_digits", "demo") and not os.path.exists(DATA):
+            print(f"SKIP {g}: digits data not found at {DATA}")
+            continue
+        ran += 1
+        with tempfile.TemporaryDirectory(prefix=f"negsamp-cli-{g}-") as tmp:
+            t0 = time.time()
+            try:
+                GROUPS[g](tmp)
+                print(f"PASS {g} ({time.time() - t0:.1f}s)")
+            except Exception:
+                failed += 1
+                print(f"FAIL {g}")
+                traceback.print_exc()
+    if not ran:
+        return 77  # every group skipped: ctest's SKIP_RETURN_CODE
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
