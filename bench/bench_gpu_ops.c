@@ -1,0 +1,335 @@
+/* GPU benchmarks of the CUDA backend through the public C ABI (device pointers from the CUDA
+ * runtime), each printing one JSON object per line on stdout:
+ *
+ *   bench_gpu_ops gemm   M N K            cuBLAS bf16×bf16→f32 GEMM rate (the mining ceiling)
+ *   bench_gpu_ops copy   BYTES            device-to-device copy bandwidth (the sampling floor)
+ *   bench_gpu_ops mine   Q N d k [host]   ns_mine_topk, bf16, corpus on device (or host memory)
+ *   bench_gpu_ops loss   B N d            ns_infonce_forward + backward, bf16, time and extra memory
+ *   bench_gpu_ops sample B C m            ns_filter-free ns_sample, SimANS, C candidates → m
+ *
+ * Inputs are random (a fixed xorshift), generated on the host in chunks and uploaded. Times are
+ * CUDA-event times on the context's stream after one warm-up call (the warm-up grows the
+ * workspace: no allocation in the timed call). Nothing here is a test: no assertion on speed. */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "negsamp.h"
+
+#define CK(x)                                                                                \
+    do {                                                                                     \
+        cudaError_t e_ = (x);                                                                \
+        if (e_ != cudaSuccess) {                                                             \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            exit(2);                                                                         \
+        }                                                                                    \
+    } while (0)
+#define NS(ctx, x)                                                                           \
+    do {                                                                                     \
+        ns_status s_ = (x);                                                                  \
+        if (s_ != NS_OK) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s (%s)\n", __FILE__, __LINE__, #x, ns_status_string(s_), \
+                    ns_last_error(ctx));                                                     \
+            exit(3);                                                                         \
+        }                                                                                    \
+    } while (0)
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static inline uint64_t next_u64(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static inline float next_f(void) { return (float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
+static inline uint16_t f2bf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* n random bf16 values in [-1, 1) scaled by `scale`, uploaded to dst (device) in chunks. */
+static void fill_bf16(uint16_t *dst, size_t n, float scale) {
+    const size_t chunk = (size_t)1 << 24;
+    uint16_t *h;
+    CK(cudaMallocHost((void **)&h, chunk * 2));
+    for (size_t o = 0; o < n; o += chunk) {
+        size_t m = n - o < chunk ? n - o : chunk;
+        for (size_t i = 0; i < m; i++) h[i] = f2bf(next_f() * scale);
+        CK(cudaMemcpy(dst + o, h, m * 2, cudaMemcpyHostToDevice));
+    }
+    CK(cudaFreeHost(h));
+}
+
+static void fill_f32(float *dst, size_t n, float scale) {
+    const size_t chunk = (size_t)1 << 24;
+    float *h;
+    CK(cudaMallocHost((void **)&h, chunk * 4));
+    for (size_t o = 0; o < n; o += chunk) {
+        size_t m = n - o < chunk ? n - o : chunk;
+        for (size_t i = 0; i < m; i++) h[i] = next_f() * scale;
+        CK(cudaMemcpy(dst + o, h, m * 4, cudaMemcpyHostToDevice));
+    }
+    CK(cudaFreeHost(h));
+}
+
+static ns_matrix bf16_matrix(const void *p, int64_t rows, int64_t cols) {
+    ns_matrix m = {p, NS_BF16, rows, cols, 0};
+    return m;
+}
+
+static ns_context *make_ctx(void) {
+    ns_context *ctx = NULL;
+    ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
+    o.backend = NS_BACKEND_CUDA;
+    NS(NULL, ns_context_create(&ctx, &o));
+    return ctx;
+}
+
+static cudaEvent_t ev0, ev1;
+static void tic(void) { CK(cudaEventRecord(ev0, 0)); }
+static double toc_ms(void) {
+    float ms;
+    CK(cudaEventRecord(ev1, 0));
+    CK(cudaEventSynchronize(ev1));
+    CK(cudaEventElapsedTime(&ms, ev0, ev1));
+    return ms;
+}
+
+static const char *gpu_name(void) {
+    static struct cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    return p.name;
+}
+
+static int bench_gemm(int64_t M, int64_t N, int64_t K) {
+    uint16_t *a, *b;
+    float *c;
+    CK(cudaMalloc((void **)&a, (size_t)(M * K) * 2));
+    CK(cudaMalloc((void **)&b, (size_t)(N * K) * 2));
+    CK(cudaMalloc((void **)&c, (size_t)(M * N) * 4));
+    fill_bf16(a, (size_t)(M * K), 1.0f);
+    fill_bf16(b, (size_t)(N * K), 1.0f);
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return 2;
+    const float one = 1.0f, zero = 0.0f;
+    double best = 1e30;
+    for (int r = 0; r < 4; r++) {
+        tic();
+        /* row-major C (M×N) = A (M×K) · Bᵀ, as the library computes scores */
+        cublasStatus_t s = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, b,
+                                        CUDA_R_16BF, (int)K, a, CUDA_R_16BF, (int)K, &zero, c, CUDA_R_32F,
+                                        (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        double ms = toc_ms();
+        if (s != CUBLAS_STATUS_SUCCESS) return 2;
+        if (r > 0 && ms < best) best = ms;
+    }
+    double tflops = 2.0 * M * N * K / (best * 1e-3) / 1e12;
+    printf("{\"bench\":\"cublas_gemm_bf16\",\"gpu\":\"%s\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"ms\":%.3f,"
+           "\"tflops\":%.2f}\n",
+           gpu_name(), (long long)M, (long long)N, (long long)K, best, tflops);
+    cublasDestroy(h);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(c);
+    return 0;
+}
+
+static int bench_copy(size_t bytes) {
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    double best = 1e30;
+    for (int r = 0; r < 5; r++) {
+        tic();
+        CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0));
+        double ms = toc_ms();
+        if (r > 0 && ms < best) best = ms;
+    }
+    /* a copy reads and writes every byte */
+    printf("{\"bench\":\"copy_d2d\",\"gpu\":\"%s\",\"bytes\":%zu,\"ms\":%.3f,\"read_plus_write_GBps\":%.1f}\n",
+           gpu_name(), bytes, best, 2.0 * bytes / (best * 1e-3) / 1e9);
+    cudaFree(a);
+    cudaFree(b);
+    return 0;
+}
+
+static int bench_mine(int64_t Q, int64_t N, int64_t d, int64_t k, int host) {
+    ns_context *ctx = make_ctx();
+    uint16_t *q, *c;
+    int64_t *idx;
+    float *sc;
+    CK(cudaMalloc((void **)&q, (size_t)(Q * d) * 2));
+    if (host) CK(cudaMallocHost((void **)&c, (size_t)(N * d) * 2));
+    else CK(cudaMalloc((void **)&c, (size_t)(N * d) * 2));
+    CK(cudaMalloc((void **)&idx, (size_t)(Q * k) * 8));
+    CK(cudaMalloc((void **)&sc, (size_t)(Q * k) * 4));
+    fill_bf16(q, (size_t)(Q * d), 1.0f);
+    if (host) {
+        for (size_t i = 0; i < (size_t)(N * d); i++) c[i] = f2bf(next_f());
+    } else {
+        fill_bf16(c, (size_t)(N * d), 1.0f);
+    }
+    ns_mine_options o = NS_MINE_OPTIONS_INIT;
+    /* warm-up on a corpus slice: grows the workspace (tiles, Q×k staging) to its final size */
+    ns_matrix qm = bf16_matrix(q, Q, d), cm = bf16_matrix(c, N < 100000 ? N : 100000, d);
+    NS(ctx, ns_mine_topk(ctx, qm, cm, k < cm.rows ? k : cm.rows, &o, idx, sc));
+    cm.rows = N;
+    tic();
+    NS(ctx, ns_mine_topk(ctx, qm, cm, k, &o, idx, sc));
+    double ms = toc_ms();
+    double tflops = 2.0 * Q * N * d / (ms * 1e-3) / 1e12;
+    printf("{\"bench\":\"mine_topk\",\"gpu\":\"%s\",\"Q\":%lld,\"N\":%lld,\"d\":%lld,\"k\":%lld,"
+           "\"corpus\":\"%s\",\"ms\":%.3f,\"effective_tflops\":%.2f}\n",
+           gpu_name(), (long long)Q, (long long)N, (long long)d, (long long)k, host ? "host" : "device",
+           ms, tflops);
+    ns_context_destroy(ctx);
+    cudaFree(q);
+    if (host) cudaFreeHost(c);
+    else cudaFree(c);
+    cudaFree(idx);
+    cudaFree(sc);
+    return 0;
+}
+
+static int bench_loss(int64_t B, int64_t N, int64_t d) {
+    ns_context *ctx = make_ctx();
+    uint16_t *q, *p;
+    float *saved, *pq, *gq, *gp, loss, dtau;
+    CK(cudaMalloc((void **)&q, (size_t)(B * d) * 2));
+    CK(cudaMalloc((void **)&p, (size_t)(N * d) * 2));
+    CK(cudaMalloc((void **)&saved, (size_t)(B * NS_INFONCE_SAVED_PER_QUERY) * 4));
+    CK(cudaMalloc((void **)&pq, (size_t)B * 4));
+    CK(cudaMalloc((void **)&gq, (size_t)(B * d) * 4));
+    CK(cudaMalloc((void **)&gp, (size_t)(N * d) * 4));
+    fill_bf16(q, (size_t)(B * d), 0.05f);
+    fill_bf16(p, (size_t)(N * d), 0.05f);
+    ns_infonce_inputs in;
+    memset(&in, 0, sizeof in);
+    in.query = bf16_matrix(q, B, d);
+    in.passage = bf16_matrix(p, N, d);
+    in.hard.dtype = NS_BF16;
+    in.hard.cols = d;
+    in.extra.dtype = NS_BF16;
+    in.extra.cols = d;
+    ns_loss_options o = NS_LOSS_OPTIONS_INIT;
+    ns_infonce_grads g = {gq, gp, NULL, &dtau};
+    size_t free0, free1, total;
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemGetInfo(&free0, &total));
+    NS(ctx, ns_infonce_forward(ctx, &in, &o, &loss, pq, saved));
+    NS(ctx, ns_infonce_backward(ctx, &in, &o, saved, 1.0f, &g));
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemGetInfo(&free1, &total));
+    double best_f = 1e30, best_fb = 1e30;
+    for (int r = 0; r < 3; r++) {
+        tic();
+        NS(ctx, ns_infonce_forward(ctx, &in, &o, &loss, pq, saved));
+        double mf = toc_ms();
+        NS(ctx, ns_infonce_backward(ctx, &in, &o, saved, 1.0f, &g));
+        double mfb = mf + toc_ms();
+        if (mf < best_f) best_f = mf;
+        if (mfb < best_fb) best_fb = mfb;
+    }
+    printf("{\"bench\":\"infonce_fwd_bwd\",\"gpu\":\"%s\",\"B\":%lld,\"N\":%lld,\"d\":%lld,"
+           "\"dtype\":\"bf16\",\"forward_ms\":%.3f,\"forward_backward_ms\":%.3f,"
+           "\"extra_bytes\":%lld,\"loss\":%.6f}\n",
+           gpu_name(), (long long)B, (long long)N, (long long)d, best_f, best_fb,
+           (long long)(free0 - free1), loss);
+    ns_context_destroy(ctx);
+    cudaFree(q);
+    cudaFree(p);
+    cudaFree(saved);
+    cudaFree(pq);
+    cudaFree(gq);
+    cudaFree(gp);
+    return 0;
+}
+
+static int bench_sample(int64_t B, int64_t C, int64_t m) {
+    ns_context *ctx = make_ctx();
+    float *score, *sp, *osc;
+    int64_t *id, *idx, *cnt;
+    CK(cudaMalloc((void **)&score, (size_t)(B * C) * 4));
+    CK(cudaMalloc((void **)&id, (size_t)(B * C) * 8));
+    CK(cudaMalloc((void **)&sp, (size_t)B * 4));
+    CK(cudaMalloc((void **)&idx, (size_t)(B * m) * 8));
+    CK(cudaMalloc((void **)&osc, (size_t)(B * m) * 4));
+    CK(cudaMalloc((void **)&cnt, (size_t)B * 8));
+    fill_f32(score, (size_t)(B * C), 1.0f);
+    fill_f32(sp, (size_t)B, 1.0f);
+    {   /* ids: row i holds i·C + j (distinct, as mined candidates are) */
+        const size_t chunk = (size_t)1 << 22;
+        int64_t *h;
+        CK(cudaMallocHost((void **)&h, chunk * 8));
+        for (size_t o = 0; o < (size_t)(B * C); o += chunk) {
+            size_t n = (size_t)(B * C) - o < chunk ? (size_t)(B * C) - o : chunk;
+            for (size_t i = 0; i < n; i++) h[i] = (int64_t)(o + i);
+            CK(cudaMemcpy(id + o, h, n * 8, cudaMemcpyHostToDevice));
+        }
+        CK(cudaFreeHost(h));
+    }
+    ns_candidates cand;
+    memset(&cand, 0, sizeof cand);
+    cand.queries = B;
+    cand.per_query = C;
+    cand.id = id;
+    cand.score = score;
+    cand.positive_score = sp;
+    ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
+    o.strategy = NS_SAMPLE_SIMANS;
+    o.seed = 42;
+    NS(ctx, ns_sample(ctx, &cand, NULL, &o, m, idx, osc, cnt));
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        tic();
+        NS(ctx, ns_sample(ctx, &cand, NULL, &o, m, idx, osc, cnt));
+        double ms = toc_ms();
+        if (ms < best) best = ms;
+    }
+    printf("{\"bench\":\"sample_simans\",\"gpu\":\"%s\",\"B\":%lld,\"C\":%lld,\"m\":%lld,\"ms\":%.3f,"
+           "\"score_bytes\":%lld,\"input_bytes\":%lld}\n",
+           gpu_name(), (long long)B, (long long)C, (long long)m, best, (long long)(B * C * 4),
+           (long long)(B * C * 12 + B * 4));
+    ns_context_destroy(ctx);
+    cudaFree(score);
+    cudaFree(id);
+    cudaFree(sp);
+    cudaFree(idx);
+    cudaFree(osc);
+    cudaFree(cnt);
+    return 0;
+}
+
+static int64_t arg(int argc, char **argv, int i, int64_t dflt) {
+    return i < argc ? strtoll(argv[i], NULL, 10) : dflt;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s gemm|copy|mine|loss|sample [sizes...]\n", argv[0]);
+        return 1;
+    }
+    if (ns_cuda_device_count() == 0) {
+        fprintf(stderr, "%s: no CUDA device\n", argv[0]);
+        return 4;
+    }
+    CK(cudaEventCreate(&ev0));
+    CK(cudaEventCreate(&ev1));
+    const char *w = argv[1];
+    if (!strcmp(w, "gemm")) return bench_gemm(arg(argc, argv, 2, 8192), arg(argc, argv, 3, 65536), arg(argc, argv, 4, 768));
+    if (!strcmp(w, "copy")) return bench_copy((size_t)arg(argc, argv, 2, (int64_t)4 << 30));
+    if (!strcmp(w, "mine"))
+        return bench_mine(arg(argc, argv, 2, 8192), arg(argc, argv, 3, 2000000), arg(argc, argv, 4, 768),
+                          arg(argc, argv, 5, 256), argc > 6 && !strcmp(argv[6], "host"));
+    if (!strcmp(w, "loss")) return bench_loss(arg(argc, argv, 2, 32768), arg(argc, argv, 3, 32768), arg(argc, argv, 4, 768));
+    if (!strcmp(w, "sample")) return bench_sample(arg(argc, argv, 2, 1000000), arg(argc, argv, 3, 1024), arg(argc, argv, 4, 16));
+    fprintf(stderr, "%s: unknown benchmark %s\n", argv[0], w);
+    return 1;
+}
