@@ -7,6 +7,9 @@
 
 #include "cuda_common.cuh"
 
+// ns_ld for device code too.
+__host__ __device__ __forceinline__ int64_t ns_ld_d(ns_matrix m) { return m.ld ? m.ld : m.cols; }
+
 // Threads per block for the simple elementwise kernels.
 #define NS_CUDA_THREADS 256
 

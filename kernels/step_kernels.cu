@@ -13,12 +13,12 @@ __global__ void ns_k_step_scores(ns_matrix q, ns_matrix pos, ns_matrix cand, int
     const int lane = threadIdx.x & 31;
     const int64_t nc = score ? cand.rows : 0, total = nc + (positive_score ? q.rows : 0);
     const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
-    const int64_t d = q.cols, ldq = ns_ld(q);
+    const int64_t d = q.cols, ldq = ns_ld_d(q);
     for (int64_t t = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; t < total; t += warps) {
         const bool is_pos = t >= nc;
         const int64_t i = is_pos ? t - nc : t / C;
         const ns_matrix &o = is_pos ? pos : cand;
-        const int64_t r = is_pos ? i : t, ldo = ns_ld(o);
+        const int64_t r = is_pos ? i : t, ldo = ns_ld_d(o);
         float s = 0.0f;
         for (int64_t e = lane; e < d; e += 32)
             s += ns_load_f32(q.data, q.dtype, (size_t)(i * ldq + e)) * ns_load_f32(o.data, o.dtype, (size_t)(r * ldo + e));
@@ -37,7 +37,7 @@ __global__ void ns_k_step_gather(ns_matrix cand, int64_t C, const int64_t *cand_
                                  uint8_t *keep, int64_t *row) {
     const int lane = threadIdx.x & 31;
     const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
-    const int64_t d = cand.cols, ld = ns_ld(cand);
+    const int64_t d = cand.cols, ld = ns_ld_d(cand);
     for (int64_t t = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; t < B * h; t += warps) {
         const int64_t i = t / h, id = chosen[t];
         int64_t found = -1;
