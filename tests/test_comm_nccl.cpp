@@ -1,0 +1,237 @@
+// The NCCL communicator: a one-rank communicator on one GPU (from an ncclUniqueId and from a
+// caller's ncclComm_t), and, where two or more GPUs exist, one rank per GPU in threads of this
+// process: all-gather, reduce-scatter, the consistency check, and a rank that stops answering
+// (the others fail with NS_ERR_COMM within the timeout). Without a GPU or without NCCL the
+// tests skip with the reason; argument checks run everywhere.
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "../src/ns_comm.h"
+#include "ns_test_util.h"
+#ifdef NS_HAVE_NCCL
+#include <nccl.h>
+#endif
+
+using namespace nstest;
+
+namespace {
+
+float tag(int r, int64_t row, int64_t col) { return (float)(r * 1000 + row) + 0.001f * (float)(col + 1); }
+
+#define NS_REQUIRE_NCCL()                                                                     \
+    do {                                                                                      \
+        if (!kNcclBuilt) GTEST_SKIP() << "this build has no NCCL communicator (built without NCCL)"; \
+    } while (0)
+
+#ifdef NS_HAVE_NCCL
+const bool kNcclBuilt = true;
+#else
+const bool kNcclBuilt = false;
+#endif
+
+TEST(CommNccl, ArgumentsAnywhere) {
+    Ctx c(NS_BACKEND_CPU);
+    NS_REQUIRE_BACKEND(c);
+    ns_comm *sentinel = (ns_comm *)0x1, *comm = sentinel;
+    char id[NS_NCCL_UNIQUE_ID_BYTES] = {0};
+    EXPECT_EQ(ns_comm_create_nccl_id(c, id, 1, 0, nullptr, &comm), NS_ERR_UNSUPPORTED);
+    EXPECT_TRUE(strstr(ns_last_error(c), "CPU context") || strstr(ns_last_error(c), "without NCCL"))
+        << ns_last_error(c);
+    EXPECT_EQ(ns_comm_create_nccl_id(c, nullptr, 1, 0, nullptr, &comm), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(strstr(ns_last_error(c), "unique_id"), nullptr) << ns_last_error(c);
+    EXPECT_EQ(ns_comm_create_nccl_id(c, id, 4, -1, nullptr, &comm), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(strstr(ns_last_error(c), "rank (-1)"), nullptr) << ns_last_error(c);
+    EXPECT_EQ(ns_comm_create_nccl(c, nullptr, nullptr, &comm), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(strstr(ns_last_error(c), "nccl_comm"), nullptr) << ns_last_error(c);
+    EXPECT_EQ(ns_comm_create_nccl(nullptr, id, nullptr, &comm), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(comm, sentinel);
+    EXPECT_EQ(ns_nccl_unique_id(c, nullptr), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(ns_comm_rank(nullptr), 0);
+    EXPECT_EQ(ns_comm_size(nullptr), 1);
+    EXPECT_EQ(ns_comm_destroy(nullptr), NS_OK);
+}
+
+// One rank's checks of the primitives on a communicator of R ranks (device buffers).
+void check_primitives(const Ctx &c, ns_comm *comm, std::vector<std::string> *errors) {
+    const int R = ns_comm_size(comm), me = ns_comm_rank(comm);
+    auto fail = [&](const std::string &s) { errors->push_back("rank " + std::to_string(me) + ": " + s); };
+    // Strided rows in, packed rows of every rank out.
+    const int64_t rows = 9, cols = 33, ld = 40;
+    std::vector<float> h((size_t)(rows * ld), -5.f);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) h[(size_t)(i * ld + j)] = tag(me, i, j);
+    Buf<float> src(c, h), out(c, (size_t)(R * rows * cols), NAN);
+    ns_matrix m = f32_matrix(src.ptr(), rows, cols, ld);
+    ns_status st = ns_comm_allgather_rows(c, comm, m, out.ptr(), "test");
+    if (st) return fail(std::string("allgather_rows: ") + ns_last_error(c));
+    auto &o = out.fetch();
+    for (int r = 0; r < R; r++)
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < cols; j++)
+                if (o[(size_t)((r * rows + i) * cols + j)] != tag(r, i, j))
+                    return fail("allgather_rows mismatch at rank " + std::to_string(r) + " row " +
+                                std::to_string(i) + " col " + std::to_string(j));
+    // Reduce-scatter: rank r sends f(r, k) in every slot k.
+    const size_t n = 1000;
+    auto f = [](int r, size_t k) { return (float)std::sin(0.37 * (double)k + 1.3 * r); };
+    std::vector<float> s(n * (size_t)R);
+    for (size_t k = 0; k < s.size(); k++) s[k] = f(me, k);
+    Buf<float> send(c, s), recv(c, n, NAN);
+    st = ns_comm_reduce_scatter_f32(c, comm, send.ptr(), recv.ptr(), n, "test");
+    if (st) return fail(std::string("reduce_scatter: ") + ns_last_error(c));
+    auto &rv = recv.fetch();
+    for (size_t i = 0; i < n; i++) {
+        double want = 0;
+        for (int r = 0; r < R; r++) want += f(r, (size_t)me * n + i);
+        if (!close(rv[i], want, 1e-5, 1e-5))
+            return fail("reduce_scatter slot " + std::to_string(i) + ": " + std::to_string(rv[i]) +
+                        " != " + std::to_string(want));
+    }
+    double v[2] = {0.5 * (me + 1), 1.0 / (me + 3)}, w0 = 0, w1 = 0;
+    for (int r = 0; r < R; r++) {
+        w0 += 0.5 * (r + 1);
+        w1 += 1.0 / (r + 3);
+    }
+    st = ns_comm_allreduce_sum_host(c, comm, v, 2, "test");
+    if (st) return fail(std::string("allreduce: ") + ns_last_error(c));
+    if (std::fabs(v[0] - w0) > 1e-12 || std::fabs(v[1] - w1) > 1e-12) fail("allreduce value");
+    const char *names[] = {"B", "h"};
+    int64_t hv[2] = {32, me == R - 1 && R > 1 ? 5 : 4};
+    st = ns_comm_check_same(c, comm, hv, names, 2, "ns_step_forward");
+    if (R > 1 && (st != NS_ERR_COMM || !strstr(ns_last_error(c), "h is 4 on rank 0 but 5")))
+        fail(std::string("check_same mismatch not reported: ") + ns_last_error(c));
+    if (R == 1 && st != NS_OK) fail(std::string("check_same: ") + ns_last_error(c));
+}
+
+TEST(CommNccl, OneRankFromUniqueId) {
+    NS_REQUIRE_NCCL();
+    Ctx c(NS_BACKEND_CUDA);
+    NS_REQUIRE_BACKEND(c);
+    char id[NS_NCCL_UNIQUE_ID_BYTES];
+    ASSERT_EQ(ns_nccl_unique_id(c, id), NS_OK) << ns_last_error(c);
+    ns_comm_options o = NS_COMM_OPTIONS_INIT;
+    o.timeout_ms = 30000;
+    ns_comm *comm = nullptr;
+    ASSERT_EQ(ns_comm_create_nccl_id(c, id, 1, 0, &o, &comm), NS_OK) << ns_last_error(c);
+    EXPECT_EQ(ns_comm_rank(comm), 0);
+    EXPECT_EQ(ns_comm_size(comm), 1);
+    std::vector<std::string> errors;
+    check_primitives(c, comm, &errors);
+    for (auto &e : errors) ADD_FAILURE() << e;
+    // An NCCL communicator serves CUDA contexts only.
+    Ctx cpu(NS_BACKEND_CPU);
+    float x = 1.f, y = 0.f;
+    EXPECT_EQ(ns_comm_allgather_rows(cpu, comm, f32_matrix(&x, 1, 1), &y, "test"),
+              NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(strstr(ns_last_error(cpu), "NCCL (CUDA) communicator but ctx is a CPU"), nullptr)
+        << ns_last_error(cpu);
+    EXPECT_EQ(ns_comm_destroy(comm), NS_OK);
+}
+
+#ifdef NS_HAVE_NCCL
+TEST(CommNccl, OneRankCallersComm) {
+    Ctx c(NS_BACKEND_CUDA);
+    NS_REQUIRE_BACKEND(c);
+    ncclComm_t nc = nullptr;
+    int dev = 0;
+    ASSERT_EQ(ncclCommInitAll(&nc, 1, &dev), ncclSuccess);
+    ns_comm *comm = nullptr;
+    ASSERT_EQ(ns_comm_create_nccl(c, nc, nullptr, &comm), NS_OK) << ns_last_error(c);
+    std::vector<std::string> errors;
+    check_primitives(c, comm, &errors);
+    for (auto &e : errors) ADD_FAILURE() << e;
+    EXPECT_EQ(ns_comm_destroy(comm), NS_OK);
+    // Not owned: still the caller's to use and destroy.
+    int count = 0;
+    EXPECT_EQ(ncclCommCount(nc, &count), ncclSuccess);
+    EXPECT_EQ(count, 1);
+    ncclCommDestroy(nc);
+}
+#endif
+
+// Contexts on devices 0..R-1 (the Ctx helper takes device 0: build them by hand).
+struct DeviceCtx : Ctx {
+    explicit DeviceCtx(int device) : Ctx(NS_BACKEND_CPU) {
+        ns_context_destroy(ctx);
+        ctx = nullptr;
+        ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
+        o.backend = NS_BACKEND_CUDA;
+        o.device = device;
+        status = ns_context_create(&ctx, &o);
+        if (status != NS_OK) why = ns_last_error(nullptr);
+    }
+};
+
+#define NS_REQUIRE_GPUS(n)                                                                    \
+    do {                                                                                      \
+        NS_REQUIRE_NCCL();                                                                    \
+        int have_ = ns_cuda_device_count();                                                   \
+        if (have_ < (n))                                                                      \
+            GTEST_SKIP() << "needs " << (n) << " GPUs for one rank per GPU; this machine has " \
+                         << have_;                                                            \
+    } while (0)
+
+// Runs body(rank) on every rank in its own thread, with communicators created together.
+template <class F> void on_ranks(int R, int timeout_ms, F body) {
+    std::vector<std::unique_ptr<DeviceCtx>> ctxs;
+    for (int r = 0; r < R; r++) ctxs.emplace_back(new DeviceCtx(r));
+    for (int r = 0; r < R; r++) ASSERT_EQ(ctxs[(size_t)r]->status, NS_OK) << ctxs[(size_t)r]->why;
+    char id[NS_NCCL_UNIQUE_ID_BYTES];
+    ASSERT_EQ(ns_nccl_unique_id(nullptr, id), NS_OK) << ns_last_error(nullptr);
+    std::vector<ns_comm *> comms((size_t)R, nullptr);
+    std::vector<std::string> errors;
+    std::mutex mu;
+    std::vector<std::thread> th;
+    for (int r = 0; r < R; r++)
+        th.emplace_back([&, r] {
+            DeviceCtx &c = *ctxs[(size_t)r];
+            ns_comm_options o = NS_COMM_OPTIONS_INIT;
+            o.timeout_ms = timeout_ms;
+            std::vector<std::string> mine;
+            if (ns_comm_create_nccl_id(c, id, R, r, &o, &comms[(size_t)r]) != NS_OK)
+                mine.push_back("rank " + std::to_string(r) + ": create: " + ns_last_error(c));
+            else
+                body(c, comms[(size_t)r], r, &mine);
+            ns_comm_destroy(comms[(size_t)r]);
+            std::lock_guard<std::mutex> g(mu);
+            errors.insert(errors.end(), mine.begin(), mine.end());
+        });
+    for (auto &t : th) t.join();
+    for (auto &e : errors) ADD_FAILURE() << e;
+}
+
+TEST(CommNcclMultiGpu, Primitives) {
+    NS_REQUIRE_GPUS(2);
+    int R = ns_cuda_device_count();
+    on_ranks(R, 60000, [](const Ctx &c, ns_comm *comm, int, std::vector<std::string> *errors) {
+        check_primitives(c, comm, errors);
+    });
+}
+
+TEST(CommNcclMultiGpu, RankThatStopsAnsweringTimesOut) {
+    NS_REQUIRE_GPUS(2);
+    int R = ns_cuda_device_count();
+    const int timeout_ms = 2000;
+    on_ranks(R, timeout_ms, [&](const Ctx &c, ns_comm *comm, int r, std::vector<std::string> *errors) {
+        if (r == R - 1) return;  // never joins the collective
+        std::vector<float> h(64, 1.f);
+        Buf<float> src(c, h), out(c, h.size() * (size_t)R, 0.f);
+        auto t0 = std::chrono::steady_clock::now();
+        ns_status st = ns_comm_allgather_rows(c, comm, f32_matrix(src.ptr(), 8, 8), out.ptr(), "test");
+        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (st != NS_ERR_COMM || !strstr(ns_last_error(c), "timed out after 2000 ms"))
+            errors->push_back("rank " + std::to_string(r) + ": expected a timeout, got " +
+                              ns_status_string(st) + ": " + ns_last_error(c));
+        if (s > 30.0) errors->push_back("timeout took " + std::to_string(s) + " s");
+        // Broken from then on.
+        st = ns_comm_allgather_rows(c, comm, f32_matrix(src.ptr(), 8, 8), out.ptr(), "test");
+        if (st != NS_ERR_COMM || !strstr(ns_last_error(c), "unusable"))
+            errors->push_back("rank " + std::to_string(r) + ": a failed communicator was reused");
+    });
+}
+
+}  // namespace
