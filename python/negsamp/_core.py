@@ -534,6 +534,15 @@ class _InfoNCEInputs:
         self.hard_keep = (None if hard_keep is None else
                           _vector(np.asarray(hard_keep).astype(np.uint8, copy=False), np.uint8,
                                   "hard_keep", size=B * h))
+        queue_view = None
+        if isinstance(extra, Queue):
+            # The queue's own memory, no copy: valid until its next push.
+            self.queue = extra
+            queue_view = extra._view_raw()
+            extra = None
+            if extra_id is not None:
+                raise InvalidArgument("extra_id must be None when extra is a Queue (its ids "
+                                      "are used)")
         self.extra = None if extra is None else _float_rows(extra, "extra")
         self.passage_id = None if passage_id is None else _vector(passage_id, np.int64,
                                                                   "passage_id", size=N)
@@ -548,6 +557,9 @@ class _InfoNCEInputs:
             _matrix(self.extra) if self.extra is not None and self.extra.shape[0] else _EMPTY,
             _ptr(self.passage_id, c_int64), _ptr(self.hard_id, c_int64),
             _ptr(self.extra_id, c_int64))
+        if queue_view is not None and queue_view[0].rows > 0:
+            self.struct.extra = queue_view[0]
+            self.struct.extra_id = queue_view[1]
 
 
 InfoNCEForward = namedtuple("InfoNCEForward", "loss per_query saved")
@@ -558,7 +570,8 @@ def infonce_forward(query, passage, *, positive=None, hard=None, hard_keep=None,
                     passage_id=None, hard_id=None, extra_id=None, temperature=0.05,
                     symmetric=False, mask_same_id=True, tau_plus=0.0, beta=0.0,
                     share_hard=False, ctx: Context = None) -> InfoNCEForward:
-    """InfoNCE over in-batch passages, hard negatives (B×h×d or (B·h)×d) and extra rows.
+    """InfoNCE over in-batch passages, hard negatives (B×h×d or (B·h)×d) and extra rows
+    (an array, or a Queue whose rows and ids are used in place).
 
     Returns (loss: float, per_query: float32 B, saved: float32 B·8 for infonce_backward)."""
     ctx = _ctx(ctx)
@@ -630,11 +643,15 @@ class Queue:
     def __len__(self) -> int:
         return int(_c("ns_queue_size")(self.handle))
 
-    def view(self):
-        """(rows float32 n×dim, ids int64 n): copies of what the queue holds, storage order."""
+    def _view_raw(self):
         m = _ffi.ns_matrix()
         ids = POINTER(c_int64)()
         self.ctx.check(_c("ns_queue_view")(self.ctx.handle, self.handle, byref(m), byref(ids)))
+        return m, ids
+
+    def view(self):
+        """(rows float32 n×dim, ids int64 n): copies of what the queue holds, storage order."""
+        m, ids = self._view_raw()
         n, d = m.rows, m.cols
         if n == 0:
             return np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64)
