@@ -682,6 +682,89 @@ class Queue:
             pass
 
 
+# ------------------------------------------------------------------ communicators
+
+
+class Comm:
+    """A communicator over ranks (ns_comm): MPI for CPU contexts, NCCL for CUDA contexts.
+    Pass it to Step(comm=...). Build with Comm.mpi(...) or Comm.nccl(...)."""
+
+    def __init__(self, handle, ctx: Context, keep=None):
+        self._handle = handle
+        self.ctx = ctx
+        self._keep = keep
+        self._destroy = _c("ns_comm_destroy")
+
+    @staticmethod
+    def _options(timeout_ms):
+        o = _ffi.comm_options_init()
+        if timeout_ms is not None:
+            o.timeout_ms = int(timeout_ms)
+        return o
+
+    @classmethod
+    def mpi(cls, mpi_comm, ctx: Context = None, timeout_ms: int = None) -> "Comm":
+        """mpi_comm: an mpi4py communicator, or the address (int) of an MPI_Comm handle.
+        MPI must be initialised; negsamp duplicates the communicator."""
+        ctx = _ctx(ctx)
+        if hasattr(mpi_comm, "py2f"):  # mpi4py
+            from mpi4py import MPI  # noqa: F401
+            address = MPI._addressof(mpi_comm)
+        else:
+            address = int(mpi_comm)
+        h = c_void_p()
+        o = cls._options(timeout_ms)
+        ctx.check(_c("ns_comm_create_mpi")(ctx.handle, address, byref(o), byref(h)))
+        return cls(h.value, ctx, mpi_comm)
+
+    @classmethod
+    def nccl(cls, unique_id: bytes, nranks: int, rank: int, ctx: Context,
+             timeout_ms: int = None) -> "Comm":
+        """An owned NCCL communicator from a unique id (nccl_unique_id() on rank 0, broadcast
+        by the caller). ctx must be a CUDA context."""
+        buf = ctypes.create_string_buffer(bytes(unique_id), _ffi.NS_NCCL_UNIQUE_ID_BYTES)
+        if len(unique_id) != _ffi.NS_NCCL_UNIQUE_ID_BYTES:
+            raise InvalidArgument(f"Comm.nccl: unique_id has {len(unique_id)} bytes; expected "
+                                  f"{_ffi.NS_NCCL_UNIQUE_ID_BYTES}")
+        h = c_void_p()
+        o = cls._options(timeout_ms)
+        ctx.check(_c("ns_comm_create_nccl_id")(ctx.handle, buf, int(nranks), int(rank), byref(o),
+                                               byref(h)))
+        return cls(h.value, ctx)
+
+    @property
+    def handle(self) -> int:
+        if self._handle is None:
+            raise InvalidArgument("negsamp.Comm: the communicator is closed")
+        return self._handle
+
+    @property
+    def rank(self) -> int:
+        return int(_c("ns_comm_rank")(self.handle))
+
+    @property
+    def size(self) -> int:
+        return int(_c("ns_comm_size")(self.handle))
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self._destroy(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def nccl_unique_id() -> bytes:
+    """A fresh ncclUniqueId (NS_NCCL_UNIQUE_ID_BYTES bytes) for Comm.nccl."""
+    buf = ctypes.create_string_buffer(_ffi.NS_NCCL_UNIQUE_ID_BYTES)
+    _check(_c("ns_nccl_unique_id")(None, buf), None)
+    return buf.raw
+
+
 # ------------------------------------------------------------------ the step
 
 StepResult = namedtuple("StepResult",
@@ -699,9 +782,11 @@ class Step:
     The step owns its context (the step's state lives there) unless ctx is given."""
 
     def __init__(self, hard_negatives: int, *, filter=None, sampler=None, loss=None,
-                 queue: Queue = None, enqueue: bool = False, ctx: Context = None):
+                 queue: Queue = None, enqueue: bool = False, comm: "Comm" = None,
+                 ctx: Context = None):
         if ctx is None:
-            ctx = queue.ctx if queue is not None else Context("cpu")
+            ctx = (comm.ctx if comm is not None else
+                   queue.ctx if queue is not None else Context("cpu"))
         self.ctx = ctx
         o = _ffi.step_options_init()
         o.hard_negatives = int(hard_negatives)
@@ -712,6 +797,8 @@ class Step:
         o.loss = _loss_options(**(loss or {}))
         o.queue = None if queue is None else queue.handle
         o.enqueue = int(bool(enqueue))
+        o.comm = None if comm is None else comm.handle
+        self.comm = comm
         self.options = o
         self.queue = queue
         self._batch = None

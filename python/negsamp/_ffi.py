@@ -155,11 +155,17 @@ class ns_step_grads(Structure):
                 ("candidate", POINTER(c_float)), ("temperature", POINTER(c_float))]
 
 
+class ns_comm_options(Structure):
+    _fields_ = [("struct_size", c_size_t), ("timeout_ms", c_int)]
+
+
+NS_NCCL_UNIQUE_ID_BYTES = 128
+
 # Every struct of the header, for the ABI test.
 STRUCTS = [ns_context_options, ns_matrix, ns_id_lists, ns_mine_options, ns_candidates,
            ns_filter_options, ns_filter_counts, ns_sampler_options, ns_infonce_inputs,
-           ns_loss_options, ns_infonce_grads, ns_batch, ns_step_options, ns_step_result,
-           ns_step_grads]
+           ns_loss_options, ns_infonce_grads, ns_comm_options, ns_batch, ns_step_options,
+           ns_step_result, ns_step_grads]
 
 
 # The defaults of the NS_*_INIT macros.
@@ -183,6 +189,10 @@ def sampler_options_init() -> ns_sampler_options:
 
 def loss_options_init() -> ns_loss_options:
     return ns_loss_options(ctypes.sizeof(ns_loss_options), 0.05, 0, 1, 0.0, 0.0, 0)
+
+
+def comm_options_init() -> ns_comm_options:
+    return ns_comm_options(ctypes.sizeof(ns_comm_options), 60000)
 
 
 def step_options_init() -> ns_step_options:
@@ -221,6 +231,14 @@ _SIGNATURES = {
     "ns_queue_push": (c_int, [_P, _P, ns_matrix, _P]),
     "ns_queue_view": (c_int, [_P, _P, POINTER(ns_matrix), POINTER(POINTER(c_int64))]),
     "ns_queue_size": (c_int64, [_P]),
+    "ns_comm_create_mpi": (c_int, [_P, _P, POINTER(ns_comm_options), POINTER(c_void_p)]),
+    "ns_comm_create_nccl": (c_int, [_P, _P, POINTER(ns_comm_options), POINTER(c_void_p)]),
+    "ns_comm_create_nccl_id": (c_int, [_P, _P, c_int, c_int, POINTER(ns_comm_options),
+                                       POINTER(c_void_p)]),
+    "ns_nccl_unique_id": (c_int, [_P, _P]),
+    "ns_comm_destroy": (c_int, [_P]),
+    "ns_comm_rank": (c_int, [_P]),
+    "ns_comm_size": (c_int, [_P]),
     "ns_step_forward": (c_int, [_P, POINTER(ns_batch), POINTER(ns_step_options),
                                 POINTER(ns_step_result)]),
     "ns_step_backward": (c_int, [_P, c_float, POINTER(ns_step_grads)]),

@@ -159,3 +159,15 @@ def test_step_errors(rng):
         st.forward(q, q[:1], rng.standard_normal((2, 5, 3)).astype(np.float32))
     with pytest.raises(negsamp.InvalidArgument):
         negsamp.Step(1).backward()
+
+
+def test_comm_without_transport_reports_clearly():
+    require("ns_comm_create_nccl_id", "ns_nccl_unique_id", "ns_comm_create_mpi")
+    ctx = negsamp.Context("cpu")
+    with pytest.raises(negsamp.InvalidArgument, match=r"rank \(3\)"):
+        negsamp.Comm.nccl(bytes(128), 2, 3, ctx)
+    if not negsamp.cuda_built():
+        with pytest.raises(negsamp.Unsupported, match="ns_nccl_unique_id"):
+            negsamp.nccl_unique_id()
+    with pytest.raises(negsamp.InvalidArgument, match="mpi_comm"):
+        negsamp.Comm.mpi(0, ctx)
