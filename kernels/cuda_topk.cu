@@ -243,6 +243,11 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
                        "%s: a corpus in host memory cannot be streamed while the stream is "
                        "captured into a CUDA graph",
                        fn);
+    if (opt->progress && capturing)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: options->progress needs the host to wait for tiles, which a stream "
+                       "being captured into a CUDA graph cannot do",
+                       fn);
     const size_t esz = ns_dtype_size(corpus.dtype);
 
     // Tile shape: a score tile of at most 8 Mi floats (32 MiB: stays in H100's 50 MB L2).
