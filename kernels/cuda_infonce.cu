@@ -342,6 +342,8 @@ struct GradArgs {
     const float *saved;
     const float *colc;  // N (symmetric passage blocks), else NULL
     double *rtau;
+    void *half;         // when set: G goes here in dtype ht (dense, ld nc) instead of into x
+    ns_dtype ht;
 };
 
 // One block per query row: the per-element gradient of the CPU backward, in place.
@@ -382,18 +384,13 @@ __global__ void __launch_bounds__(kT) ns_k_loss_grad(GradArgs a) {
             }
         }
         tacc += (double)g * (double)xv;
-        x[c] = g * a.wt;
+        const float G = g * a.wt;
+        if (!a.half) x[c] = G;
+        else if (a.ht == NS_F16) ((__half *)a.half)[k * a.nc + c] = __float2half_rn(G);
+        else ((__nv_bfloat16 *)a.half)[k * a.nc + c] = __float2bfloat16_rn(G);
     }
     tacc = block_reduce(tacc, SumD(), shd);
     if (threadIdx.x == 0) a.rtau[i] += tacc;
-}
-
-// f32 tile (rows × cols, ld) → dense half/bf16 copy for tensor-core GEMMs.
-__global__ void ns_k_to_half(const float *x, int64_t n, ns_dtype t, void *out) {
-    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
-        if (t == NS_F16) ((__half *)out)[e] = __float2half_rn(x[e]);
-        else ((__nv_bfloat16 *)out)[e] = __float2bfloat16_rn(x[e]);
-    }
 }
 
 __global__ void __launch_bounds__(kT) ns_k_tau_sum(int64_t B, const double *rtau, const float *saved, double *out) {
@@ -712,16 +709,13 @@ ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
                 if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, nb, nc, P.d, P.inv_tau, q, P.t, P.q.ld, c, P.t,
                                        blk[b].v.ld, 0.0f, tile, nc)))
                     return rc;
+                // For f16/bf16 inputs G is written in that dtype for the tensor-core GEMMs.
+                const bool to_half = half && (gq || blk[b].grad);
                 GradArgs ga{tile, nc, nc, j0, r0, blk[b].kind, P.sym, P.same, P.ids, opt->beta, wt,
-                            saved, P.sym ? S.colc : nullptr, S.rtau};
+                            saved, P.sym ? S.colc : nullptr, S.rtau, to_half ? half_tile : nullptr, P.t};
                 ns_k_loss_grad<<<(unsigned)nb, kT, 0, st>>>(ga);
                 NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-                const void *g = tile;
-                if (half && (gq || blk[b].grad)) {
-                    ns_k_to_half<<<ns_blocks(nb * nc), NS_CUDA_THREADS, 0, st>>>(tile, nb * nc, P.t, half_tile);
-                    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-                    g = half_tile;
-                }
+                const void *g = to_half ? half_tile : (const void *)tile;
                 // dQ[r0 : r0+nb] += G · C;  dC[j0 : j0+nc] += Gᵀ · Q
                 if (gq && (rc = ns_cuda_gemm(ctx, fn, 0, 0, nb, P.d, nc, 1.0f, g, P.t, nc, c, P.t,
                                              blk[b].v.ld, 1.0f, gq + r0 * P.d, P.d)))
@@ -736,15 +730,12 @@ ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
             if ((rc = ns_cuda_gemm_batched(ctx, fn, 0, 1, 1, P.h, P.d, P.inv_tau, q, P.q.ld, P.q.ld, hr,
                                            P.hd.ld, P.h * P.hd.ld, P.t, 0.0f, htile, P.h, P.h, nb)))
                 return rc;
-            GradArgs ga{htile, P.h, P.h, 0, r0, K_OWN, 0, P.same, P.ids, opt->beta, wt, saved, nullptr, S.rtau};
+            const bool to_half = half && (gq || gh);
+            GradArgs ga{htile, P.h, P.h, 0, r0, K_OWN, 0, P.same, P.ids, opt->beta, wt, saved, nullptr,
+                        S.rtau, to_half ? half_htile : nullptr, P.t};
             ns_k_loss_grad<<<(unsigned)nb, kT, 0, st>>>(ga);
             NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-            const void *g = htile;
-            if (half && (gq || gh)) {
-                ns_k_to_half<<<ns_blocks(nb * P.h), NS_CUDA_THREADS, 0, st>>>(htile, nb * P.h, P.t, half_htile);
-                NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-                g = half_htile;
-            }
+            const void *g = to_half ? half_htile : (const void *)htile;
             // dq_k += G_k · H_k (1×h · h×d);  dH_k = G_kᵀ · q_k (h×1 · 1×d)
             if (gq && (rc = ns_cuda_gemm_batched(ctx, fn, 0, 0, 1, P.d, P.h, 1.0f, g, P.h, P.h, hr, P.hd.ld,
                                                  P.h * P.hd.ld, P.t, 1.0f, gq + r0 * P.d, P.d, P.d, nb)))
