@@ -1,0 +1,266 @@
+// The training step: filter → sample → InfoNCE forward, backward and scatter, against a
+// double-precision reference written here and central finite differences.
+#include "ns_test_util.h"
+
+#include <algorithm>
+#include <set>
+
+using namespace nstest;
+
+namespace {
+
+struct StepData {
+    int64_t B, C, d;
+    std::vector<float> q, p, cand;
+    std::vector<int64_t> pos_id, cand_id;
+};
+
+StepData make_data(int64_t B, int64_t C, int64_t d, uint64_t seed, bool duplicate_ids) {
+    StepData s{B, C, d, random_floats(B * d, seed), random_floats(B * d, seed + 1),
+               random_floats(B * C * d, seed + 2), {}, {}};
+    for (int64_t i = 0; i < B; i++) s.pos_id.push_back(1000 + i);
+    for (int64_t r = 0; r < B * C; r++) s.cand_id.push_back(5000 + r);
+    if (duplicate_ids) {
+        // Candidate 0 of every query is its own positive document (a false negative), and
+        // queries 0 and 1 share a positive document.
+        for (int64_t i = 0; i < B; i++) s.cand_id[i * C] = s.pos_id[i];
+        if (B > 1) s.pos_id[1] = s.pos_id[0];
+    }
+    return s;
+}
+
+ns_batch batch_of(const StepData &s, int64_t first = 0, int64_t count = -1) {
+    if (count < 0) count = s.B;
+    ns_batch b;
+    std::memset(&b, 0, sizeof b);
+    b.query = f32_matrix(s.q.data() + first * s.d, count, s.d);
+    b.positive = f32_matrix(s.p.data() + first * s.d, count, s.d);
+    b.positive_id = s.pos_id.data() + first;
+    b.candidate = f32_matrix(s.cand.data() + first * s.C * s.d, count * s.C, s.d);
+    b.candidates_per_query = s.C;
+    b.candidate_id = s.cand_id.data() + first * s.C;
+    b.query_offset = first;
+    return b;
+}
+
+ns_step_options uniform_options(int64_t h, float tau) {
+    ns_step_options o = NS_STEP_OPTIONS_INIT;
+    o.hard_negatives = h;
+    o.sampler.strategy = NS_SAMPLE_UNIFORM;  // keys independent of scores: FD-safe
+    o.sampler.seed = 42;
+    o.loss.temperature = tau;
+    return o;
+}
+
+// Plain InfoNCE in double over: every positive of the batch (same-id masked) + query i's own
+// sampled rows (row indices into cand, -1 = none) + extra rows.
+double reference_loss(const StepData &s, const std::vector<int64_t> &rows, int64_t h, double tau,
+                      const std::vector<float> &extra = {}, const std::vector<int64_t> &extra_id = {}) {
+    const int64_t B = s.B, d = s.d, E = (int64_t)extra_id.size();
+    auto dot = [&](const float *a, const float *b) {
+        double t = 0;
+        for (int64_t k = 0; k < d; k++) t += (double)a[k] * b[k];
+        return t;
+    };
+    double total = 0;
+    for (int64_t i = 0; i < B; i++) {
+        std::vector<double> logits;
+        const double lpos = dot(&s.q[i * d], &s.p[i * d]) / tau;
+        logits.push_back(lpos);
+        for (int64_t j = 0; j < B; j++)
+            if (j != i && s.pos_id[j] != s.pos_id[i]) logits.push_back(dot(&s.q[i * d], &s.p[j * d]) / tau);
+        for (int64_t r = 0; r < h; r++) {
+            int64_t row = rows[i * h + r];
+            if (row < 0 || s.cand_id[row] == s.pos_id[i]) continue;
+            logits.push_back(dot(&s.q[i * d], &s.cand[row * d]) / tau);
+        }
+        for (int64_t e = 0; e < E; e++)
+            if (extra_id[e] != s.pos_id[i]) logits.push_back(dot(&s.q[i * d], &extra[e * d]) / tau);
+        double m = *std::max_element(logits.begin(), logits.end()), z = 0;
+        for (double l : logits) z += std::exp(l - m);
+        total += -lpos + m + std::log(z);
+    }
+    return total / B;
+}
+
+class Step : public ::testing::TestWithParam<ns_backend> {};
+
+}  // namespace
+
+TEST_P(Step, LossMatchesReferenceAndNegativesAreValid) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    if (c.cuda()) GTEST_SKIP() << "step parity on CUDA is covered by test_cuda_parity";
+    for (auto shape : {std::vector<int64_t>{1, 1, 1, 1}, {5, 4, 7, 2}, {37, 9, 13, 5}, {64, 16, 32, 16}}) {
+        StepData s = make_data(shape[0], shape[1], shape[2], 7 + shape[0], true);
+        ns_batch b = batch_of(s);
+        ns_step_options o = uniform_options(shape[3], 0.5f);
+        ns_step_result r;
+        ASSERT_EQ(ns_step_forward(c, &b, &o, &r), NS_OK) << ns_last_error(c);
+        std::vector<int64_t> rows(r.negative_row, r.negative_row + s.B * shape[3]);
+        for (int64_t i = 0; i < s.B; i++) {
+            std::set<int64_t> seen;
+            for (int64_t k = 0; k < shape[3]; k++) {
+                int64_t row = rows[i * shape[3] + k], id = r.negative_id[i * shape[3] + k];
+                if (k >= r.negative_count[i]) {
+                    EXPECT_EQ(row, -1);
+                    EXPECT_EQ(id, -1);
+                    continue;
+                }
+                ASSERT_GE(row, i * s.C);
+                ASSERT_LT(row, (i + 1) * s.C);
+                EXPECT_EQ(s.cand_id[row], id);
+                EXPECT_NE(id, s.pos_id[i]) << "same-id false negative was sampled";
+                EXPECT_TRUE(seen.insert(row).second) << "row sampled twice";
+            }
+        }
+        const double want = reference_loss(s, rows, shape[3], 0.5);
+        EXPECT_TRUE(close(r.loss, want, 1e-5, 1e-4)) << "B=" << s.B << " got " << r.loss << " want " << want;
+    }
+}
+
+TEST_P(Step, GradientsMatchFiniteDifferences) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    if (c.cuda()) GTEST_SKIP() << "finite differences run on the CPU backend";
+    StepData s = make_data(6, 5, 4, 99, true);
+    const int64_t h = 3;
+    const float tau = 0.5f, gl = 1.7f;
+    ns_step_options o = uniform_options(h, tau);
+    ns_batch b = batch_of(s);
+    ns_step_result r;
+    ASSERT_EQ(ns_step_forward(c, &b, &o, &r), NS_OK) << ns_last_error(c);
+    std::vector<int64_t> rows(r.negative_row, r.negative_row + s.B * h);
+    std::vector<float> gq(s.q.size(), 9.f), gp(s.p.size(), 9.f), gc(s.cand.size(), 9.f);
+    float gt = 0;
+    ns_step_grads g{gq.data(), gp.data(), gc.data(), &gt};
+    ASSERT_EQ(ns_step_backward(c, gl, &g), NS_OK) << ns_last_error(c);
+
+    auto fd = [&](std::vector<float> &x, size_t k) {
+        const float keep = x[k];
+        const double eps = 1e-3;
+        x[k] = keep + (float)eps;
+        double up = reference_loss(s, rows, h, tau);
+        x[k] = keep - (float)eps;
+        double down = reference_loss(s, rows, h, tau);
+        x[k] = keep;
+        // the perturbation is representable only to f32: use the actual step
+        return gl * (up - down) / ((double)(keep + (float)eps) - (double)(keep - (float)eps));
+    };
+    int bad = 0;
+    for (size_t k = 0; k < s.q.size(); k++)
+        if (!close(gq[k], fd(s.q, k), 2e-3, 2e-3) && bad++ < 5) ADD_FAILURE() << "dq[" << k << "] " << gq[k] << " vs " << fd(s.q, k);
+    for (size_t k = 0; k < s.p.size(); k++)
+        if (!close(gp[k], fd(s.p, k), 2e-3, 2e-3) && bad++ < 5) ADD_FAILURE() << "dp[" << k << "] " << gp[k] << " vs " << fd(s.p, k);
+    for (size_t k = 0; k < s.cand.size(); k++)
+        if (!close(gc[k], fd(s.cand, k), 2e-3, 2e-3) && bad++ < 5) ADD_FAILURE() << "dcand[" << k << "] " << gc[k] << " vs " << fd(s.cand, k);
+    EXPECT_EQ(bad, 0);
+    // Unsampled candidates get exactly zero.
+    std::set<int64_t> sampled(rows.begin(), rows.end());
+    for (int64_t row = 0; row < s.B * s.C; row++)
+        if (!sampled.count(row))
+            for (int64_t k = 0; k < s.d; k++) ASSERT_EQ(gc[row * s.d + k], 0.f);
+    // dL/dτ by differences in τ.
+    const double dt = 1e-3;
+    double want_t = gl * (reference_loss(s, rows, h, tau + dt) - reference_loss(s, rows, h, tau - dt)) / (2 * dt);
+    EXPECT_TRUE(close(gt, want_t, 2e-3, 2e-3)) << gt << " vs " << want_t;
+}
+
+TEST_P(Step, NegativesDoNotDependOnBatchSplitOrThreads) {
+    Ctx c1(GetParam(), 1), c2(GetParam(), 2);
+    NS_REQUIRE_BACKEND(c1);
+    if (c1.cuda()) GTEST_SKIP() << "host buffers only";
+    StepData s = make_data(24, 12, 8, 5, true);
+    ns_step_options o = NS_STEP_OPTIONS_INIT;
+    o.hard_negatives = 4;
+    o.sampler.strategy = NS_SAMPLE_SIMANS;
+    o.sampler.seed = 1234;
+    o.sampler.step = 3;
+    ns_batch whole = batch_of(s);
+    ns_step_result r;
+    ASSERT_EQ(ns_step_forward(c1, &whole, &o, &r), NS_OK) << ns_last_error(c1);
+    std::vector<int64_t> ids(r.negative_id, r.negative_id + 24 * 4);
+    ASSERT_EQ(ns_step_forward(c2, &whole, &o, &r), NS_OK) << ns_last_error(c2);
+    EXPECT_EQ(std::vector<int64_t>(r.negative_id, r.negative_id + 24 * 4), ids);
+    for (int64_t first : {0, 10}) {
+        ns_batch part = batch_of(s, first, first == 0 ? 10 : 14);
+        ASSERT_EQ(ns_step_forward(c2, &part, &o, &r), NS_OK) << ns_last_error(c2);
+        for (int64_t k = 0; k < part.query.rows * 4; k++)
+            ASSERT_EQ(r.negative_id[k], ids[first * 4 + k]) << "query " << first + k / 4;
+    }
+    o.sampler.step = 4;
+    ASSERT_EQ(ns_step_forward(c1, &whole, &o, &r), NS_OK);
+    EXPECT_NE(std::vector<int64_t>(r.negative_id, r.negative_id + 24 * 4), ids) << "step must change the draw";
+}
+
+TEST_P(Step, QueueAddsPastPositivesAsNegatives) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    if (c.cuda()) GTEST_SKIP() << "host buffers only";
+    StepData s1 = make_data(8, 3, 6, 11, false), s2 = make_data(8, 3, 6, 12, false);
+    for (auto &id : s2.pos_id) id += 100;  // different documents in the second batch
+    ns_queue *queue = nullptr;
+    ASSERT_EQ(ns_queue_create(c, 16, 6, &queue), NS_OK) << ns_last_error(c);
+    ns_step_options o = uniform_options(2, 0.5f);
+    o.queue = queue;
+    o.enqueue = 1;
+    ns_batch b1 = batch_of(s1), b2 = batch_of(s2);
+    ns_step_result r;
+    ns_step_grads g{nullptr, nullptr, nullptr, nullptr};
+    ASSERT_EQ(ns_step_forward(c, &b1, &o, &r), NS_OK) << ns_last_error(c);
+    ASSERT_EQ(ns_step_backward(c, 1.f, &g), NS_OK) << ns_last_error(c);
+    EXPECT_EQ(ns_queue_size(queue), 8);
+    ASSERT_EQ(ns_step_forward(c, &b2, &o, &r), NS_OK) << ns_last_error(c);
+    std::vector<int64_t> rows(r.negative_row, r.negative_row + 8 * 2);
+    EXPECT_TRUE(close(r.loss, reference_loss(s2, rows, 2, 0.5, s1.p, s1.pos_id), 1e-5, 1e-4));
+    ns_queue_destroy(queue);
+}
+
+TEST_P(Step, BadInputIsRejectedAndNamed) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    if (c.cuda()) GTEST_SKIP() << "host buffers only";
+    StepData s = make_data(4, 3, 5, 1, false);
+    ns_step_options o = uniform_options(2, 0.5f);
+    ns_step_result r;
+    std::memset(&r, 0x5a, sizeof r);
+    ns_step_result untouched = r;
+    ns_batch b = batch_of(s);
+    auto expect = [&](ns_status want, const char *needle) {
+        ns_status st = ns_step_forward(c, &b, &o, &r);
+        EXPECT_EQ(st, want) << ns_last_error(c);
+        EXPECT_NE(std::string(ns_last_error(c)).find(needle), std::string::npos) << ns_last_error(c);
+        EXPECT_EQ(std::memcmp(&r, &untouched, sizeof r), 0) << "result written on failure";
+        b = batch_of(s);
+        o = uniform_options(2, 0.5f);
+    };
+    EXPECT_EQ(ns_step_forward(nullptr, &b, &o, &r), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(ns_step_forward(c, nullptr, &o, &r), NS_ERR_INVALID_ARGUMENT);
+    b.positive.rows = 3;
+    expect(NS_ERR_INVALID_ARGUMENT, "batch->positive has 3 rows");
+    b.positive.cols = 4;
+    expect(NS_ERR_INVALID_ARGUMENT, "batch->positive has 4");
+    b.candidate.rows = 11;
+    expect(NS_ERR_INVALID_ARGUMENT, "batch->candidate has 11 rows");
+    o.hard_negatives = 4;
+    expect(NS_ERR_INVALID_ARGUMENT, "options->hard_negatives (4)");
+    o.loss.temperature = 0.f;
+    expect(NS_ERR_INVALID_ARGUMENT, "temperature");
+    o.struct_size = 8;
+    expect(NS_ERR_INVALID_ARGUMENT, "struct_size");
+    std::vector<float> nanq = s.q;
+    nanq[7] = NAN;
+    b.query.data = nanq.data();
+    expect(NS_ERR_NONFINITE, "query");
+    ns_step_grads g{nullptr, nullptr, nullptr, nullptr};
+    Ctx fresh(GetParam());
+    EXPECT_EQ(ns_step_backward(fresh, 1.f, &g), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(fresh)).find("ns_step_forward first"), std::string::npos);
+    ASSERT_EQ(ns_step_forward(c, &b, &o, &r), NS_OK) << ns_last_error(c);
+    EXPECT_EQ(ns_step_backward(c, NAN, &g), NS_ERR_NONFINITE);
+    EXPECT_EQ(ns_step_backward(c, 1.f, nullptr), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(ns_step_backward(c, 1.f, &g), NS_OK) << ns_last_error(c);
+    EXPECT_EQ(ns_step_backward(c, 1.f, &g), NS_ERR_INVALID_ARGUMENT) << "one backward per forward";
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Step, NS_BACKENDS, BackendName());
