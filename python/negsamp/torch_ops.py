@@ -455,15 +455,25 @@ class InfoNCELoss(torch.nn.Module):
     dot products computed without gradient) and then h are sampled (sampler: dict with
     strategy 'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed); the
     module's step counter (or the step argument) feeds the sampler's RNG.
+
+    learn_temperature=True makes τ a parameter (log_temperature), learned with the rest.
     """
 
     def __init__(self, temperature: float = 0.05, *, normalize: bool = False,
                  symmetric: bool = False, share_hard: bool = True, mask_same_id: bool = True,
                  tau_plus: float = 0.0, beta: float = 0.0,
                  hard_negatives: Optional[int] = None, filter: Optional[dict] = None,
-                 sampler: Optional[dict] = None):
+                 sampler: Optional[dict] = None, learn_temperature: bool = False):
         super().__init__()
         self.temperature = float(temperature)
+        self.learn_temperature = learn_temperature
+        if learn_temperature:
+            if tau_plus > 0:
+                raise Unsupported("InfoNCELoss: learn_temperature with tau_plus > 0 is not "
+                                  "supported (the debiased floor depends on τ itself)")
+            # log τ: the logits are (q/τ)·c, so τ's gradient flows through torch's division.
+            self.log_temperature = torch.nn.Parameter(
+                torch.tensor(float(temperature)).log())
         self.normalize = normalize
         self.symmetric = symmetric
         self.share_hard = share_hard
@@ -555,8 +565,12 @@ class InfoNCELoss(torch.nn.Module):
             self.step += 1
         if hard_keep is not None:
             hard_keep = hard_keep.to(torch.uint8)
+        temperature = self.temperature
+        if self.learn_temperature:
+            query = query / self.log_temperature.exp().to(query.dtype)
+            temperature = 1.0
         loss, _, _ = torch.ops.negsamp.infonce(
             query, positive, hard, hard_keep, extra, None, positive_id, hard_id, extra_id,
-            self.temperature, self.symmetric, self.mask_same_id, self.tau_plus, self.beta,
+            temperature, self.symmetric, self.mask_same_id, self.tau_plus, self.beta,
             self.share_hard)
         return loss

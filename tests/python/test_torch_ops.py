@@ -303,3 +303,19 @@ def test_context_per_thread_and_device(gen):
     assert len({id(c) for c in ctxs}) == 3
     for g in got:
         torch.testing.assert_close(g, want)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_learnable_temperature_gradient(gen, symmetric):
+    require("ns_infonce_forward", "ns_infonce_backward")
+    B, h, d = 6, 2, 8
+    q, p = _randn(gen, B, d, grad=True), _randn(gen, B, d, grad=True)
+    hard = _randn(gen, B, h, d, grad=True)
+    mod = negsamp.InfoNCELoss(temperature=0.2, symmetric=symmetric, learn_temperature=True)
+    loss = mod(q, p, hard)
+    tau = torch.tensor(0.2, requires_grad=True)
+    ref = ref_loss(q, p, hard, tau, symmetric)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    (g_log_tau,) = torch.autograd.grad(loss, [mod.log_temperature])
+    (g_tau,) = torch.autograd.grad(ref, [tau])
+    torch.testing.assert_close(g_log_tau, g_tau * 0.2, rtol=1e-4, atol=1e-5)  # dL/dlogτ = τ·dL/dτ
