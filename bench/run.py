@@ -1,0 +1,777 @@
+#!/usr/bin/env python3
+"""negsamp beside its peers: the one benchmark runner.
+
+    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all] [--build DIR] [--out DIR]
+
+Runs every suite this machine supports and writes bench/results/<machine>-<date>.json, a
+Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
+
+  cpu      mining: negsamp's CPU backend vs faiss-cpu IndexFlatIP vs numpy (matmul +
+           argpartition per query chunk); InfoNCE forward+backward: negsamp vs numpy
+           (materialised logits); peak RSS of each InfoNCE in its own process against batch size.
+  gpu      bench/gpu_run.sh when a GPU exists, else recorded as skipped with the reason.
+  quality  bench/quality_digits (C): negative-sampling strategies on the UCI digits, false-
+           negative share and held-out retrieval over several seeds.
+
+negsamp is called through its Python binding (python/negsamp) with NEGSAMP_LIBRARY pointing at
+the libnegsamp.so of the build directory (built here with CMake when missing).
+"""
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DIGITS_CANDIDATES = [os.path.join(ROOT, "..", "shared", "data", "digits", "digits.csv.gz"),
+                     os.path.join(ROOT, "shared", "data", "digits", "digits.csv.gz"),
+                     "/work/shared/data/digits/digits.csv.gz"]
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ building and finding things
+
+
+def ensure_build(build):
+    """libnegsamp.so and bench/quality_digits in `build`, configured and built when missing."""
+    lib = os.path.join(build, "libnegsamp.so")
+    if not os.path.exists(lib) or not os.path.exists(os.path.join(build, "CMakeCache.txt")):
+        log(f"[build] configuring {build}")
+        subprocess.run(["cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
+                        "-DNS_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
+    targets = ["negsamp", "negsamp_static"]
+    have_bench_target = os.path.exists(os.path.join(HERE, "CMakeLists.txt"))
+    if have_bench_target:
+        targets.append("quality_digits")
+    log(f"[build] cmake --build {build} --target {' '.join(targets)} -j2")
+    r = subprocess.run(["cmake", "--build", build, "-j2", "--target"] + targets,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0 and have_bench_target:
+        # bench/CMakeLists.txt may not know the target yet: build the library alone.
+        r = subprocess.run(["cmake", "--build", build, "-j2", "--target", "negsamp",
+                            "negsamp_static"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        sys.exit("build failed:\n" + r.stdout[-4000:])
+    return lib
+
+
+def quality_executable(build):
+    """The quality_digits program: CMake's, else compiled here against libnegsamp.a."""
+    for p in (os.path.join(build, "bench", "quality_digits"), os.path.join(build, "quality_digits")):
+        if os.path.exists(p) and os.path.getmtime(p) >= os.path.getmtime(
+                os.path.join(HERE, "quality_digits.c")):
+            return p
+    exe = os.path.join(build, "quality_digits_runpy")
+    # Linked against the shared library, which carries its own dependencies (BLAS, OpenMP,
+    # CUDA, MPI as built).
+    cmd = [os.environ.get("CC", "cc"), "-O2", "-std=c11", "-I", os.path.join(ROOT, "include"),
+           os.path.join(HERE, "quality_digits.c"), "-L", build, "-lnegsamp",
+           "-Wl,-rpath," + build, "-lm", "-o", exe]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("cannot compile quality_digits: " + r.stdout[-2000:])
+    return exe
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown-cpu"
+
+
+def slug(s):
+    s = re.sub(r"\((R|TM|tm|r)\)", "", s)
+    s = re.sub(r"[^A-Za-z0-9.]+", "-", s).strip("-").lower()
+    return re.sub(r"-+", "-", s)
+
+
+def gpu_name():
+    """The first GPU's name, or None with the reason."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        r = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            return r.stdout.strip().splitlines()[0], None
+        return None, "nvidia-smi finds no GPU"
+    try:
+        import torch  # noqa: F401
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0), None
+    except Exception:
+        pass
+    return None, "no GPU (no nvidia-smi, torch.cuda.is_available() is false or torch absent)"
+
+
+def summary(times):
+    s = sorted(times)
+    q1, q3 = (s[0], s[-1]) if len(s) < 4 else statistics.quantiles(s, n=4)[0::2]
+    return {"median": statistics.median(s), "min": s[0], "max": s[-1], "q1": q1, "q3": q3,
+            "runs": times}
+
+
+# ------------------------------------------------------------------ the CPU suite
+
+
+def make_data(rng, rows, d):
+    import numpy as np
+    x = rng.standard_normal((rows, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def numpy_topk(q, c, k, chunk=128):
+    """Exact top-k by numpy: a query chunk's full score rows, argpartition, then sort the k."""
+    import numpy as np
+    idx = np.empty((q.shape[0], k), dtype=np.int64)
+    sc = np.empty((q.shape[0], k), dtype=np.float32)
+    for a in range(0, q.shape[0], chunk):
+        s = q[a:a + chunk] @ c.T
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        ps = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        idx[a:a + chunk] = np.take_along_axis(part, order, axis=1)
+        sc[a:a + chunk] = np.take_along_axis(ps, order, axis=1)
+    return idx, sc
+
+
+def numpy_infonce(q, p, tau):
+    """In-batch InfoNCE (positive of query i is passage i) with its gradients, the plain way:
+    the B×N logits materialised, log-softmax, dL/dlogits = softmax − onehot."""
+    import numpy as np
+    B = q.shape[0]
+    logits = (q @ p.T) / np.float32(tau)
+    m = logits.max(axis=1, keepdims=True)
+    e = np.exp(logits - m)
+    z = e.sum(axis=1, keepdims=True)
+    lse = (m + np.log(z))[:, 0]
+    loss = float(np.mean(lse - np.diagonal(logits)))
+    g = e / z
+    g[np.arange(B), np.arange(B)] -= 1.0
+    g *= np.float32(1.0 / (tau * B))
+    dq = g @ p
+    dp = g.T @ q
+    return loss, dq, dp
+
+
+def negsamp_infonce(ns, ctx, q, p, tau):
+    f = ns.infonce_forward(q, p, temperature=tau, ctx=ctx)
+    g = ns.infonce_backward(q, p, f.saved, temperature=tau, want=("query", "passage"), ctx=ctx)
+    return f.loss, g.query, g.passage
+
+
+def timed(fn, repeats):
+    out, times = None, []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, times
+
+
+def suite_cpu(args, lib):
+    import numpy as np
+    import negsamp as ns
+    threads = args.threads or os.cpu_count()
+    res = {"threads": threads, "repeats": args.repeats}
+    ctx = ns.Context("cpu", threads=threads)
+    try:
+        import faiss
+        faiss.omp_set_num_threads(threads)
+        res["faiss"] = {"version": faiss.__version__}
+    except Exception as e:  # noqa: BLE001
+        faiss = None
+        res["faiss"] = {"skipped": f"faiss-cpu not importable ({type(e).__name__}: {e}); "
+                                   f"pip install -r bench/requirements.txt"}
+        log("[cpu] faiss skipped:", res["faiss"]["skipped"])
+    rng = np.random.default_rng(0)
+    d, k = 384, 100
+
+    # ---- mining
+    if args.quick:
+        points = [(256, 10_000), (256, 20_000), (256, 50_000), (512, 20_000), (1024, 20_000)]
+    else:
+        points = [(1024, 50_000), (1024, 100_000), (1024, 200_000), (2048, 100_000),
+                  (4096, 100_000)]
+    mining = []
+    for Q, N in points:
+        corpus = make_data(rng, N, d)
+        q = make_data(rng, Q, d)
+        row = {"Q": Q, "N": N, "d": d, "k": k}
+        impls = {"negsamp": lambda: ns.mine_topk(q, corpus, k, ctx=ctx),
+                 "numpy": lambda: numpy_topk(q, corpus, k)}
+        if faiss is not None:
+            index = faiss.IndexFlatIP(d)
+            t = time.perf_counter()
+            index.add(corpus)
+            row["faiss_add_s"] = time.perf_counter() - t
+
+            def fs(index=index):
+                sc, ix = index.search(q, k)
+                return ix, sc
+            impls["faiss"] = fs
+        for fn in impls.values():  # warm-up (page faults, thread pools), untimed
+            fn()
+        times = {name: [] for name in impls}
+        outs = {}
+        for _ in range(args.repeats):  # interleaved, so drifting load hits every library alike
+            for name, fn in impls.items():
+                outs[name], t = timed(fn, 1)
+                times[name] += t
+        for name in impls:
+            row[name] = summary(times[name])
+        ref = outs["numpy"][0]
+        for name in impls:  # agreement of the top-k sets with numpy's (ties may differ)
+            got = outs[name][0]
+            row.setdefault("agreement_with_numpy", {})[name] = float(np.mean(
+                [len(np.intersect1d(got[i], ref[i])) / k for i in range(0, Q, max(1, Q // 64))]))
+        flops = 2.0 * Q * N * d
+        row["gflops"] = {name: flops / row[name]["median"] / 1e9 for name in impls}
+        mining.append(row)
+        log(f"[cpu] mine Q={Q} N={N}: " + ", ".join(
+            f"{n} {row[n]['median']*1e3:.0f} ms" for n in impls))
+        del corpus, q, impls, outs
+        if faiss is not None:
+            del index
+    res["mining"] = mining
+
+    # ---- InfoNCE forward + backward, time
+    Bs = [256, 512, 1024, 2048] if args.quick else [1024, 2048, 4096, 8192]
+    tau = 0.05
+    infonce = []
+    for B in Bs:
+        q = make_data(rng, B, d)
+        p = make_data(rng, B, d)
+        row = {"B": B, "N": B, "d": d, "tau": tau}
+        impls = {"negsamp": lambda: negsamp_infonce(ns, ctx, q, p, tau),
+                 "numpy": lambda: numpy_infonce(q, p, tau)}
+        for fn in impls.values():
+            fn()
+        times = {n: [] for n in impls}
+        outs = {}
+        for _ in range(args.repeats):
+            for name, fn in impls.items():
+                outs[name], t = timed(fn, 1)
+                times[name] += t
+        for name in impls:
+            row[name] = summary(times[name])
+        a, b = outs["negsamp"], outs["numpy"]
+        row["loss"] = {"negsamp": a[0], "numpy": b[0]}
+        row["max_abs_grad_diff"] = float(max(np.max(np.abs(a[1] - b[1])),
+                                             np.max(np.abs(a[2] - b[2]))))
+        row["max_abs_grad"] = float(max(np.max(np.abs(b[1])), np.max(np.abs(b[2]))))
+        infonce.append(row)
+        log(f"[cpu] infonce B={B}: negsamp {row['negsamp']['median']*1e3:.1f} ms, numpy "
+            f"{row['numpy']['median']*1e3:.1f} ms, loss {a[0]:.5f} vs {b[0]:.5f}")
+    res["infonce"] = infonce
+
+    # ---- InfoNCE peak memory, each in a fresh process
+    mem_Bs = [256, 512, 1024, 2048, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
+    memory = []
+    for B in mem_Bs:
+        row = {"B": B, "N": B, "d": d}
+        for impl in ("negsamp", "numpy"):
+            row[impl] = child_memory(impl, B, d, lib)
+        memory.append(row)
+        log(f"[cpu] memory B={B}: negsamp +{row['negsamp']['extra_mib']:.0f} MiB, numpy "
+            f"+{row['numpy']['extra_mib']:.0f} MiB")
+    res["memory"] = memory
+    return res
+
+
+def child_memory(impl, B, d, lib):
+    """Peak RSS of one InfoNCE forward+backward in a fresh process, and that process's peak
+    before the call (interpreter, numpy, inputs) to subtract. The child reports its own
+    ru_maxrss: Linux carries a parent's peak RSS into a forked child across exec, so the child
+    is started from a small shell (which forks it) rather than from this large process."""
+    env = dict(os.environ, NEGSAMP_LIBRARY=lib)
+    env["PYTHONPATH"] = os.path.join(ROOT, "python") + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, os.path.abspath(__file__),
+           "--child-memory", impl, str(B), str(d)]
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        return {"error": f"child exited with status {r.returncode}: {r.stderr[-300:]}"}
+    info = json.loads(r.stdout)
+    info["extra_mib"] = info["peak_mib"] - info["before_mib"]
+    return info
+
+
+def child_memory_main(impl, B, d):
+    import numpy as np
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rng = np.random.default_rng(1)
+    q = make_data(rng, B, d)
+    p = make_data(rng, B, d)
+    if impl == "negsamp":
+        import negsamp as ns
+        ctx = ns.Context("cpu", threads=0)
+        fn = lambda: negsamp_infonce(ns, ctx, q, p, 0.05)  # noqa: E731
+        negsamp_infonce(ns, ctx, q[:2], p[:2], 0.05)  # load the library, touch its code
+    else:
+        fn = lambda: numpy_infonce(q, p, 0.05)  # noqa: E731
+        numpy_infonce(q[:2], p[:2], 0.05)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    t = time.perf_counter()
+    out = fn()
+    secs = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    del out
+    print(json.dumps({"start_mib": start, "before_mib": before, "peak_mib": peak,
+                      "seconds": secs}))
+
+
+# ------------------------------------------------------------------ the GPU suite
+
+
+def suite_gpu(args, lib, outdir, stem):
+    name, why = gpu_name()
+    if name is None:
+        return {"skipped": why}
+    script = os.path.join(HERE, "gpu_run.sh")
+    if not os.path.exists(script):
+        return {"skipped": f"GPU {name} found, but bench/gpu_run.sh is missing"}
+    gdir = os.path.join(outdir, stem + "-gpu")
+    os.makedirs(gdir, exist_ok=True)
+    env = dict(os.environ, NEGSAMP_LIBRARY=lib, NS_BENCH_OUT=gdir,
+               NS_BENCH_QUICK="1" if args.quick else "0")
+    t = time.perf_counter()
+    r = subprocess.run(["bash", script] + (["--quick"] if args.quick else []), env=env,
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    res = {"gpu": name, "returncode": r.returncode, "seconds": time.perf_counter() - t,
+           "output_tail": r.stdout[-6000:], "out_dir": os.path.relpath(gdir, ROOT)}
+    for f in sorted(os.listdir(gdir)):  # gpu_run.sh's JSON results, folded in
+        if f.endswith(".json"):
+            try:
+                res.setdefault("results", {})[f] = json.load(open(os.path.join(gdir, f)))
+            except ValueError:
+                pass
+    return res
+
+
+# ------------------------------------------------------------------ the quality suite
+
+
+def find_digits():
+    for p in DIGITS_CANDIDATES:
+        if os.path.exists(p):
+            return os.path.abspath(p)
+    return None
+
+
+def suite_quality(args, build):
+    data = find_digits()
+    if data is None:
+        return {"skipped": "shared/data/digits/digits.csv.gz not found"}
+    exe = quality_executable(build)
+    seeds, epochs = (2, 10) if args.quick else (args.seeds, 30)
+    with tempfile.TemporaryDirectory() as td:
+        out = os.path.join(td, "quality.json")
+        cmd = [exe, "--data", data, "--seeds", str(seeds), "--epochs", str(epochs), "--out", out]
+        log("[quality]", " ".join(cmd[1:]))
+        t = time.perf_counter()
+        r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            return {"error": f"quality_digits exited {r.returncode}: {r.stderr[-3000:]}"}
+        raw = json.load(open(out))
+    raw["seconds"] = time.perf_counter() - t
+    raw["command"] = "bench/quality_digits " + " ".join(cmd[3:-2])
+    raw["summary"] = summarise_quality(raw["runs"])
+    log(r.stderr)
+    return raw
+
+
+def summarise_quality(runs):
+    import numpy as np
+    names = []
+    for r in runs:
+        if r["strategy"] not in names:
+            names.append(r["strategy"])
+    base = {(r["seed"]): r for r in runs if r["strategy"] == "inbatch"}
+    out = []
+    for n in names:
+        rs = [r for r in runs if r["strategy"] == n]
+        row = {"strategy": n, "seeds": len(rs), "trained": rs[0]["trained"]}
+        for key in ("r1", "r10", "p10", "fn_share_chosen", "fn_share_inbatch",
+                    "fn_share_candidates", "filter_removed", "filter_precision",
+                    "filter_recall", "found_per_query", "seconds"):
+            v = [r[key] for r in rs if r.get(key) is not None]
+            if v:
+                row[key] = {"mean": float(np.mean(v)),
+                            "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+        for key in ("r1", "p10"):  # paired with in-batch on the same split and start
+            dv = [r[key] - base[r["seed"]][key] for r in rs if r["seed"] in base]
+            if dv and n != "inbatch":
+                row["delta_vs_inbatch_" + key] = {
+                    "mean": float(np.mean(dv)),
+                    "std": float(np.std(dv, ddof=1)) if len(dv) > 1 else 0.0}
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------ plots and report
+
+
+def plots(res, outdir, stem):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    made = {}
+    cpu = res.get("cpu") or {}
+    colors = {"negsamp": "C0", "faiss": "C1", "numpy": "C2"}
+
+    def errbars(rows, impl, x):
+        xs = [x(r) for r in rows if impl in r]
+        med = [r[impl]["median"] for r in rows if impl in r]
+        lo = [r[impl]["median"] - r[impl]["min"] for r in rows if impl in r]
+        hi = [r[impl]["max"] - r[impl]["median"] for r in rows if impl in r]
+        return xs, med, [lo, hi]
+
+    if cpu.get("mining"):
+        rows = cpu["mining"]
+        q0 = rows[0]["Q"]
+        byN = [r for r in rows if r["Q"] == q0]
+        n0 = max(set(r["N"] for r in rows), key=lambda n: sum(r["N"] == n for r in rows))
+        byQ = [r for r in rows if r["N"] == n0]
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for impl in ("negsamp", "faiss", "numpy"):
+            for a, sel, x, lab in ((ax[0], byN, lambda r: r["N"], "corpus rows N"),
+                                   (ax[1], byQ, lambda r: r["Q"], "queries Q")):
+                xs, med, err = errbars(sel, impl, x)
+                if xs:
+                    a.errorbar(xs, med, yerr=err, marker="o", capsize=3, label=impl,
+                               color=colors[impl])
+                a.set_xlabel(lab)
+                a.set_ylabel("seconds (median, min–max)")
+                a.set_xscale("log")
+                a.set_yscale("log")
+                a.grid(True, which="both", alpha=0.3)
+        ax[0].set_title(f"exact top-{rows[0]['k']} mining, Q={q0}, d={rows[0]['d']}")
+        ax[1].set_title(f"exact top-{rows[0]['k']} mining, N={n0}, d={rows[0]['d']}")
+        ax[0].legend()
+        fig.tight_layout()
+        made["mining"] = stem + "-mining.png"
+        fig.savefig(os.path.join(outdir, made["mining"]), dpi=110)
+        plt.close(fig)
+    if cpu.get("infonce") or cpu.get("memory"):
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for impl in ("negsamp", "numpy"):
+            if cpu.get("infonce"):
+                xs, med, err = errbars(cpu["infonce"], impl, lambda r: r["B"])
+                ax[0].errorbar(xs, med, yerr=err, marker="o", capsize=3, label=impl,
+                               color=colors[impl])
+            if cpu.get("memory"):
+                rows = [r for r in cpu["memory"] if "extra_mib" in r[impl]]
+                ax[1].plot([r["B"] for r in rows], [max(r[impl]["extra_mib"], 0.1)
+                                                    for r in rows],
+                           marker="o", label=impl, color=colors[impl])
+        ax[0].set_title("InfoNCE forward+backward time (N = B, d = 384)")
+        ax[0].set_xlabel("batch size B")
+        ax[0].set_ylabel("seconds (median, min–max)")
+        ax[1].set_title("InfoNCE forward+backward peak memory")
+        ax[1].set_xlabel("batch size B")
+        ax[1].set_ylabel("peak RSS above inputs (MiB)")
+        for a in ax:
+            a.set_xscale("log", base=2)
+            a.set_yscale("log")
+            a.grid(True, which="both", alpha=0.3)
+            a.legend()
+        fig.tight_layout()
+        made["infonce"] = stem + "-infonce.png"
+        fig.savefig(os.path.join(outdir, made["infonce"]), dpi=110)
+        plt.close(fig)
+    qs = (res.get("quality") or {}).get("summary")
+    if qs:
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        names = [r["strategy"] for r in qs]
+        x = range(len(names))
+        for off, key, lab in ((-0.2, "r1", "R@1"), (0.2, "p10", "P@10")):
+            ax[0].bar([i + off for i in x], [r[key]["mean"] for r in qs], width=0.4,
+                      yerr=[r[key]["std"] for r in qs], capsize=3, label=lab)
+        lo = min(min(r["r1"]["mean"], r["p10"]["mean"]) for r in qs)
+        ax[0].set_ylim(max(0.0, lo - 0.05), 1.0)
+        ax[0].set_title("held-out retrieval of the own class (mean ± std over seeds)")
+        ax[1].bar(list(x), [r.get("fn_share_chosen", {}).get("mean", 0) for r in qs],
+                  yerr=[r.get("fn_share_chosen", {}).get("std", 0) for r in qs], capsize=3,
+                  color="C3")
+        ax[1].set_title("share of chosen extra negatives that are false negatives")
+        ax[1].set_ylim(0, 1)
+        for a in ax:
+            a.set_xticks(list(x))
+            a.set_xticklabels(names, rotation=30, ha="right")
+            a.grid(True, axis="y", alpha=0.3)
+        ax[0].legend(loc="lower right")
+        fig.tight_layout()
+        made["quality"] = stem + "-quality.png"
+        fig.savefig(os.path.join(outdir, made["quality"]), dpi=110)
+        plt.close(fig)
+    return made
+
+
+def fmt_t(s):
+    return f"{s*1e3:.0f} ms" if s >= 0.1 else f"{s*1e3:.1f} ms"
+
+
+def spread(x):
+    return f"{fmt_t(x['median'])} [{fmt_t(x['min'])}–{fmt_t(x['max'])}]"
+
+
+def report(res, made, stem):
+    m = res["machine"]
+    L = [f"# negsamp benchmarks — {m['name']}, {res['date']}", ""]
+    L.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB; "
+             f"{m['os']}; Python {m['python']}, numpy {m['numpy']}"
+             + (f", faiss-cpu {m['faiss']}" if m.get("faiss") else "") + ". "
+             f"Load average at start {m['load_start']}, at end {res.get('load_end', '?')}"
+             " (the machine is shared: other processes can inflate every timing alike).")
+    L.append("")
+    L.append(f"Reproduce: `{res['command']}` (median of {res.get('cpu', {}).get('repeats', '?')}"
+             " interleaved runs after one warm-up; [min–max] in brackets).")
+    L.append("")
+    cpu = res.get("cpu")
+    if cpu and "mining" in cpu:
+        L += ["## Exact top-k mining (CPU)", "",
+              "Same random unit vectors (d = 384, k = 100) for all three; negsamp "
+              "`ns_mine_topk` (CPU backend, OpenBLAS + blocked top-k), faiss-cpu "
+              "`IndexFlatIP.search` (index build excluded), numpy `q @ c.T` per 128-query "
+              "chunk + `argpartition` + sort of the k. Agreement = share of numpy's top-k ids "
+              "found by the other (ties may legitimately differ).", ""]
+        has_f = any("faiss" in r for r in cpu["mining"])
+        hdr = "| Q | N | negsamp | " + ("faiss IndexFlatIP | " if has_f else "") + \
+              "numpy | negsamp vs numpy | " + ("negsamp vs faiss | " if has_f else "") + \
+              "negsamp GFLOP/s | agreement |"
+        L += [hdr, "|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|"]
+        for r in cpu["mining"]:
+            cells = [str(r["Q"]), f"{r['N']:,}", spread(r["negsamp"])]
+            if has_f:
+                cells.append(spread(r["faiss"]) if "faiss" in r else "—")
+            cells.append(spread(r["numpy"]))
+            cells.append(f"{r['numpy']['median']/r['negsamp']['median']:.2f}× faster")
+            if has_f:
+                cells.append(f"{r['faiss']['median']/r['negsamp']['median']:.2f}×"
+                             if "faiss" in r else "—")
+            cells.append(f"{r['gflops']['negsamp']:.0f}")
+            cells.append(", ".join(f"{k} {v:.3f}" for k, v in r["agreement_with_numpy"].items()
+                                   if k != "numpy"))
+            L.append("| " + " | ".join(cells) + " |")
+        L.append("")
+        L.append("Ratios are median time of the other ÷ median time of negsamp (> 1: negsamp "
+                 "faster).")
+        if "skipped" in cpu.get("faiss", {}):
+            L.append(f"faiss: skipped — {cpu['faiss']['skipped']}.")
+        L.append("")
+        if "mining" in made:
+            L += [f"![mining time]({made['mining']})", ""]
+    if cpu and "infonce" in cpu:
+        L += ["## InfoNCE forward + backward (CPU)", "",
+              "In-batch InfoNCE, B queries against N = B passages, d = 384, τ = 0.05, "
+              "gradients for queries and passages. negsamp: `ns_infonce_forward` + "
+              "`ns_infonce_backward` (tiled online softmax, recomputing backward); numpy: "
+              "logits materialised, log-softmax, `softmax − I`, two GEMMs.", "",
+              "| B | negsamp | numpy | ratio | loss negsamp / numpy | max grad diff / max grad |",
+              "|---|---|---|---|---|---|"]
+        for r in cpu["infonce"]:
+            L.append(f"| {r['B']} | {spread(r['negsamp'])} | {spread(r['numpy'])} | "
+                     f"{r['numpy']['median']/r['negsamp']['median']:.2f}× | "
+                     f"{r['loss']['negsamp']:.5f} / {r['loss']['numpy']:.5f} | "
+                     f"{r['max_abs_grad_diff']:.2e} / {r['max_abs_grad']:.2e} |")
+        L.append("")
+    if cpu and "memory" in cpu:
+        L += ["Peak memory of one forward+backward, each in a fresh process (`os.wait4` "
+              "rusage `ru_maxrss`), minus the process's peak before the call (interpreter, "
+              "numpy, inputs):", "",
+              "| B | negsamp extra MiB | numpy extra MiB | B×B f32 logits would be |",
+              "|---|---|---|---|"]
+        for r in cpu["memory"]:
+            cell = lambda x: f"{x['extra_mib']:.1f}" if "extra_mib" in x else x.get("error")  # noqa
+            L.append(f"| {r['B']} | {cell(r['negsamp'])} | {cell(r['numpy'])} | "
+                     f"{r['B']*r['B']*4/2**20:.0f} MiB |")
+        L.append("")
+        if "infonce" in made:
+            L += [f"![InfoNCE time and memory]({made['infonce']})", ""]
+    g = res.get("gpu")
+    L += ["## GPU", ""]
+    if g is None:
+        L.append("Not run (`--suite` excluded it).")
+    elif "skipped" in g:
+        L.append(f"Skipped: {g['skipped']}. On a machine with a GPU the runner calls "
+                 "`bench/gpu_run.sh` and folds its JSON in here.")
+    else:
+        L.append(f"{g['gpu']}: `bench/gpu_run.sh` exited {g['returncode']} after "
+                 f"{g['seconds']:.0f} s; its results are in `{g['out_dir']}` and in the JSON.")
+        L += ["", "```", g["output_tail"][-3000:], "```"]
+    L.append("")
+    q = res.get("quality")
+    if q and "summary" in q:
+        c = q["config"]
+        L += ["## What negative sampling does to quality (UCI digits)", "",
+              f"1,797 real 8×8 digit images; a stratified {int(q['data']['test_share']*100)} % "
+              f"is held out per seed. A linear map W (64 → {c['dim']}) followed by L2 "
+              f"normalisation is trained with negsamp's InfoNCE (τ = {c['tau']}, Adam lr "
+              f"{c['lr']}, batch {c['batch']}, {c['epochs']} epochs): the anchor is a training "
+              "image, its positive another training image of the same class (supervised "
+              f"contrastive); every strategy keeps the batch's in-batch negatives and adds "
+              f"h = {c['hard']} negatives per query chosen from {c['candidates']} candidates "
+              "mined with `ns_mine_topk` over the training set under the current W every "
+              f"{c['remine_every']} epoch(s) (scores in logit units, s/τ). A negative with the "
+              "anchor's label is a false negative. Filter = `ns_filter` with SAME_ID + "
+              f"REL_MARGIN {c['rel_margin']} (NV-Retriever TopK-PercPos 95 %); SimANS a = "
+              f"{c['simans_a']}, b = {c['simans_b']}; `topk+oracle` drops every same-label "
+              "candidate using the labels — an upper bound no real filter has. Retrieval: each "
+              "held-out image queries the training images (cosine); R@1 = the nearest has its "
+              "class, R@10 = one of the first 10 has, P@10 = share of the first 10 that have. "
+              f"{q['summary'][0]['seeds']} seeds, mean ± std; Δ = paired difference to "
+              "in-batch on the same split and initial W.", "",
+              f"Reproduce: `{q['command']}` (or `python3 bench/run.py --suite quality`); "
+              f"{q['seconds']:.0f} s here.", "",
+              "| strategy | R@1 | R@10 | P@10 | ΔR@1 vs in-batch | ΔP@10 vs in-batch | "
+              "FN share of chosen negatives | FN share of candidates | filter removed | "
+              "removed that were FN |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+
+        def ms(row, key, pct=False):
+            v = row.get(key)
+            if not v:
+                return "—"
+            f = 100.0 if pct else 1.0
+            return (f"{v['mean']*f:.1f} ± {v['std']*f:.1f} %" if pct
+                    else f"{v['mean']:.3f} ± {v['std']:.3f}")
+
+        def md(row, key):
+            v = row.get(key)
+            return "—" if not v else f"{v['mean']*100:+.1f} ± {v['std']*100:.1f} pt"
+
+        for r in q["summary"]:
+            name = r["strategy"] + ("" if r["trained"] else " (no training)")
+            fn_chosen = ms(r, "fn_share_chosen", True)
+            if r["strategy"] == "inbatch":
+                fn_chosen = f"(in-batch: {ms(r, 'fn_share_inbatch', True)})"
+            L.append(f"| {name} | {ms(r, 'r1')} | {ms(r, 'r10')} | {ms(r, 'p10')} | "
+                     f"{md(r, 'delta_vs_inbatch_r1')} | {md(r, 'delta_vs_inbatch_p10')} | "
+                     f"{fn_chosen} | {ms(r, 'fn_share_candidates', True)} | "
+                     f"{ms(r, 'filter_removed', True)} | {ms(r, 'filter_precision', True)} |")
+        L.append("")
+        verdict = quality_verdict(q["summary"])
+        if verdict:
+            L += [verdict, ""]
+        if "quality" in made:
+            L += [f"![quality]({made['quality']})", ""]
+    elif q:
+        L += ["## Quality", "", f"Not available: {q.get('skipped') or q.get('error')}", ""]
+    return "\n".join(L) + "\n"
+
+
+def quality_verdict(summary):
+    """One honest sentence from the numbers: the best real strategy by P@10 and R@1."""
+    real = [r for r in summary if r["trained"] and r["strategy"] != "topk+oracle"]
+    if not real:
+        return ""
+    parts = []
+    for key, lab in (("p10", "P@10"), ("r1", "R@1")):
+        best = max(real, key=lambda r: r[key]["mean"])
+        worst = min(real, key=lambda r: r[key]["mean"])
+        ib = next((r for r in real if r["strategy"] == "inbatch"), None)
+        s = (f"By {lab} the best strategy without labels is **{best['strategy']}** "
+             f"({best[key]['mean']:.3f} ± {best[key]['std']:.3f})")
+        d = best.get("delta_vs_inbatch_" + key)
+        if ib is not None and d is not None:
+            s += (f", {d['mean']*100:+.1f} ± {d['std']*100:.1f} points over in-batch only"
+                  f" ({ib[key]['mean']:.3f})")
+        s += f"; the worst is {worst['strategy']} ({worst[key]['mean']:.3f})."
+        parts.append(s)
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------ main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, fewer seeds (a smoke run)")
+    ap.add_argument("--suite", choices=["cpu", "gpu", "quality", "all"], default="all")
+    ap.add_argument("--build", default=os.environ.get("NEGSAMP_BUILD",
+                                                      os.path.join(ROOT, "build-bench")),
+                    help="CMake build directory (configured and built when missing)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per point")
+    ap.add_argument("--seeds", type=int, default=5, help="quality seeds (full run)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for every library (negsamp, faiss, numpy's BLAS); 0 = all cores")
+    ap.add_argument("--child-memory", nargs=3, metavar=("IMPL", "B", "D"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_memory:
+        impl, B, d = args.child_memory
+        return child_memory_main(impl, int(B), int(d))
+    if args.threads > 0:  # before numpy / faiss / libnegsamp load their thread pools
+        for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[v] = str(args.threads)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 5
+
+    build = os.path.abspath(args.build)
+    lib = ensure_build(build)
+    os.environ["NEGSAMP_LIBRARY"] = lib
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+
+    import numpy as np
+    cores = os.cpu_count()
+    gname, _ = gpu_name()
+    machine = (slug(gname) if gname else f"cpu-{cores}core-{slug(cpu_model())}")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    stem = machine + ("-quick" if args.quick else "") + "-" + date
+    os.makedirs(args.out, exist_ok=True)
+    try:
+        import faiss
+        fv = faiss.__version__
+    except Exception:  # noqa: BLE001
+        fv = None
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python3 bench/run.py" + (" --quick" if args.quick else "")
+           + ("" if args.suite == "all" else f" --suite {args.suite}")
+           + (f" --threads {args.threads}" if args.threads else ""),
+           "machine": {"name": machine, "cpu": cpu_model(), "cores": cores, "memory_gib": mem,
+                       "gpu": gname, "os": platform.platform(), "python": platform.python_version(),
+                       "numpy": np.__version__, "faiss": fv,
+                       "load_start": " ".join(open("/proc/loadavg").read().split()[:3])},
+           "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 stdout=subprocess.PIPE, text=True).stdout.strip()}
+    t0 = time.perf_counter()
+    if args.suite in ("cpu", "all"):
+        res["cpu"] = suite_cpu(args, lib)
+    if args.suite in ("gpu", "all"):
+        res["gpu"] = suite_gpu(args, lib, args.out, stem)
+    if args.suite in ("quality", "all"):
+        res["quality"] = suite_quality(args, build)
+    res["seconds"] = time.perf_counter() - t0
+    res["load_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    made = plots(res, args.out, stem)
+    res["plots"] = made
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
+        f.write(report(res, made, stem))
+    log(f"wrote {os.path.join(args.out, stem)}.json/.md and {len(made)} plot(s) "
+        f"in {res['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
