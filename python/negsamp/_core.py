@@ -140,7 +140,13 @@ def default_context() -> Context:
 
 
 def _ctx(ctx):
-    return default_context() if ctx is None else ctx
+    """The context for the numpy API: numpy arrays are host memory, so a CPU context."""
+    if ctx is None:
+        return default_context()
+    if ctx.backend != "cpu":
+        raise InvalidArgument("negsamp: numpy arrays live in host memory but ctx is a CUDA "
+                              "context; use a CPU context, or the torch ops for device tensors")
+    return ctx
 
 
 # ------------------------------------------------------------------ arrays → C
@@ -198,15 +204,17 @@ def _ptr(a, ctype):
 
 class IdLists:
     """Lists of ids per query in CSR form (ns_id_lists): ids of query i are
-    ids[offsets[i]:offsets[i+1]]. Build from a list of lists, or from (offsets, ids)."""
+    ids[offsets[i]:offsets[i+1]]. Build from a list of lists (one per query), or from a tuple
+    (offsets, ids)."""
 
     def __init__(self, lists=None, *, offsets=None, ids=None):
         if lists is not None:
             if isinstance(lists, IdLists):
                 offsets, ids = lists.offsets, lists.ids
-            elif isinstance(lists, tuple) and len(lists) == 2 and not np.isscalar(lists[0]) \
-                    and np.asarray(lists[0]).ndim == 1 and len(lists[0]) > 0 \
-                    and not isinstance(lists[0][0], (list, tuple, np.ndarray)):
+            elif isinstance(lists, tuple):
+                if len(lists) != 2:
+                    raise InvalidArgument("IdLists: a tuple is (offsets, ids) in CSR form; give "
+                                          "a list of lists for one list per query")
                 offsets, ids = lists
             else:
                 lens = [len(x) for x in lists]
@@ -787,7 +795,7 @@ class Step:
         if ctx is None:
             ctx = (comm.ctx if comm is not None else
                    queue.ctx if queue is not None else Context("cpu"))
-        self.ctx = ctx
+        self.ctx = _ctx(ctx)
         o = _ffi.step_options_init()
         o.hard_negatives = int(hard_negatives)
         f = dict(filter or {})
