@@ -237,11 +237,15 @@ static int bench_loss(int64_t B, int64_t N, int64_t d) {
         if (mf < best_f) best_f = mf;
         if (mfb < best_fb) best_fb = mfb;
     }
+    /* Largest B = N that fits, estimated: inputs (bf16) + gradients (f32) + saved statistics grow
+     * with B = N, the extra memory measured here is tiles + O(B + N) (counted at this size). */
+    const double per_row = 2.0 * d * 2 + 2.0 * d * 4 + NS_INFONCE_SAVED_PER_QUERY * 4 + 4 + 64;
+    const double avail = (double)free1 + (double)(B * d * 2 + N * d * 2) + (double)(B * d * 4 + N * d * 4);
     printf("{\"bench\":\"infonce_fwd_bwd\",\"gpu\":\"%s\",\"B\":%lld,\"N\":%lld,\"d\":%lld,"
            "\"dtype\":\"bf16\",\"forward_ms\":%.3f,\"forward_backward_ms\":%.3f,"
-           "\"extra_bytes\":%lld,\"loss\":%.6f}\n",
+           "\"extra_bytes\":%lld,\"largest_BN_estimate\":%lld,\"loss\":%.6f}\n",
            gpu_name(), (long long)B, (long long)N, (long long)d, best_f, best_fb,
-           (long long)(free0 - free1), loss);
+           (long long)(free0 - free1), (long long)(avail / per_row), loss);
     ns_context_destroy(ctx);
     cudaFree(q);
     cudaFree(p);

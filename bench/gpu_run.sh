@@ -189,7 +189,7 @@ with open(base + ".md", "w") as f:
         shape = " ".join(f"{k}={r[k]}" for k in ("Q", "B", "N", "C", "M", "K", "d", "k", "m", "bytes", "corpus") if k in r)
         ms = r.get("forward_backward_ms", r.get("ms", ""))
         extra = []
-        for k in ("tflops", "effective_tflops", "read_plus_write_GBps", "forward_ms", "extra_bytes"):
+        for k in ("tflops", "effective_tflops", "read_plus_write_GBps", "forward_ms", "extra_bytes", "largest_BN_estimate"):
             if k in r:
                 extra.append(f"{k} {r[k]:.4g}" if isinstance(r[k], float) else f"{k} {r[k]}")
         f.write(f"| {r['bench']} | {shape} | {ms if isinstance(ms, str) else f'{ms:.3f}'} | {', '.join(extra)} |\n")
