@@ -159,5 +159,6 @@ int cli_cmd_mine(int argc, char **argv);
 int cli_cmd_sample(int argc, char **argv);
 int cli_cmd_demo(int argc, char **argv);
 int cli_cmd_info(int argc, char **argv);
+int cli_cmd_bench_mine(int argc, char **argv);
 
 #endif

@@ -266,42 +266,53 @@ static const char *npy_field(const char *hdr, const char *key) {
     return p;
 }
 
+/* Reads the header, then the data straight into one buffer (no second copy of a large file). */
 int cli_npy_read(const char *path, cli_array *a) {
     memset(a, 0, sizeof(*a));
-    size_t len;
-    char *buf = read_text(path, &len);
-    if (!buf) return -1;
-    unsigned char *u = (unsigned char *)buf;
-    if (len < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) {
-        cli_error("%s: not a .npy file (no \\x93NUMPY magic)", path);
-        free(buf);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error("%s: cannot open: %s", path, strerror(errno));
         return -1;
+    }
+    char *hdr = NULL;
+    int rc = -1;
+    if (fseeko(f, 0, SEEK_END) != 0) {
+        cli_error("%s: cannot seek: %s", path, strerror(errno));
+        goto done;
+    }
+    size_t len = (size_t)ftello(f);
+    rewind(f);
+    unsigned char u[12];
+    size_t got = fread(u, 1, len < 12 ? len : 12, f);
+    if (got < 10 || memcmp(u, "\x93NUMPY", 6) != 0) {
+        cli_error("%s: not a .npy file (no \\x93NUMPY magic)", path);
+        goto done;
     }
     size_t hlen, hstart;
     if (u[6] == 1) {
         hlen = u[8] | (size_t)u[9] << 8;
         hstart = 10;
     } else if (u[6] == 2 || u[6] == 3) {
-        if (len < 12) {
+        if (got < 12) {
             cli_error("%s: truncated .npy header", path);
-            free(buf);
-            return -1;
+            goto done;
         }
         hlen = u[8] | (size_t)u[9] << 8 | (size_t)u[10] << 16 | (size_t)u[11] << 24;
         hstart = 12;
     } else {
         cli_error("%s: unsupported .npy format version %d", path, u[6]);
-        free(buf);
-        return -1;
+        goto done;
     }
     if (hstart + hlen > len) {
         cli_error("%s: truncated .npy header (%zu bytes announced, %zu in the file)", path, hlen,
                   len - hstart);
-        free(buf);
-        return -1;
+        goto done;
     }
-    char *hdr = malloc(hlen + 1);
-    memcpy(hdr, buf + hstart, hlen);
+    hdr = malloc(hlen + 1);
+    if (!hdr || fseeko(f, (off_t)hstart, SEEK_SET) != 0 || fread(hdr, 1, hlen, f) != hlen) {
+        cli_error("%s: cannot read the .npy header", path);
+        goto done;
+    }
     hdr[hlen] = '\0';
     const char *descr = npy_field(hdr, "'descr'");
     const char *fortran = npy_field(hdr, "'fortran_order'");
@@ -318,16 +329,12 @@ int cli_npy_read(const char *path, cli_array *a) {
         else if (!strcmp(d, "<f2")) a->kind = CLI_F16, esize = 2;
         else {
             cli_error("%s: dtype '%s' is not supported; expected <i8, <i4, <f4 or <f2", path, d);
-            free(hdr);
-            free(buf);
-            return -1;
+            goto done;
         }
     }
     if (!bad && strncmp(fortran, "False", 5) != 0) {
         cli_error("%s: Fortran-order arrays are not supported; save it in C order", path);
-        free(hdr);
-        free(buf);
-        return -1;
+        goto done;
     }
     int64_t dims[3] = {1, 1, 1};
     int nd = 0;
@@ -347,16 +354,13 @@ int cli_npy_read(const char *path, cli_array *a) {
             while (*p == 'L') p++;
         }
     }
-    free(hdr);
     if (bad) {
         cli_error("%s: malformed .npy header", path);
-        free(buf);
-        return -1;
+        goto done;
     }
     if (nd == 0 || nd > 2) {
         cli_error("%s: a %d-D array; expected 1-D or 2-D", path, nd);
-        free(buf);
-        return -1;
+        goto done;
     }
     a->ndim = nd;
     a->shape[0] = dims[0];
@@ -366,18 +370,24 @@ int cli_npy_read(const char *path, cli_array *a) {
     if (have < need) {
         cli_error("%s: truncated .npy: shape (%lld, %lld) needs %zu data bytes, the file has %zu",
                   path, (long long)a->shape[0], (long long)a->shape[1], need, have);
-        free(buf);
-        return -1;
+        goto done;
     }
     a->data = malloc(need ? need : 1);
     if (!a->data) {
-        cli_error("%s: out of memory", path);
-        free(buf);
-        return -1;
+        cli_error("%s: out of memory for %zu bytes", path, need);
+        goto done;
     }
-    memcpy(a->data, buf + hstart + hlen, need);
-    free(buf);
-    return 0;
+    if (fread(a->data, 1, need, f) != need) {
+        cli_error("%s: read error in the data", path);
+        free(a->data);
+        a->data = NULL;
+        goto done;
+    }
+    rc = 0;
+done:
+    free(hdr);
+    fclose(f);
+    return rc;
 }
 
 int cli_array_to_i64(const char *path, cli_array *a) {

@@ -1,4 +1,4 @@
-/* negsamp: the command-line program. Subcommands: mine, sample, demo, info. */
+/* negsamp: the command-line program. Subcommands: mine, sample, demo, info, bench-mine. */
 #include "cli.h"
 
 #include <stdlib.h>
@@ -78,6 +78,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "sample")) return cli_cmd_sample(argc - 1, argv + 1);
     if (!strcmp(cmd, "demo")) return cli_cmd_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cli_cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-mine")) return cli_cmd_bench_mine(argc - 1, argv + 1);
     cli_command = "negsamp";
     fprintf(stderr, "negsamp: unknown command '%s'\n\n", cmd);
     fputs(MAIN_HELP, stderr);

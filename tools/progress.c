@@ -30,7 +30,7 @@ static void draw(cli_progress *p, int64_t done, int final) {
     int fill = (int)(frac * 30);
     for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
     bar[30] = '\0';
-    fprintf(stderr, "\r%s [%s] %5.1f%% %lld/%lld  %.0f/s", p->label, bar, 100 * frac,
+    fprintf(stderr, "\r%s [%s] %5.1f%% %lld/%lld  %.0f q/s", p->label, bar, 100 * frac,
             (long long)done, (long long)p->total, rate);
     if (final) {
         fprintf(stderr, "  %.1fs    \n", el);

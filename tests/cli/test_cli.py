@@ -124,7 +124,7 @@ def digits():
 def group_help(tmp):
     out, _ = run("--help")
     check("usage" in out and "mine" in out and "demo" in out, "main --help lacks the commands")
-    for cmd in ("mine", "sample", "demo", "info"):
+    for cmd in ("mine", "sample", "demo", "info", "bench-mine"):
         out, _ = run(cmd, "--help")
         check("usage: negsamp " + cmd in out, f"{cmd} --help lacks its usage line")
         if cmd != "info":
@@ -133,6 +133,10 @@ def group_help(tmp):
     for key in ("negsamp 0.", "cuda backend built:", "cuda devices:", "backends: cpu",
                 "auto resolves to:"):
         check(key in out, f"info lacks '{key}': {out}")
+    out, _ = run("bench-mine", "--random", "16,100,8", "-k", 5, "--repeat", 1, "--json")
+    r = json.loads(out)
+    check(r["queries"] == 16 and r["corpus"] == 100 and r["k"] == 5 and r["best_s"] > 0,
+          f"bench-mine JSON: {r}")
 
 
 def group_usage(tmp):
@@ -167,6 +171,8 @@ def group_usage(tmp):
         ["demo", "--positive", "best"],
         ["demo", "-k", "5", "-m", "10"],
         ["info", "extra"],
+        ["bench-mine", "--random", "1,2"],
+        ["bench-mine"],
     ]
     for args in cases:
         _, err = run(*args, expect=2)
@@ -541,6 +547,14 @@ def group_errors(tmp):
     run("mine", "--queries", good, "--corpus", good, *base, "--force")
     check(np.load(out).shape == (20, 3), "--force did not overwrite")
     check(not leftovers(tmp), "temporary files after --force")
+    # A CUDA backend asked for where there is none: a runtime error naming CUDA.
+    info, _ = run("info")
+    if "cuda devices: 0" in info:
+        out2 = os.path.join(tmp, "cuda.npy")
+        _, err = run("mine", "--queries", good, "--corpus", good, "--backend", "cuda",
+                     "--out-index", out2, expect=1)
+        check("CUDA" in err, f"--backend cuda message: {err}")
+        check(not os.path.exists(out2) and not leftovers(tmp), "--backend cuda left files")
     # Demo on a missing file.
     _, err = run("demo", "--data", os.path.join(tmp, "none.csv.gz"), expect=1)
     check("none.csv.gz" in err, f"demo message: {err}")
