@@ -160,6 +160,7 @@ ns_status ns_nccl_unique_id(ns_context *ctx, void *unique_id) {
 
 ns_status ns_comm_destroy(ns_comm *comm) {
     if (!comm) return NS_OK;
+    ns_comm_loss_free(comm);
     if (comm->ops) comm->ops->destroy(comm);
     free(comm);
     return NS_OK;

@@ -18,6 +18,8 @@ extern "C" {
 
 typedef enum { NS_COMM_MPI = 1, NS_COMM_NCCL = 2 } ns_comm_kind;
 
+#define NS_COMM_BUFFERS 24
+
 typedef struct {
     /* Rank r's `rows` rows of row_bytes each (at src, pitch src_pitch bytes) land at
      * out + r·rows·row_bytes on every rank. */
@@ -43,6 +45,13 @@ struct ns_comm {
     char broken_why[NS_ERROR_CAPACITY];
     const ns_comm_ops *ops;
     void *impl;
+    /* The distributed loss (src/comm_loss.c): gathered rows and ids of the last forward, kept
+     * for its backward, in buffers of the backend's memory that grow and are reused. */
+    void *buf[NS_COMM_BUFFERS];
+    size_t buf_size[NS_COMM_BUFFERS];
+    int loss_ready;
+    ns_loss_options loss_opt;
+    ns_infonce_inputs gathered, reversed;
 };
 
 /* Shared by the constructors: allocates the ns_comm shell with validated options. */
@@ -80,6 +89,29 @@ ns_status ns_comm_allreduce_sum_host(ns_context *ctx, ns_comm *c, double *v, int
  * rank that differs. */
 ns_status ns_comm_check_same(ns_context *ctx, ns_comm *c, const int64_t *values,
                              const char *const *names, int n, const char *fn);
+
+/* InfoNCE of this rank's queries against the global pool: ns_infonce_forward / _backward
+ * semantics for the concatenation of every rank's inputs, computed for this rank's rows only.
+ * in holds this rank's B queries, N passages (its queries' positives among them), B·h hard rows
+ * and ids, with the same B, N, h, d, dtypes, options and optional pointers on every rank.
+ * Rank r's passage j is global passage r·N + j (so a NULL passage_id means the global row
+ * number), query i's positive global passage r·N + positive[i]. The passages are all-gathered;
+ * with share_hard the hard rows, ids and keep flags too; with symmetric the queries too (then
+ * positive must be NULL and N == B). loss (host) is the mean over all ranks' queries, the same
+ * bits on every rank; per_query and saved (B · NS_INFONCE_SAVED_PER_QUERY) are this rank's.
+ * The backward must follow the forward on the same communicator and inputs; it writes this
+ * rank's gradients exactly: the gathered rows' gradients are reduce-scattered to their owners,
+ * dτ summed over the ranks. Every rank reaches every collective even when its own part fails,
+ * so all ranks fail together (the failing one with its own message). */
+ns_status ns_comm_infonce_forward(ns_context *ctx, ns_comm *c, const ns_infonce_inputs *in,
+                                  const ns_loss_options *opt, float *loss, float *per_query,
+                                  float *saved, const char *fn);
+ns_status ns_comm_infonce_backward(ns_context *ctx, ns_comm *c, const ns_infonce_inputs *in,
+                                   const ns_loss_options *opt, const float *saved,
+                                   float grad_loss, const ns_infonce_grads *grads,
+                                   const char *fn);
+/* Frees the loss buffers (ns_comm_destroy). */
+void ns_comm_loss_free(ns_comm *c);
 
 /* Constructors of the transports (only in builds that have them). */
 #ifdef NS_HAVE_MPI
