@@ -18,15 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Corpus rows per block and query rows per tile: a 2048 × 1024 f32 tile is 8 MiB, which stays
- * in the last-level cache between the sgemm that writes it and the selection that reads it. */
+/* NS_MINE_CORPUS_BLOCK × NS_MINE_QUERY_BLOCK (ns_tiles.h): an f32 tile of 8 MiB, which stays in
+ * the last-level cache between the sgemm that writes it and the selection that reads it. */
 static int64_t corpus_block(void) {
     const char *e = getenv("NS_MINE_NB"); /* tuning only; not a documented knob */
-    return e && atoll(e) > 0 ? atoll(e) : 2048;
+    return e && atoll(e) > 0 ? atoll(e) : NS_MINE_CORPUS_BLOCK;
 }
 static int64_t query_block(void) {
     const char *e = getenv("NS_MINE_QB");
-    return e && atoll(e) > 0 ? atoll(e) : 1024;
+    return e && atoll(e) > 0 ? atoll(e) : NS_MINE_QUERY_BLOCK;
 }
 
 /* ---------------------------------------------------------------- per-query heaps */

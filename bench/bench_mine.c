@@ -1,0 +1,219 @@
+/*
+ * Mining benchmark: exact top-k with ns_mine_topk beside the OpenBLAS sgemm alone for the same
+ * shape, in one run on the same data, so the ratio says what the selection costs on top of the
+ * product it cannot avoid.
+ *
+ *   sgemm (blocked)  the product computed corpus block × query tile into one reused score tile,
+ *                    with the same blocking ns_mine_topk uses (NS_MINE_*_BLOCK, src/ns_tiles.h)
+ *   sgemm (full)     one sgemm call writing the whole Q×N matrix (skipped when it would not fit:
+ *                    --full 0/1 forces it)
+ *   ns_mine_topk     exact top-k per query (selection merged into per-query heaps per tile)
+ *
+ * Usage: bench_mine [--queries 4096] [--corpus 200000] [--dim 384] [--k 100] [--threads 0]
+ *                   [--dtype f32|f16|bf16] [--repeat 1] [--full -1|0|1] [--json PATH]
+ * --dtype sets the corpus and query storage for mining; the sgemm baselines are always f32.
+ * Each timing is the best of --repeat runs. Prints a table; --json writes the same numbers.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "bench_util.h"
+#include "ns_internal.h"
+#include "ns_tiles.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t Q, N, d, k;
+    int threads, repeat, full;
+    ns_dtype dtype;
+    const char *json;
+} args;
+
+static void usage(void) {
+    fprintf(stderr, "usage: bench_mine [--queries Q] [--corpus N] [--dim d] [--k k] [--threads T]\n"
+                    "                  [--dtype f32|f16|bf16] [--repeat R] [--full -1|0|1] [--json PATH]\n");
+    exit(2);
+}
+
+static args parse(int argc, char **argv) {
+    args a = {4096, 200000, 384, 100, 0, 1, -1, NS_F32, NULL};
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (i + 1 >= argc) usage();
+        const char *v = argv[++i];
+        if (!strcmp(f, "--queries")) a.Q = atoll(v);
+        else if (!strcmp(f, "--corpus")) a.N = atoll(v);
+        else if (!strcmp(f, "--dim")) a.d = atoll(v);
+        else if (!strcmp(f, "--k")) a.k = atoll(v);
+        else if (!strcmp(f, "--threads")) a.threads = atoi(v);
+        else if (!strcmp(f, "--repeat")) a.repeat = atoi(v);
+        else if (!strcmp(f, "--full")) a.full = atoi(v);
+        else if (!strcmp(f, "--json")) a.json = v;
+        else if (!strcmp(f, "--dtype")) {
+            if (!strcmp(v, "f32")) a.dtype = NS_F32;
+            else if (!strcmp(v, "f16")) a.dtype = NS_F16;
+            else if (!strcmp(v, "bf16")) a.dtype = NS_BF16;
+            else usage();
+        } else usage();
+    }
+    if (a.Q < 1 || a.N < 1 || a.d < 1 || a.k < 1 || a.repeat < 1) usage();
+    return a;
+}
+
+/* A matrix in the requested dtype over f32 values (half copies are made once, outside timing). */
+static ns_matrix as_dtype(const float *x, int64_t rows, int64_t cols, ns_dtype t, void **owned) {
+    ns_matrix m = {x, NS_F32, rows, cols, 0};
+    *owned = NULL;
+    if (t == NS_F32) return m;
+    size_t n = (size_t)(rows * cols);
+    uint16_t *h = (uint16_t *)malloc(n * sizeof(uint16_t));
+    if (!h) {
+        fprintf(stderr, "bench_mine: out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++) h[i] = t == NS_F16 ? ns_f32_to_f16(x[i]) : ns_f32_to_bf16(x[i]);
+    m.data = h;
+    m.dtype = t;
+    *owned = h;
+    return m;
+}
+
+static double time_blocked_sgemm(const args *a, const float *q, const float *c, float *tile) {
+    const int64_t cb = getenv("NS_MINE_NB") ? atoll(getenv("NS_MINE_NB")) : NS_MINE_CORPUS_BLOCK;
+    const int64_t qb = getenv("NS_MINE_QB") ? atoll(getenv("NS_MINE_QB")) : NS_MINE_QUERY_BLOCK;
+    double t0 = bench_now();
+    for (int64_t c0 = 0; c0 < a->N; c0 += cb) {
+        int64_t nc = a->N - c0 < cb ? a->N - c0 : cb;
+        for (int64_t q0 = 0; q0 < a->Q; q0 += qb) {
+            int64_t nq = a->Q - q0 < qb ? a->Q - q0 : qb;
+            ns_sgemm_nt(nq, nc, a->d, 1.0f, q + q0 * a->d, a->d, c + c0 * a->d, a->d, 0.0f, tile,
+                        nc);
+        }
+    }
+    return bench_now() - t0;
+}
+
+int main(int argc, char **argv) {
+    args a = parse(argc, argv);
+    const double flop = 2.0 * (double)a.Q * (double)a.N * (double)a.d;
+    float *q = (float *)malloc((size_t)(a.Q * a.d) * sizeof(float));
+    float *c = (float *)malloc((size_t)(a.N * a.d) * sizeof(float));
+    int64_t *index = (int64_t *)malloc((size_t)(a.Q * a.k) * sizeof(int64_t));
+    float *score = (float *)malloc((size_t)(a.Q * a.k) * sizeof(float));
+    float *tile = (float *)malloc((size_t)1 << 28);
+    if (!q || !c || !index || !score || !tile) {
+        fprintf(stderr, "bench_mine: out of memory\n");
+        return 1;
+    }
+    bench_fill_uniform(q, (size_t)(a.Q * a.d), 1, -1.f, 1.f);
+    bench_fill_uniform(c, (size_t)(a.N * a.d), 2, -1.f, 1.f);
+    void *qh, *ch;
+    ns_matrix qm = as_dtype(q, a.Q, a.d, a.dtype, &qh), cm = as_dtype(c, a.N, a.d, a.dtype, &ch);
+
+    ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
+    o.backend = NS_BACKEND_CPU;
+    o.threads = a.threads;
+    ns_context *ctx;
+    if (ns_context_create(&ctx, &o) != NS_OK) {
+        fprintf(stderr, "bench_mine: %s\n", ns_last_error(NULL));
+        return 1;
+    }
+    const int threads = ns_threads(ctx);
+
+    /* Warm-up: OpenBLAS's thread pool, the workspace, the pages of every buffer. */
+    {
+        ns_matrix part = cm;
+        part.rows = a.N < 2 * NS_MINE_CORPUS_BLOCK ? a.N : 2 * NS_MINE_CORPUS_BLOCK;
+        int64_t k = a.k < part.rows ? a.k : part.rows;
+        if (ns_mine_topk(ctx, qm, part, k, NULL, index, score) != NS_OK) {
+            fprintf(stderr, "bench_mine: %s\n", ns_last_error(ctx));
+            return 1;
+        }
+        ns_sgemm_nt(a.Q < 256 ? a.Q : 256, 256 < a.N ? 256 : a.N, a.d, 1.f, q, a.d, c, a.d, 0.f,
+                    tile, 256 < a.N ? 256 : a.N);
+    }
+
+    double t_block = 1e30, t_full = -1, t_mine = 1e30;
+    for (int r = 0; r < a.repeat; r++) {
+        double t = time_blocked_sgemm(&a, q, c, tile);
+        if (t < t_block) t_block = t;
+    }
+    for (int r = 0; r < a.repeat; r++) {
+        double t0 = bench_now();
+        if (ns_mine_topk(ctx, qm, cm, a.k, NULL, index, score) != NS_OK) {
+            fprintf(stderr, "bench_mine: %s\n", ns_last_error(ctx));
+            return 1;
+        }
+        double t = bench_now() - t0;
+        if (t < t_mine) t_mine = t;
+    }
+    /* The full product needs Q·N floats; by default only when that is under 8 GiB. */
+    double full_bytes = (double)a.Q * (double)a.N * 4.0;
+    int do_full = a.full >= 0 ? a.full : full_bytes < 8.0 * 1024 * 1024 * 1024;
+    if (do_full) {
+        float *s = (float *)malloc((size_t)full_bytes);
+        if (!s) {
+            do_full = 0;
+        } else {
+            memset(s, 0, (size_t)full_bytes); /* page faults outside the timing */
+            t_full = 1e30;
+            for (int r = 0; r < a.repeat; r++) {
+                double t0 = bench_now();
+                ns_sgemm_nt(a.Q, a.N, a.d, 1.0f, q, a.d, c, a.d, 0.0f, s, a.N);
+                double t = bench_now() - t0;
+                if (t < t_full) t_full = t;
+            }
+            free(s);
+        }
+    }
+    /* A sanity check that the answer is a top-k: row 0's scores descend. */
+    for (int64_t j = 1; j < a.k; j++)
+        if (score[j] > score[j - 1]) {
+            fprintf(stderr, "bench_mine: scores of query 0 are not sorted\n");
+            return 1;
+        }
+
+    const char *dt = ns_dtype_name(a.dtype);
+    printf("mining Q=%lld N=%lld d=%lld k=%lld (%s), %d threads, best of %d\n", (long long)a.Q,
+           (long long)a.N, (long long)a.d, (long long)a.k, dt, threads, a.repeat);
+    printf("%-18s %10s %10s %12s\n", "", "seconds", "GFLOP/s", "vs blocked");
+    printf("%-18s %10.3f %10.1f %12.3f\n", "sgemm (blocked)", t_block, flop / t_block * 1e-9, 1.0);
+    if (do_full)
+        printf("%-18s %10.3f %10.1f %12.3f\n", "sgemm (full)", t_full, flop / t_full * 1e-9,
+               t_full / t_block);
+    printf("%-18s %10.3f %10.1f %12.3f\n", "ns_mine_topk", t_mine, flop / t_mine * 1e-9,
+           t_mine / t_block);
+    double rss = bench_peak_rss_mib();
+    printf("peak RSS %.0f MiB\n", rss);
+
+    if (a.json) {
+        FILE *f = fopen(a.json, "w");
+        if (!f) {
+            fprintf(stderr, "bench_mine: cannot write %s\n", a.json);
+            return 1;
+        }
+        fprintf(f,
+                "{\n  \"benchmark\": \"mine_topk_cpu\",\n  \"queries\": %lld,\n  \"corpus\": %lld,\n"
+                "  \"dim\": %lld,\n  \"k\": %lld,\n  \"dtype\": \"%s\",\n  \"threads\": %d,\n"
+                "  \"repeat\": %d,\n  \"corpus_block\": %d,\n  \"query_block\": %d,\n"
+                "  \"sgemm_blocked_s\": %.6f,\n  \"sgemm_full_s\": %.6f,\n  \"mine_s\": %.6f,\n"
+                "  \"mine_gflops\": %.3f,\n  \"ratio_mine_vs_sgemm_blocked\": %.4f,\n"
+                "  \"ratio_mine_vs_sgemm_full\": %.4f,\n  \"peak_rss_mib\": %.1f\n}\n",
+                (long long)a.Q, (long long)a.N, (long long)a.d, (long long)a.k, dt, threads,
+                a.repeat, NS_MINE_CORPUS_BLOCK, NS_MINE_QUERY_BLOCK, t_block,
+                do_full ? t_full : -1.0, t_mine, flop / t_mine * 1e-9, t_mine / t_block,
+                do_full ? t_mine / t_full : -1.0, rss);
+        fclose(f);
+    }
+    ns_context_destroy(ctx);
+    free(qh);
+    free(ch);
+    free(q);
+    free(c);
+    free(index);
+    free(score);
+    free(tile);
+    return 0;
+}
