@@ -2,10 +2,115 @@
  * dL/ds from the row statistics the forward saved (and, when symmetric, the column statistics
  * rebuilt from them), and accumulates dQ += G·C and dC += Gᵀ·Q with GEMMs. Memory beyond inputs
  * and gradients: one tile, O(B) row factors for a row tile, and O(N) column factors. */
+#if defined(__GNUC__) && !defined(__clang__)
+/* Lets GCC if-convert and vectorise the clamps and selects of the element loops. */
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include "infonce_internal.h"
 
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define NS_LANES 16
+
+/* What one row of a tile needs besides its logits. */
+typedef struct {
+    const ns_loss_plan *p;
+    int64_t j0, nc;
+    int passage, symcol, anyid;
+    const float *keepf;  /* 1 where the column is not masked for every query */
+    const float *colc;   /* symmetric: column factors of this tile (+inf: not a positive) */
+    const int64_t *cid;
+    const uint8_t *cidok, *cmask;
+    float wt;            /* grad_loss · weight / τ: turns dL/dl into dL/ds */
+} tile_info;
+
+/* dL/dl of element cc of row k, every case written out; used where the vector form below does
+ * not hold (the positive column, same-id masked columns). */
+static float element_grad(const tile_info *t, int64_t cc, float xv, const float *sv, int64_t pos,
+                          int64_t posid) {
+    const ns_loss_plan *p = t->p;
+    const int64_t j = t->j0 + cc;
+    const float shift = sv[NS_SAVED_SHIFT], cu = sv[NS_SAVED_CU], cv = sv[NS_SAVED_CV];
+    float g = 0.0f;
+    if (t->passage && j == pos) {
+        g = sv[NS_SAVED_GPOS];
+    } else if (t->cmask[cc] || (t->cidok[cc] && t->cid[cc] == posid)) {
+        g = 0.0f;
+    } else if (cu != 0.0f) {
+        float e = xv - shift;
+        if (cv != 0.0f) {
+            float vb = ns_loss_exp(p->beta * e);
+            g = cu * (vb * ns_loss_exp(e)) - cv * vb;
+        } else {
+            g = cu * ns_loss_exp((1.0f + p->beta) * e);
+        }
+    }
+    if (t->symcol && t->colc[cc] != INFINITY) {
+        if (p->same && t->cid[cc] == posid) {
+            if (j == pos) g += ns_loss_exp(xv - sv[NS_SAVED_COLLSE]) - 1.0f;
+        } else {
+            g += ns_loss_exp(xv - t->colc[cc]) - (j == pos ? 1.0f : 0.0f);
+        }
+    }
+    return g;
+}
+
+/* Turns row x[0..nc) of logits into w·dL/ds in place, g being scratch; returns Σ dL/dl · l. */
+static float row_grad(const tile_info *t, float *x, float *g, const float *sv, int64_t pos,
+                      int64_t posid) {
+    const ns_loss_plan *p = t->p;
+    const int64_t nc = t->nc;
+    const float shift = sv[NS_SAVED_SHIFT], cu = sv[NS_SAVED_CU], cv = sv[NS_SAVED_CV];
+    const float beta = p->beta, beta1 = 1.0f + p->beta;
+    const float *keepf = t->keepf;
+    if (cu == 0.0f) {
+        for (int64_t cc = 0; cc < nc; cc++) g[cc] = 0.0f;
+    } else if (cv != 0.0f) {
+        for (int64_t cc = 0; cc < nc; cc++) {
+            float e = x[cc] - shift;
+            float vb = ns_loss_exp(beta * e);
+            float gr = cu * (vb * ns_loss_exp(e)) - cv * vb;
+            g[cc] = keepf[cc] != 0.0f ? gr : 0.0f;
+        }
+    } else {
+        for (int64_t cc = 0; cc < nc; cc++) {
+            float gr = cu * ns_loss_exp(beta1 * (x[cc] - shift));
+            g[cc] = keepf[cc] != 0.0f ? gr : 0.0f;
+        }
+    }
+    if (t->symcol) {
+        const float *colc = t->colc;
+        for (int64_t cc = 0; cc < nc; cc++) {
+            float es = ns_loss_exp(x[cc] - colc[cc]);
+            g[cc] += colc[cc] != INFINITY ? es : 0.0f;
+        }
+    }
+    if (t->anyid)
+        for (int64_t cc = 0; cc < nc; cc++)
+            if (t->cidok[cc] && t->cid[cc] == posid) g[cc] = element_grad(t, cc, x[cc], sv, pos, posid);
+    if (t->passage && pos >= t->j0 && pos < t->j0 + nc)
+        g[pos - t->j0] = element_grad(t, pos - t->j0, x[pos - t->j0], sv, pos, posid);
+    float lt[NS_LANES];
+    for (int l = 0; l < NS_LANES; l++) lt[l] = 0.0f;
+    const float wt = t->wt;
+    int64_t c0 = 0;
+    for (; c0 + NS_LANES <= nc; c0 += NS_LANES)
+        for (int l = 0; l < NS_LANES; l++) {
+            lt[l] += g[c0 + l] * x[c0 + l];
+            x[c0 + l] = g[c0 + l] * wt;
+        }
+    for (int64_t cc = c0; cc < nc; cc++) {
+        lt[cc - c0] += g[cc] * x[cc];
+        x[cc] = g[cc] * wt;
+    }
+    float sum = 0.0f;
+    for (int l = 0; l < NS_LANES; l++) sum += lt[l];
+    return sum;
+}
 
 ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const float *saved,
                                   float grad_loss, const ns_infonce_grads *grads) {
@@ -31,7 +136,7 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
     sz[2] = half_cols ? (size_t)(tn * d) * 4 : 0;
     sz[3] = p->own_hard && in->hard.dtype != NS_F32 ? (size_t)(tb * h * d) * 4 : 0;
     for (int i = 0; i < 4; i++) off += (sz[i] + 63) & ~(size_t)63;
-    off += (size_t)tn * 10 + 256;
+    off += (size_t)tn * 14 + (size_t)p->nt * (size_t)tn * 4 + 512;
     size_t off2 = (size_t)tb * (8 + 8 + 8) + 256;
     if (p->sym) off2 += (size_t)N * 8 + 64;
     char *ws = (char *)ns_workspace(ctx, NS_WS_LOSS, off);
@@ -48,6 +153,8 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
     int64_t *cid = (int64_t *)CARVE(ws, (size_t)tn * 8);
     uint8_t *cmask = (uint8_t *)CARVE(ws, (size_t)tn);
     uint8_t *cidok = (uint8_t *)CARVE(ws, (size_t)tn);
+    float *keepf = (float *)CARVE(ws, (size_t)tn * 4);
+    float *gscratch = (float *)CARVE(ws, (size_t)p->nt * (size_t)tn * 4);
     cur = ws2;
     int64_t *rpos = (int64_t *)CARVE(ws2, (size_t)tb * 8);
     int64_t *rposid = (int64_t *)CARVE(ws2, (size_t)tb * 8);
@@ -99,43 +206,21 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
                 const float *c = ns_loss_view(bk->m, j0, nc, cbuf, &ldc, nt);
                 ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
                 ns_loss_columns(p, bk, j0, nc, cmask, cid, cidok);
+                tile_info ti = {p, j0, nc, passage, symcol, 0, keepf,
+                                symcol ? colc + j0 : NULL, cid, cidok, cmask, wt};
+                for (int64_t cc = 0; cc < nc; cc++) {
+                    keepf[cc] = cmask[cc] ? 0.0f : 1.0f;
+                    ti.anyid |= cidok[cc];
+                }
 #pragma omp parallel for num_threads(nt) schedule(static)
                 for (int64_t k = 0; k < nb; k++) {
-                    float *x = xt + k * nc;
+                    int tid = 0;
+#ifdef _OPENMP
+                    tid = omp_get_thread_num();
+#endif
                     const float *sv = saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY;
-                    const float shift = sv[NS_SAVED_SHIFT], cu = sv[NS_SAVED_CU],
-                                cv = sv[NS_SAVED_CV], gpos = sv[NS_SAVED_GPOS],
-                                clse = sv[NS_SAVED_COLLSE];
-                    const int64_t pos = rpos[k], posid = rposid[k];
-                    double tacc = 0.0;
-                    for (int64_t cc = 0; cc < nc; cc++) {
-                        const int64_t j = j0 + cc;
-                        const float xv = x[cc];
-                        float g = 0.0f;
-                        if (passage && j == pos) {
-                            g = gpos;
-                        } else if (cmask[cc] || (cidok[cc] && cid[cc] == posid)) {
-                            g = 0.0f;
-                        } else if (cu != 0.0f) {
-                            float e = xv - shift;
-                            if (cv != 0.0f) {
-                                float v = expf(beta * e);
-                                g = cu * (v * expf(e)) - cv * v;
-                            } else {
-                                g = cu * expf(beta1 * e);
-                            }
-                        }
-                        if (symcol && colc[j] != INFINITY) {
-                            if (p->same && cid[cc] == posid) {
-                                if (j == pos) g += expf(xv - clse) - 1.0f;
-                            } else {
-                                g += expf(xv - colc[j]) - (j == pos ? 1.0f : 0.0f);
-                            }
-                        }
-                        tacc += (double)g * (double)xv;
-                        x[cc] = g * wt;
-                    }
-                    rtau[k] += tacc;
+                    rtau[k] += (double)row_grad(&ti, xt + k * nc, gscratch + (int64_t)tid * tn,
+                                                sv, rpos[k], rposid[k]);
                 }
                 if (gq) ns_sgemm_nn(nb, d, nc, 1.0f, xt, nc, c, ldc, 1.0f, gq + r0 * d, d);
                 if (bk->grad)
@@ -162,10 +247,10 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
                     const float xv = s * p->inv_tau, e = xv - shift;
                     float g;
                     if (cv != 0.0f) {
-                        float v = expf(beta * e);
-                        g = cu * (v * expf(e)) - cv * v;
+                        float v = ns_loss_exp(beta * e);
+                        g = cu * (v * ns_loss_exp(e)) - cv * v;
                     } else {
-                        g = cu * expf(beta1 * e);
+                        g = cu * ns_loss_exp(beta1 * e);
                     }
                     tacc += (double)g * (double)xv;
                     const float G = g * wt;

@@ -7,6 +7,10 @@
  * negatives and A' = Σ e^{(1+β)(x_j − m)}, W' = Σ e^{β(x_j − m)} (β = 0 when plain: A' is the
  * shifted sum of exponentials, W' = n). The positive logit l⁺ is taken from its passage column.
  * The saved layout is documented in infonce_internal.h. */
+#if defined(__GNUC__) && !defined(__clang__)
+/* Lets GCC if-convert and vectorise the clamps and selects of the element loops. */
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include "infonce_internal.h"
 
 #include <math.h>
@@ -19,36 +23,76 @@ typedef struct {
     int64_t *pos, *posid; /* the positive passage row and its id, per row of the tile */
 } row_state;
 
+/* Sums run in NS_LANES independent lanes of a fixed order: the compiler vectorises them without
+ * reassociating, and the result does not depend on the thread count. */
+#define NS_LANES 16
+
 /* Adds the logits x[0..n) (-inf = masked) to one row's running statistics. */
 static void row_update(const float *x, int64_t n, float beta, float *m, double *a, double *w,
                        int64_t *cnt) {
+    float lm[NS_LANES];
+    int32_t lc[NS_LANES];
+    for (int l = 0; l < NS_LANES; l++) {
+        lm[l] = -INFINITY;
+        lc[l] = 0;
+    }
+    int64_t j0 = 0;
+    for (; j0 + NS_LANES <= n; j0 += NS_LANES)
+        for (int l = 0; l < NS_LANES; l++) {
+            float v = x[j0 + l];
+            lm[l] = v > lm[l] ? v : lm[l];
+            lc[l] += v != -INFINITY;
+        }
+    for (int64_t j = j0; j < n; j++) {
+        float v = x[j];
+        lm[j - j0] = v > lm[j - j0] ? v : lm[j - j0];
+        lc[j - j0] += v != -INFINITY;
+    }
     float tmax = -INFINITY;
     int64_t c = 0;
-    for (int64_t j = 0; j < n; j++)
-        if (x[j] != -INFINITY) {
-            c++;
-            if (x[j] > tmax) tmax = x[j];
-        }
+    for (int l = 0; l < NS_LANES; l++) {
+        tmax = lm[l] > tmax ? lm[l] : tmax;
+        c += lc[l];
+    }
     if (!c) return;
     float mn = tmax > *m ? tmax : *m;
     if (*cnt) {
         *a *= exp((double)(1.0f + beta) * ((double)*m - mn));
         if (beta > 0.0f) *w *= exp((double)beta * ((double)*m - mn));
     }
-    double sa = 0.0, sw = 0.0;
+    float la[NS_LANES], lw[NS_LANES];
+    for (int l = 0; l < NS_LANES; l++) la[l] = lw[l] = 0.0f;
+    double sw;
     if (beta > 0.0f) {
-        for (int64_t j = 0; j < n; j++)
-            if (x[j] != -INFINITY) {
-                float e = x[j] - mn;
-                float v = expf(beta * e);
-                sa += (double)(v * expf(e));
-                sw += (double)v;
+        for (j0 = 0; j0 + NS_LANES <= n; j0 += NS_LANES)
+            for (int l = 0; l < NS_LANES; l++) {
+                float v = x[j0 + l], e = v - mn;
+                float vb = ns_loss_exp(beta * e), u = vb * ns_loss_exp(e);
+                la[l] += v != -INFINITY ? u : 0.0f;
+                lw[l] += v != -INFINITY ? vb : 0.0f;
             }
+        for (int64_t j = j0; j < n; j++) {
+            float v = x[j], e = v - mn;
+            float vb = ns_loss_exp(beta * e), u = vb * ns_loss_exp(e);
+            la[j - j0] += v != -INFINITY ? u : 0.0f;
+            lw[j - j0] += v != -INFINITY ? vb : 0.0f;
+        }
+        sw = 0.0;
+        for (int l = 0; l < NS_LANES; l++) sw += (double)lw[l];
     } else {
-        for (int64_t j = 0; j < n; j++)
-            if (x[j] != -INFINITY) sa += (double)expf(x[j] - mn);
+        for (j0 = 0; j0 + NS_LANES <= n; j0 += NS_LANES)
+            for (int l = 0; l < NS_LANES; l++) {
+                float v = x[j0 + l];
+                la[l] += v != -INFINITY ? ns_loss_exp(v - mn) : 0.0f;
+            }
+        for (int64_t j = j0; j < n; j++) {
+            float v = x[j];
+            la[j - j0] += v != -INFINITY ? ns_loss_exp(v - mn) : 0.0f;
+        }
         sw = (double)c;
     }
+    double sa = 0.0;
+    for (int l = 0; l < NS_LANES; l++) sa += (double)la[l];
     *a += sa;
     *w += sw;
     *m = mn;
@@ -89,7 +133,7 @@ static void column_update(const ns_loss_plan *p, const float *xt, int64_t nb, in
             const float *x = xt + k * nc;
             for (int64_t c = c0; c < c1; c++) {
                 if (!ispos[j0 + c] || (p->same && rposid[k] == pid[c - c0])) continue;
-                tsum[c - c0] += (double)expf((float)((double)x[c] - cmax[j0 + c]));
+                tsum[c - c0] += (double)ns_loss_exp((float)((double)x[c] - cmax[j0 + c]));
             }
         }
         for (int64_t c = c0; c < c1; c++) csum[j0 + c] += tsum[c - c0];
