@@ -19,6 +19,7 @@ typedef struct {
     ns_sampler_options sampler;
     int same_id;
     int rank_set;
+    int guide_set;
     int format;
     const char *out, *out_index, *out_score, *out_positive_score;
     const char *query_ids, *corpus_ids, *qrels, *positives;
@@ -32,11 +33,12 @@ enum {
     O_SAMPLER = 300, O_SIMANS_A, O_SIMANS_B, O_TEMPERATURE, O_SEED, O_SAME_ID, O_NO_SAME_ID,
     O_MAX_SCORE, O_MIN_SCORE, O_MARGIN, O_REL_MARGIN, O_RANK_MIN, O_RANK_MAX, O_FORMAT, O_OUT,
     O_OUT_INDEX, O_OUT_SCORE, O_OUT_POS, O_FORCE, O_QUIET, O_BACKEND, O_THREADS, O_QUERY_IDS,
-    O_CORPUS_IDS, O_QRELS, O_POSITIVES, O_PAIRED,
+    O_CORPUS_IDS, O_QRELS, O_POSITIVES, O_PAIRED, O_GUIDE_MARGIN, O_GUIDE_REL,
     /* mine */
-    O_QUERIES, O_CORPUS, O_COSINE, O_SCALE, O_EXCLUDE_SELF, O_BATCH,
+    O_QUERIES, O_CORPUS, O_COSINE, O_SCALE, O_EXCLUDE_SELF, O_BATCH, O_GUIDE_QUERIES,
+    O_GUIDE_CORPUS,
     /* sample */
-    O_CANDIDATES, O_SCORES, O_POSITIVE_SCORE
+    O_CANDIDATES, O_SCORES, O_POSITIVE_SCORE, O_GUIDE_SCORES, O_GUIDE_POSITIVE_SCORE
 };
 
 #define STAGE_LONG_OPTIONS                                                                    \
@@ -64,7 +66,9 @@ enum {
         {"corpus-ids", required_argument, 0, O_CORPUS_IDS},                                   \
         {"qrels", required_argument, 0, O_QRELS},                                             \
         {"positives", required_argument, 0, O_POSITIVES},                                     \
-        {"paired", no_argument, 0, O_PAIRED}
+        {"paired", no_argument, 0, O_PAIRED},                                                 \
+        {"guide-margin", required_argument, 0, O_GUIDE_MARGIN},                               \
+        {"guide-rel-margin", required_argument, 0, O_GUIDE_REL}
 
 static const char STAGE_HELP[] =
     "Positives (the same-id rule, s+ for margins and SimANS, JSONL 'positive'):\n"
@@ -81,6 +85,9 @@ static const char STAGE_HELP[] =
     "  --margin X            drop s > s+ - X              (NV-Retriever TopK-MarginPos)\n"
     "  --rel-margin X        drop s > s+ - |s+| * X       (TopK-PercPos, perc = 1 - X)\n"
     "  --rank-min R, --rank-max R  keep only candidate ranks in [R_min, R_max)\n"
+    "  --guide-margin X      drop g > g+ - X with guide-model scores g (GISTEmbed; mine:\n"
+    "                        --guide-queries/--guide-corpus, sample: --guide-scores)\n"
+    "  --guide-rel-margin X  drop g > g+ - |g+| * X (instead of --guide-margin)\n"
     "Sampler (m negatives per query, without replacement):\n"
     "  -m, --negatives M     negatives per query (default 10)\n"
     "  --sampler S           top | uniform | simans | softmax (default top)\n"
@@ -99,6 +106,8 @@ static const char STAGE_HELP[] =
     "  --out-index FILE.npy  int64 queries x m corpus rows, -1 padded\n"
     "  --out-score FILE.npy  float32 queries x m scores, NaN padded\n"
     "  --out-positive-score FILE.npy  float32 s+ per query (NaN without positive)\n"
+    "  Ids in JSONL are the lines of --query-ids/--corpus-ids (strings) or row numbers\n"
+    "  (integers; strings in tevatron).\n"
     "  --force               overwrite existing outputs\n"
     "Run:\n"
     "  --backend B           auto | cpu | cuda (default auto)\n"
@@ -215,6 +224,18 @@ static int stage_option(stage_opts *o, int c, const char *arg) {
     case O_QRELS: o->qrels = arg; return 1;
     case O_POSITIVES: o->positives = arg; return 1;
     case O_PAIRED: o->paired = 1; return 1;
+    case O_GUIDE_MARGIN:
+    case O_GUIDE_REL:
+        if (o->guide_set) {
+            cli_usage_error("--guide-margin and --guide-rel-margin exclude each other");
+            return -1;
+        }
+        o->guide_set = 1;
+        o->filter.rules |= c == O_GUIDE_MARGIN ? NS_FILTER_GUIDE : NS_FILTER_GUIDE_REL;
+        return cli_parse_f32(c == O_GUIDE_MARGIN ? "--guide-margin" : "--guide-rel-margin", arg,
+                             &o->filter.guide_margin)
+                   ? -1
+                   : 1;
     default: return 0;
     }
 }
@@ -233,6 +254,9 @@ static int stage_check(stage_opts *o, int64_t C_hint, int mine) {
                 return cli_usage_error("the same file '%s' is given for two outputs", outs[i]);
     int needs_pos = (o->filter.rules & (NS_FILTER_MARGIN | NS_FILTER_REL_MARGIN)) ||
                     o->sampler.strategy == NS_SAMPLE_SIMANS;
+    if (mine && o->guide_set && npos == 0)
+        return cli_usage_error("--guide-margin and --guide-rel-margin need each query's positive "
+                               "(g+): pass --qrels, --positives or --paired");
     if (mine && needs_pos && npos == 0)
         return cli_usage_error("--margin, --rel-margin and --sampler simans need each query's "
                                    "positive score: pass --qrels, --positives or --paired");
@@ -393,13 +417,14 @@ static int check_lib(ns_context *ctx, ns_status st, const char *what) {
 /* Filter → sample → write for queries [b0, b0+nb). cand_id/cand_score/pos_score are the block's
  * host arrays (nb×C, nb×C, nb). valid[i] = 0 marks a query without positive (blank output). */
 static int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id,
-                       const float *cand_score, const float *pos_score, const uint8_t *valid) {
+                       const float *cand_score, const float *pos_score, const uint8_t *valid,
+                       const float *guide_score, const float *guide_pos) {
     ns_context *ctx = s->ctx;
     const stage_opts *o = s->o;
     int64_t C = s->C, m = o->m;
     int rc = -1;
     void *d_id = NULL, *d_sc = NULL, *d_ps = NULL, *d_poff = NULL, *d_pids = NULL,
-         *d_keep = NULL, *d_idx = NULL, *d_osc = NULL, *d_cnt = NULL;
+         *d_keep = NULL, *d_idx = NULL, *d_osc = NULL, *d_cnt = NULL, *d_gs = NULL, *d_gp = NULL;
     /* The block's positive lists, rebased so offsets[0] == 0. */
     int64_t *poff = NULL;
     ns_id_lists plist = {0};
@@ -420,6 +445,11 @@ static int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id,
     d_idx = cli_dev_alloc(ctx, (size_t)(nb * m) * 8);
     d_osc = cli_dev_alloc(ctx, (size_t)(nb * m) * 4);
     d_cnt = cli_dev_alloc(ctx, (size_t)nb * 8);
+    if (guide_score) {
+        d_gs = cli_dev_put(ctx, guide_score, nidx * 4);
+        d_gp = cli_dev_put(ctx, guide_pos, (size_t)nb * 4);
+        if (!d_gs || !d_gp) goto done;
+    }
     if (!d_id || !d_sc || !d_ps || (poff && (!d_poff || !d_pids)) ||
         (o->filter.rules && !d_keep) || !d_idx || !d_osc || !d_cnt)
         goto done;
@@ -434,6 +464,8 @@ static int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id,
     cand.positive_score = d_ps;
     cand.positive_id = poff ? &plist : NULL;
     cand.query_offset = b0;
+    cand.guide_score = d_gs;
+    cand.guide_positive_score = d_gp;
     if (o->filter.rules) {
         ns_filter_counts fc;
         if (check_lib(ctx, ns_filter(ctx, &cand, &o->filter, d_keep, &fc), "ns_filter")) goto done;
@@ -447,6 +479,7 @@ static int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id,
         s->counts.margin += fc.margin;
         s->counts.rel_margin += fc.rel_margin;
         s->counts.rank += fc.rank;
+        s->counts.guide += fc.guide;
     }
     if (check_lib(ctx, ns_sample(ctx, &cand, d_keep, &o->sampler, m, d_idx, d_osc, d_cnt),
                   "ns_sample"))
@@ -488,6 +521,8 @@ done:
     cli_dev_free(ctx, d_idx, NULL);
     cli_dev_free(ctx, d_osc, NULL);
     cli_dev_free(ctx, d_cnt, NULL);
+    cli_dev_free(ctx, d_gs, guide_score);
+    cli_dev_free(ctx, d_gp, guide_pos);
     free(poff);
     return rc;
 }
@@ -535,10 +570,12 @@ static void stage_summary(const stage *s, const char *what, double secs) {
         const ns_filter_counts *c = &s->counts;
         fprintf(stderr,
                 "%s: filter kept %lld of %lld candidates (removed: same-id %lld, max-score %lld, "
-                "min-score %lld, margin %lld, rel-margin %lld, rank %lld; empty slots %lld)\n",
+                "min-score %lld, margin %lld, rel-margin %lld, rank %lld, guide %lld; empty "
+                "slots %lld)\n",
                 cli_command, (long long)c->kept, (long long)c->examined, (long long)c->same_id,
                 (long long)c->max_score, (long long)c->min_score, (long long)c->margin,
-                (long long)c->rel_margin, (long long)c->rank, (long long)c->empty);
+                (long long)c->rel_margin, (long long)c->rank, (long long)c->guide,
+                (long long)c->empty);
     }
     if (s->short_rows)
         fprintf(stderr, "%s: %lld queries have fewer than %lld negatives (padded with -1)%s\n",
@@ -567,7 +604,9 @@ static const char MINE_HELP[] =
     "  --cosine              L2-normalise queries and corpus rows (cosine scores)\n"
     "  --scale X             score = X * q.c (default 1)\n"
     "  --exclude-self        never return corpus row i for query row i (queries = corpus)\n"
-    "  --batch N             queries per block (default 16384; memory O(N * k))\n";
+    "  --batch N             queries per block (default 16384; memory O(N * k))\n"
+    "  --guide-queries FILE, --guide-corpus FILE  a guide model's embeddings of the same rows,\n"
+    "                        for --guide-margin / --guide-rel-margin (cosine with --cosine)\n";
 
 static const char MINE_EXAMPLES[] =
     "\nExamples:\n"
@@ -596,6 +635,50 @@ static float positive_score(const cli_embeddings *Q, const cli_embeddings *C, co
     return best;
 }
 
+static double dot_rows(const float *a, const float *b, int64_t d, int cosine) {
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t c = 0; c < d; c++) dot += (double)a[c] * b[c], na += (double)a[c] * a[c],
+                                    nb += (double)b[c] * b[c];
+    if (cosine) dot = (na > 0 && nb > 0) ? dot / sqrt(na * nb) : 0;
+    return dot;
+}
+
+/* Guide-model scores of the block's candidates (g, nb × k; 0 at empty slots) and g+ (the lowest
+ * guide score among each query's positives; 0 without positive). */
+static void guide_scores(const cli_embeddings *GQ, const cli_embeddings *GC, const cli_lists *pos,
+                         int64_t b0, int64_t nb, const int64_t *cand, int64_t k, int cosine,
+                         float *g, float *gp) {
+    int64_t d = GQ->m.cols;
+#pragma omp parallel
+    {
+        float *qr = malloc((size_t)d * 4), *cr = malloc((size_t)d * 4);
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t i = 0; i < nb; i++) {
+            if (!qr || !cr) continue;
+            cli_embeddings_row(GQ, b0 + i, qr);
+            for (int64_t j = 0; j < k; j++) {
+                int64_t id = cand[i * k + j];
+                if (id < 0) {
+                    g[i * k + j] = 0.f;
+                    continue;
+                }
+                cli_embeddings_row(GC, id, cr);
+                g[i * k + j] = (float)dot_rows(qr, cr, d, cosine);
+            }
+            float best = 0.f;
+            int64_t pb = pos->ids ? pos->offsets[b0 + i] : 0, pe = pos->ids ? pos->offsets[b0 + i + 1] : 0;
+            for (int64_t p = pb; p < pe; p++) {
+                cli_embeddings_row(GC, pos->ids[p], cr);
+                float v = (float)dot_rows(qr, cr, d, cosine);
+                if (p == pb || v < best) best = v;
+            }
+            gp[i] = best;
+        }
+        free(qr);
+        free(cr);
+    }
+}
+
 int cli_cmd_mine(int argc, char **argv) {
     static const struct option longopts[] = {
         STAGE_LONG_OPTIONS,
@@ -606,10 +689,12 @@ int cli_cmd_mine(int argc, char **argv) {
         {"scale", required_argument, 0, O_SCALE},
         {"exclude-self", no_argument, 0, O_EXCLUDE_SELF},
         {"batch", required_argument, 0, O_BATCH},
+        {"guide-queries", required_argument, 0, O_GUIDE_QUERIES},
+        {"guide-corpus", required_argument, 0, O_GUIDE_CORPUS},
         {0, 0, 0, 0}};
     stage_opts o;
     stage_defaults(&o);
-    const char *qpath = NULL, *cpath = NULL;
+    const char *qpath = NULL, *cpath = NULL, *gqpath = NULL, *gcpath = NULL;
     int64_t k = 100, batch = 16384;
     int k_set = 0, cosine = 0, exclude_self = 0;
     float scale = 1.f;
@@ -638,6 +723,8 @@ int cli_cmd_mine(int argc, char **argv) {
             if (cli_parse_f32("--scale", optarg, &scale)) return CLI_USAGE;
             break;
         case O_EXCLUDE_SELF: exclude_self = 1; break;
+        case O_GUIDE_QUERIES: gqpath = optarg; break;
+        case O_GUIDE_CORPUS: gcpath = optarg; break;
         case O_BATCH:
             if (cli_parse_i64("--batch", optarg, 1, INT64_MAX / 2, &batch)) return CLI_USAGE;
             break;
@@ -647,6 +734,11 @@ int cli_cmd_mine(int argc, char **argv) {
     }
     if (optind < argc) return cli_usage_error("unexpected argument '%s'", argv[optind]);
     if (!qpath || !cpath) return cli_usage_error("--queries and --corpus are required");
+    if (!gqpath != !gcpath)
+        return cli_usage_error("--guide-queries and --guide-corpus go together");
+    if (o.guide_set && !gqpath)
+        return cli_usage_error("--guide-margin/--guide-rel-margin need the guide model's "
+                               "embeddings: --guide-queries and --guide-corpus");
     if (k_set && k < o.m)
         return cli_usage_error("-k (%lld) must be at least --negatives (%lld)", (long long)k,
                                (long long)o.m);
@@ -657,7 +749,8 @@ int cli_cmd_mine(int argc, char **argv) {
     stage s;
     memset(&s, 0, sizeof s);
     s.o = &o;
-    cli_embeddings Q = {0}, C = {0};
+    cli_embeddings Q = {0}, C = {0}, GQ = {0}, GC = {0};
+    float *gsc = NULL, *gps = NULL;
     cli_lists excl = {0};
     float *qrow = NULL, *crow = NULL, *ps = NULL;
     uint8_t *valid = NULL;
@@ -674,6 +767,17 @@ int cli_cmd_mine(int argc, char **argv) {
         cli_error("dimension mismatch: %s has %lld columns but %s has %lld", qpath,
                   (long long)Q.m.cols, cpath, (long long)C.m.cols);
         goto fail;
+    }
+    if (gqpath) {
+        if (cli_embeddings_load(gqpath, &GQ) || cli_embeddings_load(gcpath, &GC)) goto fail;
+        if (GQ.m.rows != Q.m.rows || GC.m.rows != C.m.rows || GQ.m.cols != GC.m.cols) {
+            cli_error("guide embeddings: %s is %lld x %lld and %s is %lld x %lld; expected %lld "
+                      "and %lld rows (as %s and %s) of one dimension",
+                      gqpath, (long long)GQ.m.rows, (long long)GQ.m.cols, gcpath,
+                      (long long)GC.m.rows, (long long)GC.m.cols, (long long)Q.m.rows,
+                      (long long)C.m.rows, qpath, cpath);
+            goto fail;
+        }
     }
     if (exclude_self && Q.m.rows > C.m.rows) {
         cli_error("--exclude-self: %s has %lld rows, more than the corpus %s (%lld)", qpath,
@@ -713,7 +817,12 @@ int cli_cmd_mine(int argc, char **argv) {
     eoff = malloc((size_t)(nb_max + 1) * 8);
     cand_id = malloc((size_t)(nb_max * k) * 8);
     cand_sc = malloc((size_t)(nb_max * k) * 4);
-    if (!qrow || !crow || !ps || !valid || !eoff || !cand_id || !cand_sc) {
+    if (gqpath) {
+        gsc = malloc((size_t)(nb_max * k) * 4);
+        gps = malloc((size_t)nb_max * 4);
+    }
+    if (!qrow || !crow || !ps || !valid || !eoff || !cand_id || !cand_sc ||
+        (gqpath && (!gsc || !gps))) {
         cli_error("out of memory for a block of %lld queries × %lld candidates", (long long)nb_max,
                   (long long)k);
         goto fail;
@@ -774,7 +883,12 @@ int cli_cmd_mine(int argc, char **argv) {
             valid[i] = !s.has_pos || s.pos.offsets[q] < s.pos.offsets[q + 1];
             ps[i] = s.has_pos ? positive_score(&Q, &C, &s.pos, q, cosine, scale, qrow, crow) : 0.f;
         }
-        if (stage_block(&s, b0, nb, cand_id, cand_sc, ps, valid)) goto fail;
+        if (gqpath) {
+            guide_scores(&GQ, &GC, &s.pos, b0, nb, cand_id, k, cosine, gsc, gps);
+            for (int64_t i = 0; i < nb; i++)
+                if (!valid[i]) gps[i] = 0.f;
+        }
+        if (stage_block(&s, b0, nb, cand_id, cand_sc, ps, valid, gsc, gps)) goto fail;
         prog.base = b0 + nb;
         prog.span = 0;
         cli_progress_update(1, 1, &prog);
@@ -805,6 +919,10 @@ done:
     stage_free(&s);
     cli_embeddings_free(&Q);
     cli_embeddings_free(&C);
+    cli_embeddings_free(&GQ);
+    cli_embeddings_free(&GC);
+    free(gsc);
+    free(gps);
     return rc;
 }
 
@@ -819,7 +937,9 @@ static const char SAMPLE_HELP[] =
     "Inputs:\n"
     "  --candidates FILE     int64 (or int32) queries x C candidate corpus rows, best first, -1 empty\n"
     "  --scores FILE         float32 (or float16) queries x C candidate scores\n"
-    "  --positive-score FILE float32 s+ per query (needed by --margin, --rel-margin, simans)\n";
+    "  --positive-score FILE float32 s+ per query (needed by --margin, --rel-margin, simans)\n"
+    "  --guide-scores FILE, --guide-positive-score FILE  a guide model's scores of the same\n"
+    "                        candidates (queries x C) and g+ per query, for --guide-margin\n";
 
 static const char SAMPLE_EXAMPLES[] =
     "\nExamples:\n"
@@ -834,10 +954,12 @@ int cli_cmd_sample(int argc, char **argv) {
         {"candidates", required_argument, 0, O_CANDIDATES},
         {"scores", required_argument, 0, O_SCORES},
         {"positive-score", required_argument, 0, O_POSITIVE_SCORE},
+        {"guide-scores", required_argument, 0, O_GUIDE_SCORES},
+        {"guide-positive-score", required_argument, 0, O_GUIDE_POSITIVE_SCORE},
         {0, 0, 0, 0}};
     stage_opts o;
     stage_defaults(&o);
-    const char *ipath = NULL, *spath = NULL, *ppath = NULL;
+    const char *ipath = NULL, *spath = NULL, *ppath = NULL, *gspath = NULL, *gppath = NULL;
     opterr = 0;
     optind = 1;
     int c;
@@ -855,6 +977,8 @@ int cli_cmd_sample(int argc, char **argv) {
         case O_CANDIDATES: ipath = optarg; break;
         case O_SCORES: spath = optarg; break;
         case O_POSITIVE_SCORE: ppath = optarg; break;
+        case O_GUIDE_SCORES: gspath = optarg; break;
+        case O_GUIDE_POSITIVE_SCORE: gppath = optarg; break;
         case ':': return cli_usage_error("option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("unknown option '%s'", argv[optind - 1]);
         }
@@ -865,13 +989,16 @@ int cli_cmd_sample(int argc, char **argv) {
                    o.sampler.strategy == NS_SAMPLE_SIMANS;
     if (needs_ps && !ppath)
         return cli_usage_error("--margin, --rel-margin and --sampler simans need --positive-score");
+    if (o.guide_set && (!gspath || !gppath))
+        return cli_usage_error("--guide-margin/--guide-rel-margin need --guide-scores and "
+                               "--guide-positive-score");
     int u = stage_check(&o, 0, 0);
     if (u) return u;
 
     stage s;
     memset(&s, 0, sizeof s);
     s.o = &o;
-    cli_array I = {0}, S = {0}, P = {0};
+    cli_array I = {0}, S = {0}, P = {0}, G = {0}, GP = {0};
     float *ps = NULL;
     uint8_t *valid = NULL;
     int rc = CLI_RUNTIME;
@@ -898,6 +1025,24 @@ int cli_cmd_sample(int argc, char **argv) {
                       (long long)(P.shape[0] * P.shape[1]), ipath, (long long)s.B);
             goto fail;
         }
+    }
+    if (gspath && o.guide_set) {
+        if (cli_npy_read(gspath, &G) || cli_array_to_f32(gspath, &G)) goto fail;
+        if (cli_npy_read(gppath, &GP) || cli_array_to_f32(gppath, &GP)) goto fail;
+        if (G.shape[0] != s.B || G.shape[1] != s.C) {
+            cli_error("shape mismatch: %s is %lld x %lld but %s is %lld x %lld", gspath,
+                      (long long)G.shape[0], (long long)G.shape[1], ipath, (long long)s.B,
+                      (long long)s.C);
+            goto fail;
+        }
+        if (GP.shape[0] * GP.shape[1] != s.B) {
+            cli_error("%s holds %lld values but %s has %lld queries (rows)", gppath,
+                      (long long)(GP.shape[0] * GP.shape[1]), ipath, (long long)s.B);
+            goto fail;
+        }
+        /* Empty slots carry no guide score: give them a finite one (never kept anyway). */
+        for (int64_t t = 0; t < s.B * s.C; t++)
+            if (((const int64_t *)I.data)[t] < 0) ((float *)G.data)[t] = 0.f;
     }
     if ((o.filter.rules & NS_FILTER_RANK) && !(o.rank_set & 2)) o.filter.rank_max = s.C;
     if (stage_load_positives(&s, s.B, -1)) goto fail;
@@ -928,9 +1073,10 @@ int cli_cmd_sample(int argc, char **argv) {
         }
         if (s.has_pos && s.pos.offsets[i] == s.pos.offsets[i + 1]) valid[i] = 0;
         if (!valid[i]) ps[i] = 0.f;
+        if (GP.data && !valid[i]) ((float *)GP.data)[i] = 0.f;
     }
     double t0 = cli_now();
-    if (stage_block(&s, 0, s.B, I.data, S.data, ps, valid)) goto fail;
+    if (stage_block(&s, 0, s.B, I.data, S.data, ps, valid, G.data, GP.data)) goto fail;
     if (stage_commit(&s)) goto fail;
     stage_summary(&s, "filtered and sampled", cli_now() - t0);
     rc = CLI_OK;
@@ -943,6 +1089,8 @@ done:
     free(I.data);
     free(S.data);
     free(P.data);
+    free(G.data);
+    free(GP.data);
     stage_free(&s);
     return rc;
 }

@@ -171,6 +171,11 @@ def group_usage(tmp):
         ["demo", "--positive", "best"],
         ["demo", "-k", "5", "-m", "10"],
         ["info", "extra"],
+        ["mine", "--queries", q, "--corpus", q, "--guide-margin", "0.1", "--paired",
+         "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--guide-queries", q, "--out-index", out],
+        ["mine", "--queries", q, "--corpus", q, "--guide-margin", "0.1", "--guide-rel-margin",
+         "0.1", "--out-index", out],
         ["bench-mine", "--random", "1,2"],
         ["bench-mine"],
     ]
@@ -271,6 +276,38 @@ def group_mine_generated(tmp):
             got = [int(v) for v in ii[i] if v >= 0]
             check(got == want, f"{rule} {val}: query {i} got {got}, expected {want}")
             check(all(np.isnan(ss[i, len(got):])), f"{rule}: padding scores are not NaN")
+
+    # Guide-model rule (GISTEmbed): another embedding of the same rows scores the candidates.
+    gx = rng.standard_normal((N, 5)).astype(np.float32)
+    gp_ = os.path.join(tmp, "g.npy")
+    np.save(gp_, gx)
+    g = gx.astype(np.float64) @ gx.astype(np.float64).T
+    g_plus = {i: min(g[i, p] for p in pos[i]) for i in pos}
+    for flag, val, ok in [("--guide-margin", 0.3, lambda gv, gpl: gv <= gpl - 0.3),
+                          ("--guide-rel-margin", 0.5, lambda gv, gpl: gv <= gpl - abs(gpl) * 0.5)]:
+        fi = os.path.join(tmp, "gi.npy")
+        run("mine", "--queries", xp, "--corpus", xp, "--exclude-self", "--positives", posf,
+            "--guide-queries", gp_, "--guide-corpus", gp_, "-k", k, "-m", 5, flag, val,
+            "--out-index", fi, "--force", "--quiet")
+        ii = np.load(fi)
+        for i in pos:
+            want = [int(ref_idx[i, r]) for r in range(k) if ok(g[i, ref_idx[i, r]], g_plus[i])][:5]
+            got = [int(v) for v in ii[i] if v >= 0]
+            check(got == want, f"{flag}: query {i} got {got}, expected {want}")
+        # sample with the guide scores precomputed gives the same negatives.
+        gs = os.path.join(tmp, "gs.npy")
+        gpp = os.path.join(tmp, "gpp.npy")
+        np.save(gs, np.where(ref_idx >= 0, g[np.arange(N)[:, None], ref_idx], 0).astype(np.float32))
+        np.save(gpp, np.array([g_plus.get(i, np.nan) for i in range(N)], np.float32))
+        ci, cs = os.path.join(tmp, "ci.npy"), os.path.join(tmp, "cs.npy")
+        np.save(ci, ref_idx)
+        np.save(cs, ref_sc.astype(np.float32))
+        fo = os.path.join(tmp, "go.npy")
+        run("sample", "--candidates", ci, "--scores", cs, "--positives", posf, "--guide-scores",
+            gs, "--guide-positive-score", gpp, "-m", 5, flag, val, "--out-index", fo, "--force",
+            "--quiet")
+        check(np.array_equal(np.load(fo)[list(pos)], ii[list(pos)]),
+              f"{flag}: sample with guide scores differs from mine")
 
     # Samplers: seeded runs repeat, block size does not change the draw, no duplicates.
     for sampler in ("uniform", "simans", "softmax"):
