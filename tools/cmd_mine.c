@@ -612,8 +612,10 @@ static const char MINE_EXAMPLES[] =
     "\nExamples:\n"
     "  negsamp mine --queries q.npy --corpus c.npy --qrels qrels.tsv --query-ids q.txt \\\n"
     "      --corpus-ids c.txt -k 100 -m 8 --rel-margin 0.05 --out negs.jsonl --format st\n"
-    "  negsamp mine --queries c.npy --corpus c.npy --exclude-self -k 200 --sampler simans \\\n"
-    "      --paired --simans-a 1 --out-index idx.npy --out-score score.npy\n";
+    "  negsamp mine --queries q.fvecs --corpus c.fvecs --paired --cosine -k 200 \\\n"
+    "      --sampler simans --simans-a 20 -m 15 --out-index idx.npy --out-score score.npy\n"
+    "  negsamp mine --queries c.npy --corpus c.npy --exclude-self -k 50 --sampler uniform \\\n"
+    "      --out neighbours.jsonl\n";
 
 /* s⁺ of query row q: the lowest score among its positives; 0 when it has none. */
 static float positive_score(const cli_embeddings *Q, const cli_embeddings *C, const cli_lists *pos,

@@ -554,6 +554,11 @@ def group_errors(tmp):
         (["--queries", good, "--corpus", good, "--qrels", os.path.join(tmp, "nope.tsv")],
          ["nope.tsv"]),
     ]
+    nan = os.path.join(tmp, "nan.npy")
+    a = rng.standard_normal((20, 8)).astype(np.float32)
+    a[4, 2] = np.nan
+    np.save(nan, a)
+    cases.append((["--queries", good, "--corpus", nan], [good, nan, "NONFINITE"]))
     for args, needles in cases:
         _, err = run("mine", *args, *base, expect=1)
         for n in needles:
