@@ -55,7 +55,8 @@ def ensure_build(build):
     targets = ["negsamp", "negsamp_static"]
     have_bench_target = os.path.exists(os.path.join(HERE, "CMakeLists.txt"))
     if have_bench_target:
-        targets.append("quality_digits")
+        targets += [n for n in ("quality_digits", "bench_mine", "bench_infonce")
+                    if os.path.exists(os.path.join(HERE, n + ".c"))]
     log(f"[build] cmake --build {build} --target {' '.join(targets)} -j2")
     r = subprocess.run(["cmake", "--build", build, "-j2", "--target"] + targets,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -178,16 +179,19 @@ def negsamp_infonce(ns, ctx, q, p, tau):
     return f.loss, g.query, g.passage
 
 
-def timed(fn, repeats):
+def timed(fn, repeats, settle=0.3):
     out, times = None, []
     for _ in range(repeats):
+        # Let the previous library's worker threads (OpenMP / OpenBLAS spin-wait) go idle:
+        # three thread pools share these cores, and a spinning pool slows the next caller.
+        time.sleep(settle)
         t = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t)
     return out, times
 
 
-def suite_cpu(args, lib):
+def suite_cpu(args, lib, build):
     import numpy as np
     import negsamp as ns
     threads = args.threads or os.cpu_count()
@@ -209,8 +213,8 @@ def suite_cpu(args, lib):
     if args.quick:
         points = [(256, 10_000), (256, 20_000), (256, 50_000), (512, 20_000), (1024, 20_000)]
     else:
-        points = [(1024, 50_000), (1024, 100_000), (1024, 200_000), (2048, 100_000),
-                  (4096, 100_000)]
+        points = [(1024, 50_000), (1024, 100_000), (1024, 200_000), (2048, 50_000),
+                  (4096, 50_000)]
     mining = []
     for Q, N in points:
         corpus = make_data(rng, N, d)
@@ -254,7 +258,7 @@ def suite_cpu(args, lib):
     res["mining"] = mining
 
     # ---- InfoNCE forward + backward, time
-    Bs = [256, 512, 1024, 2048] if args.quick else [1024, 2048, 4096, 8192]
+    Bs = [256, 512, 1024, 2048] if args.quick else [512, 1024, 2048, 4096]
     tau = 0.05
     infonce = []
     for B in Bs:
@@ -267,7 +271,7 @@ def suite_cpu(args, lib):
             fn()
         times = {n: [] for n in impls}
         outs = {}
-        for _ in range(args.repeats):
+        for _ in range(args.repeats + 2):  # cheaper than mining: two more runs
             for name, fn in impls.items():
                 outs[name], t = timed(fn, 1)
                 times[name] += t
@@ -284,7 +288,7 @@ def suite_cpu(args, lib):
     res["infonce"] = infonce
 
     # ---- InfoNCE peak memory, each in a fresh process
-    mem_Bs = [256, 512, 1024, 2048, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
+    mem_Bs = [256, 512, 1024, 2048, 4096] if args.quick else [512, 1024, 2048, 4096, 8192]
     memory = []
     for B in mem_Bs:
         row = {"B": B, "N": B, "d": d}
@@ -294,6 +298,7 @@ def suite_cpu(args, lib):
         log(f"[cpu] memory B={B}: negsamp +{row['negsamp']['extra_mib']:.0f} MiB, numpy "
             f"+{row['numpy']['extra_mib']:.0f} MiB")
     res["memory"] = memory
+    res["c_programs"] = c_benches(args, build)
     return res
 
 
@@ -342,28 +347,60 @@ def child_memory_main(impl, B, d):
 
 
 def suite_gpu(args, lib, outdir, stem):
+    """bench/gpu_run.sh (build, tests, sanitizers, GPU benchmarks, PyTorch beside them) when a
+    GPU exists; it writes its own <gpu>-<stamp>.json/.md into bench/results, folded in here."""
     name, why = gpu_name()
     if name is None:
         return {"skipped": why}
     script = os.path.join(HERE, "gpu_run.sh")
     if not os.path.exists(script):
         return {"skipped": f"GPU {name} found, but bench/gpu_run.sh is missing"}
-    gdir = os.path.join(outdir, stem + "-gpu")
-    os.makedirs(gdir, exist_ok=True)
-    env = dict(os.environ, NEGSAMP_LIBRARY=lib, NS_BENCH_OUT=gdir,
-               NS_BENCH_QUICK="1" if args.quick else "0")
+    before = set(os.listdir(outdir))
     t = time.perf_counter()
-    r = subprocess.run(["bash", script] + (["--quick"] if args.quick else []), env=env,
-                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    r = subprocess.run(["bash", script], cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
     res = {"gpu": name, "returncode": r.returncode, "seconds": time.perf_counter() - t,
-           "output_tail": r.stdout[-6000:], "out_dir": os.path.relpath(gdir, ROOT)}
-    for f in sorted(os.listdir(gdir)):  # gpu_run.sh's JSON results, folded in
+           "output_tail": r.stdout[-6000:], "command": "bash bench/gpu_run.sh"}
+    new = sorted(set(os.listdir(outdir)) - before)
+    res["files"] = new
+    for f in new:
         if f.endswith(".json"):
             try:
-                res.setdefault("results", {})[f] = json.load(open(os.path.join(gdir, f)))
+                res.setdefault("results", {})[f] = json.load(open(os.path.join(outdir, f)))
             except ValueError:
                 pass
     return res
+
+
+def c_benches(args, build):
+    """The C benchmark programs beside the Python comparison: bench_mine (ns_mine_topk vs the
+    bare OpenBLAS sgemm of the same shape) and bench_infonce (loss time and peak memory)."""
+    out = {}
+    runs = {
+        "bench_mine": (["--queries", "256", "--corpus", "20000", "--repeat", "2"] if args.quick
+                       else ["--queries", "1024", "--corpus", "100000", "--repeat", "3"]),
+        "bench_infonce": (["--B", "2048", "--N", "2048", "--reps", "2"] if args.quick
+                          else ["--B", "8192", "--N", "8192", "--reps", "3"]),
+    }
+    for name, argv in runs.items():
+        exe = os.path.join(build, "bench", name)
+        if not os.path.exists(exe):
+            out[name] = {"skipped": f"{exe} not built"}
+            continue
+        with tempfile.TemporaryDirectory() as td:
+            js = os.path.join(td, "out.json")
+            cmd = [exe] + argv + ["--json", js]
+            log("[cpu]", name, " ".join(argv))
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            row = {"command": f"build/bench/{name} " + " ".join(argv),
+                   "returncode": r.returncode, "stdout": r.stdout[-4000:]}
+            if os.path.exists(js):
+                try:
+                    row["json"] = json.load(open(js))
+                except ValueError:
+                    pass
+        out[name] = row
+    return out
 
 
 # ------------------------------------------------------------------ the quality suite
@@ -392,7 +429,8 @@ def suite_quality(args, build):
             return {"error": f"quality_digits exited {r.returncode}: {r.stderr[-3000:]}"}
         raw = json.load(open(out))
     raw["seconds"] = time.perf_counter() - t
-    raw["command"] = "bench/quality_digits " + " ".join(cmd[3:-2])
+    raw["command"] = ("quality_digits --data " + os.path.relpath(data, ROOT) + " "
+                      + " ".join(cmd[3:-2]))
     raw["summary"] = summarise_quality(raw["runs"])
     log(r.stderr)
     return raw
@@ -508,16 +546,18 @@ def plots(res, outdir, stem):
         lo = min(min(r["r1"]["mean"], r["p10"]["mean"]) for r in qs)
         ax[0].set_ylim(max(0.0, lo - 0.05), 1.0)
         ax[0].set_title("held-out retrieval of the own class (mean ± std over seeds)")
-        ax[1].bar(list(x), [r.get("fn_share_chosen", {}).get("mean", 0) for r in qs],
-                  yerr=[r.get("fn_share_chosen", {}).get("std", 0) for r in qs], capsize=3,
-                  color="C3")
-        ax[1].set_title("share of chosen extra negatives that are false negatives")
+        fnk = ["fn_share_inbatch" if r["strategy"] == "inbatch" else "fn_share_chosen"
+               for r in qs]
+        ax[1].bar(list(x), [r.get(k, {}).get("mean", 0) for r, k in zip(qs, fnk)],
+                  yerr=[r.get(k, {}).get("std", 0) for r, k in zip(qs, fnk)], capsize=3,
+                  color=["C7" if k == "fn_share_inbatch" else "C3" for k in fnk])
+        ax[1].set_title("false-negative share of chosen negatives (grey: in-batch)")
         ax[1].set_ylim(0, 1)
         for a in ax:
             a.set_xticks(list(x))
             a.set_xticklabels(names, rotation=30, ha="right")
             a.grid(True, axis="y", alpha=0.3)
-        ax[0].legend(loc="lower right")
+        ax[0].legend(loc="upper left", ncol=2, fontsize=8)
         fig.tight_layout()
         made["quality"] = stem + "-quality.png"
         fig.savefig(os.path.join(outdir, made["quality"]), dpi=110)
@@ -542,8 +582,7 @@ def report(res, made, stem):
              f"Load average at start {m['load_start']}, at end {res.get('load_end', '?')}"
              " (the machine is shared: other processes can inflate every timing alike).")
     L.append("")
-    L.append(f"Reproduce: `{res['command']}` (median of {res.get('cpu', {}).get('repeats', '?')}"
-             " interleaved runs after one warm-up; [min–max] in brackets).")
+    L.append(f"Reproduce: `{res['command']}`.")
     L.append("")
     cpu = res.get("cpu")
     if cpu and "mining" in cpu:
@@ -552,7 +591,9 @@ def report(res, made, stem):
               "`ns_mine_topk` (CPU backend, OpenBLAS + blocked top-k), faiss-cpu "
               "`IndexFlatIP.search` (index build excluded), numpy `q @ c.T` per 128-query "
               "chunk + `argpartition` + sort of the k. Agreement = share of numpy's top-k ids "
-              "found by the other (ties may legitimately differ).", ""]
+              "found by the other (ties may legitimately differ). "
+              f"{cpu['threads']} threads each; median of {cpu['repeats']} interleaved runs "
+              "after one warm-up, [min–max] in brackets.", ""]
         has_f = any("faiss" in r for r in cpu["mining"])
         hdr = "| Q | N | negsamp | " + ("faiss IndexFlatIP | " if has_f else "") + \
               "numpy | negsamp vs numpy | " + ("negsamp vs faiss | " if has_f else "") + \
@@ -584,7 +625,8 @@ def report(res, made, stem):
               "In-batch InfoNCE, B queries against N = B passages, d = 384, τ = 0.05, "
               "gradients for queries and passages. negsamp: `ns_infonce_forward` + "
               "`ns_infonce_backward` (tiled online softmax, recomputing backward); numpy: "
-              "logits materialised, log-softmax, `softmax − I`, two GEMMs.", "",
+              "logits materialised, log-softmax, `softmax − I`, two GEMMs. "
+              f"Median of {cpu['repeats'] + 2} interleaved runs after one warm-up.", "",
               "| B | negsamp | numpy | ratio | loss negsamp / numpy | max grad diff / max grad |",
               "|---|---|---|---|---|---|"]
         for r in cpu["infonce"]:
@@ -594,9 +636,9 @@ def report(res, made, stem):
                      f"{r['max_abs_grad_diff']:.2e} / {r['max_abs_grad']:.2e} |")
         L.append("")
     if cpu and "memory" in cpu:
-        L += ["Peak memory of one forward+backward, each in a fresh process (`os.wait4` "
-              "rusage `ru_maxrss`), minus the process's peak before the call (interpreter, "
-              "numpy, inputs):", "",
+        L += ["Peak memory of one forward+backward, each in a fresh process (its own "
+              "`ru_maxrss` after the call), minus its peak before the call (interpreter, "
+              "numpy, inputs); the gradients (2·B·d floats) are part of both:", "",
               "| B | negsamp extra MiB | numpy extra MiB | B×B f32 logits would be |",
               "|---|---|---|---|"]
         for r in cpu["memory"]:
@@ -606,6 +648,15 @@ def report(res, made, stem):
         L.append("")
         if "infonce" in made:
             L += [f"![InfoNCE time and memory]({made['infonce']})", ""]
+    progs = (cpu or {}).get("c_programs") or {}
+    if progs:
+        L += ["### The C benchmark programs", ""]
+        for name, r in progs.items():
+            if "skipped" in r:
+                L += [f"`{name}`: skipped ({r['skipped']}).", ""]
+                continue
+            L += [f"`{r['command']}` (exit {r['returncode']}):", "", "```",
+                  r["stdout"].rstrip()[-2500:], "```", ""]
     g = res.get("gpu")
     L += ["## GPU", ""]
     if g is None:
@@ -614,8 +665,9 @@ def report(res, made, stem):
         L.append(f"Skipped: {g['skipped']}. On a machine with a GPU the runner calls "
                  "`bench/gpu_run.sh` and folds its JSON in here.")
     else:
-        L.append(f"{g['gpu']}: `bench/gpu_run.sh` exited {g['returncode']} after "
-                 f"{g['seconds']:.0f} s; its results are in `{g['out_dir']}` and in the JSON.")
+        L.append(f"{g['gpu']}: `bash bench/gpu_run.sh` exited {g['returncode']} after "
+                 f"{g['seconds']:.0f} s; it wrote " + (", ".join(f"`{f}`" for f in g["files"])
+                                                    or "nothing") + " beside this report.")
         L += ["", "```", g["output_tail"][-3000:], "```"]
     L.append("")
     q = res.get("quality")
@@ -639,8 +691,8 @@ def report(res, made, stem):
               "class, R@10 = one of the first 10 has, P@10 = share of the first 10 that have. "
               f"{q['summary'][0]['seeds']} seeds, mean ± std; Δ = paired difference to "
               "in-batch on the same split and initial W.", "",
-              f"Reproduce: `{q['command']}` (or `python3 bench/run.py --suite quality`); "
-              f"{q['seconds']:.0f} s here.", "",
+              f"Reproduce: `python3 bench/run.py --suite quality` (it runs `{q['command']}` "
+              f"from the build's bench/); {q['seconds']:.0f} s here.", "",
               "| strategy | R@1 | R@10 | P@10 | ΔR@1 vs in-batch | ΔP@10 vs in-batch | "
               "FN share of chosen negatives | FN share of candidates | filter removed | "
               "removed that were FN |",
@@ -679,23 +731,47 @@ def report(res, made, stem):
 
 
 def quality_verdict(summary):
-    """One honest sentence from the numbers: the best real strategy by P@10 and R@1."""
+    """Honest sentences from the numbers: the best and worst strategies without labels, their
+    paired difference to in-batch, and whether it exceeds the seed noise (2 standard errors)."""
     real = [r for r in summary if r["trained"] and r["strategy"] != "topk+oracle"]
+    by = {r["strategy"]: r for r in summary}
     if not real:
         return ""
     parts = []
+
+    def delta(r, key):
+        d = r.get("delta_vs_inbatch_" + key)
+        if d is None:
+            return "", False
+        se = d["std"] / max(r["seeds"], 1) ** 0.5
+        sig = abs(d["mean"]) > 2 * se and r["seeds"] > 1
+        return (f"{d['mean']*100:+.1f} ± {d['std']*100:.1f} points vs in-batch only, "
+                + ("beyond" if sig else "within") + " seed noise"), sig
+
     for key, lab in (("p10", "P@10"), ("r1", "R@1")):
         best = max(real, key=lambda r: r[key]["mean"])
         worst = min(real, key=lambda r: r[key]["mean"])
-        ib = next((r for r in real if r["strategy"] == "inbatch"), None)
-        s = (f"By {lab} the best strategy without labels is **{best['strategy']}** "
-             f"({best[key]['mean']:.3f} ± {best[key]['std']:.3f})")
-        d = best.get("delta_vs_inbatch_" + key)
-        if ib is not None and d is not None:
-            s += (f", {d['mean']*100:+.1f} ± {d['std']*100:.1f} points over in-batch only"
-                  f" ({ib[key]['mean']:.3f})")
-        s += f"; the worst is {worst['strategy']} ({worst[key]['mean']:.3f})."
+        s = f"By {lab} the best strategy without labels is **{best['strategy']}** " \
+            f"({best[key]['mean']:.3f} ± {best[key]['std']:.3f}"
+        txt, _ = delta(best, key)
+        s += (f"; {txt})" if txt else ")")
+        s += f", the worst **{worst['strategy']}** ({worst[key]['mean']:.3f}"
+        txt, _ = delta(worst, key)
+        s += (f"; {txt})." if txt else ").")
         parts.append(s)
+    if "topk+oracle" in by and "inbatch" in by:
+        txt, _ = delta(by["topk+oracle"], "p10")
+        parts.append(f"With a perfect (label) filter, top-k reaches P@10 "
+                     f"{by['topk+oracle']['p10']['mean']:.3f} ({txt}): the ceiling for any "
+                     "false-negative filter here.")
+    if "topk" in by and "topk+filter" in by and "fn_share_chosen" in by["topk"]:
+        parts.append(f"The positive-aware filter lowers the share of false negatives among "
+                     f"the chosen top-k negatives from "
+                     f"{by['topk']['fn_share_chosen']['mean']*100:.0f} % to "
+                     f"{by['topk+filter']['fn_share_chosen']['mean']*100:.0f} %"
+                     + (f" (SimANS: {by['simans']['fn_share_chosen']['mean']*100:.0f} % → "
+                        f"{by['simans+filter']['fn_share_chosen']['mean']*100:.0f} %)"
+                        if "simans" in by and "simans+filter" in by else "") + ".")
     return " ".join(parts)
 
 
@@ -724,7 +800,7 @@ def main():
         for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[v] = str(args.threads)
     if args.repeats is None:
-        args.repeats = 3 if args.quick else 5
+        args.repeats = 3
 
     build = os.path.abspath(args.build)
     lib = ensure_build(build)
@@ -756,7 +832,7 @@ def main():
                                  stdout=subprocess.PIPE, text=True).stdout.strip()}
     t0 = time.perf_counter()
     if args.suite in ("cpu", "all"):
-        res["cpu"] = suite_cpu(args, lib)
+        res["cpu"] = suite_cpu(args, lib, build)
     if args.suite in ("gpu", "all"):
         res["gpu"] = suite_gpu(args, lib, args.out, stem)
     if args.suite in ("quality", "all"):
