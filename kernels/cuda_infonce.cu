@@ -28,7 +28,7 @@ constexpr int kT = 256;
 constexpr int kSaved = NS_INFONCE_SAVED_PER_QUERY;
 enum Kind { K_PASSAGE = 0, K_HARD = 1, K_EXTRA = 2, K_OWN = 3 };
 // Wide flag slots: first bad index; then the reduced doubles.
-enum { W_POS = 0, W_Q = 1, W_P = 2, W_H = 3, W_E = 4, W_TOTAL = 8, W_TAU = 9, W_TAUX = 10 };
+enum { W_POS = 0, W_Q = 1, W_P = 2, W_H = 3, W_E = 4, W_SAVED = 5, W_TOTAL = 8, W_TAU = 9, W_TAUX = 10 };
 
 struct Ids {
     const int64_t *positive, *passage_id, *hard_id, *extra_id;
@@ -108,6 +108,11 @@ __global__ void ns_k_loss_init_rows(InitArgs a) {
 __global__ void ns_k_loss_check_pos(const int64_t *positive, int64_t B, int64_t N, unsigned long long *w) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B; i += (int64_t)gridDim.x * blockDim.x)
         if (positive[i] < 0 || positive[i] >= N) atomicMax(w + W_POS, ULLONG_MAX - (unsigned long long)i);
+}
+
+__global__ void ns_k_loss_check_saved(const float *saved, int64_t n, unsigned long long *w) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x)
+        if (!isfinite(saved[e])) atomicMax(w + W_SAVED, ULLONG_MAX - (unsigned long long)e);
 }
 
 struct RowArgs {
@@ -439,7 +444,7 @@ struct Carver {
 // Validates (sync; skipped while capturing), then resolves dtypes into the plan. conv is the
 // f32 copy area when dtypes differ (sized by plan_conv_bytes).
 ns_status plan_init(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
-                    const ns_loss_options *o, Plan *P) {
+                    const ns_loss_options *o, Plan *P, const float *saved = nullptr) {
     P->B = in->query.rows, P->N = in->passage.rows, P->d = in->query.cols;
     P->h = in->hard_per_query, P->E = in->extra.rows;
     P->general = o->tau_plus > 0.0f || o->beta > 0.0f;
@@ -467,17 +472,32 @@ ns_status plan_init(ns_context *ctx, const char *fn, const ns_infonce_inputs *in
             return rc;
         if (P->E > 0 && (rc = ns_cuda_scan_nonfinite(ctx, fn, in->extra, 0, P->E, flags, W_E, st)))
             return rc;
+        if (saved) {  // the backward's saved statistics (like the CPU backend, which reads them)
+            ns_k_loss_check_saved<<<ns_blocks(P->B * kSaved), NS_CUDA_THREADS, 0, st>>>(
+                saved, P->B * kSaved, NS_CUDA_WIDE(flags));
+            NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+        }
         if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
         const unsigned long long *w = NS_CUDA_WIDE(hf);
-        if (w[W_POS])
+        if (w[W_POS]) {
+            const int64_t i = (int64_t)(ULLONG_MAX - w[W_POS]);
+            int64_t v = 0;
+            NS_CUDA_TRY(ctx, fn, cudaMemcpy(&v, in->positive + i, sizeof v, cudaMemcpyDeviceToHost));
             return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: inputs->positive[%lld] is outside the passage rows [0, %lld)", fn,
-                           (long long)(ULLONG_MAX - w[W_POS]), (long long)P->N);
+                           "%s: positive[%lld] (%lld) is not a passage row in [0, %lld)", fn,
+                           (long long)i, (long long)v, (long long)P->N);
+        }
         static const char *names[] = {"", "query", "passage", "hard", "extra"};
+        int64_t r, c;
         for (int s = W_Q; s <= W_E; s++)
-            if (hf[s])
-                return ns_fail(ctx, NS_ERR_NONFINITE, "%s: inputs->%s holds NaN or Inf; inputs must be finite",
-                               fn, names[s]);
+            if (ns_cuda_first_nonfinite(hf, s, P->d, &r, &c))
+                return ns_fail(ctx, NS_ERR_NONFINITE, "%s: %s[%lld][%lld] is not finite", fn, names[s],
+                               (long long)r, (long long)c);
+        if (w[W_SAVED])
+            return ns_fail(ctx, NS_ERR_NONFINITE,
+                           "%s: saved[%lld] is not finite (pass the saved buffer of the forward with "
+                           "the same inputs and options)",
+                           fn, (long long)(ULLONG_MAX - w[W_SAVED]));
     }
     return NS_OK;
 }
@@ -668,7 +688,7 @@ ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
     Plan P;
     State S;
     ns_status rc;
-    if ((rc = plan_init(ctx, fn, in, opt, &P))) return rc;
+    if ((rc = plan_init(ctx, fn, in, opt, &P, saved))) return rc;
     cudaStream_t st = ns_stream(ctx);
     float *gq = grads->query, *gp = grads->passage, *gh = P.h > 0 ? grads->hard : nullptr;
     if (gq) NS_CUDA_TRY(ctx, fn, cudaMemsetAsync(gq, 0, (size_t)(P.B * P.d) * 4, st));

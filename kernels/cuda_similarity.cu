@@ -28,9 +28,11 @@ ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float sc
         if ((rc = ns_cuda_scan_nonfinite(ctx, fn, q, 0, q.rows, dflags, 0, st))) return rc;
         if ((rc = ns_cuda_scan_nonfinite(ctx, fn, p, 0, p.rows, dflags, 1, st))) return rc;
         if ((rc = ns_cuda_flags_read(ctx, fn, &hflags))) return rc;
-        if (hflags[0] || hflags[1])
-            return ns_fail(ctx, NS_ERR_NONFINITE, "%s: %s holds NaN or Inf", fn,
-                           hflags[0] ? "q" : "p");
+        int64_t r, c;
+        for (int slot = 0; slot < 2; slot++)
+            if (ns_cuda_first_nonfinite(hflags, slot, q.cols, &r, &c))
+                return ns_fail(ctx, NS_ERR_NONFINITE, "%s: %s[%lld][%lld] is not finite; inputs must be finite",
+                               fn, slot ? "p" : "q", (long long)r, (long long)c);
     }
     const int64_t m = q.rows, n = p.rows, d = q.cols;
     size_t need = 0;

@@ -315,7 +315,10 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
     if (!capturing) {
         const int *hf;
         if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
-        if (hf[F_Q]) return ns_fail(ctx, NS_ERR_NONFINITE, "%s: q holds NaN or Inf; inputs must be finite", fn);
+        int64_t r, c;
+        if (ns_cuda_first_nonfinite(hf, F_Q, d, &r, &c))
+            return ns_fail(ctx, NS_ERR_NONFINITE, "%s: q[%lld][%lld] is not finite; inputs must be finite",
+                           fn, (long long)r, (long long)c);
         if (hf[F_EX_OFFSETS])
             return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                            "%s: options->exclude->offsets must start at 0 and never decrease", fn);
@@ -377,7 +380,7 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
         } else {
             ct.data = (const char *)corpus.data + (size_t)(c0 * ns_ld(corpus)) * esz;
         }
-        if (!capturing && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st)))
+        if (!capturing && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
             return rc;
         if (normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, inv_c, st))) return rc;
         const void *cdata = ct.data;
@@ -413,8 +416,10 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
     if (!capturing) {
         const int *hf;
         if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
-        if (hf[F_CORPUS])
-            return ns_fail(ctx, NS_ERR_NONFINITE, "%s: corpus holds NaN or Inf; inputs must be finite", fn);
+        int64_t r, c;
+        if (ns_cuda_first_nonfinite(hf, F_CORPUS, d, &r, &c))
+            return ns_fail(ctx, NS_ERR_NONFINITE, "%s: corpus[%lld][%lld] is not finite; inputs must be finite",
+                           fn, (long long)r, (long long)c);
         if (hf[F_SCORE])
             return ns_fail(ctx, NS_ERR_NONFINITE,
                            "%s: a score is non-finite although the inputs are finite: q·corpus "

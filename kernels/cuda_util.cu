@@ -1,6 +1,7 @@
 // Helpers shared by the CUDA ops (see cuda_util.cuh).
 #include "cuda_util.cuh"
 
+#include <climits>
 #include <cstdint>
 
 static cudaDataType_t ns_cuda_type(ns_dtype t) {
@@ -92,23 +93,34 @@ ns_status ns_cuda_row_inv_norms(ns_context *ctx, const char *fn, ns_matrix m, in
     return NS_OK;
 }
 
+// Sets flag[0] and keeps in wide[0] the first offender as ULLONG_MAX − flat index (atomicMax
+// keeps the smallest index), the flat index counted from row row_base.
 __global__ void ns_k_scan_nonfinite(const void *src, ns_dtype t, int64_t ld, int64_t r0,
-                                    int64_t n, int64_t cols, int *flag) {
+                                    int64_t n, int64_t cols, int64_t row_base, int *flag,
+                                    unsigned long long *wide) {
     int64_t total = n * cols;
-    int bad = 0;
+    unsigned long long best = 0;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total;
          e += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = e / cols, c = e - r * cols;
-        if (!isfinite(ns_load_f32(src, t, (size_t)((r0 + r) * ld + c)))) bad = 1;
+        if (!isfinite(ns_load_f32(src, t, (size_t)((r0 + r) * ld + c)))) {
+            unsigned long long v = ULLONG_MAX - (unsigned long long)((row_base + r) * cols + c);
+            if (v > best) best = v;
+        }
     }
-    if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+    if (best) {
+        *flag = 1;
+        atomicMax(wide, best);
+    }
 }
 
 ns_status ns_cuda_scan_nonfinite(ns_context *ctx, const char *fn, ns_matrix m, int64_t r0,
-                                 int64_t n, int *flags, int slot, cudaStream_t st) {
+                                 int64_t n, int *flags, int slot, cudaStream_t st,
+                                 int64_t row_base) {
     if (n <= 0) return NS_OK;
     ns_k_scan_nonfinite<<<ns_blocks(n * m.cols), NS_CUDA_THREADS, 0, st>>>(
-        m.data, m.dtype, ns_ld(m), r0, n, m.cols, flags + slot);
+        m.data, m.dtype, ns_ld(m), r0, n, m.cols, row_base < 0 ? r0 : row_base, flags + slot,
+        NS_CUDA_WIDE(flags) + slot);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }
@@ -116,10 +128,19 @@ ns_status ns_cuda_scan_nonfinite(ns_context *ctx, const char *fn, ns_matrix m, i
 ns_status ns_cuda_scan_nonfinite_f32(ns_context *ctx, const char *fn, const float *x, int64_t n,
                                      int *flags, int slot, cudaStream_t st) {
     if (n <= 0) return NS_OK;
-    ns_k_scan_nonfinite<<<ns_blocks(n), NS_CUDA_THREADS, 0, st>>>(x, NS_F32, n, 0, 1, n,
-                                                                 flags + slot);
+    ns_k_scan_nonfinite<<<ns_blocks(n), NS_CUDA_THREADS, 0, st>>>(x, NS_F32, n, 0, 1, n, 0,
+                                                                 flags + slot, NS_CUDA_WIDE(flags) + slot);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
+}
+
+int ns_cuda_first_nonfinite(const int *hflags, int slot, int64_t cols, int64_t *row, int64_t *col) {
+    const unsigned long long w = NS_CUDA_WIDE(hflags)[slot];
+    if (!hflags[slot] || !w) return 0;
+    const int64_t e = (int64_t)(ULLONG_MAX - w);
+    *row = e / cols;
+    *col = e % cols;
+    return 1;
 }
 
 ns_status ns_cuda_flags_reset(ns_context *ctx, const char *fn, int **flags) {

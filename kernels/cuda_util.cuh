@@ -47,12 +47,17 @@ ns_status ns_cuda_rows_to_f32(ns_context *ctx, const char *fn, ns_matrix m, int6
 // inv[r] = 1/‖row r0+r‖₂ (0 for a zero row) for n rows of m (device data).
 ns_status ns_cuda_row_inv_norms(ns_context *ctx, const char *fn, ns_matrix m, int64_t r0,
                                 int64_t n, float *inv, cudaStream_t st);
-// Sets flags[slot] = 1 when any of rows [r0, r0+n) of m holds NaN/Inf (device data).
+// Sets flags[slot] = 1 when any of rows [r0, r0+n) of m holds NaN/Inf (device data), and keeps
+// the first offender in wide word `slot` (rows counted from row_base; −1: from r0), read back
+// with ns_cuda_first_nonfinite.
 ns_status ns_cuda_scan_nonfinite(ns_context *ctx, const char *fn, ns_matrix m, int64_t r0,
-                                 int64_t n, int *flags, int slot, cudaStream_t st);
+                                 int64_t n, int *flags, int slot, cudaStream_t st,
+                                 int64_t row_base = -1);
 // Same for a dense f32 array.
 ns_status ns_cuda_scan_nonfinite_f32(ns_context *ctx, const char *fn, const float *x, int64_t n,
                                      int *flags, int slot, cudaStream_t st);
+// From the status words read back: 1 and the first offender's (row, col) when slot was set.
+int ns_cuda_first_nonfinite(const int *hflags, int slot, int64_t cols, int64_t *row, int64_t *col);
 
 // The context's device status words (NS_CUDA_FLAGS ints), zeroed on the stream.
 ns_status ns_cuda_flags_reset(ns_context *ctx, const char *fn, int **flags);
