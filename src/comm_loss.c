@@ -172,6 +172,12 @@ static ns_status agree(ns_context *ctx, ns_comm *c, ns_status local, const ns_in
     return ns_comm_check_same(ctx, c, hdr + 1, header_names + 1, H_COUNT - 1, fn);
 }
 
+ns_status ns_comm_infonce_abstain(ns_context *ctx, ns_comm *c, ns_status local, const char *fn) {
+    if (!ctx || !c || local == NS_OK) return local;
+    c->loss_ready = 0;
+    return agree(ctx, c, local, NULL, NULL, fn);
+}
+
 /* Every rank learns whether every rank's local part succeeded (and, on success, the sum of v). */
 static ns_status share_outcome(ns_context *ctx, ns_comm *c, ns_status local, double *v, int nv,
                                const char *fn) {

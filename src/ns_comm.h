@@ -110,6 +110,11 @@ ns_status ns_comm_infonce_backward(ns_context *ctx, ns_comm *c, const ns_infonce
                                    const ns_loss_options *opt, const float *saved,
                                    float grad_loss, const ns_infonce_grads *grads,
                                    const char *fn);
+/* For a caller (the step) whose own work failed before it could call the forward or backward
+ * above: takes part in that call's first exchange with the failure, so that the other ranks
+ * fail at once ("rank r rejected its arguments") instead of waiting for the timeout. Returns
+ * local, with ctx's message kept. */
+ns_status ns_comm_infonce_abstain(ns_context *ctx, ns_comm *c, ns_status local, const char *fn);
 /* Frees the loss buffers (ns_comm_destroy). */
 void ns_comm_loss_free(ns_comm *c);
 

@@ -4,6 +4,7 @@
  * inherits their checks, their CUDA paths and their determinism; what lives here is the
  * plumbing between them and the state kept from forward to backward. */
 #include "ns_internal.h"
+#include "ns_comm.h"
 #ifdef NS_HAVE_CUDA
 #include "ns_cuda.h"
 #endif
@@ -214,16 +215,36 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
                                (long long)((bad - 1) % ms[m].cols));
         }
     }
-    if (o->comm)
-        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
-                       "%s: options->comm is set but this build's step has no multi-rank path", fn);
+    if (o->comm && (st = ns_comm_usable(ctx, o->comm, fn))) return st;
     return NS_OK;
 }
 
 /* ------------------------------------------------------------------ forward */
 
+/* Multi-rank (options->comm): each rank filters and samples its own queries (the RNG counters
+ * use global query ids, so the draws are those of one rank over the whole batch), then the
+ * loss runs over the global pool (src/comm_loss.c). *collective tells whether that loss, the
+ * step's only collective, was reached: a rank failing before it still takes part in its first
+ * exchange, so that the others fail at once instead of at the timeout. */
+static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
+                              ns_step_result *result, int *collective);
+
 ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
                           ns_step_result *result) {
+    int collective = 0;
+    ns_status st = step_forward(ctx, batch, opt, result, &collective);
+    if (st && !collective && ctx && opt && opt->struct_size >= sizeof(ns_step_options) && opt->comm &&
+        ns_comm_usable(ctx, opt->comm, "ns_step_forward") == NS_OK) {
+        char why[NS_ERROR_CAPACITY];
+        memcpy(why, ctx->error, sizeof why);
+        ns_comm_infonce_abstain(ctx, opt->comm, st, "ns_step_forward");
+        memcpy(ctx->error, why, sizeof why);
+    }
+    return st;
+}
+
+static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
+                              ns_step_result *result, int *collective) {
     static const char *fn = "ns_step_forward";
     ns_status st = ns_check_context(ctx, fn);
     if (st) return st;
@@ -358,7 +379,13 @@ ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_
         in->extra_id = qids;
     }
     float loss = 0.f;
-    if ((st = ns_infonce_forward(ctx, in, &opt->loss, &loss, per_query, saved))) return st;
+    if (opt->comm) {
+        *collective = 1;
+        st = ns_comm_infonce_forward(ctx, opt->comm, in, &opt->loss, &loss, per_query, saved, fn);
+    } else {
+        st = ns_infonce_forward(ctx, in, &opt->loss, &loss, per_query, saved);
+    }
+    if (st) return st;
 
     s->batch = *batch;
     s->opt = *opt;
@@ -379,7 +406,25 @@ ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_
 
 /* ------------------------------------------------------------------ backward */
 
+static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads,
+                               int *collective);
+
 ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads) {
+    int collective = 0;
+    ns_status st = step_backward(ctx, grad_loss, grads, &collective);
+    ns_comm *comm = ctx && ctx->step && ctx->step->ready ? ctx->step->opt.comm : NULL;
+    if (st && !collective && comm && ns_comm_usable(ctx, comm, "ns_step_backward") == NS_OK) {
+        /* As in the forward: the other ranks are waiting in the backward's first exchange. */
+        char why[NS_ERROR_CAPACITY];
+        memcpy(why, ctx->error, sizeof why);
+        ns_comm_infonce_abstain(ctx, comm, st, "ns_step_backward");
+        memcpy(ctx->error, why, sizeof why);
+    }
+    return st;
+}
+
+static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads,
+                               int *collective) {
     static const char *fn = "ns_step_backward";
     ns_status st = ns_check_context(ctx, fn);
     if (st) return st;
@@ -405,9 +450,15 @@ ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grad
     g.passage = grads->positive;
     g.hard = grad_hard;
     g.temperature = grads->temperature;
-    if ((st = ns_infonce_backward(ctx, &s->in, &s->opt.loss, (const float *)s->buf[BUF_SAVED],
-                                  grad_loss, &g)))
-        return st;
+    if (s->opt.comm) {
+        *collective = 1;
+        st = ns_comm_infonce_backward(ctx, s->opt.comm, &s->in, &s->opt.loss,
+                                      (const float *)s->buf[BUF_SAVED], grad_loss, &g, fn);
+    } else {
+        st = ns_infonce_backward(ctx, &s->in, &s->opt.loss, (const float *)s->buf[BUF_SAVED],
+                                 grad_loss, &g);
+    }
+    if (st) return st;
     if (grads->candidate && C > 0) {
         const int64_t *row = h > 0 ? (const int64_t *)s->buf[BUF_CHOSEN_ROW] : NULL;
 #ifdef NS_HAVE_CUDA
