@@ -2,7 +2,7 @@
  *
  *   bench_infonce [--B 16384] [--N 16384] [--d 384] [--h 0] [--extra 0] [--dtype f32|f16|bf16]
  *                 [--threads 0] [--reps 3] [--symmetric] [--tau-plus X] [--beta X]
- *                 [--json PATH]
+ *                 [--tiles ROWSxCOLS] [--json PATH]
  *
  * Memory: VmHWM (peak resident set, /proc/self/status) after the calls, minus the bytes of the
  * inputs and gradients the program itself holds. That difference is what the loss costs on top
@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* Internal to the library (src/infonce.c): the CPU loss's tile sizes, for --tiles. */
+void ns_infonce_set_tiles(int64_t rows, int64_t cols);
 
 static double now(void) {
     struct timespec t;
@@ -94,7 +97,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench_infonce [--B n] [--N n] [--d n] [--h n] [--extra n] [--dtype f32|f16|bf16]\n"
             "                     [--threads n] [--reps n] [--symmetric] [--tau-plus x] [--beta x]\n"
-            "                     [--json PATH]\n");
+            "                     [--tiles ROWSxCOLS] [--json PATH]\n");
 }
 
 int main(int argc, char **argv) {
@@ -118,6 +121,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tau-plus")) tau_plus = (float)atof(v);
         else if (!strcmp(a, "--beta")) beta = (float)atof(v);
         else if (!strcmp(a, "--json")) json = v;
+        else if (!strcmp(a, "--tiles")) { /* --tiles ROWSxCOLS */
+            long long tr = 0, tc = 0;
+            if (sscanf(v, "%lldx%lld", &tr, &tc) != 2) { usage(); return 2; }
+            ns_infonce_set_tiles(tr, tc);
+        }
         else if (!strcmp(a, "--dtype")) {
             dtname = v;
             if (!strcmp(v, "f32")) dt = NS_F32;

@@ -60,6 +60,7 @@ static float element_grad(const tile_info *t, int64_t cc, float xv, const float 
 }
 
 /* Turns row x[0..nc) of logits into w·dL/ds in place, g being scratch; returns Σ dL/dl · l. */
+NS_LOSS_CLONES
 static float row_grad(const tile_info *t, float *x, float *g, const float *sv, int64_t pos,
                       int64_t posid) {
     const ns_loss_plan *p = t->p;
@@ -212,6 +213,9 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
                     keepf[cc] = cmask[cc] ? 0.0f : 1.0f;
                     ti.anyid |= cidok[cc];
                 }
+                /* Passage rows without passage_id match a row's positive id only at the
+                 * positive itself, which row_grad treats apart. */
+                if (passage && !in->passage_id) ti.anyid = 0;
 #pragma omp parallel for num_threads(nt) schedule(static)
                 for (int64_t k = 0; k < nb; k++) {
                     int tid = 0;

@@ -28,6 +28,7 @@ typedef struct {
 #define NS_LANES 16
 
 /* Adds the logits x[0..n) (-inf = masked) to one row's running statistics. */
+NS_LOSS_CLONES
 static void row_update(const float *x, int64_t n, float beta, float *m, double *a, double *w,
                        int64_t *cnt) {
     float lm[NS_LANES];
@@ -276,18 +277,28 @@ ns_status ns_infonce_forward_cpu(ns_context *ctx, const ns_loss_plan *p, float *
                 ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
                 ns_loss_columns(p, blk, j0, nc, cmask, cid, cidok);
                 if (p->sym && passage) column_update(p, xt, nb, nc, j0, rs.posid, ispos, cmax, csum);
+                /* Row-independent masks, and whether any id can match a row's positive id
+                 * (passage rows without passage_id only match at the positive itself). */
+                int anymask = 0, anyid = 0;
+                for (int64_t cc = 0; cc < nc; cc++) {
+                    anymask |= cmask[cc];
+                    anyid |= cidok[cc];
+                }
+                if (passage && !in->passage_id) anyid = 0;
 #pragma omp parallel for num_threads(nt) schedule(static)
                 for (int64_t k = 0; k < nb; k++) {
                     float *x = xt + k * nc;
                     const int64_t pos = rs.pos[k], posid = rs.posid[k];
-                    for (int64_t cc = 0; cc < nc; cc++) {
-                        if (passage && j0 + cc == pos) {
-                            saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = x[cc];
-                            x[cc] = -INFINITY;
-                        } else if (cmask[cc] || (cidok[cc] && cid[cc] == posid)) {
-                            x[cc] = -INFINITY;
-                        }
-                    }
+                    const int has_pos = passage && pos >= j0 && pos < j0 + nc;
+                    if (has_pos)
+                        saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = x[pos - j0];
+                    if (anymask)
+                        for (int64_t cc = 0; cc < nc; cc++)
+                            if (cmask[cc]) x[cc] = -INFINITY;
+                    if (anyid)
+                        for (int64_t cc = 0; cc < nc; cc++)
+                            if (cidok[cc] && cid[cc] == posid) x[cc] = -INFINITY;
+                    if (has_pos) x[pos - j0] = -INFINITY;
                     row_update(x, nc, p->beta, &rs.m[k], &rs.a[k], &rs.w[k], &rs.n[k]);
                 }
             }

@@ -85,6 +85,14 @@ ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inp
                            const ns_loss_options **opt, ns_loss_options *defaults);
 ns_status ns_infonce_check_data(ns_context *ctx, const char *fn, const ns_infonce_inputs *in);
 
+/* The element loops are compiled for AVX2 and AVX-512 too, picked at load time (GCC ifunc);
+ * no FMA contraction is allowed (-ffp-contract=off), so every version computes the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define NS_LOSS_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define NS_LOSS_CLONES
+#endif
+
 /* e^x for the loss's tiles: range reduction to r = x − n·ln2 and Cephes' degree-6 polynomial,
  * written so the compiler vectorises it (libm's expf is one call per element and took a third of
  * the loss's time). Relative error ~2 ulp on [-87, 88]; x is clamped into that range, so masked
