@@ -149,7 +149,7 @@ TEST(CudaParity, SimilarityNonFiniteLeavesOutputUntouched) {
     DevMat qg(p.gpu, q), pg(p.gpu, pm);
     Buf<float> s(p.gpu, 20, 42.0f);
     EXPECT_EQ(ns_similarity(p.gpu, qg.m, pg.m, 1.0f, 0, s.ptr()), NS_ERR_NONFINITE);
-    EXPECT_NE(std::string(ns_last_error(p.gpu)).find("q"), std::string::npos) << ns_last_error(p.gpu);
+    EXPECT_NE(std::string(ns_last_error(p.gpu)).find("q[1][5]"), std::string::npos) << ns_last_error(p.gpu);
     for (float v : s.fetch()) EXPECT_EQ(v, 42.0f);
 }
 
@@ -313,6 +313,7 @@ TEST(CudaParity, MineTopkCancelAndNonFinite) {
     Buf<int64_t> ig(p.gpu, 3 * 5, 7);
     Buf<float> sg(p.gpu, 3 * 5, 7.f);
     EXPECT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 5, nullptr, ig.ptr(), sg.ptr()), NS_ERR_NONFINITE);
+    EXPECT_NE(std::string(ns_last_error(p.gpu)).find("corpus[60][2]"), std::string::npos) << ns_last_error(p.gpu);
     for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
     for (float v : sg.fetch()) EXPECT_EQ(v, 7.f);
     HostMat ok(NS_F32, 100, 4, 4, 8);
