@@ -10,15 +10,22 @@
  * Inputs are random (a fixed xorshift), generated on the host in chunks and uploaded. Times are
  * CUDA-event times on the context's stream after one warm-up call (the warm-up grows the
  * workspace: no allocation in the timed call). Nothing here is a test: no assertion on speed. */
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "negsamp.h"
+
+#ifndef NS_HAVE_CUDA
+int main(int argc, char **argv) {
+    (void)argc;
+    fprintf(stderr, "%s: this build of negsamp has no CUDA backend\n", argv[0]);
+    return 4;
+}
+#else
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
 
 #define CK(x)                                                                                \
     do {                                                                                     \
@@ -337,3 +344,4 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: unknown benchmark %s\n", argv[0], w);
     return 1;
 }
+#endif /* NS_HAVE_CUDA */

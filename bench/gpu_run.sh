@@ -71,7 +71,7 @@ if [[ $status_build == ok && ! -x $bench ]]; then
     # Not (yet) a CMake target: build it against the library just built.
     cuda_home=${CUDA_HOME:-/usr/local/cuda}
     bench="$build/bench_gpu_ops"
-    gcc -std=c11 -O2 "$root/bench/bench_gpu_ops.c" -I"$root/include" -I"$cuda_home/include" \
+    gcc -std=c11 -O2 -DNS_HAVE_CUDA=1 "$root/bench/bench_gpu_ops.c" -I"$root/include" -I"$cuda_home/include" \
         -L"$build" -lnegsamp -L"$cuda_home/lib64" -lcudart -lcublas -Wl,-rpath,"$root/$build" \
         -Wl,-rpath,"$build" -o "$bench" >>"$log" 2>&1 || echo "bench build failed: see $log" >&2
 fi
