@@ -5,7 +5,9 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "mpi_test_util.h"
@@ -44,11 +46,12 @@ int main(int argc, char **argv) {
     MT_CHECK(ns_context_create(&ctx, &co) == NS_OK, "context: %s", ns_last_error(nullptr));
     ns_comm_options o = NS_COMM_OPTIONS_INIT;
     o.timeout_ms = kTimeoutMs;
-    ns_comm *a = nullptr, *b = nullptr, *c = nullptr;
+    ns_comm *a = nullptr, *b = nullptr, *c = nullptr, *sc = nullptr;
     MT_CHECK_OK(ctx, ns_comm_create_mpi(ctx, &world, &o, &a));
     MT_CHECK_OK(ctx, ns_comm_create_mpi(ctx, &world, &o, &b));
     MT_CHECK_OK(ctx, ns_comm_create_mpi(ctx, &world, &o, &c));
-    if (!a || !b || !c) {
+    MT_CHECK_OK(ctx, ns_comm_create_mpi(ctx, &world, &o, &sc));
+    if (!a || !b || !c || !sc) {
         MPI_Abort(MPI_COMM_WORLD, 1);  // nothing below can run
     }
     // Everyone works once.
@@ -93,6 +96,29 @@ int main(int argc, char **argv) {
     s = seconds_since(t0);
     CHECK_TIMED_OUT(ctx, st, s, "reduce-scatter");
 
+    // The training step: the first exchange of its loss names the rank that left.
+    {
+        std::vector<float> q(4 * 8), p(4 * 8);
+        for (size_t k = 0; k < q.size(); k++) q[k] = p[k] = (float)std::sin(0.3 * (double)k + me);
+        ns_batch batch;
+        std::memset(&batch, 0, sizeof batch);
+        batch.query = ns_matrix{q.data(), NS_F32, 4, 8, 0};
+        batch.positive = ns_matrix{p.data(), NS_F32, 4, 8, 0};
+        batch.candidate = ns_matrix{nullptr, NS_F32, 0, 8, 0};
+        batch.query_offset = 4 * me;
+        ns_step_options so = NS_STEP_OPTIONS_INIT;
+        so.comm = sc;
+        ns_step_result res;
+        t0 = std::chrono::steady_clock::now();
+        st = ns_step_forward(ctx, &batch, &so, &res);
+        {
+            double secs = seconds_since(t0);
+            CHECK_TIMED_OUT(ctx, st, secs, "step");
+        }
+        MT_CHECK(contains(ns_last_error(ctx), want) && contains(ns_last_error(ctx), "ns_step_forward"),
+                 "%s", ns_last_error(ctx));
+    }
+
     // Creating a communicator over a set with a departed rank times out too.
     ns_comm *sentinel = (ns_comm *)0x1, *d = sentinel;
     t0 = std::chrono::steady_clock::now();
@@ -104,6 +130,7 @@ int main(int argc, char **argv) {
     ns_comm_destroy(a);
     ns_comm_destroy(b);
     ns_comm_destroy(c);
+    ns_comm_destroy(sc);
     ns_context_destroy(ctx);
     int rc = finish("mpi_comm_timeout", survivors);
     MPI_Comm_free(&survivors);
