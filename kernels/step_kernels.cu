@@ -6,25 +6,44 @@
 
 namespace {
 
-// One warp per output: score[t] = q_{t / C} · cand_t for t < B·C, then positive_score[i] =
-// q_i · pos_i for the B rows after them. f32 accumulation, each lane a strided partial sum.
-__global__ void ns_k_step_scores(ns_matrix q, ns_matrix pos, ns_matrix cand, int64_t C,
-                                 float *score, float *positive_score) {
-    const int lane = threadIdx.x & 31;
+// score[t] = q_{t / C} · cand_t for t < B·C, then positive_score[i] = q_i · pos_i for the B outputs
+// after them. Each dot product is summed sequentially over the columns with separately rounded
+// products and sums — the CPU step's order (src/step.c, dot_f32 under -ffp-contract=off) — so
+// the scores, and the filter and sampler decisions taken from them, are bit-identical on both
+// backends. A warp owns 32 outputs; it stages 32×32 blocks of the rows in shared memory
+// (coalesced loads) and each lane then sums its own row's block in order.
+constexpr int kScoreWarps = 4;
+__global__ void __launch_bounds__(kScoreWarps * 32) ns_k_step_scores(ns_matrix q, ns_matrix pos,
+                                                                     ns_matrix cand, int64_t C,
+                                                                     float *score, float *positive_score) {
+    __shared__ float qs[kScoreWarps][32][33], cs[kScoreWarps][32][33];
+    const int lane = threadIdx.x & 31, wib = threadIdx.x >> 5;
     const int64_t nc = score ? cand.rows : 0, total = nc + (positive_score ? q.rows : 0);
-    const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
     const int64_t d = q.cols, ldq = ns_ld_d(q);
-    for (int64_t t = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; t < total; t += warps) {
-        const bool is_pos = t >= nc;
-        const int64_t i = is_pos ? t - nc : t / C;
-        const ns_matrix &o = is_pos ? pos : cand;
-        const int64_t r = is_pos ? i : t, ldo = ns_ld_d(o);
+    const int64_t groups = (total + 31) / 32, nwarps = (int64_t)gridDim.x * kScoreWarps;
+    for (int64_t g = blockIdx.x * (int64_t)kScoreWarps + wib; g < groups; g += nwarps) {
+        const int64_t t = g * 32 + lane;  // this lane's output
         float s = 0.0f;
-        for (int64_t e = lane; e < d; e += 32)
-            s += ns_load_f32(q.data, q.dtype, (size_t)(i * ldq + e)) * ns_load_f32(o.data, o.dtype, (size_t)(r * ldo + e));
-        for (int off = 16; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        if (lane == 0) {
-            if (is_pos) positive_score[i] = s;
+        for (int64_t c0 = 0; c0 < d; c0 += 32) {
+            const int64_t w = d - c0 < 32 ? d - c0 : 32;
+            // Row r of the group: its query row and its other row, element c0 + lane.
+            for (int r = 0; r < 32; r++) {
+                const int64_t tr = g * 32 + r;
+                if (tr >= total || lane >= w) continue;
+                const bool is_pos = tr >= nc;
+                const int64_t i = is_pos ? tr - nc : tr / C;
+                const ns_matrix &o = is_pos ? pos : cand;
+                const int64_t orow = is_pos ? i : tr;
+                qs[wib][r][lane] = ns_load_f32(q.data, q.dtype, (size_t)(i * ldq + c0 + lane));
+                cs[wib][r][lane] = ns_load_f32(o.data, o.dtype, (size_t)(orow * ns_ld_d(o) + c0 + lane));
+            }
+            __syncwarp();
+            if (t < total)
+                for (int e = 0; e < w; e++) s = __fadd_rn(s, __fmul_rn(qs[wib][lane][e], cs[wib][lane][e]));
+            __syncwarp();
+        }
+        if (t < total) {
+            if (t >= nc) positive_score[t - nc] = s;
             else score[t] = s;
         }
     }
@@ -76,7 +95,7 @@ ns_status ns_cuda_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_ma
     if (cand.rows == 0) score = nullptr;
     const int64_t outputs = (score ? cand.rows : 0) + (positive_score ? q.rows : 0);
     if (outputs == 0) return NS_OK;
-    ns_k_step_scores<<<ns_blocks(outputs * 32), NS_CUDA_THREADS, 0, ns_stream(ctx)>>>(
+    ns_k_step_scores<<<ns_blocks((outputs + 31) / 32, kScoreWarps), kScoreWarps * 32, 0, ns_stream(ctx)>>>(
         q, pos, cand, per_query > 0 ? per_query : 1, score, positive_score);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
