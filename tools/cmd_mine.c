@@ -285,7 +285,6 @@ typedef struct {
     int64_t B, C;      /* queries, candidates per query */
     cli_output out, out_index, out_score, out_pos;
     /* per block, host */
-    uint8_t *keep;
     int64_t *index, *count;
     float *score;
     /* totals for the summary */
@@ -542,7 +541,6 @@ static void stage_free(stage *s) {
     free(s->index);
     free(s->score);
     free(s->count);
-    free(s->keep);
     cli_lists_free(&s->pos);
     cli_ids_free(&s->qids);
     cli_ids_free(&s->cids);
