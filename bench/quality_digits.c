@@ -27,7 +27,7 @@
  * R@1, R@10 (a same-class image among the first 10) and P@10 (share of the first 10).
  *
  * Usage: quality_digits --data digits.csv.gz [--seeds 3] [--epochs 30] [--batch 32] [--hard 4]
- *        [--cand 200] [--dim 16] [--tau 0.1] [--lr 0.003] [--remine 1] [--strategies a,b,..]
+ *        [--cand 200] [--dim 16] [--tau 0.1] [--lr 0.003] [--remine 2] [--strategies a,b,..]
  *        [--out results.json]
  * A .gz path is read through `gzip -dc`. Writes JSON (stdout without --out), a table to stderr.
  */
@@ -588,7 +588,7 @@ static int usage(void) {
 }
 
 int main(int argc, char **argv) {
-    config cf = {NULL, NULL, NULL, 3, 30, 32, 4, 200, 16, 1, 1,
+    config cf = {NULL, NULL, NULL, 3, 30, 32, 4, 200, 16, 2, 1,
                  0.1f, 0.003f, 0.05f, 0.5f, 0.0f, 0.3f};
     for (int i = 1; i < argc; ++i) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;

@@ -413,26 +413,49 @@ def find_digits():
     return None
 
 
+def run_quality(exe, argv):
+    with tempfile.TemporaryDirectory() as td:
+        out = os.path.join(td, "quality.json")
+        log("[quality]", " ".join(argv))
+        r = subprocess.run([exe] + argv + ["--out", out], stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"quality_digits exited {r.returncode}: {r.stderr[-3000:]}")
+        log(r.stderr)
+        return json.load(open(out))
+
+
 def suite_quality(args, build):
     data = find_digits()
     if data is None:
         return {"skipped": "shared/data/digits/digits.csv.gz not found"}
     exe = quality_executable(build)
     seeds, epochs = (2, 10) if args.quick else (args.seeds, 30)
-    with tempfile.TemporaryDirectory() as td:
-        out = os.path.join(td, "quality.json")
-        cmd = [exe, "--data", data, "--seeds", str(seeds), "--epochs", str(epochs), "--out", out]
-        log("[quality]", " ".join(cmd[1:]))
-        t = time.perf_counter()
-        r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-        if r.returncode != 0:
-            return {"error": f"quality_digits exited {r.returncode}: {r.stderr[-3000:]}"}
-        raw = json.load(open(out))
+    argv = ["--data", data, "--seeds", str(seeds), "--epochs", str(epochs)]
+    t = time.perf_counter()
+    try:
+        raw = run_quality(exe, argv)
+        # How strong must the positive-aware filter be? TopK-PercPos at looser percentages,
+        # on the first seeds (same splits and starts: paired with in-batch above).
+        sweep_seeds = str(min(seeds, 3))
+        raw["margin_sweep"] = {"seeds": int(sweep_seeds), "rel_margins": [], "command": []}
+        for rel in ((0.2,) if args.quick else (0.1, 0.2, 0.3)):
+            sw = run_quality(exe, ["--data", data, "--seeds", sweep_seeds, "--epochs",
+                                   str(epochs), "--strategies", "topk+filter,simans+filter",
+                                   "--rel-margin", str(rel)])
+            raw["margin_sweep"]["rel_margins"].append(rel)
+            raw["margin_sweep"]["command"].append(
+                f"quality_digits --data {os.path.relpath(data, ROOT)} --seeds {sweep_seeds} "
+                f"--epochs {epochs} --strategies topk+filter,simans+filter --rel-margin {rel}")
+            for r in sw["runs"]:
+                if r["trained"]:
+                    r["strategy"] += f" (rel {rel:g})"
+                    raw["runs"].append(r)
+    except RuntimeError as e:
+        return {"error": str(e)}
     raw["seconds"] = time.perf_counter() - t
     raw["command"] = ("quality_digits --data " + os.path.relpath(data, ROOT) + " "
-                      + " ".join(cmd[3:-2]))
+                      + " ".join(argv[2:]))
     raw["summary"] = summarise_quality(raw["runs"])
-    log(r.stderr)
     return raw
 
 
@@ -719,6 +742,11 @@ def report(res, made, stem):
                      f"{md(r, 'delta_vs_inbatch_r1')} | {md(r, 'delta_vs_inbatch_p10')} | "
                      f"{fn_chosen} | {ms(r, 'fn_share_candidates', True)} | "
                      f"{ms(r, 'filter_removed', True)} | {ms(r, 'filter_precision', True)} |")
+        if q.get("margin_sweep"):
+            L += ["", "Rows marked (rel r) repeat the filtered strategies with TopK-PercPos at "
+                  f"{', '.join(f'{(1 - x) * 100:.0f} %' for x in q['margin_sweep']['rel_margins'])}"
+                  f" (REL_MARGIN r) on the first {q['margin_sweep']['seeds']} seeds: how strong "
+                  "must the filter be?"]
         L.append("")
         verdict = quality_verdict(q["summary"])
         if verdict:
