@@ -132,6 +132,53 @@ TEST(CommNccl, OneRankFromUniqueId) {
     EXPECT_EQ(ns_comm_destroy(comm), NS_OK);
 }
 
+// The step with a one-rank NCCL communicator gives what it gives without one (the loss over
+// the global pool of one rank is the loss of that rank).
+TEST(CommNccl, OneRankStepEqualsNoComm) {
+    NS_REQUIRE_NCCL();
+    Ctx c(NS_BACKEND_CUDA);
+    NS_REQUIRE_BACKEND(c);
+    char id[NS_NCCL_UNIQUE_ID_BYTES];
+    ASSERT_EQ(ns_nccl_unique_id(c, id), NS_OK) << ns_last_error(c);
+    ns_comm *comm = nullptr;
+    ASSERT_EQ(ns_comm_create_nccl_id(c, id, 1, 0, nullptr, &comm), NS_OK) << ns_last_error(c);
+    const int64_t B = 7, C = 5, h = 3, d = 24;
+    Buf<float> q(c, random_floats((size_t)(B * d), 1)), p(c, random_floats((size_t)(B * d), 2)),
+        cand(c, random_floats((size_t)(B * C * d), 3));
+    std::vector<int64_t> cid((size_t)(B * C));
+    for (size_t k = 0; k < cid.size(); k++) cid[k] = 100 + (int64_t)k;
+    Buf<int64_t> cids(c, cid);
+    ns_batch b;
+    memset(&b, 0, sizeof b);
+    b.query = f32_matrix(q.ptr(), B, d);
+    b.positive = f32_matrix(p.ptr(), B, d);
+    b.candidate = f32_matrix(cand.ptr(), B * C, d);
+    b.candidates_per_query = C;
+    b.candidate_id = cids.ptr();
+    std::vector<float> loss(2), dq[2], dp[2], dc[2];
+    for (int with = 0; with < 2; with++) {
+        ns_step_options o = NS_STEP_OPTIONS_INIT;
+        o.hard_negatives = h;
+        o.loss.share_hard = 1;
+        o.loss.symmetric = 1;
+        o.comm = with ? comm : nullptr;
+        ns_step_result r;
+        ASSERT_EQ(ns_step_forward(c, &b, &o, &r), NS_OK) << ns_last_error(c);
+        loss[(size_t)with] = r.loss;
+        Buf<float> gq(c, (size_t)(B * d), 0.f), gp(c, (size_t)(B * d), 0.f), gc(c, (size_t)(B * C * d), 0.f);
+        ns_step_grads g = {gq.ptr(), gp.ptr(), gc.ptr(), nullptr};
+        ASSERT_EQ(ns_step_backward(c, 1.f, &g), NS_OK) << ns_last_error(c);
+        dq[with] = gq.fetch();
+        dp[with] = gp.fetch();
+        dc[with] = gc.fetch();
+    }
+    EXPECT_TRUE(close(loss[1], loss[0], 1e-6, 1e-5)) << loss[1] << " vs " << loss[0];
+    for (size_t k = 0; k < dq[0].size(); k++) ASSERT_TRUE(close(dq[1][k], dq[0][k], 1e-6, 1e-4)) << "dQ " << k;
+    for (size_t k = 0; k < dp[0].size(); k++) ASSERT_TRUE(close(dp[1][k], dp[0][k], 1e-6, 1e-4)) << "dP " << k;
+    for (size_t k = 0; k < dc[0].size(); k++) ASSERT_TRUE(close(dc[1][k], dc[0][k], 1e-6, 1e-4)) << "dC " << k;
+    ns_comm_destroy(comm);
+}
+
 #ifdef NS_HAVE_NCCL
 TEST(CommNccl, OneRankCallersComm) {
     Ctx c(NS_BACKEND_CUDA);
