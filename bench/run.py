@@ -771,10 +771,13 @@ def quality_verdict(summary):
         d = r.get("delta_vs_inbatch_" + key)
         if d is None:
             return "", False
-        se = d["std"] / max(r["seeds"], 1) ** 0.5
-        sig = abs(d["mean"]) > 2 * se and r["seeds"] > 1
+        n = r["seeds"]
+        # a paired 95 % t-interval over the seeds: "beyond noise" when it excludes zero
+        t975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31,
+                10: 2.26}.get(n, 2.0)
+        sig = n > 1 and abs(d["mean"]) > t975 * d["std"] / n ** 0.5
         return (f"{d['mean']*100:+.1f} ± {d['std']*100:.1f} points vs in-batch only, "
-                + ("beyond" if sig else "within") + " seed noise"), sig
+                + ("beyond" if sig else "within") + " seed noise (paired 95 % t-interval)"), sig
 
     for key, lab in (("p10", "P@10"), ("r1", "R@1")):
         best = max(real, key=lambda r: r[key]["mean"])
