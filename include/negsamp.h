@@ -351,6 +351,19 @@ NS_API ns_status ns_comm_destroy(ns_comm *comm);
 NS_API int ns_comm_rank(const ns_comm *comm);
 NS_API int ns_comm_size(const ns_comm *comm);
 
+/* The step with a communicator (ns_step_options.comm): every rank passes its own B queries
+ * (the same B, d, C, h, dtypes and options on every rank, checked: a difference fails every
+ * rank with NS_ERR_COMM naming it) and batch.query_offset = the global id of its first query
+ * (rank · B for equal shards), so sampling draws exactly what one rank would draw over the
+ * concatenated batch. Each rank filters and samples its own candidates, then its queries
+ * contrast against every rank's positives (all-gathered with their ids; same-id positives
+ * across ranks are masked), with loss.share_hard every rank's sampled hard negatives too, with
+ * loss.symmetric every rank's queries too. result.loss is the mean over all ranks' queries (the
+ * same on every rank); per_query, negatives and gradients are this rank's rows: the gradient of
+ * each rank's rows is exactly that of one rank over the concatenated batch (gathered rows'
+ * gradients are reduce-scattered to their owners). A queue stays per rank (its rows join each
+ * rank's own candidates, without gradient). */
+
 /* ------------------------------------------------------------------ the step */
 
 /* One training batch: B queries, their positives, and C candidate negatives per query (for
