@@ -16,7 +16,10 @@ using namespace nstest;
 
 namespace {
 
-// Both contexts, or a skip when the CUDA one cannot be made here.
+// Both contexts, or a skip when the CUDA one cannot be made here. Compiled with
+// -DNS_PARITY_SELFTEST the "GPU" side is a second CPU context (one thread): that checks this
+// file's own harness (placement, comparisons, tolerances) on a machine without a GPU.
+#ifndef NS_PARITY_SELFTEST
 struct Pair {
     Ctx cpu{NS_BACKEND_CPU, 2};
     Ctx gpu{NS_BACKEND_CUDA};
@@ -29,6 +32,13 @@ struct Pair {
         ASSERT_EQ((p).gpu.status, NS_OK) << (p).gpu.why;                                      \
         ASSERT_EQ((p).cpu.status, NS_OK) << (p).cpu.why;                                      \
     } while (0)
+#else
+struct Pair {
+    Ctx cpu{NS_BACKEND_CPU, 2};
+    Ctx gpu{NS_BACKEND_CPU, 1};
+};
+#define NS_REQUIRE_GPU(p) ASSERT_EQ((p).gpu.status, NS_OK)
+#endif
 
 uint16_t to_bf16(float f) {  // round to nearest even (inputs are finite)
     uint32_t u;
@@ -605,4 +615,102 @@ TEST(CudaParity, InfoNceForwardBackwardHalf) {
     };
     uint64_t seed = 5000;
     for (const LossCase &c : cases) run_loss_case(p, c, seed += 10);
+}
+
+// ---------------------------------------------------------------- the training step
+
+namespace {
+
+// A step batch on one backend: buffers placed by Buf (device memory on CUDA).
+struct StepSide {
+    Buf<float> q, p, cand;
+    Buf<int64_t> pos_id, cand_id;
+    ns_batch b;
+    StepSide(const Ctx &x, int64_t B, int64_t C, int64_t d, const std::vector<float> &qv,
+             const std::vector<float> &pv, const std::vector<float> &cv, const std::vector<int64_t> &pid,
+             const std::vector<int64_t> &cid)
+        : q(x, qv), p(x, pv), cand(x, cv), pos_id(x, pid), cand_id(x, cid) {
+        std::memset(&b, 0, sizeof b);
+        b.query = f32_matrix(q.ptr(), B, d);
+        b.positive = f32_matrix(p.ptr(), B, d);
+        b.positive_id = pos_id.ptr();
+        b.candidate = f32_matrix(cand.ptr(), B * C, d);
+        b.candidates_per_query = C;
+        b.candidate_id = cand_id.ptr();
+        b.query_offset = 100;
+    }
+};
+
+template <class T> std::vector<T> to_host(const Ctx &c, const T *p, size_t n) {
+    std::vector<T> v(n);
+    if (!n || !p) return v;
+#ifdef NS_HAVE_CUDA
+    if (c.cuda()) {
+        cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
+        return v;
+    }
+#endif
+    std::memcpy(v.data(), p, n * sizeof(T));
+    return v;
+}
+
+}  // namespace
+
+TEST(CudaParity, StepSameNegativesLossAndGradients) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    struct S { int64_t B, C, d, h; ns_sampler strategy; unsigned rules; int sym; };
+    const S cases[] = {
+        {1, 1, 1, 1, NS_SAMPLE_UNIFORM, NS_FILTER_SAME_ID, 0},
+        {17, 9, 13, 4, NS_SAMPLE_SIMANS, NS_FILTER_SAME_ID | NS_FILTER_MARGIN, 0},
+        {40, 32, 64, 8, NS_SAMPLE_SOFTMAX, NS_FILTER_SAME_ID | NS_FILTER_MAX_SCORE | NS_FILTER_RANK, 1},
+        {33, 20, 40, 20, NS_SAMPLE_TOP, NS_FILTER_SAME_ID | NS_FILTER_REL_MARGIN, 0},
+    };
+    uint64_t seed = 8000;
+    for (const S &c : cases) {
+        SCOPED_TRACE("B=" + std::to_string(c.B) + " C=" + std::to_string(c.C) + " d=" + std::to_string(c.d) +
+                     " h=" + std::to_string(c.h) + " strategy=" + std::to_string((int)c.strategy));
+        seed += 10;
+        std::vector<float> qv = random_floats((size_t)(c.B * c.d), seed), pv = random_floats((size_t)(c.B * c.d), seed + 1),
+                           cv = random_floats((size_t)(c.B * c.C * c.d), seed + 2);
+        std::vector<int64_t> pid, cid;
+        for (int64_t i = 0; i < c.B; i++) pid.push_back(1000 + i);
+        for (int64_t r = 0; r < c.B * c.C; r++) cid.push_back(5000 + r);
+        for (int64_t i = 0; i < c.B; i++) cid[(size_t)(i * c.C)] = pid[(size_t)i];  // false negatives
+        if (c.B > 1) pid[1] = pid[0];
+        StepSide sc(p.cpu, c.B, c.C, c.d, qv, pv, cv, pid, cid), sg(p.gpu, c.B, c.C, c.d, qv, pv, cv, pid, cid);
+        ns_step_options o = NS_STEP_OPTIONS_INIT;
+        o.hard_negatives = c.h;
+        o.filter.rules = c.rules;
+        o.filter.margin = 0.05f, o.filter.rel_margin = 0.1f, o.filter.max_score = 0.5f;
+        o.filter.rank_min = 1, o.filter.rank_max = c.C > 2 ? c.C - 1 : 2;
+        o.sampler.strategy = c.strategy;
+        o.sampler.seed = 99;
+        o.sampler.step = 3;
+        o.loss.temperature = 0.2f;
+        o.loss.symmetric = c.sym;
+        ns_step_result rc, rg;
+        ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, &o, &rc), NS_OK) << ns_last_error(p.cpu);
+        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, &o, &rg), NS_OK) << ns_last_error(p.gpu);
+        const size_t nh = (size_t)(c.B * c.h);
+        EXPECT_EQ(to_host(p.cpu, rc.negative_id, nh), to_host(p.gpu, rg.negative_id, nh));
+        EXPECT_EQ(to_host(p.cpu, rc.negative_row, nh), to_host(p.gpu, rg.negative_row, nh));
+        EXPECT_EQ(to_host(p.cpu, rc.negative_count, (size_t)c.B), to_host(p.gpu, rg.negative_count, (size_t)c.B));
+        EXPECT_EQ(0, std::memcmp(&rc.filtered, &rg.filtered, sizeof rc.filtered)) << "filter counts differ";
+        EXPECT_TRUE(close(rg.loss, rc.loss, 1e-6, 1e-4)) << "loss cuda " << rg.loss << " cpu " << rc.loss;
+        expect_close_vec(to_host(p.gpu, rg.per_query, (size_t)c.B), to_host(p.cpu, rc.per_query, (size_t)c.B), 1e-4,
+                         "per_query");
+        Buf<float> gqc(p.cpu, (size_t)(c.B * c.d), 0.f), gpc(p.cpu, (size_t)(c.B * c.d), 0.f),
+            gcc(p.cpu, (size_t)(c.B * c.C * c.d), 0.f);
+        Buf<float> gqg(p.gpu, (size_t)(c.B * c.d), 0.f), gpg(p.gpu, (size_t)(c.B * c.d), 0.f),
+            gcg(p.gpu, (size_t)(c.B * c.C * c.d), 0.f);
+        float tc = 0, tg = 0;
+        ns_step_grads ggc{gqc.ptr(), gpc.ptr(), gcc.ptr(), &tc}, ggg{gqg.ptr(), gpg.ptr(), gcg.ptr(), &tg};
+        ASSERT_EQ(ns_step_backward(p.cpu, 1.3f, &ggc), NS_OK) << ns_last_error(p.cpu);
+        ASSERT_EQ(ns_step_backward(p.gpu, 1.3f, &ggg), NS_OK) << ns_last_error(p.gpu);
+        expect_close_vec(gqg.fetch(), gqc.fetch(), 1e-4, "grad query");
+        expect_close_vec(gpg.fetch(), gpc.fetch(), 1e-4, "grad positive");
+        expect_close_vec(gcg.fetch(), gcc.fetch(), 1e-4, "grad candidate");
+        EXPECT_TRUE(close(tg, tc, 1e-6, 1e-3)) << "dtau cuda " << tg << " cpu " << tc;
+    }
 }
