@@ -23,6 +23,7 @@ struct ns_cuda_state {
     int *hflag;             // pinned host mirror of dflag
     cudaStream_t copy;      // H2D copies of a streamed host corpus, overlapping compute
     cudaEvent_t ev[4];      // copied[2], consumed[2] for the double buffer
+    int unchecked;          // 1: skip the synchronising input validation (ns_cuda_set_input_checks)
 };
 #define NS_CUDA_FLAGS 128
 #define NS_CUDA_WIDE(flags) ((unsigned long long *)((flags) + 32))

@@ -457,7 +457,7 @@ ns_status plan_init(ns_context *ctx, const char *fn, const ns_infonce_inputs *in
     P->ids.same = o->mask_same_id, P->ids.h = P->h, P->ids.posid = nullptr;
     cudaStream_t st = ns_stream(ctx);
     ns_status rc;
-    if (!ns_cuda_capturing(ctx)) {
+    if (ns_cuda_validating(ctx)) {
         int *flags;
         const int *hf;
         if ((rc = ns_cuda_flags_reset(ctx, fn, &flags))) return rc;

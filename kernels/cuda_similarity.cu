@@ -21,7 +21,7 @@ ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float sc
     static const char *fn = "ns_similarity";
     cudaStream_t st = ns_stream(ctx);
     ns_status rc;
-    if (!ns_cuda_capturing(ctx)) {
+    if (ns_cuda_validating(ctx)) {
         int *dflags;
         const int *hflags;
         if ((rc = ns_cuda_flags_reset(ctx, fn, &dflags))) return rc;

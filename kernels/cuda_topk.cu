@@ -238,6 +238,7 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
     const int pinned_corpus = host_corpus && ns_cuda_is_pinned_host(corpus.data);
     const int mixed = q.dtype != corpus.dtype;
     const int capturing = ns_cuda_capturing(ctx);
+    const int validate = ns_cuda_validating(ctx);
     if (host_corpus && capturing)
         return ns_fail(ctx, NS_ERR_UNSUPPORTED,
                        "%s: a corpus in host memory cannot be streamed while the stream is "
@@ -312,7 +313,7 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
         ns_k_check_exclusions<<<ns_blocks(Q), NS_CUDA_THREADS, 0, st>>>(ex_off, ex_ids, Q, N, flags);
         NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     }
-    if (!capturing) {
+    if (validate) {
         const int *hf;
         if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
         int64_t r, c;
@@ -380,7 +381,7 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
         } else {
             ct.data = (const char *)corpus.data + (size_t)(c0 * ns_ld(corpus)) * esz;
         }
-        if (!capturing && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
+        if (validate && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
             return rc;
         if (normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, inv_c, st))) return rc;
         const void *cdata = ct.data;
@@ -413,7 +414,7 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
             }
         }
     }
-    if (!capturing) {
+    if (validate) {
         const int *hf;
         if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
         int64_t r, c;

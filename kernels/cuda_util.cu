@@ -172,6 +172,12 @@ int ns_cuda_capturing(ns_context *ctx) {
     return c != cudaStreamCaptureStatusNone;
 }
 
+int ns_cuda_validating(ns_context *ctx) { return !ctx->cuda->unchecked && !ns_cuda_capturing(ctx); }
+
+extern "C" void ns_cuda_set_input_checks(ns_context *ctx, int on) {
+    if (ctx && ctx->cuda) ctx->cuda->unchecked = !on;
+}
+
 int ns_cuda_is_device_ptr(const void *p) {
     cudaPointerAttributes a;
     if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {

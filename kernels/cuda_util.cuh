@@ -67,6 +67,13 @@ ns_status ns_cuda_flags_read(ns_context *ctx, const char *fn, const int **host);
 
 // 1 when the stream is being captured into a graph (then no op may synchronise).
 int ns_cuda_capturing(ns_context *ctx);
+// 1 when an op should validate its device data with a synchronisation: not while capturing,
+// and not after ns_cuda_set_input_checks(ctx, 0).
+int ns_cuda_validating(ns_context *ctx);
+// For callers that feed ops data they produced themselves (the training step): on = 0 skips the
+// synchronising data validation (NaN scans, id and list checks) of every CUDA op on ctx, so a
+// chain of ops runs without host synchronisation; on = 1 restores it. C linkage.
+extern "C" void ns_cuda_set_input_checks(ns_context *ctx, int on);
 
 // 1 when p is device (or managed) memory, 0 for host memory (pageable or pinned): a host
 // corpus is streamed to the device tile by tile.
