@@ -8,6 +8,8 @@
 #include <map>
 #include <numeric>
 
+#include "ns_math.h"
+
 using namespace nstest;
 
 namespace {
@@ -286,6 +288,69 @@ TEST_P(Sample, TopIsTheSortedEligibleScores) {
             }
         }
     }
+}
+
+namespace {
+
+// The key of the shared header, computed here as an independent caller would (no contraction
+// of a*b+c, as the library is built).
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+float header_key(const ns_sampler_options &o, float s, float sp, int64_t qid, int64_t id) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    return ns_sample_key((int)o.strategy, s, sp, o.simans_a, o.simans_b, o.temperature, o.seed,
+                         o.step, qid, id);
+}
+
+}  // namespace
+
+// The backend's draw is exactly Gumbel-top-m over the keys of kernels/ns_math.h: eligible =
+// kept, non-empty, first occurrence of its id; best key first, ties to the lower column.
+TEST_P(Sample, DrawIsGumbelTopMOfTheHeaderKeys) {
+    Ctx c(GetParam(), 2);
+    NS_REQUIRE_BACKEND(c);
+    const int64_t shapes[][3] = {{1, 1, 1}, {4, 9, 9}, {19, 60, 7}, {6, 500, 40}, {50, 12, 3}};
+    uint64_t seed = 900;
+    for (auto &sh : shapes)
+        for (ns_sampler st : {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX}) {
+            Rows r = random_rows(sh[0], sh[1], seed++);
+            for (auto &id : r.id)
+                if (id >= 0) id %= 3 * sh[1];  // duplicates within rows
+            r.offset = (int64_t)seed * 1000003;
+            ns_sampler_options o = opts(st, seed * 0x9E3779B97F4A7C15ull, seed % 7);
+            o.simans_a = 2.5f;
+            o.simans_b = 0.05f;
+            o.temperature = 0.2f;
+            const int64_t m = sh[2];
+            Out got = sample(c, r, o, m);
+            ASSERT_EQ(got.status, NS_OK) << got.error;
+            for (int64_t i = 0; i < r.B; i++) {
+                std::vector<std::pair<float, int64_t>> kc;  // (key, column)
+                std::vector<int64_t> seen;
+                for (int64_t j = 0; j < r.C; j++) {
+                    const int64_t t = i * r.C + j;
+                    if (r.id[t] == -1 || !r.keep[t]) continue;
+                    if (std::find(seen.begin(), seen.end(), r.id[t]) != seen.end()) continue;
+                    seen.push_back(r.id[t]);
+                    kc.push_back({header_key(o, r.score[t], r.sp[i], r.offset + i, r.id[t]), j});
+                }
+                std::sort(kc.begin(), kc.end(), [](const auto &a, const auto &b) {
+                    return a.first > b.first || (a.first == b.first && a.second < b.second);
+                });
+                const int64_t k = std::min<int64_t>(m, (int64_t)kc.size());
+                ASSERT_EQ(got.count[i], k) << "strategy " << st << " row " << i;
+                for (int64_t q = 0; q < m; q++) {
+                    const int64_t want = q < k ? r.id[i * r.C + kc[q].second] : -1;
+                    ASSERT_EQ(got.index[i * m + q], want)
+                        << "strategy " << st << " B=" << r.B << " C=" << r.C << " m=" << m
+                        << " row " << i << " rank " << q;
+                    if (q < k) ASSERT_EQ(got.score[i * m + q], r.score[i * r.C + kc[q].second]);
+                }
+            }
+        }
 }
 
 // Same seed → the same draws across runs, thread counts and batch splits; the draw of a
