@@ -16,6 +16,15 @@ static inline double bench_now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* Seconds of CPU time used by all threads of this process (user + system). On a shared machine
+ * it is a steadier measure than wall time of how much work a phase costs, though threads that
+ * spin while waiting count too. */
+static inline double bench_cpu_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 /* Peak resident set size of this process in MiB (VmHWM), or -1 when unknown. */
 static inline double bench_peak_rss_mib(void) {
     FILE *f = fopen("/proc/self/status", "r");

@@ -1,13 +1,13 @@
 /* ns_mine_topk on the CPU: exact top-k corpus rows per query.
  *
  * The corpus is streamed once, block by block (so a memory-mapped corpus larger than RAM is read
- * once, in order). For each corpus block and each query block, OpenBLAS computes the score tile
+ * once, in order). For each corpus block and each query tile, OpenBLAS computes the score tile
  * (one sgemm call from this thread; OpenBLAS threads itself), then an OpenMP team merges the
- * tile into per-query min-heaps of the k best so far. Corpus rows arrive in increasing index
- * order, so a new score enters a full heap only when strictly above the heap's worst score (a tie
- * loses to the lower index already held): one vectorised compare per score, insertions rare.
- * Heaps live in workspace slot NS_WS_MINE and reach index/score only once the whole call has
- * succeeded. */
+ * tile into per-query reservoirs of candidates. Corpus rows arrive in increasing index order, so
+ * a new score can matter only when strictly above the query's running k-th best score (a tie
+ * loses to the lower row already held): one vectorised compare per score, appends rare, and a
+ * quickselect now and then. Reservoirs live in workspace slot NS_WS_MINE and reach index/score
+ * only once the whole call has succeeded. */
 #include "ns_tiles.h"
 #ifdef NS_HAVE_CUDA
 #include "ns_cuda.h"
@@ -17,6 +17,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* NS_MINE_CORPUS_BLOCK × NS_MINE_QUERY_BLOCK (ns_tiles.h): an f32 tile of 8 MiB, which stays in
  * the last-level cache between the sgemm that writes it and the selection that reads it. */
@@ -29,7 +32,7 @@ static int64_t query_block(void) {
     return e && atoll(e) > 0 ? atoll(e) : NS_MINE_QUERY_BLOCK;
 }
 
-/* ---------------------------------------------------------------- per-query heaps */
+/* ---------------------------------------------------------------- ordering, heapsort, quickselect */
 
 /* a ranks below b: lower score, or the same score and a higher corpus row. */
 static inline int worse(float sa, int64_t ia, float sb, int64_t ib) {
@@ -76,6 +79,46 @@ static void heap_sort_best_first(float *hs, int64_t *hi, int64_t n) {
     }
 }
 
+/* Puts the entry of rank m (in the order "a before b": higher score, or the same score and a
+ * lower row) at position m, the better ones before it and the worse after (quickselect with a
+ * median-of-three pivot; rows are unique, so the order is strict and the loops terminate). */
+static inline int before(float sa, int64_t ia, float sb, int64_t ib) {
+    return sa > sb || (sa == sb && ia < ib);
+}
+
+static inline void swap_entries(float *s, int64_t *id, int64_t a, int64_t b) {
+    float ts = s[a];
+    int64_t ti = id[a];
+    s[a] = s[b];
+    id[a] = id[b];
+    s[b] = ts;
+    id[b] = ti;
+}
+
+static void select_nth(float *s, int64_t *id, int64_t n, int64_t m) {
+    int64_t lo = 0, hi = n - 1;
+    while (hi - lo >= 16) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (before(s[mid], id[mid], s[lo], id[lo])) swap_entries(s, id, mid, lo);
+        if (before(s[hi], id[hi], s[lo], id[lo])) swap_entries(s, id, hi, lo);
+        if (before(s[hi], id[hi], s[mid], id[mid])) swap_entries(s, id, hi, mid);
+        float ps = s[mid];
+        int64_t pi = id[mid];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (before(s[i], id[i], ps, pi)) i++;
+            while (before(ps, pi, s[j], id[j])) j--;
+            if (i <= j) swap_entries(s, id, i++, j--);
+        }
+        if (m <= j) hi = j;
+        else if (m >= i) lo = i;
+        else return;
+    }
+    for (int64_t i = lo + 1; i <= hi; i++) /* insertion sort of the last few */
+        for (int64_t j = i; j > lo && before(s[j], id[j], s[j - 1], id[j - 1]); j--)
+            swap_entries(s, id, j, j - 1);
+}
+
 /* A score that is not finite although the inputs were: q·c overflowed f32. */
 typedef struct {
     int set;
@@ -83,47 +126,86 @@ typedef struct {
     float value;
 } bad_score;
 
-/* Merges one query's tile row (scores of corpus rows base .. base+n-1) into its heap. */
-static void select_row(const float *row, int64_t n, int64_t base, float *hs, int64_t *hi,
-                       int64_t *count, int64_t k, int64_t query, bad_score *bad) {
+/* Scores tested per step: one vectorised compare each, then a branch per chunk. */
+#define CHUNK 32
+
+/* Each query keeps a reservoir of candidates (score, row) in staging: every score above the
+ * query's threshold is appended; when the reservoir holds cap, a
+ * quickselect keeps the k best and the threshold becomes the k-th best score. Rows arrive in
+ * increasing order, so a later score equal to the threshold loses its tie and is skipped. Amortised
+ * O(1) per candidate, without the mispredicted branches of a heap. */
+typedef struct {
+    float *s;       /* cap + CHUNK scores */
+    int64_t *id;    /* cap + CHUNK rows */
+    int64_t count;
+    float threshold;
+} reservoir;
+
+static void reservoir_shrink(reservoir *r, int64_t k) {
+    select_nth(r->s, r->id, r->count, k - 1);
+    r->count = k;
+    r->threshold = r->s[k - 1];
+}
+
+/* Bit t set where !(r[t] <= thr), t < 32: above the threshold, or NaN (an overflowed score
+ * must not be skipped). One vector compare per 4 scores. */
+static inline uint32_t chunk_mask(const float *r, float thr) {
+#if defined(__SSE2__)
+    const __m128 t = _mm_set1_ps(thr);
+    uint32_t m = 0;
+    for (int i = 0; i < CHUNK; i += 4)
+        m |= (uint32_t)_mm_movemask_ps(_mm_cmpnle_ps(_mm_loadu_ps(r + i), t)) << i;
+    return m;
+#else
+    uint32_t m = 0;
+    for (int i = 0; i < CHUNK; i++) m |= (uint32_t)!(r[i] <= thr) << i;
+    return m;
+#endif
+}
+
+/* Merges one query's tile row (scores of corpus rows base .. base+n-1) into its reservoir. */
+static void select_row(const float *row, int64_t n, int64_t base, float *s, int64_t *id,
+                       int64_t *count, float *threshold, int64_t k, int64_t cap, int64_t query,
+                       bad_score *bad) {
     int64_t cnt = *count;
-    float thr = cnt == k ? hs[0] : -INFINITY;
-    int64_t j = 0;
-    for (;;) {
-        /* Skip whole chunks that hold nothing above the threshold (the common case);
-         * !(x <= thr) is also true for NaN, so an overflowed score is never skipped. */
-        for (; j + 32 <= n; j += 32) {
-            int hit = 0;
-            for (int t = 0; t < 32; t++) hit |= !(row[j + t] <= thr);
-            if (hit) break;
+    float thr = *threshold;
+    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
+        const float *r = row + j0;
+        uint32_t m;
+        if (n - j0 >= CHUNK) {
+            m = chunk_mask(r, thr);
+        } else {
+            m = 0;
+            for (int64_t t = 0; t < n - j0; t++) m |= (uint32_t)!(r[t] <= thr) << t;
         }
-        int64_t end = j + 32 <= n ? j + 32 : n;
-        if (j >= n) break;
-        for (; j < end; j++) {
-            float v = row[j];
-            if (v <= thr) continue;
-            if (!(v < INFINITY)) { /* NaN or +Inf: report, do not rank */
-                if (!bad->set) {
+        /* Appends only the set bits: usually none, rarely more than a couple. */
+        for (; m; m &= m - 1) {
+            int t = __builtin_ctz(m);
+            float v = r[t];
+            if (!(v < INFINITY)) { /* NaN or +Inf: report, stop ranking this query */
 #pragma omp critical(ns_mine_bad)
-                    if (!bad->set || query < bad->query) {
-                        bad->set = 1;
-                        bad->query = query;
-                        bad->row = base + j;
-                        bad->value = v;
-                    }
+                if (!bad->set || query < bad->query) {
+                    bad->set = 1;
+                    bad->query = query;
+                    bad->row = base + j0 + t;
+                    bad->value = v;
                 }
-                continue;
+                *count = cnt;
+                return;
             }
-            if (cnt < k) {
-                heap_push(hs, hi, cnt++, v, base + j);
-                if (cnt == k) thr = hs[0];
-            } else {
-                heap_sift(hs, hi, k, v, base + j);
-                thr = hs[0];
-            }
+            s[cnt] = v;
+            id[cnt] = base + j0 + t;
+            cnt++;
+        }
+        if (cnt >= cap) {
+            reservoir rv = {s, id, cnt, thr};
+            reservoir_shrink(&rv, k);
+            cnt = rv.count;
+            thr = rv.threshold;
         }
     }
     *count = cnt;
+    *threshold = thr;
 }
 
 /* ---------------------------------------------------------------- checks */
@@ -250,19 +332,25 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
                        fn, tile_b + cbuf_b + qbuf_b);
     float *tile = (float *)ws, *cbuf = (float *)(ws + tile_b), *qbuf = (float *)(ws + tile_b + cbuf_b);
 
-    /* Staged results: per query a heap of k (score, row) and its fill count. */
-    size_t hs_b = ((size_t)(Q * k) * sizeof(float) + 63) & ~(size_t)63;
-    size_t hi_b = (size_t)(Q * k) * sizeof(int64_t);
+    /* Staged results: per query a reservoir of cap + CHUNK (score, row), its fill count and
+     * threshold. A larger cap means rarer quickselects but a threshold that lags more. */
+    const int64_t extra = k < 64 ? 64 : k > 4096 ? 4096 : k;
+    const int64_t cap = k + extra, width = cap + CHUNK;
+    size_t hs_b = ((size_t)(Q * width) * sizeof(float) + 63) & ~(size_t)63;
+    size_t hi_b = (size_t)(Q * width) * sizeof(int64_t);
     size_t cnt_b = (size_t)Q * sizeof(int64_t);
-    char *stage = (char *)ns_workspace(ctx, NS_WS_MINE, hs_b + hi_b + cnt_b);
+    size_t thr_b = (size_t)Q * sizeof(float);
+    char *stage = (char *)ns_workspace(ctx, NS_WS_MINE, hs_b + hi_b + cnt_b + thr_b);
     if (!stage)
         return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY,
                        "%s: cannot allocate %zu bytes for the staged top-%lld of %lld queries", fn,
-                       hs_b + hi_b + cnt_b, (long long)k, (long long)Q);
+                       hs_b + hi_b + cnt_b + thr_b, (long long)k, (long long)Q);
     float *hs = (float *)stage;
     int64_t *hi = (int64_t *)(stage + hs_b);
     int64_t *cnt = (int64_t *)(stage + hs_b + hi_b);
+    float *thr = (float *)(stage + hs_b + hi_b + cnt_b);
     memset(cnt, 0, cnt_b);
+    for (int64_t i = 0; i < Q; i++) thr[i] = -INFINITY;
 
     bad_score bad = {0, 0, 0, 0.0f};
     int64_t ldq = 0;
@@ -287,7 +375,8 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
                         int64_t id = ex->ids[t];
                         if (id >= c0 && id < c0 + nc) trow[id - c0] = -INFINITY;
                     }
-                select_row(trow, nc, c0, hs + qi * k, hi + qi * k, cnt + qi, k, qi, &bad);
+                select_row(trow, nc, c0, hs + qi * width, hi + qi * width, cnt + qi, thr + qi, k,
+                           cap, qi, &bad);
             }
             if (bad.set)
                 return ns_fail(ctx, NS_ERR_NONFINITE,
@@ -302,11 +391,16 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
                            fn, (long long)(c0 + nc), (long long)N);
     }
 
-    /* Success is certain now: sort each heap best first and write the outputs. */
+    /* Success is certain now: keep each query's k best, sort them and write the outputs. */
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
     for (int64_t i = 0; i < Q; i++) {
-        float *s = hs + i * k;
-        int64_t *id = hi + i * k, n = cnt[i];
+        float *s = hs + i * width;
+        int64_t *id = hi + i * width, n = cnt[i];
+        if (n > k) {
+            select_nth(s, id, n, k - 1);
+            n = k;
+        }
+        for (int64_t j = 1; j < n; j++) heap_push(s, id, j, s[j], id[j]);
         heap_sort_best_first(s, id, n);
         memcpy(score + i * k, s, (size_t)n * sizeof(float));
         memcpy(index + i * k, id, (size_t)n * sizeof(int64_t));
