@@ -11,7 +11,9 @@
  *  - No contraction: the library is compiled with -ffp-contract=off (gcc) and -fmad=false
  *    (nvcc). On the device the products and sums are also spelled __fmul_rn/__fadd_rn/
  *    __fdiv_rn, which nvcc never contracts and which stay IEEE under -use_fast_math.
- *  - Subnormals are handled explicitly (no reliance on FTZ/DAZ settings) where they can occur.
+ *  - Subnormal inputs of ns_logf are scaled explicitly; that needs FTZ/DAZ off, the default
+ *    of both compilers (not -use_fast_math / -ftz=true). The sampler never passes one: its
+ *    logarithms see u >= 2^-24 and -log(u) >= 2^-24.
  *
  * Random-number layout (fixed; changing it changes every draw):
  *   key     = { (u32)seed, (u32)(seed >> 32) }
