@@ -168,8 +168,19 @@ static ns_status agree(ns_context *ctx, ns_comm *c, ns_status local, const ns_in
                            "every rank fails this call (this is rank %d)",
                            fn, r, c->rank);
         }
+    /* Every rank holds the same table, so every rank fails the same way. */
+    for (int i = 1; i < H_COUNT; i++)
+        for (int r = 1; r < c->size; r++) {
+            int64_t a = all[i], b = all[(size_t)r * H_COUNT + (size_t)i];
+            if (a == b) continue;
+            free(all);
+            return ns_fail(ctx, NS_ERR_COMM,
+                           "%s: ranks disagree: %s is %lld on rank 0 but %lld on rank %d (every "
+                           "rank must pass the same shapes and options; this is rank %d)",
+                           fn, header_names[i], (long long)a, (long long)b, r, c->rank);
+        }
     free(all);
-    return ns_comm_check_same(ctx, c, hdr + 1, header_names + 1, H_COUNT - 1, fn);
+    return NS_OK;
 }
 
 ns_status ns_comm_infonce_abstain(ns_context *ctx, ns_comm *c, ns_status local, const char *fn) {
@@ -324,6 +335,30 @@ out:
     return st;
 }
 
+/* Allocates what gather_inputs will fill, before the first exchange: a rank that cannot get
+ * its buffers says so there instead of leaving the others inside a gather. */
+static ns_status reserve(ns_context *ctx, ns_comm *c, const ns_infonce_inputs *in,
+                         const ns_loss_options *o, const char *fn) {
+    const size_t R = (size_t)c->size, B = (size_t)in->query.rows, N = (size_t)in->passage.rows;
+    const size_t d = (size_t)in->query.cols, h = (size_t)in->hard_per_query;
+    int ok = comm_buf(ctx, c, BUF_PASSAGE, R * N * d * ns_dtype_size(in->passage.dtype), fn) &&
+             comm_buf(ctx, c, BUF_PASSAGE_ID, sizeof(int64_t) * R * N, fn) &&
+             comm_buf(ctx, c, BUF_POSITIVE, sizeof(int64_t) * B, fn);
+    if (ok && o->share_hard && h > 0)
+        ok = comm_buf(ctx, c, BUF_HARD, R * B * h * d * ns_dtype_size(in->hard.dtype), fn) &&
+             (!in->hard_id || comm_buf(ctx, c, BUF_HARD_ID, sizeof(int64_t) * R * B * h, fn)) &&
+             (!in->hard_keep || comm_buf(ctx, c, BUF_HARD_KEEP, R * B * h, fn));
+    if (ok && o->symmetric)
+        ok = comm_buf(ctx, c, BUF_QUERY, R * B * d * ns_dtype_size(in->query.dtype), fn) &&
+             comm_buf(ctx, c, BUF_REV_POSITIVE, sizeof(int64_t) * B, fn) &&
+             comm_buf(ctx, c, BUF_REV_SAVED, sizeof(float) * B * (NS_INFONCE_SAVED_PER_QUERY + 1), fn);
+    if (ok) return NS_OK;
+    return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY,
+                   "%s: cannot allocate the buffers for the rows gathered from %zu ranks "
+                   "(B = %zu, N = %zu, h = %zu, d = %zu)",
+                   fn, R, B, N, h, d);
+}
+
 /* The plain options of the reversed (passage→query) term. */
 static ns_loss_options reversed_options(const ns_loss_options *o) {
     ns_loss_options r = NS_LOSS_OPTIONS_INIT;
@@ -342,6 +377,7 @@ ns_status ns_comm_infonce_forward(ns_context *ctx, ns_comm *c, const ns_infonce_
     ns_status local = local_checks(ctx, in, &opt, &defaults, fn);
     if (!local) local = ns_check_ptr(ctx, fn, "loss", loss);
     if (!local) local = ns_check_ptr(ctx, fn, "saved", saved);
+    if (!local) local = reserve(ctx, c, in, opt, fn);
     if ((st = agree(ctx, c, local, in, opt, fn))) return st;
 
     const int64_t B = in->query.rows;
