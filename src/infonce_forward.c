@@ -6,7 +6,12 @@
  * Per query i with n unmasked negatives x_j (logits), the row keeps the running maximum m of the
  * negatives and A' = Σ e^{(1+β)(x_j − m)}, W' = Σ e^{β(x_j − m)} (β = 0 when plain: A' is the
  * shifted sum of exponentials, W' = n). The positive logit l⁺ is taken from its passage column.
- * The saved layout is documented in infonce_internal.h. */
+ * The saved layout is documented in infonce_internal.h.
+ *
+ * Debiasing (τ⁺) and reweighting (β) apply to the query→passage term only; the symmetric
+ * passage→query term is always the plain log-softmax over the queries of the column.
+ * Outputs are written only once every check has passed: nothing below can fail but the
+ * workspace allocation, which happens before the first write. */
 #if defined(__GNUC__) && !defined(__clang__)
 /* Lets GCC if-convert and vectorise the clamps and selects of the element loops. */
 #pragma GCC optimize("no-trapping-math")

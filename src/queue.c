@@ -102,8 +102,8 @@ static ns_status check_queue(ns_context *ctx, const char *fn, const ns_queue *qu
 }
 
 #ifdef NS_HAVE_CUDA
-/* Device push: rows are device f32. The rows are brought to the host once to reject NaN/Inf
- * (this synchronises the stream), then copied device to device into the ring. */
+/* Device push: rows are device f32. They are brought to the host once to reject NaN/Inf (this
+ * synchronises the stream), then copied device to device into the ring. */
 static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const int64_t *ids,
                            int64_t first, int64_t n, int64_t start) {
     static const char *fn = "ns_queue_push";
@@ -120,11 +120,15 @@ static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const 
         qu->stage_size = bytes;
     }
     float *host = (float *)qu->stage;
+    const float *src = (const float *)rows.data + first * ld;
     ns_status st;
-    for (int64_t r = 0; r < n; r++)
-        if ((st = ns_cuda_memcpy(ctx, host + r * dim, (const float *)rows.data + (first + r) * ld,
-                                 (size_t)dim * 4, 2)))
-            return st;
+    if (ld == dim) {
+        if ((st = ns_cuda_memcpy(ctx, host, src, (size_t)(n * dim) * 4, 2))) return st;
+    } else {
+        for (int64_t r = 0; r < n; r++)
+            if ((st = ns_cuda_memcpy(ctx, host + r * dim, src + r * ld, (size_t)dim * 4, 2)))
+                return st;
+    }
     int64_t bad = ns_find_nonfinite_f32(host, n * dim);
     if (bad)
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: rows[%lld][%lld] is not finite", fn,
@@ -132,13 +136,20 @@ static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const 
     int64_t *hid = (int64_t *)(host + n * dim);
     if (!ids)
         for (int64_t r = 0; r < n; r++) hid[r] = -1;
-    /* Copy in up to two contiguous runs of slots (before and after the wrap). */
+    /* Up to two contiguous runs of slots (before and after the wrap). */
     int64_t done = 0, slot = start;
     while (done < n) {
         int64_t run = qu->capacity - slot < n - done ? qu->capacity - slot : n - done;
-        if ((st = ns_cuda_memcpy(ctx, qu->rows + slot * dim, host + done * dim,
-                                 (size_t)(run * dim) * 4, 1)))
-            return st;
+        if (ld == dim) {
+            st = ns_cuda_memcpy(ctx, qu->rows + slot * dim, src + done * dim,
+                                (size_t)(run * dim) * 4, 3);
+        } else {
+            st = NS_OK;
+            for (int64_t r = 0; r < run && !st; r++)
+                st = ns_cuda_memcpy(ctx, qu->rows + (slot + r) * dim, src + (done + r) * ld,
+                                    (size_t)dim * 4, 3);
+        }
+        if (st) return st;
         if (ids) st = ns_cuda_memcpy(ctx, qu->ids + slot, ids + first + done, (size_t)run * 8, 3);
         else st = ns_cuda_memcpy(ctx, qu->ids + slot, hid + done, (size_t)run * 8, 1);
         if (st) return st;
