@@ -3,6 +3,7 @@
 // process: all-gather, reduce-scatter, the consistency check, and a rank that stops answering
 // (the others fail with NS_ERR_COMM within the timeout). Without a GPU or without NCCL the
 // tests skip with the reason; argument checks run everywhere.
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -256,6 +257,97 @@ TEST(CommNcclMultiGpu, Primitives) {
     int R = ns_cuda_device_count();
     on_ranks(R, 60000, [](const Ctx &c, ns_comm *comm, int, std::vector<std::string> *errors) {
         check_primitives(c, comm, errors);
+    });
+}
+
+// The multi-rank step, one rank per GPU: loss, negatives and every gradient equal those of one
+// rank over the concatenated batch (computed on GPU 0 without a communicator).
+TEST(CommNcclMultiGpu, StepEqualsOneRankOverConcatenatedBatch) {
+    NS_REQUIRE_GPUS(2);
+    const int R = ns_cuda_device_count();
+    const int64_t B = 6, C = 5, h = 3, d = 32;
+    std::vector<float> q = random_floats((size_t)(R * B * d), 11), p = random_floats((size_t)(R * B * d), 12),
+                       cand = random_floats((size_t)(R * B * C * d), 13);
+    for (size_t k = 0; k < q.size(); k++) q[k] += 0.5f * p[k];
+    std::vector<int64_t> pid((size_t)(R * B)), cid((size_t)(R * B * C));
+    for (size_t k = 0; k < pid.size(); k++) pid[k] = (int64_t)(k * 7 % (size_t)(R * B - 1));  // repeats
+    for (size_t k = 0; k < cid.size(); k++) cid[k] = k % 9 == 0 ? pid[k / (size_t)C] : 1000 + (int64_t)k;
+    auto options = [&](ns_comm *comm) {
+        ns_step_options o = NS_STEP_OPTIONS_INIT;
+        o.hard_negatives = h;
+        o.loss.share_hard = 1;
+        o.loss.symmetric = 1;
+        o.sampler.seed = 5;
+        o.comm = comm;
+        return o;
+    };
+    struct Out {
+        float loss = 0;
+        std::vector<int64_t> neg;
+        std::vector<float> dq, dp, dc;
+    };
+    // Runs the step on rows [q0, q0 + n) with ctx (and comm), copying the results back.
+    auto run = [&](const Ctx &c, ns_comm *comm, int64_t q0, int64_t n, Out *out) -> std::string {
+        Buf<float> bq(c, std::vector<float>(q.begin() + q0 * d, q.begin() + (q0 + n) * d));
+        Buf<float> bp(c, std::vector<float>(p.begin() + q0 * d, p.begin() + (q0 + n) * d));
+        Buf<float> bc(c, std::vector<float>(cand.begin() + q0 * C * d, cand.begin() + (q0 + n) * C * d));
+        Buf<int64_t> bpid(c, std::vector<int64_t>(pid.begin() + q0, pid.begin() + q0 + n));
+        Buf<int64_t> bcid(c, std::vector<int64_t>(cid.begin() + q0 * C, cid.begin() + (q0 + n) * C));
+        ns_batch b;
+        memset(&b, 0, sizeof b);
+        b.query = f32_matrix(bq.ptr(), n, d);
+        b.positive = f32_matrix(bp.ptr(), n, d);
+        b.positive_id = bpid.ptr();
+        b.candidate = f32_matrix(bc.ptr(), n * C, d);
+        b.candidates_per_query = C;
+        b.candidate_id = bcid.ptr();
+        b.query_offset = q0;
+        ns_step_options o = options(comm);
+        ns_step_result r;
+        if (ns_step_forward(c, &b, &o, &r) != NS_OK) return std::string("forward: ") + ns_last_error(c);
+        out->loss = r.loss;
+        out->neg.resize((size_t)(n * h));
+#ifdef NS_HAVE_CUDA
+        if (c.cuda()) cudaMemcpy(out->neg.data(), r.negative_id, out->neg.size() * 8, cudaMemcpyDeviceToHost);
+        else
+#endif
+            std::copy(r.negative_id, r.negative_id + n * h, out->neg.begin());
+        Buf<float> gq(c, (size_t)(n * d), 0.f), gp(c, (size_t)(n * d), 0.f), gc(c, (size_t)(n * C * d), 0.f);
+        ns_step_grads g = {gq.ptr(), gp.ptr(), gc.ptr(), nullptr};
+        if (ns_step_backward(c, 1.f, &g) != NS_OK) return std::string("backward: ") + ns_last_error(c);
+        out->dq = gq.fetch();
+        out->dp = gp.fetch();
+        out->dc = gc.fetch();
+        return "";
+    };
+    Out ref;
+    {
+        DeviceCtx c0(0);
+        ASSERT_EQ(c0.status, NS_OK) << c0.why;
+        std::string e = run(c0, nullptr, 0, R * B, &ref);
+        ASSERT_EQ(e, "");
+    }
+    on_ranks(R, 60000, [&](const Ctx &c, ns_comm *comm, int r, std::vector<std::string> *errors) {
+        Out o;
+        std::string e = run(c, comm, r * B, B, &o);
+        if (!e.empty()) return errors->push_back("rank " + std::to_string(r) + ": " + e);
+        auto cmp = [&](const char *what, const std::vector<float> &got, const float *want) {
+            for (size_t k = 0; k < got.size(); k++)
+                if (!close(got[k], want[k], 1e-5, 1e-3)) {
+                    errors->push_back("rank " + std::to_string(r) + ": " + what + "[" + std::to_string(k) +
+                                      "] = " + std::to_string(got[k]) + ", one rank: " + std::to_string(want[k]));
+                    return;
+                }
+        };
+        if (!close(o.loss, ref.loss, 1e-5, 1e-4)) errors->push_back("rank " + std::to_string(r) + ": loss");
+        for (int64_t k = 0; k < B * h; k++)
+            if (o.neg[(size_t)k] != ref.neg[(size_t)(r * B * h + k)]) {
+                errors->push_back("rank " + std::to_string(r) + ": negative " + std::to_string(k));
+                break;
+            }
+        cmp("dQ", o.dq, ref.dq.data() + r * B * d);
+        cmp("dP", o.dp, ref.dp.data() + r * B * d);
+        cmp("dCandidate", o.dc, ref.dc.data() + r * B * C * d);
     });
 }
 
