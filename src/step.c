@@ -233,11 +233,11 @@ ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_
                           ns_step_result *result) {
     int collective = 0;
     ns_status st = step_forward(ctx, batch, opt, result, &collective);
-    if (st && !collective && ctx && opt && opt->struct_size >= sizeof(ns_step_options) && opt->comm &&
-        ns_comm_usable(ctx, opt->comm, "ns_step_forward") == NS_OK) {
-        char why[NS_ERROR_CAPACITY];
+    if (st && !collective && ctx && opt && opt->struct_size >= sizeof(ns_step_options) && opt->comm) {
+        char why[NS_ERROR_CAPACITY]; /* this rank's own failure is what it reports */
         memcpy(why, ctx->error, sizeof why);
-        ns_comm_infonce_abstain(ctx, opt->comm, st, "ns_step_forward");
+        if (ns_comm_usable(ctx, opt->comm, "ns_step_forward") == NS_OK)
+            ns_comm_infonce_abstain(ctx, opt->comm, st, "ns_step_forward");
         memcpy(ctx->error, why, sizeof why);
     }
     return st;
@@ -413,11 +413,12 @@ ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grad
     int collective = 0;
     ns_status st = step_backward(ctx, grad_loss, grads, &collective);
     ns_comm *comm = ctx && ctx->step && ctx->step->ready ? ctx->step->opt.comm : NULL;
-    if (st && !collective && comm && ns_comm_usable(ctx, comm, "ns_step_backward") == NS_OK) {
+    if (st && !collective && comm) {
         /* As in the forward: the other ranks are waiting in the backward's first exchange. */
         char why[NS_ERROR_CAPACITY];
         memcpy(why, ctx->error, sizeof why);
-        ns_comm_infonce_abstain(ctx, comm, st, "ns_step_backward");
+        if (ns_comm_usable(ctx, comm, "ns_step_backward") == NS_OK)
+            ns_comm_infonce_abstain(ctx, comm, st, "ns_step_backward");
         memcpy(ctx->error, why, sizeof why);
     }
     return st;
