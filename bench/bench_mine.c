@@ -11,6 +11,7 @@
  *
  * Usage: bench_mine [--queries 4096] [--corpus 200000] [--dim 384] [--k 100] [--threads 0]
  *                   [--dtype f32|f16|bf16] [--repeat 1] [--full -1|0|1] [--json PATH]
+ *                   [--only mine|sgemm]   (one side alone, for profiling)
  * --dtype sets the corpus and query storage for mining; the sgemm baselines are always f32.
  * Each timing is the best of --repeat runs. Prints a table; --json writes the same numbers.
  */
@@ -27,6 +28,7 @@
 typedef struct {
     int64_t Q, N, d, k;
     int threads, repeat, full;
+    const char *only; /* "mine" or "sgemm": run one side (for profiling) */
     ns_dtype dtype;
     const char *json;
 } args;
@@ -38,7 +40,7 @@ static void usage(void) {
 }
 
 static args parse(int argc, char **argv) {
-    args a = {4096, 200000, 384, 100, 0, 1, -1, NS_F32, NULL};
+    args a = {4096, 200000, 384, 100, 0, 1, -1, "", NS_F32, NULL};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (i + 1 >= argc) usage();
@@ -51,6 +53,7 @@ static args parse(int argc, char **argv) {
         else if (!strcmp(f, "--repeat")) a.repeat = atoi(v);
         else if (!strcmp(f, "--full")) a.full = atoi(v);
         else if (!strcmp(f, "--json")) a.json = v;
+        else if (!strcmp(f, "--only")) a.only = v;
         else if (!strcmp(f, "--dtype")) {
             if (!strcmp(v, "f32")) a.dtype = NS_F32;
             else if (!strcmp(v, "f16")) a.dtype = NS_F16;
@@ -146,8 +149,10 @@ int main(int argc, char **argv) {
     }
 
     timing t_block = {1e30, 0}, t_full = {-1, -1}, t_mine = {1e30, 0};
-    for (int r = 0; r < a.repeat; r++) keep_best(&t_block, time_blocked_sgemm(&a, q, c, tile));
-    for (int r = 0; r < a.repeat; r++) {
+    const int run_sgemm = strcmp(a.only, "mine") != 0, run_mine = strcmp(a.only, "sgemm") != 0;
+    for (int r = 0; r < a.repeat && run_sgemm; r++)
+        keep_best(&t_block, time_blocked_sgemm(&a, q, c, tile));
+    for (int r = 0; r < a.repeat && run_mine; r++) {
         double t0 = bench_now(), u0 = bench_cpu_now();
         if (ns_mine_topk(ctx, qm, cm, a.k, NULL, index, score) != NS_OK) {
             fprintf(stderr, "bench_mine: %s\n", ns_last_error(ctx));
@@ -159,6 +164,7 @@ int main(int argc, char **argv) {
     /* The full product needs Q·N floats; by default only when that is under 8 GiB. */
     double full_bytes = (double)a.Q * (double)a.N * 4.0;
     int do_full = a.full >= 0 ? a.full : full_bytes < 8.0 * 1024 * 1024 * 1024;
+    if (!run_sgemm) do_full = 0;
     if (do_full) {
         float *s = (float *)malloc((size_t)full_bytes);
         if (!s) {
@@ -176,7 +182,7 @@ int main(int argc, char **argv) {
         }
     }
     /* A sanity check that the answer is a top-k: row 0's scores descend. */
-    for (int64_t j = 1; j < a.k && j < a.N; j++)
+    for (int64_t j = 1; run_mine && j < a.k && j < a.N; j++)
         if (score[j] > score[j - 1]) {
             fprintf(stderr, "bench_mine: scores of query 0 are not sorted\n");
             return 1;

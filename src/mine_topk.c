@@ -17,12 +17,16 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
-/* NS_MINE_CORPUS_BLOCK × NS_MINE_QUERY_BLOCK (ns_tiles.h): an f32 tile of 8 MiB, which stays in
- * the last-level cache between the sgemm that writes it and the selection that reads it. */
+/* NS_MINE_CORPUS_BLOCK × NS_MINE_QUERY_BLOCK (ns_tiles.h): an f32 tile of up to 32 MiB. Few,
+ * large tiles: each switch between OpenBLAS's threads and the OpenMP team costs spin-waiting on
+ * both sides, which on a small machine outweighs reading the tile from L3 rather than L2. */
 static int64_t corpus_block(void) {
     const char *e = getenv("NS_MINE_NB"); /* tuning only; not a documented knob */
     return e && atoll(e) > 0 ? atoll(e) : NS_MINE_CORPUS_BLOCK;
@@ -119,6 +123,35 @@ static void select_nth(float *s, int64_t *id, int64_t n, int64_t m) {
             swap_entries(s, id, j, j - 1);
 }
 
+/* The k-th largest of x[0, n) (x is reordered; no NaN in x). Quickselect, median of three. */
+static float kth_largest(float *x, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, m = k - 1;
+    while (hi - lo >= 16) {
+        int64_t mid = lo + (hi - lo) / 2;
+        float t;
+        if (x[mid] > x[lo]) t = x[mid], x[mid] = x[lo], x[lo] = t;
+        if (x[hi] > x[lo]) t = x[hi], x[hi] = x[lo], x[lo] = t;
+        if (x[hi] > x[mid]) t = x[hi], x[hi] = x[mid], x[mid] = t;
+        float p = x[mid];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] > p) i++;
+            while (p > x[j]) j--;
+            if (i <= j) t = x[i], x[i++] = x[j], x[j--] = t;
+        }
+        if (m <= j) hi = j;
+        else if (m >= i) lo = i;
+        else return x[m];
+    }
+    for (int64_t i = lo + 1; i <= hi; i++)
+        for (int64_t j = i; j > lo && x[j] > x[j - 1]; j--) {
+            float t = x[j];
+            x[j] = x[j - 1];
+            x[j - 1] = t;
+        }
+    return x[m];
+}
+
 /* A score that is not finite although the inputs were: q·c overflowed f32. */
 typedef struct {
     int set;
@@ -166,9 +199,17 @@ static inline uint32_t chunk_mask(const float *r, float thr) {
 /* Merges one query's tile row (scores of corpus rows base .. base+n-1) into its reservoir. */
 static void select_row(const float *row, int64_t n, int64_t base, float *s, int64_t *id,
                        int64_t *count, float *threshold, int64_t k, int64_t cap, int64_t query,
-                       bad_score *bad) {
+                       float *scratch, bad_score *bad) {
     int64_t cnt = *count;
     float thr = *threshold;
+    if (cnt == 0 && thr == -INFINITY && n > cap) {
+        /* The query's first block: rather than filling and shrinking the reservoir many times,
+         * start from this block's own k-th best (one quickselect on a copy). Scores equal to it
+         * must still enter (their rows may be lower), hence the next float below. NaN is
+         * copied as +Inf so that the selection stays well defined; it is reported below. */
+        for (int64_t t = 0; t < n; t++) scratch[t] = row[t] == row[t] ? row[t] : INFINITY;
+        thr = nextafterf(kth_largest(scratch, n, k), -INFINITY);
+    }
     for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
         const float *r = row + j0;
         uint32_t m;
@@ -291,19 +332,14 @@ static ns_status check_args(ns_context *ctx, const char *fn, ns_matrix q, ns_mat
 
 /* ---------------------------------------------------------------- the CPU backend */
 
-/* The first row of corpus rows [r0, r0+n) holding NaN/Inf, scanned by the thread team. */
-static int find_nonfinite_parallel(ns_matrix m, int64_t r0, int64_t n, int threads,
-                                   int64_t *row, int64_t *col, float *value) {
-    int64_t first = INT64_MAX;
-    int par = threads > 1 && n * m.cols >= 65536;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first) if (par)
+/* The first row of corpus rows [r0, r0+n) holding NaN/Inf, or INT64_MAX. */
+static int64_t first_nonfinite_row(ns_matrix m, int64_t r0, int64_t n) {
     for (int64_t r = r0; r < r0 + n; r++) {
         int64_t rr, cc;
         float v;
-        if (r < first && ns_tile_find_nonfinite(m, r, 1, &rr, &cc, &v)) first = r;
+        if (ns_tile_find_nonfinite(m, r, 1, &rr, &cc, &v)) return r;
     }
-    if (first == INT64_MAX) return 0;
-    return ns_tile_find_nonfinite(m, first, 1, row, col, value);
+    return INT64_MAX;
 }
 
 static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corpus,
@@ -325,12 +361,17 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
     size_t tile_b = ((size_t)(qb * cb) * sizeof(float) + 63) & ~(size_t)63;
     size_t cbuf_b = ns_tile_needs_buffer(corpus, normalize)
                         ? ((size_t)(cb * d) * sizeof(float) + 63) & ~(size_t)63 : 0;
-    size_t qbuf_b = ns_tile_needs_buffer(q, normalize) ? (size_t)(qb * d) * sizeof(float) : 0;
-    char *ws = (char *)ns_workspace(ctx, NS_WS_SIMILARITY, tile_b + cbuf_b + qbuf_b);
+    size_t qbuf_b = ns_tile_needs_buffer(q, normalize)
+                        ? ((size_t)(qb * d) * sizeof(float) + 63) & ~(size_t)63 : 0;
+    size_t scratch_b = (size_t)threads * (size_t)cb * sizeof(float);
+    size_t ws_b = tile_b + cbuf_b + qbuf_b + scratch_b;
+    char *ws = (char *)ns_workspace(ctx, NS_WS_SIMILARITY, ws_b);
     if (!ws)
         return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of tile workspace",
-                       fn, tile_b + cbuf_b + qbuf_b);
-    float *tile = (float *)ws, *cbuf = (float *)(ws + tile_b), *qbuf = (float *)(ws + tile_b + cbuf_b);
+                       fn, ws_b);
+    float *tile = (float *)ws, *cbuf = (float *)(ws + tile_b);
+    float *qbuf = (float *)(ws + tile_b + cbuf_b);
+    float *scratch = (float *)(ws + tile_b + cbuf_b + qbuf_b); /* per thread, cb floats */
 
     /* Staged results: per query a reservoir of cap + CHUNK (score, row), its fill count and
      * threshold. A larger cap means rarer quickselects but a threshold that lags more. */
@@ -357,27 +398,46 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
     const float *qv = q_once ? ns_tile_rows(q, 0, Q, normalize, qbuf, &ldq, threads) : NULL;
     for (int64_t c0 = 0; c0 < N; c0 += cb) {
         const int64_t nc = N - c0 < cb ? N - c0 : cb;
-        /* Scanned block by block as it streams in, so a mapped corpus is read once. */
-        if (find_nonfinite_parallel(corpus, c0, nc, threads, &row, &col, &value))
-            return ns_tile_fail_nonfinite(ctx, fn, "corpus", row, col, value);
-        int64_t ldc;
+        int64_t ldc, bad_row = INT64_MAX;
         const float *cv = ns_tile_rows(corpus, c0, nc, normalize, cbuf, &ldc, threads);
         for (int64_t q0 = 0; q0 < Q; q0 += qb) {
             const int64_t nq = Q - q0 < qb ? Q - q0 : qb;
             if (!q_once) qv = ns_tile_rows(q, q0, nq, normalize, qbuf, &ldq, threads);
             ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, tile, nc);
-#pragma omp parallel for num_threads(threads) schedule(static)
-            for (int64_t i = 0; i < nq; i++) {
-                const int64_t qi = q0 + i;
-                float *trow = tile + i * nc;
-                if (ex) /* excluded rows can never pass the strict threshold test */
-                    for (int64_t t = ex->offsets[qi]; t < ex->offsets[qi + 1]; t++) {
-                        int64_t id = ex->ids[t];
-                        if (id >= c0 && id < c0 + nc) trow[id - c0] = -INFINITY;
+            /* One parallel region per tile: every switch between OpenBLAS's threads and this
+             * team costs spin-waiting on both sides, so the corpus block's NaN/Inf scan rides
+             * along here (after its product: NaN scores merged meanwhile are thrown away with
+             * the error, outputs untouched) instead of in a region of its own. */
+#pragma omp parallel num_threads(threads)
+            {
+                int tid = 0, nt = 1;
+#ifdef _OPENMP
+                tid = omp_get_thread_num();
+                nt = omp_get_num_threads();
+#endif
+                if (q0 == 0) { /* each thread scans a slice of the block's rows */
+                    int64_t r = first_nonfinite_row(corpus, c0 + nc * tid / nt,
+                                                    nc * (tid + 1) / nt - nc * tid / nt);
+                    if (r != INT64_MAX) {
+#pragma omp critical(ns_mine_bad)
+                        if (r < bad_row) bad_row = r;
                     }
-                select_row(trow, nc, c0, hs + qi * width, hi + qi * width, cnt + qi, thr + qi, k,
-                           cap, qi, &bad);
+                }
+#pragma omp for schedule(static)
+                for (int64_t i = 0; i < nq; i++) {
+                    const int64_t qi = q0 + i;
+                    float *trow = tile + i * nc;
+                    if (ex) /* excluded rows can never pass the strict threshold test */
+                        for (int64_t t = ex->offsets[qi]; t < ex->offsets[qi + 1]; t++) {
+                            int64_t id = ex->ids[t];
+                            if (id >= c0 && id < c0 + nc) trow[id - c0] = -INFINITY;
+                        }
+                    select_row(trow, nc, c0, hs + qi * width, hi + qi * width, cnt + qi,
+                               thr + qi, k, cap, qi, scratch + (size_t)tid * cb, &bad);
+                }
             }
+            if (bad_row != INT64_MAX && ns_tile_find_nonfinite(corpus, bad_row, 1, &row, &col, &value))
+                return ns_tile_fail_nonfinite(ctx, fn, "corpus", row, col, value);
             if (bad.set)
                 return ns_fail(ctx, NS_ERR_NONFINITE,
                                "%s: the score of query %lld and corpus row %lld is %g although "
