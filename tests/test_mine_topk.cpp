@@ -277,9 +277,10 @@ TEST_P(MineTopK, LargeK) {
 TEST_P(MineTopK, ManyQueryTiles) {
     Ctx c(GetParam());
     NS_REQUIRE_BACKEND(c);
-    // more queries than one tile (1024) of the CPU backend; the corpus spans two blocks
-    run_random(c, {1030, 2200, 4, 5, NS_F32, NS_F32, 1.f, 0}, 31);
-    run_random(c, {1027, 150, 6, 3, NS_F16, NS_F32, 1.f, NS_NORMALIZE}, 32);
+    // more queries than one tile (4096) of the CPU backend
+    run_random(c, {4100, 260, 4, 5, NS_F32, NS_F32, 1.f, 0}, 31);
+    run_random(c, {4099, 90, 3, 3, NS_F16, NS_F32, 1.f, NS_NORMALIZE}, 32);
+    run_random(c, {1030, 2200, 4, 5, NS_F32, NS_F32, 1.f, 0}, 33);  // and two corpus blocks
 }
 
 TEST_P(MineTopK, LeadingDimensionLargerThanCols) {
