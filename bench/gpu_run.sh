@@ -4,8 +4,12 @@
 #   over the CUDA tests → GPU benchmarks (mining, loss, sampling, with their cuBLAS / copy
 #   ceilings, and PyTorch beside them when `import torch` works) → bench/results/<gpu>-<date>.json
 #   and .md.
-# Environment: BUILD_DIR (default build-gpu), NS_BENCH_MINE_Q (queries mined, default 8192; the
-# full Q = 65,536 run takes ~8× longer: NS_BENCH_FULL=1), NS_SKIP_SANITIZE=1, NS_SKIP_TESTS=1.
+# Environment: BUILD_DIR (default build-gpu); NS_STEPS (default "build test sanitize bench torch":
+# run a subset per call where one call may not take long, e.g. NS_STEPS=build, then
+# NS_STEPS=test, ... with the same NS_RUN_ID so the results gather in one file);
+# NS_RUN_ID (default: date-time); NS_BENCH_MINE_Q (queries mined, default 8192; the full
+# Q = 65,536 run takes ~8× longer: NS_BENCH_FULL=1); NS_SANITIZE_FILTER (gtest filter for the
+# sanitizer runs, default every CUDA case); NS_SANITIZE_TIMEOUT (seconds per binary, 1800).
 set -uo pipefail
 
 root=$(pwd)
@@ -19,55 +23,63 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
     exit 1
 fi
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | tr -c 'A-Za-z0-9\n' '-' | sed 's/-\+/-/g; s/-$//')
-stamp=$(date -u +%Y%m%d-%H%M%S)
+stamp=${NS_RUN_ID:-$(date -u +%Y%m%d-%H%M%S)}
+steps=" ${NS_STEPS:-build test sanitize bench torch} "
 out_dir="$root/bench/results"
 mkdir -p "$out_dir"
-log="$out_dir/$gpu-$stamp.log"
-raw="$out_dir/$gpu-$stamp.jsonl"
-: >"$raw"
-echo "gpu_run.sh: $gpu, results in $out_dir/$gpu-$stamp.*" | tee "$log"
-
-status_build=fail status_ctest=skipped status_memcheck=skipped status_racecheck=skipped
+base="$out_dir/$gpu-$stamp"
+log="$base.log"
+raw="$base.jsonl"
+touch "$raw"
+echo "gpu_run.sh: $gpu, steps:$steps results in $base.*" | tee -a "$log"
+want() { [[ $steps == *" $1 "* ]]; }
+# Step statuses persist next to the results, so split calls add up.
+set_status() { echo "$2" >"$base.status.$1"; }
+get_status() { cat "$base.status.$1" 2>/dev/null || echo skipped; }
 
 # ------------------------------------------------------------------ build
-if cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >>"$log" 2>&1 &&
-    cmake --build "$build" -j"$(nproc)" >>"$log" 2>&1; then
-    status_build=ok
-else
-    echo "build failed: see $log" >&2
+if want build; then
+    if cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >>"$log" 2>&1 &&
+        cmake --build "$build" -j"$(nproc)" >>"$log" 2>&1; then
+        set_status build ok
+    else
+        set_status build fail
+        echo "build failed: see $log" >&2
+    fi
 fi
+built=0
+[[ -f $build/CMakeCache.txt && $(get_status build) != fail ]] && built=1
 
 # ------------------------------------------------------------------ tests
-if [[ $status_build == ok && ${NS_SKIP_TESTS:-0} != 1 ]]; then
-    if ctest --test-dir "$build" --output-on-failure -j4 >>"$log" 2>&1; then status_ctest=ok; else status_ctest=fail; fi
+if want test && [[ $built == 1 ]]; then
+    if ctest --test-dir "$build" --output-on-failure -j4 >>"$log" 2>&1; then set_status ctest ok; else set_status ctest fail; fi
 fi
 
 # ------------------------------------------------------------------ sanitizers
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-if [[ $status_build == ok && ${NS_SKIP_SANITIZE:-0} != 1 && -x $san ]]; then
-    status_memcheck=ok
-    status_racecheck=ok
-    # Every test binary, restricted to its CUDA cases; test_cuda_parity whole.
+if want sanitize && [[ $built == 1 && -x $san ]]; then
+    set_status memcheck ok
+    set_status racecheck ok
+    # Every test binary, restricted to its CUDA cases (test_cuda_parity: all of it).
     for t in "$build"/tests/test_*; do
         [[ -x $t && -f $t ]] || continue
-        filter='*CUDA*:*Cuda*:*cuda*'
-        [[ $(basename "$t") == test_cuda_parity ]] && filter='*'
-        echo "== memcheck $(basename "$t")" >>"$log"
-        if ! timeout 3600 "$san" --tool memcheck --error-exitcode 99 --leak-check full \
-            "$t" --gtest_filter="$filter" >>"$log" 2>&1; then
-            status_memcheck=fail
-        fi
-        echo "== racecheck $(basename "$t")" >>"$log"
-        if ! timeout 3600 "$san" --tool racecheck --error-exitcode 99 \
-            "$t" --gtest_filter="$filter" >>"$log" 2>&1; then
-            status_racecheck=fail
-        fi
+        filter=${NS_SANITIZE_FILTER:-'*CUDA*:*Cuda*:*cuda*'}
+        [[ -z ${NS_SANITIZE_FILTER:-} && $(basename "$t") == test_cuda_parity ]] && filter='*'
+        for tool in memcheck racecheck; do
+            extra=()
+            [[ $tool == memcheck ]] && extra=(--leak-check full)
+            echo "== $tool $(basename "$t") --gtest_filter=$filter" >>"$log"
+            if ! timeout "${NS_SANITIZE_TIMEOUT:-1800}" "$san" --tool "$tool" --error-exitcode 99 "${extra[@]}" \
+                "$t" --gtest_filter="$filter" >>"$log" 2>&1; then
+                set_status "$tool" fail
+            fi
+        done
     done
 fi
 
 # ------------------------------------------------------------------ benchmarks
 bench="$build/bench/bench_gpu_ops"
-if [[ $status_build == ok && ! -x $bench ]]; then
+if want bench && [[ $built == 1 && ! -x $bench ]]; then
     # Not (yet) a CMake target: build it against the library just built.
     cuda_home=${CUDA_HOME:-/usr/local/cuda}
     bench="$build/bench_gpu_ops"
@@ -81,7 +93,7 @@ run_bench() {
     echo "== bench $*" >>"$log"
     if ! "$bench" "$@" >>"$raw" 2>>"$log"; then echo "bench $* failed: see $log" >&2; fi
 }
-if [[ -x $bench ]]; then
+if want bench && [[ -x $bench ]]; then
     run_bench copy $((4 << 30))
     run_bench gemm 8192 65536 768
     run_bench mine "$mine_q" 2000000 768 256
@@ -90,7 +102,7 @@ if [[ -x $bench ]]; then
 fi
 
 # ------------------------------------------------------------------ PyTorch beside it
-if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+if want torch && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
     echo "== torch" >>"$log"
     NS_MINE_Q=$mine_q python3 - >>"$raw" 2>>"$log" <<'PY' || echo "torch comparison failed: see $log" >&2
 import json, os, time
@@ -157,7 +169,9 @@ PY
 fi
 
 # ------------------------------------------------------------------ JSON + Markdown
-python3 - "$raw" "$out_dir/$gpu-$stamp" "$gpu" "$status_build" "$status_ctest" "$status_memcheck" \
+status_build=$(get_status build) status_ctest=$(get_status ctest)
+status_memcheck=$(get_status memcheck) status_racecheck=$(get_status racecheck)
+python3 - "$raw" "$base" "$gpu" "$status_build" "$status_ctest" "$status_memcheck" \
     "$status_racecheck" <<'PY'
 import json, sys
 raw, base, gpu, sb, sc, sm, sr = sys.argv[1:8]
@@ -200,4 +214,4 @@ with open(base + ".md", "w") as f:
 print(open(base + ".md").read())
 PY
 echo "gpu_run.sh: done: build $status_build, ctest $status_ctest, memcheck $status_memcheck, racecheck $status_racecheck"
-[[ $status_build == ok && $status_ctest != fail && $status_memcheck != fail && $status_racecheck != fail ]]
+[[ $status_build != fail && $status_ctest != fail && $status_memcheck != fail && $status_racecheck != fail ]]
