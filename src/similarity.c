@@ -85,6 +85,19 @@ ns_status ns_tile_fail_nonfinite(ns_context *ctx, const char *fn, const char *na
                    name, (long long)row, (long long)col, (double)value);
 }
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define NS_HAVE_F16C_PATH 1
+/* The hardware conversion (F16C, exact like the scalar one), 8 halves per instruction. */
+__attribute__((target("f16c,avx"))) static void f16_row_f16c(const uint16_t *h, float *out,
+                                                             int64_t d) {
+    int64_t c = 0;
+    for (; c + 8 <= d; c += 8)
+        _mm256_storeu_ps(out + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + c))));
+    for (; c < d; c++) out[c] = f16_to_f32(h[c]);
+}
+#endif
+
 static void convert_row(ns_matrix m, int64_t r, int normalize, float *out) {
     const void *row = ns_row(m, r);
     int64_t d = m.cols;
@@ -92,7 +105,12 @@ static void convert_row(ns_matrix m, int64_t r, int normalize, float *out) {
         memcpy(out, row, (size_t)d * sizeof(float));
     } else if (m.dtype == NS_F16) {
         const uint16_t *h = (const uint16_t *)row;
-        for (int64_t c = 0; c < d; c++) out[c] = f16_to_f32(h[c]);
+#ifdef NS_HAVE_F16C_PATH
+        if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
+            f16_row_f16c(h, out, d);
+        } else
+#endif
+            for (int64_t c = 0; c < d; c++) out[c] = f16_to_f32(h[c]);
     } else {
         const uint16_t *h = (const uint16_t *)row;
         for (int64_t c = 0; c < d; c++) out[c] = bf16_to_f32(h[c]);
