@@ -221,6 +221,10 @@ int main(int argc, char **argv) {
     printf("| %-34s | %12.1f |\n", "  of which process baseline (MiB)", rss_base / MiB);
     printf("| %-34s | %12.1f |\n", "  of which the loss (MiB)", (extra - rss_base) / MiB);
     printf("target: peak beyond data < 64 MiB: %s\n", extra < 64 * MiB ? "yes" : "NO");
+    /* A CUDA-enabled build loads the CUDA runtime and cuBLAS at start (~150 MiB resident before
+     * any call): that baseline is the library's, not the loss's. */
+    printf("target: loss beyond data and process baseline < 64 MiB: %s\n",
+           extra - rss_base < 64 * MiB ? "yes" : "NO");
 
     if (json) {
         FILE *f = fopen(json, "w");
@@ -235,11 +239,12 @@ int main(int argc, char **argv) {
                 "\"forward_s\": %.6f, \"backward_s\": %.6f, \"forward_cpu_s\": %.6f, "
                 "\"backward_cpu_s\": %.6f, \"peak_rss_mib\": %.2f, "
                 "\"data_mib\": %.2f, \"peak_beyond_data_mib\": %.2f, \"baseline_rss_mib\": %.2f, "
-                "\"target_mib\": 64, \"meets_target\": %s}\n",
+                "\"loss_mib\": %.2f, \"target_mib\": 64, \"meets_target\": %s, "
+                "\"loss_meets_target\": %s}\n",
                 (long long)B, (long long)N, (long long)d, (long long)h, (long long)E, dtname,
                 threads, sym, (double)tau_plus, (double)beta, reps, (double)loss, tf, tb, cf, cb,
-                hwm / MiB, data_bytes / MiB, extra / MiB, rss_base / MiB,
-                extra < 64 * MiB ? "true" : "false");
+                hwm / MiB, data_bytes / MiB, extra / MiB, rss_base / MiB, (extra - rss_base) / MiB,
+                extra < 64 * MiB ? "true" : "false", extra - rss_base < 64 * MiB ? "true" : "false");
         fclose(f);
     }
     free(q); free(p); free(hd); free(ex); free(dq); free(dp); free(dh); free(per); free(saved);
