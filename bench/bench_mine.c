@@ -93,8 +93,7 @@ static void keep_best(timing *best, timing t) {
 }
 
 static timing time_blocked_sgemm(const args *a, const float *q, const float *c, float *tile) {
-    const int64_t cb = getenv("NS_MINE_NB") ? atoll(getenv("NS_MINE_NB")) : NS_MINE_CORPUS_BLOCK;
-    const int64_t qb = getenv("NS_MINE_QB") ? atoll(getenv("NS_MINE_QB")) : NS_MINE_QUERY_BLOCK;
+    const int64_t cb = NS_MINE_CORPUS_BLOCK, qb = NS_MINE_QUERY_BLOCK;
     double t0 = bench_now(), u0 = bench_cpu_now();
     for (int64_t c0 = 0; c0 < a->N; c0 += cb) {
         int64_t nc = a->N - c0 < cb ? a->N - c0 : cb;
@@ -115,7 +114,7 @@ int main(int argc, char **argv) {
     float *c = (float *)malloc((size_t)(a.N * a.d) * sizeof(float));
     int64_t *index = (int64_t *)malloc((size_t)(a.Q * a.k) * sizeof(int64_t));
     float *score = (float *)malloc((size_t)(a.Q * a.k) * sizeof(float));
-    float *tile = (float *)malloc((size_t)1 << 28);
+    float *tile = (float *)malloc((size_t)NS_MINE_CORPUS_BLOCK * NS_MINE_QUERY_BLOCK * sizeof(float));
     if (!q || !c || !index || !score || !tile) {
         fprintf(stderr, "bench_mine: out of memory\n");
         return 1;

@@ -24,18 +24,6 @@
 #include <emmintrin.h>
 #endif
 
-/* NS_MINE_CORPUS_BLOCK × NS_MINE_QUERY_BLOCK (ns_tiles.h): an f32 tile of up to 32 MiB. Few,
- * large tiles: each switch between OpenBLAS's threads and the OpenMP team costs spin-waiting on
- * both sides, which on a small machine outweighs reading the tile from L3 rather than L2. */
-static int64_t corpus_block(void) {
-    const char *e = getenv("NS_MINE_NB"); /* tuning only; not a documented knob */
-    return e && atoll(e) > 0 ? atoll(e) : NS_MINE_CORPUS_BLOCK;
-}
-static int64_t query_block(void) {
-    const char *e = getenv("NS_MINE_QB");
-    return e && atoll(e) > 0 ? atoll(e) : NS_MINE_QUERY_BLOCK;
-}
-
 /* ---------------------------------------------------------------- ordering, heapsort, quickselect */
 
 /* a ranks below b: lower score, or the same score and a higher corpus row. */
@@ -352,8 +340,12 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
     const int normalize = (opt->flags & NS_NORMALIZE) != 0;
     const int threads = ns_threads(ctx);
     const int64_t Q = q.rows, N = corpus.rows, d = q.cols;
-    const int64_t cb = N < corpus_block() ? N : corpus_block();
-    const int64_t qb = Q < query_block() ? Q : query_block();
+    /* NS_MINE_CORPUS_BLOCK × NS_MINE_QUERY_BLOCK (ns_tiles.h): an f32 tile of up to 32 MiB.
+     * Few, large tiles: each switch between OpenBLAS's threads and the OpenMP team costs
+     * spin-waiting on both sides, which on a small machine outweighs reading the tile from L3
+     * rather than L2 (measured with bench/bench_mine). */
+    const int64_t cb = N < NS_MINE_CORPUS_BLOCK ? N : NS_MINE_CORPUS_BLOCK;
+    const int64_t qb = Q < NS_MINE_QUERY_BLOCK ? Q : NS_MINE_QUERY_BLOCK;
     const int q_once = Q <= qb; /* one query tile: convert it once for the whole corpus */
     const ns_id_lists *ex = opt->exclude;
 
