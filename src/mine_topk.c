@@ -151,10 +151,10 @@ typedef struct {
 #define CHUNK 32
 
 /* Each query keeps a reservoir of candidates (score, row) in staging: every score above the
- * query's threshold is appended; when the reservoir holds cap, a
- * quickselect keeps the k best and the threshold becomes the k-th best score. Rows arrive in
- * increasing order, so a later score equal to the threshold loses its tie and is skipped. Amortised
- * O(1) per candidate, without the mispredicted branches of a heap. */
+ * query's threshold is appended; when the reservoir holds cap, a quickselect keeps the k best
+ * and the threshold becomes the k-th best score. Rows arrive in increasing order, so a later
+ * score equal to the threshold loses its tie and is skipped. Amortised O(1) per candidate,
+ * without the mispredicted branches of a heap. */
 typedef struct {
     float *s;       /* cap + CHUNK scores */
     int64_t *id;    /* cap + CHUNK rows */
