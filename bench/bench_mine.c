@@ -195,7 +195,7 @@ int main(int argc, char **argv) {
     const char *names[3] = {"sgemm (blocked)", "sgemm (full)", "ns_mine_topk"};
     const timing *rows[3] = {&t_block, &t_full, &t_mine};
     for (int i = 0; i < 3; i++) {
-        if (i == 1 && !do_full) continue;
+        if ((i == 1 && !do_full) || (i == 0 && !run_sgemm) || (i == 2 && !run_mine)) continue;
         printf("%-16s %9.3f %9.1f %11.3f %9.3f %11.3f\n", names[i], rows[i]->wall,
                flop / rows[i]->wall * 1e-9, rows[i]->wall / t_block.wall, rows[i]->cpu,
                rows[i]->cpu / t_block.cpu);
