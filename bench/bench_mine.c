@@ -4,7 +4,7 @@
  * product it cannot avoid.
  *
  *   sgemm (blocked)  the product computed corpus block × query tile into one reused score tile,
- *                    with the same blocking ns_mine_topk uses (NS_MINE_*_BLOCK, src/ns_tiles.h)
+ *                    with the same blocking ns_mine_topk uses (ns_mine_*_block, src/ns_tiles.h)
  *   sgemm (full)     one sgemm call writing the whole Q×N matrix (skipped when it would not fit:
  *                    --full 0/1 forces it)
  *   ns_mine_topk     exact top-k per query (selection merged into per-query heaps per tile)
@@ -93,7 +93,8 @@ static void keep_best(timing *best, timing t) {
 }
 
 static timing time_blocked_sgemm(const args *a, const float *q, const float *c, float *tile) {
-    const int64_t cb = NS_MINE_CORPUS_BLOCK, qb = NS_MINE_QUERY_BLOCK;
+    const int64_t qb = ns_mine_query_block(a->Q);
+    const int64_t cb = ns_mine_corpus_block(a->Q, a->N, a->d, a->dtype != NS_F32);
     double t0 = bench_now(), u0 = bench_cpu_now();
     for (int64_t c0 = 0; c0 < a->N; c0 += cb) {
         int64_t nc = a->N - c0 < cb ? a->N - c0 : cb;
@@ -114,7 +115,9 @@ int main(int argc, char **argv) {
     float *c = (float *)malloc((size_t)(a.N * a.d) * sizeof(float));
     int64_t *index = (int64_t *)malloc((size_t)(a.Q * a.k) * sizeof(int64_t));
     float *score = (float *)malloc((size_t)(a.Q * a.k) * sizeof(float));
-    float *tile = (float *)malloc((size_t)NS_MINE_CORPUS_BLOCK * NS_MINE_QUERY_BLOCK * sizeof(float));
+    const int64_t tile_rows = ns_mine_query_block(a.Q);
+    const int64_t tile_cols = ns_mine_corpus_block(a.Q, a.N, a.d, a.dtype != NS_F32);
+    float *tile = (float *)malloc((size_t)(tile_rows * tile_cols) * sizeof(float));
     if (!q || !c || !index || !score || !tile) {
         fprintf(stderr, "bench_mine: out of memory\n");
         return 1;
@@ -219,7 +222,7 @@ int main(int argc, char **argv) {
                 "  \"ratio_mine_vs_sgemm_blocked\": %.4f,\n  \"ratio_mine_vs_sgemm_full\": %.4f,\n"
                 "  \"cpu_ratio_mine_vs_sgemm_blocked\": %.4f,\n  \"peak_rss_mib\": %.1f\n}\n",
                 (long long)a.Q, (long long)a.N, (long long)a.d, (long long)a.k, dt, threads,
-                a.repeat, NS_MINE_CORPUS_BLOCK, NS_MINE_QUERY_BLOCK, t_block.wall, t_block.cpu,
+                a.repeat, (int)tile_cols, (int)tile_rows, t_block.wall, t_block.cpu,
                 t_full.wall, t_full.cpu, t_mine.wall, t_mine.cpu, flop / t_mine.wall * 1e-9,
                 t_mine.wall / t_block.wall, do_full ? t_mine.wall / t_full.wall : -1.0,
                 t_mine.cpu / t_block.cpu, rss);

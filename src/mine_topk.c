@@ -13,6 +13,7 @@
 #include "ns_cuda.h"
 #endif
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -168,18 +169,29 @@ static void reservoir_shrink(reservoir *r, int64_t k) {
     r->threshold = r->s[k - 1];
 }
 
-/* Bit t set where !(r[t] <= thr), t < 32: above the threshold, or NaN (an overflowed score
- * must not be skipped). One vector compare per 4 scores. */
+/* Excluded corpus rows are overwritten in the tile with this score, which never passes a
+ * threshold (thresholds start at it). A real score of exactly -FLT_MAX (at the edge of f32
+ * overflow) is therefore never returned. */
+#define EXCLUDED (-FLT_MAX)
+
+/* Whether a score needs a look: above the threshold, or not finite (NaN, ±Inf). Non-finite
+ * scores are how NaN/Inf in the corpus shows (a product with Inf or NaN is never finite), so
+ * the corpus needs no scan of its own: one pass over it, by the GEMM. */
+static inline int needs_look(float v, float thr) { return !(v <= thr) | !(v >= -FLT_MAX); }
+
+/* Bit t set where needs_look(r[t], thr), t < 32: two vector compares per 4 scores. */
 static inline uint32_t chunk_mask(const float *r, float thr) {
 #if defined(__SSE2__)
-    const __m128 t = _mm_set1_ps(thr);
+    const __m128 t = _mm_set1_ps(thr), lo = _mm_set1_ps(-FLT_MAX);
     uint32_t m = 0;
-    for (int i = 0; i < CHUNK; i += 4)
-        m |= (uint32_t)_mm_movemask_ps(_mm_cmpnle_ps(_mm_loadu_ps(r + i), t)) << i;
+    for (int i = 0; i < CHUNK; i += 4) {
+        __m128 v = _mm_loadu_ps(r + i);
+        m |= (uint32_t)_mm_movemask_ps(_mm_or_ps(_mm_cmpnle_ps(v, t), _mm_cmpnge_ps(v, lo))) << i;
+    }
     return m;
 #else
     uint32_t m = 0;
-    for (int i = 0; i < CHUNK; i++) m |= (uint32_t)!(r[i] <= thr) << i;
+    for (int i = 0; i < CHUNK; i++) m |= (uint32_t)needs_look(r[i], thr) << i;
     return m;
 #endif
 }
@@ -190,13 +202,14 @@ static void select_row(const float *row, int64_t n, int64_t base, float *s, int6
                        float *scratch, bad_score *bad) {
     int64_t cnt = *count;
     float thr = *threshold;
-    if (cnt == 0 && thr == -INFINITY && n > cap) {
+    if (cnt == 0 && thr == EXCLUDED && n > cap) {
         /* The query's first block: rather than filling and shrinking the reservoir many times,
          * start from this block's own k-th best (one quickselect on a copy). Scores equal to it
          * must still enter (their rows may be lower), hence the next float below. NaN is
          * copied as +Inf so that the selection stays well defined; it is reported below. */
         for (int64_t t = 0; t < n; t++) scratch[t] = row[t] == row[t] ? row[t] : INFINITY;
         thr = nextafterf(kth_largest(scratch, n, k), -INFINITY);
+        if (!(thr >= EXCLUDED)) thr = EXCLUDED;
     }
     for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
         const float *r = row + j0;
@@ -205,13 +218,13 @@ static void select_row(const float *row, int64_t n, int64_t base, float *s, int6
             m = chunk_mask(r, thr);
         } else {
             m = 0;
-            for (int64_t t = 0; t < n - j0; t++) m |= (uint32_t)!(r[t] <= thr) << t;
+            for (int64_t t = 0; t < n - j0; t++) m |= (uint32_t)needs_look(r[t], thr) << t;
         }
         /* Appends only the set bits: usually none, rarely more than a couple. */
         for (; m; m &= m - 1) {
             int t = __builtin_ctz(m);
             float v = r[t];
-            if (!(v < INFINITY)) { /* NaN or +Inf: report, stop ranking this query */
+            if (!(fabsf(v) <= FLT_MAX)) { /* NaN or ±Inf: report, stop ranking this query */
 #pragma omp critical(ns_mine_bad)
                 if (!bad->set || query < bad->query) {
                     bad->set = 1;
@@ -320,16 +333,6 @@ static ns_status check_args(ns_context *ctx, const char *fn, ns_matrix q, ns_mat
 
 /* ---------------------------------------------------------------- the CPU backend */
 
-/* The first row of corpus rows [r0, r0+n) holding NaN/Inf, or INT64_MAX. */
-static int64_t first_nonfinite_row(ns_matrix m, int64_t r0, int64_t n) {
-    for (int64_t r = r0; r < r0 + n; r++) {
-        int64_t rr, cc;
-        float v;
-        if (ns_tile_find_nonfinite(m, r, 1, &rr, &cc, &v)) return r;
-    }
-    return INT64_MAX;
-}
-
 static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corpus,
                           int64_t k, const ns_mine_options *opt, int64_t *index, float *score) {
     int64_t row, col;
@@ -340,12 +343,9 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
     const int normalize = (opt->flags & NS_NORMALIZE) != 0;
     const int threads = ns_threads(ctx);
     const int64_t Q = q.rows, N = corpus.rows, d = q.cols;
-    /* NS_MINE_CORPUS_BLOCK × NS_MINE_QUERY_BLOCK (ns_tiles.h): an f32 tile of up to 32 MiB.
-     * Few, large tiles: each switch between OpenBLAS's threads and the OpenMP team costs
-     * spin-waiting on both sides, which on a small machine outweighs reading the tile from L3
-     * rather than L2 (measured with bench/bench_mine). */
-    const int64_t cb = N < NS_MINE_CORPUS_BLOCK ? N : NS_MINE_CORPUS_BLOCK;
-    const int64_t qb = Q < NS_MINE_QUERY_BLOCK ? Q : NS_MINE_QUERY_BLOCK;
+    /* Blocking: see ns_mine_corpus_block (ns_tiles.h). */
+    const int64_t qb = ns_mine_query_block(Q);
+    const int64_t cb = ns_mine_corpus_block(Q, N, d, ns_tile_needs_buffer(corpus, normalize));
     const int q_once = Q <= qb; /* one query tile: convert it once for the whole corpus */
     const ns_id_lists *ex = opt->exclude;
 
@@ -383,59 +383,45 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
     int64_t *cnt = (int64_t *)(stage + hs_b + hi_b);
     float *thr = (float *)(stage + hs_b + hi_b + cnt_b);
     memset(cnt, 0, cnt_b);
-    for (int64_t i = 0; i < Q; i++) thr[i] = -INFINITY;
+    for (int64_t i = 0; i < Q; i++) thr[i] = EXCLUDED;
 
     bad_score bad = {0, 0, 0, 0.0f};
     int64_t ldq = 0;
     const float *qv = q_once ? ns_tile_rows(q, 0, Q, normalize, qbuf, &ldq, threads) : NULL;
     for (int64_t c0 = 0; c0 < N; c0 += cb) {
         const int64_t nc = N - c0 < cb ? N - c0 : cb;
-        int64_t ldc, bad_row = INT64_MAX;
+        int64_t ldc;
         const float *cv = ns_tile_rows(corpus, c0, nc, normalize, cbuf, &ldc, threads);
         for (int64_t q0 = 0; q0 < Q; q0 += qb) {
             const int64_t nq = Q - q0 < qb ? Q - q0 : qb;
             if (!q_once) qv = ns_tile_rows(q, q0, nq, normalize, qbuf, &ldq, threads);
             ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, tile, nc);
-            /* One parallel region per tile: every switch between OpenBLAS's threads and this
-             * team costs spin-waiting on both sides, so the corpus block's NaN/Inf scan rides
-             * along here (after its product: NaN scores merged meanwhile are thrown away with
-             * the error, outputs untouched) instead of in a region of its own. */
-#pragma omp parallel num_threads(threads)
-            {
-                int tid = 0, nt = 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int64_t i = 0; i < nq; i++) {
+                int tid = 0;
 #ifdef _OPENMP
                 tid = omp_get_thread_num();
-                nt = omp_get_num_threads();
 #endif
-                if (q0 == 0) { /* each thread scans a slice of the block's rows */
-                    int64_t r = first_nonfinite_row(corpus, c0 + nc * tid / nt,
-                                                    nc * (tid + 1) / nt - nc * tid / nt);
-                    if (r != INT64_MAX) {
-#pragma omp critical(ns_mine_bad)
-                        if (r < bad_row) bad_row = r;
+                const int64_t qi = q0 + i;
+                float *trow = tile + i * nc;
+                if (ex)
+                    for (int64_t t = ex->offsets[qi]; t < ex->offsets[qi + 1]; t++) {
+                        int64_t id = ex->ids[t];
+                        if (id >= c0 && id < c0 + nc) trow[id - c0] = EXCLUDED;
                     }
-                }
-#pragma omp for schedule(static)
-                for (int64_t i = 0; i < nq; i++) {
-                    const int64_t qi = q0 + i;
-                    float *trow = tile + i * nc;
-                    if (ex) /* excluded rows can never pass the strict threshold test */
-                        for (int64_t t = ex->offsets[qi]; t < ex->offsets[qi + 1]; t++) {
-                            int64_t id = ex->ids[t];
-                            if (id >= c0 && id < c0 + nc) trow[id - c0] = -INFINITY;
-                        }
-                    select_row(trow, nc, c0, hs + qi * width, hi + qi * width, cnt + qi,
-                               thr + qi, k, cap, qi, scratch + (size_t)tid * cb, &bad);
-                }
+                select_row(trow, nc, c0, hs + qi * width, hi + qi * width, cnt + qi, thr + qi, k,
+                           cap, qi, scratch + (size_t)tid * cb, &bad);
             }
-            if (bad_row != INT64_MAX && ns_tile_find_nonfinite(corpus, bad_row, 1, &row, &col, &value))
-                return ns_tile_fail_nonfinite(ctx, fn, "corpus", row, col, value);
-            if (bad.set)
+            if (bad.set) {
+                /* q was scanned up front: the culprit is the corpus row, or an overflow. */
+                if (ns_tile_find_nonfinite(corpus, bad.row, 1, &row, &col, &value))
+                    return ns_tile_fail_nonfinite(ctx, fn, "corpus", row, col, value);
                 return ns_fail(ctx, NS_ERR_NONFINITE,
                                "%s: the score of query %lld and corpus row %lld is %g although "
                                "the inputs are finite: q·corpus overflows f32 (scale the "
                                "embeddings or options->scale down)",
                                fn, (long long)bad.query, (long long)bad.row, (double)bad.value);
+            }
         }
         if (opt->progress && opt->progress(c0 + nc, N, opt->progress_user))
             return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,

@@ -583,15 +583,21 @@ TEST_P(MineTopK, NonFiniteInputsAreReportedAndOutputsUntouched) {
         expect_error(c, mine(c, q.m(), corpus.m(), 2, nullptr, r), NS_ERR_NONFINITE,
                      c.cuda() ? "q" : "q[1][4]", r);
     }
-    {  // in the last corpus block: the earlier blocks are merged before it is found
+    // in the last corpus block (the earlier blocks are merged before it is found), as +Inf,
+    // -Inf and NaN, with and without normalisation
+    for (float v : {INFINITY, -INFINITY, NAN}) {
         std::vector<float> bad = cv;
-        bad[4990 * d + 2] = INFINITY;
-        for (ns_dtype t : {NS_F32, NS_F16, NS_BF16}) {
-            Emb q(c, t, Q, d, qv), corpus(c, t, N, d, bad);
-            Result r;
-            expect_error(c, mine(c, q.m(), corpus.m(), 2, nullptr, r), NS_ERR_NONFINITE,
-                         c.cuda() ? "corpus" : "corpus[4990][2]", r);
-        }
+        bad[4990 * d + 2] = v;
+        for (ns_dtype t : {NS_F32, NS_F16, NS_BF16})
+            for (unsigned flags : {0u, NS_NORMALIZE}) {
+                SCOPED_TRACE(::testing::Message() << v << " " << ns_dtype_name(t) << " " << flags);
+                Emb q(c, t, Q, d, qv), corpus(c, t, N, d, bad);
+                ns_mine_options o = NS_MINE_OPTIONS_INIT;
+                o.flags = flags;
+                Result r;
+                expect_error(c, mine(c, q.m(), corpus.m(), 2, &o, r), NS_ERR_NONFINITE,
+                             c.cuda() ? "corpus" : "corpus[4990][2]", r);
+            }
     }
     {  // finite inputs whose product overflows f32
         std::vector<float> huge(N * d, 1e30f), hq(Q * d, 1e30f);
