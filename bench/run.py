@@ -560,14 +560,14 @@ def plots(res, outdir, stem):
         plt.close(fig)
     qs = (res.get("quality") or {}).get("summary")
     if qs:
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        fig, ax = plt.subplots(1, 2, figsize=(14, 4.8))
         names = [r["strategy"] for r in qs]
         x = range(len(names))
         for off, key, lab in ((-0.2, "r1", "R@1"), (0.2, "p10", "P@10")):
             ax[0].bar([i + off for i in x], [r[key]["mean"] for r in qs], width=0.4,
                       yerr=[r[key]["std"] for r in qs], capsize=3, label=lab)
         lo = min(min(r["r1"]["mean"], r["p10"]["mean"]) for r in qs)
-        ax[0].set_ylim(max(0.0, lo - 0.05), 1.0)
+        ax[0].set_ylim(max(0.0, lo - 0.05), 1.03)
         ax[0].set_title("held-out retrieval of the own class (mean ± std over seeds)")
         fnk = ["fn_share_inbatch" if r["strategy"] == "inbatch" else "fn_share_chosen"
                for r in qs]
@@ -580,7 +580,7 @@ def plots(res, outdir, stem):
             a.set_xticks(list(x))
             a.set_xticklabels(names, rotation=30, ha="right")
             a.grid(True, axis="y", alpha=0.3)
-        ax[0].legend(loc="upper left", ncol=2, fontsize=8)
+        ax[0].legend(loc="upper right", ncol=2, fontsize=8)
         fig.tight_layout()
         made["quality"] = stem + "-quality.png"
         fig.savefig(os.path.join(outdir, made["quality"]), dpi=110)
