@@ -175,8 +175,9 @@ static void reservoir_shrink(reservoir *r, int64_t k) {
 #define EXCLUDED (-FLT_MAX)
 
 /* Whether a score needs a look: above the threshold, or not finite (NaN, ±Inf). Non-finite
- * scores are how NaN/Inf in the corpus shows (a product with Inf or NaN is never finite), so
- * the corpus needs no scan of its own: one pass over it, by the GEMM. */
+ * scores are how NaN/Inf in the corpus shows (a product with Inf or NaN is never finite, with or
+ * without normalisation), so the corpus needs no scan of its own: one pass over it, by the GEMM.
+ * (A bad corpus row that every query excludes is never ranked, and goes unreported.) */
 static inline int needs_look(float v, float thr) { return !(v <= thr) | !(v >= -FLT_MAX); }
 
 /* Bit t set where needs_look(r[t], thr), t < 32: two vector compares per 4 scores. */
