@@ -311,6 +311,29 @@ TEST_P(MineTopK, TiesGoToTheLowerRow) {
     }
 }
 
+// NS_NORMALIZE with zero rows: a zero query scores 0 against everything (ties: rows 0, 1, ...),
+// a zero corpus row scores 0 for every query.
+TEST_P(MineTopK, ZeroRowsUnderNormalisation) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    const int64_t Q = 3, N = 2500, d = 7, k = 6;
+    std::vector<float> qv = random_floats((size_t)(Q * d), 131);
+    std::fill(qv.begin() + d, qv.begin() + 2 * d, 0.0f);  // query 1 is zero
+    std::vector<float> cv = random_floats((size_t)(N * d), 132);
+    std::fill(cv.begin() + 5 * d, cv.begin() + 6 * d, 0.0f);  // corpus row 5 is zero
+    Emb q(c, NS_F32, Q, d, qv), corpus(c, NS_F32, N, d, cv);
+    ns_mine_options o = NS_MINE_OPTIONS_INIT;
+    o.flags = NS_NORMALIZE;
+    Result r;
+    ASSERT_EQ(mine(c, q.m(), corpus.m(), k, &o, r), NS_OK) << ns_last_error(c);
+    for (int64_t t = 0; t < k; t++) {
+        EXPECT_EQ(r.index[1 * k + t], t) << "rank " << t;
+        EXPECT_EQ(r.score[1 * k + t], 0.0f) << "rank " << t;
+    }
+    Reference ref(q, corpus, 1.0, true, nullptr);
+    check_topk(ref, k, d, r.index, r.score, false, "zero rows");
+}
+
 TEST_P(MineTopK, ExclusionsIncludingEverything) {
     Ctx c(GetParam());
     NS_REQUIRE_BACKEND(c);
