@@ -14,7 +14,9 @@ Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
            negative share and held-out retrieval over several seeds.
 
 negsamp is called through its Python binding (python/negsamp) with NEGSAMP_LIBRARY pointing at
-the libnegsamp.so of the build directory (built here with CMake when missing).
+the libnegsamp.so of the build directory (--build, default build-bench/; configured and built
+here with CMake when missing). Python deps: bench/requirements.txt (faiss-cpu optional: skipped
+with the reason when absent). --report-only JSON rewrites the report and plots from a result.
 """
 import argparse
 import datetime
