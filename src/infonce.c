@@ -8,19 +8,64 @@
 #include <math.h>
 #include <string.h>
 
-/* 256 queries × 512 candidates: a 512 KiB logit tile, GEMMs big enough for a threaded BLAS. */
-#define NS_LOSS_TILE_ROWS 256
-#define NS_LOSS_TILE_COLS 512
-static int64_t tile_rows = NS_LOSS_TILE_ROWS, tile_cols = NS_LOSS_TILE_COLS;
+/* Tiles of the CPU loss. Few large tiles: every tile costs three or four sgemm calls, each with
+ * its own packing and a switch between OpenBLAS's threads and the OpenMP team of the element
+ * loops (both spin-wait for a while on the same cores). 256 × 512 tiles ran at a third of the
+ * BLAS rate; tiles of a few MiB reach it. The logit tile is capped at NS_LOSS_TILE_BYTES and the
+ * f32 copies of f16/bf16 rows at NS_LOSS_CONVERT_BYTES each, so the loss's memory stays bounded
+ * whatever the sizes (tile + conversions + O(B + N) vectors). Sizes depend only on the shapes,
+ * never on the thread count, so results stay bitwise reproducible for a given thread count. */
+#define NS_LOSS_TILE_ROWS_MAX 2048
+#define NS_LOSS_TILE_COLS_MAX 4096
+#define NS_LOSS_TILE_BYTES ((int64_t)16 << 20)
+#define NS_LOSS_CONVERT_BYTES ((int64_t)8 << 20)
+static int64_t tile_rows = 0, tile_cols = 0; /* 0: chosen per call */
 
 void ns_infonce_set_tiles(int64_t rows, int64_t cols) {
-    tile_rows = rows > 0 ? rows : NS_LOSS_TILE_ROWS;
-    tile_cols = cols > 0 ? cols : NS_LOSS_TILE_COLS;
+    tile_rows = rows > 0 ? rows : 0;
+    tile_cols = cols > 0 ? cols : 0;
 }
 
 void ns_infonce_get_tiles(int64_t *rows, int64_t *cols) {
     *rows = tile_rows;
     *cols = tile_cols;
+}
+
+/* n split into ceil(n / cap) nearly equal parts: no thin remainder tile. */
+static int64_t even_split(int64_t n, int64_t cap) {
+    if (cap < 1) cap = 1;
+    if (n <= cap) return n < 1 ? 1 : n;
+    int64_t parts = (n + cap - 1) / cap;
+    return (n + parts - 1) / parts;
+}
+
+static void choose_tiles(ns_loss_plan *p) {
+    const ns_infonce_inputs *in = p->in;
+    int64_t maxc = 1;
+    int half_cols = 0;
+    for (int b = 0; b < p->nblocks; b++) {
+        if (p->blk[b].m.rows > maxc) maxc = p->blk[b].m.rows;
+        if (p->blk[b].m.dtype != NS_F32) half_cols = 1;
+    }
+    const int64_t row_bytes = p->d * (int64_t)sizeof(float);
+    int64_t rcap = NS_LOSS_TILE_ROWS_MAX, ccap = NS_LOSS_TILE_COLS_MAX;
+    if (in->query.dtype != NS_F32 && rcap > NS_LOSS_CONVERT_BYTES / row_bytes)
+        rcap = NS_LOSS_CONVERT_BYTES / row_bytes;
+    if (p->own_hard && in->hard.dtype != NS_F32 &&
+        rcap > NS_LOSS_CONVERT_BYTES / (row_bytes * p->h))
+        rcap = NS_LOSS_CONVERT_BYTES / (row_bytes * p->h);
+    if (half_cols && ccap > NS_LOSS_CONVERT_BYTES / row_bytes)
+        ccap = NS_LOSS_CONVERT_BYTES / row_bytes;
+    if (rcap < 16) rcap = 16;
+    if (ccap < 16) ccap = 16;
+    p->tb = tile_rows ? tile_rows : even_split(p->B, rcap);
+    if (tile_cols) {
+        p->tn = tile_cols;
+    } else {
+        /* Columns fill the tile budget left by the rows (few queries: long rows). */
+        int64_t fit = NS_LOSS_TILE_BYTES / ((int64_t)sizeof(float) * p->tb);
+        p->tn = even_split(maxc, fit < ccap ? fit : ccap);
+    }
 }
 
 static int is_flag(int v) { return v == 0 || v == 1; }
@@ -146,8 +191,7 @@ void ns_loss_plan_init(ns_loss_plan *p, ns_context *ctx, const ns_infonce_inputs
     if (p->h > 0 && opt->share_hard) p->blk[p->nblocks++] = (ns_loss_block){in->hard, NS_BLK_HARD, NULL};
     if (p->E > 0) p->blk[p->nblocks++] = (ns_loss_block){in->extra, NS_BLK_EXTRA, NULL};
     p->nt = ns_threads(ctx);
-    p->tb = tile_rows;
-    p->tn = tile_cols;
+    choose_tiles(p);
 }
 
 void ns_loss_columns(const ns_loss_plan *p, const ns_loss_block *b, int64_t j0, int64_t n,
