@@ -68,6 +68,73 @@ static void choose_tiles(ns_loss_plan *p) {
     }
 }
 
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+int ns_loss_cacheable(const ns_loss_plan *p, int64_t tb, int64_t tn) {
+    const ns_infonce_inputs *in = p->in;
+    return p->nblocks == 1 && !p->own_hard && in->query.dtype == NS_F32 &&
+           in->passage.dtype == NS_F32 && tb == p->B && tn == p->N &&
+           !(p->same && in->passage_id) &&
+           (p->B + p->N) * p->d * (int64_t)sizeof(float) <= NS_LOSS_CACHE_COPY_BYTES;
+}
+
+size_t ns_loss_ws_bytes(const ns_loss_plan *p, int64_t tb, int64_t tn, int cache, size_t *front) {
+    const ns_infonce_inputs *in = p->in;
+    const int64_t d = p->d;
+    int half_cols = 0;
+    for (int b = 0; b < p->nblocks; b++)
+        if (p->blk[b].m.dtype != NS_F32) half_cols = 1;
+    size_t f = NS_LOSS_HEAD_BYTES + align64((size_t)(tb * tn) * 4);
+    if (cache) f += align64((size_t)(p->B * d) * 4) + align64((size_t)(p->N * d) * 4);
+    *front = f;
+    /* The larger of the forward's and the backward's per-call buffers (f32 copies of half rows,
+     * column ids and masks, the backward's keep factors and per-thread scratch). */
+    size_t rest = 0;
+    if (in->query.dtype != NS_F32) rest += align64((size_t)(tb * d) * 4);
+    if (half_cols) rest += align64((size_t)(tn * d) * 4);
+    if (p->own_hard && in->hard.dtype != NS_F32) rest += align64((size_t)(tb * p->h * d) * 4);
+    rest += (size_t)tn * (14 + 4 * (size_t)p->nt) + 1024;
+    return f + rest;
+}
+
+static int rows_equal(const float *a, int64_t lda, const float *b, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++)
+        if (memcmp(a + r * lda, b + r * cols, (size_t)cols * sizeof(float))) return 0;
+    return 1;
+}
+
+int ns_loss_cache_matches(const ns_loss_plan *p, const char *ws, int64_t tb, int64_t tn,
+                          const float *q, int64_t ldq, const float *c, int64_t ldc) {
+    ns_loss_cache_head h;
+    memcpy(&h, ws, sizeof(h));
+    if (h.magic != NS_LOSS_CACHE_MAGIC || h.B != p->B || h.N != p->N || h.d != p->d ||
+        h.tb != tb || h.tn != tn || h.nt != p->nt ||
+        memcmp(&h.inv_tau, &p->inv_tau, sizeof(float)))
+        return 0;
+    const float *qc = (const float *)(ws + NS_LOSS_HEAD_BYTES + align64((size_t)(tb * tn) * 4));
+    const float *pc = qc + align64((size_t)(p->B * p->d) * 4) / sizeof(float);
+    return rows_equal(q, ldq, qc, p->B, p->d) && rows_equal(c, ldc, pc, p->N, p->d);
+}
+
+void ns_loss_cache_store(const ns_loss_plan *p, char *ws, int64_t tb, int64_t tn, const float *q,
+                         int64_t ldq, const float *c, int64_t ldc) {
+    float *qc = (float *)(ws + NS_LOSS_HEAD_BYTES + align64((size_t)(tb * tn) * 4));
+    float *pc = qc + align64((size_t)(p->B * p->d) * 4) / sizeof(float);
+    for (int64_t r = 0; r < p->B; r++) memcpy(qc + r * p->d, q + r * ldq, (size_t)p->d * 4);
+    for (int64_t r = 0; r < p->N; r++) memcpy(pc + r * p->d, c + r * ldc, (size_t)p->d * 4);
+    ns_loss_cache_head h;
+    memset(&h, 0, sizeof(h));
+    h.magic = NS_LOSS_CACHE_MAGIC;
+    h.B = p->B;
+    h.N = p->N;
+    h.d = p->d;
+    h.tb = tb;
+    h.tn = tn;
+    h.inv_tau = p->inv_tau;
+    h.nt = p->nt;
+    memcpy(ws, &h, sizeof(h));
+}
+
 static int is_flag(int v) { return v == 0 || v == 1; }
 
 ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
