@@ -397,7 +397,9 @@ static ns_status mine_cpu(ns_context *ctx, const char *fn, ns_matrix q, ns_matri
             const int64_t nq = Q - q0 < qb ? Q - q0 : qb;
             if (!q_once) qv = ns_tile_rows(q, q0, nq, normalize, qbuf, &ldq, threads);
             ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, tile, nc);
-#pragma omp parallel for num_threads(threads) schedule(static)
+            /* Dynamic chunks: a thread that the OS preempts (a busy machine, OpenBLAS's threads
+             * still spinning) does not hold the whole tile back. */
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 32)
             for (int64_t i = 0; i < nq; i++) {
                 int tid = 0;
 #ifdef _OPENMP
