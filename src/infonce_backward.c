@@ -146,6 +146,7 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
     size_t off2 = (size_t)tb * (8 + 8 + 8) + 256;
     if (p->sym) off2 += (size_t)N * 8 + 64;
     char *ws = (char *)ns_workspace(ctx, NS_WS_LOSS, off);
+    if (ws && ws != old_ws) memset(ws, 0, NS_LOSS_HEAD_BYTES); /* new memory: no header yet */
     char *ws2 = (char *)ns_workspace(ctx, NS_WS_LOSS2, off2);
     if (!ws || !ws2)
         return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu + %zu bytes of workspace",

@@ -221,13 +221,13 @@ ns_status ns_infonce_forward_cpu(ns_context *ctx, const ns_loss_plan *p, float *
     sz[2] = half_cols ? (size_t)(tn * d) * 4 : 0;                               /* c tile */
     sz[3] = p->own_hard && in->hard.dtype != NS_F32 ? (size_t)(tb * h * d) * 4 : 0;
     char *ws = (char *)ns_workspace(ctx, NS_WS_LOSS, off);
+    if (ws) memset(ws, 0, NS_LOSS_HEAD_BYTES); /* the tile is about to change: no cached logits */
     size_t off2 = (size_t)tb * (4 + 8 + 8 + 8 + 8 + 8) + 64 * 6;
     if (p->sym) off2 += (size_t)N * (8 + 8 + 1) + 64 * 3;
     char *ws2 = (char *)ns_workspace(ctx, NS_WS_LOSS2, off2);
     if (!ws || !ws2)
         return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu + %zu bytes of workspace",
                        fn, off, off2);
-    memset(ws, 0, NS_LOSS_HEAD_BYTES); /* the tile is about to change: no cached logits */
     float *xt = (float *)(ws + NS_LOSS_HEAD_BYTES);
     char *cur = ws + front;
 #define CARVE(base, bytes) (cur = base + (((size_t)(cur - base) + 63) & ~(size_t)63), cur += (bytes), (void *)(cur - (bytes)))
