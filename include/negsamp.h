@@ -230,7 +230,8 @@ typedef struct {
  * (Gumbel-top-m in log space; Philox4x32-10 keyed by seed, countered by step, global query id
  * and candidate id, so the draw does not depend on threads, batch split or backend).
  * index (B×m): the chosen candidate ids in key order, -1 padded; score (B×m, optional): their
- * scores, NaN padded; count (B): how many were found (≤ m). keep may be NULL (all non-empty). */
+ * scores, NaN padded; count (B): how many were found (≤ m). keep may be NULL (all non-empty).
+ * An id that appears twice in a row is drawn at most once (its first kept copy is eligible). */
 NS_API ns_status ns_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
                            const ns_sampler_options *options, int64_t m, int64_t *index,
                            float *score, int64_t *count);

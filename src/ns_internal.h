@@ -101,8 +101,12 @@ void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, i
 void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
-/* Validation shared by ns_filter and ns_sample. */
+/* Validation shared by ns_filter and ns_sample: the shapes and pointers; then (src/filter.c,
+ * host data only) ids >= -1, finite scores in non-empty slots, finite positive scores and
+ * guide scores when asked for. */
 ns_status ns_check_candidates(ns_context *ctx, const char *fn, const ns_candidates *c);
+ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  int need_positive_score, int need_guide);
 
 #ifdef __cplusplus
 }

@@ -14,11 +14,6 @@
 
 static const char *const FN = "ns_sample";
 
-/* Defined in src/filter.c: ids >= -1, finite scores in non-empty slots, finite positive
- * scores when asked for. */
-ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
-                                  int need_positive_score, int need_guide);
-
 static ns_status check_options(ns_context *ctx, const ns_candidates *c,
                                const ns_sampler_options *o, int64_t m) {
     if (o->struct_size < sizeof(ns_sampler_options))
