@@ -230,7 +230,7 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
                 /* Passage rows without passage_id match a row's positive id only at the
                  * positive itself, which row_grad treats apart. */
                 if (passage && !in->passage_id) ti.anyid = 0;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(ns_loss_elem_threads(nt, nb * nc)) schedule(static)
                 for (int64_t k = 0; k < nb; k++) {
                     int tid = 0;
 #ifdef _OPENMP

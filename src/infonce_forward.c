@@ -290,7 +290,7 @@ ns_status ns_infonce_forward_cpu(ns_context *ctx, const ns_loss_plan *p, float *
                     anyid |= cidok[cc];
                 }
                 if (passage && !in->passage_id) anyid = 0;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(ns_loss_elem_threads(nt, nb * nc)) schedule(static)
                 for (int64_t k = 0; k < nb; k++) {
                     float *x = xt + k * nc;
                     const int64_t pos = rs.pos[k], posid = rs.posid[k];

@@ -109,6 +109,12 @@ int ns_loss_cache_matches(const ns_loss_plan *p, const char *ws, int64_t tb, int
 void ns_loss_cache_store(const ns_loss_plan *p, char *ws, int64_t tb, int64_t tn, const float *q,
                          int64_t ldq, const float *c, int64_t ldc);
 
+/* Threads for the element loops of a tile of n logits: one when the tile is small, where
+ * waking the OpenMP team (and its spin-waiting against OpenBLAS's threads, which have just run
+ * the tile's sgemm on the same cores) costs more than the loop. The loops give the same bits on
+ * any number of threads. */
+int ns_loss_elem_threads(int nt, int64_t n);
+
 /* Checks shared by forward and backward; fn names the public function. Checks that read data
  * (positive range, non-finite values) are done only for host (CPU) contexts. */
 ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
