@@ -1,9 +1,7 @@
 /* InfoNCE backward on the CPU: recomputes each logit tile, turns it in place into the tile of
  * dL/ds from the row statistics the forward saved (and, when symmetric, the column statistics
  * rebuilt from them), and accumulates dQ += G·C and dC += Gᵀ·Q with GEMMs. Memory beyond inputs
- * and gradients: one tile, O(B) row factors for a row tile, and O(N) column factors. When the
- * forward kept its single tile of logits and Q and P are unchanged, that tile is used instead of
- * recomputing it (one sgemm of three saved). */
+ * and gradients: one tile, O(B) row factors for a row tile, and O(N) column factors. */
 #if defined(__GNUC__) && !defined(__clang__)
 /* Lets GCC if-convert and vectorise the clamps and selects of the element loops. */
 #pragma GCC optimize("no-trapping-math")
@@ -133,35 +131,23 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
     }
     const int64_t tb = p->tb < B ? p->tb : B, tn = p->tn < maxc ? p->tn : maxc;
 
-    /* NS_WS_LOSS as the forward lays it out (infonce_internal.h): its logits are reused when
-     * the slot was not reallocated since and the header and the inputs match. */
-    const int cache = ns_loss_cacheable(p, tb, tn);
-    size_t front, sz[4];
-    size_t off = ns_loss_ws_bytes(p, tb, tn, cache, &front);
+    size_t sz[4], off = 0;
+    sz[0] = (size_t)(tb * tn) * 4;
     sz[1] = in->query.dtype != NS_F32 ? (size_t)(tb * d) * 4 : 0;
     sz[2] = half_cols ? (size_t)(tn * d) * 4 : 0;
     sz[3] = p->own_hard && in->hard.dtype != NS_F32 ? (size_t)(tb * h * d) * 4 : 0;
-    const void *old_ws = ctx->ws[NS_WS_LOSS];
-    const int kept = ctx->ws_size[NS_WS_LOSS] >= off;
+    for (int i = 0; i < 4; i++) off += (sz[i] + 63) & ~(size_t)63;
+    off += (size_t)tn * 14 + (size_t)p->nt * (size_t)tn * 4 + 512;
     size_t off2 = (size_t)tb * (8 + 8 + 8) + 256;
     if (p->sym) off2 += (size_t)N * 8 + 64;
     char *ws = (char *)ns_workspace(ctx, NS_WS_LOSS, off);
-    if (ws && ws != old_ws) memset(ws, 0, NS_LOSS_HEAD_BYTES); /* new memory: no header yet */
     char *ws2 = (char *)ns_workspace(ctx, NS_WS_LOSS2, off2);
     if (!ws || !ws2)
         return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu + %zu bytes of workspace",
                        fn, off, off2);
-    int reuse = 0;
-    if (cache && kept && ws == old_ws) {
-        int64_t ldq0, ldc0;
-        const float *q0 = ns_loss_view(in->query, 0, B, NULL, &ldq0, p->nt);
-        const float *c0 = ns_loss_view(in->passage, 0, N, NULL, &ldc0, p->nt);
-        reuse = ns_loss_cache_matches(p, ws, tb, tn, q0, ldq0, c0, ldc0);
-    }
-    memset(ws, 0, NS_LOSS_HEAD_BYTES); /* the tile becomes dL/ds below: no longer logits */
-    float *xt = (float *)(ws + NS_LOSS_HEAD_BYTES);
-    char *cur = ws + front;
+    char *cur = ws;
 #define CARVE(base, bytes) (cur = base + (((size_t)(cur - base) + 63) & ~(size_t)63), cur += (bytes), (void *)(cur - (bytes)))
+    float *xt = (float *)CARVE(ws, sz[0]);
     float *qbuf = (float *)CARVE(ws, sz[1]);
     float *cbuf = (float *)CARVE(ws, sz[2]);
     float *hbuf = (float *)CARVE(ws, sz[3]);
@@ -219,7 +205,7 @@ ns_status ns_infonce_backward_cpu(ns_context *ctx, const ns_loss_plan *p, const 
                 const int64_t nc = bk->m.rows - j0 < tn ? bk->m.rows - j0 : tn;
                 int64_t ldc;
                 const float *c = ns_loss_view(bk->m, j0, nc, cbuf, &ldc, nt);
-                if (!reuse) ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
+                ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
                 ns_loss_columns(p, bk, j0, nc, cmask, cid, cidok);
                 tile_info ti = {p, j0, nc, passage, symcol, 0, keepf,
                                 symcol ? colc + j0 : NULL, cid, cidok, cmask, wt};

@@ -1,8 +1,7 @@
 /* InfoNCE forward on the CPU: one pass over tiles of logits (rows of queries × columns of
  * candidates), an online softmax per query row, and, for the symmetric loss, online column
  * statistics of the positive passages. Memory beyond inputs and outputs: one logit tile, row
- * state for one row tile and, when symmetric, two doubles and a byte per passage. When one tile
- * holds every logit, it is kept for the backward with copies of Q and P (infonce_internal.h).
+ * state for one row tile and, when symmetric, two doubles and a byte per passage.
  *
  * Per query i with n unmasked negatives x_j (logits), the row keeps the running maximum m of the
  * negatives and A' = Σ e^{(1+β)(x_j − m)}, W' = Σ e^{β(x_j − m)} (β = 0 when plain: A' is the
@@ -212,29 +211,30 @@ ns_status ns_infonce_forward_cpu(ns_context *ctx, const ns_loss_plan *p, float *
     }
     const int64_t tb = p->tb < B ? p->tb : B, tn = p->tn < maxc ? p->tn : maxc;
 
-    /* Workspace: the tile slot (NS_WS_LOSS, laid out as infonce_internal.h says) and the
-     * O(B + N) slot (NS_WS_LOSS2). */
-    const int cache = ns_loss_cacheable(p, tb, tn);
-    size_t front, sz[4];
-    size_t off = ns_loss_ws_bytes(p, tb, tn, cache, &front);
+    /* Workspace: the tile slot (NS_WS_LOSS) and the O(B + N) slot (NS_WS_LOSS2). */
+    size_t off = 0, sz[8];
+    sz[0] = (size_t)(tb * tn) * 4;                                              /* logits */
     sz[1] = in->query.dtype != NS_F32 ? (size_t)(tb * d) * 4 : 0;               /* q tile */
     sz[2] = half_cols ? (size_t)(tn * d) * 4 : 0;                               /* c tile */
     sz[3] = p->own_hard && in->hard.dtype != NS_F32 ? (size_t)(tb * h * d) * 4 : 0;
+    sz[4] = (size_t)tn * 8;                                                     /* col ids */
+    sz[5] = (size_t)tn * 2;                                                     /* masks */
+    for (int i = 0; i < 6; i++) off += (sz[i] + 63) & ~(size_t)63;
+    off += 128; /* the two mask arrays are carved apart */
     char *ws = (char *)ns_workspace(ctx, NS_WS_LOSS, off);
-    if (ws) memset(ws, 0, NS_LOSS_HEAD_BYTES); /* the tile is about to change: no cached logits */
     size_t off2 = (size_t)tb * (4 + 8 + 8 + 8 + 8 + 8) + 64 * 6;
     if (p->sym) off2 += (size_t)N * (8 + 8 + 1) + 64 * 3;
     char *ws2 = (char *)ns_workspace(ctx, NS_WS_LOSS2, off2);
     if (!ws || !ws2)
         return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu + %zu bytes of workspace",
                        fn, off, off2);
-    float *xt = (float *)(ws + NS_LOSS_HEAD_BYTES);
-    char *cur = ws + front;
+    char *cur = ws;
 #define CARVE(base, bytes) (cur = base + (((size_t)(cur - base) + 63) & ~(size_t)63), cur += (bytes), (void *)(cur - (bytes)))
+    float *xt = (float *)CARVE(ws, sz[0]);
     float *qbuf = (float *)CARVE(ws, sz[1]);
     float *cbuf = (float *)CARVE(ws, sz[2]);
     float *hbuf = (float *)CARVE(ws, sz[3]);
-    int64_t *cid = (int64_t *)CARVE(ws, (size_t)tn * 8);
+    int64_t *cid = (int64_t *)CARVE(ws, sz[4]);
     uint8_t *cmask = (uint8_t *)CARVE(ws, (size_t)tn);
     uint8_t *cidok = (uint8_t *)CARVE(ws, (size_t)tn);
     cur = ws2;
@@ -305,9 +305,6 @@ ns_status ns_infonce_forward_cpu(ns_context *ctx, const ns_loss_plan *p, float *
                             if (cidok[cc] && cid[cc] == posid) x[cc] = -INFINITY;
                     if (has_pos) x[pos - j0] = -INFINITY;
                     row_update(x, nc, p->beta, &rs.m[k], &rs.a[k], &rs.w[k], &rs.n[k]);
-                    /* Put the positive back: the tile may be kept for the backward. */
-                    if (has_pos)
-                        x[pos - j0] = saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS];
                 }
             }
         }
@@ -338,13 +335,6 @@ ns_status ns_infonce_forward_cpu(ns_context *ctx, const ns_loss_plan *p, float *
         for (int64_t k = 0; k < nb; k++)
             row_finish(p, rs.m[k], rs.a[k], rs.w[k], rs.n[k],
                        saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY);
-    }
-
-    if (cache) {
-        int64_t ldq, ldc;
-        const float *q = ns_loss_view(in->query, 0, B, NULL, &ldq, nt);
-        const float *c = ns_loss_view(in->passage, 0, N, NULL, &ldc, nt);
-        ns_loss_cache_store(p, ws, tb, tn, q, ldq, c, ldc);
     }
 
     double total = 0.0;

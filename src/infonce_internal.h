@@ -79,36 +79,6 @@ const float *ns_loss_view(ns_matrix m, int64_t r0, int64_t n, float *buf, int64_
 void ns_infonce_set_tiles(int64_t rows, int64_t cols);
 void ns_infonce_get_tiles(int64_t *rows, int64_t *cols);
 
-/* The forward's logits, kept for the backward when one tile holds them all (one block of
- * f32 passages, B ≤ tile rows, N ≤ tile columns, and no same-id masking, which the forward
- * writes into the tile): the tile then is Q·Pᵀ/τ exactly as the backward would recompute it with
- * the same sgemm call, and the backward skips that call (one of its three) when the header
- * matches and Q and P are bitwise what the forward saw, checked against copies of them. Lives at
- * the front of the NS_WS_LOSS slot, which forward and backward request at the same size, so
- * the slot is not reallocated between them; every loss call clears the header first.
- * Workspace layout: [header][logit tile][Q copy][P copy][per-call buffers]. */
-#define NS_LOSS_CACHE_MAGIC 0x6e734c6f67697473ull
-#define NS_LOSS_CACHE_COPY_BYTES ((int64_t)8 << 20)
-typedef struct {
-    uint64_t magic;
-    int64_t B, N, d, tb, tn;
-    float inv_tau;
-    int32_t nt;
-} ns_loss_cache_head;
-enum { NS_LOSS_HEAD_BYTES = 64 };
-
-/* 1 when the plan's logits fit one tile that the backward may reuse (see above); tb and tn are
- * the tile sizes the forward and backward use (already clamped to B and the largest block). */
-int ns_loss_cacheable(const ns_loss_plan *p, int64_t tb, int64_t tn);
-/* Bytes of NS_WS_LOSS for forward and backward alike; *front = offset of the per-call buffers. */
-size_t ns_loss_ws_bytes(const ns_loss_plan *p, int64_t tb, int64_t tn, int cache, size_t *front);
-/* Whether the cache at ws matches this plan, Q and P (f32 views with their leading dims). */
-int ns_loss_cache_matches(const ns_loss_plan *p, const char *ws, int64_t tb, int64_t tn,
-                          const float *q, int64_t ldq, const float *c, int64_t ldc);
-/* Records Q and P and marks the cache valid (forward, after success). */
-void ns_loss_cache_store(const ns_loss_plan *p, char *ws, int64_t tb, int64_t tn, const float *q,
-                         int64_t ldq, const float *c, int64_t ldc);
-
 /* Threads for the element loops of a tile of n logits: one when the tile is small, where
  * waking the OpenMP team (and its spin-waiting against OpenBLAS's threads, which have just run
  * the tile's sgemm on the same cores) costs more than the loop. The loops give the same bits on
