@@ -272,7 +272,8 @@ typedef struct {
 #define NS_INFONCE_SAVED_PER_QUERY 8
 
 /* loss: the mean over queries (host float; CUDA: synchronises); per_query (B, optional);
- * saved (B · NS_INFONCE_SAVED_PER_QUERY) for the backward. Never forms the B×N logits. */
+ * saved (B · NS_INFONCE_SAVED_PER_QUERY) for the backward. The logits are computed in tiles of
+ * bounded size (at most 16 MiB on CPU), so memory stays O(B + N) whatever B and N. */
 NS_API ns_status ns_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
                                     const ns_loss_options *options, float *loss,
                                     float *per_query, float *saved);
