@@ -609,6 +609,30 @@ static int lists_from_pairs(const int64_t *pq, const int64_t *pc, int64_t n, int
     return 0;
 }
 
+/* (query, corpus) pairs collected while a positives file is read. */
+typedef struct {
+    int64_t *q, *c, n, cap;
+} pair_list;
+
+static int pairs_push(pair_list *l, int64_t q, int64_t c, const char *path) {
+    if (l->n == l->cap) {
+        int64_t cap = l->cap ? 2 * l->cap : 1024;
+        int64_t *a = realloc(l->q, (size_t)cap * 8);
+        if (a) l->q = a;
+        int64_t *b = a ? realloc(l->c, (size_t)cap * 8) : NULL;
+        if (b) l->c = b;
+        if (!a || !b) {
+            cli_error("%s: out of memory", path);
+            return -1;
+        }
+        l->cap = cap;
+    }
+    l->q[l->n] = q;
+    l->c[l->n] = c;
+    l->n++;
+    return 0;
+}
+
 /* Splits s at tabs, or at runs of spaces when the line has no tab. */
 static int split_fields(char *s, char **f, int max) {
     int n = 0;
@@ -628,8 +652,8 @@ static int split_fields(char *s, char **f, int max) {
 int cli_qrels_load(const char *path, const cli_ids *qids, const cli_ids *cids, cli_lists *out) {
     char *text = read_text(path, NULL);
     if (!text) return -1;
-    int64_t cap = 1024, n = 0, line = 0;
-    int64_t *pq = malloc((size_t)cap * 8), *pc = malloc((size_t)cap * 8);
+    int64_t line = 0;
+    pair_list pairs = {NULL, NULL, 0, 0};
     int rc = -1;
     char *p = text;
     while (p && *p) {
@@ -686,30 +710,18 @@ int cli_qrels_load(const char *path, const cli_ids *qids, const cli_ids *cids, c
             goto done;
         }
         if (score > 0) {
-            if (n == cap) {
-                cap *= 2;
-                int64_t *a = realloc(pq, (size_t)cap * 8), *b = realloc(pc, (size_t)cap * 8);
-                if (a) pq = a;
-                if (b) pc = b;
-                if (!a || !b) {
-                    cli_error("%s: out of memory", path);
-                    goto done;
-                }
-            }
-            pq[n] = q;
-            pc[n] = c;
-            n++;
+            if (pairs_push(&pairs, q, c, path)) goto done;
         }
         p = next;
     }
-    if (n == 0) {
+    if (pairs.n == 0) {
         cli_error("%s: holds no positive pair (score > 0)", path);
         goto done;
     }
-    rc = lists_from_pairs(pq, pc, n, qids->rows, out);
+    rc = lists_from_pairs(pairs.q, pairs.c, pairs.n, qids->rows, out);
 done:
-    free(pq);
-    free(pc);
+    free(pairs.q);
+    free(pairs.c);
     free(text);
     return rc;
 }
@@ -717,8 +729,8 @@ done:
 int cli_positives_load(const char *path, const cli_ids *cids, int64_t queries, cli_lists *out) {
     char *text = read_text(path, NULL);
     if (!text) return -1;
-    int64_t cap = 1024, n = 0, line = 0;
-    int64_t *pq = malloc((size_t)cap * 8), *pc = malloc((size_t)cap * 8);
+    int64_t line = 0;
+    pair_list pairs = {NULL, NULL, 0, 0};
     int rc = -1;
     char *p = text;
     while (p && *p) {
@@ -744,28 +756,16 @@ int cli_positives_load(const char *path, const cli_ids *cids, int64_t queries, c
                           cids->path ? cids->path : "ids are row numbers");
                 goto done;
             }
-            if (n == cap) {
-                cap *= 2;
-                int64_t *a = realloc(pq, (size_t)cap * 8), *b = realloc(pc, (size_t)cap * 8);
-                if (a) pq = a;
-                if (b) pc = b;
-                if (!a || !b) {
-                    cli_error("%s: out of memory", path);
-                    goto done;
-                }
-            }
-            pq[n] = line;
-            pc[n] = c;
-            n++;
+            if (pairs_push(&pairs, line, c, path)) goto done;
             s += l;
         }
         line++;
         p = eol ? eol + 1 : NULL;
     }
-    rc = lists_from_pairs(pq, pc, n, queries, out);
+    rc = lists_from_pairs(pairs.q, pairs.c, pairs.n, queries, out);
 done:
-    free(pq);
-    free(pc);
+    free(pairs.q);
+    free(pairs.c);
     free(text);
     return rc;
 }
