@@ -72,7 +72,29 @@ _BACKENDS = {"auto": _ffi.NS_BACKEND_AUTO, "cpu": _ffi.NS_BACKEND_CPU,
 _BACKEND_NAMES = {v: k for k, v in _BACKENDS.items()}
 
 
-class Context:
+class _Owned:
+    """A library handle this object owns: close() (also on exit of a with block and on garbage
+    collection) frees it once with self._free."""
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self._free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Context(_Owned):
     """An ns_context: a backend, a device, a stream, a workspace. One thread at a time."""
 
     def __init__(self, backend: str = "cpu", device: int = 0, threads: int = 0, stream=None):
@@ -87,7 +109,7 @@ class Context:
         h = c_void_p()
         _check(_c("ns_context_create")(byref(h), byref(opt)), None)
         self._handle = h.value
-        self._destroy = _c("ns_context_destroy")
+        self._free = _c("ns_context_destroy")
 
     @property
     def handle(self) -> int:
@@ -110,22 +132,6 @@ class Context:
     def check(self, status: int) -> None:
         _check(status, self.handle)
 
-    def close(self) -> None:
-        if getattr(self, "_handle", None) is not None:
-            self._destroy(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 _local = threading.local()
@@ -306,15 +312,16 @@ def mine_topk(q, corpus, k: int, *, scale: float = 1.0, normalize: bool = False,
     return index, score
 
 
-class NpyFile:
+class NpyFile(_Owned):
     """A .npy file mapped read-only (ns_npy_open). .array is a numpy view of the mapping (it
-    keeps this object alive); mine_topk accepts the NpyFile itself as its corpus."""
+    keeps this object alive); mine_topk accepts the NpyFile itself as its corpus. close()
+    unmaps the file: views from .array must not be used afterwards."""
 
     def __init__(self, path):
         h = c_void_p()
         _check(_c("ns_npy_open")(str(path).encode(), byref(h)), None)
         self._handle = h.value
-        self._close = _c("ns_npy_close")
+        self._free = _c("ns_npy_close")
         self.path = str(path)
         self.matrix = _c("ns_npy_matrix")(self._handle)
 
@@ -342,23 +349,6 @@ class NpyFile:
                                             writeable=False)
         return a
 
-    def close(self):
-        """Unmaps the file. Views from .array must not be used afterwards."""
-        if getattr(self, "_handle", None) is not None:
-            self._close(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def npy_open(path) -> NpyFile:
@@ -625,7 +615,7 @@ def infonce_backward(query, passage, saved, *, grad_loss=1.0, positive=None, har
 # ------------------------------------------------------------------ queue
 
 
-class Queue:
+class Queue(_Owned):
     """A FIFO of past passage embeddings (f32) and ids, used as extra negatives."""
 
     def __init__(self, capacity: int, dim: int, ctx: Context = None):
@@ -633,7 +623,7 @@ class Queue:
         h = c_void_p()
         self.ctx.check(_c("ns_queue_create")(self.ctx.handle, int(capacity), int(dim), byref(h)))
         self._handle = h.value
-        self._destroy = _c("ns_queue_destroy")
+        self._free = _c("ns_queue_destroy")
         self.capacity, self.dim = int(capacity), int(dim)
 
     @property
@@ -678,22 +668,12 @@ class Queue:
         self.ctx.check(_c("ns_queue_view")(self.ctx.handle, self.handle, byref(m), byref(ids)))
         return m
 
-    def close(self) -> None:
-        if getattr(self, "_handle", None) is not None:
-            self._destroy(self._handle)
-            self._handle = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 # ------------------------------------------------------------------ communicators
 
 
-class Comm:
+class Comm(_Owned):
     """A communicator over ranks (ns_comm): MPI for CPU contexts, NCCL for CUDA contexts.
     Pass it to Step(comm=...). Build with Comm.mpi(...) or Comm.nccl(...)."""
 
@@ -701,7 +681,7 @@ class Comm:
         self._handle = handle
         self.ctx = ctx
         self._keep = keep
-        self._destroy = _c("ns_comm_destroy")
+        self._free = _c("ns_comm_destroy")
 
     @staticmethod
     def _options(timeout_ms):
@@ -754,16 +734,6 @@ class Comm:
     def size(self) -> int:
         return int(_c("ns_comm_size")(self.handle))
 
-    def close(self) -> None:
-        if getattr(self, "_handle", None) is not None:
-            self._destroy(self._handle)
-            self._handle = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def nccl_unique_id() -> bytes:
