@@ -77,7 +77,7 @@ static void *comm_buf(ns_context *ctx, ns_comm *c, int slot, size_t bytes, const
 /* Host ↔ backend copies of small arrays (ids, positives). */
 static ns_status to_backend(ns_context *ctx, void *dst, const void *src, size_t bytes) {
 #ifdef NS_HAVE_CUDA
-    if (on_device(ctx)) return ns_cuda_memcpy(ctx, dst, src, bytes, 1 /* host to device */);
+    if (on_device(ctx)) return ns_cuda_memcpy(ctx, dst, src, bytes, NS_COPY_H2D);
 #endif
     memcpy(dst, src, bytes);
     return NS_OK;
@@ -85,7 +85,7 @@ static ns_status to_backend(ns_context *ctx, void *dst, const void *src, size_t 
 static ns_status from_backend(ns_context *ctx, void *dst, const void *src, size_t bytes) {
 #ifdef NS_HAVE_CUDA
     /* Device to pageable host memory returns once the copy is done. */
-    if (on_device(ctx)) return ns_cuda_memcpy(ctx, dst, src, bytes, 2 /* device to host */);
+    if (on_device(ctx)) return ns_cuda_memcpy(ctx, dst, src, bytes, NS_COPY_D2H);
 #endif
     memcpy(dst, src, bytes);
     return NS_OK;

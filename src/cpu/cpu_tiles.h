@@ -1,4 +1,4 @@
-/* Row tiles shared by ns_similarity and ns_mine_topk (src/similarity.c): a fast NaN/Inf scan
+/* Row tiles shared by ns_similarity and ns_mine_topk on the CPU (src/cpu/cpu_tiles.c): a fast NaN/Inf scan
  * that reports where, and f32 (optionally L2-normalised) views of a block of rows. */
 #ifndef NS_TILES_H
 #define NS_TILES_H
