@@ -64,16 +64,14 @@ int ns_cuda_device_count(void) {
 
 ns_status ns_context_create(ns_context **out, const ns_context_options *opt) {
     static const char *fn = "ns_context_create";
-    ns_context_options defaults = NS_CONTEXT_OPTIONS_INIT;
+    ns_context_options resolved;
     ns_clear_error(NULL);
     if (!out) return ns_fail(NULL, NS_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);
     *out = NULL;
-    if (!opt) opt = &defaults;
-    if (opt->struct_size < sizeof(ns_context_options))
-        return ns_fail(NULL, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_context_options) (%zu);"
-                       " initialise with NS_CONTEXT_OPTIONS_INIT",
-                       fn, opt->struct_size, sizeof(ns_context_options));
+    ns_status rs = NS_RESOLVE_OPTIONS(NULL, fn, "options", ns_context_options,
+                                      NS_CONTEXT_OPTIONS_INIT, opt, &resolved);
+    if (rs) return rs;
+    opt = &resolved;
     if (opt->backend != NS_BACKEND_AUTO && opt->backend != NS_BACKEND_CPU &&
         opt->backend != NS_BACKEND_CUDA)
         return ns_fail(NULL, NS_ERR_INVALID_ARGUMENT,

@@ -14,11 +14,6 @@ static const char *const FN = "ns_filter";
 
 /* Checks of the options alone (no data is read, so they hold for every backend). */
 static ns_status check_options(ns_context *ctx, const ns_candidates *c, const ns_filter_options *o) {
-    if (o->struct_size < sizeof(ns_filter_options))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_filter_options) "
-                       "(%zu); initialise with NS_FILTER_OPTIONS_INIT",
-                       FN, o->struct_size, sizeof(ns_filter_options));
     unsigned r = o->rules;
     if (r & ~NS_FILTER_KNOWN_RULES)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
@@ -69,8 +64,11 @@ ns_status ns_filter(ns_context *ctx, const ns_candidates *cand, const ns_filter_
     if ((st = ns_check_context(ctx, FN))) return st;
     if ((st = ns_check_candidates(ctx, FN, cand))) return st;
     if ((st = ns_check_ptr(ctx, FN, "keep", keep))) return st;
-    static const ns_filter_options defaults = NS_FILTER_OPTIONS_INIT;
-    const ns_filter_options *o = options ? options : &defaults;
+    ns_filter_options resolved;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, FN, "options", ns_filter_options, NS_FILTER_OPTIONS_INIT,
+                                 options, &resolved)))
+        return st;
+    const ns_filter_options *o = &resolved;
     if ((st = check_options(ctx, cand, o))) return st;
 
     return NS_DISPATCH(ctx, filter, (ctx, cand, o, keep, counts));

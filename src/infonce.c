@@ -12,17 +12,10 @@ ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inp
                            const ns_loss_options **optp, ns_loss_options *defaults) {
     ns_status st;
     if ((st = ns_check_ptr(ctx, fn, "inputs", in))) return st;
-    const ns_loss_options *o = *optp;
-    if (!o) {
-        ns_loss_options d = NS_LOSS_OPTIONS_INIT;
-        *defaults = d;
-        o = *optp = defaults;
-    }
-    if (o->struct_size < sizeof(ns_loss_options))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_loss_options) "
-                       "(%zu); initialise with NS_LOSS_OPTIONS_INIT",
-                       fn, o->struct_size, sizeof(ns_loss_options));
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options", ns_loss_options, NS_LOSS_OPTIONS_INIT,
+                                 *optp, defaults)))
+        return st;
+    const ns_loss_options *o = *optp = defaults;
     if (!(o->temperature > 0.0f) || !isfinite(o->temperature))
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: options->temperature (%g) must be finite and > 0", fn,

@@ -41,11 +41,6 @@ static ns_status check_args(ns_context *ctx, const char *fn, ns_matrix q, ns_mat
     if (k > NS_MAX_K)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: k (%lld) is larger than NS_MAX_K (%d)",
                        fn, (long long)k, NS_MAX_K);
-    if (opt->struct_size < sizeof(ns_mine_options))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_mine_options) "
-                       "(%zu); initialise with NS_MINE_OPTIONS_INIT",
-                       fn, opt->struct_size, sizeof(ns_mine_options));
     if (!isfinite(opt->scale))
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->scale (%g) must be finite", fn,
                        (double)opt->scale);
@@ -62,10 +57,13 @@ static ns_status check_args(ns_context *ctx, const char *fn, ns_matrix q, ns_mat
 ns_status ns_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
                        const ns_mine_options *options, int64_t *index, float *score) {
     static const char *fn = "ns_mine_topk";
-    const ns_mine_options defaults = NS_MINE_OPTIONS_INIT;
+    ns_mine_options resolved;
     ns_status st;
     if ((st = ns_check_context(ctx, fn))) return st;
-    if (!options) options = &defaults;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options", ns_mine_options, NS_MINE_OPTIONS_INIT,
+                                 options, &resolved)))
+        return st;
+    options = &resolved;
     if ((st = check_args(ctx, fn, q, corpus, k, options, index, score))) return st;
     return NS_DISPATCH(ctx, mine_topk, (ctx, q, corpus, k, options, index, score));
 }

@@ -51,6 +51,17 @@ ns_status ns_check_ptr(ns_context *ctx, const char *fn, const char *name, const 
 /* A matrix with data, a supported dtype, rows ≥ 1 (≥ 0 with allow_empty), cols ≥ 1, ld ≥ cols. */
 ns_status ns_check_matrix(ns_context *ctx, const char *fn, const char *name, ns_matrix m,
                           int allow_empty);
+/* Resolves an options struct the caller passed, as NCCL resolves its config: out = the
+ * defaults, overlaid with the caller's first struct_size bytes (given NULL: the defaults).
+ * struct_size below sizeof(size_t) is refused (NS_ERR_INVALID_ARGUMENT: not initialised),
+ * above size (a newer header than this library) too (NS_ERR_UNSUPPORTED). what names the
+ * argument ("options", "options->filter"), type the struct and init its initializer macro. */
+ns_status ns_options_resolve(ns_context *ctx, const char *fn, const char *what, const char *type,
+                             const char *init, const void *given, const void *defaults,
+                             size_t size, void *out);
+#define NS_RESOLVE_OPTIONS(ctx, fn, what, T, INIT, given, out)                                \
+    ns_options_resolve((ctx), (fn), (what), #T, #INIT, (given), &(const T)INIT, sizeof(T), (out))
+
 /* ld with 0 resolved to cols. */
 static inline int64_t ns_ld(ns_matrix m) { return m.ld ? m.ld : m.cols; }
 size_t ns_dtype_size(ns_dtype t);

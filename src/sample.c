@@ -10,11 +10,6 @@ static const char *const FN = "ns_sample";
 
 static ns_status check_options(ns_context *ctx, const ns_candidates *c,
                                const ns_sampler_options *o, int64_t m) {
-    if (o->struct_size < sizeof(ns_sampler_options))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_sampler_options) "
-                       "(%zu); initialise with NS_SAMPLER_OPTIONS_INIT",
-                       FN, o->struct_size, sizeof(ns_sampler_options));
     if (o->strategy != NS_SAMPLE_TOP && o->strategy != NS_SAMPLE_UNIFORM &&
         o->strategy != NS_SAMPLE_SIMANS && o->strategy != NS_SAMPLE_SOFTMAX)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
@@ -56,8 +51,11 @@ ns_status ns_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *k
     if ((st = ns_check_candidates(ctx, FN, cand))) return st;
     if ((st = ns_check_ptr(ctx, FN, "index", index))) return st;
     if ((st = ns_check_ptr(ctx, FN, "count", count))) return st;
-    static const ns_sampler_options defaults = NS_SAMPLER_OPTIONS_INIT;
-    const ns_sampler_options *o = options ? options : &defaults;
+    ns_sampler_options resolved;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, FN, "options", ns_sampler_options, NS_SAMPLER_OPTIONS_INIT,
+                                 options, &resolved)))
+        return st;
+    const ns_sampler_options *o = &resolved;
     if ((st = check_options(ctx, cand, o, m))) return st;
 
     return NS_DISPATCH(ctx, sample, (ctx, cand, keep, o, m, index, score, count));

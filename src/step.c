@@ -87,19 +87,50 @@ static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, int64_t h,
 
 /* ------------------------------------------------------------------ checks */
 
-static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_options *o) {
+/* The step's options resolved (ns_options_resolve): the caller's prefix over the defaults, and
+ * the filter, sampler and loss options they point to (NULL: the defaults). */
+typedef struct {
+    int resolved;
+    ns_step_options opt;
+    ns_filter_options filter;
+    ns_sampler_options sampler;
+    ns_loss_options loss;
+} step_config;
+
+static ns_status resolve_config(ns_context *ctx, const char *fn, const ns_step_options *given,
+                                step_config *cfg) {
+    ns_status st;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options", ns_step_options, NS_STEP_OPTIONS_INIT, given,
+                                 &cfg->opt)))
+        return st;
+    const ns_step_options *o = &cfg->opt;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options->filter", ns_filter_options,
+                                 NS_FILTER_OPTIONS_INIT, o->filter, &cfg->filter)))
+        return st;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options->sampler", ns_sampler_options,
+                                 NS_SAMPLER_OPTIONS_INIT, o->sampler, &cfg->sampler)))
+        return st;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options->loss", ns_loss_options, NS_LOSS_OPTIONS_INIT,
+                                 o->loss, &cfg->loss)))
+        return st;
+    cfg->opt.filter = &cfg->filter;
+    cfg->opt.sampler = &cfg->sampler;
+    cfg->opt.loss = &cfg->loss;
+    cfg->resolved = 1;
+    return NS_OK;
+}
+
+static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_options *given,
+                            step_config *cfg) {
     static const char *fn = "ns_step_forward";
     ns_status st;
     if ((st = ns_check_ptr(ctx, fn, "batch", b))) return st;
-    if ((st = ns_check_ptr(ctx, fn, "options", o))) return st;
+    if ((st = ns_check_ptr(ctx, fn, "options", given))) return st;
     if ((st = ns_check_matrix(ctx, fn, "batch->query", b->query, 0))) return st;
     if ((st = ns_check_matrix(ctx, fn, "batch->positive", b->positive, 0))) return st;
     if ((st = ns_check_matrix(ctx, fn, "batch->candidate", b->candidate, 1))) return st;
-    if (o->struct_size < sizeof(ns_step_options))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_step_options) (%zu);"
-                       " initialise with NS_STEP_OPTIONS_INIT",
-                       fn, o->struct_size, sizeof(ns_step_options));
+    if ((st = resolve_config(ctx, fn, given, cfg))) return st;
+    const ns_step_options *o = &cfg->opt;
     int64_t B = b->query.rows, d = b->query.cols, C = b->candidates_per_query;
     if (b->positive.rows != B)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
@@ -162,17 +193,20 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
  * step's only collective, was reached: a rank failing before it still takes part in its first
  * exchange, so that the others fail at once instead of at the timeout. */
 static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
-                              ns_step_result *result, int *collective);
+                              ns_step_result *result, step_config *cfg, int *collective);
 
 ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
                           ns_step_result *result) {
     int collective = 0;
-    ns_status st = step_forward(ctx, batch, opt, result, &collective);
-    if (st && !collective && ctx && opt && opt->struct_size >= sizeof(ns_step_options) && opt->comm) {
+    step_config cfg;
+    cfg.resolved = 0;
+    ns_status st = step_forward(ctx, batch, opt, result, &cfg, &collective);
+    ns_comm *comm = cfg.resolved ? cfg.opt.comm : NULL;
+    if (st && !collective && ctx && comm) {
         char why[NS_ERROR_CAPACITY]; /* this rank's own failure is what it reports */
         memcpy(why, ctx->error, sizeof why);
-        if (ns_comm_usable(ctx, opt->comm, "ns_step_forward") == NS_OK)
-            ns_comm_infonce_abstain(ctx, opt->comm, st, "ns_step_forward");
+        if (ns_comm_usable(ctx, comm, "ns_step_forward") == NS_OK)
+            ns_comm_infonce_abstain(ctx, comm, st, "ns_step_forward");
         memcpy(ctx->error, why, sizeof why);
     }
     return st;
@@ -265,18 +299,19 @@ static ns_status step_loss_inputs(ns_context *ctx, struct ns_step_state *s, cons
     return NS_OK;
 }
 
-static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
-                              ns_step_result *result, int *collective) {
+static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *given,
+                              ns_step_result *result, step_config *cfg, int *collective) {
     static const char *fn = "ns_step_forward";
     ns_status st = ns_check_context(ctx, fn);
     if (st) return st;
     if ((st = ns_check_ptr(ctx, fn, "result", result))) return st;
-    if ((st = check_step(ctx, batch, opt))) return st;
+    if ((st = check_step(ctx, batch, given, cfg))) return st;
+    const ns_step_options *opt = &cfg->opt;
     if ((st = step_reserve(ctx, batch, opt->hard_negatives, fn))) return st;
     struct ns_step_state *s = ctx->step;
-    s->filter = opt->filter;
-    s->sampler = opt->sampler;
-    s->loss = opt->loss;
+    s->filter = cfg->filter;
+    s->sampler = cfg->sampler;
+    s->loss = cfg->loss;
     const int64_t *cand_ids;
     if ((st = step_ids(ctx, s, batch, &cand_ids))) return st;
     ns_filter_counts counts;
@@ -295,6 +330,9 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
 
     s->batch = *batch;
     s->opt = *opt;
+    s->opt.filter = &s->filter; /* the state's own copies, not the call's */
+    s->opt.sampler = &s->sampler;
+    s->opt.loss = &s->loss;
     s->ready = 1;
     memset(result, 0, sizeof *result);
     result->loss = loss;

@@ -627,7 +627,7 @@ TEST(InfoNCE, ForwardRejectsBadInput) {
         f(o);
         return forward_bad(c, &good, &o);
     };
-    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.struct_size = 8; }), NS_ERR_INVALID_ARGUMENT, "struct_size (8)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.struct_size = 4; }), NS_ERR_INVALID_ARGUMENT, "struct_size (4)");
     EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = 0; }), NS_ERR_INVALID_ARGUMENT, "temperature (0)");
     EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = -1; }), NS_ERR_INVALID_ARGUMENT, "temperature (-1)");
     EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = INFINITY; }), NS_ERR_INVALID_ARGUMENT, "temperature (inf)");

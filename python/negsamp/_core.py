@@ -770,9 +770,13 @@ class Step:
         o.hard_negatives = int(hard_negatives)
         f = dict(filter or {})
         f.setdefault("same_id", True)
-        o.filter = _filter_options(**f)
-        o.sampler = _sampler_options(**(sampler or {}))
-        o.loss = _loss_options(**(loss or {}))
+        # The step options point to these: they live as long as the step.
+        self._filter = _filter_options(**f)
+        self._sampler = _sampler_options(**(sampler or {}))
+        self._loss = _loss_options(**(loss or {}))
+        o.filter = ctypes.pointer(self._filter)
+        o.sampler = ctypes.pointer(self._sampler)
+        o.loss = ctypes.pointer(self._loss)
         o.queue = None if queue is None else queue.handle
         o.enqueue = int(bool(enqueue))
         o.comm = None if comm is None else comm.handle
@@ -822,7 +826,7 @@ class Step:
             b.guide_positive_score = _ptr(keep["gps"], c_float)
         b.query_offset = int(query_offset)
         if step is not None:
-            self.options.sampler.step = int(step)
+            self._sampler.step = int(step)
         r = _ffi.ns_step_result()
         self.ctx.check(_c("ns_step_forward")(self.ctx.handle, byref(b), byref(self.options),
                                              byref(r)))
