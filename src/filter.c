@@ -1,5 +1,5 @@
-/* ns_filter: drops likely false negatives (DESIGN.md "False-negative filter"). The checks of the
- * options (which read no data), then the backend (src/cpu/cpu_filter.c,
+/* ns_filter: drops likely false negatives (the NS_FILTER_* rules of include/negsamp.h). The
+ * checks of the options (which read no data), then the backend (src/cpu/cpu_filter.c,
  * kernels/cuda_filter.cu); both take their decisions through ns_filter_hits
  * (src/hostdevice/ns_math.h). */
 #include "ns_dispatch.h"

@@ -1,7 +1,8 @@
 /* ns_sample: m negatives per query among the kept candidates, without replacement, exactly by
- * weight, with the Gumbel-top-m trick (DESIGN.md "Sampling", "Randomness"). The checks of the
+ * weight, with the Gumbel-top-m trick (contract in include/negsamp.h). The checks of the
  * options, then the backend (src/cpu/cpu_sample.c, kernels/cuda_sample.cu); both draw their
- * keys from ns_sample_key (src/hostdevice/ns_math.h), so they pick the same candidates. */
+ * keys from ns_sample_key (src/hostdevice/ns_math.h: the RNG layout), so they pick the same
+ * candidates. */
 #include "ns_dispatch.h"
 
 #include <math.h>

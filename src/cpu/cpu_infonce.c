@@ -128,6 +128,30 @@ void ns_loss_columns(const ns_loss_plan *p, const ns_loss_block *b, int64_t j0, 
     }
 }
 
+void ns_loss_tiles_shape(const ns_loss_plan *p, ns_loss_tiles *t) {
+    int64_t maxc = 1;
+    t->half_cols = 0;
+    for (int b = 0; b < p->nblocks; b++) {
+        if (p->blk[b].m.rows > maxc) maxc = p->blk[b].m.rows;
+        if (p->blk[b].m.dtype != NS_F32) t->half_cols = 1;
+    }
+    t->tb = p->tb < p->B ? p->tb : p->B;
+    t->tn = p->tn < maxc ? p->tn : maxc;
+}
+
+void ns_loss_tiles_carve(const ns_loss_plan *p, ns_loss_tiles *t, ns_arena *a) {
+    const ns_infonce_inputs *in = p->in;
+    const int64_t tb = t->tb, tn = t->tn, d = p->d, h = p->h;
+    t->xt = (float *)ns_arena_carve(a, (size_t)(tb * tn) * 4);
+    t->qbuf = (float *)ns_arena_carve(a, in->query.dtype != NS_F32 ? (size_t)(tb * d) * 4 : 0);
+    t->cbuf = (float *)ns_arena_carve(a, t->half_cols ? (size_t)(tn * d) * 4 : 0);
+    t->hbuf = (float *)ns_arena_carve(
+        a, p->own_hard && in->hard.dtype != NS_F32 ? (size_t)(tb * h * d) * 4 : 0);
+    t->cid = (int64_t *)ns_arena_carve(a, (size_t)tn * 8);
+    t->cmask = (uint8_t *)ns_arena_carve(a, (size_t)tn);
+    t->cidok = (uint8_t *)ns_arena_carve(a, (size_t)tn);
+}
+
 const float *ns_loss_view(ns_matrix m, int64_t r0, int64_t n, float *buf, int64_t *ld, int nt) {
     if (m.dtype == NS_F32) return ns_rows_f32_view(m, r0, n, buf, ld, NULL);
     /* Half-precision tiles are converted by every thread: a serial conversion would cost as

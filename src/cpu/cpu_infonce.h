@@ -57,6 +57,22 @@ static inline int ns_loss_hard_masked(const ns_loss_plan *p, int64_t r, int64_t 
 void ns_loss_columns(const ns_loss_plan *p, const ns_loss_block *b, int64_t j0, int64_t n,
                      uint8_t *mask, int64_t *id, uint8_t *idok);
 
+/* The tile buffers forward and backward both carve from the scratch arena: the logit tile
+ * (tb × tn), f32 copies of f16/bf16 query, candidate and own-hard tiles, and a tile's column
+ * facts (ns_loss_columns). */
+typedef struct {
+    int64_t tb, tn;
+    int half_cols;
+    float *xt, *qbuf, *cbuf, *hbuf;
+    int64_t *cid;
+    uint8_t *cmask, *cidok;
+} ns_loss_tiles;
+
+/* The tile shape of p (its tb, tn clamped to the sizes at hand). */
+void ns_loss_tiles_shape(const ns_loss_plan *p, ns_loss_tiles *t);
+/* Carves t's buffers from a (sizing or real arena). */
+void ns_loss_tiles_carve(const ns_loss_plan *p, ns_loss_tiles *t, ns_arena *a);
+
 /* A f32 view of rows [r0, r0+n) of m (f16/bf16 converted into buf by nt threads). */
 const float *ns_loss_view(ns_matrix m, int64_t r0, int64_t n, float *buf, int64_t *ld, int nt);
 

@@ -101,27 +101,17 @@ static float row_grad(const tile_info *t, float *x, float *g, const float *sv, i
 typedef struct {
     const ns_loss_plan *p;
     ns_loss_block blk[3];
-    int64_t tb, tn;
-    int half_cols;
-    float *xt, *qbuf, *cbuf, *hbuf, *keepf, *gscratch, *colc;
-    int64_t *cid, *rpos, *rposid;
-    uint8_t *cmask, *cidok;
+    ns_loss_tiles t;
+    float *keepf, *gscratch, *colc;
+    int64_t *rpos, *rposid;
     double *rtau;
 } bwd_work;
 
 static void bwd_layout(void *plan, ns_arena *a) {
     bwd_work *w = (bwd_work *)plan;
     const ns_loss_plan *p = w->p;
-    const ns_infonce_inputs *in = p->in;
-    const int64_t tb = w->tb, tn = w->tn, d = p->d, h = p->h;
-    w->xt = (float *)ns_arena_carve(a, (size_t)(tb * tn) * 4);
-    w->qbuf = (float *)ns_arena_carve(a, in->query.dtype != NS_F32 ? (size_t)(tb * d) * 4 : 0);
-    w->cbuf = (float *)ns_arena_carve(a, w->half_cols ? (size_t)(tn * d) * 4 : 0);
-    w->hbuf = (float *)ns_arena_carve(
-        a, p->own_hard && in->hard.dtype != NS_F32 ? (size_t)(tb * h * d) * 4 : 0);
-    w->cid = (int64_t *)ns_arena_carve(a, (size_t)tn * 8);
-    w->cmask = (uint8_t *)ns_arena_carve(a, (size_t)tn);
-    w->cidok = (uint8_t *)ns_arena_carve(a, (size_t)tn);
+    const int64_t tb = w->t.tb, tn = w->t.tn;
+    ns_loss_tiles_carve(p, &w->t, a);
     w->keepf = (float *)ns_arena_carve(a, (size_t)tn * 4);
     w->gscratch = (float *)ns_arena_carve(a, (size_t)p->nt * (size_t)tn * 4);
     w->rpos = (int64_t *)ns_arena_carve(a, (size_t)tb * 8);
@@ -145,19 +135,14 @@ static void bwd_column_factors(const ns_loss_plan *p, const float *saved, float 
 
 static ns_status bwd_setup(ns_context *ctx, const ns_loss_plan *p, const ns_infonce_grads *grads,
                            const float *saved, bwd_work *w) {
-    int64_t maxc = 1;
     w->p = p;
-    w->half_cols = 0;
     memcpy(w->blk, p->blk, sizeof(w->blk));
     float *gh = p->h > 0 ? grads->hard : NULL;
     for (int b = 0; b < p->nblocks; b++) {
         ns_loss_block *bk = &w->blk[b];
         bk->grad = bk->kind == NS_BLK_PASSAGE ? grads->passage : bk->kind == NS_BLK_HARD ? gh : NULL;
-        if (bk->m.rows > maxc) maxc = bk->m.rows;
-        if (bk->m.dtype != NS_F32) w->half_cols = 1;
     }
-    w->tb = p->tb < p->B ? p->tb : p->B;
-    w->tn = p->tn < maxc ? p->tn : maxc;
+    ns_loss_tiles_shape(p, &w->t);
     ns_status st = ns_arena_lay_out(ctx, &ctx->scratch, bwd_layout, w, "ns_infonce_backward");
     if (st) return st;
     if (p->sym) bwd_column_factors(p, saved, w->colc);
@@ -173,14 +158,14 @@ static void bwd_block_tile(bwd_work *w, const ns_loss_block *bk, const float *q,
     const int passage = bk->kind == NS_BLK_PASSAGE, symcol = passage && p->sym;
     const int64_t d = p->d;
     int64_t ldc;
-    const float *c = ns_loss_view(bk->m, j0, nc, w->cbuf, &ldc, p->nt);
-    ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->xt, nc);
-    ns_loss_columns(p, bk, j0, nc, w->cmask, w->cid, w->cidok);
+    const float *c = ns_loss_view(bk->m, j0, nc, w->t.cbuf, &ldc, p->nt);
+    ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->t.xt, nc);
+    ns_loss_columns(p, bk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok);
     tile_info ti = {p, j0, nc, passage, symcol, 0, w->keepf, symcol ? w->colc + j0 : NULL,
-                    w->cid, w->cidok, w->cmask, wt};
+                    w->t.cid, w->t.cidok, w->t.cmask, wt};
     for (int64_t cc = 0; cc < nc; cc++) {
-        w->keepf[cc] = w->cmask[cc] ? 0.0f : 1.0f;
-        ti.anyid |= w->cidok[cc];
+        w->keepf[cc] = w->t.cmask[cc] ? 0.0f : 1.0f;
+        ti.anyid |= w->t.cidok[cc];
     }
     /* Passage rows without passage_id match a row's positive id only at the positive itself,
      * which row_grad treats apart. */
@@ -192,11 +177,11 @@ static void bwd_block_tile(bwd_work *w, const ns_loss_block *bk, const float *q,
         tid = omp_get_thread_num();
 #endif
         const float *sv = saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY;
-        w->rtau[k] += (double)row_grad(&ti, w->xt + k * nc, w->gscratch + (int64_t)tid * w->tn,
+        w->rtau[k] += (double)row_grad(&ti, w->t.xt + k * nc, w->gscratch + (int64_t)tid * w->t.tn,
                                        sv, w->rpos[k], w->rposid[k]);
     }
-    if (gq) ns_sgemm_nn(nb, d, nc, 1.0f, w->xt, nc, c, ldc, 1.0f, gq + r0 * d, d);
-    if (bk->grad) ns_sgemm_tn(nc, d, nb, 1.0f, w->xt, nc, q, ldq, 1.0f, bk->grad + j0 * d, d);
+    if (gq) ns_sgemm_nn(nb, d, nc, 1.0f, w->t.xt, nc, c, ldc, 1.0f, gq + r0 * d, d);
+    if (bk->grad) ns_sgemm_tn(nc, d, nb, 1.0f, w->t.xt, nc, q, ldq, 1.0f, bk->grad + j0 * d, d);
 }
 
 /* Each query's own hard negatives (share_hard = 0): h dot products and rank-1 updates per row. */
@@ -206,7 +191,7 @@ static void bwd_own_hard(bwd_work *w, const float *q, int64_t ldq, int64_t r0, i
     const int64_t h = p->h, d = p->d;
     const float beta = p->beta, beta1 = 1.0f + p->beta;
     int64_t ldh;
-    const float *hq = ns_loss_view(p->in->hard, r0 * h, nb * h, w->hbuf, &ldh, p->nt);
+    const float *hq = ns_loss_view(p->in->hard, r0 * h, nb * h, w->t.hbuf, &ldh, p->nt);
 #pragma omp parallel for num_threads(p->nt) schedule(static)
     for (int64_t k = 0; k < nb; k++) {
         const float *sv = saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY;
@@ -265,10 +250,10 @@ ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
     const double wl = (double)grad_loss / (double)B * (p->sym ? 0.5 : 1.0);
     const float wt = (float)(wl / p->tau);
     double tau_sum = 0.0, tau_explicit = 0.0;
-    for (int64_t r0 = 0; r0 < B; r0 += w.tb) {
-        const int64_t nb = B - r0 < w.tb ? B - r0 : w.tb;
+    for (int64_t r0 = 0; r0 < B; r0 += w.t.tb) {
+        const int64_t nb = B - r0 < w.t.tb ? B - r0 : w.t.tb;
         int64_t ldq;
-        const float *q = ns_loss_view(in->query, r0, nb, w.qbuf, &ldq, p->nt);
+        const float *q = ns_loss_view(in->query, r0, nb, w.t.qbuf, &ldq, p->nt);
         for (int64_t k = 0; k < nb; k++) {
             w.rpos[k] = ns_loss_pos(p, r0 + k);
             w.rposid[k] = ns_loss_pid(p, w.rpos[k]);
@@ -277,9 +262,9 @@ ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
         for (int b = 0; b < p->nblocks; b++) {
             const ns_loss_block *bk = &w.blk[b];
             if (!gq && !want_tau && !bk->grad) continue;
-            for (int64_t j0 = 0; j0 < bk->m.rows; j0 += w.tn)
+            for (int64_t j0 = 0; j0 < bk->m.rows; j0 += w.t.tn)
                 bwd_block_tile(&w, bk, q, ldq, r0, nb, j0,
-                               bk->m.rows - j0 < w.tn ? bk->m.rows - j0 : w.tn, saved, gq, wt);
+                               bk->m.rows - j0 < w.t.tn ? bk->m.rows - j0 : w.t.tn, saved, gq, wt);
         }
         if (p->own_hard) bwd_own_hard(&w, q, ldq, r0, nb, saved, gq, gh, wt);
         for (int64_t k = 0; k < nb; k++) {

@@ -151,11 +151,7 @@ static void column_update(const ns_loss_plan *p, const float *xt, int64_t nb, in
  * statistics of the positive passages. */
 typedef struct {
     const ns_loss_plan *p;
-    int64_t tb, tn;
-    int half_cols;
-    float *xt, *qbuf, *cbuf, *hbuf;
-    int64_t *cid;
-    uint8_t *cmask, *cidok;
+    ns_loss_tiles t;
     row_state rs;
     double *cmax, *csum;
     uint8_t *ispos;
@@ -164,16 +160,8 @@ typedef struct {
 static void fwd_layout(void *plan, ns_arena *a) {
     fwd_work *w = (fwd_work *)plan;
     const ns_loss_plan *p = w->p;
-    const ns_infonce_inputs *in = p->in;
-    const int64_t tb = w->tb, tn = w->tn, d = p->d, h = p->h;
-    w->xt = (float *)ns_arena_carve(a, (size_t)(tb * tn) * 4);
-    w->qbuf = (float *)ns_arena_carve(a, in->query.dtype != NS_F32 ? (size_t)(tb * d) * 4 : 0);
-    w->cbuf = (float *)ns_arena_carve(a, w->half_cols ? (size_t)(tn * d) * 4 : 0);
-    w->hbuf = (float *)ns_arena_carve(
-        a, p->own_hard && in->hard.dtype != NS_F32 ? (size_t)(tb * h * d) * 4 : 0);
-    w->cid = (int64_t *)ns_arena_carve(a, (size_t)tn * 8);
-    w->cmask = (uint8_t *)ns_arena_carve(a, (size_t)tn);
-    w->cidok = (uint8_t *)ns_arena_carve(a, (size_t)tn);
+    const int64_t tb = w->t.tb;
+    ns_loss_tiles_carve(p, &w->t, a);
     w->rs.m = (float *)ns_arena_carve(a, (size_t)tb * 4);
     w->rs.a = (double *)ns_arena_carve(a, (size_t)tb * 8);
     w->rs.w = (double *)ns_arena_carve(a, (size_t)tb * 8);
@@ -186,15 +174,8 @@ static void fwd_layout(void *plan, ns_arena *a) {
 }
 
 static ns_status fwd_setup(ns_context *ctx, const ns_loss_plan *p, fwd_work *w) {
-    int64_t maxc = 1;
     w->p = p;
-    w->half_cols = 0;
-    for (int b = 0; b < p->nblocks; b++) {
-        if (p->blk[b].m.rows > maxc) maxc = p->blk[b].m.rows;
-        if (p->blk[b].m.dtype != NS_F32) w->half_cols = 1;
-    }
-    w->tb = p->tb < p->B ? p->tb : p->B;
-    w->tn = p->tn < maxc ? p->tn : maxc;
+    ns_loss_tiles_shape(p, &w->t);
     ns_status st = ns_arena_lay_out(ctx, &ctx->scratch, fwd_layout, w, "ns_infonce_forward");
     if (st) return st;
     if (p->sym) {
@@ -214,8 +195,8 @@ static void fwd_block_tile(const fwd_work *w, const ns_loss_block *blk, int64_t 
                            int64_t j0, int64_t nc, float *saved) {
     const ns_loss_plan *p = w->p;
     const int passage = blk->kind == NS_BLK_PASSAGE;
-    const uint8_t *cmask = w->cmask, *cidok = w->cidok;
-    const int64_t *cid = w->cid;
+    const uint8_t *cmask = w->t.cmask, *cidok = w->t.cidok;
+    const int64_t *cid = w->t.cid;
     /* Row-independent masks, and whether any id can match a row's positive id (passage rows
      * without passage_id only match at the positive itself). */
     int anymask = 0, anyid = 0;
@@ -226,7 +207,7 @@ static void fwd_block_tile(const fwd_work *w, const ns_loss_block *blk, int64_t 
     if (passage && !p->in->passage_id) anyid = 0;
 #pragma omp parallel for num_threads(ns_loss_elem_threads(p->nt, nb * nc)) schedule(static)
     for (int64_t k = 0; k < nb; k++) {
-        float *x = w->xt + k * nc;
+        float *x = w->t.xt + k * nc;
         const int64_t pos = w->rs.pos[k], posid = w->rs.posid[k];
         const int has_pos = passage && pos >= j0 && pos < j0 + nc;
         if (has_pos) saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = x[pos - j0];
@@ -246,7 +227,7 @@ static void fwd_own_hard(const fwd_work *w, const float *q, int64_t ldq, int64_t
     const ns_loss_plan *p = w->p;
     const int64_t h = p->h, d = p->d;
     int64_t ldh;
-    const float *hq = ns_loss_view(p->in->hard, r0 * h, nb * h, w->hbuf, &ldh, p->nt);
+    const float *hq = ns_loss_view(p->in->hard, r0 * h, nb * h, w->t.hbuf, &ldh, p->nt);
 #pragma omp parallel for num_threads(p->nt) schedule(static)
     for (int64_t k = 0; k < nb; k++) {
         float x[64];
@@ -275,7 +256,7 @@ static void fwd_row_tile(const fwd_work *w, int64_t r0, int64_t nb, float *saved
     const ns_loss_plan *p = w->p;
     const int nt = p->nt;
     int64_t ldq;
-    const float *q = ns_loss_view(p->in->query, r0, nb, w->qbuf, &ldq, nt);
+    const float *q = ns_loss_view(p->in->query, r0, nb, w->t.qbuf, &ldq, nt);
     for (int64_t k = 0; k < nb; k++) {
         w->rs.m[k] = -INFINITY;
         w->rs.a[k] = w->rs.w[k] = 0.0;
@@ -285,14 +266,14 @@ static void fwd_row_tile(const fwd_work *w, int64_t r0, int64_t nb, float *saved
     }
     for (int b = 0; b < p->nblocks; b++) {
         const ns_loss_block *blk = &p->blk[b];
-        for (int64_t j0 = 0; j0 < blk->m.rows; j0 += w->tn) {
-            const int64_t nc = blk->m.rows - j0 < w->tn ? blk->m.rows - j0 : w->tn;
+        for (int64_t j0 = 0; j0 < blk->m.rows; j0 += w->t.tn) {
+            const int64_t nc = blk->m.rows - j0 < w->t.tn ? blk->m.rows - j0 : w->t.tn;
             int64_t ldc;
-            const float *c = ns_loss_view(blk->m, j0, nc, w->cbuf, &ldc, nt);
-            ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->xt, nc);
-            ns_loss_columns(p, blk, j0, nc, w->cmask, w->cid, w->cidok);
+            const float *c = ns_loss_view(blk->m, j0, nc, w->t.cbuf, &ldc, nt);
+            ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->t.xt, nc);
+            ns_loss_columns(p, blk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok);
             if (p->sym && blk->kind == NS_BLK_PASSAGE)
-                column_update(p, w->xt, nb, nc, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
+                column_update(p, w->t.xt, nb, nc, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
             fwd_block_tile(w, blk, r0, nb, j0, nc, saved);
         }
     }
@@ -312,8 +293,8 @@ ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
     const ns_loss_plan *p = &plan;
     fwd_work w;
     if ((st = fwd_setup(ctx, p, &w))) return st;
-    for (int64_t r0 = 0; r0 < p->B; r0 += w.tb)
-        fwd_row_tile(&w, r0, p->B - r0 < w.tb ? p->B - r0 : w.tb, saved);
+    for (int64_t r0 = 0; r0 < p->B; r0 += w.t.tb)
+        fwd_row_tile(&w, r0, p->B - r0 < w.t.tb ? p->B - r0 : w.t.tb, saved);
 
     /* The symmetric term of query i: column positive[i]'s log-sum-exp. */
     double total = 0.0;
