@@ -90,6 +90,12 @@ __global__ void ns_k_step_scatter(int64_t dim, const float *grad_hard, const int
 
 }  // namespace
 
+ns_status ns_cuda_step_check_batch(ns_context *ctx, const ns_batch *batch) {
+    (void)ctx;
+    (void)batch;
+    return NS_OK;
+}
+
 ns_status ns_cuda_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
                               int64_t per_query, float *score, float *positive_score) {
     static const char *fn = "ns_step_forward";

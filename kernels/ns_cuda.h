@@ -36,6 +36,8 @@ ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
 /* The step's small kernels (kernels/cuda_step.cu): score[i·C + j] = q_i · cand_{i·C+j}
  * and positive_score[i] = q_i · p_i; then gather the sampled rows (ids → rows of the candidate
  * block of query i, f32 out, keep/row/id arrays, zero rows for padding). */
+/* The batch's device rows are checked by the ops the step calls (their device scans). */
+ns_status ns_cuda_step_check_batch(ns_context *ctx, const ns_batch *batch);
 ns_status ns_cuda_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
                               int64_t per_query, float *score, float *positive_score);
 ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,

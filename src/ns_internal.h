@@ -17,7 +17,7 @@ extern "C" {
 #define NS_ERROR_CAPACITY 1024
 
 struct ns_step_state; /* src/step.c */
-struct ns_cuda_state; /* kernels/cuda_context.cu */
+struct ns_cuda_state; /* kernels/cuda_common.cuh */
 
 struct ns_context {
     ns_backend backend; /* CPU or CUDA, never AUTO */

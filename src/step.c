@@ -170,17 +170,7 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
                            "%s: options->queue holds rows of %lld columns but batch->query has %lld",
                            fn, (long long)rows.cols, (long long)d);
     }
-    if (ctx->backend == NS_BACKEND_CPU) { /* device memory is checked by the ops themselves */
-        const char *names[3] = {"batch->query", "batch->positive", "batch->candidate"};
-        const ns_matrix ms[3] = {b->query, b->positive, b->candidate};
-        for (int m = 0; m < 3; m++) {
-            int64_t bad = ns_matrix_find_nonfinite(ms[m]);
-            if (bad)
-                return ns_fail(ctx, NS_ERR_NONFINITE, "%s: %s holds NaN or Inf at row %lld, column %lld",
-                               fn, names[m], (long long)((bad - 1) / ms[m].cols),
-                               (long long)((bad - 1) % ms[m].cols));
-        }
-    }
+    if ((st = NS_DISPATCH(ctx, step_check_batch, (ctx, b)))) return st;
     if (o->comm && (st = ns_comm_usable(ctx, o->comm, fn))) return st;
     return NS_OK;
 }

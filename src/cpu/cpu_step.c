@@ -15,6 +15,20 @@ static float dot_f32(const float *a, const float *b, int64_t n) {
     return s;
 }
 
+ns_status ns_cpu_step_check_batch(ns_context *ctx, const ns_batch *b) {
+    const char *names[3] = {"batch->query", "batch->positive", "batch->candidate"};
+    const ns_matrix ms[3] = {b->query, b->positive, b->candidate};
+    for (int m = 0; m < 3; m++) {
+        int64_t bad = ns_matrix_find_nonfinite(ms[m]);
+        if (bad)
+            return ns_fail(ctx, NS_ERR_NONFINITE,
+                           "ns_step_forward: %s holds NaN or Inf at row %lld, column %lld",
+                           names[m], (long long)((bad - 1) / ms[m].cols),
+                           (long long)((bad - 1) % ms[m].cols));
+    }
+    return NS_OK;
+}
+
 typedef struct {
     size_t bytes;
     float *tmp;

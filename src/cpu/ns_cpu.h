@@ -37,7 +37,8 @@ ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                   float grad_loss, const ns_infonce_grads *grads);
 /* src/cpu/cpu_step.c: the step's stages between the public ops (same contracts as the CUDA
  * ones: scores in the sequential order of the CUDA kernel, so both backends take the same
- * filter and sampler decisions). */
+ * filter and sampler decisions). check_batch: NaN/Inf in the batch's rows. */
+ns_status ns_cpu_step_check_batch(ns_context *ctx, const ns_batch *batch);
 ns_status ns_cpu_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
                              int64_t per_query, float *score, float *positive_score);
 ns_status ns_cpu_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
