@@ -207,11 +207,11 @@ namespace {
 // One call's shapes, modes and device workspace (the context's scratch arena).
 struct MinePlan {
     int64_t Q, N, d, k, qb, nt, ex_total;
-    size_t esz, ctile_b;
+    size_t esz, ctile_b;     // bytes of one corpus tile
     int normalize, host_corpus, pinned_corpus, mixed, host_ex, validate;
     float *tile, *inv_q, *inv_c, *qf, *cf, *top_v, *scr_v;
     int *top_i, *scr_i;
-    char *ctiles;            // 2 corpus tiles (host corpus)
+    char *ctile[2];          // the corpus tiles of a host corpus (double buffer)
     int64_t *ex_off, *ex_ids;  // device copies of host exclusion lists
 };
 
@@ -222,7 +222,8 @@ void mine_layout(void *plan, ns_arena *a) {
     P->tile = (float *)ns_arena_carve(a, (size_t)(P->qb * P->nt) * 4);
     P->inv_q = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->Q * 4) : nullptr;
     P->inv_c = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->nt * 4) : nullptr;
-    P->ctiles = P->host_corpus ? (char *)ns_arena_carve(a, 2 * P->ctile_b) : nullptr;
+    for (int b = 0; b < 2; b++)
+        P->ctile[b] = P->host_corpus ? (char *)ns_arena_carve(a, P->ctile_b) : nullptr;
     P->qf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->Q * P->d) * 4) : nullptr;
     P->cf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->nt * P->d) * 4) : nullptr;
     P->ex_off = P->host_ex ? (int64_t *)ns_arena_carve(a, (size_t)(P->Q + 1) * 8) : nullptr;
@@ -265,7 +266,7 @@ ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corp
     P->nt = area / P->qb;
     if (P->nt > P->N) P->nt = P->N;
     if (P->nt > (1 << 20)) P->nt = 1 << 20;
-    P->ctile_b = ns_align256((size_t)(P->nt * P->d) * P->esz);
+    P->ctile_b = (size_t)(P->nt * P->d) * P->esz;
     const ns_id_lists *ex = opt->exclude;
     P->host_ex = ex && !ns_cuda_is_device_ptr(ex->offsets);
     P->ex_total = P->host_ex ? ex->offsets[P->Q] : 0;  // host lists: copied to the device once
@@ -322,7 +323,7 @@ ns_status mine_stage_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns
         ct->data = (const char *)corpus.data + (size_t)(c0 * ns_ld(corpus)) * P.esz;
         return NS_OK;
     }
-    char *dtile = P.ctiles + buf * P.ctile_b;
+    char *dtile = P.ctile[buf];
     const size_t row_b = (size_t)P.d * P.esz, ld_b = (size_t)ns_ld(corpus) * P.esz;
     const char *src = (const char *)corpus.data + (size_t)c0 * ld_b;
     size_t spitch = ld_b;

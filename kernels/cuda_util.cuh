@@ -99,5 +99,3 @@ struct NsCandArgs {
 };
 ns_status ns_cuda_check_candidates(ns_context *ctx, const char *fn, const NsCandArgs &a);
 
-// Bytes rounded up to 256 so that sub-buffers carved from one workspace stay aligned.
-static inline size_t ns_align256(size_t b) { return (b + 255) & ~(size_t)255; }

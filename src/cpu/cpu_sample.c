@@ -145,16 +145,18 @@ static row_fn pick_row_fn(void) {
     return sample_row_generic;
 }
 
+/* Per thread: the eligible entries (C, padded to whole cache lines) and the id set (H ids). */
 typedef struct {
-    size_t entry_bytes, per_thread;
+    int64_t per_thread_entries, H;
     int nt;
-    char *ws;
+    entry *entries;
+    int64_t *sets;
 } sample_ws;
 
-/* Per thread: the eligible entries (C) and the id set (H ids), 64-byte aligned pieces. */
 static void sample_layout(void *plan, ns_arena *a) {
     sample_ws *w = (sample_ws *)plan;
-    w->ws = (char *)ns_arena_carve(a, w->per_thread * (size_t)w->nt);
+    w->entries = (entry *)ns_arena_carve(a, (size_t)(w->per_thread_entries * w->nt) * sizeof(entry));
+    w->sets = (int64_t *)ns_arena_carve(a, (size_t)(w->H * w->nt) * sizeof(int64_t));
 }
 
 ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
@@ -165,13 +167,9 @@ ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_
         return st;
     const int nt = ns_threads(ctx);
     const int64_t C = cand->per_query, H = hash_size(C);
-    sample_ws w;
-    w.entry_bytes = ((size_t)C * sizeof(entry) + 63) & ~(size_t)63;
-    w.per_thread = w.entry_bytes + (size_t)H * sizeof(int64_t);
-    w.nt = nt;
+    const int64_t line = 64 / (int64_t)sizeof(entry);
+    sample_ws w = {(C + line - 1) / line * line, H, nt, NULL, NULL};
     if ((st = ns_arena_lay_out(ctx, &ctx->scratch, sample_layout, &w, FN))) return st;
-    char *ws = w.ws;
-    const size_t entry_bytes = w.entry_bytes, per_thread = w.per_thread;
 
     const int64_t B = cand->queries;
     const row_fn row = pick_row_fn();
@@ -182,8 +180,8 @@ ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_
 #else
         const int tid = 0;
 #endif
-        entry *e = (entry *)(ws + per_thread * (size_t)tid);
-        int64_t *set = (int64_t *)(ws + per_thread * (size_t)tid + entry_bytes);
+        entry *e = w.entries + w.per_thread_entries * tid;
+        int64_t *set = w.sets + H * tid;
 #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < B; i++)
             count[i] = row(cand, keep, o, m, i, e, set, H - 1, index + i * m,
