@@ -91,16 +91,6 @@ uint16_t ns_f32_to_bf16(float f);
 /* Threads the CPU backend uses for this context. */
 int ns_threads(const ns_context *ctx);
 
-/* BLAS (OpenBLAS): C = alpha · A · Bᵀ + beta · C, row-major, f32. */
-void ns_sgemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
-/* C = alpha · A · B + beta · C, row-major. */
-void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
-/* C = alpha · Aᵀ · B + beta · C, row-major (A is k × m). */
-void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
-
 /* Validation shared by ns_filter and ns_sample: the shapes and pointers (the data is checked
  * by the backend). */
 ns_status ns_check_candidates(ns_context *ctx, const char *fn, const ns_candidates *c);

@@ -3,7 +3,7 @@
 #ifndef NS_TILES_H
 #define NS_TILES_H
 
-#include "ns_internal.h"
+#include "ns_cpu.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -17,6 +17,17 @@ ns_status ns_cpu_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float sca
 /* src/cpu/cpu_mine_topk.c */
 ns_status ns_cpu_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
                            const ns_mine_options *opt, int64_t *index, float *score);
+/* src/cpu/cpu_blas.c: the one place where row-major products are mapped onto CBLAS. */
+/* C = alpha · A · Bᵀ + beta · C, row-major, f32. */
+void ns_sgemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* C = alpha · A · B + beta · C, row-major. */
+void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* C = alpha · Aᵀ · B + beta · C, row-major (A is k × m). */
+void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
 /* The host data of candidates (src/cpu/cpu_filter.c; ns_filter and ns_sample): ids >= -1,
  * finite scores in non-empty slots, finite positive scores and guide scores when asked for. */
 ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
