@@ -12,8 +12,7 @@ struct ns_cuda_state {
     void *blas_workspace;   // cuBLAS's own workspace (cublasSetWorkspace), fixed size
     size_t blas_workspace_size;
     ns_arena scratch;       // device workspace of one operation (src/ns_arena.h)
-    void *pinned[2];        // pinned host double buffers for streaming a host corpus
-    size_t pinned_size;
+    ns_arena pinned;        // pinned host double buffer for streaming a host corpus
     // Created on first use by kernels/cuda_util.cu (ns_cuda_flags, ns_cuda_copy_stream):
     int *dflag;             // device status words (non-finite seen, ...), NS_CUDA_FLAGS ints;
                             // ints [32, 128) are read as 48 uint64 words (NS_CUDA_WIDE)

@@ -31,6 +31,7 @@ ns_status ns_cuda_context_init(ns_context *ctx) {
     if (!s) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "ns_context_create: cannot allocate CUDA state");
     ctx->cuda = s;
     s->scratch = ns_arena_empty(NS_MEM_DEVICE);
+    s->pinned = ns_arena_empty(NS_MEM_PINNED);
     NS_CUDA_TRY(ctx, "ns_context_create", cudaSetDevice(ctx->device));
     NS_CUBLAS_TRY(ctx, "ns_context_create", cublasCreate(&s->blas));
     s->blas_workspace_size = 32u << 20;  // 32 MiB, what cuBLAS asks for on Hopper
@@ -46,8 +47,7 @@ void ns_cuda_context_free(ns_context *ctx) {
     else cudaDeviceSynchronize();
     ns_arena_release(ctx, &s->scratch);
     cudaFree(s->blas_workspace);
-    cudaFreeHost(s->pinned[0]);
-    cudaFreeHost(s->pinned[1]);
+    ns_arena_release(ctx, &s->pinned);
     cudaFree(s->dflag);
     cudaFreeHost(s->hflag);
     for (int i = 0; i < 4; i++)
@@ -87,6 +87,20 @@ ns_status ns_cuda_free_ordered(ns_context *ctx, void *p) {
     NS_CUDA_TRY(ctx, "ns_cuda_free", ctx && ctx->stream ? cudaStreamSynchronize((cudaStream_t)ctx->stream)
                                                         : cudaDeviceSynchronize());
     NS_CUDA_TRY(ctx, "ns_cuda_free", cudaFree(p));
+    return NS_OK;
+}
+
+ns_status ns_cuda_host_alloc(ns_context *ctx, void **p, size_t bytes) {
+    NS_CUDA_TRY(ctx, "ns_cuda_host_alloc", cudaHostAlloc(p, bytes ? bytes : 64, cudaHostAllocDefault));
+    return NS_OK;
+}
+
+ns_status ns_cuda_free_host_ordered(ns_context *ctx, void *p) {
+    if (!p) return NS_OK;
+    // Queued copies (the context's stream and its copy stream) may still read the block.
+    NS_CUDA_TRY(ctx, "ns_cuda_free_host", cudaStreamSynchronize((cudaStream_t)ctx->stream));
+    if (ctx->cuda && ctx->cuda->copy) NS_CUDA_TRY(ctx, "ns_cuda_free_host", cudaStreamSynchronize(ctx->cuda->copy));
+    NS_CUDA_TRY(ctx, "ns_cuda_free_host", cudaFreeHost(p));
     return NS_OK;
 }
 

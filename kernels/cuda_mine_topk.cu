@@ -212,6 +212,7 @@ struct MinePlan {
     float *tile, *inv_q, *inv_c, *qf, *cf, *top_v, *scr_v;
     int *top_i, *scr_i;
     char *ctile[2];          // the corpus tiles of a host corpus (double buffer)
+    char *pin[2];            // their pinned host staging (a pageable host corpus)
     int64_t *ex_off, *ex_ids;  // device copies of host exclusion lists
 };
 
@@ -233,6 +234,11 @@ void mine_layout(void *plan, ns_arena *a) {
     P->top_i = (int *)ns_arena_carve(a, (size_t)(P->Q * P->k) * 4);
     P->scr_v = (float *)ns_arena_carve(a, (size_t)(P->qb * P->k) * 4);
     P->scr_i = (int *)ns_arena_carve(a, (size_t)(P->qb * P->k) * 4);
+}
+
+void pinned_layout(void *plan, ns_arena *a) {
+    MinePlan *P = (MinePlan *)plan;
+    for (int b = 0; b < 2; b++) P->pin[b] = (char *)ns_arena_carve(a, P->ctile_b);
 }
 
 // Modes and tile shape; the refusals that need no data.
@@ -330,7 +336,7 @@ ns_status mine_stage_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns
     if (!P.pinned_corpus) {
         // The pinned buffer's previous copy (tile t−2) must have left it.
         NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(copied[buf]));
-        char *pin = (char *)cs->pinned[buf];
+        char *pin = P.pin[buf];
         if (ld_b == row_b) memcpy(pin, src, (size_t)n * row_b);
         else
             for (int64_t r = 0; r < n; r++) memcpy(pin + r * row_b, src + r * ld_b, row_b);
@@ -441,7 +447,7 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
         NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[0], st));
         NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[1], st));
     }
-    if (P.host_corpus && !P.pinned_corpus && (rc = ns_cuda_pinned(ctx, fn, (size_t)(P.nt * P.d) * P.esz)))
+    if (P.host_corpus && !P.pinned_corpus && (rc = ns_arena_lay_out(ctx, &cs->pinned, pinned_layout, &P, fn)))
         return rc;
 
     const int64_t tiles = (P.N + P.nt - 1) / P.nt;

@@ -83,8 +83,6 @@ int ns_cuda_is_pinned_host(const void *p);
 
 // The copy stream and its events (created on first use).
 ns_status ns_cuda_copy_stream(ns_context *ctx, const char *fn, cudaStream_t *copy);
-// The pinned double buffers, each at least bytes.
-ns_status ns_cuda_pinned(ns_context *ctx, const char *fn, size_t bytes);
 
 // Candidate data for the device check shared by ns_filter and ns_sample (kernels/cuda_filter.cu):
 // ids ≥ −1, finite scores of non-empty slots; s⁺, guide scores, g⁺ and positive lists only when

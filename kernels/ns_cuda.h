@@ -50,6 +50,9 @@ ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const
  * on ctx's stream (ctx NULL: after all work on the device) and returns any failure. */
 ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes);
 ns_status ns_cuda_free_ordered(ns_context *ctx, void *p);
+/* Page-locked host memory; freed after the work on ctx's stream and copy stream. */
+ns_status ns_cuda_host_alloc(ns_context *ctx, void **p, size_t bytes);
+ns_status ns_cuda_free_host_ordered(ns_context *ctx, void *p);
 /* A copy ordered on ctx's stream (use ns_copy, src/ns_arena.h, from backend-neutral code). */
 ns_status ns_cuda_memcpy(ns_context *ctx, void *dst, const void *src, size_t bytes,
                          ns_copy_dir dir);

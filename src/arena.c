@@ -11,6 +11,7 @@ static ns_status block_alloc(ns_context *ctx, ns_memory kind, size_t bytes, void
     *p = NULL;
 #ifdef NS_HAVE_CUDA
     if (kind == NS_MEM_DEVICE) return ns_cuda_malloc(ctx, p, bytes);
+    if (kind == NS_MEM_PINNED) return ns_cuda_host_alloc(ctx, p, bytes);
 #endif
     (void)ctx;
     (void)kind;
@@ -22,6 +23,7 @@ static ns_status block_free(ns_context *ctx, ns_memory kind, void *p) {
     if (!p) return NS_OK;
 #ifdef NS_HAVE_CUDA
     if (kind == NS_MEM_DEVICE) return ns_cuda_free_ordered(ctx, p);
+    if (kind == NS_MEM_PINNED) return ns_cuda_free_host_ordered(ctx, p);
 #endif
     (void)ctx;
     (void)kind;
@@ -46,7 +48,9 @@ ns_status ns_arena_reserve(ns_context *ctx, ns_arena *a, size_t bytes, const cha
         if ((st = block_alloc(ctx, a->kind, want, &p)) != NS_OK)
             return ns_fail(ctx, st == NS_ERR_CUDA ? NS_ERR_CUDA : NS_ERR_OUT_OF_MEMORY,
                            "%s: cannot allocate %zu bytes of %s workspace", fn, want,
-                           a->kind == NS_MEM_DEVICE ? "device" : "host");
+                           a->kind == NS_MEM_DEVICE   ? "device"
+                           : a->kind == NS_MEM_PINNED ? "pinned host"
+                                                      : "host");
     }
     a->base = (char *)p;
     a->capacity = want;

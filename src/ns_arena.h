@@ -10,7 +10,8 @@
  *   ctx->cuda->scratch    device, one operation (the CUDA backend's tiles and statistics)
  *   the step's arenas     backend + host staging, from ns_step_forward to ns_step_backward
  *   the comm's arena      backend, a multi-rank loss's gathered rows, forward to backward
- *   a queue's arena       backend, the ring itself (reserved once) */
+ *   a queue's arena       backend, the ring itself (reserved once)
+ *   ctx->cuda->pinned     pinned host, the double buffer that streams a host corpus to the GPU */
 #ifndef NS_ARENA_H
 #define NS_ARENA_H
 
@@ -23,7 +24,8 @@
 extern "C" {
 #endif
 
-typedef enum { NS_MEM_HOST = 0, NS_MEM_DEVICE = 1 } ns_memory;
+/* Host, device, or page-locked host memory (CUDA builds: staging of host data for async copies). */
+typedef enum { NS_MEM_HOST = 0, NS_MEM_DEVICE = 1, NS_MEM_PINNED = 2 } ns_memory;
 
 typedef struct {
     char *base;      /* NULL: a sizing arena, or nothing reserved yet */
@@ -60,8 +62,8 @@ static inline void *ns_arena_carve(ns_arena *a, size_t bytes) {
 
 /* Makes a hold at least bytes, and resets it. Grows only when too small (by half again, so a
  * slowly growing shape does not reallocate every call); the old block's contents are not kept.
- * On the device the old block is freed after the work queued on ctx's stream (which may still
- * read it); every failure is returned, as NS_ERR_OUT_OF_MEMORY or NS_ERR_CUDA, naming fn. */
+ * Device and pinned blocks are freed after the work queued on ctx's streams (which may still
+ * read them); every failure is returned, as NS_ERR_OUT_OF_MEMORY or NS_ERR_CUDA, naming fn. */
 ns_status ns_arena_reserve(ns_context *ctx, ns_arena *a, size_t bytes, const char *fn);
 /* Frees a's block (device: after the queued work) and leaves it empty. */
 void ns_arena_release(ns_context *ctx, ns_arena *a);
