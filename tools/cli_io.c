@@ -255,139 +255,37 @@ void cli_embeddings_row(const cli_embeddings *e, int64_t r, float *out) {
 
 /* ------------------------------------------------------------------ .npy arrays */
 
-/* The value text after 'key': in a .npy header dict, or NULL. */
-static const char *npy_field(const char *hdr, const char *key) {
-    const char *p = strstr(hdr, key);
-    if (!p) return NULL;
-    p = strchr(p + strlen(key), ':');
-    if (!p) return NULL;
-    p++;
-    while (*p == ' ') p++;
-    return p;
-}
-
-/* Reads the header, then the data straight into one buffer (no second copy of a large file). */
+/* Reads the whole array through the library's checked reader (ns_npy_open_array: the same
+ * header, shape and size checks as every .npy input), then copies it out of the mapping. */
 int cli_npy_read(const char *path, cli_array *a) {
     memset(a, 0, sizeof(*a));
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cli_error("%s: cannot open: %s", path, strerror(errno));
+    ns_npy_file *f = NULL;
+    if (ns_npy_open_array(path, &f) != NS_OK) {
+        const char *msg = ns_last_error(NULL);
+        if (strstr(msg, path)) cli_error("%s", msg);
+        else cli_error("%s: %s", path, msg);
         return -1;
     }
-    char *hdr = NULL;
-    int rc = -1;
-    if (fseeko(f, 0, SEEK_END) != 0) {
-        cli_error("%s: cannot seek: %s", path, strerror(errno));
-        goto done;
-    }
-    size_t len = (size_t)ftello(f);
-    rewind(f);
-    unsigned char u[12];
-    size_t got = fread(u, 1, len < 12 ? len : 12, f);
-    if (got < 10 || memcmp(u, "\x93NUMPY", 6) != 0) {
-        cli_error("%s: not a .npy file (no \\x93NUMPY magic)", path);
-        goto done;
-    }
-    size_t hlen, hstart;
-    if (u[6] == 1) {
-        hlen = u[8] | (size_t)u[9] << 8;
-        hstart = 10;
-    } else if (u[6] == 2 || u[6] == 3) {
-        if (got < 12) {
-            cli_error("%s: truncated .npy header", path);
-            goto done;
-        }
-        hlen = u[8] | (size_t)u[9] << 8 | (size_t)u[10] << 16 | (size_t)u[11] << 24;
-        hstart = 12;
-    } else {
-        cli_error("%s: unsupported .npy format version %d", path, u[6]);
-        goto done;
-    }
-    if (hstart + hlen > len) {
-        cli_error("%s: truncated .npy header (%zu bytes announced, %zu in the file)", path, hlen,
-                  len - hstart);
-        goto done;
-    }
-    hdr = malloc(hlen + 1);
-    if (!hdr || fseeko(f, (off_t)hstart, SEEK_SET) != 0 || fread(hdr, 1, hlen, f) != hlen) {
-        cli_error("%s: cannot read the .npy header", path);
-        goto done;
-    }
-    hdr[hlen] = '\0';
-    const char *descr = npy_field(hdr, "'descr'");
-    const char *fortran = npy_field(hdr, "'fortran_order'");
-    const char *shape = npy_field(hdr, "'shape'");
-    int bad = !descr || !fortran || !shape || *descr != '\'' || *shape != '(';
-    size_t esize = 0;
-    if (!bad) {
-        char d[16] = {0};
-        size_t i = 0;
-        for (descr++; *descr && *descr != '\'' && i < sizeof(d) - 1; descr++) d[i++] = *descr;
-        if (!strcmp(d, "<i8")) a->kind = CLI_I64, esize = 8;
-        else if (!strcmp(d, "<i4")) a->kind = CLI_I32, esize = 4;
-        else if (!strcmp(d, "<f4")) a->kind = CLI_F32, esize = 4;
-        else if (!strcmp(d, "<f2")) a->kind = CLI_F16, esize = 2;
-        else {
-            cli_error("%s: dtype '%s' is not supported; expected <i8, <i4, <f4 or <f2", path, d);
-            goto done;
-        }
-    }
-    if (!bad && strncmp(fortran, "False", 5) != 0) {
-        cli_error("%s: Fortran-order arrays are not supported; save it in C order", path);
-        goto done;
-    }
-    int64_t dims[3] = {1, 1, 1};
-    int nd = 0;
-    if (!bad) {
-        const char *p = shape + 1;
-        for (;;) {
-            while (*p == ' ' || *p == ',') p++;
-            if (*p == ')') break;
-            char *end;
-            long long v = strtoll(p, &end, 10);
-            if (end == p || v < 0 || nd == 3) {
-                bad = 1;
-                break;
-            }
-            dims[nd++] = v;
-            p = end;
-            while (*p == 'L') p++;
-        }
-    }
-    if (bad) {
-        cli_error("%s: malformed .npy header", path);
-        goto done;
-    }
-    if (nd == 0 || nd > 2) {
-        cli_error("%s: a %d-D array; expected 1-D or 2-D", path, nd);
-        goto done;
-    }
-    a->ndim = nd;
-    a->shape[0] = dims[0];
-    a->shape[1] = nd == 2 ? dims[1] : 1;
-    size_t need = (size_t)(a->shape[0] * a->shape[1]) * esize;
-    size_t have = len - hstart - hlen;
-    if (have < need) {
-        cli_error("%s: truncated .npy: shape (%lld, %lld) needs %zu data bytes, the file has %zu",
-                  path, (long long)a->shape[0], (long long)a->shape[1], need, have);
-        goto done;
-    }
+    ns_npy_array arr;
+    ns_npy_get_array(f, &arr);
+    static const cli_kind kinds[] = {CLI_F32, CLI_F16, CLI_I32, CLI_I64};
+    static const size_t sizes[] = {4, 2, 4, 8};
+    a->kind = kinds[arr.dtype];
+    a->ndim = arr.ndim;
+    a->shape[0] = arr.rows;
+    a->shape[1] = arr.cols;
+    /* The library checked rows · cols · size against the file: it neither overflows nor
+     * exceeds the bytes mapped. */
+    size_t need = (size_t)arr.rows * (size_t)arr.cols * sizes[arr.dtype];
     a->data = malloc(need ? need : 1);
     if (!a->data) {
         cli_error("%s: out of memory for %zu bytes", path, need);
-        goto done;
+        ns_npy_close(f);
+        return -1;
     }
-    if (fread(a->data, 1, need, f) != need) {
-        cli_error("%s: read error in the data", path);
-        free(a->data);
-        a->data = NULL;
-        goto done;
-    }
-    rc = 0;
-done:
-    free(hdr);
-    fclose(f);
-    return rc;
+    if (need) memcpy(a->data, arr.data, need);
+    ns_npy_close(f);
+    return 0;
 }
 
 int cli_array_to_i64(const char *path, cli_array *a) {

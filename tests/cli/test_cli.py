@@ -595,6 +595,64 @@ def group_errors(tmp):
     check("none.csv.gz" in err, f"demo message: {err}")
 
 
+def npy_image(descr, shape, data=b"", fortran=False, major=1):
+    """A .npy file's bytes with any header a hostile writer may put there."""
+    d = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }" % (descr, fortran, shape)
+    pre = 10 if major == 1 else 12
+    d += " " * ((64 - (pre + len(d) + 1) % 64) % 64) + "\n"
+    n = len(d)
+    size = n.to_bytes(2 if major == 1 else 4, "little")
+    return b"\x93NUMPY" + bytes([major, 0]) + size + d.encode() + data
+
+
+def group_hostile_npy(tmp):
+    """Crafted .npy headers (issue 13 item 1): every one a clean exit 1 naming the file and the
+    problem, in both commands and every .npy input, nothing written, never a crash or a hang."""
+    rng = np.random.default_rng(13)
+    good = os.path.join(tmp, "good.npy")
+    np.save(good, rng.standard_normal((6, 4)).astype(np.float32))
+    ci = os.path.join(tmp, "ci.npy")
+    np.save(ci, rng.integers(0, 6, (6, 3)).astype(np.int64))
+    cs = os.path.join(tmp, "cs.npy")
+    np.save(cs, rng.standard_normal((6, 3)).astype(np.float32))
+    f4 = np.zeros(24, np.float32).tobytes()
+    cases = {
+        "rows2e62": (npy_image("<f4", "(4611686018427387904, 1)", b"x"), "overflows"),
+        "rows2e62i8": (npy_image("<i8", "(4611686018427387904, 1)", b"x"), "overflows"),
+        "rows2e60": (npy_image("<f4", "(1152921504606846976, 1)", b"x"), "truncated"),
+        "cols2e62": (npy_image("<f4", "(2, 4611686018427387904)", b"x"), "overflows"),
+        "product": (npy_image("<f2", "(4294967296, 4294967296)", b"x"), "overflows"),
+        "huge_dim": (npy_image("<f4", "(99999999999999999999999, 4)", f4), "64 bits"),
+        "short": (npy_image("<f4", "(6, 4)", f4[:-8]), "truncated"),
+        "long": (npy_image("<f4", "(6, 4)", f4 + b"\0" * 8), "more than its shape"),
+        "f8": (npy_image("<f8", "(3, 4)", f4), "'<f8'"),
+        "bool": (npy_image("|b1", "(6, 4)", f4), "'|b1'"),
+        "bigendian": (npy_image(">f4", "(6, 4)", f4), "'>f4'"),
+        "fortran": (npy_image("<f4", "(6, 4)", f4, fortran=True), "fortran_order"),
+        "header_cut": (npy_image("<f4", "(6, 4)", f4)[:40], "header"),
+        "v2_cut": (npy_image("<f4", "(6, 4)", f4, major=2)[:11], "too short"),
+        "3d": (npy_image("<f4", "(2, 3, 4)", f4), "dimensions"),
+        "neg": (npy_image("<f4", "(-6, 4)", f4), "malformed"),
+        "magic": (b"\x93NUMPX" + npy_image("<f4", "(6, 4)", f4)[6:], "magic"),
+    }
+    out = os.path.join(tmp, "out.npy")
+    for name, (image, needle) in cases.items():
+        bad = os.path.join(tmp, f"{name}.npy")
+        with open(bad, "wb") as f:
+            f.write(image)
+        runs = [("mine", "--queries", bad, "--corpus", good, "-k", 2, "-m", 2),
+                ("mine", "--queries", good, "--corpus", bad, "-k", 2, "-m", 2),
+                ("sample", "--candidates", bad, "--scores", cs, "-m", 2),
+                ("sample", "--candidates", ci, "--scores", bad, "-m", 2),
+                ("sample", "--candidates", ci, "--scores", cs, "--positive-score", bad,
+                 "--margin", 0.1, "-m", 2)]
+        for args in runs:
+            _, err = run(*args, "--out-index", out, "--quiet", expect=1, timeout=30)
+            check(bad in err and needle in err,
+                  f"{name}: message lacks the file or '{needle}' for {args[0]}: {err}")
+            check(not os.path.exists(out) and not leftovers(tmp), f"{name}: {args} left files")
+
+
 def group_outputs(tmp):
     """Ctrl-C (SIGINT) during a run leaves neither the output nor a temporary file."""
     rng = np.random.default_rng(2)
