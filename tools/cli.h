@@ -30,7 +30,14 @@ int cli_parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_
 int cli_parse_f32(const char *opt, const char *s, float *out);
 int cli_parse_u64(const char *opt, const char *s, uint64_t *out);
 
+/* ------------------------------------------------------------------ input files */
+
+/* A whole file in a NUL-terminated buffer (free it); NULL with a message printed. */
+char *cli_read_text(const char *path, size_t *len);
+
 /* ------------------------------------------------------------------ embeddings in */
+
+float cli_f16_to_f32(uint16_t h);
 
 /* Embeddings from .npy (memory-mapped by ns_npy_open) or .fvecs (read into memory, f32). */
 typedef struct {
