@@ -99,7 +99,31 @@ static void guide_scores(const cli_embeddings *GQ, const cli_embeddings *GC, con
     }
 }
 
-int cli_cmd_mine(int argc, char **argv) {
+/* The command line of mine. */
+typedef struct {
+    stage_opts o;
+    const char *qpath, *cpath, *gqpath, *gcpath;
+    int64_t k, batch;
+    int k_set, cosine, exclude_self;
+    float scale;
+} mine_args;
+
+/* Everything one run holds: inputs, the stage, host and device buffers of a block. */
+typedef struct {
+    mine_args *a;
+    stage s;
+    cli_embeddings Q, C, GQ, GC;
+    cli_lists excl;
+    int64_t nb_max;
+    float *qrow, *crow, *ps, *cand_sc, *gsc, *gps;
+    uint8_t *valid;
+    int64_t *eoff, *cand_id;
+    void *d_q, *d_eoff, *d_eids, *d_ci, *d_cs;
+    cli_progress prog;
+} mine_run;
+
+/* Returns -1 to go on, or the exit status (--help, a usage error). */
+static int mine_parse(int argc, char **argv, mine_args *a) {
     static const struct option longopts[] = {
         STAGE_LONG_OPTIONS,
         {"queries", required_argument, 0, O_QUERIES},
@@ -112,17 +136,16 @@ int cli_cmd_mine(int argc, char **argv) {
         {"guide-queries", required_argument, 0, O_GUIDE_QUERIES},
         {"guide-corpus", required_argument, 0, O_GUIDE_CORPUS},
         {0, 0, 0, 0}};
-    stage_opts o;
-    stage_defaults(&o);
-    const char *qpath = NULL, *cpath = NULL, *gqpath = NULL, *gcpath = NULL;
-    int64_t k = 100, batch = 16384;
-    int k_set = 0, cosine = 0, exclude_self = 0;
-    float scale = 1.f;
+    memset(a, 0, sizeof *a);
+    stage_defaults(&a->o);
+    a->k = 100;
+    a->batch = 16384;
+    a->scale = 1.f;
     opterr = 0;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, ":hm:k:", longopts, NULL)) != -1) {
-        int r = stage_option(&o, c, optarg);
+        int r = stage_option(&a->o, c, optarg);
         if (r < 0) return CLI_USAGE;
         if (r > 0) continue;
         switch (c) {
@@ -132,216 +155,258 @@ int cli_cmd_mine(int argc, char **argv) {
             fputs(STAGE_HELP, stdout);
             fputs(MINE_EXAMPLES, stdout);
             return CLI_OK;
-        case O_QUERIES: qpath = optarg; break;
-        case O_CORPUS: cpath = optarg; break;
+        case O_QUERIES: a->qpath = optarg; break;
+        case O_CORPUS: a->cpath = optarg; break;
         case O_K:
-            if (cli_parse_i64("-k", optarg, 1, NS_MAX_K, &k)) return CLI_USAGE;
-            k_set = 1;
+            if (cli_parse_i64("-k", optarg, 1, NS_MAX_K, &a->k)) return CLI_USAGE;
+            a->k_set = 1;
             break;
-        case O_COSINE: cosine = 1; break;
+        case O_COSINE: a->cosine = 1; break;
         case O_SCALE:
-            if (cli_parse_f32("--scale", optarg, &scale)) return CLI_USAGE;
+            if (cli_parse_f32("--scale", optarg, &a->scale)) return CLI_USAGE;
             break;
-        case O_EXCLUDE_SELF: exclude_self = 1; break;
-        case O_GUIDE_QUERIES: gqpath = optarg; break;
-        case O_GUIDE_CORPUS: gcpath = optarg; break;
+        case O_EXCLUDE_SELF: a->exclude_self = 1; break;
+        case O_GUIDE_QUERIES: a->gqpath = optarg; break;
+        case O_GUIDE_CORPUS: a->gcpath = optarg; break;
         case O_BATCH:
-            if (cli_parse_i64("--batch", optarg, 1, INT64_MAX / 2, &batch)) return CLI_USAGE;
+            if (cli_parse_i64("--batch", optarg, 1, INT64_MAX / 2, &a->batch)) return CLI_USAGE;
             break;
         case ':': return cli_usage_error("option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind < argc) return cli_usage_error("unexpected argument '%s'", argv[optind]);
-    if (!qpath || !cpath) return cli_usage_error("--queries and --corpus are required");
-    if (!gqpath != !gcpath)
+    return -1;
+}
+
+/* Checks between options. Returns -1 to go on, or CLI_USAGE. */
+static int mine_check(mine_args *a) {
+    if (!a->qpath || !a->cpath) return cli_usage_error("--queries and --corpus are required");
+    if (!a->gqpath != !a->gcpath)
         return cli_usage_error("--guide-queries and --guide-corpus go together");
-    if (o.guide_set && !gqpath)
+    if (a->o.guide_set && !a->gqpath)
         return cli_usage_error("--guide-margin/--guide-rel-margin need the guide model's "
                                "embeddings: --guide-queries and --guide-corpus");
-    if (k_set && k < o.m)
-        return cli_usage_error("-k (%lld) must be at least --negatives (%lld)", (long long)k,
-                               (long long)o.m);
-    if (!k_set && k < o.m) k = o.m;
-    int u = stage_check(&o, k, 1);
-    if (u) return u;
+    if (a->k_set && a->k < a->o.m)
+        return cli_usage_error("-k (%lld) must be at least --negatives (%lld)", (long long)a->k,
+                               (long long)a->o.m);
+    if (!a->k_set && a->k < a->o.m) a->k = a->o.m;
+    int u = stage_check(&a->o, a->k, 1);
+    return u ? u : -1;
+}
 
-    stage s;
-    memset(&s, 0, sizeof s);
-    s.o = &o;
-    cli_embeddings Q = {0}, C = {0}, GQ = {0}, GC = {0};
-    float *gsc = NULL, *gps = NULL;
-    cli_lists excl = {0};
-    float *qrow = NULL, *crow = NULL, *ps = NULL;
-    uint8_t *valid = NULL;
-    int64_t *eoff = NULL;
-    int64_t *cand_id = NULL;
-    float *cand_sc = NULL;
-    void *d_q = NULL, *d_eoff = NULL, *d_eids = NULL, *d_ci = NULL, *d_cs = NULL;
-    int rc = CLI_RUNTIME;
-
-    cli_install_signal_cleanup();
-    if (stage_open_outputs(&s)) goto fail;
-    if (cli_embeddings_load(qpath, &Q) || cli_embeddings_load(cpath, &C)) goto fail;
-    if (Q.m.cols != C.m.cols) {
-        cli_error("dimension mismatch: %s has %lld columns but %s has %lld", qpath,
-                  (long long)Q.m.cols, cpath, (long long)C.m.cols);
-        goto fail;
+/* The embeddings, and the checks between them. */
+static int mine_load_inputs(mine_run *r) {
+    const mine_args *a = r->a;
+    if (cli_embeddings_load(a->qpath, &r->Q) || cli_embeddings_load(a->cpath, &r->C)) return -1;
+    if (r->Q.m.cols != r->C.m.cols) {
+        cli_error("dimension mismatch: %s has %lld columns but %s has %lld", a->qpath,
+                  (long long)r->Q.m.cols, a->cpath, (long long)r->C.m.cols);
+        return -1;
     }
-    if (gqpath) {
-        if (cli_embeddings_load(gqpath, &GQ) || cli_embeddings_load(gcpath, &GC)) goto fail;
-        if (GQ.m.rows != Q.m.rows || GC.m.rows != C.m.rows || GQ.m.cols != GC.m.cols) {
+    if (a->gqpath) {
+        const ns_matrix *gq = &r->GQ.m, *gc = &r->GC.m;
+        if (cli_embeddings_load(a->gqpath, &r->GQ) || cli_embeddings_load(a->gcpath, &r->GC))
+            return -1;
+        if (gq->rows != r->Q.m.rows || gc->rows != r->C.m.rows || gq->cols != gc->cols) {
             cli_error("guide embeddings: %s is %lld x %lld and %s is %lld x %lld; expected %lld "
                       "and %lld rows (as %s and %s) of one dimension",
-                      gqpath, (long long)GQ.m.rows, (long long)GQ.m.cols, gcpath,
-                      (long long)GC.m.rows, (long long)GC.m.cols, (long long)Q.m.rows,
-                      (long long)C.m.rows, qpath, cpath);
-            goto fail;
+                      a->gqpath, (long long)gq->rows, (long long)gq->cols, a->gcpath,
+                      (long long)gc->rows, (long long)gc->cols, (long long)r->Q.m.rows,
+                      (long long)r->C.m.rows, a->qpath, a->cpath);
+            return -1;
         }
     }
-    if (exclude_self && Q.m.rows > C.m.rows) {
-        cli_error("--exclude-self: %s has %lld rows, more than the corpus %s (%lld)", qpath,
-                  (long long)Q.m.rows, cpath, (long long)C.m.rows);
-        goto fail;
+    if (a->exclude_self && r->Q.m.rows > r->C.m.rows) {
+        cli_error("--exclude-self: %s has %lld rows, more than the corpus %s (%lld)", a->qpath,
+                  (long long)r->Q.m.rows, a->cpath, (long long)r->C.m.rows);
+        return -1;
     }
-    if (k > C.m.rows) {
-        if (k_set && !o.quiet)
-            fprintf(stderr, "%s: -k %lld is larger than the corpus; using k = %lld\n", cli_command,
-                    (long long)k, (long long)C.m.rows);
-        k = C.m.rows;
-        if (k < o.m) {
-            cli_error("the corpus %s has %lld rows, fewer than --negatives (%lld)", cpath,
-                      (long long)C.m.rows, (long long)o.m);
-            goto fail;
-        }
-        if ((o.filter.rules & NS_FILTER_RANK) && o.filter.rank_max > k && !(o.rank_set & 2))
-            o.filter.rank_max = k;
-    }
-    s.B = Q.m.rows;
-    s.C = k;
-    if (stage_load_positives(&s, Q.m.rows, C.m.rows)) goto fail;
-    if (stage_context(&s)) goto fail;
-    if (cli_lists_with_self(o.same_id && s.has_pos ? &s.pos : NULL, s.B, exclude_self, &excl))
-        goto fail;
-    if (stage_write_headers(&s)) {
-        cli_error("cannot write the .npy headers");
-        goto fail;
-    }
+    return 0;
+}
 
-    int64_t nb_max = batch < s.B ? batch : s.B;
-    if (stage_alloc(&s, nb_max)) goto fail;
-    qrow = malloc((size_t)Q.m.cols * 4);
-    crow = malloc((size_t)Q.m.cols * 4);
-    ps = malloc((size_t)nb_max * 4);
-    valid = malloc((size_t)nb_max);
-    eoff = malloc((size_t)(nb_max + 1) * 8);
-    cand_id = malloc((size_t)(nb_max * k) * 8);
-    cand_sc = malloc((size_t)(nb_max * k) * 4);
-    if (gqpath) {
-        gsc = malloc((size_t)(nb_max * k) * 4);
-        gps = malloc((size_t)nb_max * 4);
+/* k at most the corpus (a note when -k asked for more). */
+static int mine_fit_k(mine_run *r) {
+    mine_args *a = r->a;
+    int64_t rows = r->C.m.rows;
+    if (a->k <= rows) return 0;
+    if (a->k_set && !a->o.quiet)
+        fprintf(stderr, "%s: -k %lld is larger than the corpus; using k = %lld\n", cli_command,
+                (long long)a->k, (long long)rows);
+    a->k = rows;
+    if (a->k < a->o.m) {
+        cli_error("the corpus %s has %lld rows, fewer than --negatives (%lld)", a->cpath,
+                  (long long)rows, (long long)a->o.m);
+        return -1;
     }
-    if (!qrow || !crow || !ps || !valid || !eoff || !cand_id || !cand_sc ||
-        (gqpath && (!gsc || !gps))) {
-        cli_error("out of memory for a block of %lld queries × %lld candidates", (long long)nb_max,
+    if ((a->o.filter.rules & NS_FILTER_RANK) && a->o.filter.rank_max > a->k && !(a->o.rank_set & 2))
+        a->o.filter.rank_max = a->k;
+    return 0;
+}
+
+/* Host buffers of one block, and the device ones on a CUDA context. */
+static int mine_alloc(mine_run *r) {
+    const mine_args *a = r->a;
+    int64_t nb = r->nb_max, k = a->k, d = r->Q.m.cols;
+    if (stage_alloc(&r->s, nb)) return -1;
+    r->qrow = malloc((size_t)d * 4);
+    r->crow = malloc((size_t)d * 4);
+    r->ps = malloc((size_t)nb * 4);
+    r->valid = malloc((size_t)nb);
+    r->eoff = malloc((size_t)(nb + 1) * 8);
+    r->cand_id = malloc((size_t)(nb * k) * 8);
+    r->cand_sc = malloc((size_t)(nb * k) * 4);
+    if (a->gqpath) {
+        r->gsc = malloc((size_t)(nb * k) * 4);
+        r->gps = malloc((size_t)nb * 4);
+    }
+    if (!r->qrow || !r->crow || !r->ps || !r->valid || !r->eoff || !r->cand_id || !r->cand_sc ||
+        (a->gqpath && (!r->gsc || !r->gps))) {
+        cli_error("out of memory for a block of %lld queries × %lld candidates", (long long)nb,
                   (long long)k);
-        goto fail;
+        return -1;
     }
-    int64_t qld = Q.m.ld ? Q.m.ld : Q.m.cols;
-    ns_matrix cm = C.m;
-    if (ns_context_backend(s.ctx) == NS_BACKEND_CUDA) {
-        /* The corpus stays in host memory (a memory map): ns_mine_topk streams it through
-         * pinned tiles, so it may be larger than the device. Query blocks are copied over. */
-        d_ci = cli_dev_alloc(s.ctx, (size_t)(nb_max * k) * 8);
-        d_cs = cli_dev_alloc(s.ctx, (size_t)(nb_max * k) * 4);
-        if (!d_ci || !d_cs) goto fail;
-    } else {
-        d_ci = cand_id;
-        d_cs = cand_sc;
+    if (ns_context_backend(r->s.ctx) != NS_BACKEND_CUDA) {
+        r->d_ci = r->cand_id;
+        r->d_cs = r->cand_sc;
+        return 0;
     }
+    /* The corpus stays in host memory (a memory map): ns_mine_topk streams it through pinned
+     * tiles, so it may be larger than the device. Query blocks are copied over. */
+    r->d_ci = cli_dev_alloc(r->s.ctx, (size_t)(nb * k) * 8);
+    r->d_cs = cli_dev_alloc(r->s.ctx, (size_t)(nb * k) * 4);
+    return r->d_ci && r->d_cs ? 0 : -1;
+}
 
-    cli_progress prog;
-    cli_progress_init(&prog, "mining", s.B, o.quiet);
-    double t0 = cli_now();
-    for (int64_t b0 = 0; b0 < s.B; b0 += batch) {
-        int64_t nb = s.B - b0 < batch ? s.B - b0 : batch;
-        size_t qesz = Q.m.dtype == NS_F32 ? 4 : 2;
-        ns_matrix qm = Q.m;
-        const void *qhost = (const char *)Q.m.data + (size_t)(b0 * qld) * qesz;
-        qm.rows = nb;
-        d_q = cli_dev_put(s.ctx, qhost, (size_t)(nb * qld) * qesz);
-        for (int64_t i = 0; i <= nb; i++) eoff[i] = excl.offsets[b0 + i] - excl.offsets[b0];
-        int64_t ne = eoff[nb];
-        d_eoff = cli_dev_put(s.ctx, eoff, (size_t)(nb + 1) * 8);
-        d_eids = cli_dev_put(s.ctx, excl.ids + excl.offsets[b0], (size_t)(ne ? ne : 1) * 8);
-        if (!d_q || !d_eoff || !d_eids) goto fail;
-        qm.data = d_q;
-        ns_id_lists el = {d_eoff, d_eids, nb};
-        ns_mine_options mo = NS_MINE_OPTIONS_INIT;
-        mo.scale = scale;
-        mo.flags = cosine ? NS_NORMALIZE : 0u;
-        mo.exclude = ne ? &el : NULL;
-        mo.progress = cli_progress_update;
-        mo.progress_user = &prog;
-        prog.base = b0;
-        prog.span = nb;
-        ns_status st = ns_mine_topk(s.ctx, qm, cm, k, &mo, d_ci, d_cs);
-        if (st != NS_OK) {
-            cli_error("mining %s against %s failed: %s (%s)", qpath, cpath, ns_last_error(s.ctx),
-                      ns_status_string(st));
-            goto fail;
-        }
-        if (cli_dev_get(s.ctx, cand_id, d_ci, (size_t)(nb * k) * 8) ||
-            cli_dev_get(s.ctx, cand_sc, d_cs, (size_t)(nb * k) * 4))
-            goto fail;
-        cli_dev_free(s.ctx, d_q, qhost);
-        cli_dev_free(s.ctx, d_eoff, eoff);
-        cli_dev_free(s.ctx, d_eids, excl.ids + excl.offsets[b0]);
-        d_q = d_eoff = d_eids = NULL;
-        for (int64_t i = 0; i < nb; i++) {
-            int64_t q = b0 + i;
-            valid[i] = !s.has_pos || s.pos.offsets[q] < s.pos.offsets[q + 1];
-            ps[i] = s.has_pos ? positive_score(&Q, &C, &s.pos, q, cosine, scale, qrow, crow) : 0.f;
-        }
-        if (gqpath) {
-            guide_scores(&GQ, &GC, &s.pos, b0, nb, cand_id, k, cosine, gsc, gps);
-            for (int64_t i = 0; i < nb; i++)
-                if (!valid[i]) gps[i] = 0.f;
-        }
-        if (stage_block(&s, b0, nb, cand_id, cand_sc, ps, valid, gsc, gps)) goto fail;
-        prog.base = b0 + nb;
-        prog.span = 0;
-        cli_progress_update(1, 1, &prog);
+/* Everything between the inputs and the first block. */
+static int mine_prepare(mine_run *r) {
+    mine_args *a = r->a;
+    stage *s = &r->s;
+    s->B = r->Q.m.rows;
+    s->C = a->k;
+    if (stage_load_positives(s, r->Q.m.rows, r->C.m.rows) || stage_context(s)) return -1;
+    if (cli_lists_with_self(a->o.same_id && s->has_pos ? &s->pos : NULL, s->B, a->exclude_self,
+                            &r->excl))
+        return -1;
+    if (stage_write_headers(s)) {
+        cli_error("cannot write the .npy headers");
+        return -1;
     }
-    cli_progress_finish(&prog);
-    if (stage_commit(&s)) goto fail;
-    stage_summary(&s, "mined, filtered and sampled", cli_now() - t0);
+    r->nb_max = a->batch < s->B ? a->batch : s->B;
+    return mine_alloc(r);
+}
+
+/* Top-k of queries [b0, b0 + nb) into r->cand_id / r->cand_sc (host). */
+static int mine_topk_block(mine_run *r, int64_t b0, int64_t nb) {
+    const mine_args *a = r->a;
+    ns_context *ctx = r->s.ctx;
+    int64_t k = a->k, qld = r->Q.m.ld ? r->Q.m.ld : r->Q.m.cols;
+    size_t qesz = r->Q.m.dtype == NS_F32 ? 4 : 2;
+    ns_matrix qm = r->Q.m;
+    const void *qhost = (const char *)r->Q.m.data + (size_t)(b0 * qld) * qesz;
+    qm.rows = nb;
+    r->d_q = cli_dev_put(ctx, qhost, (size_t)(nb * qld) * qesz);
+    for (int64_t i = 0; i <= nb; i++) r->eoff[i] = r->excl.offsets[b0 + i] - r->excl.offsets[b0];
+    int64_t ne = r->eoff[nb];
+    const int64_t *eids = r->excl.ids + r->excl.offsets[b0];
+    r->d_eoff = cli_dev_put(ctx, r->eoff, (size_t)(nb + 1) * 8);
+    r->d_eids = cli_dev_put(ctx, eids, (size_t)(ne ? ne : 1) * 8);
+    if (!r->d_q || !r->d_eoff || !r->d_eids) return -1;
+    qm.data = r->d_q;
+    ns_id_lists el = {r->d_eoff, r->d_eids, nb};
+    ns_mine_options mo = NS_MINE_OPTIONS_INIT;
+    mo.scale = a->scale;
+    mo.flags = a->cosine ? NS_NORMALIZE : 0u;
+    mo.exclude = ne ? &el : NULL;
+    mo.progress = cli_progress_update;
+    mo.progress_user = &r->prog;
+    r->prog.base = b0;
+    r->prog.span = nb;
+    ns_status st = ns_mine_topk(ctx, qm, r->C.m, k, &mo, r->d_ci, r->d_cs);
+    if (st != NS_OK) {
+        cli_error("mining %s against %s failed: %s (%s)", a->qpath, a->cpath, ns_last_error(ctx),
+                  ns_status_string(st));
+        return -1;
+    }
+    if (cli_dev_get(ctx, r->cand_id, r->d_ci, (size_t)(nb * k) * 8) ||
+        cli_dev_get(ctx, r->cand_sc, r->d_cs, (size_t)(nb * k) * 4))
+        return -1;
+    cli_dev_free(ctx, r->d_q, qhost);
+    cli_dev_free(ctx, r->d_eoff, r->eoff);
+    cli_dev_free(ctx, r->d_eids, eids);
+    r->d_q = r->d_eoff = r->d_eids = NULL;
+    return 0;
+}
+
+/* Queries [b0, b0 + nb): top-k, s⁺ (and the guide scores), then the stage. */
+static int mine_block(mine_run *r, int64_t b0, int64_t nb) {
+    const mine_args *a = r->a;
+    stage *s = &r->s;
+    if (mine_topk_block(r, b0, nb)) return -1;
+    for (int64_t i = 0; i < nb; i++) {
+        int64_t q = b0 + i;
+        r->valid[i] = !s->has_pos || s->pos.offsets[q] < s->pos.offsets[q + 1];
+        r->ps[i] = s->has_pos ? positive_score(&r->Q, &r->C, &s->pos, q, a->cosine, a->scale,
+                                               r->qrow, r->crow)
+                              : 0.f;
+    }
+    if (a->gqpath) {
+        guide_scores(&r->GQ, &r->GC, &s->pos, b0, nb, r->cand_id, a->k, a->cosine, r->gsc, r->gps);
+        for (int64_t i = 0; i < nb; i++)
+            if (!r->valid[i]) r->gps[i] = 0.f;
+    }
+    if (stage_block(s, b0, nb, r->cand_id, r->cand_sc, r->ps, r->valid, r->gsc, r->gps)) return -1;
+    r->prog.base = b0 + nb;
+    r->prog.span = 0;
+    cli_progress_update(1, 1, &r->prog);
+    return 0;
+}
+
+static void mine_free(mine_run *r) {
+    ns_context *ctx = r->s.ctx;
+    if (ctx && ns_context_backend(ctx) == NS_BACKEND_CUDA) {
+        cli_dev_free(ctx, r->d_ci, NULL);
+        cli_dev_free(ctx, r->d_cs, NULL);
+        cli_dev_free(ctx, r->d_q, NULL);
+        cli_dev_free(ctx, r->d_eoff, NULL);
+        cli_dev_free(ctx, r->d_eids, NULL);
+    }
+    void *host[] = {r->qrow, r->crow, r->ps, r->valid, r->eoff, r->cand_id, r->cand_sc, r->gsc,
+                    r->gps};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+    cli_lists_free(&r->excl);
+    stage_free(&r->s);
+    cli_embeddings_free(&r->Q);
+    cli_embeddings_free(&r->C);
+    cli_embeddings_free(&r->GQ);
+    cli_embeddings_free(&r->GC);
+}
+
+int cli_cmd_mine(int argc, char **argv) {
+    mine_args a;
+    int u = mine_parse(argc, argv, &a);
+    if (u < 0) u = mine_check(&a);
+    if (u >= 0) return u;
+    mine_run r;
+    memset(&r, 0, sizeof r);
+    r.a = &a;
+    r.s.o = &a.o;
+    int rc = CLI_RUNTIME;
+    cli_install_signal_cleanup();
+    if (stage_open_outputs(&r.s) || mine_load_inputs(&r) || mine_fit_k(&r) || mine_prepare(&r))
+        goto fail;
+    cli_progress_init(&r.prog, "mining", r.s.B, a.o.quiet);
+    double t0 = cli_now();
+    for (int64_t b0 = 0; b0 < r.s.B; b0 += a.batch)
+        if (mine_block(&r, b0, r.s.B - b0 < a.batch ? r.s.B - b0 : a.batch)) goto fail;
+    cli_progress_finish(&r.prog);
+    if (stage_commit(&r.s)) goto fail;
+    stage_summary(&r.s, "mined, filtered and sampled", cli_now() - t0);
     rc = CLI_OK;
     goto done;
 fail:
-    stage_abort(&s);
+    stage_abort(&r.s);
 done:
-    if (s.ctx && ns_context_backend(s.ctx) == NS_BACKEND_CUDA) {
-        cli_dev_free(s.ctx, d_ci, NULL);
-        cli_dev_free(s.ctx, d_cs, NULL);
-        cli_dev_free(s.ctx, d_q, NULL);
-        cli_dev_free(s.ctx, d_eoff, NULL);
-        cli_dev_free(s.ctx, d_eids, NULL);
-    }
-    free(qrow);
-    free(crow);
-    free(ps);
-    free(valid);
-    free(eoff);
-    free(cand_id);
-    free(cand_sc);
-    cli_lists_free(&excl);
-    stage_free(&s);
-    cli_embeddings_free(&Q);
-    cli_embeddings_free(&C);
-    cli_embeddings_free(&GQ);
-    cli_embeddings_free(&GC);
-    free(gsc);
-    free(gps);
+    mine_free(&r);
     return rc;
 }

@@ -27,7 +27,21 @@ static const char SAMPLE_EXAMPLES[] =
     "  negsamp sample --candidates idx.npy --scores score.npy --qrels qrels.tsv \\\n"
     "      --rank-min 5 --sampler uniform --out negs.jsonl\n";
 
-int cli_cmd_sample(int argc, char **argv) {
+typedef struct {
+    stage_opts o;
+    const char *ipath, *spath, *ppath, *gspath, *gppath;
+} sample_args;
+
+typedef struct {
+    sample_args *a;
+    stage s;
+    cli_array I, S, P, G, GP;
+    float *ps;
+    uint8_t *valid;
+} sample_run;
+
+/* Returns -1 to go on, or the exit status (--help, a usage error). */
+static int sample_parse(int argc, char **argv, sample_args *a) {
     static const struct option longopts[] = {
         STAGE_LONG_OPTIONS,
         {"candidates", required_argument, 0, O_CANDIDATES},
@@ -36,14 +50,13 @@ int cli_cmd_sample(int argc, char **argv) {
         {"guide-scores", required_argument, 0, O_GUIDE_SCORES},
         {"guide-positive-score", required_argument, 0, O_GUIDE_POSITIVE_SCORE},
         {0, 0, 0, 0}};
-    stage_opts o;
-    stage_defaults(&o);
-    const char *ipath = NULL, *spath = NULL, *ppath = NULL, *gspath = NULL, *gppath = NULL;
+    memset(a, 0, sizeof *a);
+    stage_defaults(&a->o);
     opterr = 0;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, ":hm:", longopts, NULL)) != -1) {
-        int r = stage_option(&o, c, optarg);
+        int r = stage_option(&a->o, c, optarg);
         if (r < 0) return CLI_USAGE;
         if (r > 0) continue;
         switch (c) {
@@ -53,123 +66,146 @@ int cli_cmd_sample(int argc, char **argv) {
             fputs(STAGE_HELP, stdout);
             fputs(SAMPLE_EXAMPLES, stdout);
             return CLI_OK;
-        case O_CANDIDATES: ipath = optarg; break;
-        case O_SCORES: spath = optarg; break;
-        case O_POSITIVE_SCORE: ppath = optarg; break;
-        case O_GUIDE_SCORES: gspath = optarg; break;
-        case O_GUIDE_POSITIVE_SCORE: gppath = optarg; break;
+        case O_CANDIDATES: a->ipath = optarg; break;
+        case O_SCORES: a->spath = optarg; break;
+        case O_POSITIVE_SCORE: a->ppath = optarg; break;
+        case O_GUIDE_SCORES: a->gspath = optarg; break;
+        case O_GUIDE_POSITIVE_SCORE: a->gppath = optarg; break;
         case ':': return cli_usage_error("option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind < argc) return cli_usage_error("unexpected argument '%s'", argv[optind]);
-    if (!ipath || !spath) return cli_usage_error("--candidates and --scores are required");
-    int needs_ps = (o.filter.rules & (NS_FILTER_MARGIN | NS_FILTER_REL_MARGIN)) ||
-                   o.sampler.strategy == NS_SAMPLE_SIMANS;
-    if (needs_ps && !ppath)
+    if (!a->ipath || !a->spath) return cli_usage_error("--candidates and --scores are required");
+    int needs_ps = (a->o.filter.rules & (NS_FILTER_MARGIN | NS_FILTER_REL_MARGIN)) ||
+                   a->o.sampler.strategy == NS_SAMPLE_SIMANS;
+    if (needs_ps && !a->ppath)
         return cli_usage_error("--margin, --rel-margin and --sampler simans need --positive-score");
-    if (o.guide_set && (!gspath || !gppath))
+    if (a->o.guide_set && (!a->gspath || !a->gppath))
         return cli_usage_error("--guide-margin/--guide-rel-margin need --guide-scores and "
                                "--guide-positive-score");
-    int u = stage_check(&o, 0, 0);
-    if (u) return u;
+    int u = stage_check(&a->o, 0, 0);
+    return u ? u : -1;
+}
 
-    stage s;
-    memset(&s, 0, sizeof s);
-    s.o = &o;
-    cli_array I = {0}, S = {0}, P = {0}, G = {0}, GP = {0};
-    float *ps = NULL;
-    uint8_t *valid = NULL;
+/* A per-query array (B values, 1-D or B × 1). */
+static int check_per_query(const char *path, const cli_array *x, const char *ipath, int64_t B) {
+    if (x->shape[0] * x->shape[1] == B) return 0;
+    cli_error("%s holds %lld values but %s has %lld queries (rows)", path,
+              (long long)(x->shape[0] * x->shape[1]), ipath, (long long)B);
+    return -1;
+}
+
+static int check_same_shape(const char *path, const cli_array *x, const char *ipath,
+                            const cli_array *I) {
+    if (x->shape[0] == I->shape[0] && x->shape[1] == I->shape[1]) return 0;
+    cli_error("shape mismatch: %s is %lld x %lld but %s is %lld x %lld", ipath,
+              (long long)I->shape[0], (long long)I->shape[1], path, (long long)x->shape[0],
+              (long long)x->shape[1]);
+    return -1;
+}
+
+/* The candidate, score, s⁺ and guide arrays, and the checks between them. */
+static int sample_load_inputs(sample_run *r) {
+    const sample_args *a = r->a;
+    if (cli_npy_read(a->ipath, &r->I) || cli_array_to_i64(a->ipath, &r->I)) return -1;
+    if (cli_npy_read(a->spath, &r->S) || cli_array_to_f32(a->spath, &r->S)) return -1;
+    if (check_same_shape(a->spath, &r->S, a->ipath, &r->I)) return -1;
+    r->s.B = r->I.shape[0];
+    r->s.C = r->I.shape[1];
+    if (r->s.B < 1 || r->s.C < 1) {
+        cli_error("%s: empty candidate matrix (%lld x %lld)", a->ipath, (long long)r->s.B,
+                  (long long)r->s.C);
+        return -1;
+    }
+    if (a->ppath && (cli_npy_read(a->ppath, &r->P) || cli_array_to_f32(a->ppath, &r->P) ||
+                     check_per_query(a->ppath, &r->P, a->ipath, r->s.B)))
+        return -1;
+    if (!a->gspath || !a->o.guide_set) return 0;
+    if (cli_npy_read(a->gspath, &r->G) || cli_array_to_f32(a->gspath, &r->G) ||
+        cli_npy_read(a->gppath, &r->GP) || cli_array_to_f32(a->gppath, &r->GP) ||
+        check_same_shape(a->gspath, &r->G, a->ipath, &r->I) ||
+        check_per_query(a->gppath, &r->GP, a->ipath, r->s.B))
+        return -1;
+    /* Empty slots carry no guide score: give them a finite one (never kept anyway). */
+    for (int64_t t = 0; t < r->s.B * r->s.C; t++)
+        if (((const int64_t *)r->I.data)[t] < 0) ((float *)r->G.data)[t] = 0.f;
+    return 0;
+}
+
+/* Candidate ids must name corpus rows the JSONL can print. */
+static int sample_check_candidates(sample_run *r) {
+    const stage *s = &r->s;
+    const int64_t *ids = r->I.data;
+    for (int64_t i = 0; i < s->B * s->C; i++)
+        if (ids[i] < -1 || (ids[i] >= 0 && s->cids.path && ids[i] >= s->cids.rows)) {
+            cli_error("%s: row %lld, column %lld: candidate %lld is not a corpus row%s",
+                      r->a->ipath, (long long)(i / s->C), (long long)(i % s->C),
+                      (long long)ids[i], s->cids.path ? " of --corpus-ids" : " (-1 marks an empty slot)");
+            return -1;
+        }
+    return 0;
+}
+
+/* s⁺ per query (0 where the query has none) and which queries have a positive. */
+static int sample_positive_scores(sample_run *r) {
+    const stage *s = &r->s;
+    r->ps = calloc((size_t)s->B, 4);
+    r->valid = malloc((size_t)s->B);
+    if (!r->ps || !r->valid) {
+        cli_error("out of memory");
+        return -1;
+    }
+    for (int64_t i = 0; i < s->B; i++) {
+        r->valid[i] = 1;
+        if (r->P.data) {
+            r->ps[i] = ((const float *)r->P.data)[i];
+            if (!isfinite(r->ps[i])) r->valid[i] = 0; /* NaN: the query had no positive */
+        }
+        if (s->has_pos && s->pos.offsets[i] == s->pos.offsets[i + 1]) r->valid[i] = 0;
+        if (!r->valid[i]) r->ps[i] = 0.f;
+        if (r->GP.data && !r->valid[i]) ((float *)r->GP.data)[i] = 0.f;
+    }
+    return 0;
+}
+
+static void sample_free(sample_run *r) {
+    free(r->ps);
+    free(r->valid);
+    cli_array *arrays[] = {&r->I, &r->S, &r->P, &r->G, &r->GP};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) free(arrays[i]->data);
+    stage_free(&r->s);
+}
+
+int cli_cmd_sample(int argc, char **argv) {
+    sample_args a;
+    int u = sample_parse(argc, argv, &a);
+    if (u >= 0) return u;
+    sample_run r;
+    memset(&r, 0, sizeof r);
+    r.a = &a;
+    r.s.o = &a.o;
+    stage *s = &r.s;
     int rc = CLI_RUNTIME;
     cli_install_signal_cleanup();
-    if (stage_open_outputs(&s)) goto fail;
-    if (cli_npy_read(ipath, &I) || cli_array_to_i64(ipath, &I)) goto fail;
-    if (cli_npy_read(spath, &S) || cli_array_to_f32(spath, &S)) goto fail;
-    if (S.shape[0] != I.shape[0] || S.shape[1] != I.shape[1]) {
-        cli_error("shape mismatch: %s is %lld x %lld but %s is %lld x %lld", ipath,
-                  (long long)I.shape[0], (long long)I.shape[1], spath, (long long)S.shape[0],
-                  (long long)S.shape[1]);
-        goto fail;
-    }
-    s.B = I.shape[0];
-    s.C = I.shape[1];
-    if (s.B < 1 || s.C < 1) {
-        cli_error("%s: empty candidate matrix (%lld x %lld)", ipath, (long long)s.B, (long long)s.C);
-        goto fail;
-    }
-    if (ppath) {
-        if (cli_npy_read(ppath, &P) || cli_array_to_f32(ppath, &P)) goto fail;
-        if (P.shape[0] * P.shape[1] != s.B) {
-            cli_error("%s holds %lld values but %s has %lld queries (rows)", ppath,
-                      (long long)(P.shape[0] * P.shape[1]), ipath, (long long)s.B);
-            goto fail;
-        }
-    }
-    if (gspath && o.guide_set) {
-        if (cli_npy_read(gspath, &G) || cli_array_to_f32(gspath, &G)) goto fail;
-        if (cli_npy_read(gppath, &GP) || cli_array_to_f32(gppath, &GP)) goto fail;
-        if (G.shape[0] != s.B || G.shape[1] != s.C) {
-            cli_error("shape mismatch: %s is %lld x %lld but %s is %lld x %lld", gspath,
-                      (long long)G.shape[0], (long long)G.shape[1], ipath, (long long)s.B,
-                      (long long)s.C);
-            goto fail;
-        }
-        if (GP.shape[0] * GP.shape[1] != s.B) {
-            cli_error("%s holds %lld values but %s has %lld queries (rows)", gppath,
-                      (long long)(GP.shape[0] * GP.shape[1]), ipath, (long long)s.B);
-            goto fail;
-        }
-        /* Empty slots carry no guide score: give them a finite one (never kept anyway). */
-        for (int64_t t = 0; t < s.B * s.C; t++)
-            if (((const int64_t *)I.data)[t] < 0) ((float *)G.data)[t] = 0.f;
-    }
-    if ((o.filter.rules & NS_FILTER_RANK) && !(o.rank_set & 2)) o.filter.rank_max = s.C;
-    if (stage_load_positives(&s, s.B, -1)) goto fail;
-    /* Candidate ids must name corpus rows the JSONL can print. */
-    const int64_t *ids = I.data;
-    for (int64_t i = 0; i < s.B * s.C; i++)
-        if (ids[i] < -1 || (ids[i] >= 0 && s.cids.path && ids[i] >= s.cids.rows)) {
-            cli_error("%s: row %lld, column %lld: candidate %lld is not a corpus row%s", ipath,
-                      (long long)(i / s.C), (long long)(i % s.C), (long long)ids[i],
-                      s.cids.path ? " of --corpus-ids" : " (-1 marks an empty slot)");
-            goto fail;
-        }
-    if (o.m > s.C && !o.quiet)
+    if (stage_open_outputs(s) || sample_load_inputs(&r)) goto fail;
+    if ((a.o.filter.rules & NS_FILTER_RANK) && !(a.o.rank_set & 2)) a.o.filter.rank_max = s->C;
+    if (stage_load_positives(s, s->B, -1) || sample_check_candidates(&r)) goto fail;
+    if (a.o.m > s->C && !a.o.quiet)
         fprintf(stderr, "%s: --negatives %lld is more than the %lld candidates per query\n",
-                cli_command, (long long)o.m, (long long)s.C);
-    if (stage_context(&s) || stage_write_headers(&s) || stage_alloc(&s, s.B)) goto fail;
-    ps = calloc((size_t)s.B, 4);
-    valid = malloc((size_t)s.B);
-    if (!ps || !valid) {
-        cli_error("out of memory");
+                cli_command, (long long)a.o.m, (long long)s->C);
+    if (stage_context(s) || stage_write_headers(s) || stage_alloc(s, s->B) ||
+        sample_positive_scores(&r))
         goto fail;
-    }
-    for (int64_t i = 0; i < s.B; i++) {
-        valid[i] = 1;
-        if (P.data) {
-            ps[i] = ((const float *)P.data)[i];
-            if (!isfinite(ps[i])) valid[i] = 0; /* NaN: the query had no positive */
-        }
-        if (s.has_pos && s.pos.offsets[i] == s.pos.offsets[i + 1]) valid[i] = 0;
-        if (!valid[i]) ps[i] = 0.f;
-        if (GP.data && !valid[i]) ((float *)GP.data)[i] = 0.f;
-    }
     double t0 = cli_now();
-    if (stage_block(&s, 0, s.B, I.data, S.data, ps, valid, G.data, GP.data)) goto fail;
-    if (stage_commit(&s)) goto fail;
-    stage_summary(&s, "filtered and sampled", cli_now() - t0);
+    if (stage_block(s, 0, s->B, r.I.data, r.S.data, r.ps, r.valid, r.G.data, r.GP.data)) goto fail;
+    if (stage_commit(s)) goto fail;
+    stage_summary(s, "filtered and sampled", cli_now() - t0);
     rc = CLI_OK;
     goto done;
 fail:
-    stage_abort(&s);
+    stage_abort(s);
 done:
-    free(ps);
-    free(valid);
-    free(I.data);
-    free(S.data);
-    free(P.data);
-    free(G.data);
-    free(GP.data);
-    stage_free(&s);
+    sample_free(&r);
     return rc;
 }

@@ -59,80 +59,113 @@ static int check_lib(ns_context *ctx, ns_status st, const char *what) {
     return -1;
 }
 
-/* Filter → sample → write for queries [b0, b0+nb). cand_id/cand_score/pos_score are the block's
- * host arrays (nb×C, nb×C, nb). valid[i] = 0 marks a query without positive (blank output). */
-int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id,
-                       const float *cand_score, const float *pos_score, const uint8_t *valid,
-                       const float *guide_score, const float *guide_pos) {
+/* The device copies of one block's inputs and outputs (host pointers on a CPU context). */
+typedef struct {
+    const int64_t *cand_id;
+    const float *cand_score, *pos_score, *guide_score, *guide_pos;
+    int64_t *poff; /* the block's positive lists, rebased so poff[0] == 0 (same-id rule) */
+    void *id, *sc, *ps, *poff_d, *pids, *keep, *idx, *osc, *cnt, *gs, *gp;
+} block_bufs;
+
+static int block_upload(stage *s, block_bufs *d, int64_t b0, int64_t nb) {
     ns_context *ctx = s->ctx;
     const stage_opts *o = s->o;
-    int64_t C = s->C, m = o->m;
-    int rc = -1;
-    void *d_id = NULL, *d_sc = NULL, *d_ps = NULL, *d_poff = NULL, *d_pids = NULL,
-         *d_keep = NULL, *d_idx = NULL, *d_osc = NULL, *d_cnt = NULL, *d_gs = NULL, *d_gp = NULL;
-    /* The block's positive lists, rebased so offsets[0] == 0. */
-    int64_t *poff = NULL;
-    ns_id_lists plist = {0};
     if (s->has_pos && (o->filter.rules & NS_FILTER_SAME_ID)) {
-        poff = malloc((size_t)(nb + 1) * 8);
-        if (!poff) goto oom;
-        for (int64_t i = 0; i <= nb; i++) poff[i] = s->pos.offsets[b0 + i] - s->pos.offsets[b0];
+        d->poff = malloc((size_t)(nb + 1) * 8);
+        if (!d->poff) {
+            cli_error("out of memory");
+            return -1;
+        }
+        for (int64_t i = 0; i <= nb; i++) d->poff[i] = s->pos.offsets[b0 + i] - s->pos.offsets[b0];
     }
-    size_t nidx = (size_t)(nb * C);
-    int64_t npos = poff ? poff[nb] : 0;
-    d_id = cli_dev_put(ctx, cand_id, nidx * 8);
-    d_sc = cli_dev_put(ctx, cand_score, nidx * 4);
-    d_ps = cli_dev_put(ctx, pos_score, (size_t)nb * 4);
-    d_poff = poff ? cli_dev_put(ctx, poff, (size_t)(nb + 1) * 8) : NULL;
-    d_pids = poff ? cli_dev_put(ctx, s->pos.ids + s->pos.offsets[b0], (size_t)(npos ? npos : 1) * 8)
-                  : NULL;
-    d_keep = o->filter.rules ? cli_dev_alloc(ctx, nidx) : NULL;
-    d_idx = cli_dev_alloc(ctx, (size_t)(nb * m) * 8);
-    d_osc = cli_dev_alloc(ctx, (size_t)(nb * m) * 4);
-    d_cnt = cli_dev_alloc(ctx, (size_t)nb * 8);
-    if (guide_score) {
-        d_gs = cli_dev_put(ctx, guide_score, nidx * 4);
-        d_gp = cli_dev_put(ctx, guide_pos, (size_t)nb * 4);
-        if (!d_gs || !d_gp) goto done;
+    size_t nidx = (size_t)(nb * s->C), nout = (size_t)(nb * o->m);
+    int64_t npos = d->poff ? d->poff[nb] : 0;
+    d->id = cli_dev_put(ctx, d->cand_id, nidx * 8);
+    d->sc = cli_dev_put(ctx, d->cand_score, nidx * 4);
+    d->ps = cli_dev_put(ctx, d->pos_score, (size_t)nb * 4);
+    if (d->poff) {
+        d->poff_d = cli_dev_put(ctx, d->poff, (size_t)(nb + 1) * 8);
+        d->pids = cli_dev_put(ctx, s->pos.ids + s->pos.offsets[b0], (size_t)(npos ? npos : 1) * 8);
     }
-    if (!d_id || !d_sc || !d_ps || (poff && (!d_poff || !d_pids)) ||
-        (o->filter.rules && !d_keep) || !d_idx || !d_osc || !d_cnt)
-        goto done;
-    plist.offsets = d_poff;
-    plist.ids = d_pids;
-    plist.queries = nb;
+    d->keep = o->filter.rules ? cli_dev_alloc(ctx, nidx) : NULL;
+    d->idx = cli_dev_alloc(ctx, nout * 8);
+    d->osc = cli_dev_alloc(ctx, nout * 4);
+    d->cnt = cli_dev_alloc(ctx, (size_t)nb * 8);
+    if (d->guide_score) {
+        d->gs = cli_dev_put(ctx, d->guide_score, nidx * 4);
+        d->gp = cli_dev_put(ctx, d->guide_pos, (size_t)nb * 4);
+        if (!d->gs || !d->gp) return -1;
+    }
+    if (!d->id || !d->sc || !d->ps || (d->poff && (!d->poff_d || !d->pids)) ||
+        (o->filter.rules && !d->keep) || !d->idx || !d->osc || !d->cnt)
+        return -1;
+    return 0;
+}
+
+static void block_release(stage *s, block_bufs *d, int64_t b0) {
+    ns_context *ctx = s->ctx;
+    cli_dev_free(ctx, d->id, d->cand_id);
+    cli_dev_free(ctx, d->sc, d->cand_score);
+    cli_dev_free(ctx, d->ps, d->pos_score);
+    cli_dev_free(ctx, d->poff_d, d->poff);
+    if (d->poff) cli_dev_free(ctx, d->pids, s->pos.ids + s->pos.offsets[b0]);
+    cli_dev_free(ctx, d->keep, NULL);
+    cli_dev_free(ctx, d->idx, NULL);
+    cli_dev_free(ctx, d->osc, NULL);
+    cli_dev_free(ctx, d->cnt, NULL);
+    cli_dev_free(ctx, d->gs, d->guide_score);
+    cli_dev_free(ctx, d->gp, d->guide_pos);
+    free(d->poff);
+}
+
+static void add_counts(ns_filter_counts *t, const ns_filter_counts *c) {
+    t->examined += c->examined;
+    t->kept += c->kept;
+    t->removed += c->removed;
+    t->empty += c->empty;
+    t->same_id += c->same_id;
+    t->max_score += c->max_score;
+    t->min_score += c->min_score;
+    t->margin += c->margin;
+    t->rel_margin += c->rel_margin;
+    t->rank += c->rank;
+    t->guide += c->guide;
+}
+
+/* ns_filter then ns_sample on the uploaded block; the results back in s->index/score/count. */
+static int block_run(stage *s, block_bufs *d, int64_t b0, int64_t nb) {
+    ns_context *ctx = s->ctx;
+    const stage_opts *o = s->o;
+    ns_id_lists plist = {d->poff_d, d->pids, nb};
     ns_candidates cand = {0};
     cand.queries = nb;
-    cand.per_query = C;
-    cand.id = d_id;
-    cand.score = d_sc;
-    cand.positive_score = d_ps;
-    cand.positive_id = poff ? &plist : NULL;
+    cand.per_query = s->C;
+    cand.id = d->id;
+    cand.score = d->sc;
+    cand.positive_score = d->ps;
+    cand.positive_id = d->poff ? &plist : NULL;
     cand.query_offset = b0;
-    cand.guide_score = d_gs;
-    cand.guide_positive_score = d_gp;
+    cand.guide_score = d->gs;
+    cand.guide_positive_score = d->gp;
     if (o->filter.rules) {
         ns_filter_counts fc;
-        if (check_lib(ctx, ns_filter(ctx, &cand, &o->filter, d_keep, &fc), "ns_filter")) goto done;
-        s->counts.examined += fc.examined;
-        s->counts.kept += fc.kept;
-        s->counts.removed += fc.removed;
-        s->counts.empty += fc.empty;
-        s->counts.same_id += fc.same_id;
-        s->counts.max_score += fc.max_score;
-        s->counts.min_score += fc.min_score;
-        s->counts.margin += fc.margin;
-        s->counts.rel_margin += fc.rel_margin;
-        s->counts.rank += fc.rank;
-        s->counts.guide += fc.guide;
+        if (check_lib(ctx, ns_filter(ctx, &cand, &o->filter, d->keep, &fc), "ns_filter")) return -1;
+        add_counts(&s->counts, &fc);
     }
-    if (check_lib(ctx, ns_sample(ctx, &cand, d_keep, &o->sampler, m, d_idx, d_osc, d_cnt),
+    if (check_lib(ctx, ns_sample(ctx, &cand, d->keep, &o->sampler, o->m, d->idx, d->osc, d->cnt),
                   "ns_sample"))
-        goto done;
-    if (cli_dev_get(ctx, s->index, d_idx, (size_t)(nb * m) * 8) ||
-        cli_dev_get(ctx, s->score, d_osc, (size_t)(nb * m) * 4) ||
-        cli_dev_get(ctx, s->count, d_cnt, (size_t)nb * 8))
-        goto done;
+        return -1;
+    if (cli_dev_get(ctx, s->index, d->idx, (size_t)(nb * o->m) * 8) ||
+        cli_dev_get(ctx, s->score, d->osc, (size_t)(nb * o->m) * 4) ||
+        cli_dev_get(ctx, s->count, d->cnt, (size_t)nb * 8))
+        return -1;
+    return 0;
+}
+
+/* The block's JSONL rows and .npy rows; queries without positive become -1 / NaN rows. */
+static void block_write(stage *s, int64_t b0, int64_t nb, const float *pos_score,
+                        const uint8_t *valid) {
+    int64_t m = s->o->m;
     for (int64_t i = 0; i < nb; i++) {
         int64_t *idx = s->index + i * m;
         float *sc = s->score + i * m;
@@ -152,23 +185,21 @@ int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id,
             float v = valid[i] && s->has_pos ? pos_score[i] : NAN;
             fwrite(&v, 4, 1, s->out_pos.f);
         }
-    rc = 0;
-    goto done;
-oom:
-    cli_error("out of memory");
-done:
-    cli_dev_free(ctx, d_id, cand_id);
-    cli_dev_free(ctx, d_sc, cand_score);
-    cli_dev_free(ctx, d_ps, pos_score);
-    cli_dev_free(ctx, d_poff, poff);
-    if (poff) cli_dev_free(ctx, d_pids, s->pos.ids + s->pos.offsets[b0]);
-    cli_dev_free(ctx, d_keep, NULL);
-    cli_dev_free(ctx, d_idx, NULL);
-    cli_dev_free(ctx, d_osc, NULL);
-    cli_dev_free(ctx, d_cnt, NULL);
-    cli_dev_free(ctx, d_gs, guide_score);
-    cli_dev_free(ctx, d_gp, guide_pos);
-    free(poff);
+}
+
+int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id, const float *cand_score,
+                const float *pos_score, const uint8_t *valid, const float *guide_score,
+                const float *guide_pos) {
+    block_bufs d;
+    memset(&d, 0, sizeof d);
+    d.cand_id = cand_id;
+    d.cand_score = cand_score;
+    d.pos_score = pos_score;
+    d.guide_score = guide_score;
+    d.guide_pos = guide_pos;
+    int rc = block_upload(s, &d, b0, nb) || block_run(s, &d, b0, nb) ? -1 : 0;
+    if (!rc) block_write(s, b0, nb, pos_score, valid);
+    block_release(s, &d, b0);
     return rc;
 }
 

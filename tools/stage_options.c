@@ -63,7 +63,8 @@ void stage_defaults(stage_opts *o) {
     o->backend = NS_BACKEND_AUTO;
 }
 
-int stage_option(stage_opts *o, int c, const char *arg) {
+/* -m and the sampler's options. */
+static int sampler_option(stage_opts *o, int c, const char *arg) {
     int64_t v;
     float x;
     switch (c) {
@@ -102,6 +103,13 @@ int stage_option(stage_opts *o, int c, const char *arg) {
         return 1;
     case O_SEED:
         return cli_parse_u64("--seed", arg, &o->sampler.seed) ? -1 : 1;
+    default: return 0;
+    }
+}
+
+/* The filter's rules. */
+static int filter_option(stage_opts *o, int c, const char *arg) {
+    switch (c) {
     case O_SAME_ID: o->same_id = 1; return 1;
     case O_NO_SAME_ID: o->same_id = 0; return 1;
     case O_MAX_SCORE:
@@ -124,6 +132,26 @@ int stage_option(stage_opts *o, int c, const char *arg) {
         o->rank_set |= 2;
         if (cli_parse_i64("--rank-max", arg, 1, INT64_MAX / 2, &o->filter.rank_max)) return -1;
         return 1;
+    case O_GUIDE_MARGIN:
+    case O_GUIDE_REL:
+        if (o->guide_set) {
+            cli_usage_error("--guide-margin and --guide-rel-margin exclude each other");
+            return -1;
+        }
+        o->guide_set = 1;
+        o->filter.rules |= c == O_GUIDE_MARGIN ? NS_FILTER_GUIDE : NS_FILTER_GUIDE_REL;
+        return cli_parse_f32(c == O_GUIDE_MARGIN ? "--guide-margin" : "--guide-rel-margin", arg,
+                             &o->filter.guide_margin)
+                   ? -1
+                   : 1;
+    default: return 0;
+    }
+}
+
+/* Inputs of positives, outputs and the run. */
+static int io_option(stage_opts *o, int c, const char *arg) {
+    int64_t v;
+    switch (c) {
     case O_FORMAT:
         if (!strcmp(arg, "ids")) o->format = FMT_IDS;
         else if (!strcmp(arg, "st")) o->format = FMT_ST;
@@ -157,20 +185,15 @@ int stage_option(stage_opts *o, int c, const char *arg) {
     case O_QRELS: o->qrels = arg; return 1;
     case O_POSITIVES: o->positives = arg; return 1;
     case O_PAIRED: o->paired = 1; return 1;
-    case O_GUIDE_MARGIN:
-    case O_GUIDE_REL:
-        if (o->guide_set) {
-            cli_usage_error("--guide-margin and --guide-rel-margin exclude each other");
-            return -1;
-        }
-        o->guide_set = 1;
-        o->filter.rules |= c == O_GUIDE_MARGIN ? NS_FILTER_GUIDE : NS_FILTER_GUIDE_REL;
-        return cli_parse_f32(c == O_GUIDE_MARGIN ? "--guide-margin" : "--guide-rel-margin", arg,
-                             &o->filter.guide_margin)
-                   ? -1
-                   : 1;
     default: return 0;
     }
+}
+
+int stage_option(stage_opts *o, int c, const char *arg) {
+    int r = sampler_option(o, c, arg);
+    if (!r) r = filter_option(o, c, arg);
+    if (!r) r = io_option(o, c, arg);
+    return r;
 }
 
 int stage_check(stage_opts *o, int64_t C_hint, int mine) {
