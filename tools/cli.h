@@ -29,6 +29,8 @@ int cli_usage_error(const char *fmt, ...)
 int cli_parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out);
 int cli_parse_f32(const char *opt, const char *s, float *out);
 int cli_parse_u64(const char *opt, const char *s, uint64_t *out);
+/* auto | cpu | cuda. */
+int cli_parse_backend(const char *opt, const char *s, ns_backend *out);
 
 /* ------------------------------------------------------------------ input files */
 
@@ -49,6 +51,9 @@ typedef struct {
 
 int cli_embeddings_load(const char *path, cli_embeddings *e); /* 0 or -1 (message printed) */
 void cli_embeddings_free(cli_embeddings *e);
+/* Queries and corpus of one dimension (the message names both files otherwise). */
+int cli_embeddings_load_pair(const char *qpath, cli_embeddings *q, const char *cpath,
+                             cli_embeddings *c);
 /* Row r as f32 (converting f16/bf16) into out (m.cols floats). */
 void cli_embeddings_row(const cli_embeddings *e, int64_t r, float *out);
 
@@ -150,6 +155,8 @@ double cli_now(void);
 
 /* On a CUDA context the library takes device pointers: these copy host arrays in and out.
  * On a CPU context they return the host pointer / do nothing. */
+/* A context of the backend (threads 0: all cores); 0 or -1 (message printed). */
+int cli_context_create(ns_backend backend, int threads, ns_context **ctx);
 void *cli_dev_put(ns_context *ctx, const void *host, size_t bytes); /* NULL on failure */
 void *cli_dev_alloc(ns_context *ctx, size_t bytes);
 int cli_dev_get(ns_context *ctx, void *host, const void *dev, size_t bytes);

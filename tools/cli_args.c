@@ -67,3 +67,14 @@ int cli_parse_f32(const char *opt, const char *s, float *out) {
     *out = (float)v;
     return 0;
 }
+
+int cli_parse_backend(const char *opt, const char *s, ns_backend *out) {
+    if (!strcmp(s, "auto")) *out = NS_BACKEND_AUTO;
+    else if (!strcmp(s, "cpu")) *out = NS_BACKEND_CPU;
+    else if (!strcmp(s, "cuda")) *out = NS_BACKEND_CUDA;
+    else {
+        cli_usage_error("%s '%s': expected auto, cpu or cuda", opt, s);
+        return -1;
+    }
+    return 0;
+}

@@ -120,6 +120,15 @@ int cli_embeddings_load(const char *path, cli_embeddings *e) {
     return 0;
 }
 
+int cli_embeddings_load_pair(const char *qpath, cli_embeddings *q, const char *cpath,
+                             cli_embeddings *c) {
+    if (cli_embeddings_load(qpath, q) || cli_embeddings_load(cpath, c)) return -1;
+    if (q->m.cols == c->m.cols) return 0;
+    cli_error("dimension mismatch: %s has %lld columns but %s has %lld", qpath,
+              (long long)q->m.cols, cpath, (long long)c->m.cols);
+    return -1;
+}
+
 void cli_embeddings_free(cli_embeddings *e) {
     if (e->npy) ns_npy_close(e->npy);
     free(e->owned);

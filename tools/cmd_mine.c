@@ -198,12 +198,7 @@ static int mine_check(mine_args *a) {
 /* The embeddings, and the checks between them. */
 static int mine_load_inputs(mine_run *r) {
     const mine_args *a = r->a;
-    if (cli_embeddings_load(a->qpath, &r->Q) || cli_embeddings_load(a->cpath, &r->C)) return -1;
-    if (r->Q.m.cols != r->C.m.cols) {
-        cli_error("dimension mismatch: %s has %lld columns but %s has %lld", a->qpath,
-                  (long long)r->Q.m.cols, a->cpath, (long long)r->C.m.cols);
-        return -1;
-    }
+    if (cli_embeddings_load_pair(a->qpath, &r->Q, a->cpath, &r->C)) return -1;
     if (a->gqpath) {
         const ns_matrix *gq = &r->GQ.m, *gc = &r->GC.m;
         if (cli_embeddings_load(a->gqpath, &r->GQ) || cli_embeddings_load(a->gcpath, &r->GC))

@@ -225,16 +225,7 @@ void stage_free(stage *s) {
 }
 
 int stage_context(stage *s) {
-    ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
-    co.backend = s->o->backend;
-    co.threads = s->o->threads;
-    ns_status st = ns_context_create(&s->ctx, &co);
-    if (st != NS_OK) {
-        cli_error("cannot create a %s context: %s", s->o->backend == NS_BACKEND_CUDA ? "CUDA" :
-                  s->o->backend == NS_BACKEND_CPU ? "CPU" : "auto", ns_last_error(NULL));
-        return -1;
-    }
-    return 0;
+    return cli_context_create(s->o->backend, s->o->threads, &s->ctx);
 }
 
 void stage_summary(const stage *s, const char *what, double secs) {

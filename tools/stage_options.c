@@ -167,15 +167,7 @@ static int io_option(stage_opts *o, int c, const char *arg) {
     case O_OUT_POS: o->out_positive_score = arg; return 1;
     case O_FORCE: o->force = 1; return 1;
     case O_QUIET: o->quiet = 1; return 1;
-    case O_BACKEND:
-        if (!strcmp(arg, "auto")) o->backend = NS_BACKEND_AUTO;
-        else if (!strcmp(arg, "cpu")) o->backend = NS_BACKEND_CPU;
-        else if (!strcmp(arg, "cuda")) o->backend = NS_BACKEND_CUDA;
-        else {
-            cli_usage_error("--backend '%s': expected auto, cpu or cuda", arg);
-            return -1;
-        }
-        return 1;
+    case O_BACKEND: return cli_parse_backend("--backend", arg, &o->backend) ? -1 : 1;
     case O_THREADS:
         if (cli_parse_i64("--threads", arg, 0, 4096, &v)) return -1;
         o->threads = (int)v;
