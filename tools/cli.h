@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "negsamp.h"
 
@@ -34,8 +35,32 @@ int cli_parse_backend(const char *opt, const char *s, ns_backend *out);
 
 /* ------------------------------------------------------------------ input files */
 
+/* The tag in the name of every temporary output: "DIR/.NAME" CLI_TEMP_TAG "XXXXXX". A file
+ * a killed run left is recognisable by it, and refused as an input. */
+#define CLI_TEMP_TAG ".negsamp-tmp-"
+#define CLI_MAX_FILES 16
+
+/* A file named on the command line, with the flag that named it (for messages). */
+typedef struct {
+    const char *flag;
+    const char *path; /* NULL: not given */
+} cli_named_path;
+
+/* Every input a regular file that is no leftover temporary (exit 1 otherwise); every output
+ * in an existing directory, none two the same file, none an input (CLI_USAGE), an existing
+ * one only a regular file (even with --force) and only with force (CLI_RUNTIME). Returns 0 or
+ * the exit status, message printed. */
+int cli_check_files(const cli_named_path *in, int nin, const cli_named_path *out, int nout,
+                    int force);
+/* Opens an input for reading without blocking on a FIFO: NULL (message printed) unless it is
+ * a regular file. */
+FILE *cli_open_input(const char *path);
 /* A whole file in a NUL-terminated buffer (free it); NULL with a message printed. */
 char *cli_read_text(const char *path, size_t *len);
+int cli_is_temp_name(const char *path);
+/* 1 (message printed) when path is now one of the inputs cli_check_files saw. */
+int cli_is_input(const char *path);
+const char *cli_file_kind(mode_t mode);
 
 /* ------------------------------------------------------------------ embeddings in */
 
@@ -115,8 +140,9 @@ int cli_lists_with_self(const cli_lists *a, int64_t queries, int self, cli_lists
 
 /* ------------------------------------------------------------------ outputs */
 
-/* An output written to a temporary file in the same directory, renamed over path only by
- * cli_output_commit: a crash, an error or Ctrl-C never leaves a half-written file. */
+/* An output written to a temporary file in the same directory (".NAME.negsamp-tmp-XXXXXX"),
+ * renamed over path only by cli_output_commit: an error or any signal the process can catch
+ * never leaves a half-written file, and what SIGKILL leaves is named as a temporary. */
 typedef struct {
     char path[4096];
     char tmp[4096];
@@ -124,11 +150,14 @@ typedef struct {
     int slot; /* in the signal-cleanup registry */
 } cli_output;
 
-/* Refuses an existing path unless force. 0 or -1 (message printed). */
+/* Refuses an existing path unless force, and anything but a regular file even with force.
+ * 0 or -1 (message printed). */
 int cli_output_open(cli_output *o, const char *path, int force);
 int cli_output_commit(cli_output *o);
 void cli_output_abort(cli_output *o);
-/* SIGINT/SIGTERM remove every open temporary file, then the signal ends the process. */
+/* Every signal that ends the process and can be caught (SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+ * SIGPIPE, SIGALRM, SIGUSR1/2, SIGXCPU, SIGXFSZ, and the crash signals) and exit() remove every
+ * open temporary file; then the signal ends the process as it would have. */
 void cli_install_signal_cleanup(void);
 
 /* .npy writing: header for a C-order 2-D (cols > 0) or 1-D (cols == 0) array. */

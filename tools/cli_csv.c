@@ -5,10 +5,14 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 int cli_csv_read(const char *path, double **values, int64_t *rows, int64_t *cols) {
-    gzFile g = gzopen(path, "rb"); /* reads plain files too */
+    FILE *f = cli_open_input(path);
+    if (!f) return -1;
+    gzFile g = gzdopen(dup(fileno(f)), "rb"); /* reads plain files too */
+    fclose(f);
     if (!g) {
         cli_error("%s: cannot open: %s", path, strerror(errno));
         return -1;

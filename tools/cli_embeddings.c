@@ -29,11 +29,8 @@ static int ends_with(const char *s, const char *suffix) {
 }
 
 static int fvecs_load(const char *path, cli_embeddings *e) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cli_error("%s: cannot open: %s", path, strerror(errno));
-        return -1;
-    }
+    FILE *f = cli_open_input(path);
+    if (!f) return -1;
     if (fseeko(f, 0, SEEK_END) != 0) {
         cli_error("%s: cannot seek: %s", path, strerror(errno));
         fclose(f);

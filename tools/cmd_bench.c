@@ -231,6 +231,8 @@ int cli_cmd_bench_mine(int argc, char **argv) {
     bench_args a;
     int u = bench_parse(argc, argv, &a);
     if (u >= 0) return u;
+    const cli_named_path in[] = {{"--queries", a.qpath}, {"--corpus", a.cpath}};
+    if ((u = cli_check_files(in, 2, NULL, 0, 0))) return u;
     bench_run r;
     memset(&r, 0, sizeof r);
     int rc = CLI_RUNTIME;

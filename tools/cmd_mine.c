@@ -382,6 +382,9 @@ int cli_cmd_mine(int argc, char **argv) {
     int u = mine_parse(argc, argv, &a);
     if (u < 0) u = mine_check(&a);
     if (u >= 0) return u;
+    const cli_named_path in[] = {{"--queries", a.qpath}, {"--corpus", a.cpath},
+                                 {"--guide-queries", a.gqpath}, {"--guide-corpus", a.gcpath}};
+    if ((u = stage_check_files(&a.o, in, 4))) return u;
     mine_run r;
     memset(&r, 0, sizeof r);
     r.a = &a;

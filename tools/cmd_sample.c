@@ -181,6 +181,10 @@ int cli_cmd_sample(int argc, char **argv) {
     sample_args a;
     int u = sample_parse(argc, argv, &a);
     if (u >= 0) return u;
+    const cli_named_path in[] = {{"--candidates", a.ipath}, {"--scores", a.spath},
+                                 {"--positive-score", a.ppath}, {"--guide-scores", a.gspath},
+                                 {"--guide-positive-score", a.gppath}};
+    if ((u = stage_check_files(&a.o, in, 5))) return u;
     sample_run r;
     memset(&r, 0, sizeof r);
     r.a = &a;

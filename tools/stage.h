@@ -73,6 +73,9 @@ void stage_defaults(stage_opts *o);
 int stage_option(stage_opts *o, int c, const char *arg);
 /* Checks that need every option; C_hint is the candidates per query. Returns 0 or CLI_USAGE. */
 int stage_check(stage_opts *o, int64_t C_hint, int mine);
+/* The command's inputs (n of them, NULL paths skipped) and the stage's own (id files, qrels,
+ * positives) against the outputs: cli_check_files. Returns 0 or the exit status. */
+int stage_check_files(const stage_opts *o, const cli_named_path *inputs, int n);
 
 typedef struct {
     stage_opts *o;

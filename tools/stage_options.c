@@ -195,10 +195,9 @@ int stage_check(stage_opts *o, int64_t C_hint, int mine) {
         return cli_usage_error("nothing to write: pass --out, --out-index, --out-score or "
                                "--out-positive-score");
     const char *outs[4] = {o->out, o->out_index, o->out_score, o->out_positive_score};
+    static const char *flags[4] = {"--out", "--out-index", "--out-score", "--out-positive-score"};
     for (int i = 0; i < 4; i++)
-        for (int j = i + 1; j < 4; j++)
-            if (outs[i] && outs[j] && !strcmp(outs[i], outs[j]))
-                return cli_usage_error("the same file '%s' is given for two outputs", outs[i]);
+        if (outs[i] && !*outs[i]) return cli_usage_error("%s '': the path is empty", flags[i]);
     int needs_pos = (o->filter.rules & (NS_FILTER_MARGIN | NS_FILTER_REL_MARGIN)) ||
                     o->sampler.strategy == NS_SAMPLE_SIMANS;
     if (mine && o->guide_set && npos == 0)
@@ -219,4 +218,16 @@ int stage_check(stage_opts *o, int64_t C_hint, int mine) {
     }
     if (o->same_id && npos) o->filter.rules |= NS_FILTER_SAME_ID;
     return 0;
+}
+
+int stage_check_files(const stage_opts *o, const cli_named_path *inputs, int n) {
+    cli_named_path in[CLI_MAX_FILES] = {
+        {"--query-ids", o->query_ids}, {"--corpus-ids", o->corpus_ids}, {"--qrels", o->qrels},
+        {"--positives", o->positives}};
+    int nin = 4;
+    for (int i = 0; i < n && nin < CLI_MAX_FILES; i++) in[nin++] = inputs[i];
+    const cli_named_path out[4] = {{"--out", o->out}, {"--out-index", o->out_index},
+                                   {"--out-score", o->out_score},
+                                   {"--out-positive-score", o->out_positive_score}};
+    return cli_check_files(in, nin, out, 4, o->force);
 }

@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -42,9 +43,12 @@ def run(*args, expect=0, timeout=180):
     return p.stdout, p.stderr
 
 
+TEMP_TAG = ".negsamp-tmp-"
+
+
 def leftovers(d):
-    """Temporary files negsamp may have left in d."""
-    return [f for f in os.listdir(d) if ".tmp." in f]
+    """Temporary files negsamp may have left in d (today's names, and the old '.tmp.' ones)."""
+    return [f for f in os.listdir(d) if ".tmp." in f or TEMP_TAG in f]
 
 
 # ---------------------------------------------------------------- references
@@ -653,8 +657,107 @@ def group_hostile_npy(tmp):
             check(not os.path.exists(out) and not leftovers(tmp), f"{name}: {args} left files")
 
 
+def group_files(tmp):
+    """Issue 13 items 5-7: outputs never replace an input, never collide, never replace anything
+    but a regular file (even with --force); non-regular inputs are refused at once."""
+    rng = np.random.default_rng(17)
+    q = os.path.join(tmp, "q.npy")
+    np.save(q, rng.standard_normal((8, 4)).astype(np.float32))
+    c = os.path.join(tmp, "c.npy")
+    np.save(c, rng.standard_normal((30, 4)).astype(np.float32))
+    qrels = os.path.join(tmp, "qrels.tsv")
+    with open(qrels, "w") as f:
+        f.write("".join(f"{i}\t{i + 1}\t1\n" for i in range(8)))
+    ci = os.path.join(tmp, "ci.npy")
+    cs = os.path.join(tmp, "cs.npy")
+    run("mine", "--queries", q, "--corpus", c, "-k", 5, "-m", 5, "--out-index", ci,
+        "--out-score", cs, "--quiet")
+    snapshot = {p: open(p, "rb").read() for p in (q, c, qrels, ci, cs)}
+    link = os.path.join(tmp, "hard.npy")
+    os.link(q, link)
+    mine = ["mine", "--queries", q, "--corpus", c, "--qrels", qrels, "-k", 5, "-m", 2, "--quiet",
+            "--force"]
+    sample = ["sample", "--candidates", ci, "--scores", cs, "-m", 2, "--quiet", "--force"]
+    # An output naming an input, however spelled: a usage error, the input untouched.
+    for args, needle in [
+        (mine + ["--out-index", q], "--queries"),
+        (mine + ["--out-index", os.path.join(tmp, ".", "q.npy")], "--queries"),
+        (mine + ["--out-score", link], "--queries"),
+        (mine + ["--out", qrels], "--qrels"),
+        (mine + ["--out-positive-score", c], "--corpus"),
+        (sample + ["--out-index", ci], "--candidates"),
+        (sample + ["--out-score", os.path.join(tmp, "..", os.path.basename(tmp), "cs.npy")],
+         "--scores"),
+    ]:
+        _, err = run(*args, expect=2)
+        check(needle in err and "never replaces an input" in err, f"{args}: {err}")
+    for p_, data in snapshot.items():
+        check(open(p_, "rb").read() == data, f"{p_} was modified")
+    # Two outputs naming one file.
+    o = os.path.join(tmp, "o.npy")
+    for other in (os.path.join(tmp, ".", "o.npy"), o):
+        _, err = run(*mine, "--out-index", o, "--out-score", other, expect=2)
+        check("name the same file" in err and "--out-index" in err and "--out-score" in err, err)
+        check(not os.path.exists(o) and not leftovers(tmp), "collision left files")
+    # --force never replaces a symlink, a FIFO or a directory.
+    target = os.path.join(tmp, "target.jsonl")
+    with open(target, "w") as f:
+        f.write("keep me\n")
+    sym = os.path.join(tmp, "sym.jsonl")
+    os.symlink(target, sym)
+    fifo_out = os.path.join(tmp, "out.fifo")
+    os.mkfifo(fifo_out)
+    dir_out = os.path.join(tmp, "dir.npy")
+    os.mkdir(dir_out)
+    for path, kind in [(sym, "symbolic link"), (fifo_out, "FIFO"), (dir_out, "directory")]:
+        _, err = run(*mine, "--out", path, expect=1, timeout=30)
+        check(kind in err and path in err and "regular file" in err, f"--out {kind}: {err}")
+    check(os.path.islink(sym) and open(target).read() == "keep me\n", "the symlink was replaced")
+    check(stat.S_ISFIFO(os.lstat(fifo_out).st_mode), "the FIFO was replaced")
+    check(os.path.isdir(dir_out) and not leftovers(tmp), "directory / leftovers")
+    # Non-regular inputs: a FIFO nobody writes to, a directory: refused at once.
+    fifo = os.path.join(tmp, "in.fifo")
+    os.mkfifo(fifo)
+    for flag, base in [("--corpus", mine), ("--queries", mine), ("--qrels", mine),
+                       ("--query-ids", mine), ("--corpus-ids", mine), ("--candidates", sample),
+                       ("--positive-score", sample)]:
+        for path, kind in [(fifo, "FIFO"), (tmp, "directory")]:
+            args = [a for a in base]
+            if flag in args:
+                args[args.index(flag) + 1] = path
+            else:
+                args += [flag, path]
+            _, err = run(*args, "--out-index", o, expect=1, timeout=20)
+            check(flag in err and path in err and kind in err and "regular file" in err,
+                  f"{flag} {kind}: {err}")
+            check(not os.path.exists(o) and not leftovers(tmp), f"{flag} {kind} left files")
+    qf = os.path.join(tmp, "q.fvecs")
+    save_fvecs(qf, rng.standard_normal((3, 4)))
+    os.unlink(qf)
+    os.mkfifo(qf)
+    _, err = run("bench-mine", "--queries", qf, "--corpus", c, "-k", 2, expect=1, timeout=20)
+    check("FIFO" in err, f"bench-mine FIFO: {err}")
+    _, err = run("demo", "--data", fifo, expect=1, timeout=20)
+    check("FIFO" in err, f"demo FIFO: {err}")
+
+
+def start_mine(q, c, *out):
+    return subprocess.Popen([NEGSAMP, "mine", "--queries", q, "--corpus", c, "-k", "100",
+                             "-m", "10", "--batch", "500", *out, "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_temp(p, tmp):
+    t0 = time.time()
+    while not leftovers(tmp) and p.poll() is None and time.time() - t0 < 30:
+        time.sleep(0.005)
+    time.sleep(0.3)  # into the loading / mining
+
+
 def group_outputs(tmp):
-    """Ctrl-C (SIGINT) during a run leaves neither the output nor a temporary file."""
+    """Any signal the process can catch (Ctrl-C, kill, hang-up, SIGQUIT, SIGUSR1, SIGALRM,
+    SIGPIPE) leaves neither the output nor a temporary file; what SIGKILL leaves is a hidden
+    file named as a negsamp temporary, and refused as an input."""
     rng = np.random.default_rng(2)
     q = os.path.join(tmp, "q.npy")
     c = os.path.join(tmp, "c.npy")
@@ -662,14 +765,11 @@ def group_outputs(tmp):
     np.save(c, rng.standard_normal((60000, 64)).astype(np.float32))
     out = os.path.join(tmp, "big.jsonl")
     interrupted = 0
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        p = subprocess.Popen([NEGSAMP, "mine", "--queries", q, "--corpus", c, "-k", "100",
-                              "-m", "10", "--batch", "500", "--out", out, "--quiet"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        t0 = time.time()
-        while not leftovers(tmp) and p.poll() is None and time.time() - t0 < 30:
-            time.sleep(0.005)
-        time.sleep(0.3)  # into the loading / mining
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+            signal.SIGALRM, signal.SIGPIPE)
+    for sig in sigs:
+        p = start_mine(q, c, "--out", out)
+        wait_for_temp(p, tmp)
         p.send_signal(sig)
         p.wait(timeout=120)
         if p.returncode == -sig:
@@ -680,7 +780,24 @@ def group_outputs(tmp):
         else:
             raise Failure(f"{sig.name}: exit {p.returncode}: {p.stderr.read()}")
         check(not leftovers(tmp), f"{sig.name}: temporary files left: {leftovers(tmp)}")
-    print(f"  interrupted {interrupted} of 2 runs mid-way")
+    print(f"  interrupted {interrupted} of {len(sigs)} runs mid-way")
+    # SIGKILL cannot be caught: the temporary stays, hidden and named as one, never the output.
+    oi = os.path.join(tmp, "idx.npy")
+    p = start_mine(q, c, "--out-index", oi)
+    wait_for_temp(p, tmp)
+    p.kill()
+    p.wait(timeout=60)
+    if p.returncode == -signal.SIGKILL:
+        left = leftovers(tmp)
+        check(len(left) == 1 and left[0].startswith(".idx.npy" + TEMP_TAG),
+              f"SIGKILL left {left}, expected one .idx.npy{TEMP_TAG}XXXXXX")
+        check(not os.path.exists(oi), "SIGKILL: the output exists")
+        t = os.path.join(tmp, left[0])
+        _, err = run("mine", "--queries", t, "--corpus", c, "--out-index", oi, expect=1)
+        check(t in err and "temporary" in err and "not a result" in err, f"leftover read: {err}")
+        _, err = run("sample", "--candidates", t, "--scores", t, "--out-index", oi, expect=1)
+        check("temporary" in err, f"leftover read by sample: {err}")
+        os.unlink(t)
 
 
 def group_demo(tmp):
