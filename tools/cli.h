@@ -58,6 +58,13 @@ FILE *cli_open_input(const char *path);
 /* A whole file in a NUL-terminated buffer (free it); NULL with a message printed. */
 char *cli_read_text(const char *path, size_t *len);
 int cli_is_temp_name(const char *path);
+/* Text lines: the next line of *p, NUL-terminated in place without its "\n" or "\r\n" (*len
+ * bytes), *p moved past it; NULL at the end. */
+char *cli_next_line(char **p, size_t *len);
+/* Past a UTF-8 byte order mark at the start of a text, if any. */
+char *cli_skip_bom(char *text);
+/* s without the spaces and tabs at either end (NUL-terminated in place); *len updated. */
+char *cli_trim(char *s, size_t *len);
 /* 1 (message printed) when path is now one of the inputs cli_check_files saw. */
 int cli_is_input(const char *path);
 const char *cli_file_kind(mode_t mode);
@@ -109,11 +116,14 @@ typedef struct {
     char **id;          /* rows strings when path */
     int64_t *slot;      /* hash table of row + 1, 0 empty */
     int64_t slots;
+    int64_t *line;      /* the line of each id in the file */
     char *text;         /* the file's content, id[] points into it */
 } cli_ids;
 
 /* rows < 0: as many rows as the file has ids (no embeddings to count them). */
 int cli_ids_load(cli_ids *ids, const char *path, const char *what, int64_t rows);
+/* The same on the file's text (NUL-terminated; ids takes it, and frees it in cli_ids_free). */
+int cli_ids_parse(cli_ids *ids, const char *path, const char *what, int64_t rows, char *text);
 void cli_ids_free(cli_ids *ids);
 /* The row of id (length n), -1 if unknown. */
 int64_t cli_ids_find(const cli_ids *ids, const char *id, size_t n);
@@ -128,11 +138,26 @@ typedef struct {
 } cli_lists;
 
 void cli_lists_free(cli_lists *l);
+/* Ids a positives file names that the id files (or row numbers) do not know. */
+typedef struct {
+    int skip;            /* --skip-unknown-ids: skip and count them instead of failing */
+    int64_t skipped;     /* qrels lines / positives ids skipped */
+    int64_t first_line;  /* the first one skipped, and its id */
+    char first_id[64];
+} cli_unknown_ids;
+
 /* BEIR qrels TSV (query-id corpus-id score; TREC's 4 columns accepted; header optional;
- * score ≤ 0 is not a positive). */
-int cli_qrels_load(const char *path, const cli_ids *qids, const cli_ids *cids, cli_lists *out);
+ * score ≤ 0 is not a positive; a UTF-8 BOM, CRLF and spaces around fields ignored). */
+int cli_qrels_load(const char *path, const cli_ids *qids, const cli_ids *cids, cli_unknown_ids *u,
+                   cli_lists *out);
+/* The same on the file's text (NUL-terminated, changed in place; path names it in messages). */
+int cli_qrels_parse(char *text, const char *path, const cli_ids *qids, const cli_ids *cids,
+                    cli_unknown_ids *u, cli_lists *out);
 /* Line i holds the corpus ids of query row i's positives (whitespace or comma separated). */
-int cli_positives_load(const char *path, const cli_ids *cids, int64_t queries, cli_lists *out);
+int cli_positives_load(const char *path, const cli_ids *cids, int64_t queries, cli_unknown_ids *u,
+                       cli_lists *out);
+int cli_positives_parse(char *text, const char *path, const cli_ids *cids, int64_t queries,
+                        cli_unknown_ids *u, cli_lists *out);
 /* Query i's positive is corpus row i (aligned pairs). */
 int cli_lists_paired(int64_t queries, int64_t corpus_rows, cli_lists *out);
 /* a ∪ {i} per query (self exclusion), or a copy of a when self is 0. a may be empty (NULL ids). */
@@ -162,8 +187,14 @@ void cli_install_signal_cleanup(void);
 
 /* .npy writing: header for a C-order 2-D (cols > 0) or 1-D (cols == 0) array. */
 int cli_npy_write_header(FILE *f, const char *descr, int64_t rows, int64_t cols);
-/* JSON string with escapes. */
+/* A JSON string: quotes, backslashes and control characters escaped; a byte that is not part
+ * of valid UTF-8 is written as \u00XX (the code point of its value) and counted in
+ * cli_json_bad_bytes, so the output is valid JSON and valid UTF-8 whatever the id files hold. */
 void cli_json_string(FILE *f, const char *s, size_t n);
+extern int64_t cli_json_bad_bytes;
+size_t cli_utf8_char(const unsigned char *s, size_t n);
+/* A float32 that reads back as the same float32 (%.9g); null when not finite. */
+void cli_json_float(FILE *f, float x);
 
 /* ------------------------------------------------------------------ progress */
 

@@ -104,8 +104,41 @@ char *cli_read_text(const char *path, size_t *len_out) {
         return NULL;
     }
     buf[len] = '\0';
+    const char *nul = memchr(buf, '\0', len);
+    if (nul) {
+        int64_t line = 1;
+        for (const char *q = buf; q < nul; q++) line += *q == '\n';
+        cli_error("%s: line %lld holds a NUL byte; expected a text file", path, (long long)line);
+        free(buf);
+        return NULL;
+    }
     if (len_out) *len_out = len;
     return buf;
+}
+
+char *cli_next_line(char **p, size_t *len) {
+    char *s = *p;
+    if (!s || !*s) return NULL;
+    char *eol = strchr(s, '\n');
+    size_t l = eol ? (size_t)(eol - s) : strlen(s);
+    *p = eol ? eol + 1 : s + l;
+    if (l && s[l - 1] == '\r') l--;
+    s[l] = '\0';
+    *len = l;
+    return s;
+}
+
+char *cli_skip_bom(char *text) {
+    return strncmp(text, "\xef\xbb\xbf", 3) == 0 ? text + 3 : text;
+}
+
+char *cli_trim(char *s, size_t *len) {
+    size_t l = *len;
+    while (l && (s[l - 1] == ' ' || s[l - 1] == '\t')) l--;
+    s[l] = '\0';
+    while (*s == ' ' || *s == '\t') s++, l--;
+    *len = l;
+    return s;
 }
 
 /* Where an output lands: its directory's device and inode and its last name, and the file's

@@ -1,6 +1,6 @@
 /* Outputs written atomically (temporary file in the same directory, renamed when complete;
  * removed on error, SIGINT or SIGTERM) and the .npy header writer. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 #include "cli.h"
 
 #include <errno.h>
@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* Temporary files a signal must remove. Plain arrays so the handler only reads memory and
  * calls unlink (async-signal-safe). */
@@ -91,6 +92,34 @@ static int temp_name(const char *path, char *tmp, size_t cap) {
     return n > 0 && (size_t)n < cap ? 0 : -1;
 }
 
+/* A FILE whose bytes go through gzip (outputs named *.gz). */
+static ssize_t gz_write(void *g, const char *buf, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+        unsigned part = n - done > (1u << 30) ? (1u << 30) : (unsigned)(n - done);
+        int w = gzwrite((gzFile)g, buf + done, part);
+        if (w <= 0) return done ? (ssize_t)done : -1;
+        done += (size_t)w;
+    }
+    return (ssize_t)n;
+}
+
+static int gz_close(void *g) { return gzclose((gzFile)g) == Z_OK ? 0 : -1; }
+
+static FILE *gzip_stream(int fd) {
+    gzFile g = gzdopen(fd, "wb6");
+    if (!g) return NULL;
+    cookie_io_functions_t io = {NULL, gz_write, NULL, gz_close};
+    FILE *f = fopencookie(g, "w", io);
+    if (!f) gzclose(g);
+    return f;
+}
+
+static int ends_with_gz(const char *path) {
+    size_t n = strlen(path);
+    return n > 3 && !strcmp(path + n - 3, ".gz");
+}
+
 int cli_output_open(cli_output *o, const char *path, int force) {
     memset(o, 0, sizeof(*o));
     o->slot = -1;
@@ -124,7 +153,7 @@ int cli_output_open(cli_output *o, const char *path, int force) {
     mode_t mask = umask(0);
     umask(mask);
     fchmod(fd, 0666 & ~mask);
-    o->f = fdopen(fd, "wb");
+    o->f = ends_with_gz(path) ? gzip_stream(fd) : fdopen(fd, "wb");
     if (!o->f) {
         close(fd);
         cli_output_abort(o);

@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,123 +89,134 @@ static int split_fields(char *s, char **f, int max) {
     return n;
 }
 
-int cli_qrels_load(const char *path, const cli_ids *qids, const cli_ids *cids, cli_lists *out) {
-    char *text = cli_read_text(path, NULL);
-    if (!text) return -1;
-    int64_t line = 0;
+/* An id a positives file names that is not known: skipped and counted with --skip-unknown-ids,
+ * else the message and -1. what/names: "query"/"query id", rows for row-number ids. */
+static int unknown_id(cli_unknown_ids *u, const char *path, int64_t line, const cli_ids *ids,
+                      const char *id, size_t len) {
+    if (u->skip) {
+        if (u->skipped++ == 0) {
+            u->first_line = line;
+            snprintf(u->first_id, sizeof u->first_id, "%.*s", (int)(len < 60 ? len : 60), id);
+        }
+        return 0;
+    }
+    const char *hint = "; pass --skip-unknown-ids to skip such lines";
+    if (ids->path)
+        cli_error("%s: line %lld: %s id '%.*s' is not in %s%s", path, (long long)line, ids->what,
+                  (int)len, id, ids->path, hint);
+    else
+        cli_error("%s: line %lld: %s id '%.*s' is not a %s row number (0..%lld); pass "
+                  "--%s-ids FILE to map ids to rows%s", path, (long long)line, ids->what,
+                  (int)len, id, ids->what, (long long)ids->rows - 1, ids->what, hint);
+    return -1;
+}
+
+/* One qrels line split into fields: 0 when it is blank or the header, 1 with *q, *c, *score,
+ * -1 with a message. */
+static int qrels_fields(char *s, size_t l, int64_t line, const char *path, char **q, char **c,
+                        double *score) {
+    char *f[5];
+    int nf = l ? split_fields(s, f, 5) : 0;
+    if (nf == 0) return 0;
+    if (nf < 2 || nf > 4) {
+        cli_error("%s: line %lld has %d fields; expected 'query-id<TAB>corpus-id<TAB>score' "
+                  "(BEIR) or TREC's 4 columns", path, (long long)line, nf);
+        return -1;
+    }
+    size_t ql = strlen(f[0]), cl = strlen(f[nf == 4 ? 2 : 1]);
+    *q = cli_trim(f[0], &ql);
+    *c = cli_trim(f[nf == 4 ? 2 : 1], &cl);
+    const char *ss = nf == 2 ? NULL : f[nf - 1];
+    char *end = NULL;
+    *score = ss ? strtod(ss, &end) : 1.0;
+    if (ss && (end == ss || *end)) {
+        if (line == 1) return 0; /* a header line ("query-id corpus-id score") */
+        cli_error("%s: line %lld: score '%s' is not a number", path, (long long)line, ss);
+        return -1;
+    }
+    return 1;
+}
+
+int cli_qrels_parse(char *text, const char *path, const cli_ids *qids, const cli_ids *cids,
+                    cli_unknown_ids *u, cli_lists *out) {
     pair_list pairs = {NULL, NULL, 0, 0};
+    int64_t line = 0;
     int rc = -1;
-    char *p = text;
-    while (p && *p) {
-        char *eol = strchr(p, '\n');
-        if (eol) *eol = '\0';
-        line++;
-        size_t l = strlen(p);
-        if (l && p[l - 1] == '\r') p[--l] = '\0';
-        char *f[5];
-        int nf = l ? split_fields(p, f, 5) : 0;
-        char *next = eol ? eol + 1 : NULL;
-        if (nf == 0) {
-            p = next;
+    char *p = cli_skip_bom(text), *s, *qs, *cs;
+    size_t l;
+    double score;
+    while ((s = cli_next_line(&p, &l)) != NULL) {
+        int r = qrels_fields(s, l, ++line, path, &qs, &cs, &score);
+        if (r < 0) goto done;
+        if (r == 0) continue;
+        int64_t q = cli_ids_find(qids, qs, strlen(qs)), c = cli_ids_find(cids, cs, strlen(cs));
+        if (q < 0 || c < 0) {
+            if (q < 0 ? unknown_id(u, path, line, qids, qs, strlen(qs))
+                      : unknown_id(u, path, line, cids, cs, strlen(cs)))
+                goto done;
             continue;
         }
-        if (nf < 2 || nf > 4) {
-            cli_error("%s: line %lld has %d fields; expected 'query-id<TAB>corpus-id<TAB>score' "
-                      "(BEIR) or TREC's 4 columns",
-                      path, (long long)line, nf);
-            goto done;
-        }
-        const char *qs = f[0], *cs = nf == 4 ? f[2] : f[1];
-        const char *ss = nf == 2 ? NULL : f[nf - 1];
-        char *end = NULL;
-        double score = ss ? strtod(ss, &end) : 1.0;
-        if (ss && (end == ss || *end)) {
-            if (line == 1) { /* a header line ("query-id corpus-id score") */
-                p = next;
-                continue;
-            }
-            cli_error("%s: line %lld: score '%s' is not a number", path, (long long)line, ss);
-            goto done;
-        }
-        int64_t q = cli_ids_find(qids, qs, strlen(qs));
-        if (q < 0) {
-            if (qids->path)
-                cli_error("%s: line %lld: query id '%s' is not in %s", path, (long long)line, qs,
-                          qids->path);
-            else
-                cli_error("%s: line %lld: query id '%s' is not a query row number (0..%lld); pass "
-                          "--query-ids FILE to map ids to rows",
-                          path, (long long)line, qs, (long long)qids->rows - 1);
-            goto done;
-        }
-        int64_t c = cli_ids_find(cids, cs, strlen(cs));
-        if (c < 0) {
-            if (cids->path)
-                cli_error("%s: line %lld: corpus id '%s' is missing from the corpus (%s)", path,
-                          (long long)line, cs, cids->path);
-            else
-                cli_error("%s: line %lld: corpus id '%s' is not a corpus row number (0..%lld); "
-                          "pass --corpus-ids FILE to map ids to rows",
-                          path, (long long)line, cs, (long long)cids->rows - 1);
-            goto done;
-        }
-        if (score > 0) {
-            if (pairs_push(&pairs, q, c, path)) goto done;
-        }
-        p = next;
+        if (score > 0 && pairs_push(&pairs, q, c, path)) goto done;
     }
     if (pairs.n == 0) {
-        cli_error("%s: holds no positive pair (score > 0)", path);
+        cli_error("%s: holds no positive pair (score > 0)%s", path,
+                  u->skipped ? " with known ids" : "");
         goto done;
     }
     rc = lists_from_pairs(pairs.q, pairs.c, pairs.n, qids->rows, out);
 done:
     free(pairs.q);
     free(pairs.c);
+    return rc;
+}
+
+int cli_qrels_load(const char *path, const cli_ids *qids, const cli_ids *cids, cli_unknown_ids *u,
+                   cli_lists *out) {
+    char *text = cli_read_text(path, NULL);
+    if (!text) return -1;
+    int rc = cli_qrels_parse(text, path, qids, cids, u, out);
     free(text);
     return rc;
 }
 
-int cli_positives_load(const char *path, const cli_ids *cids, int64_t queries, cli_lists *out) {
-    char *text = cli_read_text(path, NULL);
-    if (!text) return -1;
-    int64_t line = 0;
+int cli_positives_parse(char *text, const char *path, const cli_ids *cids, int64_t queries,
+                        cli_unknown_ids *u, cli_lists *out) {
     pair_list pairs = {NULL, NULL, 0, 0};
+    int64_t line = 0;
     int rc = -1;
-    char *p = text;
-    while (p && *p) {
-        char *eol = strchr(p, '\n');
-        if (eol) *eol = '\0';
+    char *p = cli_skip_bom(text), *s;
+    size_t l;
+    while ((s = cli_next_line(&p, &l)) != NULL) {
         if (line == queries) {
-            if (strspn(p, " \t\r\n,") != strlen(p) || (eol && strspn(eol + 1, " \t\r\n,") !=
-                                                                  strlen(eol + 1))) {
+            if (strspn(s, " \t,") != l || strspn(p, " \t\r\n,") != strlen(p)) {
                 cli_error("%s: has more lines than the %lld queries", path, (long long)queries);
                 goto done;
             }
             break;
         }
-        char *s = p;
         for (;;) {
             s += strspn(s, " \t\r,");
             if (!*s) break;
-            size_t l = strcspn(s, " \t\r,");
-            int64_t c = cli_ids_find(cids, s, l);
-            if (c < 0) {
-                cli_error("%s: line %lld: corpus id '%.*s' is missing from the corpus (%s)", path,
-                          (long long)line + 1, (int)l, s,
-                          cids->path ? cids->path : "ids are row numbers");
+            size_t n = strcspn(s, " \t\r,");
+            int64_t c = cli_ids_find(cids, s, n);
+            if (c < 0 ? unknown_id(u, path, line + 1, cids, s, n) : pairs_push(&pairs, line, c, path))
                 goto done;
-            }
-            if (pairs_push(&pairs, line, c, path)) goto done;
-            s += l;
+            s += n;
         }
         line++;
-        p = eol ? eol + 1 : NULL;
     }
     rc = lists_from_pairs(pairs.q, pairs.c, pairs.n, queries, out);
 done:
     free(pairs.q);
     free(pairs.c);
+    return rc;
+}
+
+int cli_positives_load(const char *path, const cli_ids *cids, int64_t queries, cli_unknown_ids *u,
+                       cli_lists *out) {
+    char *text = cli_read_text(path, NULL);
+    if (!text) return -1;
+    int rc = cli_positives_parse(text, path, cids, queries, u, out);
     free(text);
     return rc;
 }

@@ -60,6 +60,30 @@ typedef struct {
     ns_backend backend;
 } bench_args;
 
+/* --random B,N,D: three decimal integers (B, N ≤ 2^31, D ≤ 2^20). 0 or -1 (message printed). */
+static int parse_random(const char *arg, bench_args *a) {
+    static const char *names[3] = {"--random B", "--random N", "--random D"};
+    static const int64_t hi[3] = {INT64_C(1) << 31, INT64_C(1) << 31, INT64_C(1) << 20};
+    int64_t v[3];
+    const char *p = arg;
+    for (int i = 0; i < 3; i++) {
+        size_t n = strcspn(p, ",");
+        char part[32];
+        if ((i < 2) != (p[n] == ',') || n >= sizeof part) {
+            cli_usage_error("--random '%s': expected B,N,D (three positive integers)", arg);
+            return -1;
+        }
+        memcpy(part, p, n);
+        part[n] = '\0';
+        if (cli_parse_i64(names[i], part, 1, hi[i], &v[i])) return -1;
+        p += n + 1;
+    }
+    a->rb = v[0];
+    a->rn = v[1];
+    a->rd = v[2];
+    return 0;
+}
+
 /* Returns -1 to go on, or the exit status (--help, a usage error). */
 static int bench_parse(int argc, char **argv, bench_args *a) {
     static const struct option longopts[] = {
@@ -83,14 +107,7 @@ static int bench_parse(int argc, char **argv, bench_args *a) {
         case 'h': fputs(BENCH_HELP, stdout); return CLI_OK;
         case B_QUERIES: a->qpath = optarg; break;
         case B_CORPUS: a->cpath = optarg; break;
-        case B_RANDOM: {
-            char tail;
-            if (sscanf(optarg, "%lld,%lld,%lld%c", &a->rb, &a->rn, &a->rd, &tail) != 3 ||
-                a->rb < 1 || a->rn < 1 || a->rd < 1)
-                return cli_usage_error("--random '%s': expected B,N,D (three positive integers)",
-                                       optarg);
-            break;
-        }
+        case B_RANDOM: bad = parse_random(optarg, a); break;
         case 'k': bad = cli_parse_i64("-k", optarg, 1, NS_MAX_K, &a->k); break;
         case B_COSINE: a->cosine = 1; break;
         case B_REPEAT: bad = cli_parse_i64("--repeat", optarg, 1, 1000, &a->repeat); break;

@@ -220,7 +220,8 @@ static int mine_load_inputs(mine_run *r) {
     return 0;
 }
 
-/* k at most the corpus (a note when -k asked for more). */
+/* k at most the corpus (a note when -k asked for more). 0, or CLI_USAGE when the corpus has
+ * fewer rows than -m: the same usage error as -k below -m. */
 static int mine_fit_k(mine_run *r) {
     mine_args *a = r->a;
     int64_t rows = r->C.m.rows;
@@ -229,11 +230,9 @@ static int mine_fit_k(mine_run *r) {
         fprintf(stderr, "%s: -k %lld is larger than the corpus; using k = %lld\n", cli_command,
                 (long long)a->k, (long long)rows);
     a->k = rows;
-    if (a->k < a->o.m) {
-        cli_error("the corpus %s has %lld rows, fewer than --negatives (%lld)", a->cpath,
-                  (long long)rows, (long long)a->o.m);
-        return -1;
-    }
+    if (a->k < a->o.m)
+        return cli_usage_error("--negatives (%lld) is larger than the corpus %s (%lld rows)",
+                               (long long)a->o.m, a->cpath, (long long)rows);
     if ((a->o.filter.rules & NS_FILTER_RANK) && a->o.filter.rank_max > a->k && !(a->o.rank_set & 2))
         a->o.filter.rank_max = a->k;
     return 0;
@@ -391,8 +390,12 @@ int cli_cmd_mine(int argc, char **argv) {
     r.s.o = &a.o;
     int rc = CLI_RUNTIME;
     cli_install_signal_cleanup();
-    if (stage_open_outputs(&r.s) || mine_load_inputs(&r) || mine_fit_k(&r) || mine_prepare(&r))
+    if (stage_open_outputs(&r.s) || mine_load_inputs(&r)) goto fail;
+    if ((u = mine_fit_k(&r))) {
+        rc = u;
         goto fail;
+    }
+    if (mine_prepare(&r)) goto fail;
     cli_progress_init(&r.prog, "mining", r.s.B, a.o.quiet);
     double t0 = cli_now();
     for (int64_t b0 = 0; b0 < r.s.B; b0 += a.batch)

@@ -195,9 +195,11 @@ int cli_cmd_sample(int argc, char **argv) {
     if (stage_open_outputs(s) || sample_load_inputs(&r)) goto fail;
     if ((a.o.filter.rules & NS_FILTER_RANK) && !(a.o.rank_set & 2)) a.o.filter.rank_max = s->C;
     if (stage_load_positives(s, s->B, -1) || sample_check_candidates(&r)) goto fail;
-    if (a.o.m > s->C && !a.o.quiet)
-        fprintf(stderr, "%s: --negatives %lld is more than the %lld candidates per query\n",
-                cli_command, (long long)a.o.m, (long long)s->C);
+    if (a.o.m > s->C) { /* the same usage error as mine's -m above -k */
+        rc = cli_usage_error("--negatives (%lld) is larger than the %lld candidates per query in "
+                             "%s", (long long)a.o.m, (long long)s->C, a.ipath);
+        goto fail;
+    }
     if (stage_context(s) || stage_write_headers(s) || stage_alloc(s, s->B) ||
         sample_positive_scores(&r))
         goto fail;

@@ -46,11 +46,18 @@ int stage_load_positives(stage *s, int64_t qrows, int64_t crows) {
     if (cli_ids_load(&s->cids, o->corpus_ids, "corpus", crows < 0 && !o->corpus_ids ? INT64_MAX / 4 : crows))
         return -1;
     s->has_pos = 1;
-    if (o->qrels) return cli_qrels_load(o->qrels, &s->qids, &s->cids, &s->pos);
-    if (o->positives) return cli_positives_load(o->positives, &s->cids, qrows, &s->pos);
-    if (o->paired) return cli_lists_paired(qrows, s->cids.rows, &s->pos);
-    s->has_pos = 0;
-    return 0;
+    cli_unknown_ids u = {o->skip_unknown_ids, 0, 0, ""};
+    int rc = 0;
+    if (o->qrels) rc = cli_qrels_load(o->qrels, &s->qids, &s->cids, &u, &s->pos);
+    else if (o->positives) rc = cli_positives_load(o->positives, &s->cids, qrows, &u, &s->pos);
+    else if (o->paired) rc = cli_lists_paired(qrows, s->cids.rows, &s->pos);
+    else s->has_pos = 0;
+    if (!rc && u.skipped && !o->quiet)
+        fprintf(stderr, "%s: --skip-unknown-ids: skipped %lld %s with unknown ids (first: %s "
+                "line %lld, '%s')\n", cli_command, (long long)u.skipped,
+                o->qrels ? "qrels lines" : "positives", o->qrels ? o->qrels : o->positives,
+                (long long)u.first_line, u.first_id);
+    return rc;
 }
 
 static int check_lib(ns_context *ctx, ns_status st, const char *what) {
@@ -253,4 +260,7 @@ void stage_summary(const stage *s, const char *what, double secs) {
     if (s->o->out)
         fprintf(stderr, "%s: wrote %lld JSONL rows to %s\n", cli_command,
                 (long long)s->jsonl_rows, s->o->out);
+    if (cli_json_bad_bytes)
+        fprintf(stderr, "%s: ids held %lld bytes that are not UTF-8; JSONL has each as \\u00XX\n",
+                cli_command, (long long)cli_json_bad_bytes);
 }

@@ -18,7 +18,7 @@ typedef struct {
     int format;
     const char *out, *out_index, *out_score, *out_positive_score;
     const char *query_ids, *corpus_ids, *qrels, *positives;
-    int paired;
+    int paired, skip_unknown_ids;
     int force, quiet, threads;
     ns_backend backend;
 } stage_opts;
@@ -28,7 +28,7 @@ enum {
     O_SAMPLER = 300, O_SIMANS_A, O_SIMANS_B, O_TEMPERATURE, O_SEED, O_SAME_ID, O_NO_SAME_ID,
     O_MAX_SCORE, O_MIN_SCORE, O_MARGIN, O_REL_MARGIN, O_RANK_MIN, O_RANK_MAX, O_FORMAT, O_OUT,
     O_OUT_INDEX, O_OUT_SCORE, O_OUT_POS, O_FORCE, O_QUIET, O_BACKEND, O_THREADS, O_QUERY_IDS,
-    O_CORPUS_IDS, O_QRELS, O_POSITIVES, O_PAIRED, O_GUIDE_MARGIN, O_GUIDE_REL,
+    O_CORPUS_IDS, O_QRELS, O_POSITIVES, O_PAIRED, O_GUIDE_MARGIN, O_GUIDE_REL, O_SKIP_UNKNOWN,
     /* mine */
     O_QUERIES, O_CORPUS, O_COSINE, O_SCALE, O_EXCLUDE_SELF, O_BATCH, O_GUIDE_QUERIES,
     O_GUIDE_CORPUS,
@@ -62,6 +62,7 @@ enum {
         {"qrels", required_argument, 0, O_QRELS},                                             \
         {"positives", required_argument, 0, O_POSITIVES},                                     \
         {"paired", no_argument, 0, O_PAIRED},                                                 \
+        {"skip-unknown-ids", no_argument, 0, O_SKIP_UNKNOWN},                                 \
         {"guide-margin", required_argument, 0, O_GUIDE_MARGIN},                               \
         {"guide-rel-margin", required_argument, 0, O_GUIDE_REL}
 

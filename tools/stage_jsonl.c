@@ -5,11 +5,6 @@
 #include <math.h>
 #include <string.h>
 
-static void write_json_float(FILE *f, float x) {
-    if (isfinite(x)) fprintf(f, "%.7g", (double)x);
-    else fputs("null", f);
-}
-
 /* Writes the id as a JSON string always (Tevatron's docids are strings). */
 static void write_json_id_string(FILE *f, const cli_ids *ids, int64_t r) {
     if (ids->path) cli_json_string(f, ids->id[r], strlen(ids->id[r]));
@@ -34,7 +29,7 @@ void stage_write_jsonl(stage *s, int64_t q, const int64_t *idx, const float *sc,
             fputs(j ? ", {\"docid\": " : "{\"docid\": ", f);
             write_json_id_string(f, &s->cids, idx[j]);
             fputs(", \"score\": ", f);
-            write_json_float(f, sc[j]);
+            cli_json_float(f, sc[j]);
             fputc('}', f);
         }
         fputs("]}\n", f);
@@ -64,7 +59,7 @@ void stage_write_jsonl(stage *s, int64_t q, const int64_t *idx, const float *sc,
             fputs("], \"scores\": [", f);
             for (int64_t j = 0; j < n; j++) {
                 if (j) fputs(", ", f);
-                write_json_float(f, sc[j]);
+                cli_json_float(f, sc[j]);
             }
             fputc(']', f);
         }

@@ -12,6 +12,10 @@ const char STAGE_HELP[] =
     "  --paired              query row i's positive is corpus row i\n"
     "  --query-ids FILE      one id per line, line i = query row i (default: row numbers)\n"
     "  --corpus-ids FILE     one id per line, line i = corpus row i (default: row numbers)\n"
+    "                        (a UTF-8 BOM, CRLF and spaces around ids are not part of them)\n"
+    "  --skip-unknown-ids    skip qrels lines (positives) whose ids are not in the id files\n"
+    "                        (or not row numbers), and report how many, instead of failing:\n"
+    "                        mines a subset of a BEIR query set\n"
     "Filter (each rule optional; s+ = the lowest score among the query's positives):\n"
     "  --same-id / --no-same-id  exclude/drop the query's positives (default on)\n"
     "  --max-score X         drop s > X\n"
@@ -29,7 +33,7 @@ const char STAGE_HELP[] =
     "  --temperature T       softmax w = exp(s / T) (default 1)\n"
     "  --seed N              random seed (default 0); same seed, same negatives\n"
     "Output (at least one; written to a temporary file and renamed when complete):\n"
-    "  --out FILE.jsonl      JSONL, in --format:\n"
+    "  --out FILE.jsonl      JSONL, in --format (gzip-compressed when FILE ends in .gz):\n"
     "        ids       {\"query\": id, \"positive\": id, \"negatives\": [ids], \"scores\": [s]}\n"
     "                  (one line per query and positive; default)\n"
     "        st        {\"query\": id, \"positive\": id, \"negative_1\": id, ...}\n"
@@ -177,6 +181,7 @@ static int io_option(stage_opts *o, int c, const char *arg) {
     case O_QRELS: o->qrels = arg; return 1;
     case O_POSITIVES: o->positives = arg; return 1;
     case O_PAIRED: o->paired = 1; return 1;
+    case O_SKIP_UNKNOWN: o->skip_unknown_ids = 1; return 1;
     default: return 0;
     }
 }

@@ -741,6 +741,121 @@ def group_files(tmp):
     check("FIFO" in err, f"demo FIFO: {err}")
 
 
+def readme_flags_exist():
+    """Every --flag of a `negsamp <cmd>` line in README.md is one that command's --help lists."""
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+    if not os.path.exists(readme):
+        return
+    import re
+    helps = {}
+    bad = []
+    text = open(readme).read().replace("\\\n", " ")
+    for line in text.splitlines():
+        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|demo|bench-mine|info)\b(.*)", line)
+        if not m:
+            continue
+        cmd = m.group(1)
+        if cmd not in helps:
+            helps[cmd] = run(cmd, "--help")[0]
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", m.group(2)):
+            if not re.search(re.escape(flag) + r"(?![\w-])", helps[cmd]):
+                bad.append(f"negsamp {cmd} {flag}")
+    check(not bad, f"README.md shows flags the commands do not have: {bad}")
+
+
+def group_friction(tmp):
+    """Issue 13's friction list: README flags, --skip-unknown-ids, BOM/CRLF/spaces in id files,
+    usage errors always 2, float32 scores that round-trip, valid JSON from any id bytes,
+    .jsonl.gz written as gzip, one decimal number syntax."""
+    readme_flags_exist()
+    rng = np.random.default_rng(21)
+    B, N, d = 5, 30, 6
+    q = os.path.join(tmp, "q.npy")
+    c = os.path.join(tmp, "c.npy")
+    np.save(q, rng.standard_normal((B, d)).astype(np.float32))
+    np.save(c, rng.standard_normal((N, d)).astype(np.float32))
+    # Id files with a BOM, CRLF line ends and spaces/tabs around ids; qrels likewise.
+    qf, cf, qrels = (os.path.join(tmp, n) for n in ("qids.txt", "cids.txt", "qrels.tsv"))
+    with open(qf, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + b"".join(f"q{i} \r\n".encode() for i in range(B)))
+    with open(cf, "wb") as f:
+        f.write(b"".join(f"\td{i}  \r\n".encode() for i in range(N)))
+    with open(qrels, "wb") as f:
+        f.write(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\r\n" +
+                b"".join(f"q{i} \td{i + 1}\t1\r\n".encode() for i in range(B)))
+    j = os.path.join(tmp, "o.jsonl")
+    ids = ["--query-ids", qf, "--corpus-ids", cf]
+    run("mine", "--queries", q, "--corpus", c, *ids, "--qrels", qrels, "-k", 8, "-m", 3,
+        "--out", j, "--quiet")
+    rows = read_jsonl(j)
+    check([(r["query"], r["positive"]) for r in rows] == [(f"q{i}", f"d{i + 1}") for i in range(B)],
+          f"BOM/CRLF/spaces: {[(r['query'], r['positive']) for r in rows]}")
+    # Unknown ids: a clear error naming --skip-unknown-ids; with it, skipped and counted.
+    sub = os.path.join(tmp, "sub.tsv")
+    with open(sub, "w") as f:
+        f.write("q0\td1\t1\nq-unknown\td2\t1\nq2\td-unknown\t1\nq3\td4\t1\n")
+    base = ["mine", "--queries", q, "--corpus", c, *ids, "--qrels", sub, "-k", 8, "-m", 3]
+    _, err = run(*base, "--out", j, "--force", expect=1)
+    check("q-unknown" in err and "--skip-unknown-ids" in err, f"unknown id message: {err}")
+    _, err = run(*base, "--out", j, "--force", "--skip-unknown-ids")
+    check("skipped 2 qrels lines" in err and "'q-unknown'" in err, f"skip report: {err}")
+    check([r["query"] for r in read_jsonl(j) if r["positive"]] == ["q0", "q3"], "skipped rows")
+    # Usage errors are 2 in both commands: -m above the candidates, an empty --out.
+    ci, cs = os.path.join(tmp, "ci.npy"), os.path.join(tmp, "cs.npy")
+    run("mine", "--queries", q, "--corpus", c, "-k", 4, "-m", 4, "--out-index", ci,
+        "--out-score", cs, "--quiet")
+    o = os.path.join(tmp, "o.npy")
+    _, err = run("sample", "--candidates", ci, "--scores", cs, "-m", 5, "--out-index", o, expect=2)
+    check("--negatives (5)" in err and "4 candidates" in err, err)
+    small = os.path.join(tmp, "small.npy")
+    np.save(small, rng.standard_normal((3, d)).astype(np.float32))
+    _, err = run("mine", "--queries", q, "--corpus", small, "-m", 5, "--out-index", o, expect=2)
+    check("--negatives (5)" in err and "3 rows" in err, err)
+    _, err = run("mine", "--queries", q, "--corpus", c, "--out", "", expect=2)
+    check("--out ''" in err, err)
+    check(not os.path.exists(o) and not leftovers(tmp), "usage errors left files")
+    # Scores in JSON read back as exactly the float32 of the .npy; gzip when the name says so.
+    jz = os.path.join(tmp, "o.jsonl.gz")
+    run("mine", "--queries", q, "--corpus", c, "-k", 10, "-m", 10, "--out", jz, "--out-score",
+        o, "--quiet")
+    with open(jz, "rb") as f:
+        check(f.read(2) == b"\x1f\x8b", ".jsonl.gz is not gzip")
+    with gzip.open(jz, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    S = np.load(o)
+    got = np.array([r["scores"] for r in rows], np.float32)
+    check(np.array_equal(got, S), f"JSON scores differ from the .npy in {(got != S).sum()} places")
+    # Ids that are not UTF-8 still give valid JSON (and valid UTF-8).
+    raw_ids = [b"d\xff%d" % i if i % 3 == 0 else b"d\xc3\xa9%d" % i if i % 3 == 1
+               else b"d\xed\xa0\x80%d" % i for i in range(N)]
+    bf = os.path.join(tmp, "bytes.txt")
+    with open(bf, "wb") as f:
+        f.write(b"\n".join(raw_ids) + b"\n")
+    run("mine", "--queries", q, "--corpus", c, "--corpus-ids", bf, "-k", N, "-m", N, "--out", j,
+        "--force", "--quiet")
+    with open(j, encoding="utf-8", errors="strict") as f:
+        rows = [json.loads(line) for line in f]
+    names = set(n for r in rows for n in r["negatives"])
+    check("d\u00ff0" in names and "d\u00e91" in names and "d\u00ed\u00a0\u00802" in names,
+          f"non-UTF-8 ids: {sorted(names)[:6]}")
+    # One number syntax: decimal, range-checked, messages name the flag.
+    a, b = os.path.join(tmp, "a.npy"), os.path.join(tmp, "b.npy")
+    samp = ["mine", "--queries", q, "--corpus", c, "-k", 10, "-m", 3, "--sampler", "uniform",
+            "--quiet", "--force"]
+    run(*samp, "--seed", "010", "--out-index", a)
+    run(*samp, "--seed", "10", "--out-index", b)
+    check(np.array_equal(np.load(a), np.load(b)), "--seed 010 is not ten")
+    for flag, val, needle in [("-k", "0x10", "decimal"), ("--seed", "0x10", "decimal"),
+                              ("-k", " 5", "decimal"), ("-k", "+5", "decimal"),
+                              ("-k", "99999999999999999999", "must be in"),
+                              ("--seed", "-1", "non-negative"),
+                              ("--seed", "18446744073709551616", "at most"),
+                              ("--margin", "0x1p-3", "decimal"), ("--margin", "inf", "decimal"),
+                              ("--max-score", "1e39", "float32"), ("--batch", "0", "must be in")]:
+        _, err = run(*samp, flag, val, "--out-index", o, expect=2)
+        check(flag in err and val.strip() in err and needle in err, f"{flag} {val!r}: {err}")
+
+
 def start_mine(q, c, *out):
     return subprocess.Popen([NEGSAMP, "mine", "--queries", q, "--corpus", c, "-k", "100",
                              "-m", "10", "--batch", "500", *out, "--quiet"],
