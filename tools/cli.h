@@ -12,8 +12,10 @@
 /* Exit codes: 0 ok, 1 runtime error (a file, the library), 2 usage error. */
 enum { CLI_OK = 0, CLI_RUNTIME = 1, CLI_USAGE = 2 };
 
-/* "negsamp <cmd>: message" on stderr. The command name is set once by main. */
+/* "negsamp <cmd>: message" on stderr. The command name is set once by main. cli_silent (the
+ * fuzz targets set it) drops the messages. */
 extern const char *cli_command;
+extern int cli_silent;
 void cli_error(const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 1, 2)))
@@ -82,6 +84,9 @@ typedef struct {
 } cli_embeddings;
 
 int cli_embeddings_load(const char *path, cli_embeddings *e); /* 0 or -1 (message printed) */
+/* .fvecs from an open stream (int32 dimension, then the floats, per row; every row the same
+ * dimension): e->owned holds the rows. */
+int cli_fvecs_read(FILE *f, const char *path, cli_embeddings *e);
 void cli_embeddings_free(cli_embeddings *e);
 /* Queries and corpus of one dimension (the message names both files otherwise). */
 int cli_embeddings_load_pair(const char *qpath, cli_embeddings *q, const char *cpath,

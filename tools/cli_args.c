@@ -9,8 +9,10 @@
 #include <string.h>
 
 const char *cli_command = "negsamp";
+int cli_silent;
 
 void cli_error(const char *fmt, ...) {
+    if (cli_silent) return;
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "%s: ", cli_command);
@@ -20,6 +22,7 @@ void cli_error(const char *fmt, ...) {
 }
 
 int cli_usage_error(const char *fmt, ...) {
+    if (cli_silent) return CLI_USAGE;
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "%s: ", cli_command);

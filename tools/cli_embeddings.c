@@ -28,41 +28,40 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-static int fvecs_load(const char *path, cli_embeddings *e) {
-    FILE *f = cli_open_input(path);
-    if (!f) return -1;
+/* The dimension (row 0's) and the row count; -1 with a message when the sizes disagree. */
+static int fvecs_shape(FILE *f, const char *path, int32_t *d, int64_t *rows) {
     if (fseeko(f, 0, SEEK_END) != 0) {
         cli_error("%s: cannot seek: %s", path, strerror(errno));
-        fclose(f);
         return -1;
     }
     int64_t size = (int64_t)ftello(f);
     rewind(f);
-    int32_t d;
-    if (size < 4 || fread(&d, 4, 1, f) != 1) {
+    if (size < 4 || fread(d, 4, 1, f) != 1) {
         cli_error("%s: empty or truncated .fvecs (no dimension in the first 4 bytes)", path);
-        fclose(f);
         return -1;
     }
-    if (d < 1 || d > (1 << 20)) {
+    if (*d < 1 || *d > (1 << 20)) {
         cli_error("%s: .fvecs dimension %d of row 0 is not in [1, 1048576]; is this an .fvecs file?",
-                  path, (int)d);
-        fclose(f);
+                  path, (int)*d);
         return -1;
     }
-    int64_t row_bytes = 4 + 4 * (int64_t)d;
+    int64_t row_bytes = 4 + 4 * (int64_t)*d;
     if (size % row_bytes != 0) {
         cli_error("%s: truncated .fvecs: %lld bytes is not a whole number of rows of dimension %d "
-                  "(%lld bytes each)",
-                  path, (long long)size, (int)d, (long long)row_bytes);
-        fclose(f);
+                  "(%lld bytes each)", path, (long long)size, (int)*d, (long long)row_bytes);
         return -1;
     }
-    int64_t rows = size / row_bytes;
+    *rows = size / row_bytes;
+    return 0;
+}
+
+int cli_fvecs_read(FILE *f, const char *path, cli_embeddings *e) {
+    int32_t d;
+    int64_t rows;
+    if (fvecs_shape(f, path, &d, &rows)) return -1;
     float *data = malloc((size_t)(rows * d) * sizeof(float));
     if (!data) {
         cli_error("%s: out of memory for %lld × %d floats", path, (long long)rows, (int)d);
-        fclose(f);
         return -1;
     }
     for (int64_t r = 0; r < rows; r++) {
@@ -71,18 +70,15 @@ static int fvecs_load(const char *path, cli_embeddings *e) {
             fread(data + r * d, 4, (size_t)d, f) != (size_t)d) {
             cli_error("%s: read error at row %lld", path, (long long)r);
             free(data);
-            fclose(f);
             return -1;
         }
         if (dr != d) {
             cli_error("%s: row %lld has dimension %d but row 0 has %d", path, (long long)r,
                       (int)dr, (int)d);
             free(data);
-            fclose(f);
             return -1;
         }
     }
-    fclose(f);
     e->owned = data;
     e->m.data = data;
     e->m.dtype = NS_F32;
@@ -90,6 +86,14 @@ static int fvecs_load(const char *path, cli_embeddings *e) {
     e->m.cols = d;
     e->m.ld = d;
     return 0;
+}
+
+static int fvecs_load(const char *path, cli_embeddings *e) {
+    FILE *f = cli_open_input(path);
+    if (!f) return -1;
+    int rc = cli_fvecs_read(f, path, e);
+    fclose(f);
+    return rc;
 }
 
 int cli_embeddings_load(const char *path, cli_embeddings *e) {
