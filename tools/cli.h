@@ -96,9 +96,9 @@ void cli_embeddings_row(const cli_embeddings *e, int64_t r, float *out);
 
 /* ------------------------------------------------------------------ arrays in (.npy) */
 
-typedef enum { CLI_I64, CLI_I32, CLI_F32, CLI_F16 } cli_kind;
+typedef enum { CLI_I64, CLI_F32 } cli_kind;
 
-/* A whole .npy read into memory (C order, little endian, v1/v2/v3). */
+/* A whole .npy array in memory, as int64 or f32. */
 typedef struct {
     void *data;
     cli_kind kind;
@@ -106,10 +106,11 @@ typedef struct {
     int64_t shape[2]; /* 1-D arrays: shape[1] = 1 */
 } cli_array;
 
-int cli_npy_read(const char *path, cli_array *a); /* 0 or -1 (message printed) */
-/* Converts to int64 / f32 in place (i32 → i64, f16 → f32); -1 when the kind cannot be. */
-int cli_array_to_i64(const char *path, cli_array *a);
-int cli_array_to_f32(const char *path, cli_array *a);
+/* Through the library's checked reader (ns_npy_open_array), converted while copied out of the
+ * mapping: int64 from <i8/<i4 (index matrices), f32 from <f4/<f2 (scores). 0 or -1 (message
+ * printed, naming the file). */
+int cli_npy_read_i64(const char *path, cli_array *a);
+int cli_npy_read_f32(const char *path, cli_array *a);
 
 /* ------------------------------------------------------------------ ids and positives */
 

@@ -6,9 +6,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Element t of a mapped array as int64 / f32. */
+static void to_i64(const ns_npy_array *x, void *out, int64_t n) {
+    int64_t *o = out;
+    if (x->dtype == NS_NPY_I64) memcpy(o, x->data, (size_t)n * 8);
+    else
+        for (int64_t t = 0; t < n; t++) o[t] = ((const int32_t *)x->data)[t];
+}
+
+static void to_f32(const ns_npy_array *x, void *out, int64_t n) {
+    float *o = out;
+    if (x->dtype == NS_NPY_F32) memcpy(o, x->data, (size_t)n * 4);
+    else
+        for (int64_t t = 0; t < n; t++) o[t] = cli_f16_to_f32(((const uint16_t *)x->data)[t]);
+}
+
 /* Reads the whole array through the library's checked reader (ns_npy_open_array: the same
- * header, shape and size checks as every .npy input), then copies it out of the mapping. */
-int cli_npy_read(const char *path, cli_array *a) {
+ * header, shape and size checks as every .npy input), converting out of the mapping into
+ * int64 (want CLI_I64: <i8, <i4) or f32 (CLI_F32: <f4, <f2). */
+static int npy_read_as(const char *path, cli_kind want, cli_array *a) {
     memset(a, 0, sizeof(*a));
     ns_npy_file *f = NULL;
     if (ns_npy_open_array(path, &f) != NS_OK) {
@@ -17,62 +33,33 @@ int cli_npy_read(const char *path, cli_array *a) {
         else cli_error("%s: %s", path, msg);
         return -1;
     }
-    ns_npy_array arr;
-    ns_npy_get_array(f, &arr);
-    static const cli_kind kinds[] = {CLI_F32, CLI_F16, CLI_I32, CLI_I64};
-    static const size_t sizes[] = {4, 2, 4, 8};
-    a->kind = kinds[arr.dtype];
-    a->ndim = arr.ndim;
-    a->shape[0] = arr.rows;
-    a->shape[1] = arr.cols;
-    /* The library checked rows · cols · size against the file: it neither overflows nor
-     * exceeds the bytes mapped. */
-    size_t need = (size_t)arr.rows * (size_t)arr.cols * sizes[arr.dtype];
-    a->data = malloc(need ? need : 1);
-    if (!a->data) {
-        cli_error("%s: out of memory for %zu bytes", path, need);
-        ns_npy_close(f);
-        return -1;
-    }
-    if (need) memcpy(a->data, arr.data, need);
-    ns_npy_close(f);
-    return 0;
-}
-
-int cli_array_to_i64(const char *path, cli_array *a) {
-    int64_t n = a->shape[0] * a->shape[1];
-    if (a->kind == CLI_I64) return 0;
-    if (a->kind != CLI_I32) {
+    ns_npy_array x;
+    ns_npy_get_array(f, &x);
+    int ints = x.dtype == NS_NPY_I64 || x.dtype == NS_NPY_I32;
+    int rc = -1;
+    if (want == CLI_I64 && !ints)
         cli_error("%s: holds floats; expected an integer (<i8 or <i4) index matrix", path);
-        return -1;
+    else if (want == CLI_F32 && ints)
+        cli_error("%s: holds integers; expected a float (<f4 or <f2) score array", path);
+    else {
+        /* The library checked rows · cols against the file: no overflow, all mapped. */
+        int64_t n = x.rows * x.cols;
+        a->data = malloc((size_t)(n ? n : 1) * (want == CLI_I64 ? 8 : 4));
+        if (!a->data) {
+            cli_error("%s: out of memory for %lld values", path, (long long)n);
+        } else {
+            (want == CLI_I64 ? to_i64 : to_f32)(&x, a->data, n);
+            a->kind = want;
+            a->ndim = x.ndim;
+            a->shape[0] = x.rows;
+            a->shape[1] = x.cols;
+            rc = 0;
+        }
     }
-    int64_t *out = malloc((size_t)(n ? n : 1) * 8);
-    if (!out) {
-        cli_error("%s: out of memory", path);
-        return -1;
-    }
-    for (int64_t i = 0; i < n; i++) out[i] = ((const int32_t *)a->data)[i];
-    free(a->data);
-    a->data = out;
-    a->kind = CLI_I64;
-    return 0;
+    ns_npy_close(f);
+    return rc;
 }
 
-int cli_array_to_f32(const char *path, cli_array *a) {
-    int64_t n = a->shape[0] * a->shape[1];
-    if (a->kind == CLI_F32) return 0;
-    if (a->kind != CLI_F16) {
-        cli_error("%s: holds integers; expected a float (<f4 or <f2) score array", path);
-        return -1;
-    }
-    float *out = malloc((size_t)(n ? n : 1) * 4);
-    if (!out) {
-        cli_error("%s: out of memory", path);
-        return -1;
-    }
-    for (int64_t i = 0; i < n; i++) out[i] = cli_f16_to_f32(((const uint16_t *)a->data)[i]);
-    free(a->data);
-    a->data = out;
-    a->kind = CLI_F32;
-    return 0;
-}
+int cli_npy_read_i64(const char *path, cli_array *a) { return npy_read_as(path, CLI_I64, a); }
+
+int cli_npy_read_f32(const char *path, cli_array *a) { return npy_read_as(path, CLI_F32, a); }

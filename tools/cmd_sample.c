@@ -108,8 +108,8 @@ static int check_same_shape(const char *path, const cli_array *x, const char *ip
 /* The candidate, score, s⁺ and guide arrays, and the checks between them. */
 static int sample_load_inputs(sample_run *r) {
     const sample_args *a = r->a;
-    if (cli_npy_read(a->ipath, &r->I) || cli_array_to_i64(a->ipath, &r->I)) return -1;
-    if (cli_npy_read(a->spath, &r->S) || cli_array_to_f32(a->spath, &r->S)) return -1;
+    if (cli_npy_read_i64(a->ipath, &r->I)) return -1;
+    if (cli_npy_read_f32(a->spath, &r->S)) return -1;
     if (check_same_shape(a->spath, &r->S, a->ipath, &r->I)) return -1;
     r->s.B = r->I.shape[0];
     r->s.C = r->I.shape[1];
@@ -118,12 +118,12 @@ static int sample_load_inputs(sample_run *r) {
                   (long long)r->s.C);
         return -1;
     }
-    if (a->ppath && (cli_npy_read(a->ppath, &r->P) || cli_array_to_f32(a->ppath, &r->P) ||
+    if (a->ppath && (cli_npy_read_f32(a->ppath, &r->P) ||
                      check_per_query(a->ppath, &r->P, a->ipath, r->s.B)))
         return -1;
     if (!a->gspath || !a->o.guide_set) return 0;
-    if (cli_npy_read(a->gspath, &r->G) || cli_array_to_f32(a->gspath, &r->G) ||
-        cli_npy_read(a->gppath, &r->GP) || cli_array_to_f32(a->gppath, &r->GP) ||
+    if (cli_npy_read_f32(a->gspath, &r->G) ||
+        cli_npy_read_f32(a->gppath, &r->GP) ||
         check_same_shape(a->gspath, &r->G, a->ipath, &r->I) ||
         check_per_query(a->gppath, &r->GP, a->ipath, r->s.B))
         return -1;
