@@ -113,8 +113,9 @@ int cli_embeddings_load(const char *path, cli_embeddings *e) {
         return -1;
     }
     e->m = ns_npy_matrix(e->npy);
-    if (e->m.rows < 1) {
-        cli_error("%s: holds no rows", path);
+    if (e->m.rows < 1 || e->m.cols < 1) {
+        cli_error("%s: holds no embeddings (shape %lld x %lld); expected at least one row of at "
+                  "least one column", path, (long long)e->m.rows, (long long)e->m.cols);
         cli_embeddings_free(e);
         return -1;
     }

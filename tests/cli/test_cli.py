@@ -655,6 +655,17 @@ def group_hostile_npy(tmp):
             check(bad in err and needle in err,
                   f"{name}: message lacks the file or '{needle}' for {args[0]}: {err}")
             check(not os.path.exists(out) and not leftovers(tmp), f"{name}: {args} left files")
+    # 2^62 rows of 0 columns: a valid empty array, but no embeddings and no candidates.
+    zf, zi = os.path.join(tmp, "zero_cols.npy"), os.path.join(tmp, "zero_cols_i8.npy")
+    with open(zf, "wb") as f:
+        f.write(npy_image("<f4", "(4611686018427387904, 0)"))
+    with open(zi, "wb") as f:
+        f.write(npy_image("<i8", "(4611686018427387904, 0)"))
+    for args, needle in [(("mine", "--queries", zf, "--corpus", good, "-k", 1), "holds no embeddings"),
+                         (("mine", "--queries", good, "--corpus", zf, "-k", 1), "holds no embeddings"),
+                         (("sample", "--candidates", zi, "--scores", zf), "empty candidate matrix")]:
+        _, err = run(*args, "-m", 1, "--out-index", out, "--quiet", expect=1, timeout=30)
+        check(needle in err and "zero_cols" in err, f"zero columns, {args}: {err}")
 
 
 def group_files(tmp):
