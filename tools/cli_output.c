@@ -47,8 +47,11 @@ void cli_install_signal_cleanup(void) {
     sigemptyset(&sa.sa_mask);
     for (int i = 0; i < N_CLEANUP_SIGNALS; i++) {
         struct sigaction old;
-        /* A signal the caller ignores (nohup, SIGPIPE ignored) stays ignored. */
-        if (sigaction(cleanup_signals[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+        /* Only default dispositions: a signal the caller ignores (nohup) stays ignored, and a
+         * sanitizer's crash handler keeps its report. */
+        if (sigaction(cleanup_signals[i], NULL, &old) != 0 || old.sa_handler != SIG_DFL ||
+            (old.sa_flags & SA_SIGINFO))
+            continue;
         sigaction(cleanup_signals[i], &sa, NULL);
     }
     atexit(remove_temporaries);
