@@ -6,8 +6,8 @@
 #include <cfloat>
 #include <cmath>
 
-#include "cuda_primitives.cuh"
 #include "cuda_util.cuh"
+#include "cuda_primitives.cuh"
 #include "ns_cuda.h"
 #include "ns_loss_math.h"
 

@@ -3,6 +3,8 @@
 // C++ (warp shuffles, __syncthreads), as every kernel of this folder.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 #include "ns_order.h"
