@@ -82,6 +82,19 @@ static ns_status check_queue(ns_context *ctx, const char *fn, const ns_queue *qu
 }
 
 #ifdef NS_HAVE_CUDA
+/* Host staging of a CUDA push: n rows (f32) and n ids. */
+typedef struct {
+    int64_t n, dim;
+    float *rows;
+    int64_t *ids;
+} push_stage;
+
+static void stage_layout(void *plan, ns_arena *a) {
+    push_stage *s = (push_stage *)plan;
+    s->rows = (float *)ns_arena_carve(a, (size_t)(s->n * s->dim) * sizeof(float));
+    s->ids = (int64_t *)ns_arena_carve(a, (size_t)s->n * sizeof(int64_t));
+}
+
 /* Device push: rows are device f32. They are brought to the host once to reject NaN/Inf (this
  * synchronises the stream), then copied device to device into the ring. */
 static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const int64_t *ids,
@@ -92,10 +105,11 @@ static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const 
         return ns_fail(ctx, NS_ERR_UNSUPPORTED,
                        "%s: rows.dtype (%s) is not supported on CUDA (expected f32)", fn,
                        ns_dtype_name(rows.dtype));
-    ns_status st = ns_arena_reserve(ctx, &qu->stage, (size_t)(n * dim) * 4 + (size_t)n * 8, fn);
+    push_stage ps = {n, dim, NULL, NULL};
+    ns_status st = ns_arena_lay_out(ctx, &qu->stage, stage_layout, &ps, fn);
     if (st) return st;
-    float *host = (float *)ns_arena_carve(&qu->stage, (size_t)(n * dim) * 4);
-    int64_t *hid = (int64_t *)ns_arena_carve(&qu->stage, (size_t)n * 8);
+    float *host = ps.rows;
+    int64_t *hid = ps.ids;
     const float *src = (const float *)rows.data + first * ld;
     if (ld == dim) {
         if ((st = ns_cuda_memcpy(ctx, host, src, (size_t)(n * dim) * 4, NS_COPY_D2H))) return st;
