@@ -60,10 +60,12 @@ static inline void *ns_arena_carve(ns_arena *a, size_t bytes) {
     return a->base ? a->base + off : NULL;
 }
 
-/* Makes a hold at least bytes, and resets it. Grows only when too small (by half again, so a
- * slowly growing shape does not reallocate every call); the old block's contents are not kept.
- * Device and pinned blocks are freed after the work queued on ctx's streams (which may still
- * read them); every failure is returned, as NS_ERR_OUT_OF_MEMORY or NS_ERR_CUDA, naming fn. */
+/* Makes a hold at least bytes, and resets it. bytes counts the alignment padding between
+ * pieces too: size several carves with a sizing arena (ns_arena_lay_out does both passes).
+ * Grows only when too small (by half again, so a slowly growing shape does not reallocate every
+ * call); the old block's contents are not kept. Device and pinned blocks are freed after the
+ * work queued on ctx's streams (which may still read them); every failure is returned, as
+ * NS_ERR_OUT_OF_MEMORY or NS_ERR_CUDA, naming fn. */
 ns_status ns_arena_reserve(ns_context *ctx, ns_arena *a, size_t bytes, const char *fn);
 /* Frees a's block (device: after the queued work) and leaves it empty. */
 void ns_arena_release(ns_context *ctx, ns_arena *a);
