@@ -592,8 +592,13 @@ class InfoNCELoss(torch.nn.Module):
     (< C) the C candidates of each query are first filtered (filter: dict of negsamp.filter
     rules: same_id, max_score, min_score, margin, rel_margin, rank — scores are the cosine or
     dot products computed without gradient) and then h are sampled (sampler: dict with
-    strategy 'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed); the
-    module's step counter (or the step argument) feeds the sampler's RNG.
+    strategy 'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed). The
+    draw is keyed like ns_step's, by (seed, step, global query id, candidate id): the step is
+    the module's counter (or the step argument), the global query id query_offset + i
+    (query_offset argument; default rank·B under torch.distributed, else 0), the candidate id
+    hard_id (or the global slot (query_offset + i)·C + j). So splitting a batch (with the
+    parts' offsets) does not change the draws, and data-parallel ranks draw independently.
+    hard_keep (B, C) masks candidates out of the draw.
 
     learn_temperature=True makes τ a parameter (log_temperature), learned with the rest.
     """
@@ -641,37 +646,78 @@ class InfoNCELoss(torch.nn.Module):
                 f"symmetric={self.symmetric}, share_hard={self.share_hard}, "
                 f"hard_negatives={self.hard_negatives}")
 
+    @staticmethod
+    def default_query_offset(batch_size: int) -> int:
+        """The global id of this batch's first query when none is given: rank · B under an
+        initialised torch.distributed process group (the global batch is the ranks' batches
+        in rank order, as with ns_step over a communicator), else 0. Pass query_offset
+        explicitly when ranks hold batches of different sizes."""
+        try:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                return dist.get_rank() * batch_size
+        except Exception:  # pragma: no cover - a build without distributed support
+            pass
+        return 0
+
     def select(self, query: Tensor, positive: Tensor, hard: Tensor,
                hard_id: Optional[Tensor] = None, positive_id: Optional[Tensor] = None,
-               step: Optional[int] = None):
+               step: Optional[int] = None, query_offset: Optional[int] = None,
+               hard_keep: Optional[Tensor] = None):
         """Filter + sample h of the C candidates per query: (rows (B,h) into dim 1 of hard,
-        -1 padded; keep (B,h) bool)."""
+        -1 padded; keep (B,h) bool).
+
+        The draw is keyed like ns_step's: by the seed, the step, the global query id
+        query_offset + i and the candidate's id (hard_id, or else its global slot
+        (query_offset + i)·C + j). So a batch split into parts with their query offsets draws
+        what the whole batch draws, and different queries (other ranks, other batches of one
+        step) draw independently. query_offset defaults to default_query_offset(B).
+        hard_keep (B, C), optional: candidates never drawn."""
+        fn = "InfoNCELoss"
         B, C = hard.shape[0], hard.shape[1]
         h = int(self.hard_negatives)
+        off = (self.default_query_offset(B) if query_offset is None
+               else chk.int64(query_offset, fn, "query_offset", 0))
         with torch.no_grad():
             s = torch.einsum("bd,bcd->bc", query.float(), hard.float())
             sp = (query.float() * positive.float()).sum(-1)
-            cols = torch.arange(C, device=hard.device).expand(B, C)
-            ids = cols if hard_id is None else hard_id.reshape(B, C).to(torch.int64)
+            dev = hard.device
+            # Global slot ids, as ns_step makes them when a batch has no candidate ids.
+            slot0 = (off + torch.arange(B, device=dev, dtype=torch.int64)) * C
+            slots = slot0.unsqueeze(1) + torch.arange(C, device=dev, dtype=torch.int64)
+            if hard_id is None:
+                ids = slots
+            else:
+                ids = _flat(hard_id, torch.int64, "hard_id", B * C, fn, dev).reshape(B, C)
             keep = None
+            if hard_keep is not None:
+                keep = _flat(hard_keep, torch.uint8, "hard_keep", B * C, fn,
+                             dev).reshape(B, C).bool()
             rules = self.filter_rules
+            if hard_id is None:
+                rules &= ~_ffi.NS_FILTER_SAME_ID  # slot ids: no id to compare with (as ns_step)
             if rules:
                 po = pi = None
                 if rules & _ffi.NS_FILTER_SAME_ID:
                     if positive_id is None:
                         raise InvalidArgument("InfoNCELoss: the same_id filter needs positive_id")
-                    po = torch.arange(B + 1, device=hard.device, dtype=torch.int64)
+                    po = torch.arange(B + 1, device=dev, dtype=torch.int64)
                     pi = positive_id.reshape(B).to(torch.int64)
-                keep, _ = torch.ops.negsamp.filter(ids, s, sp, po, pi, rules=rules,
-                                                   **self.filter_kwargs)
-            # Sampling by column: ids must be unique within a row to map back to rows.
+                fkeep, _ = torch.ops.negsamp.filter(ids, s, sp, po, pi, rules=rules,
+                                                    **self.filter_kwargs)
+                keep = fkeep if keep is None else keep & fkeep
             chosen, _, _ = torch.ops.negsamp.sample(
-                cols if hard_id is None else ids, s, h, sp, keep,
-                step=int(self.step if step is None else step), **self.sampler)
+                ids, s, h, sp, keep, step=int(self.step if step is None else step),
+                query_offset=off, **self.sampler)
             if hard_id is None:
-                rows = chosen
+                rows = torch.where(chosen >= 0, chosen - slot0.unsqueeze(1),
+                                   torch.full_like(chosen, -1))
             else:
+                # The drawn id's first kept slot (an id repeated in a row is drawn once: the
+                # copy that was drawn is the first one that the filter kept).
                 match = ids.unsqueeze(1) == chosen.unsqueeze(2)  # (B, h, C)
+                if keep is not None:
+                    match &= keep.unsqueeze(1)
                 rows = torch.where(chosen >= 0, match.to(torch.int64).argmax(-1),
                                    torch.full_like(chosen, -1))
         return rows, rows >= 0
@@ -679,7 +725,8 @@ class InfoNCELoss(torch.nn.Module):
     def forward(self, query: Tensor, positive: Tensor, hard: Optional[Tensor] = None,
                 hard_keep: Optional[Tensor] = None, *, positive_id: Optional[Tensor] = None,
                 hard_id: Optional[Tensor] = None, extra: Optional[Tensor] = None,
-                extra_id: Optional[Tensor] = None, step: Optional[int] = None) -> Tensor:
+                extra_id: Optional[Tensor] = None, step: Optional[int] = None,
+                query_offset: Optional[int] = None) -> Tensor:
         if self.normalize:
             query = torch.nn.functional.normalize(query, dim=-1)
             positive = torch.nn.functional.normalize(positive, dim=-1)
@@ -689,7 +736,8 @@ class InfoNCELoss(torch.nn.Module):
             hard = hard.unsqueeze(1)
         if (hard is not None and self.hard_negatives is not None
                 and self.hard_negatives < hard.shape[1]):
-            rows, sel_keep = self.select(query, positive, hard, hard_id, positive_id, step)
+            rows, sel_keep = self.select(query, positive, hard, hard_id, positive_id, step,
+                                         query_offset, hard_keep)
             safe = rows.clamp(min=0)
             hard = torch.gather(hard, 1, safe.unsqueeze(-1).expand(-1, -1, hard.shape[2]))
             if hard_id is not None:

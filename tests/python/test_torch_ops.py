@@ -415,3 +415,81 @@ def test_tensors_on_two_devices_are_refused(gen):
         ops.mine_topk(q, _randn(gen, 9, 8, device="cuda"), 2,
                       exclude_offsets=torch.tensor([0, 0, 0, 0, 0]),
                       exclude_ids=torch.zeros(0, dtype=torch.int64, device="cuda"))
+
+
+# ------------------------------------------------------------------ the module's own draws
+
+
+def _draw_module(**sampler):
+    return negsamp.InfoNCELoss(temperature=0.2, share_hard=False, hard_negatives=3,
+                               sampler=dict(seed=5, **sampler))
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_infonce_loss_draws_do_not_depend_on_the_batch_split(gen, with_ids):
+    require("ns_sample")
+    B, C, d = 8, 9, 6
+    q, p, cand = _randn(gen, B, d), _randn(gen, B, d), _randn(gen, B, C, d)
+    hid = torch.randperm(10_000, generator=gen)[:B * C].reshape(B, C) if with_ids else None
+    mod = _draw_module(strategy="uniform")
+    whole, _ = mod.select(q, p, cand, hid, step=4, query_offset=100)
+    parts = [mod.select(q[a:b], p[a:b], cand[a:b], None if hid is None else hid[a:b], step=4,
+                        query_offset=100 + a)[0] for a, b in ((0, 3), (3, 4), (4, 8))]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    # Every query draws h distinct columns of its own row.
+    assert whole.min() >= 0 and whole.max() < C
+    assert all(len(set(r.tolist())) == 3 for r in whole)
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_infonce_loss_draws_differ_between_query_offsets(gen, with_ids):
+    """Two ranks (or two unrelated batches of one step) holding the same-shaped batch used to
+    draw the same columns; keyed by the global query id they draw independently."""
+    require("ns_sample")
+    B, C, d = 16, 12, 4
+    q, p, cand = _randn(gen, B, d), _randn(gen, B, d), _randn(gen, B, C, d)
+    hid = torch.arange(B * C).reshape(B, C) if with_ids else None
+    mod = _draw_module(strategy="uniform")
+    r0, _ = mod.select(q, p, cand, hid, step=1, query_offset=0)
+    r1, _ = mod.select(q, p, cand, hid, step=1, query_offset=B)
+    same_rows = sum(bool((a.sort().values == b.sort().values).all()) for a, b in zip(r0, r1))
+    # P(one row's 3-of-12 set repeats) = 1/220: 16 equal rows by chance is out of the question.
+    assert same_rows < 4, (r0, r1)
+
+
+def test_infonce_loss_draws_are_the_steps(gen):
+    """The module's draw equals ns_step's (negsamp.Step) for the same batch, offset and step:
+    the same keys (global query id, global slot id) on both sides."""
+    require("ns_sample", "ns_step_forward")
+    B, C, d, h = 6, 7, 5, 3
+    q, p, cand = _randn(gen, B, d), _randn(gen, B, d), _randn(gen, B, C, d)
+    mod = negsamp.InfoNCELoss(temperature=0.2, share_hard=False, hard_negatives=h,
+                              sampler=dict(strategy="uniform", seed=9))
+    rows, _ = mod.select(q, p, cand, step=3, query_offset=11)
+    st = negsamp.Step(h, sampler=dict(strategy="uniform", seed=9))
+    res = st.forward(q.numpy(), p.numpy(), cand.numpy(), query_offset=11, step=3)
+    want = res.negative_row - (np.arange(B) * C)[:, None]
+    np.testing.assert_array_equal(rows.numpy(), want)
+
+
+def test_infonce_loss_default_offset_follows_the_rank(gen, monkeypatch):
+    import torch.distributed as dist
+    assert negsamp.InfoNCELoss.default_query_offset(8) == 0
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 3)
+    assert negsamp.InfoNCELoss.default_query_offset(8) == 24
+
+
+def test_infonce_loss_maps_a_drawn_id_to_its_kept_copy(gen):
+    """An id present twice in a row whose first copy is filtered out: the drawn id's row is
+    the kept copy, never the removed one."""
+    require("ns_filter", "ns_sample")
+    B, C, d = 1, 4, 3
+    q = torch.tensor([[1.0, 0.0, 0.0]])
+    p = torch.tensor([[0.0, 1.0, 0.0]])
+    cand = torch.tensor([[[5.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [0.3, 0, 0]]])
+    hid = torch.tensor([[7, 8, 7, 9]])  # id 7 in slots 0 (score 5, filtered) and 2
+    mod = negsamp.InfoNCELoss(temperature=0.5, share_hard=False, hard_negatives=3,
+                              filter=dict(max_score=1.0), sampler=dict(strategy="top"))
+    rows, keep = mod.select(q, p, cand, hid, step=0, query_offset=0)
+    assert sorted(rows[0].tolist()) == [1, 2, 3]  # ids 8, 7 (its kept copy), 9
