@@ -380,3 +380,23 @@ def test_sample_m_is_checked_before_allocating(rng):
         negsamp.sample(cid, cid, 2)
     with pytest.raises(negsamp.InvalidArgument, match="keep has dtype float64"):
         negsamp.sample(cid, s, 2, keep=np.full((2, 6), 0.5))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: negsamp.Context("cpu", threads=2.5), "Context: threads (2.5) must be an integer"),
+    (lambda: negsamp.Context("gpu"), "Context: backend ('gpu') is not one of"),
+    (lambda: negsamp.Queue(4.0, 3), "Queue: capacity (4.0) must be an integer"),
+    (lambda: negsamp.Queue(4, "3"), "Queue: dim ('3') must be an integer"),
+    (lambda: negsamp.Step(2.5), "Step: hard_negatives (2.5) must be an integer"),
+    (lambda: negsamp.filter(np.arange(6).reshape(2, 3), np.zeros((2, 3), np.float32),
+                            rank=(0.5, 2)), "filter: rank[0] (0.5) must be an integer"),
+    (lambda: negsamp.sample(np.arange(6).reshape(2, 3), np.zeros((2, 3), np.float32), 2,
+                            query_offset=-1), "sample: query_offset (-1) must be at least 0"),
+    (lambda: negsamp.similarity(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32),
+                                scale="2"), "similarity: scale ('2') must be a real number"),
+])
+def test_every_integer_and_real_argument_is_checked(call, message):
+    require("ns_context_create", "ns_queue_create", "ns_filter", "ns_sample", "ns_similarity")
+    with pytest.raises(negsamp.InvalidArgument) as e:
+        call()
+    assert str(e.value).startswith(message), str(e.value)
