@@ -484,7 +484,6 @@ def test_infonce_loss_maps_a_drawn_id_to_its_kept_copy(gen):
     """An id present twice in a row whose first copy is filtered out: the drawn id's row is
     the kept copy, never the removed one."""
     require("ns_filter", "ns_sample")
-    B, C, d = 1, 4, 3
     q = torch.tensor([[1.0, 0.0, 0.0]])
     p = torch.tensor([[0.0, 1.0, 0.0]])
     cand = torch.tensor([[[5.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [0.3, 0, 0]]])
