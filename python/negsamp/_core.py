@@ -903,13 +903,18 @@ class Comm(_Owned):
              timeout_ms: int = None) -> "Comm":
         """An owned NCCL communicator from a unique id (nccl_unique_id() on rank 0, broadcast
         by the caller). ctx must be a CUDA context."""
-        buf = ctypes.create_string_buffer(bytes(unique_id), _ffi.NS_NCCL_UNIQUE_ID_BYTES)
+        if not isinstance(unique_id, (bytes, bytearray)):
+            raise InvalidArgument(f"Comm.nccl: unique_id must be bytes (nccl_unique_id()), not "
+                                  f"{type(unique_id).__name__}")
         if len(unique_id) != _ffi.NS_NCCL_UNIQUE_ID_BYTES:
             raise InvalidArgument(f"Comm.nccl: unique_id has {len(unique_id)} bytes; expected "
                                   f"{_ffi.NS_NCCL_UNIQUE_ID_BYTES}")
+        buf = ctypes.create_string_buffer(bytes(unique_id), _ffi.NS_NCCL_UNIQUE_ID_BYTES)
         h = c_void_p()
         o = cls._options(timeout_ms)
-        ctx.check(_c("ns_comm_create_nccl_id")(ctx.handle, buf, int(nranks), int(rank), byref(o),
+        nranks = chk.integer(nranks, "Comm.nccl", "nranks", 1, 2**31 - 1)
+        rank = chk.integer(rank, "Comm.nccl", "rank", 0, nranks - 1)
+        ctx.check(_c("ns_comm_create_nccl_id")(ctx.handle, buf, nranks, rank, byref(o),
                                                byref(h)))
         return cls(h.value, ctx)
 

@@ -394,6 +394,10 @@ def test_sample_m_is_checked_before_allocating(rng):
                             query_offset=-1), "sample: query_offset (-1) must be at least 0"),
     (lambda: negsamp.similarity(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32),
                                 scale="2"), "similarity: scale ('2') must be a real number"),
+    (lambda: negsamp.Comm.nccl(bytes(128), 2, 5, negsamp.default_context()),
+     "Comm.nccl: rank (5) is larger than 1"),
+    (lambda: negsamp.Comm.nccl("id", 2, 0, negsamp.default_context()),
+     "Comm.nccl: unique_id must be bytes"),
 ])
 def test_every_integer_and_real_argument_is_checked(call, message):
     require("ns_context_create", "ns_queue_create", "ns_filter", "ns_sample", "ns_similarity")
