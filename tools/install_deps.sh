@@ -9,7 +9,7 @@
 #   NS_NO_TORCH=1       leave torch out (its tests then skip, saying so)
 #   NS_REQUIRE_TORCH=1  fail when torch cannot be installed (default: warn and go on)
 # torch comes from PyPI: the default Linux x86_64 wheel with its CUDA libraries (PyPI has no
-# CPU-only one for this platform); measured on this project's machine: 71 s, 5.4 GB venv.
+# CPU-only one for this platform); measured on this project's machine: 71-81 s, 5.4 GB venv.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${NS_VENV:-$root/.venv}
