@@ -3,6 +3,7 @@
 // index sets equal wherever neighbouring scores are separated by more than rounding, filter
 // decisions and sampled negatives identical. Skips, with the reason, where no GPU exists.
 #include "ns_test_util.h"
+#include "step_options.h"
 
 #include <algorithm>
 #include <memory>
@@ -679,7 +680,7 @@ TEST(CudaParity, StepSameNegativesLossAndGradients) {
         for (int64_t i = 0; i < c.B; i++) cid[(size_t)(i * c.C)] = pid[(size_t)i];  // false negatives
         if (c.B > 1) pid[1] = pid[0];
         StepSide sc(p.cpu, c.B, c.C, c.d, qv, pv, cv, pid, cid), sg(p.gpu, c.B, c.C, c.d, qv, pv, cv, pid, cid);
-        ns_step_options o = NS_STEP_OPTIONS_INIT;
+        StepOptions o;
         o.hard_negatives = c.h;
         o.filter.rules = c.rules;
         o.filter.margin = 0.05f, o.filter.rel_margin = 0.1f, o.filter.max_score = 0.5f;
@@ -690,8 +691,8 @@ TEST(CudaParity, StepSameNegativesLossAndGradients) {
         o.loss.temperature = 0.2f;
         o.loss.symmetric = c.sym;
         ns_step_result rc, rg;
-        ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, &o, &rc), NS_OK) << ns_last_error(p.cpu);
-        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, &o, &rg), NS_OK) << ns_last_error(p.gpu);
+        ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, o.get(), &rc), NS_OK) << ns_last_error(p.cpu);
+        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, o.get(), &rg), NS_OK) << ns_last_error(p.gpu);
         const size_t nh = (size_t)(c.B * c.h);
         EXPECT_EQ(to_host(p.cpu, rc.negative_id, nh), to_host(p.gpu, rg.negative_id, nh));
         EXPECT_EQ(to_host(p.cpu, rc.negative_row, nh), to_host(p.gpu, rg.negative_row, nh));
