@@ -17,6 +17,7 @@ struct Config {
     size_t memory = 0;           // NS_CUDA_HOST_MEMORY_GIB per device (default 16)
 };
 const Config &config();
+Config &config_mut();  // for the layer's own tests (e.g. two emulated devices)
 
 struct Alloc {
     char *base;

@@ -51,7 +51,7 @@ thread_local dim3 t_block_dim, t_grid_dim;
 
 // ------------------------------------------------------------------ configuration
 
-const Config &config() {
+Config &config_mut() {
     static Config c = [] {
         Config k;
         const char *o = getenv("NS_CUDA_HOST_ORDER");
@@ -67,11 +67,12 @@ const Config &config() {
         const char *sc = getenv("NS_CUDA_HOST_STRUCT_SCAN");
         k.struct_scan = !sc || atoi(sc) != 0;
         const char *mem = getenv("NS_CUDA_HOST_MEMORY_GIB");
-        k.memory = (size_t)(mem ? atof(mem) : 16.0) * ((size_t)1 << 30);
+        k.memory = (size_t)((mem ? atof(mem) : 16.0) * (double)((size_t)1 << 30));
         return k;
     }();
     return c;
 }
+const Config &config() { return config_mut(); }
 
 // ------------------------------------------------------------------ errors
 
@@ -208,22 +209,27 @@ bool check_guards(const char *after) {
     bool ok = true;
     for (auto &kv : allocs()) {
         const Alloc &a = kv.second;
-        const unsigned char *r = (const unsigned char *)a.raw;
-        size_t tail0 = kFront + a.size;
+        unsigned char *r = (unsigned char *)a.raw;
+        const size_t tail0 = kFront + a.size;
+        long long first = LLONG_MIN, last = 0;
+        int changed = 0;
         for (size_t i = 0; i < a.raw_size; i++) {
             if (i == kFront) i = tail0;
             if (i >= a.raw_size) break;
             if (r[i] != kGuardByte) {
                 long long off = (long long)i - (long long)kFront;
-                fault(cudaErrorIllegalAddress,
-                      "%s wrote outside a %s allocation of %zu bytes at %p: byte offset %lld was "
-                      "changed (%s)",
-                      after, a.pinned ? "pinned host" : "device", a.size, (void *)a.base, off,
-                      off < 0 ? "before its start" : "past its end");
-                memset((void *)(r + i), kGuardByte, 1);
-                ok = false;
-                break;
+                if (first == LLONG_MIN) first = off;
+                last = off;
+                changed++;
+                r[i] = kGuardByte;  // reported once
             }
+        }
+        if (changed) {
+            fault(cudaErrorIllegalAddress,
+                  "%s wrote outside a %s allocation of %zu bytes at %p: %d guard byte(s) changed, byte offsets %lld..%lld (%s)",
+                  after, a.pinned ? "pinned host" : "device", a.size, (void *)a.base, changed, first, last,
+                  first < 0 ? "before its start" : "past its end");
+            ok = false;
         }
     }
     return ok;
@@ -398,7 +404,8 @@ static void run_op(Op &op) {
 static void drain(Stream *s, uint64_t upto) {
     if (s->done >= upto || s->q.empty()) return;
     if (s->draining) {
-        fault(cudaErrorLaunchFailure, "stream dependency cycle while synchronising");
+        fault(cudaErrorLaunchFailure, "stream dependency cycle while synchronising: stream %d (device %d) is needed up to operation %llu but is itself waiting at operation %llu (%s)",
+              s->id, s->device, (unsigned long long)upto, (unsigned long long)s->done + 1, s->q.empty() ? "-" : s->q.front().what.c_str());
         return;
     }
     s->draining = true;
