@@ -256,9 +256,9 @@ struct ThreadRegs {
     uint3 tid;
     unsigned lane, warp, linear;
 };
-extern thread_local ThreadRegs *t_regs;
-extern thread_local uint3 t_block_idx;
-extern thread_local dim3 t_block_dim, t_grid_dim;
+extern ThreadRegs *t_regs;  // plain globals: kernels run one at a time, under the runtime's lock
+extern uint3 t_block_idx;
+extern dim3 t_block_dim, t_grid_dim;
 
 // Device side: barriers and warp collectives switch fibers.
 int block_barrier(int kind, int pred, const char *file, int line);
@@ -289,14 +289,173 @@ cudaError_t launch_enqueue(const LaunchSpec &s, std::function<void()> body);
 
 template <class P, class A> inline P convert_arg(A &&a) { return std::forward<A>(a); }
 
+// Exact member visit of an aggregate struct argument (the idea of Boost.PFR: count the fields by
+// aggregate initialisation from a type convertible to anything, then bind them).
+namespace refl {
+struct any {
+    template <class T> constexpr operator T() const;  // unevaluated only
+};
+template <class T, class Seq, class = void> struct init_n : std::false_type {};
+template <class T, size_t... I>
+struct init_n<T, std::index_sequence<I...>, std::void_t<decltype(T{(void(I), any{})...})>> : std::true_type {};
+template <class T, size_t N = 0> constexpr size_t count_fields() {
+    if constexpr (N > 40) return N;
+    else if constexpr (init_n<T, std::make_index_sequence<N + 1>>::value) return count_fields<T, N + 1>();
+    else return N;
+}
+constexpr size_t kMaxFields = 40;
+template <class T, class F> inline void for_each_field(const T &t, F &&f) {
+    constexpr size_t n = count_fields<T>();
+    static_assert(n <= kMaxFields, "struct kernel argument with too many fields for the layer's visitor");
+    if constexpr (n == 0) {
+        (void)t, (void)f;
+    } else if constexpr (n == 1) {
+        const auto &[m0] = t;
+        f(m0);
+    } else if constexpr (n == 2) {
+        const auto &[m0, m1] = t;
+        f(m0); f(m1);
+    } else if constexpr (n == 3) {
+        const auto &[m0, m1, m2] = t;
+        f(m0); f(m1); f(m2);
+    } else if constexpr (n == 4) {
+        const auto &[m0, m1, m2, m3] = t;
+        f(m0); f(m1); f(m2); f(m3);
+    } else if constexpr (n == 5) {
+        const auto &[m0, m1, m2, m3, m4] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4);
+    } else if constexpr (n == 6) {
+        const auto &[m0, m1, m2, m3, m4, m5] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5);
+    } else if constexpr (n == 7) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6);
+    } else if constexpr (n == 8) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7);
+    } else if constexpr (n == 9) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8);
+    } else if constexpr (n == 10) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9);
+    } else if constexpr (n == 11) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10);
+    } else if constexpr (n == 12) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11);
+    } else if constexpr (n == 13) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12);
+    } else if constexpr (n == 14) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13);
+    } else if constexpr (n == 15) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14);
+    } else if constexpr (n == 16) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15);
+    } else if constexpr (n == 17) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16);
+    } else if constexpr (n == 18) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17);
+    } else if constexpr (n == 19) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18);
+    } else if constexpr (n == 20) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19);
+    } else if constexpr (n == 21) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20);
+    } else if constexpr (n == 22) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21);
+    } else if constexpr (n == 23) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22);
+    } else if constexpr (n == 24) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23);
+    } else if constexpr (n == 25) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24);
+    } else if constexpr (n == 26) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25);
+    } else if constexpr (n == 27) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26);
+    } else if constexpr (n == 28) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27);
+    } else if constexpr (n == 29) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28);
+    } else if constexpr (n == 30) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29);
+    } else if constexpr (n == 31) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30);
+    } else if constexpr (n == 32) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31);
+    } else if constexpr (n == 33) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31); f(m32);
+    } else if constexpr (n == 34) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32, m33] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31); f(m32); f(m33);
+    } else if constexpr (n == 35) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32, m33, m34] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31); f(m32); f(m33); f(m34);
+    } else if constexpr (n == 36) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32, m33, m34, m35] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31); f(m32); f(m33); f(m34); f(m35);
+    } else if constexpr (n == 37) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32, m33, m34, m35, m36] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31); f(m32); f(m33); f(m34); f(m35); f(m36);
+    } else if constexpr (n == 38) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32, m33, m34, m35, m36, m37] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31); f(m32); f(m33); f(m34); f(m35); f(m36); f(m37);
+    } else if constexpr (n == 39) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32, m33, m34, m35, m36, m37, m38] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31); f(m32); f(m33); f(m34); f(m35); f(m36); f(m37); f(m38);
+    } else if constexpr (n == 40) {
+        const auto &[m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15, m16, m17, m18, m19, m20, m21, m22, m23, m24, m25, m26, m27, m28, m29, m30, m31, m32, m33, m34, m35, m36, m37, m38, m39] = t;
+        f(m0); f(m1); f(m2); f(m3); f(m4); f(m5); f(m6); f(m7); f(m8); f(m9); f(m10); f(m11); f(m12); f(m13); f(m14); f(m15); f(m16); f(m17); f(m18); f(m19); f(m20); f(m21); f(m22); f(m23); f(m24); f(m25); f(m26); f(m27); f(m28); f(m29); f(m30); f(m31); f(m32); f(m33); f(m34); f(m35); f(m36); f(m37); f(m38); f(m39);
+    }
+}
+}  // namespace refl
+
+// A kernel argument: pointers are checked against the registry; aggregate structs member by
+// member (recursively); other classes by a scan of their words (check_struct_arg).
+template <class T> inline cudaError_t check_value(const LaunchSpec &s, int idx, const T &v) {
+    if constexpr (std::is_pointer_v<T>) {
+        return check_pointer_arg(s, idx, (const void *)v);
+    } else if constexpr (std::is_class_v<T> && std::is_aggregate_v<T> && !std::is_empty_v<T>) {
+        cudaError_t e = cudaSuccess;
+        refl::for_each_field(v, [&](const auto &m) {
+            if (e == cudaSuccess) e = check_value(s, idx, m);
+        });
+        return e;
+    } else if constexpr (std::is_class_v<T> && !std::is_empty_v<T>) {
+        return check_struct_arg(s, idx, (const void *)&v, sizeof v);
+    } else {
+        return cudaSuccess;
+    }
+}
+
 template <class Tuple, size_t... I>
 inline cudaError_t check_args(const LaunchSpec &s, const Tuple &t, std::index_sequence<I...>) {
     cudaError_t e = cudaSuccess;
     auto one = [&](int idx, const auto &v) {
-        using T = std::decay_t<decltype(v)>;
-        if (e != cudaSuccess) return;
-        if constexpr (std::is_pointer_v<T>) e = check_pointer_arg(s, idx, (const void *)v);
-        else if constexpr (std::is_class_v<T>) e = check_struct_arg(s, idx, (const void *)&v, sizeof v);
+        if (e == cudaSuccess) e = check_value(s, idx, v);
     };
     (one((int)I, std::get<I>(t)), ...);
     return e;

@@ -45,9 +45,9 @@
 
 namespace cuda_host {
 
-thread_local ThreadRegs *t_regs = nullptr;
-thread_local uint3 t_block_idx;
-thread_local dim3 t_block_dim, t_grid_dim;
+ThreadRegs *t_regs = nullptr;
+uint3 t_block_idx;
+dim3 t_block_dim, t_grid_dim;
 
 // ------------------------------------------------------------------ configuration
 
@@ -837,7 +837,7 @@ unsigned long long warp_collective(int op, unsigned mask, unsigned long long bit
 
 // ------------------------------------------------------------------ shared memory
 
-static thread_local void *t_dyn_smem = nullptr;
+static void *t_dyn_smem = nullptr;
 static uint64_t g_block_epoch = 0;
 static std::unordered_map<void *, uint64_t> &shared_epochs() {
     static std::unordered_map<void *, uint64_t> m;
@@ -1047,7 +1047,7 @@ cudaError_t check_pointer_arg(const LaunchSpec &s, int idx, const void *p) {
     if (!p) return cudaSuccess;
     const Alloc *a = find_alloc(p, true);
     if (!a)
-        return api_error(cudaErrorInvalidValue, "launch of %s at %s:%d: argument %d (%p) is not device memory (a host pointer, or freed)",
+        return api_error(cudaErrorInvalidValue, "launch of %s at %s:%d: argument %d (or a member of it) = %p is not device memory (a host pointer, or freed)",
                          s.name, base_name(s.file), s.line, idx, p);
     if (!a->pinned && a->device != t_device)
         return api_error(cudaErrorInvalidValue, "launch of %s at %s:%d: argument %d (%p) is memory of device %d, launched on device %d",
@@ -1057,21 +1057,30 @@ cudaError_t check_pointer_arg(const LaunchSpec &s, int idx, const void *p) {
 
 static bool mapped_host(uintptr_t w) {
     if (w < 0x10000 || w >= 0x800000000000ull) return false;
+#ifdef NS_CH_ASAN
+    // AddressSanitizer's shadow memory (x86-64: [0x7fff8000, 0x10007fff8000)) is mapped but
+    // never application memory: integers that land there are not pointers.
+    if (w >= 0x7fff8000ull && w < 0x10007fff8000ull) return false;
+#endif
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     unsigned char v;
     return mincore((void *)(w & ~(page - 1)), 1, &v) == 0;
 }
 
 // Struct arguments: every aligned 8-byte word that is a mapped host address outside the registry
-// counts as a host pointer. (Bytes are not typed here: an integer that happens to equal a mapped
-// address would be flagged; NS_CUDA_HOST_STRUCT_SCAN=0 turns the scan off.)
+// counts as a host pointer. Bytes are not typed here, so two guards keep integers and padding from
+// being taken for pointers: a word whose low 32 bits are below 0x10000 is skipped (an int member
+// followed by 4 bytes of uninitialised padding reads as garbage:int, which can land in the heap;
+// a real pointer has such low bits once in 65536), and so is ASan's shadow range. A host pointer
+// can still slip through (1 in 65536) and an unlucky integer could still be flagged;
+// NS_CUDA_HOST_STRUCT_SCAN=0 turns the scan off.
 cudaError_t check_struct_arg(const LaunchSpec &s, int idx, const void *p, size_t n) {
     if (!config().struct_scan) return cudaSuccess;
     std::lock_guard<std::recursive_mutex> lk(g_mu);
     for (size_t o = 0; o + 8 <= n; o += 8) {
         uintptr_t w;
         memcpy(&w, (const char *)p + o, 8);
-        if (w == 0) continue;
+        if ((w & 0xffffffffull) < 0x10000) continue;
         const Alloc *a = find_alloc((const void *)w, true);
         if (a) continue;
         if (mapped_host(w))
