@@ -39,7 +39,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(NS_CUDA_HOST_UCONTEXT)
 #include <ucontext.h>
 #endif
 
@@ -503,7 +503,7 @@ cudaError_t sync_stream(cudaStream_t hs) {
 
 // ------------------------------------------------------------------ fibers
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(NS_CUDA_HOST_UCONTEXT)
 extern "C" void ns_cuda_host_switch(void **save_sp, void *to_sp);
 asm(R"(
     .text
@@ -518,12 +518,8 @@ ns_cuda_host_switch:
     pushq %r14
     pushq %r15
     subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
     addq $8, %rsp
     popq %r15
     popq %r14
@@ -541,7 +537,7 @@ enum { F_READY = 0, F_BWAIT, F_WWAIT, F_DONE };
 struct Fiber {
     ThreadRegs regs;
     int state = F_DONE;
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(NS_CUDA_HOST_UCONTEXT)
     void *sp = nullptr;
 #else
     ucontext_t uc;
@@ -565,11 +561,12 @@ struct Sched {
     std::vector<Fiber> fibers;
     char *stacks = nullptr;
     size_t stack_size = 0, stride = 0, nstacks = 0;
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(NS_CUDA_HOST_UCONTEXT)
     void *sp = nullptr;
 #else
     ucontext_t uc;
 #endif
+    int arrived[32] = {};  // lanes waiting at a full-warp collective, per warp
     const void *sched_bottom = nullptr;
     size_t sched_size = 0;
     void *sched_fake = nullptr;
@@ -613,7 +610,7 @@ static void to_scheduler(Fiber *f, bool exiting) {
 #else
     (void)exiting;
 #endif
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(NS_CUDA_HOST_UCONTEXT)
     ns_cuda_host_switch(&f->sp, S.sp);
 #else
     swapcontext(&f->uc, &S.uc);
@@ -636,19 +633,13 @@ static void fiber_main() {
 }
 
 static void fiber_init(Fiber *f) {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(NS_CUDA_HOST_UCONTEXT)
     char *top = (char *)(((uintptr_t)(f->stack + f->stack_size)) & ~(uintptr_t)15);
     void **ret = (void **)(top - 16);
     ret[0] = (void *)&fiber_main;
     ret[1] = nullptr;
-    char *p = top - 16 - 6 * 8 - 8;
-    memset(p + 8, 0, 6 * 8);
-    uint32_t mx;
-    uint16_t cw;
-    asm volatile("stmxcsr %0" : "=m"(mx));
-    asm volatile("fnstcw %0" : "=m"(cw));
-    memcpy(p, &mx, 4);
-    memcpy(p + 4, &cw, 2);
+    char *p = top - 16 - 6 * 8 - 8;  // [8 bytes of padding][r15 r14 r13 r12 rbx rbp][entry]
+    memset(p, 0, 8 + 6 * 8);
     f->sp = p;
 #else
     getcontext(&f->uc);
@@ -666,7 +657,7 @@ static void run_fiber(Fiber *f) {
 #ifdef NS_CH_ASAN
     __sanitizer_start_switch_fiber(&S.sched_fake, f->stack, f->stack_size);
 #endif
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(NS_CUDA_HOST_UCONTEXT)
     ns_cuda_host_switch(&S.sp, f->sp);
 #else
     swapcontext(&S.uc, &f->uc);
@@ -801,6 +792,17 @@ unsigned long long warp_collective(int op, unsigned mask, unsigned long long bit
     f->wfile = file;
     f->wline = line;
     f->state = F_WWAIT;
+    const unsigned full = nlanes == 32 ? 0xffffffffu : ((1u << nlanes) - 1u);
+    if (mask == full) {
+        // Fast path: count arrivals; check every lane once the last one arrives. A lane that
+        // never arrives (exited, at a barrier) is reported when the block can make no progress.
+        int &arr = S.arrived[f->regs.warp];
+        if (++arr < nlanes) {
+            to_scheduler(f, false);
+            return f->wout;
+        }
+        arr = 0;
+    }
     bool complete = true;
     for (int l = 0; l < 32 && complete; l++) {
         if (!(mask >> l & 1u)) continue;
@@ -882,6 +884,7 @@ static void run_block(KernelRun &K, int nthreads) {
     S.error = false;
     S.why.clear();
     S.body = &K.body;
+    memset(S.arrived, 0, sizeof S.arrived);
     const dim3 bd = K.spec.block;
     for (int t = 0; t < nthreads; t++) {
         Fiber *f = &S.fibers[t];
@@ -921,8 +924,12 @@ static void run_block(KernelRun &K, int nthreads) {
             int missing = -1;
             for (int l = 0; l < 32; l++)
                 if ((first_w->wmask >> l & 1u) && base[l].state != F_WWAIT) missing = l;
-            block_error("%s at %s:%d (mask 0x%08x) in thread %u is never reached by lane %d", wop_name(first_w->wop),
-                        base_name(first_w->wfile), first_w->wline, first_w->wmask, first_w->regs.linear, missing);
+            const char *why = missing < 0 ? "waits elsewhere"
+                              : base[missing].state == F_DONE ? "has exited"
+                                                              : "waits at a __syncthreads";
+            block_error("%s at %s:%d (mask 0x%08x) in thread %u is never reached by lane %d, which %s",
+                        wop_name(first_w->wop), base_name(first_w->wfile), first_w->wline, first_w->wmask,
+                        first_w->regs.linear, missing, why);
             return;
         }
         if (bw == 0) return;  // every thread finished
