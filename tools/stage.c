@@ -15,7 +15,7 @@ int stage_open_outputs(stage *s) {
         (o->out_positive_score && cli_output_open(&s->out_pos, o->out_positive_score, o->force)) ||
         cli_output_open(&s->prov, o->provenance, o->force))
         return -1;
-    for (int i = 0; o->trace && i < 4; i++)
+    for (int i = 0; o->trace && i < 6; i++)
         if (cli_output_open(&s->trace[i], o->trace_path[i], o->force)) return -1;
     return 0;
 }
@@ -33,11 +33,13 @@ void stage_abort(stage *s) {
     cli_output_abort(&s->out_score);
     cli_output_abort(&s->out_pos);
     cli_output_abort(&s->prov);
-    for (int i = 0; i < 4; i++) cli_output_abort(&s->trace[i]);
+    for (int i = 0; i < 6; i++) cli_output_abort(&s->trace[i]);
 }
 
 int stage_commit(stage *s) {
-    if (cli_output_commit(&s->out) || cli_output_commit(&s->out_index) ||
+    stage_trace_ids(s);
+    if (cli_output_commit(&s->trace[4]) || cli_output_commit(&s->trace[5]) ||
+        cli_output_commit(&s->out) || cli_output_commit(&s->out_index) ||
         cli_output_commit(&s->out_score) || cli_output_commit(&s->out_pos) ||
         cli_output_commit(&s->trace[0]) || cli_output_commit(&s->trace[1]) ||
         cli_output_commit(&s->trace[2]) || cli_output_commit(&s->trace[3]) ||

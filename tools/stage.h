@@ -22,7 +22,7 @@ typedef struct {
     int with_scores;         /* --with-scores: scores in st / flag rows */
     const char *trace;       /* --trace PREFIX: per-candidate scores and decisions (.npy) */
     char provenance[4096];   /* "<first output>.provenance.json" (stage_check) */
-    char trace_path[4][4096];
+    char trace_path[6][4096];
     int force, quiet, threads;
     ns_backend backend;
 } stage_opts;
@@ -92,9 +92,10 @@ typedef struct {
     int has_pos;
     int64_t B, C;      /* queries, candidates per query */
     cli_output out, out_index, out_score, out_pos, prov;
-    cli_output trace[4]; /* candidates, scores, decisions, positive_score */
+    cli_output trace[6]; /* candidates, scores, decisions, positive_score, query/corpus ids */
     const cli_texts *qt, *ct; /* texts of queries and corpus rows (JSONL inputs), or NULL */
     float *pos_each;          /* each positive's score, aligned with pos.ids (NULL: not known) */
+    int64_t trace_rows;       /* corpus rows the trace names: 1 + the largest candidate */
     /* per block, host */
     int64_t *index, *count;
     float *score;
@@ -130,6 +131,8 @@ void stage_write_trace(stage *s, int64_t nb, const int64_t *cand_id, const float
                        const float *pos_score, const uint8_t *valid, const float *guide_score,
                        const float *guide_pos, int64_t b0);
 int stage_trace_headers(stage *s);
+/* PREFIX.query_ids.txt and PREFIX.corpus_ids.txt: the ids of the rows, one a line. */
+void stage_trace_ids(stage *s);
 /* The provenance sidecar: version, command line, options, inputs' sizes and FNV-1a hashes.
  * extra: more "key": value JSON members (may be NULL). */
 int stage_write_provenance(stage *s, int argc, char **argv, const char *command,

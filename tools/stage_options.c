@@ -57,7 +57,8 @@ const char STAGE_HELP[] =
     "  line, seed, rules, sampler, k, m, inputs' sizes and FNV-1a-64 hashes).\n"
     "  --trace PREFIX        PREFIX.candidates.npy (int64 q x k), PREFIX.scores.npy (f32),\n"
     "                        PREFIX.decisions.npy (int32: rule bits, 256 kept, 512 sampled),\n"
-    "                        PREFIX.positive_score.npy: what `negsamp inspect` reads\n"
+    "                        PREFIX.positive_score.npy, PREFIX.query_ids.txt and\n"
+    "                        PREFIX.corpus_ids.txt: what `negsamp inspect` reads\n"
     "  --force               overwrite existing outputs\n"
     "Run:\n"
     "  --backend B           auto | cpu | cuda (default auto)\n"
@@ -245,9 +246,11 @@ int stage_check(stage_opts *o, int64_t C_hint, int mine) {
                         : o->out_score ? o->out_score
                                        : o->out_positive_score;
     int n = snprintf(o->provenance, sizeof o->provenance, "%s.provenance.json", first);
-    static const char *trace_suffix[4] = {"candidates", "scores", "decisions", "positive_score"};
-    for (int i = 0; o->trace && i < 4; i++)
-        if (snprintf(o->trace_path[i], sizeof o->trace_path[i], "%s.%s.npy", o->trace,
+    static const char *trace_suffix[6] = {"candidates.npy", "scores.npy", "decisions.npy",
+                                          "positive_score.npy", "query_ids.txt",
+                                          "corpus_ids.txt"};
+    for (int i = 0; o->trace && i < 6; i++)
+        if (snprintf(o->trace_path[i], sizeof o->trace_path[i], "%s.%s", o->trace,
                      trace_suffix[i]) >= (int)sizeof o->trace_path[i])
             n = -1;
     if (n < 0 || (size_t)n >= sizeof o->provenance)
@@ -261,13 +264,15 @@ int stage_check_files(const stage_opts *o, const cli_named_path *inputs, int n) 
         {"--positives", o->positives}};
     int nin = 4;
     for (int i = 0; i < n && nin < CLI_MAX_FILES; i++) in[nin++] = inputs[i];
-    const cli_named_path out[9] = {{"--out", o->out}, {"--out-index", o->out_index},
+    const cli_named_path out[11] = {{"--out", o->out}, {"--out-index", o->out_index},
                                    {"--out-score", o->out_score},
                                    {"--out-positive-score", o->out_positive_score},
                                    {"provenance sidecar", o->provenance},
                                    {"--trace", o->trace ? o->trace_path[0] : NULL},
                                    {"--trace", o->trace ? o->trace_path[1] : NULL},
                                    {"--trace", o->trace ? o->trace_path[2] : NULL},
-                                   {"--trace", o->trace ? o->trace_path[3] : NULL}};
-    return cli_check_files(in, nin, out, 9, o->force);
+                                   {"--trace", o->trace ? o->trace_path[3] : NULL},
+                                   {"--trace", o->trace ? o->trace_path[4] : NULL},
+                                   {"--trace", o->trace ? o->trace_path[5] : NULL}};
+    return cli_check_files(in, nin, out, 11, o->force);
 }

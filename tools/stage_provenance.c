@@ -102,6 +102,11 @@ int stage_write_provenance(stage *s, int argc, char **argv, const char *command,
     static const char *fmt[] = {"ids", "st", "tevatron", "flag"};
     fprintf(f, "  \"format\": \"%s\",\n", fmt[o->format]);
     if (extra) fputs(extra, f);
+    if (o->trace) {
+        fputs("  \"trace\": ", f);
+        cli_json_string(f, o->trace, strlen(o->trace));
+        fputs(",\n", f);
+    }
     cli_named_path all[CLI_MAX_FILES + 4] = {{"--query-ids", o->query_ids},
                                              {"--corpus-ids", o->corpus_ids},
                                              {"--qrels", o->qrels},

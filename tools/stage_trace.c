@@ -45,6 +45,8 @@ void stage_write_trace(stage *s, int64_t nb, const int64_t *cand_id, const float
                        const float *guide_pos, int64_t b0) {
     int64_t C = s->C;
     fwrite(cand_id, 8, (size_t)(nb * C), s->trace[0].f);
+    for (int64_t t = 0; t < nb * C; t++)
+        if (cand_id[t] >= s->trace_rows) s->trace_rows = cand_id[t] + 1;
     fwrite(cand_score, 4, (size_t)(nb * C), s->trace[1].f);
     for (int64_t i = 0; i < nb; i++) {
         for (int64_t j = 0; j < C; j++) {
@@ -56,4 +58,20 @@ void stage_write_trace(stage *s, int64_t nb, const int64_t *cand_id, const float
         float v = valid[i] && s->has_pos ? pos_score[i] : NAN;
         fwrite(&v, 4, 1, s->trace[3].f);
     }
+}
+
+static void write_ids(FILE *f, const cli_ids *ids, int64_t rows) {
+    for (int64_t r = 0; r < rows; r++) {
+        if (ids->path) fputs(ids->id[r], f);
+        else fprintf(f, "%lld", (long long)r);
+        fputc('\n', f);
+    }
+}
+
+void stage_trace_ids(stage *s) {
+    if (!s->o->trace) return;
+    write_ids(s->trace[4].f, &s->qids, s->B);
+    /* without corpus ids (sample) the rows are not known: those the candidates name */
+    write_ids(s->trace[5].f, &s->cids, s->cids.path || s->cids.rows < INT64_MAX / 8
+                                            ? s->cids.rows : s->trace_rows);
 }

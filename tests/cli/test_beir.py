@@ -347,6 +347,142 @@ def group_beir_trace(tmp):
     print("  trace of 10 queries x 15 candidates recomputed")
 
 
+def check_png(path):
+    """Signature, IHDR size, every chunk's CRC (zlib.crc32), IDAT inflating to the pixels."""
+    data = open(path, "rb").read()
+    check(data[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: PNG signature")
+    pos, chunks, idat = 8, [], b""
+    while pos < len(data):
+        n, typ = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        crc, = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+        check(zlib.crc32(typ + body) & 0xFFFFFFFF == crc, f"{path}: CRC of {typ}")
+        chunks.append(typ)
+        if typ == b"IHDR":
+            w, h, depth, color = struct.unpack(">IIBB", body[:10])
+        if typ == b"IDAT":
+            idat += body
+        pos += 12 + n
+    check(chunks[0] == b"IHDR" and chunks[-1] == b"IEND", f"{path}: chunks {chunks}")
+    check(depth == 8 and color == 2, f"{path}: not 8-bit RGB")
+    raw = zlib.decompress(idat)
+    check(len(raw) == h * (3 * w + 1), f"{path}: {len(raw)} bytes for {w}x{h}")
+    return w, h
+
+
+def ref_inspect(pre, qrels_pos, eps):
+    """summary.json recomputed with numpy from the trace and the labels (query row -> rows)."""
+    cand = np.load(pre + ".candidates.npy")
+    sc = np.load(pre + ".scores.npy").astype(np.float64)
+    dec = np.load(pre + ".decisions.npy").astype(np.int64)
+    ps = np.load(pre + ".positive_score.npy").astype(np.float64)
+    B, k = cand.shape
+    valid = np.isfinite(ps)
+    live = (cand >= 0) & valid[:, None]
+    kept = live & (dec & 256 != 0)
+    samp = live & (dec & 512 != 0)
+    filt = live & ~(dec & 256 != 0)
+    lab = np.array([[cand[q, j] in qrels_pos.get(q, ()) for j in range(k)] for q in range(B)])
+    multi = np.array([len(qrels_pos.get(q, ())) >= 2 for q in range(B)])[:, None] & np.ones((B, k), bool)
+    near = sc >= ps[:, None] - np.float64(np.float32(eps))
+    r = {"candidates": int(live.sum()), "kept": int(kept.sum()), "removed": int(filt.sum()),
+         "sampled": int(samp.sum()), "with_positive": int(valid.sum()),
+         "near_duplicates_sampled": int((samp & near).sum()),
+         "near_duplicates_kept": int((kept & near).sum())}
+    names = ["same-id", "max-score", "min-score", "margin", "rel-margin", "rank", "guide-margin",
+             "guide-rel-margin"]
+    r["removed_by_rule"] = {n: int((filt & (dec >> b & 1 == 1)).sum()) for b, n in enumerate(names)}
+    r["labels"] = {"sampled_labelled": int((samp & lab).sum()), "kept_labelled": int((kept & lab).sum()),
+                   "multi_positive_queries": int((multi[:, 0] & valid).sum()),
+                   "multi_sampled": int((samp & multi).sum()),
+                   "multi_sampled_labelled": int((samp & multi & lab).sum())}
+    ranks = {"1": 0, "2-3": 0, "4-10": 0, "11-k": 0, "> k": 0}
+    mrr = 0.0
+    for q in np.nonzero(valid)[0]:
+        filled = cand[q] >= 0
+        above = int(((sc[q] > ps[q]) & filled).sum())
+        rk = above + 1
+        if above == filled.sum() == k:
+            ranks["> k"] += 1
+            continue
+        ranks["1" if rk == 1 else "2-3" if rk <= 3 else "4-10" if rk <= 10 else "11-k"] += 1
+        mrr += 1 / rk
+    r["rank"] = ranks
+    r["mrr_at_k"] = mrr / max(1, valid.sum())
+    vals = np.concatenate([sc[live], ps[valid]])
+    lo, hi = vals.min(), vals.max()
+    def hist(v):
+        b = np.clip(np.floor((v - lo) / (hi - lo) * 24).astype(int), 0, 23)
+        return list(np.bincount(b, minlength=24))
+    r["histogram"] = {"lo": lo, "hi": hi, "positives": hist(ps[valid]), "kept": hist(sc[kept]),
+                      "sampled": hist(sc[samp]), "filtered": hist(sc[filt])}
+    return r
+
+
+def group_beir_inspect(tmp):
+    """negsamp inspect: its numbers against numpy on the trace, the PNGs valid, the report."""
+    b = Beir(os.path.join(tmp, "b"), N=80, Q=24)
+    # labels: the test qrels plus a second relevant document for some queries (the run knows
+    # only the test split, so those can be sampled as negatives: false negatives)
+    full = os.path.join(tmp, "full.tsv")
+    with open(full, "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        extra = {}
+        for q, ps in b.pos.items():
+            for p in ps:
+                f.write(f"{b.qid[q]}\t{b.cid[p]}\t1\n")
+            top = [j for j in np.argsort(-b.S[q]) if j not in ps][:2]
+            extra[q] = top[q % 2]
+            f.write(f"{b.qid[q]}\t{b.cid[extra[q]]}\t1\n")
+    labels = {q: set(ps) | {extra[q]} for q, ps in b.pos.items()}
+    for name, args in [("plain", ["--sampler", "top"]),
+                       ("rules", ["--margin", "0.2", "--max-score", "3", "--rank-min", "1",
+                                  "--sampler", "simans", "--seed", "7"])]:
+        pre = os.path.join(tmp, f"tr-{name}")
+        out = os.path.join(tmp, f"{name}.jsonl")
+        run("mine", "--beir", b.root, "-k", 20, "-m", 5, *args, "--format", "tevatron",
+            "--out", out, "--trace", pre, "--quiet")
+        rep = os.path.join(tmp, f"rep-{name}")
+        eps = 0.25
+        so, _ = run("inspect", "--run", out, "--qrels", full, "--epsilon", eps, "--report", rep)
+        check("removed by rule" in so and "rank of the positive" in so and
+              len(so.splitlines()) <= 24, f"terminal summary:\n{so}")
+        got = json.load(open(os.path.join(rep, "summary.json")))
+        want = ref_inspect(pre, labels, eps)
+        for key in ("candidates", "kept", "removed", "sampled", "with_positive",
+                    "near_duplicates_sampled", "near_duplicates_kept", "removed_by_rule", "rank"):
+            check(got[key] == want[key], f"{name}: {key}: {got[key]} != {want[key]}")
+        for key, v in want["labels"].items():
+            check(got["labels"][key] == v, f"{name}: labels.{key}: {got['labels'][key]} != {v}")
+        check(abs(got["mrr_at_k"] - want["mrr_at_k"]) < 1e-9, f"{name}: mrr")
+        for key in ("positives", "kept", "sampled", "filtered"):
+            check(got["histogram"][key] == want["histogram"][key],
+                  f"{name}: histogram {key}: {got['histogram'][key]} != {want['histogram'][key]}")
+        check(abs(got["histogram"]["lo"] - want["histogram"]["lo"]) < 1e-6, "histogram lo")
+        md = open(os.path.join(rep, "report.md")).read()
+        for png, size in (("scores.png", (640, 360)), ("ranks.png", (480, 300)),
+                          ("rules.png", (480, 300))):
+            check(f"]({png})" in md, f"report.md does not show {png}")
+            check(check_png(os.path.join(rep, png)) == size, f"{png} size")
+        if name == "plain":
+            check(got["labels"]["sampled_labelled"] > 0, "no false negative found in the plain run")
+        else:
+            check(got["removed_by_rule"]["margin"] > 0 and got["removed_by_rule"]["rank"] > 0,
+                  f"rules removed nothing: {got['removed_by_rule']}")
+        print(f"  {name}: {got['sampled']} sampled, {got['labels']['sampled_labelled']} labelled "
+              f"positives among them, rules {got['removed_by_rule']}")
+    # the same through --trace; a run without a trace; an existing report needs --force
+    run("inspect", "--trace", pre, "--quiet", "--report", rep, "--force")
+    _, err = run("inspect", "--trace", pre, "--report", rep, expect=1)
+    check("exists" in err, err)
+    out2 = os.path.join(tmp, "notrace.jsonl")
+    run("mine", "--beir", b.root, "-k", 20, "-m", 5, "--out", out2, "--quiet")
+    _, err = run("inspect", "--run", out2, expect=1)
+    check("no trace" in err and "provenance.json" in err, err)
+    _, err = run("inspect", "--run", out2, "--trace", pre, expect=2)
+    check("one of --run" in err, err)
+
+
 GROUPS = {name[6:]: fn for name, fn in globals().items() if name.startswith("group_")}
 
 
