@@ -762,7 +762,7 @@ def readme_flags_exist():
     bad = []
     text = open(readme).read().replace("\\\n", " ")
     for line in text.splitlines():
-        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|demo|bench-mine|info)\b(.*)", line)
+        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|inspect|demo|bench-mine|info)\b(.*)", line)
         if not m:
             continue
         cmd = m.group(1)
