@@ -200,8 +200,8 @@ int cli_texts_load(cli_texts *t, const char *path, const char *what);
 /* The same on the file's text (NUL-terminated; t takes it). */
 int cli_texts_parse(cli_texts *t, const char *path, const char *what, char *text);
 void cli_texts_free(cli_texts *t);
-/* ids from a list of rows strings (taken over with their line numbers: malloc'ed arrays, the
- * strings owned elsewhere); duplicates refused naming both lines. */
+/* ids of rows strings id[0..rows) found at lines line[] (both arrays copied; the strings stay
+ * the caller's and must outlive ids); duplicates refused naming both lines. */
 int cli_ids_adopt(cli_ids *ids, const char *path, const char *what, int64_t rows, char **id,
                   int64_t *line);
 

@@ -37,7 +37,8 @@ static const char MINE_HELP[] =
     "  --queries-emb FILE, --corpus-emb FILE  the embeddings of the JSONL texts (with --beir,\n"
     "                        instead of DIR/*.npy; with JSONL --queries/--corpus, required)\n"
     "  --queries/--corpus FILE.jsonl  HF-style JSONL texts (same fields as BEIR's)\n"
-    "  Queries without a positive in the qrels (other splits) are mined but not written.\n";
+    "  With texts, only the queries with a positive in the qrels are mined and written (rows\n"
+    "  of --out-index etc. and of the trace follow them in file order).\n";
 
 static const char MINE_EXAMPLES[] =
     "\nExamples:\n"
@@ -314,6 +315,9 @@ static int mine_prepare(mine_run *r) {
     s->B = r->Q.m.rows;
     s->C = a->k;
     if (stage_load_positives(s, r->Q.m.rows, r->C.m.rows) || stage_context(s)) return -1;
+    if (a->t.has_texts && s->has_pos && !a->exclude_self &&
+        mine_keep_positive_queries(s, &r->Q, &r->GQ, &a->t.q))
+        return -1;
     if (cli_lists_with_self(a->o.same_id && s->has_pos ? &s->pos : NULL, s->B, a->exclude_self,
                             &r->excl))
         return -1;

@@ -17,5 +17,8 @@ int mine_texts_resolve(mine_texts *t, stage_opts *o, const char **qpath, const c
 /* Reads the JSONL texts and checks their rows against the embeddings'. 0 or -1. */
 int mine_texts_load(mine_texts *t, const cli_embeddings *Q, const cli_embeddings *C);
 void mine_texts_free(mine_texts *t);
+/* Keeps only the query rows with a positive (s->pos loaded): Q, GQ (when loaded), the ids, qt and
+ * the positive lists shrink to them, s->B and s->skipped_queries say how many. 0 or -1. */
+int mine_keep_positive_queries(stage *s, cli_embeddings *Q, cli_embeddings *GQ, cli_texts *qt);
 
 #endif

@@ -275,6 +275,9 @@ void stage_summary(const stage *s, const char *what, double secs) {
         fprintf(stderr, "%s: %lld queries have fewer than %lld negatives (padded with -1)%s\n",
                 cli_command, (long long)s->short_rows, (long long)s->o->m,
                 s->o->format == FMT_ST && s->o->out ? "; left out of the st JSONL" : "");
+    if (s->skipped_queries)
+        fprintf(stderr, "%s: %lld queries without a positive in %s were left out\n", cli_command,
+                (long long)s->skipped_queries, s->o->qrels ? s->o->qrels : "the positives");
     if (s->no_pos_rows)
         fprintf(stderr, "%s: %lld queries have no positive and were skipped (-1 rows)\n",
                 cli_command, (long long)s->no_pos_rows);

@@ -96,6 +96,7 @@ typedef struct {
     const cli_texts *qt, *ct; /* texts of queries and corpus rows (JSONL inputs), or NULL */
     float *pos_each;          /* each positive's score, aligned with pos.ids (NULL: not known) */
     int64_t trace_rows;       /* corpus rows the trace names: 1 + the largest candidate */
+    int64_t skipped_queries;  /* query rows without positive left out before mining (texts) */
     /* per block, host */
     int64_t *index, *count;
     float *score;

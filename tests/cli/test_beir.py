@@ -329,8 +329,12 @@ def group_beir_trace(tmp):
     sc = np.load(pre + ".scores.npy")
     dec = np.load(pre + ".decisions.npy")
     ps = np.load(pre + ".positive_score.npy")
-    check(cand.shape == (10, k) and dec.dtype == np.int32 and ps.shape == (10,), "trace shapes")
-    for q in range(10):
+    # only the queries with a positive in the split are mined (q8, q9 have none), in file order
+    qids = open(pre + ".query_ids.txt").read().split()
+    check(qids == [b.qid[q] for q in sorted(b.pos)], f"trace query ids {qids}")
+    check(open(pre + ".corpus_ids.txt").read().split() == b.cid, "trace corpus ids")
+    check(cand.shape == (8, k) and dec.dtype == np.int32 and ps.shape == (8,), "trace shapes")
+    for q in range(8):
         order = np.argsort(-b.S[q], kind="stable")[:k]
         check(list(cand[q]) == list(order), f"query {q}: candidates {cand[q]} {order}")
         check(np.allclose(sc[q], b.S[q, order], atol=1e-5), f"query {q}: scores")
@@ -344,7 +348,19 @@ def group_beir_trace(tmp):
         check(list((dec[q] & 256) != 0) == list(~removed), f"query {q}: kept bits")
         sampled = [j for j in range(k) if dec[q, j] & 512]
         check(sampled == [j for j in range(k) if not removed[j]][:m], f"query {q}: sampled")
-    print("  trace of 10 queries x 15 candidates recomputed")
+    # --out-index rows follow the same queries; no query with a positive: a clear error
+    oi = os.path.join(tmp, "idx.npy")
+    _, err = run("mine", "--beir", b.root, "-k", k, "-m", m, "--out-index", oi)
+    check("2 queries without a positive" in err, err)
+    idx = np.load(oi)
+    check(idx.shape == (8, m) and all(list(idx[q]) == b.ref_top(q, k, m)[1] for q in range(8)),
+          f"--out-index rows {idx}")
+    with open(os.path.join(b.root, "qrels", "none.tsv"), "w") as f:
+        f.write("q1\tdoc-3\t0\n")
+    _, err = run("mine", "--beir", b.root, "--split", "none", "-k", k, "-m", m, "--out-index", oi,
+                 "--force", expect=1)
+    check("none.tsv" in err and "no positive" in err, err)
+    print("  trace of 8 queries x 15 candidates recomputed; --out-index rows")
 
 
 def check_png(path):
