@@ -28,13 +28,14 @@ static int bin_of(const inspect_stats *st, double v) {
     return b < 0 ? 0 : b >= INSPECT_BINS ? INSPECT_BINS - 1 : b;
 }
 
-/* The histograms' range: the candidates' scores and s+ of the queries with a positive. */
+/* The histograms' range: the scores of the candidates the run decided on (decision != 0: rows
+ * the run wrote) and s+ of the queries with a positive. */
 static void score_range(const inspect_trace *t, inspect_stats *st) {
     const float *sc = t->score.data, *ps = t->pos.data;
-    const int64_t *cand = t->cand.data;
+    const int64_t *cand = t->cand.data, *dec = t->dec.data;
     st->lo = INFINITY, st->hi = -INFINITY;
     for (int64_t i = 0; i < t->B * t->k; i++)
-        if (cand[i] >= 0 && isfinite(sc[i]) && isfinite(ps[i / t->k])) {
+        if (cand[i] >= 0 && dec[i] && isfinite(sc[i])) {
             if (sc[i] < st->lo) st->lo = sc[i];
             if (sc[i] > st->hi) st->hi = sc[i];
         }
@@ -67,7 +68,7 @@ static void candidate(const inspect_trace *t, int64_t q, int64_t j, inspect_stat
     st->examined++;
     int lab = st->has_labels && labelled(t, q, id);
     int multi = st->has_labels && t->labels.offsets[q + 1] - t->labels.offsets[q] >= 2;
-    int near = s >= sp - st->eps;
+    int near = isfinite(sp) && s >= sp - st->eps;
     if (d & STAGE_KEPT) {
         st->kept++, st->kept_labelled += lab, st->near_kept += near;
         st->hist[INS_KEPT][bin_of(st, s)]++;
@@ -91,16 +92,19 @@ void inspect_compute(const inspect_trace *t, double eps, inspect_stats *st) {
     st->has_labels = t->labels.ids != NULL || t->labels.offsets != NULL;
     score_range(t, st);
     const float *ps = t->pos.data;
+    const int64_t *cand = t->cand.data, *dec = t->dec.data;
     for (int64_t q = 0; q < t->B; q++) {
-        if (!isfinite(ps[q])) continue; /* no positive: the run wrote nothing for it */
-        st->with_pos++;
-        st->hist[INS_POS][bin_of(st, ps[q])]++;
-        rank_of(t, q, st);
+        if (isfinite(ps[q])) {
+            st->with_pos++;
+            st->hist[INS_POS][bin_of(st, ps[q])]++;
+            rank_of(t, q, st);
+        }
         int64_t nl = st->has_labels ? t->labels.offsets[q + 1] - t->labels.offsets[q] : 0;
         st->labelled_queries += nl > 0;
         st->multi_queries += nl >= 2;
+        /* decision 0: a row the run did not write (no positive) or an empty slot */
         for (int64_t j = 0; j < t->k; j++)
-            if (((const int64_t *)t->cand.data)[q * t->k + j] >= 0) candidate(t, q, j, st);
+            if (cand[q * t->k + j] >= 0 && dec[q * t->k + j]) candidate(t, q, j, st);
     }
     if (st->with_pos) st->mrr /= (double)st->with_pos;
 }

@@ -394,13 +394,13 @@ def ref_inspect(pre, qrels_pos, eps):
     ps = np.load(pre + ".positive_score.npy").astype(np.float64)
     B, k = cand.shape
     valid = np.isfinite(ps)
-    live = (cand >= 0) & valid[:, None]
+    live = (cand >= 0) & (dec != 0)
     kept = live & (dec & 256 != 0)
     samp = live & (dec & 512 != 0)
     filt = live & ~(dec & 256 != 0)
     lab = np.array([[cand[q, j] in qrels_pos.get(q, ()) for j in range(k)] for q in range(B)])
     multi = np.array([len(qrels_pos.get(q, ())) >= 2 for q in range(B)])[:, None] & np.ones((B, k), bool)
-    near = sc >= ps[:, None] - np.float64(np.float32(eps))
+    near = np.isfinite(ps)[:, None] & (sc >= ps[:, None] - np.float64(np.float32(eps)))
     r = {"candidates": int(live.sum()), "kept": int(kept.sum()), "removed": int(filt.sum()),
          "sampled": int(samp.sum()), "with_positive": int(valid.sum()),
          "near_duplicates_sampled": int((samp & near).sum()),
@@ -409,7 +409,7 @@ def ref_inspect(pre, qrels_pos, eps):
              "guide-rel-margin"]
     r["removed_by_rule"] = {n: int((filt & (dec >> b & 1 == 1)).sum()) for b, n in enumerate(names)}
     r["labels"] = {"sampled_labelled": int((samp & lab).sum()), "kept_labelled": int((kept & lab).sum()),
-                   "multi_positive_queries": int((multi[:, 0] & valid).sum()),
+                   "multi_positive_queries": int(multi[:, 0].sum()),
                    "multi_sampled": int((samp & multi).sum()),
                    "multi_sampled_labelled": int((samp & multi & lab).sum())}
     ranks = {"1": 0, "2-3": 0, "4-10": 0, "11-k": 0, "> k": 0}
@@ -487,6 +487,24 @@ def group_beir_inspect(tmp):
                   f"rules removed nothing: {got['removed_by_rule']}")
         print(f"  {name}: {got['sampled']} sampled, {got['labels']['sampled_labelled']} labelled "
               f"positives among them, rules {got['removed_by_rule']}")
+    # a `sample` run without positives: candidates kept and sampled, no ranks
+    rng = np.random.default_rng(5)
+    ci, cs = os.path.join(tmp, "ci.npy"), os.path.join(tmp, "cs.npy")
+    np.save(ci, np.array([[3, 1, 4, -1], [0, 2, 5, 6], [7, 8, 9, 1]], np.int64))
+    np.save(cs, rng.standard_normal((3, 4)).astype(np.float32))
+    spre = os.path.join(tmp, "tr-sample")
+    run("sample", "--candidates", ci, "--scores", cs, "-m", 2, "--max-score", "1.0",
+        "--out", os.path.join(tmp, "s.jsonl"), "--trace", spre, "--quiet")
+    srep = os.path.join(tmp, "rep-sample")
+    run("inspect", "--trace", spre, "--report", srep, "--quiet")
+    got = json.load(open(os.path.join(srep, "summary.json")))
+    want = ref_inspect(spre, {}, 0.01)
+    for key in ("candidates", "kept", "removed", "sampled", "with_positive", "removed_by_rule",
+                "rank"):
+        check(got[key] == want[key], f"sample run: {key}: {got[key]} != {want[key]}")
+    check(got["candidates"] == 11 and got["with_positive"] == 0, f"sample run: {got}")
+    for key in ("kept", "sampled", "filtered"):
+        check(got["histogram"][key] == want["histogram"][key], f"sample run: histogram {key}")
     # the same through --trace; a run without a trace; an existing report needs --force
     run("inspect", "--trace", pre, "--quiet", "--report", rep, "--force")
     _, err = run("inspect", "--trace", pre, "--report", rep, expect=1)
