@@ -98,7 +98,7 @@ static int parse_string(jparser *j, char **out, size_t *len) {
             }
             continue;
         }
-        size_t n = cli_utf8_char((const unsigned char *)j->p, strlen(j->p) < 4 ? strlen(j->p) : 4);
+        size_t n = cli_utf8_char((const unsigned char *)j->p, strnlen(j->p, 4));
         if (n == 0) return jfail(j, "byte 0x%02x is not valid UTF-8", c);
         memmove(w, j->p, n);
         w += n;
