@@ -589,7 +589,7 @@ def main(argv=None):
     ap.add_argument("--cand", type=int, default=50)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--tau", type=float, default=0.05)
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--lr", type=float, default=0.2)
     ap.add_argument("--rel-margin", type=float, default=0.05)
     ap.add_argument("--simans-a", type=float, default=0.5)
     ap.add_argument("--simans-b", type=float, default=0.0)
