@@ -32,12 +32,11 @@ static const char DEMO_HELP[] =
     "\n"
     "Trains a linear embedding of the digits images (64 pixels -> --dim) with negsamp's InfoNCE\n"
     "loss on in-batch negatives (a batch's same-label passages masked as one id; every 5th image\n"
-    "held out), then, for the raw pixels and for the\n"
-    "trained embedding, mines the k nearest images of every image (itself and its positive, its\n"
-    "nearest same-label image, excluded) and picks m negatives per image under five settings.\n"
-    "It prints held-out retrieval (P@10, P@100, R@1) before and after training and, per setting, the\n"
-    "share of picked negatives that carry the image's own label (false negatives) and their mean\n"
-    "score:\n"
+    "held out). Then, for the raw pixels and for the trained embedding, mines the k nearest\n"
+    "images of every image (itself and its positive, its nearest same-label image, excluded) and\n"
+    "picks m negatives per image under five settings. It prints held-out retrieval (P@10, P@100,\n"
+    "R@1) before and after training and, per setting, the share of picked negatives that carry\n"
+    "the image's own label (false negatives) and their mean score:\n"
     "  (a) top      the m hardest, no filter\n"
     "  (b) top+F    the m hardest after the filter: relative margin s > s+ - |s+| * rel removed,\n"
     "               and only ranks in [rank-min, k) kept\n"
@@ -397,8 +396,8 @@ static int demo_eval(demo_run *r, int e) {
     ns_id_lists self = {off, qrow, nq};
     ns_mine_options mo = NS_MINE_OPTIONS_INIT;
     mo.exclude = &self;
-    if (ns_mine_topk(r->cpu, (ns_matrix){q, NS_F32, nq, d, d}, (ns_matrix){r->emb[e], NS_F32, n, d, d},
-                     k, &mo, idx, sc) != NS_OK) {
+    ns_matrix Q = {q, NS_F32, nq, d, d}, C = {r->emb[e], NS_F32, n, d, d};
+    if (ns_mine_topk(r->cpu, Q, C, k, &mo, idx, sc) != NS_OK) {
         cli_error("evaluation: %s", ns_last_error(r->cpu));
         goto out;
     }
@@ -487,8 +486,8 @@ static int demo_mine(demo_run *r, int e, demo_arrays *A) {
     ns_mine_options mo = NS_MINE_OPTIONS_INIT;
     mo.exclude = &excl;
     double t0 = cli_now();
-    ns_status st = ns_mine_topk(ctx, (ns_matrix){A->d_emb, NS_F32, n, d, d},
-                                (ns_matrix){A->d_emb, NS_F32, n, d, d}, k, &mo, A->d_cand, A->d_csc);
+    ns_matrix E = {A->d_emb, NS_F32, n, d, d};
+    ns_status st = ns_mine_topk(ctx, E, E, k, &mo, A->d_cand, A->d_csc);
     if (st == NS_OK && cli_dev_get(ctx, A->cand, A->d_cand, (size_t)(n * k) * 8)) st = NS_ERR_CUDA;
     r->col[e].mine_ms = 1e3 * (cli_now() - t0);
     if (st != NS_OK) {
@@ -537,7 +536,8 @@ static int demo_setting_run(demo_run *r, int e, demo_arrays *A, int si) {
     ns_status st = NS_OK;
     if (S->filter) st = ns_filter(ctx, &cd, &fo, A->d_keep, NULL);
     if (st == NS_OK)
-        st = ns_sample(ctx, &cd, S->filter ? A->d_keep : NULL, &so, m, A->d_neg, A->d_nsc, A->d_cnt);
+        st = ns_sample(ctx, &cd, S->filter ? A->d_keep : NULL, &so, m, A->d_neg, A->d_nsc,
+                       A->d_cnt);
     if (st == NS_OK && (cli_dev_get(ctx, A->neg, A->d_neg, (size_t)(n * m) * 8) ||
                         cli_dev_get(ctx, A->neg_sc, A->d_nsc, (size_t)(n * m) * 4) ||
                         cli_dev_get(ctx, A->cnt, A->d_cnt, (size_t)n * 8)))
