@@ -14,10 +14,11 @@ A candidate document c is counted a false negative of query synset s when
     a human judge would often accept.
 Both shares are reported (lemma only, and lemma or hyper/hyponym).
 
-Subset (the default run takes a few minutes on 2 cores): `--lemmas` noun lemmas with at least
-two senses, drawn with a fixed seed from index.noun, all their synsets, plus the direct
-hypernyms of those synsets. Polysemous lemmas are chosen on purpose: they are where false
-negatives occur. 20 % of the synsets (per seed) are held-out queries; every synset's document
+Subset (the default run: about 8 minutes on a loaded 2-core machine): `--lemmas` noun lemmas
+with at least two senses, drawn with a fixed seed from index.noun, all their synsets, plus the
+direct hypernyms of those synsets. Polysemous lemmas are chosen on purpose: they are where false
+negatives occur. 20 % of the synsets (one seeded split, the same for every seed: seeds vary the
+initial E, the batch order and the sampling) are held-out queries; every synset's document
 stays in the corpus.
 
 Encoder: the text's word unigrams and character 3/4-grams of each word (with boundary marks),
@@ -481,11 +482,17 @@ def slug(s):
 
 
 def summarise(results):
+    """mean and std over seeds per strategy; dMRR, dR@10: paired (same seed) differences to
+    inbatch, when it ran."""
     keys = ["R@1", "R@10", "MRR", "R@1-word", "fn_lemma", "fn_related", "seconds"]
     table = {}
     for strat, runs in results.items():
         table[strat] = {k: (float(np.mean([r[k] for r in runs])),
                             float(np.std([r[k] for r in runs]))) for k in keys}
+        if "inbatch" in results:
+            for k in ("MRR", "R@10"):
+                d = [r[k] - b[k] for r, b in zip(runs, results["inbatch"])]
+                table[strat]["d" + k] = (float(np.mean(d)), float(np.std(d)))
     return table
 
 
@@ -500,22 +507,29 @@ def write_report(path_md, info, cf, task_info, base, table, plots, took):
          f"Encoder: hashed word + char 3/4-gram TF-IDF → E (2^17 × {cf.dim}), τ = {cf.tau}, "
          f"batch {cf.batch}, {cf.epochs} epochs, Adagrad lr {cf.lr}, h = {cf.hard} extra "
          f"negatives per query from C = {cf.cand} mined candidates.", "",
-         "| model | R@1 | R@10 | MRR | R@1-word | false neg. (lemma) | false neg. (lemma or hyper/hypo) |",
-         "|---|---|---|---|---|---|---|"]
+         "| model | R@1 | R@10 | MRR | ΔMRR vs inbatch | R@1-word | false neg. (lemma) | "
+         "false neg. (lemma or hyper/hypo) | s/run |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for name, m in base.items():
-        L.append(f"| {name} | {m['R@1']:.3f} | {m['R@10']:.3f} | {m['MRR']:.3f} | "
-                 f"{m['R@1-word']:.3f} | — | — |")
+        L.append(f"| {name} | {m['R@1']:.3f} | {m['R@10']:.3f} | {m['MRR']:.3f} | — | "
+                 f"{m['R@1-word']:.3f} | — | — | — |")
 
     def f(m, k, pct=False):
         mu, sd = m[k]
         return f"{100 * mu:.1f} ± {100 * sd:.1f} %" if pct else f"{mu:.3f} ± {sd:.3f}"
 
     for strat, m in table.items():
-        L.append(f"| {strat} | {f(m, 'R@1')} | {f(m, 'R@10')} | {f(m, 'MRR')} | "
-                 f"{f(m, 'R@1-word')} | {f(m, 'fn_lemma', True)} | {f(m, 'fn_related', True)} |")
+        dm = (f"{m['dMRR'][0]:+.3f} ± {m['dMRR'][1]:.3f}" if "dMRR" in m and strat != "inbatch"
+              else "—")
+        L.append(f"| {strat} | {f(m, 'R@1')} | {f(m, 'R@10')} | {f(m, 'MRR')} | {dm} | "
+                 f"{f(m, 'R@1-word')} | {f(m, 'fn_lemma', True)} | {f(m, 'fn_related', True)} | "
+                 f"{m['seconds'][0]:.0f} |")
     L += ["", "False negatives are measured among the chosen extra negatives (for inbatch: among "
           "the in-batch negatives). R@1-word: the top document shares a lemma with the relevant "
-          "one (it names a right word).", ""]
+          "one (it names a right word). ΔMRR: paired by seed (the same initial E and held-out "
+          "queries). "
+          f"A query has on average {task_info['false_negative_docs_per_query']:.1f} documents "
+          "in the corpus that WordNet marks as false negatives.", ""]
     for p in plots:
         L.append(f"![{os.path.basename(p)}]({os.path.basename(p)})")
     L += ["", f"Reproduce: `python3 bench/wordnet_study.py --seeds {cf.seeds} --lemmas {cf.lemmas} "
@@ -524,7 +538,7 @@ def write_report(path_md, info, cf, task_info, base, table, plots, took):
         fh.write("\n".join(L))
 
 
-def make_plots(stem, table):
+def make_plots(stem, table, base):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -539,11 +553,14 @@ def make_plots(stem, table):
     for i, k in enumerate(["R@1", "MRR", "R@10"]):
         ax[0].bar(x + (i - 1) * 0.27, [table[n][k][0] for n in names], 0.27,
                   yerr=[table[n][k][1] for n in names], label=k, capsize=2)
+    tf = base.get("TF-IDF cosine (guide, no training)")
+    if tf:
+        for k, c in (("R@1", "C0"), ("MRR", "C1"), ("R@10", "C2")):
+            ax[0].axhline(tf[k], color=c, ls="--", lw=0.8)
     ax[0].set_xticks(x, names, rotation=30, ha="right")
-    ax[0].set_title("held-out retrieval (mean ± std over seeds)")
-    ax[0].legend()
-    lo = min(table[n]["R@1"][0] for n in names)
-    ax[0].set_ylim(max(0, lo - 0.1), 1)
+    ax[0].set_title("held-out retrieval, mean ± std over seeds (dashed: TF-IDF cosine)")
+    ax[0].legend(loc="lower right")
+    ax[0].set_ylim(0, 1.2 * max(table[n]["R@10"][0] for n in names))
     for i, k in enumerate(["fn_lemma", "fn_related"]):
         ax[1].bar(x + (i - 0.5) * 0.4, [100 * table[n][k][0] for n in names], 0.4,
                   yerr=[100 * table[n][k][1] for n in names], capsize=2,
@@ -595,9 +612,21 @@ def main(argv=None):
     ap.add_argument("--simans-b", type=float, default=0.0)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--report-only", metavar="JSON",
+                    help="rewrite the report and plots of a result")
     cf = ap.parse_args(argv)
-    wndir = cf.wordnet or next((d for d in WORDNET_DIRS
-                                if os.path.exists(os.path.join(d, "data.noun"))), None)
+    if cf.report_only:
+        with open(cf.report_only) as fh:
+            d = json.load(fh)
+        stem = cf.report_only[:-len(".json")]
+        table = summarise(d["runs"])
+        plots = make_plots(stem, table, d["baselines"])
+        write_report(stem + ".md", d["machine"], argparse.Namespace(**d["config"]), d["task"],
+                     d["baselines"], table, plots, d["seconds"])
+        print(open(stem + ".md").read())
+        return 0
+    wndir = next((d for d in ([cf.wordnet] if cf.wordnet else WORDNET_DIRS)
+                  if os.path.exists(os.path.join(d, "data.noun"))), None)
     if not wndir:
         print("wordnet_study: SKIPPED: WordNet data not found (install the Debian package "
               "wordnet-base: apt-get install wordnet-base, or pass --wordnet DIR)",
@@ -661,7 +690,7 @@ def main(argv=None):
     os.makedirs(cf.out, exist_ok=True)
     machine = f"cpu-{info['threads']}core-{slug(info['cpu'])}"
     stem = os.path.join(cf.out, f"{machine}-{info['date']}-wordnet")
-    plots = make_plots(stem, table)
+    plots = make_plots(stem, table, base)
     with open(stem + ".json", "w") as fh:
         json.dump({"machine": info, "config": vars(cf), "task": task_info, "baselines": base,
                    "summary": table, "runs": results, "seconds": took}, fh, indent=1,
