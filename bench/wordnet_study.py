@@ -516,7 +516,10 @@ def write_report(path_md, info, cf, task_info, base, table, plots, took):
 
     def f(m, k, pct=False):
         mu, sd = m[k]
-        return f"{100 * mu:.1f} ± {100 * sd:.1f} %" if pct else f"{mu:.3f} ± {sd:.3f}"
+        if pct:  # two decimals where the share is below 1 %
+            nd = 1 if mu >= 0.01 else 2
+            return f"{100 * mu:.{nd}f} ± {100 * sd:.{nd}f} %"
+        return f"{mu:.3f} ± {sd:.3f}"
 
     for strat, m in table.items():
         dm = (f"{m['dMRR'][0]:+.3f} ± {m['dMRR'][1]:.3f}" if "dMRR" in m and strat != "inbatch"
