@@ -112,7 +112,8 @@ static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const 
         return ns_fail(ctx, NS_ERR_UNSUPPORTED,
                        "%s: rows.dtype (%s) is not supported on CUDA (expected f32)", fn,
                        ns_dtype_name(rows.dtype));
-    size_t bytes = (size_t)(n * dim) * 4 + (size_t)n * 8;
+    const int64_t nf = (n * dim + 1) & ~(int64_t)1; /* floats, rounded up: the ids after them stay 8-aligned */
+    size_t bytes = (size_t)nf * 4 + (size_t)n * 8;
     if (qu->stage_size < bytes) {
         void *p = realloc(qu->stage, bytes);
         if (!p) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes", fn, bytes);
@@ -133,7 +134,7 @@ static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const 
     if (bad)
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: rows[%lld][%lld] is not finite", fn,
                        (long long)(first + (bad - 1) / dim), (long long)((bad - 1) % dim));
-    int64_t *hid = (int64_t *)(host + n * dim);
+    int64_t *hid = (int64_t *)(host + nf);
     if (!ids)
         for (int64_t r = 0; r < n; r++) hid[r] = -1;
     /* Up to two contiguous runs of slots (before and after the wrap). */
