@@ -3,6 +3,7 @@
 // index sets equal wherever neighbouring scores are separated by more than rounding, filter
 // decisions and sampled negatives identical. Skips, with the reason, where no GPU exists.
 #include "ns_test_util.h"
+#include "step_options.h"
 
 #include <algorithm>
 #include <memory>
@@ -733,7 +734,7 @@ void run_step_case(Pair &p, const StepCase &c, uint64_t seed) {
         if (c.B > 1) pid[1] = pid[0];
         const int64_t qoff = 100 + step * c.B;
         StepSide sc(p.cpu, c.C, qh, ph, ch, pid, cid, qoff), sg(p.gpu, c.C, qh, ph, ch, pid, cid, qoff);
-        ns_step_options o = NS_STEP_OPTIONS_INIT;
+        StepOptions o;
         o.hard_negatives = c.h;
         o.filter.rules = c.rules;
         o.filter.margin = 0.05f, o.filter.rel_margin = 0.1f, o.filter.max_score = 0.5f;
@@ -744,11 +745,11 @@ void run_step_case(Pair &p, const StepCase &c, uint64_t seed) {
         o.loss.temperature = 0.2f;
         o.loss.symmetric = c.sym;
         o.enqueue = c.queue;
-        ns_step_options oc = o, og = o;
+        StepOptions oc = o, og = o;
         oc.queue = qc, og.queue = qg;
         ns_step_result rc, rg;
-        ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, &oc, &rc), NS_OK) << ns_last_error(p.cpu);
-        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, &og, &rg), NS_OK) << ns_last_error(p.gpu);
+        ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, oc.get(), &rc), NS_OK) << ns_last_error(p.cpu);
+        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, og.get(), &rg), NS_OK) << ns_last_error(p.gpu);
         settle();
         const size_t nh = (size_t)(c.B * c.h);
         EXPECT_EQ(to_host(p.cpu, rc.negative_id, nh), to_host(p.gpu, rg.negative_id, nh));
