@@ -58,7 +58,7 @@ if [[ $mode == selftest ]]; then
     dest=${OUT:-$tmp/out}
     slug=selftest-nogpu
     export NS_GPU_KIT_FORCE=${NS_GPU_KIT_FORCE:-all}
-    KIT_PREFIX=$tmp/prefix
+    KIT_PREFIX=$build/_kit_prefix  # as in the GPU modes, so that the dry runs reuse the build
     # NCCL as the image's Python wheel lays it out (nvidia/nccl/{include,lib}), made from the
     # toolkit's NCCL here, so that the wheel path of kit_detect runs too.
     ch=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")")
@@ -290,6 +290,7 @@ verify_prefix() {
     v=$(cval GTest_DIR)
     local gl
     gl=$(grep -rhoE "[^ ]*libgtest\.a" "$build/build.ninja" "$build"/tests/CMakeFiles/*/link.txt 2>/dev/null | head -n1)
+    [[ -n $gl && $gl != /* ]] && gl=$build/$gl  # ninja writes paths inside the build folder relative to it
     ev+=("GTest_DIR=$v" "tests link ${gl:-?}")
     if kit_needs gtest; then
         under "$v" || bad+=("GTest_DIR outside the prefix")
@@ -303,7 +304,8 @@ verify_prefix() {
     if kit_needs zlib; then
         under "$v" || bad+=("ZLIB_LIBRARY outside the prefix")
         under "$(cval ZLIB_INCLUDE_DIR)" || bad+=("ZLIB_INCLUDE_DIR outside the prefix")
-        grep -q "$P/usr/lib/$KIT_ARCH/libz.so" "$build/build.ninja" "$build"/tools/CMakeFiles/*/link.txt 2>/dev/null ||
+        grep -q -e "$P/usr/lib/$KIT_ARCH/libz.so" -e " ${P#"$build"/}/usr/lib/$KIT_ARCH/libz.so" \
+            "$build/build.ninja" "$build"/tools/CMakeFiles/*/link.txt 2>/dev/null ||
             bad+=("the CLI is not linked with the prefix's libz.so")
     fi
     local nc
@@ -448,6 +450,103 @@ selftest_checks() {
     note_step selftest-checks ok "unforced detection, gtest fallback, bench_gpu_ops exit 4, torch peer row, report"
 }
 
+# The GPU modes themselves, driven here through stand-ins for nvidia-smi and compute-sanitizer
+# (bench/gpu/stub): same build folder and prefix (nothing is rebuilt), the CUDA tests skip, the
+# benchmarks exit 4. Memcheck is made to report an error and racecheck to hang: the kit must
+# record the first, cut the second at its timeout and still run synccheck. Then a `test` call is
+# killed (its whole process group, as the run tool does) mid-run: its JSON must still be whole.
+selftest_dryrun() {
+    local stub=$root/bench/gpu/stub o=$tmp/out-dry t
+    local envs=(env PATH="$stub:$PATH" OUT="$o" BUILD_DIR="$build" NS_GPU_BUDGET_S=300 NS_CTEST_JOBS="$(nproc)")
+    say "== dry run of 'test' through the stubs (memcheck reports an error, racecheck hangs: expected)"
+    t=$(date +%s)
+    "${envs[@]}" NS_RUN_ID=dry NS_SANITIZE_TIMEOUT_RACECHECK=15 NS_STUB_SANITIZER_SLEEP=racecheck \
+        NS_STUB_SANITIZER_ERRORS=memcheck timeout 400 bash "$root/bench/gpu_run.sh" test >"$state/dry-test.txt" 2>&1
+    say "   dry test: exit $? after $(($(date +%s) - t))s"
+    say "== dry run of 'bench' through the stubs"
+    t=$(date +%s)
+    "${envs[@]}" NS_RUN_ID=dry timeout 300 bash "$root/bench/gpu_run.sh" bench >"$state/dry-bench.txt" 2>&1
+    say "   dry bench: exit $? after $(($(date +%s) - t))s"
+    say "== a 'test' call killed mid-run (process group, SIGKILL, once ctest has started)"
+    setsid "${envs[@]}" NS_RUN_ID=killed bash "$root/bench/gpu_run.sh" test >"$state/dry-killed.txt" 2>&1 &
+    local pg=$! i
+    for i in $(seq 1 120); do
+        grep -q '"step": "ctest"' "$o/stub-gpu-killed-test.json" 2>/dev/null && break
+        grep -q "== ctest" "$state/dry-killed.txt" 2>/dev/null && { sleep 2; break; }
+        sleep 1
+    done
+    # Its process group, then what `timeout` put in groups of their own (same session).
+    kill -KILL -- "-$pg" 2>/dev/null
+    local p
+    for p in $(ps -o pid= -s "$pg" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+    wait "$pg" 2>/dev/null
+    ls -l "$o" | sed 's/^/   /'
+    if "$py" - "$o" <<'PY'; then note_step selftest-dryrun ok "test, bench and a killed test call through the stubs: see $o"; else note_step selftest-dryrun fail "see the lines above and $o"; return 1; fi
+import json, os, re, sys
+o = sys.argv[1]
+bad = []
+def load(stem):
+    p = os.path.join(o, stem + ".json")
+    if not os.path.exists(p):
+        bad.append(f"{stem}.json missing")
+        return None
+    return json.load(open(p))
+def st(doc):
+    out = {}
+    for s in doc["steps"]:
+        out.setdefault(s["step"], s)
+    return out
+t = load("stub-gpu-dry-test")
+if t:
+    s = st(t)
+    for name, want in (("configure", "ok"), ("build", "ok"), ("verify-prefix", "ok"), ("ctest", "ok"),
+                       ("memcheck", "sanitizer-errors"), ("racecheck", "timeout"), ("synccheck", "ok")):
+        got = s.get(name, {}).get("status")
+        if got != want:
+            bad.append(f"test: step {name} is {got}, expected {want}")
+    c = t.get("ctest") or {}
+    if not c.get("finished") or c["counts"]["passed"] < 50 or c["counts"]["failed"]:
+        bad.append(f"test: ctest parse {c.get('counts')} finished={c.get('finished')}")
+    if (s.get("memcheck", {}).get("sanitizer") or {}).get("errors") != 1:
+        bad.append("test: memcheck's error count not parsed")
+    z = s.get("synccheck", {}).get("sanitizer") or {}
+    if len(z.get("ok_tests", [])) + len(z.get("skipped_tests", [])) < 5:
+        bad.append("test: synccheck's test verdicts not parsed")
+    if not t.get("finished"):
+        bad.append("test: not marked finished")
+b = load("stub-gpu-dry-bench")
+if b:
+    rows = b.get("bench", [])
+    names = [r.get("bench") for r in rows]
+    for want in ("torch_check", "copy", "gemm", "mine", "torch_mine_topk", "loss", "torch_infonce_fwd_bwd",
+                 "sample", "mine-host-corpus"):
+        if want not in names:
+            bad.append(f"bench: no row {want} (rows {names})")
+    if not all("skipped" in r for r in rows):
+        bad.append("bench: a row without a GPU was not marked skipped")
+k = load("stub-gpu-killed-test")
+if k:
+    if k.get("finished"):
+        bad.append("killed: marked finished")
+    if not any(s["step"] == "build" for s in k["steps"]):
+        bad.append("killed: the steps before the kill are missing")
+files = os.listdir(o)
+if [f for f in files if f.endswith(".tmp")]:
+    bad.append("a .tmp file was left behind")
+for f in files:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", f):
+        bad.append(f"file name {f}")
+for stem in ("stub-gpu-dry-test", "stub-gpu-dry-bench", "stub-gpu-killed-test"):
+    n = len([f for f in files if f.startswith(stem)])
+    if n > 8:
+        bad.append(f"{stem}: {n} files")
+for x in bad:
+    print("   dry run:", x)
+print(f"   dry run: {len(bad)} problems")
+sys.exit(1 if bad else 0)
+PY
+}
+
 # ------------------------------------------------------------------ the modes
 setup
 case $mode in
@@ -488,6 +587,7 @@ selftest)
         note_step "$s" skipped "GPU-only: no GPU here (self-test)"
     done
     selftest_checks
+    [[ $built == 1 && ${NS_GPU_KIT_SELFTEST_DRYRUN:-1} == 1 ]] && selftest_dryrun
     ;;
 esac
 finish
@@ -510,7 +610,7 @@ if [[ $mode == selftest ]]; then
     if [[ ${NS_GPU_KIT_KEEP:-0} == 1 ]]; then
         say "self-test files kept in $tmp"
     else
-        rm -rf "$tmp/build" "$tmp/prefix" "$tmp/prefix-gtestsrc" "$tmp/pynccl"
+        rm -rf "$tmp/build" "$tmp/prefix-gtestsrc" "$tmp/pynccl"
         say "self-test report kept in $dest (build and prefix removed; NS_GPU_KIT_KEEP=1 keeps them)"
     fi
 fi

@@ -181,8 +181,8 @@ def cmd_step(a):
 # ------------------------------------------------------------------ parsing
 
 
-CTEST_LINE = re.compile(r"Test\s+#(\d+):\s+(\S+)\s+\.*\s*(\*\*\*)?(Passed|Failed|Not Run|Skipped|"
-                        r"Timeout|Exception: \S+|\w[\w ]*?)\s+([0-9.]+) sec")
+# "  12/152 Test  #59: B/Name/CUDA  # GetParam() = 2 .....***Skipped   0.09 sec"
+CTEST_LINE = re.compile(r"Test\s+#(\d+):\s+(\S+)(.*?)\s\.+\s*(?:\*\*\*)?(.+?)\s+([0-9.]+) sec")
 
 
 def parse_ctest(path):
@@ -194,11 +194,11 @@ def parse_ctest(path):
         m = CTEST_LINE.search(line)
         if not m:
             continue
-        name, what, sec = m.group(2), m.group(4), float(m.group(5))
+        name, what, sec = m.group(2), m.group(4).strip(), float(m.group(5))
         seconds[name] = sec
         if what == "Passed":
             res["passed"].append(name)
-        elif what in ("Skipped", "Not Run"):
+        elif what == "Skipped":
             res["skipped"].append(name)
         elif what == "Timeout":
             res["timeout"].append(name)
@@ -221,7 +221,8 @@ def parse_ctest(path):
 
 def parse_sanitizer(path):
     """One compute-sanitizer run's log: error count, tests that passed before it ended."""
-    r = {"errors": None, "ok_tests": [], "failed_tests": [], "unsupported": False, "first_errors": []}
+    r = {"errors": None, "ok_tests": [], "failed_tests": [], "skipped_tests": [], "unsupported": False,
+         "first_errors": []}
     if not path or not os.path.exists(path):
         return r
     hazards = 0
@@ -235,6 +236,9 @@ def parse_sanitizer(path):
         m = re.match(r"\[\s+OK \]\s+(\S+)", line)
         if m:
             r["ok_tests"].append(m.group(1))
+        m = re.match(r"\[\s+SKIPPED \]\s+(\S+)", line)
+        if m and m.group(1) not in r["skipped_tests"] and "," not in m.group(1):
+            r["skipped_tests"].append(m.group(1))
         m = re.match(r"\[\s+FAILED\s+\]\s+(\S+)", line)
         if m and m.group(1) not in r["failed_tests"] and "," not in m.group(1):
             r["failed_tests"].append(m.group(1))
@@ -345,6 +349,7 @@ def markdown(doc):
             z = s["sanitizer"]
             det = (f"{s.get('binary')} --gtest_filter={s.get('filter')}: errors {z['errors']}, "
                    f"{len(z['ok_tests'])} tests ok" + (f", failed {z['failed_tests']}" if z["failed_tests"] else "")
+                   + (f", {len(z['skipped_tests'])} skipped" if z["skipped_tests"] else "")
                    + (", device not supported" if z["unsupported"] else "")
                    + (f", hazards {z['racecheck_hazards']}" if z.get("racecheck_hazards") else ""))
         L.append(f"| {s['step']} | {s['status']} | {fmt(s.get('seconds', ''))} | {fmt(s.get('limit', ''))} | "
