@@ -51,7 +51,20 @@ say() { echo "[$(date -u +%H:%M:%S) +$(($(date +%s) - T0))s] $*"; }
 
 # ------------------------------------------------------------------ where things go
 gpu_ok=0
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then gpu_ok=1; fi
+gpu_name=""
+smi=$(command -v nvidia-smi || true)
+for c in /usr/local/nvidia/bin/nvidia-smi /usr/bin/nvidia-smi; do [[ -z $smi && -x $c ]] && smi=$c; done
+if [[ -n $smi ]]; then
+    export PATH="$PATH:$(dirname "$smi")"
+    if "$smi" -L 2>/dev/null | grep -q '^GPU '; then
+        gpu_ok=1
+        gpu_name=$("$smi" --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
+    fi
+fi
+if [[ $gpu_ok == 0 && $mode != selftest ]]; then  # no nvidia-smi: ask PyTorch
+    gpu_name=$(python3 -c 'import sys, torch; sys.exit(1) if not torch.cuda.is_available() else print(torch.cuda.get_device_name(0))' 2>/dev/null) &&
+        [[ -n $gpu_name ]] && gpu_ok=1
+fi
 if [[ $mode == selftest ]]; then
     tmp=$(mktemp -d /tmp/negsamp-gpukit-selftest.XXXXXX)
     build=$tmp/build
@@ -76,14 +89,14 @@ else
     build=${BUILD_DIR:-$root/build-gpu}
     [[ $build == /* ]] || build=$root/$build
     dest=${OUT:-$root/bench/results}
-    slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '-' |
-        sed 's/-\+/-/g; s/^-//; s/-$//')
+    slug=$(echo "${gpu_name:-gpu}" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9\n' '-' | sed 's/-\+/-/g; s/^-//; s/-$//')
     KIT_PREFIX=$build/_kit_prefix
 fi
 stem=$slug-${NS_RUN_ID:-$(date -u +%Y%m%d-%H%M%S)}-$mode
 state=$build/_kit_state/$stem
 mkdir -p "$dest" "$state" "$build" || exit 1
 log=$dest/$stem.log
+exec 3>&1 4>&2 # the caller's stdout and stderr, restored at the end
 exec > >(tee -a "$log") 2>&1
 tee_pid=$!
 KIT_ROOT=$root
@@ -99,16 +112,18 @@ ms_now() { date +%s%N | cut -c1-13; }
 # run_step NAME LIMIT [--to FILE | --stdout FILE] [record options...] -- COMMAND...
 # Runs COMMAND under `timeout` (LIMIT seconds, cut to what is left of the budget), records its
 # status (ok, fail, timeout, sanitizer-errors, no-device, skipped) and rewrites the report.
-# --to FILE: stdout and stderr to FILE; --stdout FILE: stdout to FILE, stderr to the log.
+# --to FILE: stdout and stderr to FILE; --stdout FILE: stdout to FILE, stderr to the log (or to
+# the --stderr FILE).
 # Returns COMMAND's exit status (125 when skipped for lack of time).
 last_status=""
 run_step() {
-    local name=$1 lim=$2 to="" out="" extra=()
+    local name=$1 lim=$2 to="" out="" err="" extra=()
     shift 2
     while [[ $# -gt 0 && $1 != -- ]]; do
         case $1 in
         --to) to=$2; shift 2 ;;
         --stdout) out=$2; shift 2 ;;
+        --stderr) err=$2; shift 2 ;;
         *) extra+=("$1" "$2"); shift 2 ;;
         esac
     done
@@ -129,6 +144,8 @@ run_step() {
     t=$(ms_now)
     if [[ -n $to ]]; then
         timeout -k 10 "$eff" "$@" >>"$to" 2>&1
+    elif [[ -n $out && -n $err ]]; then
+        timeout -k 10 "$eff" "$@" >>"$out" 2>"$err"
     elif [[ -n $out ]]; then
         timeout -k 10 "$eff" "$@" >>"$out"
     else
@@ -165,7 +182,7 @@ finish() {
 setup() {
     say "gpu_run.sh $mode: budget ${budget}s, build $build, results $dest/$stem.*"
     "$py" "$kpy" env --state "$state" --root "$root" --mode "$mode" || echo "gpu_run.sh: env record failed"
-    if [[ $gpu_ok == 1 ]]; then nvidia-smi 2>&1 | head -n 20; fi
+    if [[ $gpu_ok == 1 && -n $smi ]]; then "$smi" 2>&1 | head -n 20; fi
     render
     # PATH: the toolkit's bin where nvcc / compute-sanitizer are not on it yet.
     local ch
@@ -240,8 +257,8 @@ configure() {
     # shellcheck disable=SC2206
     local more=(${NS_GPU_CMAKE_ARGS:-})
     run_step configure 180 --to "$state/configure.log" -- cmake -S "$root" -B "$build" "${gen[@]}" \
-        -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DNS_MPI=OFF \
-        -DCMAKE_EXPORT_COMPILE_COMMANDS=ON "${args[@]}" "${more[@]}"
+        -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DNS_MPI=OFF -DNS_CUDA_HOST=OFF \
+        -DCMAKE_EXPORT_COMPILE_COMMANDS=ON --no-warn-unused-cli "${args[@]}" "${more[@]}"
     local rc=$?
     grep -E "negsamp:|Found (BLAS|GTest|ZLIB|NCCL|CUDAToolkit|OpenMP)|CMake Error|Error" "$state/configure.log" | head -n 30
     if [[ $rc == 0 ]]; then
@@ -361,6 +378,15 @@ run_sanitizers() {
     else
         note_step memcheck-large skipped "$(left)s left"
     fi
+    # Reads of device memory that nothing wrote, when time is left.
+    if (($(left) - reserve > 45)); then
+        local f=$state/san-initcheck-small.log
+        run_step initcheck 90 --to "$f" --tool initcheck --binary test_cuda_parity --filter "$small" --log "$f" -- \
+            "$san" --tool initcheck --error-exitcode 99 --print-limit 25 "$parity" --gtest_filter="$small"
+        san_excerpt "$f"
+    else
+        note_step initcheck skipped "$(left)s left"
+    fi
 }
 san_excerpt() {  # the sanitizer's reports and the test verdicts, not every passing line
     grep -E "^=========|^\[  (FAILED|PASSED)|^\[       OK|ERROR SUMMARY|RACECHECK SUMMARY|not supported" "$1" | head -n 60
@@ -370,10 +396,13 @@ san_excerpt() {  # the sanitizer's reports and the test verdicts, not every pass
 bench_row() {  # bench_row NAME LIMIT COMMAND...: one benchmark process, its JSON rows to bench.jsonl
     local name=$1 lim=$2
     shift 2
-    run_step "bench:$name" "$lim" --stdout "$state/bench.jsonl" --group bench -- "$@"
+    local e=$state/bench-$name.err
+    run_step "bench:$name" "$lim" --stdout "$state/bench.jsonl" --stderr "$e" --group bench -- "$@"
     local rc=$?
-    if [[ $rc != 0 ]]; then
-        echo "{\"bench\": \"$name\", \"skipped\": \"$last_status (exit $rc)\"}" >>"$state/bench.jsonl"
+    [[ -s $e ]] && sed 's/^/   stderr: /' "$e" | tail -n 20
+    if [[ $rc != 0 ]]; then  # a row that says why, so the table shows the hole
+        "$py" -c 'import json, sys; print(json.dumps({"bench": sys.argv[1], "failed": sys.argv[2]}))' "$name" \
+            "$last_status (exit $rc): $(tail -n 1 "$e" 2>/dev/null | cut -c1-300)" >>"$state/bench.jsonl"
         render
     fi
     tail -n 1 "$state/bench.jsonl"
@@ -522,8 +551,10 @@ if b:
                  "sample", "mine-host-corpus"):
         if want not in names:
             bad.append(f"bench: no row {want} (rows {names})")
-    if not all("skipped" in r for r in rows):
-        bad.append("bench: a row without a GPU was not marked skipped")
+    if not all("skipped" in r or "failed" in r for r in rows):
+        bad.append("bench: a row without a GPU was not marked skipped or failed")
+    if not any("no CUDA device" in r.get("failed", "") for r in rows):
+        bad.append("bench: the failed rows do not carry the program's reason")
 k = load("stub-gpu-killed-test")
 if k:
     if k.get("finished"):
@@ -614,6 +645,7 @@ if [[ $mode == selftest ]]; then
         say "self-test report kept in $dest (build and prefix removed; NS_GPU_KIT_KEEP=1 keeps them)"
     fi
 fi
-exec 1>&- 2>&-
-wait "$tee_pid" 2>/dev/null
+# Let tee write its last lines before this process ends (the run tool ends what is left).
+exec 1>&3 2>&4 3>&- 4>&-
+for _ in $(seq 1 50); do kill -0 "$tee_pid" 2>/dev/null || break; sleep 0.1; done
 exit $rc

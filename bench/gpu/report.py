@@ -208,9 +208,10 @@ def parse_ctest(path):
             res["other"].append(f"{name}: {what}")
     total = None
     for line in open(path, errors="replace"):
-        m = re.search(r"tests passed, (\d+) tests failed out of (\d+)", line)
+        # ctest 3: "100% tests passed, 0 tests failed out of 152"; ctest 4: "100% tests passed out of 152"
+        m = re.search(r"tests passed(?:, \d+ tests? failed)? out of (\d+)", line)
         if m:
-            total = int(m.group(2))
+            total = int(m.group(1))
     out = {k: v for k, v in res.items()}
     out["counts"] = {k: len(v) for k, v in res.items()}
     out["finished"] = total is not None
@@ -375,8 +376,9 @@ def markdown(doc):
     if doc["bench"]:
         L += ["## Benchmarks", "", "| benchmark | shape | time (ms) | rate / memory |", "| --- | --- | --- | --- |"]
         for r in doc["bench"]:
-            if "skipped" in r:
-                L.append(f"| {r.get('bench')} | | | skipped: {r['skipped']} |")
+            if "skipped" in r or "failed" in r:
+                why = f"skipped: {r['skipped']}" if "skipped" in r else f"**failed**: {r['failed']}"
+                L.append(f"| {r.get('bench')} | | | {why.replace('|', '/')} |")
                 continue
             shape = " ".join(f"{k}={r[k]}" for k in ("Q", "B", "N", "C", "M", "K", "d", "k", "m", "bytes",
                                                       "corpus", "dtype", "chunk", "scores") if k in r)
