@@ -148,11 +148,33 @@ NS_API ns_status ns_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, in
 
 /* A .npy file (v1/v2/v3 header, C order, <f4 / <f2) mapped read-only into memory, so a corpus
  * larger than RAM can be mined. The matrix stays valid until ns_npy_close. 1-D arrays are
- * mapped as one column. */
+ * mapped as one column. Every file is checked before it is mapped for use: a regular file
+ * (a FIFO or a device is refused, never waited on), a well-formed header, a shape whose size
+ * does not overflow and that matches the data exactly; failures are NS_ERR_IO (malformed,
+ * truncated, inconsistent) or NS_ERR_UNSUPPORTED (a dtype, order or rank negsamp does not
+ * read), with ns_last_error(NULL) naming the file and the problem. */
 typedef struct ns_npy_file ns_npy_file;
 NS_API ns_status ns_npy_open(const char *path, ns_npy_file **file);
 NS_API ns_matrix ns_npy_matrix(const ns_npy_file *file);
 NS_API ns_status ns_npy_close(ns_npy_file *file);
+
+/* Element types of .npy arrays (little endian). Values are frozen. */
+typedef enum { NS_NPY_F32 = 0, NS_NPY_F16 = 1, NS_NPY_I32 = 2, NS_NPY_I64 = 3 } ns_npy_dtype;
+
+/* A .npy array as stored: rows × cols elements of dtype, C order, valid until ns_npy_close.
+ * Frozen: no field is ever added (a later need gets a new struct and call). */
+typedef struct {
+    const void *data;
+    ns_npy_dtype dtype;
+    int ndim;            /* 1 or 2 */
+    int64_t rows, cols;  /* a 1-D array of n elements is n × 1 */
+} ns_npy_array;
+
+/* Like ns_npy_open, with the same checks, but integer arrays (<i4, <i8, e.g. candidate index
+ * matrices) are accepted too. ns_npy_matrix of an integer file is an empty matrix (data NULL). */
+NS_API ns_status ns_npy_open_array(const char *path, ns_npy_file **file);
+/* The array of an open file. NS_ERR_INVALID_ARGUMENT when file or array is NULL. */
+NS_API ns_status ns_npy_get_array(const ns_npy_file *file, ns_npy_array *array);
 
 /* ------------------------------------------------------------------ candidates, filter */
 

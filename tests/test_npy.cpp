@@ -5,6 +5,7 @@
 #include "../src/ns_internal.h"
 
 #include <cstdio>
+#include <sys/stat.h>
 #include <unistd.h>
 
 using namespace nstest;
@@ -180,6 +181,78 @@ TEST(Npy, MalformedFilesAreReported) {
     expect_open_fails(npy_bytes(1, dict("<f4", "(3, -4)"), raw(v)), NS_ERR_IO, "'shape' is malformed");
     expect_open_fails(npy_bytes(1, "{'descr': '<f4', 'fortran_order': Maybe, 'shape': (3, 4)}", raw(v)),
                       NS_ERR_IO, "fortran_order");
+}
+
+// Shapes an attacker writes: each is refused with NS_ERR_IO naming the file and the problem,
+// whatever the data behind it (issue 13: the CLI's own parser overflowed on these).
+TEST(Npy, HostileShapesAreRefused) {
+    std::string one = "x";
+    std::vector<float> v = random_floats(12, 5);
+    expect_open_fails(npy_bytes(1, dict("<f4", "(2305843009213693952, 1)"), one), NS_ERR_IO,
+                      "truncated: file has 129 bytes but header says 2305843009213693952×1 f32");
+    expect_open_fails(npy_bytes(1, dict("<i8", "(4611686018427387904, 1)"), one), NS_ERR_IO,
+                      "overflows");
+    expect_open_fails(npy_bytes(1, dict("<f4", "(2, 4611686018427387904)"), one), NS_ERR_IO,
+                      "overflows");
+    expect_open_fails(npy_bytes(1, dict("<f2", "(4294967296, 4294967296)"), one), NS_ERR_IO,
+                      "overflows");
+    expect_open_fails(npy_bytes(1, dict("<f4", "(99999999999999999999, 1)"), one), NS_ERR_IO,
+                      "does not fit in 64 bits");
+    expect_open_fails(npy_bytes(1, dict("<f4", "(3, 4)"), raw(v) + "xxxx"), NS_ERR_IO,
+                      "4 bytes more than its shape");
+    expect_open_fails(npy_bytes(2, dict("<f4", "(3, 4)"), raw(v)).substr(0, 11), NS_ERR_IO,
+                      "too short for a v2 header");
+    expect_open_fails(npy_bytes(1, dict("<i8", "(3, 2)"), raw(v)), NS_ERR_UNSUPPORTED,
+                      "'<i8' is not supported");
+}
+
+TEST(Npy, IntegerArraysOpenAsArrays) {
+    std::vector<int64_t> i64 = {0, 5, -1, 7, 2, 3};
+    TempFile f(npy_bytes(1, dict("<i8", "(2, 3)"), raw(i64)));
+    ns_npy_file *file = nullptr;
+    ASSERT_EQ(ns_npy_open_array(f.path.c_str(), &file), NS_OK) << ns_last_error(nullptr);
+    ns_npy_array a;
+    ASSERT_EQ(ns_npy_get_array(file, &a), NS_OK);
+    EXPECT_EQ(a.dtype, NS_NPY_I64);
+    EXPECT_EQ(a.ndim, 2);
+    EXPECT_EQ(a.rows, 2);
+    EXPECT_EQ(a.cols, 3);
+    EXPECT_EQ(static_cast<const int64_t *>(a.data)[3], 7);
+    EXPECT_EQ(ns_npy_matrix(file).data, nullptr) << "an integer file has no float matrix";
+    ns_npy_close(file);
+    std::vector<int32_t> i32 = {4, 9, 1};
+    TempFile g(npy_bytes(3, dict("<i4", "(3,)"), raw(i32)));
+    ASSERT_EQ(ns_npy_open_array(g.path.c_str(), &file), NS_OK) << ns_last_error(nullptr);
+    ASSERT_EQ(ns_npy_get_array(file, &a), NS_OK);
+    EXPECT_EQ(a.dtype, NS_NPY_I32);
+    EXPECT_EQ(a.ndim, 1);
+    EXPECT_EQ(a.rows, 3);
+    EXPECT_EQ(a.cols, 1);
+    ns_npy_close(file);
+    std::vector<float> v = random_floats(4, 2);
+    TempFile h(npy_bytes(1, dict("<f4", "(2, 2)"), raw(v)));
+    ASSERT_EQ(ns_npy_open_array(h.path.c_str(), &file), NS_OK) << ns_last_error(nullptr);
+    ASSERT_EQ(ns_npy_get_array(file, &a), NS_OK);
+    EXPECT_EQ(a.dtype, NS_NPY_F32);
+    EXPECT_EQ(ns_npy_matrix(file).rows, 2);
+    ns_npy_close(file);
+    EXPECT_EQ(ns_npy_get_array(nullptr, &a), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(a.data, nullptr);
+    EXPECT_EQ(ns_npy_get_array(file = nullptr, nullptr), NS_ERR_INVALID_ARGUMENT);
+}
+
+// A FIFO is refused at once, not waited on (issue 13: `--corpus fifo` blocked forever).
+TEST(Npy, FifoIsRefusedWithoutBlocking) {
+    char dir[] = "/tmp/ns_npy_fifo_XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    std::string path = std::string(dir) + "/f.npy";
+    ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+    ns_npy_file *file = nullptr;
+    EXPECT_EQ(ns_npy_open(path.c_str(), &file), NS_ERR_IO);
+    EXPECT_NE(std::string(ns_last_error(nullptr)).find(path + ": not a regular file (a FIFO)"),
+              std::string::npos) << ns_last_error(nullptr);
+    std::remove(path.c_str());
+    rmdir(dir);
 }
 
 TEST(Npy, DirectoryIsNotAFile) {

@@ -5,6 +5,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+int cli_context_create(ns_backend backend, int threads, ns_context **ctx) {
+    ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
+    co.backend = backend;
+    co.threads = threads;
+    if (ns_context_create(ctx, &co) == NS_OK) return 0;
+    cli_error("cannot create a %s context: %s", backend == NS_BACKEND_CUDA ? "CUDA" :
+              backend == NS_BACKEND_CPU ? "CPU" : "auto", ns_last_error(NULL));
+    return -1;
+}
+
 #ifdef NS_HAVE_CUDA
 #include <cuda_runtime_api.h>
 

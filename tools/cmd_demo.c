@@ -59,7 +59,17 @@ typedef struct {
     ns_sampler strategy;
 } demo_setting;
 
-int cli_cmd_demo(int argc, char **argv) {
+typedef struct {
+    const char *data;
+    int64_t k, m, rank_min, threads;
+    float rel, a, b;
+    uint64_t seed;
+    int random_pos;
+    ns_backend backend;
+} demo_args;
+
+/* Returns -1 to go on, or the exit status (--help, a usage error). */
+static int demo_parse(int argc, char **argv, demo_args *a) {
     static const struct option longopts[] = {
         {"help", no_argument, 0, 'h'}, {"data", required_argument, 0, D_DATA},
         {"k", required_argument, 0, 'k'}, {"negatives", required_argument, 0, 'm'},
@@ -69,129 +79,137 @@ int cli_cmd_demo(int argc, char **argv) {
         {"simans-a", required_argument, 0, D_A}, {"simans-b", required_argument, 0, D_B},
         {"seed", required_argument, 0, D_SEED}, {"backend", required_argument, 0, D_BACKEND},
         {"threads", required_argument, 0, D_THREADS}, {0, 0, 0, 0}};
-    const char *data = NS_DEFAULT_DATA;
-    int64_t k = 50, m = 10, rank_min = 10, threads = 0;
-    float rel = 0.05f, a = 20.f, b = 0.f;
-    uint64_t seed = 1;
-    int random_pos = 0;
-    ns_backend backend = NS_BACKEND_AUTO;
+    demo_args def = {NS_DEFAULT_DATA, 50, 10, 10, 0, 0.05f, 20.f, 0.f, 1, 0, NS_BACKEND_AUTO};
+    *a = def;
     opterr = 0;
     optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, ":hk:m:", longopts, NULL)) != -1) {
+    int c, bad = 0;
+    while (!bad && (c = getopt_long(argc, argv, ":hk:m:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': fputs(DEMO_HELP, stdout); return CLI_OK;
-        case D_DATA: data = optarg; break;
-        case 'k': if (cli_parse_i64("-k", optarg, 1, NS_MAX_K, &k)) return CLI_USAGE; break;
-        case 'm': if (cli_parse_i64("--negatives", optarg, 1, NS_MAX_K, &m)) return CLI_USAGE; break;
+        case D_DATA: a->data = optarg; break;
+        case 'k': bad = cli_parse_i64("-k", optarg, 1, NS_MAX_K, &a->k); break;
+        case 'm': bad = cli_parse_i64("--negatives", optarg, 1, NS_MAX_K, &a->m); break;
         case D_POSITIVE:
-            if (!strcmp(optarg, "nearest")) random_pos = 0;
-            else if (!strcmp(optarg, "random")) random_pos = 1;
+            if (!strcmp(optarg, "nearest")) a->random_pos = 0;
+            else if (!strcmp(optarg, "random")) a->random_pos = 1;
             else return cli_usage_error("--positive '%s': expected nearest or random", optarg);
             break;
-        case D_REL: if (cli_parse_f32("--rel-margin", optarg, &rel)) return CLI_USAGE; break;
-        case D_RANK_MIN:
-            if (cli_parse_i64("--rank-min", optarg, 0, NS_MAX_K, &rank_min)) return CLI_USAGE;
-            break;
+        case D_REL: bad = cli_parse_f32("--rel-margin", optarg, &a->rel); break;
+        case D_RANK_MIN: bad = cli_parse_i64("--rank-min", optarg, 0, NS_MAX_K, &a->rank_min); break;
         case D_A:
-            if (cli_parse_f32("--simans-a", optarg, &a)) return CLI_USAGE;
-            if (!(a > 0)) return cli_usage_error("--simans-a (%s) must be > 0", optarg);
+            if (cli_parse_f32("--simans-a", optarg, &a->a)) return CLI_USAGE;
+            if (!(a->a > 0)) return cli_usage_error("--simans-a (%s) must be > 0", optarg);
             break;
-        case D_B: if (cli_parse_f32("--simans-b", optarg, &b)) return CLI_USAGE; break;
-        case D_SEED: if (cli_parse_u64("--seed", optarg, &seed)) return CLI_USAGE; break;
-        case D_BACKEND:
-            if (!strcmp(optarg, "auto")) backend = NS_BACKEND_AUTO;
-            else if (!strcmp(optarg, "cpu")) backend = NS_BACKEND_CPU;
-            else if (!strcmp(optarg, "cuda")) backend = NS_BACKEND_CUDA;
-            else return cli_usage_error("--backend '%s': expected auto, cpu or cuda", optarg);
-            break;
-        case D_THREADS:
-            if (cli_parse_i64("--threads", optarg, 0, 4096, &threads)) return CLI_USAGE;
-            break;
+        case D_B: bad = cli_parse_f32("--simans-b", optarg, &a->b); break;
+        case D_SEED: bad = cli_parse_u64("--seed", optarg, &a->seed); break;
+        case D_BACKEND: bad = cli_parse_backend("--backend", optarg, &a->backend); break;
+        case D_THREADS: bad = cli_parse_i64("--threads", optarg, 0, 4096, &a->threads); break;
         case ':': return cli_usage_error("option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("unknown option '%s'", argv[optind - 1]);
         }
     }
+    if (bad) return CLI_USAGE;
     if (optind < argc) return cli_usage_error("unexpected argument '%s'", argv[optind]);
-    if (k < m) return cli_usage_error("-k (%lld) must be at least -m (%lld)", (long long)k, (long long)m);
-    if (rank_min >= k)
-        return cli_usage_error("--rank-min (%lld) must be below k (%lld)", (long long)rank_min,
-                               (long long)k);
+    if (a->k < a->m)
+        return cli_usage_error("-k (%lld) must be at least -m (%lld)", (long long)a->k,
+                               (long long)a->m);
+    if (a->rank_min >= a->k)
+        return cli_usage_error("--rank-min (%lld) must be below k (%lld)", (long long)a->rank_min,
+                               (long long)a->k);
+    return -1;
+}
 
-    int rc = CLI_RUNTIME;
-    double *raw = NULL;
-    float *emb = NULL, *pos_score = NULL, *cand_sc = NULL, *neg_sc = NULL;
-    int *label = NULL;
-    int64_t *pos = NULL, *eoff = NULL, *eids = NULL, *cand = NULL, *neg = NULL, *cnt = NULL,
-            *poff = NULL;
-    uint8_t *keep = NULL;
-    ns_context *ctx = NULL;
-    void *d_emb = NULL, *d_eoff = NULL, *d_eids = NULL, *d_cand = NULL, *d_csc = NULL,
-         *d_ps = NULL, *d_poff = NULL, *d_keep = NULL, *d_neg = NULL, *d_nsc = NULL, *d_cnt = NULL;
-    int64_t n, cols;
+typedef struct {
+    const demo_args *a;
+    int64_t n, d, cols;
+    double *raw;
+    float *emb, *pos_score, *cand_sc, *neg_sc;
+    int *label;
+    int64_t *pos, *eoff, *eids, *cand, *neg, *cnt, *poff;
+    ns_context *ctx;
+    void *d_emb, *d_eoff, *d_eids, *d_cand, *d_csc, *d_ps, *d_poff, *d_pids, *d_keep, *d_neg,
+        *d_nsc, *d_cnt;
+    double t_load, t_mine;
+} demo_run;
 
-    double t_load = cli_now();
-    if (cli_csv_read(data, &raw, &n, &cols)) {
+/* The CSV and the host arrays sized from it. */
+static int demo_load(demo_run *r) {
+    const demo_args *a = r->a;
+    if (cli_csv_read(a->data, &r->raw, &r->n, &r->cols)) {
         fprintf(stderr, "%s: pass --data PATH to the digits CSV (digits.csv.gz)\n", cli_command);
-        return CLI_RUNTIME;
+        return -1;
     }
-    if (cols < 2) {
-        cli_error("%s: %lld columns; expected the pixels and then the label", data, (long long)cols);
-        goto done;
+    if (r->cols < 2) {
+        cli_error("%s: %lld columns; expected the pixels and then the label", a->data,
+                  (long long)r->cols);
+        return -1;
     }
-    int64_t d = cols - 1;
+    int64_t n = r->n, k = a->k, m = a->m;
+    r->d = r->cols - 1;
     if (n < 2 || k > n - 2) {
-        cli_error("%s: %lld rows is too few for k = %lld (k ≤ rows − 2)", data, (long long)n,
+        cli_error("%s: %lld rows is too few for k = %lld (k ≤ rows − 2)", a->data, (long long)n,
                   (long long)k);
-        goto done;
+        return -1;
     }
-    emb = malloc((size_t)(n * d) * 4);
-    label = malloc((size_t)n * sizeof(int));
-    pos = malloc((size_t)n * 8);
-    pos_score = malloc((size_t)n * 4);
-    eoff = malloc((size_t)(n + 1) * 8);
-    eids = malloc((size_t)(2 * n) * 8);
-    poff = malloc((size_t)(n + 1) * 8);
-    cand = malloc((size_t)(n * k) * 8);
-    cand_sc = malloc((size_t)(n * k) * 4);
-    neg = malloc((size_t)(n * m) * 8);
-    neg_sc = malloc((size_t)(n * m) * 4);
-    cnt = malloc((size_t)n * 8);
-    keep = malloc((size_t)(n * k));
-    if (!emb || !label || !pos || !pos_score || !eoff || !eids || !poff || !cand || !cand_sc ||
-        !neg || !neg_sc || !cnt || !keep) {
+    r->emb = malloc((size_t)(n * r->d) * 4);
+    r->label = malloc((size_t)n * sizeof(int));
+    r->pos = malloc((size_t)n * 8);
+    r->pos_score = malloc((size_t)n * 4);
+    r->eoff = malloc((size_t)(n + 1) * 8);
+    r->eids = malloc((size_t)(2 * n) * 8);
+    r->poff = malloc((size_t)(n + 1) * 8);
+    r->cand = malloc((size_t)(n * k) * 8);
+    r->cand_sc = malloc((size_t)(n * k) * 4);
+    r->neg = malloc((size_t)(n * m) * 8);
+    r->neg_sc = malloc((size_t)(n * m) * 4);
+    r->cnt = malloc((size_t)n * 8);
+    if (!r->emb || !r->label || !r->pos || !r->pos_score || !r->eoff || !r->eids || !r->poff ||
+        !r->cand || !r->cand_sc || !r->neg || !r->neg_sc || !r->cnt) {
         cli_error("out of memory");
-        goto done;
+        return -1;
     }
-    /* Embed: centre on the mean image, then L2-normalise (so scores are cosines). */
-    for (int64_t c2 = 0; c2 < d; c2++) {
+    return 0;
+}
+
+/* Embed: centre on the mean image, then L2-normalise (so scores are cosines); the labels. */
+static int demo_embed(demo_run *r) {
+    int64_t n = r->n, d = r->d, cols = r->cols;
+    for (int64_t c = 0; c < d; c++) {
         double mean = 0;
-        for (int64_t i = 0; i < n; i++) mean += raw[i * cols + c2];
+        for (int64_t i = 0; i < n; i++) mean += r->raw[i * cols + c];
         mean /= (double)n;
-        for (int64_t i = 0; i < n; i++) emb[i * d + c2] = (float)(raw[i * cols + c2] - mean);
+        for (int64_t i = 0; i < n; i++) r->emb[i * d + c] = (float)(r->raw[i * cols + c] - mean);
     }
     for (int64_t i = 0; i < n; i++) {
+        float *e = r->emb + i * d;
         double nrm = 0;
-        for (int64_t c2 = 0; c2 < d; c2++) nrm += (double)emb[i * d + c2] * emb[i * d + c2];
+        for (int64_t c = 0; c < d; c++) nrm += (double)e[c] * e[c];
         nrm = nrm > 0 ? 1.0 / sqrt(nrm) : 0;
-        for (int64_t c2 = 0; c2 < d; c2++) emb[i * d + c2] = (float)(emb[i * d + c2] * nrm);
-        double lv = raw[i * cols + d];
-        label[i] = (int)lv;
-        if (lv != (double)label[i]) {
-            cli_error("%s: row %lld: label %g is not an integer", data, (long long)i + 1, lv);
-            goto done;
+        for (int64_t c = 0; c < d; c++) e[c] = (float)(e[c] * nrm);
+        double lv = r->raw[i * cols + d];
+        r->label[i] = (int)lv;
+        if (lv != (double)r->label[i]) {
+            cli_error("%s: row %lld: label %g is not an integer", r->a->data, (long long)i + 1, lv);
+            return -1;
         }
     }
-    /* The positive of each image: a same-label image (nearest, or a seeded random one). */
-    uint64_t rs = seed * 0x9E3779B97F4A7C15ull + 1;
+    return 0;
+}
+
+/* The positive of each image: a same-label image (nearest, or a seeded random one); the
+ * exclusions (itself and its positive, sorted) and the positive lists. */
+static int demo_positives(demo_run *r) {
+    int64_t n = r->n, d = r->d;
+    uint64_t rs = r->a->seed * 0x9E3779B97F4A7C15ull + 1;
     for (int64_t i = 0; i < n; i++) {
         int64_t best = -1, seen = 0;
         float bs = -INFINITY;
         for (int64_t j = 0; j < n; j++) {
-            if (j == i || label[j] != label[i]) continue;
+            if (j == i || r->label[j] != r->label[i]) continue;
             float s = 0;
-            for (int64_t c2 = 0; c2 < d; c2++) s += emb[i * d + c2] * emb[j * d + c2];
-            if (random_pos) { /* reservoir sampling: uniform among the same-label images */
+            for (int64_t c = 0; c < d; c++) s += r->emb[i * d + c] * r->emb[j * d + c];
+            if (r->a->random_pos) { /* reservoir sampling: uniform among the same-label images */
                 rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
                 if ((int64_t)(rs % (uint64_t)(++seen)) == 0) best = j, bs = s;
             } else if (s > bs) {
@@ -199,177 +217,191 @@ int cli_cmd_demo(int argc, char **argv) {
             }
         }
         if (best < 0) {
-            cli_error("%s: image %lld is the only one with label %d; it has no positive", data,
-                      (long long)i, label[i]);
-            goto done;
+            cli_error("%s: image %lld is the only one with label %d; it has no positive",
+                      r->a->data, (long long)i, r->label[i]);
+            return -1;
         }
-        pos[i] = best;
-        pos_score[i] = bs;
-        /* exclusions: itself and its positive (sorted) */
-        eoff[i] = 2 * i;
-        eids[2 * i] = i < best ? i : best;
-        eids[2 * i + 1] = i < best ? best : i;
-        poff[i] = i;
+        r->pos[i] = best;
+        r->pos_score[i] = bs;
+        r->eoff[i] = 2 * i;
+        r->eids[2 * i] = i < best ? i : best;
+        r->eids[2 * i + 1] = i < best ? best : i;
+        r->poff[i] = i;
     }
-    eoff[n] = 2 * n;
-    poff[n] = n;
-    t_load = cli_now() - t_load;
+    r->eoff[n] = 2 * n;
+    r->poff[n] = n;
+    return 0;
+}
 
-    ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
-    co.backend = backend;
-    co.threads = (int)threads;
-    if (ns_context_create(&ctx, &co) != NS_OK) {
-        cli_error("cannot create a context: %s", ns_last_error(NULL));
-        goto done;
-    }
-    d_emb = cli_dev_put(ctx, emb, (size_t)(n * d) * 4);
-    d_eoff = cli_dev_put(ctx, eoff, (size_t)(n + 1) * 8);
-    d_eids = cli_dev_put(ctx, eids, (size_t)(2 * n) * 8);
-    d_cand = cli_dev_alloc(ctx, (size_t)(n * k) * 8);
-    d_csc = cli_dev_alloc(ctx, (size_t)(n * k) * 4);
-    d_ps = cli_dev_put(ctx, pos_score, (size_t)n * 4);
-    d_poff = cli_dev_put(ctx, poff, (size_t)(n + 1) * 8);
-    d_keep = cli_dev_alloc(ctx, (size_t)(n * k));
-    d_neg = cli_dev_alloc(ctx, (size_t)(n * m) * 8);
-    d_nsc = cli_dev_alloc(ctx, (size_t)(n * m) * 4);
-    d_cnt = cli_dev_alloc(ctx, (size_t)n * 8);
-    if (!d_emb || !d_eoff || !d_eids || !d_cand || !d_csc || !d_ps || !d_poff || !d_keep ||
-        !d_neg || !d_nsc || !d_cnt)
-        goto done;
-    void *d_pids = cli_dev_put(ctx, pos, (size_t)n * 8);
-    if (!d_pids) goto done;
-
-    ns_matrix E = {d_emb, NS_F32, n, d, d};
-    ns_id_lists excl = {d_eoff, d_eids, n};
+/* The context, the device copies, and the top-k of every image against all the others. */
+static int demo_mine(demo_run *r) {
+    const demo_args *a = r->a;
+    int64_t n = r->n, d = r->d, k = a->k, m = a->m;
+    if (cli_context_create(a->backend, (int)a->threads, &r->ctx)) return -1;
+    ns_context *ctx = r->ctx;
+    r->d_emb = cli_dev_put(ctx, r->emb, (size_t)(n * d) * 4);
+    r->d_eoff = cli_dev_put(ctx, r->eoff, (size_t)(n + 1) * 8);
+    r->d_eids = cli_dev_put(ctx, r->eids, (size_t)(2 * n) * 8);
+    r->d_cand = cli_dev_alloc(ctx, (size_t)(n * k) * 8);
+    r->d_csc = cli_dev_alloc(ctx, (size_t)(n * k) * 4);
+    r->d_ps = cli_dev_put(ctx, r->pos_score, (size_t)n * 4);
+    r->d_poff = cli_dev_put(ctx, r->poff, (size_t)(n + 1) * 8);
+    r->d_pids = cli_dev_put(ctx, r->pos, (size_t)n * 8);
+    r->d_keep = cli_dev_alloc(ctx, (size_t)(n * k));
+    r->d_neg = cli_dev_alloc(ctx, (size_t)(n * m) * 8);
+    r->d_nsc = cli_dev_alloc(ctx, (size_t)(n * m) * 4);
+    r->d_cnt = cli_dev_alloc(ctx, (size_t)n * 8);
+    if (!r->d_emb || !r->d_eoff || !r->d_eids || !r->d_cand || !r->d_csc || !r->d_ps ||
+        !r->d_poff || !r->d_pids || !r->d_keep || !r->d_neg || !r->d_nsc || !r->d_cnt)
+        return -1;
+    ns_matrix E = {r->d_emb, NS_F32, n, d, d};
+    ns_id_lists excl = {r->d_eoff, r->d_eids, n};
     ns_mine_options mo = NS_MINE_OPTIONS_INIT;
     mo.exclude = &excl;
     double t0 = cli_now();
-    ns_status st = ns_mine_topk(ctx, E, E, k, &mo, d_cand, d_csc);
-    if (st == NS_OK && cli_dev_get(ctx, cand, d_cand, (size_t)(n * k) * 8)) st = NS_ERR_CUDA;
-    if (st == NS_OK && cli_dev_get(ctx, cand_sc, d_csc, (size_t)(n * k) * 4)) st = NS_ERR_CUDA;
-    double t_mine = cli_now() - t0;
+    ns_status st = ns_mine_topk(ctx, E, E, k, &mo, r->d_cand, r->d_csc);
+    if (st == NS_OK && cli_dev_get(ctx, r->cand, r->d_cand, (size_t)(n * k) * 8)) st = NS_ERR_CUDA;
+    if (st == NS_OK && cli_dev_get(ctx, r->cand_sc, r->d_csc, (size_t)(n * k) * 4)) st = NS_ERR_CUDA;
+    r->t_mine = cli_now() - t0;
     if (st != NS_OK) {
         cli_error("ns_mine_topk failed: %s", ns_last_error(ctx));
-        cli_dev_free(ctx, d_pids, pos);
-        goto done;
+        return -1;
     }
-    /* Reference rates: own-label share among all other images and among the k candidates. */
-    int64_t same_all = 0, same_cand = 0, cand_n = 0;
+    return 0;
+}
+
+/* What was mined: reference own-label rates among all images and among the candidates. */
+static void demo_print_header(const demo_run *r) {
+    const demo_args *a = r->a;
+    int64_t n = r->n, k = a->k, same_all = 0, same_cand = 0, cand_n = 0;
     double pos_mean = 0;
     for (int64_t i = 0; i < n; i++) {
-        for (int64_t j = 0; j < n; j++) same_all += j != i && j != pos[i] && label[j] == label[i];
+        for (int64_t j = 0; j < n; j++)
+            same_all += j != i && j != r->pos[i] && r->label[j] == r->label[i];
         for (int64_t j = 0; j < k; j++) {
-            int64_t id = cand[i * k + j];
+            int64_t id = r->cand[i * k + j];
             if (id < 0) continue;
             cand_n++;
-            same_cand += label[id] == label[i];
+            same_cand += r->label[id] == r->label[i];
         }
-        pos_mean += pos_score[i];
+        pos_mean += r->pos_score[i];
     }
     printf("negsamp demo: %lld images x %lld pixels from %s (%.2fs to read and embed)\n",
-           (long long)n, (long long)d, data, t_load);
+           (long long)n, (long long)r->d, a->data, r->t_load);
     printf("embedding: pixels minus the mean image, L2-normalised; scores are cosines\n");
     printf("positive: the %s same-label image (mean s+ %.3f); backend %s\n",
-           random_pos ? "a random" : "nearest", pos_mean / (double)n,
-           ns_context_backend(ctx) == NS_BACKEND_CUDA ? "cuda" : "cpu");
+           a->random_pos ? "a random" : "nearest", pos_mean / (double)n,
+           ns_context_backend(r->ctx) == NS_BACKEND_CUDA ? "cuda" : "cpu");
     printf("mined top-%lld of %lld images per image (self and positive excluded) in %.1f ms\n",
-           (long long)k, (long long)n, 1e3 * t_mine);
+           (long long)k, (long long)n, 1e3 * r->t_mine);
     printf("own-label share: %.1f%% of all other images, %.1f%% of the %lld mined candidates\n",
            100.0 * (double)same_all / (double)(n * (n - 2)),
            100.0 * (double)same_cand / (double)(cand_n ? cand_n : 1), (long long)k);
     printf("filter F: rel-margin %.3g (drop s > s+ - |s+|*%.3g), ranks [%lld, %lld); SimANS a=%g "
            "b=%g; m=%lld, seed %llu\n\n",
-           (double)rel, (double)rel, (long long)rank_min, (long long)k, (double)a, (double)b,
-           (long long)m, (unsigned long long)seed);
+           (double)a->rel, (double)a->rel, (long long)a->rank_min, (long long)k, (double)a->a,
+           (double)a->b, (long long)a->m, (unsigned long long)a->seed);
+    printf("%-13s %-32s %13s %10s %11s %9s\n", "setting", "", "false neg.", "mean s", "negs/img",
+           "time");
+}
 
+/* One setting: (filter →) sample, then its line of the table. */
+static int demo_setting_run(demo_run *r, const demo_setting *S) {
+    const demo_args *a = r->a;
+    ns_context *ctx = r->ctx;
+    int64_t n = r->n, k = a->k, m = a->m;
+    ns_id_lists plist = {r->d_poff, r->d_pids, n};
+    ns_candidates cd = {0};
+    cd.queries = n;
+    cd.per_query = k;
+    cd.id = r->d_cand;
+    cd.score = r->d_csc;
+    cd.positive_score = r->d_ps;
+    cd.positive_id = &plist;
+    ns_filter_options fo = NS_FILTER_OPTIONS_INIT;
+    fo.rules = NS_FILTER_SAME_ID | NS_FILTER_REL_MARGIN | NS_FILTER_RANK;
+    fo.rel_margin = a->rel;
+    fo.rank_min = a->rank_min;
+    fo.rank_max = k;
+    ns_sampler_options so = NS_SAMPLER_OPTIONS_INIT;
+    so.strategy = S->strategy;
+    so.simans_a = a->a;
+    so.simans_b = a->b;
+    so.seed = a->seed;
+    double t1 = cli_now();
+    ns_status st = NS_OK;
+    if (S->filter) st = ns_filter(ctx, &cd, &fo, r->d_keep, NULL);
+    if (st == NS_OK)
+        st = ns_sample(ctx, &cd, S->filter ? r->d_keep : NULL, &so, m, r->d_neg, r->d_nsc, r->d_cnt);
+    if (st == NS_OK && (cli_dev_get(ctx, r->neg, r->d_neg, (size_t)(n * m) * 8) ||
+                        cli_dev_get(ctx, r->neg_sc, r->d_nsc, (size_t)(n * m) * 4) ||
+                        cli_dev_get(ctx, r->cnt, r->d_cnt, (size_t)n * 8)))
+        st = NS_ERR_CUDA;
+    double t = cli_now() - t1;
+    if (st != NS_OK) {
+        cli_error("%s: %s", S->name, ns_last_error(ctx));
+        return -1;
+    }
+    int64_t fn = 0, tot = 0;
+    double ssum = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < r->cnt[i]; j++) {
+            tot++;
+            fn += r->label[r->neg[i * m + j]] == r->label[i];
+            ssum += r->neg_sc[i * m + j];
+        }
+    printf("%-13s %-32s %12.1f%% %10.3f %11.2f %7.1fms\n", S->name, S->what,
+           100.0 * (double)fn / (double)(tot ? tot : 1), tot ? ssum / (double)tot : NAN,
+           (double)tot / (double)n, 1e3 * t);
+    return 0;
+}
+
+static void demo_free(demo_run *r) {
+    if (r->ctx) {
+        cli_dev_free(r->ctx, r->d_emb, r->emb);
+        cli_dev_free(r->ctx, r->d_eoff, r->eoff);
+        cli_dev_free(r->ctx, r->d_eids, r->eids);
+        cli_dev_free(r->ctx, r->d_cand, NULL);
+        cli_dev_free(r->ctx, r->d_csc, NULL);
+        cli_dev_free(r->ctx, r->d_ps, r->pos_score);
+        cli_dev_free(r->ctx, r->d_poff, r->poff);
+        cli_dev_free(r->ctx, r->d_pids, r->pos);
+        cli_dev_free(r->ctx, r->d_keep, NULL);
+        cli_dev_free(r->ctx, r->d_neg, NULL);
+        cli_dev_free(r->ctx, r->d_nsc, NULL);
+        cli_dev_free(r->ctx, r->d_cnt, NULL);
+        ns_context_destroy(r->ctx);
+    }
+    void *host[] = {r->raw, r->emb, r->label, r->pos, r->pos_score, r->eoff, r->eids, r->poff,
+                    r->cand, r->cand_sc, r->neg, r->neg_sc, r->cnt};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+int cli_cmd_demo(int argc, char **argv) {
     static const demo_setting settings[5] = {
         {"(a) top", "top-k hardest, no filter", 0, NS_SAMPLE_TOP},
         {"(b) top+F", "top-k hardest after the filter", 1, NS_SAMPLE_TOP},
         {"(c) simans", "SimANS, no filter", 0, NS_SAMPLE_SIMANS},
         {"(d) simans+F", "SimANS after the filter", 1, NS_SAMPLE_SIMANS},
         {"(e) uniform", "uniform among the k, no filter", 0, NS_SAMPLE_UNIFORM}};
-    printf("%-13s %-32s %13s %10s %11s %9s\n", "setting", "", "false neg.", "mean s", "negs/img",
-           "time");
-    for (int si = 0; si < 5; si++) {
-        const demo_setting *S = &settings[si];
-        ns_id_lists plist = {d_poff, d_pids, n};
-        ns_candidates cd = {0};
-        cd.queries = n;
-        cd.per_query = k;
-        cd.id = d_cand;
-        cd.score = d_csc;
-        cd.positive_score = d_ps;
-        cd.positive_id = &plist;
-        ns_filter_options fo = NS_FILTER_OPTIONS_INIT;
-        fo.rules = NS_FILTER_SAME_ID | NS_FILTER_REL_MARGIN | NS_FILTER_RANK;
-        fo.rel_margin = rel;
-        fo.rank_min = rank_min;
-        fo.rank_max = k;
-        ns_sampler_options so = NS_SAMPLER_OPTIONS_INIT;
-        so.strategy = S->strategy;
-        so.simans_a = a;
-        so.simans_b = b;
-        so.seed = seed;
-        double t1 = cli_now();
-        st = NS_OK;
-        if (S->filter) st = ns_filter(ctx, &cd, &fo, d_keep, NULL);
-        if (st == NS_OK)
-            st = ns_sample(ctx, &cd, S->filter ? d_keep : NULL, &so, m, d_neg, d_nsc, d_cnt);
-        if (st == NS_OK && (cli_dev_get(ctx, neg, d_neg, (size_t)(n * m) * 8) ||
-                            cli_dev_get(ctx, neg_sc, d_nsc, (size_t)(n * m) * 4) ||
-                            cli_dev_get(ctx, cnt, d_cnt, (size_t)n * 8)))
-            st = NS_ERR_CUDA;
-        double t = cli_now() - t1;
-        if (st != NS_OK) {
-            cli_error("%s: %s", S->name, ns_last_error(ctx));
-            cli_dev_free(ctx, d_pids, pos);
-            goto done;
-        }
-        int64_t fn = 0, tot = 0;
-        double ssum = 0;
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < cnt[i]; j++) {
-                int64_t id = neg[i * m + j];
-                tot++;
-                fn += label[id] == label[i];
-                ssum += neg_sc[i * m + j];
-            }
-        printf("%-13s %-32s %12.1f%% %10.3f %11.2f %7.1fms\n", S->name, S->what,
-               100.0 * (double)fn / (double)(tot ? tot : 1), tot ? ssum / (double)tot : NAN,
-               (double)tot / (double)n, 1e3 * t);
-    }
+    demo_args a;
+    int u = demo_parse(argc, argv, &a);
+    if (u >= 0) return u;
+    demo_run r;
+    memset(&r, 0, sizeof r);
+    r.a = &a;
+    int rc = CLI_RUNTIME;
+    double t0 = cli_now();
+    if (demo_load(&r) || demo_embed(&r) || demo_positives(&r)) goto done;
+    r.t_load = cli_now() - t0;
+    if (demo_mine(&r)) goto done;
+    demo_print_header(&r);
+    for (int si = 0; si < 5; si++)
+        if (demo_setting_run(&r, &settings[si])) goto done;
     printf("\nfalse neg. = share of the picked negatives that carry the image's own label; time = "
-           "filter + sample on %lld x %lld candidates\n", (long long)n, (long long)k);
-    cli_dev_free(ctx, d_pids, pos);
+           "filter + sample on %lld x %lld candidates\n", (long long)r.n, (long long)a.k);
     rc = CLI_OK;
 done:
-    if (ctx) {
-        cli_dev_free(ctx, d_emb, emb);
-        cli_dev_free(ctx, d_eoff, eoff);
-        cli_dev_free(ctx, d_eids, eids);
-        cli_dev_free(ctx, d_cand, NULL);
-        cli_dev_free(ctx, d_csc, NULL);
-        cli_dev_free(ctx, d_ps, pos_score);
-        cli_dev_free(ctx, d_poff, poff);
-        cli_dev_free(ctx, d_keep, NULL);
-        cli_dev_free(ctx, d_neg, NULL);
-        cli_dev_free(ctx, d_nsc, NULL);
-        cli_dev_free(ctx, d_cnt, NULL);
-        ns_context_destroy(ctx);
-    }
-    free(raw);
-    free(emb);
-    free(label);
-    free(pos);
-    free(pos_score);
-    free(eoff);
-    free(eids);
-    free(poff);
-    free(cand);
-    free(cand_sc);
-    free(neg);
-    free(neg_sc);
-    free(cnt);
-    free(keep);
+    demo_free(&r);
     return rc;
 }

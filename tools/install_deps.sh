@@ -7,6 +7,9 @@ need=()
 for pkg in cmake g++ pkg-config libopenblas-dev libgtest-dev openmpi-bin libopenmpi-dev zlib1g-dev python3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+for pkg in clang-14 libclang-rt-14-dev libomp-14-dev; do  # tests/fuzz/run.sh: libFuzzer
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "install_deps: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

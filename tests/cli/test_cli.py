@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -42,9 +43,12 @@ def run(*args, expect=0, timeout=180):
     return p.stdout, p.stderr
 
 
+TEMP_TAG = ".negsamp-tmp-"
+
+
 def leftovers(d):
-    """Temporary files negsamp may have left in d."""
-    return [f for f in os.listdir(d) if ".tmp." in f]
+    """Temporary files negsamp may have left in d (today's names, and the old '.tmp.' ones)."""
+    return [f for f in os.listdir(d) if ".tmp." in f or TEMP_TAG in f]
 
 
 # ---------------------------------------------------------------- references
@@ -595,8 +599,291 @@ def group_errors(tmp):
     check("none.csv.gz" in err, f"demo message: {err}")
 
 
+def npy_image(descr, shape, data=b"", fortran=False, major=1):
+    """A .npy file's bytes with any header a hostile writer may put there."""
+    d = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }" % (descr, fortran, shape)
+    pre = 10 if major == 1 else 12
+    d += " " * ((64 - (pre + len(d) + 1) % 64) % 64) + "\n"
+    n = len(d)
+    size = n.to_bytes(2 if major == 1 else 4, "little")
+    return b"\x93NUMPY" + bytes([major, 0]) + size + d.encode() + data
+
+
+def group_hostile_npy(tmp):
+    """Crafted .npy headers (issue 13 item 1): every one a clean exit 1 naming the file and the
+    problem, in both commands and every .npy input, nothing written, never a crash or a hang."""
+    rng = np.random.default_rng(13)
+    good = os.path.join(tmp, "good.npy")
+    np.save(good, rng.standard_normal((6, 4)).astype(np.float32))
+    ci = os.path.join(tmp, "ci.npy")
+    np.save(ci, rng.integers(0, 6, (6, 3)).astype(np.int64))
+    cs = os.path.join(tmp, "cs.npy")
+    np.save(cs, rng.standard_normal((6, 3)).astype(np.float32))
+    f4 = np.zeros(24, np.float32).tobytes()
+    cases = {
+        "rows2e62": (npy_image("<f4", "(4611686018427387904, 1)", b"x"), "overflows"),
+        "rows2e62i8": (npy_image("<i8", "(4611686018427387904, 1)", b"x"), "overflows"),
+        "rows2e60": (npy_image("<f4", "(1152921504606846976, 1)", b"x"), "truncated"),
+        "cols2e62": (npy_image("<f4", "(2, 4611686018427387904)", b"x"), "overflows"),
+        "product": (npy_image("<f2", "(4294967296, 4294967296)", b"x"), "overflows"),
+        "huge_dim": (npy_image("<f4", "(99999999999999999999999, 4)", f4), "64 bits"),
+        "short": (npy_image("<f4", "(6, 4)", f4[:-8]), "truncated"),
+        "long": (npy_image("<f4", "(6, 4)", f4 + b"\0" * 8), "more than its shape"),
+        "f8": (npy_image("<f8", "(3, 4)", f4), "'<f8'"),
+        "bool": (npy_image("|b1", "(6, 4)", f4), "'|b1'"),
+        "bigendian": (npy_image(">f4", "(6, 4)", f4), "'>f4'"),
+        "fortran": (npy_image("<f4", "(6, 4)", f4, fortran=True), "fortran_order"),
+        "header_cut": (npy_image("<f4", "(6, 4)", f4)[:40], "header"),
+        "v2_cut": (npy_image("<f4", "(6, 4)", f4, major=2)[:11], "too short"),
+        "3d": (npy_image("<f4", "(2, 3, 4)", f4), "dimensions"),
+        "neg": (npy_image("<f4", "(-6, 4)", f4), "malformed"),
+        "magic": (b"\x93NUMPX" + npy_image("<f4", "(6, 4)", f4)[6:], "magic"),
+    }
+    out = os.path.join(tmp, "out.npy")
+    for name, (image, needle) in cases.items():
+        bad = os.path.join(tmp, f"{name}.npy")
+        with open(bad, "wb") as f:
+            f.write(image)
+        runs = [("mine", "--queries", bad, "--corpus", good, "-k", 2, "-m", 2),
+                ("mine", "--queries", good, "--corpus", bad, "-k", 2, "-m", 2),
+                ("sample", "--candidates", bad, "--scores", cs, "-m", 2),
+                ("sample", "--candidates", ci, "--scores", bad, "-m", 2),
+                ("sample", "--candidates", ci, "--scores", cs, "--positive-score", bad,
+                 "--margin", 0.1, "-m", 2)]
+        for args in runs:
+            _, err = run(*args, "--out-index", out, "--quiet", expect=1, timeout=30)
+            check(bad in err and needle in err,
+                  f"{name}: message lacks the file or '{needle}' for {args[0]}: {err}")
+            check(not os.path.exists(out) and not leftovers(tmp), f"{name}: {args} left files")
+    # 2^62 rows of 0 columns: a valid empty array, but no embeddings and no candidates.
+    zf, zi = os.path.join(tmp, "zero_cols.npy"), os.path.join(tmp, "zero_cols_i8.npy")
+    with open(zf, "wb") as f:
+        f.write(npy_image("<f4", "(4611686018427387904, 0)"))
+    with open(zi, "wb") as f:
+        f.write(npy_image("<i8", "(4611686018427387904, 0)"))
+    for args, needle in [(("mine", "--queries", zf, "--corpus", good, "-k", 1), "holds no embeddings"),
+                         (("mine", "--queries", good, "--corpus", zf, "-k", 1), "holds no embeddings"),
+                         (("sample", "--candidates", zi, "--scores", zf), "empty candidate matrix")]:
+        _, err = run(*args, "-m", 1, "--out-index", out, "--quiet", expect=1, timeout=30)
+        check(needle in err and "zero_cols" in err, f"zero columns, {args}: {err}")
+
+
+def group_files(tmp):
+    """Issue 13 items 5-7: outputs never replace an input, never collide, never replace anything
+    but a regular file (even with --force); non-regular inputs are refused at once."""
+    rng = np.random.default_rng(17)
+    q = os.path.join(tmp, "q.npy")
+    np.save(q, rng.standard_normal((8, 4)).astype(np.float32))
+    c = os.path.join(tmp, "c.npy")
+    np.save(c, rng.standard_normal((30, 4)).astype(np.float32))
+    qrels = os.path.join(tmp, "qrels.tsv")
+    with open(qrels, "w") as f:
+        f.write("".join(f"{i}\t{i + 1}\t1\n" for i in range(8)))
+    ci = os.path.join(tmp, "ci.npy")
+    cs = os.path.join(tmp, "cs.npy")
+    run("mine", "--queries", q, "--corpus", c, "-k", 5, "-m", 5, "--out-index", ci,
+        "--out-score", cs, "--quiet")
+    snapshot = {p: open(p, "rb").read() for p in (q, c, qrels, ci, cs)}
+    link = os.path.join(tmp, "hard.npy")
+    os.link(q, link)
+    mine = ["mine", "--queries", q, "--corpus", c, "--qrels", qrels, "-k", 5, "-m", 2, "--quiet",
+            "--force"]
+    sample = ["sample", "--candidates", ci, "--scores", cs, "-m", 2, "--quiet", "--force"]
+    # An output naming an input, however spelled: a usage error, the input untouched.
+    for args, needle in [
+        (mine + ["--out-index", q], "--queries"),
+        (mine + ["--out-index", os.path.join(tmp, ".", "q.npy")], "--queries"),
+        (mine + ["--out-score", link], "--queries"),
+        (mine + ["--out", qrels], "--qrels"),
+        (mine + ["--out-positive-score", c], "--corpus"),
+        (sample + ["--out-index", ci], "--candidates"),
+        (sample + ["--out-score", os.path.join(tmp, "..", os.path.basename(tmp), "cs.npy")],
+         "--scores"),
+    ]:
+        _, err = run(*args, expect=2)
+        check(needle in err and "never replaces an input" in err, f"{args}: {err}")
+    for p_, data in snapshot.items():
+        check(open(p_, "rb").read() == data, f"{p_} was modified")
+    # Two outputs naming one file.
+    o = os.path.join(tmp, "o.npy")
+    for other in (os.path.join(tmp, ".", "o.npy"), o):
+        _, err = run(*mine, "--out-index", o, "--out-score", other, expect=2)
+        check("name the same file" in err and "--out-index" in err and "--out-score" in err, err)
+        check(not os.path.exists(o) and not leftovers(tmp), "collision left files")
+    # --force never replaces a symlink, a FIFO or a directory.
+    target = os.path.join(tmp, "target.jsonl")
+    with open(target, "w") as f:
+        f.write("keep me\n")
+    sym = os.path.join(tmp, "sym.jsonl")
+    os.symlink(target, sym)
+    fifo_out = os.path.join(tmp, "out.fifo")
+    os.mkfifo(fifo_out)
+    dir_out = os.path.join(tmp, "dir.npy")
+    os.mkdir(dir_out)
+    for path, kind in [(sym, "symbolic link"), (fifo_out, "FIFO"), (dir_out, "directory")]:
+        _, err = run(*mine, "--out", path, expect=1, timeout=30)
+        check(kind in err and path in err and "regular file" in err, f"--out {kind}: {err}")
+    check(os.path.islink(sym) and open(target).read() == "keep me\n", "the symlink was replaced")
+    check(stat.S_ISFIFO(os.lstat(fifo_out).st_mode), "the FIFO was replaced")
+    check(os.path.isdir(dir_out) and not leftovers(tmp), "directory / leftovers")
+    # Non-regular inputs: a FIFO nobody writes to, a directory: refused at once.
+    fifo = os.path.join(tmp, "in.fifo")
+    os.mkfifo(fifo)
+    for flag, base in [("--corpus", mine), ("--queries", mine), ("--qrels", mine),
+                       ("--query-ids", mine), ("--corpus-ids", mine), ("--candidates", sample),
+                       ("--positive-score", sample)]:
+        for path, kind in [(fifo, "FIFO"), (tmp, "directory")]:
+            args = [a for a in base]
+            if flag in args:
+                args[args.index(flag) + 1] = path
+            else:
+                args += [flag, path]
+            _, err = run(*args, "--out-index", o, expect=1, timeout=20)
+            check(flag in err and path in err and kind in err and "regular file" in err,
+                  f"{flag} {kind}: {err}")
+            check(not os.path.exists(o) and not leftovers(tmp), f"{flag} {kind} left files")
+    qf = os.path.join(tmp, "q.fvecs")
+    save_fvecs(qf, rng.standard_normal((3, 4)))
+    os.unlink(qf)
+    os.mkfifo(qf)
+    _, err = run("bench-mine", "--queries", qf, "--corpus", c, "-k", 2, expect=1, timeout=20)
+    check("FIFO" in err, f"bench-mine FIFO: {err}")
+    _, err = run("demo", "--data", fifo, expect=1, timeout=20)
+    check("FIFO" in err, f"demo FIFO: {err}")
+
+
+def readme_flags_exist():
+    """Every --flag of a `negsamp <cmd>` line in README.md is one that command's --help lists."""
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+    if not os.path.exists(readme):
+        return
+    import re
+    helps = {}
+    bad = []
+    text = open(readme).read().replace("\\\n", " ")
+    for line in text.splitlines():
+        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|demo|bench-mine|info)\b(.*)", line)
+        if not m:
+            continue
+        cmd = m.group(1)
+        if cmd not in helps:
+            helps[cmd] = run(cmd, "--help")[0]
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", m.group(2)):
+            if not re.search(re.escape(flag) + r"(?![\w-])", helps[cmd]):
+                bad.append(f"negsamp {cmd} {flag}")
+    check(not bad, f"README.md shows flags the commands do not have: {bad}")
+
+
+def group_friction(tmp):
+    """Issue 13's friction list: README flags, --skip-unknown-ids, BOM/CRLF/spaces in id files,
+    usage errors always 2, float32 scores that round-trip, valid JSON from any id bytes,
+    .jsonl.gz written as gzip, one decimal number syntax."""
+    readme_flags_exist()
+    rng = np.random.default_rng(21)
+    B, N, d = 5, 30, 6
+    q = os.path.join(tmp, "q.npy")
+    c = os.path.join(tmp, "c.npy")
+    np.save(q, rng.standard_normal((B, d)).astype(np.float32))
+    np.save(c, rng.standard_normal((N, d)).astype(np.float32))
+    # Id files with a BOM, CRLF line ends and spaces/tabs around ids; qrels likewise.
+    qf, cf, qrels = (os.path.join(tmp, n) for n in ("qids.txt", "cids.txt", "qrels.tsv"))
+    with open(qf, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + b"".join(f"q{i} \r\n".encode() for i in range(B)))
+    with open(cf, "wb") as f:
+        f.write(b"".join(f"\td{i}  \r\n".encode() for i in range(N)))
+    with open(qrels, "wb") as f:
+        f.write(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\r\n" +
+                b"".join(f"q{i} \td{i + 1}\t1\r\n".encode() for i in range(B)))
+    j = os.path.join(tmp, "o.jsonl")
+    ids = ["--query-ids", qf, "--corpus-ids", cf]
+    run("mine", "--queries", q, "--corpus", c, *ids, "--qrels", qrels, "-k", 8, "-m", 3,
+        "--out", j, "--quiet")
+    rows = read_jsonl(j)
+    check([(r["query"], r["positive"]) for r in rows] == [(f"q{i}", f"d{i + 1}") for i in range(B)],
+          f"BOM/CRLF/spaces: {[(r['query'], r['positive']) for r in rows]}")
+    # Unknown ids: a clear error naming --skip-unknown-ids; with it, skipped and counted.
+    sub = os.path.join(tmp, "sub.tsv")
+    with open(sub, "w") as f:
+        f.write("q0\td1\t1\nq-unknown\td2\t1\nq2\td-unknown\t1\nq3\td4\t1\n")
+    base = ["mine", "--queries", q, "--corpus", c, *ids, "--qrels", sub, "-k", 8, "-m", 3]
+    _, err = run(*base, "--out", j, "--force", expect=1)
+    check("q-unknown" in err and "--skip-unknown-ids" in err, f"unknown id message: {err}")
+    _, err = run(*base, "--out", j, "--force", "--skip-unknown-ids")
+    check("skipped 2 qrels lines" in err and "'q-unknown'" in err, f"skip report: {err}")
+    check([r["query"] for r in read_jsonl(j) if r["positive"]] == ["q0", "q3"], "skipped rows")
+    # Usage errors are 2 in both commands: -m above the candidates, an empty --out.
+    ci, cs = os.path.join(tmp, "ci.npy"), os.path.join(tmp, "cs.npy")
+    run("mine", "--queries", q, "--corpus", c, "-k", 4, "-m", 4, "--out-index", ci,
+        "--out-score", cs, "--quiet")
+    o = os.path.join(tmp, "o.npy")
+    _, err = run("sample", "--candidates", ci, "--scores", cs, "-m", 5, "--out-index", o, expect=2)
+    check("--negatives (5)" in err and "4 candidates" in err, err)
+    small = os.path.join(tmp, "small.npy")
+    np.save(small, rng.standard_normal((3, d)).astype(np.float32))
+    _, err = run("mine", "--queries", q, "--corpus", small, "-m", 5, "--out-index", o, expect=2)
+    check("--negatives (5)" in err and "3 rows" in err, err)
+    _, err = run("mine", "--queries", q, "--corpus", c, "--out", "", expect=2)
+    check("--out ''" in err, err)
+    check(not os.path.exists(o) and not leftovers(tmp), "usage errors left files")
+    # Scores in JSON read back as exactly the float32 of the .npy; gzip when the name says so.
+    jz = os.path.join(tmp, "o.jsonl.gz")
+    run("mine", "--queries", q, "--corpus", c, "-k", 10, "-m", 10, "--out", jz, "--out-score",
+        o, "--quiet")
+    with open(jz, "rb") as f:
+        check(f.read(2) == b"\x1f\x8b", ".jsonl.gz is not gzip")
+    with gzip.open(jz, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    S = np.load(o)
+    got = np.array([r["scores"] for r in rows], np.float32)
+    check(np.array_equal(got, S), f"JSON scores differ from the .npy in {(got != S).sum()} places")
+    # Ids that are not UTF-8 still give valid JSON (and valid UTF-8).
+    raw_ids = [b"d\xff%d" % i if i % 3 == 0 else b"d\xc3\xa9%d" % i if i % 3 == 1
+               else b"d\xed\xa0\x80%d" % i for i in range(N)]
+    bf = os.path.join(tmp, "bytes.txt")
+    with open(bf, "wb") as f:
+        f.write(b"\n".join(raw_ids) + b"\n")
+    run("mine", "--queries", q, "--corpus", c, "--corpus-ids", bf, "-k", N, "-m", N, "--out", j,
+        "--force", "--quiet")
+    with open(j, encoding="utf-8", errors="strict") as f:
+        rows = [json.loads(line) for line in f]
+    names = set(n for r in rows for n in r["negatives"])
+    check("d\u00ff0" in names and "d\u00e91" in names and "d\u00ed\u00a0\u00802" in names,
+          f"non-UTF-8 ids: {sorted(names)[:6]}")
+    # One number syntax: decimal, range-checked, messages name the flag.
+    a, b = os.path.join(tmp, "a.npy"), os.path.join(tmp, "b.npy")
+    samp = ["mine", "--queries", q, "--corpus", c, "-k", 10, "-m", 3, "--sampler", "uniform",
+            "--quiet", "--force"]
+    run(*samp, "--seed", "010", "--out-index", a)
+    run(*samp, "--seed", "10", "--out-index", b)
+    check(np.array_equal(np.load(a), np.load(b)), "--seed 010 is not ten")
+    for flag, val, needle in [("-k", "0x10", "decimal"), ("--seed", "0x10", "decimal"),
+                              ("-k", " 5", "decimal"), ("-k", "+5", "decimal"),
+                              ("-k", "99999999999999999999", "must be in"),
+                              ("--seed", "-1", "non-negative"),
+                              ("--seed", "18446744073709551616", "at most"),
+                              ("--margin", "0x1p-3", "decimal"), ("--margin", "inf", "decimal"),
+                              ("--max-score", "1e39", "float32"), ("--batch", "0", "must be in")]:
+        _, err = run(*samp, flag, val, "--out-index", o, expect=2)
+        check(flag in err and val.strip() in err and needle in err, f"{flag} {val!r}: {err}")
+
+
+def start_mine(q, c, *out):
+    return subprocess.Popen([NEGSAMP, "mine", "--queries", q, "--corpus", c, "-k", "100",
+                             "-m", "10", "--batch", "500", *out, "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_temp(p, tmp):
+    t0 = time.time()
+    while not leftovers(tmp) and p.poll() is None and time.time() - t0 < 30:
+        time.sleep(0.005)
+    time.sleep(0.3)  # into the loading / mining
+
+
 def group_outputs(tmp):
-    """Ctrl-C (SIGINT) during a run leaves neither the output nor a temporary file."""
+    """Any signal the process can catch (Ctrl-C, kill, hang-up, SIGQUIT, SIGUSR1, SIGALRM,
+    SIGPIPE) leaves neither the output nor a temporary file; what SIGKILL leaves is a hidden
+    file named as a negsamp temporary, and refused as an input."""
     rng = np.random.default_rng(2)
     q = os.path.join(tmp, "q.npy")
     c = os.path.join(tmp, "c.npy")
@@ -604,14 +891,11 @@ def group_outputs(tmp):
     np.save(c, rng.standard_normal((60000, 64)).astype(np.float32))
     out = os.path.join(tmp, "big.jsonl")
     interrupted = 0
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        p = subprocess.Popen([NEGSAMP, "mine", "--queries", q, "--corpus", c, "-k", "100",
-                              "-m", "10", "--batch", "500", "--out", out, "--quiet"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        t0 = time.time()
-        while not leftovers(tmp) and p.poll() is None and time.time() - t0 < 30:
-            time.sleep(0.005)
-        time.sleep(0.3)  # into the loading / mining
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+            signal.SIGALRM, signal.SIGPIPE)
+    for sig in sigs:
+        p = start_mine(q, c, "--out", out)
+        wait_for_temp(p, tmp)
         p.send_signal(sig)
         p.wait(timeout=120)
         if p.returncode == -sig:
@@ -622,7 +906,24 @@ def group_outputs(tmp):
         else:
             raise Failure(f"{sig.name}: exit {p.returncode}: {p.stderr.read()}")
         check(not leftovers(tmp), f"{sig.name}: temporary files left: {leftovers(tmp)}")
-    print(f"  interrupted {interrupted} of 2 runs mid-way")
+    print(f"  interrupted {interrupted} of {len(sigs)} runs mid-way")
+    # SIGKILL cannot be caught: the temporary stays, hidden and named as one, never the output.
+    oi = os.path.join(tmp, "idx.npy")
+    p = start_mine(q, c, "--out-index", oi)
+    wait_for_temp(p, tmp)
+    p.kill()
+    p.wait(timeout=60)
+    if p.returncode == -signal.SIGKILL:
+        left = leftovers(tmp)
+        check(len(left) == 1 and left[0].startswith(".idx.npy" + TEMP_TAG),
+              f"SIGKILL left {left}, expected one .idx.npy{TEMP_TAG}XXXXXX")
+        check(not os.path.exists(oi), "SIGKILL: the output exists")
+        t = os.path.join(tmp, left[0])
+        _, err = run("mine", "--queries", t, "--corpus", c, "--out-index", oi, expect=1)
+        check(t in err and "temporary" in err and "not a result" in err, f"leftover read: {err}")
+        _, err = run("sample", "--candidates", t, "--scores", t, "--out-index", oi, expect=1)
+        check("temporary" in err, f"leftover read by sample: {err}")
+        os.unlink(t)
 
 
 def group_demo(tmp):

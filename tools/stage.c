@@ -1,0 +1,266 @@
+/* The filter → sample → write stage over blocks of queries: outputs, positives, the library
+ * calls (host or device memory), the .npy rows and the summary. */
+#define _GNU_SOURCE
+#include "stage.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int stage_open_outputs(stage *s) {
+    stage_opts *o = s->o;
+    if ((o->out && cli_output_open(&s->out, o->out, o->force)) ||
+        (o->out_index && cli_output_open(&s->out_index, o->out_index, o->force)) ||
+        (o->out_score && cli_output_open(&s->out_score, o->out_score, o->force)) ||
+        (o->out_positive_score && cli_output_open(&s->out_pos, o->out_positive_score, o->force)))
+        return -1;
+    return 0;
+}
+
+int stage_write_headers(stage *s) {
+    if (s->out_index.f && cli_npy_write_header(s->out_index.f, "<i8", s->B, s->o->m)) return -1;
+    if (s->out_score.f && cli_npy_write_header(s->out_score.f, "<f4", s->B, s->o->m)) return -1;
+    if (s->out_pos.f && cli_npy_write_header(s->out_pos.f, "<f4", s->B, 0)) return -1;
+    return 0;
+}
+
+void stage_abort(stage *s) {
+    cli_output_abort(&s->out);
+    cli_output_abort(&s->out_index);
+    cli_output_abort(&s->out_score);
+    cli_output_abort(&s->out_pos);
+}
+
+int stage_commit(stage *s) {
+    if (cli_output_commit(&s->out) || cli_output_commit(&s->out_index) ||
+        cli_output_commit(&s->out_score) || cli_output_commit(&s->out_pos)) {
+        stage_abort(s);
+        return -1;
+    }
+    return 0;
+}
+
+int stage_load_positives(stage *s, int64_t qrows, int64_t crows) {
+    stage_opts *o = s->o;
+    if (cli_ids_load(&s->qids, o->query_ids, "query", qrows)) return -1;
+    if (cli_ids_load(&s->cids, o->corpus_ids, "corpus", crows < 0 && !o->corpus_ids ? INT64_MAX / 4 : crows))
+        return -1;
+    s->has_pos = 1;
+    cli_unknown_ids u = {o->skip_unknown_ids, 0, 0, ""};
+    int rc = 0;
+    if (o->qrels) rc = cli_qrels_load(o->qrels, &s->qids, &s->cids, &u, &s->pos);
+    else if (o->positives) rc = cli_positives_load(o->positives, &s->cids, qrows, &u, &s->pos);
+    else if (o->paired) rc = cli_lists_paired(qrows, s->cids.rows, &s->pos);
+    else s->has_pos = 0;
+    if (!rc && u.skipped && !o->quiet)
+        fprintf(stderr, "%s: --skip-unknown-ids: skipped %lld %s with unknown ids (first: %s "
+                "line %lld, '%s')\n", cli_command, (long long)u.skipped,
+                o->qrels ? "qrels lines" : "positives", o->qrels ? o->qrels : o->positives,
+                (long long)u.first_line, u.first_id);
+    return rc;
+}
+
+static int check_lib(ns_context *ctx, ns_status st, const char *what) {
+    if (st == NS_OK) return 0;
+    cli_error("%s failed: %s (%s)", what, ns_last_error(ctx), ns_status_string(st));
+    return -1;
+}
+
+/* The device copies of one block's inputs and outputs (host pointers on a CPU context). */
+typedef struct {
+    const int64_t *cand_id;
+    const float *cand_score, *pos_score, *guide_score, *guide_pos;
+    int64_t *poff; /* the block's positive lists, rebased so poff[0] == 0 (same-id rule) */
+    void *id, *sc, *ps, *poff_d, *pids, *keep, *idx, *osc, *cnt, *gs, *gp;
+} block_bufs;
+
+static int block_upload(stage *s, block_bufs *d, int64_t b0, int64_t nb) {
+    ns_context *ctx = s->ctx;
+    const stage_opts *o = s->o;
+    if (s->has_pos && (o->filter.rules & NS_FILTER_SAME_ID)) {
+        d->poff = malloc((size_t)(nb + 1) * 8);
+        if (!d->poff) {
+            cli_error("out of memory");
+            return -1;
+        }
+        for (int64_t i = 0; i <= nb; i++) d->poff[i] = s->pos.offsets[b0 + i] - s->pos.offsets[b0];
+    }
+    size_t nidx = (size_t)(nb * s->C), nout = (size_t)(nb * o->m);
+    int64_t npos = d->poff ? d->poff[nb] : 0;
+    d->id = cli_dev_put(ctx, d->cand_id, nidx * 8);
+    d->sc = cli_dev_put(ctx, d->cand_score, nidx * 4);
+    d->ps = cli_dev_put(ctx, d->pos_score, (size_t)nb * 4);
+    if (d->poff) {
+        d->poff_d = cli_dev_put(ctx, d->poff, (size_t)(nb + 1) * 8);
+        d->pids = cli_dev_put(ctx, s->pos.ids + s->pos.offsets[b0], (size_t)(npos ? npos : 1) * 8);
+    }
+    d->keep = o->filter.rules ? cli_dev_alloc(ctx, nidx) : NULL;
+    d->idx = cli_dev_alloc(ctx, nout * 8);
+    d->osc = cli_dev_alloc(ctx, nout * 4);
+    d->cnt = cli_dev_alloc(ctx, (size_t)nb * 8);
+    if (d->guide_score) {
+        d->gs = cli_dev_put(ctx, d->guide_score, nidx * 4);
+        d->gp = cli_dev_put(ctx, d->guide_pos, (size_t)nb * 4);
+        if (!d->gs || !d->gp) return -1;
+    }
+    if (!d->id || !d->sc || !d->ps || (d->poff && (!d->poff_d || !d->pids)) ||
+        (o->filter.rules && !d->keep) || !d->idx || !d->osc || !d->cnt)
+        return -1;
+    return 0;
+}
+
+static void block_release(stage *s, block_bufs *d, int64_t b0) {
+    ns_context *ctx = s->ctx;
+    cli_dev_free(ctx, d->id, d->cand_id);
+    cli_dev_free(ctx, d->sc, d->cand_score);
+    cli_dev_free(ctx, d->ps, d->pos_score);
+    cli_dev_free(ctx, d->poff_d, d->poff);
+    if (d->poff) cli_dev_free(ctx, d->pids, s->pos.ids + s->pos.offsets[b0]);
+    cli_dev_free(ctx, d->keep, NULL);
+    cli_dev_free(ctx, d->idx, NULL);
+    cli_dev_free(ctx, d->osc, NULL);
+    cli_dev_free(ctx, d->cnt, NULL);
+    cli_dev_free(ctx, d->gs, d->guide_score);
+    cli_dev_free(ctx, d->gp, d->guide_pos);
+    free(d->poff);
+}
+
+static void add_counts(ns_filter_counts *t, const ns_filter_counts *c) {
+    t->examined += c->examined;
+    t->kept += c->kept;
+    t->removed += c->removed;
+    t->empty += c->empty;
+    t->same_id += c->same_id;
+    t->max_score += c->max_score;
+    t->min_score += c->min_score;
+    t->margin += c->margin;
+    t->rel_margin += c->rel_margin;
+    t->rank += c->rank;
+    t->guide += c->guide;
+}
+
+/* ns_filter then ns_sample on the uploaded block; the results back in s->index/score/count. */
+static int block_run(stage *s, block_bufs *d, int64_t b0, int64_t nb) {
+    ns_context *ctx = s->ctx;
+    const stage_opts *o = s->o;
+    ns_id_lists plist = {d->poff_d, d->pids, nb};
+    ns_candidates cand = {0};
+    cand.queries = nb;
+    cand.per_query = s->C;
+    cand.id = d->id;
+    cand.score = d->sc;
+    cand.positive_score = d->ps;
+    cand.positive_id = d->poff ? &plist : NULL;
+    cand.query_offset = b0;
+    cand.guide_score = d->gs;
+    cand.guide_positive_score = d->gp;
+    if (o->filter.rules) {
+        ns_filter_counts fc;
+        if (check_lib(ctx, ns_filter(ctx, &cand, &o->filter, d->keep, &fc), "ns_filter")) return -1;
+        add_counts(&s->counts, &fc);
+    }
+    if (check_lib(ctx, ns_sample(ctx, &cand, d->keep, &o->sampler, o->m, d->idx, d->osc, d->cnt),
+                  "ns_sample"))
+        return -1;
+    if (cli_dev_get(ctx, s->index, d->idx, (size_t)(nb * o->m) * 8) ||
+        cli_dev_get(ctx, s->score, d->osc, (size_t)(nb * o->m) * 4) ||
+        cli_dev_get(ctx, s->count, d->cnt, (size_t)nb * 8))
+        return -1;
+    return 0;
+}
+
+/* The block's JSONL rows and .npy rows; queries without positive become -1 / NaN rows. */
+static void block_write(stage *s, int64_t b0, int64_t nb, const float *pos_score,
+                        const uint8_t *valid) {
+    int64_t m = s->o->m;
+    for (int64_t i = 0; i < nb; i++) {
+        int64_t *idx = s->index + i * m;
+        float *sc = s->score + i * m;
+        if (!valid[i]) {
+            for (int64_t j = 0; j < m; j++) idx[j] = -1, sc[j] = NAN;
+            s->count[i] = 0;
+            s->no_pos_rows++;
+            continue;
+        }
+        if (s->count[i] < m) s->short_rows++;
+        if (s->out.f) stage_write_jsonl(s, b0 + i, idx, sc, s->count[i]);
+    }
+    if (s->out_index.f) fwrite(s->index, 8, (size_t)(nb * m), s->out_index.f);
+    if (s->out_score.f) fwrite(s->score, 4, (size_t)(nb * m), s->out_score.f);
+    if (s->out_pos.f)
+        for (int64_t i = 0; i < nb; i++) {
+            float v = valid[i] && s->has_pos ? pos_score[i] : NAN;
+            fwrite(&v, 4, 1, s->out_pos.f);
+        }
+}
+
+int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id, const float *cand_score,
+                const float *pos_score, const uint8_t *valid, const float *guide_score,
+                const float *guide_pos) {
+    block_bufs d;
+    memset(&d, 0, sizeof d);
+    d.cand_id = cand_id;
+    d.cand_score = cand_score;
+    d.pos_score = pos_score;
+    d.guide_score = guide_score;
+    d.guide_pos = guide_pos;
+    int rc = block_upload(s, &d, b0, nb) || block_run(s, &d, b0, nb) ? -1 : 0;
+    if (!rc) block_write(s, b0, nb, pos_score, valid);
+    block_release(s, &d, b0);
+    return rc;
+}
+
+int stage_alloc(stage *s, int64_t nb) {
+    s->index = malloc((size_t)(nb * s->o->m) * 8);
+    s->score = malloc((size_t)(nb * s->o->m) * 4);
+    s->count = malloc((size_t)nb * 8);
+    if (!s->index || !s->score || !s->count) {
+        cli_error("out of memory for a block of %lld queries", (long long)nb);
+        return -1;
+    }
+    return 0;
+}
+
+void stage_free(stage *s) {
+    free(s->index);
+    free(s->score);
+    free(s->count);
+    cli_lists_free(&s->pos);
+    cli_ids_free(&s->qids);
+    cli_ids_free(&s->cids);
+    if (s->ctx) ns_context_destroy(s->ctx);
+}
+
+int stage_context(stage *s) {
+    return cli_context_create(s->o->backend, s->o->threads, &s->ctx);
+}
+
+void stage_summary(const stage *s, const char *what, double secs) {
+    if (s->o->quiet) return;
+    fprintf(stderr, "%s: %lld queries, %lld candidates each, %s in %.2fs\n", cli_command,
+            (long long)s->B, (long long)s->C, what, secs);
+    if (s->o->filter.rules) {
+        const ns_filter_counts *c = &s->counts;
+        fprintf(stderr,
+                "%s: filter kept %lld of %lld candidates (removed: same-id %lld, max-score %lld, "
+                "min-score %lld, margin %lld, rel-margin %lld, rank %lld, guide %lld; empty "
+                "slots %lld)\n",
+                cli_command, (long long)c->kept, (long long)c->examined, (long long)c->same_id,
+                (long long)c->max_score, (long long)c->min_score, (long long)c->margin,
+                (long long)c->rel_margin, (long long)c->rank, (long long)c->guide,
+                (long long)c->empty);
+    }
+    if (s->short_rows)
+        fprintf(stderr, "%s: %lld queries have fewer than %lld negatives (padded with -1)%s\n",
+                cli_command, (long long)s->short_rows, (long long)s->o->m,
+                s->o->format == FMT_ST && s->o->out ? "; left out of the st JSONL" : "");
+    if (s->no_pos_rows)
+        fprintf(stderr, "%s: %lld queries have no positive and were skipped (-1 rows)\n",
+                cli_command, (long long)s->no_pos_rows);
+    if (s->o->out)
+        fprintf(stderr, "%s: wrote %lld JSONL rows to %s\n", cli_command,
+                (long long)s->jsonl_rows, s->o->out);
+    if (cli_json_bad_bytes)
+        fprintf(stderr, "%s: ids held %lld bytes that are not UTF-8; JSONL has each as \\u00XX\n",
+                cli_command, (long long)cli_json_bad_bytes);
+}

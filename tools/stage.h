@@ -1,0 +1,116 @@
+/* The filter → sample → write stage that `negsamp mine` and `negsamp sample` share: its options
+ * (stage_options.c), its run over blocks of queries (stage.c) and its JSONL rows (stage_jsonl.c). */
+#ifndef NS_CLI_STAGE_H
+#define NS_CLI_STAGE_H
+
+#include "cli.h"
+
+enum { FMT_IDS, FMT_ST, FMT_TEVATRON };
+
+/* Options of the filter → sample → write stage, shared by mine and sample. */
+typedef struct {
+    int64_t m;
+    ns_filter_options filter;
+    ns_sampler_options sampler;
+    int same_id;
+    int rank_set;
+    int guide_set;
+    int format;
+    const char *out, *out_index, *out_score, *out_positive_score;
+    const char *query_ids, *corpus_ids, *qrels, *positives;
+    int paired, skip_unknown_ids;
+    int force, quiet, threads;
+    ns_backend backend;
+} stage_opts;
+
+enum {
+    O_HELP = 'h', O_M = 'm', O_K = 'k',
+    O_SAMPLER = 300, O_SIMANS_A, O_SIMANS_B, O_TEMPERATURE, O_SEED, O_SAME_ID, O_NO_SAME_ID,
+    O_MAX_SCORE, O_MIN_SCORE, O_MARGIN, O_REL_MARGIN, O_RANK_MIN, O_RANK_MAX, O_FORMAT, O_OUT,
+    O_OUT_INDEX, O_OUT_SCORE, O_OUT_POS, O_FORCE, O_QUIET, O_BACKEND, O_THREADS, O_QUERY_IDS,
+    O_CORPUS_IDS, O_QRELS, O_POSITIVES, O_PAIRED, O_GUIDE_MARGIN, O_GUIDE_REL, O_SKIP_UNKNOWN,
+    /* mine */
+    O_QUERIES, O_CORPUS, O_COSINE, O_SCALE, O_EXCLUDE_SELF, O_BATCH, O_GUIDE_QUERIES,
+    O_GUIDE_CORPUS,
+    /* sample */
+    O_CANDIDATES, O_SCORES, O_POSITIVE_SCORE, O_GUIDE_SCORES, O_GUIDE_POSITIVE_SCORE
+};
+
+#define STAGE_LONG_OPTIONS                                                                    \
+    {"help", no_argument, 0, O_HELP}, {"negatives", required_argument, 0, O_M},              \
+        {"sampler", required_argument, 0, O_SAMPLER},                                         \
+        {"simans-a", required_argument, 0, O_SIMANS_A},                                       \
+        {"simans-b", required_argument, 0, O_SIMANS_B},                                       \
+        {"temperature", required_argument, 0, O_TEMPERATURE},                                 \
+        {"seed", required_argument, 0, O_SEED}, {"same-id", no_argument, 0, O_SAME_ID},       \
+        {"no-same-id", no_argument, 0, O_NO_SAME_ID},                                         \
+        {"max-score", required_argument, 0, O_MAX_SCORE},                                     \
+        {"min-score", required_argument, 0, O_MIN_SCORE},                                     \
+        {"margin", required_argument, 0, O_MARGIN},                                           \
+        {"rel-margin", required_argument, 0, O_REL_MARGIN},                                   \
+        {"rank-min", required_argument, 0, O_RANK_MIN},                                       \
+        {"rank-max", required_argument, 0, O_RANK_MAX},                                       \
+        {"format", required_argument, 0, O_FORMAT}, {"out", required_argument, 0, O_OUT},     \
+        {"out-index", required_argument, 0, O_OUT_INDEX},                                     \
+        {"out-score", required_argument, 0, O_OUT_SCORE},                                     \
+        {"out-positive-score", required_argument, 0, O_OUT_POS},                              \
+        {"force", no_argument, 0, O_FORCE}, {"quiet", no_argument, 0, O_QUIET},               \
+        {"backend", required_argument, 0, O_BACKEND},                                         \
+        {"threads", required_argument, 0, O_THREADS},                                         \
+        {"query-ids", required_argument, 0, O_QUERY_IDS},                                     \
+        {"corpus-ids", required_argument, 0, O_CORPUS_IDS},                                   \
+        {"qrels", required_argument, 0, O_QRELS},                                             \
+        {"positives", required_argument, 0, O_POSITIVES},                                     \
+        {"paired", no_argument, 0, O_PAIRED},                                                 \
+        {"skip-unknown-ids", no_argument, 0, O_SKIP_UNKNOWN},                                 \
+        {"guide-margin", required_argument, 0, O_GUIDE_MARGIN},                               \
+        {"guide-rel-margin", required_argument, 0, O_GUIDE_REL}
+
+
+extern const char STAGE_HELP[];
+
+void stage_defaults(stage_opts *o);
+/* 1 when handled, 0 when not a stage option, -1 on a bad value (usage message printed). */
+int stage_option(stage_opts *o, int c, const char *arg);
+/* Checks that need every option; C_hint is the candidates per query. Returns 0 or CLI_USAGE. */
+int stage_check(stage_opts *o, int64_t C_hint, int mine);
+/* The command's inputs (n of them, NULL paths skipped) and the stage's own (id files, qrels,
+ * positives) against the outputs: cli_check_files. Returns 0 or the exit status. */
+int stage_check_files(const stage_opts *o, const cli_named_path *inputs, int n);
+
+typedef struct {
+    stage_opts *o;
+    ns_context *ctx;
+    cli_ids qids, cids;
+    cli_lists pos;     /* positives per query row (corpus rows); ids NULL when none given */
+    int has_pos;
+    int64_t B, C;      /* queries, candidates per query */
+    cli_output out, out_index, out_score, out_pos;
+    /* per block, host */
+    int64_t *index, *count;
+    float *score;
+    /* totals for the summary */
+    ns_filter_counts counts;
+    int64_t short_rows, no_pos_rows, jsonl_rows;
+} stage;
+
+
+int stage_open_outputs(stage *s);
+int stage_write_headers(stage *s);
+void stage_abort(stage *s);
+int stage_commit(stage *s);
+/* Loads ids and positives. qrows/crows: rows of queries and corpus (-1: unknown). */
+int stage_load_positives(stage *s, int64_t qrows, int64_t crows);
+int stage_alloc(stage *s, int64_t nb);
+void stage_free(stage *s);
+int stage_context(stage *s);
+void stage_summary(const stage *s, const char *what, double secs);
+/* Filter → sample → write for queries [b0, b0+nb). cand_id/cand_score/pos_score are the block's
+ * host arrays (nb×C, nb×C, nb). valid[i] = 0 marks a query without positive (blank output). */
+int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id, const float *cand_score,
+                const float *pos_score, const uint8_t *valid, const float *guide_score,
+                const float *guide_pos);
+/* The JSONL rows of query q: n sampled negatives idx with scores sc. */
+void stage_write_jsonl(stage *s, int64_t q, const int64_t *idx, const float *sc, int64_t n);
+
+#endif
