@@ -234,15 +234,11 @@ def parse_sanitizer(path):
         m = re.search(r"RACECHECK SUMMARY: (\d+) hazard", line)
         if m:
             hazards += int(m.group(1))
-        m = re.match(r"\[\s+OK \]\s+(\S+)", line)
-        if m:
-            r["ok_tests"].append(m.group(1))
-        m = re.match(r"\[\s+SKIPPED \]\s+(\S+)", line)
-        if m and m.group(1) not in r["skipped_tests"] and "," not in m.group(1):
-            r["skipped_tests"].append(m.group(1))
-        m = re.match(r"\[\s+FAILED\s+\]\s+(\S+)", line)
-        if m and m.group(1) not in r["failed_tests"] and "," not in m.group(1):
-            r["failed_tests"].append(m.group(1))
+        # gtest's verdict lines name Suite.Test; its summary lines ("[  SKIPPED ] 10 tests, ...") do not
+        for key, word in (("ok_tests", r"OK "), ("skipped_tests", r"SKIPPED "), ("failed_tests", r"FAILED\s*")):
+            m = re.match(r"\[\s+" + word + r"\]\s+([\w/]+\.[\w/]+)", line)
+            if m and m.group(1) not in r[key]:
+                r[key].append(m.group(1))
         if "Device not supported" in line or "not supported on this platform" in line:
             r["unsupported"] = True
         if line.startswith("========= ") and len(r["first_errors"]) < 6 and re.search(
