@@ -27,7 +27,7 @@ import sys
 FP_ITEMS = ["CMakeLists.txt", "cmake", "include", "src", "kernels", "tests", "tools", "bench",
             "python"]
 FP_SKIP_DIRS = {"results", "__pycache__", "_lib", ".pytest_cache"}
-FP_SKIP_SUFFIX = (".pyc", ".so", ".o")
+FP_SKIP_SUFFIX = (".pyc", ".so", ".o", ".md")  # documentation edits do not change a result
 
 
 def now():
