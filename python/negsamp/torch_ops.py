@@ -20,9 +20,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import _checks as chk
 from . import _ffi
 from ._core import Context, _c, _counts_dict, _COUNT_NAMES  # noqa: F401
-from ._errors import InvalidArgument, Unsupported
+from ._errors import InvalidArgument, NonFinite, Unsupported
 
 __all__ = ["infonce", "infonce_backward", "mine_topk", "filter", "sample", "InfoNCELoss",
            "context_for", "FILTER_COUNT_NAMES"]
@@ -74,11 +75,28 @@ _DTYPES = {torch.float32: _ffi.NS_F32, torch.float16: _ffi.NS_F16,
            torch.bfloat16: _ffi.NS_BF16}
 
 
-def _rows(t: Tensor, name: str) -> Tensor:
-    """t as a 2-D f32/f16/bf16 tensor with unit-stride rows (no copy when it already is)."""
+def _device(t: Optional[Tensor], dev: torch.device, fn: str, name: str) -> None:
+    """Every tensor of a call on the first one's device: a host pointer handed to a CUDA
+    context (or the reverse) is a crash, not an error, inside C."""
+    if t is not None and t.device != dev:
+        raise InvalidArgument(f"{fn}: {name} is on {t.device} but the call runs on {dev} "
+                              f"(every tensor of a call on one device)")
+
+
+def _rows(t: Tensor, name: str, fn: str = "negsamp", dev=None) -> Tensor:
+    """t as a 2-D f32/f16/bf16 tensor with unit-stride rows (no copy when it already is).
+    float64 is rounded to float32; integer and bool tensors are refused, not cast."""
+    if not isinstance(t, Tensor):
+        raise InvalidArgument(f"{fn}: {name} must be a tensor, not {type(t).__name__}")
+    if dev is not None:
+        _device(t, dev, fn, name)
     if t.dim() != 2:
-        raise InvalidArgument(f"{name} must be 2-D (rows × columns); got shape {tuple(t.shape)}")
+        raise InvalidArgument(f"{fn}: {name} must be 2-D (rows × columns); got shape "
+                              f"{tuple(t.shape)}")
     if t.dtype not in _DTYPES:
+        if not t.dtype.is_floating_point:
+            raise InvalidArgument(f"{fn}: {name} has dtype {t.dtype}; expected a floating-point "
+                                  f"tensor (float32, float16, bfloat16)")
         t = t.float()
     r, c = t.shape
     if (c > 1 and t.stride(1) != 1) or (r > 1 and t.stride(0) < c):
@@ -93,13 +111,43 @@ def _matrix(t: Optional[Tensor]) -> _ffi.ns_matrix:
     return _ffi.ns_matrix(t.data_ptr(), _DTYPES[t.dtype], r, c, t.stride(0) if r > 1 else c)
 
 
-def _flat(t: Optional[Tensor], dtype, name: str, numel: Optional[int] = None):
+def _flat(t: Optional[Tensor], dtype, name: str, numel: Optional[int] = None,
+          fn: str = "negsamp", dev=None):
+    """t flattened, contiguous, of dtype: ids (int64) only from integer tensors (float ids
+    are not truncated), scores (float32) only from floating-point ones, masks (uint8) from
+    bool or integer ones (nonzero = 1); of numel elements when given."""
     if t is None:
         return None
-    t = t.reshape(-1).to(dtype).contiguous()
+    if not isinstance(t, Tensor):
+        raise InvalidArgument(f"{fn}: {name} must be a tensor, not {type(t).__name__}")
+    if dev is not None:
+        _device(t, dev, fn, name)
+    fp, is_bool = t.dtype.is_floating_point, t.dtype == torch.bool
+    if dtype == torch.int64 and (fp or is_bool or t.is_complex()):
+        raise InvalidArgument(f"{fn}: {name} has dtype {t.dtype}; expected an integer tensor")
+    if dtype == torch.float32 and not fp:
+        raise InvalidArgument(f"{fn}: {name} has dtype {t.dtype}; expected a floating-point "
+                              f"tensor")
+    if dtype == torch.uint8 and (fp or t.is_complex()):
+        raise InvalidArgument(f"{fn}: {name} has dtype {t.dtype}; expected a bool (or "
+                              f"integer) mask")
     if numel is not None and t.numel() != numel:
-        raise InvalidArgument(f"{name} has {t.numel()} elements; expected {numel}")
-    return t
+        raise InvalidArgument(f"{fn}: {name} has {t.numel()} elements; expected {numel}")
+    if dtype == torch.uint8 and not is_bool and t.dtype != torch.uint8:
+        t = t != 0
+    return t.reshape(-1).to(dtype).contiguous()
+
+
+def _csr(offsets: Tensor, ids: Optional[Tensor], queries: int, fn: str, name: str, dev):
+    """CSR lists (offsets, ids) checked on the host (the offsets say how far C reads into
+    ids): (offsets int64, ids int64 with at least one element)."""
+    off = _flat(offsets, torch.int64, f"{name}_offsets", None, fn, dev)
+    ids = _flat(ids if ids is not None else off.new_empty(0), torch.int64, f"{name}_ids",
+                None, fn, dev)
+    chk.csr_offsets(off.cpu().numpy(), ids.numel(), fn, name, queries)
+    if ids.numel() == 0:
+        ids = off.new_zeros(1)
+    return off, ids
 
 
 def _p(t: Optional[Tensor], ctype=None):
@@ -123,31 +171,90 @@ class _Inputs:
     """ns_infonce_inputs over tensors (kept alive with the struct)."""
 
     def __init__(self, query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
-                 extra_id):
+                 extra_id, fn="infonce"):
         import ctypes
-        self.query = _rows(query, "query")
-        self.passage = _rows(passage, "passage")
+        dev = query.device
+        self.query = _rows(query, "query", fn, dev)
+        self.passage = _rows(passage, "passage", fn, dev)
         B, N = self.query.shape[0], self.passage.shape[0]
         h = 0
         self.hard = None
         if hard is not None:
+            _device(hard, dev, fn, "hard")
             if hard.dim() != 3 or hard.shape[0] != B:
-                raise InvalidArgument(f"hard must be (B, h, d) with B = {B}; got "
+                raise InvalidArgument(f"{fn}: hard must be (B, h, d) with B = {B}; got "
                                       f"{tuple(hard.shape)}")
             h = hard.shape[1]
-            self.hard = _rows(hard.reshape(B * h, hard.shape[2]), "hard")
-        self.hard_keep = _flat(hard_keep, torch.uint8, "hard_keep", B * h)
-        self.extra = None if extra is None else _rows(extra, "extra")
-        self.positive = _flat(positive, torch.int64, "positive", B)
-        self.passage_id = _flat(passage_id, torch.int64, "passage_id", N)
-        self.hard_id = _flat(hard_id, torch.int64, "hard_id", B * h)
+            self.hard = _rows(hard.reshape(B * h, hard.shape[2]), "hard", fn)
+        self.hard_keep = _flat(hard_keep, torch.uint8, "hard_keep", B * h, fn, dev)
+        self.extra = None if extra is None else _rows(extra, "extra", fn, dev)
+        self.positive = _flat(positive, torch.int64, "positive", B, fn, dev)
+        if self.positive is not None and B:
+            lo, hi = (int(x) for x in torch.aminmax(self.positive))
+            if lo < 0 or hi >= N:
+                i = int(((self.positive < 0) | (self.positive >= N)).nonzero()[0])
+                raise InvalidArgument(f"{fn}: positive[{i}] ({int(self.positive[i])}) is "
+                                      f"outside [0, {N})")
+        self.passage_id = _flat(passage_id, torch.int64, "passage_id", N, fn, dev)
+        self.hard_id = _flat(hard_id, torch.int64, "hard_id", B * h, fn, dev)
         self.extra_id = _flat(extra_id, torch.int64, "extra_id",
-                              0 if self.extra is None else self.extra.shape[0])
+                              0 if self.extra is None else self.extra.shape[0], fn, dev)
         i64 = ctypes.c_int64
         self.struct = _ffi.ns_infonce_inputs(
             _matrix(self.query), _matrix(self.passage), _p(self.positive, i64),
             _matrix(self.hard), h, _p(self.hard_keep, ctypes.c_uint8), _matrix(self.extra),
             _p(self.passage_id, i64), _p(self.hard_id, i64), _p(self.extra_id, i64))
+
+
+_SAVED = _ffi.NS_INFONCE_SAVED_PER_QUERY
+
+
+def _check_saved(saved: Tensor, inp: _Inputs, temperature: float, fn: str) -> Tensor:
+    """saved as the forward's (B, NS_INFONCE_SAVED_PER_QUERY) float32 tensor of this batch:
+    shape, dtype and device checked, and its positive logits compared with q_i·p_pos(i)/τ of
+    these inputs (O(B·d), one host synchronisation)."""
+    B = inp.query.shape[0]
+    _device(saved, inp.query.device, fn, "saved")
+    if saved.dtype != torch.float32:
+        raise InvalidArgument(f"{fn}: saved has dtype {saved.dtype}; expected torch.float32 "
+                              f"(the saved output of negsamp::infonce)")
+    if tuple(saved.shape) != (B, _SAVED):
+        raise InvalidArgument(f"{fn}: saved has shape {tuple(saved.shape)}; expected ({B}, "
+                              f"{_SAVED}) (the saved output of negsamp::infonce for these {B} "
+                              f"queries)")
+    saved = saved.contiguous()
+    if B == 0:
+        return saved
+    finite = torch.isfinite(saved)
+    if not bool(finite.all()):
+        i, j = (int(x) for x in (~finite).nonzero()[0])
+        raise NonFinite(f"{fn}: saved[{i}, {j}] ({float(saved[i, j])}) is not finite (pass the "
+                        f"saved output of the forward with the same inputs and options)")
+    bad = _saved_mismatch(saved, inp, temperature)
+    if bad is not None:
+        i, got, want = bad
+        raise InvalidArgument(
+            f"{fn}: saved is not from the forward of these inputs: row {i} holds the positive "
+            f"logit {got:.6g}, but query {i} and its positive give {want:.6g} (pass the saved "
+            f"output of negsamp::infonce for this batch and temperature)")
+    return saved
+
+
+def _saved_mismatch(saved, inp, temperature):
+    """negsamp._core.saved_mismatch computed where the tensors are (no copy of Q and P to the
+    host): (row, saved l⁺, expected l⁺) of the first row that differs, or None."""
+    q = inp.query.double()
+    pos = (torch.arange(q.shape[0], device=q.device) if inp.positive is None
+           else inp.positive)
+    prod = q * inp.passage.double()[pos]
+    ref = prod.sum(1) / temperature
+    bound = 1e-3 * prod.abs().sum(1) / abs(temperature) + 1e-5 * ref.abs() + 1e-6
+    lpos = saved[:, 7].double()
+    bad = ~((lpos - ref).abs() <= bound)
+    if not bool(bad.any()):
+        return None
+    i = int(bad.nonzero()[0])
+    return i, float(lpos[i]), float(ref[i])
 
 
 @torch.library.custom_op("negsamp::infonce", mutates_args=())
@@ -158,17 +265,17 @@ def infonce(query: Tensor, passage: Tensor, hard: Optional[Tensor] = None,
             temperature: float = 0.05, symmetric: bool = False, mask_same_id: bool = True,
             tau_plus: float = 0.0, beta: float = 0.0,
             share_hard: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """InfoNCE loss (0-d f32), per-query losses (B) and the saved row statistics (B·8).
-    hard is (B, h, d); hard_keep/hard_id are (B, h)."""
+    """InfoNCE loss (0-d f32), per-query losses (B) and the saved row statistics
+    (B × NS_INFONCE_SAVED_PER_QUERY). hard is (B, h, d); hard_keep/hard_id are (B, h)."""
     import ctypes
     dev = query.device
     ctx = context_for(dev)
     inp = _Inputs(query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
-                  extra_id)
+                  extra_id, "infonce")
     B = query.shape[0]
     opt = _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard)
     per_query = torch.empty(B, dtype=torch.float32, device=dev)
-    saved = torch.empty(B * _ffi.NS_INFONCE_SAVED_PER_QUERY, dtype=torch.float32, device=dev)
+    saved = torch.empty((B, _SAVED), dtype=torch.float32, device=dev)
     loss = ctypes.c_float()
     with _on_device(dev):
         ctx.check(_c("ns_infonce_forward")(ctx.handle, ctypes.byref(inp.struct),
@@ -186,7 +293,7 @@ def _(query, passage, hard=None, hard_keep=None, extra=None, positive=None, pass
     B = query.shape[0]
     return (query.new_empty((), dtype=torch.float32),
             query.new_empty((B,), dtype=torch.float32),
-            query.new_empty((B * _ffi.NS_INFONCE_SAVED_PER_QUERY,), dtype=torch.float32))
+            query.new_empty((B, _SAVED), dtype=torch.float32))
 
 
 @torch.library.custom_op("negsamp::infonce_backward", mutates_args=())
@@ -198,20 +305,32 @@ def infonce_backward(grad_loss: Tensor, query: Tensor, passage: Tensor, saved: T
                      symmetric: bool = False, mask_same_id: bool = True,
                      tau_plus: float = 0.0, beta: float = 0.0, share_hard: bool = False,
                      need_query: bool = True, need_passage: bool = True,
-                     need_hard: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+                     need_hard: bool = True,
+                     check_saved: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of grad_loss · loss w.r.t. query, passage and hard, in their dtypes (an empty
-    tensor for one not needed or absent)."""
+    tensor for one not needed or absent). saved must be the forward's (B, 8) float32 output
+    for these inputs: with check_saved (the default) its positive logits are compared with
+    these inputs' (one host synchronisation); the autograd formula, whose saved comes from its
+    own forward, skips that."""
     import ctypes
+    fn = "infonce_backward"
     dev = query.device
     ctx = context_for(dev)
     inp = _Inputs(query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
-                  extra_id)
+                  extra_id, fn)
     opt = _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard)
+    if check_saved:
+        saved = _check_saved(saved, inp, opt.temperature, fn)
+    else:
+        _device(saved, dev, fn, "saved")
+        if saved.dtype != torch.float32 or tuple(saved.shape) != (query.shape[0], _SAVED):
+            raise InvalidArgument(f"{fn}: saved is {saved.dtype} {tuple(saved.shape)}; "
+                                  f"expected torch.float32 ({query.shape[0]}, {_SAVED})")
+        saved = saved.contiguous()
     f32 = dict(dtype=torch.float32, device=dev)
     gq = torch.empty(query.shape, **f32) if need_query else None
     gp = torch.empty(passage.shape, **f32) if need_passage else None
     gh = torch.empty(hard.shape, **f32) if need_hard and hard is not None else None
-    saved = saved.to(torch.float32).contiguous()
     fc = ctypes.c_float
     grads = _ffi.ns_infonce_grads(_p(gq, fc), _p(gp, fc), _p(gh, fc), None)
     with _on_device(dev):
@@ -233,7 +352,7 @@ def infonce_backward(grad_loss: Tensor, query: Tensor, passage: Tensor, saved: T
 def _(grad_loss, query, passage, saved, hard=None, hard_keep=None, extra=None, positive=None,
       passage_id=None, hard_id=None, extra_id=None, temperature=0.05, symmetric=False,
       mask_same_id=True, tau_plus=0.0, beta=0.0, share_hard=False, need_query=True,
-      need_passage=True, need_hard=True):
+      need_passage=True, need_hard=True, check_saved=True):
     def out(need, like):
         return like.new_empty(like.shape) if need and like is not None else \
             query.new_empty((0,)) if like is None else like.new_empty((0,))
@@ -259,7 +378,7 @@ def _infonce_grad(ctx, grad_loss, grad_per_query, grad_saved):
     gq, gp, gh = torch.ops.negsamp.infonce_backward(
         grad_loss, query, passage, saved, hard, hard_keep, extra, positive, passage_id, hard_id,
         extra_id, *ctx.options, need_query=need[0], need_passage=need[1],
-        need_hard=need[2] and hard is not None)
+        need_hard=need[2] and hard is not None, check_saved=False)
     return ((gq if need[0] else None), (gp if need[1] else None),
             (gh if need[2] and hard is not None else None)) + (None,) * 12
 
@@ -276,28 +395,35 @@ def mine_topk(query: Tensor, corpus: Tensor, k: int, scale: float = 1.0,
     """Exact top-k corpus rows per query: (index int64 B×k, score f32 B×k), best first.
     Exclusions in CSR form: exclude_ids[exclude_offsets[i]:exclude_offsets[i+1]]."""
     import ctypes
+    fn = "mine_topk"
     dev = query.device
     ctx = context_for(dev)
-    q = _rows(query, "query")
-    c = _rows(corpus, "corpus")
+    q = _rows(query, "query", fn, dev)
+    c = _rows(corpus, "corpus", fn, dev)
+    # k is checked before the B×k outputs are allocated, in the library's words.
+    k = chk.integer(k, fn, "k")
+    if k < 1:
+        raise InvalidArgument(f"{fn}: k ({k}) must be at least 1")
+    if k > c.shape[0]:
+        raise InvalidArgument(f"{fn}: k ({k}) is larger than the corpus ({c.shape[0]} rows)")
+    if k > _ffi.NS_MAX_K:
+        raise InvalidArgument(f"{fn}: k ({k}) is larger than NS_MAX_K ({_ffi.NS_MAX_K})")
     opt = _ffi.mine_options_init()
-    opt.scale = float(scale)
+    opt.scale = chk.real(scale, fn, "scale")
     opt.flags = _ffi.NS_NORMALIZE if normalize else 0
     keep = []
     if exclude_offsets is not None:
-        off = _flat(exclude_offsets, torch.int64, "exclude_offsets", q.shape[0] + 1)
-        ids = _flat(exclude_ids if exclude_ids is not None else off.new_empty(0), torch.int64,
-                    "exclude_ids")
-        if ids.numel() == 0:
-            ids = off.new_zeros(1)
+        off, ids = _csr(exclude_offsets, exclude_ids, q.shape[0], fn, "exclude", dev)
         lists = _ffi.ns_id_lists(_p(off, ctypes.c_int64), _p(ids, ctypes.c_int64),
                                  q.shape[0])
         keep += [off, ids, lists]
         opt.exclude = ctypes.pointer(lists)
+    elif exclude_ids is not None:
+        raise InvalidArgument(f"{fn}: exclude_ids without exclude_offsets (CSR form: give both)")
     index = torch.empty((q.shape[0], k), dtype=torch.int64, device=dev)
     score = torch.empty((q.shape[0], k), dtype=torch.float32, device=dev)
     with _on_device(dev):
-        ctx.check(_c("ns_mine_topk")(ctx.handle, _matrix(q), _matrix(c), int(k),
+        ctx.check(_c("ns_mine_topk")(ctx.handle, _matrix(q), _matrix(c), k,
                                      ctypes.byref(opt), index.data_ptr(), score.data_ptr()))
     return index, score
 
@@ -315,31 +441,32 @@ def _(query, corpus, k, scale=1.0, normalize=False, exclude_offsets=None, exclud
 class _Cands:
     def __init__(self, candidate_id, score, positive_score=None, positive_offsets=None,
                  positive_ids=None, guide_score=None, guide_positive_score=None,
-                 query_offset=0):
+                 query_offset=0, fn="filter"):
         import ctypes
-        if score.dim() != 2:
-            raise InvalidArgument(f"score must be 2-D (queries × candidates); got "
-                                  f"{tuple(score.shape)}")
+        if not isinstance(score, Tensor) or score.dim() != 2:
+            raise InvalidArgument(f"{fn}: score must be a 2-D tensor (queries × candidates); "
+                                  f"got {tuple(getattr(score, 'shape', ()))}")
+        dev = score.device
         B, C = score.shape
-        self.score = _flat(score, torch.float32, "score")
-        self.id = _flat(candidate_id, torch.int64, "candidate_id", B * C)
-        self.ps = _flat(positive_score, torch.float32, "positive_score", B)
-        self.gs = _flat(guide_score, torch.float32, "guide_score", B * C)
-        self.gps = _flat(guide_positive_score, torch.float32, "guide_positive_score", B)
+        self.score = _flat(score, torch.float32, "score", None, fn, dev)
+        self.id = _flat(candidate_id, torch.int64, "candidate_id", B * C, fn, dev)
+        self.ps = _flat(positive_score, torch.float32, "positive_score", B, fn, dev)
+        self.gs = _flat(guide_score, torch.float32, "guide_score", B * C, fn, dev)
+        self.gps = _flat(guide_positive_score, torch.float32, "guide_positive_score", B, fn,
+                         dev)
         self.lists = None
         if positive_offsets is not None:
-            self.po = _flat(positive_offsets, torch.int64, "positive_offsets", B + 1)
-            pi = positive_ids if positive_ids is not None else self.po.new_empty(0)
-            self.pi = _flat(pi, torch.int64, "positive_ids")
-            if self.pi.numel() == 0:
-                self.pi = self.po.new_zeros(1)
+            self.po, self.pi = _csr(positive_offsets, positive_ids, B, fn, "positive", dev)
             self.lists = _ffi.ns_id_lists(_p(self.po, ctypes.c_int64),
                                           _p(self.pi, ctypes.c_int64), B)
+        elif positive_ids is not None:
+            raise InvalidArgument(f"{fn}: positive_ids without positive_offsets (CSR form: give "
+                                  f"both)")
         f, i64 = ctypes.c_float, ctypes.c_int64
         self.struct = _ffi.ns_candidates(
             B, C, _p(self.id, i64), _p(self.score, f), _p(self.ps, f),
             None if self.lists is None else ctypes.pointer(self.lists), _p(self.gs, f),
-            _p(self.gps, f), int(query_offset))
+            _p(self.gps, f), chk.int64(query_offset, fn, "query_offset", 0))
 
 
 @torch.library.custom_op("negsamp::filter", mutates_args=())
@@ -354,12 +481,18 @@ def filter(candidate_id: Tensor, score: Tensor, positive_score: Optional[Tensor]
     import ctypes
     dev = score.device
     ctx = context_for(dev)
+    fn = "filter"
     cand = _Cands(candidate_id, score, positive_score, positive_offsets, positive_ids,
-                  guide_score, guide_positive_score)
+                  guide_score, guide_positive_score, fn=fn)
     o = _ffi.filter_options_init()
-    o.rules = int(rules)
-    o.max_score, o.min_score, o.margin, o.rel_margin = max_score, min_score, margin, rel_margin
-    o.rank_min, o.rank_max, o.guide_margin = int(rank_min), int(rank_max), guide_margin
+    o.rules = chk.integer(rules, fn, "rules", 0, 2**32 - 1)
+    o.max_score, o.min_score = chk.real(max_score, fn, "max_score"), chk.real(min_score, fn,
+                                                                               "min_score")
+    o.margin, o.rel_margin = chk.real(margin, fn, "margin"), chk.real(rel_margin, fn,
+                                                                      "rel_margin")
+    o.rank_min, o.rank_max = chk.int64(rank_min, fn, "rank_min"), chk.int64(rank_max, fn,
+                                                                            "rank_max")
+    o.guide_margin = chk.real(guide_margin, fn, "guide_margin")
     keep = torch.empty(score.shape, dtype=torch.bool, device=dev)
     counts = _ffi.ns_filter_counts()
     with _on_device(dev):
@@ -393,16 +526,22 @@ def sample(candidate_id: Tensor, score: Tensor, m: int,
     from ._core import _sampler_options
     dev = score.device
     ctx = context_for(dev)
-    cand = _Cands(candidate_id, score, positive_score, query_offset=query_offset)
-    k = _flat(keep, torch.uint8, "keep", score.numel())
-    o = _sampler_options(int(strategy), simans_a, simans_b, temperature, seed, step)
-    B = score.shape[0]
+    fn = "sample"
+    cand = _Cands(candidate_id, score, positive_score, query_offset=query_offset, fn=fn)
+    k = _flat(keep, torch.uint8, "keep", score.numel(), fn, dev)
+    o = _sampler_options(strategy, simans_a, simans_b, temperature, seed, step, fn)
+    B, C = score.shape
+    m = chk.integer(m, fn, "m")
+    if m < 1:
+        raise InvalidArgument(f"{fn}: m ({m}) must be at least 1")
+    if m > C:
+        raise InvalidArgument(f"{fn}: m ({m}) is larger than the candidates per query ({C})")
     index = torch.empty((B, m), dtype=torch.int64, device=dev)
     out = torch.empty((B, m), dtype=torch.float32, device=dev)
     count = torch.empty((B,), dtype=torch.int64, device=dev)
     with _on_device(dev):
         ctx.check(_c("ns_sample")(ctx.handle, ctypes.byref(cand.struct), _p(k), ctypes.byref(o),
-                                  int(m), index.data_ptr(), out.data_ptr(), count.data_ptr()))
+                                  m, index.data_ptr(), out.data_ptr(), count.data_ptr()))
     return index, out, count
 
 
@@ -453,8 +592,13 @@ class InfoNCELoss(torch.nn.Module):
     (< C) the C candidates of each query are first filtered (filter: dict of negsamp.filter
     rules: same_id, max_score, min_score, margin, rel_margin, rank — scores are the cosine or
     dot products computed without gradient) and then h are sampled (sampler: dict with
-    strategy 'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed); the
-    module's step counter (or the step argument) feeds the sampler's RNG.
+    strategy 'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed). The
+    draw is keyed like ns_step's, by (seed, step, global query id, candidate id): the step is
+    the module's counter (or the step argument), the global query id query_offset + i
+    (query_offset argument; default rank·B under torch.distributed, else 0), the candidate id
+    hard_id (or the global slot (query_offset + i)·C + j). So splitting a batch (with the
+    parts' offsets) does not change the draws, and data-parallel ranks draw independently.
+    hard_keep (B, C) masks candidates out of the draw.
 
     learn_temperature=True makes τ a parameter (log_temperature), learned with the rest.
     """
@@ -502,37 +646,78 @@ class InfoNCELoss(torch.nn.Module):
                 f"symmetric={self.symmetric}, share_hard={self.share_hard}, "
                 f"hard_negatives={self.hard_negatives}")
 
+    @staticmethod
+    def default_query_offset(batch_size: int) -> int:
+        """The global id of this batch's first query when none is given: rank · B under an
+        initialised torch.distributed process group (the global batch is the ranks' batches
+        in rank order, as with ns_step over a communicator), else 0. Pass query_offset
+        explicitly when ranks hold batches of different sizes."""
+        try:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                return dist.get_rank() * batch_size
+        except Exception:  # pragma: no cover - a build without distributed support
+            pass
+        return 0
+
     def select(self, query: Tensor, positive: Tensor, hard: Tensor,
                hard_id: Optional[Tensor] = None, positive_id: Optional[Tensor] = None,
-               step: Optional[int] = None):
+               step: Optional[int] = None, query_offset: Optional[int] = None,
+               hard_keep: Optional[Tensor] = None):
         """Filter + sample h of the C candidates per query: (rows (B,h) into dim 1 of hard,
-        -1 padded; keep (B,h) bool)."""
+        -1 padded; keep (B,h) bool).
+
+        The draw is keyed like ns_step's: by the seed, the step, the global query id
+        query_offset + i and the candidate's id (hard_id, or else its global slot
+        (query_offset + i)·C + j). So a batch split into parts with their query offsets draws
+        what the whole batch draws, and different queries (other ranks, other batches of one
+        step) draw independently. query_offset defaults to default_query_offset(B).
+        hard_keep (B, C), optional: candidates never drawn."""
+        fn = "InfoNCELoss"
         B, C = hard.shape[0], hard.shape[1]
         h = int(self.hard_negatives)
+        off = (self.default_query_offset(B) if query_offset is None
+               else chk.int64(query_offset, fn, "query_offset", 0))
         with torch.no_grad():
             s = torch.einsum("bd,bcd->bc", query.float(), hard.float())
             sp = (query.float() * positive.float()).sum(-1)
-            cols = torch.arange(C, device=hard.device).expand(B, C)
-            ids = cols if hard_id is None else hard_id.reshape(B, C).to(torch.int64)
+            dev = hard.device
+            # Global slot ids, as ns_step makes them when a batch has no candidate ids.
+            slot0 = (off + torch.arange(B, device=dev, dtype=torch.int64)) * C
+            slots = slot0.unsqueeze(1) + torch.arange(C, device=dev, dtype=torch.int64)
+            if hard_id is None:
+                ids = slots
+            else:
+                ids = _flat(hard_id, torch.int64, "hard_id", B * C, fn, dev).reshape(B, C)
             keep = None
+            if hard_keep is not None:
+                keep = _flat(hard_keep, torch.uint8, "hard_keep", B * C, fn,
+                             dev).reshape(B, C).bool()
             rules = self.filter_rules
+            if hard_id is None:
+                rules &= ~_ffi.NS_FILTER_SAME_ID  # slot ids: no id to compare with (as ns_step)
             if rules:
                 po = pi = None
                 if rules & _ffi.NS_FILTER_SAME_ID:
                     if positive_id is None:
                         raise InvalidArgument("InfoNCELoss: the same_id filter needs positive_id")
-                    po = torch.arange(B + 1, device=hard.device, dtype=torch.int64)
+                    po = torch.arange(B + 1, device=dev, dtype=torch.int64)
                     pi = positive_id.reshape(B).to(torch.int64)
-                keep, _ = torch.ops.negsamp.filter(ids, s, sp, po, pi, rules=rules,
-                                                   **self.filter_kwargs)
-            # Sampling by column: ids must be unique within a row to map back to rows.
+                fkeep, _ = torch.ops.negsamp.filter(ids, s, sp, po, pi, rules=rules,
+                                                    **self.filter_kwargs)
+                keep = fkeep if keep is None else keep & fkeep
             chosen, _, _ = torch.ops.negsamp.sample(
-                cols if hard_id is None else ids, s, h, sp, keep,
-                step=int(self.step if step is None else step), **self.sampler)
+                ids, s, h, sp, keep, step=int(self.step if step is None else step),
+                query_offset=off, **self.sampler)
             if hard_id is None:
-                rows = chosen
+                rows = torch.where(chosen >= 0, chosen - slot0.unsqueeze(1),
+                                   torch.full_like(chosen, -1))
             else:
+                # The drawn id's first kept slot (an id repeated in a row is drawn once: the
+                # copy that was drawn is the first one that the filter kept).
                 match = ids.unsqueeze(1) == chosen.unsqueeze(2)  # (B, h, C)
+                if keep is not None:
+                    match &= keep.unsqueeze(1)
                 rows = torch.where(chosen >= 0, match.to(torch.int64).argmax(-1),
                                    torch.full_like(chosen, -1))
         return rows, rows >= 0
@@ -540,7 +725,8 @@ class InfoNCELoss(torch.nn.Module):
     def forward(self, query: Tensor, positive: Tensor, hard: Optional[Tensor] = None,
                 hard_keep: Optional[Tensor] = None, *, positive_id: Optional[Tensor] = None,
                 hard_id: Optional[Tensor] = None, extra: Optional[Tensor] = None,
-                extra_id: Optional[Tensor] = None, step: Optional[int] = None) -> Tensor:
+                extra_id: Optional[Tensor] = None, step: Optional[int] = None,
+                query_offset: Optional[int] = None) -> Tensor:
         if self.normalize:
             query = torch.nn.functional.normalize(query, dim=-1)
             positive = torch.nn.functional.normalize(positive, dim=-1)
@@ -550,7 +736,8 @@ class InfoNCELoss(torch.nn.Module):
             hard = hard.unsqueeze(1)
         if (hard is not None and self.hard_negatives is not None
                 and self.hard_negatives < hard.shape[1]):
-            rows, sel_keep = self.select(query, positive, hard, hard_id, positive_id, step)
+            rows, sel_keep = self.select(query, positive, hard, hard_id, positive_id, step,
+                                         query_offset, hard_keep)
             safe = rows.clamp(min=0)
             hard = torch.gather(hard, 1, safe.unsqueeze(-1).expand(-1, -1, hard.shape[2]))
             if hard_id is not None:

@@ -144,7 +144,7 @@ def test_infonce_forward_and_backward_match_reference(rng, case):
     loss, per = ref_infonce(q64, P64, **rk)
     np.testing.assert_allclose(fwd.loss, loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fwd.per_query, per, rtol=1e-5, atol=1e-5)
-    assert fwd.saved.shape == (len(q64) * negsamp.NS_INFONCE_SAVED_PER_QUERY,)
+    assert fwd.saved.shape == (len(q64), negsamp.NS_INFONCE_SAVED_PER_QUERY)
 
     g = negsamp.infonce_backward(**arrays, saved=fwd.saved, grad_loss=0.7, **kw)
     f = lambda: 0.7 * ref_infonce(q64, P64, **rk)[0]  # noqa: E731

@@ -137,9 +137,14 @@ def test_mine_topk_errors(rng):
     c = rng.standard_normal((10, 4)).astype(np.float32)
     with pytest.raises(negsamp.InvalidArgument) as e:
         negsamp.mine_topk(q, c, 11)
-    assert "ns_mine_topk" in str(e.value) and "k (11)" in str(e.value)
+    # Checked in Python before the B×k outputs are allocated, in the library's words.
+    assert str(e.value) == "mine_topk: k (11) is larger than the corpus (10 rows)"
     with pytest.raises(negsamp.InvalidArgument, match="k"):
         negsamp.mine_topk(q, c, 0)
+    c[3, 1] = np.nan  # what only the library sees still carries its message
+    with pytest.raises(negsamp.NonFinite) as e:
+        negsamp.mine_topk(q, c, 2)
+    assert "ns_mine_topk" in str(e.value)
 
 
 # ------------------------------------------------------------------ .npy

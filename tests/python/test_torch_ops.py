@@ -321,3 +321,174 @@ def test_learnable_temperature_gradient(gen, symmetric):
     (g_log_tau,) = torch.autograd.grad(loss, [mod.log_temperature])
     (g_tau,) = torch.autograd.grad(ref, [tau])
     torch.testing.assert_close(g_log_tau, g_tau * 0.2, rtol=1e-4, atol=1e-5)  # dL/dlogτ = τ·dL/dτ
+
+
+# ------------------------------------------------------------------ what the ops refuse
+
+
+@DEVICES
+def test_infonce_backward_checks_saved(gen, device):
+    require("ns_infonce_forward", "ns_infonce_backward")
+    B, d = 5, 8
+    q, p = _randn(gen, B, d, device=device), _randn(gen, B, d, device=device)
+    one = torch.ones((), device=device)
+    saved = ops.infonce(q, p, temperature=0.1)[2]
+    assert saved.shape == (B, negsamp.NS_INFONCE_SAVED_PER_QUERY)
+    for bad in (saved.reshape(-1), saved[:B - 1], saved[:, :4]):
+        with pytest.raises(negsamp.InvalidArgument, match="infonce_backward: saved has shape"):
+            ops.infonce_backward(one, q, p, bad, temperature=0.1)
+    with pytest.raises(negsamp.InvalidArgument, match="saved has dtype torch.float64"):
+        ops.infonce_backward(one, q, p, saved.double(), temperature=0.1)
+    # The saved of another batch of the same size: refused, not -inf gradients.
+    q2, p2 = _randn(gen, B, d, device=device), _randn(gen, B, d, device=device)
+    other = ops.infonce(q2, p2, temperature=0.1)[2]
+    with pytest.raises(negsamp.InvalidArgument, match="saved is not from the forward"):
+        ops.infonce_backward(one, q, p, other, temperature=0.1)
+    inf = saved.clone()
+    inf[1, 3] = float("inf")
+    with pytest.raises(negsamp.NonFinite, match=r"saved\[1, 3\]"):
+        ops.infonce_backward(one, q, p, inf, temperature=0.1)
+    # The right one passes, also transposed twice (non-contiguous), with the same gradients.
+    g = ops.infonce_backward(one, q, p, saved, temperature=0.1)
+    g2 = ops.infonce_backward(one, q, p, saved.t().contiguous().t(), temperature=0.1)
+    for a, b in zip(g, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@DEVICES
+def test_mine_topk_op_validates_exclusions_and_k(gen, device):
+    require("ns_mine_topk")
+    q, corpus = _randn(gen, 3, 4, device=device), _randn(gen, 20, 4, device=device)
+    ids = torch.tensor([1, 2], device=device)
+
+    def off(*v, dtype=torch.int64):
+        return torch.tensor(v, dtype=dtype, device=device)
+    for offsets, exc_ids, match in [
+            (off(0, 1, 2, 10**6), ids, r"exclude.offsets\[3\] \(1000000\) is larger than the "
+                                       r"number of ids \(2\)"),
+            (off(0, 1, 2), ids, "exclude has 2 lists"),
+            (off(0, 2, 1, 2), ids, "must not decrease"),
+            (off(0, 1, 2, 2, dtype=torch.float32), ids, "exclude_offsets has dtype"),
+            (off(0, 1, 2, 2), ids.double(), "exclude_ids has dtype torch.float64")]:
+        with pytest.raises(negsamp.InvalidArgument, match=match):
+            ops.mine_topk(q, corpus, 4, exclude_offsets=offsets, exclude_ids=exc_ids)
+    with pytest.raises(negsamp.InvalidArgument,
+                       match=r"^mine_topk: k \(1000000000000\) is larger than the corpus"):
+        ops.mine_topk(q, corpus, 10**12)
+    with pytest.raises(negsamp.InvalidArgument, match="corpus has dtype torch.int64"):
+        ops.mine_topk(q, torch.ones(20, 4, dtype=torch.int64, device=device), 3)
+
+
+@DEVICES
+def test_filter_and_sample_ops_refuse_silent_conversions(gen, device):
+    require("ns_filter", "ns_sample")
+    cid = torch.arange(12, device=device).reshape(2, 6)
+    s = _randn(gen, 2, 6, device=device)
+    with pytest.raises(negsamp.InvalidArgument, match="candidate_id has dtype torch.float32"):
+        ops.sample(cid.float() + 0.5, s, 2)  # used to be truncated to integer ids
+    with pytest.raises(negsamp.InvalidArgument, match=r"^sample: m \(1000000000000\) is larger"):
+        ops.sample(cid, s, 10**12)
+    with pytest.raises(negsamp.InvalidArgument, match="sample: seed .-1. must be at least 0"):
+        ops.sample(cid, s, 2, seed=-1)
+    with pytest.raises(negsamp.InvalidArgument, match="positive.offsets.2. .9. is larger"):
+        ops.filter(cid, s, s[:, 0].contiguous(), torch.tensor([0, 1, 9], device=device),
+                   torch.tensor([3, 4], device=device), rules=negsamp._ffi.NS_FILTER_SAME_ID)
+
+
+def test_infonce_op_refuses_out_of_range_positive_and_int_embeddings(gen):
+    require("ns_infonce_forward")
+    q, p = _randn(gen, 4, 8), _randn(gen, 6, 8)
+    with pytest.raises(negsamp.InvalidArgument, match=r"infonce: positive\[2\] \(6\) is outside"):
+        ops.infonce(q, p, positive=torch.tensor([0, 1, 6, 2]))
+    with pytest.raises(negsamp.InvalidArgument, match="query has dtype torch.int32"):
+        ops.infonce(torch.ones(4, 8, dtype=torch.int32), p)
+
+
+@pytest.mark.skipif("cuda" not in _devices(), reason="needs a CUDA device for torch and "
+                                                     "libnegsamp")
+def test_tensors_on_two_devices_are_refused(gen):
+    require("ns_infonce_forward", "ns_mine_topk")
+    q = _randn(gen, 4, 8, device="cuda")
+    with pytest.raises(negsamp.InvalidArgument, match="passage is on cpu but the call runs on"):
+        ops.infonce(q, _randn(gen, 4, 8))
+    with pytest.raises(negsamp.InvalidArgument, match="exclude_offsets is on cpu"):
+        ops.mine_topk(q, _randn(gen, 9, 8, device="cuda"), 2,
+                      exclude_offsets=torch.tensor([0, 0, 0, 0, 0]),
+                      exclude_ids=torch.zeros(0, dtype=torch.int64, device="cuda"))
+
+
+# ------------------------------------------------------------------ the module's own draws
+
+
+def _draw_module(**sampler):
+    return negsamp.InfoNCELoss(temperature=0.2, share_hard=False, hard_negatives=3,
+                               sampler=dict(seed=5, **sampler))
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_infonce_loss_draws_do_not_depend_on_the_batch_split(gen, with_ids):
+    require("ns_sample")
+    B, C, d = 8, 9, 6
+    q, p, cand = _randn(gen, B, d), _randn(gen, B, d), _randn(gen, B, C, d)
+    hid = torch.randperm(10_000, generator=gen)[:B * C].reshape(B, C) if with_ids else None
+    mod = _draw_module(strategy="uniform")
+    whole, _ = mod.select(q, p, cand, hid, step=4, query_offset=100)
+    parts = [mod.select(q[a:b], p[a:b], cand[a:b], None if hid is None else hid[a:b], step=4,
+                        query_offset=100 + a)[0] for a, b in ((0, 3), (3, 4), (4, 8))]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    # Every query draws h distinct columns of its own row.
+    assert whole.min() >= 0 and whole.max() < C
+    assert all(len(set(r.tolist())) == 3 for r in whole)
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_infonce_loss_draws_differ_between_query_offsets(gen, with_ids):
+    """Two ranks (or two unrelated batches of one step) holding the same-shaped batch used to
+    draw the same columns; keyed by the global query id they draw independently."""
+    require("ns_sample")
+    B, C, d = 16, 12, 4
+    q, p, cand = _randn(gen, B, d), _randn(gen, B, d), _randn(gen, B, C, d)
+    hid = torch.arange(B * C).reshape(B, C) if with_ids else None
+    mod = _draw_module(strategy="uniform")
+    r0, _ = mod.select(q, p, cand, hid, step=1, query_offset=0)
+    r1, _ = mod.select(q, p, cand, hid, step=1, query_offset=B)
+    same_rows = sum(bool((a.sort().values == b.sort().values).all()) for a, b in zip(r0, r1))
+    # P(one row's 3-of-12 set repeats) = 1/220: 16 equal rows by chance is out of the question.
+    assert same_rows < 4, (r0, r1)
+
+
+def test_infonce_loss_draws_are_the_steps(gen):
+    """The module's draw equals ns_step's (negsamp.Step) for the same batch, offset and step:
+    the same keys (global query id, global slot id) on both sides."""
+    require("ns_sample", "ns_step_forward")
+    B, C, d, h = 6, 7, 5, 3
+    q, p, cand = _randn(gen, B, d), _randn(gen, B, d), _randn(gen, B, C, d)
+    mod = negsamp.InfoNCELoss(temperature=0.2, share_hard=False, hard_negatives=h,
+                              sampler=dict(strategy="uniform", seed=9))
+    rows, _ = mod.select(q, p, cand, step=3, query_offset=11)
+    st = negsamp.Step(h, sampler=dict(strategy="uniform", seed=9))
+    res = st.forward(q.numpy(), p.numpy(), cand.numpy(), query_offset=11, step=3)
+    want = res.negative_row - (np.arange(B) * C)[:, None]
+    np.testing.assert_array_equal(rows.numpy(), want)
+
+
+def test_infonce_loss_default_offset_follows_the_rank(gen, monkeypatch):
+    import torch.distributed as dist
+    assert negsamp.InfoNCELoss.default_query_offset(8) == 0
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 3)
+    assert negsamp.InfoNCELoss.default_query_offset(8) == 24
+
+
+def test_infonce_loss_maps_a_drawn_id_to_its_kept_copy(gen):
+    """An id present twice in a row whose first copy is filtered out: the drawn id's row is
+    the kept copy, never the removed one."""
+    require("ns_filter", "ns_sample")
+    q = torch.tensor([[1.0, 0.0, 0.0]])
+    p = torch.tensor([[0.0, 1.0, 0.0]])
+    cand = torch.tensor([[[5.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [0.3, 0, 0]]])
+    hid = torch.tensor([[7, 8, 7, 9]])  # id 7 in slots 0 (score 5, filtered) and 2
+    mod = negsamp.InfoNCELoss(temperature=0.5, share_hard=False, hard_negatives=3,
+                              filter=dict(max_score=1.0), sampler=dict(strategy="top"))
+    rows, keep = mod.select(q, p, cand, hid, step=0, query_offset=0)
+    assert sorted(rows[0].tolist()) == [1, 2, 3]  # ids 8, 7 (its kept copy), 9
