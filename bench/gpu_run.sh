@@ -225,6 +225,8 @@ setup() {
     local rt
     rt=$(kit_runtime_dir)
     export LD_LIBRARY_PATH="$rt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    kit_export_env >>"$state/kit.txt"
+    tail -n 1 "$state/kit.txt"
     kit_say "loader: LD_LIBRARY_PATH starts with $rt ($(ls "$rt" | tr '\n' ' '))" | tee -a "$state/kit.txt"
     # Python wheels (none today): installed into a private folder, never over the image's.
     if compgen -G "$KIT_DIR/whl/*.whl" >/dev/null; then
@@ -510,6 +512,13 @@ selftest_dryrun() {
     for p in $(ps -o pid= -s "$pg" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
     wait "$pg" 2>/dev/null
     ls -l "$o" | sed 's/^/   /'
+    # tests/consumer (a separate CMake project, configured by ctest) must have found the kit's BLAS.
+    local cc=$build/tests/consumer/work/cmake/CMakeCache.txt cbl
+    if [[ -f $cc ]]; then
+        cbl=$(sed -n 's/^BLAS_[A-Za-z_]*LIBRARY[A-Za-z_]*:[A-Z]*=//p; s/^BLAS_LIBRARIES:[A-Z]*=//p' "$cc" | grep -m1 openblas)
+        echo "   tests/consumer found BLAS: ${cbl:-none}"
+        [[ $cbl == "$KIT_PREFIX"/* ]] || { note_step selftest-consumer fail "tests/consumer's BLAS is ${cbl:-none}, not the kit's"; }
+    fi
     if "$py" - "$o" <<'PY'; then note_step selftest-dryrun ok "test, bench and a killed test call through the stubs: see $o"; else note_step selftest-dryrun fail "see the lines above and $o"; return 1; fi
 import json, os, re, sys
 o = sys.argv[1]

@@ -5,6 +5,7 @@
 #   kit_gtest_probe      does the packaged libgtest.a link with this machine's g++? else build it
 #   kit_cmake_args       the -D arguments that point the CMake build at that prefix
 #   kit_runtime_dir      symlinks to the runtime libraries the machine lacks (for LD_LIBRARY_PATH)
+#   kit_export_env       CMAKE_PREFIX_PATH / CMAKE_LIBRARY_PATH / NCCL_ROOT for the tests' own CMake runs
 # Inputs: KIT_ROOT (repository root), KIT_DIR (default $KIT_ROOT/.gpukit, made by
 # bench/gpu/fetch.sh), KIT_PREFIX (where to unpack), NS_GPU_KIT_FORCE ("all" or a list of
 # groups from bench/gpu/debs.txt to take from the kit even where the machine has them: the
@@ -302,6 +303,19 @@ kit_cmake_args() {  # prints one -D argument per line
         echo "-DCMAKE_LIBRARY_PATH=${lib_path[*]}"
     fi
     return 0
+}
+
+kit_export_env() {  # for CMake projects the tests configure themselves (tests/consumer): the same prefix
+    local P=$KIT_PREFIX A=$KIT_ARCH
+    if [[ -n $KIT_GROUPS_NEEDED ]]; then
+        export CMAKE_PREFIX_PATH="$P/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+    fi
+    if kit_needs openblas; then
+        export CMAKE_LIBRARY_PATH="$P/usr/lib/$A/openblas-pthread${CMAKE_LIBRARY_PATH:+:$CMAKE_LIBRARY_PATH}"
+        export CMAKE_INCLUDE_PATH="$P/usr/include/$A/openblas-pthread${CMAKE_INCLUDE_PATH:+:$CMAKE_INCLUDE_PATH}"
+    fi
+    if [[ -n $KIT_NCCL_ROOT ]]; then export NCCL_ROOT=$KIT_NCCL_ROOT; fi
+    kit_say "environment: CMAKE_PREFIX_PATH=${CMAKE_PREFIX_PATH:-} CMAKE_LIBRARY_PATH=${CMAKE_LIBRARY_PATH:-} NCCL_ROOT=${NCCL_ROOT:-}"
 }
 
 kit_runtime_dir() {  # symlinks in $KIT_PREFIX/rt to the runtime libraries taken from the kit; prints the dir
