@@ -7,6 +7,7 @@
 #                                    small-shape subset of the CUDA tests (budget 360 s)
 #   bash bench/gpu_run.sh bench      setup, build what the benchmarks need, GPU benchmarks with their
 #                                    cuBLAS / copy ceilings and their PyTorch peers (budget 300 s)
+#   bash bench/gpu_run.sh sanitize   the sanitizer steps of `test` alone (a rerun with time left)
 #   bash bench/gpu_run.sh [all]      both, one after the other (bench/run.py calls this)
 #   bash bench/gpu_run.sh selftest   (or NS_GPU_KIT_SELFTEST=1) every step that needs no GPU, HERE:
 #                                    the kit unpacked into a temporary prefix, the build pointed at it
@@ -33,7 +34,7 @@ cd "$root" || exit 1
 mode=${1:-all}
 [[ ${NS_GPU_KIT_SELFTEST:-0} == 1 ]] && mode=selftest
 case $mode in
-test | bench | all | selftest) ;;
+test | bench | sanitize | all | selftest) ;;
 *)
     sed -n '2,20p' "${BASH_SOURCE[0]}"
     exit 2
@@ -42,7 +43,7 @@ esac
 T0=$(date +%s)
 case $mode in
 test) budget=${NS_GPU_BUDGET_S:-360} ;;
-bench) budget=${NS_GPU_BUDGET_S:-300} ;;
+bench | sanitize) budget=${NS_GPU_BUDGET_S:-300} ;;
 *) budget=${NS_GPU_BUDGET_S:-1200} ;;
 esac
 reserve=12 # seconds kept for the last report
@@ -603,6 +604,12 @@ bench)
     build_targets bench_gpu_ops
     verify_prefix
     run_benchmarks
+    ;;
+sanitize)
+    configure
+    build_targets test_cuda_parity
+    verify_prefix
+    run_sanitizers
     ;;
 all)
     configure
