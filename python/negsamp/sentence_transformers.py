@@ -424,3 +424,421 @@ def _format(output_format, scores, a_col, p_col, queries, texts, pos_of, pos_sco
                                  + [float(neg_s[qi, c]) for c in cs] if scores
                                  else [1] + [0] * len(cs))
     return out
+
+
+# ====================================================================== losses
+
+
+def _row_ids(features):
+    """One int64 id per text of a tokenised column (equal texts, equal ids; the same on every
+    rank: a CRC of the token ids, not Python's salted hash), or None when the features do not
+    say which tokens belong to which row."""
+    import zlib
+    import torch
+    ids = features.get("input_ids")
+    if not isinstance(ids, torch.Tensor):
+        return None
+    rows = []
+    if ids.dim() == 2:
+        mask = features.get("attention_mask")
+        a = ids.detach().cpu().numpy()
+        m = None if mask is None else mask.detach().cpu().numpy().astype(bool)
+        rows = [a[i][m[i]] if m is not None else a[i] for i in range(a.shape[0])]
+    elif ids.dim() == 1 and isinstance(features.get("offsets"), torch.Tensor):
+        a = ids.detach().cpu().numpy()
+        off = features["offsets"].detach().cpu().numpy().tolist() + [a.shape[0]]
+        rows = [a[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    else:
+        return None
+    out = []
+    for r in rows:
+        b = np.ascontiguousarray(r, dtype=np.int64).tobytes()
+        out.append(((zlib.crc32(b) << 31) ^ zlib.adler32(b)) & ((1 << 62) - 1))
+    return torch.tensor(out, dtype=torch.int64, device=ids.device)
+
+
+def _is_cosine(similarity_fct) -> bool:
+    if similarity_fct is None:
+        return True
+    if isinstance(similarity_fct, str):
+        name = similarity_fct
+    else:
+        name = getattr(similarity_fct, "__name__", type(similarity_fct).__name__)
+    if name in ("cos_sim", "cosine", "pairwise_cos_sim", "CosineSimilarity"):
+        return True
+    if name in ("dot_score", "dot", "pairwise_dot_score"):
+        return False
+    raise Unsupported(f"NegsampLoss: similarity_fct ({name}) is not cos_sim or dot_score (negsamp's "
+                      f"InfoNCE works on inner products)")
+
+
+def _gather_rows(t):
+    """All ranks' rows (sizes may differ), concatenated in rank order, with gradient back to the
+    owner's rows: (gathered, this rank's first row, the sizes)."""
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dnn
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    mx = max(sizes)
+    pad = torch.cat([t, t.new_zeros((mx - t.shape[0],) + tuple(t.shape[1:]))]) if mx > t.shape[0] \
+        else t
+    parts = dnn.all_gather(pad) if t.requires_grad or t.is_floating_point() else None
+    if parts is None:
+        parts = [torch.zeros_like(pad) for _ in sizes]
+        dist.all_gather(parts, pad)
+    rank = dist.get_rank()
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sum(sizes[:rank]), sizes
+
+
+try:  # the losses need torch (sentence-transformers does too); mining needs only numpy
+    import torch as _torch
+    _Module = _torch.nn.Module
+except ImportError:  # pragma: no cover
+    _torch = None
+    _Module = object
+
+
+def _embed(model, features):
+    try:
+        from sentence_transformers.base.losses.merged_forward import embed_columns
+    except ImportError:  # sentence-transformers before 6
+        return [model(f)["sentence_embedding"] for f in features]
+    return embed_columns(model, features)
+
+
+class NegsampLoss(_Module):
+    """InfoNCE over (anchor, positive, negative_1..n) columns by ``torch.ops.negsamp.infonce``:
+    the B × (B·(1+n)) logits are never formed (O(B + N) extra memory, a tiled backward).
+
+    With the defaults it is ``MultipleNegativesRankingLoss``: cross-entropy of
+    ``scale · sim(anchor_i, [positives; negatives])`` against the anchor's own positive, every
+    negative column shared by the whole batch, ``similarity_fct`` ``cos_sim`` (rows normalised)
+    or ``dot_score``; ``temperature`` = 1/scale when given. negsamp's extras:
+
+    - ``mask_same_id`` (default True): a candidate whose text (its token ids) equals the
+      anchor's positive is masked, so a duplicated passage in a batch is not a false negative.
+      MultipleNegativesRankingLoss counts it as a negative (use its NO_DUPLICATES sampler);
+      on batches without duplicate passages the two are equal.
+    - ``hard_negatives=h`` with ``filter`` (dict of negsamp.filter rules: max_score, min_score,
+      margin, rel_margin, rank; scores without gradient) and ``sampler`` (strategy "top" |
+      "uniform" | "simans" | "softmax", simans_a, simans_b, temperature, seed): each anchor keeps
+      h of its n candidate columns, filtered then drawn as ``negsamp.InfoNCELoss`` does (keyed by
+      seed, step, global query id, candidate id), before the shared InfoNCE.
+    - ``symmetric`` (adds the positive→anchor term, (L_q + L_p)/2), ``tau_plus`` (debiased
+      InfoNCE), ``beta`` (hard-negative reweighting), ``learn_temperature`` (τ is a parameter
+      ``log_temperature`` of this module).
+    - ``guide`` (GISTEmbed): a guide model's cosine g; candidate j of anchor i is masked when
+      g_ij > g_i⁺ − margin (``margin_strategy`` "relative": g_i⁺ − |g_i⁺|·margin), the positive
+      never. ``contrast_anchors`` adds the other anchors as candidates (the anchor itself
+      masked). Anchors with a masked candidate are computed densely (their logit rows only);
+      the rest by negsamp's op.
+    - ``gather_across_devices``: every rank's positives and negatives (any sizes: uneven last
+      batches are fine) are candidates of every anchor, the gradient of a gathered row goes back
+      to its rank, and each rank's loss is scaled by world_size · B_rank / B_global, so that
+      DistributedDataParallel's mean over ranks gives exactly the gradient of the mean loss over
+      the global batch (MultipleNegativesRankingLoss averages per rank: equal batches only).
+    """
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=None,
+                 gather_across_devices: bool = False, *, temperature: float | None = None,
+                 mask_same_id: bool = True, hard_negatives: int | None = None,
+                 filter: dict | None = None, sampler: dict | None = None,
+                 symmetric: bool = False, tau_plus: float = 0.0, beta: float = 0.0,
+                 learn_temperature: bool = False, guide=None, margin_strategy: str = "absolute",
+                 margin: float = 0.0, contrast_anchors: bool = False,
+                 contrast_positives: bool = False):
+        super().__init__()
+        from .torch_ops import InfoNCELoss
+        fn = type(self).__name__
+        self.model = model
+        if temperature is None:
+            if not scale > 0:
+                raise InvalidArgument(f"{fn}: scale ({scale}) must be positive")
+            temperature = 1.0 / scale
+        if not temperature > 0:
+            raise InvalidArgument(f"{fn}: temperature ({temperature}) must be positive")
+        self.scale = 1.0 / float(temperature)
+        if similarity_fct is None:
+            from sentence_transformers.util import cos_sim
+            similarity_fct = cos_sim
+        self.similarity_fct = similarity_fct
+        self.normalize = _is_cosine(similarity_fct)
+        self.gather_across_devices = bool(gather_across_devices)
+        self.mask_same_id = bool(mask_same_id)
+        self.symmetric = bool(symmetric)
+        self.tau_plus = float(tau_plus)
+        self.beta = float(beta)
+        self.guide = guide
+        if margin_strategy not in ("absolute", "relative"):
+            raise InvalidArgument(f"{fn}: margin_strategy ({margin_strategy!r}) is not "
+                                  f"'absolute' or 'relative'")
+        self.margin_strategy = margin_strategy
+        self.margin = float(margin)
+        self.contrast_anchors = bool(contrast_anchors)
+        if contrast_positives:
+            raise Unsupported(f"{fn}: contrast_positives (positive–positive logits in the "
+                              f"anchor's softmax) is not an inner product of the anchor; negsamp "
+                              f"contrasts anchors with passages only")
+        if (guide is not None or contrast_anchors) and (symmetric or tau_plus or beta):
+            raise Unsupported(f"{fn}: a guide or contrast_anchors with symmetric, tau_plus or "
+                              f"beta is not supported")
+        if self.symmetric and self.gather_across_devices:
+            raise Unsupported(f"{fn}: symmetric with gather_across_devices is not supported")
+        self.hard_negatives = hard_negatives
+        # The selection machinery of negsamp.InfoNCELoss (filter + sample, ns_step's keys).
+        self._select = InfoNCELoss(temperature=float(temperature), hard_negatives=hard_negatives,
+                                   filter=filter, sampler=sampler)
+        self.filter, self.sampler = filter, sampler
+        self.learn_temperature = bool(learn_temperature)
+        if self.learn_temperature:
+            if tau_plus:
+                raise Unsupported(f"{fn}: learn_temperature with tau_plus is not supported")
+            self.log_temperature = _torch.nn.Parameter(_torch.tensor(float(temperature)).log())
+
+    # -- sentence-transformers' loss interface
+    @property
+    def temperature(self) -> float:
+        if self.learn_temperature:
+            return float(self.log_temperature.detach().exp())
+        return 1.0 / self.scale
+
+    def get_config_dict(self):
+        from sentence_transformers.util import similarity_fct_name
+        return {"scale": self.scale, "similarity_fct": similarity_fct_name(self.similarity_fct),
+                "gather_across_devices": self.gather_across_devices,
+                "mask_same_id": self.mask_same_id, "hard_negatives": self.hard_negatives,
+                "filter": self.filter, "sampler": self.sampler, "symmetric": self.symmetric,
+                "tau_plus": self.tau_plus, "beta": self.beta,
+                "learn_temperature": self.learn_temperature,
+                "guide": None if self.guide is None else type(self.guide).__name__,
+                "margin_strategy": self.margin_strategy, "margin": self.margin,
+                "contrast_anchors": self.contrast_anchors}
+
+    @property
+    def citation(self) -> str:
+        return ("negsamp (InfoNCE without the logit matrix); see MultipleNegativesRankingLoss "
+                "and GISTEmbedLoss for the losses it reproduces")
+
+    def forward(self, sentence_features, labels=None):
+        features = list(sentence_features)
+        if len(features) < 2:
+            raise InvalidArgument(f"{type(self).__name__}: expected (anchor, positive, "
+                                  f"negative...) columns; got {len(features)}")
+        embeddings = _embed(self.model, features)
+        ids = [_row_ids(f) for f in features] if (self.mask_same_id or self.contrast_anchors) \
+            else None
+        guide = self._guide_embeddings(features) if self.guide is not None else None
+        return self.compute_loss_from_embeddings(embeddings, labels, ids=ids, guide=guide)
+
+    def _guide_embeddings(self, features):
+        with _torch.no_grad():
+            try:
+                same = (self.model.tokenizer.get_vocab() == self.guide.tokenizer.get_vocab())
+            except Exception:
+                same = True
+            if not same:
+                texts = [self.model.tokenizer.batch_decode(f["input_ids"],
+                                                           skip_special_tokens=True)
+                         for f in features]
+                features = [{k: v.to(self.guide.device) if hasattr(v, "to") else v
+                             for k, v in self.guide.tokenize(t).items()} for t in texts]
+            return [_torch.nn.functional.normalize(e.float(), dim=-1)
+                    for e in _embed(self.guide, features)]
+
+    def compute_loss_from_embeddings(self, embeddings, labels=None, *, ids=None, guide=None):
+        torch = _torch
+        F = torch.nn.functional
+        q, p = embeddings[0], embeddings[1]
+        B, d = q.shape
+        negs = list(embeddings[2:])
+        if self.normalize:
+            q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
+            negs = [F.normalize(n, dim=-1) for n in negs]
+        dev = q.device
+        have_ids = ids is not None and all(i is not None for i in ids)
+        base = 0  # ids made up when the features carry none: unique on every rank
+        if not have_ids and self.gather_across_devices:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                base = dist.get_rank() << 45
+        pid = ids[1] if have_ids else base + torch.arange(B, device=dev)
+        n_ids = list(ids[2:]) if have_ids else [
+            base + (c + 1) * B + torch.arange(B, device=dev) + (1 << 40)
+            for c in range(len(negs))]
+        g_negs = list(guide[2:]) if guide is not None else None
+        if negs and self.hard_negatives is not None and self.hard_negatives < len(negs):
+            hard = torch.stack(negs, 1)                                       # (B, C, d)
+            hid = torch.stack(n_ids, 1)
+            rows, keep = self._select.select(q, p, hard, hid if have_ids else None,
+                                             pid if have_ids else None)
+            if self.training:
+                self._select.step += 1
+            safe = rows.clamp(min=0)
+            flat = keep.reshape(-1)
+            negs = [torch.gather(hard, 1, safe.unsqueeze(-1).expand(-1, -1, d))
+                    .reshape(-1, d)[flat]]
+            n_ids = [torch.gather(hid, 1, safe).reshape(-1)[flat]]
+            if g_negs is not None:
+                gh = torch.stack(g_negs, 1)
+                g_negs = [torch.gather(gh, 1, safe.unsqueeze(-1).expand(-1, -1, gh.shape[2]))
+                          .reshape(-1, gh.shape[2])[flat]]
+        passages = torch.cat([p] + negs) if negs else p
+        pids = torch.cat([pid] + n_ids) if n_ids else pid
+        g_q = g_cand = None
+        if guide is not None:
+            g_q = guide[0]
+            g_cand = torch.cat([guide[1]] + (g_negs or []))
+        if self.contrast_anchors:
+            passages = torch.cat([passages, q])
+            pids = torch.cat([pids, pid])  # anchor i carries its positive's id: masked for i
+            if g_cand is not None:
+                g_cand = torch.cat([g_cand, g_q])
+        offset, scale_by = 0, 1.0
+        if self.gather_across_devices:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                _, _, q_sizes = _gather_rows(q.detach())
+                passages, offset, _ = _gather_rows(passages)
+                pids, _, _ = _gather_rows(pids)
+                if g_cand is not None:
+                    g_cand, _, _ = _gather_rows(g_cand)
+                # A positive's global row: this rank's first passage + i (its positives lead).
+                scale_by = dist.get_world_size() * B / float(sum(q_sizes))
+        positive = offset + torch.arange(B, device=dev)
+        temperature = 1.0 / self.scale
+        if self.learn_temperature:
+            q = q / self.log_temperature.exp().to(q.dtype)
+            temperature = 1.0
+        mask = None
+        if g_q is not None:
+            g = g_q @ g_cand.T
+            g_pos = g[torch.arange(B, device=dev), positive].unsqueeze(1)
+            bound = g_pos - (self.margin if self.margin_strategy == "absolute"
+                             else g_pos.abs() * self.margin)
+            mask = g > bound
+            mask[torch.arange(B, device=dev), positive] = False
+        dense = None if mask is None else mask.any(1)
+        loss = q.new_zeros((), dtype=torch.float32)
+        sparse = torch.ones(B, dtype=torch.bool, device=dev) if dense is None else ~dense
+        n_sparse = int(sparse.sum())
+        use_ids = self.mask_same_id or self.contrast_anchors
+        if n_sparse:
+            qs = q if n_sparse == B else q[sparse]
+            l_sparse, _, _ = torch.ops.negsamp.infonce(
+                qs, passages, None, None, None, positive[sparse] if n_sparse < B else positive,
+                pids if use_ids else None, None, None, temperature, self.symmetric, use_ids,
+                self.tau_plus, self.beta, False)
+            loss = loss + l_sparse * (n_sparse / B)
+        if dense is not None and bool(dense.any()):
+            qd = q[dense].float()
+            logits = qd @ passages.float().T / temperature
+            drop = mask[dense].clone()
+            pos_d = positive[dense]
+            if use_ids:
+                drop |= pids.unsqueeze(0) == pids[pos_d].unsqueeze(1)
+            r = torch.arange(qd.shape[0], device=dev)
+            drop[r, pos_d] = False
+            logits = logits.masked_fill(drop, float("-inf"))
+            loss = loss + (torch.logsumexp(logits, 1) - logits[r, pos_d]).sum() / B
+        return loss * scale_by
+
+
+class MultipleNegativesRankingLoss(NegsampLoss):
+    """Drop-in for ``sentence_transformers.losses.MultipleNegativesRankingLoss`` (model, scale,
+    similarity_fct, gather_across_devices) computed by negsamp; see NegsampLoss for the extras
+    (keyword-only). ``directions``/``partition_mode``/``hardness_*`` of sentence-transformers 6
+    are accepted at their defaults only."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=None,
+                 gather_across_devices: bool = False, directions=("query_to_doc",),
+                 partition_mode: str = "joint", hardness_mode=None,
+                 hardness_strength: float = 0.0, **negsamp_options):
+        if tuple(directions) == ("query_to_doc", "doc_to_query") and partition_mode == \
+                "per_direction":
+            negsamp_options.setdefault("symmetric", True)
+        elif tuple(directions) != ("query_to_doc",):
+            raise Unsupported(f"{type(self).__name__}: directions {tuple(directions)} (negsamp: "
+                              f"query_to_doc, or query_to_doc + doc_to_query per_direction = "
+                              f"symmetric=True)")
+        if hardness_mode is not None and hardness_strength:
+            raise Unsupported(f"{type(self).__name__}: hardness_mode (use beta=, negsamp's "
+                              f"hard-negative reweighting)")
+        super().__init__(model, scale, similarity_fct, gather_across_devices, **negsamp_options)
+
+
+class GISTEmbedLoss(NegsampLoss):
+    """Drop-in for ``sentence_transformers.losses.GISTEmbedLoss`` (model, guide, temperature,
+    margin_strategy, margin, contrast_anchors, gather_across_devices) computed by negsamp.
+
+    Differences: ``contrast_positives`` (positive–positive logits) is not supported and defaults
+    to False (sentence-transformers: True); equal to sentence-transformers' loss with
+    contrast_positives=False. The similarity is cosine, as in GISTEmbed."""
+
+    def __init__(self, model, guide, temperature: float = 0.01,
+                 margin_strategy: str = "absolute", margin: float = 0.0,
+                 contrast_anchors: bool = True, contrast_positives: bool = False,
+                 gather_across_devices: bool = False, **negsamp_options):
+        super().__init__(model, temperature=temperature,
+                         gather_across_devices=gather_across_devices, guide=guide,
+                         margin_strategy=margin_strategy, margin=margin,
+                         contrast_anchors=contrast_anchors,
+                         contrast_positives=contrast_positives, **negsamp_options)
+
+
+def _cached_mixin():
+    try:
+        from sentence_transformers.base.losses.gradcache import CachedLossMixin
+        return CachedLossMixin
+    except ImportError:  # pragma: no cover
+        return object
+
+
+class CachedMultipleNegativesRankingLoss(_cached_mixin(), MultipleNegativesRankingLoss):
+    """Drop-in for ``sentence_transformers.losses.CachedMultipleNegativesRankingLoss``: GradCache
+    (sentence-transformers' CachedLossMixin: embed in mini-batches without gradient, the loss
+    and its gradient w.r.t. the embeddings, then re-embed each mini-batch with gradient), the
+    loss computed by negsamp over the whole batch at once (it never forms the logits, so there
+    is no need to chunk it). Same arguments as MultipleNegativesRankingLoss plus
+    ``mini_batch_size``, ``mini_batch_num_tokens``, ``show_progress_bar``."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=None,
+                 mini_batch_size: int = 32, mini_batch_num_tokens: int | None = None,
+                 gather_across_devices: bool = False, directions=("query_to_doc",),
+                 partition_mode: str = "joint", show_progress_bar: bool = False,
+                 hardness_mode=None, hardness_strength: float = 0.0, **negsamp_options):
+        try:
+            from sentence_transformers.base.losses.gradcache import has_static_embedding_input
+        except ImportError:  # pragma: no cover
+            has_static_embedding_input = None
+        if has_static_embedding_input is not None and has_static_embedding_input(model):
+            raise Unsupported(f"{type(self).__name__}: a StaticEmbedding model's inputs cannot "
+                              f"be split into mini-batches (use MultipleNegativesRankingLoss; "
+                              f"negsamp's loss needs no mini-batches for its own memory)")
+        super().__init__(model, scale, similarity_fct, gather_across_devices, directions,
+                         partition_mode, hardness_mode, hardness_strength, **negsamp_options)
+        self.mini_batch_size = mini_batch_size
+        self.mini_batch_num_tokens = mini_batch_num_tokens
+        self.show_progress_bar = show_progress_bar
+        self._ids = None
+
+    def forward(self, sentence_features, labels=None):
+        features = list(sentence_features)
+        if len(features) < 2:
+            raise InvalidArgument(f"{type(self).__name__}: expected (anchor, positive, "
+                                  f"negative...) columns; got {len(features)}")
+        self._ids = [_row_ids(f) for f in features] if self.mask_same_id else None
+        return self.forward_cached(features, labels)
+
+    def calculate_loss(self, reps, labels=None, *, with_backward: bool = False):
+        embeddings = [_torch.cat(r) for r in reps]
+        loss = self.compute_loss_from_embeddings(embeddings, labels, ids=self._ids)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+    def get_config_dict(self):
+        return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}

@@ -70,6 +70,28 @@ def corpus_words(n, seed=1, words=5):
     return [" ".join(r.choice(WORDS, words, replace=False)) for _ in range(n)]
 
 
+def tiny_bert(path, seed=0):
+    """A SentenceTransformer over a 1-layer, 16-wide BERT made from a local config (random
+    weights, no dropout) and the local word-level tokenizer, saved to path and loaded back."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from sentence_transformers import SentenceTransformer
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    for w in WORDS + [f"x{i}" for i in range(100)]:
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return SentenceTransformer(str(path), device="cpu")
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()
@@ -266,3 +288,190 @@ def test_mine_arguments_checked(model):
         nst.mine_hard_negatives(ds)
     with pytest.raises(negsamp.Unsupported, match="cross_encoder"):
         nst.mine_hard_negatives(ds, model, cross_encoder=object())
+
+
+# ------------------------------------------------------------------ losses
+
+
+def _batch(model, n=8, negs=2, seed=0):
+    """Tokenised (anchor, positive, negative_1..negs) columns of n rows, all texts distinct."""
+    r = np.random.default_rng(seed)
+    cols = [[" ".join(r.choice(WORDS, 4, replace=False)) + f" x{c * n + i}" for i in range(n)]
+            for c in range(2 + negs)]
+    tok = getattr(model, "preprocess", None) or model.tokenize
+    return [tok(c) for c in cols], cols
+
+
+def _loss_and_grad(model, loss_fn, feats):
+    model.zero_grad()
+    loss = loss_fn([dict(f) for f in feats], None)
+    loss.backward()
+    g = torch.cat([p.grad.reshape(-1).clone() for p in model.parameters() if p.grad is not None])
+    return float(loss.detach()), g
+
+
+def _assert_close_loss_grad(a, b, rtol=2e-4, atol=2e-6):
+    assert abs(a[0] - b[0]) <= atol + rtol * abs(b[0]), (a[0], b[0])
+    torch.testing.assert_close(a[1], b[1], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("similarity", ["cos_sim", "dot_score"])
+@pytest.mark.parametrize("negs", [0, 1, 3])
+def test_mnrl_equals_sentence_transformers(similarity, negs):
+    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers import util
+    model = tiny_model(seed=2)
+    feats, _ = _batch(model, n=8, negs=negs, seed=negs)
+    fct = getattr(util, similarity)
+    scale = 20.0 if similarity == "cos_sim" else 1.0
+    ref = _loss_and_grad(model, losses.MultipleNegativesRankingLoss(model, scale, fct), feats)
+    ours = _loss_and_grad(model, nst.MultipleNegativesRankingLoss(model, scale, fct), feats)
+    _assert_close_loss_grad(ours, ref)
+    # NegsampLoss with temperature = 1/scale is the same loss.
+    ours_t = _loss_and_grad(model, nst.NegsampLoss(model, similarity_fct=fct,
+                                                   temperature=1.0 / scale), feats)
+    _assert_close_loss_grad(ours_t, ref)
+
+
+def test_cached_mnrl_equals_sentence_transformers(tmp_path):
+    from sentence_transformers.sentence_transformer import losses
+    model = tiny_bert(tmp_path / "bert", seed=3)
+    feats, _ = _batch(model, n=10, negs=1, seed=4)
+    ref = _loss_and_grad(model, losses.CachedMultipleNegativesRankingLoss(
+        model, mini_batch_size=3), feats)
+    ours = _loss_and_grad(model, nst.CachedMultipleNegativesRankingLoss(
+        model, mini_batch_size=3), feats)
+    plain = _loss_and_grad(model, losses.MultipleNegativesRankingLoss(model), feats)
+    _assert_close_loss_grad(ours, ref)
+    _assert_close_loss_grad(ours, plain)
+
+
+def _st_gist(model, guide, **kw):
+    # sentence-transformers' own GISTEmbedLoss.forward; its constructor refuses a
+    # StaticEmbedding's tokenizers.Tokenizer, so the instance is assembled here (same tokenizer:
+    # no re-tokenising, which is what its constructor would decide).
+    from sentence_transformers.sentence_transformer import losses
+    L = losses.GISTEmbedLoss.__new__(losses.GISTEmbedLoss)
+    torch.nn.Module.__init__(L)
+    L.model, L.guide = model, guide
+    L.temperature = kw.get("temperature", 0.01)
+    L.similarity_fct = torch.nn.CosineSimilarity(dim=-1)
+    L.must_retokenize = False
+    L.margin_strategy = kw.get("margin_strategy", "absolute")
+    L.margin = kw.get("margin", 0.0)
+    L.contrast_anchors = kw.get("contrast_anchors", True)
+    L.contrast_positives = False
+    L.gather_across_devices = False
+    L.cross_entropy_loss = torch.nn.CrossEntropyLoss()
+    return L
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(contrast_anchors=False),
+                                dict(margin_strategy="relative", margin=0.1),
+                                dict(margin=-0.3, temperature=0.05)])
+def test_gist_equals_sentence_transformers(kw):
+    model, guide = tiny_model(seed=5), tiny_model(seed=6)
+    feats, _ = _batch(model, n=12, negs=1, seed=7)
+    ref = _loss_and_grad(model, _st_gist(model, guide, **kw), feats)
+    ours_fn = nst.GISTEmbedLoss(model, guide, **kw)
+    ours = _loss_and_grad(model, ours_fn, feats)
+    _assert_close_loss_grad(ours, ref, rtol=5e-4, atol=1e-5)
+    with pytest.raises(negsamp.Unsupported, match="contrast_positives"):
+        nst.GISTEmbedLoss(model, guide, contrast_positives=True)
+
+
+def test_same_id_masking_equals_masked_reference():
+    # A positive text repeated in the batch: negsamp masks the copy for the other anchor, which
+    # is MultipleNegativesRankingLoss on logits with that entry at −inf.
+    from sentence_transformers import util
+    model = tiny_model(seed=8)
+    _, cols = _batch(model, n=6, negs=1, seed=9)
+    cols[1][4] = cols[1][1]
+    tok = getattr(model, "preprocess", None) or model.tokenize
+    feats = [tok(c) for c in cols]
+    ours = _loss_and_grad(model, nst.MultipleNegativesRankingLoss(model), feats)
+
+    def ref_loss(features, labels):
+        e = [model(f)["sentence_embedding"] for f in features]
+        s = util.cos_sim(e[0], torch.cat(e[1:])) * 20.0
+        s = s.clone()
+        s[1, 4] = float("-inf")
+        s[4, 1] = float("-inf")
+        return torch.nn.functional.cross_entropy(s, torch.arange(6))
+    ref = _loss_and_grad(model, ref_loss, feats)
+    _assert_close_loss_grad(ours, ref)
+    unmasked = _loss_and_grad(model, nst.MultipleNegativesRankingLoss(model, mask_same_id=False),
+                              feats)
+    assert unmasked[0] > ours[0]
+
+
+def test_hard_negative_selection_inside_the_loss():
+    # 4 candidate columns, h = 1 drawn per anchor by "top" after a filter that drops everything
+    # above the positive: equals MNRL over the one column of the best surviving candidates.
+    from sentence_transformers import util
+    model = tiny_model(seed=10)
+    feats, _ = _batch(model, n=6, negs=4, seed=11)
+    loss_fn = nst.MultipleNegativesRankingLoss(model, hard_negatives=1, filter=dict(margin=0.0),
+                                               sampler=dict(strategy="top"))
+    ours = _loss_and_grad(model, loss_fn, feats)
+
+    def ref_loss(features, labels):
+        e = [torch.nn.functional.normalize(model(f)["sentence_embedding"], dim=-1)
+             for f in features]
+        q, p, h = e[0], e[1], torch.stack(e[2:], 1)
+        with torch.no_grad():
+            s = torch.einsum("bd,bcd->bc", q, h)
+            sp = (q * p).sum(-1, keepdim=True)
+            s = s.masked_fill(s > sp, float("-inf"))
+            best = s.argmax(1)
+            ok = torch.isfinite(s.max(1).values)
+        chosen = h[torch.arange(6), best][ok]
+        logits = q @ torch.cat([p, chosen]).T * 20.0
+        return torch.nn.functional.cross_entropy(logits, torch.arange(6))
+    ref = _loss_and_grad(model, ref_loss, feats)
+    _assert_close_loss_grad(ours, ref)
+
+
+def test_learn_temperature_gets_a_gradient():
+    model = tiny_model(seed=12)
+    feats, _ = _batch(model, n=6, negs=1, seed=13)
+    loss_fn = nst.MultipleNegativesRankingLoss(model, learn_temperature=True, symmetric=True,
+                                               tau_plus=0.0, beta=0.5)
+    loss = loss_fn([dict(f) for f in feats], None)
+    loss.backward()
+    assert loss_fn.log_temperature.grad is not None and torch.isfinite(loss_fn.log_temperature.grad)
+
+
+def _train(loss_name, tmp_path):
+    from sentence_transformers import (SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
+    torch.manual_seed(0)
+    model = tiny_model(seed=14)
+    r = np.random.default_rng(15)
+    ds = pairs(64, seed=16)
+    ds = ds.add_column("negative", [" ".join(r.choice(WORDS, 4, replace=False))
+                                    for _ in range(len(ds))])
+    if loss_name == "mnrl":
+        loss = nst.MultipleNegativesRankingLoss(model, hard_negatives=None)
+    elif loss_name == "cached":
+        model = tiny_bert(tmp_path / "bert", seed=14)
+        loss = nst.CachedMultipleNegativesRankingLoss(model, mini_batch_size=4)
+    elif loss_name == "gist":
+        loss = nst.GISTEmbedLoss(model, tiny_model(seed=17), temperature=0.05)
+    else:
+        loss = nst.NegsampLoss(model, temperature=0.05, symmetric=True, tau_plus=0.05, beta=0.5)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), max_steps=24, per_device_train_batch_size=16,
+        learning_rate=0.2, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+        seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses
+
+
+@pytest.mark.parametrize("loss_name", ["mnrl", "cached", "gist", "extras"])
+def test_trainer_end_to_end(loss_name, tmp_path):
+    losses = _train(loss_name, tmp_path)
+    assert len(losses) >= 20 and all(np.isfinite(losses))
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
