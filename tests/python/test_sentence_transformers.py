@@ -475,3 +475,57 @@ def test_trainer_end_to_end(loss_name, tmp_path):
     losses = _train(loss_name, tmp_path)
     assert len(losses) >= 20 and all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+
+
+def _gather_worker(rank, world, init_file, out, sizes):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        model = tiny_model(seed=20)
+        cols = _gather_columns(sizes)
+        lo = sum(sizes[:rank])
+        tok = getattr(model, "preprocess", None) or model.tokenize
+        feats = [tok(c[lo:lo + sizes[rank]]) for c in cols]
+        loss_fn = nst.MultipleNegativesRankingLoss(model, gather_across_devices=True)
+        loss = loss_fn(feats, None)
+        loss.backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+        dist.all_reduce(g)
+        g /= world  # what DistributedDataParallel does with the ranks' gradients
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        if rank == 0:
+            torch.save({"grad": g, "loss": total / world}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _gather_columns(sizes):
+    r = np.random.default_rng(22)
+    n = sum(sizes)
+    cols = [[" ".join(r.choice(WORDS, 4, replace=False)) + f" c{c}r{i}" for i in range(n)]
+            for c in range(3)]
+    cols[1][n - 1] = cols[1][0]  # one positive text on both ranks: masked across ranks too
+    return cols
+
+
+def test_gather_across_devices_gradient_equals_single_process(tmp_path):
+    # 2 CPU processes (gloo), uneven batches (5 + 3): the DDP-averaged gradient equals the
+    # gradient of the whole batch of 8 in one process, and so does the mean loss.
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    sizes = (5, 3)
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(out), sizes), nprocs=2,
+             join=True)
+    got = torch.load(out)
+    model = tiny_model(seed=20)
+    tok = getattr(model, "preprocess", None) or model.tokenize
+    feats = [tok(c) for c in _gather_columns(sizes)]
+    loss, g = _loss_and_grad(model, nst.MultipleNegativesRankingLoss(model), feats)
+    torch.testing.assert_close(got["grad"], g, rtol=1e-4, atol=1e-6)
+    # Each rank's loss is scaled by world · B_rank / B_global: their mean is the global mean.
+    assert abs(float(got["loss"]) - loss) < 1e-4 * max(1.0, abs(loss))
