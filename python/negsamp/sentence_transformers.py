@@ -140,8 +140,9 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
       be in ``corpus``) or, without ``corpus``, one row per dataset row (its positive).
       ``similarity``: "cosine" (default; rows normalised) or "dot".
     - Exact mining with no k limit: negsamp's ``mine_topk`` (up to NS_MAX_K = 16384 per query;
-      beyond, full score rows in blocks), on the CPU or, with ``device="cuda[:n]"``, on a GPU;
-      no FAISS-GPU cap of 2048.
+      beyond, full score rows in blocks), on the CPU or, with ``device="cuda[:n]"``, on a GPU
+      through ``torch.ops.negsamp.mine_topk`` (untested on GPU so far); no FAISS-GPU cap of
+      2048.
     - ``sampling_strategy``: "top", "random" (uniform), "simans"
       (w = exp(−a·(s − s⁺ − b)²), ``simans_a``, ``simans_b``) or "softmax" (w = exp(s/τ),
       ``softmax_temperature``), drawn without replacement by ``negsamp.sample`` keyed by
