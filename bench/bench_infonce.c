@@ -18,8 +18,8 @@
 #include <string.h>
 #include <time.h>
 
-/* Internal to the library (src/infonce.c): the CPU loss's tile sizes, for --tiles. */
-void ns_infonce_set_tiles(int64_t rows, int64_t cols);
+/* Internal to the library (src/infonce.c): a context's CPU loss tile sizes, for --tiles. */
+void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
 
 static double now(void) {
     struct timespec t;
@@ -104,6 +104,7 @@ int main(int argc, char **argv) {
     int64_t B = 16384, N = 16384, d = 384, h = 0, E = 0;
     int threads = 0, reps = 3, sym = 0;
     float tau_plus = 0.f, beta = 0.f;
+    long long tile_rows = 0, tile_cols = 0;
     ns_dtype dt = NS_F32;
     const char *json = NULL, *dtname = "f32";
     for (int i = 1; i < argc; i++) {
@@ -122,9 +123,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--beta")) beta = (float)atof(v);
         else if (!strcmp(a, "--json")) json = v;
         else if (!strcmp(a, "--tiles")) { /* --tiles ROWSxCOLS */
-            long long tr = 0, tc = 0;
-            if (sscanf(v, "%lldx%lld", &tr, &tc) != 2) { usage(); return 2; }
-            ns_infonce_set_tiles(tr, tc);
+            if (sscanf(v, "%lldx%lld", &tile_rows, &tile_cols) != 2) { usage(); return 2; }
         }
         else if (!strcmp(a, "--dtype")) {
             dtname = v;
@@ -146,6 +145,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_infonce: %s\n", ns_last_error(NULL));
         return 1;
     }
+    if (tile_rows || tile_cols) ns_infonce_set_tiles(ctx, tile_rows, tile_cols);
     double rss_base = status_bytes("VmRSS:");
 
     size_t es = dt == NS_F32 ? 4 : 2;

@@ -4,7 +4,7 @@
  * product it cannot avoid.
  *
  *   sgemm (blocked)  the product computed corpus block × query tile into one reused score tile,
- *                    with the same blocking ns_mine_topk uses (ns_mine_*_block, src/ns_tiles.h)
+ *                    with the same blocking ns_mine_topk uses (ns_mine_*_block, src/cpu/cpu_tiles.h)
  *   sgemm (full)     one sgemm call writing the whole Q×N matrix (skipped when it would not fit:
  *                    --full 0/1 forces it)
  *   ns_mine_topk     exact top-k per query (selection merged into per-query heaps per tile)
@@ -19,7 +19,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "bench_util.h"
 #include "ns_internal.h"
-#include "ns_tiles.h"
+#include "cpu_tiles.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -13,7 +13,17 @@
  *    noted per call and synchronise the stream.
  *  - A context is used by one thread at a time (like a zstd context or a cuBLAS handle).
  *  - Option structs start with struct_size and have an initializer macro; pass NULL for the
- *    defaults.
+ *    defaults. ABI evolution as NCCL's config structs: fields are only ever appended, so a
+ *    program built against an older negsamp.h passes a smaller struct_size (at least
+ *    sizeof(size_t)), and the fields it does not know take their defaults; a struct_size larger
+ *    than this library's struct (a program built against a newer header) is refused with
+ *    NS_ERR_UNSUPPORTED naming it. Options structs never hold another options struct by value
+ *    (ns_step_options points to its filter, sampler and loss options), so each grows on its own.
+ *  - Frozen structs: ns_matrix, ns_id_lists, ns_candidates, ns_filter_counts,
+ *    ns_infonce_inputs, ns_infonce_grads, ns_batch, ns_step_result and ns_step_grads carry no
+ *    struct_size: they describe data, are passed by pointer or value on every call and their
+ *    layout is part of the ABI for this major version (a new field means a new struct or a new
+ *    major version).
  */
 #ifndef NEGSAMP_H
 #define NEGSAMP_H
@@ -381,8 +391,8 @@ NS_API int ns_comm_size(const ns_comm *comm);
  * (rank · B for equal shards), so sampling draws exactly what one rank would draw over the
  * concatenated batch. Each rank filters and samples its own candidates, then its queries
  * contrast against every rank's positives (all-gathered with their ids; same-id positives
- * across ranks are masked), with loss.share_hard every rank's sampled hard negatives too, with
- * loss.symmetric every rank's queries too. result.loss is the mean over all ranks' queries (the
+ * across ranks are masked), with loss->share_hard every rank's sampled hard negatives too, with
+ * loss->symmetric every rank's queries too. result.loss is the mean over all ranks' queries (the
  * same on every rank); per_query, negatives and gradients are this rank's rows: the gradient of
  * each rank's rows is exactly that of one rank over the concatenated batch (gathered rows'
  * gradients are reduce-scattered to their owners). A queue stays per rank (its rows join each
@@ -406,18 +416,16 @@ typedef struct {
 
 typedef struct {
     size_t struct_size;
-    int64_t hard_negatives;       /* h sampled per query (≤ C) */
-    ns_filter_options filter;
-    ns_sampler_options sampler;
-    ns_loss_options loss;
-    ns_queue *queue;              /* extra negatives, optional */
-    int enqueue;                  /* push the positives into the queue after the backward */
-    ns_comm *comm;                /* other ranks, optional */
+    int64_t hard_negatives;             /* h sampled per query (≤ C) */
+    const ns_filter_options *filter;    /* NULL = NS_FILTER_OPTIONS_INIT */
+    const ns_sampler_options *sampler;  /* NULL = NS_SAMPLER_OPTIONS_INIT */
+    const ns_loss_options *loss;        /* NULL = NS_LOSS_OPTIONS_INIT */
+    ns_queue *queue;                    /* extra negatives, optional */
+    int enqueue;                        /* push the positives into the queue after the backward */
+    ns_comm *comm;                      /* other ranks, optional */
 } ns_step_options;
 
-#define NS_STEP_OPTIONS_INIT                                                                  \
-    {sizeof(ns_step_options), 0, NS_FILTER_OPTIONS_INIT, NS_SAMPLER_OPTIONS_INIT,            \
-     NS_LOSS_OPTIONS_INIT, NULL, 0, NULL}
+#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL}
 
 typedef struct {
     float loss;                   /* mean over the (global) batch */
@@ -436,7 +444,8 @@ typedef struct {
 } ns_step_grads;
 
 /* Filter → sample → InfoNCE forward for one batch. The batch's buffers must stay alive and
- * unchanged until ns_step_backward. result pointers live in the context. */
+ * unchanged until ns_step_backward. result pointers live in the context. The options (and the
+ * filter, sampler and loss options they point to) are copied: they need not outlive the call. */
 NS_API ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch,
                                  const ns_step_options *options, ns_step_result *result);
 /* The backward of the last ns_step_forward on ctx. */

@@ -2,7 +2,6 @@
 // cuBLAS failure into an ns_status with the call site recorded (never an exit, never a print).
 #pragma once
 
-#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -10,13 +9,10 @@
 
 struct ns_cuda_state {
     cublasHandle_t blas;
-    cublasLtHandle_t lt;
-    void *lt_workspace;
-    size_t lt_workspace_size;
-    void *ws[NS_WS_COUNT];  // device workspace slots, same numbering as host ones
-    size_t ws_size[NS_WS_COUNT];
-    void *pinned[2];        // pinned host double buffers for streaming a host corpus
-    size_t pinned_size;
+    void *blas_workspace;   // cuBLAS's own workspace (cublasSetWorkspace), fixed size
+    size_t blas_workspace_size;
+    ns_arena scratch;       // device workspace of one operation (src/ns_arena.h)
+    ns_arena pinned;        // pinned host double buffer for streaming a host corpus
     // Created on first use by kernels/cuda_util.cu (ns_cuda_flags, ns_cuda_copy_stream):
     int *dflag;             // device status words (non-finite seen, ...), NS_CUDA_FLAGS ints;
                             // ints [32, 128) are read as 48 uint64 words (NS_CUDA_WIDE)

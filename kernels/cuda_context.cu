@@ -1,5 +1,5 @@
-// CUDA side of a context: device selection, stream, cuBLAS/cuBLASLt handles and workspaces.
-#include <cublasLt.h>
+// CUDA side of a context: device selection, stream, the cuBLAS handle and its workspace, device
+// memory for the arenas and ordered copies.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -30,11 +30,12 @@ ns_status ns_cuda_context_init(ns_context *ctx) {
     ns_cuda_state *s = (ns_cuda_state *)calloc(1, sizeof(ns_cuda_state));
     if (!s) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "ns_context_create: cannot allocate CUDA state");
     ctx->cuda = s;
+    s->scratch = ns_arena_empty(NS_MEM_DEVICE);
+    s->pinned = ns_arena_empty(NS_MEM_PINNED);
     NS_CUDA_TRY(ctx, "ns_context_create", cudaSetDevice(ctx->device));
     NS_CUBLAS_TRY(ctx, "ns_context_create", cublasCreate(&s->blas));
-    NS_CUBLAS_TRY(ctx, "ns_context_create", cublasLtCreate(&s->lt));
-    s->lt_workspace_size = 32u << 20;  // 32 MiB, what cuBLAS asks for on Hopper
-    NS_CUDA_TRY(ctx, "ns_context_create", cudaMalloc(&s->lt_workspace, s->lt_workspace_size));
+    s->blas_workspace_size = 32u << 20;  // 32 MiB, what cuBLAS asks for on Hopper
+    NS_CUDA_TRY(ctx, "ns_context_create", cudaMalloc(&s->blas_workspace, s->blas_workspace_size));
     return ns_cuda_set_stream(ctx, ctx->stream);
 }
 
@@ -44,10 +45,9 @@ void ns_cuda_context_free(ns_context *ctx) {
     cudaSetDevice(ctx->device);
     if (ctx->stream) cudaStreamSynchronize((cudaStream_t)ctx->stream);
     else cudaDeviceSynchronize();
-    for (int i = 0; i < NS_WS_COUNT; i++) cudaFree(s->ws[i]);
-    cudaFree(s->lt_workspace);
-    cudaFreeHost(s->pinned[0]);
-    cudaFreeHost(s->pinned[1]);
+    ns_arena_release(ctx, &s->scratch);
+    cudaFree(s->blas_workspace);
+    ns_arena_release(ctx, &s->pinned);
     cudaFree(s->dflag);
     cudaFreeHost(s->hflag);
     for (int i = 0; i < 4; i++)
@@ -56,7 +56,6 @@ void ns_cuda_context_free(ns_context *ctx) {
         cudaStreamSynchronize(s->copy);
         cudaStreamDestroy(s->copy);
     }
-    if (s->lt) cublasLtDestroy(s->lt);
     if (s->blas) cublasDestroy(s->blas);
     free(s);
     ctx->cuda = NULL;
@@ -68,7 +67,7 @@ ns_status ns_cuda_set_stream(ns_context *ctx, void *stream) {
     NS_CUBLAS_TRY(ctx, "ns_context_set_stream", cublasSetStream(s->blas, (cudaStream_t)stream));
     // cublasSetStream resets the workspace: set it again afterwards.
     NS_CUBLAS_TRY(ctx, "ns_context_set_stream",
-                  cublasSetWorkspace(s->blas, s->lt_workspace, s->lt_workspace_size));
+                  cublasSetWorkspace(s->blas, s->blas_workspace, s->blas_workspace_size));
     return NS_OK;
 }
 
@@ -82,36 +81,31 @@ ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes) {
     return NS_OK;
 }
 
-void ns_cuda_free(ns_context *ctx, void *p) {
-    (void)ctx;
-    cudaFree(p);
-}
-
-ns_status ns_cuda_memcpy(ns_context *ctx, void *dst, const void *src, size_t bytes, int kind) {
-    NS_CUDA_TRY(ctx, "ns_cuda_memcpy",
-                cudaMemcpyAsync(dst, src, bytes, (cudaMemcpyKind)kind, (cudaStream_t)ctx->stream));
+ns_status ns_cuda_free_ordered(ns_context *ctx, void *p) {
+    if (!p) return NS_OK;
+    // Queued work may still read the block: free it after that work.
+    NS_CUDA_TRY(ctx, "ns_cuda_free", ctx && ctx->stream ? cudaStreamSynchronize((cudaStream_t)ctx->stream)
+                                                        : cudaDeviceSynchronize());
+    NS_CUDA_TRY(ctx, "ns_cuda_free", cudaFree(p));
     return NS_OK;
 }
 
-void *ns_cuda_workspace(ns_context *ctx, int slot, size_t bytes) {
-    ns_cuda_state *s = ctx->cuda;
-    if (bytes == 0) bytes = 256;
-    if (s->ws_size[slot] >= bytes) return s->ws[slot];
-    size_t grow = s->ws_size[slot] + s->ws_size[slot] / 2;
-    size_t size = bytes > grow ? bytes : grow;
-    // The old buffer may still be read by queued work: order the free after it.
-    if (s->ws[slot]) {
-        cudaStreamSynchronize((cudaStream_t)ctx->stream);
-        cudaFree(s->ws[slot]);
-        s->ws[slot] = nullptr;
-        s->ws_size[slot] = 0;
-    }
-    void *p = nullptr;
-    if (cudaMalloc(&p, size) != cudaSuccess) {
-        cudaGetLastError();
-        return nullptr;
-    }
-    s->ws[slot] = p;
-    s->ws_size[slot] = size;
-    return p;
+ns_status ns_cuda_host_alloc(ns_context *ctx, void **p, size_t bytes) {
+    NS_CUDA_TRY(ctx, "ns_cuda_host_alloc", cudaHostAlloc(p, bytes ? bytes : 64, cudaHostAllocDefault));
+    return NS_OK;
+}
+
+ns_status ns_cuda_free_host_ordered(ns_context *ctx, void *p) {
+    if (!p) return NS_OK;
+    // Queued copies (the context's stream and its copy stream) may still read the block.
+    NS_CUDA_TRY(ctx, "ns_cuda_free_host", cudaStreamSynchronize((cudaStream_t)ctx->stream));
+    if (ctx->cuda && ctx->cuda->copy) NS_CUDA_TRY(ctx, "ns_cuda_free_host", cudaStreamSynchronize(ctx->cuda->copy));
+    NS_CUDA_TRY(ctx, "ns_cuda_free_host", cudaFreeHost(p));
+    return NS_OK;
+}
+
+ns_status ns_cuda_memcpy(ns_context *ctx, void *dst, const void *src, size_t bytes, ns_copy_dir dir) {
+    NS_CUDA_TRY(ctx, "ns_cuda_memcpy",
+                cudaMemcpyAsync(dst, src, bytes, (cudaMemcpyKind)dir, (cudaStream_t)ctx->stream));
+    return NS_OK;
 }

@@ -14,6 +14,22 @@ __global__ void ns_k_scale_rows_cols(float *s, int64_t m, int64_t n, const float
     }
 }
 
+// Device workspace: f32 copies when the dtypes differ (cuBLAS multiplies one dtype), inverse
+// row norms for cosine.
+struct SimWork {
+    int64_t m, n, d;
+    int mixed, norm;
+    float *qf, *pf, *inv_q, *inv_p;
+};
+
+static void sim_layout(void *plan, ns_arena *a) {
+    SimWork *w = (SimWork *)plan;
+    w->qf = w->mixed ? (float *)ns_arena_carve(a, (size_t)(w->m * w->d) * 4) : nullptr;
+    w->pf = w->mixed ? (float *)ns_arena_carve(a, (size_t)(w->n * w->d) * 4) : nullptr;
+    w->inv_q = w->norm ? (float *)ns_arena_carve(a, (size_t)w->m * 4) : nullptr;
+    w->inv_p = w->norm ? (float *)ns_arena_carve(a, (size_t)w->n * 4) : nullptr;
+}
+
 // Synchronises once (before anything is written) to report NaN/Inf inputs as NS_ERR_NONFINITE
 // with s untouched; skipped while the stream is captured into a CUDA graph.
 ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float scale,
@@ -35,37 +51,21 @@ ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float sc
                                fn, slot ? "p" : "q", (long long)r, (long long)c);
     }
     const int64_t m = q.rows, n = p.rows, d = q.cols;
-    size_t need = 0;
-    const int mixed = q.dtype != p.dtype;
-    const int norm = (flags & NS_NORMALIZE) != 0;
-    size_t off_q = 0, off_p = 0, off_iq = 0, off_ip = 0;
-    if (mixed) {
-        off_q = need, need += ns_align256((size_t)m * d * 4);
-        off_p = need, need += ns_align256((size_t)n * d * 4);
-    }
-    if (norm) {
-        off_iq = need, need += ns_align256((size_t)m * 4);
-        off_ip = need, need += ns_align256((size_t)n * 4);
-    }
-    char *ws = nullptr;
-    if (need) {
-        ws = (char *)ns_cuda_workspace(ctx, NS_WS_SIMILARITY, need);
-        if (!ws)
-            return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of device workspace",
-                           fn, need);
-    }
+    SimWork w = {m, n, d, q.dtype != p.dtype, (flags & NS_NORMALIZE) != 0};
+    if ((rc = ns_arena_lay_out(ctx, &ctx->cuda->scratch, sim_layout, &w, fn))) return rc;
+    const int mixed = w.mixed, norm = w.norm;
     const void *a = q.data, *b = p.data;
     ns_dtype t = q.dtype;
     int64_t lda = ns_ld(q), ldb = ns_ld(p);
     if (mixed) {  // cuBLAS multiplies one dtype: widen both to f32
-        if ((rc = ns_cuda_rows_to_f32(ctx, fn, q, 0, m, (float *)(ws + off_q), st))) return rc;
-        if ((rc = ns_cuda_rows_to_f32(ctx, fn, p, 0, n, (float *)(ws + off_p), st))) return rc;
-        a = ws + off_q, b = ws + off_p, t = NS_F32, lda = ldb = d;
+        if ((rc = ns_cuda_rows_to_f32(ctx, fn, q, 0, m, w.qf, st))) return rc;
+        if ((rc = ns_cuda_rows_to_f32(ctx, fn, p, 0, n, w.pf, st))) return rc;
+        a = w.qf, b = w.pf, t = NS_F32, lda = ldb = d;
     }
     if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, m, n, d, scale, a, t, lda, b, t, ldb, 0.0f, s, n)))
         return rc;
     if (norm) {
-        float *iq = (float *)(ws + off_iq), *ip = (float *)(ws + off_ip);
+        float *iq = w.inv_q, *ip = w.inv_p;
         if ((rc = ns_cuda_row_inv_norms(ctx, fn, q, 0, m, iq, st))) return rc;
         if ((rc = ns_cuda_row_inv_norms(ctx, fn, p, 0, n, ip, st))) return rc;
         ns_k_scale_rows_cols<<<ns_blocks(m * n), NS_CUDA_THREADS, 0, st>>>(s, m, n, iq, ip);

@@ -208,20 +208,3 @@ ns_status ns_cuda_copy_stream(ns_context *ctx, const char *fn, cudaStream_t *cop
     *copy = s->copy;
     return NS_OK;
 }
-
-ns_status ns_cuda_pinned(ns_context *ctx, const char *fn, size_t bytes) {
-    ns_cuda_state *s = ctx->cuda;
-    if (s->pinned_size >= bytes) return NS_OK;
-    // Queued copies may still read the old buffers.
-    NS_CUDA_TRY(ctx, fn, cudaStreamSynchronize(ns_stream(ctx)));
-    if (s->copy) NS_CUDA_TRY(ctx, fn, cudaStreamSynchronize(s->copy));
-    for (int i = 0; i < 2; i++) {
-        cudaFreeHost(s->pinned[i]);
-        s->pinned[i] = nullptr;
-    }
-    s->pinned_size = 0;
-    for (int i = 0; i < 2; i++)
-        NS_CUDA_TRY(ctx, fn, cudaHostAlloc(&s->pinned[i], bytes, cudaHostAllocDefault));
-    s->pinned_size = bytes;
-    return NS_OK;
-}

@@ -83,8 +83,17 @@ int ns_cuda_is_pinned_host(const void *p);
 
 // The copy stream and its events (created on first use).
 ns_status ns_cuda_copy_stream(ns_context *ctx, const char *fn, cudaStream_t *copy);
-// The pinned double buffers, each at least bytes.
-ns_status ns_cuda_pinned(ns_context *ctx, const char *fn, size_t bytes);
 
-// Bytes rounded up to 256 so that sub-buffers carved from one workspace stay aligned.
-static inline size_t ns_align256(size_t b) { return (b + 255) & ~(size_t)255; }
+// Candidate data for the device check shared by ns_filter and ns_sample (kernels/cuda_filter.cu):
+// ids ≥ −1, finite scores of non-empty slots; s⁺, guide scores, g⁺ and positive lists only when
+// given (non-NULL). Synchronises once (skipped while capturing) and names the first failure as
+// the CPU backend does.
+struct NsCandArgs {
+    int64_t B, C;
+    const int64_t *id;
+    const float *score;
+    const float *sp, *guide, *gp;
+    const int64_t *pos_off, *pos_ids;
+};
+ns_status ns_cuda_check_candidates(ns_context *ctx, const char *fn, const NsCandArgs &a);
+

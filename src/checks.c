@@ -2,10 +2,39 @@
 #include "ns_internal.h"
 
 #include <math.h>
+#include <string.h>
 
 ns_status ns_check_context(ns_context *ctx, const char *fn) {
     if (!ctx) return ns_fail(NULL, NS_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);
     ns_clear_error(ctx);
+    return NS_OK;
+}
+
+ns_status ns_options_resolve(ns_context *ctx, const char *fn, const char *what, const char *type,
+                             const char *init, const void *given, const void *defaults,
+                             size_t size, void *out) {
+    if (!given) {
+        memcpy(out, defaults, size);
+        return NS_OK;
+    }
+    size_t n;
+    memcpy(&n, given, sizeof n);
+    if (n < sizeof(size_t))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: %s->struct_size (%zu) is smaller than sizeof(size_t) (%zu): %s is not "
+                       "initialised; initialise with %s",
+                       fn, what, n, sizeof(size_t), type, init);
+    if (n > size)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: %s->struct_size (%zu) is larger than sizeof(%s) (%zu) in this build of "
+                       "negsamp %d.%d.%d: the caller was built against a newer negsamp.h",
+                       fn, what, n, type, size, NS_VERSION_MAJOR, NS_VERSION_MINOR,
+                       NS_VERSION_PATCH);
+    if (given != out) {
+        memcpy(out, defaults, size);
+        memcpy(out, given, n);
+    }
+    memcpy(out, &size, sizeof size);
     return NS_OK;
 }
 

@@ -38,13 +38,11 @@ ns_status ns_comm_break(ns_context *ctx, ns_comm *c, ns_status st, const char *f
 
 ns_status ns_comm_new(ns_context *ctx, const char *fn, const ns_comm_options *opt,
                       ns_comm_kind kind, ns_comm **out) {
-    ns_comm_options defaults = NS_COMM_OPTIONS_INIT;
-    if (!opt) opt = &defaults;
-    if (opt->struct_size < sizeof(ns_comm_options))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_comm_options) "
-                       "(%zu); initialise with NS_COMM_OPTIONS_INIT",
-                       fn, opt->struct_size, sizeof(ns_comm_options));
+    ns_comm_options resolved;
+    ns_status rs = NS_RESOLVE_OPTIONS(ctx, fn, "options", ns_comm_options, NS_COMM_OPTIONS_INIT,
+                                      opt, &resolved);
+    if (rs) return rs;
+    opt = &resolved;
     if (opt->timeout_ms < 1)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: options->timeout_ms (%d) must be at least 1", fn, opt->timeout_ms);

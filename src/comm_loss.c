@@ -23,90 +23,67 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum {
-    BUF_PASSAGE, BUF_PASSAGE_ID, BUF_POSITIVE, BUF_HARD, BUF_HARD_ID, BUF_HARD_KEEP, BUF_QUERY,
-    BUF_QUERY_ID, BUF_REV_POSITIVE, BUF_REV_SAVED, BUF_GRAD_PASSAGE, BUF_GRAD_HARD,
-    BUF_GRAD_QUERY, BUF_GRAD_TMP, BUF_STAGE_QUERY, BUF_STAGE_QUERY2, BUF_STAGE_PASSAGE,
-    BUF_STAGE_HARD, BUF_COUNT
-};
-_Static_assert(BUF_COUNT <= NS_COMM_BUFFERS, "ns_comm holds too few buffers");
-
 static int on_device(const ns_context *ctx) { return ctx->backend == NS_BACKEND_CUDA; }
 
 void ns_comm_loss_free(ns_comm *c) {
-    for (int i = 0; i < BUF_COUNT; i++) {
-        if (!c->buf[i]) continue;
-#ifdef NS_HAVE_CUDA
-        if (c->backend == NS_BACKEND_CUDA) ns_cuda_free(NULL, c->buf[i]);
-        else
-#endif
-            free(c->buf[i]);
-        c->buf[i] = NULL;
-        c->buf_size[i] = 0;
-    }
+    ns_arena_release(NULL, &c->mem);
+    ns_arena_release(NULL, &c->host);
 }
 
-/* A buffer of the backend's memory that grows and is reused. */
-static void *comm_buf(ns_context *ctx, ns_comm *c, int slot, size_t bytes, const char *fn) {
-    if (bytes == 0) bytes = 64;
-    if (c->buf_size[slot] >= bytes) return c->buf[slot];
-    void *p = NULL;
-#ifdef NS_HAVE_CUDA
-    if (on_device(ctx)) {
-        if (c->buf[slot]) ns_cuda_free(ctx, c->buf[slot]);
-        c->buf[slot] = NULL;
-        c->buf_size[slot] = 0;
-        if (ns_cuda_malloc(ctx, &p, bytes) != NS_OK) return NULL;
-    } else
-#endif
-    {
-        free(c->buf[slot]);
-        c->buf[slot] = NULL;
-        c->buf_size[slot] = 0;
-        p = malloc(bytes);
-        if (!p) {
-            ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes", fn, bytes);
-            return NULL;
-        }
-    }
-    c->buf[slot] = p;
-    c->buf_size[slot] = bytes;
-    return p;
+/* Every buffer of one forward and its backward, from its shapes. */
+static void loss_layout(void *plan, ns_arena *a) {
+    ns_comm_loss_bufs *b = (ns_comm_loss_bufs *)plan;
+    const size_t R = b->R, B = b->B, N = b->N, d = b->d, h = b->h;
+    const size_t nq = B * d, np = N * d, nh = B * h * d;
+    b->passage = ns_arena_carve(a, R * N * d * b->es_passage);
+    b->passage_id = (int64_t *)ns_arena_carve(a, sizeof(int64_t) * R * N);
+    b->positive = (int64_t *)ns_arena_carve(a, sizeof(int64_t) * B);
+    b->hard = b->share ? ns_arena_carve(a, R * B * h * d * b->es_hard) : NULL;
+    b->hard_ids = b->share && b->hard_id ? (int64_t *)ns_arena_carve(a, sizeof(int64_t) * R * B * h) : NULL;
+    b->keep = b->share && b->hard_keep ? (uint8_t *)ns_arena_carve(a, R * B * h) : NULL;
+    b->query = b->sym ? ns_arena_carve(a, R * B * d * b->es_query) : NULL;
+    b->rev_positive = b->sym ? (int64_t *)ns_arena_carve(a, sizeof(int64_t) * B) : NULL;
+    b->rev_saved = b->sym ? (float *)ns_arena_carve(a, sizeof(float) * B * (NS_INFONCE_SAVED_PER_QUERY + 1)) : NULL;
+    b->grad_passage = (float *)ns_arena_carve(a, sizeof(float) * R * np);
+    b->grad_hard = b->share ? (float *)ns_arena_carve(a, sizeof(float) * R * nh) : NULL;
+    b->grad_query = b->sym ? (float *)ns_arena_carve(a, sizeof(float) * R * nq) : NULL;
+    b->grad_tmp = b->sym ? (float *)ns_arena_carve(a, sizeof(float) * np) : NULL;
+    b->stage_query = (float *)ns_arena_carve(a, sizeof(float) * nq);
+    b->stage_query2 = b->sym ? (float *)ns_arena_carve(a, sizeof(float) * nq) : NULL;
+    b->stage_passage = (float *)ns_arena_carve(a, sizeof(float) * np);
+    b->stage_hard = h > 0 ? (float *)ns_arena_carve(a, sizeof(float) * nh) : NULL;
 }
 
-/* Host ↔ backend copies of small arrays (ids, positives). */
+static void host_layout(void *plan, ns_arena *a) {
+    ns_comm_loss_bufs *b = (ns_comm_loss_bufs *)plan;
+    b->host = ns_arena_carve(a, b->host_bytes);
+}
+
+/* Host ↔ backend copies of small arrays (ids, positives); device to pageable host memory
+ * returns once the copy is done. */
 static ns_status to_backend(ns_context *ctx, void *dst, const void *src, size_t bytes) {
-#ifdef NS_HAVE_CUDA
-    if (on_device(ctx)) return ns_cuda_memcpy(ctx, dst, src, bytes, 1 /* host to device */);
-#endif
-    memcpy(dst, src, bytes);
-    return NS_OK;
+    return ns_copy(ctx, dst, src, bytes, NS_COPY_H2D);
 }
 static ns_status from_backend(ns_context *ctx, void *dst, const void *src, size_t bytes) {
-#ifdef NS_HAVE_CUDA
-    /* Device to pageable host memory returns once the copy is done. */
-    if (on_device(ctx)) return ns_cuda_memcpy(ctx, dst, src, bytes, 2 /* device to host */);
-#endif
-    memcpy(dst, src, bytes);
-    return NS_OK;
+    return ns_copy(ctx, dst, src, bytes, NS_COPY_D2H);
 }
 
 /* dst[0..n) += src[0..n) on the backend (CUDA: through the host; only the symmetric loss
  * needs it). */
-static ns_status add_into(ns_context *ctx, float *dst, const float *src, size_t n, const char *fn) {
+static ns_status add_into(ns_context *ctx, void *stage, float *dst, const float *src, size_t n,
+                          const char *fn) {
     if (!on_device(ctx)) {
         for (size_t k = 0; k < n; k++) dst[k] += src[k];
         return NS_OK;
     }
-    float *a = (float *)malloc(sizeof(float) * n * 2 + 1);
-    if (!a) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu floats", fn, 2 * n);
+    float *a = (float *)stage; /* 2n floats of the host staging */
     ns_status st = from_backend(ctx, a, dst, sizeof(float) * n);
     if (!st) st = from_backend(ctx, a + n, src, sizeof(float) * n);
     if (!st) {
         for (size_t k = 0; k < n; k++) a[k] += a[n + k];
         st = to_backend(ctx, dst, a, sizeof(float) * n);
     }
-    free(a);
+    (void)fn;
     return st;
 }
 
@@ -259,14 +236,9 @@ static ns_status gather_inputs(ns_context *ctx, ns_comm *c, const ns_infonce_inp
     ns_status st;
     ns_infonce_inputs g = *in;
 
-    void *P = comm_buf(ctx, c, BUF_PASSAGE, (size_t)(R * N * d) * ns_dtype_size(in->passage.dtype), fn);
-    int64_t *pid = (int64_t *)comm_buf(ctx, c, BUF_PASSAGE_ID, sizeof(int64_t) * (size_t)(R * N), fn);
-    int64_t *pos = (int64_t *)comm_buf(ctx, c, BUF_POSITIVE, sizeof(int64_t) * (size_t)B, fn);
-    int64_t *host = (int64_t *)malloc(sizeof(int64_t) * (size_t)(R * N + B + 1));
-    if (!P || !pid || !pos || !host) {
-        free(host);
-        return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the gathered passages", fn);
-    }
+    const ns_comm_loss_bufs *bf = &c->bufs;
+    void *P = bf->passage;
+    int64_t *pid = bf->passage_id, *pos = bf->positive, *host = (int64_t *)bf->host;
     if ((st = ns_comm_allgather_rows(ctx, c, in->passage, P, fn))) goto out;
     if (in->passage_id) {
         if ((st = ns_comm_allgather(ctx, c, in->passage_id, (size_t)N, sizeof(int64_t), pid, fn)))
@@ -290,21 +262,18 @@ static ns_status gather_inputs(ns_context *ctx, ns_comm *c, const ns_infonce_inp
     if (o->share_hard && h > 0) {
         /* The shared pool of every rank's hard rows: hard_per_query R·h keeps rows = B·(R·h),
          * which is all the shared block needs. */
-        void *H = comm_buf(ctx, c, BUF_HARD, (size_t)(R * B * h * d) * ns_dtype_size(in->hard.dtype), fn);
-        if (!H) { st = NS_ERR_OUT_OF_MEMORY; goto out; }
+        void *H = bf->hard;
         if ((st = ns_comm_allgather_rows(ctx, c, in->hard, H, fn))) goto out;
         g.hard = (ns_matrix){H, in->hard.dtype, R * B * h, d, 0};
         g.hard_per_query = (int64_t)R * h;
         if (in->hard_id) {
-            int64_t *hid = (int64_t *)comm_buf(ctx, c, BUF_HARD_ID, sizeof(int64_t) * (size_t)(R * B * h), fn);
-            if (!hid) { st = NS_ERR_OUT_OF_MEMORY; goto out; }
+            int64_t *hid = bf->hard_ids;
             if ((st = ns_comm_allgather(ctx, c, in->hard_id, (size_t)(B * h), sizeof(int64_t), hid, fn)))
                 goto out;
             g.hard_id = hid;
         }
         if (in->hard_keep) {
-            uint8_t *keep = (uint8_t *)comm_buf(ctx, c, BUF_HARD_KEEP, (size_t)(R * B * h), fn);
-            if (!keep) { st = NS_ERR_OUT_OF_MEMORY; goto out; }
+            uint8_t *keep = bf->keep;
             if ((st = ns_comm_allgather(ctx, c, in->hard_keep, (size_t)(B * h), 1, keep, fn))) goto out;
             g.hard_keep = keep;
         }
@@ -314,9 +283,8 @@ static ns_status gather_inputs(ns_context *ctx, ns_comm *c, const ns_infonce_inp
     if (o->symmetric) {
         /* Reversed: this rank's positives (passage row i is query i's) against every query;
          * a query's id is its positive's, as the one-rank column term masks them. */
-        void *Q = comm_buf(ctx, c, BUF_QUERY, (size_t)(R * B * d) * ns_dtype_size(in->query.dtype), fn);
-        int64_t *rpos = (int64_t *)comm_buf(ctx, c, BUF_REV_POSITIVE, sizeof(int64_t) * (size_t)B, fn);
-        if (!Q || !rpos) { st = NS_ERR_OUT_OF_MEMORY; goto out; }
+        void *Q = bf->query;
+        int64_t *rpos = bf->rev_positive;
         if ((st = ns_comm_allgather_rows(ctx, c, in->query, Q, fn))) goto out;
         for (int64_t i = 0; i < B; i++) host[i] = (int64_t)me * B + i;
         if ((st = to_backend(ctx, rpos, host, sizeof(int64_t) * (size_t)B))) goto out;
@@ -331,32 +299,34 @@ static ns_status gather_inputs(ns_context *ctx, ns_comm *c, const ns_infonce_inp
         c->reversed = rv;
     }
 out:
-    free(host);
     return st;
 }
 
-/* Allocates what gather_inputs will fill, before the first exchange: a rank that cannot get
- * its buffers says so there instead of leaving the others inside a gather. */
+/* Reserves every buffer of this forward and its backward before the first exchange: a rank
+ * that cannot get its memory says so there instead of leaving the others inside a gather. */
 static ns_status reserve(ns_context *ctx, ns_comm *c, const ns_infonce_inputs *in,
                          const ns_loss_options *o, const char *fn) {
-    const size_t R = (size_t)c->size, B = (size_t)in->query.rows, N = (size_t)in->passage.rows;
-    const size_t d = (size_t)in->query.cols, h = (size_t)in->hard_per_query;
-    int ok = comm_buf(ctx, c, BUF_PASSAGE, R * N * d * ns_dtype_size(in->passage.dtype), fn) &&
-             comm_buf(ctx, c, BUF_PASSAGE_ID, sizeof(int64_t) * R * N, fn) &&
-             comm_buf(ctx, c, BUF_POSITIVE, sizeof(int64_t) * B, fn);
-    if (ok && o->share_hard && h > 0)
-        ok = comm_buf(ctx, c, BUF_HARD, R * B * h * d * ns_dtype_size(in->hard.dtype), fn) &&
-             (!in->hard_id || comm_buf(ctx, c, BUF_HARD_ID, sizeof(int64_t) * R * B * h, fn)) &&
-             (!in->hard_keep || comm_buf(ctx, c, BUF_HARD_KEEP, R * B * h, fn));
-    if (ok && o->symmetric)
-        ok = comm_buf(ctx, c, BUF_QUERY, R * B * d * ns_dtype_size(in->query.dtype), fn) &&
-             comm_buf(ctx, c, BUF_REV_POSITIVE, sizeof(int64_t) * B, fn) &&
-             comm_buf(ctx, c, BUF_REV_SAVED, sizeof(float) * B * (NS_INFONCE_SAVED_PER_QUERY + 1), fn);
-    if (ok) return NS_OK;
-    return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY,
+    ns_comm_loss_bufs *b = &c->bufs;
+    memset(b, 0, sizeof *b);
+    b->R = (size_t)c->size, b->B = (size_t)in->query.rows, b->N = (size_t)in->passage.rows;
+    b->d = (size_t)in->query.cols, b->h = (size_t)in->hard_per_query;
+    b->es_passage = ns_dtype_size(in->passage.dtype);
+    b->es_hard = ns_dtype_size(in->hard.dtype);
+    b->es_query = ns_dtype_size(in->query.dtype);
+    b->share = o->share_hard && b->h > 0, b->sym = o->symmetric;
+    b->hard_id = in->hard_id != NULL, b->hard_keep = in->hard_keep != NULL;
+    /* ids (R·N + B + 1), or on CUDA the per-query sums (2B floats) and gradient sums (2·n). */
+    size_t n = b->N > b->B ? b->N : b->B;
+    size_t ids = sizeof(int64_t) * (b->R * b->N + b->B + 1), sums = sizeof(float) * 2 * n * b->d;
+    b->host_bytes = ids > sums ? ids : sums;
+    if (!c->mem.base && !c->mem.capacity) c->mem = ns_arena_empty(ns_backend_memory(ctx));
+    ns_status st = ns_arena_lay_out(ctx, &c->mem, loss_layout, b, fn);
+    if (!st) st = ns_arena_lay_out(ctx, &c->host, host_layout, b, fn);
+    if (!st) return NS_OK;
+    return ns_fail(ctx, st,
                    "%s: cannot allocate the buffers for the rows gathered from %zu ranks "
                    "(B = %zu, N = %zu, h = %zu, d = %zu)",
-                   fn, R, B, N, h, d);
+                   fn, b->R, b->B, b->N, b->h, b->d);
 }
 
 /* The plain options of the reversed (passage→query) term. */
@@ -389,27 +359,21 @@ ns_status ns_comm_infonce_forward(ns_context *ctx, ns_comm *c, const ns_infonce_
     local = ns_infonce_forward(ctx, &c->gathered, &o, &lq, per_query, saved);
     if (!local && opt->symmetric) {
         ns_loss_options ro = reversed_options(opt);
-        rsaved = (float *)comm_buf(ctx, c, BUF_REV_SAVED,
-                                   sizeof(float) * (size_t)B * (NS_INFONCE_SAVED_PER_QUERY + 1), fn);
-        if (!rsaved) local = NS_ERR_OUT_OF_MEMORY;
-        else {
-            pq_rev = rsaved + (size_t)B * NS_INFONCE_SAVED_PER_QUERY;
-            local = ns_infonce_forward(ctx, &c->reversed, &ro, &lp, pq_rev, rsaved);
-        }
+        rsaved = c->bufs.rev_saved;
+        pq_rev = rsaved + (size_t)B * NS_INFONCE_SAVED_PER_QUERY;
+        local = ns_infonce_forward(ctx, &c->reversed, &ro, &lp, pq_rev, rsaved);
         /* per_query = (L_q + L_p) / 2, as the one-rank symmetric loss. */
         if (!local && per_query) {
             if (!on_device(ctx)) {
                 for (int64_t i = 0; i < B; i++) per_query[i] = 0.5f * (per_query[i] + pq_rev[i]);
             } else {
-                float *a = (float *)malloc(sizeof(float) * (size_t)B * 2);
-                if (!a) local = ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate", fn);
-                if (!local) local = from_backend(ctx, a, per_query, sizeof(float) * (size_t)B);
+                float *a = (float *)c->bufs.host; /* 2B floats */
+                local = from_backend(ctx, a, per_query, sizeof(float) * (size_t)B);
                 if (!local) local = from_backend(ctx, a + B, pq_rev, sizeof(float) * (size_t)B);
                 if (!local) {
                     for (int64_t i = 0; i < B; i++) a[i] = 0.5f * (a[i] + a[B + i]);
                     local = to_backend(ctx, per_query, a, sizeof(float) * (size_t)B);
                 }
-                free(a);
             }
         }
     }
@@ -423,11 +387,7 @@ ns_status ns_comm_infonce_forward(ns_context *ctx, ns_comm *c, const ns_infonce_
 
 /* Backend copy (CPU memcpy, CUDA device to device). */
 static ns_status copy_backend(ns_context *ctx, void *dst, const void *src, size_t bytes) {
-#ifdef NS_HAVE_CUDA
-    if (on_device(ctx)) return ns_cuda_memcpy(ctx, dst, src, bytes, 3 /* device to device */);
-#endif
-    memcpy(dst, src, bytes);
-    return NS_OK;
+    return ns_copy(ctx, dst, src, bytes, NS_COPY_D2D);
 }
 
 ns_status ns_comm_infonce_backward(ns_context *ctx, ns_comm *c, const ns_infonce_inputs *in,
@@ -455,20 +415,19 @@ ns_status ns_comm_infonce_backward(ns_context *ctx, ns_comm *c, const ns_infonce
     /* d(loss)/dx = Σ_r (1/R) d(loss_r)/dx; the symmetric loss halves both of its terms. */
     const float g = grad_loss / (float)R * (sym ? 0.5f : 1.0f);
 
-    /* Everything is staged in the communicator's buffers: the caller's are written only once
-     * every rank is known to have succeeded. Gathered rows' gradients are always computed, as
-     * the other ranks need this rank's share of theirs. */
-    float *gp = (float *)comm_buf(ctx, c, BUF_GRAD_PASSAGE, sizeof(float) * (size_t)R * np, fn);
-    float *gh = share ? (float *)comm_buf(ctx, c, BUF_GRAD_HARD, sizeof(float) * (size_t)R * nh, fn) : NULL;
-    float *gq = sym ? (float *)comm_buf(ctx, c, BUF_GRAD_QUERY, sizeof(float) * (size_t)R * nq, fn) : NULL;
-    float *tmp = sym ? (float *)comm_buf(ctx, c, BUF_GRAD_TMP, sizeof(float) * np, fn) : NULL;
-    float *sq = (float *)comm_buf(ctx, c, BUF_STAGE_QUERY, sizeof(float) * nq, fn);
-    float *sq2 = sym ? (float *)comm_buf(ctx, c, BUF_STAGE_QUERY2, sizeof(float) * nq, fn) : NULL;
-    float *sp = (float *)comm_buf(ctx, c, BUF_STAGE_PASSAGE, sizeof(float) * np, fn);
-    float *sh = h > 0 ? (float *)comm_buf(ctx, c, BUF_STAGE_HARD, sizeof(float) * nh, fn) : NULL;
-    if (!local && (!gp || !sq || !sp || (h > 0 && !sh) || (share && !gh) ||
-                   (sym && (!gq || !tmp || !sq2))))
-        local = NS_ERR_OUT_OF_MEMORY;
+    /* Everything is staged in the communicator's buffers (laid out by the forward for these
+     * shapes): the caller's are written only once every rank is known to have succeeded.
+     * Gathered rows' gradients are always computed, as the other ranks need this rank's share
+     * of theirs. */
+    const ns_comm_loss_bufs *bf = &c->bufs;
+    float *gp = bf->grad_passage, *gh = share ? bf->grad_hard : NULL;
+    float *gq = sym ? bf->grad_query : NULL, *tmp = sym ? bf->grad_tmp : NULL;
+    float *sq = bf->stage_query, *sq2 = sym ? bf->stage_query2 : NULL;
+    float *sp = bf->stage_passage, *sh = h > 0 ? bf->stage_hard : NULL;
+    if (!local && (bf->B != (size_t)B || bf->N != (size_t)N || bf->d != (size_t)d ||
+                   bf->h != (size_t)h || bf->share != share || bf->sym != sym))
+        local = ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                        "%s: the inputs or options differ from those of the forward", fn);
     float dtau[2] = {0.0f, 0.0f};
     if (!local) {
         ns_infonce_grads lg = {(grads->query || sym) ? sq : NULL, gp,
@@ -481,8 +440,7 @@ ns_status ns_comm_infonce_backward(ns_context *ctx, ns_comm *c, const ns_infonce
     if (!local && sym) {
         ns_loss_options ro = reversed_options(opt);
         ns_infonce_grads rg = {tmp, gq, NULL, grads->temperature ? &dtau[1] : NULL};
-        local = ns_infonce_backward(ctx, &c->reversed, &ro, (const float *)c->buf[BUF_REV_SAVED],
-                                    g, &rg);
+        local = ns_infonce_backward(ctx, &c->reversed, &ro, bf->rev_saved, g, &rg);
     }
     double t = (double)dtau[0] + (double)dtau[1];
     if ((st = share_outcome(ctx, c, local, &t, 1, fn))) return st;
@@ -492,8 +450,8 @@ ns_status ns_comm_infonce_backward(ns_context *ctx, ns_comm *c, const ns_infonce
     if (share && (st = ns_comm_reduce_scatter_f32(ctx, c, gh, sh, nh, fn))) return st;
     if (sym) {
         if ((st = ns_comm_reduce_scatter_f32(ctx, c, gq, sq2, nq, fn))) return st;
-        if (grads->query && (st = add_into(ctx, sq, sq2, nq, fn))) return st;
-        if (grads->passage && (st = add_into(ctx, sp, tmp, np, fn))) return st;
+        if (grads->query && (st = add_into(ctx, bf->host, sq, sq2, nq, fn))) return st;
+        if (grads->passage && (st = add_into(ctx, bf->host, sp, tmp, np, fn))) return st;
     }
     if (grads->query && (st = copy_backend(ctx, grads->query, sq, sizeof(float) * nq))) return st;
     if (grads->passage && (st = copy_backend(ctx, grads->passage, sp, sizeof(float) * np))) return st;

@@ -1,4 +1,4 @@
-/* Contexts, status strings, the last-error record and the workspace. */
+/* Contexts, status strings and the last-error record. */
 #include "ns_internal.h"
 #ifdef NS_HAVE_CUDA
 #include "ns_cuda.h"
@@ -11,7 +11,7 @@
 #include <omp.h>
 #endif
 
-void ns_step_state_free(struct ns_step_state *s); /* src/step.c */
+void ns_step_state_free(ns_context *ctx, struct ns_step_state *s); /* src/step.c */
 
 static _Thread_local char thread_error[NS_ERROR_CAPACITY];
 
@@ -64,16 +64,14 @@ int ns_cuda_device_count(void) {
 
 ns_status ns_context_create(ns_context **out, const ns_context_options *opt) {
     static const char *fn = "ns_context_create";
-    ns_context_options defaults = NS_CONTEXT_OPTIONS_INIT;
+    ns_context_options resolved;
     ns_clear_error(NULL);
     if (!out) return ns_fail(NULL, NS_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);
     *out = NULL;
-    if (!opt) opt = &defaults;
-    if (opt->struct_size < sizeof(ns_context_options))
-        return ns_fail(NULL, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_context_options) (%zu);"
-                       " initialise with NS_CONTEXT_OPTIONS_INIT",
-                       fn, opt->struct_size, sizeof(ns_context_options));
+    ns_status rs = NS_RESOLVE_OPTIONS(NULL, fn, "options", ns_context_options,
+                                      NS_CONTEXT_OPTIONS_INIT, opt, &resolved);
+    if (rs) return rs;
+    opt = &resolved;
     if (opt->backend != NS_BACKEND_AUTO && opt->backend != NS_BACKEND_CPU &&
         opt->backend != NS_BACKEND_CUDA)
         return ns_fail(NULL, NS_ERR_INVALID_ARGUMENT,
@@ -93,6 +91,7 @@ ns_status ns_context_create(ns_context **out, const ns_context_options *opt) {
     ctx->stream = opt->stream;
     ctx->threads = opt->threads;
     ctx->backend = NS_BACKEND_CPU;
+    ctx->scratch = ns_arena_empty(NS_MEM_HOST);
 
     if (opt->backend == NS_BACKEND_CUDA || opt->backend == NS_BACKEND_AUTO) {
 #ifdef NS_HAVE_CUDA
@@ -124,8 +123,8 @@ ns_status ns_context_create(ns_context **out, const ns_context_options *opt) {
 
 ns_status ns_context_destroy(ns_context *ctx) {
     if (!ctx) return NS_OK;
-    ns_step_state_free(ctx->step);
-    for (int i = 0; i < NS_WS_COUNT; i++) free(ctx->ws[i]);
+    ns_step_state_free(ctx, ctx->step);
+    ns_arena_release(ctx, &ctx->scratch);
 #ifdef NS_HAVE_CUDA
     if (ctx->cuda) ns_cuda_context_free(ctx);
 #endif
@@ -145,24 +144,6 @@ ns_status ns_context_set_stream(ns_context *ctx, void *stream) {
 #endif
     ctx->stream = stream;
     return NS_OK;
-}
-
-void *ns_workspace(ns_context *ctx, int slot, size_t bytes) {
-    if (bytes == 0) bytes = 64;
-    if (ctx->ws_size[slot] >= bytes) return ctx->ws[slot];
-    size_t grow = ctx->ws_size[slot] + ctx->ws_size[slot] / 2;
-    size_t size = bytes > grow ? bytes : grow;
-    size = (size + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, size);
-    if (!p) {
-        size = (bytes + 63) & ~(size_t)63;
-        p = aligned_alloc(64, size);
-        if (!p) return NULL;
-    }
-    free(ctx->ws[slot]);
-    ctx->ws[slot] = p;
-    ctx->ws_size[slot] = size;
-    return p;
 }
 
 int ns_threads(const ns_context *ctx) {

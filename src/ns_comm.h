@@ -18,7 +18,22 @@ extern "C" {
 
 typedef enum { NS_COMM_MPI = 1, NS_COMM_NCCL = 2 } ns_comm_kind;
 
-#define NS_COMM_BUFFERS 24
+/* The multi-rank loss's buffers (src/comm_loss.c), carved from the communicator's arenas for
+ * one forward and its backward: the gathered rows and ids, the reversed (symmetric) term's
+ * inputs and saved statistics, and the staged gradients. */
+typedef struct {
+    size_t R, B, N, d, h;
+    size_t es_passage, es_hard, es_query;
+    int share, sym, hard_id, hard_keep;
+    void *passage, *hard, *query;
+    int64_t *passage_id, *positive, *hard_ids, *rev_positive;
+    uint8_t *keep;
+    float *rev_saved;
+    float *grad_passage, *grad_hard, *grad_query, *grad_tmp;
+    float *stage_query, *stage_query2, *stage_passage, *stage_hard;
+    void *host; /* host staging: ids, and the per-query and gradient sums on CUDA */
+    size_t host_bytes;
+} ns_comm_loss_bufs;
 
 typedef struct {
     /* Rank r's `rows` rows of row_bytes each (at src, pitch src_pitch bytes) land at
@@ -46,9 +61,10 @@ struct ns_comm {
     const ns_comm_ops *ops;
     void *impl;
     /* The distributed loss (src/comm_loss.c): gathered rows and ids of the last forward, kept
-     * for its backward, in buffers of the backend's memory that grow and are reused. */
-    void *buf[NS_COMM_BUFFERS];
-    size_t buf_size[NS_COMM_BUFFERS];
+     * for its backward, in an arena of the backend's memory (and a host one for staging),
+     * reserved by each forward for its shapes. */
+    ns_arena mem, host;
+    ns_comm_loss_bufs bufs;
     int loss_ready;
     ns_loss_options loss_opt;
     ns_infonce_inputs gathered, reversed;

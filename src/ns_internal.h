@@ -1,9 +1,10 @@
-/* Internal to the library: the context, error recording, argument checks, workspace and the
- * block-wise conversion of f16/bf16 rows to f32 that every CPU op uses. */
+/* Internal to the library: the context, error recording, argument checks and the block-wise
+ * conversion of f16/bf16 rows to f32 that the CPU backend and the queue use. */
 #ifndef NS_INTERNAL_H
 #define NS_INTERNAL_H
 
 #include "negsamp.h"
+#include "ns_arena.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -14,22 +15,9 @@ extern "C" {
 #endif
 
 #define NS_ERROR_CAPACITY 1024
-/* Workspace slots: each grows on demand and is reused, so no hot path allocates once warm.
- * Each op family owns its slots so that a step can hold one op's buffers while calling another. */
-enum {
-    NS_WS_SIMILARITY = 0, /* ns_similarity, ns_mine_topk: tiles */
-    NS_WS_MINE = 1,       /* ns_mine_topk: staged results */
-    NS_WS_SAMPLE = 2,     /* ns_filter / ns_sample */
-    NS_WS_LOSS = 3,       /* ns_infonce_*: tiles and column statistics */
-    NS_WS_LOSS2 = 4,
-    NS_WS_STEP = 5,       /* ns_step_*: scores, keep mask, gathered rows, saved statistics */
-    NS_WS_STEP2 = 6,
-    NS_WS_STEP3 = 7,
-    NS_WS_COUNT = 8
-};
 
 struct ns_step_state; /* src/step.c */
-struct ns_cuda_state; /* kernels/cuda_context.cu */
+struct ns_cuda_state; /* kernels/cuda_common.cuh */
 
 struct ns_context {
     ns_backend backend; /* CPU or CUDA, never AUTO */
@@ -37,8 +25,8 @@ struct ns_context {
     void *stream;
     int threads;
     char error[NS_ERROR_CAPACITY];
-    void *ws[NS_WS_COUNT];
-    size_t ws_size[NS_WS_COUNT];
+    ns_arena scratch; /* host workspace of one operation (src/ns_arena.h) */
+    int64_t loss_tile_rows, loss_tile_cols; /* CPU loss tiles; 0 = chosen per call (tests) */
     struct ns_step_state *step;
     struct ns_cuda_state *cuda;
 };
@@ -52,9 +40,10 @@ ns_status ns_fail(ns_context *ctx, ns_status status, const char *fmt, ...)
     ;
 void ns_clear_error(ns_context *ctx);
 
-/* Host workspace of at least bytes in slot (64-byte aligned; contents not kept across growth).
- * NULL on allocation failure (the caller returns NS_ERR_OUT_OF_MEMORY). */
-void *ns_workspace(ns_context *ctx, int slot, size_t bytes);
+/* The memory kind of ctx's backend. */
+static inline ns_memory ns_backend_memory(const ns_context *ctx) {
+    return ctx->backend == NS_BACKEND_CUDA ? NS_MEM_DEVICE : NS_MEM_HOST;
+}
 
 /* Argument checks. Each returns NS_OK or records "fn: name ..." and returns the failure. */
 ns_status ns_check_context(ns_context *ctx, const char *fn);
@@ -62,6 +51,17 @@ ns_status ns_check_ptr(ns_context *ctx, const char *fn, const char *name, const 
 /* A matrix with data, a supported dtype, rows ≥ 1 (≥ 0 with allow_empty), cols ≥ 1, ld ≥ cols. */
 ns_status ns_check_matrix(ns_context *ctx, const char *fn, const char *name, ns_matrix m,
                           int allow_empty);
+/* Resolves an options struct the caller passed, as NCCL resolves its config: out = the
+ * defaults, overlaid with the caller's first struct_size bytes (given NULL: the defaults).
+ * struct_size below sizeof(size_t) is refused (NS_ERR_INVALID_ARGUMENT: not initialised),
+ * above size (a newer header than this library) too (NS_ERR_UNSUPPORTED). what names the
+ * argument ("options", "options->filter"), type the struct and init its initializer macro. */
+ns_status ns_options_resolve(ns_context *ctx, const char *fn, const char *what, const char *type,
+                             const char *init, const void *given, const void *defaults,
+                             size_t size, void *out);
+#define NS_RESOLVE_OPTIONS(ctx, fn, what, T, INIT, given, out)                                \
+    ns_options_resolve((ctx), (fn), (what), #T, #INIT, (given), &(const T)INIT, sizeof(T), (out))
+
 /* ld with 0 resolved to cols. */
 static inline int64_t ns_ld(ns_matrix m) { return m.ld ? m.ld : m.cols; }
 size_t ns_dtype_size(ns_dtype t);
@@ -91,22 +91,9 @@ uint16_t ns_f32_to_bf16(float f);
 /* Threads the CPU backend uses for this context. */
 int ns_threads(const ns_context *ctx);
 
-/* BLAS (OpenBLAS): C = alpha · A · Bᵀ + beta · C, row-major, f32. */
-void ns_sgemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
-/* C = alpha · A · B + beta · C, row-major. */
-void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
-/* C = alpha · Aᵀ · B + beta · C, row-major (A is k × m). */
-void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
-                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
-
-/* Validation shared by ns_filter and ns_sample: the shapes and pointers; then (src/filter.c,
- * host data only) ids >= -1, finite scores in non-empty slots, finite positive scores and
- * guide scores when asked for. */
+/* Validation shared by ns_filter and ns_sample: the shapes and pointers (the data is checked
+ * by the backend). */
 ns_status ns_check_candidates(ns_context *ctx, const char *fn, const ns_candidates *c);
-ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
-                                  int need_positive_score, int need_guide);
 
 #ifdef __cplusplus
 }

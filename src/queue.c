@@ -17,11 +17,17 @@ struct ns_queue {
     int64_t capacity, dim;
     int64_t size;       /* rows held, ≤ capacity */
     int64_t next;       /* the slot the next row goes to */
+    ns_arena ring;      /* the backend's memory, reserved once: rows then ids */
+    ns_arena stage;     /* CUDA: host staging for the non-finite check, grown on demand */
     float *rows;        /* capacity × dim */
     int64_t *ids;       /* capacity */
-    void *stage;        /* CUDA: host staging for the non-finite check, grown on demand */
-    size_t stage_size;
 };
+
+static void ring_layout(void *plan, ns_arena *a) {
+    ns_queue *qu = (ns_queue *)plan;
+    qu->rows = (float *)ns_arena_carve(a, (size_t)(qu->capacity * qu->dim) * sizeof(float));
+    qu->ids = (int64_t *)ns_arena_carve(a, (size_t)qu->capacity * sizeof(int64_t));
+}
 
 ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_queue **queue) {
     static const char *fn = "ns_queue_create";
@@ -44,28 +50,11 @@ ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_que
     qu->backend = ctx->backend;
     qu->capacity = capacity;
     qu->dim = dim;
-    size_t rb = (size_t)(capacity * dim) * sizeof(float), ib = (size_t)capacity * sizeof(int64_t);
-#ifdef NS_HAVE_CUDA
-    if (ctx->backend == NS_BACKEND_CUDA) {
-        if ((st = ns_cuda_malloc(ctx, (void **)&qu->rows, rb)) ||
-            (st = ns_cuda_malloc(ctx, (void **)&qu->ids, ib))) {
-            if (qu->rows) ns_cuda_free(ctx, qu->rows);
-            free(qu);
-            return ns_fail(ctx, st, "%s: cannot allocate %zu bytes of device memory for the ring",
-                           fn, rb + ib);
-        }
-        *queue = qu;
-        return NS_OK;
-    }
-#endif
-    qu->rows = (float *)malloc(rb);
-    qu->ids = (int64_t *)malloc(ib);
-    if (!qu->rows || !qu->ids) {
-        free(qu->rows);
-        free(qu->ids);
+    qu->ring = ns_arena_empty(ns_backend_memory(ctx));
+    qu->stage = ns_arena_empty(NS_MEM_HOST);
+    if ((st = ns_arena_lay_out(ctx, &qu->ring, ring_layout, qu, fn))) {
         free(qu);
-        return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for the ring", fn,
-                       rb + ib);
+        return st;
     }
     *queue = qu;
     return NS_OK;
@@ -73,17 +62,8 @@ ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_que
 
 ns_status ns_queue_destroy(ns_queue *queue) {
     if (!queue) return NS_OK;
-#ifdef NS_HAVE_CUDA
-    if (queue->backend == NS_BACKEND_CUDA) {
-        ns_cuda_free(queue->ctx, queue->rows);
-        ns_cuda_free(queue->ctx, queue->ids);
-        free(queue->stage);
-        free(queue);
-        return NS_OK;
-    }
-#endif
-    free(queue->rows);
-    free(queue->ids);
+    ns_arena_release(queue->ctx, &queue->ring);
+    ns_arena_release(queue->ctx, &queue->stage);
     free(queue);
     return NS_OK;
 }
@@ -102,6 +82,19 @@ static ns_status check_queue(ns_context *ctx, const char *fn, const ns_queue *qu
 }
 
 #ifdef NS_HAVE_CUDA
+/* Host staging of a CUDA push: n rows (f32) and n ids. */
+typedef struct {
+    int64_t n, dim;
+    float *rows;
+    int64_t *ids;
+} push_stage;
+
+static void stage_layout(void *plan, ns_arena *a) {
+    push_stage *s = (push_stage *)plan;
+    s->rows = (float *)ns_arena_carve(a, (size_t)(s->n * s->dim) * sizeof(float));
+    s->ids = (int64_t *)ns_arena_carve(a, (size_t)s->n * sizeof(int64_t));
+}
+
 /* Device push: rows are device f32. They are brought to the host once to reject NaN/Inf (this
  * synchronises the stream), then copied device to device into the ring. */
 static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const int64_t *ids,
@@ -112,28 +105,23 @@ static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const 
         return ns_fail(ctx, NS_ERR_UNSUPPORTED,
                        "%s: rows.dtype (%s) is not supported on CUDA (expected f32)", fn,
                        ns_dtype_name(rows.dtype));
-    size_t bytes = (size_t)(n * dim) * 4 + (size_t)n * 8;
-    if (qu->stage_size < bytes) {
-        void *p = realloc(qu->stage, bytes);
-        if (!p) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes", fn, bytes);
-        qu->stage = p;
-        qu->stage_size = bytes;
-    }
-    float *host = (float *)qu->stage;
+    push_stage ps = {n, dim, NULL, NULL};
+    ns_status st = ns_arena_lay_out(ctx, &qu->stage, stage_layout, &ps, fn);
+    if (st) return st;
+    float *host = ps.rows;
+    int64_t *hid = ps.ids;
     const float *src = (const float *)rows.data + first * ld;
-    ns_status st;
     if (ld == dim) {
-        if ((st = ns_cuda_memcpy(ctx, host, src, (size_t)(n * dim) * 4, 2))) return st;
+        if ((st = ns_cuda_memcpy(ctx, host, src, (size_t)(n * dim) * 4, NS_COPY_D2H))) return st;
     } else {
         for (int64_t r = 0; r < n; r++)
-            if ((st = ns_cuda_memcpy(ctx, host + r * dim, src + r * ld, (size_t)dim * 4, 2)))
+            if ((st = ns_cuda_memcpy(ctx, host + r * dim, src + r * ld, (size_t)dim * 4, NS_COPY_D2H)))
                 return st;
     }
     int64_t bad = ns_find_nonfinite_f32(host, n * dim);
     if (bad)
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: rows[%lld][%lld] is not finite", fn,
                        (long long)(first + (bad - 1) / dim), (long long)((bad - 1) % dim));
-    int64_t *hid = (int64_t *)(host + n * dim);
     if (!ids)
         for (int64_t r = 0; r < n; r++) hid[r] = -1;
     /* Up to two contiguous runs of slots (before and after the wrap). */
@@ -142,16 +130,16 @@ static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const 
         int64_t run = qu->capacity - slot < n - done ? qu->capacity - slot : n - done;
         if (ld == dim) {
             st = ns_cuda_memcpy(ctx, qu->rows + slot * dim, src + done * dim,
-                                (size_t)(run * dim) * 4, 3);
+                                (size_t)(run * dim) * 4, NS_COPY_D2D);
         } else {
             st = NS_OK;
             for (int64_t r = 0; r < run && !st; r++)
                 st = ns_cuda_memcpy(ctx, qu->rows + (slot + r) * dim, src + (done + r) * ld,
-                                    (size_t)dim * 4, 3);
+                                    (size_t)dim * 4, NS_COPY_D2D);
         }
         if (st) return st;
-        if (ids) st = ns_cuda_memcpy(ctx, qu->ids + slot, ids + first + done, (size_t)run * 8, 3);
-        else st = ns_cuda_memcpy(ctx, qu->ids + slot, hid + done, (size_t)run * 8, 1);
+        if (ids) st = ns_cuda_memcpy(ctx, qu->ids + slot, ids + first + done, (size_t)run * 8, NS_COPY_D2D);
+        else st = ns_cuda_memcpy(ctx, qu->ids + slot, hid + done, (size_t)run * 8, NS_COPY_H2D);
         if (st) return st;
         done += run;
         slot = (slot + run) % qu->capacity;

@@ -3,168 +3,134 @@
  * back onto the candidate rows. Each stage is the public op of the same name, so the step
  * inherits their checks, their CUDA paths and their determinism; what lives here is the
  * plumbing between them and the state kept from forward to backward. */
-#include "ns_internal.h"
 #include "ns_comm.h"
-#ifdef NS_HAVE_CUDA
-#include "ns_cuda.h"
-#endif
+#include "ns_dispatch.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-/* Buffers grow and are reused across steps (host memory on CPU, device memory on CUDA). */
-enum {
-    BUF_CAND_SCORE, BUF_POS_SCORE, BUF_KEEP, BUF_POS_OFFSETS, BUF_POS_IDS, BUF_CAND_IDS,
-    BUF_CHOSEN_ID, BUF_CHOSEN_ROW, BUF_COUNT, BUF_HARD, BUF_HARD_KEEP, BUF_PER_QUERY, BUF_SAVED,
-    BUF_GRAD_HARD, BUF_STAGE, BUF_COUNT_OF
-};
+/* The buffers a step keeps from its forward to its backward, carved from the step's arena of
+ * the backend's memory (host on CPU, device on CUDA); the host staging of ids comes from a host
+ * arena. Both are reserved at the start of each forward for that batch's shapes, so a step of
+ * unchanged shapes allocates nothing. */
+typedef struct {
+    int64_t B, C, h, d;
+    int64_t *pos_ids, *pos_offsets, *cand_ids, *chosen_id, *chosen_row, *count;
+    float *per_query, *saved, *cand_score, *pos_score, *hard, *grad_hard;
+    uint8_t *keep, *hard_keep;
+    int64_t *stage; /* host */
+} step_bufs;
 
 struct ns_step_state {
-    void *buf[BUF_COUNT_OF];
-    size_t cap[BUF_COUNT_OF];
-    int on_device[BUF_COUNT_OF];
+    ns_arena mem, host;
+    step_bufs buf;
     int ready;                /* a forward succeeded and its backward has not run yet */
     ns_batch batch;
     ns_step_options opt;
-    int64_t B, C, h, d;
+    ns_filter_options filter; /* the options resolved (defaults where the caller gave none) */
+    ns_sampler_options sampler;
+    ns_loss_options loss;
     ns_infonce_inputs in;
     ns_id_lists positives;
 };
 
-static void buf_free(struct ns_step_state *s, int i) {
-#ifdef NS_HAVE_CUDA
-    if (s->on_device[i]) {
-        ns_cuda_free(NULL, s->buf[i]);
-    } else
-#endif
-        free(s->buf[i]);
-    s->buf[i] = NULL;
-    s->cap[i] = 0;
+/* Backend memory: ids, per-query outputs and saved statistics; with hard negatives the scores,
+ * masks, choices, gathered rows and (for the backward) their gradient rows. */
+static void step_layout(void *plan, ns_arena *a) {
+    step_bufs *b = (step_bufs *)plan;
+    const int64_t B = b->B, C = b->C, h = b->h, d = b->d, H = h > 0;
+    b->pos_ids = (int64_t *)ns_arena_carve(a, (size_t)B * 8);
+    b->pos_offsets = (int64_t *)ns_arena_carve(a, (size_t)(B + 1) * 8);
+    b->per_query = (float *)ns_arena_carve(a, (size_t)B * 4);
+    b->saved = (float *)ns_arena_carve(a, (size_t)B * NS_INFONCE_SAVED_PER_QUERY * 4);
+    b->cand_score = (float *)ns_arena_carve(a, H * (size_t)(B * C) * 4);
+    b->pos_score = (float *)ns_arena_carve(a, H * (size_t)B * 4);
+    b->keep = (uint8_t *)ns_arena_carve(a, H * (size_t)(B * C));
+    b->cand_ids = (int64_t *)ns_arena_carve(a, H * (size_t)(B * C) * 8);
+    b->chosen_id = (int64_t *)ns_arena_carve(a, (size_t)(B * h) * 8);
+    b->chosen_row = (int64_t *)ns_arena_carve(a, (size_t)(B * h) * 8);
+    b->count = (int64_t *)ns_arena_carve(a, H * (size_t)B * 8);
+    b->hard = (float *)ns_arena_carve(a, (size_t)(B * h * d) * 4);
+    b->hard_keep = (uint8_t *)ns_arena_carve(a, (size_t)(B * h));
+    b->grad_hard = (float *)ns_arena_carve(a, (size_t)(B * h * d) * 4);
 }
 
-void ns_step_state_free(struct ns_step_state *s) {
+static void step_host_layout(void *plan, ns_arena *a) {
+    step_bufs *b = (step_bufs *)plan;
+    b->stage = (int64_t *)ns_arena_carve(a, (size_t)(b->B * (b->C > 1 ? b->C : 1) + b->B + 1) * 8);
+}
+
+void ns_step_state_free(ns_context *ctx, struct ns_step_state *s) {
     if (!s) return;
-    for (int i = 0; i < BUF_COUNT_OF; i++) buf_free(s, i);
+    ns_arena_release(ctx, &s->mem);
+    ns_arena_release(ctx, &s->host);
     free(s);
 }
 
-/* Buffer i with at least bytes, on the context's backend (or on the host when host != 0). */
-static void *buf_get(ns_context *ctx, int i, size_t bytes, int host) {
+/* The step state of ctx with its buffers carved for this batch. */
+static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, int64_t h, const char *fn) {
+    if (!ctx->step) {
+        ctx->step = (struct ns_step_state *)calloc(1, sizeof(struct ns_step_state));
+        if (!ctx->step) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the step state", fn);
+        ctx->step->mem = ns_arena_empty(ns_backend_memory(ctx));
+        ctx->step->host = ns_arena_empty(NS_MEM_HOST);
+    }
     struct ns_step_state *s = ctx->step;
-    int device = !host && ctx->backend == NS_BACKEND_CUDA;
-    if (bytes == 0) bytes = 8;
-    if (s->buf[i] && s->cap[i] >= bytes && s->on_device[i] == device) return s->buf[i];
-    buf_free(s, i);
-    void *p = NULL;
-#ifdef NS_HAVE_CUDA
-    if (device) {
-        if (ns_cuda_malloc(ctx, &p, bytes) != NS_OK) return NULL;
-    } else
-#endif
-        p = malloc(bytes);
-    if (!p) return NULL;
-    s->buf[i] = p;
-    s->cap[i] = bytes;
-    s->on_device[i] = device;
-    return p;
-}
-
-/* Copies host memory into a buffer of the context's backend (plain memcpy on CPU). */
-static ns_status put(ns_context *ctx, void *dst, const void *src, size_t bytes) {
-#ifdef NS_HAVE_CUDA
-    if (ctx->backend == NS_BACKEND_CUDA) return ns_cuda_memcpy(ctx, dst, src, bytes, 1);
-#endif
-    memcpy(dst, src, bytes);
-    return NS_OK;
-}
-
-/* ------------------------------------------------------------------ CPU stages */
-
-static float dot_f32(const float *a, const float *b, int64_t n) {
-    float s = 0.f;
-    for (int64_t k = 0; k < n; k++) s += a[k] * b[k];
-    return s;
-}
-
-/* score[i·C + j] = q_i · cand_{i·C+j}; positive_score[i] = q_i · p_i. */
-static ns_status cpu_scores(ns_context *ctx, const ns_batch *b, int64_t C, float *score,
-                            float *positive_score) {
-    int64_t B = b->query.rows, d = b->query.cols;
-    int threads = ns_threads(ctx);
-    float *tmp = (float *)ns_workspace(ctx, NS_WS_STEP, (size_t)threads * 2 * d * sizeof(float));
-    if (!tmp) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "ns_step_forward: cannot allocate %lld floats",
-                             (long long)(threads * 2 * d));
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < B; i++) {
-        int t = 0;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-#endif
-        float *qi = tmp + (size_t)t * 2 * d, *row = qi + d;
-        ns_rows_to_f32(b->query, i, 1, qi);
-        ns_rows_to_f32(b->positive, i, 1, row);
-        positive_score[i] = dot_f32(qi, row, d);
-        for (int64_t j = 0; j < C; j++) {
-            ns_rows_to_f32(b->candidate, i * C + j, 1, row);
-            score[i * C + j] = dot_f32(qi, row, d);
-        }
-    }
-    return NS_OK;
-}
-
-/* Sampled ids → rows of query i's candidate block; the rows gathered to f32. The sampler never
- * returns an id twice in a row, and it returns only ids of that row, so the first match is it. */
-static void cpu_gather(const ns_batch *b, int64_t C, const int64_t *cand_id,
-                       const int64_t *chosen, int64_t h, float *hard, uint8_t *keep, int64_t *row) {
-    int64_t B = b->query.rows, d = b->query.cols;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < B; i++) {
-        for (int64_t r = 0; r < h; r++) {
-            int64_t id = chosen[i * h + r], at = -1;
-            if (id >= 0)
-                for (int64_t j = 0; j < C; j++)
-                    if (cand_id[i * C + j] == id) { at = i * C + j; break; }
-            float *dst = hard + (size_t)(i * h + r) * d;
-            row[i * h + r] = at;
-            keep[i * h + r] = at >= 0;
-            if (at >= 0) ns_rows_to_f32(b->candidate, at, 1, dst);
-            else memset(dst, 0, (size_t)d * sizeof(float));
-        }
-    }
-}
-
-static void cpu_scatter(int64_t rows, int64_t d, const float *grad_hard, const int64_t *row,
-                        int64_t nrow, float *grad_cand) {
-    memset(grad_cand, 0, (size_t)rows * d * sizeof(float));
-    /* Distinct rows per query and disjoint blocks across queries: no two r write one row. */
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < nrow; r++) {
-        if (row[r] < 0) continue;
-        float *dst = grad_cand + (size_t)row[r] * d;
-        const float *src = grad_hard + (size_t)r * d;
-        for (int64_t k = 0; k < d; k++) dst[k] += src[k];
-    }
+    s->ready = 0;
+    step_bufs *b = &s->buf;
+    b->B = batch->query.rows, b->d = batch->query.cols, b->C = batch->candidates_per_query, b->h = h;
+    ns_status st = ns_arena_lay_out(ctx, &s->mem, step_layout, b, fn);
+    if (!st) st = ns_arena_lay_out(ctx, &s->host, step_host_layout, b, fn);
+    return st;
 }
 
 /* ------------------------------------------------------------------ checks */
 
-static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_options *o) {
+/* The step's options resolved (ns_options_resolve): the caller's prefix over the defaults, and
+ * the filter, sampler and loss options they point to (NULL: the defaults). */
+typedef struct {
+    int resolved;
+    ns_step_options opt;
+    ns_filter_options filter;
+    ns_sampler_options sampler;
+    ns_loss_options loss;
+} step_config;
+
+static ns_status resolve_config(ns_context *ctx, const char *fn, const ns_step_options *given,
+                                step_config *cfg) {
+    ns_status st;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options", ns_step_options, NS_STEP_OPTIONS_INIT, given,
+                                 &cfg->opt)))
+        return st;
+    const ns_step_options *o = &cfg->opt;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options->filter", ns_filter_options,
+                                 NS_FILTER_OPTIONS_INIT, o->filter, &cfg->filter)))
+        return st;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options->sampler", ns_sampler_options,
+                                 NS_SAMPLER_OPTIONS_INIT, o->sampler, &cfg->sampler)))
+        return st;
+    if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options->loss", ns_loss_options, NS_LOSS_OPTIONS_INIT,
+                                 o->loss, &cfg->loss)))
+        return st;
+    cfg->opt.filter = &cfg->filter;
+    cfg->opt.sampler = &cfg->sampler;
+    cfg->opt.loss = &cfg->loss;
+    cfg->resolved = 1;
+    return NS_OK;
+}
+
+static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_options *given,
+                            step_config *cfg) {
     static const char *fn = "ns_step_forward";
     ns_status st;
     if ((st = ns_check_ptr(ctx, fn, "batch", b))) return st;
-    if ((st = ns_check_ptr(ctx, fn, "options", o))) return st;
+    if ((st = ns_check_ptr(ctx, fn, "options", given))) return st;
     if ((st = ns_check_matrix(ctx, fn, "batch->query", b->query, 0))) return st;
     if ((st = ns_check_matrix(ctx, fn, "batch->positive", b->positive, 0))) return st;
     if ((st = ns_check_matrix(ctx, fn, "batch->candidate", b->candidate, 1))) return st;
-    if (o->struct_size < sizeof(ns_step_options))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->struct_size (%zu) is smaller than sizeof(ns_step_options) (%zu);"
-                       " initialise with NS_STEP_OPTIONS_INIT",
-                       fn, o->struct_size, sizeof(ns_step_options));
+    if ((st = resolve_config(ctx, fn, given, cfg))) return st;
+    const ns_step_options *o = &cfg->opt;
     int64_t B = b->query.rows, d = b->query.cols, C = b->candidates_per_query;
     if (b->positive.rows != B)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
@@ -204,17 +170,7 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
                            "%s: options->queue holds rows of %lld columns but batch->query has %lld",
                            fn, (long long)rows.cols, (long long)d);
     }
-    if (ctx->backend == NS_BACKEND_CPU) { /* device memory is checked by the ops themselves */
-        const char *names[3] = {"batch->query", "batch->positive", "batch->candidate"};
-        const ns_matrix ms[3] = {b->query, b->positive, b->candidate};
-        for (int m = 0; m < 3; m++) {
-            int64_t bad = ns_matrix_find_nonfinite(ms[m]);
-            if (bad)
-                return ns_fail(ctx, NS_ERR_NONFINITE, "%s: %s holds NaN or Inf at row %lld, column %lld",
-                               fn, names[m], (long long)((bad - 1) / ms[m].cols),
-                               (long long)((bad - 1) % ms[m].cols));
-        }
-    }
+    if ((st = NS_DISPATCH(ctx, step_check_batch, (ctx, b)))) return st;
     if (o->comm && (st = ns_comm_usable(ctx, o->comm, fn))) return st;
     return NS_OK;
 }
@@ -227,179 +183,155 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
  * step's only collective, was reached: a rank failing before it still takes part in its first
  * exchange, so that the others fail at once instead of at the timeout. */
 static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
-                              ns_step_result *result, int *collective);
+                              ns_step_result *result, step_config *cfg, int *collective);
 
 ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
                           ns_step_result *result) {
     int collective = 0;
-    ns_status st = step_forward(ctx, batch, opt, result, &collective);
-    if (st && !collective && ctx && opt && opt->struct_size >= sizeof(ns_step_options) && opt->comm) {
+    step_config cfg;
+    cfg.resolved = 0;
+    ns_status st = step_forward(ctx, batch, opt, result, &cfg, &collective);
+    ns_comm *comm = cfg.resolved ? cfg.opt.comm : NULL;
+    if (st && !collective && ctx && comm) {
         char why[NS_ERROR_CAPACITY]; /* this rank's own failure is what it reports */
         memcpy(why, ctx->error, sizeof why);
-        if (ns_comm_usable(ctx, opt->comm, "ns_step_forward") == NS_OK)
-            ns_comm_infonce_abstain(ctx, opt->comm, st, "ns_step_forward");
+        if (ns_comm_usable(ctx, comm, "ns_step_forward") == NS_OK)
+            ns_comm_infonce_abstain(ctx, comm, st, "ns_step_forward");
         memcpy(ctx->error, why, sizeof why);
     }
     return st;
 }
 
-static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *opt,
-                              ns_step_result *result, int *collective) {
-    static const char *fn = "ns_step_forward";
-    ns_status st = ns_check_context(ctx, fn);
-    if (st) return st;
-    if ((st = ns_check_ptr(ctx, fn, "result", result))) return st;
-    if ((st = check_step(ctx, batch, opt))) return st;
-    if (!ctx->step) {
-        ctx->step = (struct ns_step_state *)calloc(1, sizeof(struct ns_step_state));
-        if (!ctx->step) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the step state", fn);
-    }
-    struct ns_step_state *s = ctx->step;
-    s->ready = 0;
-    const int64_t B = batch->query.rows, d = batch->query.cols, C = batch->candidates_per_query;
-    const int64_t h = opt->hard_negatives;
-#ifdef NS_HAVE_CUDA
-    const int cuda = ctx->backend == NS_BACKEND_CUDA;
-#endif
-
-    /* Ids: the positives' (given, or the global query ids) and the candidates' (given, or
-     * synthetic ids that only key the sampler and never match a positive). */
-    int64_t *pos_ids = (int64_t *)buf_get(ctx, BUF_POS_IDS, (size_t)B * 8, 0);
-    int64_t *pos_offsets = (int64_t *)buf_get(ctx, BUF_POS_OFFSETS, (size_t)(B + 1) * 8, 0);
-    int64_t *stage = (int64_t *)buf_get(ctx, BUF_STAGE, (size_t)(B * (C > 1 ? C : 1) + B + 1) * 8, 1);
-    float *per_query = (float *)buf_get(ctx, BUF_PER_QUERY, (size_t)B * 4, 0);
-    float *saved = (float *)buf_get(ctx, BUF_SAVED, (size_t)B * NS_INFONCE_SAVED_PER_QUERY * 4, 0);
-    if (!pos_ids || !pos_offsets || !stage || !per_query || !saved)
-        return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the step buffers (B = %lld)",
-                       fn, (long long)B);
-    for (int64_t i = 0; i <= B; i++) stage[i] = i;
-    if ((st = put(ctx, pos_offsets, stage, (size_t)(B + 1) * 8))) return st;
+/* The ids every stage keys on: the positives' (given, or the global query ids) as one-id
+ * lists, and the candidates' (given, or synthetic ids — global candidate slots, batch-split
+ * invariant — that only key the sampler and never match a positive). */
+static ns_status step_ids(ns_context *ctx, struct ns_step_state *s, const ns_batch *batch,
+                          const int64_t **cand_ids) {
+    step_bufs *b = &s->buf;
+    const int64_t B = b->B, C = b->C;
+    ns_status st;
+    for (int64_t i = 0; i <= B; i++) b->stage[i] = i;
+    if ((st = ns_copy(ctx, b->pos_offsets, b->stage, (size_t)(B + 1) * 8, NS_COPY_H2D))) return st;
     if (batch->positive_id) {
-#ifdef NS_HAVE_CUDA
-        if (cuda) st = ns_cuda_memcpy(ctx, pos_ids, batch->positive_id, (size_t)B * 8, 3);
-        else
-#endif
-            memcpy(pos_ids, batch->positive_id, (size_t)B * 8);
-        if (st) return st;
+        st = ns_copy(ctx, b->pos_ids, batch->positive_id, (size_t)B * 8, NS_COPY_D2D);
     } else {
-        for (int64_t i = 0; i < B; i++) stage[i] = batch->query_offset + i;
-        if ((st = put(ctx, pos_ids, stage, (size_t)B * 8))) return st;
+        for (int64_t i = 0; i < B; i++) b->stage[i] = batch->query_offset + i;
+        st = ns_copy(ctx, b->pos_ids, b->stage, (size_t)B * 8, NS_COPY_H2D);
     }
-    s->positives.offsets = pos_offsets;
-    s->positives.ids = pos_ids;
+    if (st) return st;
+    s->positives.offsets = b->pos_offsets;
+    s->positives.ids = b->pos_ids;
     s->positives.queries = B;
-
-    ns_filter_counts counts;
-    memset(&counts, 0, sizeof counts);
-    const int64_t *chosen_id = NULL, *chosen_row = NULL, *chosen_count = NULL;
-    float *hard = NULL;
-    uint8_t *hard_keep = NULL;
-    const int64_t *hard_id = NULL;
-    if (h > 0) {
-        float *cand_score = (float *)buf_get(ctx, BUF_CAND_SCORE, (size_t)B * C * 4, 0);
-        float *pos_score = (float *)buf_get(ctx, BUF_POS_SCORE, (size_t)B * 4, 0);
-        uint8_t *keep = (uint8_t *)buf_get(ctx, BUF_KEEP, (size_t)B * C, 0);
-        int64_t *cid = (int64_t *)buf_get(ctx, BUF_CAND_IDS, (size_t)B * C * 8, 0);
-        int64_t *cho = (int64_t *)buf_get(ctx, BUF_CHOSEN_ID, (size_t)B * h * 8, 0);
-        int64_t *row = (int64_t *)buf_get(ctx, BUF_CHOSEN_ROW, (size_t)B * h * 8, 0);
-        int64_t *cnt = (int64_t *)buf_get(ctx, BUF_COUNT, (size_t)B * 8, 0);
-        hard = (float *)buf_get(ctx, BUF_HARD, (size_t)B * h * d * 4, 0);
-        hard_keep = (uint8_t *)buf_get(ctx, BUF_HARD_KEEP, (size_t)B * h, 0);
-        if (!cand_score || !pos_score || !keep || !cid || !cho || !row || !cnt || !hard || !hard_keep)
-            return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY,
-                           "%s: cannot allocate the step buffers (B = %lld, C = %lld, h = %lld, d = %lld)",
-                           fn, (long long)B, (long long)C, (long long)h, (long long)d);
-        const int64_t *cand_ids = batch->candidate_id;
-        if (!cand_ids) {
-            /* Synthetic ids for the RNG counter: global candidate slots, batch-split invariant. */
-            int64_t *tmp = (int64_t *)buf_get(ctx, BUF_STAGE, (size_t)B * C * 8, 1);
-            if (!tmp) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate ids", fn);
-            for (int64_t r = 0; r < B * C; r++) tmp[r] = batch->query_offset * C + r;
-            if ((st = put(ctx, cid, tmp, (size_t)B * C * 8))) return st;
-            cand_ids = cid;
-        }
-#ifdef NS_HAVE_CUDA
-        if (cuda)
-            st = ns_cuda_step_scores(ctx, batch->query, batch->positive, batch->candidate, C,
-                                     cand_score, pos_score);
-        else
-#endif
-            st = cpu_scores(ctx, batch, C, cand_score, pos_score);
-        if (st) return st;
-
-        ns_candidates cand;
-        memset(&cand, 0, sizeof cand);
-        cand.queries = B;
-        cand.per_query = C;
-        cand.id = cand_ids;
-        cand.score = cand_score;
-        cand.positive_score = pos_score;
-        cand.positive_id = batch->candidate_id ? &s->positives : NULL;
-        cand.guide_score = batch->guide_score;
-        cand.guide_positive_score = batch->guide_positive_score;
-        cand.query_offset = batch->query_offset;
-        ns_filter_options fo = opt->filter;
-        if (!batch->candidate_id) fo.rules &= ~(unsigned)NS_FILTER_SAME_ID; /* nothing to match */
-        if ((st = ns_filter(ctx, &cand, &fo, keep, &counts))) return st;
-        if ((st = ns_sample(ctx, &cand, keep, &opt->sampler, h, cho, NULL, cnt))) return st;
-#ifdef NS_HAVE_CUDA
-        if (cuda)
-            st = ns_cuda_step_gather(ctx, batch->candidate, C, cand_ids, cho, h, hard, hard_keep, row);
-        else
-#endif
-            cpu_gather(batch, C, cand_ids, cho, h, hard, hard_keep, row);
-        if (st) return st;
-        chosen_id = cho;
-        chosen_row = row;
-        chosen_count = cnt;
-        hard_id = batch->candidate_id ? cho : NULL;
+    *cand_ids = batch->candidate_id;
+    if (b->h > 0 && !batch->candidate_id) {
+        for (int64_t r = 0; r < B * C; r++) b->stage[r] = batch->query_offset * C + r;
+        if ((st = ns_copy(ctx, b->cand_ids, b->stage, (size_t)(B * C) * 8, NS_COPY_H2D))) return st;
+        *cand_ids = b->cand_ids;
     }
+    return NS_OK;
+}
 
+/* score → filter → sample → gather: the h hard negatives of every query. */
+static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const ns_batch *batch,
+                                const int64_t *cand_ids, ns_filter_counts *counts) {
+    step_bufs *b = &s->buf;
+    ns_status st = NS_DISPATCH(ctx, step_scores, (ctx, batch->query, batch->positive,
+                                                  batch->candidate, b->C, b->cand_score,
+                                                  b->pos_score));
+    if (st) return st;
+    ns_candidates cand;
+    memset(&cand, 0, sizeof cand);
+    cand.queries = b->B;
+    cand.per_query = b->C;
+    cand.id = cand_ids;
+    cand.score = b->cand_score;
+    cand.positive_score = b->pos_score;
+    cand.positive_id = batch->candidate_id ? &s->positives : NULL;
+    cand.guide_score = batch->guide_score;
+    cand.guide_positive_score = batch->guide_positive_score;
+    cand.query_offset = batch->query_offset;
+    ns_filter_options fo = s->filter;
+    if (!batch->candidate_id) fo.rules &= ~(unsigned)NS_FILTER_SAME_ID; /* nothing to match */
+    if ((st = ns_filter(ctx, &cand, &fo, b->keep, counts))) return st;
+    if ((st = ns_sample(ctx, &cand, b->keep, &s->sampler, b->h, b->chosen_id, NULL, b->count)))
+        return st;
+    return NS_DISPATCH(ctx, step_gather, (ctx, batch->candidate, b->C, cand_ids, b->chosen_id,
+                                          b->h, b->hard, b->hard_keep, b->chosen_row));
+}
+
+/* The loss's inputs: the batch's queries and positives, the gathered hard negatives, the
+ * queue's rows. */
+static ns_status step_loss_inputs(ns_context *ctx, struct ns_step_state *s, const ns_batch *batch,
+                                  const ns_step_options *opt) {
+    const step_bufs *b = &s->buf;
     ns_infonce_inputs *in = &s->in;
+    const ns_matrix none = {NULL, NS_F32, 0, b->d, 0};
     memset(in, 0, sizeof *in);
     in->query = batch->query;
     in->passage = batch->positive;
     in->positive = NULL;
-    in->passage_id = pos_ids;
-    if (h > 0) {
-        ns_matrix hm = {hard, NS_F32, B * h, d, d};
-        in->hard = hm;
-        in->hard_per_query = h;
-        in->hard_keep = hard_keep;
-        in->hard_id = hard_id;
-    } else {
-        ns_matrix none = {NULL, NS_F32, 0, d, 0};
-        in->hard = none;
-    }
-    ns_matrix none = {NULL, NS_F32, 0, d, 0};
+    in->passage_id = b->pos_ids;
+    in->hard = none;
     in->extra = none;
+    if (b->h > 0) {
+        const ns_matrix hm = {b->hard, NS_F32, b->B * b->h, b->d, b->d};
+        in->hard = hm;
+        in->hard_per_query = b->h;
+        in->hard_keep = b->hard_keep;
+        in->hard_id = batch->candidate_id ? b->chosen_id : NULL;
+    }
     if (opt->queue && ns_queue_size(opt->queue) > 0) {
         const int64_t *qids = NULL;
-        if ((st = ns_queue_view(ctx, opt->queue, &in->extra, &qids))) return st;
+        ns_status st = ns_queue_view(ctx, opt->queue, &in->extra, &qids);
+        if (st) return st;
         in->extra_id = qids;
     }
+    return NS_OK;
+}
+
+static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_options *given,
+                              ns_step_result *result, step_config *cfg, int *collective) {
+    static const char *fn = "ns_step_forward";
+    ns_status st = ns_check_context(ctx, fn);
+    if (st) return st;
+    if ((st = ns_check_ptr(ctx, fn, "result", result))) return st;
+    if ((st = check_step(ctx, batch, given, cfg))) return st;
+    const ns_step_options *opt = &cfg->opt;
+    if ((st = step_reserve(ctx, batch, opt->hard_negatives, fn))) return st;
+    struct ns_step_state *s = ctx->step;
+    s->filter = cfg->filter;
+    s->sampler = cfg->sampler;
+    s->loss = cfg->loss;
+    const int64_t *cand_ids;
+    if ((st = step_ids(ctx, s, batch, &cand_ids))) return st;
+    ns_filter_counts counts;
+    memset(&counts, 0, sizeof counts);
+    if (s->buf.h > 0 && (st = step_negatives(ctx, s, batch, cand_ids, &counts))) return st;
+    if ((st = step_loss_inputs(ctx, s, batch, opt))) return st;
     float loss = 0.f;
     if (opt->comm) {
         *collective = 1;
-        st = ns_comm_infonce_forward(ctx, opt->comm, in, &opt->loss, &loss, per_query, saved, fn);
+        st = ns_comm_infonce_forward(ctx, opt->comm, &s->in, &s->loss, &loss, s->buf.per_query,
+                                     s->buf.saved, fn);
     } else {
-        st = ns_infonce_forward(ctx, in, &opt->loss, &loss, per_query, saved);
+        st = ns_infonce_forward(ctx, &s->in, &s->loss, &loss, s->buf.per_query, s->buf.saved);
     }
     if (st) return st;
 
     s->batch = *batch;
     s->opt = *opt;
-    s->B = B;
-    s->C = C;
-    s->h = h;
-    s->d = d;
+    s->opt.filter = &s->filter; /* the state's own copies, not the call's */
+    s->opt.sampler = &s->sampler;
+    s->opt.loss = &s->loss;
     s->ready = 1;
     memset(result, 0, sizeof *result);
     result->loss = loss;
-    result->per_query = per_query;
-    result->negative_id = chosen_id;
-    result->negative_row = chosen_row;
-    result->negative_count = chosen_count;
+    result->per_query = s->buf.per_query;
+    if (s->buf.h > 0) {
+        result->negative_id = s->buf.chosen_id;
+        result->negative_row = s->buf.chosen_row;
+        result->negative_count = s->buf.count;
+    }
     result->filtered = counts;
     return NS_OK;
 }
@@ -438,14 +370,9 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
                        fn);
     if (!isfinite(grad_loss))
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: grad_loss (%g) is not finite", fn, grad_loss);
-    const int64_t B = s->B, C = s->C, h = s->h, d = s->d;
-    float *grad_hard = NULL;
-    if (h > 0 && grads->candidate) {
-        grad_hard = (float *)buf_get(ctx, BUF_GRAD_HARD, (size_t)B * h * d * 4, 0);
-        if (!grad_hard)
-            return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %lld × %lld gradient rows",
-                           fn, (long long)(B * h), (long long)d);
-    }
+    const int64_t B = s->buf.B, C = s->buf.C, h = s->buf.h, d = s->buf.d;
+    /* dH is laid out with the forward's buffers: the backward allocates nothing. */
+    float *grad_hard = h > 0 && grads->candidate ? s->buf.grad_hard : NULL;
     ns_infonce_grads g;
     g.query = grads->query;
     g.passage = grads->positive;
@@ -453,21 +380,16 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
     g.temperature = grads->temperature;
     if (s->opt.comm) {
         *collective = 1;
-        st = ns_comm_infonce_backward(ctx, s->opt.comm, &s->in, &s->opt.loss,
-                                      (const float *)s->buf[BUF_SAVED], grad_loss, &g, fn);
+        st = ns_comm_infonce_backward(ctx, s->opt.comm, &s->in, &s->loss, s->buf.saved,
+                                      grad_loss, &g, fn);
     } else {
-        st = ns_infonce_backward(ctx, &s->in, &s->opt.loss, (const float *)s->buf[BUF_SAVED],
-                                 grad_loss, &g);
+        st = ns_infonce_backward(ctx, &s->in, &s->loss, s->buf.saved, grad_loss, &g);
     }
     if (st) return st;
     if (grads->candidate && C > 0) {
-        const int64_t *row = h > 0 ? (const int64_t *)s->buf[BUF_CHOSEN_ROW] : NULL;
-#ifdef NS_HAVE_CUDA
-        if (ctx->backend == NS_BACKEND_CUDA)
-            st = ns_cuda_step_scatter(ctx, B * C, d, grad_hard, row, h > 0 ? B * h : 0, grads->candidate);
-        else
-#endif
-            cpu_scatter(B * C, d, grad_hard, row, h > 0 ? B * h : 0, grads->candidate);
+        const int64_t *row = h > 0 ? s->buf.chosen_row : NULL;
+        st = NS_DISPATCH(ctx, step_scatter,
+                         (ctx, B * C, d, grad_hard, row, h > 0 ? B * h : 0, grads->candidate));
         if (st) return st;
     }
     s->ready = 0;

@@ -13,6 +13,7 @@
 
 #include "../src/ns_comm.h"
 #include "ns_test_util.h"
+#include "step_options.h"
 #ifdef NS_HAVE_NCCL
 #include <nccl.h>
 #endif
@@ -158,13 +159,13 @@ TEST(CommNccl, OneRankStepEqualsNoComm) {
     b.candidate_id = cids.ptr();
     std::vector<float> loss(2), dq[2], dp[2], dc[2];
     for (int with = 0; with < 2; with++) {
-        ns_step_options o = NS_STEP_OPTIONS_INIT;
+        StepOptions o;
         o.hard_negatives = h;
         o.loss.share_hard = 1;
         o.loss.symmetric = 1;
         o.comm = with ? comm : nullptr;
         ns_step_result r;
-        ASSERT_EQ(ns_step_forward(c, &b, &o, &r), NS_OK) << ns_last_error(c);
+        ASSERT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_OK) << ns_last_error(c);
         loss[(size_t)with] = r.loss;
         Buf<float> gq(c, (size_t)(B * d), 0.f), gp(c, (size_t)(B * d), 0.f), gc(c, (size_t)(B * C * d), 0.f);
         ns_step_grads g = {gq.ptr(), gp.ptr(), gc.ptr(), nullptr};
@@ -273,7 +274,7 @@ TEST(CommNcclMultiGpu, StepEqualsOneRankOverConcatenatedBatch) {
     for (size_t k = 0; k < pid.size(); k++) pid[k] = (int64_t)(k * 7 % (size_t)(R * B - 1));  // repeats
     for (size_t k = 0; k < cid.size(); k++) cid[k] = k % 9 == 0 ? pid[k / (size_t)C] : 1000 + (int64_t)k;
     auto options = [&](ns_comm *comm) {
-        ns_step_options o = NS_STEP_OPTIONS_INIT;
+        StepOptions o;
         o.hard_negatives = h;
         o.loss.share_hard = 1;
         o.loss.symmetric = 1;
@@ -302,9 +303,9 @@ TEST(CommNcclMultiGpu, StepEqualsOneRankOverConcatenatedBatch) {
         b.candidates_per_query = C;
         b.candidate_id = bcid.ptr();
         b.query_offset = q0;
-        ns_step_options o = options(comm);
+        StepOptions o = options(comm);
         ns_step_result r;
-        if (ns_step_forward(c, &b, &o, &r) != NS_OK) return std::string("forward: ") + ns_last_error(c);
+        if (ns_step_forward(c, &b, o.get(), &r) != NS_OK) return std::string("forward: ") + ns_last_error(c);
         out->loss = r.loss;
         out->neg.resize((size_t)(n * h));
 #ifdef NS_HAVE_CUDA

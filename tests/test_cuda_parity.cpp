@@ -3,6 +3,7 @@
 // index sets equal wherever neighbouring scores are separated by more than rounding, filter
 // decisions and sampled negatives identical. Skips, with the reason, where no GPU exists.
 #include "ns_test_util.h"
+#include "step_options.h"
 
 #include <algorithm>
 #include <memory>
@@ -296,6 +297,8 @@ TEST(CudaParity, MineTopkSmall) {
         {37, 1000, 16, 10, NS_BF16, NS_NORMALIZE, true, ON_DEVICE},
         {37, 1000, 16, 10, NS_F16, 0, true, PAGEABLE_HOST},
         {9, 777, 12, 33, NS_F32, NS_NORMALIZE, true, PINNED_HOST},
+        {5, 3000, 8, 1, NS_F32, 0, true, ON_DEVICE},            // k = 1
+        {4, 3000, 8, 1, NS_BF16, NS_NORMALIZE, false, PAGEABLE_HOST},
     };
     uint64_t seed = 77;
     for (const MineCase &c : cases) run_mine_case(p, c, seed += 10);
@@ -423,7 +426,9 @@ TEST(CudaParity, SampleIdenticalNegatives) {
     Pair p;
     NS_REQUIRE_GPU(p);
     struct S { int64_t B, C, m; };
-    const S shapes[] = {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {3, 5000, 40}};
+    // C past the shared-memory thresholds of ns_k_sample (13·P bytes, P = C rounded up to a power
+    // of two): P ≤ 2048 fits 48 KiB; C in (2048, 4096] and (4096, 8192] need the opt-in.
+    const S shapes[] = {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {4, 2049, 30}, {2, 4096, 100}, {3, 5000, 40}, {2, 8192, 8192}};
     const ns_sampler strategies[] = {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX};
     uint64_t seed = 900;
     for (const S &s : shapes)
@@ -452,6 +457,31 @@ TEST(CudaParity, SampleIdenticalNegatives) {
                 auto &b = sg.fetch();
                 EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << "scores differ";
             }
+}
+
+// The CUDA sampler holds one query's candidates in shared memory: at most 8192 per query. Until
+// that limit is lifted, a larger C must fail exactly so, naming the limit, with outputs untouched
+// (when it is lifted, turn this into a parity case like the ones above).
+TEST(CudaParity, SampleAbove8192CandidatesIsUnsupported) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+#ifdef NS_PARITY_SELFTEST
+    GTEST_SKIP() << "a CUDA limit: nothing to check CPU-vs-CPU";
+#endif
+    for (int64_t C : {8193, 20000}) {
+        CandHost h(2, C, 950 + C);
+        CandDev dc(p.cpu, h, 0), dg(p.gpu, h, 0);
+        ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
+        o.strategy = NS_SAMPLE_SOFTMAX;
+        const int64_t m = 16;
+        Buf<int64_t> ic(p.cpu, 2 * m, 5), ig(p.gpu, 2 * m, 5), ng(p.gpu, 2, 5);
+        Buf<int64_t> nc(p.cpu, 2, 5);
+        EXPECT_EQ(ns_sample(p.cpu, &dc.c, nullptr, &o, m, ic.ptr(), nullptr, nc.ptr()), NS_OK) << ns_last_error(p.cpu);
+        EXPECT_EQ(ns_sample(p.gpu, &dg.c, nullptr, &o, m, ig.ptr(), nullptr, ng.ptr()), NS_ERR_UNSUPPORTED) << "C=" << C;
+        EXPECT_NE(std::string(ns_last_error(p.gpu)).find("8192"), std::string::npos) << ns_last_error(p.gpu);
+        for (int64_t v : ig.fetch()) EXPECT_EQ(v, 5);
+        for (int64_t v : ng.fetch()) EXPECT_EQ(v, 5);
+    }
 }
 
 TEST(CudaParity, SampleBadScoreLeavesOutputUntouched) {
@@ -621,23 +651,22 @@ TEST(CudaParity, InfoNceForwardBackwardHalf) {
 
 namespace {
 
-// A step batch on one backend: buffers placed by Buf (device memory on CUDA).
+// A step batch on one backend: buffers placed by Buf/DevMat (device memory on CUDA).
 struct StepSide {
-    Buf<float> q, p, cand;
+    DevMat q, p, cand;
     Buf<int64_t> pos_id, cand_id;
     ns_batch b;
-    StepSide(const Ctx &x, int64_t B, int64_t C, int64_t d, const std::vector<float> &qv,
-             const std::vector<float> &pv, const std::vector<float> &cv, const std::vector<int64_t> &pid,
-             const std::vector<int64_t> &cid)
-        : q(x, qv), p(x, pv), cand(x, cv), pos_id(x, pid), cand_id(x, cid) {
+    StepSide(const Ctx &x, int64_t C, const HostMat &qh, const HostMat &ph, const HostMat &ch,
+             const std::vector<int64_t> &pid, const std::vector<int64_t> &cid, int64_t query_offset)
+        : q(x, qh), p(x, ph), cand(x, ch), pos_id(x, pid), cand_id(x, cid) {
         std::memset(&b, 0, sizeof b);
-        b.query = f32_matrix(q.ptr(), B, d);
-        b.positive = f32_matrix(p.ptr(), B, d);
+        b.query = q.m;
+        b.positive = p.m;
         b.positive_id = pos_id.ptr();
-        b.candidate = f32_matrix(cand.ptr(), B * C, d);
+        b.candidate = cand.m;
         b.candidates_per_query = C;
         b.candidate_id = cand_id.ptr();
-        b.query_offset = 100;
+        b.query_offset = query_offset;
     }
 };
 
@@ -654,51 +683,78 @@ template <class T> std::vector<T> to_host(const Ctx &c, const T *p, size_t n) {
     return v;
 }
 
-}  // namespace
+struct StepCase {
+    int64_t B, C, d, h;
+    ns_sampler strategy;
+    unsigned rules;
+    int sym;
+    ns_dtype t = NS_F32;
+    bool queue = false;   // two steps: the first pushes its positives, the second uses them
+    bool stream = false;  // the CUDA context on a created non-blocking stream
+};
 
-TEST(CudaParity, StepSameNegativesLossAndGradients) {
-    Pair p;
-    NS_REQUIRE_GPU(p);
-    struct S { int64_t B, C, d, h; ns_sampler strategy; unsigned rules; int sym; };
-    const S cases[] = {
-        {1, 1, 1, 1, NS_SAMPLE_UNIFORM, NS_FILTER_SAME_ID, 0},
-        {17, 9, 13, 4, NS_SAMPLE_SIMANS, NS_FILTER_SAME_ID | NS_FILTER_MARGIN, 0},
-        {40, 32, 64, 8, NS_SAMPLE_SOFTMAX, NS_FILTER_SAME_ID | NS_FILTER_MAX_SCORE | NS_FILTER_RANK, 1},
-        {33, 20, 40, 20, NS_SAMPLE_TOP, NS_FILTER_SAME_ID | NS_FILTER_REL_MARGIN, 0},
+// Runs one or two steps (forward + backward) on both backends and compares negatives, filter
+// counts, loss and gradients.
+void run_step_case(Pair &p, const StepCase &c, uint64_t seed) {
+    SCOPED_TRACE("B=" + std::to_string(c.B) + " C=" + std::to_string(c.C) + " d=" + std::to_string(c.d) +
+                 " h=" + std::to_string(c.h) + " strategy=" + std::to_string((int)c.strategy) + " " + dtype_name(c.t) +
+                 " queue=" + std::to_string(c.queue) + " stream=" + std::to_string(c.stream));
+    const double rtol = c.t == NS_F32 ? 1e-4 : 1e-2;
+#ifdef NS_HAVE_CUDA
+    cudaStream_t stream = nullptr;
+    if (c.stream && p.gpu.cuda()) {
+        ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+        ASSERT_EQ(ns_context_set_stream(p.gpu, stream), NS_OK) << ns_last_error(p.gpu);
+    }
+    // Buffers are read back with cudaMemcpy on the legacy stream, which does not wait for a
+    // non-blocking stream: wait for the context's stream first (the ABI's stream contract).
+    auto settle = [&]() {
+        if (stream) ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     };
-    uint64_t seed = 8000;
-    for (const S &c : cases) {
-        SCOPED_TRACE("B=" + std::to_string(c.B) + " C=" + std::to_string(c.C) + " d=" + std::to_string(c.d) +
-                     " h=" + std::to_string(c.h) + " strategy=" + std::to_string((int)c.strategy));
+#else
+    auto settle = []() {};
+#endif
+    ns_queue *qc = nullptr, *qg = nullptr;
+    if (c.queue) {
+        ASSERT_EQ(ns_queue_create(p.cpu, 4 * c.B, c.d, &qc), NS_OK) << ns_last_error(p.cpu);
+        ASSERT_EQ(ns_queue_create(p.gpu, 4 * c.B, c.d, &qg), NS_OK) << ns_last_error(p.gpu);
+    }
+    const int steps = c.queue ? 2 : 1;
+    for (int step = 0; step < steps; step++) {
+        SCOPED_TRACE("step " + std::to_string(step));
         seed += 10;
-        std::vector<float> qv = random_floats((size_t)(c.B * c.d), seed), pv = random_floats((size_t)(c.B * c.d), seed + 1),
-                           cv = random_floats((size_t)(c.B * c.C * c.d), seed + 2);
+        HostMat qh(c.t, c.B, c.d, c.d, seed), ph(c.t, c.B, c.d, c.d, seed + 1), ch(c.t, c.B * c.C, c.d, c.d, seed + 2);
         std::vector<int64_t> pid, cid;
-        for (int64_t i = 0; i < c.B; i++) pid.push_back(1000 + i);
+        for (int64_t i = 0; i < c.B; i++) pid.push_back(1000 + 100 * step + i);
         for (int64_t r = 0; r < c.B * c.C; r++) cid.push_back(5000 + r);
         for (int64_t i = 0; i < c.B; i++) cid[(size_t)(i * c.C)] = pid[(size_t)i];  // false negatives
         if (c.B > 1) pid[1] = pid[0];
-        StepSide sc(p.cpu, c.B, c.C, c.d, qv, pv, cv, pid, cid), sg(p.gpu, c.B, c.C, c.d, qv, pv, cv, pid, cid);
-        ns_step_options o = NS_STEP_OPTIONS_INIT;
+        const int64_t qoff = 100 + step * c.B;
+        StepSide sc(p.cpu, c.C, qh, ph, ch, pid, cid, qoff), sg(p.gpu, c.C, qh, ph, ch, pid, cid, qoff);
+        StepOptions o;
         o.hard_negatives = c.h;
         o.filter.rules = c.rules;
         o.filter.margin = 0.05f, o.filter.rel_margin = 0.1f, o.filter.max_score = 0.5f;
         o.filter.rank_min = 1, o.filter.rank_max = c.C > 2 ? c.C - 1 : 2;
         o.sampler.strategy = c.strategy;
         o.sampler.seed = 99;
-        o.sampler.step = 3;
+        o.sampler.step = 3 + step;
         o.loss.temperature = 0.2f;
         o.loss.symmetric = c.sym;
+        o.enqueue = c.queue;
+        StepOptions oc = o, og = o;
+        oc.queue = qc, og.queue = qg;
         ns_step_result rc, rg;
-        ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, &o, &rc), NS_OK) << ns_last_error(p.cpu);
-        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, &o, &rg), NS_OK) << ns_last_error(p.gpu);
+        ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, oc.get(), &rc), NS_OK) << ns_last_error(p.cpu);
+        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, og.get(), &rg), NS_OK) << ns_last_error(p.gpu);
+        settle();
         const size_t nh = (size_t)(c.B * c.h);
         EXPECT_EQ(to_host(p.cpu, rc.negative_id, nh), to_host(p.gpu, rg.negative_id, nh));
         EXPECT_EQ(to_host(p.cpu, rc.negative_row, nh), to_host(p.gpu, rg.negative_row, nh));
         EXPECT_EQ(to_host(p.cpu, rc.negative_count, (size_t)c.B), to_host(p.gpu, rg.negative_count, (size_t)c.B));
         EXPECT_EQ(0, std::memcmp(&rc.filtered, &rg.filtered, sizeof rc.filtered)) << "filter counts differ";
-        EXPECT_TRUE(close(rg.loss, rc.loss, 1e-6, 1e-4)) << "loss cuda " << rg.loss << " cpu " << rc.loss;
-        expect_close_vec(to_host(p.gpu, rg.per_query, (size_t)c.B), to_host(p.cpu, rc.per_query, (size_t)c.B), 1e-4,
+        EXPECT_TRUE(close(rg.loss, rc.loss, 1e-6, rtol)) << "loss cuda " << rg.loss << " cpu " << rc.loss;
+        expect_close_vec(to_host(p.gpu, rg.per_query, (size_t)c.B), to_host(p.cpu, rc.per_query, (size_t)c.B), rtol,
                          "per_query");
         Buf<float> gqc(p.cpu, (size_t)(c.B * c.d), 0.f), gpc(p.cpu, (size_t)(c.B * c.d), 0.f),
             gcc(p.cpu, (size_t)(c.B * c.C * c.d), 0.f);
@@ -707,10 +763,89 @@ TEST(CudaParity, StepSameNegativesLossAndGradients) {
         float tc = 0, tg = 0;
         ns_step_grads ggc{gqc.ptr(), gpc.ptr(), gcc.ptr(), &tc}, ggg{gqg.ptr(), gpg.ptr(), gcg.ptr(), &tg};
         ASSERT_EQ(ns_step_backward(p.cpu, 1.3f, &ggc), NS_OK) << ns_last_error(p.cpu);
+        if (c.queue && c.t != NS_F32 && p.gpu.cuda()) {
+            // Known divergence (found through the host execution layer): the CUDA queue takes f32
+            // rows only (src/queue.c, push_cuda), so the backward's push of f16/bf16 positives
+            // fails on CUDA while the CPU accepts them. Expected exactly until it is fixed; then
+            // this branch fails and the case becomes a parity case like the others.
+            EXPECT_EQ(ns_step_backward(p.gpu, 1.3f, &ggg), NS_ERR_UNSUPPORTED);
+            EXPECT_NE(std::string(ns_last_error(p.gpu)).find("ns_queue_push"), std::string::npos) << ns_last_error(p.gpu);
+            break;
+        }
         ASSERT_EQ(ns_step_backward(p.gpu, 1.3f, &ggg), NS_OK) << ns_last_error(p.gpu);
-        expect_close_vec(gqg.fetch(), gqc.fetch(), 1e-4, "grad query");
-        expect_close_vec(gpg.fetch(), gpc.fetch(), 1e-4, "grad positive");
-        expect_close_vec(gcg.fetch(), gcc.fetch(), 1e-4, "grad candidate");
-        EXPECT_TRUE(close(tg, tc, 1e-6, 1e-3)) << "dtau cuda " << tg << " cpu " << tc;
+        settle();
+        expect_close_vec(gqg.fetch(), gqc.fetch(), rtol, "grad query");
+        expect_close_vec(gpg.fetch(), gpc.fetch(), rtol, "grad positive");
+        expect_close_vec(gcg.fetch(), gcc.fetch(), rtol, "grad candidate");
+        EXPECT_TRUE(close(tg, tc, 1e-6, rtol * 10)) << "dtau cuda " << tg << " cpu " << tc;
+        if (c.queue) {
+            EXPECT_EQ(ns_queue_size(qc), ns_queue_size(qg));
+            EXPECT_EQ(ns_queue_size(qg), std::min<int64_t>(4 * c.B, (step + 1) * c.B));
+        }
     }
+    if (qc) ns_queue_destroy(qc);
+    if (qg) ns_queue_destroy(qg);
+#ifdef NS_HAVE_CUDA
+    if (stream) {
+        EXPECT_EQ(ns_context_set_stream(p.gpu, nullptr), NS_OK);
+        cudaStreamDestroy(stream);
+    }
+#endif
+}
+
+}  // namespace
+
+TEST(CudaParity, StepSameNegativesLossAndGradients) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const StepCase cases[] = {
+        {1, 1, 1, 1, NS_SAMPLE_UNIFORM, NS_FILTER_SAME_ID, 0},
+        {17, 9, 13, 4, NS_SAMPLE_SIMANS, NS_FILTER_SAME_ID | NS_FILTER_MARGIN, 0},
+        {40, 32, 64, 8, NS_SAMPLE_SOFTMAX, NS_FILTER_SAME_ID | NS_FILTER_MAX_SCORE | NS_FILTER_RANK, 1},
+        {33, 20, 40, 20, NS_SAMPLE_TOP, NS_FILTER_SAME_ID | NS_FILTER_REL_MARGIN, 0},
+    };
+    uint64_t seed = 8000;
+    for (const StepCase &c : cases) run_step_case(p, c, seed += 100);
+}
+
+TEST(CudaParity, StepBf16AndF16Inputs) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const StepCase cases[] = {
+        {17, 9, 13, 4, NS_SAMPLE_SIMANS, NS_FILTER_SAME_ID | NS_FILTER_MARGIN, 0, NS_BF16},
+        {40, 32, 64, 8, NS_SAMPLE_SOFTMAX, NS_FILTER_SAME_ID | NS_FILTER_MAX_SCORE | NS_FILTER_RANK, 1, NS_BF16},
+        {12, 10, 24, 3, NS_SAMPLE_TOP, NS_FILTER_SAME_ID | NS_FILTER_REL_MARGIN, 0, NS_F16},
+    };
+    uint64_t seed = 8500;
+    for (const StepCase &c : cases) run_step_case(p, c, seed += 100);
+}
+
+TEST(CudaParity, StepWithQueue) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    StepCase c{16, 8, 12, 3, NS_SAMPLE_UNIFORM, NS_FILTER_SAME_ID, 1};
+    c.queue = true;
+    run_step_case(p, c, 8800);
+    c.sym = 0, c.strategy = NS_SAMPLE_SOFTMAX, c.B = 40;  // the second push wraps the ring (capacity 4·B)
+    run_step_case(p, c, 8900);
+}
+
+TEST(CudaParity, StepWithQueueAndHalfInputs) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    StepCase c{16, 8, 12, 3, NS_SAMPLE_SOFTMAX, NS_FILTER_SAME_ID, 0, NS_BF16};
+    c.queue = true;
+    run_step_case(p, c, 8950);
+}
+
+TEST(CudaParity, StepOnANonDefaultStream) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    StepCase c{24, 16, 20, 5, NS_SAMPLE_SIMANS, NS_FILTER_SAME_ID | NS_FILTER_MARGIN, 1};
+    c.stream = true;
+    run_step_case(p, c, 9100);
+    c.queue = true;
+    run_step_case(p, c, 9200);
+    c.queue = false, c.t = NS_BF16;
+    run_step_case(p, c, 9300);
 }

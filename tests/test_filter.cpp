@@ -323,7 +323,7 @@ TEST_P(Filter, BadInputNamesTheArgumentAndLeavesOutputs) {
     }
     {
         ns_filter_options o = all;
-        o.struct_size = 8;
+        o.struct_size = 4;
         expect_fail("struct_size", NS_ERR_INVALID_ARGUMENT, &d.cand, &o, keep.ptr(), "struct_size");
         o = all;
         o.rules = 0x100u | NS_FILTER_SAME_ID;

@@ -7,7 +7,8 @@
 
 using namespace nstest;
 
-extern "C" void ns_infonce_set_tiles(int64_t rows, int64_t cols);  // src/infonce.c, test hook
+// src/infonce.c: the CPU loss tiles of one context (internal, for tests)
+extern "C" void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
 
 namespace {
 
@@ -419,7 +420,7 @@ TEST(InfoNCE, TinyTilesCrossEveryBoundary) {
     ASSERT_EQ(c.status, NS_OK) << c.why;
     const int64_t tiles[][2] = {{1, 1}, {4, 5}, {3, 7}, {8, 2}};
     for (auto &t : tiles) {
-        ns_infonce_set_tiles(t[0], t[1]);
+        ns_infonce_set_tiles(c, t[0], t[1]);
         for (const OptionSet &o : kOptions) {
             Case k = make_case({10, 13, 5, 2, 4}, 400, NS_F32, 0, true, true);
             apply(k.P, o);
@@ -428,7 +429,7 @@ TEST(InfoNCE, TinyTilesCrossEveryBoundary) {
                            std::to_string(t[1]));
         }
     }
-    ns_infonce_set_tiles(0, 0);
+    ns_infonce_set_tiles(c, 0, 0);
 }
 
 TEST(InfoNCE, LargerThanDefaultTiles) {
@@ -508,17 +509,16 @@ TEST(InfoNCE, NoNegativesGivesZeroLoss) {
 
 TEST(InfoNCE, ThreadCountIndependentAndDeterministic) {
     std::vector<LibResult> rs;
-    ns_infonce_set_tiles(16, 24);
     Case k = make_case({70, 90, 11, 2, 5}, 1000, NS_F32, 0, true, true);
     apply(k.P, kOptions[8]);
     for (int t : {1, 2, 3, 2}) {
         Ctx c(NS_BACKEND_CPU, t);
         ASSERT_EQ(c.status, NS_OK) << c.why;
+        ns_infonce_set_tiles(c, 16, 24);
         rs.push_back(run_lib(c, k));
         ASSERT_EQ(rs.back().fwd, NS_OK);
         ASSERT_EQ(rs.back().bwd, NS_OK);
     }
-    ns_infonce_set_tiles(0, 0);
     auto as_double = [](const std::vector<float> &v) { return std::vector<double>(v.begin(), v.end()); };
     for (size_t i = 1; i < 3; i++) {
         EXPECT_TRUE(close(rs[i].loss, rs[0].loss, 1e-6, 1e-5));
@@ -627,7 +627,7 @@ TEST(InfoNCE, ForwardRejectsBadInput) {
         f(o);
         return forward_bad(c, &good, &o);
     };
-    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.struct_size = 8; }), NS_ERR_INVALID_ARGUMENT, "struct_size (8)");
+    EXPECT_BAD(with_opt([](ns_loss_options &o) { o.struct_size = 4; }), NS_ERR_INVALID_ARGUMENT, "struct_size (4)");
     EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = 0; }), NS_ERR_INVALID_ARGUMENT, "temperature (0)");
     EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = -1; }), NS_ERR_INVALID_ARGUMENT, "temperature (-1)");
     EXPECT_BAD(with_opt([](ns_loss_options &o) { o.temperature = INFINITY; }), NS_ERR_INVALID_ARGUMENT, "temperature (inf)");

@@ -555,8 +555,8 @@ TEST_P(MineTopK, BadArgumentsNameTheArgumentAndLeaveOutputsUntouched) {
     for (int64_t v : idx.fetch()) ASSERT_EQ(v, kIndexSentinel);
 
     ns_mine_options o = NS_MINE_OPTIONS_INIT;
-    o.struct_size = 8;
-    expect_error(c, mine(c, qm, cm, 3, &o, r), NS_ERR_INVALID_ARGUMENT, "struct_size (8)", r);
+    o.struct_size = 4;
+    expect_error(c, mine(c, qm, cm, 3, &o, r), NS_ERR_INVALID_ARGUMENT, "struct_size (4)", r);
     o = NS_MINE_OPTIONS_INIT;
     o.scale = INFINITY;
     expect_error(c, mine(c, qm, cm, 3, &o, r), NS_ERR_INVALID_ARGUMENT, "scale (inf)", r);

@@ -1,4 +1,4 @@
-// The host/device-shared math of kernels/ns_math.h on the host: Philox4x32-10 known answers,
+// The host/device-shared math of src/hostdevice/ns_math.h on the host: Philox4x32-10 known answers,
 // ns_logf against double log, the open uniform, Gumbel noise, log-weights and the filter rules.
 #include "ns_test_util.h"
 

@@ -307,7 +307,7 @@ float header_key(const ns_sampler_options &o, float s, float sp, int64_t qid, in
 
 }  // namespace
 
-// The backend's draw is exactly Gumbel-top-m over the keys of kernels/ns_math.h: eligible =
+// The backend's draw is exactly Gumbel-top-m over the keys of src/hostdevice/ns_math.h: eligible =
 // kept, non-empty, first occurrence of its id; best key first, ties to the lower column.
 TEST_P(Sample, DrawIsGumbelTopMOfTheHeaderKeys) {
     Ctx c(GetParam(), 2);
@@ -589,7 +589,7 @@ TEST_P(Sample, BadInputNamesTheArgumentAndLeavesOutputs) {
 INSTANTIATE_TEST_SUITE_P(B, Sample, NS_BACKENDS, BackendName());
 
 // The CPU and CUDA backends choose the same candidates from the same scores (shared keys in
-// kernels/ns_math.h). Skips without a GPU.
+// src/hostdevice/ns_math.h). Skips without a GPU.
 TEST(SampleBackends, CpuAndCudaDrawTheSame) {
     Ctx cpu(NS_BACKEND_CPU), gpu(NS_BACKEND_CUDA);
     NS_REQUIRE_BACKEND(cpu);

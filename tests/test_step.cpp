@@ -1,6 +1,7 @@
 // The training step: filter → sample → InfoNCE forward, backward and scatter, against a
 // double-precision reference written here and central finite differences.
 #include "ns_test_util.h"
+#include "step_options.h"
 
 #include <algorithm>
 #include <set>
@@ -43,8 +44,8 @@ ns_batch batch_of(const StepData &s, int64_t first = 0, int64_t count = -1) {
     return b;
 }
 
-ns_step_options uniform_options(int64_t h, float tau) {
-    ns_step_options o = NS_STEP_OPTIONS_INIT;
+StepOptions uniform_options(int64_t h, float tau) {
+    StepOptions o;
     o.hard_negatives = h;
     o.sampler.strategy = NS_SAMPLE_UNIFORM;  // keys independent of scores: FD-safe
     o.sampler.seed = 42;
@@ -94,9 +95,9 @@ TEST_P(Step, LossMatchesReferenceAndNegativesAreValid) {
     for (auto shape : {std::vector<int64_t>{1, 1, 1, 1}, {5, 4, 7, 2}, {37, 9, 13, 5}, {64, 16, 32, 16}}) {
         StepData s = make_data(shape[0], shape[1], shape[2], 7 + shape[0], true);
         ns_batch b = batch_of(s);
-        ns_step_options o = uniform_options(shape[3], 0.5f);
+        StepOptions o = uniform_options(shape[3], 0.5f);
         ns_step_result r;
-        ASSERT_EQ(ns_step_forward(c, &b, &o, &r), NS_OK) << ns_last_error(c);
+        ASSERT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_OK) << ns_last_error(c);
         std::vector<int64_t> rows(r.negative_row, r.negative_row + s.B * shape[3]);
         for (int64_t i = 0; i < s.B; i++) {
             std::set<int64_t> seen;
@@ -126,10 +127,10 @@ TEST_P(Step, GradientsMatchFiniteDifferences) {
     StepData s = make_data(6, 5, 4, 99, true);
     const int64_t h = 3;
     const float tau = 0.5f, gl = 1.7f;
-    ns_step_options o = uniform_options(h, tau);
+    StepOptions o = uniform_options(h, tau);
     ns_batch b = batch_of(s);
     ns_step_result r;
-    ASSERT_EQ(ns_step_forward(c, &b, &o, &r), NS_OK) << ns_last_error(c);
+    ASSERT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_OK) << ns_last_error(c);
     std::vector<int64_t> rows(r.negative_row, r.negative_row + s.B * h);
     std::vector<float> gq(s.q.size(), 9.f), gp(s.p.size(), 9.f), gc(s.cand.size(), 9.f);
     float gt = 0;
@@ -171,25 +172,25 @@ TEST_P(Step, NegativesDoNotDependOnBatchSplitOrThreads) {
     NS_REQUIRE_BACKEND(c1);
     if (c1.cuda()) GTEST_SKIP() << "host buffers only";
     StepData s = make_data(24, 12, 8, 5, true);
-    ns_step_options o = NS_STEP_OPTIONS_INIT;
+    StepOptions o;
     o.hard_negatives = 4;
     o.sampler.strategy = NS_SAMPLE_SIMANS;
     o.sampler.seed = 1234;
     o.sampler.step = 3;
     ns_batch whole = batch_of(s);
     ns_step_result r;
-    ASSERT_EQ(ns_step_forward(c1, &whole, &o, &r), NS_OK) << ns_last_error(c1);
+    ASSERT_EQ(ns_step_forward(c1, &whole, o.get(), &r), NS_OK) << ns_last_error(c1);
     std::vector<int64_t> ids(r.negative_id, r.negative_id + 24 * 4);
-    ASSERT_EQ(ns_step_forward(c2, &whole, &o, &r), NS_OK) << ns_last_error(c2);
+    ASSERT_EQ(ns_step_forward(c2, &whole, o.get(), &r), NS_OK) << ns_last_error(c2);
     EXPECT_EQ(std::vector<int64_t>(r.negative_id, r.negative_id + 24 * 4), ids);
     for (int64_t first : {0, 10}) {
         ns_batch part = batch_of(s, first, first == 0 ? 10 : 14);
-        ASSERT_EQ(ns_step_forward(c2, &part, &o, &r), NS_OK) << ns_last_error(c2);
+        ASSERT_EQ(ns_step_forward(c2, &part, o.get(), &r), NS_OK) << ns_last_error(c2);
         for (int64_t k = 0; k < part.query.rows * 4; k++)
             ASSERT_EQ(r.negative_id[k], ids[first * 4 + k]) << "query " << first + k / 4;
     }
     o.sampler.step = 4;
-    ASSERT_EQ(ns_step_forward(c1, &whole, &o, &r), NS_OK);
+    ASSERT_EQ(ns_step_forward(c1, &whole, o.get(), &r), NS_OK);
     EXPECT_NE(std::vector<int64_t>(r.negative_id, r.negative_id + 24 * 4), ids) << "step must change the draw";
 }
 
@@ -201,16 +202,16 @@ TEST_P(Step, QueueAddsPastPositivesAsNegatives) {
     for (auto &id : s2.pos_id) id += 100;  // different documents in the second batch
     ns_queue *queue = nullptr;
     ASSERT_EQ(ns_queue_create(c, 16, 6, &queue), NS_OK) << ns_last_error(c);
-    ns_step_options o = uniform_options(2, 0.5f);
+    StepOptions o = uniform_options(2, 0.5f);
     o.queue = queue;
     o.enqueue = 1;
     ns_batch b1 = batch_of(s1), b2 = batch_of(s2);
     ns_step_result r;
     ns_step_grads g{nullptr, nullptr, nullptr, nullptr};
-    ASSERT_EQ(ns_step_forward(c, &b1, &o, &r), NS_OK) << ns_last_error(c);
+    ASSERT_EQ(ns_step_forward(c, &b1, o.get(), &r), NS_OK) << ns_last_error(c);
     ASSERT_EQ(ns_step_backward(c, 1.f, &g), NS_OK) << ns_last_error(c);
     EXPECT_EQ(ns_queue_size(queue), 8);
-    ASSERT_EQ(ns_step_forward(c, &b2, &o, &r), NS_OK) << ns_last_error(c);
+    ASSERT_EQ(ns_step_forward(c, &b2, o.get(), &r), NS_OK) << ns_last_error(c);
     std::vector<int64_t> rows(r.negative_row, r.negative_row + 8 * 2);
     EXPECT_TRUE(close(r.loss, reference_loss(s2, rows, 2, 0.5, s1.p, s1.pos_id), 1e-5, 1e-4));
     ns_queue_destroy(queue);
@@ -221,21 +222,21 @@ TEST_P(Step, BadInputIsRejectedAndNamed) {
     NS_REQUIRE_BACKEND(c);
     if (c.cuda()) GTEST_SKIP() << "host buffers only";
     StepData s = make_data(4, 3, 5, 1, false);
-    ns_step_options o = uniform_options(2, 0.5f);
+    StepOptions o = uniform_options(2, 0.5f);
     ns_step_result r;
     std::memset(&r, 0x5a, sizeof r);
     ns_step_result untouched = r;
     ns_batch b = batch_of(s);
     auto expect = [&](ns_status want, const char *needle) {
-        ns_status st = ns_step_forward(c, &b, &o, &r);
+        ns_status st = ns_step_forward(c, &b, o.get(), &r);
         EXPECT_EQ(st, want) << ns_last_error(c);
         EXPECT_NE(std::string(ns_last_error(c)).find(needle), std::string::npos) << ns_last_error(c);
         EXPECT_EQ(std::memcmp(&r, &untouched, sizeof r), 0) << "result written on failure";
         b = batch_of(s);
         o = uniform_options(2, 0.5f);
     };
-    EXPECT_EQ(ns_step_forward(nullptr, &b, &o, &r), NS_ERR_INVALID_ARGUMENT);
-    EXPECT_EQ(ns_step_forward(c, nullptr, &o, &r), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(ns_step_forward(nullptr, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(ns_step_forward(c, nullptr, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
     b.positive.rows = 3;
     expect(NS_ERR_INVALID_ARGUMENT, "batch->positive has 3 rows");
     b.positive.cols = 4;
@@ -246,8 +247,12 @@ TEST_P(Step, BadInputIsRejectedAndNamed) {
     expect(NS_ERR_INVALID_ARGUMENT, "options->hard_negatives (4)");
     o.loss.temperature = 0.f;
     expect(NS_ERR_INVALID_ARGUMENT, "temperature");
-    o.struct_size = 8;
+    o.struct_size = 4;  // below sizeof(size_t): not initialised
     expect(NS_ERR_INVALID_ARGUMENT, "struct_size");
+    o.struct_size = sizeof(ns_step_options) + 8;  // a newer header than this library
+    expect(NS_ERR_UNSUPPORTED, "larger than sizeof(ns_step_options)");
+    o.loss.struct_size = sizeof(ns_loss_options) + 4;
+    expect(NS_ERR_UNSUPPORTED, "options->loss->struct_size");
     std::vector<float> nanq = s.q;
     nanq[7] = NAN;
     b.query.data = nanq.data();
@@ -256,7 +261,7 @@ TEST_P(Step, BadInputIsRejectedAndNamed) {
     Ctx fresh(GetParam());
     EXPECT_EQ(ns_step_backward(fresh, 1.f, &g), NS_ERR_INVALID_ARGUMENT);
     EXPECT_NE(std::string(ns_last_error(fresh)).find("ns_step_forward first"), std::string::npos);
-    ASSERT_EQ(ns_step_forward(c, &b, &o, &r), NS_OK) << ns_last_error(c);
+    ASSERT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_OK) << ns_last_error(c);
     EXPECT_EQ(ns_step_backward(c, NAN, &g), NS_ERR_NONFINITE);
     EXPECT_EQ(ns_step_backward(c, 1.f, nullptr), NS_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(ns_step_backward(c, 1.f, &g), NS_OK) << ns_last_error(c);

@@ -169,6 +169,47 @@ int cli_lists_paired(int64_t queries, int64_t corpus_rows, cli_lists *out);
 /* a ∪ {i} per query (self exclusion), or a copy of a when self is 0. a may be empty (NULL ids). */
 int cli_lists_with_self(const cli_lists *a, int64_t queries, int self, cli_lists *out);
 
+/* ------------------------------------------------------------------ JSONL texts in */
+
+/* A wanted top-level key of a JSON object and its value: a string (decoded, NUL-terminated in
+ * place) or a number (its literal). value NULL: absent; other: present but of another type. */
+typedef struct {
+    const char *key;
+    char *value;
+    size_t len;
+    int is_string, other;
+} cli_json_field;
+
+/* Parses line (NUL-terminated, changed in place) as one JSON object (strict: RFC 8259, valid
+ * UTF-8, surrogates only in pairs, \u0000 refused, nesting <= 64, nothing after it) and fills
+ * the wanted fields. 0, or -1 with "column N: problem" in err. */
+int cli_json_object_fields(char *line, cli_json_field *f, int nf, char *err, size_t errcap);
+
+/* BEIR / HF JSONL texts, one object per line in row order: "_id" (or "id"; a string or a
+ * number), "text" (required), "title" (optional). Blank lines are skipped. */
+typedef struct {
+    const char *path, *what;
+    int64_t rows;
+    char *text;    /* the file; every string points into it */
+    char **title;  /* "" when absent */
+    char **body;
+    cli_ids ids;   /* the "_id"s, row by row (the stage takes them over) */
+} cli_texts;
+
+int cli_texts_load(cli_texts *t, const char *path, const char *what);
+/* The same on the file's text (NUL-terminated; t takes it). */
+int cli_texts_parse(cli_texts *t, const char *path, const char *what, char *text);
+void cli_texts_free(cli_texts *t);
+/* ids of rows strings id[0..rows) found at lines line[] (both arrays copied; the strings stay
+ * the caller's and must outlive ids); duplicates refused naming both lines. */
+int cli_ids_adopt(cli_ids *ids, const char *path, const char *what, int64_t rows, char **id,
+                  int64_t *line);
+
+/* ------------------------------------------------------------------ provenance */
+
+/* FNV-1a 64 of a file's bytes and its size; 0 or -1 (message printed). */
+int cli_file_fingerprint(const char *path, uint64_t *hash, int64_t *size);
+
 /* ------------------------------------------------------------------ outputs */
 
 /* An output written to a temporary file in the same directory (".NAME.negsamp-tmp-XXXXXX"),
@@ -240,5 +281,6 @@ int cli_cmd_sample(int argc, char **argv);
 int cli_cmd_demo(int argc, char **argv);
 int cli_cmd_info(int argc, char **argv);
 int cli_cmd_bench_mine(int argc, char **argv);
+int cli_cmd_inspect(int argc, char **argv);
 
 #endif

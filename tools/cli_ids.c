@@ -91,6 +91,30 @@ int cli_ids_parse(cli_ids *ids, const char *path, const char *what, int64_t rows
     return 0;
 }
 
+int cli_ids_adopt(cli_ids *ids, const char *path, const char *what, int64_t rows, char **id,
+                  int64_t *line) {
+    memset(ids, 0, sizeof(*ids));
+    ids->path = path;
+    ids->what = what;
+    ids->rows = rows;
+    ids->slots = 16;
+    while (ids->slots < 2 * rows) ids->slots *= 2;
+    ids->id = calloc((size_t)rows + 1, sizeof(char *));
+    ids->line = calloc((size_t)rows + 1, sizeof(int64_t));
+    ids->slot = calloc((size_t)ids->slots, sizeof(int64_t));
+    if (!ids->id || !ids->line || !ids->slot) {
+        cli_error("%s: out of memory for %lld ids", path, (long long)rows);
+        cli_ids_free(ids);
+        return -1;
+    }
+    for (int64_t r = 0; r < rows; r++)
+        if (add_id(ids, id[r], strlen(id[r]), r, line[r])) {
+            cli_ids_free(ids);
+            return -1;
+        }
+    return 0;
+}
+
 int cli_ids_load(cli_ids *ids, const char *path, const char *what, int64_t rows) {
     memset(ids, 0, sizeof(*ids));
     ids->path = path;

@@ -2,7 +2,7 @@
  * Queries are processed in blocks (--batch) so memory stays O(batch · k); the sampler's RNG is
  * countered by the global query row, so the block size never changes the draws. */
 #define _GNU_SOURCE
-#include "stage.h"
+#include "mine_beir.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -11,6 +11,9 @@
 
 static const char MINE_HELP[] =
     "usage: negsamp mine --queries Q.npy --corpus C.npy [options]\n"
+    "       negsamp mine --beir DIR [--split test] [options]\n"
+    "       negsamp mine --queries Q.jsonl --corpus C.jsonl --queries-emb Q.npy \\\n"
+    "                    --corpus-emb C.npy [options]\n"
     "\n"
     "Mines hard negatives: exact top-k corpus rows per query (excluding its positives), the\n"
     "false-negative filter, then m negatives per query by the sampler.\n"
@@ -24,7 +27,18 @@ static const char MINE_HELP[] =
     "  --exclude-self        never return corpus row i for query row i (queries = corpus)\n"
     "  --batch N             queries per block (default 16384; memory O(N * k))\n"
     "  --guide-queries FILE, --guide-corpus FILE  a guide model's embeddings of the same rows,\n"
-    "                        for --guide-margin / --guide-rel-margin (cosine with --cosine)\n";
+    "                        for --guide-margin / --guide-rel-margin (cosine with --cosine)\n"
+    "Texts (joined into st / tevatron / flag rows; ids are the JSONL's \"_id\"s):\n"
+    "  --beir DIR            a BEIR folder: DIR/corpus.jsonl (_id, title, text),\n"
+    "                        DIR/queries.jsonl (_id, text), DIR/qrels/SPLIT.tsv (the positives\n"
+    "                        unless --qrels/--positives/--paired), embeddings DIR/queries.npy\n"
+    "                        and DIR/corpus.npy (row i = line i of the JSONL)\n"
+    "  --split NAME          the qrels split of --beir (default test)\n"
+    "  --queries-emb FILE, --corpus-emb FILE  the embeddings of the JSONL texts (with --beir,\n"
+    "                        instead of DIR/*.npy; with JSONL --queries/--corpus, required)\n"
+    "  --queries/--corpus FILE.jsonl  HF-style JSONL texts (same fields as BEIR's)\n"
+    "  With texts, only the queries with a positive in the qrels are mined and written (rows\n"
+    "  of --out-index etc. and of the trace follow them in file order).\n";
 
 static const char MINE_EXAMPLES[] =
     "\nExamples:\n"
@@ -35,9 +49,11 @@ static const char MINE_EXAMPLES[] =
     "  negsamp mine --queries c.npy --corpus c.npy --exclude-self -k 50 --sampler uniform \\\n"
     "      --out neighbours.jsonl\n";
 
-/* s⁺ of query row q: the lowest score among its positives; 0 when it has none. */
+/* s⁺ of query row q: the lowest score among its positives; 0 when it has none. Each
+ * positive's score goes to each[p] (aligned with pos->ids). */
 static float positive_score(const cli_embeddings *Q, const cli_embeddings *C, const cli_lists *pos,
-                            int64_t q, int cosine, float scale, float *qrow, float *crow) {
+                            int64_t q, int cosine, float scale, float *qrow, float *crow,
+                            float *each) {
     if (!pos->ids || pos->offsets[q] == pos->offsets[q + 1]) return 0.f;
     int64_t d = Q->m.cols;
     cli_embeddings_row(Q, q, qrow);
@@ -50,6 +66,7 @@ static float positive_score(const cli_embeddings *Q, const cli_embeddings *C, co
         for (int64_t c = 0; c < d; c++) dot += (double)qrow[c] * crow[c], cn += (double)crow[c] * crow[c];
         if (cosine) dot = (qn > 0 && cn > 0) ? dot / sqrt(qn * cn) : 0;
         float sc = (float)(scale * dot);
+        if (each) each[p] = sc;
         if (sc < best) best = sc;
     }
     return best;
@@ -103,6 +120,9 @@ static void guide_scores(const cli_embeddings *GQ, const cli_embeddings *GC, con
 typedef struct {
     stage_opts o;
     const char *qpath, *cpath, *gqpath, *gcpath;
+    mine_texts t;
+    int argc;
+    char **argv;
     int64_t k, batch;
     int k_set, cosine, exclude_self;
     float scale;
@@ -135,6 +155,10 @@ static int mine_parse(int argc, char **argv, mine_args *a) {
         {"batch", required_argument, 0, O_BATCH},
         {"guide-queries", required_argument, 0, O_GUIDE_QUERIES},
         {"guide-corpus", required_argument, 0, O_GUIDE_CORPUS},
+        {"beir", required_argument, 0, O_BEIR},
+        {"split", required_argument, 0, O_SPLIT},
+        {"queries-emb", required_argument, 0, O_QUERIES_EMB},
+        {"corpus-emb", required_argument, 0, O_CORPUS_EMB},
         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     stage_defaults(&a->o);
@@ -168,6 +192,10 @@ static int mine_parse(int argc, char **argv, mine_args *a) {
         case O_EXCLUDE_SELF: a->exclude_self = 1; break;
         case O_GUIDE_QUERIES: a->gqpath = optarg; break;
         case O_GUIDE_CORPUS: a->gcpath = optarg; break;
+        case O_BEIR: a->t.beir = optarg; break;
+        case O_SPLIT: a->t.split = optarg; break;
+        case O_QUERIES_EMB: a->t.queries_emb = optarg; break;
+        case O_CORPUS_EMB: a->t.corpus_emb = optarg; break;
         case O_BATCH:
             if (cli_parse_i64("--batch", optarg, 1, INT64_MAX / 2, &a->batch)) return CLI_USAGE;
             break;
@@ -181,7 +209,10 @@ static int mine_parse(int argc, char **argv, mine_args *a) {
 
 /* Checks between options. Returns -1 to go on, or CLI_USAGE. */
 static int mine_check(mine_args *a) {
-    if (!a->qpath || !a->cpath) return cli_usage_error("--queries and --corpus are required");
+    int u = mine_texts_resolve(&a->t, &a->o, &a->qpath, &a->cpath);
+    if (u) return u;
+    if (!a->qpath || !a->cpath)
+        return cli_usage_error("--queries and --corpus are required (or --beir DIR)");
     if (!a->gqpath != !a->gcpath)
         return cli_usage_error("--guide-queries and --guide-corpus go together");
     if (a->o.guide_set && !a->gqpath)
@@ -191,7 +222,7 @@ static int mine_check(mine_args *a) {
         return cli_usage_error("-k (%lld) must be at least --negatives (%lld)", (long long)a->k,
                                (long long)a->o.m);
     if (!a->k_set && a->k < a->o.m) a->k = a->o.m;
-    int u = stage_check(&a->o, a->k, 1);
+    u = stage_check(&a->o, a->k, 1);
     return u ? u : -1;
 }
 
@@ -199,6 +230,11 @@ static int mine_check(mine_args *a) {
 static int mine_load_inputs(mine_run *r) {
     const mine_args *a = r->a;
     if (cli_embeddings_load_pair(a->qpath, &r->Q, a->cpath, &r->C)) return -1;
+    if (mine_texts_load(&r->a->t, &r->Q, &r->C)) return -1;
+    if (a->t.has_texts) {
+        r->s.qt = &r->a->t.q;
+        r->s.ct = &r->a->t.c;
+    }
     if (a->gqpath) {
         const ns_matrix *gq = &r->GQ.m, *gc = &r->GC.m;
         if (cli_embeddings_load(a->gqpath, &r->GQ) || cli_embeddings_load(a->gcpath, &r->GC))
@@ -279,11 +315,19 @@ static int mine_prepare(mine_run *r) {
     s->B = r->Q.m.rows;
     s->C = a->k;
     if (stage_load_positives(s, r->Q.m.rows, r->C.m.rows) || stage_context(s)) return -1;
+    if (a->t.has_texts && s->has_pos && !a->exclude_self &&
+        mine_keep_positive_queries(s, &r->Q, &r->GQ, &a->t.q))
+        return -1;
     if (cli_lists_with_self(a->o.same_id && s->has_pos ? &s->pos : NULL, s->B, a->exclude_self,
                             &r->excl))
         return -1;
     if (stage_write_headers(s)) {
         cli_error("cannot write the .npy headers");
+        return -1;
+    }
+    if (s->has_pos && s->pos.offsets[s->B] > 0 &&
+        !(s->pos_each = malloc((size_t)s->pos.offsets[s->B] * 4))) {
+        cli_error("out of memory for %lld positive scores", (long long)s->pos.offsets[s->B]);
         return -1;
     }
     r->nb_max = a->batch < s->B ? a->batch : s->B;
@@ -341,7 +385,7 @@ static int mine_block(mine_run *r, int64_t b0, int64_t nb) {
         int64_t q = b0 + i;
         r->valid[i] = !s->has_pos || s->pos.offsets[q] < s->pos.offsets[q + 1];
         r->ps[i] = s->has_pos ? positive_score(&r->Q, &r->C, &s->pos, q, a->cosine, a->scale,
-                                               r->qrow, r->crow)
+                                               r->qrow, r->crow, s->pos_each)
                               : 0.f;
     }
     if (a->gqpath) {
@@ -374,6 +418,35 @@ static void mine_free(mine_run *r) {
     cli_embeddings_free(&r->C);
     cli_embeddings_free(&r->GQ);
     cli_embeddings_free(&r->GC);
+    mine_texts_free(&r->a->t);
+}
+
+static int mine_provenance(mine_run *r, const cli_named_path *in, int n) {
+    const mine_args *a = r->a;
+    char extra[8192];
+    int w = snprintf(extra, sizeof extra,
+                     "  \"cosine\": %s,\n  \"scale\": %.9g,\n  \"exclude_self\": %s,\n",
+                     a->cosine ? "true" : "false", (double)a->scale,
+                     a->exclude_self ? "true" : "false");
+    if (a->t.beir && w > 0 && (size_t)w < sizeof extra) {
+        char *e = extra + w;
+        size_t cap = sizeof extra - (size_t)w;
+        /* the folder and split as JSON strings */
+        FILE *m = fmemopen(e, cap, "w");
+        if (m) {
+            fputs("  \"beir\": ", m);
+            cli_json_string(m, a->t.beir, strlen(a->t.beir));
+            fputs(",\n  \"split\": ", m);
+            cli_json_string(m, a->t.split, strlen(a->t.split));
+            fputs(",\n", m);
+            fclose(m);
+        }
+    }
+    if (stage_write_provenance(&r->s, a->argc, a->argv, "mine", in, n, extra)) {
+        cli_error("%s: cannot write the provenance", a->o.provenance);
+        return -1;
+    }
+    return 0;
 }
 
 int cli_cmd_mine(int argc, char **argv) {
@@ -381,9 +454,15 @@ int cli_cmd_mine(int argc, char **argv) {
     int u = mine_parse(argc, argv, &a);
     if (u < 0) u = mine_check(&a);
     if (u >= 0) return u;
-    const cli_named_path in[] = {{"--queries", a.qpath}, {"--corpus", a.cpath},
-                                 {"--guide-queries", a.gqpath}, {"--guide-corpus", a.gcpath}};
-    if ((u = stage_check_files(&a.o, in, 4))) return u;
+    a.argc = argc;
+    a.argv = argv;
+    const char *qe = a.t.has_texts ? "--queries-emb" : "--queries";
+    const char *ce = a.t.has_texts ? "--corpus-emb" : "--corpus";
+    const cli_named_path in[] = {{qe, a.qpath}, {ce, a.cpath},
+                                 {"--guide-queries", a.gqpath}, {"--guide-corpus", a.gcpath},
+                                 {"queries JSONL", a.t.has_texts ? a.t.qtext : NULL},
+                                 {"corpus JSONL", a.t.has_texts ? a.t.ctext : NULL}};
+    if ((u = stage_check_files(&a.o, in, 6))) return u;
     mine_run r;
     memset(&r, 0, sizeof r);
     r.a = &a;
@@ -401,7 +480,7 @@ int cli_cmd_mine(int argc, char **argv) {
     for (int64_t b0 = 0; b0 < r.s.B; b0 += a.batch)
         if (mine_block(&r, b0, r.s.B - b0 < a.batch ? r.s.B - b0 : a.batch)) goto fail;
     cli_progress_finish(&r.prog);
-    if (stage_commit(&r.s)) goto fail;
+    if (mine_provenance(&r, in, 6) || stage_commit(&r.s)) goto fail;
     stage_summary(&r.s, "mined, filtered and sampled", cli_now() - t0);
     rc = CLI_OK;
     goto done;

@@ -205,7 +205,10 @@ int cli_cmd_sample(int argc, char **argv) {
         goto fail;
     double t0 = cli_now();
     if (stage_block(s, 0, s->B, r.I.data, r.S.data, r.ps, r.valid, r.G.data, r.GP.data)) goto fail;
-    if (stage_commit(s)) goto fail;
+    if (stage_write_provenance(s, argc, argv, "sample", in, 5, NULL) || stage_commit(s)) {
+        cli_error("%s: the outputs were not written", a.o.provenance);
+        goto fail;
+    }
     stage_summary(s, "filtered and sampled", cli_now() - t0);
     rc = CLI_OK;
     goto done;

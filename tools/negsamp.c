@@ -1,4 +1,4 @@
-/* negsamp: the command-line program. Subcommands: mine, sample, demo, info, bench-mine. */
+/* negsamp: the command-line program. Subcommands: mine, sample, inspect, demo, info, bench-mine. */
 #include "cli.h"
 
 #include <stdlib.h>
@@ -11,6 +11,8 @@ static const char MAIN_HELP[] =
     "  mine     mine hard negatives for queries against a corpus (.npy / .fvecs embeddings,\n"
     "           BEIR qrels) and write JSONL (ids, sentence-transformers, Tevatron) or .npy\n"
     "  sample   filter and sample negatives from a precomputed candidate .npy matrix\n"
+    "  inspect  a report on a mining run (mine --trace): rules, positives among the negatives,\n"
+    "           ranks, score histograms; Markdown with PNG plots\n"
     "  demo     false negatives of each sampling setting on the digits data set\n"
     "  info     version, build, CUDA devices and backends\n"
     "\n"
@@ -78,6 +80,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "sample")) return cli_cmd_sample(argc - 1, argv + 1);
     if (!strcmp(cmd, "demo")) return cli_cmd_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cli_cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect")) return cli_cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-mine")) return cli_cmd_bench_mine(argc - 1, argv + 1);
     cli_command = "negsamp";
     fprintf(stderr, "negsamp: unknown command '%s'\n\n", cmd);

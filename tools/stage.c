@@ -12,8 +12,11 @@ int stage_open_outputs(stage *s) {
     if ((o->out && cli_output_open(&s->out, o->out, o->force)) ||
         (o->out_index && cli_output_open(&s->out_index, o->out_index, o->force)) ||
         (o->out_score && cli_output_open(&s->out_score, o->out_score, o->force)) ||
-        (o->out_positive_score && cli_output_open(&s->out_pos, o->out_positive_score, o->force)))
+        (o->out_positive_score && cli_output_open(&s->out_pos, o->out_positive_score, o->force)) ||
+        cli_output_open(&s->prov, o->provenance, o->force))
         return -1;
+    for (int i = 0; o->trace && i < 6; i++)
+        if (cli_output_open(&s->trace[i], o->trace_path[i], o->force)) return -1;
     return 0;
 }
 
@@ -21,7 +24,7 @@ int stage_write_headers(stage *s) {
     if (s->out_index.f && cli_npy_write_header(s->out_index.f, "<i8", s->B, s->o->m)) return -1;
     if (s->out_score.f && cli_npy_write_header(s->out_score.f, "<f4", s->B, s->o->m)) return -1;
     if (s->out_pos.f && cli_npy_write_header(s->out_pos.f, "<f4", s->B, 0)) return -1;
-    return 0;
+    return stage_trace_headers(s);
 }
 
 void stage_abort(stage *s) {
@@ -29,11 +32,18 @@ void stage_abort(stage *s) {
     cli_output_abort(&s->out_index);
     cli_output_abort(&s->out_score);
     cli_output_abort(&s->out_pos);
+    cli_output_abort(&s->prov);
+    for (int i = 0; i < 6; i++) cli_output_abort(&s->trace[i]);
 }
 
 int stage_commit(stage *s) {
-    if (cli_output_commit(&s->out) || cli_output_commit(&s->out_index) ||
-        cli_output_commit(&s->out_score) || cli_output_commit(&s->out_pos)) {
+    stage_trace_ids(s);
+    if (cli_output_commit(&s->trace[4]) || cli_output_commit(&s->trace[5]) ||
+        cli_output_commit(&s->out) || cli_output_commit(&s->out_index) ||
+        cli_output_commit(&s->out_score) || cli_output_commit(&s->out_pos) ||
+        cli_output_commit(&s->trace[0]) || cli_output_commit(&s->trace[1]) ||
+        cli_output_commit(&s->trace[2]) || cli_output_commit(&s->trace[3]) ||
+        cli_output_commit(&s->prov)) {
         stage_abort(s);
         return -1;
     }
@@ -42,9 +52,16 @@ int stage_commit(stage *s) {
 
 int stage_load_positives(stage *s, int64_t qrows, int64_t crows) {
     stage_opts *o = s->o;
-    if (cli_ids_load(&s->qids, o->query_ids, "query", qrows)) return -1;
-    if (cli_ids_load(&s->cids, o->corpus_ids, "corpus", crows < 0 && !o->corpus_ids ? INT64_MAX / 4 : crows))
+    if (s->qt) { /* the JSONL texts' "_id"s, taken over */
+        s->qids = ((cli_texts *)s->qt)->ids;
+        s->cids = ((cli_texts *)s->ct)->ids;
+        memset(&((cli_texts *)s->qt)->ids, 0, sizeof(cli_ids));
+        memset(&((cli_texts *)s->ct)->ids, 0, sizeof(cli_ids));
+    } else if (cli_ids_load(&s->qids, o->query_ids, "query", qrows) ||
+               cli_ids_load(&s->cids, o->corpus_ids, "corpus",
+                            crows < 0 && !o->corpus_ids ? INT64_MAX / 4 : crows)) {
         return -1;
+    }
     s->has_pos = 1;
     cli_unknown_ids u = {o->skip_unknown_ids, 0, 0, ""};
     int rc = 0;
@@ -183,7 +200,8 @@ static void block_write(stage *s, int64_t b0, int64_t nb, const float *pos_score
             continue;
         }
         if (s->count[i] < m) s->short_rows++;
-        if (s->out.f) stage_write_jsonl(s, b0 + i, idx, sc, s->count[i]);
+        if (s->out.f && s->qt) stage_write_text_jsonl(s, b0 + i, idx, sc, s->count[i]);
+        else if (s->out.f) stage_write_jsonl(s, b0 + i, idx, sc, s->count[i]);
     }
     if (s->out_index.f) fwrite(s->index, 8, (size_t)(nb * m), s->out_index.f);
     if (s->out_score.f) fwrite(s->score, 4, (size_t)(nb * m), s->out_score.f);
@@ -205,6 +223,8 @@ int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id, const 
     d.guide_score = guide_score;
     d.guide_pos = guide_pos;
     int rc = block_upload(s, &d, b0, nb) || block_run(s, &d, b0, nb) ? -1 : 0;
+    if (!rc && s->o->trace)
+        stage_write_trace(s, nb, cand_id, cand_score, pos_score, valid, guide_score, guide_pos, b0);
     if (!rc) block_write(s, b0, nb, pos_score, valid);
     block_release(s, &d, b0);
     return rc;
@@ -225,6 +245,7 @@ void stage_free(stage *s) {
     free(s->index);
     free(s->score);
     free(s->count);
+    free(s->pos_each);
     cli_lists_free(&s->pos);
     cli_ids_free(&s->qids);
     cli_ids_free(&s->cids);
@@ -254,6 +275,9 @@ void stage_summary(const stage *s, const char *what, double secs) {
         fprintf(stderr, "%s: %lld queries have fewer than %lld negatives (padded with -1)%s\n",
                 cli_command, (long long)s->short_rows, (long long)s->o->m,
                 s->o->format == FMT_ST && s->o->out ? "; left out of the st JSONL" : "");
+    if (s->skipped_queries)
+        fprintf(stderr, "%s: %lld queries without a positive in %s were left out\n", cli_command,
+                (long long)s->skipped_queries, s->o->qrels ? s->o->qrels : "the positives");
     if (s->no_pos_rows)
         fprintf(stderr, "%s: %lld queries have no positive and were skipped (-1 rows)\n",
                 cli_command, (long long)s->no_pos_rows);

@@ -5,7 +5,7 @@
 
 #include "cli.h"
 
-enum { FMT_IDS, FMT_ST, FMT_TEVATRON };
+enum { FMT_IDS, FMT_ST, FMT_TEVATRON, FMT_FLAG };
 
 /* Options of the filter → sample → write stage, shared by mine and sample. */
 typedef struct {
@@ -19,6 +19,10 @@ typedef struct {
     const char *out, *out_index, *out_score, *out_positive_score;
     const char *query_ids, *corpus_ids, *qrels, *positives;
     int paired, skip_unknown_ids;
+    int with_scores;         /* --with-scores: scores in st / flag rows */
+    const char *trace;       /* --trace PREFIX: per-candidate scores and decisions (.npy) */
+    char provenance[4096];   /* "<first output>.provenance.json" (stage_check) */
+    char trace_path[6][4096];
     int force, quiet, threads;
     ns_backend backend;
 } stage_opts;
@@ -31,7 +35,7 @@ enum {
     O_CORPUS_IDS, O_QRELS, O_POSITIVES, O_PAIRED, O_GUIDE_MARGIN, O_GUIDE_REL, O_SKIP_UNKNOWN,
     /* mine */
     O_QUERIES, O_CORPUS, O_COSINE, O_SCALE, O_EXCLUDE_SELF, O_BATCH, O_GUIDE_QUERIES,
-    O_GUIDE_CORPUS,
+    O_GUIDE_CORPUS, O_BEIR, O_SPLIT, O_QUERIES_EMB, O_CORPUS_EMB, O_WITH_SCORES, O_TRACE,
     /* sample */
     O_CANDIDATES, O_SCORES, O_POSITIVE_SCORE, O_GUIDE_SCORES, O_GUIDE_POSITIVE_SCORE
 };
@@ -64,7 +68,9 @@ enum {
         {"paired", no_argument, 0, O_PAIRED},                                                 \
         {"skip-unknown-ids", no_argument, 0, O_SKIP_UNKNOWN},                                 \
         {"guide-margin", required_argument, 0, O_GUIDE_MARGIN},                               \
-        {"guide-rel-margin", required_argument, 0, O_GUIDE_REL}
+        {"guide-rel-margin", required_argument, 0, O_GUIDE_REL},                              \
+        {"with-scores", no_argument, 0, O_WITH_SCORES},                                       \
+        {"trace", required_argument, 0, O_TRACE}
 
 
 extern const char STAGE_HELP[];
@@ -85,7 +91,12 @@ typedef struct {
     cli_lists pos;     /* positives per query row (corpus rows); ids NULL when none given */
     int has_pos;
     int64_t B, C;      /* queries, candidates per query */
-    cli_output out, out_index, out_score, out_pos;
+    cli_output out, out_index, out_score, out_pos, prov;
+    cli_output trace[6]; /* candidates, scores, decisions, positive_score, query/corpus ids */
+    const cli_texts *qt, *ct; /* texts of queries and corpus rows (JSONL inputs), or NULL */
+    float *pos_each;          /* each positive's score, aligned with pos.ids (NULL: not known) */
+    int64_t trace_rows;       /* corpus rows the trace names: 1 + the largest candidate */
+    int64_t skipped_queries;  /* query rows without positive left out before mining (texts) */
     /* per block, host */
     int64_t *index, *count;
     float *score;
@@ -112,5 +123,20 @@ int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id, const 
                 const float *guide_pos);
 /* The JSONL rows of query q: n sampled negatives idx with scores sc. */
 void stage_write_jsonl(stage *s, int64_t q, const int64_t *idx, const float *sc, int64_t n);
+/* The same with the texts joined in (s->qt, s->ct set): st, tevatron, flag (ids: as above). */
+void stage_write_text_jsonl(stage *s, int64_t q, const int64_t *idx, const float *sc, int64_t n);
+/* --trace: the block's candidates, scores, decisions (bits: NS_FILTER_* rules that removed it,
+ * STAGE_KEPT, STAGE_SAMPLED) and s+ rows. */
+enum { STAGE_KEPT = 1 << 8, STAGE_SAMPLED = 1 << 9 };
+void stage_write_trace(stage *s, int64_t nb, const int64_t *cand_id, const float *cand_score,
+                       const float *pos_score, const uint8_t *valid, const float *guide_score,
+                       const float *guide_pos, int64_t b0);
+int stage_trace_headers(stage *s);
+/* PREFIX.query_ids.txt and PREFIX.corpus_ids.txt: the ids of the rows, one a line. */
+void stage_trace_ids(stage *s);
+/* The provenance sidecar: version, command line, options, inputs' sizes and FNV-1a hashes.
+ * extra: more "key": value JSON members (may be NULL). */
+int stage_write_provenance(stage *s, int argc, char **argv, const char *command,
+                           const cli_named_path *inputs, int n, const char *extra);
 
 #endif

@@ -41,11 +41,24 @@ const char STAGE_HELP[] =
     "                  negatives are left out)\n"
     "        tevatron  {\"query_id\": id, \"positive_passages\": [{\"docid\": id}],\n"
     "                   \"negative_passages\": [{\"docid\": id, \"score\": s}]}\n"
+    "        flag      {\"query\": text, \"pos\": [texts], \"neg\": [texts]} (FlagEmbedding;\n"
+    "                  needs texts: mine --beir or --queries/--corpus JSONL)\n"
+    "        With texts (mine --beir DIR, or --queries/--corpus .jsonl): st is\n"
+    "        {\"anchor\": text, \"positive\": text, \"negative_1\": text, ...} and tevatron\n"
+    "        {\"query_id\", \"query\", \"positive_passages\"/\"negative_passages\": [{\"docid\",\n"
+    "        \"title\", \"text\"}]}; a passage for st/flag is \"title text\".\n"
+    "  --with-scores         st: \"scores\": [positive, negatives...]; flag: pos_scores/neg_scores\n"
     "  --out-index FILE.npy  int64 queries x m corpus rows, -1 padded\n"
     "  --out-score FILE.npy  float32 queries x m scores, NaN padded\n"
     "  --out-positive-score FILE.npy  float32 s+ per query (NaN without positive)\n"
     "  Ids in JSONL are the lines of --query-ids/--corpus-ids (strings) or row numbers\n"
     "  (integers; strings in tevatron).\n"
+    "  Every run also writes OUT.provenance.json beside the first output (version, command\n"
+    "  line, seed, rules, sampler, k, m, inputs' sizes and FNV-1a-64 hashes).\n"
+    "  --trace PREFIX        PREFIX.candidates.npy (int64 q x k), PREFIX.scores.npy (f32),\n"
+    "                        PREFIX.decisions.npy (int32: rule bits, 256 kept, 512 sampled),\n"
+    "                        PREFIX.positive_score.npy, PREFIX.query_ids.txt and\n"
+    "                        PREFIX.corpus_ids.txt: what `negsamp inspect` reads\n"
     "  --force               overwrite existing outputs\n"
     "Run:\n"
     "  --backend B           auto | cpu | cuda (default auto)\n"
@@ -160,8 +173,9 @@ static int io_option(stage_opts *o, int c, const char *arg) {
         if (!strcmp(arg, "ids")) o->format = FMT_IDS;
         else if (!strcmp(arg, "st")) o->format = FMT_ST;
         else if (!strcmp(arg, "tevatron")) o->format = FMT_TEVATRON;
+        else if (!strcmp(arg, "flag")) o->format = FMT_FLAG;
         else {
-            cli_usage_error("--format '%s': expected ids, st or tevatron", arg);
+            cli_usage_error("--format '%s': expected ids, st, tevatron or flag", arg);
             return -1;
         }
         return 1;
@@ -182,6 +196,8 @@ static int io_option(stage_opts *o, int c, const char *arg) {
     case O_POSITIVES: o->positives = arg; return 1;
     case O_PAIRED: o->paired = 1; return 1;
     case O_SKIP_UNKNOWN: o->skip_unknown_ids = 1; return 1;
+    case O_WITH_SCORES: o->with_scores = 1; return 1;
+    case O_TRACE: o->trace = arg; return 1;
     default: return 0;
     }
 }
@@ -211,6 +227,9 @@ int stage_check(stage_opts *o, int64_t C_hint, int mine) {
     if (mine && needs_pos && npos == 0)
         return cli_usage_error("--margin, --rel-margin and --sampler simans need each query's "
                                    "positive score: pass --qrels, --positives or --paired");
+    if (!mine && (o->format == FMT_FLAG || o->with_scores))
+        return cli_usage_error("--format flag and --with-scores need texts: negsamp mine --beir "
+                               "DIR or JSONL --queries/--corpus");
     if (o->format == FMT_ST && o->out && npos == 0)
         return cli_usage_error("--format st writes (query, positive, negatives...) rows: pass "
                                "--qrels, --positives or --paired");
@@ -222,6 +241,20 @@ int stage_check(stage_opts *o, int64_t C_hint, int mine) {
                                    (long long)o->filter.rank_min, (long long)o->filter.rank_max);
     }
     if (o->same_id && npos) o->filter.rules |= NS_FILTER_SAME_ID;
+    const char *first = o->out         ? o->out
+                        : o->out_index ? o->out_index
+                        : o->out_score ? o->out_score
+                                       : o->out_positive_score;
+    int n = snprintf(o->provenance, sizeof o->provenance, "%s.provenance.json", first);
+    static const char *trace_suffix[6] = {"candidates.npy", "scores.npy", "decisions.npy",
+                                          "positive_score.npy", "query_ids.txt",
+                                          "corpus_ids.txt"};
+    for (int i = 0; o->trace && i < 6; i++)
+        if (snprintf(o->trace_path[i], sizeof o->trace_path[i], "%s.%s", o->trace,
+                     trace_suffix[i]) >= (int)sizeof o->trace_path[i])
+            n = -1;
+    if (n < 0 || (size_t)n >= sizeof o->provenance)
+        return cli_usage_error("an output path is too long");
     return 0;
 }
 
@@ -231,8 +264,15 @@ int stage_check_files(const stage_opts *o, const cli_named_path *inputs, int n) 
         {"--positives", o->positives}};
     int nin = 4;
     for (int i = 0; i < n && nin < CLI_MAX_FILES; i++) in[nin++] = inputs[i];
-    const cli_named_path out[4] = {{"--out", o->out}, {"--out-index", o->out_index},
+    const cli_named_path out[11] = {{"--out", o->out}, {"--out-index", o->out_index},
                                    {"--out-score", o->out_score},
-                                   {"--out-positive-score", o->out_positive_score}};
-    return cli_check_files(in, nin, out, 4, o->force);
+                                   {"--out-positive-score", o->out_positive_score},
+                                   {"provenance sidecar", o->provenance},
+                                   {"--trace", o->trace ? o->trace_path[0] : NULL},
+                                   {"--trace", o->trace ? o->trace_path[1] : NULL},
+                                   {"--trace", o->trace ? o->trace_path[2] : NULL},
+                                   {"--trace", o->trace ? o->trace_path[3] : NULL},
+                                   {"--trace", o->trace ? o->trace_path[4] : NULL},
+                                   {"--trace", o->trace ? o->trace_path[5] : NULL}};
+    return cli_check_files(in, nin, out, 11, o->force);
 }

@@ -962,9 +962,13 @@ class Step:
         o.hard_negatives = chk.int64(hard_negatives, "Step", "hard_negatives", 0)
         f = dict(filter or {})
         f.setdefault("same_id", True)
-        o.filter = _filter_options(**f)
-        o.sampler = _sampler_options(**(sampler or {}))
-        o.loss = _loss_options(**(loss or {}))
+        # The step options point to these: they live as long as the step.
+        self._filter = _filter_options(**f)
+        self._sampler = _sampler_options(**(sampler or {}))
+        self._loss = _loss_options(**(loss or {}))
+        o.filter = ctypes.pointer(self._filter)
+        o.sampler = ctypes.pointer(self._sampler)
+        o.loss = ctypes.pointer(self._loss)
         o.queue = None if queue is None else queue.handle
         o.enqueue = int(chk.flag(enqueue, "Step", "enqueue"))
         o.comm = None if comm is None else comm.handle
@@ -1021,7 +1025,7 @@ class Step:
             b.guide_positive_score = _ptr(keep["gps"], c_float)
         b.query_offset = chk.int64(query_offset, fn, "query_offset", 0)
         if step is not None:
-            self.options.sampler.step = chk.uint64(step, fn, "step")
+            self._sampler.step = chk.uint64(step, fn, "step")
         # A queue or communicator closed since the Step was made is refused, never handed to C
         # freed; their handles are held with the batch (the backward uses them too).
         hq = None if self.queue is None else self.queue._live(fn)

@@ -138,9 +138,10 @@ class ns_batch(Structure):
 
 
 class ns_step_options(Structure):
+    # filter, sampler and loss point to their options structs (NULL = the defaults).
     _fields_ = [("struct_size", c_size_t), ("hard_negatives", c_int64),
-                ("filter", ns_filter_options), ("sampler", ns_sampler_options),
-                ("loss", ns_loss_options), ("queue", c_void_p), ("enqueue", c_int),
+                ("filter", POINTER(ns_filter_options)), ("sampler", POINTER(ns_sampler_options)),
+                ("loss", POINTER(ns_loss_options)), ("queue", c_void_p), ("enqueue", c_int),
                 ("comm", c_void_p)]
 
 
@@ -196,8 +197,7 @@ def comm_options_init() -> ns_comm_options:
 
 
 def step_options_init() -> ns_step_options:
-    return ns_step_options(ctypes.sizeof(ns_step_options), 0, filter_options_init(),
-                           sampler_options_init(), loss_options_init(), None, 0, None)
+    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None)
 
 
 # ------------------------------------------------------------------ signatures

@@ -762,7 +762,7 @@ def readme_flags_exist():
     bad = []
     text = open(readme).read().replace("\\\n", " ")
     for line in text.splitlines():
-        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|demo|bench-mine|info)\b(.*)", line)
+        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|inspect|demo|bench-mine|info)\b(.*)", line)
         if not m:
             continue
         cmd = m.group(1)
@@ -914,10 +914,15 @@ def group_outputs(tmp):
     p.kill()
     p.wait(timeout=60)
     if p.returncode == -signal.SIGKILL:
-        left = leftovers(tmp)
-        check(len(left) == 1 and left[0].startswith(".idx.npy" + TEMP_TAG),
-              f"SIGKILL left {left}, expected one .idx.npy{TEMP_TAG}XXXXXX")
+        # the output's temporary, and its provenance sidecar's (opened just after it: a kill
+        # landing between the two leaves only the first)
+        left = sorted(leftovers(tmp), key=lambda n: "provenance" in n)
+        check(1 <= len(left) <= 2 and left[0].startswith(".idx.npy" + TEMP_TAG) and
+              all(n.startswith(".idx.npy.provenance.json" + TEMP_TAG) for n in left[1:]),
+              f"SIGKILL left {left}, expected .idx.npy{TEMP_TAG}XXXXXX and its provenance's")
         check(not os.path.exists(oi), "SIGKILL: the output exists")
+        for n in left[1:]:
+            os.unlink(os.path.join(tmp, n))
         t = os.path.join(tmp, left[0])
         _, err = run("mine", "--queries", t, "--corpus", c, "--out-index", oi, expect=1)
         check(t in err and "temporary" in err and "not a result" in err, f"leftover read: {err}")

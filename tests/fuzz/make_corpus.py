@@ -66,6 +66,30 @@ def main():
     put("ids", "json_escapes", b"\x00" + 'd"1\\x\n\t\x01ctl\n\xe9t\xe9\n'.encode() + b"\xff\xfe\n")
     put("ids", "duplicate", b"\x00a\nb\na\n")
     put("ids", "blank_inside", b"\x00a\n\nb\n")
+    jsonl_corpus()
+
+
+def jsonl_corpus():
+    """BEIR / HF JSONL lines: valid ones of every form, and the malformed ones the CLI tests."""
+    put("jsonl", "beir_corpus", b'{"_id": "d0", "title": "T", "text": "a b"}\n'
+        b'{"_id": "d1", "title": "", "text": "caf\\u00e9 \\ud83d\\ude00 \\"q\\" \\\\ \\/ \\b\\f\\n\\r\\t", '
+        b'"metadata": {"url": [1, 2.5e-3, -0, true, false, null, {"x": []}]}}\n')
+    put("jsonl", "queries_crlf_bom", b'\xef\xbb\xbf{"_id":"q1","text":"what?"}\r\n\r\n'
+        b'{"id": 7, "text": "\xc3\xa9\xf0\x9f\x98\x80"}\n')
+    put("jsonl", "lone_surrogate", b'{"_id": "a", "text": "\\ud800"}\n')
+    put("jsonl", "low_surrogate", b'{"_id": "a", "text": "\\udc00x"}\n')
+    put("jsonl", "nul_escape", b'{"_id": "a", "text": "\\u0000"}\n')
+    put("jsonl", "bad_utf8", b'{"_id": "a", "text": "\xc0\xaf \xed\xa0\x80"}\n')
+    put("jsonl", "control", b'{"_id": "a", "text": "x\ty"}\n')
+    put("jsonl", "duplicate_key", b'{"_id": "a", "_id": "b", "text": ""}\n')
+    put("jsonl", "duplicate_id", b'{"_id": "a", "text": ""}\n{"_id": "a", "text": ""}\n')
+    put("jsonl", "trailing", b'{"_id": "a", "text": ""} x\n')
+    put("jsonl", "unclosed", b'{"_id": "a", "text": "abc\n')
+    put("jsonl", "deep", b'{"_id": "a", "text": "", "m": ' + b"[" * 80 + b"]" * 80 + b"}\n")
+    put("jsonl", "numbers", b'{"_id": -1.5e+3, "text": "", "n": [0, -0.0, 1E9, 01]}\n')
+    put("jsonl", "text_not_string", b'{"_id": "a", "text": 5, "title": null}\n')
+    put("jsonl", "empty_id", b'{"_id": "", "text": "x"}\n')
+    put("jsonl", "array_line", b'["_id", "text"]\n')
 
 
 if __name__ == "__main__":

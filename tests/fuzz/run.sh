@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-${NS_FUZZ_SECONDS:-30}}
-targets=(npy fvecs qrels ids)
+targets=(npy fvecs qrels ids jsonl)
 build="$root/build-fuzz"
 cc=${NS_FUZZ_CC:-clang-14}
 cxx=${NS_FUZZ_CXX:-clang++-14}

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mpi_test_util.h"
+#include "step_options.h"
 #include "ns_comm.h"
 
 using namespace mpitest;
@@ -106,11 +107,11 @@ int main(int argc, char **argv) {
         batch.positive = ns_matrix{p.data(), NS_F32, 4, 8, 0};
         batch.candidate = ns_matrix{nullptr, NS_F32, 0, 8, 0};
         batch.query_offset = 4 * me;
-        ns_step_options so = NS_STEP_OPTIONS_INIT;
+        StepOptions so;
         so.comm = sc;
         ns_step_result res;
         t0 = std::chrono::steady_clock::now();
-        st = ns_step_forward(ctx, &batch, &so, &res);
+        st = ns_step_forward(ctx, &batch, so.get(), &res);
         {
             double secs = seconds_since(t0);
             CHECK_TIMED_OUT(ctx, st, secs, "step");

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mpi_test_util.h"
+#include "step_options.h"
 
 using namespace mpitest;
 
@@ -109,8 +110,8 @@ ns_batch batch_of(const Config &c, const Global &g, int64_t q0, int64_t nq) {
     return b;
 }
 
-ns_step_options options_of(const Config &c, ns_comm *comm) {
-    ns_step_options o = NS_STEP_OPTIONS_INIT;
+StepOptions options_of(const Config &c, ns_comm *comm) {
+    StepOptions o;
     o.hard_negatives = c.h;
     o.filter.rules = NS_FILTER_SAME_ID | NS_FILTER_REL_MARGIN;
     o.filter.rel_margin = 0.05f;
@@ -148,9 +149,9 @@ void run_config(ns_context *ref_ctx, ns_context *ctx, ns_comm *comm, const Confi
 
     // One rank over the concatenated batch.
     ns_batch gb = batch_of(c, g, 0, R * B);
-    ns_step_options go = options_of(c, nullptr);
+    StepOptions go = options_of(c, nullptr);
     ns_step_result gr;
-    ns_status st = ns_step_forward(ref_ctx, &gb, &go, &gr);
+    ns_status st = ns_step_forward(ref_ctx, &gb, go.get(), &gr);
     MT_CHECK(st == NS_OK, "%s: reference forward: %s", c.name, ns_last_error(ref_ctx));
     if (st) return;
     std::vector<float> ref_pq(gr.per_query, gr.per_query + R * B);
@@ -168,9 +169,9 @@ void run_config(ns_context *ref_ctx, ns_context *ctx, ns_comm *comm, const Confi
 
     // This rank's share, through the communicator.
     ns_batch lb = batch_of(c, g, me * B, B);
-    ns_step_options lo = options_of(c, comm);
+    StepOptions lo = options_of(c, comm);
     ns_step_result lr;
-    st = ns_step_forward(ctx, &lb, &lo, &lr);
+    st = ns_step_forward(ctx, &lb, lo.get(), &lr);
     MT_CHECK(st == NS_OK, "%s: forward: %s", c.name, ns_last_error(ctx));
     if (st) return;
     compare(c.name, "loss", &lr.loss, &gr.loss, 1);
@@ -209,14 +210,14 @@ void test_failures(ns_context *ctx, ns_comm *comm) {
     Config c = {"fail", 4, 5, 2, 8, 1, 0, 1, 1, NS_SAMPLE_SIMANS, NS_F32};
     Global g = make_global(c, R, 5);
     ns_batch b = batch_of(c, g, me * c.B, c.B);
-    ns_step_options o = options_of(c, comm);
+    StepOptions o = options_of(c, comm);
     ns_step_result res;
     char want[96];
 
     // Shapes that differ: the last rank samples one negative fewer.
-    ns_step_options o2 = o;
+    StepOptions o2 = o;
     if (me == odd) o2.hard_negatives = 1;
-    ns_status st = ns_step_forward(ctx, &b, &o2, &res);
+    ns_status st = ns_step_forward(ctx, &b, o2.get(), &res);
     std::snprintf(want, sizeof want, "hard_per_query is 2 on rank 0 but 1 on rank %d", odd);
     MT_CHECK(st == NS_ERR_COMM && contains(ns_last_error(ctx), want), "%s: %s", ns_status_string(st),
              ns_last_error(ctx));
@@ -225,7 +226,7 @@ void test_failures(ns_context *ctx, ns_comm *comm) {
     // name it at once rather than waiting for the timeout.
     o2 = o;
     if (me == odd) o2.hard_negatives = c.C + 1;
-    st = ns_step_forward(ctx, &b, &o2, &res);
+    st = ns_step_forward(ctx, &b, o2.get(), &res);
     if (me == odd)
         MT_CHECK(st == NS_ERR_INVALID_ARGUMENT && contains(ns_last_error(ctx), "options->hard_negatives"),
                  "%s", ns_last_error(ctx));
@@ -239,7 +240,7 @@ void test_failures(ns_context *ctx, ns_comm *comm) {
     MT_CHECK(st == NS_ERR_INVALID_ARGUMENT, "%s", ns_last_error(ctx));
 
     // A good step, then one rank's NaN gradient scale in the backward.
-    st = ns_step_forward(ctx, &b, &o, &res);
+    st = ns_step_forward(ctx, &b, o.get(), &res);
     MT_CHECK(st == NS_OK, "%s", ns_last_error(ctx));
     std::vector<float> dq((size_t)(c.B * c.d), 3.f);
     ns_step_grads g2 = {dq.data(), nullptr, nullptr, nullptr};
@@ -251,7 +252,7 @@ void test_failures(ns_context *ctx, ns_comm *comm) {
     }
     MT_CHECK(dq[0] == 3.f, "gradient untouched on failure");
     // The communicator is still good.
-    st = ns_step_forward(ctx, &b, &o, &res);
+    st = ns_step_forward(ctx, &b, o.get(), &res);
     MT_CHECK(st == NS_OK, "%s", ns_last_error(ctx));
     st = ns_step_backward(ctx, 1.f, &g2);
     MT_CHECK(st == NS_OK, "%s", ns_last_error(ctx));

@@ -36,20 +36,7 @@
 
 #include "negsamp.h"
 
-#ifdef __CUDACC__
-#define NS_HD __host__ __device__
-#else
-#define NS_HD
-#endif
-/* Every function here is NS_HD NS_MATH_INLINE. Forced inline on the host (gcc/clang) so that a
- * caller compiled for FMA hardware (src/sample.c builds a target("fma") clone of its row loop)
- * gets fmaf as one instruction instead of a libm call; the result is the same correctly
- * rounded fma either way. */
-#if !defined(__CUDACC__) && defined(__GNUC__)
-#define NS_MATH_INLINE static inline __attribute__((always_inline))
-#else
-#define NS_MATH_INLINE static inline
-#endif
+#include "ns_hd.h"
 
 #ifdef __cplusplus
 extern "C" {

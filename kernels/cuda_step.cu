@@ -1,5 +1,6 @@
-// The training step's small CUDA kernels (declared in src/ns_cuda.h): candidate scores, the
-// gather of the sampled candidate rows and the scatter of their gradients back. All ordered on
+// The training step's stages on CUDA (declared in kernels/ns_cuda.h; src/cpu/cpu_step.c is the
+// CPU side): candidate scores, the gather of the sampled candidate rows and the scatter of their
+// gradients back. All ordered on
 // the context's stream, no synchronisation, no allocation.
 #include "cuda_util.cuh"
 #include "ns_cuda.h"
@@ -8,7 +9,7 @@ namespace {
 
 // score[t] = q_{t / C} · cand_t for t < B·C, then positive_score[i] = q_i · pos_i for the B outputs
 // after them. Each dot product is summed sequentially over the columns with separately rounded
-// products and sums — the CPU step's order (src/step.c, dot_f32 under -ffp-contract=off) — so
+// products and sums — the CPU step's order (src/cpu/cpu_step.c, dot_f32 under -ffp-contract=off) — so
 // the scores, and the filter and sampler decisions taken from them, are bit-identical on both
 // backends. A warp owns 32 outputs; it stages 32×32 blocks of the rows in shared memory
 // (coalesced loads) and each lane then sums its own row's block in order.
@@ -88,6 +89,12 @@ __global__ void ns_k_step_scatter(int64_t dim, const float *grad_hard, const int
 }
 
 }  // namespace
+
+ns_status ns_cuda_step_check_batch(ns_context *ctx, const ns_batch *batch) {
+    (void)ctx;
+    (void)batch;
+    return NS_OK;
+}
 
 ns_status ns_cuda_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
                               int64_t per_query, float *score, float *positive_score) {

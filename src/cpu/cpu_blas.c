@@ -1,5 +1,5 @@
 /* The one place where row-major products are mapped onto CBLAS. */
-#include "ns_internal.h"
+#include "ns_cpu.h"
 
 #include <cblas.h>
 

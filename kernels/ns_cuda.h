@@ -1,7 +1,8 @@
-/* The CUDA backend's entry points. Each is called by the public function after every argument
- * check has passed, with ctx->backend == NS_BACKEND_CUDA, and only in builds with
- * NS_HAVE_CUDA. Pointers are device pointers; work goes on ctx->stream. Implemented under
- * kernels/. */
+/* The CUDA backend's entry points: the mirror of src/cpu/ns_cpu.h (same signatures), one file
+ * per operation under kernels/. Each is called by the public function after the argument checks
+ * that read no data, with ctx->backend == NS_BACKEND_CUDA, and only in builds with
+ * NS_HAVE_CUDA; the checks that read device data run here, on the device. Pointers are device
+ * pointers; work goes on ctx->stream. */
 #ifndef NS_CUDA_H
 #define NS_CUDA_H
 
@@ -32,9 +33,11 @@ ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
 ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                    const ns_loss_options *opt, const float *saved,
                                    float grad_loss, const ns_infonce_grads *grads);
-/* The step's two small kernels (kernels/step_kernels.cu): score[i·C + j] = q_i · cand_{i·C+j}
+/* The step's small kernels (kernels/cuda_step.cu): score[i·C + j] = q_i · cand_{i·C+j}
  * and positive_score[i] = q_i · p_i; then gather the sampled rows (ids → rows of the candidate
  * block of query i, f32 out, keep/row/id arrays, zero rows for padding). */
+/* The batch's device rows are checked by the ops the step calls (their device scans). */
+ns_status ns_cuda_step_check_batch(ns_context *ctx, const ns_batch *batch);
 ns_status ns_cuda_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
                               int64_t per_query, float *score, float *positive_score);
 ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
@@ -43,12 +46,16 @@ ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query
 /* grad_cand (B·C × d) = 0, then grad_cand[row[r]] += grad_hard[r] for every r with row ≥ 0. */
 ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                                const int64_t *row, int64_t nrow, float *grad_cand);
-/* Device memory helpers for the queue and the step. */
+/* Device memory for the arenas (src/arena.c): ns_cuda_free_ordered frees after the work queued
+ * on ctx's stream (ctx NULL: after all work on the device) and returns any failure. */
 ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes);
-void ns_cuda_free(ns_context *ctx, void *p);
-ns_status ns_cuda_memcpy(ns_context *ctx, void *dst, const void *src, size_t bytes, int kind);
-/* Device workspace slot (same slot numbers as ns_workspace). */
-void *ns_cuda_workspace(ns_context *ctx, int slot, size_t bytes);
+ns_status ns_cuda_free_ordered(ns_context *ctx, void *p);
+/* Page-locked host memory; freed after the work on ctx's stream and copy stream. */
+ns_status ns_cuda_host_alloc(ns_context *ctx, void **p, size_t bytes);
+ns_status ns_cuda_free_host_ordered(ns_context *ctx, void *p);
+/* A copy ordered on ctx's stream (use ns_copy, src/ns_arena.h, from backend-neutral code). */
+ns_status ns_cuda_memcpy(ns_context *ctx, void *dst, const void *src, size_t bytes,
+                         ns_copy_dir dir);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,6 @@
-# Replays the CUDA InfoNCE (kernels/cuda_infonce.cu) in numpy — the same tiles, kernels, masks,
+# Replays the CUDA InfoNCE (kernels/cuda_infonce*.cu, formulas of src/hostdevice/ns_loss_math.h) in numpy — the same tiles, kernels, masks,
 # statistics and GEMMs — and compares it with the CPU backend of the built library (ctypes).
-# usage: python3 bench_gpu_sim_infonce.py path/to/libnegsamp.so
+# usage: python3 tests/gpu_sim/sim_infonce.py path/to/libnegsamp.so
 import ctypes as C, sys, math
 import numpy as np
 lib = C.CDLL(sys.argv[1])

@@ -1,9 +1,9 @@
-/* Row tiles shared by ns_similarity and ns_mine_topk (src/similarity.c): a fast NaN/Inf scan
+/* Row tiles shared by ns_similarity and ns_mine_topk on the CPU (src/cpu/cpu_tiles.c): a fast NaN/Inf scan
  * that reports where, and f32 (optionally L2-normalised) views of a block of rows. */
 #ifndef NS_TILES_H
 #define NS_TILES_H
 
-#include "ns_internal.h"
+#include "ns_cpu.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,0 +1,473 @@
+// ns_mine_topk on CUDA: exact top-k of q·corpusᵀ without the Q×N score matrix.
+//
+// The corpus goes in tiles of NT rows (outer loop; a host corpus is copied tile by tile through
+// two pinned buffers on a copy stream, overlapping the compute of the previous tile). For each
+// tile and query block of QB rows, one cuBLAS GEMM writes a QB×NT f32 score tile into
+// workspace (sized to stay in L2 on Hopper), then ns_k_topk_tile merges that tile into each
+// query's running top-k, kept sorted best first in a Q×k staging area in device memory:
+//   one block per query scans its score row against the query's current k-th score (the
+//   threshold), collects the rows that beat it (and are not excluded) in shared memory, and
+//   whenever the collection is nearly full (and at the end) sorts it (bitonic, in shared
+//   memory) and merges it into the running list by merge-path ranks (binary searches), moving
+//   only the changed suffix of the list. After a few tiles almost nothing beats the threshold
+//   and the kernel is one coalesced read of the score tile.
+// Order: ns_before (src/hostdevice/ns_order.h, the CPU backend's order): score descending, ties
+// to the lower corpus row, a total order, so the result is exactly the CPU backend's for equal
+// scores. The sort and the comparator are in cuda_primitives.cuh.
+// Future work: the fused tensor-core GEMM + selection (scores never leave registers/shared).
+#include <climits>
+#include <cstring>
+
+#include "cuda_primitives.cuh"
+#include "cuda_util.cuh"
+#include "ns_cuda.h"
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kItems = 4;                       // scores per thread per step
+constexpr int kStep = kThreads * kItems;        // scores per block per step
+constexpr int kCap = 4096;                      // collected candidates (shared memory)
+constexpr int kExShared = 256;                  // exclusion ids cached in shared memory
+constexpr int kPadIndex = INT_MAX;              // index of an empty slot (score −INF)
+
+// Flag slots of this op.
+enum { F_Q = 0, F_CORPUS = 1, F_SCORE = 2, F_EX_OFFSETS = 3, F_EX_IDS = 4 };
+
+__device__ __forceinline__ bool before(float av, int ai, float bv, int bi) { return ns_before(av, ai, bv, bi); }
+
+// Number of entries of the sorted list (v, i)[0, n) that come before (x, xi).
+__device__ __forceinline__ int rank_in(const float *v, const int *ix, int n, float x, int xi) {
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        int mid = (lo + hi) >> 1;
+        if (before(v[mid], ix[mid], x, xi)) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+struct TileArgs {
+    const float *score;     // QB×NT tile (ld = ld_score), row b = query q0 + b
+    int64_t ld_score;
+    int64_t q0;             // first query of the block
+    int64_t c0;             // first corpus row of the tile
+    int nt;                 // corpus rows in this tile
+    int k;
+    const float *inv_q;     // Q inverse norms, or NULL (no normalisation)
+    const float *inv_c;     // nt inverse norms of this tile, or NULL
+    const int64_t *ex_off;  // exclusions (CSR over queries), or NULL
+    const int64_t *ex_ids;
+    float *top_v;           // Q×k running top-k, sorted best first
+    int *top_i;
+    float *scr_v;           // QB×k merge scratch
+    int *scr_i;
+    int *flags;
+};
+
+// Sorts the c collected candidates in (cv, ci) best first and merges them into the query's
+// running list (tv, ti, length k). Called by the whole block; returns with the list updated.
+__device__ void merge_collected(float *cv, int *ci, int c, float *tv, int *ti, float *sv,
+                                int *si, int k) {
+    int p = 1;
+    while (p < c) p <<= 1;
+    for (int t = c + threadIdx.x; t < p; t += blockDim.x) {
+        cv[t] = -INFINITY;
+        ci[t] = kPadIndex;
+    }
+    __syncthreads();
+    ns_bitonic_sort(cv, ci, p, NsScoreFirst());  // best first
+    // The list keeps its first p0 entries; the merged suffix [p0, k) goes to scratch first.
+    const int p0 = rank_in(tv, ti, k, cv[0], ci[0]);
+    for (int i = p0 + threadIdx.x; i < k; i += blockDim.x) {
+        int pos = i + rank_in(cv, ci, c, tv[i], ti[i]);
+        if (pos < k) sv[pos - p0] = tv[i], si[pos - p0] = ti[i];
+    }
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        int pos = j + rank_in(tv, ti, k, cv[j], ci[j]);
+        if (pos < k) sv[pos - p0] = cv[j], si[pos - p0] = ci[j];
+    }
+    __syncthreads();
+    for (int i = p0 + threadIdx.x; i < k; i += blockDim.x) tv[i] = sv[i - p0], ti[i] = si[i - p0];
+    __syncthreads();
+}
+
+__global__ void __launch_bounds__(kThreads) ns_k_topk_tile(TileArgs a) {
+    __shared__ float cv[kCap];
+    __shared__ int ci[kCap];
+    __shared__ int64_t ex[kExShared];
+    __shared__ int count;
+    __shared__ float thr_v;
+    __shared__ int thr_i;
+    const int b = blockIdx.x;
+    const int64_t qi = a.q0 + b;
+    const int k = a.k;
+    float *tv = a.top_v + qi * k;
+    int *ti = a.top_i + qi * k;
+    float *sv = a.scr_v + (int64_t)b * k;
+    int *si = a.scr_i + (int64_t)b * k;
+    const float *row = a.score + b * a.ld_score;
+    const float sq = a.inv_q ? a.inv_q[qi] : 1.0f;
+    int64_t e0 = 0, ne = 0;
+    if (a.ex_off) {
+        e0 = a.ex_off[qi];
+        ne = a.ex_off[qi + 1] - e0;
+        if (ne < 0) ne = 0;
+        for (int t = threadIdx.x; t < ne && t < kExShared; t += blockDim.x) ex[t] = a.ex_ids[e0 + t];
+    }
+    if (threadIdx.x == 0) {
+        count = 0;
+        thr_v = tv[k - 1];
+        thr_i = ti[k - 1];
+    }
+    __syncthreads();
+    int bad = 0;
+    int c = 0;  // candidates collected so far, the same in every thread (read between barriers)
+    for (int base = 0; base < a.nt; base += kStep) {
+        if (c > kCap - kStep) {  // the next step could overflow the collection: merge it now
+            merge_collected(cv, ci, c, tv, ti, sv, si, k);
+            if (threadIdx.x == 0) {
+                count = 0;
+                thr_v = tv[k - 1];
+                thr_i = ti[k - 1];
+            }
+            __syncthreads();
+        }
+        const float tv_ = thr_v;
+        const int ti_ = thr_i;
+#pragma unroll
+        for (int it = 0; it < kItems; it++) {
+            int j = base + it * kThreads + threadIdx.x;
+            if (j >= a.nt) break;
+            float s = row[j];
+            if (a.inv_q) s = s * (sq * a.inv_c[j]);
+            if (!isfinite(s)) {
+                bad = 1;
+                continue;
+            }
+            int g = (int)(a.c0 + j);
+            if (!before(s, g, tv_, ti_)) continue;
+            bool excluded = false;
+            for (int64_t t = 0; t < ne && !excluded; t++)
+                excluded = (t < kExShared ? ex[t] : a.ex_ids[e0 + t]) == (int64_t)g;
+            if (excluded) continue;
+            int p = atomicAdd(&count, 1);
+            cv[p] = s;
+            ci[p] = g;
+        }
+        // Two barriers: every append is done before c is read, and every thread has read c
+        // before the next step appends again.
+        __syncthreads();
+        c = count;
+        __syncthreads();
+    }
+    if (c > 0) merge_collected(cv, ci, c, tv, ti, sv, si, k);
+    if (bad) a.flags[F_SCORE] = 1;
+}
+
+__global__ void ns_k_topk_init(float *v, int *ix, int64_t n) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        v[e] = -INFINITY;
+        ix[e] = kPadIndex;
+    }
+}
+
+__global__ void ns_k_topk_finish(const float *v, const int *ix, int64_t n, int64_t *index,
+                                 float *score) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        int i = ix[e];
+        index[e] = i == kPadIndex ? -1 : (int64_t)i;
+        score[e] = i == kPadIndex ? -INFINITY : v[e];
+    }
+}
+
+// Exclusion lists on the device: offsets[0] == 0, non-decreasing, ids in [0, rows).
+__global__ void ns_k_check_exclusions(const int64_t *off, const int64_t *ids, int64_t queries,
+                                      int64_t rows, int *flags) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < queries;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t a = off[i], b = off[i + 1];
+        if ((i == 0 && a != 0) || b < a) {
+            flags[F_EX_OFFSETS] = 1;
+            continue;
+        }
+        for (int64_t t = a; t < b; t++)
+            if (ids[t] < 0 || ids[t] >= rows) flags[F_EX_IDS] = 1;
+    }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ host side, by stage
+
+namespace {
+
+// One call's shapes, modes and device workspace (the context's scratch arena).
+struct MinePlan {
+    int64_t Q, N, d, k, qb, nt, ex_total;
+    size_t esz, ctile_b;     // bytes of one corpus tile
+    int normalize, host_corpus, pinned_corpus, mixed, host_ex, validate;
+    float *tile, *inv_q, *inv_c, *qf, *cf, *top_v, *scr_v;
+    int *top_i, *scr_i;
+    char *ctile[2];          // the corpus tiles of a host corpus (double buffer)
+    char *pin[2];            // their pinned host staging (a pageable host corpus)
+    int64_t *ex_off, *ex_ids;  // device copies of host exclusion lists
+};
+
+// Score tile | inv_q | inv_c | 2 corpus tiles (host corpus) | f32 copies (mixed dtypes) |
+// exclusion copies (host lists) | staged top-k and merge scratch.
+void mine_layout(void *plan, ns_arena *a) {
+    MinePlan *P = (MinePlan *)plan;
+    P->tile = (float *)ns_arena_carve(a, (size_t)(P->qb * P->nt) * 4);
+    P->inv_q = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->Q * 4) : nullptr;
+    P->inv_c = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->nt * 4) : nullptr;
+    for (int b = 0; b < 2; b++)
+        P->ctile[b] = P->host_corpus ? (char *)ns_arena_carve(a, P->ctile_b) : nullptr;
+    P->qf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->Q * P->d) * 4) : nullptr;
+    P->cf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->nt * P->d) * 4) : nullptr;
+    P->ex_off = P->host_ex ? (int64_t *)ns_arena_carve(a, (size_t)(P->Q + 1) * 8) : nullptr;
+    P->ex_ids = P->host_ex ? (int64_t *)ns_arena_carve(a, (size_t)(P->ex_total > 0 ? P->ex_total : 1) * 8)
+                           : nullptr;
+    P->top_v = (float *)ns_arena_carve(a, (size_t)(P->Q * P->k) * 4);
+    P->top_i = (int *)ns_arena_carve(a, (size_t)(P->Q * P->k) * 4);
+    P->scr_v = (float *)ns_arena_carve(a, (size_t)(P->qb * P->k) * 4);
+    P->scr_i = (int *)ns_arena_carve(a, (size_t)(P->qb * P->k) * 4);
+}
+
+void pinned_layout(void *plan, ns_arena *a) {
+    MinePlan *P = (MinePlan *)plan;
+    for (int b = 0; b < 2; b++) P->pin[b] = (char *)ns_arena_carve(a, P->ctile_b);
+}
+
+// Modes and tile shape; the refusals that need no data.
+ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corpus, int64_t k,
+                    const ns_mine_options *opt, MinePlan *P) {
+    P->Q = q.rows, P->N = corpus.rows, P->d = q.cols, P->k = k;
+    if (P->N >= (int64_t)INT_MAX)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: corpus.rows (%lld) is too large for the CUDA backend (at most %d)", fn,
+                       (long long)P->N, INT_MAX - 1);
+    P->normalize = (opt->flags & NS_NORMALIZE) != 0;
+    P->host_corpus = !ns_cuda_is_device_ptr(corpus.data);
+    P->pinned_corpus = P->host_corpus && ns_cuda_is_pinned_host(corpus.data);
+    P->mixed = q.dtype != corpus.dtype;
+    const int capturing = ns_cuda_capturing(ctx);
+    P->validate = ns_cuda_validating(ctx);
+    if (P->host_corpus && capturing)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: a corpus in host memory cannot be streamed while the stream is "
+                       "captured into a CUDA graph",
+                       fn);
+    if (opt->progress && capturing)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: options->progress needs the host to wait for tiles, which a stream "
+                       "being captured into a CUDA graph cannot do",
+                       fn);
+    P->esz = ns_dtype_size(corpus.dtype);
+    // Tile shape: a score tile of at most 8 Mi floats (32 MiB: stays in H100's 50 MB L2).
+    const int64_t area = 8ll << 20;
+    P->qb = P->Q < 2048 ? P->Q : 2048;
+    P->nt = area / P->qb;
+    if (P->nt > P->N) P->nt = P->N;
+    if (P->nt > (1 << 20)) P->nt = 1 << 20;
+    P->ctile_b = (size_t)(P->nt * P->d) * P->esz;
+    const ns_id_lists *ex = opt->exclude;
+    P->host_ex = ex && !ns_cuda_is_device_ptr(ex->offsets);
+    P->ex_total = P->host_ex ? ex->offsets[P->Q] : 0;  // host lists: copied to the device once
+    return NS_OK;
+}
+
+// Host exclusion lists copied in; q scanned and the lists checked on the device; one sync to
+// fail before any work.
+ns_status mine_validate(ns_context *ctx, const char *fn, const MinePlan &P, ns_matrix q,
+                        const int64_t *&ex_off, const int64_t *&ex_ids, int *&flags) {
+    cudaStream_t st = ns_stream(ctx);
+    ns_status rc;
+    if (P.host_ex) {
+        NS_CUDA_TRY(ctx, fn, cudaMemcpyAsync(P.ex_off, ex_off, (size_t)(P.Q + 1) * 8, cudaMemcpyHostToDevice, st));
+        if (P.ex_total > 0)
+            NS_CUDA_TRY(ctx, fn, cudaMemcpyAsync(P.ex_ids, ex_ids, (size_t)P.ex_total * 8, cudaMemcpyHostToDevice, st));
+        ex_off = P.ex_off, ex_ids = P.ex_ids;
+    }
+    if ((rc = ns_cuda_flags_reset(ctx, fn, &flags))) return rc;
+    if ((rc = ns_cuda_scan_nonfinite(ctx, fn, q, 0, P.Q, flags, F_Q, st))) return rc;
+    if (ex_off) {
+        ns_k_check_exclusions<<<ns_blocks(P.Q), NS_CUDA_THREADS, 0, st>>>(ex_off, ex_ids, P.Q, P.N, flags);
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    }
+    if (!P.validate) return NS_OK;
+    const int *hf;
+    if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
+    int64_t r, c;
+    if (ns_cuda_first_nonfinite(hf, F_Q, P.d, &r, &c))
+        return ns_fail(ctx, NS_ERR_NONFINITE, "%s: q[%lld][%lld] is not finite; inputs must be finite",
+                       fn, (long long)r, (long long)c);
+    if (hf[F_EX_OFFSETS])
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->exclude->offsets must start at 0 and never decrease", fn);
+    if (hf[F_EX_IDS])
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->exclude->ids holds an id outside the corpus rows [0, %lld)",
+                       fn, (long long)P.N);
+    return NS_OK;
+}
+
+// The corpus tile t as a device matrix whose row 0 is corpus row c0: a device corpus in place;
+// a host corpus copied on the copy stream through the pinned double buffer (unless pinned).
+ns_status mine_stage_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns_matrix corpus,
+                          int64_t t, cudaStream_t copy, ns_matrix *ct) {
+    ns_cuda_state *cs = ctx->cuda;
+    cudaStream_t st = ns_stream(ctx);
+    cudaEvent_t *copied = cs->ev, *consumed = cs->ev + 2;
+    const int64_t c0 = t * P.nt, n = P.N - c0 < P.nt ? P.N - c0 : P.nt;
+    const int buf = (int)(t & 1);
+    *ct = corpus;
+    ct->rows = n;
+    if (!P.host_corpus) {
+        ct->data = (const char *)corpus.data + (size_t)(c0 * ns_ld(corpus)) * P.esz;
+        return NS_OK;
+    }
+    char *dtile = P.ctile[buf];
+    const size_t row_b = (size_t)P.d * P.esz, ld_b = (size_t)ns_ld(corpus) * P.esz;
+    const char *src = (const char *)corpus.data + (size_t)c0 * ld_b;
+    size_t spitch = ld_b;
+    if (!P.pinned_corpus) {
+        // The pinned buffer's previous copy (tile t−2) must have left it.
+        NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(copied[buf]));
+        char *pin = P.pin[buf];
+        if (ld_b == row_b) memcpy(pin, src, (size_t)n * row_b);
+        else
+            for (int64_t r = 0; r < n; r++) memcpy(pin + r * row_b, src + r * ld_b, row_b);
+        src = pin, spitch = row_b;
+    }
+    NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(copy, consumed[buf], 0));
+    NS_CUDA_TRY(ctx, fn, cudaMemcpy2DAsync(dtile, row_b, src, spitch, row_b, (size_t)n,
+                                           cudaMemcpyHostToDevice, copy));
+    NS_CUDA_TRY(ctx, fn, cudaEventRecord(copied[buf], copy));
+    NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, copied[buf], 0));
+    ct->data = dtile;
+    ct->ld = P.d;
+    return NS_OK;
+}
+
+// One staged corpus tile against every query block: GEMM score tile, then ns_k_topk_tile.
+ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns_matrix ct, int64_t c0,
+                    const void *qdata, ns_dtype gdt, int64_t ldq, float scale,
+                    const int64_t *ex_off, const int64_t *ex_ids, int *flags) {
+    cudaStream_t st = ns_stream(ctx);
+    ns_status rc;
+    const int64_t n = ct.rows;
+    if (P.validate && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
+        return rc;
+    if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, P.inv_c, st))) return rc;
+    const void *cdata = ct.data;
+    int64_t ldc = ns_ld(ct);
+    if (P.mixed) {
+        if ((rc = ns_cuda_rows_to_f32(ctx, fn, ct, 0, n, P.cf, st))) return rc;
+        cdata = P.cf, ldc = P.d;
+    }
+    for (int64_t q0 = 0; q0 < P.Q; q0 += P.qb) {
+        const int64_t nq = P.Q - q0 < P.qb ? P.Q - q0 : P.qb;
+        const void *qblk = (const char *)qdata + (size_t)(q0 * ldq) * ns_dtype_size(gdt);
+        if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, nq, n, P.d, scale, qblk, gdt, ldq, cdata, gdt, ldc,
+                               0.0f, P.tile, n)))
+            return rc;
+        TileArgs a;
+        a.score = P.tile, a.ld_score = n, a.q0 = q0, a.c0 = c0, a.nt = (int)n, a.k = (int)P.k;
+        a.inv_q = P.inv_q, a.inv_c = P.inv_c, a.ex_off = ex_off, a.ex_ids = ex_ids;
+        a.top_v = P.top_v, a.top_i = P.top_i, a.scr_v = P.scr_v, a.scr_i = P.scr_i, a.flags = flags;
+        ns_k_topk_tile<<<(unsigned)nq, kThreads, 0, st>>>(a);
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    }
+    return NS_OK;
+}
+
+// The non-finite status of the corpus and scores (one sync), then the outputs (async).
+ns_status mine_finish(ns_context *ctx, const char *fn, const MinePlan &P, int64_t *index, float *score) {
+    cudaStream_t st = ns_stream(ctx);
+    ns_status rc;
+    if (P.validate) {
+        const int *hf;
+        if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
+        int64_t r, c;
+        if (ns_cuda_first_nonfinite(hf, F_CORPUS, P.d, &r, &c))
+            return ns_fail(ctx, NS_ERR_NONFINITE, "%s: corpus[%lld][%lld] is not finite; inputs must be finite",
+                           fn, (long long)r, (long long)c);
+        if (hf[F_SCORE])
+            return ns_fail(ctx, NS_ERR_NONFINITE,
+                           "%s: a score is non-finite although the inputs are finite: q·corpus "
+                           "overflows f32 (scale the embeddings or options->scale down)",
+                           fn);
+    }
+    ns_k_topk_finish<<<ns_blocks(P.Q * P.k), NS_CUDA_THREADS, 0, st>>>(P.top_v, P.top_i, P.Q * P.k, index, score);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
+}
+
+}  // namespace
+
+// Synchronisation: once after validating the exclusion lists and scanning q (so bad input
+// fails before any work), once per tile only when a progress callback is set or the corpus is
+// in host memory (waiting for the tile before last: at most two tiles in flight), and once at
+// the end to learn whether a score was non-finite; the outputs are written after that (async).
+// While the stream is captured into a graph none of these checks run.
+ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
+                            const ns_mine_options *opt, int64_t *index, float *score) {
+    static const char *fn = "ns_mine_topk";
+    cudaStream_t st = ns_stream(ctx);
+    ns_cuda_state *cs = ctx->cuda;
+    ns_status rc;
+    MinePlan P;
+    if ((rc = mine_plan(ctx, fn, q, corpus, k, opt, &P))) return rc;
+    if ((rc = ns_arena_lay_out(ctx, &cs->scratch, mine_layout, &P, fn))) return rc;
+    const int64_t *ex_off = opt->exclude ? opt->exclude->offsets : nullptr;
+    const int64_t *ex_ids = opt->exclude ? opt->exclude->ids : nullptr;
+    int *flags;
+    if ((rc = mine_validate(ctx, fn, P, q, ex_off, ex_ids, flags))) return rc;
+
+    // The queries as the GEMM sees them.
+    const void *qdata = q.data;
+    ns_dtype gdt = q.dtype;
+    int64_t ldq = ns_ld(q);
+    if (P.mixed) {
+        if ((rc = ns_cuda_rows_to_f32(ctx, fn, q, 0, P.Q, P.qf, st))) return rc;
+        qdata = P.qf, gdt = NS_F32, ldq = P.d;
+    }
+    if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, q, 0, P.Q, P.inv_q, st))) return rc;
+    ns_k_topk_init<<<ns_blocks(P.Q * k), NS_CUDA_THREADS, 0, st>>>(P.top_v, P.top_i, P.Q * k);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+
+    cudaStream_t copy = nullptr;
+    cudaEvent_t *consumed = cs->ev + 2;
+    if (P.host_corpus || opt->progress) {
+        if ((rc = ns_cuda_copy_stream(ctx, fn, &copy))) return rc;
+        // Work already queued on the stream may still read the workspace the copies overwrite.
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[0], st));
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[1], st));
+    }
+    if (P.host_corpus && !P.pinned_corpus && (rc = ns_arena_lay_out(ctx, &cs->pinned, pinned_layout, &P, fn)))
+        return rc;
+
+    const int64_t tiles = (P.N + P.nt - 1) / P.nt;
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t c0 = t * P.nt;
+        const int buf = (int)(t & 1);
+        ns_matrix ct;
+        if ((rc = mine_stage_tile(ctx, fn, P, corpus, t, copy, &ct))) return rc;
+        if ((rc = mine_tile(ctx, fn, P, ct, c0, qdata, gdt, ldq, opt->scale, ex_off, ex_ids, flags)))
+            return rc;
+        if (copy) NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[buf], st));
+        if (opt->progress) {
+            if (t >= 1) NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(consumed[buf ^ 1]));
+            if (opt->progress(c0 + ct.rows, P.N, opt->progress_user)) {
+                cudaStreamSynchronize(st);  // the queued tiles still use the workspace
+                return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                               "%s: cancelled by the progress callback after %lld of %lld corpus rows",
+                               fn, (long long)(c0 + ct.rows), (long long)P.N);
+            }
+        }
+    }
+    return mine_finish(ctx, fn, P, index, score);
+}

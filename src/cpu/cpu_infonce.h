@@ -1,0 +1,99 @@
+/* Internal to the CPU loss (src/cpu/cpu_infonce*.c): the plan a forward or backward call works
+ * on, resolved once, and the helpers both use. The formulas themselves are in
+ * src/hostdevice/ns_loss_math.h, shared with the CUDA kernels. */
+#ifndef NS_CPU_INFONCE_H
+#define NS_CPU_INFONCE_H
+
+#include "ns_cpu.h"
+#include "ns_loss_math.h"
+
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One dense block of candidates shared by every query: the in-batch passages, the shared hard
+ * negatives (share_hard = 1) or the extra rows (kind NS_BLK_*, ns_loss_math.h). */
+typedef struct {
+    ns_matrix m;
+    int kind;
+    float *grad; /* gradient rows (backward); NULL = not wanted or none (extra) */
+} ns_loss_block;
+
+/* What one forward or backward call works on, resolved once. */
+typedef struct {
+    const ns_infonce_inputs *in;
+    int64_t B, N, d, h, E;
+    int general;  /* tau_plus > 0 or beta > 0 */
+    int sym, same, own_hard;
+    float tau, inv_tau, beta, tau_plus;
+    int nblocks;
+    ns_loss_block blk[3];
+    int nt;
+    int64_t tb, tn;
+    ns_loss_ids ids;
+} ns_loss_plan;
+
+void ns_loss_plan_init(ns_loss_plan *p, ns_context *ctx, const ns_infonce_inputs *in,
+                       const ns_loss_options *opt);
+
+static inline int64_t ns_loss_pos(const ns_loss_plan *p, int64_t i) {
+    return ns_loss_positive(&p->ids, i);
+}
+static inline int64_t ns_loss_pid(const ns_loss_plan *p, int64_t j) {
+    return ns_loss_passage_id(&p->ids, j);
+}
+/* The id of query i's positive. */
+static inline int64_t ns_loss_posid(const ns_loss_plan *p, int64_t i) {
+    return ns_loss_pid(p, ns_loss_pos(p, i));
+}
+/* Hard row r masked for a query whose positive id is posid. */
+static inline int ns_loss_hard_masked(const ns_loss_plan *p, int64_t r, int64_t posid) {
+    return ns_loss_col_class(&p->ids, NS_BLK_HARD, 0, -1, posid, r) != NS_COL_NEGATIVE;
+}
+/* Per-column facts of a tile of block b, columns [j0, j0+n): mask[c] = 1 when masked for every
+ * query; idok[c] = 1 when id[c] takes part in same-id masking. */
+void ns_loss_columns(const ns_loss_plan *p, const ns_loss_block *b, int64_t j0, int64_t n,
+                     uint8_t *mask, int64_t *id, uint8_t *idok);
+
+/* The tile buffers forward and backward both carve from the scratch arena: the logit tile
+ * (tb × tn), f32 copies of f16/bf16 query, candidate and own-hard tiles, and a tile's column
+ * facts (ns_loss_columns). */
+typedef struct {
+    int64_t tb, tn;
+    int half_cols;
+    float *xt, *qbuf, *cbuf, *hbuf;
+    int64_t *cid;
+    uint8_t *cmask, *cidok;
+} ns_loss_tiles;
+
+/* The tile shape of p (its tb, tn clamped to the sizes at hand). */
+void ns_loss_tiles_shape(const ns_loss_plan *p, ns_loss_tiles *t);
+/* Carves t's buffers from a (sizing or real arena). */
+void ns_loss_tiles_carve(const ns_loss_plan *p, ns_loss_tiles *t, ns_arena *a);
+
+/* A f32 view of rows [r0, r0+n) of m (f16/bf16 converted into buf by nt threads). */
+const float *ns_loss_view(ns_matrix m, int64_t r0, int64_t n, float *buf, int64_t *ld, int nt);
+
+/* Threads for the element loops of a tile of n logits: one when the tile is small, where
+ * waking the OpenMP team (and its spin-waiting against OpenBLAS's threads, which have just run
+ * the tile's sgemm on the same cores) costs more than the loop. The loops give the same bits on
+ * any number of threads. */
+int ns_loss_elem_threads(int nt, int64_t n);
+
+/* The element loops are compiled for AVX2 and AVX-512 too, picked at load time (GCC ifunc);
+ * no FMA contraction is allowed (-ffp-contract=off), so every version computes the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define NS_LOSS_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define NS_LOSS_CLONES
+#endif
+
+/* The checks of the host data: positives in range, finite inputs. */
+ns_status ns_cpu_infonce_check_data(ns_context *ctx, const char *fn, const ns_infonce_inputs *in);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

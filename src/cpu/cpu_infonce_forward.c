@@ -1,0 +1,316 @@
+/* InfoNCE forward on the CPU: one pass over tiles of logits (rows of queries × columns of
+ * candidates), an online softmax per query row, and, for the symmetric loss, online column
+ * statistics of the positive passages. Memory beyond inputs and outputs: one logit tile, row
+ * state for one row tile and, when symmetric, two doubles and a byte per passage.
+ *
+ * Per query i with n unmasked negatives x_j (logits), the row keeps the running maximum m of the
+ * negatives and A' = Σ e^{(1+β)(x_j − m)}, W' = Σ e^{β(x_j − m)} (β = 0 when plain: A' is the
+ * shifted sum of exponentials, W' = n). The positive logit l⁺ is taken from its passage column.
+ * The saved layout and the row finish are in src/hostdevice/ns_loss_math.h.
+ *
+ * Debiasing (τ⁺) and reweighting (β) apply to the query→passage term only; the symmetric
+ * passage→query term is always the plain log-softmax over the queries of the column.
+ * Outputs are written only once every check has passed: nothing below can fail but the
+ * workspace allocation, which happens before the first write. */
+#if defined(__GNUC__) && !defined(__clang__)
+/* Lets GCC if-convert and vectorise the clamps and selects of the element loops. */
+#pragma GCC optimize("no-trapping-math")
+#endif
+#include "cpu_infonce.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct {
+    float *m;     /* running max of negative logits, -inf when none yet */
+    double *a, *w;
+    int64_t *n;
+    int64_t *pos, *posid; /* the positive passage row and its id, per row of the tile */
+} row_state;
+
+/* Sums run in NS_LANES independent lanes of a fixed order: the compiler vectorises them without
+ * reassociating, and the result does not depend on the thread count. */
+#define NS_LANES 16
+
+/* Adds the logits x[0..n) (-inf = masked) to one row's running statistics. */
+NS_LOSS_CLONES
+static void row_update(const float *x, int64_t n, float beta, float *m, double *a, double *w,
+                       int64_t *cnt) {
+    float lm[NS_LANES];
+    int32_t lc[NS_LANES];
+    for (int l = 0; l < NS_LANES; l++) {
+        lm[l] = -INFINITY;
+        lc[l] = 0;
+    }
+    int64_t j0 = 0;
+    for (; j0 + NS_LANES <= n; j0 += NS_LANES)
+        for (int l = 0; l < NS_LANES; l++) {
+            float v = x[j0 + l];
+            lm[l] = v > lm[l] ? v : lm[l];
+            lc[l] += v != -INFINITY;
+        }
+    for (int64_t j = j0; j < n; j++) {
+        float v = x[j];
+        lm[j - j0] = v > lm[j - j0] ? v : lm[j - j0];
+        lc[j - j0] += v != -INFINITY;
+    }
+    float tmax = -INFINITY;
+    int64_t c = 0;
+    for (int l = 0; l < NS_LANES; l++) {
+        tmax = lm[l] > tmax ? lm[l] : tmax;
+        c += lc[l];
+    }
+    if (!c) return;
+    float mn = tmax > *m ? tmax : *m;
+    if (*cnt) {
+        *a *= exp((double)(1.0f + beta) * ((double)*m - mn));
+        if (beta > 0.0f) *w *= exp((double)beta * ((double)*m - mn));
+    }
+    float la[NS_LANES], lw[NS_LANES];
+    for (int l = 0; l < NS_LANES; l++) la[l] = lw[l] = 0.0f;
+    double sw;
+    if (beta > 0.0f) {
+        for (j0 = 0; j0 + NS_LANES <= n; j0 += NS_LANES)
+            for (int l = 0; l < NS_LANES; l++) {
+                float v = x[j0 + l], e = v - mn;
+                float vb = ns_loss_exp(beta * e), u = vb * ns_loss_exp(e);
+                la[l] += v != -INFINITY ? u : 0.0f;
+                lw[l] += v != -INFINITY ? vb : 0.0f;
+            }
+        for (int64_t j = j0; j < n; j++) {
+            float v = x[j], e = v - mn;
+            float vb = ns_loss_exp(beta * e), u = vb * ns_loss_exp(e);
+            la[j - j0] += v != -INFINITY ? u : 0.0f;
+            lw[j - j0] += v != -INFINITY ? vb : 0.0f;
+        }
+        sw = 0.0;
+        for (int l = 0; l < NS_LANES; l++) sw += (double)lw[l];
+    } else {
+        for (j0 = 0; j0 + NS_LANES <= n; j0 += NS_LANES)
+            for (int l = 0; l < NS_LANES; l++) {
+                float v = x[j0 + l];
+                la[l] += v != -INFINITY ? ns_loss_exp(v - mn) : 0.0f;
+            }
+        for (int64_t j = j0; j < n; j++) {
+            float v = x[j];
+            la[j - j0] += v != -INFINITY ? ns_loss_exp(v - mn) : 0.0f;
+        }
+        sw = (double)c;
+    }
+    double sa = 0.0;
+    for (int l = 0; l < NS_LANES; l++) sa += (double)la[l];
+    *a += sa;
+    *w += sw;
+    *m = mn;
+    *cnt += c;
+}
+
+/* Column statistics of the positive passages over the queries of this tile (symmetric loss):
+ * cmax/csum hold max and Σ e^{l − max} over the unmasked queries k of each passage column. */
+static void column_update(const ns_loss_plan *p, const float *xt, int64_t nb, int64_t nc,
+                          int64_t j0, const int64_t *rposid, const uint8_t *ispos, double *cmax,
+                          double *csum) {
+    int64_t chunks = (nc + 63) / 64;
+#pragma omp parallel for num_threads(p->nt) schedule(static)
+    for (int64_t ch = 0; ch < chunks; ch++) {
+        int64_t c0 = ch * 64, c1 = c0 + 64 < nc ? c0 + 64 : nc;
+        double tmax[64], tsum[64];
+        int64_t pid[64];
+        for (int64_t c = c0; c < c1; c++) {
+            tmax[c - c0] = -INFINITY;
+            tsum[c - c0] = 0.0;
+            pid[c - c0] = ns_loss_pid(p, j0 + c);
+        }
+        for (int64_t k = 0; k < nb; k++) {
+            const float *x = xt + k * nc;
+            for (int64_t c = c0; c < c1; c++) {
+                if (!ispos[j0 + c] || (p->same && rposid[k] == pid[c - c0])) continue;
+                if (x[c] > tmax[c - c0]) tmax[c - c0] = x[c];
+            }
+        }
+        for (int64_t c = c0; c < c1; c++) {
+            int64_t j = j0 + c;
+            if (!ispos[j] || tmax[c - c0] == -INFINITY) continue;
+            double mn = tmax[c - c0] > cmax[j] ? tmax[c - c0] : cmax[j];
+            csum[j] *= exp(cmax[j] - mn);
+            cmax[j] = mn;
+        }
+        for (int64_t k = 0; k < nb; k++) {
+            const float *x = xt + k * nc;
+            for (int64_t c = c0; c < c1; c++) {
+                if (!ispos[j0 + c] || (p->same && rposid[k] == pid[c - c0])) continue;
+                tsum[c - c0] += (double)ns_loss_exp((float)((double)x[c] - cmax[j0 + c]));
+            }
+        }
+        for (int64_t c = c0; c < c1; c++) csum[j0 + c] += tsum[c - c0];
+    }
+}
+
+/* One call's workspace (the context's scratch arena): the logit tile, f32 copies of f16/bf16
+ * tiles, a tile's column facts, the row state of one row tile and, when symmetric, the column
+ * statistics of the positive passages. */
+typedef struct {
+    const ns_loss_plan *p;
+    ns_loss_tiles t;
+    row_state rs;
+    double *cmax, *csum;
+    uint8_t *ispos;
+} fwd_work;
+
+static void fwd_layout(void *plan, ns_arena *a) {
+    fwd_work *w = (fwd_work *)plan;
+    const ns_loss_plan *p = w->p;
+    const int64_t tb = w->t.tb;
+    ns_loss_tiles_carve(p, &w->t, a);
+    w->rs.m = (float *)ns_arena_carve(a, (size_t)tb * 4);
+    w->rs.a = (double *)ns_arena_carve(a, (size_t)tb * 8);
+    w->rs.w = (double *)ns_arena_carve(a, (size_t)tb * 8);
+    w->rs.n = (int64_t *)ns_arena_carve(a, (size_t)tb * 8);
+    w->rs.pos = (int64_t *)ns_arena_carve(a, (size_t)tb * 8);
+    w->rs.posid = (int64_t *)ns_arena_carve(a, (size_t)tb * 8);
+    w->cmax = p->sym ? (double *)ns_arena_carve(a, (size_t)p->N * 8) : NULL;
+    w->csum = p->sym ? (double *)ns_arena_carve(a, (size_t)p->N * 8) : NULL;
+    w->ispos = p->sym ? (uint8_t *)ns_arena_carve(a, (size_t)p->N) : NULL;
+}
+
+static ns_status fwd_setup(ns_context *ctx, const ns_loss_plan *p, fwd_work *w) {
+    w->p = p;
+    ns_loss_tiles_shape(p, &w->t);
+    ns_status st = ns_arena_lay_out(ctx, &ctx->scratch, fwd_layout, w, "ns_infonce_forward");
+    if (st) return st;
+    if (p->sym) {
+        memset(w->ispos, 0, (size_t)p->N);
+        for (int64_t i = 0; i < p->B; i++) w->ispos[ns_loss_pos(p, i)] = 1;
+        for (int64_t j = 0; j < p->N; j++) {
+            w->cmax[j] = -INFINITY;
+            w->csum[j] = 0.0;
+        }
+    }
+    return NS_OK;
+}
+
+/* Folds one logit tile (rows [r0, r0+nb) × columns [j0, j0+nc) of a shared block) into the
+ * rows' statistics: the positive logit saved, masked columns set to -inf. */
+static void fwd_block_tile(const fwd_work *w, const ns_loss_block *blk, int64_t r0, int64_t nb,
+                           int64_t j0, int64_t nc, float *saved) {
+    const ns_loss_plan *p = w->p;
+    const int passage = blk->kind == NS_BLK_PASSAGE;
+    const uint8_t *cmask = w->t.cmask, *cidok = w->t.cidok;
+    const int64_t *cid = w->t.cid;
+    /* Row-independent masks, and whether any id can match a row's positive id (passage rows
+     * without passage_id only match at the positive itself). */
+    int anymask = 0, anyid = 0;
+    for (int64_t cc = 0; cc < nc; cc++) {
+        anymask |= cmask[cc];
+        anyid |= cidok[cc];
+    }
+    if (passage && !p->in->passage_id) anyid = 0;
+#pragma omp parallel for num_threads(ns_loss_elem_threads(p->nt, nb * nc)) schedule(static)
+    for (int64_t k = 0; k < nb; k++) {
+        float *x = w->t.xt + k * nc;
+        const int64_t pos = w->rs.pos[k], posid = w->rs.posid[k];
+        const int has_pos = passage && pos >= j0 && pos < j0 + nc;
+        if (has_pos) saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = x[pos - j0];
+        if (anymask)
+            for (int64_t cc = 0; cc < nc; cc++)
+                if (cmask[cc]) x[cc] = -INFINITY;
+        if (anyid)
+            for (int64_t cc = 0; cc < nc; cc++)
+                if (cidok[cc] && cid[cc] == posid) x[cc] = -INFINITY;
+        if (has_pos) x[pos - j0] = -INFINITY;
+        row_update(x, nc, p->beta, &w->rs.m[k], &w->rs.a[k], &w->rs.w[k], &w->rs.n[k]);
+    }
+}
+
+/* Each query's own hard negatives (share_hard = 0): h dot products per row. */
+static void fwd_own_hard(const fwd_work *w, const float *q, int64_t ldq, int64_t r0, int64_t nb) {
+    const ns_loss_plan *p = w->p;
+    const int64_t h = p->h, d = p->d;
+    int64_t ldh;
+    const float *hq = ns_loss_view(p->in->hard, r0 * h, nb * h, w->t.hbuf, &ldh, p->nt);
+#pragma omp parallel for num_threads(p->nt) schedule(static)
+    for (int64_t k = 0; k < nb; k++) {
+        float x[64];
+        const float *qk = q + k * ldq;
+        for (int64_t r0h = 0; r0h < h; r0h += 64) {
+            int64_t nh = h - r0h < 64 ? h - r0h : 64;
+            for (int64_t r = 0; r < nh; r++) {
+                int64_t R = (r0 + k) * h + r0h + r;
+                if (ns_loss_hard_masked(p, R, w->rs.posid[k])) {
+                    x[r] = -INFINITY;
+                    continue;
+                }
+                const float *hr = hq + (k * h + r0h + r) * ldh;
+                float s = 0.0f;
+                for (int64_t e = 0; e < d; e++) s += qk[e] * hr[e];
+                x[r] = s * p->inv_tau;
+            }
+            row_update(x, nh, p->beta, &w->rs.m[k], &w->rs.a[k], &w->rs.w[k], &w->rs.n[k]);
+        }
+    }
+}
+
+/* One row tile: every tile of every shared block, then the own hard negatives, then each
+ * row's finish (ns_loss_row_finish). */
+static void fwd_row_tile(const fwd_work *w, int64_t r0, int64_t nb, float *saved) {
+    const ns_loss_plan *p = w->p;
+    const int nt = p->nt;
+    int64_t ldq;
+    const float *q = ns_loss_view(p->in->query, r0, nb, w->t.qbuf, &ldq, nt);
+    for (int64_t k = 0; k < nb; k++) {
+        w->rs.m[k] = -INFINITY;
+        w->rs.a[k] = w->rs.w[k] = 0.0;
+        w->rs.n[k] = 0;
+        w->rs.pos[k] = ns_loss_pos(p, r0 + k);
+        w->rs.posid[k] = ns_loss_pid(p, w->rs.pos[k]);
+    }
+    for (int b = 0; b < p->nblocks; b++) {
+        const ns_loss_block *blk = &p->blk[b];
+        for (int64_t j0 = 0; j0 < blk->m.rows; j0 += w->t.tn) {
+            const int64_t nc = blk->m.rows - j0 < w->t.tn ? blk->m.rows - j0 : w->t.tn;
+            int64_t ldc;
+            const float *c = ns_loss_view(blk->m, j0, nc, w->t.cbuf, &ldc, nt);
+            ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->t.xt, nc);
+            ns_loss_columns(p, blk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok);
+            if (p->sym && blk->kind == NS_BLK_PASSAGE)
+                column_update(p, w->t.xt, nb, nc, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
+            fwd_block_tile(w, blk, r0, nb, j0, nc, saved);
+        }
+    }
+    if (p->own_hard) fwd_own_hard(w, q, ldq, r0, nb);
+    for (int64_t k = 0; k < nb; k++)
+        ns_loss_row_finish(p->general, p->tau, p->tau_plus, p->beta, w->rs.m[k], w->rs.a[k],
+                           w->rs.w[k], w->rs.n[k], saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY);
+}
+
+ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
+                                 const ns_loss_options *opt, float *loss, float *per_query,
+                                 float *saved) {
+    ns_status st = ns_cpu_infonce_check_data(ctx, "ns_infonce_forward", in);
+    if (st) return st;
+    ns_loss_plan plan;
+    ns_loss_plan_init(&plan, ctx, in, opt);
+    const ns_loss_plan *p = &plan;
+    fwd_work w;
+    if ((st = fwd_setup(ctx, p, &w))) return st;
+    for (int64_t r0 = 0; r0 < p->B; r0 += w.t.tb)
+        fwd_row_tile(&w, r0, p->B - r0 < w.t.tb ? p->B - r0 : w.t.tb, saved);
+
+    /* The symmetric term of query i: column positive[i]'s log-sum-exp. */
+    double total = 0.0;
+    for (int64_t i = 0; i < p->B; i++) {
+        float *sv = saved + i * NS_INFONCE_SAVED_PER_QUERY;
+        double L = sv[NS_SAVED_LOSS];
+        if (p->sym) {
+            const int64_t j = ns_loss_pos(p, i);
+            const double lp = sv[NS_SAVED_LPOS];
+            const double clse = ns_loss_column_lse(w.cmax[j], w.csum[j], lp, p->same);
+            sv[NS_SAVED_COLLSE] = (float)clse;
+            L = 0.5 * (L + (clse - lp));
+        }
+        if (per_query) per_query[i] = (float)L;
+        total += L;
+    }
+    *loss = (float)(total / (double)p->B);
+    return NS_OK;
+}

@@ -1,0 +1,64 @@
+/* The CPU backend's entry points: the mirror of kernels/ns_cuda.h, one file per operation under
+ * src/cpu/. Each is called by the public function (src/<op>.c) after the argument checks that
+ * read no data, with ctx->backend == NS_BACKEND_CPU; it does the checks that read the (host)
+ * data — NaN/Inf scans, id and list checks — before it writes any output. */
+#ifndef NS_CPU_H
+#define NS_CPU_H
+
+#include "ns_internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* src/cpu/cpu_similarity.c */
+ns_status ns_cpu_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float scale,
+                            unsigned flags, float *s);
+/* src/cpu/cpu_mine_topk.c */
+ns_status ns_cpu_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
+                           const ns_mine_options *opt, int64_t *index, float *score);
+/* src/cpu/cpu_blas.c: the one place where row-major products are mapped onto CBLAS. */
+/* C = alpha · A · Bᵀ + beta · C, row-major, f32. */
+void ns_sgemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* C = alpha · A · B + beta · C, row-major. */
+void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* C = alpha · Aᵀ · B + beta · C, row-major (A is k × m). */
+void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/* The host data of candidates (src/cpu/cpu_filter.c; ns_filter and ns_sample): ids >= -1,
+ * finite scores in non-empty slots, finite positive scores and guide scores when asked for. */
+ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  int need_positive_score, int need_guide);
+/* src/cpu/cpu_filter.c */
+ns_status ns_cpu_filter(ns_context *ctx, const ns_candidates *cand, const ns_filter_options *opt,
+                        uint8_t *keep, ns_filter_counts *counts);
+/* src/cpu/cpu_sample.c */
+ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
+                        const ns_sampler_options *opt, int64_t m, int64_t *index, float *score,
+                        int64_t *count);
+/* src/cpu/cpu_infonce_forward.c, src/cpu/cpu_infonce_backward.c */
+ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
+                                 const ns_loss_options *opt, float *loss, float *per_query,
+                                 float *saved);
+ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                  const ns_loss_options *opt, const float *saved,
+                                  float grad_loss, const ns_infonce_grads *grads);
+/* src/cpu/cpu_step.c: the step's stages between the public ops (same contracts as the CUDA
+ * ones: scores in the sequential order of the CUDA kernel, so both backends take the same
+ * filter and sampler decisions). check_batch: NaN/Inf in the batch's rows. */
+ns_status ns_cpu_step_check_batch(ns_context *ctx, const ns_batch *batch);
+ns_status ns_cpu_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
+                             int64_t per_query, float *score, float *positive_score);
+ns_status ns_cpu_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
+                             const int64_t *cand_id, const int64_t *chosen_id, int64_t h,
+                             float *hard, uint8_t *keep, int64_t *row);
+ns_status ns_cpu_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
+                              const int64_t *row, int64_t nrow, float *grad_cand);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,119 @@
+/* The provenance sidecar of a run, OUT.provenance.json: negsamp's version, the command line,
+ * the seed, the filter's rules and values, the sampler, k and m, and each input's size and
+ * FNV-1a-64 hash of its bytes (so a trainer's data can be traced to the embeddings it came
+ * from). Written with the other outputs, committed with them. */
+#define _GNU_SOURCE
+#include "stage.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int cli_file_fingerprint(const char *path, uint64_t *hash, int64_t *size) {
+    FILE *f = cli_open_input(path);
+    if (!f) return -1;
+    uint64_t h = 1469598103934665603ull;
+    int64_t n = 0;
+    unsigned char buf[1 << 16];
+    for (size_t got; (got = fread(buf, 1, sizeof buf, f)) > 0; n += (int64_t)got)
+        for (size_t i = 0; i < got; i++) h = (h ^ buf[i]) * 1099511628211ull;
+    int err = ferror(f) ? errno : 0;
+    fclose(f);
+    if (err) {
+        cli_error("%s: read error: %s", path, strerror(err));
+        return -1;
+    }
+    *hash = h;
+    *size = n;
+    return 0;
+}
+
+static const char *sampler_name(ns_sampler st) {
+    switch (st) {
+    case NS_SAMPLE_TOP: return "top";
+    case NS_SAMPLE_UNIFORM: return "uniform";
+    case NS_SAMPLE_SIMANS: return "simans";
+    case NS_SAMPLE_SOFTMAX: return "softmax";
+    default: return "?";
+    }
+}
+
+static void write_rules(FILE *f, const ns_filter_options *o) {
+    unsigned r = o->rules;
+    fputs("  \"filter\": {", f);
+    int first = 1;
+#define RULE(bit, name, fmt, ...)                                                              \
+    if (r & (bit)) {                                                                           \
+        fprintf(f, "%s\"%s\": " fmt, first ? "" : ", ", name, __VA_ARGS__);                    \
+        first = 0;                                                                             \
+    }
+    RULE(NS_FILTER_SAME_ID, "same_id", "%s", "true")
+    RULE(NS_FILTER_MAX_SCORE, "max_score", "%.9g", (double)o->max_score)
+    RULE(NS_FILTER_MIN_SCORE, "min_score", "%.9g", (double)o->min_score)
+    RULE(NS_FILTER_MARGIN, "margin", "%.9g", (double)o->margin)
+    RULE(NS_FILTER_REL_MARGIN, "rel_margin", "%.9g", (double)o->rel_margin)
+    RULE(NS_FILTER_RANK, "rank", "[%lld, %lld]", (long long)o->rank_min, (long long)o->rank_max)
+    RULE(NS_FILTER_GUIDE, "guide_margin", "%.9g", (double)o->guide_margin)
+    RULE(NS_FILTER_GUIDE_REL, "guide_rel_margin", "%.9g", (double)o->guide_margin)
+#undef RULE
+    fputs("},\n", f);
+}
+
+static int write_inputs(FILE *f, const cli_named_path *in, int n) {
+    fputs("  \"inputs\": [", f);
+    int first = 1;
+    for (int i = 0; i < n; i++) {
+        if (!in[i].path) continue;
+        uint64_t h;
+        int64_t size;
+        if (cli_file_fingerprint(in[i].path, &h, &size)) return -1;
+        fputs(first ? "\n    {\"flag\": " : ",\n    {\"flag\": ", f);
+        cli_json_string(f, in[i].flag, strlen(in[i].flag));
+        fputs(", \"path\": ", f);
+        cli_json_string(f, in[i].path, strlen(in[i].path));
+        fprintf(f, ", \"bytes\": %lld, \"fnv1a64\": \"%016llx\"}", (long long)size,
+                (unsigned long long)h);
+        first = 0;
+    }
+    fputs("\n  ],\n", f);
+    return 0;
+}
+
+int stage_write_provenance(stage *s, int argc, char **argv, const char *command,
+                           const cli_named_path *inputs, int n, const char *extra) {
+    FILE *f = s->prov.f;
+    const stage_opts *o = s->o;
+    int v = ns_version();
+    fprintf(f, "{\n  \"negsamp_version\": \"%d.%d.%d\",\n  \"command\": \"%s\",\n", v / 10000,
+            v / 100 % 100, v % 100, command);
+    fputs("  \"argv\": [\"negsamp\"", f);
+    for (int i = 0; i < argc; i++) {
+        fputs(", ", f);
+        cli_json_string(f, argv[i], strlen(argv[i]));
+    }
+    fprintf(f, "],\n  \"seed\": %llu,\n", (unsigned long long)o->sampler.seed);
+    write_rules(f, &o->filter);
+    fprintf(f, "  \"sampler\": {\"strategy\": \"%s\", \"simans_a\": %.9g, \"simans_b\": %.9g, "
+               "\"temperature\": %.9g},\n",
+            sampler_name(o->sampler.strategy), (double)o->sampler.simans_a,
+            (double)o->sampler.simans_b, (double)o->sampler.temperature);
+    fprintf(f, "  \"k\": %lld,\n  \"m\": %lld,\n  \"queries\": %lld,\n", (long long)s->C,
+            (long long)o->m, (long long)s->B);
+    static const char *fmt[] = {"ids", "st", "tevatron", "flag"};
+    fprintf(f, "  \"format\": \"%s\",\n", fmt[o->format]);
+    if (extra) fputs(extra, f);
+    if (o->trace) {
+        fputs("  \"trace\": ", f);
+        cli_json_string(f, o->trace, strlen(o->trace));
+        fputs(",\n", f);
+    }
+    cli_named_path all[CLI_MAX_FILES + 4] = {{"--query-ids", o->query_ids},
+                                             {"--corpus-ids", o->corpus_ids},
+                                             {"--qrels", o->qrels},
+                                             {"--positives", o->positives}};
+    int na = 4;
+    for (int i = 0; i < n && na < CLI_MAX_FILES + 4; i++) all[na++] = inputs[i];
+    if (write_inputs(f, all, na)) return -1;
+    fprintf(f, "  \"rows_written\": %lld\n}\n", (long long)s->jsonl_rows);
+    return ferror(f) ? -1 : 0;
+}
