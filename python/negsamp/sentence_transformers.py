@@ -313,7 +313,10 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
                                       f"guide_corpus_embeddings together")
             gq_rows = _rows_for(guide_query_embeddings, n_rows, "guide_query_embeddings",
                                 "dataset row")
-            gq = gq_rows[[rows_q.index(a) for a in queries]]
+            first_q = {}
+            for r, a in enumerate(rows_q):
+                first_q.setdefault(a, r)
+            gq = gq_rows[[first_q[a] for a in queries]]
             n_c = len(corpus) if given_corpus else n_rows
             gc_rows = _rows_for(guide_corpus_embeddings, n_c, "guide_corpus_embeddings",
                                 "entry of corpus" if given_corpus else "dataset row")
@@ -321,6 +324,11 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
             first_c = {}
             for r, t in enumerate(srcs):
                 first_c.setdefault(t, r)
+            missing = [t for t in texts if t not in first_c]
+            if missing:
+                raise InvalidArgument(f"{fn}: with guide_corpus_embeddings, every positive must "
+                                      f"be in corpus; {len(missing)} are not (first: "
+                                      f"{missing[0]!r})")
             gc = gc_rows[[first_c[t] for t in texts]]
             gnorm = similarity == "cosine"
         if gnorm:
