@@ -6,6 +6,7 @@
 #include "step_options.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <set>
 
@@ -422,16 +423,14 @@ TEST(CudaParity, FilterSameDecisionsAndCounts) {
         }
 }
 
-TEST(CudaParity, SampleIdenticalNegatives) {
-    Pair p;
-    NS_REQUIRE_GPU(p);
-    struct S { int64_t B, C, m; };
-    // C past the shared-memory thresholds of ns_k_sample (13·P bytes, P = C rounded up to a power
-    // of two): P ≤ 2048 fits 48 KiB; C in (2048, 4096] and (4096, 8192] need the opt-in.
-    const S shapes[] = {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {4, 2049, 30}, {2, 4096, 100}, {3, 5000, 40}, {2, 8192, 8192}};
-    const ns_sampler strategies[] = {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX};
-    uint64_t seed = 900;
-    for (const S &s : shapes)
+namespace {
+
+struct SampleShape { int64_t B, C, m; };
+
+// CPU and CUDA draw the same negatives, counts and scores, for every shape × strategy × keep.
+void sample_parity(const Pair &p, const std::vector<SampleShape> &shapes,
+                   const std::vector<ns_sampler> &strategies, uint64_t seed) {
+    for (const SampleShape &s : shapes)
         for (ns_sampler st : strategies)
             for (int use_keep : {0, 1}) {
                 CandHost h(s.B, s.C, seed++);
@@ -459,29 +458,43 @@ TEST(CudaParity, SampleIdenticalNegatives) {
             }
 }
 
-// The CUDA sampler holds one query's candidates in shared memory: at most 8192 per query. Until
-// that limit is lifted, a larger C must fail exactly so, naming the limit, with outputs untouched
-// (when it is lifted, turn this into a parity case like the ones above).
-TEST(CudaParity, SampleAbove8192CandidatesIsUnsupported) {
+// Sets an environment variable for one scope (NS_CUDA_SAMPLE_GLOBAL: the large-C sampling path
+// for every C).
+struct ScopedEnv {
+    std::string name;
+    ScopedEnv(const char *n, const char *v) : name(n) { setenv(n, v, 1); }
+    ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+
+}  // namespace
+
+TEST(CudaParity, SampleIdenticalNegatives) {
     Pair p;
     NS_REQUIRE_GPU(p);
-#ifdef NS_PARITY_SELFTEST
-    GTEST_SKIP() << "a CUDA limit: nothing to check CPU-vs-CPU";
-#endif
-    for (int64_t C : {8193, 20000}) {
-        CandHost h(2, C, 950 + C);
-        CandDev dc(p.cpu, h, 0), dg(p.gpu, h, 0);
-        ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
-        o.strategy = NS_SAMPLE_SOFTMAX;
-        const int64_t m = 16;
-        Buf<int64_t> ic(p.cpu, 2 * m, 5), ig(p.gpu, 2 * m, 5), ng(p.gpu, 2, 5);
-        Buf<int64_t> nc(p.cpu, 2, 5);
-        EXPECT_EQ(ns_sample(p.cpu, &dc.c, nullptr, &o, m, ic.ptr(), nullptr, nc.ptr()), NS_OK) << ns_last_error(p.cpu);
-        EXPECT_EQ(ns_sample(p.gpu, &dg.c, nullptr, &o, m, ig.ptr(), nullptr, ng.ptr()), NS_ERR_UNSUPPORTED) << "C=" << C;
-        EXPECT_NE(std::string(ns_last_error(p.gpu)).find("8192"), std::string::npos) << ns_last_error(p.gpu);
-        for (int64_t v : ig.fetch()) EXPECT_EQ(v, 5);
-        for (int64_t v : ng.fetch()) EXPECT_EQ(v, 5);
-    }
+    // C past the shared-memory thresholds of ns_k_sample (13·P bytes, P = C rounded up to a power
+    // of two): P ≤ 2048 fits 48 KiB; C in (2048, 16384] needs the opt-in (up to 227 KiB).
+    sample_parity(p, {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {4, 2049, 30}, {2, 4096, 100}, {3, 5000, 40}, {2, 8192, 8192}},
+                  {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX}, 900);
+}
+
+// The large-C path (keys in arena scratch, sorted in global memory) at the same shapes, forced
+// by NS_CUDA_SAMPLE_GLOBAL=1: the same draws as the CPU.
+TEST(CudaParity, SampleGlobalPathIdenticalNegatives) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    ScopedEnv env("NS_CUDA_SAMPLE_GLOBAL", "1");
+    sample_parity(p, {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {3, 5000, 40}, {2, 4096, 4096}},
+                  {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX}, 1900);
+}
+
+// Above 8192 candidates per query (refused before issue 11): C = 8193 and 16,384 in shared
+// memory (212,992 B with the opt-in, within the 227 KiB of Hopper; the host layer's limit),
+// 16,385 and 65,536 through the large-C path; m from 1 to C.
+TEST(CudaParity, SampleAbove8192Candidates) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    sample_parity(p, {{2, 8193, 16}, {1, 16384, 100}, {1, 16385, 16}, {2, 65536, 16}}, {NS_SAMPLE_SOFTMAX, NS_SAMPLE_SIMANS}, 950);
+    sample_parity(p, {{1, 65536, 65536}, {1, 20000, 1}}, {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM}, 960);
 }
 
 TEST(CudaParity, SampleBadScoreLeavesOutputUntouched) {
