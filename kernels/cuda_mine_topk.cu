@@ -32,7 +32,7 @@ constexpr int kExShared = 256;                  // exclusion ids cached in share
 constexpr int kPadIndex = INT_MAX;              // index of an empty slot (score −INF)
 
 // Flag slots of this op.
-enum { F_Q = 0, F_CORPUS = 1, F_SCORE = 2, F_EX_OFFSETS = 3, F_EX_IDS = 4 };
+enum { F_Q = 0, F_CORPUS = 1, F_SCORE = 2, F_EX_OFFSETS = 3, F_EX_IDS = 4, F_EX_NULL_IDS = 5 };
 
 __device__ __forceinline__ bool before(float av, int ai, float bv, int bi) { return ns_before(av, ai, bv, bi); }
 
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads) ns_k_topk_tile(TileArgs a) {
     const float *row = a.score + b * a.ld_score;
     const float sq = a.inv_q ? a.inv_q[qi] : 1.0f;
     int64_t e0 = 0, ne = 0;
-    if (a.ex_off) {
+    if (a.ex_off && a.ex_ids) {  // NULL ids: refused by mine_validate (ignored when unchecked)
         e0 = a.ex_off[qi];
         ne = a.ex_off[qi + 1] - e0;
         if (ne < 0) ne = 0;
@@ -191,6 +191,10 @@ __global__ void ns_k_check_exclusions(const int64_t *off, const int64_t *ids, in
         int64_t a = off[i], b = off[i + 1];
         if ((i == 0 && a != 0) || b < a) {
             flags[F_EX_OFFSETS] = 1;
+            continue;
+        }
+        if (b > a && !ids) {  // lists that are not all empty need ids (never read NULL)
+            flags[F_EX_NULL_IDS] = 1;
             continue;
         }
         for (int64_t t = a; t < b; t++)
@@ -276,6 +280,10 @@ ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corp
     const ns_id_lists *ex = opt->exclude;
     P->host_ex = ex && !ns_cuda_is_device_ptr(ex->offsets);
     P->ex_total = P->host_ex ? ex->offsets[P->Q] : 0;  // host lists: copied to the device once
+    if (P->host_ex && P->ex_total > 0 && !ex->ids)  // the CPU backend's message
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->exclude->ids is NULL but offsets[%lld] is %lld", fn,
+                       (long long)P->Q, (long long)P->ex_total);
     return NS_OK;
 }
 
@@ -307,6 +315,13 @@ ns_status mine_validate(ns_context *ctx, const char *fn, const MinePlan &P, ns_m
     if (hf[F_EX_OFFSETS])
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: options->exclude->offsets must start at 0 and never decrease", fn);
+    if (hf[F_EX_NULL_IDS]) {  // error path only: one more read, of offsets[Q], for the message
+        int64_t total = 0;
+        NS_CUDA_TRY(ctx, fn, cudaMemcpy(&total, ex_off + P.Q, 8, cudaMemcpyDeviceToHost));
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->exclude->ids is NULL but offsets[%lld] is %lld", fn,
+                       (long long)P.Q, (long long)total);
+    }
     if (hf[F_EX_IDS])
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: options->exclude->ids holds an id outside the corpus rows [0, %lld)",

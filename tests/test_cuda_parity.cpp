@@ -339,6 +339,44 @@ TEST(CudaParity, MineTopkCancelAndNonFinite) {
     for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
 }
 
+// Exclusion lists whose ids are NULL: refused with the CPU backend's message when a list is not
+// empty (offsets in device or host memory; before issue 11 the device path read ids[NULL]),
+// accepted and equal to no exclusions when every list is empty. Outputs untouched on refusal.
+TEST(CudaParity, MineTopkExclusionsWithNullIds) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    HostMat q(NS_F32, 3, 4, 4, 15), corpus(NS_F32, 50, 4, 4, 16);
+    DevMat qc(p.cpu, q), cc(p.cpu, corpus), qg(p.gpu, q), cg(p.gpu, corpus);
+    const std::vector<int64_t> off{0, 0, 2, 2}, empty{0, 0, 0, 0};
+    for (bool host_offsets : {false, true}) {
+        SCOPED_TRACE(host_offsets ? "host offsets" : "device offsets");
+        Buf<int64_t> offc(p.cpu, off), offg(p.gpu, off);
+        ns_id_lists exc{offc.ptr(), nullptr, 3}, exg{host_offsets ? off.data() : offg.ptr(), nullptr, 3};
+        ns_mine_options oc = NS_MINE_OPTIONS_INIT, og = NS_MINE_OPTIONS_INIT;
+        oc.exclude = &exc, og.exclude = &exg;
+        Buf<int64_t> ic(p.cpu, 3 * 5, 7), ig(p.gpu, 3 * 5, 7);
+        Buf<float> sc(p.cpu, 3 * 5, 7.f), sg(p.gpu, 3 * 5, 7.f);
+        ASSERT_EQ(ns_mine_topk(p.cpu, qc.m, cc.m, 5, &oc, ic.ptr(), sc.ptr()), NS_ERR_INVALID_ARGUMENT);
+        ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 5, &og, ig.ptr(), sg.ptr()), NS_ERR_INVALID_ARGUMENT)
+            << ns_last_error(p.gpu);
+        EXPECT_EQ(std::string(ns_last_error(p.gpu)), std::string(ns_last_error(p.cpu)));
+        EXPECT_NE(std::string(ns_last_error(p.gpu)).find("ids is NULL but offsets[3] is 2"), std::string::npos)
+            << ns_last_error(p.gpu);
+        for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
+        for (float v : sg.fetch()) EXPECT_EQ(v, 7.f);
+        // Every list empty: NULL ids are fine, the result is the unexcluded one.
+        Buf<int64_t> offg0(p.gpu, empty);
+        ns_id_lists ex0{host_offsets ? empty.data() : offg0.ptr(), nullptr, 3};
+        og.exclude = &ex0;
+        Buf<int64_t> ig0(p.gpu, 3 * 5, 7), ign(p.gpu, 3 * 5, 7);
+        Buf<float> sg0(p.gpu, 3 * 5, 7.f), sgn(p.gpu, 3 * 5, 7.f);
+        ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 5, &og, ig0.ptr(), sg0.ptr()), NS_OK) << ns_last_error(p.gpu);
+        ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 5, nullptr, ign.ptr(), sgn.ptr()), NS_OK) << ns_last_error(p.gpu);
+        EXPECT_EQ(ig0.fetch(), ign.fetch());
+        EXPECT_EQ(sg0.fetch(), sgn.fetch());
+    }
+}
+
 // ---------------------------------------------------------------- filter and sample
 
 namespace {
