@@ -119,6 +119,15 @@ struct DevMat {
     }
 };
 
+// Sets an environment variable for one scope (the CUDA backend's test knobs:
+// NS_CUDA_SAMPLE_GLOBAL=1 the large-C sampling path for every C, NS_CUDA_MINE_TILE_ROWS=n
+// mining's corpus tiles of n rows).
+struct ScopedEnv {
+    std::string name;
+    ScopedEnv(const char *n, const char *v) : name(n) { setenv(n, v, 1); }
+    ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+
 const char *dtype_name(ns_dtype t) { return t == NS_F32 ? "f32" : t == NS_F16 ? "f16" : "bf16"; }
 
 }  // namespace
@@ -339,6 +348,87 @@ TEST(CudaParity, MineTopkCancelAndNonFinite) {
     for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
 }
 
+// Append-then-select against brute force, with many exact ties: small-integer queries and
+// corpus rows (every score an exact small integer on both backends), corpus tiles of a few
+// thousand rows (NS_CUDA_MINE_TILE_ROWS), so the candidate buffers fill, reduce and tighten
+// their thresholds across tiles. Per query: the scores are exactly the brute-force sorted
+// scores, the rows exactly the brute-force order (ties to the lower row), no excluded or repeated
+// row; the CUDA list equals the CPU list bit for bit. k = 1, moderate k, k = NS_MAX_K.
+TEST(CudaParity, MineTopkTiesAcrossTilesMatchBruteForce) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    struct Case { int64_t Q, N, d, k, tile; bool exclude; };
+    const Case cases[] = {
+        {3, 7000, 4, 1, 1000, true},
+        {5, 9000, 3, 300, 700, true},
+        {4, 12000, 2, 2500, 1500, false},
+        {2, 40000, 4, NS_MAX_K, 5000, true},
+    };
+    uint64_t seed = 4242;
+    for (const Case &c : cases) {
+        SCOPED_TRACE("Q=" + std::to_string(c.Q) + " N=" + std::to_string(c.N) + " k=" + std::to_string(c.k) +
+                     " tile=" + std::to_string(c.tile));
+        ScopedEnv env("NS_CUDA_MINE_TILE_ROWS", std::to_string(c.tile).c_str());
+        std::mt19937_64 g(seed++);
+        std::vector<float> q((size_t)(c.Q * c.d)), cp((size_t)(c.N * c.d));
+        for (float &x : q) x = (float)((int)(g() % 5) - 2);
+        for (float &x : cp) x = (float)((int)(g() % 5) - 2);
+        std::vector<int64_t> off{0}, ids;
+        for (int64_t i = 0; i < c.Q; i++) {
+            if (c.exclude)
+                for (int t = 0; t < 40; t++) ids.push_back((int64_t)(g() % (uint64_t)c.N));
+            off.push_back((int64_t)ids.size());
+        }
+        if (ids.empty()) ids.push_back(0);
+        Buf<float> qc(p.cpu, q), cc(p.cpu, cp), qg(p.gpu, q), cg(p.gpu, cp);
+        Buf<int64_t> offc(p.cpu, off), idsc(p.cpu, ids), offg(p.gpu, off), idsg(p.gpu, ids);
+        ns_id_lists exc{offc.ptr(), idsc.ptr(), c.Q}, exg{offg.ptr(), idsg.ptr(), c.Q};
+        ns_mine_options oc = NS_MINE_OPTIONS_INIT, og = NS_MINE_OPTIONS_INIT;
+        if (c.exclude) oc.exclude = &exc, og.exclude = &exg;
+        ns_matrix mqc{qc.ptr(), NS_F32, c.Q, c.d, 0}, mcc{cc.ptr(), NS_F32, c.N, c.d, 0};
+        ns_matrix mqg{qg.ptr(), NS_F32, c.Q, c.d, 0}, mcg{cg.ptr(), NS_F32, c.N, c.d, 0};
+        const size_t n = (size_t)(c.Q * c.k);
+        Buf<int64_t> ic(p.cpu, n, 0), ig(p.gpu, n, 0);
+        Buf<float> sc(p.cpu, n, 0.f), sg(p.gpu, n, 0.f);
+        ASSERT_EQ(ns_mine_topk(p.cpu, mqc, mcc, c.k, &oc, ic.ptr(), sc.ptr()), NS_OK) << ns_last_error(p.cpu);
+        ASSERT_EQ(ns_mine_topk(p.gpu, mqg, mcg, c.k, &og, ig.ptr(), sg.ptr()), NS_OK) << ns_last_error(p.gpu);
+        auto &gi = ig.fetch();
+        auto &gs = sg.fetch();
+        EXPECT_EQ(ic.fetch(), gi);
+        EXPECT_EQ(0, std::memcmp(sc.fetch().data(), gs.data(), n * sizeof(float))) << "scores differ from the CPU's";
+        int bad = 0;
+        for (int64_t i = 0; i < c.Q && bad < 10; i++) {
+            std::set<int64_t> excluded;
+            if (c.exclude)
+                for (int64_t t = off[i]; t < off[i + 1]; t++) excluded.insert(ids[t]);
+            std::vector<std::pair<float, int64_t>> all;  // (score, row), brute force, exact integers
+            for (int64_t j = 0; j < c.N; j++) {
+                if (excluded.count(j)) continue;
+                double dot = 0;
+                for (int64_t t = 0; t < c.d; t++) dot += (double)q[(size_t)(i * c.d + t)] * cp[(size_t)(j * c.d + t)];
+                all.push_back({(float)dot, j});
+            }
+            std::sort(all.begin(), all.end(), [](const std::pair<float, int64_t> &a, const std::pair<float, int64_t> &b) {
+                return a.first > b.first || (a.first == b.first && a.second < b.second);
+            });
+            std::set<int64_t> seen;
+            for (int64_t r = 0; r < c.k; r++) {
+                const size_t e = (size_t)(i * c.k + r);
+                const bool pad = r >= (int64_t)all.size();
+                const float want_s = pad ? -INFINITY : all[(size_t)r].first;
+                const int64_t want_i = pad ? -1 : all[(size_t)r].second;
+                if (gs[e] != want_s || gi[e] != want_i || (gi[e] >= 0 && !seen.insert(gi[e]).second)) {
+                    ADD_FAILURE() << "query " << i << " rank " << r << ": cuda (" << gi[e] << ", " << gs[e]
+                                  << ") brute force (" << want_i << ", " << want_s << ")";
+                    bad++;
+                    break;
+                }
+            }
+        }
+        EXPECT_EQ(bad, 0);
+    }
+}
+
 // Exclusion lists whose ids are NULL: refused with the CPU backend's message when a list is not
 // empty (offsets in device or host memory; before issue 11 the device path read ids[NULL]),
 // accepted and equal to no exclusions when every list is empty. Outputs untouched on refusal.
@@ -495,14 +585,6 @@ void sample_parity(const Pair &p, const std::vector<SampleShape> &shapes,
                 EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float))) << "scores differ";
             }
 }
-
-// Sets an environment variable for one scope (NS_CUDA_SAMPLE_GLOBAL: the large-C sampling path
-// for every C).
-struct ScopedEnv {
-    std::string name;
-    ScopedEnv(const char *n, const char *v) : name(n) { setenv(n, v, 1); }
-    ~ScopedEnv() { unsetenv(name.c_str()); }
-};
 
 }  // namespace
 
