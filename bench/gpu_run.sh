@@ -96,9 +96,11 @@ run_bench() {
 if want bench && [[ -x $bench ]]; then
     run_bench copy $((4 << 30))
     run_bench gemm 8192 65536 768
-    run_bench mine "$mine_q" 2000000 768 256
+    # mining at k = 256, 4096, 16384, each beside cuBLAS on the same shape in the miner's tiles
+    for k in 256 4096 16384; do run_bench mine "$mine_q" 2000000 768 $k; done
     run_bench loss 32768 32768 768
-    run_bench sample 1000000 1024 16
+    run_bench sample 2000 65536 16      # the large-C path (arena scratch); before the 1M row,
+    run_bench sample 1000000 1024 16    # which the derived sample_* figures below read
 fi
 
 # ------------------------------------------------------------------ PyTorch beside it
@@ -186,6 +188,11 @@ if "infonce_fwd_bwd" in by and "torch_infonce_fwd_bwd" in by:
     a, t = by["infonce_fwd_bwd"], by["torch_infonce_fwd_bwd"]
     derived["loss_speedup_vs_torch"] = t["forward_backward_ms"] / a["forward_backward_ms"]
     derived["loss_memory_ratio_vs_torch"] = t["extra_bytes"] / max(1, a["extra_bytes"])
+for r in rows:
+    if r["bench"] == "mine_topk" and r.get("fraction_of_gemm"):
+        derived[f"mine_k{r['k']}_fraction_of_same_shape_gemm"] = r["fraction_of_gemm"]
+    if r["bench"] == "sample_simans" and r.get("ratio_to_copy"):
+        derived[f"sample_C{r['C']}_ratio_to_score_copy"] = r["ratio_to_copy"]
 if "sample_simans" in by and "copy_d2d" in by:
     bw = by["copy_d2d"]["read_plus_write_GBps"] / 2 * 1e9  # one direction of the copy
     s = by["sample_simans"]
