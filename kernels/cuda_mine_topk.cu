@@ -286,20 +286,22 @@ struct MinePlan {
     int P2;                  // k rounded up to a power of two: a scratch slot
     size_t esz, ctile_b;     // bytes of one corpus tile
     int normalize, host_corpus, pinned_corpus, mixed, host_ex, validate;
-    float *tile, *inv_q, *inv_c, *qf, *cf, *buf_v, *thr_v, *scr_v;
+    float *tile[2], *inv_c[2];  // score tiles and tile norms, ping-ponged (mine_tile)
+    float *inv_q, *qf, *cf, *buf_v, *thr_v, *scr_v;
     int *buf_i, *cnt, *thr_i, *scr_i;
     char *ctile[2];          // the corpus tiles of a host corpus (double buffer)
     char *pin[2];            // their pinned host staging (a pageable host corpus)
     int64_t *ex_off, *ex_ids;  // device copies of host exclusion lists
 };
 
-// Score tile | inv_q | inv_c | 2 corpus tiles (host corpus) | f32 copies (mixed dtypes) |
+// 2 score tiles | inv_q | 2 inv_c | 2 corpus tiles (host corpus) | f32 copies (mixed dtypes) |
 // exclusion copies (host lists) | staged top-k and merge scratch.
 void mine_layout(void *plan, ns_arena *a) {
     MinePlan *P = (MinePlan *)plan;
-    P->tile = (float *)ns_arena_carve(a, (size_t)(P->qb * P->nt) * 4);
+    for (int b = 0; b < 2; b++) P->tile[b] = (float *)ns_arena_carve(a, (size_t)(P->qb * P->nt) * 4);
     P->inv_q = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->Q * 4) : nullptr;
-    P->inv_c = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->nt * 4) : nullptr;
+    for (int b = 0; b < 2; b++)
+        P->inv_c[b] = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->nt * 4) : nullptr;
     for (int b = 0; b < 2; b++)
         P->ctile[b] = P->host_corpus ? (char *)ns_arena_carve(a, P->ctile_b) : nullptr;
     P->qf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->Q * P->d) * 4) : nullptr;
@@ -459,35 +461,70 @@ ns_status mine_stage_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns
     return NS_OK;
 }
 
-// One staged corpus tile against every query block: GEMM score tile, then ns_k_topk_tile.
-ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns_matrix ct, int64_t c0,
-                    const void *qdata, ns_dtype gdt, int64_t ldq, float scale,
-                    const int64_t *ex_off, const int64_t *ex_ids, int *flags) {
+// The GEMM/selection pipeline: GEMMs on the context's stream (the cuBLAS handle's), selections
+// on the side stream, each score tile used by every other (corpus tile, query block) pair:
+//   GEMM j into tile[j&1] waits sel_done[j&1] (selection j−2 has read that tile), then records
+//   gemm_done[j&1]; selection j waits gemm_done[j&1] and records sel_done[j&1]. The norms of
+//   corpus tile t go to inv_c[t&1] after norms_free[t&1] (the last selection of tile t−2).
+//   Selections stay in order on the side stream (each query's buffer is updated tile after
+//   tile); the context's stream waits for the last one before anything reads the buffers.
+// So the GEMM of one score tile overlaps the selection of the previous one.
+struct Pipe {
+    cudaStream_t side;
+    cudaEvent_t *gemm_done, *sel_done, *norms_free;  // 2 each (ctx->cuda->side_ev)
+    int64_t j;                                        // (corpus tile, query block) pairs issued
+};
+
+// The context's stream waits for every selection issued (a no-op before the first).
+ns_status pipe_join(ns_context *ctx, const char *fn, const Pipe &pp) {
+    if (pp.j == 0) return NS_OK;
+    NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(ns_stream(ctx), pp.sel_done[(pp.j - 1) & 1], 0));
+    return NS_OK;
+}
+
+// One staged corpus tile t against every query block: GEMM score tile, then ns_k_topk_tile.
+ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp, ns_matrix ct,
+                    int64_t t, int64_t c0, const void *qdata, ns_dtype gdt, int64_t ldq,
+                    float scale, const int64_t *ex_off, const int64_t *ex_ids, int *flags) {
     cudaStream_t st = ns_stream(ctx);
     ns_status rc;
     const int64_t n = ct.rows;
+    const int tp = (int)(t & 1);
     if (P.validate && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
         return rc;
-    if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, P.inv_c, st))) return rc;
+    if (P.normalize) {
+        if (t >= 2) NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, pp.norms_free[tp], 0));
+        if ((rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, P.inv_c[tp], st))) return rc;
+    }
     const void *cdata = ct.data;
     int64_t ldc = ns_ld(ct);
     if (P.mixed) {
         if ((rc = ns_cuda_rows_to_f32(ctx, fn, ct, 0, n, P.cf, st))) return rc;
         cdata = P.cf, ldc = P.d;
     }
-    for (int64_t q0 = 0; q0 < P.Q; q0 += P.qb) {
+    for (int64_t q0 = 0; q0 < P.Q; q0 += P.qb, pp.j++) {
         const int64_t nq = P.Q - q0 < P.qb ? P.Q - q0 : P.qb;
+        const int b = (int)(pp.j & 1);
         const void *qblk = (const char *)qdata + (size_t)(q0 * ldq) * ns_dtype_size(gdt);
+        if (pp.j >= 2) NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, pp.sel_done[b], 0));
         if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, nq, n, P.d, scale, qblk, gdt, ldq, cdata, gdt, ldc,
-                               0.0f, P.tile, n)))
+                               0.0f, P.tile[b], n)))
             return rc;
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.gemm_done[b], st));
+        NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(pp.side, pp.gemm_done[b], 0));
         TileArgs a;
-        a.score = P.tile, a.ld_score = n, a.q0 = q0, a.c0 = c0, a.nt = (int)n, a.k = (int)P.k;
-        a.inv_q = P.inv_q, a.inv_c = P.inv_c, a.ex_off = ex_off, a.ex_ids = ex_ids;
+        a.score = P.tile[b], a.ld_score = n, a.q0 = q0, a.c0 = c0, a.nt = (int)n, a.k = (int)P.k;
+        a.inv_q = P.inv_q, a.inv_c = P.inv_c[tp], a.ex_off = ex_off, a.ex_ids = ex_ids;
         fill_state(P, &a);
         a.flags = flags;
-        ns_k_topk_tile<<<(unsigned)nq, kThreads, 0, st>>>(a);
+        ns_k_topk_tile<<<(unsigned)nq, kThreads, 0, pp.side>>>(a);
         NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.sel_done[b], pp.side));
+    }
+    if (P.normalize) {
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.norms_free[tp], pp.side));
+        // sel_done of the last pair marks the side stream's end again (pipe_join waits on it).
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.sel_done[(pp.j - 1) & 1], pp.side));
     }
     return NS_OK;
 }
@@ -562,18 +599,25 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
     if (P.host_corpus && !P.pinned_corpus && (rc = ns_arena_lay_out(ctx, &cs->pinned, pinned_layout, &P, fn)))
         return rc;
 
+    Pipe pp;
+    cudaEvent_t *sev;
+    if ((rc = ns_cuda_side_stream(ctx, fn, &pp.side, &sev))) return rc;
+    pp.gemm_done = sev, pp.sel_done = sev + 2, pp.norms_free = sev + 4, pp.j = 0;
     const int64_t tiles = (P.N + P.nt - 1) / P.nt;
     for (int64_t t = 0; t < tiles; t++) {
         const int64_t c0 = t * P.nt;
         const int buf = (int)(t & 1);
         ns_matrix ct;
-        if ((rc = mine_stage_tile(ctx, fn, P, corpus, t, copy, &ct))) return rc;
-        if ((rc = mine_tile(ctx, fn, P, ct, c0, qdata, gdt, ldq, opt->scale, ex_off, ex_ids, flags)))
+        if ((rc = mine_stage_tile(ctx, fn, P, corpus, t, copy, &ct)) ||
+            (rc = mine_tile(ctx, fn, P, pp, ct, t, c0, qdata, gdt, ldq, opt->scale, ex_off, ex_ids, flags))) {
+            pipe_join(ctx, fn, pp);  // queued selections still use the workspace
             return rc;
+        }
         if (copy) NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[buf], st));
         if (opt->progress) {
             if (t >= 1) NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(consumed[buf ^ 1]));
             if (opt->progress(c0 + ct.rows, P.N, opt->progress_user)) {
+                pipe_join(ctx, fn, pp);
                 cudaStreamSynchronize(st);  // the queued tiles still use the workspace
                 return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                                "%s: cancelled by the progress callback after %lld of %lld corpus rows",
@@ -581,5 +625,6 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
             }
         }
     }
+    if ((rc = pipe_join(ctx, fn, pp))) return rc;
     return mine_finish(ctx, fn, P, index, score);
 }

@@ -429,6 +429,45 @@ TEST(CudaParity, MineTopkTiesAcrossTilesMatchBruteForce) {
     }
 }
 
+#ifdef NS_HAVE_CUDA
+// Mining captured into a CUDA graph: the GEMM/selection pipeline forks onto the side stream and
+// joins back (events only, no sync), so the capture succeeds and its replay gives the list of an
+// ordinary call. Several corpus tiles (NS_CUDA_MINE_TILE_ROWS) and cosine scores (the tile norms
+// are ping-ponged too).
+TEST(CudaParity, MineTopkCapturedInAGraph) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    ScopedEnv env("NS_CUDA_MINE_TILE_ROWS", "600");
+    HostMat q(NS_F32, 4, 8, 8, 31), corpus(NS_F32, 3000, 8, 8, 32);
+    DevMat qg(p.gpu, q), cg(p.gpu, corpus);
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    ASSERT_EQ(ns_context_set_stream(p.gpu, s), NS_OK);
+    ns_mine_options o = NS_MINE_OPTIONS_INIT;
+    o.flags = NS_NORMALIZE;
+    const int64_t k = 50;
+    Buf<int64_t> i0(p.gpu, 4 * k, 0), i1(p.gpu, 4 * k, 0);
+    Buf<float> s0(p.gpu, 4 * k, 0.f), s1(p.gpu, 4 * k, 0.f);
+    ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, k, &o, i0.ptr(), s0.ptr()), NS_OK) << ns_last_error(p.gpu);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    ns_status rc = ns_mine_topk(p.gpu, qg.m, cg.m, k, &o, i1.ptr(), s1.ptr());
+    cudaGraph_t g = nullptr;
+    ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaSuccess);
+    ASSERT_EQ(rc, NS_OK) << ns_last_error(p.gpu);
+    cudaGraphExec_t ge;
+    ASSERT_EQ(cudaGraphInstantiate(&ge, g, 0), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(ge, s), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    EXPECT_EQ(i0.fetch(), i1.fetch());
+    EXPECT_EQ(0, std::memcmp(s0.fetch().data(), s1.fetch().data(), 4 * k * sizeof(float)));
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    ASSERT_EQ(ns_context_set_stream(p.gpu, nullptr), NS_OK);
+    cudaStreamDestroy(s);
+}
+#endif
+
 // Exclusion lists whose ids are NULL: refused with the CPU backend's message when a list is not
 // empty (offsets in device or host memory; before issue 11 the device path read ids[NULL]),
 // accepted and equal to no exclusions when every list is empty. Outputs untouched on refusal.
