@@ -193,6 +193,14 @@ static inline uint32_t chunk_mask(const float *r, float thr) {
 /* s* = fl32(α · Σ q_t c_t), the sum in double in one fixed order (32 interleaved partial sums,
  * then a pairwise tree): products of f32 values are exact in double, so this is the real score
  * to (d+1)·2^-53 relative, rounded once, the same bits on every machine and thread count. */
+/* Vector clones (chosen at run time) compute the same bits: each of the 32 lanes sums in the
+ * same order whatever the vector width, and the products are exact (no contraction matters). */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define NS_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define NS_VECTOR_CLONES
+#endif
+NS_VECTOR_CLONES
 static float score_exact(const float *q, const float *c, int64_t d, float scale) {
     double acc[32];
     for (int l = 0; l < 32; l++) acc[l] = 0.0;
@@ -205,8 +213,19 @@ static float score_exact(const float *q, const float *c, int64_t d, float scale)
     return (float)((double)scale * acc[0]);
 }
 
-static inline float up(float x) { return nextafterf(x, INFINITY); }
-static inline float down(float x) { return nextafterf(x, -INFINITY); }
+/* The next float above / below a finite x (nextafterf without the libm call); ±Inf and NaN
+ * are returned as they are. */
+static inline float step_float(float x, int dir) {
+    if (!(fabsf(x) <= FLT_MAX)) return x;
+    if (x == 0.0f) return dir > 0 ? FLT_TRUE_MIN : -FLT_TRUE_MIN;
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = ((x > 0.0f) == (dir > 0)) ? u + 1 : u - 1; /* away from / towards zero */
+    memcpy(&x, &u, 4);
+    return x;
+}
+static inline float up(float x) { return step_float(x, 1); }
+static inline float down(float x) { return step_float(x, -1); }
 
 /* What select_row needs besides the tile row: the bound's parts for this query and block. */
 typedef struct {
@@ -494,11 +513,25 @@ static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float 
     }
 }
 
-/* ‖row‖ in double from an f32 view, rounded up to f32. */
-static float norm_up(const float *x, int64_t d) {
-    double s = 0.0;
-    for (int64_t t = 0; t < d; t++) s += (double)x[t] * (double)x[t];
-    return up((float)sqrt(s));
+/* ‖row‖ in double from an f32 view, rounded up to f32 (8 partial sums: any order is fine,
+ * the bound carries a margin for it), and, when out16, the row rounded to bf16 (nearest even;
+ * NaN stays NaN or becomes ±Inf: non-finite either way, and reported through its scores). */
+NS_VECTOR_CLONES
+static float row_prepare(const float *x, int64_t d, uint16_t *out16) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t t = 0;
+    for (; t + 8 <= d; t += 8)
+        for (int l = 0; l < 8; l++) acc[l] += (double)x[t + l] * (double)x[t + l];
+    for (; t < d; t++) acc[0] += (double)x[t] * (double)x[t];
+    if (out16) {
+        const uint32_t *u = (const uint32_t *)(const void *)x;
+        for (int64_t j = 0; j < d; j++) {
+            uint32_t b = u[j];
+            out16[j] = (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+        }
+    }
+    double s2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    return up((float)sqrt(s2));
 }
 
 /* Norms of n rows of an f32 view, and (when out16) their bf16 copy; returns the largest norm. */
@@ -507,12 +540,9 @@ static float rows_prepare(const float *v, int64_t ld, int64_t n, int64_t d, floa
     float mx = 0.0f;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(max : mx) if (n * d >= 65536)
     for (int64_t r = 0; r < n; r++) {
-        const float *x = v + r * ld;
-        float nr = norm_up(x, d);
+        float nr = row_prepare(v + r * ld, d, out16 ? out16 + r * d : NULL);
         if (norms) norms[r] = nr;
         if (nr > mx) mx = nr;
-        if (out16)
-            for (int64_t t = 0; t < d; t++) out16[r * d + t] = ns_f32_to_bf16(x[t]);
     }
     return mx;
 }
@@ -540,8 +570,10 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
         int64_t ldc;
         const float *cv = ns_tile_rows(corpus, c0, nc, p->normalize, p->cbuf, &ldc, p->threads);
         tile_bound tb;
-        tb.cmax = rows_prepare(cv, ldc, nc, d, p->cn, NULL, p->threads);
-        /* This block by bf16 when the rows are within the bound's range (ns_bound.h, 5). */
+        const int convert16 = p->bf16 && !p->c_exact;
+        tb.cmax = rows_prepare(cv, ldc, nc, d, p->cn, convert16 ? p->cb16 : NULL, p->threads);
+        /* This block by bf16 when the rows are within the bound's range (ns_bound.h, 5); a
+         * block outside it (its bf16 copy may hold ±Inf) takes the f32 GEMM. */
         const int bf16 = p->bf16 && qmax <= NS_BOUND_MAX_ABS && tb.cmax <= NS_BOUND_MAX_ABS;
         const uint16_t *c16 = NULL;
         int64_t ldc16 = d;
@@ -550,7 +582,6 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
                 c16 = (const uint16_t *)ns_row(corpus, c0);
                 ldc16 = ns_ld(corpus);
             } else {
-                rows_prepare(cv, ldc, nc, d, NULL, p->cb16, p->threads);
                 c16 = p->cb16;
             }
         }
@@ -590,12 +621,80 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
     return NS_OK;
 }
 
+/* Re-scores every short-listed candidate that still has a bound, in corpus order: the pairs
+ * (query, slot) are bucketed by corpus row (a counting sort over blocks of RESCORE_ROWS rows),
+ * and each bucket's rows — a few MiB — are read while they sit in the cache, instead of one
+ * random corpus row per pair. Returns 0, or -1 when the pair list cannot be allocated (the
+ * caller then re-scores query by query). */
+#define RESCORE_ROWS 2048
+static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix corpus,
+                                   float scale) {
+    int64_t total = 0;
+    for (int64_t i = 0; i < p->Q; i++) total += p->cnt[i];
+    const int64_t nb = (p->N + RESCORE_ROWS - 1) / RESCORE_ROWS;
+    int64_t *start = (int64_t *)calloc((size_t)nb + 1, sizeof(int64_t));
+    int64_t *pair = (int64_t *)malloc((size_t)(total > 0 ? total : 1) * sizeof(int64_t));
+    if (!start || !pair) {
+        free(start);
+        free(pair);
+        return -1;
+    }
+    for (int64_t i = 0; i < p->Q; i++)
+        for (int64_t j = 0; j < p->cnt[i]; j++)
+            if (p->es[i * p->width + j] > 0.0f) start[p->hi[i * p->width + j] / RESCORE_ROWS + 1]++;
+    for (int64_t b = 0; b < nb; b++) start[b + 1] += start[b];
+    int64_t *fill = (int64_t *)malloc((size_t)nb * sizeof(int64_t));
+    if (!fill) {
+        free(start);
+        free(pair);
+        return -1;
+    }
+    memcpy(fill, start, (size_t)nb * sizeof(int64_t));
+    for (int64_t i = 0; i < p->Q; i++)
+        for (int64_t j = 0; j < p->cnt[i]; j++) {
+            int64_t at = i * p->width + j;
+            if (p->es[at] > 0.0f) pair[fill[p->hi[at] / RESCORE_ROWS]++] = at;
+        }
+    free(fill);
+#pragma omp parallel for num_threads(p->threads) schedule(dynamic, 1)
+    for (int64_t b = 0; b < nb; b++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *qrow = p->rows + (size_t)tid * 2 * p->d, *crow = qrow + p->d;
+        for (int64_t t = start[b]; t < start[b + 1]; t++) {
+            const int64_t at = pair[t], i = at / p->width;
+            const float *qr = f32_row(q, i, p->normalize, qrow);
+            const float *cr = f32_row(corpus, p->hi[at], p->normalize, crow);
+            p->hs[at] = score_exact(qr, cr, p->d, scale);
+            p->es[at] = 0.0f;
+        }
+    }
+    free(start);
+    free(pair);
+    return 0;
+}
+
 /* Success is certain now: each query's short list re-scored exactly, its k best kept, sorted
  * (ties to the lower row) and written. */
 static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
                           int64_t *index, float *score) {
     const int64_t k = p->k;
     const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
+    /* The short lists (bounds only, no re-scoring: a cap larger than any count). */
+#pragma omp parallel for num_threads(p->threads) schedule(dynamic, 16)
+    for (int64_t i = 0; i < p->Q; i++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float thr;
+        p->cnt[i] = shrink(NULL, i, p->hs + i * p->width, p->es + i * p->width,
+                           p->hi + i * p->width, p->cnt[i], k, 2 * p->width + 2,
+                           p->scratch + (size_t)tid * scratch, &thr);
+    }
+    const int by_query = rescore_in_corpus_order(p, q, corpus, scale) != 0;
 #pragma omp parallel for num_threads(p->threads) schedule(dynamic, 16)
     for (int64_t i = 0; i < p->Q; i++) {
         int tid = 0;
@@ -604,12 +703,11 @@ static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, flo
 #endif
         float *s = p->hs + i * p->width, *e = p->es + i * p->width;
         int64_t *id = p->hi + i * p->width, n = p->cnt[i];
-        rescorer rs = {q, corpus, p->normalize, scale, p->rows + (size_t)tid * 2 * p->d,
-                       p->rows + (size_t)tid * 2 * p->d + p->d};
-        float thr;
-        n = shrink(&rs, i, s, e, id, n, k, p->width * 2 + 2, p->scratch + (size_t)tid * scratch,
-                   &thr);
-        rescore(&rs, i, s, e, id, n);
+        if (by_query) {
+            rescorer rs = {q, corpus, p->normalize, scale, p->rows + (size_t)tid * 2 * p->d,
+                           p->rows + (size_t)tid * 2 * p->d + p->d};
+            rescore(&rs, i, s, e, id, n);
+        }
         if (n > k) {
             select_nth(s, id, n, k - 1);
             n = k;
