@@ -224,6 +224,32 @@ static inline float step_float(float x, int dir) {
     memcpy(&x, &u, 4);
     return x;
 }
+/* The same score for bf16 rows (bits; widened exactly): no f32 copy of either row. */
+NS_VECTOR_CLONES
+static float score_exact_bf16(const uint16_t *q, const uint16_t *c, int64_t d, float scale) {
+    double acc[32];
+    for (int l = 0; l < 32; l++) acc[l] = 0.0;
+    int64_t t = 0;
+    for (; t + 32 <= d; t += 32)
+        for (int l = 0; l < 32; l++) {
+            uint32_t a = (uint32_t)q[t + l] << 16, b = (uint32_t)c[t + l] << 16;
+            float fa, fb;
+            memcpy(&fa, &a, 4);
+            memcpy(&fb, &b, 4);
+            acc[l] += (double)fa * (double)fb;
+        }
+    for (int l = 0; t < d; t++, l++) {
+        uint32_t a = (uint32_t)q[t] << 16, b = (uint32_t)c[t] << 16;
+        float fa, fb;
+        memcpy(&fa, &a, 4);
+        memcpy(&fb, &b, 4);
+        acc[l] += (double)fa * (double)fb;
+    }
+    for (int w = 16; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return (float)((double)scale * acc[0]);
+}
+
 static inline float up(float x) { return step_float(x, 1); }
 static inline float down(float x) { return step_float(x, -1); }
 
@@ -663,8 +689,16 @@ static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix co
         tid = omp_get_thread_num();
 #endif
         float *qrow = p->rows + (size_t)tid * 2 * p->d, *crow = qrow + p->d;
+        const int raw16 = p->q_exact && p->c_exact; /* bf16 rows as they are */
         for (int64_t t = start[b]; t < start[b + 1]; t++) {
             const int64_t at = pair[t], i = at / p->width;
+            if (raw16) {
+                p->hs[at] = score_exact_bf16((const uint16_t *)ns_row(q, i),
+                                             (const uint16_t *)ns_row(corpus, p->hi[at]), p->d,
+                                             scale);
+                p->es[at] = 0.0f;
+                continue;
+            }
             const float *qr = f32_row(q, i, p->normalize, qrow);
             const float *cr = f32_row(corpus, p->hi[at], p->normalize, crow);
             p->hs[at] = score_exact(qr, cr, p->d, scale);
