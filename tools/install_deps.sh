@@ -27,6 +27,9 @@ for pkg in cmake g++ make pkg-config libopenblas-dev libgtest-dev openmpi-bin li
            zlib1g-dev python3 python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+for pkg in libopenblas-openmp-dev libdnnl-dev; do  # CPU GEMM, one OpenMP pool (CMakeLists.txt "GEMM")
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 for pkg in clang-14 libclang-rt-14-dev libomp-14-dev; do  # tests/fuzz/run.sh: libFuzzer
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done

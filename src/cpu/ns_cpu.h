@@ -28,6 +28,15 @@ void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, i
 void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* The GEMM library in use ("oneDNN (...) + OpenBLAS (OpenMP)"), for `negsamp info` and benchmarks. */
+const char *ns_gemm_name(void);
+/* Whether ns_gemm_bf16_nt is available (oneDNN built in and its CPU engine created). */
+int ns_gemm_has_bf16(void);
+/* C = alpha · A · Bᵀ, row-major, A and B bf16 (raw bits), f32 accumulation, f32 C. 0 on success,
+ * -1 where unavailable or failed (the caller then computes in f32). Not inside a parallel region. */
+int ns_gemm_bf16_nt(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
+                    const uint16_t *b, int64_t ldb, float *c, int64_t ldc);
+
 /* The host data of candidates (src/cpu/cpu_filter.c; ns_filter and ns_sample): ids >= -1,
  * finite scores in non-empty slots, finite positive scores and guide scores when asked for. */
 ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
