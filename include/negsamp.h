@@ -296,7 +296,9 @@ typedef struct {
  * the global query id (query_offset + i) and the draw attempt, so the draw does not depend on
  * threads, batch split, rank or backend (scheme: src/weighted.c). index (queries×m): the rows in
  * draw order, -1 padded; count (queries): how many were drawn (< m when fewer rows are eligible).
- * w->weight, the lists and the outputs are device pointers on a CUDA context. */
+ * w->weight, the lists and the outputs are device pointers on a CUDA context; there the data
+ * checks (weights, lists) synchronise the stream once (not while capturing), and index and
+ * count are ready when the stream completes. The shared table takes N doubles of workspace. */
 NS_API ns_status ns_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                   const ns_id_lists *exclude,
                                   const ns_corpus_sampler_options *options, int64_t queries,

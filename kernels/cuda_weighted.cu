@@ -16,7 +16,8 @@ struct WtStatus {
     unsigned long long positive;    // 1 when some weight is > 0
     unsigned int lmax_key;          // the ordered key of max alpha·log w over positive rows
     unsigned int pad;
-    unsigned long long bad_offset;  // lowest i + 1 with offsets[i+1] < offsets[i]; 0: offsets[0] != 0
+    unsigned long long bad_offset;  // lowest i + 1 with offsets[i+1] < offsets[i];
+                                    // 0: offsets[0] != 0
     unsigned long long bad_id;      // lowest position of an id outside [0, N)
     long long total_ids;            // offsets[B]
 };
@@ -182,7 +183,8 @@ ns_status ns_cuda_sample_corpus(ns_context *ctx, const ns_corpus_weights *cw,
         }
         if (w && h.bad_weight != kNone) {
             float v = 0;
-            NS_CUDA_TRY(ctx, fn, cudaMemcpy(&v, w + h.bad_weight, sizeof v, cudaMemcpyDeviceToHost));
+            NS_CUDA_TRY(ctx, fn,
+                        cudaMemcpy(&v, w + h.bad_weight, sizeof v, cudaMemcpyDeviceToHost));
             return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                            "%s: w->weight[%lld] (%g) must be finite and >= 0", fn,
                            (long long)h.bad_weight, (double)v);
@@ -193,7 +195,8 @@ ns_status ns_cuda_sample_corpus(ns_context *ctx, const ns_corpus_weights *cw,
                            (long long)N);
     }
     if (w) {
-        k_wt_chunks<<<ns_blocks(p.chunks, 64), 64, 0, st>>>(w, N, p.chunks, o->alpha, p.s, p.cum, p.pre);
+        k_wt_chunks<<<ns_blocks(p.chunks, 64), 64, 0, st>>>(w, N, p.chunks, o->alpha, p.s, p.cum,
+                                                            p.pre);
         k_wt_prefix<<<1, 1, 0, st>>>(p.chunks, p.pre);
         k_wt_add<<<ns_blocks(N), NS_CUDA_THREADS, 0, st>>>(N, p.pre, p.cum);
     }

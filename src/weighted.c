@@ -77,8 +77,9 @@ ns_status ns_sample_corpus(ns_context *ctx, const ns_corpus_weights *w, const ns
                        "%s: options->alpha (%g) must be finite with |alpha| <= %g", FN,
                        (double)o.alpha, (double)NS_WT_MAX_ALPHA);
     if (o.query_offset < 0)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->query_offset (%lld) must be >= 0",
-                       FN, (long long)o.query_offset);
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->query_offset (%lld) must be >= 0", FN,
+                       (long long)o.query_offset);
     if (exclude) {
         if (exclude->queries != queries)
             return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,

@@ -33,7 +33,8 @@ Out draw(const Ctx &c, const std::vector<float> &weight, int64_t N, const Lists 
     Buf<int64_t> off(c, lists ? lists->off : std::vector<int64_t>(1, 0));
     Buf<int64_t> ids(c, lists && !lists->ids.empty() ? lists->ids : std::vector<int64_t>(1, 0));
     const size_t n_out = (size_t)std::max<int64_t>(1, B * std::max<int64_t>(m, 1));
-    Buf<int64_t> index(c, n_out, (int64_t)77), count(c, (size_t)std::max<int64_t>(1, B), (int64_t)77);
+    Buf<int64_t> index(c, n_out, (int64_t)77);
+    Buf<int64_t> count(c, (size_t)std::max<int64_t>(1, B), (int64_t)77);
     ns_corpus_weights cw{weight.empty() ? nullptr : w.ptr(), N};
     ns_id_lists ex{off.ptr(), ids.ptr(), list_queries < 0 ? B : list_queries};
     Out r;
@@ -193,11 +194,13 @@ Big big(int64_t N, int64_t B, uint64_t seed) {
     Big b;
     b.N = N, b.B = B;
     std::mt19937_64 g(seed);
-    for (int64_t r = 0; r < N; r++) b.w.push_back(g() % 5 == 0 ? 0.f : (float)(1 + g() % 1000) * 0.37f);
+    for (int64_t r = 0; r < N; r++)
+        b.w.push_back(g() % 5 == 0 ? 0.f : (float)(1 + g() % 1000) * 0.37f);
     for (int64_t i = 0; i < B; i++) {
         std::vector<int64_t> ex;
         const int n = (int)(g() % 30);
-        for (int k = 0; k < n; k++) ex.push_back((int64_t)(g() % 64));  // heavy overlap with low rows
+        // heavy overlap with the low rows
+        for (int k = 0; k < n; k++) ex.push_back((int64_t)(g() % 64));
         b.l.add(ex);
     }
     return b;
@@ -244,10 +247,12 @@ TEST_P(Weighted, DeterministicAcrossThreadsAndBatchSplits) {
         const int64_t lo = part ? 50 : 0, hi = part ? b.B : 50;
         Lists l;
         for (int64_t i = lo; i < hi; i++)
-            l.add(std::vector<int64_t>(b.l.ids.begin() + b.l.off[i], b.l.ids.begin() + b.l.off[i + 1]));
+            l.add(std::vector<int64_t>(b.l.ids.begin() + b.l.off[i],
+                                       b.l.ids.begin() + b.l.off[i + 1]));
         Out o = draw(c, b.w, b.N, &l, opts(51, 0.75f, 1000 + lo), hi - lo, 7);
         ASSERT_EQ(o.status, NS_OK) << o.error;
-        EXPECT_TRUE(std::equal(o.index.begin(), o.index.begin() + (hi - lo) * 7, ref.index.begin() + lo * 7));
+        EXPECT_TRUE(std::equal(o.index.begin(), o.index.begin() + (hi - lo) * 7,
+                               ref.index.begin() + lo * 7));
     }
     // Another step or seed changes the draw.
     Out s = draw(c, b.w, b.N, &b.l, opts(51, 0.75f, 1000, 4), b.B, 7);
@@ -295,7 +300,8 @@ TEST_P(Weighted, BadInputNamesTheArgumentAndLeavesOutputs) {
     Out r = draw(c, w, 4, nullptr, big, 2, 1);
     EXPECT_EQ(r.status, NS_ERR_UNSUPPORTED);
     int64_t idx = 0, cnt = 0;
-    EXPECT_EQ(ns_sample_corpus(c, nullptr, nullptr, nullptr, 1, 1, &idx, &cnt), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(ns_sample_corpus(c, nullptr, nullptr, nullptr, 1, 1, &idx, &cnt),
+              NS_ERR_INVALID_ARGUMENT);
     EXPECT_NE(std::string(ns_last_error(c)).find("w"), std::string::npos);
 }
 
