@@ -61,6 +61,10 @@ ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
 ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                   const ns_loss_options *opt, const float *saved,
                                   float grad_loss, const ns_infonce_grads *grads);
+ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                          const ns_loss_options *opt, float grad_loss,
+                                          float *loss, float *per_query, float *saved,
+                                          const ns_infonce_grads *grads);
 /* src/cpu/cpu_step.c: the step's stages between the public ops (same contracts as the CUDA
  * ones: scores in the sequential order of the CUDA kernel, so both backends take the same
  * filter and sampler decisions). check_batch: NaN/Inf in the batch's rows. */
