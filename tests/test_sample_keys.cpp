@@ -170,4 +170,32 @@ TEST(SampleKeys, VectorAndScalarPathsDrawTheSame) {
             }
 }
 
+// The selection orders by key, ties to the lower column, and −0 ties with +0 (as the float
+// compare of ns_before does): top-m of scores with signed zeros and equal values.
+TEST(SampleKeys, TiesAndSignedZerosGoToTheLowerColumn) {
+    Ctx c(NS_BACKEND_CPU, 1);
+    NS_REQUIRE_BACKEND(c);
+    const float inf = INFINITY;
+    const std::vector<float> s = {0.0f, -0.0f, 0.5f, -0.0f, 0.5f, 0.0f, -inf, 2.0f, -1.0f, 0.5f};
+    const int64_t C = (int64_t)s.size(), m = C;
+    std::vector<int64_t> id((size_t)C), index((size_t)m), count(1);
+    std::vector<float> out((size_t)m);
+    for (int64_t j = 0; j < C; j++) id[(size_t)j] = 100 + j;
+    ns_candidates cand{};
+    cand.queries = 1;
+    cand.per_query = C;
+    cand.id = id.data();
+    cand.score = s.data();
+    ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
+    o.strategy = NS_SAMPLE_TOP;
+    // -Inf is not a finite score: leave it out of this row (empty slot)
+    id[6] = -1;
+    ASSERT_EQ(ns_sample(c, &cand, nullptr, &o, m - 1, index.data(), out.data(), count.data()),
+              NS_OK)
+        << ns_last_error(c);
+    const std::vector<int64_t> want = {107, 102, 104, 109, 100, 101, 103, 105, 108};
+    ASSERT_EQ(count[0], 9);
+    for (int64_t r = 0; r < 9; r++) EXPECT_EQ(index[(size_t)r], want[(size_t)r]) << "rank " << r;
+}
+
 }  // namespace

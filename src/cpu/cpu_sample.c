@@ -18,18 +18,15 @@ typedef struct {
     int64_t col;
 } entry;
 
-/* a comes before b: larger key, ties to the lower column (ns_order.h). Keys are never NaN
- * (finite scores and valid parameters give finite or infinite keys only). */
-static inline int before(entry a, entry b) { return ns_before(a.key, a.col, b.key, b.col); }
-
-/* Min-heap (the worst of the kept k at the root) over "before". */
-static void sift_down(entry *h, int64_t n, int64_t i) {
+/* Min-heap (the worst of the kept k at the root) over packed (key, column) integers, larger
+ * is better (sample_row, step 3). */
+static void sift_down_packed(uint64_t *h, int64_t n, int64_t i) {
     for (;;) {
         int64_t l = 2 * i + 1, w = i;
-        if (l < n && before(h[w], h[l])) w = l;
-        if (l + 1 < n && before(h[w], h[l + 1])) w = l + 1;
+        if (l < n && h[l] < h[w]) w = l;
+        if (l + 1 < n && h[l + 1] < h[w]) w = l + 1;
         if (w == i) return;
-        entry t = h[i];
+        uint64_t t = h[i];
         h[i] = h[w];
         h[w] = t;
         i = w;
@@ -59,6 +56,7 @@ static int set_insert(int64_t *set, int64_t mask, int64_t id) {
 typedef struct {
     int64_t *ids;
     float *s, *keys;
+    uint64_t *packed; /* the eligible (key, column) pairs packed for the selection */
 } row_scratch;
 
 /* One query row: eligible = kept, non-empty, and the first occurrence of its id among the
@@ -106,25 +104,35 @@ NS_ALWAYS_INLINE int64_t sample_row(const ns_candidates *c, const uint8_t *keep,
                                      o->temperature, o->seed, o->step, qid, ids[j]);
         }
     }
-    /* 3. The best min(m, n) into e[0..k) — a heap with the worst at the root — then heap sort,
-     * each pop moving the current worst to the back, so e[0..k) ends best-first. */
+    /* 3. The best min(m, n), best first. Each (key, column) is packed into one integer that
+     * orders exactly as ns_before: the key's bits mapped to an unsigned order (−0 made +0
+     * first, so that it ties with +0 as the float compare does; keys are never NaN) above the
+     * complemented column (ties to the lower column). One integer compare per heap step. */
+    uint64_t *pk = rs->packed;
+    for (int64_t q = 0; q < n; q++) {
+        uint32_t b = ns_float_bits(e[q].key + 0.0f);
+        b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+        pk[q] = ((uint64_t)b << 32) | (uint64_t)(uint32_t)~(uint32_t)e[q].col;
+    }
     const int64_t k = n < m ? n : m;
-    for (int64_t p = k / 2 - 1; p >= 0; p--) sift_down(e, k, p);
+    /* a min-heap of the best k (the worst at the root), then heap sort: best first */
+    for (int64_t p = k / 2 - 1; p >= 0; p--) sift_down_packed(pk, k, p);
     for (int64_t q = k; q < n; q++)
-        if (before(e[q], e[0])) {
-            e[0] = e[q];
-            sift_down(e, k, 0);
+        if (pk[q] > pk[0]) {
+            pk[0] = pk[q];
+            sift_down_packed(pk, k, 0);
         }
     for (int64_t q = k - 1; q > 0; q--) {
-        entry t = e[0];
-        e[0] = e[q];
-        e[q] = t;
-        sift_down(e, q, 0);
+        uint64_t t = pk[0];
+        pk[0] = pk[q];
+        pk[q] = t;
+        sift_down_packed(pk, q, 0);
     }
     for (int64_t r = 0; r < m; r++) {
         if (r < k) {
-            index[r] = ids[e[r].col];
-            if (score) score[r] = s[e[r].col];
+            const int64_t col = (int64_t)(uint32_t)~(uint32_t)pk[r];
+            index[r] = ids[col];
+            if (score) score[r] = s[col];
         } else {
             index[r] = -1;
             if (score) score[r] = NAN;
@@ -173,6 +181,7 @@ typedef struct {
     entry *entries;
     int64_t *sets, *ids;
     float *s, *keys;
+    uint64_t *packed;
 } sample_ws;
 
 static void sample_layout(void *plan, ns_arena *a) {
@@ -180,6 +189,7 @@ static void sample_layout(void *plan, ns_arena *a) {
     const size_t per = (size_t)w->per_thread_entries, nt = (size_t)w->nt;
     w->entries = (entry *)ns_arena_carve(a, per * nt * sizeof(entry));
     w->sets = (int64_t *)ns_arena_carve(a, (size_t)w->H * nt * sizeof(int64_t));
+    w->packed = (uint64_t *)ns_arena_carve(a, per * nt * sizeof(uint64_t));
     if (w->vector) {
         w->ids = (int64_t *)ns_arena_carve(a, per * nt * sizeof(int64_t));
         w->s = (float *)ns_arena_carve(a, per * nt * sizeof(float));
@@ -196,12 +206,17 @@ ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_
                   ? ns_check_candidate_rows(ctx, FN, cand, o->strategy == NS_SAMPLE_SIMANS, 0)
                   : ns_check_candidate_data(ctx, FN, cand, o->strategy == NS_SAMPLE_SIMANS, 0)))
         return st;
+    if (cand->per_query > (int64_t)UINT32_MAX)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: cand->per_query (%lld) is larger than 2^32 - 1 (the CPU sampler "
+                       "packs a column into 32 bits)",
+                       FN, (long long)cand->per_query);
     const int nt = ns_threads(ctx);
     const int64_t C = cand->per_query, H = hash_size(C);
     const int64_t line = 64 / (int64_t)sizeof(entry);
     const int vector = o->strategy != NS_SAMPLE_TOP &&
                        ns_cpu_sample_keys_isa() == NS_KEYS_ISA_AVX512;
-    sample_ws w = {(C + line - 1) / line * line, H, nt, vector, NULL, NULL, NULL, NULL, NULL};
+    sample_ws w = {(C + line - 1) / line * line, H, nt, vector, NULL, NULL, NULL, NULL, NULL, NULL};
     if ((st = ns_arena_lay_out(ctx, &ctx->scratch, sample_layout, &w, FN))) return st;
 
     const int64_t B = cand->queries;
@@ -217,7 +232,7 @@ ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_
         int64_t *set = w.sets + H * tid;
         const int64_t off = w.per_thread_entries * tid;
         const row_scratch rs = {vector ? w.ids + off : NULL, vector ? w.s + off : NULL,
-                                vector ? w.keys + off : NULL};
+                                vector ? w.keys + off : NULL, w.packed + off};
 #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < B; i++)
             count[i] = row(cand, keep, o, m, i, e, set, H - 1, index + i * m,
