@@ -71,3 +71,17 @@ if [ "${NS_NO_TORCH:-0}" != 1 ] && ! "$vpy" -c "import torch" >/dev/null 2>&1; t
     echo "install_deps: WARNING: torch could not be installed; the torch tests will skip" >&2
   fi
 fi
+# negsamp.sentence_transformers (issue 14): sentence-transformers and datasets from PyPI, after
+# torch (they pull transformers, tokenizers, huggingface-hub, pyarrow; [train]: accelerate, for
+# SentenceTransformerTrainer); their tests skip without.
+#   NS_NO_ST=1  leave them out
+if [ "${NS_NO_ST:-0}" != 1 ] && "$vpy" -c "import torch" >/dev/null 2>&1 &&
+   ! "$vpy" -c "import sentence_transformers, datasets, accelerate" >/dev/null 2>&1; then
+  echo "install_deps: pip install sentence-transformers datasets into $venv"
+  start=$(date +%s)
+  if pip_install "sentence-transformers[train]" datasets; then
+    echo "install_deps: sentence-transformers and datasets installed in $(( $(date +%s) - start )) s"
+  else
+    echo "install_deps: WARNING: sentence-transformers/datasets not installed; their tests skip" >&2
+  fi
+fi
