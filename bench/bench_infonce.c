@@ -2,7 +2,12 @@
  *
  *   bench_infonce [--B 16384] [--N 16384] [--d 384] [--h 0] [--extra 0] [--dtype f32|f16|bf16]
  *                 [--threads 0] [--reps 3] [--symmetric] [--tau-plus X] [--beta X]
- *                 [--tiles ROWSxCOLS] [--json PATH]
+ *                 [--tiles ROWSxCOLS] [--mode both|separate|fused] [--json PATH]
+ *
+ * Modes: separate = ns_infonce_forward then ns_infonce_backward (the backward recomputes every
+ * logit tile: four GEMMs per tile); fused = ns_infonce_forward_backward (three); both = the two
+ * interleaved rep by rep in one process (their times side by side; the peak RSS is then the
+ * larger of the two: run one mode per process for each one's memory).
  *
  * Memory: VmHWM (peak resident set, /proc/self/status) after the calls, minus the bytes of the
  * inputs and gradients the program itself holds. That difference is what the loss costs on top
@@ -20,6 +25,27 @@
 
 /* Internal to the library (src/infonce.c): a context's CPU loss tile sizes, for --tiles. */
 void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
+
+/* OpenBLAS's build string when the library is linked in (weak: absent elsewhere). */
+char *openblas_get_config(void) __attribute__((weak));
+
+static void cpu_model(char *out, size_t n) {
+    snprintf(out, n, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "model name", 10)) {
+            char *c = strchr(line, ':');
+            if (c) {
+                c += 2;
+                c[strcspn(c, "\n")] = 0;
+                snprintf(out, n, "%s", c);
+            }
+            break;
+        }
+    fclose(f);
+}
 
 static double now(void) {
     struct timespec t;
@@ -97,7 +123,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench_infonce [--B n] [--N n] [--d n] [--h n] [--extra n] [--dtype f32|f16|bf16]\n"
             "                     [--threads n] [--reps n] [--symmetric] [--tau-plus x] [--beta x]\n"
-            "                     [--tiles ROWSxCOLS] [--json PATH]\n");
+            "                     [--tiles ROWSxCOLS] [--mode both|separate|fused] [--json PATH]\n");
 }
 
 int main(int argc, char **argv) {
@@ -106,7 +132,7 @@ int main(int argc, char **argv) {
     float tau_plus = 0.f, beta = 0.f;
     long long tile_rows = 0, tile_cols = 0;
     ns_dtype dt = NS_F32;
-    const char *json = NULL, *dtname = "f32";
+    const char *json = NULL, *dtname = "f32", *mode = "both";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -122,6 +148,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tau-plus")) tau_plus = (float)atof(v);
         else if (!strcmp(a, "--beta")) beta = (float)atof(v);
         else if (!strcmp(a, "--json")) json = v;
+        else if (!strcmp(a, "--mode")) {
+            mode = v;
+            if (strcmp(v, "both") && strcmp(v, "separate") && strcmp(v, "fused")) { usage(); return 2; }
+        }
         else if (!strcmp(a, "--tiles")) { /* --tiles ROWSxCOLS */
             if (sscanf(v, "%lldx%lld", &tile_rows, &tile_cols) != 2) { usage(); return 2; }
         }
@@ -179,32 +209,59 @@ int main(int argc, char **argv) {
     float loss = 0, dtau = 0;
     ns_infonce_grads g = {dq, dp, dh, &dtau};
 
-    double tf = 1e30, tb = 1e30, cf = 1e30, cb = 1e30;
+    const int run_sep = strcmp(mode, "fused") != 0, run_fused = strcmp(mode, "separate") != 0;
+    double tf = 1e30, tb = 1e30, cf = 1e30, cb = 1e30, tfb = 1e30, cfb = 1e30;
+    float loss_fused = 0;
     for (int r = 0; r < reps; r++) {
-        double c0 = cpu_now(), t0 = now();
-        if (ns_infonce_forward(ctx, &in, &o, &loss, per, saved) != NS_OK) {
-            fprintf(stderr, "bench_infonce: %s\n", ns_last_error(ctx));
-            return 1;
+        /* separate and fused alternate, the first of each rep swapped, so that the load of the
+         * shared machine falls on both alike */
+        for (int k = 0; k < 2; k++) {
+            const int fused = (k + r) % 2;
+            if (fused && run_fused) {
+                double c0 = cpu_now(), t0 = now();
+                if (ns_infonce_forward_backward(ctx, &in, &o, 1.0f, &loss_fused, per, saved, &g) !=
+                    NS_OK) {
+                    fprintf(stderr, "bench_infonce: %s\n", ns_last_error(ctx));
+                    return 1;
+                }
+                double t1 = now(), c1 = cpu_now();
+                if (t1 - t0 < tfb) tfb = t1 - t0;
+                if (c1 - c0 < cfb) cfb = c1 - c0;
+            }
+            if (!fused && run_sep) {
+                double c0 = cpu_now(), t0 = now();
+                if (ns_infonce_forward(ctx, &in, &o, &loss, per, saved) != NS_OK) {
+                    fprintf(stderr, "bench_infonce: %s\n", ns_last_error(ctx));
+                    return 1;
+                }
+                double t1 = now(), c1 = cpu_now();
+                if (ns_infonce_backward(ctx, &in, &o, saved, 1.0f, &g) != NS_OK) {
+                    fprintf(stderr, "bench_infonce: %s\n", ns_last_error(ctx));
+                    return 1;
+                }
+                double t2 = now(), c2 = cpu_now();
+                if (t1 - t0 < tf) tf = t1 - t0;
+                if (t2 - t1 < tb) tb = t2 - t1;
+                if (c1 - c0 < cf) cf = c1 - c0;
+                if (c2 - c1 < cb) cb = c2 - c1;
+            }
         }
-        double t1 = now(), c1 = cpu_now();
-        if (ns_infonce_backward(ctx, &in, &o, saved, 1.0f, &g) != NS_OK) {
-            fprintf(stderr, "bench_infonce: %s\n", ns_last_error(ctx));
-            return 1;
-        }
-        double t2 = now(), c2 = cpu_now();
-        if (t1 - t0 < tf) tf = t1 - t0;
-        if (t2 - t1 < tb) tb = t2 - t1;
-        if (c1 - c0 < cf) cf = c1 - c0;
-        if (c2 - c1 < cb) cb = c2 - c1;
     }
+    if (!run_sep) loss = loss_fused;
+    if (!run_sep) tf = tb = cf = cb = -1; /* not run */
+    if (!run_fused) tfb = cfb = -1;
     double hwm = status_bytes("VmHWM:");
     const double MiB = 1024.0 * 1024.0;
     double extra = hwm - data_bytes;
     double gemm_flops = 2.0 * (double)B * (double)(N + E + (o.share_hard ? B * h : h)) * (double)d;
 
-    printf("InfoNCE CPU  B=%lld N=%lld d=%lld h=%lld extra=%lld dtype=%s threads=%d%s%s%s\n",
+    char model[256];
+    cpu_model(model, sizeof model);
+    printf("machine: %s, threads %d (0 = all), GEMM: OpenBLAS %s\n", model, threads,
+           openblas_get_config ? openblas_get_config() : "(config unknown)");
+    printf("InfoNCE CPU  B=%lld N=%lld d=%lld h=%lld extra=%lld dtype=%s threads=%d mode=%s%s%s%s\n",
            (long long)B, (long long)N, (long long)d, (long long)h, (long long)E, dtname,
-           threads ? threads : -1, sym ? " symmetric" : "", tau_plus > 0 ? " debiased" : "",
+           threads ? threads : -1, mode, sym ? " symmetric" : "", tau_plus > 0 ? " debiased" : "",
            beta > 0 ? " reweighted" : "");
     printf("| %-34s | %12s |\n", "quantity", "value");
     printf("|%s|%s|\n", "------------------------------------", "--------------");
@@ -213,6 +270,9 @@ int main(int argc, char **argv) {
     printf("| %-34s | %12.3f |\n", "backward time (s, best of reps)", tb);
     printf("| %-34s | %12.3f |\n", "forward CPU time (s, all threads)", cf);
     printf("| %-34s | %12.3f |\n", "backward CPU time (s, all threads)", cb);
+    printf("| %-34s | %12.3f |\n", "fused fwd+bwd time (s, best)", tfb);
+    printf("| %-34s | %12.3f |\n", "fused fwd+bwd CPU time (s)", cfb);
+    printf("| %-34s | %12.2f |\n", "separate / fused time", (tf + tb) / tfb);
     printf("| %-34s | %12.1f |\n", "forward GEMM rate (GFLOP/s)", gemm_flops / tf * 1e-9);
     printf("| %-34s | %12.1f |\n", "backward GEMM rate (GFLOP/s, 3x)", 3 * gemm_flops / tb * 1e-9);
     printf("| %-34s | %12.1f |\n", "peak RSS VmHWM (MiB)", hwm / MiB);
@@ -240,11 +300,13 @@ int main(int argc, char **argv) {
                 "\"backward_cpu_s\": %.6f, \"peak_rss_mib\": %.2f, "
                 "\"data_mib\": %.2f, \"peak_beyond_data_mib\": %.2f, \"baseline_rss_mib\": %.2f, "
                 "\"loss_mib\": %.2f, \"target_mib\": 64, \"meets_target\": %s, "
-                "\"loss_meets_target\": %s}\n",
+                "\"loss_meets_target\": %s, \"mode\": \"%s\", \"fused_s\": %.6f, "
+                "\"fused_cpu_s\": %.6f, \"cpu\": \"%s\", \"gemm\": \"OpenBLAS %s\"}\n",
                 (long long)B, (long long)N, (long long)d, (long long)h, (long long)E, dtname,
                 threads, sym, (double)tau_plus, (double)beta, reps, (double)loss, tf, tb, cf, cb,
                 hwm / MiB, data_bytes / MiB, extra / MiB, rss_base / MiB, (extra - rss_base) / MiB,
-                extra < 64 * MiB ? "true" : "false", extra - rss_base < 64 * MiB ? "true" : "false");
+                extra < 64 * MiB ? "true" : "false", extra - rss_base < 64 * MiB ? "true" : "false",
+                mode, tfb, cfb, model, openblas_get_config ? openblas_get_config() : "");
         fclose(f);
     }
     free(q); free(p); free(hd); free(ex); free(dq); free(dp); free(dh); free(per); free(saved);

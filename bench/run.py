@@ -1183,5 +1183,225 @@ def main():
         f"in {res['seconds']:.0f} s")
 
 
+# ------------------------------------------------------------------ loss and sampling section
+# python3 bench/run.py --loss-sampling [--build DIR] [--out DIR] [--rounds N] [--quick]
+#   InfoNCE forward + backward: negsamp (ns_infonce_forward + _backward, "separate"; and
+#   ns_infonce_forward_backward, "fused"; the C program bench/bench_infonce, one call per fresh
+#   process) beside torch CPU (matmul + F.cross_entropy, autograd) and numpy (logits
+#   materialised), each a fresh process per point and round, the rounds interleaved (impl order
+#   rotated), medians reported with the load average; peak RSS of the call beyond its inputs.
+#   Filter + SimANS sampling: bench/bench_sample (read once, filter, sample with vector and
+#   scalar keys, filter + sample) beside a numpy filter + Gumbel-top-m (no duplicate-id rule).
+
+LS_LOSS_SHAPES = [(4096, 384), (4096, 768), (16384, 384), (16384, 768)]
+LS_SAMPLE_SHAPES = [(1000000, 100, 16), (100000, 1000, 16)]
+
+
+def ls_child_loss(impl, B, d):
+    """One InfoNCE forward + backward (torch or numpy) in this fresh process: seconds and the
+    peak RSS beyond the inputs (VmHWM reset after they are built)."""
+    import numpy as np
+    rng = np.random.default_rng(1)
+    q = make_data(rng, B, d)
+    p = make_data(rng, B, d)
+    tau = 0.05
+    if impl == "torch":
+        import torch
+        import torch.nn.functional as F
+        tq, tp = torch.from_numpy(q), torch.from_numpy(p)
+
+        def fn():
+            a = tq.clone().requires_grad_(True)
+            b = tp.clone().requires_grad_(True)
+            loss = F.cross_entropy((a @ b.T) / tau, torch.arange(B))
+            loss.backward()
+            return float(loss), a.grad, b.grad
+        a = tq[:8].clone().requires_grad_(True)
+        F.cross_entropy((a @ tp[:8].T) / tau, torch.arange(8)).backward()  # load, warm
+    else:
+        fn = lambda: numpy_infonce(q, p, tau)  # noqa: E731
+        numpy_infonce(q[:8], p[:8], tau)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = proc_status_mib("VmRSS")
+    t = time.perf_counter()
+    out = fn()
+    secs = time.perf_counter() - t
+    peak = proc_status_mib("VmHWM")
+    print(json.dumps({"seconds": secs, "extra_mib": peak - before, "loss": float(out[0])}))
+
+
+def ls_child_sample(B, C, m):
+    """numpy filter (margin + max score) and SimANS Gumbel-top-m on B × C candidates."""
+    import numpy as np
+    rng = np.random.default_rng(2)
+    s = rng.uniform(-0.2, 0.9, size=(B, C)).astype(np.float32)
+    sp = rng.uniform(0.5, 1.0, size=(B, 1)).astype(np.float32)
+    ids = rng.integers(0, 20000000, size=(B, C), dtype=np.int64)
+    t0 = time.perf_counter()
+    float(s.sum()) + float((ids & 1).sum())
+    t1 = time.perf_counter()
+    keep = (s <= np.float32(0.85)) & ~(s > sp - np.float32(0.05))
+    g = -np.log(-np.log(rng.uniform(2.0**-24, 1 - 2.0**-24, size=(B, C)).astype(np.float32)))
+    key = np.where(keep, np.float32(-1.0) * (s - sp - np.float32(0.1)) ** 2 + g, -np.inf)
+    top = np.argpartition(-key, m, axis=1)[:, :m]
+    t2 = time.perf_counter()
+    print(json.dumps({"read_s": t1 - t0, "filter_sample_s": t2 - t1, "m": int(top.shape[1])}))
+
+
+def ls_run(cmd, env=None):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if r.returncode != 0:
+        return None, r.stderr[-400:]
+    return r.stdout, None
+
+
+def ls_loss_point(impl, B, d, build, tmp):
+    if impl in ("separate", "fused"):
+        js = os.path.join(tmp, f"infonce-{impl}-{B}-{d}.json")
+        out, err = ls_run([os.path.join(build, "bench", "bench_infonce"), "--B", str(B), "--N",
+                           str(B), "--d", str(d), "--reps", "1", "--mode", impl, "--json", js])
+        if err:
+            return {"error": err}
+        j = json.load(open(js))
+        secs = j["fused_s"] if impl == "fused" else j["forward_s"] + j["backward_s"]
+        # the loss's own memory, plus the gradients it returns (torch and numpy allocate theirs
+        # inside the call, so they count there)
+        extra = j["loss_mib"] + 2 * B * d * 4 / 2**20
+        return {"seconds": secs, "extra_mib": extra, "loss": j["loss"], "cpu": j["cpu"],
+                "gemm": j["gemm"]}
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    out, err = ls_run(["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable,
+                       os.path.abspath(__file__), "--ls-child-loss", impl, str(B), str(d)], env)
+    return {"error": err} if err else json.loads(out)
+
+
+def ls_median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def ls_main(argv):
+    ap = argparse.ArgumentParser(prog="run.py --loss-sampling")
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--loss-shapes", default=",".join(f"{b}x{d}" for b, d in LS_LOSS_SHAPES))
+    ap.add_argument("--sample-shapes",
+                    default=",".join(f"{b}x{c}x{m}" for b, c, m in LS_SAMPLE_SHAPES))
+    ap.add_argument("--big-rounds", type=int, default=1, help="rounds for B >= 16384")
+    args = ap.parse_args(argv)
+    build = os.path.abspath(args.build)
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="ns-ls-")
+    load = lambda: " ".join(open("/proc/loadavg").read().split()[:3])  # noqa: E731
+    try:
+        import torch
+        tv = torch.__version__
+        torch_threads = torch.get_num_threads()
+    except Exception:  # noqa: BLE001
+        tv, torch_threads = None, None
+    import numpy as np
+    res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python3 bench/run.py --loss-sampling " + " ".join(argv),
+           "cpu": cpu_model(), "cores": os.cpu_count(), "torch": tv, "torch_threads": torch_threads,
+           "numpy": np.__version__, "load_start": load(),
+           "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 stdout=subprocess.PIPE, text=True).stdout.strip(),
+           "loss": [], "sample": []}
+    impls = ["separate", "fused", "torch", "numpy"]
+    for shape in args.loss_shapes.split(","):
+        B, d = (int(x) for x in shape.split("x"))
+        rounds = args.big_rounds if B >= 16384 else args.rounds
+        runs = {k: [] for k in impls}
+        for r in range(rounds):
+            order = impls[r % len(impls):] + impls[:r % len(impls)]
+            for impl in order:
+                pt = ls_loss_point(impl, B, d, build, tmp)
+                pt["load"] = load()
+                runs[impl].append(pt)
+                log(f"[loss] B=N={B} d={d} {impl}: "
+                    + (f"{pt['seconds']:.2f} s, +{pt['extra_mib']:.0f} MiB" if "seconds" in pt
+                       else pt["error"]))
+        row = {"B": B, "N": B, "d": d, "rounds": rounds, "runs": runs}
+        for impl in impls:
+            ok = [x for x in runs[impl] if "seconds" in x]
+            row[impl] = {"median_s": ls_median([x["seconds"] for x in ok]),
+                         "extra_mib": ls_median([x["extra_mib"] for x in ok])}
+        for k in ("cpu", "gemm"):
+            for x in runs["fused"]:
+                if k in x:
+                    res[k if k != "cpu" else "cpu_bench"] = x[k]
+        res["loss"].append(row)
+    for shape in args.sample_shapes.split(","):
+        B, C, m = (int(x) for x in shape.split("x"))
+        js = os.path.join(tmp, f"sample-{B}-{C}.json")
+        out, err = ls_run([os.path.join(build, "bench", "bench_sample"), "--B", str(B), "--C",
+                           str(C), "--m", str(m), "--reps", str(args.rounds), "--json", js])
+        row = {"B": B, "C": C, "m": m, "load": load()}
+        if err:
+            row["error"] = err
+        else:
+            row["negsamp"] = json.load(open(js))
+            log(out)
+        out, err = ls_run([sys.executable, os.path.abspath(__file__), "--ls-child-sample",
+                           str(B), str(C), str(m)])
+        row["numpy"] = {"error": err} if err else json.loads(out)
+        res["sample"].append(row)
+    res["load_end"] = load()
+    stem = f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-" + \
+        datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d") + "-loss-sampling"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
+        f.write(ls_report(res))
+    log(f"wrote {os.path.join(args.out, stem)}.json/.md")
+
+
+def ls_report(res):
+    L = [f"# negsamp loss and sampling, CPU ({res['date']})", "",
+         f"Machine: {res['cpu']}, {res['cores']} cores, GEMM {res.get('gemm', 'OpenBLAS')}; "
+         f"torch {res['torch']} ({res['torch_threads']} threads), numpy {res['numpy']}. "
+         f"Load average {res['load_start']} at the start, {res['load_end']} at the end: the "
+         "machine was shared, so read the ratios of one row (interleaved runs), not absolute "
+         "times.", "", f"Command: `{res['command']}` (git {res['git']})", "",
+         "## InfoNCE forward + backward (B = N, in-batch positives, f32)", "",
+         "Median seconds of one forward + backward per fresh process; memory: peak RSS of the "
+         "call beyond its inputs (negsamp: the loss's workspace plus its dQ, dP).", "",
+         "| B = N | d | rounds | negsamp separate | negsamp fused | torch | numpy | "
+         "torch / fused | MiB fused | MiB torch | MiB numpy |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["loss"]:
+        f, s, t, n = r["fused"], r["separate"], r["torch"], r["numpy"]
+        L.append(f"| {r['B']} | {r['d']} | {r['rounds']} | {s['median_s']:.2f} | "
+                 f"{f['median_s']:.2f} | {t['median_s']:.2f} | {n['median_s']:.2f} | "
+                 f"{t['median_s'] / f['median_s']:.2f}x | {f['extra_mib']:.0f} | "
+                 f"{t['extra_mib']:.0f} | {n['extra_mib']:.0f} |")
+    L += ["", "## Filter + SimANS sampling (m = 16)", "",
+          "Best of rounds, wall ms; × read = over one pass reading every id and score.", "",
+          "| B × C | read once | ns_filter | ns_sample vector keys | ns_sample scalar keys | "
+          "filter + sample | × read | numpy filter + sample | draws identical |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["sample"]:
+        j, npy = r.get("negsamp"), r.get("numpy", {})
+        if not j:
+            L.append(f"| {r['B']} × {r['C']} | error: {r.get('error', '')[:80]} |")
+            continue
+        L.append(f"| {r['B']} × {r['C']} | {j['read_s'] * 1e3:.0f} | {j['filter_s'] * 1e3:.0f} | "
+                 f"{j['sample_s'] * 1e3:.0f} | {j['sample_scalar_s'] * 1e3:.0f} | "
+                 f"{j['filter_sample_s'] * 1e3:.0f} | {j['filter_sample_s'] / j['read_s']:.1f} | "
+                 f"{npy.get('filter_sample_s', float('nan')) * 1e3:.0f} | "
+                 f"{'yes' if j['draws_identical'] else 'NO'} |")
+    return "\n".join(L) + "\n"
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--loss-sampling":
+        ls_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--ls-child-loss":
+        ls_child_loss(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--ls-child-sample":
+        ls_child_sample(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()

@@ -358,6 +358,17 @@ NS_API ns_status ns_infonce_backward(ns_context *ctx, const ns_infonce_inputs *i
                                      const ns_loss_options *options, const float *saved,
                                      float grad_loss, const ns_infonce_grads *grads);
 
+/* ns_infonce_forward then ns_infonce_backward with the same arguments, in one call, for callers
+ * that know grad_loss before the forward (gradients are linear in it: pass 1 and scale later,
+ * as PyTorch's autograd and ns_step may). Same outputs, bit for bit, as the two calls on the
+ * CPU; there each logit tile is computed once instead of twice (three GEMMs per tile, not
+ * four), its row tile's tiles held in a strip of at most 256 MiB (memory stays O(B + N)); the
+ * symmetric loss, or a strip above the cap, runs as the two calls. CUDA: the two calls. */
+NS_API ns_status ns_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                             const ns_loss_options *options, float grad_loss,
+                                             float *loss, float *per_query, float *saved,
+                                             const ns_infonce_grads *grads);
+
 /* ------------------------------------------------------------------ queue */
 
 /* A fixed-capacity FIFO of past passage embeddings (f32) and ids: cross-batch memory. */

@@ -107,6 +107,37 @@ ns_status ns_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
     return NS_DISPATCH(ctx, infonce_backward, (ctx, in, options, saved, grad_loss, grads));
 }
 
+#ifdef NS_HAVE_CUDA
+/* CUDA: the forward, then the backward (a fused kernel path is kernels/' to add). */
+static ns_status ns_cuda_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                                  const ns_loss_options *o, float grad_loss,
+                                                  float *loss, float *per_query, float *saved,
+                                                  const ns_infonce_grads *grads) {
+    ns_status st = ns_cuda_infonce_forward(ctx, in, o, loss, per_query, saved);
+    if (st) return st;
+    return ns_cuda_infonce_backward(ctx, in, o, saved, grad_loss, grads);
+}
+#endif
+
+ns_status ns_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                      const ns_loss_options *options, float grad_loss,
+                                      float *loss, float *per_query, float *saved,
+                                      const ns_infonce_grads *grads) {
+    static const char *fn = "ns_infonce_forward_backward";
+    ns_status st = ns_check_context(ctx, fn);
+    if (st) return st;
+    ns_loss_options defaults;
+    if ((st = ns_infonce_check(ctx, fn, in, &options, &defaults))) return st;
+    if ((st = ns_check_ptr(ctx, fn, "loss", loss))) return st;
+    if ((st = ns_check_ptr(ctx, fn, "saved", saved))) return st;
+    if ((st = ns_check_ptr(ctx, fn, "grads", grads))) return st;
+    if (!isfinite(grad_loss))
+        return ns_fail(ctx, NS_ERR_NONFINITE, "%s: grad_loss (%g) is not finite", fn,
+                       (double)grad_loss);
+    return NS_DISPATCH(ctx, infonce_forward_backward,
+                       (ctx, in, options, grad_loss, loss, per_query, saved, grads));
+}
+
 void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols) {
     ctx->loss_tile_rows = rows > 0 ? rows : 0;
     ctx->loss_tile_cols = cols > 0 ? cols : 0;

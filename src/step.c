@@ -253,8 +253,10 @@ static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const 
     ns_filter_options fo = s->filter;
     if (!batch->candidate_id) fo.rules &= ~(unsigned)NS_FILTER_SAME_ID; /* nothing to match */
     if ((st = ns_filter(ctx, &cand, &fo, b->keep, counts))) return st;
-    if ((st = ns_sample(ctx, &cand, b->keep, &s->sampler, b->h, b->chosen_id, NULL, b->count)))
-        return st;
+    ctx->candidate_slots_checked = 1; /* ns_filter just scanned these ids and scores */
+    st = ns_sample(ctx, &cand, b->keep, &s->sampler, b->h, b->chosen_id, NULL, b->count);
+    ctx->candidate_slots_checked = 0;
+    if (st) return st;
     return NS_DISPATCH(ctx, step_gather, (ctx, batch->candidate, b->C, cand_ids, b->chosen_id,
                                           b->h, b->hard, b->hard_keep, b->chosen_row));
 }

@@ -2,6 +2,8 @@
 // materialised logits, and gradients against central finite differences of that reference.
 #include "ns_test_util.h"
 
+#include <cstring>
+
 #include <algorithm>
 #include <functional>
 
@@ -291,7 +293,27 @@ struct LibResult {
     std::vector<float> per, saved, dq, dp, dh;
 };
 
-LibResult run_lib(ns_context *ctx, const Case &c, float grad_loss = 1.0f, bool want_hard = true) {
+// The same outputs from one ns_infonce_forward_backward call.
+LibResult run_lib_fused(ns_context *ctx, const Case &c, float grad_loss = 1.0f,
+                        bool want_hard = true, bool want_query = true, bool want_passage = true) {
+    LibResult r;
+    const Problem &P = c.P;
+    ns_infonce_inputs in = c.inputs();
+    ns_loss_options o = P.options();
+    r.per.assign(P.B, NAN);
+    r.saved.assign(P.B * NS_INFONCE_SAVED_PER_QUERY, NAN);
+    r.dq.assign(P.B * P.d, NAN);
+    r.dp.assign(P.N * P.d, NAN);
+    r.dh.assign(std::max<int64_t>(P.B * P.h * P.d, 1), NAN);
+    ns_infonce_grads g{want_query ? r.dq.data() : nullptr, want_passage ? r.dp.data() : nullptr,
+                       want_hard && P.h ? r.dh.data() : nullptr, &r.dtau};
+    r.fwd = r.bwd = ns_infonce_forward_backward(ctx, &in, &o, grad_loss, &r.loss, r.per.data(),
+                                                r.saved.data(), &g);
+    return r;
+}
+
+LibResult run_lib(ns_context *ctx, const Case &c, float grad_loss = 1.0f, bool want_hard = true,
+                  bool want_query = true, bool want_passage = true) {
     LibResult r;
     const Problem &P = c.P;
     ns_infonce_inputs in = c.inputs();
@@ -303,7 +325,8 @@ LibResult run_lib(ns_context *ctx, const Case &c, float grad_loss = 1.0f, bool w
     r.dq.assign(P.B * P.d, NAN);
     r.dp.assign(P.N * P.d, NAN);
     r.dh.assign(std::max<int64_t>(P.B * P.h * P.d, 1), NAN);
-    ns_infonce_grads g{r.dq.data(), r.dp.data(), want_hard && P.h ? r.dh.data() : nullptr, &r.dtau};
+    ns_infonce_grads g{want_query ? r.dq.data() : nullptr, want_passage ? r.dp.data() : nullptr,
+                       want_hard && P.h ? r.dh.data() : nullptr, &r.dtau};
     r.bwd = ns_infonce_backward(ctx, &in, &o, r.saved.data(), grad_loss, &g);
     return r;
 }
@@ -332,10 +355,10 @@ void expect_close(const char *what, const std::vector<float> &got, const std::ve
 // Checks forward (loss, per-query) against the reference and the gradients against finite
 // differences.
 void check_case(ns_context *ctx, const Case &c, const std::string &label, int fd_elems = -1,
-                double gtol = 2e-3) {
+                double gtol = 2e-3, bool fused = false) {
     SCOPED_TRACE(label);
     const Problem &P = c.P;
-    LibResult r = run_lib(ctx, c);
+    LibResult r = fused ? run_lib_fused(ctx, c) : run_lib(ctx, c);
     ASSERT_EQ(r.fwd, NS_OK) << ns_last_error(ctx);
     ASSERT_EQ(r.bwd, NS_OK) << ns_last_error(ctx);
     std::vector<double> per;
@@ -430,6 +453,110 @@ TEST(InfoNCE, TinyTilesCrossEveryBoundary) {
         }
     }
     ns_infonce_set_tiles(c, 0, 0);
+}
+
+// Bit for bit the same floats (NaN-filled buffers compared as bytes).
+template <class T>
+bool same_bits(const std::vector<T> &a, const std::vector<T> &b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// ns_infonce_forward_backward: the outputs of ns_infonce_forward then ns_infonce_backward, bit
+// for bit, for every option set, with and without ids and masks, f32 and f16 inputs, default
+// and tiny tiles (every boundary), grad_loss ≠ 1 and gradients left out; and against the
+// double reference and finite differences on its own.
+TEST(InfoNCE, FusedForwardBackwardIsForwardThenBackwardBitForBit) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    const int64_t tiles[][2] = {{0, 0}, {1, 1}, {4, 5}, {3, 7}, {8, 2}, {16, 64}};
+    int compared = 0;
+    for (auto &t : tiles) {
+        ns_infonce_set_tiles(c, t[0], t[1]);
+        for (ns_dtype dt : {NS_F32, NS_F16})
+            for (bool ids : {false, true})
+                for (const OptionSet &o : kOptions) {
+                    Case k = make_case({11, 13, 6, 2, 4}, 500 + compared, dt, 1, ids, ids);
+                    apply(k.P, o);
+                    const float gl = compared % 3 == 0 ? 0.37f : 1.0f;
+                    const bool wq = compared % 5 != 1, wp = compared % 5 != 2,
+                               wh = compared % 5 != 3;
+                    LibResult a = run_lib(c, k, gl, wh, wq, wp);
+                    LibResult b = run_lib_fused(c, k, gl, wh, wq, wp);
+                    const std::string what = std::string(o.name) + (ids ? " ids" : "") +
+                                             (dt == NS_F16 ? " f16" : " f32") + " tiles " +
+                                             std::to_string(t[0]) + "x" + std::to_string(t[1]);
+                    ASSERT_EQ(a.fwd, NS_OK) << what << ": " << ns_last_error(c);
+                    ASSERT_EQ(a.bwd, NS_OK) << what << ": " << ns_last_error(c);
+                    ASSERT_EQ(b.fwd, NS_OK) << what << ": " << ns_last_error(c);
+                    EXPECT_EQ(std::memcmp(&a.loss, &b.loss, 4), 0)
+                        << what << ": loss " << a.loss << " vs fused " << b.loss;
+                    EXPECT_EQ(std::memcmp(&a.dtau, &b.dtau, 4), 0)
+                        << what << ": dtau " << a.dtau << " vs fused " << b.dtau;
+                    EXPECT_TRUE(same_bits(a.per, b.per)) << what << ": per_query";
+                    EXPECT_TRUE(same_bits(a.saved, b.saved)) << what << ": saved";
+                    EXPECT_TRUE(same_bits(a.dq, b.dq)) << what << ": dQ";
+                    EXPECT_TRUE(same_bits(a.dp, b.dp)) << what << ": dP";
+                    EXPECT_TRUE(same_bits(a.dh, b.dh)) << what << ": dH";
+                    compared++;
+                }
+    }
+    ns_infonce_set_tiles(c, 0, 0);
+    EXPECT_EQ(compared, 6 * 2 * 2 * (int)(sizeof kOptions / sizeof kOptions[0]));
+}
+
+TEST(InfoNCE, FusedForwardBackwardMatchesReferenceAndFiniteDifferences) {
+    Ctx c(NS_BACKEND_CPU, 2);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    const int64_t tiles[][2] = {{0, 0}, {3, 7}};
+    for (auto &t : tiles) {
+        ns_infonce_set_tiles(c, t[0], t[1]);
+        for (bool ids : {false, true})
+            for (const OptionSet &o : kOptions) {
+                Case k = make_case({10, 13, 5, 2, 4}, 600, NS_F32, 0, ids, true);
+                apply(k.P, o);
+                check_case(c, k,
+                           std::string("fused ") + o.name + (ids ? " ids" : "") + " tiles " +
+                               std::to_string(t[0]) + "x" + std::to_string(t[1]),
+                           -1, 2e-3, true);
+            }
+    }
+    ns_infonce_set_tiles(c, 0, 0);
+}
+
+TEST(InfoNCE, FusedForwardBackwardRejectsBadInput) {
+    Ctx c(NS_BACKEND_CPU, 1);
+    ASSERT_EQ(c.status, NS_OK) << c.why;
+    Case k = make_case({3, 4, 2, 0, 0}, 700);
+    ns_infonce_inputs in = k.inputs();
+    ns_loss_options o = k.P.options();
+    float loss = 5.f, per[3], saved[3 * NS_INFONCE_SAVED_PER_QUERY];
+    std::vector<float> dq(6, 9.f);
+    ns_infonce_grads g{dq.data(), nullptr, nullptr, nullptr};
+    EXPECT_EQ(ns_infonce_forward_backward(c, &in, &o, NAN, &loss, per, saved, &g),
+              NS_ERR_NONFINITE);
+    EXPECT_NE(std::string(ns_last_error(c)).find("ns_infonce_forward_backward: grad_loss"),
+              std::string::npos)
+        << ns_last_error(c);
+    EXPECT_EQ(ns_infonce_forward_backward(c, &in, &o, 1.f, &loss, per, saved, nullptr),
+              NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(c)).find("grads"), std::string::npos);
+    EXPECT_EQ(ns_infonce_forward_backward(c, &in, &o, 1.f, nullptr, per, saved, &g),
+              NS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(ns_infonce_forward_backward(c, &in, &o, 1.f, &loss, per, nullptr, &g),
+              NS_ERR_INVALID_ARGUMENT);
+    o.temperature = 0.f;
+    EXPECT_EQ(ns_infonce_forward_backward(c, &in, &o, 1.f, &loss, per, saved, &g),
+              NS_ERR_INVALID_ARGUMENT);
+    o = k.P.options();
+    k.q.f[0] = NAN;
+    in = k.inputs();
+    EXPECT_EQ(ns_infonce_forward_backward(c, &in, &o, 1.f, &loss, per, saved, &g),
+              NS_ERR_NONFINITE);
+    EXPECT_NE(std::string(ns_last_error(c)).find("ns_infonce_forward_backward: query[0][0]"),
+              std::string::npos)
+        << ns_last_error(c);
+    EXPECT_EQ(loss, 5.f) << "loss written on failure";
+    EXPECT_EQ(dq[0], 9.f) << "gradient written on failure";
 }
 
 TEST(InfoNCE, LargerThanDefaultTiles) {

@@ -44,6 +44,11 @@ ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_cand
                        fn, (long long)t, (long long)(t / c->per_query),
                        (long long)(t % c->per_query), (double)c->guide_score[t]);
     }
+    return ns_check_candidate_rows(ctx, fn, c, need_positive_score, need_guide);
+}
+
+ns_status ns_check_candidate_rows(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  int need_positive_score, int need_guide) {
     for (int64_t i = 0; i < c->queries; i++) {
         if (need_positive_score && !isfinite(c->positive_score[i]))
             return ns_fail(ctx, NS_ERR_NONFINITE,

@@ -166,3 +166,8 @@ const float *ns_loss_view(ns_matrix m, int64_t r0, int64_t n, float *buf, int64_
     return buf;
 }
 
+int64_t ns_loss_block_base(const ns_loss_plan *p, int b) {
+    int64_t base = 0;
+    for (int k = 0; k < b; k++) base += p->blk[k].m.rows;
+    return base;
+}

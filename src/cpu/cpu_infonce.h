@@ -90,6 +90,46 @@ int ns_loss_elem_threads(int nt, int64_t n);
 #define NS_LOSS_CLONES
 #endif
 
+/* ------------------------------------------------------------------ forward, backward, fused
+ * The forward's and backward's per-row-tile steps, shared with the fused forward + backward
+ * (ns_cpu_infonce_forward_backward, cpu_infonce_backward.c), which runs, per row tile, the
+ * forward over every column tile with each logit tile kept in a strip (tb × all columns), then
+ * the backward on the kept tiles: three GEMMs per tile instead of four. */
+
+/* Row statistics of one row tile (forward). */
+typedef struct {
+    float *m;     /* running max of negative logits, -inf when none yet */
+    double *a, *w;
+    int64_t *n;
+    int64_t *pos, *posid; /* the positive passage row and its id, per row of the tile */
+} ns_loss_row_state;
+
+typedef struct {
+    const ns_loss_plan *p;
+    ns_loss_tiles t;
+    ns_loss_row_state rs;
+    double *cmax, *csum;
+    uint8_t *ispos;
+    float *strip;  /* fused: the row tile's logit tiles, kept for the backward; else NULL */
+    float *rowbuf; /* fused: per thread, a row copy to mask (the strip keeps the raw logits) */
+} ns_loss_fwd;
+
+/* Carves w's buffers (its tiles too; not the strip or rowbuf); init after the real carve. */
+void ns_loss_fwd_carve(ns_loss_fwd *w, ns_arena *a);
+void ns_loss_fwd_init(ns_loss_fwd *w);
+/* Rows [r0, r0+nb): every tile of every block, own hard negatives, the rows' finish. */
+void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *saved);
+/* The symmetric terms, per_query (optional) and the mean loss, once every row tile is done. */
+float ns_loss_fwd_finish(const ns_loss_fwd *w, float *saved, float *per_query);
+
+/* Columns of the blocks before block b (the strip's layout: block after block). */
+int64_t ns_loss_block_base(const ns_loss_plan *p, int b);
+/* The strip's tile of block b, columns [j0, …), for a row tile of nb rows (nb × nc, dense). */
+static inline float *ns_loss_strip_tile(float *strip, const ns_loss_plan *p, int b, int64_t nb,
+                                        int64_t j0) {
+    return strip + nb * (ns_loss_block_base(p, b) + j0);
+}
+
 /* The checks of the host data: positives in range, finite inputs. */
 ns_status ns_cpu_infonce_check_data(ns_context *ctx, const char *fn, const ns_infonce_inputs *in);
 

@@ -105,13 +105,15 @@ typedef struct {
     float *keepf, *gscratch, *colc;
     int64_t *rpos, *rposid;
     double *rtau;
+    float *strip; /* fused: the forward's logit tiles of this row tile (no recompute) */
 } bwd_work;
 
-static void bwd_layout(void *plan, ns_arena *a) {
-    bwd_work *w = (bwd_work *)plan;
+/* Carves the backward's buffers; its tiles too when carve_tiles (the fused call shares the
+ * forward's). */
+static void bwd_carve(bwd_work *w, ns_arena *a, int carve_tiles) {
     const ns_loss_plan *p = w->p;
     const int64_t tb = w->t.tb, tn = w->t.tn;
-    ns_loss_tiles_carve(p, &w->t, a);
+    if (carve_tiles) ns_loss_tiles_carve(p, &w->t, a);
     w->keepf = (float *)ns_arena_carve(a, (size_t)tn * 4);
     w->gscratch = (float *)ns_arena_carve(a, (size_t)p->nt * (size_t)tn * 4);
     w->rpos = (int64_t *)ns_arena_carve(a, (size_t)tb * 8);
@@ -119,6 +121,8 @@ static void bwd_layout(void *plan, ns_arena *a) {
     w->rtau = (double *)ns_arena_carve(a, (size_t)tb * 8);
     w->colc = p->sym ? (float *)ns_arena_carve(a, (size_t)p->N * 4) : NULL;
 }
+
+static void bwd_layout(void *plan, ns_arena *a) { bwd_carve((bwd_work *)plan, a, 1); }
 
 /* Column p gets Σ_{i: positive[i] = p} e^{l_kp − collse_i} = e^{l_kp − colc_p} from the queries
  * whose positive it is: colc_p = −log Σ_i e^{−collse_i} (+inf: not a positive). */
@@ -133,15 +137,20 @@ static void bwd_column_factors(const ns_loss_plan *p, const float *saved, float 
     }
 }
 
-static ns_status bwd_setup(ns_context *ctx, const ns_loss_plan *p, const ns_infonce_grads *grads,
-                           const float *saved, bwd_work *w) {
-    w->p = p;
+static void bwd_blocks(const ns_loss_plan *p, const ns_infonce_grads *grads, bwd_work *w) {
     memcpy(w->blk, p->blk, sizeof(w->blk));
     float *gh = p->h > 0 ? grads->hard : NULL;
     for (int b = 0; b < p->nblocks; b++) {
         ns_loss_block *bk = &w->blk[b];
         bk->grad = bk->kind == NS_BLK_PASSAGE ? grads->passage : bk->kind == NS_BLK_HARD ? gh : NULL;
     }
+}
+
+static ns_status bwd_setup(ns_context *ctx, const ns_loss_plan *p, const ns_infonce_grads *grads,
+                           const float *saved, bwd_work *w) {
+    memset(w, 0, sizeof *w);
+    w->p = p;
+    bwd_blocks(p, grads, w);
     ns_loss_tiles_shape(p, &w->t);
     ns_status st = ns_arena_lay_out(ctx, &ctx->scratch, bwd_layout, w, "ns_infonce_backward");
     if (st) return st;
@@ -151,15 +160,18 @@ static ns_status bwd_setup(ns_context *ctx, const ns_loss_plan *p, const ns_info
 
 /* One logit tile of a shared block: recomputed, turned into w·dL/ds in place (row_grad), then
  * dQ += G·C and dC += Gᵀ·Q. */
-static void bwd_block_tile(bwd_work *w, const ns_loss_block *bk, const float *q, int64_t ldq,
-                           int64_t r0, int64_t nb, int64_t j0, int64_t nc, const float *saved,
-                           float *gq, float wt) {
+static void bwd_block_tile(bwd_work *w, int b, const float *q, int64_t ldq, int64_t r0,
+                           int64_t nb, int64_t j0, int64_t nc, const float *saved, float *gq,
+                           float wt) {
     const ns_loss_plan *p = w->p;
+    const ns_loss_block *bk = &w->blk[b];
     const int passage = bk->kind == NS_BLK_PASSAGE, symcol = passage && p->sym;
     const int64_t d = p->d;
     int64_t ldc;
     const float *c = ns_loss_view(bk->m, j0, nc, w->t.cbuf, &ldc, p->nt);
-    ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->t.xt, nc);
+    /* The logit tile: the fused call's forward kept it (the same sgemm's bits), else again. */
+    float *xt = w->strip ? ns_loss_strip_tile(w->strip, p, b, nb, j0) : w->t.xt;
+    if (!w->strip) ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
     ns_loss_columns(p, bk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok);
     tile_info ti = {p, j0, nc, passage, symcol, 0, w->keepf, symcol ? w->colc + j0 : NULL,
                     w->t.cid, w->t.cidok, w->t.cmask, wt};
@@ -177,11 +189,11 @@ static void bwd_block_tile(bwd_work *w, const ns_loss_block *bk, const float *q,
         tid = omp_get_thread_num();
 #endif
         const float *sv = saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY;
-        w->rtau[k] += (double)row_grad(&ti, w->t.xt + k * nc, w->gscratch + (int64_t)tid * w->t.tn,
+        w->rtau[k] += (double)row_grad(&ti, xt + k * nc, w->gscratch + (int64_t)tid * w->t.tn,
                                        sv, w->rpos[k], w->rposid[k]);
     }
-    if (gq) ns_sgemm_nn(nb, d, nc, 1.0f, w->t.xt, nc, c, ldc, 1.0f, gq + r0 * d, d);
-    if (bk->grad) ns_sgemm_tn(nc, d, nb, 1.0f, w->t.xt, nc, q, ldq, 1.0f, bk->grad + j0 * d, d);
+    if (gq) ns_sgemm_nn(nb, d, nc, 1.0f, xt, nc, c, ldc, 1.0f, gq + r0 * d, d);
+    if (bk->grad) ns_sgemm_tn(nc, d, nb, 1.0f, xt, nc, q, ldq, 1.0f, bk->grad + j0 * d, d);
 }
 
 /* Each query's own hard negatives (share_hard = 0): h dot products and rank-1 updates per row. */
@@ -222,6 +234,36 @@ static void bwd_own_hard(bwd_work *w, const float *q, int64_t ldq, int64_t r0, i
     }
 }
 
+/* Rows [r0, r0+nb): every tile of every block, then the own hard negatives; adds the rows'
+ * dL/dτ parts to *tau_sum and *tau_explicit. */
+static void bwd_row_tile(bwd_work *w, int64_t r0, int64_t nb, const float *saved,
+                         const ns_infonce_grads *grads, float wt, double *tau_sum,
+                         double *tau_explicit) {
+    const ns_loss_plan *p = w->p;
+    const ns_infonce_inputs *in = p->in;
+    float *gq = grads->query, *gh = p->h > 0 ? grads->hard : NULL;
+    const int want_tau = grads->temperature != NULL;
+    int64_t ldq;
+    const float *q = ns_loss_view(in->query, r0, nb, w->t.qbuf, &ldq, p->nt);
+    for (int64_t k = 0; k < nb; k++) {
+        w->rpos[k] = ns_loss_pos(p, r0 + k);
+        w->rposid[k] = ns_loss_pid(p, w->rpos[k]);
+        w->rtau[k] = 0.0;
+    }
+    for (int b = 0; b < p->nblocks; b++) {
+        const ns_loss_block *bk = &w->blk[b];
+        if (!gq && !want_tau && !bk->grad) continue;
+        for (int64_t j0 = 0; j0 < bk->m.rows; j0 += w->t.tn)
+            bwd_block_tile(w, b, q, ldq, r0, nb, j0,
+                           bk->m.rows - j0 < w->t.tn ? bk->m.rows - j0 : w->t.tn, saved, gq, wt);
+    }
+    if (p->own_hard) bwd_own_hard(w, q, ldq, r0, nb, saved, gq, gh, wt);
+    for (int64_t k = 0; k < nb; k++) {
+        *tau_sum += w->rtau[k];
+        *tau_explicit += saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_DTAU];
+    }
+}
+
 ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                   const ns_loss_options *opt, const float *saved,
                                   float grad_loss, const ns_infonce_grads *grads) {
@@ -250,28 +292,74 @@ ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
     const double wl = (double)grad_loss / (double)B * (p->sym ? 0.5 : 1.0);
     const float wt = (float)(wl / p->tau);
     double tau_sum = 0.0, tau_explicit = 0.0;
-    for (int64_t r0 = 0; r0 < B; r0 += w.t.tb) {
-        const int64_t nb = B - r0 < w.t.tb ? B - r0 : w.t.tb;
-        int64_t ldq;
-        const float *q = ns_loss_view(in->query, r0, nb, w.t.qbuf, &ldq, p->nt);
-        for (int64_t k = 0; k < nb; k++) {
-            w.rpos[k] = ns_loss_pos(p, r0 + k);
-            w.rposid[k] = ns_loss_pid(p, w.rpos[k]);
-            w.rtau[k] = 0.0;
-        }
-        for (int b = 0; b < p->nblocks; b++) {
-            const ns_loss_block *bk = &w.blk[b];
-            if (!gq && !want_tau && !bk->grad) continue;
-            for (int64_t j0 = 0; j0 < bk->m.rows; j0 += w.t.tn)
-                bwd_block_tile(&w, bk, q, ldq, r0, nb, j0,
-                               bk->m.rows - j0 < w.t.tn ? bk->m.rows - j0 : w.t.tn, saved, gq, wt);
-        }
-        if (p->own_hard) bwd_own_hard(&w, q, ldq, r0, nb, saved, gq, gh, wt);
-        for (int64_t k = 0; k < nb; k++) {
-            tau_sum += w.rtau[k];
-            tau_explicit += saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_DTAU];
-        }
-    }
+    for (int64_t r0 = 0; r0 < B; r0 += w.t.tb)
+        bwd_row_tile(&w, r0, B - r0 < w.t.tb ? B - r0 : w.t.tb, saved, grads, wt, &tau_sum,
+                     &tau_explicit);
     if (want_tau) *grads->temperature = (float)(wl * (-tau_sum / (double)p->tau + tau_explicit));
+    return NS_OK;
+}
+
+/* ------------------------------------------------------------------ fused forward + backward */
+
+/* The strip of one row tile (every block's columns) is capped: beyond it, or for the symmetric
+ * loss (whose column statistics need every row before any gradient), the fused call runs the
+ * forward, then the backward. tb × columns: 2048 × 16384 logits are 128 MiB. */
+#define NS_LOSS_STRIP_BYTES ((int64_t)256 << 20)
+
+typedef struct {
+    ns_loss_fwd f;
+    bwd_work b;
+} fused_work;
+
+static void fused_layout(void *plan, ns_arena *a) {
+    fused_work *w = (fused_work *)plan;
+    const ns_loss_plan *p = w->f.p;
+    ns_loss_fwd_carve(&w->f, a);
+    w->f.strip = (float *)ns_arena_carve(
+        a, (size_t)(w->f.t.tb * ns_loss_block_base(p, p->nblocks)) * sizeof(float));
+    w->f.rowbuf = (float *)ns_arena_carve(a, (size_t)(p->nt * w->f.t.tn) * sizeof(float));
+    w->b.t = w->f.t; /* the forward's tiles */
+    bwd_carve(&w->b, a, 0);
+    w->b.strip = w->f.strip;
+}
+
+ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                          const ns_loss_options *opt, float grad_loss,
+                                          float *loss, float *per_query, float *saved,
+                                          const ns_infonce_grads *grads) {
+    static const char *fn = "ns_infonce_forward_backward";
+    ns_status st = ns_cpu_infonce_check_data(ctx, fn, in);
+    if (st) return st;
+    ns_loss_plan plan;
+    ns_loss_plan_init(&plan, ctx, in, opt);
+    const ns_loss_plan *p = &plan;
+    fused_work w;
+    memset(&w, 0, sizeof w);
+    w.f.p = w.b.p = p;
+    ns_loss_tiles_shape(p, &w.f.t);
+    const int64_t cols = ns_loss_block_base(p, p->nblocks);
+    if (p->sym || w.f.t.tb * cols * (int64_t)sizeof(float) > NS_LOSS_STRIP_BYTES) {
+        if ((st = ns_cpu_infonce_forward(ctx, in, opt, loss, per_query, saved))) return st;
+        return ns_cpu_infonce_backward(ctx, in, opt, saved, grad_loss, grads);
+    }
+    bwd_blocks(p, grads, &w.b);
+    if ((st = ns_arena_lay_out(ctx, &ctx->scratch, fused_layout, &w, fn))) return st;
+    ns_loss_fwd_init(&w.f);
+    const int64_t B = p->B, N = p->N, d = p->d, h = p->h;
+    float *gq = grads->query, *gp = grads->passage, *gh = h > 0 ? grads->hard : NULL;
+    if (gq) memset(gq, 0, (size_t)(B * d) * 4);
+    if (gp) memset(gp, 0, (size_t)(N * d) * 4);
+    if (gh) memset(gh, 0, (size_t)(B * h * d) * 4);
+    const double wl = (double)grad_loss / (double)B;
+    const float wt = (float)(wl / p->tau);
+    double tau_sum = 0.0, tau_explicit = 0.0;
+    for (int64_t r0 = 0; r0 < B; r0 += w.f.t.tb) {
+        const int64_t nb = B - r0 < w.f.t.tb ? B - r0 : w.f.t.tb;
+        ns_loss_fwd_row_tile(&w.f, r0, nb, saved);
+        bwd_row_tile(&w.b, r0, nb, saved, grads, wt, &tau_sum, &tau_explicit);
+    }
+    *loss = ns_loss_fwd_finish(&w.f, saved, per_query);
+    if (grads->temperature)
+        *grads->temperature = (float)(wl * (-tau_sum / (double)p->tau + tau_explicit));
     return NS_OK;
 }

@@ -20,13 +20,11 @@
 
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
-typedef struct {
-    float *m;     /* running max of negative logits, -inf when none yet */
-    double *a, *w;
-    int64_t *n;
-    int64_t *pos, *posid; /* the positive passage row and its id, per row of the tile */
-} row_state;
+typedef ns_loss_row_state row_state;
 
 /* Sums run in NS_LANES independent lanes of a fixed order: the compiler vectorises them without
  * reassociating, and the result does not depend on the thread count. */
@@ -149,16 +147,9 @@ static void column_update(const ns_loss_plan *p, const float *xt, int64_t nb, in
 /* One call's workspace (the context's scratch arena): the logit tile, f32 copies of f16/bf16
  * tiles, a tile's column facts, the row state of one row tile and, when symmetric, the column
  * statistics of the positive passages. */
-typedef struct {
-    const ns_loss_plan *p;
-    ns_loss_tiles t;
-    row_state rs;
-    double *cmax, *csum;
-    uint8_t *ispos;
-} fwd_work;
+typedef ns_loss_fwd fwd_work;
 
-static void fwd_layout(void *plan, ns_arena *a) {
-    fwd_work *w = (fwd_work *)plan;
+void ns_loss_fwd_carve(ns_loss_fwd *w, ns_arena *a) {
     const ns_loss_plan *p = w->p;
     const int64_t tb = w->t.tb;
     ns_loss_tiles_carve(p, &w->t, a);
@@ -173,11 +164,10 @@ static void fwd_layout(void *plan, ns_arena *a) {
     w->ispos = p->sym ? (uint8_t *)ns_arena_carve(a, (size_t)p->N) : NULL;
 }
 
-static ns_status fwd_setup(ns_context *ctx, const ns_loss_plan *p, fwd_work *w) {
-    w->p = p;
-    ns_loss_tiles_shape(p, &w->t);
-    ns_status st = ns_arena_lay_out(ctx, &ctx->scratch, fwd_layout, w, "ns_infonce_forward");
-    if (st) return st;
+static void fwd_layout(void *plan, ns_arena *a) { ns_loss_fwd_carve((ns_loss_fwd *)plan, a); }
+
+void ns_loss_fwd_init(ns_loss_fwd *w) {
+    const ns_loss_plan *p = w->p;
     if (p->sym) {
         memset(w->ispos, 0, (size_t)p->N);
         for (int64_t i = 0; i < p->B; i++) w->ispos[ns_loss_pos(p, i)] = 1;
@@ -186,13 +176,22 @@ static ns_status fwd_setup(ns_context *ctx, const ns_loss_plan *p, fwd_work *w) 
             w->csum[j] = 0.0;
         }
     }
+}
+
+static ns_status fwd_setup(ns_context *ctx, const ns_loss_plan *p, fwd_work *w) {
+    memset(w, 0, sizeof *w);
+    w->p = p;
+    ns_loss_tiles_shape(p, &w->t);
+    ns_status st = ns_arena_lay_out(ctx, &ctx->scratch, fwd_layout, w, "ns_infonce_forward");
+    if (st) return st;
+    ns_loss_fwd_init(w);
     return NS_OK;
 }
 
 /* Folds one logit tile (rows [r0, r0+nb) × columns [j0, j0+nc) of a shared block) into the
  * rows' statistics: the positive logit saved, masked columns set to -inf. */
 static void fwd_block_tile(const fwd_work *w, const ns_loss_block *blk, int64_t r0, int64_t nb,
-                           int64_t j0, int64_t nc, float *saved) {
+                           int64_t j0, int64_t nc, float *xt, float *saved) {
     const ns_loss_plan *p = w->p;
     const int passage = blk->kind == NS_BLK_PASSAGE;
     const uint8_t *cmask = w->t.cmask, *cidok = w->t.cidok;
@@ -207,7 +206,16 @@ static void fwd_block_tile(const fwd_work *w, const ns_loss_block *blk, int64_t 
     if (passage && !p->in->passage_id) anyid = 0;
 #pragma omp parallel for num_threads(ns_loss_elem_threads(p->nt, nb * nc)) schedule(static)
     for (int64_t k = 0; k < nb; k++) {
-        float *x = w->t.xt + k * nc;
+        float *x = xt + k * nc;
+        if (w->rowbuf) { /* fused: mask a copy, the strip keeps the raw logits */
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            float *copy = w->rowbuf + (int64_t)tid * w->t.tn;
+            memcpy(copy, x, (size_t)nc * sizeof(float));
+            x = copy;
+        }
         const int64_t pos = w->rs.pos[k], posid = w->rs.posid[k];
         const int has_pos = passage && pos >= j0 && pos < j0 + nc;
         if (has_pos) saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = x[pos - j0];
@@ -252,7 +260,7 @@ static void fwd_own_hard(const fwd_work *w, const float *q, int64_t ldq, int64_t
 
 /* One row tile: every tile of every shared block, then the own hard negatives, then each
  * row's finish (ns_loss_row_finish). */
-static void fwd_row_tile(const fwd_work *w, int64_t r0, int64_t nb, float *saved) {
+void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *saved) {
     const ns_loss_plan *p = w->p;
     const int nt = p->nt;
     int64_t ldq;
@@ -270,17 +278,38 @@ static void fwd_row_tile(const fwd_work *w, int64_t r0, int64_t nb, float *saved
             const int64_t nc = blk->m.rows - j0 < w->t.tn ? blk->m.rows - j0 : w->t.tn;
             int64_t ldc;
             const float *c = ns_loss_view(blk->m, j0, nc, w->t.cbuf, &ldc, nt);
-            ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->t.xt, nc);
+            float *xt = w->strip ? ns_loss_strip_tile(w->strip, p, b, nb, j0) : w->t.xt;
+            ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
             ns_loss_columns(p, blk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok);
             if (p->sym && blk->kind == NS_BLK_PASSAGE)
-                column_update(p, w->t.xt, nb, nc, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
-            fwd_block_tile(w, blk, r0, nb, j0, nc, saved);
+                column_update(p, xt, nb, nc, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
+            fwd_block_tile(w, blk, r0, nb, j0, nc, xt, saved);
         }
     }
     if (p->own_hard) fwd_own_hard(w, q, ldq, r0, nb);
     for (int64_t k = 0; k < nb; k++)
         ns_loss_row_finish(p->general, p->tau, p->tau_plus, p->beta, w->rs.m[k], w->rs.a[k],
                            w->rs.w[k], w->rs.n[k], saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY);
+}
+
+float ns_loss_fwd_finish(const ns_loss_fwd *w, float *saved, float *per_query) {
+    const ns_loss_plan *p = w->p;
+    /* The symmetric term of query i: column positive[i]'s log-sum-exp. */
+    double total = 0.0;
+    for (int64_t i = 0; i < p->B; i++) {
+        float *sv = saved + i * NS_INFONCE_SAVED_PER_QUERY;
+        double L = sv[NS_SAVED_LOSS];
+        if (p->sym) {
+            const int64_t j = ns_loss_pos(p, i);
+            const double lp = sv[NS_SAVED_LPOS];
+            const double clse = ns_loss_column_lse(w->cmax[j], w->csum[j], lp, p->same);
+            sv[NS_SAVED_COLLSE] = (float)clse;
+            L = 0.5 * (L + (clse - lp));
+        }
+        if (per_query) per_query[i] = (float)L;
+        total += L;
+    }
+    return (float)(total / (double)p->B);
 }
 
 ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
@@ -294,23 +323,7 @@ ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
     fwd_work w;
     if ((st = fwd_setup(ctx, p, &w))) return st;
     for (int64_t r0 = 0; r0 < p->B; r0 += w.t.tb)
-        fwd_row_tile(&w, r0, p->B - r0 < w.t.tb ? p->B - r0 : w.t.tb, saved);
-
-    /* The symmetric term of query i: column positive[i]'s log-sum-exp. */
-    double total = 0.0;
-    for (int64_t i = 0; i < p->B; i++) {
-        float *sv = saved + i * NS_INFONCE_SAVED_PER_QUERY;
-        double L = sv[NS_SAVED_LOSS];
-        if (p->sym) {
-            const int64_t j = ns_loss_pos(p, i);
-            const double lp = sv[NS_SAVED_LPOS];
-            const double clse = ns_loss_column_lse(w.cmax[j], w.csum[j], lp, p->same);
-            sv[NS_SAVED_COLLSE] = (float)clse;
-            L = 0.5 * (L + (clse - lp));
-        }
-        if (per_query) per_query[i] = (float)L;
-        total += L;
-    }
-    *loss = (float)(total / (double)p->B);
+        ns_loss_fwd_row_tile(&w, r0, p->B - r0 < w.t.tb ? p->B - r0 : w.t.tb, saved);
+    *loss = ns_loss_fwd_finish(&w, saved, per_query);
     return NS_OK;
 }

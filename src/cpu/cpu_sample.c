@@ -18,18 +18,15 @@ typedef struct {
     int64_t col;
 } entry;
 
-/* a comes before b: larger key, ties to the lower column (ns_order.h). Keys are never NaN
- * (finite scores and valid parameters give finite or infinite keys only). */
-static inline int before(entry a, entry b) { return ns_before(a.key, a.col, b.key, b.col); }
-
-/* Min-heap (the worst of the kept k at the root) over "before". */
-static void sift_down(entry *h, int64_t n, int64_t i) {
+/* Min-heap (the worst of the kept k at the root) over packed (key, column) integers, larger
+ * is better (sample_row, step 3). */
+static void sift_down_packed(uint64_t *h, int64_t n, int64_t i) {
     for (;;) {
         int64_t l = 2 * i + 1, w = i;
-        if (l < n && before(h[w], h[l])) w = l;
-        if (l + 1 < n && before(h[w], h[l + 1])) w = l + 1;
+        if (l < n && h[l] < h[w]) w = l;
+        if (l + 1 < n && h[l + 1] < h[w]) w = l + 1;
         if (w == i) return;
-        entry t = h[i];
+        uint64_t t = h[i];
         h[i] = h[w];
         h[w] = t;
         i = w;
@@ -54,6 +51,14 @@ static int set_insert(int64_t *set, int64_t mask, int64_t id) {
     return 1;
 }
 
+/* Per thread, for the vector keys: the eligible ids, scores and their keys (NULL ids: the
+ * scalar path). */
+typedef struct {
+    int64_t *ids;
+    float *s, *keys;
+    uint64_t *packed; /* the eligible (key, column) pairs packed for the selection */
+} row_scratch;
+
 /* One query row: eligible = kept, non-empty, and the first occurrence of its id among the
  * kept non-empty slots of the row (a duplicate id would draw the same Gumbel noise and could
  * be returned twice; the later copies are ignored, so a document is never drawn twice). */
@@ -65,7 +70,7 @@ static int set_insert(int64_t *set, int64_t mask, int64_t id) {
 NS_ALWAYS_INLINE int64_t sample_row(const ns_candidates *c, const uint8_t *keep,
                                     const ns_sampler_options *o, int64_t m, int64_t i,
                                     entry *e, int64_t *set, int64_t hmask, int64_t *index,
-                                    float *score) {
+                                    float *score, const row_scratch *rs) {
     const int64_t C = c->per_query;
     const int64_t qid = c->query_offset + i;
     const float sp = c->positive_score ? c->positive_score[i] : 0.0f;
@@ -80,33 +85,54 @@ NS_ALWAYS_INLINE int64_t sample_row(const ns_candidates *c, const uint8_t *keep,
         if (!set_insert(set, hmask, ids[j])) continue;
         e[n++].col = j;
     }
-    /* 2. Their keys, in a loop of independent iterations (the two logs of a key are a long
-     * dependent chain; the CPU overlaps consecutive keys when no branch separates them). */
+    /* 2. Their keys. Vector path (rs->ids != NULL): the eligible ids and scores packed, their
+     * keys 16 at a time (ns_cpu_sample_keys, bit-identical to ns_sample_key). Scalar path: a
+     * loop of independent iterations (the two logs of a key are a long dependent chain; the
+     * CPU overlaps consecutive keys when no branch separates them). */
     const int strategy = (int)o->strategy;
-    for (int64_t k = 0; k < n; k++) {
-        const int64_t j = e[k].col;
-        e[k].key = ns_sample_key(strategy, s[j], sp, o->simans_a, o->simans_b, o->temperature,
-                                 o->seed, o->step, qid, ids[j]);
+    if (rs->ids) {
+        for (int64_t k = 0; k < n; k++) {
+            rs->ids[k] = ids[e[k].col];
+            rs->s[k] = s[e[k].col];
+        }
+        ns_cpu_sample_keys(NS_KEYS_ISA_AVX512, o, qid, sp, rs->ids, rs->s, n, rs->keys);
+        for (int64_t k = 0; k < n; k++) e[k].key = rs->keys[k];
+    } else {
+        for (int64_t k = 0; k < n; k++) {
+            const int64_t j = e[k].col;
+            e[k].key = ns_sample_key(strategy, s[j], sp, o->simans_a, o->simans_b,
+                                     o->temperature, o->seed, o->step, qid, ids[j]);
+        }
     }
-    /* 3. The best min(m, n) into e[0..k) — a heap with the worst at the root — then heap sort,
-     * each pop moving the current worst to the back, so e[0..k) ends best-first. */
+    /* 3. The best min(m, n), best first. Each (key, column) is packed into one integer that
+     * orders exactly as ns_before: the key's bits mapped to an unsigned order (−0 made +0
+     * first, so that it ties with +0 as the float compare does; keys are never NaN) above the
+     * complemented column (ties to the lower column). One integer compare per heap step. */
+    uint64_t *pk = rs->packed;
+    for (int64_t q = 0; q < n; q++) {
+        uint32_t b = ns_float_bits(e[q].key + 0.0f);
+        b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+        pk[q] = ((uint64_t)b << 32) | (uint64_t)(uint32_t)~(uint32_t)e[q].col;
+    }
     const int64_t k = n < m ? n : m;
-    for (int64_t p = k / 2 - 1; p >= 0; p--) sift_down(e, k, p);
+    /* a min-heap of the best k (the worst at the root), then heap sort: best first */
+    for (int64_t p = k / 2 - 1; p >= 0; p--) sift_down_packed(pk, k, p);
     for (int64_t q = k; q < n; q++)
-        if (before(e[q], e[0])) {
-            e[0] = e[q];
-            sift_down(e, k, 0);
+        if (pk[q] > pk[0]) {
+            pk[0] = pk[q];
+            sift_down_packed(pk, k, 0);
         }
     for (int64_t q = k - 1; q > 0; q--) {
-        entry t = e[0];
-        e[0] = e[q];
-        e[q] = t;
-        sift_down(e, q, 0);
+        uint64_t t = pk[0];
+        pk[0] = pk[q];
+        pk[q] = t;
+        sift_down_packed(pk, q, 0);
     }
     for (int64_t r = 0; r < m; r++) {
         if (r < k) {
-            index[r] = ids[e[r].col];
-            if (score) score[r] = s[e[r].col];
+            const int64_t col = (int64_t)(uint32_t)~(uint32_t)pk[r];
+            index[r] = ids[col];
+            if (score) score[r] = s[col];
         } else {
             index[r] = -1;
             if (score) score[r] = NAN;
@@ -116,12 +142,14 @@ NS_ALWAYS_INLINE int64_t sample_row(const ns_candidates *c, const uint8_t *keep,
 }
 
 typedef int64_t (*row_fn)(const ns_candidates *, const uint8_t *, const ns_sampler_options *,
-                         int64_t, int64_t, entry *, int64_t *, int64_t, int64_t *, float *);
+                         int64_t, int64_t, entry *, int64_t *, int64_t, int64_t *, float *,
+                         const row_scratch *);
 
 static int64_t sample_row_generic(const ns_candidates *c, const uint8_t *keep,
                                   const ns_sampler_options *o, int64_t m, int64_t i, entry *e,
-                                  int64_t *set, int64_t hmask, int64_t *index, float *score) {
-    return sample_row(c, keep, o, m, i, e, set, hmask, index, score);
+                                  int64_t *set, int64_t hmask, int64_t *index, float *score,
+                                  const row_scratch *rs) {
+    return sample_row(c, keep, o, m, i, e, set, hmask, index, score, rs);
 }
 
 /* The same row compiled for FMA hardware: the keys' fmaf (ns_math.h, inlined) becomes one
@@ -132,8 +160,8 @@ static int64_t sample_row_generic(const ns_candidates *c, const uint8_t *keep,
 __attribute__((target("fma"))) static int64_t
 sample_row_fma(const ns_candidates *c, const uint8_t *keep, const ns_sampler_options *o,
                int64_t m, int64_t i, entry *e, int64_t *set, int64_t hmask, int64_t *index,
-               float *score) {
-    return sample_row(c, keep, o, m, i, e, set, hmask, index, score);
+               float *score, const row_scratch *rs) {
+    return sample_row(c, keep, o, m, i, e, set, hmask, index, score, rs);
 }
 #endif
 
@@ -145,30 +173,50 @@ static row_fn pick_row_fn(void) {
     return sample_row_generic;
 }
 
-/* Per thread: the eligible entries (C, padded to whole cache lines) and the id set (H ids). */
+/* Per thread: the eligible entries (C, padded to whole cache lines), the id set (H ids) and,
+ * on the vector path, the packed ids, scores and keys (C each, padded). */
 typedef struct {
     int64_t per_thread_entries, H;
-    int nt;
+    int nt, vector;
     entry *entries;
-    int64_t *sets;
+    int64_t *sets, *ids;
+    float *s, *keys;
+    uint64_t *packed;
 } sample_ws;
 
 static void sample_layout(void *plan, ns_arena *a) {
     sample_ws *w = (sample_ws *)plan;
-    w->entries = (entry *)ns_arena_carve(a, (size_t)(w->per_thread_entries * w->nt) * sizeof(entry));
-    w->sets = (int64_t *)ns_arena_carve(a, (size_t)(w->H * w->nt) * sizeof(int64_t));
+    const size_t per = (size_t)w->per_thread_entries, nt = (size_t)w->nt;
+    w->entries = (entry *)ns_arena_carve(a, per * nt * sizeof(entry));
+    w->sets = (int64_t *)ns_arena_carve(a, (size_t)w->H * nt * sizeof(int64_t));
+    w->packed = (uint64_t *)ns_arena_carve(a, per * nt * sizeof(uint64_t));
+    if (w->vector) {
+        w->ids = (int64_t *)ns_arena_carve(a, per * nt * sizeof(int64_t));
+        w->s = (float *)ns_arena_carve(a, per * nt * sizeof(float));
+        w->keys = (float *)ns_arena_carve(a, per * nt * sizeof(float));
+    }
 }
 
 ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
                         const ns_sampler_options *o, int64_t m, int64_t *index, float *score,
                         int64_t *count) {
     ns_status st;
-    if ((st = ns_check_candidate_data(ctx, FN, cand, o->strategy == NS_SAMPLE_SIMANS, 0)))
+    /* One scan of the slots per step: the step's ns_filter has just checked these. */
+    if ((st = ctx->candidate_slots_checked
+                  ? ns_check_candidate_rows(ctx, FN, cand, o->strategy == NS_SAMPLE_SIMANS, 0)
+                  : ns_check_candidate_data(ctx, FN, cand, o->strategy == NS_SAMPLE_SIMANS, 0)))
         return st;
+    if (cand->per_query > (int64_t)UINT32_MAX)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: cand->per_query (%lld) is larger than 2^32 - 1 (the CPU sampler "
+                       "packs a column into 32 bits)",
+                       FN, (long long)cand->per_query);
     const int nt = ns_threads(ctx);
     const int64_t C = cand->per_query, H = hash_size(C);
     const int64_t line = 64 / (int64_t)sizeof(entry);
-    sample_ws w = {(C + line - 1) / line * line, H, nt, NULL, NULL};
+    const int vector = o->strategy != NS_SAMPLE_TOP &&
+                       ns_cpu_sample_keys_isa() == NS_KEYS_ISA_AVX512;
+    sample_ws w = {(C + line - 1) / line * line, H, nt, vector, NULL, NULL, NULL, NULL, NULL, NULL};
     if ((st = ns_arena_lay_out(ctx, &ctx->scratch, sample_layout, &w, FN))) return st;
 
     const int64_t B = cand->queries;
@@ -182,10 +230,13 @@ ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_
 #endif
         entry *e = w.entries + w.per_thread_entries * tid;
         int64_t *set = w.sets + H * tid;
+        const int64_t off = w.per_thread_entries * tid;
+        const row_scratch rs = {vector ? w.ids + off : NULL, vector ? w.s + off : NULL,
+                                vector ? w.keys + off : NULL, w.packed + off};
 #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < B; i++)
             count[i] = row(cand, keep, o, m, i, e, set, H - 1, index + i * m,
-                           score ? score + i * m : NULL);
+                           score ? score + i * m : NULL, &rs);
     }
     return NS_OK;
 }

@@ -41,9 +41,24 @@ int ns_gemm_bf16_nt(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t
  * finite scores in non-empty slots, finite positive scores and guide scores when asked for. */
 ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
                                   int need_positive_score, int need_guide);
+/* The per-query part of it alone (positive and guide positive scores): what ns_sample still
+ * checks when the step's ns_filter has just checked the slots (ctx->candidate_slots_checked). */
+ns_status ns_check_candidate_rows(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  int need_positive_score, int need_guide);
 /* src/cpu/cpu_filter.c */
 ns_status ns_cpu_filter(ns_context *ctx, const ns_candidates *cand, const ns_filter_options *opt,
                         uint8_t *keep, ns_filter_counts *counts);
+/* src/cpu/cpu_sample_keys.c: ns_sample_key (ns_math.h) of n slots of query qid (ids, scores
+ * s) into keys, bit-identical on every path; isa: NS_KEYS_ISA_SCALAR or _AVX512 (16 lanes,
+ * only where ns_cpu_sample_keys_isa says the CPU has it). ns_cpu_sample_keys_isa: the path
+ * ns_sample takes (run-time CPU check; ns_cpu_sample_keys_force(isa ≥ 0) overrides it for
+ * tests, -1 restores it). */
+#define NS_KEYS_ISA_SCALAR 0
+#define NS_KEYS_ISA_AVX512 1
+int ns_cpu_sample_keys_isa(void);
+void ns_cpu_sample_keys_force(int isa);
+void ns_cpu_sample_keys(int isa, const ns_sampler_options *o, int64_t qid, float sp,
+                        const int64_t *ids, const float *s, int64_t n, float *keys);
 /* src/cpu/cpu_sample.c */
 ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
                         const ns_sampler_options *opt, int64_t m, int64_t *index, float *score,
@@ -59,6 +74,10 @@ ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
 ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                   const ns_loss_options *opt, const float *saved,
                                   float grad_loss, const ns_infonce_grads *grads);
+ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                          const ns_loss_options *opt, float grad_loss,
+                                          float *loss, float *per_query, float *saved,
+                                          const ns_infonce_grads *grads);
 /* src/cpu/cpu_step.c: the step's stages between the public ops (same contracts as the CUDA
  * ones: scores in the sequential order of the CUDA kernel, so both backends take the same
  * filter and sampler decisions). check_batch: NaN/Inf in the batch's rows. */
