@@ -715,9 +715,12 @@ void run_step_case(Pair &p, const StepCase &c, uint64_t seed) {
     auto settle = []() {};
 #endif
     ns_queue *qc = nullptr, *qg = nullptr;
+    std::unique_ptr<ns_queue, ns_status (*)(ns_queue *)> own_qc(nullptr, ns_queue_destroy), own_qg(nullptr, ns_queue_destroy);
     if (c.queue) {
         ASSERT_EQ(ns_queue_create(p.cpu, 4 * c.B, c.d, &qc), NS_OK) << ns_last_error(p.cpu);
+        own_qc.reset(qc);
         ASSERT_EQ(ns_queue_create(p.gpu, 4 * c.B, c.d, &qg), NS_OK) << ns_last_error(p.gpu);
+        own_qg.reset(qg);
     }
     const int steps = c.queue ? 2 : 1;
     for (int step = 0; step < steps; step++) {
@@ -774,8 +777,6 @@ void run_step_case(Pair &p, const StepCase &c, uint64_t seed) {
             EXPECT_EQ(ns_queue_size(qg), std::min<int64_t>(4 * c.B, (step + 1) * c.B));
         }
     }
-    if (qc) ns_queue_destroy(qc);
-    if (qg) ns_queue_destroy(qg);
 #ifdef NS_HAVE_CUDA
     if (stream) {
         EXPECT_EQ(ns_context_set_stream(p.gpu, nullptr), NS_OK);

@@ -30,6 +30,7 @@ done
 for pkg in clang-14 libclang-rt-14-dev libomp-14-dev; do  # tests/fuzz/run.sh: libFuzzer
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+[ "${NS_WITH_WORDNET:-0}" = 1 ] && ! dpkg -s wordnet-base >/dev/null 2>&1 && need+=(wordnet-base)  # bench/wordnet_study.py
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # ---------------------------------------------------------------- the virtual environment
