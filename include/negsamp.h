@@ -81,7 +81,8 @@ typedef enum {
 typedef struct {
     size_t struct_size;  /* sizeof(ns_context_options) */
     ns_backend backend;
-    int device;          /* CUDA device ordinal */
+    int device;          /* CUDA device ordinal: every call on the context makes it current and
+                          * gives the caller's current device back on return */
     void *stream;        /* cudaStream_t the work is ordered on; NULL = the legacy default stream */
     int threads;         /* CPU threads; 0 = all the cores OpenMP sees */
 } ns_context_options;

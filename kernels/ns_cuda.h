@@ -17,6 +17,11 @@ int ns_cuda_device_count_impl(void);
 ns_status ns_cuda_context_init(ns_context *ctx);
 void ns_cuda_context_free(ns_context *ctx);
 ns_status ns_cuda_set_stream(ns_context *ctx, void *stream);
+/* The device guard of every CUDA entry (NS_DISPATCH, the step, the queue, context creation and
+ * destruction): enter makes ctx's device current and returns the caller's current device (−1
+ * when unreadable); leave restores it. Nested guards are harmless. */
+int ns_cuda_device_enter(ns_context *ctx);
+void ns_cuda_device_leave(ns_context *ctx, int prev);
 
 ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float scale,
                              unsigned flags, float *s);

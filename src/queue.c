@@ -58,7 +58,14 @@ ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_que
     qu->dim = dim;
     qu->ring = ns_arena_empty(ns_backend_memory(ctx));
     qu->dtype = NS_F32;
-    if ((st = ns_arena_lay_out(ctx, &qu->ring, ring_layout, qu, fn))) {
+#ifdef NS_HAVE_CUDA
+    const int prev = ctx->backend == NS_BACKEND_CUDA ? ns_cuda_device_enter(ctx) : -1;
+#endif
+    st = ns_arena_lay_out(ctx, &qu->ring, ring_layout, qu, fn);
+#ifdef NS_HAVE_CUDA
+    if (ctx->backend == NS_BACKEND_CUDA) ns_cuda_device_leave(ctx, prev);
+#endif
+    if (st) {
         free(qu);
         return st;
     }
@@ -68,7 +75,14 @@ ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_que
 
 ns_status ns_queue_destroy(ns_queue *queue) {
     if (!queue) return NS_OK;
+#ifdef NS_HAVE_CUDA
+    ns_context *ctx = queue->ctx;
+    const int prev = queue->backend == NS_BACKEND_CUDA ? ns_cuda_device_enter(ctx) : -1;
+    ns_arena_release(ctx, &queue->ring);
+    if (queue->backend == NS_BACKEND_CUDA) ns_cuda_device_leave(ctx, prev);
+#else
     ns_arena_release(queue->ctx, &queue->ring);
+#endif
     free(queue);
     return NS_OK;
 }
@@ -106,9 +120,11 @@ ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const 
     const ns_dtype rt = queue->typed ? queue->dtype : rows.dtype;
 #ifdef NS_HAVE_CUDA
     if (ctx->backend == NS_BACKEND_CUDA) {
-        if ((st = ns_cuda_queue_push(ctx, rows, ids, first, n, queue->rows, rt, queue->capacity,
-                                     start, queue->ids, 1)))
-            return st;
+        const int prev = ns_cuda_device_enter(ctx);
+        st = ns_cuda_queue_push(ctx, rows, ids, first, n, queue->rows, rt, queue->capacity, start,
+                                queue->ids, 1);
+        ns_cuda_device_leave(ctx, prev);
+        if (st) return st;
         queue->dtype = rt, queue->typed = 1;
         queue->next = (start + n) % queue->capacity;
         queue->size = queue->size + n < queue->capacity ? queue->size + n : queue->capacity;

@@ -191,7 +191,14 @@ ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_
     int collective = 0;
     step_config cfg;
     cfg.resolved = 0;
+#ifdef NS_HAVE_CUDA
+    const int guard = ctx && ctx->backend == NS_BACKEND_CUDA && ctx->cuda;
+    const int prev_device = guard ? ns_cuda_device_enter(ctx) : -1;
+#endif
     ns_status st = step_forward(ctx, batch, opt, result, &cfg, &collective);
+#ifdef NS_HAVE_CUDA
+    if (guard) ns_cuda_device_leave(ctx, prev_device);
+#endif
     ns_comm *comm = cfg.resolved ? cfg.opt.comm : NULL;
     if (st && !collective && ctx && comm) {
         char why[NS_ERROR_CAPACITY]; /* this rank's own failure is what it reports */
@@ -362,7 +369,14 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
 
 ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads) {
     int collective = 0;
+#ifdef NS_HAVE_CUDA
+    const int guard = ctx && ctx->backend == NS_BACKEND_CUDA && ctx->cuda;
+    const int prev_device = guard ? ns_cuda_device_enter(ctx) : -1;
+#endif
     ns_status st = step_backward(ctx, grad_loss, grads, &collective);
+#ifdef NS_HAVE_CUDA
+    if (guard) ns_cuda_device_leave(ctx, prev_device);
+#endif
     ns_comm *comm = ctx && ctx->step && ctx->step->ready ? ctx->step->opt.comm : NULL;
     if (st && !collective && comm) {
         /* As in the forward: the other ranks are waiting in the backward's first exchange. */

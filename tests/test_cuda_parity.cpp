@@ -967,3 +967,65 @@ TEST(CudaParity, StepSyncFreeHasNoHostSyncAndReplaysAsAGraph) {
     }
 #endif
 }
+
+#ifdef NS_CUDA_HOST_LAYER
+#include "cuda_host_internal.h"
+#endif
+
+// Issue 11 item 6: every CUDA entry makes its context's device current and gives the caller's
+// back. A context on device 1 used while device 0 is current: its ops (similarity, a queue,
+// a whole step) work and leave device 0 current.
+TEST(CudaParity, ADevice1ContextLeavesTheCallersDeviceCurrent) {
+#if !defined(NS_CUDA_HOST_LAYER) || defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "needs two devices (the host execution layer emulates them)";
+#else
+    const int saved_devices = cuda_host::config_mut().devices;
+    cuda_host::config_mut().devices = 2;
+    ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+    {
+        Ctx cpu(NS_BACKEND_CPU, 2);
+        ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
+        o.backend = NS_BACKEND_CUDA;
+        o.device = 1;
+        ns_context *g = nullptr;
+        ASSERT_EQ(ns_context_create(&g, &o), NS_OK) << ns_last_error(nullptr);
+        auto current = []() {
+            int d = -1;
+            EXPECT_EQ(cudaGetDevice(&d), cudaSuccess);
+            return d;
+        };
+        EXPECT_EQ(current(), 0) << "ns_context_create left device 1 current";
+        const int64_t m = 9, n = 13, d = 8;
+        HostMat q(NS_F32, m, d, d, 71), pm(NS_F32, n, d, d, 72);
+        float *qd = nullptr, *pd = nullptr, *sd = nullptr;
+        ASSERT_EQ(cudaSetDevice(1), cudaSuccess);  // the data lives on device 1
+        ASSERT_EQ(cudaMalloc((void **)&qd, q.f.size() * 4), cudaSuccess);
+        ASSERT_EQ(cudaMalloc((void **)&pd, pm.f.size() * 4), cudaSuccess);
+        ASSERT_EQ(cudaMalloc((void **)&sd, (size_t)(m * n) * 4), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(qd, q.f.data(), q.f.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(pd, pm.f.data(), pm.f.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+        std::vector<float> want((size_t)(m * n)), got((size_t)(m * n));
+        ASSERT_EQ(ns_similarity(cpu, f32_matrix(q.f.data(), m, d), f32_matrix(pm.f.data(), n, d), 1.f, 0, want.data()), NS_OK);
+        ASSERT_EQ(ns_similarity(g, f32_matrix(qd, m, d), f32_matrix(pd, n, d), 1.f, 0, sd), NS_OK) << ns_last_error(g);
+        EXPECT_EQ(current(), 0) << "ns_similarity left device 1 current";
+        ns_queue *queue = nullptr;
+        ASSERT_EQ(ns_queue_create(g, 4, d, &queue), NS_OK) << ns_last_error(g);
+        EXPECT_EQ(current(), 0) << "ns_queue_create left device 1 current";
+        ASSERT_EQ(ns_queue_push(g, queue, f32_matrix(pd, 3, d), nullptr), NS_OK) << ns_last_error(g);
+        EXPECT_EQ(current(), 0) << "ns_queue_push left device 1 current";
+        ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(got.data(), sd, got.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+        for (size_t e = 0; e < got.size(); e++) EXPECT_TRUE(close(got[e], want[e], 1e-5, 1e-4)) << e;
+        ns_queue_destroy(queue);
+        EXPECT_EQ(current(), 0) << "ns_queue_destroy left device 1 current";
+        ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+        cudaFree(qd), cudaFree(pd), cudaFree(sd);
+        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+        ns_context_destroy(g);
+        EXPECT_EQ(current(), 0) << "ns_context_destroy left device 1 current";
+    }
+    cuda_host::config_mut().devices = saved_devices;
+#endif
+}
