@@ -81,7 +81,8 @@ typedef enum {
 typedef struct {
     size_t struct_size;  /* sizeof(ns_context_options) */
     ns_backend backend;
-    int device;          /* CUDA device ordinal */
+    int device;          /* CUDA device ordinal: every call on the context makes it current and
+                          * gives the caller's current device back on return */
     void *stream;        /* cudaStream_t the work is ordered on; NULL = the legacy default stream */
     int threads;         /* CPU threads; 0 = all the cores OpenMP sees */
 } ns_context_options;
@@ -371,11 +372,16 @@ NS_API ns_status ns_infonce_forward_backward(ns_context *ctx, const ns_infonce_i
 
 /* ------------------------------------------------------------------ queue */
 
-/* A fixed-capacity FIFO of past passage embeddings (f32) and ids: cross-batch memory. */
+/* A fixed-capacity FIFO of past passage embeddings and ids: cross-batch memory. The rows are
+ * stored in the dtype of the first push (f32, f16 or bf16; before any push the view says f32);
+ * a later push in another dtype is converted to it (round to nearest even, the same on both
+ * backends). */
 typedef struct ns_queue ns_queue;
 NS_API ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_queue **queue);
 NS_API ns_status ns_queue_destroy(ns_queue *queue);
-/* Appends rows (dropping the oldest beyond capacity); ids may be NULL (then -1). */
+/* Appends rows (dropping the oldest beyond capacity); ids may be NULL (then -1). On CUDA rows
+ * and ids are device memory: the push is one kernel, after a device NaN/Inf scan of the rows
+ * that synchronises once (the scan is skipped inside a step, whose loss already checked them). */
 NS_API ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows,
                                const int64_t *ids);
 /* The rows held now (at most capacity), in storage order (a ring: the order carries no
@@ -470,9 +476,16 @@ typedef struct {
     ns_queue *queue;                    /* extra negatives, optional */
     int enqueue;                        /* push the positives into the queue after the backward */
     ns_comm *comm;                      /* other ranks, optional */
+    /* 1 = no host synchronisation inside ns_step_forward/ns_step_backward (CUDA; capturable in a
+     * CUDA graph once a step of the same shapes ran outside the capture): result.loss is NaN
+     * (the mean loss is on the device: ns_step_device_loss), result.filtered is all zero (no
+     * counts), and the batch's data is trusted — no NaN/Inf or id scans (the caller vouches, as
+     * under graph capture). Not with comm (NS_ERR_UNSUPPORTED). grads->temperature, a host
+     * float, still synchronises when given. 0 (default) = the checked, host-output step. */
+    int sync_free;
 } ns_step_options;
 
-#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL}
+#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0}
 
 typedef struct {
     float loss;                   /* mean over the (global) batch */
@@ -497,6 +510,10 @@ NS_API ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch,
                                  const ns_step_options *options, ns_step_result *result);
 /* The backward of the last ns_step_forward on ctx. */
 NS_API ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads);
+/* The mean loss of the last successful ns_step_forward on ctx as one float in the backend's
+ * memory (device memory on CUDA: ready when the context's stream reaches it), written by every
+ * forward, with or without sync_free; NULL before the first forward. Owned by the context. */
+NS_API const float *ns_step_device_loss(ns_context *ctx);
 
 #ifdef __cplusplus
 }

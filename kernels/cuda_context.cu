@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <cstring>
 
 #include "ns_cuda.h"
 #include "cuda_common.cuh"
@@ -17,7 +18,41 @@ int ns_cuda_device_count_impl(void) {
     return n;
 }
 
+int ns_cuda_device_enter(ns_context *ctx) {
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess) {
+        cudaGetLastError();
+        prev = -1;
+    }
+    if (prev != ctx->device && cudaSetDevice(ctx->device) != cudaSuccess) cudaGetLastError();
+    return prev;
+}
+
+void ns_cuda_device_leave(ns_context *ctx, int prev) {
+    if (prev >= 0 && prev != ctx->device && cudaSetDevice(prev) != cudaSuccess) cudaGetLastError();
+}
+
+static ns_status context_init(ns_context *ctx);
+
+// The caller's current device is restored whatever happens; a partly made state is freed.
 ns_status ns_cuda_context_init(ns_context *ctx) {
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess) {
+        cudaGetLastError();
+        prev = -1;
+    }
+    ns_status st = context_init(ctx);
+    if (st && ctx->cuda) {
+        char why[NS_ERROR_CAPACITY];
+        memcpy(why, ctx->error, sizeof why);
+        ns_cuda_context_free(ctx);
+        memcpy(ctx->error, why, sizeof why);
+    }
+    if (prev >= 0 && cudaSetDevice(prev) != cudaSuccess) cudaGetLastError();
+    return st;
+}
+
+static ns_status context_init(ns_context *ctx) {
     int n = ns_cuda_device_count_impl();
     if (n == 0)
         return ns_fail(ctx, NS_ERR_NO_DEVICE,
@@ -42,7 +77,7 @@ ns_status ns_cuda_context_init(ns_context *ctx) {
 void ns_cuda_context_free(ns_context *ctx) {
     ns_cuda_state *s = ctx->cuda;
     if (!s) return;
-    cudaSetDevice(ctx->device);
+    const int prev = ns_cuda_device_enter(ctx);
     if (ctx->stream) cudaStreamSynchronize((cudaStream_t)ctx->stream);
     else cudaDeviceSynchronize();
     ns_arena_release(ctx, &s->scratch);
@@ -65,6 +100,7 @@ void ns_cuda_context_free(ns_context *ctx) {
     if (s->blas) cublasDestroy(s->blas);
     free(s);
     ctx->cuda = NULL;
+    ns_cuda_device_leave(ctx, prev);
 }
 
 ns_status ns_cuda_set_stream(ns_context *ctx, void *stream) {

@@ -184,7 +184,8 @@ ns_status ns_cuda_filter(ns_context *ctx, const ns_candidates *cand, const ns_fi
 
     FilterArgs fa;
     fa.B = B, fa.C = C, fa.id = cand->id, fa.score = cand->score;
-    fa.sp = cand->positive_score, fa.guide = cand->guide_score, fa.gp = cand->guide_positive_score;
+    // Only what the enabled rules need (ca above): a pointer no rule reads is never dereferenced.
+    fa.sp = ca.sp, fa.guide = ca.guide, fa.gp = ca.gp;
     fa.pos_off = ca.pos_off, fa.pos_ids = ca.pos_ids, fa.o = *o, fa.keep = keep;
     fa.counts = nullptr;
     int *flags = nullptr;

@@ -185,11 +185,20 @@ ns_status forward_row_tile(ns_context *ctx, const char *fn, const Plan &P, const
 
 }  // namespace
 
-ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
-                                  const ns_loss_options *opt, float *loss, float *per_query,
-                                  float *saved) {
+namespace {
+
+// The mean loss as a device float: *out = total / B (the sum ns_k_loss_finish left in the
+// status words), before any later op resets them.
+__global__ void ns_k_loss_mean(const double *total, int64_t B, float *out) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) *out = (float)(*total / (double)B);
+}
+
+// loss (host float: one synchronisation, refused while capturing) or loss_dev (device float:
+// no synchronisation), exactly one of them non-NULL.
+ns_status forward(ns_context *ctx, const ns_infonce_inputs *in, const ns_loss_options *opt,
+                  float *loss, float *loss_dev, float *per_query, float *saved) {
     static const char *fn = "ns_infonce_forward";
-    if (ns_cuda_capturing(ctx))
+    if (loss && ns_cuda_capturing(ctx))
         return ns_fail(ctx, NS_ERR_UNSUPPORTED,
                        "%s: loss is a host float and needs a synchronisation, which a stream being "
                        "captured into a CUDA graph cannot do",
@@ -217,9 +226,27 @@ ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
                   S.m, S.a, S.w, S.n, S.cmax, S.csum, saved, per_query, total};
     ns_k_loss_finish<<<ns_blocks(P.B, kT), kT, 0, st>>>(fa);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    if (loss_dev) {
+        ns_k_loss_mean<<<1, 32, 0, st>>>(total, P.B, loss_dev);
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+        return NS_OK;
+    }
     const int *hf;
     if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
     *loss = (float)(*(const double *)(NS_CUDA_WIDE(hf) + W_TOTAL) / (double)P.B);
     return NS_OK;
 }
 
+}  // namespace
+
+ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
+                                  const ns_loss_options *opt, float *loss, float *per_query,
+                                  float *saved) {
+    return forward(ctx, in, opt, loss, nullptr, per_query, saved);
+}
+
+ns_status ns_cuda_infonce_forward_device(ns_context *ctx, const ns_infonce_inputs *in,
+                                         const ns_loss_options *opt, float *loss_dev,
+                                         float *per_query, float *saved) {
+    return forward(ctx, in, opt, nullptr, loss_dev, per_query, saved);
+}

@@ -50,28 +50,32 @@ __global__ void __launch_bounds__(kScoreWarps * 32) ns_k_step_scores(ns_matrix q
     }
 }
 
-// One warp per chosen negative (i, r): the first slot j of query i whose id is the chosen id,
-// then its row converted to f32 (zeros, keep 0, row −1 for padding or an id not found).
+// One warp per chosen negative (i, r): the first slot j of query i that the filter kept
+// (slot_keep; NULL = all) and whose id is the chosen id — the copy the sampler drew — then its
+// row copied in cand's dtype, es bytes an element (zeros, keep 0, row −1 for padding or an id
+// not found).
+template <class T>
 __global__ void ns_k_step_gather(ns_matrix cand, int64_t C, const int64_t *cand_id,
-                                 const int64_t *chosen, int64_t B, int64_t h, float *hard,
-                                 uint8_t *keep, int64_t *row) {
+                                 const uint8_t *slot_keep, const int64_t *chosen, int64_t B,
+                                 int64_t h, T *hard, uint8_t *keep, int64_t *row) {
     const int lane = threadIdx.x & 31;
     const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
     const int64_t d = cand.cols, ld = ns_ld_d(cand);
+    const T *data = (const T *)cand.data;
     for (int64_t t = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; t < B * h; t += warps) {
         const int64_t i = t / h, id = chosen[t];
         int64_t found = -1;
         if (id >= 0)
             for (int64_t j0 = 0; j0 < C && found < 0; j0 += 32) {
                 const int64_t j = j0 + lane;
-                const bool hit = j < C && (cand_id ? cand_id[i * C + j] : j) == id;
+                const bool hit = j < C && (!slot_keep || slot_keep[i * C + j]) &&
+                                 (cand_id ? cand_id[i * C + j] : j) == id;
                 const unsigned m = __ballot_sync(0xffffffffu, hit);
                 if (m) found = j0 + __ffs(m) - 1;
             }
         const int64_t src = found >= 0 ? i * C + found : -1;
-        float *dst = hard + t * d;
-        for (int64_t e = lane; e < d; e += 32)
-            dst[e] = src >= 0 ? ns_load_f32(cand.data, cand.dtype, (size_t)(src * ld + e)) : 0.0f;
+        T *dst = hard + t * d;
+        for (int64_t e = lane; e < d; e += 32) dst[e] = src >= 0 ? data[src * ld + e] : T(0);
         if (lane == 0) {
             keep[t] = src >= 0;
             row[t] = src;
@@ -88,7 +92,28 @@ __global__ void ns_k_step_scatter(int64_t dim, const float *grad_hard, const int
     }
 }
 
+// The step's ids (ns_cuda_step_ids): one thread per element, no host staging.
+__global__ void ns_k_step_ids(int64_t B, int64_t C, int64_t query_offset, int64_t *pos_offsets,
+                              int64_t *pos_ids, int64_t *cand_ids) {
+    const int64_t n = B * C > B + 1 ? B * C : B + 1;
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < n; t += (int64_t)gridDim.x * blockDim.x) {
+        if (t <= B) pos_offsets[t] = t;
+        if (pos_ids && t < B) pos_ids[t] = query_offset + t;
+        if (cand_ids && t < B * C) cand_ids[t] = query_offset * C + t;
+    }
+}
+
 }  // namespace
+
+ns_status ns_cuda_step_ids(ns_context *ctx, int64_t B, int64_t C, int64_t query_offset,
+                           int64_t *pos_offsets, int64_t *pos_ids, int64_t *cand_ids) {
+    static const char *fn = "ns_step_forward";
+    const int64_t n = B * C > B + 1 ? B * C : B + 1;
+    ns_k_step_ids<<<ns_blocks(n), NS_CUDA_THREADS, 0, ns_stream(ctx)>>>(B, C, query_offset, pos_offsets,
+                                                                        pos_ids, cand_ids);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
+}
 
 ns_status ns_cuda_step_check_batch(ns_context *ctx, const ns_batch *batch) {
     (void)ctx;
@@ -109,13 +134,21 @@ ns_status ns_cuda_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_ma
 }
 
 ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
-                              const int64_t *cand_id, const int64_t *chosen_id, int64_t h,
-                              float *hard, uint8_t *keep, int64_t *row) {
+                              const int64_t *cand_id, const uint8_t *slot_keep,
+                              const int64_t *chosen_id, int64_t h, void *hard, uint8_t *keep,
+                              int64_t *row) {
     static const char *fn = "ns_step_forward";
     const int64_t B = per_query > 0 ? cand.rows / per_query : 0;
     if (B * h == 0) return NS_OK;
-    ns_k_step_gather<<<ns_blocks(B * h * 32), NS_CUDA_THREADS, 0, ns_stream(ctx)>>>(
-        cand, per_query, cand_id, chosen_id, B, h, hard, keep, row);
+    const unsigned grid = ns_blocks(B * h * 32);
+    cudaStream_t st = ns_stream(ctx);
+    // Elements are moved as raw 2- or 4-byte words: no conversion, so bf16/f16 stay exact.
+    if (cand.dtype == NS_F32)
+        ns_k_step_gather<uint32_t><<<grid, NS_CUDA_THREADS, 0, st>>>(
+            cand, per_query, cand_id, slot_keep, chosen_id, B, h, (uint32_t *)hard, keep, row);
+    else
+        ns_k_step_gather<uint16_t><<<grid, NS_CUDA_THREADS, 0, st>>>(
+            cand, per_query, cand_id, slot_keep, chosen_id, B, h, (uint16_t *)hard, keep, row);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }

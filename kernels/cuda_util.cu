@@ -178,6 +178,13 @@ extern "C" void ns_cuda_set_input_checks(ns_context *ctx, int on) {
     if (ctx && ctx->cuda) ctx->cuda->unchecked = !on;
 }
 
+extern "C" int ns_cuda_swap_input_checks(ns_context *ctx, int on) {
+    if (!ctx || !ctx->cuda) return 1;
+    const int was = !ctx->cuda->unchecked;
+    ctx->cuda->unchecked = !on;
+    return was;
+}
+
 int ns_cuda_is_device_ptr(const void *p) {
     cudaPointerAttributes a;
     if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {

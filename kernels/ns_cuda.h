@@ -17,6 +17,11 @@ int ns_cuda_device_count_impl(void);
 ns_status ns_cuda_context_init(ns_context *ctx);
 void ns_cuda_context_free(ns_context *ctx);
 ns_status ns_cuda_set_stream(ns_context *ctx, void *stream);
+/* The device guard of every CUDA entry (NS_DISPATCH, the step, the queue, context creation and
+ * destruction): enter makes ctx's device current and returns the caller's current device (−1
+ * when unreadable); leave restores it. Nested guards are harmless. */
+int ns_cuda_device_enter(ns_context *ctx);
+void ns_cuda_device_leave(ns_context *ctx, int prev);
 
 ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float scale,
                              unsigned flags, float *s);
@@ -36,19 +41,44 @@ ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
 ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                    const ns_loss_options *opt, const float *saved,
                                    float grad_loss, const ns_infonce_grads *grads);
+/* The forward with the mean loss written to the device float *loss_dev on the stream instead of
+ * a host float: no synchronisation at the end (the step's sync_free path). */
+ns_status ns_cuda_infonce_forward_device(ns_context *ctx, const ns_infonce_inputs *in,
+                                         const ns_loss_options *opt, float *loss_dev,
+                                         float *per_query, float *saved);
+/* Turns the ops' synchronising data validation on ctx on (1) or off (0) and returns the
+ * previous setting (kernels/cuda_util.cu; see ns_cuda_set_input_checks). */
+int ns_cuda_swap_input_checks(ns_context *ctx, int on);
+/* The step's ids on the device, no host copy: pos_offsets[i] = i (i ≤ B); pos_ids[i] =
+ * query_offset + i when pos_ids is not NULL; cand_ids[r] = query_offset·C + r (r < B·C) when
+ * cand_ids is not NULL. */
+ns_status ns_cuda_step_ids(ns_context *ctx, int64_t B, int64_t C, int64_t query_offset,
+                           int64_t *pos_offsets, int64_t *pos_ids, int64_t *cand_ids);
 /* The step's small kernels (kernels/cuda_step.cu): score[i·C + j] = q_i · cand_{i·C+j}
  * and positive_score[i] = q_i · p_i; then gather the sampled rows (ids → rows of the candidate
- * block of query i, f32 out, keep/row/id arrays, zero rows for padding). */
+ * block of query i, in cand's dtype, keep/row/id arrays, zero rows for padding). */
 /* The batch's device rows are checked by the ops the step calls (their device scans). */
 ns_status ns_cuda_step_check_batch(ns_context *ctx, const ns_batch *batch);
 ns_status ns_cuda_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
                               int64_t per_query, float *score, float *positive_score);
+/* gather: the slot of a chosen id is the first slot of its query with that id that the filter
+ * kept (slot_keep, B·C; NULL = all kept) — the copy the sampler drew, not an earlier removed one.
+ * hard: B·h rows of d in cand's dtype (no conversion: the loss sees one dtype). */
 ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
-                              const int64_t *cand_id, const int64_t *chosen_id, int64_t h,
-                              float *hard, uint8_t *keep, int64_t *row);
+                              const int64_t *cand_id, const uint8_t *slot_keep,
+                              const int64_t *chosen_id, int64_t h, void *hard, uint8_t *keep,
+                              int64_t *row);
 /* grad_cand (B·C × d) = 0, then grad_cand[row[r]] += grad_hard[r] for every r with row ≥ 0. */
 ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                                const int64_t *row, int64_t nrow, float *grad_cand);
+/* The queue's push (kernels/cuda_queue.cu): rows [first, first + n) of the device matrix rows
+ * into ring slots start, start + 1, ... (mod capacity) of a ring of ring_dtype (converted,
+ * round to nearest even, when rows.dtype differs), and ids (NULL: −1) into ring_ids. validate:
+ * the device NaN/Inf scan of the rows first (one synchronisation; skipped after
+ * ns_cuda_set_input_checks(ctx, 0) or while capturing). Otherwise asynchronous. */
+ns_status ns_cuda_queue_push(ns_context *ctx, ns_matrix rows, const int64_t *ids, int64_t first,
+                             int64_t n, void *ring, ns_dtype ring_dtype, int64_t capacity,
+                             int64_t start, int64_t *ring_ids, int validate);
 /* Device memory for the arenas (src/arena.c): ns_cuda_free_ordered frees after the work queued
  * on ctx's stream (ctx NULL: after all work on the device) and returns any failure. */
 ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes);

@@ -1,8 +1,13 @@
-/* A fixed-capacity FIFO of past passage embeddings: a ring of f32 rows and int64 ids. Rows are
+/* A fixed-capacity FIFO of past passage embeddings: a ring of rows and int64 ids. Rows are
  * written at the slot after the newest, wrapping; once full, each push overwrites the oldest.
  * ns_queue_view returns the slots in storage order (slot 0 first), not age order: the InfoNCE
  * loss sums over its candidates, so their order carries no meaning.
- * On a CUDA context the ring lives in device memory and pushes take device rows (f32 only). */
+ * The ring's dtype is the first push's (f32, f16 or bf16; an empty queue never pushed to views
+ * as f32): rows of a later push in another dtype are converted to it, round to nearest even,
+ * the same conversion on both backends. A bf16 step thus keeps a bf16 queue, and the loss sees
+ * one dtype.
+ * On a CUDA context the ring lives in device memory and pushes take device rows; a push is one
+ * kernel (kernels/cuda_queue.cu), with no copy through the host. */
 #include "ns_internal.h"
 #ifdef NS_HAVE_CUDA
 #include "ns_cuda.h"
@@ -18,14 +23,15 @@ struct ns_queue {
     int64_t size;       /* rows held, ≤ capacity */
     int64_t next;       /* the slot the next row goes to */
     ns_arena ring;      /* the backend's memory, reserved once: rows then ids */
-    ns_arena stage;     /* CUDA: host staging for the non-finite check, grown on demand */
-    float *rows;        /* capacity × dim */
+    ns_dtype dtype;     /* the rows' dtype: the first push's (f32 before any push) */
+    int typed;          /* 1 once a push fixed dtype */
+    void *rows;         /* capacity × dim elements of dtype (room reserved for f32) */
     int64_t *ids;       /* capacity */
 };
 
 static void ring_layout(void *plan, ns_arena *a) {
     ns_queue *qu = (ns_queue *)plan;
-    qu->rows = (float *)ns_arena_carve(a, (size_t)(qu->capacity * qu->dim) * sizeof(float));
+    qu->rows = ns_arena_carve(a, (size_t)(qu->capacity * qu->dim) * sizeof(float));
     qu->ids = (int64_t *)ns_arena_carve(a, (size_t)qu->capacity * sizeof(int64_t));
 }
 
@@ -51,8 +57,15 @@ ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_que
     qu->capacity = capacity;
     qu->dim = dim;
     qu->ring = ns_arena_empty(ns_backend_memory(ctx));
-    qu->stage = ns_arena_empty(NS_MEM_HOST);
-    if ((st = ns_arena_lay_out(ctx, &qu->ring, ring_layout, qu, fn))) {
+    qu->dtype = NS_F32;
+#ifdef NS_HAVE_CUDA
+    const int prev = ctx->backend == NS_BACKEND_CUDA ? ns_cuda_device_enter(ctx) : -1;
+#endif
+    st = ns_arena_lay_out(ctx, &qu->ring, ring_layout, qu, fn);
+#ifdef NS_HAVE_CUDA
+    if (ctx->backend == NS_BACKEND_CUDA) ns_cuda_device_leave(ctx, prev);
+#endif
+    if (st) {
         free(qu);
         return st;
     }
@@ -62,8 +75,14 @@ ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_que
 
 ns_status ns_queue_destroy(ns_queue *queue) {
     if (!queue) return NS_OK;
+#ifdef NS_HAVE_CUDA
+    ns_context *ctx = queue->ctx;
+    const int prev = queue->backend == NS_BACKEND_CUDA ? ns_cuda_device_enter(ctx) : -1;
+    ns_arena_release(ctx, &queue->ring);
+    if (queue->backend == NS_BACKEND_CUDA) ns_cuda_device_leave(ctx, prev);
+#else
     ns_arena_release(queue->ctx, &queue->ring);
-    ns_arena_release(queue->ctx, &queue->stage);
+#endif
     free(queue);
     return NS_OK;
 }
@@ -81,72 +100,6 @@ static ns_status check_queue(ns_context *ctx, const char *fn, const ns_queue *qu
     return NS_OK;
 }
 
-#ifdef NS_HAVE_CUDA
-/* Host staging of a CUDA push: n rows (f32) and n ids. */
-typedef struct {
-    int64_t n, dim;
-    float *rows;
-    int64_t *ids;
-} push_stage;
-
-static void stage_layout(void *plan, ns_arena *a) {
-    push_stage *s = (push_stage *)plan;
-    s->rows = (float *)ns_arena_carve(a, (size_t)(s->n * s->dim) * sizeof(float));
-    s->ids = (int64_t *)ns_arena_carve(a, (size_t)s->n * sizeof(int64_t));
-}
-
-/* Device push: rows are device f32. They are brought to the host once to reject NaN/Inf (this
- * synchronises the stream), then copied device to device into the ring. */
-static ns_status push_cuda(ns_context *ctx, ns_queue *qu, ns_matrix rows, const int64_t *ids,
-                           int64_t first, int64_t n, int64_t start) {
-    static const char *fn = "ns_queue_push";
-    const int64_t dim = qu->dim, ld = ns_ld(rows);
-    if (rows.dtype != NS_F32)
-        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
-                       "%s: rows.dtype (%s) is not supported on CUDA (expected f32)", fn,
-                       ns_dtype_name(rows.dtype));
-    push_stage ps = {n, dim, NULL, NULL};
-    ns_status st = ns_arena_lay_out(ctx, &qu->stage, stage_layout, &ps, fn);
-    if (st) return st;
-    float *host = ps.rows;
-    int64_t *hid = ps.ids;
-    const float *src = (const float *)rows.data + first * ld;
-    if (ld == dim) {
-        if ((st = ns_cuda_memcpy(ctx, host, src, (size_t)(n * dim) * 4, NS_COPY_D2H))) return st;
-    } else {
-        for (int64_t r = 0; r < n; r++)
-            if ((st = ns_cuda_memcpy(ctx, host + r * dim, src + r * ld, (size_t)dim * 4, NS_COPY_D2H)))
-                return st;
-    }
-    int64_t bad = ns_find_nonfinite_f32(host, n * dim);
-    if (bad)
-        return ns_fail(ctx, NS_ERR_NONFINITE, "%s: rows[%lld][%lld] is not finite", fn,
-                       (long long)(first + (bad - 1) / dim), (long long)((bad - 1) % dim));
-    if (!ids)
-        for (int64_t r = 0; r < n; r++) hid[r] = -1;
-    /* Up to two contiguous runs of slots (before and after the wrap). */
-    int64_t done = 0, slot = start;
-    while (done < n) {
-        int64_t run = qu->capacity - slot < n - done ? qu->capacity - slot : n - done;
-        if (ld == dim) {
-            st = ns_cuda_memcpy(ctx, qu->rows + slot * dim, src + done * dim,
-                                (size_t)(run * dim) * 4, NS_COPY_D2D);
-        } else {
-            st = NS_OK;
-            for (int64_t r = 0; r < run && !st; r++)
-                st = ns_cuda_memcpy(ctx, qu->rows + (slot + r) * dim, src + (done + r) * ld,
-                                    (size_t)dim * 4, NS_COPY_D2D);
-        }
-        if (st) return st;
-        if (ids) st = ns_cuda_memcpy(ctx, qu->ids + slot, ids + first + done, (size_t)run * 8, NS_COPY_D2D);
-        else st = ns_cuda_memcpy(ctx, qu->ids + slot, hid + done, (size_t)run * 8, NS_COPY_H2D);
-        if (st) return st;
-        done += run;
-        slot = (slot + run) % qu->capacity;
-    }
-    return NS_OK;
-}
-#endif
 
 ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const int64_t *ids) {
     static const char *fn = "ns_queue_push";
@@ -164,9 +117,15 @@ ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const 
     const int64_t n = rows.rows < queue->capacity ? rows.rows : queue->capacity;
     const int64_t first = rows.rows - n;
     const int64_t start = (queue->next + first % queue->capacity) % queue->capacity;
+    const ns_dtype rt = queue->typed ? queue->dtype : rows.dtype;
 #ifdef NS_HAVE_CUDA
     if (ctx->backend == NS_BACKEND_CUDA) {
-        if ((st = push_cuda(ctx, queue, rows, ids, first, n, start))) return st;
+        const int prev = ns_cuda_device_enter(ctx);
+        st = ns_cuda_queue_push(ctx, rows, ids, first, n, queue->rows, rt, queue->capacity, start,
+                                queue->ids, 1);
+        ns_cuda_device_leave(ctx, prev);
+        if (st) return st;
+        queue->dtype = rt, queue->typed = 1;
         queue->next = (start + n) % queue->capacity;
         queue->size = queue->size + n < queue->capacity ? queue->size + n : queue->capacity;
         return NS_OK;
@@ -181,9 +140,24 @@ ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const 
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: rows[%lld][%lld] is not finite", fn,
                        (long long)(first + (bad - 1) / rows.cols),
                        (long long)((bad - 1) % rows.cols));
+    queue->dtype = rt, queue->typed = 1;
+    const int64_t dim = queue->dim;
+    const size_t es = ns_dtype_size(rt);
     int64_t slot = start;
     for (int64_t r = 0; r < n; r++) {
-        ns_rows_to_f32(rows, first + r, 1, queue->rows + slot * queue->dim);
+        char *dst = (char *)queue->rows + (size_t)(slot * dim) * es;
+        if (rows.dtype == rt) {
+            memcpy(dst, ns_row(rows, first + r), (size_t)dim * es);
+        } else { /* through f32, round to nearest even: kernels/cuda_queue.cu's conversion */
+            const void *src = ns_row(rows, first + r);
+            for (int64_t c = 0; c < dim; c++) {
+                float v = rows.dtype == NS_F32   ? ((const float *)src)[c]
+                          : rows.dtype == NS_F16 ? ns_f16_to_f32(((const uint16_t *)src)[c])
+                                                 : ns_bf16_to_f32(((const uint16_t *)src)[c]);
+                if (rt == NS_F32) ((float *)dst)[c] = v;
+                else ((uint16_t *)dst)[c] = rt == NS_F16 ? ns_f32_to_f16(v) : ns_f32_to_bf16(v);
+            }
+        }
         queue->ids[slot] = ids ? ids[first + r] : -1;
         slot = slot + 1 == queue->capacity ? 0 : slot + 1;
     }
@@ -200,7 +174,7 @@ ns_status ns_queue_view(ns_context *ctx, const ns_queue *queue, ns_matrix *rows,
     if ((st = check_queue(ctx, fn, queue))) return st;
     if ((st = ns_check_ptr(ctx, fn, "rows", rows))) return st;
     rows->data = queue->rows;
-    rows->dtype = NS_F32;
+    rows->dtype = queue->dtype;
     rows->rows = queue->size;
     rows->cols = queue->dim;
     rows->ld = queue->dim;

@@ -5,25 +5,26 @@
  * plumbing between them and the state kept from forward to backward. */
 #include "ns_comm.h"
 #include "ns_dispatch.h"
+#include "infonce_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* The buffers a step keeps from its forward to its backward, carved from the step's arena of
- * the backend's memory (host on CPU, device on CUDA); the host staging of ids comes from a host
- * arena. Both are reserved at the start of each forward for that batch's shapes, so a step of
- * unchanged shapes allocates nothing. */
+ * the backend's memory (host on CPU, device on CUDA), reserved at the start of each forward for
+ * that batch's shapes, so a step of unchanged shapes allocates nothing. Nothing is staged
+ * through the host: the ids are built by the backend (ns_*_step_ids). */
 typedef struct {
     int64_t B, C, h, d;
     int64_t *pos_ids, *pos_offsets, *cand_ids, *chosen_id, *chosen_row, *count;
-    float *per_query, *saved, *cand_score, *pos_score, *hard, *grad_hard;
+    float *loss, *per_query, *saved, *cand_score, *pos_score, *grad_hard;
+    void *hard;             /* B·h rows of d in the candidates' dtype (ns_step_gather) */
     uint8_t *keep, *hard_keep;
-    int64_t *stage; /* host */
 } step_bufs;
 
 struct ns_step_state {
-    ns_arena mem, host;
+    ns_arena mem;
     step_bufs buf;
     int ready;                /* a forward succeeded and its backward has not run yet */
     ns_batch batch;
@@ -42,6 +43,7 @@ static void step_layout(void *plan, ns_arena *a) {
     const int64_t B = b->B, C = b->C, h = b->h, d = b->d, H = h > 0;
     b->pos_ids = (int64_t *)ns_arena_carve(a, (size_t)B * 8);
     b->pos_offsets = (int64_t *)ns_arena_carve(a, (size_t)(B + 1) * 8);
+    b->loss = (float *)ns_arena_carve(a, 4);
     b->per_query = (float *)ns_arena_carve(a, (size_t)B * 4);
     b->saved = (float *)ns_arena_carve(a, (size_t)B * NS_INFONCE_SAVED_PER_QUERY * 4);
     b->cand_score = (float *)ns_arena_carve(a, H * (size_t)(B * C) * 4);
@@ -51,20 +53,14 @@ static void step_layout(void *plan, ns_arena *a) {
     b->chosen_id = (int64_t *)ns_arena_carve(a, (size_t)(B * h) * 8);
     b->chosen_row = (int64_t *)ns_arena_carve(a, (size_t)(B * h) * 8);
     b->count = (int64_t *)ns_arena_carve(a, H * (size_t)B * 8);
-    b->hard = (float *)ns_arena_carve(a, (size_t)(B * h * d) * 4);
+    b->hard = ns_arena_carve(a, (size_t)(B * h * d) * 4); /* room for any dtype */
     b->hard_keep = (uint8_t *)ns_arena_carve(a, (size_t)(B * h));
     b->grad_hard = (float *)ns_arena_carve(a, (size_t)(B * h * d) * 4);
-}
-
-static void step_host_layout(void *plan, ns_arena *a) {
-    step_bufs *b = (step_bufs *)plan;
-    b->stage = (int64_t *)ns_arena_carve(a, (size_t)(b->B * (b->C > 1 ? b->C : 1) + b->B + 1) * 8);
 }
 
 void ns_step_state_free(ns_context *ctx, struct ns_step_state *s) {
     if (!s) return;
     ns_arena_release(ctx, &s->mem);
-    ns_arena_release(ctx, &s->host);
     free(s);
 }
 
@@ -74,15 +70,12 @@ static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, int64_t h,
         ctx->step = (struct ns_step_state *)calloc(1, sizeof(struct ns_step_state));
         if (!ctx->step) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the step state", fn);
         ctx->step->mem = ns_arena_empty(ns_backend_memory(ctx));
-        ctx->step->host = ns_arena_empty(NS_MEM_HOST);
     }
     struct ns_step_state *s = ctx->step;
     s->ready = 0;
     step_bufs *b = &s->buf;
     b->B = batch->query.rows, b->d = batch->query.cols, b->C = batch->candidates_per_query, b->h = h;
-    ns_status st = ns_arena_lay_out(ctx, &s->mem, step_layout, b, fn);
-    if (!st) st = ns_arena_lay_out(ctx, &s->host, step_host_layout, b, fn);
-    return st;
+    return ns_arena_lay_out(ctx, &s->mem, step_layout, b, fn);
 }
 
 /* ------------------------------------------------------------------ checks */
@@ -172,6 +165,14 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
     }
     if ((st = NS_DISPATCH(ctx, step_check_batch, (ctx, b)))) return st;
     if (o->comm && (st = ns_comm_usable(ctx, o->comm, fn))) return st;
+    if (o->sync_free != 0 && o->sync_free != 1)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->sync_free (%d) must be 0 or 1",
+                       fn, o->sync_free);
+    if (o->sync_free && o->comm)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: options->sync_free with options->comm: the multi-rank loss exchanges "
+                       "host values (set sync_free = 0)",
+                       fn);
     return NS_OK;
 }
 
@@ -190,7 +191,14 @@ ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_
     int collective = 0;
     step_config cfg;
     cfg.resolved = 0;
+#ifdef NS_HAVE_CUDA
+    const int guard = ctx && ctx->backend == NS_BACKEND_CUDA && ctx->cuda;
+    const int prev_device = guard ? ns_cuda_device_enter(ctx) : -1;
+#endif
     ns_status st = step_forward(ctx, batch, opt, result, &cfg, &collective);
+#ifdef NS_HAVE_CUDA
+    if (guard) ns_cuda_device_leave(ctx, prev_device);
+#endif
     ns_comm *comm = cfg.resolved ? cfg.opt.comm : NULL;
     if (st && !collective && ctx && comm) {
         char why[NS_ERROR_CAPACITY]; /* this rank's own failure is what it reports */
@@ -209,25 +217,18 @@ static ns_status step_ids(ns_context *ctx, struct ns_step_state *s, const ns_bat
                           const int64_t **cand_ids) {
     step_bufs *b = &s->buf;
     const int64_t B = b->B, C = b->C;
-    ns_status st;
-    for (int64_t i = 0; i <= B; i++) b->stage[i] = i;
-    if ((st = ns_copy(ctx, b->pos_offsets, b->stage, (size_t)(B + 1) * 8, NS_COPY_H2D))) return st;
-    if (batch->positive_id) {
-        st = ns_copy(ctx, b->pos_ids, batch->positive_id, (size_t)B * 8, NS_COPY_D2D);
-    } else {
-        for (int64_t i = 0; i < B; i++) b->stage[i] = batch->query_offset + i;
-        st = ns_copy(ctx, b->pos_ids, b->stage, (size_t)B * 8, NS_COPY_H2D);
-    }
+    const int synth_cand = b->h > 0 && !batch->candidate_id;
+    ns_status st = NS_DISPATCH(ctx, step_ids, (ctx, B, C, batch->query_offset, b->pos_offsets,
+                                               batch->positive_id ? NULL : b->pos_ids,
+                                               synth_cand ? b->cand_ids : NULL));
     if (st) return st;
+    if (batch->positive_id &&
+        (st = ns_copy(ctx, b->pos_ids, batch->positive_id, (size_t)B * 8, NS_COPY_D2D)))
+        return st;
     s->positives.offsets = b->pos_offsets;
     s->positives.ids = b->pos_ids;
     s->positives.queries = B;
-    *cand_ids = batch->candidate_id;
-    if (b->h > 0 && !batch->candidate_id) {
-        for (int64_t r = 0; r < B * C; r++) b->stage[r] = batch->query_offset * C + r;
-        if ((st = ns_copy(ctx, b->cand_ids, b->stage, (size_t)(B * C) * 8, NS_COPY_H2D))) return st;
-        *cand_ids = b->cand_ids;
-    }
+    *cand_ids = synth_cand ? b->cand_ids : batch->candidate_id;
     return NS_OK;
 }
 
@@ -252,13 +253,14 @@ static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const 
     cand.query_offset = batch->query_offset;
     ns_filter_options fo = s->filter;
     if (!batch->candidate_id) fo.rules &= ~(unsigned)NS_FILTER_SAME_ID; /* nothing to match */
-    if ((st = ns_filter(ctx, &cand, &fo, b->keep, counts))) return st;
+    if ((st = ns_filter(ctx, &cand, &fo, b->keep, s->opt.sync_free ? NULL : counts))) return st;
     ctx->candidate_slots_checked = 1; /* ns_filter just scanned these ids and scores */
     st = ns_sample(ctx, &cand, b->keep, &s->sampler, b->h, b->chosen_id, NULL, b->count);
     ctx->candidate_slots_checked = 0;
     if (st) return st;
-    return NS_DISPATCH(ctx, step_gather, (ctx, batch->candidate, b->C, cand_ids, b->chosen_id,
-                                          b->h, b->hard, b->hard_keep, b->chosen_row));
+    return NS_DISPATCH(ctx, step_gather, (ctx, batch->candidate, b->C, cand_ids, b->keep,
+                                          b->chosen_id, b->h, b->hard, b->hard_keep,
+                                          b->chosen_row));
 }
 
 /* The loss's inputs: the batch's queries and positives, the gathered hard negatives, the
@@ -276,7 +278,7 @@ static ns_status step_loss_inputs(ns_context *ctx, struct ns_step_state *s, cons
     in->hard = none;
     in->extra = none;
     if (b->h > 0) {
-        const ns_matrix hm = {b->hard, NS_F32, b->B * b->h, b->d, b->d};
+        const ns_matrix hm = {b->hard, batch->candidate.dtype, b->B * b->h, b->d, b->d};
         in->hard = hm;
         in->hard_per_query = b->h;
         in->hard_keep = b->hard_keep;
@@ -304,20 +306,44 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
     s->filter = cfg->filter;
     s->sampler = cfg->sampler;
     s->loss = cfg->loss;
-    const int64_t *cand_ids;
-    if ((st = step_ids(ctx, s, batch, &cand_ids))) return st;
+    s->opt.sync_free = opt->sync_free;
+    float loss = 0.f;
     ns_filter_counts counts;
     memset(&counts, 0, sizeof counts);
-    if (s->buf.h > 0 && (st = step_negatives(ctx, s, batch, cand_ids, &counts))) return st;
-    if ((st = step_loss_inputs(ctx, s, batch, opt))) return st;
-    float loss = 0.f;
-    if (opt->comm) {
+#ifdef NS_HAVE_CUDA
+    /* sync_free: the ops skip their synchronising data validation (the batch is trusted, the
+     * rest is the step's own data); restored on every return. */
+    const int cuda = ctx->backend == NS_BACKEND_CUDA;
+    const int checks = cuda && opt->sync_free ? ns_cuda_swap_input_checks(ctx, 0) : 1;
+#endif
+    const int64_t *cand_ids;
+    st = step_ids(ctx, s, batch, &cand_ids);
+    if (!st && s->buf.h > 0) st = step_negatives(ctx, s, batch, cand_ids, &counts);
+    if (!st) st = step_loss_inputs(ctx, s, batch, opt);
+    if (!st && opt->comm) {
         *collective = 1;
         st = ns_comm_infonce_forward(ctx, opt->comm, &s->in, &s->loss, &loss, s->buf.per_query,
                                      s->buf.saved, fn);
-    } else {
-        st = ns_infonce_forward(ctx, &s->in, &s->loss, &loss, s->buf.per_query, s->buf.saved);
+        if (!st) st = ns_copy(ctx, s->buf.loss, &loss, 4, NS_COPY_H2D);
+    } else if (!st) {
+#ifdef NS_HAVE_CUDA
+        if (cuda) { /* the mean loss on the device; read back only when the caller wants it */
+            const ns_loss_options *lo = &s->loss;
+            ns_loss_options defaults;
+            st = ns_infonce_check(ctx, "ns_infonce_forward", &s->in, &lo, &defaults);
+            if (!st) st = ns_cuda_infonce_forward_device(ctx, &s->in, lo, s->buf.loss,
+                                                         s->buf.per_query, s->buf.saved);
+            if (!st && !opt->sync_free) st = ns_copy(ctx, &loss, s->buf.loss, 4, NS_COPY_D2H);
+        } else
+#endif
+        {
+            st = ns_infonce_forward(ctx, &s->in, &s->loss, &loss, s->buf.per_query, s->buf.saved);
+            if (!st) *s->buf.loss = loss; /* CPU: the backend's memory is the host's */
+        }
     }
+#ifdef NS_HAVE_CUDA
+    if (cuda && opt->sync_free) ns_cuda_swap_input_checks(ctx, checks);
+#endif
     if (st) return st;
 
     s->batch = *batch;
@@ -327,7 +353,7 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
     s->opt.loss = &s->loss;
     s->ready = 1;
     memset(result, 0, sizeof *result);
-    result->loss = loss;
+    result->loss = opt->sync_free ? NAN : loss;
     result->per_query = s->buf.per_query;
     if (s->buf.h > 0) {
         result->negative_id = s->buf.chosen_id;
@@ -345,7 +371,14 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
 
 ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads) {
     int collective = 0;
+#ifdef NS_HAVE_CUDA
+    const int guard = ctx && ctx->backend == NS_BACKEND_CUDA && ctx->cuda;
+    const int prev_device = guard ? ns_cuda_device_enter(ctx) : -1;
+#endif
     ns_status st = step_backward(ctx, grad_loss, grads, &collective);
+#ifdef NS_HAVE_CUDA
+    if (guard) ns_cuda_device_leave(ctx, prev_device);
+#endif
     ns_comm *comm = ctx && ctx->step && ctx->step->ready ? ctx->step->opt.comm : NULL;
     if (st && !collective && comm) {
         /* As in the forward: the other ranks are waiting in the backward's first exchange. */
@@ -380,6 +413,10 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
     g.passage = grads->positive;
     g.hard = grad_hard;
     g.temperature = grads->temperature;
+#ifdef NS_HAVE_CUDA
+    const int cuda = ctx->backend == NS_BACKEND_CUDA;
+    const int checks = cuda && s->opt.sync_free ? ns_cuda_swap_input_checks(ctx, 0) : 1;
+#endif
     if (s->opt.comm) {
         *collective = 1;
         st = ns_comm_infonce_backward(ctx, s->opt.comm, &s->in, &s->loss, s->buf.saved,
@@ -387,15 +424,26 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
     } else {
         st = ns_infonce_backward(ctx, &s->in, &s->loss, s->buf.saved, grad_loss, &g);
     }
-    if (st) return st;
-    if (grads->candidate && C > 0) {
+    if (!st && grads->candidate && C > 0) {
         const int64_t *row = h > 0 ? s->buf.chosen_row : NULL;
         st = NS_DISPATCH(ctx, step_scatter,
                          (ctx, B * C, d, grad_hard, row, h > 0 ? B * h : 0, grads->candidate));
-        if (st) return st;
     }
-    s->ready = 0;
-    if (s->opt.enqueue && s->opt.queue)
-        return ns_queue_push(ctx, s->opt.queue, s->batch.positive, s->positives.ids);
-    return NS_OK;
+    if (!st) {
+        s->ready = 0;
+        /* The positives were checked by the forward's loss (or trusted under sync_free): the
+         * push's own scan is skipped under sync_free, and it takes any dtype, so it cannot
+         * fail on the data after the backward ran. */
+        if (s->opt.enqueue && s->opt.queue)
+            st = ns_queue_push(ctx, s->opt.queue, s->batch.positive, s->positives.ids);
+    }
+#ifdef NS_HAVE_CUDA
+    if (cuda && s->opt.sync_free) ns_cuda_swap_input_checks(ctx, checks);
+#endif
+    return st;
+}
+
+const float *ns_step_device_loss(ns_context *ctx) {
+    return ctx && ctx->step && ctx->step->buf.loss && ctx->step->mem.base ? ctx->step->buf.loss
+                                                                           : NULL;
 }

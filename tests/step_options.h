@@ -14,11 +14,12 @@ struct StepOptions {
     ns_queue *queue = nullptr;
     int enqueue = 0;
     ns_comm *comm = nullptr;
+    int sync_free = 0;
     ns_step_options step{};
 
     const ns_step_options *get() {
         step = ns_step_options{struct_size, hard_negatives, &filter, &sampler, &loss,
-                               queue, enqueue, comm};
+                               queue, enqueue, comm, sync_free};
         return &step;
     }
 };

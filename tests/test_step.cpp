@@ -268,4 +268,72 @@ TEST_P(Step, BadInputIsRejectedAndNamed) {
     EXPECT_EQ(ns_step_backward(c, 1.f, &g), NS_ERR_INVALID_ARGUMENT) << "one backward per forward";
 }
 
+// Issue 13 item 8b: a duplicated candidate id whose first copy the filter removes and whose later
+// copy it keeps. The sampler draws the kept copy; the gather must take that slot's vector, not
+// the removed one's (the loss and the candidate gradient then belong to the kept slot).
+TEST_P(Step, GatherTakesTheKeptCopyOfADuplicatedId) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    const int64_t B = 2, C = 4, d = 4, h = 1;
+    StepData s{B, C, d, {}, {}, {}, {}, {}};
+    for (int64_t i = 0; i < B; i++) {
+        const float qi[4] = {1.f, 0.f, 0.f, 0.f}, pi[4] = {0.f, 1.f, 0.f, 0.f};
+        s.q.insert(s.q.end(), qi, qi + 4);
+        s.p.insert(s.p.end(), pi, pi + 4);
+        s.pos_id.push_back(1000 + i);
+        // Slots 0, 1, 3 score 2, 3, 4 (> max_score 1: removed); slot 2 repeats slot 0's id and
+        // scores 0.5 (kept): the only negative left, so the sampler must draw it.
+        const float rows[4][4] = {{2.f, 0.f, 0.f, 0.f}, {3.f, 0.f, 0.f, 0.f},
+                                  {0.5f, 0.25f, -0.5f, 0.75f}, {4.f, 0.f, 0.f, 0.f}};
+        for (auto &r : rows) s.cand.insert(s.cand.end(), r, r + 4);
+        const int64_t ids[4] = {7 + 10 * i, 8 + 10 * i, 7 + 10 * i, 9 + 10 * i};
+        s.cand_id.insert(s.cand_id.end(), ids, ids + 4);
+    }
+    Buf<float> q(c, s.q), p(c, s.p), cand(c, s.cand);
+    Buf<int64_t> pid(c, s.pos_id), cid(c, s.cand_id);
+    ns_batch b;
+    std::memset(&b, 0, sizeof b);
+    b.query = f32_matrix(q.ptr(), B, d);
+    b.positive = f32_matrix(p.ptr(), B, d);
+    b.positive_id = pid.ptr();
+    b.candidate = f32_matrix(cand.ptr(), B * C, d);
+    b.candidates_per_query = C;
+    b.candidate_id = cid.ptr();
+    StepOptions o = uniform_options(h, 0.5f);
+    o.filter.rules = NS_FILTER_MAX_SCORE;
+    o.filter.max_score = 1.f;
+    ns_step_result r;
+    ASSERT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_OK) << ns_last_error(c);
+    auto read = [&](const int64_t *src, size_t n) {
+        std::vector<int64_t> v(n);
+#ifdef NS_HAVE_CUDA
+        if (c.cuda()) {
+            EXPECT_EQ(cudaMemcpy(v.data(), src, n * 8, cudaMemcpyDeviceToHost), cudaSuccess);
+            return v;
+        }
+#endif
+        std::memcpy(v.data(), src, n * 8);
+        return v;
+    };
+    std::vector<int64_t> rows = read(r.negative_row, (size_t)(B * h)), ids = read(r.negative_id, (size_t)(B * h));
+    for (int64_t i = 0; i < B; i++) {
+        EXPECT_EQ(ids[i], 7 + 10 * i) << "query " << i;
+        EXPECT_EQ(rows[i], i * C + 2) << "query " << i << ": the removed first copy was gathered";
+    }
+    EXPECT_TRUE(close(r.loss, reference_loss(s, rows, h, 0.5), 1e-5, 1e-4))
+        << "loss " << r.loss << " want " << reference_loss(s, rows, h, 0.5);
+    Buf<float> gc(c, (size_t)(B * C * d), 7.f);
+    ns_step_grads g{nullptr, nullptr, gc.ptr(), nullptr};
+    ASSERT_EQ(ns_step_backward(c, 1.f, &g), NS_OK) << ns_last_error(c);
+    const std::vector<float> &grad = gc.fetch();
+    for (int64_t i = 0; i < B; i++) {
+        double kept = 0;
+        for (int64_t k = 0; k < d; k++) {
+            EXPECT_EQ(grad[(size_t)((i * C + 0) * d + k)], 0.f) << "removed slot got a gradient, query " << i;
+            kept += std::fabs(grad[(size_t)((i * C + 2) * d + k)]);
+        }
+        EXPECT_GT(kept, 0.0) << "the kept slot got no gradient, query " << i;
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Step, NS_BACKENDS, BackendName());

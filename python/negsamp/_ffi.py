@@ -151,7 +151,7 @@ class ns_step_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("hard_negatives", c_int64),
                 ("filter", POINTER(ns_filter_options)), ("sampler", POINTER(ns_sampler_options)),
                 ("loss", POINTER(ns_loss_options)), ("queue", c_void_p), ("enqueue", c_int),
-                ("comm", c_void_p)]
+                ("comm", c_void_p), ("sync_free", c_int)]
 
 
 class ns_step_result(Structure):
@@ -210,7 +210,7 @@ def comm_options_init() -> ns_comm_options:
 
 
 def step_options_init() -> ns_step_options:
-    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None)
+    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0)
 
 
 # ------------------------------------------------------------------ signatures
@@ -257,6 +257,7 @@ _SIGNATURES = {
     "ns_step_forward": (c_int, [_P, POINTER(ns_batch), POINTER(ns_step_options),
                                 POINTER(ns_step_result)]),
     "ns_step_backward": (c_int, [_P, c_float, POINTER(ns_step_grads)]),
+    "ns_step_device_loss": (c_void_p, [_P]),
 }
 
 # ------------------------------------------------------------------ loading

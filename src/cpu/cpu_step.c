@@ -64,12 +64,17 @@ ns_status ns_cpu_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_mat
     return NS_OK;
 }
 
-/* Sampled ids → rows of query i's candidate block; the rows gathered to f32. The sampler never
- * returns an id twice in a row, and it returns only ids of that row, so the first match is it. */
+/* Sampled ids → rows of query i's candidate block, gathered in the candidates' own dtype (the
+ * loss then sees one dtype and runs its products in it). The sampler draws among the kept slots
+ * only, and of a duplicated id only its first kept copy; so the slot is the first one with that
+ * id that the filter kept (an earlier copy the filter removed is not it: its vector may
+ * differ). */
 ns_status ns_cpu_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
-                             const int64_t *cand_id, const int64_t *chosen, int64_t h,
-                             float *hard, uint8_t *keep, int64_t *row) {
+                             const int64_t *cand_id, const uint8_t *slot_keep,
+                             const int64_t *chosen, int64_t h, void *hard, uint8_t *keep,
+                             int64_t *row) {
     const int64_t C = per_query, B = C > 0 ? cand.rows / C : 0, d = cand.cols;
+    const size_t es = ns_dtype_size(cand.dtype);
     (void)ctx;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < B; i++) {
@@ -77,17 +82,29 @@ ns_status ns_cpu_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
             int64_t id = chosen[i * h + r], at = -1;
             if (id >= 0)
                 for (int64_t j = 0; j < C; j++)
-                    if ((cand_id ? cand_id[i * C + j] : j) == id) {
+                    if ((!slot_keep || slot_keep[i * C + j]) &&
+                        (cand_id ? cand_id[i * C + j] : j) == id) {
                         at = i * C + j;
                         break;
                     }
-            float *dst = hard + (size_t)(i * h + r) * d;
+            char *dst = (char *)hard + (size_t)(i * h + r) * d * es;
             row[i * h + r] = at;
             keep[i * h + r] = at >= 0;
-            if (at >= 0) ns_rows_to_f32(cand, at, 1, dst);
-            else memset(dst, 0, (size_t)d * sizeof(float));
+            if (at >= 0) memcpy(dst, ns_row(cand, at), (size_t)d * es);
+            else memset(dst, 0, (size_t)d * es);
         }
     }
+    return NS_OK;
+}
+
+ns_status ns_cpu_step_ids(ns_context *ctx, int64_t B, int64_t C, int64_t query_offset,
+                          int64_t *pos_offsets, int64_t *pos_ids, int64_t *cand_ids) {
+    (void)ctx;
+    for (int64_t i = 0; i <= B; i++) pos_offsets[i] = i;
+    if (pos_ids)
+        for (int64_t i = 0; i < B; i++) pos_ids[i] = query_offset + i;
+    if (cand_ids)
+        for (int64_t r = 0; r < B * C; r++) cand_ids[r] = query_offset * C + r;
     return NS_OK;
 }
 

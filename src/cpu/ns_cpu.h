@@ -84,9 +84,17 @@ ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inpu
 ns_status ns_cpu_step_check_batch(ns_context *ctx, const ns_batch *batch);
 ns_status ns_cpu_step_scores(ns_context *ctx, ns_matrix q, ns_matrix pos, ns_matrix cand,
                              int64_t per_query, float *score, float *positive_score);
+/* gather: the slot of each chosen id is the first slot of its query with that id that the
+ * filter kept (slot_keep, B·C; NULL = every slot kept): the copy the sampler drew. hard: B·h rows
+ * of d in cand's dtype (zeros for padding). */
 ns_status ns_cpu_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query,
-                             const int64_t *cand_id, const int64_t *chosen_id, int64_t h,
-                             float *hard, uint8_t *keep, int64_t *row);
+                             const int64_t *cand_id, const uint8_t *slot_keep,
+                             const int64_t *chosen_id, int64_t h, void *hard, uint8_t *keep,
+                             int64_t *row);
+/* The step's ids: pos_offsets[i] = i (i ≤ B); pos_ids[i] = query_offset + i (when not NULL);
+ * cand_ids[r] = query_offset·C + r (when not NULL). */
+ns_status ns_cpu_step_ids(ns_context *ctx, int64_t B, int64_t C, int64_t query_offset,
+                          int64_t *pos_offsets, int64_t *pos_ids, int64_t *cand_ids);
 ns_status ns_cpu_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                               const int64_t *row, int64_t nrow, float *grad_cand);
 

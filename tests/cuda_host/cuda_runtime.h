@@ -7,6 +7,19 @@
 // the launch's dynamic shared memory), then compiled as C++17 against this header.
 #pragma once
 
+// Defined by the host execution layer only: its test hooks below exist.
+#define NS_CUDA_HOST_LAYER 1
+#ifdef __cplusplus
+extern "C" {
+#endif
+// Host synchronisations so far in this process: device/stream/event synchronisation, cudaMemcpy,
+// cudaFree, and any copy from or to pageable host memory (a real GPU runs those synchronously
+// with the host). Tests take the difference around a call.
+unsigned long long cuda_host_sync_count(void);
+#ifdef __cplusplus
+}
+#endif
+
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>

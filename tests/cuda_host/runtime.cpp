@@ -1116,6 +1116,15 @@ cudaError_t launch_enqueue(const LaunchSpec &s, std::function<void()> body) {
 using namespace cuda_host;
 
 #define NS_CH_LOCK std::lock_guard<std::recursive_mutex> ns_ch_lock_(g_mu)
+
+// Host synchronisations (test hook, cuda_host_sync_count): every call that makes the host wait
+// for the device or that a real GPU runs synchronously with the host — device, stream and event
+// synchronisation, cudaMemcpy, cudaFree, and copies from or to pageable host memory.
+static unsigned long long g_host_syncs = 0;
+extern "C" unsigned long long cuda_host_sync_count(void) {
+    std::lock_guard<std::recursive_mutex> lock(g_mu);
+    return g_host_syncs;
+}
 #define NS_CH_STICKY \
     if (g_sticky) return api_error(g_sticky, nullptr)
 
@@ -1201,6 +1210,7 @@ cudaError_t cudaDeviceSynchronize(void) {
     NS_CH_LOCK;
     NS_CH_STICKY;
     if (cudaError_t e = capture_guard("cudaDeviceSynchronize")) return e;
+    g_host_syncs++;
     drain_device(t_device);
     check_guards("an operation before cudaDeviceSynchronize");
     return g_sticky ? api_error(g_sticky, nullptr) : cudaSuccess;
@@ -1277,6 +1287,7 @@ cudaError_t cudaFree(void *p) {
     NS_CH_LOCK;
     if (!p) return cudaSuccess;
     if (cudaError_t e = capture_guard("cudaFree")) return e;
+    g_host_syncs++;
     // cudaFree synchronises the device before it releases the memory.
     const Alloc *a = find_alloc(p, false);
     drain_device(a ? a->device : t_device);
@@ -1404,10 +1415,13 @@ void copy2d(void *dst, size_t dp, const void *src, size_t sp, size_t width, size
     for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dp, (const char *)src + r * sp, width);
 }
 
+static bool pd_is_pageable_last = false;  // the last copy_async touched pageable memory
+
 cudaError_t copy_async(const char *fn, void *dst, size_t dp, const void *src, size_t sp, size_t width, size_t height,
                        cudaMemcpyKind kind, cudaStream_t s) {
     NS_CH_LOCK;
     NS_CH_STICKY;
+    pd_is_pageable_last = false;
     if (height > 1 && (dp < width || sp < width))
         return api_error(cudaErrorInvalidPitchValue, "%s: pitches %zu/%zu smaller than the width %zu", fn, dp, sp, width);
     Place pd, ps;
@@ -1418,6 +1432,8 @@ cudaError_t copy_async(const char *fn, void *dst, size_t dp, const void *src, si
         invalidate_captures();
         return api_error(cudaErrorStreamCaptureUnsupported, "%s with pageable host memory while the stream is captured", fn);
     }
+    if (pd == HOST_PAGEABLE || ps == HOST_PAGEABLE) g_host_syncs++;
+    pd_is_pageable_last = pd == HOST_PAGEABLE || ps == HOST_PAGEABLE;
     Op op;
     op.what = fn;
     if (ps == HOST_PAGEABLE && pd == DEVICE) {
@@ -1446,6 +1462,7 @@ cudaError_t copy_sync(const char *fn, void *dst, size_t dp, const void *src, siz
     NS_CH_STICKY;
     if (cudaError_t e = capture_guard(fn)) return e;
     if (cudaError_t e = copy_async(fn, dst, dp, src, sp, width, height, kind, nullptr)) return e;
+    g_host_syncs += pd_is_pageable_last ? 0 : 1;  // a pageable copy was counted by copy_async
     drain_all(legacy_stream(t_device));
     return g_sticky ? api_error(g_sticky, nullptr) : cudaSuccess;
 }
@@ -1539,6 +1556,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t hs) {
     }
     if (s->legacy)
         if (cudaError_t c = capture_guard("cudaStreamSynchronize(legacy stream)")) return c;
+    g_host_syncs++;
     drain_all(s);
     check_guards("an operation before cudaStreamSynchronize");
     return g_sticky ? api_error(g_sticky, nullptr) : cudaSuccess;
@@ -1633,6 +1651,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t he) {
     if (!known_event(e)) return api_error(cudaErrorInvalidResourceHandle, nullptr);
     if (e->captured) return api_error(cudaErrorCapturedEvent, "cudaEventSynchronize on an event recorded in a capture");
     if (cudaError_t c = capture_guard("cudaEventSynchronize")) return c;
+    g_host_syncs++;
     if (e->recorded) drain(e->stream, e->seq);
     check_guards("an operation before cudaEventSynchronize");
     return g_sticky ? api_error(g_sticky, nullptr) : cudaSuccess;
