@@ -400,7 +400,6 @@ TEST_P(Filter, BadInputNamesTheArgumentAndLeavesOutputs) {
 TEST_P(Filter, PointersOfDisabledRulesAreNeverRead) {
     Ctx c(GetParam());
     NS_REQUIRE_BACKEND(c);
-    if (!c.cuda()) GTEST_SKIP() << "the CPU filter (src/cpu/cpu_filter.c) still reads them: left to its owner";
     Problem p = make_problem(6, 11, 41);
     Placed d(c, p);
     const long page = sysconf(_SC_PAGESIZE);

@@ -86,14 +86,17 @@ static void filter_rows(ns_context *ctx, const ns_candidates *c, const ns_filter
                         uint8_t *keep, ns_filter_counts *out) {
     const int64_t B = c->queries, C = c->per_query;
     const unsigned rules = o->rules;
+    /* Only what an enabled rule needs is read: a caller may leave the others dangling. */
+    const int need_sp = (rules & (NS_FILTER_MARGIN | NS_FILTER_REL_MARGIN)) != 0;
+    const int need_guide = (rules & (NS_FILTER_GUIDE | NS_FILTER_GUIDE_REL)) != 0;
     int64_t kept = 0, removed = 0, empty = 0, same_id = 0, max_score = 0, min_score = 0,
             margin = 0, rel_margin = 0, rank = 0, guide = 0;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(ns_threads(ctx))                  \
     reduction(+ : kept, removed, empty, same_id, max_score, min_score, margin, rel_margin,    \
                   rank, guide)
     for (int64_t i = 0; i < B; i++) {
-        const float sp = c->positive_score ? c->positive_score[i] : 0.0f;
-        const float gp = c->guide_positive_score ? c->guide_positive_score[i] : 0.0f;
+        const float sp = need_sp ? c->positive_score[i] : 0.0f;
+        const float gp = need_guide ? c->guide_positive_score[i] : 0.0f;
         const int64_t *pos = NULL;
         int64_t npos = 0;
         if (rules & NS_FILTER_SAME_ID) {
@@ -107,7 +110,7 @@ static void filter_rows(ns_context *ctx, const ns_candidates *c, const ns_filter
                 empty++;
                 continue;
             }
-            const float g = c->guide_score ? c->guide_score[t] : 0.0f;
+            const float g = need_guide ? c->guide_score[t] : 0.0f;
             unsigned hit = ns_filter_hits(o, c->score[t], sp, g, gp, j);
             for (int64_t k = 0; k < npos; k++)
                 if (pos[k] == id) {
