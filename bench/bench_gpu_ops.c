@@ -3,9 +3,11 @@
  *
  *   bench_gpu_ops gemm   M N K            cuBLAS bf16×bf16→f32 GEMM rate (the mining ceiling)
  *   bench_gpu_ops copy   BYTES            device-to-device copy bandwidth (the sampling floor)
- *   bench_gpu_ops mine   Q N d k [host]   ns_mine_topk, bf16, corpus on device (or host memory)
+ *   bench_gpu_ops mine   Q N d k [host]   ns_mine_topk, bf16, corpus on device (or host memory),
+ *                                         beside cuBLAS on the same Q×N×d in the miner's tiles
  *   bench_gpu_ops loss   B N d            ns_infonce_forward + backward, bf16, time and extra memory
- *   bench_gpu_ops sample B C m            ns_filter-free ns_sample, SimANS, C candidates → m
+ *   bench_gpu_ops sample B C m            ns_filter-free ns_sample, SimANS, C candidates → m,
+ *                                         beside a device copy of the B×C scores
  *
  * Inputs are random (a fixed xorshift), generated on the host in chunks and uploaded. Times are
  * CUDA-event times on the context's stream after one warm-up call (the warm-up grows the
@@ -167,6 +169,40 @@ static int bench_copy(size_t bytes) {
     return 0;
 }
 
+/* cuBLAS bf16 GEMMs over the whole Q×N×d product in the tile shape of ns_mine_topk on a device
+ * corpus (kernels/cuda_mine_topk.cu, mine_plan: QB = min(Q, 2048) queries × NT = min(N, 8 Mi / QB)
+ * corpus rows, every tile written into one L2-sized f32 score tile): the GEMM rate of the same
+ * shape, the ceiling the miner's selection is measured against. Best of 2 after a warm-up. */
+static double tiled_gemm_ms(const uint16_t *q, const uint16_t *c, int64_t Q, int64_t N, int64_t d) {
+    const int64_t qb = Q < 2048 ? Q : 2048;
+    int64_t nt = ((int64_t)8 << 20) / qb;
+    if (nt > N) nt = N;
+    float *tile;
+    CK(cudaMalloc((void **)&tile, (size_t)(qb * nt) * 4));
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(2);
+    const float one = 1.0f, zero = 0.0f;
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        tic();
+        for (int64_t c0 = 0; c0 < N; c0 += nt) {
+            const int64_t n = N - c0 < nt ? N - c0 : nt;
+            for (int64_t q0 = 0; q0 < Q; q0 += qb) {
+                const int64_t m = Q - q0 < qb ? Q - q0 : qb;
+                if (cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)d, &one, c + c0 * d,
+                                 CUDA_R_16BF, (int)d, q + q0 * d, CUDA_R_16BF, (int)d, &zero, tile,
+                                 CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+                    exit(2);
+            }
+        }
+        double ms = toc_ms();
+        if (r > 0 && ms < best) best = ms;
+    }
+    cublasDestroy(h);
+    cudaFree(tile);
+    return best;
+}
+
 static int bench_mine(int64_t Q, int64_t N, int64_t d, int64_t k, int host) {
     ns_context *ctx = make_ctx();
     uint16_t *q, *c;
@@ -192,10 +228,14 @@ static int bench_mine(int64_t Q, int64_t N, int64_t d, int64_t k, int host) {
     NS(ctx, ns_mine_topk(ctx, qm, cm, k, &o, idx, sc));
     double ms = toc_ms();
     double tflops = 2.0 * Q * N * d / (ms * 1e-3) / 1e12;
+    /* the same product through cuBLAS alone, in the miner's tiles (device corpus only) */
+    double gms = host ? 0.0 : tiled_gemm_ms(q, c, Q, N, d);
+    double gtflops = host ? 0.0 : 2.0 * Q * N * d / (gms * 1e-3) / 1e12;
     printf("{\"bench\":\"mine_topk\",\"gpu\":\"%s\",\"Q\":%lld,\"N\":%lld,\"d\":%lld,\"k\":%lld,"
-           "\"corpus\":\"%s\",\"ms\":%.3f,\"effective_tflops\":%.2f}\n",
+           "\"corpus\":\"%s\",\"ms\":%.3f,\"effective_tflops\":%.2f,\"gemm_same_shape_ms\":%.3f,"
+           "\"gemm_same_shape_tflops\":%.2f,\"fraction_of_gemm\":%.3f}\n",
            gpu_name(), (long long)Q, (long long)N, (long long)d, (long long)k, host ? "host" : "device",
-           ms, tflops);
+           ms, tflops, gms, gtflops, host ? 0.0 : gms / ms);
     ns_context_destroy(ctx);
     cudaFree(q);
     if (host) cudaFreeHost(c);
@@ -304,10 +344,21 @@ static int bench_sample(int64_t B, int64_t C, int64_t m) {
         double ms = toc_ms();
         if (ms < best) best = ms;
     }
+    /* beside it: one device copy of the scores (reads them once, and writes them) */
+    float *copy;
+    CK(cudaMalloc((void **)&copy, (size_t)(B * C) * 4));
+    double copy_best = 1e30;
+    for (int r = 0; r < 4; r++) {
+        tic();
+        CK(cudaMemcpyAsync(copy, score, (size_t)(B * C) * 4, cudaMemcpyDeviceToDevice, 0));
+        double ms = toc_ms();
+        if (r > 0 && ms < copy_best) copy_best = ms;
+    }
+    cudaFree(copy);
     printf("{\"bench\":\"sample_simans\",\"gpu\":\"%s\",\"B\":%lld,\"C\":%lld,\"m\":%lld,\"ms\":%.3f,"
-           "\"score_bytes\":%lld,\"input_bytes\":%lld}\n",
+           "\"score_bytes\":%lld,\"input_bytes\":%lld,\"copy_scores_ms\":%.3f,\"ratio_to_copy\":%.3f}\n",
            gpu_name(), (long long)B, (long long)C, (long long)m, best, (long long)(B * C * 4),
-           (long long)(B * C * 12 + B * 4));
+           (long long)(B * C * 12 + B * 4), copy_best, best / copy_best);
     ns_context_destroy(ctx);
     cudaFree(score);
     cudaFree(id);

@@ -192,6 +192,7 @@ int main(int argc, char **argv) {
     const char *dt = ns_dtype_name(a.dtype);
     printf("mining Q=%lld N=%lld d=%lld k=%lld (%s), %d threads, best of %d\n", (long long)a.Q,
            (long long)a.N, (long long)a.d, (long long)a.k, dt, threads, a.repeat);
+    printf("CPU GEMM: %s; the sgemm rows are ns_sgemm_nt (the f32 GEMM)\n", ns_gemm_name());
     printf("%-16s %9s %9s %11s %9s %11s\n", "", "wall s", "GFLOP/s", "wall ratio", "CPU s",
            "CPU ratio");
     const char *names[3] = {"sgemm (blocked)", "sgemm (full)", "ns_mine_topk"};
@@ -212,7 +213,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         fprintf(f,
-                "{\n  \"benchmark\": \"mine_topk_cpu\",\n  \"queries\": %lld,\n  \"corpus\": %lld,\n"
+                "{\n  \"benchmark\": \"mine_topk_cpu\",\n  \"gemm\": \"%s\",\n  \"queries\": %lld,\n  \"corpus\": %lld,\n"
                 "  \"dim\": %lld,\n  \"k\": %lld,\n  \"dtype\": \"%s\",\n  \"threads\": %d,\n"
                 "  \"repeat\": %d,\n  \"corpus_block\": %d,\n  \"query_block\": %d,\n"
                 "  \"sgemm_blocked_s\": %.6f,\n  \"sgemm_blocked_cpu_s\": %.6f,\n"
@@ -220,8 +221,8 @@ int main(int argc, char **argv) {
                 "  \"mine_s\": %.6f,\n  \"mine_cpu_s\": %.6f,\n  \"mine_gflops\": %.3f,\n"
                 "  \"ratio_mine_vs_sgemm_blocked\": %.4f,\n  \"ratio_mine_vs_sgemm_full\": %.4f,\n"
                 "  \"cpu_ratio_mine_vs_sgemm_blocked\": %.4f,\n  \"peak_rss_mib\": %.1f\n}\n",
-                (long long)a.Q, (long long)a.N, (long long)a.d, (long long)a.k, dt, threads,
-                a.repeat, (int)tile_cols, (int)tile_rows, t_block.wall, t_block.cpu,
+                ns_gemm_name(), (long long)a.Q, (long long)a.N, (long long)a.d, (long long)a.k,
+                dt, threads, a.repeat, (int)tile_cols, (int)tile_rows, t_block.wall, t_block.cpu,
                 t_full.wall, t_full.cpu, t_mine.wall, t_mine.cpu, flop / t_mine.wall * 1e-9,
                 t_mine.wall / t_block.wall, do_full ? t_mine.wall / t_full.wall : -1.0,
                 t_mine.cpu / t_block.cpu, rss);

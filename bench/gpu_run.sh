@@ -422,10 +422,14 @@ run_benchmarks() {
         bench_row copy 40 "$b" copy $((4 << 30))
         bench_row gemm 40 "$b" gemm 8192 65536 768
         bench_row mine 90 "$b" mine "$q" $n $d $k
+        # large k, each beside cuBLAS on the same shape in the miner's tiles (fraction_of_gemm)
+        bench_row mine-k4096 90 "$b" mine "$q" $n $d 4096
+        bench_row mine-k16384 90 "$b" mine "$q" $n $d 16384
         bench_row torch-mine 120 $tp mine "$q" $n $d $k
         bench_row loss 60 "$b" loss 32768 32768 768
         bench_row torch-loss 60 $tp loss 32768 32768 768
         bench_row sample 90 "$b" sample 1000000 1024 16
+        bench_row sample-large-C 60 "$b" sample 2000 65536 16  # the global-memory path (C > smem)
         bench_row mine-host-corpus 90 "$b" mine "$q" $n $d $k host
         if [[ ${NS_BENCH_FULL:-0} == 1 ]]; then
             bench_row mine-full 150 "$b" mine 65536 $n $d $k

@@ -855,11 +855,245 @@ def quality_verdict(summary, runs=None):
 # ------------------------------------------------------------------ main
 
 
+# ------------------------------------------------------------------ mining beside the peers (issue 12)
+# python3 bench/run.py --suite mine [--quick] [--mine-shapes Q,N,d,k;...] [--repeats 3]
+# Each thread count (1, 2) runs in its own process with OMP/OpenBLAS/MKL thread variables set
+# before any library loads; inside it, per shape, the implementations run interleaved, medians
+# of --repeats: negsamp f32 (default GEMM: bf16 candidates + exact re-score), negsamp f32 with
+# NS_CPU_MINE_GEMM=f32, negsamp on bf16 inputs, faiss-cpu IndexFlatIP, torch (mm + topk over
+# query chunks), numpy (matmul + argpartition). Top-k sets: negsamp's default and f32-GEMM paths
+# must be identical (exact mining); agreement with faiss/torch/numpy (f32 GEMMs, whose near-ties
+# may order differently) is reported.
+
+MINE_SHAPES_FULL = [(4096, 200_000, 384, 100), (4096, 200_000, 384, 1000), (1024, 1_000_000, 768, 100)]
+MINE_SHAPES_QUICK = [(1024, 100_000, 384, 100), (1024, 100_000, 384, 1000), (512, 200_000, 768, 100)]
+
+
+def gemm_library(build):
+    exe = os.path.join(build, "tools", "negsamp")
+    try:
+        out = subprocess.run([exe, "info"], stdout=subprocess.PIPE, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("cpu gemm:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown (tools/negsamp not built)"
+
+
+def torch_topk(torch, q, c, k, chunk=256):
+    qt, ct = torch.from_numpy(q), torch.from_numpy(c)
+    idx = []
+    for i in range(0, qt.shape[0], chunk):
+        s = qt[i:i + chunk] @ ct.T
+        idx.append(torch.topk(s, k, dim=1).indices)
+    return torch.cat(idx).numpy()
+
+
+def mine_child(shapes, repeats, threads, lib):
+    """One process, one thread count: every shape, every implementation, interleaved."""
+    import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    os.environ["NEGSAMP_LIBRARY"] = lib
+    import negsamp as ns
+    ctx = ns.Context("cpu", threads=threads)
+    peers = {}
+    try:
+        import faiss
+        faiss.omp_set_num_threads(threads)
+        peers["faiss"] = faiss
+    except Exception as e:  # noqa: BLE001
+        log("[mine] faiss skipped:", e)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+        peers["torch"] = torch
+    except Exception as e:  # noqa: BLE001
+        log("[mine] torch skipped:", e)
+    rng = np.random.default_rng(0)
+    rows = []
+    for Q, N, d, k in shapes:
+        c = rng.standard_normal((N, d), dtype=np.float32)
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+        q = rng.standard_normal((Q, d), dtype=np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        bits = lambda a: ((a.view(np.uint32) + 0x7FFF + ((a.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)  # noqa: E731
+        q16, c16 = bits(q), bits(c)
+
+        def ns_run(qq, cc, gemm=None):
+            if gemm:
+                os.environ["NS_CPU_MINE_GEMM"] = gemm
+            else:
+                os.environ.pop("NS_CPU_MINE_GEMM", None)
+            try:
+                return ns.mine_topk(qq, cc, k, ctx=ctx,
+                                    dtype="bfloat16" if qq.dtype == np.uint16 else None)[0]
+            finally:
+                os.environ.pop("NS_CPU_MINE_GEMM", None)
+        impls = {"negsamp": lambda: ns_run(q, c),
+                 "negsamp_f32gemm": lambda: ns_run(q, c, "f32"),
+                 "negsamp_bf16in": lambda: ns_run(q16, c16),
+                 "negsamp_bf16in_f32gemm": lambda: ns_run(q16, c16, "f32"),
+                 "numpy": lambda: numpy_topk(q, c, k)[0]}
+        if "faiss" in peers:
+            index = peers["faiss"].IndexFlatIP(d)
+            index.add(c)
+            impls["faiss"] = lambda: index.search(q, k)[1]
+        if "torch" in peers:
+            impls["torch"] = lambda: torch_topk(peers["torch"], q, c, k)
+        for fn in impls.values():  # warm-up, untimed
+            fn()
+        times = {n: [] for n in impls}
+        outs = {}
+        for _ in range(repeats):
+            for n, fn in impls.items():
+                t = time.perf_counter()
+                outs[n] = fn()
+                times[n].append(time.perf_counter() - t)
+        row = {"Q": Q, "N": N, "d": d, "k": k, "threads": threads,
+               "load": " ".join(open("/proc/loadavg").read().split()[:3])}
+        for n in impls:
+            row[n] = summary(times[n])
+        row["identical_default_vs_f32gemm"] = bool(np.array_equal(outs["negsamp"], outs["negsamp_f32gemm"]))
+        row["identical_bf16in_default_vs_f32gemm"] = bool(
+            np.array_equal(outs["negsamp_bf16in"], outs["negsamp_bf16in_f32gemm"]))
+        ref = outs["negsamp"]
+        row["set_agreement_with_negsamp"] = {
+            n: float(np.mean([len(np.intersect1d(outs[n][i], ref[i])) / k
+                              for i in range(0, Q, max(1, Q // 128))]))
+            for n in impls if n in ("faiss", "torch", "numpy")}
+        rows.append(row)
+        log(f"[mine] T={threads} Q={Q} N={N} d={d} k={k}: " + ", ".join(
+            f"{n} {row[n]['median']:.2f} s" for n in impls))
+        del c, q, q16, c16, impls, outs
+    return rows
+
+
+def mine_report(res):
+    m = res["machine"]
+    out = ["# Mining beside faiss-cpu, torch and numpy", "",
+           f"{m['cpu']}, {m['cores']} cores; GEMM: {res['gemm']}; load average {res['load_start']} "
+           f"at the start, {res['load_end']} at the end (a machine shared with other jobs: "
+           "timings are noisy, compare ratios within a row).",
+           f"Command: `{res['command']}`; medians of {res['repeats']} interleaved runs; "
+           f"git {res['git']}.", "",
+           "ratio = peer time ÷ negsamp time (> 1: negsamp faster). negsamp = exact mining (bf16 "
+           "candidates, exact f32 re-score); `f32 GEMM` = the same exact mining with f32 "
+           "candidates; `bf16 in` = bf16 inputs (peers on the f32 data).", "",
+           "| shape Q × N × d, k | threads | negsamp s | f32 GEMM s | bf16 in s | faiss ÷ negsamp | "
+           "faiss ÷ bf16 in | torch ÷ negsamp | numpy ÷ negsamp | same sets (exact paths) | "
+           "agreement faiss |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["rows"]:
+        med = lambda n: r[n]["median"] if n in r else float("nan")  # noqa: E731
+        out.append(
+            f"| {r['Q']} × {r['N']} × {r['d']}, {r['k']} | {r['threads']} | {med('negsamp'):.2f} | "
+            f"{med('negsamp_f32gemm'):.2f} | {med('negsamp_bf16in'):.2f} | "
+            f"{med('faiss') / med('negsamp'):.2f} | {med('faiss') / med('negsamp_bf16in'):.2f} | "
+            f"{med('torch') / med('negsamp'):.2f} | {med('numpy') / med('negsamp'):.2f} | "
+            f"{'yes' if r['identical_default_vs_f32gemm'] and r['identical_bf16in_default_vs_f32gemm'] else 'NO'} | "
+            f"{r['set_agreement_with_negsamp'].get('faiss', float('nan')):.4f} |")
+    by = {(r["Q"], r["N"], r["d"], r["k"], r["threads"]): r for r in res["rows"]}
+    out += ["", "Thread scaling 1 → 2 (time at 1 ÷ time at 2; ideal 2):", "",
+            "| shape | negsamp | bf16 in | faiss | torch |", "| --- | --- | --- | --- | --- |"]
+    for (Q, N, d, k, t), r in by.items():
+        if t != 1 or (Q, N, d, k, 2) not in by:
+            continue
+        r2 = by[(Q, N, d, k, 2)]
+        f = lambda n: (r[n]["median"] / r2[n]["median"]) if n in r and n in r2 else float("nan")  # noqa: E731
+        out.append(f"| {Q} × {N} × {d}, {k} | {f('negsamp'):.2f} | {f('negsamp_bf16in'):.2f} | "
+                   f"{f('faiss'):.2f} | {f('torch'):.2f} |")
+    return "\n".join(out) + "\n"
+
+
+def mine_plot(res, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001
+        return None
+    names = ["negsamp", "negsamp_f32gemm", "negsamp_bf16in", "faiss", "torch", "numpy"]
+    rows = res["rows"]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    w = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax.bar([j + i * w for j in range(len(rows))], [r[n]["median"] if n in r else 0 for r in rows],
+               w, label=n)
+    ax.set_xticks([j + 0.4 for j in range(len(rows))])
+    ax.set_xticklabels([f"{r['Q']}×{r['N']//1000}k×{r['d']}\nk={r['k']} T={r['threads']}" for r in rows],
+                       fontsize=7)
+    ax.set_ylabel("seconds (median)")
+    ax.set_title(f"exact top-k mining, {res['machine']['cpu']}, {res['gemm']}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def mine_readme(md_path):
+    """Replaces README's mining results table (between the markers) with the report's table."""
+    readme = os.path.join(ROOT, "README.md")
+    text = open(readme).read()
+    a, b = "<!-- mining-results:begin -->", "<!-- mining-results:end -->"
+    if a not in text or b not in text:
+        return False
+    body = open(md_path).read()
+    rel = os.path.relpath(md_path, ROOT)
+    new = text[:text.index(a) + len(a)] + "\n" + body.split("\n", 2)[2] + f"\n(from `{rel}`)\n" + text[text.index(b):]
+    open(readme, "w").write(new)
+    return True
+
+
+def mine_main(args):
+    build = os.path.abspath(args.build)
+    lib = ensure_build(build)
+    subprocess.run(["cmake", "--build", build, "-j2", "--target", "negsamp_cli"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shapes = MINE_SHAPES_QUICK if args.quick else MINE_SHAPES_FULL
+    if args.mine_shapes:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in args.mine_shapes.split(";")]
+    repeats = args.repeats or 3
+    import numpy as np
+    res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python3 bench/run.py --suite mine" + (" --quick" if args.quick else "")
+           + (f" --mine-shapes '{args.mine_shapes}'" if args.mine_shapes else "")
+           + f" --repeats {repeats}",
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "numpy": np.__version__},
+           "gemm": gemm_library(build), "repeats": repeats,
+           "load_start": " ".join(open("/proc/loadavg").read().split()[:3]),
+           "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 stdout=subprocess.PIPE, text=True).stdout.strip(), "rows": []}
+    for threads in (1, 2):
+        env = dict(os.environ)
+        for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[v] = str(threads)
+        with tempfile.NamedTemporaryFile("r", suffix=".json") as tf:
+            r = subprocess.run([sys.executable, __file__, "--mine-child", tf.name, str(threads),
+                                json.dumps([list(s) for s in shapes]), str(repeats), lib], env=env)
+            if r.returncode != 0:
+                sys.exit(f"mining child (threads {threads}) failed")
+            res["rows"] += json.load(open(tf.name))
+    res["load_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
+                        f"{res['date'][:10]}-mining-peers" + ("-quick" if args.quick else ""))
+    res["plot"] = mine_plot(res, stem + ".png")
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(mine_report(res))
+    log(f"wrote {stem}.json/.md" + (" and .png" if res["plot"] else "")
+        + ("; README's mining table regenerated" if mine_readme(stem + ".md") else ""))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer seeds (a smoke run)")
-    ap.add_argument("--suite", choices=["cpu", "gpu", "quality", "all"], default="all")
+    ap.add_argument("--suite", choices=["cpu", "gpu", "quality", "all", "mine"], default="all",
+                    help="mine: exact mining beside faiss-cpu, torch, numpy at 1 and 2 threads")
+    ap.add_argument("--mine-shapes", help="--suite mine: 'Q,N,d,k;Q,N,d,k...' instead of the defaults")
+    ap.add_argument("--mine-child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--build", default=os.environ.get("NEGSAMP_BUILD",
                                                       os.path.join(ROOT, "build-bench")),
                     help="CMake build directory (configured and built when missing)")
@@ -875,6 +1109,14 @@ def main():
     if args.child_memory:
         impl, B, d = args.child_memory
         return child_memory_main(impl, int(B), int(d))
+    if args.mine_child:
+        out, threads, shapes, repeats, lib = args.mine_child
+        rows = mine_child([tuple(x) for x in json.loads(shapes)], int(repeats), int(threads), lib)
+        with open(out, "w") as f:
+            json.dump(rows, f)
+        return None
+    if args.suite == "mine":
+        return mine_main(args)
     if args.report_only:
         res = json.load(open(args.report_only))
         res["quality"]["summary"] = summarise_quality(res["quality"]["runs"]) \

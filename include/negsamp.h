@@ -268,6 +268,42 @@ NS_API ns_status ns_sample(ns_context *ctx, const ns_candidates *cand, const uin
                            const ns_sampler_options *options, int64_t m, int64_t *index,
                            float *score, int64_t *count);
 
+/* ------------------------------------------------------------------ corpus-wide negatives */
+
+/* Per-row weights of a corpus of `rows` rows (frozen data struct). weight == NULL: uniform.
+ * Otherwise weight[r] >= 0 and finite (frequencies, counts, degrees, ...); rows of weight 0 are
+ * never drawn. The weight used is weight[r]^alpha (options->alpha; 1 = as given, 0 = uniform over
+ * the rows of positive weight). */
+typedef struct {
+    const float *weight;
+    int64_t rows;
+} ns_corpus_weights;
+
+typedef struct {
+    size_t struct_size;
+    float alpha;           /* exponent, finite, |alpha| <= 64; default 1 (frequency^0.75: 0.75) */
+    uint64_t seed;
+    uint64_t step;         /* the training step: part of the RNG counter */
+    int64_t query_offset;  /* global id of query 0: the RNG counter */
+} ns_corpus_sampler_options;
+
+#define NS_CORPUS_SAMPLER_OPTIONS_INIT {sizeof(ns_corpus_sampler_options), 1.0f, 0u, 0u, 0}
+
+/* Draws m distinct corpus rows per query (queries of them) without replacement, exactly by
+ * weight^alpha (successive sampling: each draw picks an eligible row with probability
+ * proportional to its weight among the rows not yet drawn), never a row of exclude's list of
+ * that query (positives; exclude may be NULL). Philox4x32-10 keyed by seed, countered by step,
+ * the global query id (query_offset + i) and the draw attempt, so the draw does not depend on
+ * threads, batch split, rank or backend (scheme: src/weighted.c). index (queries×m): the rows in
+ * draw order, -1 padded; count (queries): how many were drawn (< m when fewer rows are eligible).
+ * w->weight, the lists and the outputs are device pointers on a CUDA context; there the data
+ * checks (weights, lists) synchronise the stream once (not while capturing), and index and
+ * count are ready when the stream completes. The shared table takes N doubles of workspace. */
+NS_API ns_status ns_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
+                                  const ns_id_lists *exclude,
+                                  const ns_corpus_sampler_options *options, int64_t queries,
+                                  int64_t m, int64_t *index, int64_t *count);
+
 /* ------------------------------------------------------------------ InfoNCE */
 
 /* The candidate set of query i: every in-batch passage (its positive among them), its own hard

@@ -19,6 +19,11 @@ struct ns_cuda_state {
     int *hflag;             // pinned host mirror of dflag
     cudaStream_t copy;      // H2D copies of a streamed host corpus, overlapping compute
     cudaEvent_t ev[4];      // copied[2], consumed[2] for the double buffer
+    // Created on first use by ns_cuda_side_stream (kernels/cuda_util.cu): a second compute
+    // stream and its events, ordered against the context's stream by events only (mining: the
+    // selection of one score tile overlaps the GEMM of the next).
+    cudaStream_t side;
+    cudaEvent_t side_ev[6];
     int unchecked;          // 1: skip the synchronising input validation (ns_cuda_set_input_checks)
 };
 #define NS_CUDA_FLAGS 128

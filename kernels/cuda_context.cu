@@ -56,6 +56,12 @@ void ns_cuda_context_free(ns_context *ctx) {
         cudaStreamSynchronize(s->copy);
         cudaStreamDestroy(s->copy);
     }
+    for (int i = 0; i < 6; i++)
+        if (s->side_ev[i]) cudaEventDestroy(s->side_ev[i]);
+    if (s->side) {
+        cudaStreamSynchronize(s->side);
+        cudaStreamDestroy(s->side);
+    }
     if (s->blas) cublasDestroy(s->blas);
     free(s);
     ctx->cuda = NULL;

@@ -3,19 +3,23 @@
 // The corpus goes in tiles of NT rows (outer loop; a host corpus is copied tile by tile through
 // two pinned buffers on a copy stream, overlapping the compute of the previous tile). For each
 // tile and query block of QB rows, one cuBLAS GEMM writes a QB×NT f32 score tile into
-// workspace (sized to stay in L2 on Hopper), then ns_k_topk_tile merges that tile into each
-// query's running top-k, kept sorted best first in a Q×k staging area in device memory:
-//   one block per query scans its score row against the query's current k-th score (the
-//   threshold), collects the rows that beat it (and are not excluded) in shared memory, and
-//   whenever the collection is nearly full (and at the end) sorts it (bitonic, in shared
-//   memory) and merges it into the running list by merge-path ranks (binary searches), moving
-//   only the changed suffix of the list. After a few tiles almost nothing beats the threshold
-//   and the kernel is one coalesced read of the score tile.
+// workspace (sized to stay in L2 on Hopper), then ns_k_topk_tile runs append-then-select:
+//   every query owns a candidate buffer of cap = k + max(k, 2048) (score, row) entries in the
+//   arena, unordered, and a threshold (the k-th best at its last reduction, −INF before).
+//   One block per query scans its score row and appends the rows that beat the threshold (and
+//   are not excluded); nothing already in the buffer moves. Only when the next step could
+//   overflow the buffer does the block reduce it to its k best (reduce_to_k: a radix select on
+//   64-bit order keys, 8 passes of 8 bits, then one compaction), which tightens the threshold.
+//   After a few tiles almost nothing beats the threshold and the kernel is one coalesced read of
+//   the score tile (4·NT bytes per query; the old sorted-list merge rewrote the list suffix,
+//   up to 8·k bytes read and written per merge of ≤ 4096 collected rows).
+// At the end ns_k_topk_final reduces each buffer to k and sorts it (bitonic, in a scratch slot).
 // Order: ns_before (src/hostdevice/ns_order.h, the CPU backend's order): score descending, ties
 // to the lower corpus row, a total order, so the result is exactly the CPU backend's for equal
 // scores. The sort and the comparator are in cuda_primitives.cuh.
 // Future work: the fused tensor-core GEMM + selection (scores never leave registers/shared).
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda_primitives.cuh"
@@ -27,24 +31,79 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kItems = 4;                       // scores per thread per step
 constexpr int kStep = kThreads * kItems;        // scores per block per step
-constexpr int kCap = 4096;                      // collected candidates (shared memory)
 constexpr int kExShared = 256;                  // exclusion ids cached in shared memory
 constexpr int kPadIndex = INT_MAX;              // index of an empty slot (score −INF)
 
 // Flag slots of this op.
-enum { F_Q = 0, F_CORPUS = 1, F_SCORE = 2, F_EX_OFFSETS = 3, F_EX_IDS = 4 };
+enum { F_Q = 0, F_CORPUS = 1, F_SCORE = 2, F_EX_OFFSETS = 3, F_EX_IDS = 4, F_EX_NULL_IDS = 5 };
 
 __device__ __forceinline__ bool before(float av, int ai, float bv, int bi) { return ns_before(av, ai, bv, bi); }
 
-// Number of entries of the sorted list (v, i)[0, n) that come before (x, xi).
-__device__ __forceinline__ int rank_in(const float *v, const int *ix, int n, float x, int xi) {
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        int mid = (lo + hi) >> 1;
-        if (before(v[mid], ix[mid], x, xi)) lo = mid + 1;
-        else hi = mid;
+// The ns_before order as one unsigned 64-bit key, larger = before: the score's bits made
+// monotone (−0 read as +0, since ns_before finds them equal), then the row complemented (ties to
+// the lower row). Distinct rows give distinct keys, so the k-th largest key names one entry.
+__device__ __forceinline__ unsigned long long order_key(float v, int row) {
+    unsigned u = __float_as_uint(v == 0.0f ? 0.0f : v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)u << 32) | (unsigned long long)(0xFFFFFFFFu - (unsigned)row);
+}
+
+// The capacity of a query's candidate buffer: k kept entries plus room for appends, at least
+// two scan steps (a reduction happens at most once per step) and at most k (one reduction per
+// k appends amortises its passes over the buffer).
+inline int64_t buffer_cap(int64_t k) { return k + (k > 2 * kStep ? k : 2 * kStep); }
+
+struct Select {  // shared memory of reduce_to_k
+    int hist[256];
+    int need, digit, pos, thr_i;
+    float thr_v;
+};
+
+// Reduces a query's buffer (v, ix)[0, n), n > k, to its k best by ns_before, in any order, in
+// [0, k); the k-th best (the new threshold) lands in sel.thr_v / thr_i. A radix select over the
+// 64-bit order keys, 8 bits per pass from the top (a 256-bin histogram in shared memory over the
+// entries that share the prefix found so far): 8 passes read the buffer (8·12·n bytes with the
+// keys' inputs), then one pass moves the k entries whose key is at least the k-th to the block's
+// scratch (sv, si) and one copies them back. Exact: the keys are distinct. Called by the whole
+// block; returns after a barrier.
+__device__ void reduce_to_k(float *v, int *ix, int n, int k, float *sv, int *si, Select &sel) {
+    unsigned long long prefix = 0, mask = 0;
+    int need = k;
+    for (int shift = 56; shift >= 0; shift -= 8) {
+        for (int t = threadIdx.x; t < 256; t += blockDim.x) sel.hist[t] = 0;
+        __syncthreads();
+        for (int e = threadIdx.x; e < n; e += blockDim.x) {
+            const unsigned long long key = order_key(v[e], ix[e]);
+            if ((key & mask) == prefix) atomicAdd(&sel.hist[(int)((key >> shift) & 255u)], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int d = 255, above = 0;
+            for (; d > 0 && above + sel.hist[d] < need; d--) above += sel.hist[d];
+            sel.need = need - above;
+            sel.digit = d;
+        }
+        __syncthreads();
+        need = sel.need;
+        prefix |= (unsigned long long)sel.digit << shift;
+        mask |= 255ull << shift;
     }
-    return lo;
+    // prefix is now the k-th largest key.
+    if (threadIdx.x == 0) sel.pos = 0;
+    __syncthreads();
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const float x = v[e];
+        const int r = ix[e];
+        const unsigned long long key = order_key(x, r);
+        if (key >= prefix) {
+            const int p = atomicAdd(&sel.pos, 1);
+            sv[p] = x, si[p] = r;
+            if (key == prefix) sel.thr_v = x, sel.thr_i = r;
+        }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < k; t += blockDim.x) v[t] = sv[t], ix[t] = si[t];
+    __syncthreads();
 }
 
 struct TileArgs {
@@ -54,84 +113,69 @@ struct TileArgs {
     int64_t c0;             // first corpus row of the tile
     int nt;                 // corpus rows in this tile
     int k;
+    int64_t cap;            // entries of a query's candidate buffer
     const float *inv_q;     // Q inverse norms, or NULL (no normalisation)
     const float *inv_c;     // nt inverse norms of this tile, or NULL
     const int64_t *ex_off;  // exclusions (CSR over queries), or NULL
     const int64_t *ex_ids;
-    float *top_v;           // Q×k running top-k, sorted best first
-    int *top_i;
-    float *scr_v;           // QB×k merge scratch
+    float *buf_v;           // Q×cap candidate buffers: (score, row), unordered
+    int *buf_i;
+    int *cnt;               // Q: entries in each buffer
+    float *thr_v;           // Q: each query's threshold (the k-th best at its last reduction)
+    int *thr_i;
+    float *scr_v;           // a slot of P2 entries per block (reductions, the final sort)
     int *scr_i;
+    int64_t slot;
     int *flags;
 };
 
-// Sorts the c collected candidates in (cv, ci) best first and merges them into the query's
-// running list (tv, ti, length k). Called by the whole block; returns with the list updated.
-__device__ void merge_collected(float *cv, int *ci, int c, float *tv, int *ti, float *sv,
-                                int *si, int k) {
-    int p = 1;
-    while (p < c) p <<= 1;
-    for (int t = c + threadIdx.x; t < p; t += blockDim.x) {
-        cv[t] = -INFINITY;
-        ci[t] = kPadIndex;
-    }
-    __syncthreads();
-    ns_bitonic_sort(cv, ci, p, NsScoreFirst());  // best first
-    // The list keeps its first p0 entries; the merged suffix [p0, k) goes to scratch first.
-    const int p0 = rank_in(tv, ti, k, cv[0], ci[0]);
-    for (int i = p0 + threadIdx.x; i < k; i += blockDim.x) {
-        int pos = i + rank_in(cv, ci, c, tv[i], ti[i]);
-        if (pos < k) sv[pos - p0] = tv[i], si[pos - p0] = ti[i];
-    }
-    for (int j = threadIdx.x; j < c; j += blockDim.x) {
-        int pos = j + rank_in(tv, ti, k, cv[j], ci[j]);
-        if (pos < k) sv[pos - p0] = cv[j], si[pos - p0] = ci[j];
-    }
-    __syncthreads();
-    for (int i = p0 + threadIdx.x; i < k; i += blockDim.x) tv[i] = sv[i - p0], ti[i] = si[i - p0];
-    __syncthreads();
-}
-
+// Append-then-select, one block per query of the block: scans the query's score row, appends
+// every finite, non-excluded score that comes before the query's threshold to its buffer (no
+// other entry moves), and when the next step could overflow the buffer, reduces it to its k best
+// (reduce_to_k), which tightens the threshold. After a few tiles almost nothing beats the
+// threshold and the kernel is one coalesced read of the score row.
 __global__ void __launch_bounds__(kThreads) ns_k_topk_tile(TileArgs a) {
-    __shared__ float cv[kCap];
-    __shared__ int ci[kCap];
     __shared__ int64_t ex[kExShared];
     __shared__ int count;
     __shared__ float thr_v;
     __shared__ int thr_i;
+    __shared__ Select sel;
     const int b = blockIdx.x;
     const int64_t qi = a.q0 + b;
     const int k = a.k;
-    float *tv = a.top_v + qi * k;
-    int *ti = a.top_i + qi * k;
-    float *sv = a.scr_v + (int64_t)b * k;
-    int *si = a.scr_i + (int64_t)b * k;
+    const int cap = (int)a.cap;
+    float *bv = a.buf_v + qi * a.cap;
+    int *bi = a.buf_i + qi * a.cap;
+    float *sv = a.scr_v + (int64_t)b * a.slot;
+    int *si = a.scr_i + (int64_t)b * a.slot;
     const float *row = a.score + b * a.ld_score;
     const float sq = a.inv_q ? a.inv_q[qi] : 1.0f;
     int64_t e0 = 0, ne = 0;
-    if (a.ex_off) {
+    if (a.ex_off && a.ex_ids) {  // NULL ids: refused by mine_validate (ignored when unchecked)
         e0 = a.ex_off[qi];
         ne = a.ex_off[qi + 1] - e0;
         if (ne < 0) ne = 0;
         for (int t = threadIdx.x; t < ne && t < kExShared; t += blockDim.x) ex[t] = a.ex_ids[e0 + t];
     }
     if (threadIdx.x == 0) {
-        count = 0;
-        thr_v = tv[k - 1];
-        thr_i = ti[k - 1];
+        count = a.cnt[qi];
+        thr_v = a.thr_v[qi];
+        thr_i = a.thr_i[qi];
     }
     __syncthreads();
     int bad = 0;
-    int c = 0;  // candidates collected so far, the same in every thread (read between barriers)
+    int c = count;  // entries in the buffer, the same in every thread (read between barriers)
+    __syncthreads();  // every thread has read count before the first append changes it
     for (int base = 0; base < a.nt; base += kStep) {
-        if (c > kCap - kStep) {  // the next step could overflow the collection: merge it now
-            merge_collected(cv, ci, c, tv, ti, sv, si, k);
+        if (c > cap - kStep) {  // the next step could overflow the buffer: reduce it to k now
+            reduce_to_k(bv, bi, c, k, sv, si, sel);
             if (threadIdx.x == 0) {
-                count = 0;
-                thr_v = tv[k - 1];
-                thr_i = ti[k - 1];
+                count = k;
+                thr_v = sel.thr_v;
+                thr_i = sel.thr_i;
             }
             __syncthreads();
+            c = k;
         }
         const float tv_ = thr_v;
         const int ti_ = thr_i;
@@ -152,34 +196,61 @@ __global__ void __launch_bounds__(kThreads) ns_k_topk_tile(TileArgs a) {
                 excluded = (t < kExShared ? ex[t] : a.ex_ids[e0 + t]) == (int64_t)g;
             if (excluded) continue;
             int p = atomicAdd(&count, 1);
-            cv[p] = s;
-            ci[p] = g;
+            bv[p] = s;
+            bi[p] = g;
         }
         // Two barriers: every append is done before c is read, and every thread has read c
-        // before the next step appends again.
+        // (and the threshold) before the next step appends or reduces again.
         __syncthreads();
         c = count;
         __syncthreads();
     }
-    if (c > 0) merge_collected(cv, ci, c, tv, ti, sv, si, k);
+    if (threadIdx.x == 0) {
+        a.cnt[qi] = c;
+        a.thr_v[qi] = thr_v;
+        a.thr_i[qi] = thr_i;
+    }
     if (bad) a.flags[F_SCORE] = 1;
 }
 
-__global__ void ns_k_topk_init(float *v, int *ix, int64_t n) {
-    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
+__global__ void ns_k_topk_init(int *cnt, float *thr_v, int *thr_i, int64_t Q) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < Q;
          e += (int64_t)gridDim.x * blockDim.x) {
-        v[e] = -INFINITY;
-        ix[e] = kPadIndex;
+        cnt[e] = 0;
+        thr_v[e] = -INFINITY;  // every finite score comes before (−INF, kPadIndex)
+        thr_i[e] = kPadIndex;
     }
 }
 
-__global__ void ns_k_topk_finish(const float *v, const int *ix, int64_t n, int64_t *index,
-                                 float *score) {
-    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
-         e += (int64_t)gridDim.x * blockDim.x) {
-        int i = ix[e];
-        index[e] = i == kPadIndex ? -1 : (int64_t)i;
-        score[e] = i == kPadIndex ? -INFINITY : v[e];
+// The outputs: gridDim.x blocks take the queries blockIdx.x, + gridDim.x, ...: the buffer reduced
+// to k (when it holds more), copied into the block's slot padded to P2 (a power of two ≥ k)
+// with (−INF, kPadIndex), sorted best first (bitonic, in the slot: global memory, mostly L2),
+// written as k (index, score) with −1 / −INF past the entries found.
+__global__ void __launch_bounds__(kThreads) ns_k_topk_final(TileArgs a, int64_t Q, int P2,
+                                                              int64_t *index, float *score) {
+    __shared__ Select sel;
+    const int k = a.k;
+    float *sv = a.scr_v + (int64_t)blockIdx.x * a.slot;
+    int *si = a.scr_i + (int64_t)blockIdx.x * a.slot;
+    for (int64_t qi = blockIdx.x; qi < Q; qi += gridDim.x) {
+        float *bv = a.buf_v + qi * a.cap;
+        int *bi = a.buf_i + qi * a.cap;
+        int n = a.cnt[qi];
+        if (n > k) {
+            reduce_to_k(bv, bi, n, k, sv, si, sel);
+            n = k;
+        }
+        for (int t = threadIdx.x; t < P2; t += blockDim.x) {
+            sv[t] = t < n ? bv[t] : -INFINITY;
+            si[t] = t < n ? bi[t] : kPadIndex;
+        }
+        __syncthreads();
+        ns_bitonic_sort(sv, si, P2, NsScoreFirst());
+        for (int r = threadIdx.x; r < k; r += blockDim.x) {
+            index[qi * k + r] = r < n ? (int64_t)si[r] : -1;
+            score[qi * k + r] = r < n ? sv[r] : -INFINITY;
+        }
+        __syncthreads();
     }
 }
 
@@ -191,6 +262,10 @@ __global__ void ns_k_check_exclusions(const int64_t *off, const int64_t *ids, in
         int64_t a = off[i], b = off[i + 1];
         if ((i == 0 && a != 0) || b < a) {
             flags[F_EX_OFFSETS] = 1;
+            continue;
+        }
+        if (b > a && !ids) {  // lists that are not all empty need ids (never read NULL)
+            flags[F_EX_NULL_IDS] = 1;
             continue;
         }
         for (int64_t t = a; t < b; t++)
@@ -207,22 +282,26 @@ namespace {
 // One call's shapes, modes and device workspace (the context's scratch arena).
 struct MinePlan {
     int64_t Q, N, d, k, qb, nt, ex_total;
+    int64_t cap;             // entries of a query's candidate buffer (buffer_cap)
+    int P2;                  // k rounded up to a power of two: a scratch slot
     size_t esz, ctile_b;     // bytes of one corpus tile
     int normalize, host_corpus, pinned_corpus, mixed, host_ex, validate;
-    float *tile, *inv_q, *inv_c, *qf, *cf, *top_v, *scr_v;
-    int *top_i, *scr_i;
+    float *tile[2], *inv_c[2];  // score tiles and tile norms, ping-ponged (mine_tile)
+    float *inv_q, *qf, *cf, *buf_v, *thr_v, *scr_v;
+    int *buf_i, *cnt, *thr_i, *scr_i;
     char *ctile[2];          // the corpus tiles of a host corpus (double buffer)
     char *pin[2];            // their pinned host staging (a pageable host corpus)
     int64_t *ex_off, *ex_ids;  // device copies of host exclusion lists
 };
 
-// Score tile | inv_q | inv_c | 2 corpus tiles (host corpus) | f32 copies (mixed dtypes) |
+// 2 score tiles | inv_q | 2 inv_c | 2 corpus tiles (host corpus) | f32 copies (mixed dtypes) |
 // exclusion copies (host lists) | staged top-k and merge scratch.
 void mine_layout(void *plan, ns_arena *a) {
     MinePlan *P = (MinePlan *)plan;
-    P->tile = (float *)ns_arena_carve(a, (size_t)(P->qb * P->nt) * 4);
+    for (int b = 0; b < 2; b++) P->tile[b] = (float *)ns_arena_carve(a, (size_t)(P->qb * P->nt) * 4);
     P->inv_q = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->Q * 4) : nullptr;
-    P->inv_c = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->nt * 4) : nullptr;
+    for (int b = 0; b < 2; b++)
+        P->inv_c[b] = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->nt * 4) : nullptr;
     for (int b = 0; b < 2; b++)
         P->ctile[b] = P->host_corpus ? (char *)ns_arena_carve(a, P->ctile_b) : nullptr;
     P->qf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->Q * P->d) * 4) : nullptr;
@@ -230,10 +309,20 @@ void mine_layout(void *plan, ns_arena *a) {
     P->ex_off = P->host_ex ? (int64_t *)ns_arena_carve(a, (size_t)(P->Q + 1) * 8) : nullptr;
     P->ex_ids = P->host_ex ? (int64_t *)ns_arena_carve(a, (size_t)(P->ex_total > 0 ? P->ex_total : 1) * 8)
                            : nullptr;
-    P->top_v = (float *)ns_arena_carve(a, (size_t)(P->Q * P->k) * 4);
-    P->top_i = (int *)ns_arena_carve(a, (size_t)(P->Q * P->k) * 4);
-    P->scr_v = (float *)ns_arena_carve(a, (size_t)(P->qb * P->k) * 4);
-    P->scr_i = (int *)ns_arena_carve(a, (size_t)(P->qb * P->k) * 4);
+    P->buf_v = (float *)ns_arena_carve(a, (size_t)(P->Q * P->cap) * 4);
+    P->buf_i = (int *)ns_arena_carve(a, (size_t)(P->Q * P->cap) * 4);
+    P->cnt = (int *)ns_arena_carve(a, (size_t)P->Q * 4);
+    P->thr_v = (float *)ns_arena_carve(a, (size_t)P->Q * 4);
+    P->thr_i = (int *)ns_arena_carve(a, (size_t)P->Q * 4);
+    P->scr_v = (float *)ns_arena_carve(a, (size_t)P->qb * P->P2 * 4);
+    P->scr_i = (int *)ns_arena_carve(a, (size_t)P->qb * P->P2 * 4);
+}
+
+// The per-query state of append-then-select, as the kernels see it.
+void fill_state(const MinePlan &P, TileArgs *a) {
+    a->cap = P.cap;
+    a->buf_v = P.buf_v, a->buf_i = P.buf_i, a->cnt = P.cnt, a->thr_v = P.thr_v, a->thr_i = P.thr_i;
+    a->scr_v = P.scr_v, a->scr_i = P.scr_i, a->slot = P.P2;
 }
 
 void pinned_layout(void *plan, ns_arena *a) {
@@ -272,10 +361,23 @@ ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corp
     P->nt = area / P->qb;
     if (P->nt > P->N) P->nt = P->N;
     if (P->nt > (1 << 20)) P->nt = 1 << 20;
+    // NS_CUDA_MINE_TILE_ROWS=n (tests): corpus tiles of n rows, so that many tiles, buffer
+    // reductions and the final selection run at shapes the host execution layer can afford.
+    if (const char *tr = getenv("NS_CUDA_MINE_TILE_ROWS")) {
+        const long long n = atoll(tr);
+        if (n > 0 && n < P->nt) P->nt = n;
+    }
     P->ctile_b = (size_t)(P->nt * P->d) * P->esz;
+    P->cap = buffer_cap(k);
+    P->P2 = 1;
+    while (P->P2 < k) P->P2 <<= 1;
     const ns_id_lists *ex = opt->exclude;
     P->host_ex = ex && !ns_cuda_is_device_ptr(ex->offsets);
     P->ex_total = P->host_ex ? ex->offsets[P->Q] : 0;  // host lists: copied to the device once
+    if (P->host_ex && P->ex_total > 0 && !ex->ids)  // the CPU backend's message
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->exclude->ids is NULL but offsets[%lld] is %lld", fn,
+                       (long long)P->Q, (long long)P->ex_total);
     return NS_OK;
 }
 
@@ -307,6 +409,13 @@ ns_status mine_validate(ns_context *ctx, const char *fn, const MinePlan &P, ns_m
     if (hf[F_EX_OFFSETS])
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: options->exclude->offsets must start at 0 and never decrease", fn);
+    if (hf[F_EX_NULL_IDS]) {  // error path only: one more read, of offsets[Q], for the message
+        int64_t total = 0;
+        NS_CUDA_TRY(ctx, fn, cudaMemcpy(&total, ex_off + P.Q, 8, cudaMemcpyDeviceToHost));
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->exclude->ids is NULL but offsets[%lld] is %lld", fn,
+                       (long long)P.Q, (long long)total);
+    }
     if (hf[F_EX_IDS])
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: options->exclude->ids holds an id outside the corpus rows [0, %lld)",
@@ -352,34 +461,70 @@ ns_status mine_stage_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns
     return NS_OK;
 }
 
-// One staged corpus tile against every query block: GEMM score tile, then ns_k_topk_tile.
-ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns_matrix ct, int64_t c0,
-                    const void *qdata, ns_dtype gdt, int64_t ldq, float scale,
-                    const int64_t *ex_off, const int64_t *ex_ids, int *flags) {
+// The GEMM/selection pipeline: GEMMs on the context's stream (the cuBLAS handle's), selections
+// on the side stream, each score tile used by every other (corpus tile, query block) pair:
+//   GEMM j into tile[j&1] waits sel_done[j&1] (selection j−2 has read that tile), then records
+//   gemm_done[j&1]; selection j waits gemm_done[j&1] and records sel_done[j&1]. The norms of
+//   corpus tile t go to inv_c[t&1] after norms_free[t&1] (the last selection of tile t−2).
+//   Selections stay in order on the side stream (each query's buffer is updated tile after
+//   tile); the context's stream waits for the last one before anything reads the buffers.
+// So the GEMM of one score tile overlaps the selection of the previous one.
+struct Pipe {
+    cudaStream_t side;
+    cudaEvent_t *gemm_done, *sel_done, *norms_free;  // 2 each (ctx->cuda->side_ev)
+    int64_t j;                                        // (corpus tile, query block) pairs issued
+};
+
+// The context's stream waits for every selection issued (a no-op before the first).
+ns_status pipe_join(ns_context *ctx, const char *fn, const Pipe &pp) {
+    if (pp.j == 0) return NS_OK;
+    NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(ns_stream(ctx), pp.sel_done[(pp.j - 1) & 1], 0));
+    return NS_OK;
+}
+
+// One staged corpus tile t against every query block: GEMM score tile, then ns_k_topk_tile.
+ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp, ns_matrix ct,
+                    int64_t t, int64_t c0, const void *qdata, ns_dtype gdt, int64_t ldq,
+                    float scale, const int64_t *ex_off, const int64_t *ex_ids, int *flags) {
     cudaStream_t st = ns_stream(ctx);
     ns_status rc;
     const int64_t n = ct.rows;
+    const int tp = (int)(t & 1);
     if (P.validate && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
         return rc;
-    if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, P.inv_c, st))) return rc;
+    if (P.normalize) {
+        if (t >= 2) NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, pp.norms_free[tp], 0));
+        if ((rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, P.inv_c[tp], st))) return rc;
+    }
     const void *cdata = ct.data;
     int64_t ldc = ns_ld(ct);
     if (P.mixed) {
         if ((rc = ns_cuda_rows_to_f32(ctx, fn, ct, 0, n, P.cf, st))) return rc;
         cdata = P.cf, ldc = P.d;
     }
-    for (int64_t q0 = 0; q0 < P.Q; q0 += P.qb) {
+    for (int64_t q0 = 0; q0 < P.Q; q0 += P.qb, pp.j++) {
         const int64_t nq = P.Q - q0 < P.qb ? P.Q - q0 : P.qb;
+        const int b = (int)(pp.j & 1);
         const void *qblk = (const char *)qdata + (size_t)(q0 * ldq) * ns_dtype_size(gdt);
+        if (pp.j >= 2) NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, pp.sel_done[b], 0));
         if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, nq, n, P.d, scale, qblk, gdt, ldq, cdata, gdt, ldc,
-                               0.0f, P.tile, n)))
+                               0.0f, P.tile[b], n)))
             return rc;
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.gemm_done[b], st));
+        NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(pp.side, pp.gemm_done[b], 0));
         TileArgs a;
-        a.score = P.tile, a.ld_score = n, a.q0 = q0, a.c0 = c0, a.nt = (int)n, a.k = (int)P.k;
-        a.inv_q = P.inv_q, a.inv_c = P.inv_c, a.ex_off = ex_off, a.ex_ids = ex_ids;
-        a.top_v = P.top_v, a.top_i = P.top_i, a.scr_v = P.scr_v, a.scr_i = P.scr_i, a.flags = flags;
-        ns_k_topk_tile<<<(unsigned)nq, kThreads, 0, st>>>(a);
+        a.score = P.tile[b], a.ld_score = n, a.q0 = q0, a.c0 = c0, a.nt = (int)n, a.k = (int)P.k;
+        a.inv_q = P.inv_q, a.inv_c = P.inv_c[tp], a.ex_off = ex_off, a.ex_ids = ex_ids;
+        fill_state(P, &a);
+        a.flags = flags;
+        ns_k_topk_tile<<<(unsigned)nq, kThreads, 0, pp.side>>>(a);
         NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.sel_done[b], pp.side));
+    }
+    if (P.normalize) {
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.norms_free[tp], pp.side));
+        // sel_done of the last pair marks the side stream's end again (pipe_join waits on it).
+        NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.sel_done[(pp.j - 1) & 1], pp.side));
     }
     return NS_OK;
 }
@@ -401,7 +546,11 @@ ns_status mine_finish(ns_context *ctx, const char *fn, const MinePlan &P, int64_
                            "overflows f32 (scale the embeddings or options->scale down)",
                            fn);
     }
-    ns_k_topk_finish<<<ns_blocks(P.Q * P.k), NS_CUDA_THREADS, 0, st>>>(P.top_v, P.top_i, P.Q * P.k, index, score);
+    TileArgs a;
+    memset(&a, 0, sizeof a);
+    a.k = (int)P.k;
+    fill_state(P, &a);
+    ns_k_topk_final<<<(unsigned)P.qb, kThreads, 0, st>>>(a, P.Q, P.P2, index, score);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }
@@ -436,7 +585,7 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
         qdata = P.qf, gdt = NS_F32, ldq = P.d;
     }
     if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, q, 0, P.Q, P.inv_q, st))) return rc;
-    ns_k_topk_init<<<ns_blocks(P.Q * k), NS_CUDA_THREADS, 0, st>>>(P.top_v, P.top_i, P.Q * k);
+    ns_k_topk_init<<<ns_blocks(P.Q), NS_CUDA_THREADS, 0, st>>>(P.cnt, P.thr_v, P.thr_i, P.Q);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
 
     cudaStream_t copy = nullptr;
@@ -450,18 +599,25 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
     if (P.host_corpus && !P.pinned_corpus && (rc = ns_arena_lay_out(ctx, &cs->pinned, pinned_layout, &P, fn)))
         return rc;
 
+    Pipe pp;
+    cudaEvent_t *sev;
+    if ((rc = ns_cuda_side_stream(ctx, fn, &pp.side, &sev))) return rc;
+    pp.gemm_done = sev, pp.sel_done = sev + 2, pp.norms_free = sev + 4, pp.j = 0;
     const int64_t tiles = (P.N + P.nt - 1) / P.nt;
     for (int64_t t = 0; t < tiles; t++) {
         const int64_t c0 = t * P.nt;
         const int buf = (int)(t & 1);
         ns_matrix ct;
-        if ((rc = mine_stage_tile(ctx, fn, P, corpus, t, copy, &ct))) return rc;
-        if ((rc = mine_tile(ctx, fn, P, ct, c0, qdata, gdt, ldq, opt->scale, ex_off, ex_ids, flags)))
+        if ((rc = mine_stage_tile(ctx, fn, P, corpus, t, copy, &ct)) ||
+            (rc = mine_tile(ctx, fn, P, pp, ct, t, c0, qdata, gdt, ldq, opt->scale, ex_off, ex_ids, flags))) {
+            pipe_join(ctx, fn, pp);  // queued selections still use the workspace
             return rc;
+        }
         if (copy) NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[buf], st));
         if (opt->progress) {
             if (t >= 1) NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(consumed[buf ^ 1]));
             if (opt->progress(c0 + ct.rows, P.N, opt->progress_user)) {
+                pipe_join(ctx, fn, pp);
                 cudaStreamSynchronize(st);  // the queued tiles still use the workspace
                 return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                                "%s: cancelled by the progress callback after %lld of %lld corpus rows",
@@ -469,5 +625,6 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
             }
         }
     }
+    if ((rc = pipe_join(ctx, fn, pp))) return rc;
     return mine_finish(ctx, fn, P, index, score);
 }

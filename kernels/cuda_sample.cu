@@ -4,6 +4,7 @@
 // the candidate data first (ns_cuda_check_candidates, kernels/cuda_filter.cu: one sync, skipped
 // while the stream is captured into a CUDA graph).
 #include <climits>
+#include <cstdlib>
 
 #include "cuda_primitives.cuh"
 #include "cuda_util.cuh"
@@ -13,7 +14,8 @@
 namespace {
 
 constexpr int kSampleThreads = 256;
-constexpr int kMaxSampleC = 8192;  // candidates per query held in shared memory
+constexpr int64_t kMaxSampleC = 1 << 24;          // candidates per query (large-C path's slot: 272 MiB)
+constexpr size_t kGlobalScratch = (size_t)256 << 20;  // the large-C path's scratch, all blocks
 constexpr int kInelig = 1 << 30;   // column flag: not eligible (sorts after every eligible one)
 
 // Eligible before ineligible; among either, the larger key first, ties to the lower column.
@@ -40,18 +42,21 @@ struct SampleArgs {
     int64_t *count;
 };
 
-// One block per query. Phase 1 sorts (id, column) of the eligible slots to find the first
-// occurrence of every id (a duplicate would draw the same noise; the CPU keeps the first kept
-// copy). Phase 2 sorts (key, column) best first — larger key, ties to the lower column, the
-// ineligible last — and writes the first m.
-__global__ void __launch_bounds__(kSampleThreads) ns_k_sample(SampleArgs a) {
-    extern __shared__ unsigned char smem[];
+// Arena scratch of one block of the large-C path: ids 8·P, columns 4·P, keys 4·P, first flags P,
+// rounded to 256 B so every slot is aligned as the arena's.
+__host__ __device__ inline size_t global_slot_bytes(int P) { return ((size_t)P * 17 + 255) & ~(size_t)255; }
+
+// One query's draw, by the whole block, in the arrays the caller gives (shared memory for the
+// one-block-per-query path, the block's slot of arena scratch for large C). Phase 1 sorts (id,
+// column) of the eligible slots to find the first occurrence of every id (a duplicate would draw
+// the same noise; the CPU keeps the first kept copy). Phase 2 sorts (key, column) best first —
+// larger key, ties to the lower column, the ineligible last — and writes the first m. sid, scol,
+// first hold P entries; skey may alias sid (it is written only after phase 1 read sid).
+// Returns after a barrier (the arrays may be reused for the next query).
+__device__ void sample_query(const SampleArgs &a, int64_t i, int64_t *sid, int *scol, float *skey,
+                             unsigned char *first) {
     const int P = a.P;
-    int64_t *sid = (int64_t *)smem;                       // phase 1: ids
-    int *scol = (int *)(smem + (size_t)P * 8);            // columns (both phases)
-    float *skey = (float *)smem;                          // phase 2: keys (over sid)
-    unsigned char *first = smem + (size_t)P * 12;         // eligible and first of its id
-    const int64_t i = blockIdx.x, C = a.C;
+    const int64_t C = a.C;
     const int64_t *ids = a.id + i * C;
     const float *s = a.score + i * C;
     const uint8_t *kp = a.keep ? a.keep + i * C : nullptr;
@@ -66,7 +71,7 @@ __global__ void __launch_bounds__(kSampleThreads) ns_k_sample(SampleArgs a) {
     for (int p = threadIdx.x; p < P; p += blockDim.x) {
         int c = scol[p];
         if (!(c & kInelig)) first[c] = p == 0 || sid[p - 1] != sid[p];
-        else if ((c & ~kInelig) < P) first[c & ~kInelig] = 0;
+        else first[c & ~kInelig] = 0;
     }
     __syncthreads();
     const float sp = a.sp ? a.sp[i] : 0.0f;
@@ -97,6 +102,39 @@ __global__ void __launch_bounds__(kSampleThreads) ns_k_sample(SampleArgs a) {
         }
     }
     if (threadIdx.x == 0) a.count[i] = found;
+    __syncthreads();
+}
+
+// One block per query, its candidates in shared memory: SharedBytes(P) = 13·P bytes (ids 8·P,
+// reused by the keys; columns 4·P; first flags P).
+__global__ void __launch_bounds__(kSampleThreads) ns_k_sample(SampleArgs a) {
+    extern __shared__ unsigned char smem[];
+    const int P = a.P;
+    sample_query(a, blockIdx.x, (int64_t *)smem, (int *)(smem + (size_t)P * 8), (float *)smem,
+                 smem + (size_t)P * 12);
+}
+
+// C too large for shared memory: gridDim.x blocks, each with a slot of GlobalBytes(P) = 17·P
+// bytes of arena scratch, take the queries blockIdx.x, blockIdx.x + gridDim.x, ... The same two
+// bitonic sorts in global memory (__syncthreads orders a block's global accesses too): per
+// query 2·log2(P)·(log2(P)+1)/2 passes over 12·P bytes, ~27 MiB read and written at P = 65,536,
+// mostly from L2 (the slot is 1.1 MiB). Correct for every C; the speed target is the shared path.
+__global__ void __launch_bounds__(kSampleThreads) ns_k_sample_global(SampleArgs a, int64_t B,
+                                                                       unsigned char *scratch) {
+    const size_t P = (size_t)a.P;
+    unsigned char *slot = scratch + (size_t)blockIdx.x * global_slot_bytes(a.P);
+    for (int64_t i = blockIdx.x; i < B; i += gridDim.x)
+        sample_query(a, i, (int64_t *)slot, (int *)(slot + P * 8), (float *)(slot + P * 12),
+                     slot + P * 16);
+}
+
+struct GlobalPlan {
+    size_t bytes;
+    unsigned char *scratch;
+};
+void global_layout(void *plan, ns_arena *a) {
+    GlobalPlan *g = (GlobalPlan *)plan;
+    g->scratch = (unsigned char *)ns_arena_carve(a, g->bytes);
 }
 
 }  // namespace
@@ -109,9 +147,9 @@ ns_status ns_cuda_sample(ns_context *ctx, const ns_candidates *cand, const uint8
     ns_status rc;
     if (C > kMaxSampleC)
         return ns_fail(ctx, NS_ERR_UNSUPPORTED,
-                       "%s: cand->per_query (%lld) is larger than the CUDA backend's limit (%d "
+                       "%s: cand->per_query (%lld) is larger than the CUDA backend's limit (%lld "
                        "candidates per query)",
-                       fn, (long long)C, kMaxSampleC);
+                       fn, (long long)C, (long long)kMaxSampleC);
     if (B > INT_MAX)
         return ns_fail(ctx, NS_ERR_UNSUPPORTED, "%s: cand->queries (%lld) exceeds %d on CUDA", fn,
                        (long long)B, INT_MAX);
@@ -124,16 +162,35 @@ ns_status ns_cuda_sample(ns_context *ctx, const ns_candidates *cand, const uint8
 
     int P = 1;
     while (P < C) P <<= 1;
+    // Shared memory of the one-block-per-query path: 13·P bytes; above 48 KiB it needs the
+    // kernel's opt-in, up to the device's limit (227 KiB on H100/H200: C ≤ 16,384; 163 KiB on
+    // A100: C ≤ 8,192). Larger C goes through arena scratch (ns_k_sample_global).
+    int optin = 0;
+    NS_CUDA_TRY(ctx, fn, cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx->device));
     const size_t shm = (size_t)P * 13;
-    if (shm > 48 * 1024)
+    // NS_CUDA_SAMPLE_GLOBAL=1 (tests, benchmarks) takes the large-C path for every C, so that
+    // its draws and distribution are checked at shapes a test can afford.
+    const char *force = getenv("NS_CUDA_SAMPLE_GLOBAL");
+    const int shared_path = shm <= (size_t)optin && !(force && force[0] == '1');
+    if (shared_path && shm > 48 * 1024)
         NS_CUDA_TRY(ctx, fn, cudaFuncSetAttribute(ns_k_sample, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+    GlobalPlan gp = {0, nullptr};
+    int64_t G = 0;
+    if (!shared_path) {
+        G = (int64_t)(kGlobalScratch / global_slot_bytes(P));
+        if (G < 1) G = 1;
+        if (G > B) G = B;
+        gp.bytes = (size_t)G * global_slot_bytes(P);
+        if ((rc = ns_arena_lay_out(ctx, &ctx->cuda->scratch, global_layout, &gp, fn))) return rc;
+    }
     SampleArgs sa;
     sa.C = C, sa.m = m, sa.P = P, sa.id = cand->id, sa.score = cand->score, sa.keep = keep;
     sa.sp = cand->positive_score, sa.strategy = (int)o->strategy;
     sa.a = o->simans_a, sa.b = o->simans_b, sa.tau = o->temperature;
     sa.seed = o->seed, sa.step = o->step, sa.query_offset = cand->query_offset;
     sa.index = index, sa.out_score = score, sa.count = count;
-    ns_k_sample<<<(unsigned)B, kSampleThreads, shm, ns_stream(ctx)>>>(sa);
+    if (shared_path) ns_k_sample<<<(unsigned)B, kSampleThreads, shm, ns_stream(ctx)>>>(sa);
+    else ns_k_sample_global<<<(unsigned)G, kSampleThreads, 0, ns_stream(ctx)>>>(sa, B, gp.scratch);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }

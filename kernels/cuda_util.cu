@@ -208,3 +208,15 @@ ns_status ns_cuda_copy_stream(ns_context *ctx, const char *fn, cudaStream_t *cop
     *copy = s->copy;
     return NS_OK;
 }
+
+ns_status ns_cuda_side_stream(ns_context *ctx, const char *fn, cudaStream_t *side, cudaEvent_t **ev) {
+    ns_cuda_state *s = ctx->cuda;
+    if (!s->side) {
+        NS_CUDA_TRY(ctx, fn, cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking));
+        for (int i = 0; i < 6; i++)
+            NS_CUDA_TRY(ctx, fn, cudaEventCreateWithFlags(&s->side_ev[i], cudaEventDisableTiming));
+    }
+    *side = s->side;
+    *ev = s->side_ev;
+    return NS_OK;
+}

@@ -83,6 +83,8 @@ int ns_cuda_is_pinned_host(const void *p);
 
 // The copy stream and its events (created on first use).
 ns_status ns_cuda_copy_stream(ns_context *ctx, const char *fn, cudaStream_t *copy);
+// The context's side compute stream (non-blocking) and its 6 events, created on first use.
+ns_status ns_cuda_side_stream(ns_context *ctx, const char *fn, cudaStream_t *side, cudaEvent_t **ev);
 
 // Candidate data for the device check shared by ns_filter and ns_sample (kernels/cuda_filter.cu):
 // ids ≥ −1, finite scores of non-empty slots; s⁺, guide scores, g⁺ and positive lists only when

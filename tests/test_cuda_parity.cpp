@@ -6,6 +6,7 @@
 #include "step_options.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <set>
 
@@ -116,6 +117,15 @@ struct DevMat {
         m.cols = x.cols;
         m.ld = x.ld;
     }
+};
+
+// Sets an environment variable for one scope (the CUDA backend's test knobs:
+// NS_CUDA_SAMPLE_GLOBAL=1 the large-C sampling path for every C, NS_CUDA_MINE_TILE_ROWS=n
+// mining's corpus tiles of n rows).
+struct ScopedEnv {
+    std::string name;
+    ScopedEnv(const char *n, const char *v) : name(n) { setenv(n, v, 1); }
+    ~ScopedEnv() { unsetenv(name.c_str()); }
 };
 
 const char *dtype_name(ns_dtype t) { return t == NS_F32 ? "f32" : t == NS_F16 ? "f16" : "bf16"; }
@@ -338,6 +348,164 @@ TEST(CudaParity, MineTopkCancelAndNonFinite) {
     for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
 }
 
+// Append-then-select against brute force, with many exact ties: small-integer queries and
+// corpus rows (every score an exact small integer on both backends), corpus tiles of a few
+// thousand rows (NS_CUDA_MINE_TILE_ROWS), so the candidate buffers fill, reduce and tighten
+// their thresholds across tiles. Per query: the scores are exactly the brute-force sorted
+// scores, the rows exactly the brute-force order (ties to the lower row), no excluded or repeated
+// row; the CUDA list equals the CPU list bit for bit. k = 1, moderate k, k = NS_MAX_K.
+TEST(CudaParity, MineTopkTiesAcrossTilesMatchBruteForce) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    struct Case { int64_t Q, N, d, k, tile; bool exclude; };
+    const Case cases[] = {
+        {3, 7000, 4, 1, 1000, true},
+        {5, 9000, 3, 300, 700, true},
+        {4, 12000, 2, 2500, 1500, false},
+        {2, 40000, 4, NS_MAX_K, 5000, true},
+    };
+    uint64_t seed = 4242;
+    for (const Case &c : cases) {
+        SCOPED_TRACE("Q=" + std::to_string(c.Q) + " N=" + std::to_string(c.N) + " k=" + std::to_string(c.k) +
+                     " tile=" + std::to_string(c.tile));
+        ScopedEnv env("NS_CUDA_MINE_TILE_ROWS", std::to_string(c.tile).c_str());
+        std::mt19937_64 g(seed++);
+        std::vector<float> q((size_t)(c.Q * c.d)), cp((size_t)(c.N * c.d));
+        for (float &x : q) x = (float)((int)(g() % 5) - 2);
+        for (float &x : cp) x = (float)((int)(g() % 5) - 2);
+        std::vector<int64_t> off{0}, ids;
+        for (int64_t i = 0; i < c.Q; i++) {
+            if (c.exclude)
+                for (int t = 0; t < 40; t++) ids.push_back((int64_t)(g() % (uint64_t)c.N));
+            off.push_back((int64_t)ids.size());
+        }
+        if (ids.empty()) ids.push_back(0);
+        Buf<float> qc(p.cpu, q), cc(p.cpu, cp), qg(p.gpu, q), cg(p.gpu, cp);
+        Buf<int64_t> offc(p.cpu, off), idsc(p.cpu, ids), offg(p.gpu, off), idsg(p.gpu, ids);
+        ns_id_lists exc{offc.ptr(), idsc.ptr(), c.Q}, exg{offg.ptr(), idsg.ptr(), c.Q};
+        ns_mine_options oc = NS_MINE_OPTIONS_INIT, og = NS_MINE_OPTIONS_INIT;
+        if (c.exclude) oc.exclude = &exc, og.exclude = &exg;
+        ns_matrix mqc{qc.ptr(), NS_F32, c.Q, c.d, 0}, mcc{cc.ptr(), NS_F32, c.N, c.d, 0};
+        ns_matrix mqg{qg.ptr(), NS_F32, c.Q, c.d, 0}, mcg{cg.ptr(), NS_F32, c.N, c.d, 0};
+        const size_t n = (size_t)(c.Q * c.k);
+        Buf<int64_t> ic(p.cpu, n, 0), ig(p.gpu, n, 0);
+        Buf<float> sc(p.cpu, n, 0.f), sg(p.gpu, n, 0.f);
+        ASSERT_EQ(ns_mine_topk(p.cpu, mqc, mcc, c.k, &oc, ic.ptr(), sc.ptr()), NS_OK) << ns_last_error(p.cpu);
+        ASSERT_EQ(ns_mine_topk(p.gpu, mqg, mcg, c.k, &og, ig.ptr(), sg.ptr()), NS_OK) << ns_last_error(p.gpu);
+        auto &gi = ig.fetch();
+        auto &gs = sg.fetch();
+        EXPECT_EQ(ic.fetch(), gi);
+        EXPECT_EQ(0, std::memcmp(sc.fetch().data(), gs.data(), n * sizeof(float))) << "scores differ from the CPU's";
+        int bad = 0;
+        for (int64_t i = 0; i < c.Q && bad < 10; i++) {
+            std::set<int64_t> excluded;
+            if (c.exclude)
+                for (int64_t t = off[i]; t < off[i + 1]; t++) excluded.insert(ids[t]);
+            std::vector<std::pair<float, int64_t>> all;  // (score, row), brute force, exact integers
+            for (int64_t j = 0; j < c.N; j++) {
+                if (excluded.count(j)) continue;
+                double dot = 0;
+                for (int64_t t = 0; t < c.d; t++) dot += (double)q[(size_t)(i * c.d + t)] * cp[(size_t)(j * c.d + t)];
+                all.push_back({(float)dot, j});
+            }
+            std::sort(all.begin(), all.end(), [](const std::pair<float, int64_t> &a, const std::pair<float, int64_t> &b) {
+                return a.first > b.first || (a.first == b.first && a.second < b.second);
+            });
+            std::set<int64_t> seen;
+            for (int64_t r = 0; r < c.k; r++) {
+                const size_t e = (size_t)(i * c.k + r);
+                const bool pad = r >= (int64_t)all.size();
+                const float want_s = pad ? -INFINITY : all[(size_t)r].first;
+                const int64_t want_i = pad ? -1 : all[(size_t)r].second;
+                if (gs[e] != want_s || gi[e] != want_i || (gi[e] >= 0 && !seen.insert(gi[e]).second)) {
+                    ADD_FAILURE() << "query " << i << " rank " << r << ": cuda (" << gi[e] << ", " << gs[e]
+                                  << ") brute force (" << want_i << ", " << want_s << ")";
+                    bad++;
+                    break;
+                }
+            }
+        }
+        EXPECT_EQ(bad, 0);
+    }
+}
+
+#ifdef NS_HAVE_CUDA
+// Mining captured into a CUDA graph: the GEMM/selection pipeline forks onto the side stream and
+// joins back (events only, no sync), so the capture succeeds and its replay gives the list of an
+// ordinary call. Several corpus tiles (NS_CUDA_MINE_TILE_ROWS) and cosine scores (the tile norms
+// are ping-ponged too).
+TEST(CudaParity, MineTopkCapturedInAGraph) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    ScopedEnv env("NS_CUDA_MINE_TILE_ROWS", "600");
+    HostMat q(NS_F32, 4, 8, 8, 31), corpus(NS_F32, 3000, 8, 8, 32);
+    DevMat qg(p.gpu, q), cg(p.gpu, corpus);
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    ASSERT_EQ(ns_context_set_stream(p.gpu, s), NS_OK);
+    ns_mine_options o = NS_MINE_OPTIONS_INIT;
+    o.flags = NS_NORMALIZE;
+    const int64_t k = 50;
+    Buf<int64_t> i0(p.gpu, 4 * k, 0), i1(p.gpu, 4 * k, 0);
+    Buf<float> s0(p.gpu, 4 * k, 0.f), s1(p.gpu, 4 * k, 0.f);
+    ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, k, &o, i0.ptr(), s0.ptr()), NS_OK) << ns_last_error(p.gpu);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    ns_status rc = ns_mine_topk(p.gpu, qg.m, cg.m, k, &o, i1.ptr(), s1.ptr());
+    cudaGraph_t g = nullptr;
+    ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaSuccess);
+    ASSERT_EQ(rc, NS_OK) << ns_last_error(p.gpu);
+    cudaGraphExec_t ge;
+    ASSERT_EQ(cudaGraphInstantiate(&ge, g, 0), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(ge, s), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    EXPECT_EQ(i0.fetch(), i1.fetch());
+    EXPECT_EQ(0, std::memcmp(s0.fetch().data(), s1.fetch().data(), 4 * k * sizeof(float)));
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    ASSERT_EQ(ns_context_set_stream(p.gpu, nullptr), NS_OK);
+    cudaStreamDestroy(s);
+}
+#endif
+
+// Exclusion lists whose ids are NULL: refused with the CPU backend's message when a list is not
+// empty (offsets in device or host memory; before issue 11 the device path read ids[NULL]),
+// accepted and equal to no exclusions when every list is empty. Outputs untouched on refusal.
+TEST(CudaParity, MineTopkExclusionsWithNullIds) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    HostMat q(NS_F32, 3, 4, 4, 15), corpus(NS_F32, 50, 4, 4, 16);
+    DevMat qc(p.cpu, q), cc(p.cpu, corpus), qg(p.gpu, q), cg(p.gpu, corpus);
+    const std::vector<int64_t> off{0, 0, 2, 2}, empty{0, 0, 0, 0};
+    for (bool host_offsets : {false, true}) {
+        SCOPED_TRACE(host_offsets ? "host offsets" : "device offsets");
+        Buf<int64_t> offc(p.cpu, off), offg(p.gpu, off);
+        ns_id_lists exc{offc.ptr(), nullptr, 3}, exg{host_offsets ? off.data() : offg.ptr(), nullptr, 3};
+        ns_mine_options oc = NS_MINE_OPTIONS_INIT, og = NS_MINE_OPTIONS_INIT;
+        oc.exclude = &exc, og.exclude = &exg;
+        Buf<int64_t> ic(p.cpu, 3 * 5, 7), ig(p.gpu, 3 * 5, 7);
+        Buf<float> sc(p.cpu, 3 * 5, 7.f), sg(p.gpu, 3 * 5, 7.f);
+        ASSERT_EQ(ns_mine_topk(p.cpu, qc.m, cc.m, 5, &oc, ic.ptr(), sc.ptr()), NS_ERR_INVALID_ARGUMENT);
+        ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 5, &og, ig.ptr(), sg.ptr()), NS_ERR_INVALID_ARGUMENT)
+            << ns_last_error(p.gpu);
+        EXPECT_EQ(std::string(ns_last_error(p.gpu)), std::string(ns_last_error(p.cpu)));
+        EXPECT_NE(std::string(ns_last_error(p.gpu)).find("ids is NULL but offsets[3] is 2"), std::string::npos)
+            << ns_last_error(p.gpu);
+        for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
+        for (float v : sg.fetch()) EXPECT_EQ(v, 7.f);
+        // Every list empty: NULL ids are fine, the result is the unexcluded one.
+        Buf<int64_t> offg0(p.gpu, empty);
+        ns_id_lists ex0{host_offsets ? empty.data() : offg0.ptr(), nullptr, 3};
+        og.exclude = &ex0;
+        Buf<int64_t> ig0(p.gpu, 3 * 5, 7), ign(p.gpu, 3 * 5, 7);
+        Buf<float> sg0(p.gpu, 3 * 5, 7.f), sgn(p.gpu, 3 * 5, 7.f);
+        ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 5, &og, ig0.ptr(), sg0.ptr()), NS_OK) << ns_last_error(p.gpu);
+        ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 5, nullptr, ign.ptr(), sgn.ptr()), NS_OK) << ns_last_error(p.gpu);
+        EXPECT_EQ(ig0.fetch(), ign.fetch());
+        EXPECT_EQ(sg0.fetch(), sgn.fetch());
+    }
+}
+
 // ---------------------------------------------------------------- filter and sample
 
 namespace {
@@ -422,16 +590,14 @@ TEST(CudaParity, FilterSameDecisionsAndCounts) {
         }
 }
 
-TEST(CudaParity, SampleIdenticalNegatives) {
-    Pair p;
-    NS_REQUIRE_GPU(p);
-    struct S { int64_t B, C, m; };
-    // C past the shared-memory thresholds of ns_k_sample (13·P bytes, P = C rounded up to a power
-    // of two): P ≤ 2048 fits 48 KiB; C in (2048, 4096] and (4096, 8192] need the opt-in.
-    const S shapes[] = {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {4, 2049, 30}, {2, 4096, 100}, {3, 5000, 40}, {2, 8192, 8192}};
-    const ns_sampler strategies[] = {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX};
-    uint64_t seed = 900;
-    for (const S &s : shapes)
+namespace {
+
+struct SampleShape { int64_t B, C, m; };
+
+// CPU and CUDA draw the same negatives, counts and scores, for every shape × strategy × keep.
+void sample_parity(const Pair &p, const std::vector<SampleShape> &shapes,
+                   const std::vector<ns_sampler> &strategies, uint64_t seed) {
+    for (const SampleShape &s : shapes)
         for (ns_sampler st : strategies)
             for (int use_keep : {0, 1}) {
                 CandHost h(s.B, s.C, seed++);
@@ -459,29 +625,35 @@ TEST(CudaParity, SampleIdenticalNegatives) {
             }
 }
 
-// The CUDA sampler holds one query's candidates in shared memory: at most 8192 per query. Until
-// that limit is lifted, a larger C must fail exactly so, naming the limit, with outputs untouched
-// (when it is lifted, turn this into a parity case like the ones above).
-TEST(CudaParity, SampleAbove8192CandidatesIsUnsupported) {
+}  // namespace
+
+TEST(CudaParity, SampleIdenticalNegatives) {
     Pair p;
     NS_REQUIRE_GPU(p);
-#ifdef NS_PARITY_SELFTEST
-    GTEST_SKIP() << "a CUDA limit: nothing to check CPU-vs-CPU";
-#endif
-    for (int64_t C : {8193, 20000}) {
-        CandHost h(2, C, 950 + C);
-        CandDev dc(p.cpu, h, 0), dg(p.gpu, h, 0);
-        ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
-        o.strategy = NS_SAMPLE_SOFTMAX;
-        const int64_t m = 16;
-        Buf<int64_t> ic(p.cpu, 2 * m, 5), ig(p.gpu, 2 * m, 5), ng(p.gpu, 2, 5);
-        Buf<int64_t> nc(p.cpu, 2, 5);
-        EXPECT_EQ(ns_sample(p.cpu, &dc.c, nullptr, &o, m, ic.ptr(), nullptr, nc.ptr()), NS_OK) << ns_last_error(p.cpu);
-        EXPECT_EQ(ns_sample(p.gpu, &dg.c, nullptr, &o, m, ig.ptr(), nullptr, ng.ptr()), NS_ERR_UNSUPPORTED) << "C=" << C;
-        EXPECT_NE(std::string(ns_last_error(p.gpu)).find("8192"), std::string::npos) << ns_last_error(p.gpu);
-        for (int64_t v : ig.fetch()) EXPECT_EQ(v, 5);
-        for (int64_t v : ng.fetch()) EXPECT_EQ(v, 5);
-    }
+    // C past the shared-memory thresholds of ns_k_sample (13·P bytes, P = C rounded up to a power
+    // of two): P ≤ 2048 fits 48 KiB; C in (2048, 16384] needs the opt-in (up to 227 KiB).
+    sample_parity(p, {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {4, 2049, 30}, {2, 4096, 100}, {3, 5000, 40}, {2, 8192, 8192}},
+                  {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX}, 900);
+}
+
+// The large-C path (keys in arena scratch, sorted in global memory) at the same shapes, forced
+// by NS_CUDA_SAMPLE_GLOBAL=1: the same draws as the CPU.
+TEST(CudaParity, SampleGlobalPathIdenticalNegatives) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    ScopedEnv env("NS_CUDA_SAMPLE_GLOBAL", "1");
+    sample_parity(p, {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {3, 5000, 40}, {2, 4096, 4096}},
+                  {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX}, 1900);
+}
+
+// Above 8192 candidates per query (refused before issue 11): C = 8193 and 16,384 in shared
+// memory (212,992 B with the opt-in, within the 227 KiB of Hopper; the host layer's limit),
+// 16,385 and 65,536 through the large-C path; m from 1 to C.
+TEST(CudaParity, SampleAbove8192Candidates) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    sample_parity(p, {{2, 8193, 16}, {1, 16384, 100}, {1, 16385, 16}, {2, 65536, 16}}, {NS_SAMPLE_SOFTMAX, NS_SAMPLE_SIMANS}, 950);
+    sample_parity(p, {{1, 65536, 65536}, {1, 20000, 1}}, {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM}, 960);
 }
 
 TEST(CudaParity, SampleBadScoreLeavesOutputUntouched) {

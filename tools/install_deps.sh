@@ -27,6 +27,9 @@ for pkg in cmake g++ make pkg-config libopenblas-dev libgtest-dev openmpi-bin li
            zlib1g-dev python3 python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+for pkg in libopenblas-openmp-dev libdnnl-dev; do  # CPU GEMM, one OpenMP pool (CMakeLists.txt "GEMM")
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 for pkg in clang-14 libclang-rt-14-dev libomp-14-dev; do  # tests/fuzz/run.sh: libFuzzer
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -69,5 +72,19 @@ if [ "${NS_NO_TORCH:-0}" != 1 ] && ! "$vpy" -c "import torch" >/dev/null 2>&1; t
     exit 1
   else
     echo "install_deps: WARNING: torch could not be installed; the torch tests will skip" >&2
+  fi
+fi
+# negsamp.sentence_transformers (issue 14): sentence-transformers and datasets from PyPI, after
+# torch (they pull transformers, tokenizers, huggingface-hub, pyarrow; [train]: accelerate, for
+# SentenceTransformerTrainer); their tests skip without.
+#   NS_NO_ST=1  leave them out
+if [ "${NS_NO_ST:-0}" != 1 ] && "$vpy" -c "import torch" >/dev/null 2>&1 &&
+   ! "$vpy" -c "import sentence_transformers, datasets, accelerate" >/dev/null 2>&1; then
+  echo "install_deps: pip install sentence-transformers datasets into $venv"
+  start=$(date +%s)
+  if pip_install "sentence-transformers[train]" datasets; then
+    echo "install_deps: sentence-transformers and datasets installed in $(( $(date +%s) - start )) s"
+  else
+    echo "install_deps: WARNING: sentence-transformers/datasets not installed; their tests skip" >&2
   fi
 fi

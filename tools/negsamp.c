@@ -29,6 +29,9 @@ static const char INFO_HELP[] =
     "Prints the library version, whether this build has the CUDA backend, the CUDA devices it\n"
     "sees, and the backend 'auto' resolves to.\n";
 
+/* src/cpu/cpu_blas.c (internal; the program links the static library). */
+const char *ns_gemm_name(void);
+
 int cli_cmd_info(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -42,6 +45,7 @@ int cli_cmd_info(int argc, char **argv) {
            NS_VERSION_MAJOR, NS_VERSION_MINOR, NS_VERSION_PATCH);
     int built = ns_cuda_built(), devices = ns_cuda_device_count();
     printf("cuda backend built: %s\n", built ? "yes" : "no");
+    printf("cpu gemm: %s\n", ns_gemm_name());
     printf("cuda devices: %d\n", devices);
     printf("backends: cpu%s\n", built && devices > 0 ? ", cuda" : "");
     ns_context *ctx = NULL;

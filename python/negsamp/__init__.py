@@ -16,6 +16,7 @@ from ._core import (Context, default_context, version, version_info, status_stri
                     NpyFile, npy_open, filter, sample, Sample, infonce_forward,
                     infonce_backward, InfoNCEForward, InfoNCEGrads, Queue, Step, StepResult,
                     StepGrads, Comm, nccl_unique_id)
+from ._weighted import sample_corpus, CorpusSample
 
 __version__ = "0.1.0"
 
@@ -26,7 +27,8 @@ __all__ = [
     "cuda_built", "cuda_device_count", "cuda_info", "IdLists", "similarity", "mine_topk",
     "NpyFile", "npy_open", "filter", "sample", "Sample", "infonce_forward", "infonce_backward",
     "InfoNCEForward", "InfoNCEGrads", "Queue", "Step", "StepResult", "StepGrads",
-    "NS_INFONCE_SAVED_PER_QUERY", "NS_MAX_K", "Comm", "nccl_unique_id",
+    "NS_INFONCE_SAVED_PER_QUERY", "NS_MAX_K", "Comm", "nccl_unique_id", "sample_corpus",
+    "CorpusSample",
 ]
 
 

@@ -10,6 +10,7 @@
  * only once the whole call has succeeded. */
 #include "cpu_tiles.h"
 #include "ns_cpu.h"
+#include "ns_bound.h"
 #include "ns_order.h"
 
 #include <float.h>
@@ -146,26 +147,8 @@ typedef struct {
 /* Scores tested per step: one vectorised compare each, then a branch per chunk. */
 #define CHUNK 32
 
-/* Each query keeps a reservoir of candidates (score, row) in staging: every score above the
- * query's threshold is appended; when the reservoir holds cap, a quickselect keeps the k best
- * and the threshold becomes the k-th best score. Rows arrive in increasing order, so a later
- * score equal to the threshold loses its tie and is skipped. Amortised O(1) per candidate,
- * without the mispredicted branches of a heap. */
-typedef struct {
-    float *s;       /* cap + CHUNK scores */
-    int64_t *id;    /* cap + CHUNK rows */
-    int64_t count;
-    float threshold;
-} reservoir;
-
-static void reservoir_shrink(reservoir *r, int64_t k) {
-    select_nth(r->s, r->id, r->count, k - 1);
-    r->count = k;
-    r->threshold = r->s[k - 1];
-}
-
 /* Excluded corpus rows are overwritten in the tile with this score, which never passes a
- * threshold (thresholds start at it). A real score of exactly -FLT_MAX (at the edge of f32
+ * threshold (thresholds never go below it). A real score of exactly -FLT_MAX (at the edge of f32
  * overflow) is therefore never returned. */
 #define EXCLUDED (-FLT_MAX)
 
@@ -192,29 +175,180 @@ static inline uint32_t chunk_mask(const float *r, float thr) {
 #endif
 }
 
+/* ---------------------------------------------------------------- two-stage exact mining
+ *
+ * The GEMM (f32, or bf16 at about twice the speed) gives each score ŝ with a proven bound e:
+ * |ŝ − s*| ≤ e, s* the exact score (src/hostdevice/ns_bound.h: its definition, the derivation,
+ * e = K·|α|·‖q‖·‖c‖ + A). Each query keeps a reservoir of candidates (ŝ, e, row) — e = 0 once a
+ * candidate is re-scored exactly — and a threshold T, a proven lower bound of its k-th best
+ * exact score so far: the k-th largest of the lower bounds ŝ − e held. A new row (rows arrive in
+ * increasing order) can enter the top-k only if ŝ + e > T: otherwise k held rows, all lower, score
+ * at least as much. One vectorised compare per score against T − max e, appends rare; when the
+ * reservoir is full, T is recomputed and only candidates with ŝ + e ≥ T are kept (the short
+ * list). At the end the short list is re-scored exactly (ns_score_exact) and the k best kept,
+ * ties to the lower row: the result is exact f32 mining whatever GEMM, blocking or thread count
+ * produced ŝ. Reservoirs live in the context's scratch arena and reach index/score only once the
+ * whole call has succeeded. */
+
+/* s* = fl32(α · Σ q_t c_t), the sum in double in one fixed order (32 interleaved partial sums,
+ * then a pairwise tree): products of f32 values are exact in double, so this is the real score
+ * to (d+1)·2^-53 relative, rounded once, the same bits on every machine and thread count. */
+/* Vector clones (chosen at run time) compute the same bits: each of the 32 lanes sums in the
+ * same order whatever the vector width, and the products are exact (no contraction matters). */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define NS_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define NS_VECTOR_CLONES
+#endif
+NS_VECTOR_CLONES
+static float score_exact(const float *q, const float *c, int64_t d, float scale) {
+    double acc[32];
+    for (int l = 0; l < 32; l++) acc[l] = 0.0;
+    int64_t t = 0;
+    for (; t + 32 <= d; t += 32)
+        for (int l = 0; l < 32; l++) acc[l] += (double)q[t + l] * (double)c[t + l];
+    for (int l = 0; t < d; t++, l++) acc[l] += (double)q[t] * (double)c[t];
+    for (int w = 16; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return (float)((double)scale * acc[0]);
+}
+
+/* The next float above / below a finite x (nextafterf without the libm call); ±Inf and NaN
+ * are returned as they are. */
+static inline float step_float(float x, int dir) {
+    if (!(fabsf(x) <= FLT_MAX)) return x;
+    if (x == 0.0f) return dir > 0 ? FLT_TRUE_MIN : -FLT_TRUE_MIN;
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = ((x > 0.0f) == (dir > 0)) ? u + 1 : u - 1; /* away from / towards zero */
+    memcpy(&x, &u, 4);
+    return x;
+}
+/* The same score for bf16 rows (bits; widened exactly): no f32 copy of either row. */
+NS_VECTOR_CLONES
+static float score_exact_bf16(const uint16_t *q, const uint16_t *c, int64_t d, float scale) {
+    double acc[32];
+    for (int l = 0; l < 32; l++) acc[l] = 0.0;
+    int64_t t = 0;
+    for (; t + 32 <= d; t += 32)
+        for (int l = 0; l < 32; l++) {
+            uint32_t a = (uint32_t)q[t + l] << 16, b = (uint32_t)c[t + l] << 16;
+            float fa, fb;
+            memcpy(&fa, &a, 4);
+            memcpy(&fb, &b, 4);
+            acc[l] += (double)fa * (double)fb;
+        }
+    for (int l = 0; t < d; t++, l++) {
+        uint32_t a = (uint32_t)q[t] << 16, b = (uint32_t)c[t] << 16;
+        float fa, fb;
+        memcpy(&fa, &a, 4);
+        memcpy(&fb, &b, 4);
+        acc[l] += (double)fa * (double)fb;
+    }
+    for (int w = 16; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return (float)((double)scale * acc[0]);
+}
+
+static inline float up(float x) { return step_float(x, 1); }
+static inline float down(float x) { return step_float(x, -1); }
+
+/* What select_row needs besides the tile row: the bound's parts for this query and block. */
+typedef struct {
+    float fq;      /* K·|α|·‖q_i‖, rounded up */
+    const float *cn; /* ‖c_j‖ of the block's rows, rounded up */
+    float abs_e;   /* A, rounded up */
+    float emax;    /* fq·max ‖c_j‖ + A, rounded up */
+} row_bound;
+
+static inline float bound_of(const row_bound *b, int64_t j) {
+    return up(up(b->fq * b->cn[j]) + b->abs_e);
+}
+
+/* Re-scores exactly: what each thread needs (its row buffers) and where the rows are. */
+typedef struct {
+    ns_matrix q, corpus;
+    int normalize;
+    float scale;
+    float *qrow, *crow; /* this thread's d floats each */
+} rescorer;
+
+static const float *f32_row(ns_matrix m, int64_t r, int normalize, float *buf) {
+    int64_t ld;
+    return ns_tile_rows(m, r, 1, normalize, buf, &ld, 1);
+}
+
+/* Candidates with a bound get their exact score (and e = 0). */
+static void rescore(const rescorer *rs, int64_t query, float *s, float *e, const int64_t *id,
+                    int64_t n) {
+    const float *qr = NULL;
+    for (int64_t j = 0; j < n; j++) {
+        if (e[j] == 0.0f) continue;
+        if (!qr) qr = f32_row(rs->q, query, rs->normalize, rs->qrow);
+        s[j] = score_exact(qr, f32_row(rs->corpus, id[j], rs->normalize, rs->crow), rs->q.cols,
+                           rs->scale);
+        e[j] = 0.0f;
+    }
+}
+
+static inline void swap3(float *s, float *e, int64_t *id, int64_t a, int64_t b) {
+    float ts = s[a], te = e[a];
+    int64_t ti = id[a];
+    s[a] = s[b], e[a] = e[b], id[a] = id[b];
+    s[b] = ts, e[b] = te, id[b] = ti;
+}
+
+/* The reservoir's short list: T = the k-th largest lower bound, then only candidates whose upper
+ * bound reaches T are kept (the others score below k held rows). When that still fills more
+ * than half the room, the survivors are re-scored exactly and exactly k kept (so the reservoir
+ * always makes progress). Returns the count; *thr = T. */
+static int64_t shrink(const rescorer *rs, int64_t query, float *s, float *e, int64_t *id,
+                      int64_t cnt, int64_t k, int64_t cap, float *scratch, float *thr) {
+    if (cnt <= k) return cnt;
+    for (int64_t j = 0; j < cnt; j++) scratch[j] = e[j] > 0.0f ? down(s[j] - e[j]) : s[j];
+    float t = kth_largest(scratch, cnt, k);
+    int64_t n = 0;
+    for (int64_t j = 0; j < cnt; j++)
+        if ((e[j] > 0.0f ? up(s[j] + e[j]) : s[j]) >= t) {
+            if (n != j) swap3(s, e, id, n, j);
+            n++;
+        }
+    if (n > cap / 2) {
+        rescore(rs, query, s, e, id, n);
+        select_nth(s, id, n, k - 1); /* e is all 0 now */
+        n = k;
+        t = s[k - 1];
+    }
+    if (!(t >= EXCLUDED)) t = EXCLUDED;
+    *thr = t;
+    return n;
+}
+
 /* Merges one query's tile row (scores of corpus rows base .. base+n-1) into its reservoir. */
-static void select_row(const float *row, int64_t n, int64_t base, float *s, int64_t *id,
-                       int64_t *count, float *threshold, int64_t k, int64_t cap, int64_t query,
-                       float *scratch, bad_score *bad) {
+static void select_row(const float *row, int64_t n, int64_t base, const row_bound *b, float *s,
+                       float *e, int64_t *id, int64_t *count, float *threshold, int64_t k,
+                       int64_t cap, int64_t query, float *scratch, const rescorer *rs,
+                       bad_score *bad) {
     int64_t cnt = *count;
     float thr = *threshold;
     if (cnt == 0 && thr == EXCLUDED && n > cap) {
         /* The query's first block: rather than filling and shrinking the reservoir many times,
-         * start from this block's own k-th best (one quickselect on a copy). Scores equal to it
-         * must still enter (their rows may be lower), hence the next float below. NaN is
+         * start from this block's own k-th best ŝ: k rows have lower bounds ≥ it − emax. NaN is
          * copied as +Inf so that the selection stays well defined; it is reported below. */
         for (int64_t t = 0; t < n; t++) scratch[t] = row[t] == row[t] ? row[t] : INFINITY;
-        thr = nextafterf(kth_largest(scratch, n, k), -INFINITY);
+        thr = down(down(kth_largest(scratch, n, k)) - b->emax);
         if (!(thr >= EXCLUDED)) thr = EXCLUDED;
     }
+    float pre = down(thr - b->emax); /* ŝ ≤ pre cannot reach ŝ + e > thr */
+    if (!(pre >= EXCLUDED)) pre = EXCLUDED;
     for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
         const float *r = row + j0;
         uint32_t m;
         if (n - j0 >= CHUNK) {
-            m = chunk_mask(r, thr);
+            m = chunk_mask(r, pre);
         } else {
             m = 0;
-            for (int64_t t = 0; t < n - j0; t++) m |= (uint32_t)needs_look(r[t], thr) << t;
+            for (int64_t t = 0; t < n - j0; t++) m |= (uint32_t)needs_look(r[t], pre) << t;
         }
         /* Appends only the set bits: usually none, rarely more than a couple. */
         for (; m; m &= m - 1) {
@@ -231,15 +365,17 @@ static void select_row(const float *row, int64_t n, int64_t base, float *s, int6
                 *count = cnt;
                 return;
             }
+            float ej = bound_of(b, j0 + t);
+            if (!(up(v + ej) > thr)) continue;
             s[cnt] = v;
+            e[cnt] = ej;
             id[cnt] = base + j0 + t;
             cnt++;
         }
         if (cnt >= cap) {
-            reservoir rv = {s, id, cnt, thr};
-            reservoir_shrink(&rv, k);
-            cnt = rv.count;
-            thr = rv.threshold;
+            cnt = shrink(rs, query, s, e, id, cnt, k, cap, scratch, &thr);
+            pre = down(thr - b->emax);
+            if (!(pre >= EXCLUDED)) pre = EXCLUDED;
         }
     }
     *count = cnt;
@@ -280,27 +416,49 @@ static ns_status check_exclusions(ns_context *ctx, const char *fn, const ns_id_l
 /* ---------------------------------------------------------------- the CPU backend */
 
 /* One call's blocking and workspace: the score tile, the converted corpus block and query
- * tile if needed, per-thread quickselect scratch, and per query a reservoir of cap + CHUNK
- * (score, row), its fill count and threshold. */
+ * tile if needed (f32 views; bf16 copies for the bf16 GEMM), per-thread scratch (quickselect,
+ * two rows to re-score), the rows' norms, and per query a reservoir of cap + CHUNK
+ * (ŝ, e, row), its fill count and threshold. */
 typedef struct {
     int64_t Q, N, d, k, qb, cb, cap, width;
     int normalize, threads, q_once;
     int convert_q, convert_c;
-    float *tile, *cbuf, *qbuf, *scratch;
-    float *hs, *thr;
+    int bf16;             /* the bf16 GEMM (oneDNN) computes ŝ */
+    int q_exact, c_exact; /* q / corpus are bf16 data used as they are (no rounding) */
+    float *tile, *cbuf, *qbuf, *scratch, *rows;
+    uint16_t *qb16, *cb16;
+    float *qn, *cn;       /* ‖q_i‖, ‖c_j‖ of the block, rounded up */
+    float *hs, *es, *thr;
     int64_t *hi, *cnt;
 } mine_plan;
 
 static void mine_layout(void *plan, ns_arena *a) {
     mine_plan *p = (mine_plan *)plan;
+    const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
     p->tile = (float *)ns_arena_carve(a, (size_t)(p->qb * p->cb) * sizeof(float));
     p->cbuf = (float *)ns_arena_carve(a, p->convert_c ? (size_t)(p->cb * p->d) * sizeof(float) : 0);
     p->qbuf = (float *)ns_arena_carve(a, p->convert_q ? (size_t)(p->qb * p->d) * sizeof(float) : 0);
-    p->scratch = (float *)ns_arena_carve(a, (size_t)p->threads * (size_t)p->cb * sizeof(float));
+    p->cb16 = (uint16_t *)ns_arena_carve(
+        a, p->bf16 && !p->c_exact ? (size_t)(p->cb * p->d) * sizeof(uint16_t) : 0);
+    p->qb16 = (uint16_t *)ns_arena_carve(
+        a, p->bf16 && !p->q_exact ? (size_t)(p->qb * p->d) * sizeof(uint16_t) : 0);
+    p->scratch = (float *)ns_arena_carve(a, (size_t)p->threads * scratch * sizeof(float));
+    p->rows = (float *)ns_arena_carve(a, (size_t)p->threads * 2 * (size_t)p->d * sizeof(float));
+    p->qn = (float *)ns_arena_carve(a, (size_t)p->Q * sizeof(float));
+    p->cn = (float *)ns_arena_carve(a, (size_t)p->cb * sizeof(float));
     p->hs = (float *)ns_arena_carve(a, (size_t)(p->Q * p->width) * sizeof(float));
+    p->es = (float *)ns_arena_carve(a, (size_t)(p->Q * p->width) * sizeof(float));
     p->hi = (int64_t *)ns_arena_carve(a, (size_t)(p->Q * p->width) * sizeof(int64_t));
     p->cnt = (int64_t *)ns_arena_carve(a, (size_t)p->Q * sizeof(int64_t));
     p->thr = (float *)ns_arena_carve(a, (size_t)p->Q * sizeof(float));
+}
+
+/* Which GEMM gives ŝ: the bf16 one where oneDNN is built in, unless NS_CPU_MINE_GEMM=f32 (the
+ * result is the same either way; the variable is for benchmarks and tests). */
+static int want_bf16(void) {
+    const char *v = getenv("NS_CPU_MINE_GEMM");
+    if (v && !strcmp(v, "f32")) return 0;
+    return ns_gemm_has_bf16();
 }
 
 static void mine_plan_init(mine_plan *p, ns_context *ctx, ns_matrix q, ns_matrix corpus,
@@ -310,12 +468,17 @@ static void mine_plan_init(mine_plan *p, ns_context *ctx, ns_matrix q, ns_matrix
     p->Q = q.rows, p->N = corpus.rows, p->d = q.cols, p->k = k;
     p->convert_q = ns_tile_needs_buffer(q, p->normalize);
     p->convert_c = ns_tile_needs_buffer(corpus, p->normalize);
+    p->bf16 = want_bf16();
+    p->q_exact = q.dtype == NS_BF16 && !p->normalize;
+    p->c_exact = corpus.dtype == NS_BF16 && !p->normalize;
     /* Blocking: see ns_mine_corpus_block (cpu_tiles.h). */
     p->qb = ns_mine_query_block(p->Q);
     p->cb = ns_mine_corpus_block(p->Q, p->N, p->d, p->convert_c);
     p->q_once = p->Q <= p->qb; /* one query tile: convert it once for the whole corpus */
-    /* A larger cap means rarer quickselects but a threshold that lags more. */
-    const int64_t extra = k < 64 ? 64 : k > 4096 ? 4096 : k;
+    /* A larger cap means rarer shrinks but a threshold that lags more. The bf16 bound keeps
+     * short lists of about 3·k (unit vectors): room for them, or shrinks re-score early. */
+    int64_t extra = k < 64 ? 64 : k > 4096 ? 4096 : k;
+    if (p->bf16 && !(p->q_exact && p->c_exact)) extra = 4 * k < 1024 ? 1024 : 4 * k;
     p->cap = k + extra;
     p->width = p->cap + CHUNK;
 }
@@ -335,12 +498,21 @@ static ns_status fail_bad_score(ns_context *ctx, const char *fn, ns_matrix corpu
                    fn, (long long)bad->query, (long long)bad->row, (double)bad->value);
 }
 
+/* The bound's constants of one GEMM call (ns_bound.h). */
+typedef struct {
+    double rel;  /* K·|α| */
+    float abs_e; /* A, rounded up */
+    float cmax;  /* max ‖c_j‖ of the block */
+} tile_bound;
+
 /* Merges the score tile of queries [q0, q0+nq) × corpus rows [c0, c0+nc) into the reservoirs,
  * excluded rows first overwritten with EXCLUDED. */
-static void merge_tile(const mine_plan *p, const ns_id_lists *ex, int64_t q0, int64_t nq,
-                       int64_t c0, int64_t nc, bad_score *bad) {
-    /* Dynamic chunks: a thread that the OS preempts (a busy machine, OpenBLAS's threads still
-     * spinning) does not hold the whole tile back. */
+static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
+                       const ns_id_lists *ex, int64_t q0, int64_t nq, int64_t c0, int64_t nc,
+                       const tile_bound *tb, bad_score *bad) {
+    const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
+    /* Dynamic chunks: a thread that the OS preempts (a busy machine) does not hold the whole
+     * tile back. */
 #pragma omp parallel for num_threads(p->threads) schedule(dynamic, 32)
     for (int64_t i = 0; i < nq; i++) {
         int tid = 0;
@@ -354,28 +526,117 @@ static void merge_tile(const mine_plan *p, const ns_id_lists *ex, int64_t q0, in
                 int64_t id = ex->ids[t];
                 if (id >= c0 && id < c0 + nc) trow[id - c0] = EXCLUDED;
             }
-        select_row(trow, nc, c0, p->hs + qi * p->width, p->hi + qi * p->width, p->cnt + qi,
-                   p->thr + qi, p->k, p->cap, qi, p->scratch + (size_t)tid * p->cb, bad);
+        row_bound b;
+        b.fq = up((float)(tb->rel * (double)p->qn[qi]));
+        b.cn = p->cn;
+        b.abs_e = tb->abs_e;
+        b.emax = up(up(b.fq * tb->cmax) + b.abs_e);
+        rescorer rs = {q, corpus, p->normalize, scale, p->rows + (size_t)tid * 2 * p->d,
+                       p->rows + (size_t)tid * 2 * p->d + p->d};
+        select_row(trow, nc, c0, &b, p->hs + qi * p->width, p->es + qi * p->width,
+                   p->hi + qi * p->width, p->cnt + qi, p->thr + qi, p->k, p->cap, qi,
+                   p->scratch + (size_t)tid * scratch, &rs, bad);
     }
+}
+
+/* ‖row‖ in double from an f32 view, rounded up to f32 (8 partial sums: any order is fine,
+ * the bound carries a margin for it), and, when out16, the row rounded to bf16 (nearest even;
+ * NaN stays NaN or becomes ±Inf: non-finite either way, and reported through its scores). */
+NS_VECTOR_CLONES
+static float row_prepare(const float *x, int64_t d, uint16_t *out16) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t t = 0;
+    for (; t + 8 <= d; t += 8)
+        for (int l = 0; l < 8; l++) acc[l] += (double)x[t + l] * (double)x[t + l];
+    for (; t < d; t++) acc[0] += (double)x[t] * (double)x[t];
+    if (out16) {
+        const uint32_t *u = (const uint32_t *)(const void *)x;
+        for (int64_t j = 0; j < d; j++) {
+            uint32_t b = u[j];
+            out16[j] = (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+        }
+    }
+    double s2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    return up((float)sqrt(s2));
+}
+
+/* Norms of n rows of an f32 view, and (when out16) their bf16 copy; returns the largest norm. */
+static float rows_prepare(const float *v, int64_t ld, int64_t n, int64_t d, float *norms,
+                          uint16_t *out16, int threads) {
+    float mx = 0.0f;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : mx) if (n * d >= 65536)
+    for (int64_t r = 0; r < n; r++) {
+        float nr = row_prepare(v + r * ld, d, out16 ? out16 + r * d : NULL);
+        if (norms) norms[r] = nr;
+        if (nr > mx) mx = nr;
+    }
+    return mx;
 }
 
 /* Streams the corpus once, block by block; each block against every query tile. */
 static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns_matrix q,
                                ns_matrix corpus, const ns_mine_options *opt) {
-    const int64_t Q = p->Q, N = p->N;
+    const int64_t Q = p->Q, N = p->N, d = p->d;
     bad_score bad = {0, 0, 0, 0.0f};
     int64_t ldq = 0;
-    const float *qv =
-        p->q_once ? ns_tile_rows(q, 0, Q, p->normalize, p->qbuf, &ldq, p->threads) : NULL;
+    /* ‖q_i‖ once, from the f32 rows the exact score uses. */
+    float qmax = 0.0f;
+    for (int64_t q0 = 0; q0 < Q; q0 += p->qb) {
+        const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
+        const float *v = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
+        float m = rows_prepare(v, ldq, nq, d, p->qn + q0, NULL, p->threads);
+        if (m > qmax) qmax = m;
+    }
+    const float *qv = NULL;
+    const uint16_t *q16 = NULL;
+    int64_t ldq16 = d;
+    const double aabs = fabs((double)opt->scale);
     for (int64_t c0 = 0; c0 < N; c0 += p->cb) {
         const int64_t nc = N - c0 < p->cb ? N - c0 : p->cb;
         int64_t ldc;
         const float *cv = ns_tile_rows(corpus, c0, nc, p->normalize, p->cbuf, &ldc, p->threads);
+        tile_bound tb;
+        const int convert16 = p->bf16 && !p->c_exact;
+        tb.cmax = rows_prepare(cv, ldc, nc, d, p->cn, convert16 ? p->cb16 : NULL, p->threads);
+        /* This block by bf16 when the rows are within the bound's range (ns_bound.h, 5); a
+         * block outside it (its bf16 copy may hold ±Inf) takes the f32 GEMM. */
+        const int bf16 = p->bf16 && qmax <= NS_BOUND_MAX_ABS && tb.cmax <= NS_BOUND_MAX_ABS;
+        const uint16_t *c16 = NULL;
+        int64_t ldc16 = d;
+        if (bf16) {
+            if (p->c_exact) {
+                c16 = (const uint16_t *)ns_row(corpus, c0);
+                ldc16 = ns_ld(corpus);
+            } else {
+                c16 = p->cb16;
+            }
+        }
+        tb.rel = ns_bound_relative(d, bf16 && !(p->q_exact && p->c_exact)) * aabs;
+        tb.abs_e = up((float)ns_bound_absolute(d, aabs));
         for (int64_t q0 = 0; q0 < Q; q0 += p->qb) {
             const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
-            if (!p->q_once) qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
-            ns_sgemm_nt(nq, nc, p->d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
-            merge_tile(p, opt->exclude, q0, nq, c0, nc, &bad);
+            const int first = c0 == 0 || !p->q_once;
+            if (first && (!qv || !p->q_once))
+                qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
+            int done = 0;
+            if (bf16) {
+                if (p->q_exact) {
+                    q16 = (const uint16_t *)ns_row(q, q0);
+                    ldq16 = ns_ld(q);
+                } else if (first || !q16) {
+                    rows_prepare(qv, ldq, nq, d, NULL, p->qb16, p->threads);
+                    q16 = p->qb16;
+                    ldq16 = d;
+                }
+                done = ns_gemm_bf16_nt(nq, nc, d, opt->scale, q16, ldq16, c16, ldc16, p->tile,
+                                       nc) == 0;
+            }
+            tile_bound tbq = tb;
+            if (!done) { /* f32 GEMM: the f32 bound */
+                ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
+                tbq.rel = ns_bound_relative(d, 0) * aabs;
+            }
+            merge_tile(p, q, corpus, opt->scale, opt->exclude, q0, nq, c0, nc, &tbq, &bad);
             if (bad.set) return fail_bad_score(ctx, fn, corpus, &bad);
         }
         if (opt->progress && opt->progress(c0 + nc, N, opt->progress_user))
@@ -386,13 +647,101 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
     return NS_OK;
 }
 
-/* Success is certain now: keeps each query's k best, sorts them and writes the outputs. */
-static void write_results(const mine_plan *p, int64_t *index, float *score) {
+/* Re-scores every short-listed candidate that still has a bound, in corpus order: the pairs
+ * (query, slot) are bucketed by corpus row (a counting sort over blocks of RESCORE_ROWS rows),
+ * and each bucket's rows — a few MiB — are read while they sit in the cache, instead of one
+ * random corpus row per pair. Returns 0, or -1 when the pair list cannot be allocated (the
+ * caller then re-scores query by query). */
+#define RESCORE_ROWS 2048
+static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix corpus,
+                                   float scale) {
+    int64_t total = 0;
+    for (int64_t i = 0; i < p->Q; i++) total += p->cnt[i];
+    const int64_t nb = (p->N + RESCORE_ROWS - 1) / RESCORE_ROWS;
+    int64_t *start = (int64_t *)calloc((size_t)nb + 1, sizeof(int64_t));
+    int64_t *pair = (int64_t *)malloc((size_t)(total > 0 ? total : 1) * sizeof(int64_t));
+    if (!start || !pair) {
+        free(start);
+        free(pair);
+        return -1;
+    }
+    for (int64_t i = 0; i < p->Q; i++)
+        for (int64_t j = 0; j < p->cnt[i]; j++)
+            if (p->es[i * p->width + j] > 0.0f) start[p->hi[i * p->width + j] / RESCORE_ROWS + 1]++;
+    for (int64_t b = 0; b < nb; b++) start[b + 1] += start[b];
+    int64_t *fill = (int64_t *)malloc((size_t)nb * sizeof(int64_t));
+    if (!fill) {
+        free(start);
+        free(pair);
+        return -1;
+    }
+    memcpy(fill, start, (size_t)nb * sizeof(int64_t));
+    for (int64_t i = 0; i < p->Q; i++)
+        for (int64_t j = 0; j < p->cnt[i]; j++) {
+            int64_t at = i * p->width + j;
+            if (p->es[at] > 0.0f) pair[fill[p->hi[at] / RESCORE_ROWS]++] = at;
+        }
+    free(fill);
+#pragma omp parallel for num_threads(p->threads) schedule(dynamic, 1)
+    for (int64_t b = 0; b < nb; b++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *qrow = p->rows + (size_t)tid * 2 * p->d, *crow = qrow + p->d;
+        const int raw16 = p->q_exact && p->c_exact; /* bf16 rows as they are */
+        for (int64_t t = start[b]; t < start[b + 1]; t++) {
+            const int64_t at = pair[t], i = at / p->width;
+            if (raw16) {
+                p->hs[at] = score_exact_bf16((const uint16_t *)ns_row(q, i),
+                                             (const uint16_t *)ns_row(corpus, p->hi[at]), p->d,
+                                             scale);
+                p->es[at] = 0.0f;
+                continue;
+            }
+            const float *qr = f32_row(q, i, p->normalize, qrow);
+            const float *cr = f32_row(corpus, p->hi[at], p->normalize, crow);
+            p->hs[at] = score_exact(qr, cr, p->d, scale);
+            p->es[at] = 0.0f;
+        }
+    }
+    free(start);
+    free(pair);
+    return 0;
+}
+
+/* Success is certain now: each query's short list re-scored exactly, its k best kept, sorted
+ * (ties to the lower row) and written. */
+static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
+                          int64_t *index, float *score) {
     const int64_t k = p->k;
+    const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
+    /* The short lists (bounds only, no re-scoring: a cap larger than any count). */
 #pragma omp parallel for num_threads(p->threads) schedule(dynamic, 16)
     for (int64_t i = 0; i < p->Q; i++) {
-        float *s = p->hs + i * p->width;
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float thr;
+        p->cnt[i] = shrink(NULL, i, p->hs + i * p->width, p->es + i * p->width,
+                           p->hi + i * p->width, p->cnt[i], k, 2 * p->width + 2,
+                           p->scratch + (size_t)tid * scratch, &thr);
+    }
+    const int by_query = rescore_in_corpus_order(p, q, corpus, scale) != 0;
+#pragma omp parallel for num_threads(p->threads) schedule(dynamic, 16)
+    for (int64_t i = 0; i < p->Q; i++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *s = p->hs + i * p->width, *e = p->es + i * p->width;
         int64_t *id = p->hi + i * p->width, n = p->cnt[i];
+        if (by_query) {
+            rescorer rs = {q, corpus, p->normalize, scale, p->rows + (size_t)tid * 2 * p->d,
+                           p->rows + (size_t)tid * 2 * p->d + p->d};
+            rescore(&rs, i, s, e, id, n);
+        }
         if (n > k) {
             select_nth(s, id, n, k - 1);
             n = k;
@@ -423,6 +772,6 @@ ns_status ns_cpu_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64
     memset(p.cnt, 0, (size_t)p.Q * sizeof(int64_t));
     for (int64_t i = 0; i < p.Q; i++) p.thr[i] = EXCLUDED;
     if ((st = stream_corpus(ctx, fn, &p, q, corpus, opt))) return st;
-    write_results(&p, index, score);
+    write_results(&p, q, corpus, opt->scale, index, score);
     return NS_OK;
 }

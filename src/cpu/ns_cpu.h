@@ -28,6 +28,15 @@ void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, i
 void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* The GEMM library in use ("oneDNN (...) + OpenBLAS (OpenMP)"), for `negsamp info` and benchmarks. */
+const char *ns_gemm_name(void);
+/* Whether ns_gemm_bf16_nt is available (oneDNN built in and its CPU engine created). */
+int ns_gemm_has_bf16(void);
+/* C = alpha · A · Bᵀ, row-major, A and B bf16 (raw bits), f32 accumulation, f32 C. 0 on success,
+ * -1 where unavailable or failed (the caller then computes in f32). Not inside a parallel region. */
+int ns_gemm_bf16_nt(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
+                    const uint16_t *b, int64_t ldb, float *c, int64_t ldc);
+
 /* The host data of candidates (src/cpu/cpu_filter.c; ns_filter and ns_sample): ids >= -1,
  * finite scores in non-empty slots, finite positive scores and guide scores when asked for. */
 ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
@@ -39,6 +48,10 @@ ns_status ns_cpu_filter(ns_context *ctx, const ns_candidates *cand, const ns_fil
 ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
                         const ns_sampler_options *opt, int64_t m, int64_t *index, float *score,
                         int64_t *count);
+/* src/cpu/cpu_weighted.c */
+ns_status ns_cpu_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
+                               const ns_id_lists *exclude, const ns_corpus_sampler_options *opt,
+                               int64_t queries, int64_t m, int64_t *index, int64_t *count);
 /* src/cpu/cpu_infonce_forward.c, src/cpu/cpu_infonce_backward.c */
 ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
                                  const ns_loss_options *opt, float *loss, float *per_query,

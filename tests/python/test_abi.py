@@ -31,7 +31,9 @@ INITS = [("ns_context_options", "NS_CONTEXT_OPTIONS_INIT", _ffi.context_options_
          ("ns_sampler_options", "NS_SAMPLER_OPTIONS_INIT", _ffi.sampler_options_init),
          ("ns_loss_options", "NS_LOSS_OPTIONS_INIT", _ffi.loss_options_init),
          ("ns_comm_options", "NS_COMM_OPTIONS_INIT", _ffi.comm_options_init),
-         ("ns_step_options", "NS_STEP_OPTIONS_INIT", _ffi.step_options_init)]
+         ("ns_step_options", "NS_STEP_OPTIONS_INIT", _ffi.step_options_init),
+         ("ns_corpus_sampler_options", "NS_CORPUS_SAMPLER_OPTIONS_INIT",
+          _ffi.corpus_sampler_options_init)]
 
 
 def _c_program():

@@ -1,0 +1,197 @@
+// Two-stage exact mining on the CPU (src/cpu/cpu_mine_topk.c, bound in src/hostdevice/ns_bound.h):
+// candidate scores from the bf16 GEMM (or the f32 one), an exact re-score of every candidate
+// within the proven bound of the k-th. Checked on adversarial data — near-ties at the k-th score,
+// exact duplicates, large norms (past the bf16 range limit too), mixed scales, negative scale,
+// bf16 inputs, several corpus blocks and query tiles — against an independent float64 brute force
+// (the score is fl32(α·Σ q_t c_t) with the sum in double; ties to the lower row; the same index
+// sets and the same f32 scores, bit for bit), and the bf16-GEMM path against the f32-GEMM path
+// (NS_CPU_MINE_GEMM=f32): identical outputs, at 1, 2 and 3 threads.
+#include <gtest/gtest.h>
+
+#include "negsamp.h"
+#include "../src/ns_internal.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace {
+
+struct Data {
+    int64_t Q, N, d;
+    ns_dtype dtype = NS_F32;
+    std::vector<float> q, c;          // the values (bf16-representable when dtype is bf16)
+    std::vector<uint16_t> q16, c16;   // bf16 storage
+    ns_matrix mq() const { return m(q, q16, Q); }
+    ns_matrix mc() const { return m(c, c16, N); }
+    ns_matrix m(const std::vector<float> &f, const std::vector<uint16_t> &h, int64_t rows) const {
+        ns_matrix x;
+        x.data = dtype == NS_F32 ? (const void *)f.data() : (const void *)h.data();
+        x.dtype = dtype;
+        x.rows = rows;
+        x.cols = d;
+        x.ld = d;
+        return x;
+    }
+    void to_bf16() {
+        dtype = NS_BF16;
+        q16.resize(q.size());
+        c16.resize(c.size());
+        for (size_t i = 0; i < q.size(); i++) q[i] = ns_bf16_to_f32(q16[i] = ns_f32_to_bf16(q[i]));
+        for (size_t i = 0; i < c.size(); i++) c[i] = ns_bf16_to_f32(c16[i] = ns_f32_to_bf16(c[i]));
+    }
+};
+
+struct Result {
+    std::vector<int64_t> index;
+    std::vector<float> score;
+};
+
+// float64 brute force: every score, sorted by (f32 score desc, row asc).
+Result brute_force(const Data &D, int64_t k, float scale) {
+    Result r;
+    r.index.resize((size_t)(D.Q * k));
+    r.score.resize((size_t)(D.Q * k));
+    std::vector<std::pair<float, int64_t>> all((size_t)D.N);
+    for (int64_t i = 0; i < D.Q; i++) {
+        for (int64_t j = 0; j < D.N; j++) {
+            double s = 0.0;
+            for (int64_t t = 0; t < D.d; t++)
+                s += (double)D.q[(size_t)(i * D.d + t)] * (double)D.c[(size_t)(j * D.d + t)];
+            all[(size_t)j] = {(float)((double)scale * s), j};
+        }
+        std::partial_sort(all.begin(), all.begin() + k, all.end(), [](auto a, auto b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+        });
+        for (int64_t t = 0; t < k; t++) {
+            r.score[(size_t)(i * k + t)] = all[(size_t)t].first;
+            r.index[(size_t)(i * k + t)] = all[(size_t)t].second;
+        }
+    }
+    return r;
+}
+
+Result mine(const Data &D, int64_t k, float scale, int threads, const char *gemm) {
+    if (gemm) setenv("NS_CPU_MINE_GEMM", gemm, 1);
+    else unsetenv("NS_CPU_MINE_GEMM");
+    ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
+    co.backend = NS_BACKEND_CPU;
+    co.threads = threads;
+    ns_context *ctx = nullptr;
+    EXPECT_EQ(ns_context_create(&ctx, &co), NS_OK);
+    ns_mine_options mo = NS_MINE_OPTIONS_INIT;
+    mo.scale = scale;
+    Result r;
+    r.index.assign((size_t)(D.Q * k), -7);
+    r.score.assign((size_t)(D.Q * k), 0.0f);
+    ns_status st = ns_mine_topk(ctx, D.mq(), D.mc(), k, &mo, r.index.data(), r.score.data());
+    EXPECT_EQ(st, NS_OK) << ns_last_error(ctx);
+    ns_context_destroy(ctx);
+    unsetenv("NS_CPU_MINE_GEMM");
+    return r;
+}
+
+void expect_same(const Result &want, const Result &got, int64_t Q, int64_t k, const char *what) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < Q * k; i++) {
+        bool ok = want.index[(size_t)i] == got.index[(size_t)i] &&
+                  std::memcmp(&want.score[(size_t)i], &got.score[(size_t)i], sizeof(float)) == 0;
+        if (!ok && bad++ < 5)
+            ADD_FAILURE() << what << ": query " << i / k << " rank " << i % k << ": expected row "
+                          << want.index[(size_t)i] << " score " << want.score[(size_t)i]
+                          << ", got row " << got.index[(size_t)i] << " score "
+                          << got.score[(size_t)i];
+    }
+    EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << Q * k << " entries differ";
+}
+
+// Random rows, then the adversarial parts: for each query, 3k corpus rows whose scores with
+// query 0 lie within a few f32 ulps of each other (near-ties at the k-th, far below bf16's
+// resolution), exact duplicates of some of them, and rows of mixed norms.
+Data adversarial(int64_t Q, int64_t N, int64_t d, int64_t k, double norm_spread, uint32_t seed) {
+    std::mt19937 g(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<double> ud(-1.0, 1.0);
+    Data D;
+    D.Q = Q, D.N = N, D.d = d;
+    D.q.resize((size_t)(Q * d));
+    D.c.resize((size_t)(N * d));
+    for (auto &x : D.q) x = nd(g);
+    for (int64_t j = 0; j < N; j++) {
+        double sc = std::pow(10.0, norm_spread * ud(g)); // mixed scales
+        for (int64_t t = 0; t < d; t++) D.c[(size_t)(j * d + t)] = (float)(nd(g) * sc);
+    }
+    // Near-ties: rows c = a·q0 + n, a in a band of 17 f32 ulps, n orthogonal to q0 with
+    // ‖n‖ = 0.3‖q0‖: the exact scores with query 0 lie within ~1e-6 relative of each other (the
+    // k-th among them), while their bf16 roundings differ by ~1e-2 relative, in random directions.
+    const int64_t ties = std::min<int64_t>(3 * k, N / 3);
+    double q0q0 = 0.0;
+    for (int64_t t = 0; t < d; t++) q0q0 += (double)D.q[(size_t)t] * D.q[(size_t)t];
+    std::vector<double> n((size_t)d);
+    for (int64_t r = 0; r < ties; r++) {
+        int64_t j = (r * 7919) % N;
+        double a = 1.0 + (double)(r % 17) * 1.2e-7, dot = 0.0, nn = 0.0;
+        for (int64_t t = 0; t < d; t++) dot += (n[(size_t)t] = nd(g)) * (double)D.q[(size_t)t];
+        for (int64_t t = 0; t < d; t++) nn += std::pow(n[(size_t)t] -= dot / q0q0 * D.q[(size_t)t], 2);
+        double f = 0.3 * std::sqrt(q0q0 / nn);
+        for (int64_t t = 0; t < d; t++)
+            D.c[(size_t)(j * d + t)] = (float)(a * D.q[(size_t)t] + f * n[(size_t)t]);
+    }
+    // Exact duplicates of a few of those rows, further down the corpus (ties go to the lower).
+    for (int64_t r = 0; r < ties / 4; r++) {
+        int64_t src = (r * 7919) % N, dst = (src + N / 2 + 1) % N;
+        std::memcpy(&D.c[(size_t)(dst * d)], &D.c[(size_t)(src * d)], (size_t)d * sizeof(float));
+    }
+    return D;
+}
+
+void check(const Data &D, int64_t k, float scale) {
+    Result want = brute_force(D, k, scale);
+    for (int threads : {1, 2, 3}) {
+        Result lo = mine(D, k, scale, threads, nullptr);  // bf16 GEMM where oneDNN is built in
+        Result hi = mine(D, k, scale, threads, "f32");
+        std::string tag = "threads " + std::to_string(threads);
+        expect_same(want, lo, D.Q, k, ("default GEMM vs float64, " + tag).c_str());
+        expect_same(hi, lo, D.Q, k, ("default GEMM vs f32 GEMM, " + tag).c_str());
+    }
+}
+
+}  // namespace
+
+TEST(MineExact, NearTiesAndDuplicatesAtTheKth) {
+    check(adversarial(5, 3000, 96, 100, 0.0, 1), 100, 1.0f);
+}
+
+TEST(MineExact, KIsOne) { check(adversarial(7, 2000, 64, 1, 0.0, 2), 1, 1.0f); }
+
+TEST(MineExact, KIsMaxKOnASmallCorpus) {
+    check(adversarial(2, NS_MAX_K + 300, 8, NS_MAX_K, 0.0, 3), NS_MAX_K, 1.0f);
+}
+
+TEST(MineExact, MixedScalesAndNegativeScale) {
+    check(adversarial(4, 3000, 48, 50, 3.0, 4), 50, -0.37f);
+}
+
+TEST(MineExact, LargeNormsIncludingPastTheBf16Limit) {
+    Data D = adversarial(4, 2500, 32, 40, 0.0, 5);
+    for (int64_t j = 0; j < D.N; j++) {
+        float sc = j % 3 == 0 ? 1e6f : j % 3 == 1 ? 3e9f : 1.0f; // 3e9·|x| > 2^32: f32 blocks
+        for (int64_t t = 0; t < D.d; t++) D.c[(size_t)(j * D.d + t)] *= sc;
+    }
+    check(D, 40, 1e-12f);
+}
+
+TEST(MineExact, Bf16InputsAreExactInTheBf16Gemm) {
+    Data D = adversarial(6, 3000, 384, 100, 0.0, 6);
+    D.to_bf16();
+    check(D, 100, 1.0f);
+}
+
+TEST(MineExact, ManyQueryTilesAndCorpusBlocks) {
+    // 2048 queries: corpus blocks of 4096 rows (ns_mine_corpus_block), three of them.
+    Data D = adversarial(2048, 9000, 24, 20, 1.0, 7);
+    check(D, 20, 1.0f);
+}
