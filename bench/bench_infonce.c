@@ -16,6 +16,7 @@
  * allocated) is printed too, so the loss's own share can be read off. */
 #define _POSIX_C_SOURCE 200809L
 #include "negsamp.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -27,25 +28,8 @@
 void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
 
 /* OpenBLAS's build string when the library is linked in (weak: absent elsewhere). */
-char *openblas_get_config(void) __attribute__((weak));
+const char *ns_gemm_name(void); /* the CPU GEMM the library was built with (src/cpu) */
 
-static void cpu_model(char *out, size_t n) {
-    snprintf(out, n, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "model name", 10)) {
-            char *c = strchr(line, ':');
-            if (c) {
-                c += 2;
-                c[strcspn(c, "\n")] = 0;
-                snprintf(out, n, "%s", c);
-            }
-            break;
-        }
-    fclose(f);
-}
 
 static double now(void) {
     struct timespec t;
@@ -256,9 +240,8 @@ int main(int argc, char **argv) {
     double gemm_flops = 2.0 * (double)B * (double)(N + E + (o.share_hard ? B * h : h)) * (double)d;
 
     char model[256];
-    cpu_model(model, sizeof model);
-    printf("machine: %s, threads %d (0 = all), GEMM: OpenBLAS %s\n", model, threads,
-           openblas_get_config ? openblas_get_config() : "(config unknown)");
+    bench_cpu_model(model, sizeof model);
+    printf("machine: %s, threads %d (0 = all), GEMM: %s\n", model, threads, ns_gemm_name());
     printf("InfoNCE CPU  B=%lld N=%lld d=%lld h=%lld extra=%lld dtype=%s threads=%d mode=%s%s%s%s\n",
            (long long)B, (long long)N, (long long)d, (long long)h, (long long)E, dtname,
            threads ? threads : -1, mode, sym ? " symmetric" : "", tau_plus > 0 ? " debiased" : "",
@@ -301,12 +284,12 @@ int main(int argc, char **argv) {
                 "\"data_mib\": %.2f, \"peak_beyond_data_mib\": %.2f, \"baseline_rss_mib\": %.2f, "
                 "\"loss_mib\": %.2f, \"target_mib\": 64, \"meets_target\": %s, "
                 "\"loss_meets_target\": %s, \"mode\": \"%s\", \"fused_s\": %.6f, "
-                "\"fused_cpu_s\": %.6f, \"cpu\": \"%s\", \"gemm\": \"OpenBLAS %s\"}\n",
+                "\"fused_cpu_s\": %.6f, \"cpu\": \"%s\", \"gemm\": \"%s\"}\n",
                 (long long)B, (long long)N, (long long)d, (long long)h, (long long)E, dtname,
                 threads, sym, (double)tau_plus, (double)beta, reps, (double)loss, tf, tb, cf, cb,
                 hwm / MiB, data_bytes / MiB, extra / MiB, rss_base / MiB, (extra - rss_base) / MiB,
                 extra < 64 * MiB ? "true" : "false", extra - rss_base < 64 * MiB ? "true" : "false",
-                mode, tfb, cfb, model, openblas_get_config ? openblas_get_config() : "");
+                mode, tfb, cfb, model, ns_gemm_name());
         fclose(f);
     }
     free(q); free(p); free(hd); free(ex); free(dq); free(dp); free(dh); free(per); free(saved);

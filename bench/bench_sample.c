@@ -26,24 +26,8 @@
 /* Internal (src/cpu/ns_cpu.h): force the scalar or the AVX-512 keys; -1 = the CPU's. */
 void ns_cpu_sample_keys_force(int isa);
 int ns_cpu_sample_keys_isa(void);
+const char *ns_gemm_name(void); /* the CPU GEMM the library was built with (src/cpu) */
 
-static void cpu_model(char *out, size_t n) {
-    snprintf(out, n, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "model name", 10)) {
-            char *c = strchr(line, ':');
-            if (c) {
-                c += 2;
-                c[strcspn(c, "\n")] = 0;
-                snprintf(out, n, "%s", c);
-            }
-            break;
-        }
-    fclose(f);
-}
 
 static volatile double sink;
 
@@ -161,8 +145,8 @@ int main(int argc, char **argv) {
         });
     }
     char model[256];
-    cpu_model(model, sizeof model);
-    printf("machine: %s, threads %d, GEMM: OpenBLAS (not used by this benchmark)\n", model, nt);
+    bench_cpu_model(model, sizeof model);
+    printf("machine: %s, threads %d, GEMM: %s (not used by this benchmark)\n", model, nt, ns_gemm_name());
     printf("filter + sample CPU  B=%lld C=%lld m=%lld strategy=%s keys=%s kept=%.1f%%\n",
            (long long)B, (long long)C, (long long)m, sname,
            vector_isa == 1 ? "AVX-512 16 lanes" : "scalar",
