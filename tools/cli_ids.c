@@ -42,13 +42,12 @@ static int add_id(cli_ids *ids, char *id, size_t len, int64_t n, int64_t line) {
     return 0;
 }
 
-int cli_ids_parse(cli_ids *ids, const char *path, const char *what, int64_t rows, char *text) {
+/* An empty table for rows ids: the id and line arrays and a hash of at least 2·rows slots. */
+static int ids_init(cli_ids *ids, const char *path, const char *what, int64_t rows) {
     memset(ids, 0, sizeof(*ids));
     ids->path = path;
     ids->what = what;
-    ids->text = text;
-    char *p = cli_skip_bom(text);
-    ids->rows = rows = rows < 0 ? count_ids(p) : rows;
+    ids->rows = rows;
     ids->slots = 16;
     while (ids->slots < 2 * rows) ids->slots *= 2;
     ids->id = calloc((size_t)rows + 1, sizeof(char *));
@@ -59,6 +58,17 @@ int cli_ids_parse(cli_ids *ids, const char *path, const char *what, int64_t rows
         cli_ids_free(ids);
         return -1;
     }
+    return 0;
+}
+
+int cli_ids_parse(cli_ids *ids, const char *path, const char *what, int64_t rows, char *text) {
+    char *p = cli_skip_bom(text);
+    if (rows < 0) rows = count_ids(p);
+    if (ids_init(ids, path, what, rows)) {
+        free(text); /* the table owns text once set: free it here, as cli_ids_free would */
+        return -1;
+    }
+    ids->text = text;
     int64_t n = 0, line = 0;
     size_t l;
     for (char *s; (s = cli_next_line(&p, &l)) != NULL;) {
@@ -93,20 +103,7 @@ int cli_ids_parse(cli_ids *ids, const char *path, const char *what, int64_t rows
 
 int cli_ids_adopt(cli_ids *ids, const char *path, const char *what, int64_t rows, char **id,
                   int64_t *line) {
-    memset(ids, 0, sizeof(*ids));
-    ids->path = path;
-    ids->what = what;
-    ids->rows = rows;
-    ids->slots = 16;
-    while (ids->slots < 2 * rows) ids->slots *= 2;
-    ids->id = calloc((size_t)rows + 1, sizeof(char *));
-    ids->line = calloc((size_t)rows + 1, sizeof(int64_t));
-    ids->slot = calloc((size_t)ids->slots, sizeof(int64_t));
-    if (!ids->id || !ids->line || !ids->slot) {
-        cli_error("%s: out of memory for %lld ids", path, (long long)rows);
-        cli_ids_free(ids);
-        return -1;
-    }
+    if (ids_init(ids, path, what, rows)) return -1;
     for (int64_t r = 0; r < rows; r++)
         if (add_id(ids, id[r], strlen(id[r]), r, line[r])) {
             cli_ids_free(ids);
