@@ -335,8 +335,9 @@ ns_status ns_mine_topk_ranks(ns_context *ctx, ns_matrix q, ns_matrix corpus, int
     p.R = p.c->size;
     p.Q = q.rows, p.k = k, p.rows = corpus.rows;
     int64_t max_ex = -1;
-    if (!local) local = ns_comm_usable(ctx, p.c, fn);
-    if (local && p.c->broken) return local; /* no exchange is possible any more */
+    /* A broken communicator, or one of another backend or device, cannot exchange at all. */
+    ns_status usable = ns_comm_usable(ctx, p.c, fn);
+    if (usable) return usable;
     if (!local) local = check_exclusions(ctx, fn, o->exclude, &max_ex);
     /* The packets must exist before the agreement: without them no block can be shared. */
     if (!local) local = plan_alloc(ctx, &p, fn);

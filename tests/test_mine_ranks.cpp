@@ -7,6 +7,7 @@
 // one-rank call, entry for entry (small-integer data: exact scores, ties across shards).
 #include <algorithm>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -224,6 +225,33 @@ TEST_P(MineRanks, ARankWithABadArgumentFailsEveryRank) {
         EXPECT_NE(out[(size_t)r].err.find("rank 2 rejected"), std::string::npos) << out[(size_t)r].err;
         EXPECT_EQ(out[(size_t)r].idx[0], -7) << "a failed call wrote its output";
     }
+}
+
+// A communicator of another backend, or a broken one, fails at once (no exchange, no hang).
+TEST(MineRanksArgs, UnusableCommunicatorFailsAtOnce) {
+    Ctx c(NS_BACKEND_CPU, 1);
+    NS_REQUIRE_BACKEND(c);
+    Hub hub(2);
+    ns_comm *comm = hub_comm(c, &hub, 0);
+    std::vector<float> q(2 * 3, 1.f), corpus(4 * 3, 1.f), sc(4);
+    std::vector<int64_t> idx(4);
+    ns_mine_options o = NS_MINE_OPTIONS_INIT;
+    o.comm = comm;
+    comm->backend = NS_BACKEND_CUDA;
+    EXPECT_EQ(ns_mine_topk(c, f32_matrix(q.data(), 2, 3), f32_matrix(corpus.data(), 4, 3), 2, &o,
+                           idx.data(), sc.data()),
+              NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(c)).find("options->comm"), std::string::npos)
+        << ns_last_error(c);
+    comm->backend = NS_BACKEND_CPU;
+    comm->broken = 1;
+    std::snprintf(comm->broken_why, sizeof comm->broken_why, "rank 1 timed out");
+    EXPECT_EQ(ns_mine_topk(c, f32_matrix(q.data(), 2, 3), f32_matrix(corpus.data(), 4, 3), 2, &o,
+                           idx.data(), sc.data()),
+              NS_ERR_COMM);
+    EXPECT_NE(std::string(ns_last_error(c)).find("rank 1 timed out"), std::string::npos)
+        << ns_last_error(c);
+    ns_comm_destroy(comm);
 }
 
 INSTANTIATE_TEST_SUITE_P(B, MineRanks, NS_BACKENDS, BackendName());
