@@ -284,6 +284,7 @@ static ns_status mine_blocks(ns_context *ctx, ranks_plan *p, ns_matrix q, ns_mat
     void *dev = NULL;
     if (!failed && ctx->backend == NS_BACKEND_CUDA && p->rows > 0) {
         ns_arena *a = &p->c->mine;
+        if (!a->base) a->kind = ns_backend_memory(ctx); /* the comm was zeroed: host memory */
         const int64_t kr = p->rows < k ? p->rows : k;
         failed = ns_arena_reserve(ctx, a, (size_t)(nb_max * kr) * 12 + 512, fn);
         dev = failed ? NULL : a->base;
