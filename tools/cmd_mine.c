@@ -578,6 +578,7 @@ int cli_cmd_mine(int argc, char **argv) {
     if (cli_shard_init(&r.sh)) return CLI_RUNTIME;
     const int writer = cli_shard_writer(&r.sh);
     if (!writer) a.o.quiet = 1; /* rank 0 reports for all */
+    if (r.sh.size > 1 && a.o.backend == NS_BACKEND_AUTO) a.o.backend = NS_BACKEND_CPU; /* MPI */
     cli_install_signal_cleanup();
     int failed = (writer && stage_open_outputs(&r.s)) || mine_load_inputs(&r);
     if (!failed && (u = mine_fit_k(&r))) rc = u, failed = 1;
