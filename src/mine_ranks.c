@@ -160,9 +160,10 @@ static ns_status local_exclusions(ns_context *ctx, ranks_plan *p, const ns_id_li
     return NS_OK;
 }
 
-/* One block's packet: status, nb·k global rows, nb·k scores (padded with -1, -inf), message. */
+/* One block's packet: status, nb·k global rows, nb·k scores (padded with -1, -inf), message;
+ * a multiple of 8 bytes, so every packet's rows stay aligned in the gathered buffer. */
 static size_t packet_bytes(int64_t nb, int64_t k) {
-    return 8 + (size_t)(nb * k) * 12 + NS_ERROR_CAPACITY;
+    return (8 + (size_t)(nb * k) * 12 + NS_ERROR_CAPACITY + 7) & ~(size_t)7;
 }
 
 /* Queries per block: the received R packets stay under RANKS_BLOCK_BYTES. */
