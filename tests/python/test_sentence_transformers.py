@@ -286,8 +286,58 @@ def test_mine_arguments_checked(model):
                                 corpus_embeddings=np.zeros((5, 3), np.float32))
     with pytest.raises(negsamp.InvalidArgument, match="give a model"):
         nst.mine_hard_negatives(ds)
-    with pytest.raises(negsamp.Unsupported, match="cross_encoder"):
-        nst.mine_hard_negatives(ds, model, cross_encoder=object())
+    with pytest.raises(negsamp.InvalidArgument, match="scores per pair"):
+        nst.mine_hard_negatives(ds, model, cross_encoder=StubCrossEncoder(tiny_model(), width=2))
+
+
+class StubCrossEncoder:
+    """CrossEncoder.predict's interface over a bi-encoder: the score of (query, passage) is
+    5·cos of another tiny model's embeddings plus 0.1·(number of shared words), so it ranks
+    differently from the miner's model. Test-only."""
+
+    def __init__(self, model, width=1):
+        self.model, self.width, self.calls = model, width, 0
+
+    def predict(self, pairs, batch_size=32, show_progress_bar=None, convert_to_numpy=True,
+                convert_to_tensor=False, pool=None, **kw):
+        self.calls += 1
+        a = self.model.encode([x for x, _ in pairs], normalize_embeddings=True)
+        b = self.model.encode([y for _, y in pairs], normalize_embeddings=True)
+        shared = [len(set(x.split()) & set(y.split())) for x, y in pairs]
+        s = 5.0 * (a * b).sum(1) + 0.1 * np.asarray(shared, np.float32)
+        s = np.repeat(s[:, None], self.width, 1) if self.width > 1 else s
+        return torch.from_numpy(s.astype(np.float32)) if convert_to_tensor else s
+
+
+@pytest.mark.parametrize("kw", [dict(absolute_margin=0.0, output_format="n-tuple"),
+                                dict(relative_margin=0.05, output_format="triplet"),
+                                dict(max_score=3.0, min_score=-1.0,
+                                     output_format="labeled-list")])
+def test_mine_cross_encoder_equals_sentence_transformers(model, kw):
+    # With a score rule sentence-transformers rescores the candidates with the cross-encoder
+    # and filters / ranks by its scores: negsamp gives the same rows and scores.
+    ds = pairs(30, seed=41)
+    corpus = corpus_words(120, seed=42)
+    ce = StubCrossEncoder(tiny_model(seed=43))
+    kw = dict(corpus=corpus, num_negatives=3, output_scores=True, **kw)
+    ours = nst.mine_hard_negatives(ds, model, cross_encoder=ce, **kw)
+    assert ce.calls >= 2
+    _assert_same(ours, _st_mine(ds, model, cross_encoder=ce, **kw))
+
+
+def test_mine_cross_encoder_filters_above_the_positive(model):
+    # The NV-Retriever rule on cross-encoder scores: no negative scores above 95% of the
+    # positive's cross-encoder score, checked with the stub's own scores.
+    ds = pairs(25, seed=44)
+    corpus = corpus_words(100, seed=45) + list(ds["answer"][:5])
+    ce = StubCrossEncoder(tiny_model(seed=46))
+    out, counts = nst.mine_hard_negatives(ds, model, corpus=corpus, cross_encoder=ce,
+                                          relative_margin=0.05, num_negatives=4,
+                                          output_format="triplet", return_counts=True)
+    assert len(out) > 0 and sum(counts.values()) > 0, counts
+    sp = ce.predict(list(zip(out["query"], out["answer"])))
+    sn = ce.predict(list(zip(out["query"], out["negative"])))
+    assert np.all(sn <= sp - np.abs(sp) * 0.05 + 1e-5)
 
 
 # ------------------------------------------------------------------ losses
@@ -360,24 +410,134 @@ def _st_gist(model, guide, **kw):
     L.margin_strategy = kw.get("margin_strategy", "absolute")
     L.margin = kw.get("margin", 0.0)
     L.contrast_anchors = kw.get("contrast_anchors", True)
-    L.contrast_positives = False
+    L.contrast_positives = kw.get("contrast_positives", True)
     L.gather_across_devices = False
     L.cross_entropy_loss = torch.nn.CrossEntropyLoss()
     return L
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(contrast_anchors=False),
+                                dict(contrast_positives=False),
+                                dict(contrast_anchors=False, contrast_positives=False),
                                 dict(margin_strategy="relative", margin=0.1),
                                 dict(margin=-0.3, temperature=0.05)])
-def test_gist_equals_sentence_transformers(kw):
+@pytest.mark.parametrize("negs", [0, 1])
+def test_gist_equals_sentence_transformers(kw, negs):
     model, guide = tiny_model(seed=5), tiny_model(seed=6)
-    feats, _ = _batch(model, n=12, negs=1, seed=7)
+    feats, _ = _batch(model, n=12, negs=negs, seed=7)
     ref = _loss_and_grad(model, _st_gist(model, guide, **kw), feats)
     ours_fn = nst.GISTEmbedLoss(model, guide, **kw)
     ours = _loss_and_grad(model, ours_fn, feats)
     _assert_close_loss_grad(ours, ref, rtol=5e-4, atol=1e-5)
-    with pytest.raises(negsamp.Unsupported, match="contrast_positives"):
-        nst.GISTEmbedLoss(model, guide, contrast_positives=True)
+    with pytest.raises(negsamp.Unsupported, match="queue_size"):
+        nst.GISTEmbedLoss(model, guide, queue_size=4)
+
+
+@pytest.mark.parametrize("directions,partition_mode", [
+    (("query_to_doc", "query_to_query"), "joint"),
+    (("query_to_doc", "doc_to_query"), "joint"),
+    (("query_to_doc", "doc_to_doc"), "joint"),
+    (("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"), "joint"),
+    (("query_to_doc", "doc_to_query"), "per_direction"),
+    (("query_to_doc",), "per_direction")])
+@pytest.mark.parametrize("similarity,negs", [("cos_sim", 2), ("dot_score", 1), ("cos_sim", 0)])
+def test_mnrl_directions_equal_sentence_transformers(directions, partition_mode, similarity,
+                                                     negs):
+    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers import util
+    model = tiny_model(seed=24)
+    feats, _ = _batch(model, n=7, negs=negs, seed=25 + negs)
+    fct = getattr(util, similarity)
+    scale = 20.0 if similarity == "cos_sim" else 1.0
+    kw = dict(directions=directions, partition_mode=partition_mode)
+    ref = _loss_and_grad(model, losses.MultipleNegativesRankingLoss(model, scale, fct, **kw),
+                         feats)
+    ours = _loss_and_grad(model, nst.MultipleNegativesRankingLoss(model, scale, fct, **kw),
+                          feats)
+    _assert_close_loss_grad(ours, ref)
+
+
+def test_mnrl_arguments_that_cannot_be_supported_are_named():
+    model = tiny_model(seed=26)
+    for mode in ("in_batch_negatives", "hard_negatives", "all_negatives"):
+        with pytest.raises(negsamp.Unsupported, match=f"hardness_mode='{mode}'"):
+            nst.MultipleNegativesRankingLoss(model, hardness_mode=mode, hardness_strength=5.0)
+    # hardness_strength 0 has no effect in sentence-transformers either: accepted.
+    nst.MultipleNegativesRankingLoss(model, hardness_mode="hard_negatives")
+    with pytest.raises(negsamp.InvalidArgument, match="hardness_mode"):
+        nst.MultipleNegativesRankingLoss(model, hardness_mode="hardest")
+    with pytest.raises(negsamp.InvalidArgument, match="directions"):
+        nst.MultipleNegativesRankingLoss(model, directions=("doc_to_query",))
+    with pytest.raises(negsamp.InvalidArgument, match="per_direction"):
+        nst.MultipleNegativesRankingLoss(model, directions=("query_to_doc", "query_to_query"),
+                                         partition_mode="per_direction")
+    with pytest.raises(negsamp.Unsupported, match="doc_to_doc with beta"):
+        nst.MultipleNegativesRankingLoss(model, directions=("query_to_doc", "doc_to_doc"),
+                                         beta=0.5)
+
+
+def _queue_reference(model, feats, queue_texts, scale=20.0, mask=True):
+    """MNRL in float64 over [positives; negatives; queue] (queue without gradient), a
+    queued text equal to the anchor's positive masked for that anchor."""
+    def loss(features, labels):
+        e = [torch.nn.functional.normalize(model(f)["sentence_embedding"].double(), dim=-1)
+             for f in features]
+        with torch.no_grad():
+            qe = torch.nn.functional.normalize(
+                torch.from_numpy(model.encode(queue_texts)).double(), dim=-1)
+        logits = e[0] @ torch.cat(e[1:] + [qe]).T * scale
+        pos_texts = features_texts[1]
+        for i, t in enumerate(pos_texts):
+            for j, u in enumerate(queue_texts):
+                if t == u and mask:
+                    logits[i, len(pos_texts) * (len(e) - 1) + j] = float("-inf")
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(pos_texts)))
+    features_texts = feats
+    return loss
+
+
+def test_queue_equals_float64_reference():
+    # capacity 10, batches of 6: after two batches the queue holds b1's last 4 positives and
+    # b2's 6 (FIFO); b3's loss and gradient equal the float64 MNRL with those 10 extra
+    # negatives, the one whose text is b3's first positive masked for anchor 0.
+    model = tiny_model(seed=27)
+    tok = getattr(model, "preprocess", None) or model.tokenize
+    loss_fn = nst.MultipleNegativesRankingLoss(model, queue_size=10)
+    batches = [_batch(model, n=6, negs=1, seed=28 + b)[1] for b in range(3)]
+    for b in range(2):
+        for c in range(3):
+            batches[b][c] = [t + f" b{b}" for t in batches[b][c]]
+    batches[2][1][0] = batches[1][1][3]  # b3's first positive was queued in b2 ...
+    batches[2][0][0] = batches[1][1][3]  # ... and is its anchor: the copy's logit is the max
+    for cols in batches[:2]:
+        _loss_and_grad(model, loss_fn, [tok(c) for c in cols])
+    queued = batches[0][1][2:] + batches[1][1]
+    rows, ids = loss_fn.queue_view()
+    assert rows.shape == (10, 16) and ids.shape == (10,)
+    want = torch.nn.functional.normalize(torch.from_numpy(model.encode(queued)), dim=-1)
+    got_sorted = sorted(map(tuple, rows.numpy().round(5)))
+    assert got_sorted == sorted(map(tuple, want.numpy().round(5)))
+    feats = [tok(c) for c in batches[2]]
+    ours = _loss_and_grad(model, loss_fn, feats)
+    ref = _loss_and_grad(model, _queue_reference(model, batches[2], queued), feats)
+    _assert_close_loss_grad(ours, ref)
+    # mask_same_id=False keeps the queued copy of the positive: the unmasked reference
+    nomask = nst.MultipleNegativesRankingLoss(model, queue_size=10, mask_same_id=False)
+    for cols in batches[:2]:
+        _loss_and_grad(model, nomask, [tok(c) for c in cols])
+    ref_nomask = _loss_and_grad(model, _queue_reference(model, batches[2], queued, mask=False),
+                                feats)
+    assert ref_nomask[0] > ref[0] + 0.05
+    _assert_close_loss_grad(_loss_and_grad(model, nomask, feats), ref_nomask)
+    # no push without gradients (evaluation) or in eval mode
+    n_pushed = loss_fn._queue_pushed
+    with torch.no_grad():
+        loss_fn([tok(c) for c in batches[0]], None)
+    loss_fn.eval()
+    loss_fn([tok(c) for c in batches[0]], None)
+    assert loss_fn._queue_pushed == n_pushed
+    with pytest.raises(negsamp.InvalidArgument, match="queue_size"):
+        nst.MultipleNegativesRankingLoss(model, queue_size=-1)
 
 
 def test_same_id_masking_equals_masked_reference():
@@ -458,6 +618,9 @@ def _train(loss_name, tmp_path):
         loss = nst.CachedMultipleNegativesRankingLoss(model, mini_batch_size=8)
     elif loss_name == "gist":
         loss = nst.GISTEmbedLoss(model, tiny_model(seed=17), temperature=0.05)
+    elif loss_name == "queue":
+        loss = nst.MultipleNegativesRankingLoss(model, queue_size=40,
+                                                directions=("query_to_doc", "query_to_query"))
     else:
         loss = nst.NegsampLoss(model, temperature=0.05, symmetric=True, beta=0.5,
                                learn_temperature=True)
@@ -472,11 +635,13 @@ def _train(loss_name, tmp_path):
     return losses, loss
 
 
-@pytest.mark.parametrize("loss_name", ["mnrl", "cached", "gist", "extras"])
+@pytest.mark.parametrize("loss_name", ["mnrl", "cached", "gist", "extras", "queue"])
 def test_trainer_end_to_end(loss_name, tmp_path):
     losses, loss = _train(loss_name, tmp_path)
     assert len(losses) >= 12 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    if loss_name == "queue":  # the trainer's steps filled the queue (capacity 40)
+        assert loss.queue_view()[0].shape[0] == 40
     if loss_name == "extras":  # the trainer's optimizer also updates the loss's temperature
         assert abs(loss.temperature - 0.05) > 1e-4, loss.temperature
 
