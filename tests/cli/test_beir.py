@@ -486,6 +486,33 @@ def check_png(path):
     return w, h
 
 
+def png_pixels(path):
+    """The RGB pixels (h, w, 3) of an 8-bit RGB PNG with filter type 0 rows (negsamp's)."""
+    data = open(path, "rb").read()
+    pos, idat = 8, b""
+    while pos < len(data):
+        n, typ = struct.unpack(">I4s", data[pos:pos + 8])
+        if typ == b"IHDR":
+            w, h = struct.unpack(">II", data[pos + 8:pos + 16])
+        if typ == b"IDAT":
+            idat += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 3 * w + 1)
+    check((raw[:, 0] == 0).all(), f"{path}: a row filter other than none")
+    return raw[:, 1:].reshape(h, w, 3)
+
+
+def check_png_labels(path):
+    """The plot is labelled: black text in the title band (top), the x-label band (bottom),
+    the y-label strip (left edge) and the y tick values left of the axis (x = 66)."""
+    px = png_pixels(path)
+    h, w, _ = px.shape
+    ink = (px.max(axis=2) < 40)  # black text; the bars and grid are coloured or grey
+    for name, region in (("title", ink[:12, :]), ("x label", ink[h - 13:, :]),
+                         ("y label", ink[20:h - 40, :13]), ("y ticks", ink[20:h - 40, 16:58])):
+        check(region.sum() > 20, f"{path}: no {name} drawn ({int(region.sum())} ink pixels)")
+
+
 def ref_inspect(pre, qrels_pos, eps):
     """summary.json recomputed with numpy from the trace and the labels (query row -> rows)."""
     cand = np.load(pre + ".candidates.npy")
@@ -576,10 +603,11 @@ def group_beir_inspect(tmp):
                   f"{name}: histogram {key}: {got['histogram'][key]} != {want['histogram'][key]}")
         check(abs(got["histogram"]["lo"] - want["histogram"]["lo"]) < 1e-6, "histogram lo")
         md = open(os.path.join(rep, "report.md")).read()
-        for png, size in (("scores.png", (640, 360)), ("ranks.png", (480, 300)),
-                          ("rules.png", (480, 300))):
+        for png, size in (("scores.png", (640, 370)), ("ranks.png", (480, 330)),
+                          ("rules.png", (480, 330))):
             check(f"]({png})" in md, f"report.md does not show {png}")
             check(check_png(os.path.join(rep, png)) == size, f"{png} size")
+            check_png_labels(os.path.join(rep, png))
         if name == "plain":
             check(got["labels"]["sampled_labelled"] > 0, "no false negative found in the plain run")
         else:
