@@ -400,12 +400,15 @@ def _cross_encoder_scores(cross_encoder, pairs, batch_size):
 
 def _rescore(cross_encoder, queries, texts, pos_of, index, score, batch_size):
     """The candidates and positives scored by the cross-encoder, the candidates re-ordered by
-    those scores (stable: ties keep the bi-encoder's order; padding stays last)."""
-    qi, ci = np.nonzero(index >= 0)
+    those scores (stable: ties keep the bi-encoder's order; padding stays last). One predict
+    call per query, then one for the positives, as sentence-transformers batches them: a
+    model's scores can depend on the padding of its batch."""
     ce_score = np.full(index.shape, -np.inf, np.float32)
-    if qi.size:
-        ce_score[qi, ci] = _cross_encoder_scores(
-            cross_encoder, [(queries[a], texts[index[a, c]]) for a, c in zip(qi, ci)], batch_size)
+    for a in range(len(queries)):
+        cs = np.nonzero(index[a] >= 0)[0]
+        if cs.size:
+            ce_score[a, cs] = _cross_encoder_scores(
+                cross_encoder, [(queries[a], texts[index[a, c]]) for c in cs], batch_size)
     pos_pairs = [(queries[a], texts[p]) for a in range(len(queries)) for p in pos_of[a]]
     pos_score = _cross_encoder_scores(cross_encoder, pos_pairs, batch_size)
     order = np.argsort(-ce_score, axis=1, kind="stable")

@@ -325,6 +325,41 @@ def test_mine_cross_encoder_equals_sentence_transformers(model, kw):
     _assert_same(ours, _st_mine(ds, model, cross_encoder=ce, **kw))
 
 
+def tiny_cross_encoder(path, seed=0):
+    """A sentence-transformers CrossEncoder over a 1-layer, 16-wide BERT with one output (random
+    weights) and the local word-level tokenizer, saved to path and loaded back: no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from sentence_transformers import CrossEncoder
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    for w in WORDS + [f"x{i}" for i in range(100)]:
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=1,
+                     initializer_range=0.5)  # spread scores: no ties among the candidates
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return CrossEncoder(str(path), device="cpu")
+
+
+def test_mine_real_cross_encoder_equals_sentence_transformers(model, tmp_path):
+    # A real (tiny, local) CrossEncoder through its own predict: the same rows and scores as
+    # sentence-transformers' miner given that cross-encoder.
+    ds = pairs(12, seed=47)
+    corpus = corpus_words(50, seed=48)
+    ce = tiny_cross_encoder(tmp_path / "ce", seed=49)
+    kw = dict(corpus=corpus, num_negatives=2, absolute_margin=0.0, output_format="n-tuple",
+              output_scores=True)
+    _assert_same(nst.mine_hard_negatives(ds, model, cross_encoder=ce, **kw),
+                 _st_mine(ds, model, cross_encoder=ce, **kw))
+
+
 def test_mine_cross_encoder_filters_above_the_positive(model):
     # The NV-Retriever rule on cross-encoder scores: no negative scores above 95% of the
     # positive's cross-encoder score, checked with the stub's own scores.
