@@ -691,6 +691,10 @@ def test_debiased_tau_plus():
     assert abs(deb[0] - plain[0]) > 1e-4
 
 
+_DIRECTIONS_TRIED = [("query_to_doc",),
+                     ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")]
+
+
 def _gather_worker(rank, world, init_file, out, sizes):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -701,16 +705,22 @@ def _gather_worker(rank, world, init_file, out, sizes):
         lo = sum(sizes[:rank])
         tok = getattr(model, "preprocess", None) or model.tokenize
         feats = [tok(c[lo:lo + sizes[rank]]) for c in cols]
-        loss_fn = nst.MultipleNegativesRankingLoss(model, gather_across_devices=True)
-        loss = loss_fn(feats, None)
-        loss.backward()
-        g = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
-        dist.all_reduce(g)
-        g /= world  # what DistributedDataParallel does with the ranks' gradients
-        total = loss.detach().clone()
-        dist.all_reduce(total)
+        got = []
+        for directions in _DIRECTIONS_TRIED:  # one process group for all: spawning is slow
+            model.zero_grad()
+            loss_fn = nst.MultipleNegativesRankingLoss(model, gather_across_devices=True,
+                                                       directions=directions)
+            loss = loss_fn([dict(f) for f in feats], None)
+            loss.backward()
+            g = torch.cat([p.grad.reshape(-1) for p in model.parameters()
+                           if p.grad is not None])
+            dist.all_reduce(g)
+            g /= world  # what DistributedDataParallel does with the ranks' gradients
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            got.append({"grad": g, "loss": total / world})
         if rank == 0:
-            torch.save({"grad": g, "loss": total / world}, out)
+            torch.save(got, out)
     finally:
         dist.destroy_process_group()
 
@@ -726,7 +736,8 @@ def _gather_columns(sizes):
 
 def test_gather_across_devices_gradient_equals_single_process(tmp_path):
     # 2 CPU processes (gloo), uneven batches (5 + 3): the DDP-averaged gradient equals the
-    # gradient of the whole batch of 8 in one process, and so does the mean loss.
+    # gradient of the whole batch of 8 in one process, and so does the mean loss; with every
+    # direction too (the gathered candidates then hold the other ranks' anchors).
     import torch.distributed as dist
     import torch.multiprocessing as mp
     if not dist.is_available() or not dist.is_gloo_available():
@@ -737,14 +748,15 @@ def test_gather_across_devices_gradient_equals_single_process(tmp_path):
     # sentence-transformers again, the slow part of this test.
     mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(out), sizes), nprocs=2,
              join=True)
-    got = torch.load(out)
     model = tiny_model(seed=20)
     tok = getattr(model, "preprocess", None) or model.tokenize
     feats = [tok(c) for c in _gather_columns(sizes)]
-    loss, g = _loss_and_grad(model, nst.MultipleNegativesRankingLoss(model), feats)
-    torch.testing.assert_close(got["grad"], g, rtol=1e-4, atol=1e-6)
-    # Each rank's loss is scaled by world · B_rank / B_global: their mean is the global mean.
-    assert abs(float(got["loss"]) - loss) < 1e-4 * max(1.0, abs(loss))
+    for directions, got in zip(_DIRECTIONS_TRIED, torch.load(out)):
+        loss, g = _loss_and_grad(
+            model, nst.MultipleNegativesRankingLoss(model, directions=directions), feats)
+        torch.testing.assert_close(got["grad"], g, rtol=1e-4, atol=1e-6)
+        # Each rank's loss is scaled by world · B_rank / B_global: their mean is the global mean.
+        assert abs(float(got["loss"]) - loss) < 1e-4 * max(1.0, abs(loss)), directions
 
 
 def test_mine_guide_embeddings_equal_guide_model(model):
