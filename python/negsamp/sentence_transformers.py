@@ -718,9 +718,9 @@ class NegsampLoss(_Module):
         with_loss_options = [n for n, v in (("symmetric", self.symmetric),
                                             ("tau_plus", self.tau_plus), ("beta", self.beta)) if v]
         if (guide is not None or extra) and with_loss_options:
-            raise Unsupported(f"{fn}: {' and '.join(['a guide'] if guide is not None else [])}"
-                              f"{', '.join(extra)} with {', '.join(with_loss_options)} is not "
-                              f"supported")
+            what = (["a guide"] if guide is not None else []) + extra
+            raise Unsupported(f"{fn}: {', '.join(what)} with {', '.join(with_loss_options)} is "
+                              f"not supported")
         if guide is not None and self._blocks & {"d2q", "d2d"}:
             raise Unsupported(f"{fn}: a guide with directions doc_to_query / doc_to_doc is not "
                               f"supported (GISTEmbedLoss has no such terms)")

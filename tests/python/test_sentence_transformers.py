@@ -627,6 +627,38 @@ def test_hard_negative_selection_inside_the_loss():
     _assert_close_loss_grad(ours, ref)
 
 
+def test_doc_to_doc_after_selection_masks_the_anchors_own_documents():
+    # hard_negatives=1 of 4 columns, then directions query_to_doc + doc_to_doc (joint): row i
+    # is q_i·[P; chosen] and p_i·[P; chosen] with p_i's own positive and own chosen negative
+    # masked; the chosen rows follow their anchor (owner) through the selection.
+    # The margin filter leaves some anchors without a negative, so the chosen rows are not
+    # one per anchor in order.
+    model = tiny_model(seed=10)
+    feats, _ = _batch(model, n=6, negs=4, seed=12)
+    loss_fn = nst.MultipleNegativesRankingLoss(
+        model, hard_negatives=1, filter=dict(margin=0.0), sampler=dict(strategy="top"),
+        directions=("query_to_doc", "doc_to_doc"))
+    ours = _loss_and_grad(model, loss_fn, feats)
+    seen = {}
+
+    def ref_loss(features, labels):
+        e = [torch.nn.functional.normalize(model(f)["sentence_embedding"].double(), dim=-1)
+             for f in features]
+        q, p, h = e[0], e[1], torch.stack(e[2:], 1)
+        with torch.no_grad():
+            s = torch.einsum("bd,bcd->bc", q, h)
+            s = s.masked_fill(s > (q * p).sum(-1, keepdim=True), float("-inf"))
+            best, ok = s.argmax(1), torch.isfinite(s.max(1).values)
+        seen["ok"] = ok
+        docs = torch.cat([p, h[torch.arange(6), best][ok]])
+        own = torch.cat([torch.eye(6), torch.eye(6)[:, ok]], 1).bool()
+        d2d = (p @ docs.T).masked_fill(own, float("-inf"))
+        logits = torch.cat([q @ docs.T, d2d], 1) * 20.0
+        return torch.nn.functional.cross_entropy(logits, torch.arange(6))
+    _assert_close_loss_grad(ours, _loss_and_grad(model, ref_loss, feats))
+    assert 0 < int(seen["ok"].sum()) < 6 and not bool(seen["ok"][0]), seen  # rows shift
+
+
 def test_learn_temperature_gets_a_gradient():
     model = tiny_model(seed=12)
     feats, _ = _batch(model, n=6, negs=1, seed=13)
