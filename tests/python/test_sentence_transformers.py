@@ -155,6 +155,20 @@ def test_mine_equals_sentence_transformers_several_positives(model):
         _assert_same(nst.mine_hard_negatives(ds, model, **kw), _st_mine(ds, model, **kw))
 
 
+def test_mine_prompts_and_batch_size_equal_sentence_transformers(model):
+    # query/corpus prompts reach the encoder as sentence-transformers passes them ("query" is
+    # an unknown word of the tiny vocabulary: its token shifts every query's embedding).
+    ds = pairs(30, seed=50)
+    corpus = corpus_words(100, seed=51)
+    kw = dict(corpus=corpus, num_negatives=3, output_format="n-tuple", output_scores=True,
+              query_prompt="query: red ", corpus_prompt="passage: ", batch_size=7)
+    ours = nst.mine_hard_negatives(ds, model, **kw)
+    _assert_same(ours, _st_mine(ds, model, **kw))
+    plain = nst.mine_hard_negatives(ds, model, **{k: v for k, v in kw.items()
+                                                  if "prompt" not in k})
+    assert ours["scores"] != plain["scores"]
+
+
 @pytest.mark.parametrize("strategy", ["top", "random", "simans", "softmax"])
 def test_mine_negatives_never_positives(model, strategy):
     # Repeated anchors with several positives, a corpus holding the positives again (the
@@ -713,14 +727,34 @@ def test_trainer_end_to_end(loss_name, tmp_path):
         assert abs(loss.temperature - 0.05) > 1e-4, loss.temperature
 
 
-def test_debiased_tau_plus():
-    # τ⁺ > 0 changes the loss (the debiased estimator) and keeps it differentiable and finite.
+@pytest.mark.parametrize("tau_plus,beta", [(0.1, 0.0), (0.05, 0.5), (0.0, 1.0)])
+def test_debiased_and_reweighted_equal_float64_reference(tau_plus, beta):
+    # DESIGN.md's estimator (Chuang et al. debiasing, Robinson et al. reweighting) written
+    # here in float64 torch over the whole candidate set: the loss and the model's gradient.
     model = tiny_model(seed=18)
     feats, _ = _batch(model, n=8, negs=1, seed=19)
-    plain = _loss_and_grad(model, nst.NegsampLoss(model, temperature=0.05), feats)
-    deb = _loss_and_grad(model, nst.NegsampLoss(model, temperature=0.05, tau_plus=0.1), feats)
-    assert np.isfinite(deb[0]) and bool(torch.isfinite(deb[1]).all())
-    assert abs(deb[0] - plain[0]) > 1e-4
+    tau = 0.05
+    ours = _loss_and_grad(model, nst.NegsampLoss(model, temperature=tau, tau_plus=tau_plus,
+                                                 beta=beta), feats)
+
+    def ref_loss(features, labels):
+        e = [torch.nn.functional.normalize(model(f)["sentence_embedding"].double(), dim=-1)
+             for f in features]
+        logits = e[0] @ torch.cat(e[1:]).T / tau
+        B = logits.shape[0]
+        per = []
+        for i in range(B):
+            lp = logits[i, i]
+            x = torch.cat([logits[i, :i], logits[i, i + 1:]])
+            n = x.numel()
+            rw = n * torch.exp((1 + beta) * x).sum() / torch.exp(beta * x).sum()
+            floor = n * torch.exp(torch.tensor(-1.0 / tau, dtype=torch.float64))
+            ng = torch.maximum((rw - tau_plus * n * torch.exp(lp)) / (1 - tau_plus), floor)
+            per.append(-lp + torch.log(torch.exp(lp) + ng))
+        return torch.stack(per).mean()
+    _assert_close_loss_grad(ours, _loss_and_grad(model, ref_loss, feats))
+    plain = _loss_and_grad(model, nst.NegsampLoss(model, temperature=tau), feats)
+    assert abs(ours[0] - plain[0]) > 1e-4  # the estimator changes the loss
 
 
 _DIRECTIONS_TRIED = [("query_to_doc",),
