@@ -27,20 +27,10 @@ extern "C" {
 #define NS_KM_STREAM_FIRST 0x6b6d3031u /* the first k-means++ / random row */
 #define NS_KM_STREAM_PICK 0x6b6d3032u  /* later picks */
 
-NS_HD NS_MATH_INLINE double ns_ddiv(double a, double b) {
-#ifdef __CUDA_ARCH__
-    return __ddiv_rn(a, b);
-#else
-    return a / b;
-#endif
-}
-NS_HD NS_MATH_INLINE double ns_dsqrt(double a) {
-#ifdef __CUDA_ARCH__
-    return __dsqrt_rn(a);
-#else
-    return sqrt(a);
-#endif
-}
+/* Double division and square root are correctly rounded on both sides (nvcc's -prec-div and
+ * -prec-sqrt concern f32 only), and neither is ever contracted. */
+NS_HD NS_MATH_INLINE double ns_ddiv(double a, double b) { return a / b; }
+NS_HD NS_MATH_INLINE double ns_dsqrt(double a) { return sqrt(a); }
 
 /* x·c over d terms in order, in double. */
 NS_HD NS_MATH_INLINE double ns_km_dot(const float *x, const float *c, int64_t d) {
