@@ -66,8 +66,18 @@ static void km_layout(void *plan, ns_arena *a) {
 }
 
 static ns_km_model km_model(const km_state *s, int spherical, double K, double A) {
-    ns_km_model m = {s->c, s->h, s->norm, s->n2, s->k, s->d, spherical, K, A};
+    ns_km_model m = {s->c, s->h, s->norm, s->n2, s->k, s->d, spherical, K, A, 0.0, 0.0};
     return m;
+}
+
+/* The model's maxima over the current centroids (the pick's one bound per row). */
+static void km_refresh(const km_state *s, ns_km_model *m) {
+    double cmax = 0.0, hmax = 0.0;
+    for (int64_t j = 0; j < s->k; j++) {
+        if (s->norm[j] > cmax) cmax = s->norm[j];
+        if (s->h[j] > hmax) hmax = s->h[j];
+    }
+    m->cmax = cmax, m->hmax = hmax;
 }
 
 /* h, ‖c‖, ‖c‖² of centroid j. */
@@ -293,8 +303,9 @@ static ns_status km_update(km_state *s, int spherical) {
 
 /* ------------------------------------------------------------------ the loop */
 
-static ns_status km_assign(km_state *s, const ns_km_model *m, int64_t cap, double *inertia) {
+static ns_status km_assign(km_state *s, ns_km_model *m, int64_t cap, double *inertia) {
     ns_status st;
+    km_refresh(s, m);
     if ((st = s->p->assign(s->p->self, m, s->labels, s->cost))) return st;
     if (s->balanced && (st = km_balance(s, m, cap))) return st;
     double sum = 0.0;
@@ -332,7 +343,7 @@ ns_status ns_kmeans_run(ns_context *ctx, const ns_km_passes *p, ns_matrix x, int
     double max_abs = 0.0, K, A;
     if ((st = km_check_scan(ctx, p, o->spherical, &max_abs))) return st;
     ns_km_bound(s.d, max_abs, &K, &A);
-    const ns_km_model m = km_model(&s, o->spherical, K, A);
+    ns_km_model m = km_model(&s, o->spherical, K, A);
     const int pp = !o->init_centroids && o->init == NS_KMEANS_PLUSPLUS;
     const int64_t units = (pp ? k : 0) + o->max_iterations + 1;
     if (o->init_centroids) st = km_init_given(ctx, &s, o);

@@ -57,6 +57,7 @@ typedef struct {
     int64_t k, d;
     int spherical;
     double K, A;         /* the GEMM bound: |ŝ − x·c| <= K·‖x‖‖c‖ + A */
+    double cmax, hmax;   /* max_j ‖c_j‖, max_j h_j */
 } ns_km_model;
 
 /* The GEMM bound of an f32 GEMM over d terms on rows whose entries are at most max_abs. */
@@ -68,29 +69,29 @@ NS_HD NS_MATH_INLINE void ns_km_bound(int64_t d, double max_abs, double *K, doub
 }
 
 /* The label of row x (f32, d) from its GEMM scores s (k, ŝ_j ≈ x·c_j); *cost gets its exact
- * cost under that centroid. */
+ * cost under that centroid. One bound for the row, E = K·‖x‖·max‖c‖ + A plus the rounding of
+ * g_j = ŝ_j − h_j and of the exact g*_j = x·c_j − h_j in double (2^-50 of |ŝ_j| + h_j <=
+ * 2‖x‖·max‖c‖ + max h + A + 1): every j has |g_j − g*_j| <= E, so the argmax of g* (and every
+ * tie of it) has g_j >= max_i g_i − 2E.
+ * The shortlist may differ between GEMMs; the exact re-score decides. */
 NS_HD NS_MATH_INLINE int64_t ns_km_pick(const ns_km_model *m, const float *x, const float *s,
                                         double *cost) {
     const int64_t k = m->k, d = m->d;
     const double xn2 = ns_km_norm2(x, d), xn = ns_dsqrt(xn2);
-    double lo = -INFINITY;
+    const double xc = ns_dmul(xn, m->cmax);
+    const double E = ns_dadd(ns_dadd(ns_dmul(m->K, xc), m->A),
+                             ns_dmul(8.8817841970012523e-16 /* 2^-50 */,
+                                     ns_dadd(ns_dadd(ns_dmul(2.0, xc), m->hmax), ns_dadd(m->A, 1.0))));
+    double gmax = -INFINITY;
     for (int64_t j = 0; j < k; j++) {
         const double g = ns_dadd((double)s[j], -m->h[j]);
-        /* e_j, plus the rounding of g itself (2^-50 of the operands) */
-        const double e = ns_dadd(ns_dadd(ns_dmul(ns_dmul(m->K, xn), m->norm[j]), m->A),
-                                 ns_dmul(8.8817841970012523e-16,
-                                         ns_dadd(fabs((double)s[j]), m->h[j])));
-        const double l = ns_dadd(g, -e);
-        if (l > lo) lo = l;
+        gmax = g > gmax ? g : gmax;
     }
+    const double lo = ns_dadd(gmax, -ns_dmul(2.0, E));
     int64_t best = -1;
     double bg = -INFINITY, bdot = 0.0;
     for (int64_t j = 0; j < k; j++) {
-        const double g = ns_dadd((double)s[j], -m->h[j]);
-        const double e = ns_dadd(ns_dadd(ns_dmul(ns_dmul(m->K, xn), m->norm[j]), m->A),
-                                 ns_dmul(8.8817841970012523e-16,
-                                         ns_dadd(fabs((double)s[j]), m->h[j])));
-        if (!(ns_dadd(g, e) >= lo)) continue;
+        if (!(ns_dadd((double)s[j], -m->h[j]) >= lo)) continue;
         const double dot = ns_km_dot(x, m->c + j * d, d);
         const double ge = ns_dadd(dot, -m->h[j]);
         if (best < 0 || ge > bg) best = j, bg = ge, bdot = dot;
