@@ -308,7 +308,8 @@ NS_API ns_status ns_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
 /* ------------------------------------------------------------------ k-means */
 
 typedef enum {
-    NS_KMEANS_PLUSPLUS = 0, /* k-means++ (Arthur & Vassilvitskii 2007): D² sampling, exact */
+    NS_KMEANS_PLUSPLUS = 0, /* k-means++ (Arthur & Vassilvitskii 2007): D² sampling, exact;
+                             * costs O(n·k·d) outside the GEMM (large n·k: RANDOM) */
     NS_KMEANS_RANDOM = 1    /* k distinct rows drawn uniformly */
 } ns_kmeans_init;
 
