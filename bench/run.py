@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """negsamp beside its peers: the one benchmark runner.
 
-    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all] [--build DIR] [--out DIR]
+    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all|mine|kmeans] [--build DIR] [--out DIR]
 
 Runs every suite this machine supports and writes bench/results/<machine>-<date>.json, a
 Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
@@ -10,6 +10,8 @@ Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
            argpartition per query chunk); InfoNCE forward+backward: negsamp vs numpy
            (materialised logits); peak RSS of each InfoNCE in its own process against batch size.
   gpu      bench/gpu_run.sh when a GPU exists, else recorded as skipped with the reason.
+  kmeans   negsamp.kmeans vs faiss.Kmeans: time (interleaved medians) and final inertia
+           (--suite kmeans only; not part of all).
   quality  bench/quality_digits (C): negative-sampling strategies on the UCI digits, false-
            negative share and held-out retrieval over several seeds.
 
@@ -1086,14 +1088,138 @@ def mine_main(args):
         + ("; README's mining table regenerated" if mine_readme(stem + ".md") else ""))
 
 
+# ------------------------------------------------------------------ k-means beside faiss (issue 15)
+# python3 bench/run.py --suite kmeans [--quick] [--kmeans-shape n,d,k,iterations] [--repeats 3]
+# One process, all cores: negsamp.kmeans (random init, tolerance 0: exactly `iterations`
+# updates) and faiss.Kmeans (same k, same iterations, no subsampling) on the same data,
+# interleaved, medians of --repeats. Both final inertias are recomputed the same way (faiss
+# IndexFlatL2 nearest centroid, f64 sum). negsamp runs iterations + 1 assignments (the init's
+# and one after each update, so its labels match its centroids); faiss runs `iterations`.
+
+KMEANS_SHAPE_FULL = (100_000, 384, 1024, 10)
+KMEANS_SHAPE_QUICK = (20_000, 128, 256, 5)
+
+
+def kmeans_inertia(faiss, x, centroids):
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(centroids.astype("float32"))
+    dist = index.search(x, 1)[0]
+    return float(dist.astype("float64").sum())
+
+
+def kmeans_main(args):
+    import numpy as np
+    build = os.path.abspath(args.build)
+    lib = ensure_build(build)
+    subprocess.run(["cmake", "--build", build, "-j2", "--target", "negsamp_cli"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    os.environ["NEGSAMP_LIBRARY"] = lib
+    try:
+        import faiss
+    except ImportError as e:
+        sys.exit(f"--suite kmeans needs faiss-cpu (bench/requirements.txt): {e}")
+    import negsamp as ns
+    n, d, k, iters = KMEANS_SHAPE_QUICK if args.quick else KMEANS_SHAPE_FULL
+    if args.kmeans_shape:
+        n, d, k, iters = (int(v) for v in args.kmeans_shape.split(","))
+    repeats = args.repeats or 3
+    threads = os.cpu_count()
+    faiss.omp_set_num_threads(threads)
+    ctx = ns.Context("cpu", threads=threads)
+    rng = np.random.default_rng(0)
+    # Clustered data (2k true centres, noise), as embeddings are: not uniform noise.
+    centres = rng.standard_normal((2 * k, d), dtype=np.float32)
+    x = centres[rng.integers(0, 2 * k, n)] + 0.5 * rng.standard_normal((n, d), dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+
+    def run_negsamp():
+        r = ns.kmeans(x, k, seed=1, iterations=iters, init="random", tolerance=0, ctx=ctx)
+        return r.centroids, list(r.inertia)
+
+    def run_faiss():
+        km = faiss.Kmeans(d, k, niter=iters, seed=1, verbose=False,
+                          max_points_per_centroid=n)  # no subsampling: every row, as negsamp
+        km.train(x)
+        return km.centroids, list(km.obj)
+
+    impls = {"negsamp": run_negsamp, "faiss": run_faiss}
+    times = {name: [] for name in impls}
+    outs = {}
+    log(f"[kmeans] n={n} d={d} k={k} iterations={iters}, {threads} threads, {repeats} repeats")
+    load0 = " ".join(open("/proc/loadavg").read().split()[:3])
+    for rep in range(repeats):
+        for name, fn in impls.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+            log(f"[kmeans] {name} run {rep + 1}: {times[name][-1]:.2f} s")
+    res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python3 bench/run.py --suite kmeans" + (" --quick" if args.quick else "")
+           + (f" --kmeans-shape {args.kmeans_shape}" if args.kmeans_shape else "")
+           + f" --repeats {repeats}",
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
+                       "numpy": np.__version__, "faiss": getattr(faiss, "__version__", "?")},
+           "gemm": gemm_library(build), "n": n, "d": d, "k": k, "iterations": iters,
+           "repeats": repeats, "load_start": load0,
+           "load_end": " ".join(open("/proc/loadavg").read().split()[:3]),
+           "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 stdout=subprocess.PIPE, text=True).stdout.strip()}
+    for name in impls:
+        res[name] = {"time": summary(times[name]), "curve": outs[name][1],
+                     "inertia": kmeans_inertia(faiss, x, outs[name][0])}
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
+                        f"{res['date'][:10]}-kmeans-faiss" + ("-quick" if args.quick else ""))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name in impls:
+            ax.plot(range(len(res[name]["curve"])), res[name]["curve"], marker="o", label=name)
+        ax.set_xlabel("assignment pass")
+        ax.set_ylabel("inertia (sum of squared distances)")
+        ax.set_title(f"k-means, n={n} d={d} k={k}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(stem + ".png", dpi=120)
+        res["plot"] = os.path.basename(stem + ".png")
+    except Exception as e:  # noqa: BLE001
+        log("[kmeans] no plot:", e)
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    ratio = res["faiss"]["time"]["median"] / res["negsamp"]["time"]["median"]
+    md = ["# k-means beside faiss.Kmeans", "",
+          f"{res['machine']['cpu']}, {threads} threads; GEMM: {res['gemm']}; faiss "
+          f"{res['machine']['faiss']}; load average {res['load_start']} at the start, "
+          f"{res['load_end']} at the end (a shared machine: timings are noisy, the ratio was "
+          "taken interleaved).", f"Command: `{res['command']}`; git {res['git']}.", "",
+          f"n = {n}, d = {d}, k = {k}, {iters} updates, random init, every row (no subsampling).",
+          "", "| | median s | min s | final inertia (same recomputation) |",
+          "| --- | --- | --- | --- |"]
+    for name in impls:
+        t = res[name]["time"]
+        md.append(f"| {name} | {t['median']:.2f} | {t['min']:.2f} | {res[name]['inertia']:.6g} |")
+    md += ["", f"faiss time ÷ negsamp time: {ratio:.2f} (> 1: negsamp faster). negsamp's "
+           f"{iters + 1} assignments are exact and deterministic (the same bits at any thread "
+           f"count, CPU or CUDA); faiss runs {iters}."]
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    log(f"wrote {stem}.json/.md")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer seeds (a smoke run)")
-    ap.add_argument("--suite", choices=["cpu", "gpu", "quality", "all", "mine"], default="all",
+    ap.add_argument("--suite", choices=["cpu", "gpu", "quality", "all", "mine", "kmeans"],
+                    default="all",
                     help="mine: exact mining beside faiss-cpu, torch, numpy at 1 and 2 threads")
     ap.add_argument("--mine-shapes", help="--suite mine: 'Q,N,d,k;Q,N,d,k...' instead of the defaults")
     ap.add_argument("--mine-child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--kmeans-shape", help="--suite kmeans: 'n,d,k,iterations' instead of the default")
     ap.add_argument("--build", default=os.environ.get("NEGSAMP_BUILD",
                                                       os.path.join(ROOT, "build-bench")),
                     help="CMake build directory (configured and built when missing)")
@@ -1117,6 +1243,8 @@ def main():
         return None
     if args.suite == "mine":
         return mine_main(args)
+    if args.suite == "kmeans":
+        return kmeans_main(args)
     if args.report_only:
         res = json.load(open(args.report_only))
         res["quality"]["summary"] = summarise_quality(res["quality"]["runs"]) \

@@ -325,6 +325,53 @@ NS_API ns_status ns_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                   const ns_corpus_sampler_options *options, int64_t queries,
                                   int64_t m, int64_t *index, int64_t *count);
 
+/* ------------------------------------------------------------------ k-means */
+
+typedef enum {
+    NS_KMEANS_PLUSPLUS = 0, /* k-means++ (Arthur & Vassilvitskii 2007): D² sampling, exact;
+                             * costs O(n·k·d) outside the GEMM (large n·k: RANDOM) */
+    NS_KMEANS_RANDOM = 1    /* k distinct rows drawn uniformly */
+} ns_kmeans_init;
+
+typedef struct {
+    size_t struct_size;
+    int spherical;           /* 1: cosine — rows and centroids compared by direction: each
+                              * centroid is the renormalised mean of its unit rows, rows go to
+                              * the centroid of largest dot product, a row costs 1 − cos;
+                              * 0 (default): Euclidean, a row costs ‖x − c‖² */
+    ns_kmeans_init init;     /* default NS_KMEANS_PLUSPLUS */
+    uint64_t seed;           /* Philox4x32-10 key of the init and nothing else */
+    int64_t max_iterations;  /* Lloyd updates, >= 0; default 25 (0: the init's assignment) */
+    double tolerance;        /* stop once (I_{t-1} − I_t) <= tolerance · I_{t-1} (I: inertia);
+                              * >= 0, default 1e-4; a step that changes no label stops too */
+    double balance;          /* < 0 (default −1): unconstrained. >= 0: balanced — no cluster holds
+                              * more than ceil(n/k · (1 + balance)) rows (capacity-constrained
+                              * assignment, scheme in src/kmeans_lloyd.c) */
+    const float *init_centroids; /* optional k × d f32 (backend memory): the start instead of
+                                  * init (spherical: normalised first) */
+    ns_progress_fn progress; /* optional; units: the init's centroids + assignment passes */
+    void *progress_user;
+} ns_kmeans_options;
+
+#define NS_KMEANS_OPTIONS_INIT \
+    {sizeof(ns_kmeans_options), 0, NS_KMEANS_PLUSPLUS, 0u, 25, 1e-4, -1.0, NULL, NULL, NULL}
+
+/* Lloyd's k-means of the n = x.rows rows of x (f32/f16/bf16; may be a memory-mapped .npy
+ * larger than RAM: x is read block by block, never copied whole). Deterministic: for a seed the
+ * labels, centroids and inertia are the same bits at any thread count and on either backend —
+ * assignments are exact (the GEMM's scores, within a proven rounding bound, only shortlist the
+ * centroids a row is re-scored against in double; ties go to the lower centroid), per-cluster
+ * sums are in double in row order, empty clusters are re-seeded from the rows of largest cost.
+ * Outputs: labels (n, int64 in [0, k)): each row's cluster under the returned centroids
+ * (k × d f32); inertia (host, max_iterations + 1 doubles): the total cost after the init (0)
+ * and after each update, NaN past the last one run; *iterations (host): the updates run.
+ * Bounds: 1 <= k <= n, finite x, spherical rows non-zero. On CUDA x may be device memory or
+ * host memory (streamed to the device block by block); labels, centroids and init_centroids
+ * are device memory; the call synchronises. Cancelled through progress: outputs untouched. */
+NS_API ns_status ns_kmeans(ns_context *ctx, ns_matrix x, int64_t k,
+                           const ns_kmeans_options *options, int64_t *labels, float *centroids,
+                           double *inertia, int64_t *iterations);
+
 /* ------------------------------------------------------------------ InfoNCE */
 
 /* The candidate set of query i: every in-batch passage (its positive among them), its own hard

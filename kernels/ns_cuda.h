@@ -35,6 +35,8 @@ ns_status ns_cuda_sample(ns_context *ctx, const ns_candidates *cand, const uint8
 ns_status ns_cuda_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                 const ns_id_lists *exclude, const ns_corpus_sampler_options *opt,
                                 int64_t queries, int64_t m, int64_t *index, int64_t *count);
+ns_status ns_cuda_kmeans(ns_context *ctx, ns_matrix x, int64_t k, const ns_kmeans_options *opt,
+                         int64_t *labels, float *centroids, double *inertia, int64_t *iterations);
 ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
                                   const ns_loss_options *opt, float *loss, float *per_query,
                                   float *saved);

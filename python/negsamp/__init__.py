@@ -17,6 +17,7 @@ from ._core import (Context, default_context, version, version_info, status_stri
                     infonce_backward, InfoNCEForward, InfoNCEGrads, Queue, Step, StepResult,
                     StepGrads, Comm, nccl_unique_id)
 from ._weighted import sample_corpus, CorpusSample
+from ._kmeans import kmeans, KMeans
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,7 @@ __all__ = [
     "NpyFile", "npy_open", "filter", "sample", "Sample", "infonce_forward", "infonce_backward",
     "InfoNCEForward", "InfoNCEGrads", "Queue", "Step", "StepResult", "StepGrads",
     "NS_INFONCE_SAVED_PER_QUERY", "NS_MAX_K", "Comm", "nccl_unique_id", "sample_corpus",
-    "CorpusSample",
+    "CorpusSample", "kmeans", "KMeans",
 ]
 
 

@@ -105,7 +105,7 @@ def digits():
 def group_help(tmp):
     out, _ = run("--help")
     check("usage" in out and "mine" in out and "demo" in out, "main --help lacks the commands")
-    for cmd in ("mine", "sample", "demo", "info", "bench-mine"):
+    for cmd in ("mine", "sample", "kmeans", "demo", "info", "bench-mine"):
         out, _ = run(cmd, "--help")
         check("usage: negsamp " + cmd in out, f"{cmd} --help lacks its usage line")
         if cmd != "info":
@@ -479,6 +479,68 @@ def group_sample(tmp):
     check(all(r["negatives"] == I[r["query"], :3].tolist() for r in rows), "sample JSONL negs")
 
 
+def group_kmeans(tmp):
+    """negsamp kmeans: labels int64 in [0, k), each the nearest written centroid (float64
+    here), separated blobs recovered, the balance bound, the same files for the same seed at 1
+    and 2 threads, f16 input, usage and input errors, outputs never replace an input."""
+    rng = np.random.default_rng(8)
+    k, d, n = 5, 8, 1500
+    centres = rng.standard_normal((k, d))
+    truth = rng.integers(0, k, n)
+    x = (centres[truth] + 0.05 * rng.standard_normal((n, d))).astype(np.float32)
+    xp, lp, cp = (os.path.join(tmp, f) for f in ("x.npy", "l.npy", "c.npy"))
+    np.save(xp, x)
+    out, _ = run("kmeans", "--embeddings", xp, "-k", k, "--seed", 3, "--out", lp,
+                 "--centroids", cp)
+    check("k-means: 1500 rows x 8 dims into 5 clusters" in out, f"summary: {out}")
+    lab, cen = np.load(lp), np.load(cp)
+    check(lab.dtype == np.int64 and lab.shape == (n,) and lab.min() >= 0 and lab.max() < k,
+          f"labels: {lab.dtype} {lab.shape}")
+    check(cen.dtype == np.float32 and cen.shape == (k, d), f"centroids {cen.shape}")
+    c64 = cen.astype(np.float64)
+    g = x.astype(np.float64) @ c64.T - 0.5 * (c64 * c64).sum(1)
+    check(np.array_equal(g.argmax(1), lab), "a label is not the nearest centroid")
+    check(len(set(zip(truth.tolist(), lab.tolist()))) == k, "blobs not recovered")
+    # Same seed, 1 vs 2 threads, spherical + balanced: the same bytes.
+    l1, l2, c1, c2 = (os.path.join(tmp, f) for f in ("l1.npy", "l2.npy", "c1.npy", "c2.npy"))
+    common = ("--embeddings", xp, "-k", 7, "--spherical", "--balanced", 0.1, "--seed", 5,
+              "--iterations", 6, "--quiet")
+    run("kmeans", *common, "--threads", 1, "--out", l1, "--centroids", c1)
+    run("kmeans", *common, "--threads", 2, "--out", l2, "--centroids", c2)
+    check(open(l1, "rb").read() == open(l2, "rb").read(), "labels differ across threads")
+    check(open(c1, "rb").read() == open(c2, "rb").read(), "centroids differ across threads")
+    check(np.bincount(np.load(l1)).max() <= int(np.ceil(n / 7 * 1.1)), "balance bound")
+    # float16 input.
+    hp = os.path.join(tmp, "h.npy")
+    np.save(hp, x.astype(np.float16))
+    run("kmeans", "--embeddings", hp, "-k", k, "--seed", 3, "--out", l1, "--force", "--quiet")
+    check(np.load(l1).shape == (n,), "f16 input")
+    # Errors: usage (2) and data (1), nothing written.
+    before = sorted(os.listdir(tmp))
+    _, err = run("kmeans", "--embeddings", xp, "-k", n + 1, "--out", os.path.join(tmp, "z.npy"),
+                 expect=2)
+    check(f"-k ({n + 1}) is larger than the number of rows" in err, err)
+    _, err = run("kmeans", "--embeddings", xp, "-k", 0, "--out", os.path.join(tmp, "z.npy"),
+                 expect=2)
+    check("-k" in err, err)
+    _, err = run("kmeans", "--embeddings", xp, "-k", 2, "--balanced", -1, "--out",
+                 os.path.join(tmp, "z.npy"), expect=2)
+    check("--balanced" in err, err)
+    _, err = run("kmeans", "--embeddings", xp, "-k", 2, "--out", xp, expect=2)
+    check("never replaces an input" in err, err)
+    _, err = run("kmeans", "--embeddings", xp, "-k", 2, "--out", lp, expect=1)
+    check("--force" in err or "exists" in err, err)
+    bad = x.copy()
+    bad[17, 3] = np.nan
+    bp = os.path.join(tmp, "bad.npy")
+    np.save(bp, bad)
+    before = sorted(os.listdir(tmp))
+    _, err = run("kmeans", "--embeddings", bp, "-k", 2, "--out", os.path.join(tmp, "z.npy"),
+                 expect=1)
+    check("x[17][3]" in err, err)
+    check(sorted(os.listdir(tmp)) == before and not leftovers(tmp), "an error left a file")
+
+
 def group_errors(tmp):
     rng = np.random.default_rng(9)
     good = os.path.join(tmp, "good.npy")
@@ -739,7 +801,7 @@ def readme_flags_exist():
     bad = []
     text = open(readme).read().replace("\\\n", " ")
     for line in text.splitlines():
-        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|inspect|demo|bench-mine|info)\b(.*)", line)
+        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|kmeans|inspect|demo|bench-mine|info)\b(.*)", line)
         if not m:
             continue
         cmd = m.group(1)
