@@ -6,6 +6,9 @@ sentence-transformers trains on, and losses that SentenceTransformerTrainer acce
   CPU or CUDA, no FAISS k ≤ 2048 cap), filtered by ``negsamp.filter`` and drawn by
   ``negsamp.sample`` (seeded; "top", "random", "simans", "softmax"); precomputed embeddings
   instead of a model; a guide model (GISTEmbed-style) as one more filter.
+- ``cluster_batch_sampler(group_ids, ...)``: the ``batch_sampler`` of
+  SentenceTransformerTrainingArguments for batches of one cluster (TAS-B) or of nearest
+  clusters (NGAME), planned by ``negsamp.plan_batches`` (``ClusterBatchSampler``).
 - ``NegsampLoss`` and the drop-ins ``MultipleNegativesRankingLoss``,
   ``CachedMultipleNegativesRankingLoss`` and ``GISTEmbedLoss``: the InfoNCE of
   ``torch.ops.negsamp.infonce`` (the B×N logits are never formed) over the trainer's
@@ -22,7 +25,8 @@ from . import _core
 from ._errors import InvalidArgument, Unsupported
 from ._ffi import NS_MAX_K
 
-__all__ = ["mine_hard_negatives", "NegsampLoss", "MultipleNegativesRankingLoss",
+__all__ = ["mine_hard_negatives", "cluster_batch_sampler", "ClusterBatchSampler", "NegsampLoss",
+           "MultipleNegativesRankingLoss",
            "CachedMultipleNegativesRankingLoss", "GISTEmbedLoss"]
 
 _FORMATS = ("triplet", "n-tuple", "n-tuple-scores", "labeled-pair", "labeled-list")
@@ -851,3 +855,11 @@ class CachedMultipleNegativesRankingLoss(_cached_mixin(), MultipleNegativesRanki
 
     def get_config_dict(self):
         return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}
+
+
+def __getattr__(name):
+    # the trainer's batch sampler subclasses sentence-transformers' own: imported when asked for
+    if name in ("ClusterBatchSampler", "cluster_batch_sampler"):
+        from . import _st_sampler
+        return getattr(_st_sampler, name)
+    raise AttributeError(f"module 'negsamp.sentence_transformers' has no attribute {name!r}")
