@@ -524,9 +524,26 @@ typedef struct {
      * under graph capture). Not with comm (NS_ERR_UNSUPPORTED). grads->temperature, a host
      * float, still synchronises when given. 0 (default) = the checked, host-output step. */
     int sync_free;
+    /* Random + hard mixing (h_rand random negatives beside the h hard ones, as FlagEmbedding
+     * and contrastors pad with random negatives): after the sampler drew the h hard negatives,
+     * random_negatives more per query are drawn uniformly without replacement (Philox, seed =
+     * sampler->seed ^ NS_STEP_RANDOM_SEED_XOR: independent of the hard draw) among the kept
+     * candidates of the random pool whose id is not one of the query's chosen hard ids. The
+     * random pool is the last random_pool candidate slots of each query, which the hard sampler
+     * then never sees: put corpus-wide negatives there (ns_sample_corpus, by weight; with
+     * random_pool == random_negatives the step takes every kept one). random_pool = 0: the pool
+     * is every candidate slot (random among the kept mined ones). The negatives of query i are
+     * then h + h_rand columns, the hard ones first (result.negative_id/row, -1 padded) — the
+     * loss sees them all alike. Bounds: h + h_rand <= C; with a pool, h <= C − pool and
+     * h_rand <= pool. A random id that is also kept among the query's hard-region slots takes
+     * that slot's row (same id, same document). 0 (default) = no random negatives. */
+    int64_t random_negatives;
+    int64_t random_pool;
 } ns_step_options;
 
-#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0}
+#define NS_STEP_RANDOM_SEED_XOR 0x9E3779B97F4A7C15ull
+
+#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0, 0, 0}
 
 typedef struct {
     float loss;                   /* mean over the (global) batch */

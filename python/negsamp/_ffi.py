@@ -158,7 +158,8 @@ class ns_step_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("hard_negatives", c_int64),
                 ("filter", POINTER(ns_filter_options)), ("sampler", POINTER(ns_sampler_options)),
                 ("loss", POINTER(ns_loss_options)), ("queue", c_void_p), ("enqueue", c_int),
-                ("comm", c_void_p), ("sync_free", c_int)]
+                ("comm", c_void_p), ("sync_free", c_int), ("random_negatives", c_int64),
+                ("random_pool", c_int64)]
 
 
 class ns_step_result(Structure):
@@ -222,7 +223,8 @@ def comm_options_init() -> ns_comm_options:
 
 
 def step_options_init() -> ns_step_options:
-    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0)
+    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0,
+                           0, 0)
 
 
 # ------------------------------------------------------------------ signatures

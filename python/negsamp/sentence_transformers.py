@@ -126,7 +126,7 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
                         softmax_temperature: float = 1.0, guide_model=None,
                         guide_query_embeddings=None, guide_corpus_embeddings=None,
                         guide_margin: float = 0.0, guide_relative: bool = False,
-                        return_counts: bool = False, **ignored):
+                        random_negatives: int = 0, return_counts: bool = False, **ignored):
     """Adds mined hard negatives to a dataset of (anchor, positive) pairs, as
     ``sentence_transformers.util.mine_hard_negatives`` does, and returns a ``datasets.Dataset``
     with the same columns in the same row order (sentence-transformers 6.x): ``output_format``
@@ -155,6 +155,10 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
       ``guide_query_embeddings`` / ``guide_corpus_embeddings``, shaped like the embeddings
       above) drops candidate j when g_j > g⁺ − ``guide_margin`` (``guide_relative``: g_j >
       g⁺ − |g⁺|·margin), g⁺ the guide's lowest positive score.
+    - ``random_negatives=M``: M more negatives per query after the hard ones (random padding,
+      as FlagEmbedding and contrastors add): corpus entries drawn uniformly without replacement
+      by ``negsamp.sample_corpus`` (seeded by ``seed``), never a positive or one of the query's
+      hard negatives; n-tuple rows get num_negatives + M negative columns, hard ones first.
     - ``return_counts=True`` returns (dataset, counts): candidates each rule removed.
 
     Where the semantics differ from sentence-transformers', on purpose:
@@ -206,6 +210,9 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
                               f"{_STRATEGIES}")
     if not isinstance(num_negatives, (int, np.integer)) or num_negatives < 1:
         raise InvalidArgument(f"{fn}: num_negatives ({num_negatives!r}) must be an integer ≥ 1")
+    if not isinstance(random_negatives, (int, np.integer)) or random_negatives < 0:
+        raise InvalidArgument(f"{fn}: random_negatives ({random_negatives!r}) must be an "
+                              f"integer ≥ 0")
     if not isinstance(range_min, (int, np.integer)) or range_min < 0:
         raise InvalidArgument(f"{fn}: range_min ({range_min!r}) must be an integer ≥ 0")
     if range_max is not None and range_min >= range_max:
@@ -368,6 +375,10 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
         neg = np.concatenate([neg, np.full((Q, pad), -1, np.int64)], 1)
         neg_s = np.concatenate([neg_s, np.full((Q, pad), -np.inf, np.float32)], 1)
 
+    if random_negatives:
+        neg, neg_s = _add_random(neg, neg_s, random_negatives, pos_of, qe, ce, normalize, seed,
+                                 fn)
+        num_negatives += random_negatives
     out = _format(output_format, output_scores, anchor_column_name, positive_column_name,
                   queries, texts, pos_of, pos_score, bounds, neg, neg_s, num_negatives)
     if verbose:
@@ -376,6 +387,21 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
               f"{counts}; {kept} negatives drawn ({Q * num_negatives - kept} missing)")
     ds = Dataset.from_dict(out)
     return (ds, counts) if return_counts else ds
+
+
+def _add_random(neg, neg_s, M, pos_of, qe, ce, normalize, seed, fn):
+    """M more negatives per query after the hard ones: corpus rows drawn uniformly without
+    replacement by negsamp.sample_corpus, never a positive or a hard one; scored like them."""
+    from ._weighted import sample_corpus
+    Q, N = neg.shape[0], ce.shape[0]
+    ex = [list(pos_of[i]) + [int(x) for x in neg[i] if x >= 0] for i in range(Q)]
+    rid = sample_corpus(None, Q, min(M, N), rows=N, exclude=ex, seed=seed).index
+    if M > N:
+        rid = np.concatenate([rid, np.full((Q, M - N), -1, np.int64)], 1)
+    ok = rid >= 0
+    sc = _pair_scores(np.repeat(qe, M, axis=0), ce[np.maximum(rid, 0).ravel()], normalize)
+    rsc = np.where(ok, sc.reshape(Q, M), -np.inf).astype(np.float32)
+    return np.concatenate([neg, rid], 1), np.concatenate([neg_s, rsc], 1)
 
 
 def _format(output_format, scores, a_col, p_col, queries, texts, pos_of, pos_score, bounds, neg,
