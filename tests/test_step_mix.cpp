@@ -70,7 +70,8 @@ Out forward(const Ctx &c, const Data &s, StepOptions o) {
     ns_step_result r;
     Out out{ns_step_forward(c, &side.b, o.get(), &r), NAN, {}, {}, {}};
     if (out.st != NS_OK) return out;
-    const int64_t H = o.hard_negatives + o.random_negatives;
+    const bool mixing = o.struct_size > offsetof(ns_step_options, random_negatives);
+    const int64_t H = o.hard_negatives + (mixing ? o.random_negatives : 0);
     out.loss = r.loss;
     out.id = host_copy(c, r.negative_id, (size_t)(s.B * H));
     out.row = host_copy(c, r.negative_row, (size_t)(s.B * H));
@@ -249,6 +250,7 @@ TEST_P(StepMix, BadInputIsNamed) {
     old.random_negatives = 99;  // beyond its struct_size: never read
     const Out r = forward(c, s, old);
     EXPECT_EQ(r.st, NS_OK) << ns_last_error(c);
+    EXPECT_EQ(r.id.size(), 3u * 2u);  // h columns only
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StepMix, NS_BACKENDS, BackendName());
