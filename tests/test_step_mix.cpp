@@ -230,6 +230,31 @@ TEST_P(StepMix, CudaDrawsWhatTheCpuDraws) {
     }
 }
 
+// sync_free holds with mixing: after a first step of these shapes (the arena), forward and
+// backward make no host synchronisation (counted by the host execution layer; not observable
+// on a real GPU, where the check holds trivially).
+TEST_P(StepMix, SyncFreeMixingMakesNoHostSync) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    if (!c.cuda()) GTEST_SKIP() << "host synchronisation is a CUDA matter";
+#ifdef NS_CUDA_HOST_LAYER
+    Data s = make(8, 10, 16, 31);
+    Side side(c, s);
+    StepOptions o = mix_options(3, 3, 4, NS_SAMPLE_SIMANS);
+    o.sync_free = 1;
+    ns_step_result r;
+    ns_step_grads g{};
+    for (int k = 0; k < 2; k++) {
+        const unsigned long long before = cuda_host_sync_count();
+        ASSERT_EQ(ns_step_forward(c, &side.b, o.get(), &r), NS_OK) << ns_last_error(c);
+        ASSERT_EQ(ns_step_backward(c, 1.f, &g), NS_OK) << ns_last_error(c);
+        if (k == 1) EXPECT_EQ(cuda_host_sync_count(), before);
+    }
+#else
+    GTEST_SKIP() << "counted only by the host execution layer";
+#endif
+}
+
 TEST_P(StepMix, BadInputIsNamed) {
     Ctx c(GetParam());
     NS_REQUIRE_BACKEND(c);
