@@ -331,6 +331,7 @@ def train_run(ns, cf, task, strat, seed, prog=None):
                           loss={"temperature": cf.tau}, random_negatives=h_rand,
                           random_pool=R)
     n_neg = n_fn = step = n_masked = n_fn_masked = 0
+    n_in = n_fn_in = n_x = n_fn_x = 0  # in-batch and extra negatives apart
     pur, ngroups, label_pur = [], [], []
     for ep in range(cf.epochs):
         labels = neighbors = cand = None
@@ -358,6 +359,7 @@ def train_run(ns, cf, task, strat, seed, prog=None):
             fn_in = task.false_negative(batch, others)
             n_neg += int(np.sum(others >= 0))
             n_fn += int(np.sum(fn_in))
+            n_in, n_fn_in = n_in + int(np.sum(others >= 0)), n_fn_in + int(np.sum(fn_in))
             parts = []
             if mask:
                 same = labels[bpos][:, None] == labels[bpos][None, :]
@@ -387,8 +389,10 @@ def train_run(ns, cf, task, strat, seed, prog=None):
                 gr = stepper.backward(want=("query", "positive", "candidate"))
                 gq, gp, gc = gr.query, gr.positive, gr.candidate.reshape(-1, zq.shape[1])
                 neg = res.negative_id
+                fn_x = task.false_negative(batch, neg)
                 n_neg += int(np.sum(neg >= 0))
-                n_fn += int(np.sum(task.false_negative(batch, neg)))
+                n_fn += int(np.sum(fn_x))
+                n_x, n_fn_x = n_x + int(np.sum(neg >= 0)), n_fn_x + int(np.sum(fn_x))
             parts.append(model.grad(cq, gq))
             parts.append(model.grad(cp, gp))
             if gc is not None:
@@ -399,7 +403,8 @@ def train_run(ns, cf, task, strat, seed, prog=None):
             prog.tick(f"{task.name} {strat} s{seed} ep{ep + 1}")
     m = task.evaluate(ns, model)
     m["fn_share"] = n_fn / max(n_neg, 1)
-    # with the mask: the negatives it removed, and how many of them were false negatives
+    m["fn_inbatch"] = n_fn_in / max(n_in, 1)  # before any mask
+    m["fn_extra"] = n_fn_x / n_x if n_x else None    # with the mask: the negatives it removed, and how many of them were false negatives
     m["masked_share"] = n_masked / max(n_neg + n_masked, 1) if mask else None
     m["fn_masked_share"] = n_fn_masked / max(n_masked, 1) if mask else None
     m["purity"] = float(np.mean(pur)) if pur else None
@@ -512,13 +517,13 @@ def write_report(path, d, plots):
     for tname, t in d["tasks"].items():
         L += [f"## {tname} ({', '.join(f'{k} {v}' for k, v in t['info'].items())})", "",
               "| strategy | R@1 | R@10 | MRR | ΔMRR vs random (paired) | false-negative share "
-              "of the negatives used | masked (of which false neg.) | cluster purity of batches | "
+              "of the negatives used | FN share in-batch / extras | masked (of which false neg.) | cluster purity of batches | "
               "groups / batch | s/run |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s, m in t["summary"].items():
             L.append(f"| {s} | {fmt(m, 'R@1')} | {fmt(m, 'R@10')} | {fmt(m, 'MRR')} | "
                      f"{fmt(m, 'dMRR') if s != 'random' else '—'} | {fmt(m, 'fn_share', True)} | "
-                     f"{masked(m)} | {fmt(m, 'purity')} | {fmt(m, 'groups_per_batch')} | "
+                     f"{fmt(m, 'fn_inbatch', True)} / {fmt(m, 'fn_extra', True)} | {masked(m)} | {fmt(m, 'purity')} | {fmt(m, 'groups_per_batch')} | "
                      f"{m['seconds'][0]:.1f} |")
         best = max(t["summary"], key=lambda s: t["summary"][s]["MRR"][0])
         L += ["", f"Best MRR on {tname}: **{best}**.", ""]
