@@ -125,3 +125,32 @@ def test_a_seed_reproduces_its_run():
     t1 = cs.train_run(negsamp, cf, task, "tasb", 1)
     t2 = cs.train_run(negsamp, cf, task, "tasb", 1)
     assert [t1[k] for k in keys + ["purity"]] == [t2[k] for k in keys + ["purity"]]
+
+
+def test_masked_loss_gradient_against_a_float64_reference():
+    """The mask arm's loss (branch `loss`): in-batch InfoNCE where another row's positive in
+    the anchor's group is no negative; dL/dq by central differences of a float64 loss."""
+    if not cs.loss_has_groups(negsamp):
+        pytest.skip("the loss takes no group ids in this build (branch `loss` not merged)")
+    r = np.random.default_rng(0)
+    B, d, tau = 6, 4, 0.5
+    zq = r.standard_normal((B, d)).astype(np.float32)
+    zp = r.standard_normal((B, d)).astype(np.float32)
+    g = np.array([0, 0, 1, 1, 1, 2])
+    gq, _ = cs.masked_infonce_grads(zq, zp, np.arange(B), g, tau)
+
+    def loss(q):
+        s = q @ zp.astype(np.float64).T / tau
+        masked = (g[:, None] == g[None, :]) & ~np.eye(B, dtype=bool)
+        s = np.where(masked, -np.inf, s)
+        return np.mean(np.log(np.exp(s).sum(1)) - np.diag(s))
+
+    q, eps = zq.astype(np.float64), 1e-6
+    num = np.zeros_like(q)
+    for i in range(B):
+        for j in range(d):
+            up, dn = q.copy(), q.copy()
+            up[i, j] += eps
+            dn[i, j] -= eps
+            num[i, j] = (loss(up) - loss(dn)) / (2 * eps)
+    np.testing.assert_allclose(gq, num, rtol=1e-4, atol=1e-6)
