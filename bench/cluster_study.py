@@ -29,9 +29,9 @@ uniform among R negsamp.sample_corpus rows appended as the step's random pool):
   rand8         random batches + 8 random negatives
   hard4+rand4   random batches + 4 hard + 4 random negatives
 Clusters: spherical k-means (negsamp.kmeans, balanced, k = n_train / (4 B), --cluster-batches)
-of the training queries' embeddings under the current encoder, recomputed every epoch (as are the mined
-candidates). Every number is mean +- std over seeds (seeds vary the initial weights, the batch
-order, the clustering and the sampling).
+of the training queries' embeddings under the current encoder, recomputed every epoch (as are
+the mined candidates). Every number is mean +- std over seeds (seeds vary the initial weights,
+the batch order, the clustering and the sampling).
 Cost: negsamp.kmeans and negsamp.plan_batches beside faiss.Kmeans on the same embeddings, same
 k, same iterations, random init, interleaved, median of 3; inertia (sum of 1 - cos to the
 nearest returned centroid, float64) of each.
@@ -404,7 +404,8 @@ def train_run(ns, cf, task, strat, seed, prog=None):
     m = task.evaluate(ns, model)
     m["fn_share"] = n_fn / max(n_neg, 1)
     m["fn_inbatch"] = n_fn_in / max(n_in, 1)  # before any mask
-    m["fn_extra"] = n_fn_x / n_x if n_x else None    # with the mask: the negatives it removed, and how many of them were false negatives
+    m["fn_extra"] = n_fn_x / n_x if n_x else None
+    # with the mask: the negatives it removed, and how many of them were false negatives
     m["masked_share"] = n_masked / max(n_neg + n_masked, 1) if mask else None
     m["fn_masked_share"] = n_fn_masked / max(n_masked, 1) if mask else None
     m["purity"] = float(np.mean(pur)) if pur else None
@@ -520,19 +521,21 @@ def write_report(path, d, plots):
          f"{cf['simans_a']} after TopK-PercPos {cf['rel_margin']} among C = {cf['cand']} mined; "
          f"random: uniform among R = {cf['pool']} negsamp.sample_corpus rows). Clusters: "
          f"spherical balanced negsamp.kmeans of the training queries, k = n / "
-         f"({cf['cluster_batches']} B), every epoch; NGAME: a cluster + its {NGAME_GROUPS - 1} nearest.", ""]
+         f"({cf['cluster_batches']} B), every epoch; NGAME: a cluster + its "
+         f"{NGAME_GROUPS - 1} nearest.", ""]
     if d.get("mask_note"):
         L += [d["mask_note"], ""]
     for tname, t in d["tasks"].items():
         L += [f"## {tname} ({', '.join(f'{k} {v}' for k, v in t['info'].items())})", "",
               "| strategy | R@1 | R@10 | MRR | ΔMRR vs random (paired) | false-negative share "
-              "of the negatives used | FN share in-batch / extras | masked (of which false neg.) | cluster purity of batches | "
-              "groups / batch | s/run |",
+              "of the negatives used | FN share in-batch / extras | masked (of which false neg.) | "
+              "cluster purity of batches | groups / batch | s/run |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s, m in t["summary"].items():
             L.append(f"| {s} | {fmt(m, 'R@1')} | {fmt(m, 'R@10')} | {fmt(m, 'MRR')} | "
                      f"{fmt(m, 'dMRR') if s != 'random' else '—'} | {fmt(m, 'fn_share', True)} | "
-                     f"{fmt(m, 'fn_inbatch', True)} / {fmt(m, 'fn_extra', True)} | {masked(m)} | {fmt(m, 'purity')} | {fmt(m, 'groups_per_batch')} | "
+                     f"{fmt(m, 'fn_inbatch', True)} / {fmt(m, 'fn_extra', True)} | {masked(m)} | "
+                     f"{fmt(m, 'purity')} | {fmt(m, 'groups_per_batch')} | "
                      f"{m['seconds'][0]:.1f} |")
         best = max(t["summary"], key=lambda s: t["summary"][s]["MRR"][0])
         L += ["", f"Best MRR on {tname}: **{best}**.", ""]
@@ -544,7 +547,7 @@ def write_report(path, d, plots):
           "| what | seconds | inertia |", "|---|---|---|"]
     for a, s in c["seconds"].items():
         inn = c["inertia"].get(a)
-        L.append(f"| {a} | {s:.4f} | {inn:.2f} |" if inn is not None else f"| {a} | {s:.4f} | — |")
+        L.append(f"| {a} | {s:.4f} | {'—' if inn is None else f'{inn:.2f}'} |")
     L += ["", f"faiss.Kmeans / negsamp.kmeans time: {c['ratio_faiss_over_negsamp']:.2f}×."
           if "ratio_faiss_over_negsamp" in c else f"faiss: {c.get('faiss')}.", ""]
     for p in plots:
@@ -568,16 +571,25 @@ def make_plots(stem, d):
         tab = d["tasks"][tname]["summary"]
         names = list(tab)
         x = np.arange(len(names))
-        for i, k in enumerate(["R@1", "MRR", "R@10"]):
-            a.bar(x + (i - 1) * 0.27, [tab[s][k][0] for s in names], 0.27,
-                  yerr=[tab[s][k][1] for s in names], label=k, capsize=2)
-        a.plot(x, [tab[s]["fn_share"][0] for s in names], "k^--", label="false-negative share")
+        dm = [tab[s]["dMRR"] if "dMRR" in tab[s] else (0.0, 0.0) for s in names]
+        a.bar(x - 0.2, [v[0] for v in dm], 0.4, yerr=[v[1] for v in dm], capsize=3,
+              color=["C0" if s == "random" else "C2" if v[0] > 0 else "C3"
+                     for s, v in zip(names, dm)],
+              label="ΔMRR vs random (paired; green up, red down)")
+        a.axhline(0, color="k", lw=0.8)
         a.set_xticks(x, names, rotation=30, ha="right")
         a.set_xlabel("batches and negatives (strategy)")
-        a.set_ylabel("recall@1, MRR, recall@10 (held out); FN share")
-        a.set_title(f"{tname}: mean ± std over {d['config']['seeds']} seeds")
-        a.set_ylim(0, 1.05)
-        a.legend(loc="upper right", fontsize=8)
+        a.set_ylabel("ΔMRR vs random batches, same seed (held out)")
+        base = tab["random"]["MRR"][0] if "random" in tab else float("nan")
+        a.set_title(f"{tname}: mean ± std over {d['config']['seeds']} seeds "
+                    f"(random: MRR {base:.3f})")
+        b = a.twinx()
+        b.bar(x + 0.2, [100 * tab[s]["fn_share"][0] for s in names], 0.4, color="C7",
+              label="false negatives among the negatives used")
+        b.set_ylabel("% false negatives among the negatives used")
+        h1, l1 = a.get_legend_handles_labels()
+        h2, l2 = b.get_legend_handles_labels()
+        a.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)
     c = d["cost"]
     names = list(c["seconds"])
     ax[-1].barh(names, [1000 * c["seconds"][a] for a in names])
@@ -620,6 +632,7 @@ def config(argv=None):
                                                    "digits.csv.gz"))
     ap.add_argument("--wordnet", help="folder with data.noun and index.noun")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--report-only", metavar="JSON", help="rewrite the report and plot of a run")
     cf = ap.parse_args(argv)
     if cf.quick:
         cf.seeds, cf.epochs, cf.lemmas, cf.cost_k = min(cf.seeds, 2), 1, 150, 16
@@ -671,8 +684,8 @@ def run_study(cf, ns, quiet=False):
                                                          f"{cf.epochs} --lemmas {cf.lemmas}")}
     if skipped:
         d["mask_note"] = (f"Not run: {', '.join(skipped)} — the loss's cluster false-negative "
-                          "mask (group ids in infonce_forward, branch `loss`) is not in this "
-                          "build.")
+                          "mask (ns_loss_groups, reached through negsamp.torch_ops; branch "
+                          "`loss`, not yet on main) is not in this build.")
     tasks = load_tasks(cf)
     prog = None if quiet else ws.Progress(len(tasks) * len(strategies) * cf.seeds * cf.epochs)
     for tname, task in tasks.items():
@@ -698,6 +711,13 @@ def run_study(cf, ns, quiet=False):
 
 def main(argv=None):
     cf = config(argv)
+    if cf.report_only:
+        with open(cf.report_only) as fh:
+            d = json.load(fh)
+        stem = cf.report_only[:-len(".json")]
+        write_report(stem + ".md", d, make_plots(stem, d))
+        print(open(stem + ".md").read())
+        return 0
     ns = ws.import_negsamp()
     d = run_study(cf, ns)
     os.makedirs(cf.out, exist_ok=True)
