@@ -123,6 +123,13 @@ class ns_corpus_sampler_options(Structure):
                 ("step", c_uint64), ("query_offset", c_int64)]
 
 
+class ns_plan_options(Structure):
+    _fields_ = [("struct_size", c_size_t), ("drop_last", c_int),
+                ("neighbors", POINTER(ns_id_lists)), ("groups_per_batch", c_int64),
+                ("positives", POINTER(ns_id_lists)), ("max_duplicate_positives", c_int64),
+                ("seed", c_uint64), ("epoch", c_uint64)]
+
+
 class ns_infonce_inputs(Structure):
     _fields_ = [("query", ns_matrix), ("passage", ns_matrix), ("positive", POINTER(c_int64)),
                 ("hard", ns_matrix), ("hard_per_query", c_int64),
@@ -154,7 +161,8 @@ class ns_step_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("hard_negatives", c_int64),
                 ("filter", POINTER(ns_filter_options)), ("sampler", POINTER(ns_sampler_options)),
                 ("loss", POINTER(ns_loss_options)), ("queue", c_void_p), ("enqueue", c_int),
-                ("comm", c_void_p), ("sync_free", c_int)]
+                ("comm", c_void_p), ("sync_free", c_int), ("random_negatives", c_int64),
+                ("random_pool", c_int64)]
 
 
 class ns_step_result(Structure):
@@ -186,7 +194,7 @@ STRUCTS = [ns_context_options, ns_matrix, ns_id_lists, ns_mine_options, ns_candi
            ns_filter_options, ns_filter_counts, ns_sampler_options, ns_infonce_inputs,
            ns_loss_options, ns_infonce_grads, ns_comm_options, ns_batch, ns_step_options,
            ns_step_result, ns_step_grads, ns_corpus_weights, ns_corpus_sampler_options,
-           ns_kmeans_options]
+           ns_kmeans_options, ns_plan_options]
 
 
 # The defaults of the NS_*_INIT macros.
@@ -218,6 +226,10 @@ def kmeans_options_init() -> ns_kmeans_options:
                              1e-4, -1.0, None, ns_progress_fn(), None)
 
 
+def plan_options_init() -> ns_plan_options:
+    return ns_plan_options(ctypes.sizeof(ns_plan_options), 0, None, 2, None, 1, 0, 0)
+
+
 def loss_options_init() -> ns_loss_options:
     return ns_loss_options(ctypes.sizeof(ns_loss_options), 0.05, 0, 1, 0.0, 0.0, 0)
 
@@ -227,7 +239,8 @@ def comm_options_init() -> ns_comm_options:
 
 
 def step_options_init() -> ns_step_options:
-    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0)
+    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0,
+                           0, 0)
 
 
 # ------------------------------------------------------------------ signatures
@@ -255,6 +268,8 @@ _SIGNATURES = {
     "ns_kmeans": (c_int, [_P, ns_matrix, c_int64, POINTER(ns_kmeans_options), _P, _P, _P, _P]),
     "ns_sample_corpus": (c_int, [_P, POINTER(ns_corpus_weights), POINTER(ns_id_lists),
                                  POINTER(ns_corpus_sampler_options), c_int64, c_int64, _P, _P]),
+    "ns_plan_batches": (c_int, [_P, _P, c_int64, c_int64, POINTER(ns_plan_options), _P, _P,
+                                POINTER(c_int64)]),
     "ns_infonce_forward": (c_int, [_P, POINTER(ns_infonce_inputs), POINTER(ns_loss_options),
                                    POINTER(c_float), _P, _P]),
     "ns_infonce_backward": (c_int, [_P, POINTER(ns_infonce_inputs), POINTER(ns_loss_options), _P,

@@ -100,6 +100,17 @@ ns_status ns_cpu_step_ids(ns_context *ctx, int64_t B, int64_t C, int64_t query_o
                           int64_t *pos_offsets, int64_t *pos_ids, int64_t *cand_ids);
 ns_status ns_cpu_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                               const int64_t *row, int64_t nrow, float *grad_cand);
+/* The step's random + hard mixing (src/cpu/cpu_step_mix.c; rules in src/hostdevice/ns_step_mix.h):
+ * mix_mask: out[t] (B·C) = the filter kept slot t (keep NULL: all), its column is in [lo, hi),
+ * its id (cand_id) is >= 0 and none of query i's ndrop ids drop[i·ndrop ..];
+ * mix_merge: id (B × (h + hr)) = each query's h hard ids then its hr random ids, count (B) = its
+ * ids >= 0 (hard may be NULL when h = 0). */
+ns_status ns_cpu_step_mix_mask(ns_context *ctx, int64_t B, int64_t C, const uint8_t *keep,
+                              const int64_t *cand_id, int64_t lo, int64_t hi,
+                              const int64_t *drop, int64_t ndrop, uint8_t *out);
+ns_status ns_cpu_step_mix_merge(ns_context *ctx, int64_t B, const int64_t *hard, int64_t h,
+                               const int64_t *rnd, int64_t hr, int64_t *id, int64_t *count);
+
 
 #ifdef __cplusplus
 }

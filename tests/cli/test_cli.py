@@ -541,6 +541,92 @@ def group_kmeans(tmp):
     check(sorted(os.listdir(tmp)) == before and not leftovers(tmp), "an error left a file")
 
 
+def chi2_critical(df):  # upper 1e-4 quantile (Wilson-Hilferty)
+    h = 2.0 / (9.0 * df)
+    return df * (1 - h + 3.719 * np.sqrt(h)) ** 3
+
+
+def group_random_negatives(tmp):
+    """--random-negatives: m hard columns then M random ones, never a positive or a chosen hard
+    one, distinct, NaN scores; weights^alpha by chi-square against the exact law of one draw."""
+    rng = np.random.default_rng(11)
+    N, d, k, m, M = 80, 6, 20, 5, 4
+    x = rng.standard_normal((N, d)).astype(np.float32)
+    xp, hard, ri, rs = (os.path.join(tmp, n) for n in ("x.npy", "h.npy", "ri.npy", "rs.npy"))
+    np.save(xp, x)
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m, "--out-index",
+        hard, "--quiet")
+    j = os.path.join(tmp, "r.jsonl")
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m,
+        "--random-negatives", M, "--seed", 3, "--out-index", ri, "--out-score", rs, "--out", j,
+        "--quiet")
+    H, I, S = np.load(hard), np.load(ri), np.load(rs)
+    check(I.shape == (N, m + M) and np.array_equal(I[:, :m], H), "hard columns unchanged")
+    R = I[:, m:]
+    check(((R >= 0) & (R < N)).all() and np.isnan(S[:, m:]).all(), "random ids, NaN scores")
+    for i in range(N):
+        check(len(set(R[i].tolist())) == M, f"query {i}: random ids repeat")
+        check(i not in R[i] and not set(R[i].tolist()) & set(H[i].tolist()),
+              f"query {i}: a random negative is a positive or a hard one")
+    rows = read_jsonl(j)
+    check(all(r["negatives"] == I[r["query"]].tolist() for r in rows), "JSONL hard + random")
+    check(all(r["scores"][m:] == [None] * M for r in rows), "JSONL random scores null")
+    prov = json.load(open(j + ".provenance.json"))
+    check(prov["random_negatives"]["count"] == M and prov["random_negatives"]["columns"] ==
+          [m, m + M], "provenance random_negatives")
+    # Same seed, same draw; another seed, another.
+    r2 = os.path.join(tmp, "r2.npy")
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m,
+        "--random-negatives", M, "--seed", 3, "--batch", 7, "--out-index", r2, "--quiet")
+    check(np.array_equal(np.load(r2), I), "the draw depends on --batch")
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m,
+        "--random-negatives", M, "--seed", 4, "--out-index", r2, "--force", "--quiet")
+    check(not np.array_equal(np.load(r2), I), "another seed draws the same")
+
+    # sample: weights^alpha, positives and hard ones excluded; one draw per query has law
+    # w_r^a / (sum of w^a over the rows not excluded for that query).
+    Q, C, Nc, alpha = 6000, 6, 40, 0.75
+    w = rng.uniform(0.2, 3.0, Nc).astype(np.float32)
+    w[[3, 17]] = 0.0  # never drawn
+    cand = np.stack([rng.choice(Nc, C, replace=False) for _ in range(Q)]).astype(np.int64)
+    pos = rng.integers(0, Nc, Q)
+    ci, cs, wp, pp, out = (os.path.join(tmp, n) for n in
+                           ("ci.npy", "cs.npy", "w.npy", "pos.txt", "o.npy"))
+    np.save(ci, cand)
+    np.save(cs, rng.standard_normal((Q, C)).astype(np.float32))
+    np.save(wp, w)
+    with open(pp, "w") as f:
+        f.writelines(f"{p}\n" for p in pos)
+    run("sample", "--candidates", ci, "--scores", cs, "--positives", pp, "-m", 2,
+        "--random-negatives", 1, "--weights", wp, "--random-alpha", alpha, "--seed", 5,
+        "--out-index", out, "--quiet")
+    O = np.load(out)
+    v = np.where(w > 0, w.astype(np.float64) ** alpha, 0.0)
+    expect = np.zeros(Nc)
+    for i in range(Q):
+        ex = set(O[i, :2].tolist()) | {int(pos[i])}
+        check(int(O[i, 2]) not in ex and w[O[i, 2]] > 0, f"query {i}: excluded row drawn")
+        vi = v.copy()
+        vi[list(ex)] = 0
+        expect += vi / vi.sum()
+    obs = np.bincount(O[:, 2], minlength=Nc)
+    live = expect > 0
+    chi2 = float((((obs - expect) ** 2)[live] / expect[live]).sum())
+    df = int(live.sum()) - 1
+    check(chi2 < chi2_critical(df), f"random draw chi2 {chi2:.1f} >= {chi2_critical(df):.1f}")
+    # errors: options without --random-negatives; no corpus size; weights of the wrong length
+    _, err = run("sample", "--candidates", ci, "--scores", cs, "--weights", wp, "--out-index",
+                 out, "--force", expect=2)
+    check("--random-negatives" in err, err)
+    _, err = run("sample", "--candidates", ci, "--scores", cs, "-m", 2, "--random-negatives",
+                 2, "--out-index", out, "--force", expect=2)
+    check("--weights or --corpus-ids" in err, err)
+    _, err = run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m,
+                 "--random-negatives", 2, "--weights", wp, "--out-index", r2, "--force",
+                 expect=1)
+    check("40 weights but the corpus has 80 rows" in err, err)
+
+
 def group_errors(tmp):
     rng = np.random.default_rng(9)
     good = os.path.join(tmp, "good.npy")

@@ -34,7 +34,8 @@ INITS = [("ns_context_options", "NS_CONTEXT_OPTIONS_INIT", _ffi.context_options_
          ("ns_step_options", "NS_STEP_OPTIONS_INIT", _ffi.step_options_init),
          ("ns_corpus_sampler_options", "NS_CORPUS_SAMPLER_OPTIONS_INIT",
           _ffi.corpus_sampler_options_init),
-         ("ns_kmeans_options", "NS_KMEANS_OPTIONS_INIT", _ffi.kmeans_options_init)]
+         ("ns_kmeans_options", "NS_KMEANS_OPTIONS_INIT", _ffi.kmeans_options_init),
+         ("ns_plan_options", "NS_PLAN_OPTIONS_INIT", _ffi.plan_options_init)]
 
 
 def _c_program():
