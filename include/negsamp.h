@@ -371,6 +371,7 @@ typedef struct {
 NS_API ns_status ns_kmeans(ns_context *ctx, ns_matrix x, int64_t k,
                            const ns_kmeans_options *options, int64_t *labels, float *centroids,
                            double *inertia, int64_t *iterations);
+
 /* ------------------------------------------------------------------ batch planning */
 
 /* Options of ns_plan_batches. */
