@@ -108,33 +108,56 @@ static void select_nth(float *s, int64_t *id, int64_t n, int64_t m) {
             swap_entries(s, id, j, j - 1);
 }
 
-/* The k-th largest of x[0, n) (x is reordered; no NaN in x). Quickselect, median of three. */
-static float kth_largest(float *x, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1, m = k - 1;
-    while (hi - lo >= 16) {
-        int64_t mid = lo + (hi - lo) / 2;
-        float t;
-        if (x[mid] > x[lo]) t = x[mid], x[mid] = x[lo], x[lo] = t;
-        if (x[hi] > x[lo]) t = x[hi], x[hi] = x[lo], x[lo] = t;
-        if (x[hi] > x[mid]) t = x[hi], x[hi] = x[mid], x[mid] = t;
-        float p = x[mid];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (x[i] > p) i++;
-            while (p > x[j]) j--;
-            if (i <= j) t = x[i], x[i++] = x[j], x[j--] = t;
-        }
-        if (m <= j) hi = j;
-        else if (m >= i) lo = i;
-        else return x[m];
+/* ---------------------------------------------------------------- thresholds by radix
+ * A threshold only has to be a lower bound of the k-th largest value, not the k-th itself, so it
+ * is found by two counting passes over order keys (no data movement, no unpredictable branches):
+ * the 22-bit key prefix (sign, exponent, 13 fraction bits) that holds the k-th largest, and its
+ * lower edge as the threshold — at least k values are ≥ it, and it lies within 2^-13 relative
+ * below the k-th, far inside any score bound. */
+
+/* f32 → uint32 in the same order (−0 just below +0; NaN beyond ±Inf). */
+static inline uint32_t order_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+static inline float key_value(uint32_t key) {
+    uint32_t u = (key & 0x80000000u) ? key & 0x7fffffffu : ~key;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+#define RADIX_BITS 11
+#define RADIX_BINS (1 << RADIX_BITS)
+
+/* The bin of hist (from the top) where the running count from above reaches k; *above = the
+ * count in the bins above it. */
+static int top_bin(const uint32_t *hist, int64_t k, int64_t *above) {
+    int64_t acc = *above;
+    int b = RADIX_BINS - 1;
+    for (; b > 0; b--) {
+        if (acc + (int64_t)hist[b] >= k) break;
+        acc += hist[b];
     }
-    for (int64_t i = lo + 1; i <= hi; i++)
-        for (int64_t j = i; j > lo && x[j] > x[j - 1]; j--) {
-            float t = x[j];
-            x[j] = x[j - 1];
-            x[j - 1] = t;
-        }
-    return x[m];
+    *above = acc;
+    return b;
+}
+
+/* A lower bound, within 2^-13 relative, of the k-th largest of the n keys (1 ≤ k ≤ n), as a
+ * key: the lower edge of the 22-bit prefix bin that holds the k-th largest. */
+static uint32_t kth_key_floor(const uint32_t *key, int64_t n, int64_t k) {
+    uint32_t hist[RADIX_BINS];
+    memset(hist, 0, sizeof hist);
+    for (int64_t j = 0; j < n; j++) hist[key[j] >> 21]++;
+    int64_t above = 0;
+    const uint32_t b1 = (uint32_t)top_bin(hist, k, &above);
+    memset(hist, 0, sizeof hist);
+    for (int64_t j = 0; j < n; j++)
+        if (key[j] >> 21 == b1) hist[(key[j] >> 10) & (RADIX_BINS - 1)]++;
+    const uint32_t b2 = (uint32_t)top_bin(hist, k, &above);
+    return b1 << 21 | b2 << 10;
 }
 
 /* A score that is not finite although the inputs were: q·c overflowed f32. */
@@ -173,6 +196,65 @@ static inline uint32_t chunk_mask(const float *r, float thr) {
     for (int i = 0; i < CHUNK; i++) m |= (uint32_t)needs_look(r[i], thr) << i;
     return m;
 #endif
+}
+
+/* The columns t of row[0, n) with needs_look(row[t], thr), in increasing order, into out (room
+ * for n + 16); returns their count. The AVX-512 version (chosen at run time) compresses 16
+ * columns per compare into the list (compress to a register, then one store: the memory form of
+ * vpcompressd is slow on Zen 4); the portable one takes the SSE2 mask of 32 at a time. */
+static int64_t scan_row_portable(const float *row, int64_t n, float thr, int32_t *out) {
+    int64_t cnt = 0, j0 = 0;
+    for (; j0 + CHUNK <= n; j0 += CHUNK)
+        for (uint32_t m = chunk_mask(row + j0, thr); m; m &= m - 1)
+            out[cnt++] = (int32_t)(j0 + __builtin_ctz(m));
+    for (; j0 < n; j0++)
+        if (needs_look(row[j0], thr)) out[cnt++] = (int32_t)j0;
+    return cnt;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define NS_HAVE_SCAN_AVX512 1
+__attribute__((target("avx512f"))) static int64_t scan_row_avx512(const float *row, int64_t n,
+                                                                   float thr, int32_t *out) {
+    const __m512 t = _mm512_set1_ps(thr), lo = _mm512_set1_ps(-FLT_MAX);
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int64_t cnt = 0, j = 0;
+    for (; j + 16 <= n; j += 16, idx = _mm512_add_epi32(idx, step)) {
+        const __m512 v = _mm512_loadu_ps(row + j);
+        const __mmask16 m = (__mmask16)(_mm512_cmp_ps_mask(v, t, _CMP_NLE_UQ) |
+                                        _mm512_cmp_ps_mask(v, lo, _CMP_NGE_UQ));
+        if (m) {
+            _mm512_storeu_si512((void *)(out + cnt), _mm512_maskz_compress_epi32(m, idx));
+            cnt += __builtin_popcount(m);
+        }
+    }
+    for (; j < n; j++)
+        if (needs_look(row[j], thr)) out[cnt++] = (int32_t)j;
+    return cnt;
+}
+#endif
+
+/* Whether scan_row may take the AVX-512 version: the CPU has it, and NS_CPU_MINE_SCAN is not
+ * "portable" (the lists are the same either way; the variable lets tests cover both). */
+static int scan_avx512_usable(void) {
+#ifdef NS_HAVE_SCAN_AVX512
+    const char *v = getenv("NS_CPU_MINE_SCAN");
+    if (v && !strcmp(v, "portable")) return 0;
+    return __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
+static int64_t scan_row(const float *row, int64_t n, float thr, int32_t *out, int avx512) {
+#ifdef NS_HAVE_SCAN_AVX512
+    if (avx512) return scan_row_avx512(row, n, thr, out);
+#else
+    (void)avx512;
+#endif
+    return scan_row_portable(row, n, thr, out);
 }
 
 /* ---------------------------------------------------------------- two-stage exact mining
@@ -269,6 +351,7 @@ static inline float bound_of(const row_bound *b, int64_t j) {
 typedef struct {
     ns_matrix q, corpus;
     int normalize;
+    int raw16; /* q and corpus are bf16 data used as they are: scored from their bits */
     float scale;
     float *qrow, *crow; /* this thread's d floats each */
 } rescorer;
@@ -278,15 +361,23 @@ static const float *f32_row(ns_matrix m, int64_t r, int normalize, float *buf) {
     return ns_tile_rows(m, r, 1, normalize, buf, &ld, 1);
 }
 
+/* s* of query row `query` and corpus row `row`; *qr caches the query's f32 row (NULL at first). */
+static float score_pair(const rescorer *rs, int64_t query, int64_t row, const float **qr) {
+    if (rs->raw16)
+        return score_exact_bf16((const uint16_t *)ns_row(rs->q, query),
+                                (const uint16_t *)ns_row(rs->corpus, row), rs->q.cols, rs->scale);
+    if (!*qr) *qr = f32_row(rs->q, query, rs->normalize, rs->qrow);
+    return score_exact(*qr, f32_row(rs->corpus, row, rs->normalize, rs->crow), rs->q.cols,
+                       rs->scale);
+}
+
 /* Candidates with a bound get their exact score (and e = 0). */
 static void rescore(const rescorer *rs, int64_t query, float *s, float *e, const int64_t *id,
                     int64_t n) {
     const float *qr = NULL;
     for (int64_t j = 0; j < n; j++) {
         if (e[j] == 0.0f) continue;
-        if (!qr) qr = f32_row(rs->q, query, rs->normalize, rs->qrow);
-        s[j] = score_exact(qr, f32_row(rs->corpus, id[j], rs->normalize, rs->crow), rs->q.cols,
-                           rs->scale);
+        s[j] = score_pair(rs, query, id[j], &qr);
         e[j] = 0.0f;
     }
 }
@@ -298,22 +389,24 @@ static inline void swap3(float *s, float *e, int64_t *id, int64_t a, int64_t b) 
     s[b] = ts, e[b] = te, id[b] = ti;
 }
 
-/* The reservoir's short list: T = the k-th largest lower bound, then only candidates whose upper
- * bound reaches T are kept (the others score below k held rows). When that still fills more
- * than half the room, the survivors are re-scored exactly and exactly k kept (so the reservoir
- * always makes progress). Returns the count; *thr = T. */
+/* The reservoir's short list: T = a lower bound (kth_key_floor) of the k-th largest lower bound
+ * held, then only candidates whose upper bound reaches T are kept (the others score below k held
+ * rows). When that still fills more than three quarters of the room, the survivors are
+ * re-scored exactly and exactly k kept (so the reservoir always makes progress; with the bounds
+ * of bf16 rounding the short list is ~2.4·k, and the room 5·k, so this is rare). Returns the
+ * count; *thr = T. keys: room for cnt. */
 static int64_t shrink(const rescorer *rs, int64_t query, float *s, float *e, int64_t *id,
-                      int64_t cnt, int64_t k, int64_t cap, float *scratch, float *thr) {
+                      int64_t cnt, int64_t k, int64_t cap, uint32_t *keys, float *thr) {
     if (cnt <= k) return cnt;
-    for (int64_t j = 0; j < cnt; j++) scratch[j] = e[j] > 0.0f ? down(s[j] - e[j]) : s[j];
-    float t = kth_largest(scratch, cnt, k);
+    for (int64_t j = 0; j < cnt; j++) keys[j] = order_key(e[j] > 0.0f ? down(s[j] - e[j]) : s[j]);
+    float t = key_value(kth_key_floor(keys, cnt, k));
     int64_t n = 0;
     for (int64_t j = 0; j < cnt; j++)
         if ((e[j] > 0.0f ? up(s[j] + e[j]) : s[j]) >= t) {
             if (n != j) swap3(s, e, id, n, j);
             n++;
         }
-    if (n > cap / 2) {
+    if (n > cap - cap / 4) {
         rescore(rs, query, s, e, id, n);
         select_nth(s, id, n, k - 1); /* e is all 0 now */
         n = k;
@@ -324,56 +417,62 @@ static int64_t shrink(const rescorer *rs, int64_t query, float *s, float *e, int
     return n;
 }
 
-/* Merges one query's tile row (scores of corpus rows base .. base+n-1) into its reservoir. */
+/* A query's first threshold from its first tile row, before any candidate is held: k rows of
+ * the row have ŝ ≥ the row's k-th largest, so lower bounds ≥ it − emax. The row's own keys are
+ * counted (kth_key_floor on a copy would cost the same passes plus the copy). EXCLUDED when the
+ * row holds NaN or +Inf near the top (reported by the scan that follows) or k > n. */
+static float first_threshold(const float *row, int64_t n, int64_t k, float emax, uint32_t *keys) {
+    if (k > n) return EXCLUDED;
+    for (int64_t t = 0; t < n; t++) keys[t] = order_key(row[t]);
+    float top = key_value(kth_key_floor(keys, n, k));
+    if (!(fabsf(top) <= FLT_MAX)) return EXCLUDED;
+    float thr = down(down(top) - emax);
+    return thr >= EXCLUDED ? thr : EXCLUDED;
+}
+
+/* What a thread brings to select_row: its scratch (keys for shrink and first_threshold: room for
+ * max(width, cb)), its candidate list (cb + 16 columns), whether the AVX-512 scan applies. */
+typedef struct {
+    uint32_t *keys;
+    int32_t *cols;
+    int avx512;
+} row_scratch;
+
+/* Merges one query's tile row (scores of corpus rows base .. base+n-1) into its reservoir: the
+ * scan lists the columns above the row's pre-threshold T − max e (rare), then each listed column
+ * is checked against its own bound and the threshold as it stands (shrinks raise it). */
 static void select_row(const float *row, int64_t n, int64_t base, const row_bound *b, float *s,
                        float *e, int64_t *id, int64_t *count, float *threshold, int64_t k,
-                       int64_t cap, int64_t query, float *scratch, const rescorer *rs,
+                       int64_t cap, int64_t query, const row_scratch *ws, const rescorer *rs,
                        bad_score *bad) {
     int64_t cnt = *count;
     float thr = *threshold;
-    if (cnt == 0 && thr == EXCLUDED && n > cap) {
-        /* The query's first block: rather than filling and shrinking the reservoir many times,
-         * start from this block's own k-th best ŝ: k rows have lower bounds ≥ it − emax. NaN is
-         * copied as +Inf so that the selection stays well defined; it is reported below. */
-        for (int64_t t = 0; t < n; t++) scratch[t] = row[t] == row[t] ? row[t] : INFINITY;
-        thr = down(down(kth_largest(scratch, n, k)) - b->emax);
-        if (!(thr >= EXCLUDED)) thr = EXCLUDED;
-    }
+    if (cnt == 0 && thr == EXCLUDED && n > cap) thr = first_threshold(row, n, k, b->emax, ws->keys);
     float pre = down(thr - b->emax); /* ŝ ≤ pre cannot reach ŝ + e > thr */
     if (!(pre >= EXCLUDED)) pre = EXCLUDED;
-    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
-        const float *r = row + j0;
-        uint32_t m;
-        if (n - j0 >= CHUNK) {
-            m = chunk_mask(r, pre);
-        } else {
-            m = 0;
-            for (int64_t t = 0; t < n - j0; t++) m |= (uint32_t)needs_look(r[t], pre) << t;
-        }
-        /* Appends only the set bits: usually none, rarely more than a couple. */
-        for (; m; m &= m - 1) {
-            int t = __builtin_ctz(m);
-            float v = r[t];
-            if (!(fabsf(v) <= FLT_MAX)) { /* NaN or ±Inf: report, stop ranking this query */
+    const int64_t m = scan_row(row, n, pre, ws->cols, ws->avx512);
+    for (int64_t c = 0; c < m; c++) {
+        const int64_t j = ws->cols[c];
+        const float v = row[j];
+        if (!(fabsf(v) <= FLT_MAX)) { /* NaN or ±Inf: report, stop ranking this query */
 #pragma omp critical(ns_mine_bad)
-                if (!bad->set || query < bad->query) {
-                    bad->set = 1;
-                    bad->query = query;
-                    bad->row = base + j0 + t;
-                    bad->value = v;
-                }
-                *count = cnt;
-                return;
+            if (!bad->set || query < bad->query) {
+                bad->set = 1;
+                bad->query = query;
+                bad->row = base + j;
+                bad->value = v;
             }
-            float ej = bound_of(b, j0 + t);
-            if (!(up(v + ej) > thr)) continue;
-            s[cnt] = v;
-            e[cnt] = ej;
-            id[cnt] = base + j0 + t;
-            cnt++;
+            *count = cnt;
+            return;
         }
-        if (cnt >= cap) {
-            cnt = shrink(rs, query, s, e, id, cnt, k, cap, scratch, &thr);
+        if (!(v > pre)) continue; /* below a threshold raised since the scan */
+        float ej = bound_of(b, j);
+        if (!(up(v + ej) > thr)) continue;
+        s[cnt] = v;
+        e[cnt] = ej;
+        id[cnt] = base + j;
+        if (++cnt >= cap) {
+            cnt = shrink(rs, query, s, e, id, cnt, k, cap, ws->keys, &thr);
             pre = down(thr - b->emax);
             if (!(pre >= EXCLUDED)) pre = EXCLUDED;
         }
@@ -416,16 +515,18 @@ static ns_status check_exclusions(ns_context *ctx, const char *fn, const ns_id_l
 /* ---------------------------------------------------------------- the CPU backend */
 
 /* One call's blocking and workspace: the score tile, the converted corpus block and query
- * tile if needed (f32 views; bf16 copies for the bf16 GEMM), per-thread scratch (quickselect,
- * two rows to re-score), the rows' norms, and per query a reservoir of cap + CHUNK
- * (ŝ, e, row), its fill count and threshold. */
+ * tile if needed (f32 views; bf16 copies for the bf16 GEMM), per-thread scratch (threshold keys,
+ * the scan's column list, two rows to re-score), the rows' norms, and per query a reservoir of
+ * cap + CHUNK (ŝ, e, row), its fill count and threshold. */
 typedef struct {
     int64_t Q, N, d, k, qb, cb, cap, width;
-    int normalize, threads, q_once;
+    int normalize, threads, q_once, avx512;
     int convert_q, convert_c;
     int bf16;             /* the bf16 GEMM (oneDNN) computes ŝ */
     int q_exact, c_exact; /* q / corpus are bf16 data used as they are (no rounding) */
-    float *tile, *cbuf, *qbuf, *scratch, *rows;
+    float *tile, *cbuf, *qbuf, *rows;
+    uint32_t *keys; /* per thread: max(cb, width) */
+    int32_t *cols;  /* per thread: cb + 16 */
     uint16_t *qb16, *cb16;
     float *qn, *cn;       /* ‖q_i‖, ‖c_j‖ of the block, rounded up */
     float *hs, *es, *thr;
@@ -442,7 +543,8 @@ static void mine_layout(void *plan, ns_arena *a) {
         a, p->bf16 && !p->c_exact ? (size_t)(p->cb * p->d) * sizeof(uint16_t) : 0);
     p->qb16 = (uint16_t *)ns_arena_carve(
         a, p->bf16 && !p->q_exact ? (size_t)(p->qb * p->d) * sizeof(uint16_t) : 0);
-    p->scratch = (float *)ns_arena_carve(a, (size_t)p->threads * scratch * sizeof(float));
+    p->keys = (uint32_t *)ns_arena_carve(a, (size_t)p->threads * scratch * sizeof(uint32_t));
+    p->cols = (int32_t *)ns_arena_carve(a, (size_t)p->threads * (size_t)(p->cb + 16) * sizeof(int32_t));
     p->rows = (float *)ns_arena_carve(a, (size_t)p->threads * 2 * (size_t)p->d * sizeof(float));
     p->qn = (float *)ns_arena_carve(a, (size_t)p->Q * sizeof(float));
     p->cn = (float *)ns_arena_carve(a, (size_t)p->cb * sizeof(float));
@@ -475,6 +577,7 @@ static void mine_plan_init(mine_plan *p, ns_context *ctx, ns_matrix q, ns_matrix
     p->qb = ns_mine_query_block(p->Q);
     p->cb = ns_mine_corpus_block(p->Q, p->N, p->d, p->convert_c);
     p->q_once = p->Q <= p->qb; /* one query tile: convert it once for the whole corpus */
+    p->avx512 = scan_avx512_usable();
     /* A larger cap means rarer shrinks but a threshold that lags more. The bf16 bound keeps
      * short lists of about 3·k (unit vectors): room for them, or shrinks re-score early. */
     int64_t extra = k < 64 ? 64 : k > 4096 ? 4096 : k;
@@ -496,6 +599,14 @@ static ns_status fail_bad_score(ns_context *ctx, const char *fn, ns_matrix corpu
                    "are finite: q·corpus overflows f32 (scale the embeddings or options->scale "
                    "down)",
                    fn, (long long)bad->query, (long long)bad->row, (double)bad->value);
+}
+
+/* Thread tid's re-scorer. */
+static rescorer thread_rescorer(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
+                                int tid) {
+    float *rows = p->rows + (size_t)tid * 2 * (size_t)p->d;
+    rescorer rs = {q, corpus, p->normalize, p->q_exact && p->c_exact, scale, rows, rows + p->d};
+    return rs;
 }
 
 /* The bound's constants of one GEMM call (ns_bound.h). */
@@ -531,11 +642,12 @@ static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float 
         b.cn = p->cn;
         b.abs_e = tb->abs_e;
         b.emax = up(up(b.fq * tb->cmax) + b.abs_e);
-        rescorer rs = {q, corpus, p->normalize, scale, p->rows + (size_t)tid * 2 * p->d,
-                       p->rows + (size_t)tid * 2 * p->d + p->d};
+        rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
+        row_scratch ws = {p->keys + (size_t)tid * scratch, p->cols + (size_t)tid * (size_t)(p->cb + 16),
+                          p->avx512};
         select_row(trow, nc, c0, &b, p->hs + qi * p->width, p->es + qi * p->width,
-                   p->hi + qi * p->width, p->cnt + qi, p->thr + qi, p->k, p->cap, qi,
-                   p->scratch + (size_t)tid * scratch, &rs, bad);
+                   p->hi + qi * p->width, p->cnt + qi, p->thr + qi, p->k, p->cap, qi, &ws, &rs,
+                   bad);
     }
 }
 
@@ -648,16 +760,18 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
 }
 
 /* Re-scores every short-listed candidate that still has a bound, in corpus order: the pairs
- * (query, slot) are bucketed by corpus row (a counting sort over blocks of RESCORE_ROWS rows),
- * and each bucket's rows — a few MiB — are read while they sit in the cache, instead of one
+ * (query, slot) are bucketed by corpus row (a counting sort over blocks of rows), and each
+ * bucket's rows — RESCORE_BYTES, a part of a core's L2 — are read while they sit in the cache,
+ * the pairs of a bucket in query order (each query row read once per bucket), instead of one
  * random corpus row per pair. Returns 0, or -1 when the pair list cannot be allocated (the
  * caller then re-scores query by query). */
-#define RESCORE_ROWS 2048
+#define RESCORE_BYTES (256 << 10)
 static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix corpus,
                                    float scale) {
     int64_t total = 0;
     for (int64_t i = 0; i < p->Q; i++) total += p->cnt[i];
-    const int64_t nb = (p->N + RESCORE_ROWS - 1) / RESCORE_ROWS;
+    const int64_t elem = p->c_exact ? 2 : 4, fit = RESCORE_BYTES / (p->d * elem);
+    const int64_t rows = fit < 16 ? 16 : fit, nb = (p->N + rows - 1) / rows;
     int64_t *start = (int64_t *)calloc((size_t)nb + 1, sizeof(int64_t));
     int64_t *pair = (int64_t *)malloc((size_t)(total > 0 ? total : 1) * sizeof(int64_t));
     if (!start || !pair) {
@@ -667,7 +781,7 @@ static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix co
     }
     for (int64_t i = 0; i < p->Q; i++)
         for (int64_t j = 0; j < p->cnt[i]; j++)
-            if (p->es[i * p->width + j] > 0.0f) start[p->hi[i * p->width + j] / RESCORE_ROWS + 1]++;
+            if (p->es[i * p->width + j] > 0.0f) start[p->hi[i * p->width + j] / rows + 1]++;
     for (int64_t b = 0; b < nb; b++) start[b + 1] += start[b];
     int64_t *fill = (int64_t *)malloc((size_t)nb * sizeof(int64_t));
     if (!fill) {
@@ -679,7 +793,7 @@ static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix co
     for (int64_t i = 0; i < p->Q; i++)
         for (int64_t j = 0; j < p->cnt[i]; j++) {
             int64_t at = i * p->width + j;
-            if (p->es[at] > 0.0f) pair[fill[p->hi[at] / RESCORE_ROWS]++] = at;
+            if (p->es[at] > 0.0f) pair[fill[p->hi[at] / rows]++] = at;
         }
     free(fill);
 #pragma omp parallel for num_threads(p->threads) schedule(dynamic, 1)
@@ -726,7 +840,7 @@ static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, flo
         float thr;
         p->cnt[i] = shrink(NULL, i, p->hs + i * p->width, p->es + i * p->width,
                            p->hi + i * p->width, p->cnt[i], k, 2 * p->width + 2,
-                           p->scratch + (size_t)tid * scratch, &thr);
+                           p->keys + (size_t)tid * scratch, &thr);
     }
     const int by_query = rescore_in_corpus_order(p, q, corpus, scale) != 0;
 #pragma omp parallel for num_threads(p->threads) schedule(dynamic, 16)
@@ -738,8 +852,7 @@ static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, flo
         float *s = p->hs + i * p->width, *e = p->es + i * p->width;
         int64_t *id = p->hi + i * p->width, n = p->cnt[i];
         if (by_query) {
-            rescorer rs = {q, corpus, p->normalize, scale, p->rows + (size_t)tid * 2 * p->d,
-                           p->rows + (size_t)tid * 2 * p->d + p->d};
+            rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
             rescore(&rs, i, s, e, id, n);
         }
         if (n > k) {
