@@ -685,31 +685,81 @@ static float rows_prepare(const float *v, int64_t ld, int64_t n, int64_t d, floa
     return mx;
 }
 
-/* Streams the corpus once, block by block; each block against every query tile. */
+/* ‖row‖ of a bf16 row from its bits (the same norm as of its f32 widening), rounded up. */
+NS_VECTOR_CLONES
+static float row_norm_bf16(const uint16_t *x, int64_t d) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t t = 0;
+    for (; t + 8 <= d; t += 8)
+        for (int l = 0; l < 8; l++) {
+            uint32_t u = (uint32_t)x[t + l] << 16;
+            float f;
+            memcpy(&f, &u, 4);
+            acc[l] += (double)f * (double)f;
+        }
+    for (; t < d; t++) {
+        uint32_t u = (uint32_t)x[t] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        acc[0] += (double)f * (double)f;
+    }
+    double s2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    return up((float)sqrt(s2));
+}
+
+/* Norms of rows [r0, r0+n) of m, and (when out16) their bf16 copy; returns the largest norm.
+ * bf16 data used as it is (exact16: not normalised) is read from its bits, with no f32 copy
+ * (*view = NULL); otherwise *view, *ld = the f32 view made on the way (ns_tile_rows). */
+static float norms_of(ns_matrix m, int64_t r0, int64_t n, int exact16, int normalize, float *buf,
+                      float *norms, uint16_t *out16, int threads, const float **view,
+                      int64_t *ld) {
+    *view = NULL;
+    if (exact16 && !out16) {
+        const uint16_t *x = (const uint16_t *)ns_row(m, r0);
+        const int64_t ld = ns_ld(m), d = m.cols;
+        float mx = 0.0f;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : mx) if (n * d >= 65536)
+        for (int64_t r = 0; r < n; r++) {
+            float nr = row_norm_bf16(x + r * ld, d);
+            norms[r] = nr;
+            if (nr > mx) mx = nr;
+        }
+        return mx;
+    }
+    *view = ns_tile_rows(m, r0, n, normalize, buf, ld, threads);
+    return rows_prepare(*view, *ld, n, m.cols, norms, out16, threads);
+}
+
+/* Streams the corpus once, block by block; each block against every query tile. The f32 views
+ * of bf16/f16 data (conversion passes) are made only where a GEMM needs them: never for bf16
+ * inputs on the bf16 GEMM. */
 static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns_matrix q,
                                ns_matrix corpus, const ns_mine_options *opt) {
     const int64_t Q = p->Q, N = p->N, d = p->d;
     bad_score bad = {0, 0, 0, 0.0f};
     int64_t ldq = 0;
-    /* ‖q_i‖ once, from the f32 rows the exact score uses. */
+    /* ‖q_i‖ once, from the rows the exact score uses. */
     float qmax = 0.0f;
+    const float *qv = NULL;
     for (int64_t q0 = 0; q0 < Q; q0 += p->qb) {
         const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
-        const float *v = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
-        float m = rows_prepare(v, ldq, nq, d, p->qn + q0, NULL, p->threads);
+        float m = norms_of(q, q0, nq, p->q_exact, p->normalize, p->qbuf, p->qn + q0, NULL,
+                           p->threads, &qv, &ldq);
         if (m > qmax) qmax = m;
     }
-    const float *qv = NULL;
     const uint16_t *q16 = NULL;
     int64_t ldq16 = d;
+    /* the query tile's f32 view / bf16 copy is current (one tile: the view of the norms pass) */
+    int qv_ok = p->q_once && qv, q16_ok = 0;
     const double aabs = fabs((double)opt->scale);
     for (int64_t c0 = 0; c0 < N; c0 += p->cb) {
         const int64_t nc = N - c0 < p->cb ? N - c0 : p->cb;
-        int64_t ldc;
-        const float *cv = ns_tile_rows(corpus, c0, nc, p->normalize, p->cbuf, &ldc, p->threads);
+        int64_t ldc = 0;
+        const float *cv = NULL;
         tile_bound tb;
         const int convert16 = p->bf16 && !p->c_exact;
-        tb.cmax = rows_prepare(cv, ldc, nc, d, p->cn, convert16 ? p->cb16 : NULL, p->threads);
+        tb.cmax = norms_of(corpus, c0, nc, p->c_exact && p->bf16, p->normalize, p->cbuf, p->cn,
+                           convert16 ? p->cb16 : NULL, p->threads, &cv, &ldc);
         /* This block by bf16 when the rows are within the bound's range (ns_bound.h, 5); a
          * block outside it (its bf16 copy may hold ±Inf) takes the f32 GEMM. */
         const int bf16 = p->bf16 && qmax <= NS_BOUND_MAX_ABS && tb.cmax <= NS_BOUND_MAX_ABS;
@@ -727,24 +777,28 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
         tb.abs_e = up((float)ns_bound_absolute(d, aabs));
         for (int64_t q0 = 0; q0 < Q; q0 += p->qb) {
             const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
-            const int first = c0 == 0 || !p->q_once;
-            if (first && (!qv || !p->q_once))
-                qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
+            if (!p->q_once) qv_ok = q16_ok = 0;
             int done = 0;
             if (bf16) {
                 if (p->q_exact) {
                     q16 = (const uint16_t *)ns_row(q, q0);
                     ldq16 = ns_ld(q);
-                } else if (first || !q16) {
+                } else if (!q16_ok) {
+                    if (!qv_ok) qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
+                    qv_ok = 1;
                     rows_prepare(qv, ldq, nq, d, NULL, p->qb16, p->threads);
                     q16 = p->qb16;
                     ldq16 = d;
+                    q16_ok = 1;
                 }
                 done = ns_gemm_bf16_nt(nq, nc, d, opt->scale, q16, ldq16, c16, ldc16, p->tile,
                                        nc) == 0;
             }
             tile_bound tbq = tb;
             if (!done) { /* f32 GEMM: the f32 bound */
+                if (!qv_ok) qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
+                qv_ok = 1;
+                if (!cv) cv = ns_tile_rows(corpus, c0, nc, p->normalize, p->cbuf, &ldc, p->threads);
                 ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
                 tbq.rel = ns_bound_relative(d, 0) * aabs;
             }
