@@ -5,7 +5,8 @@
 // bf16 inputs, several corpus blocks and query tiles — against an independent float64 brute force
 // (the score is fl32(α·Σ q_t c_t) with the sum in double; ties to the lower row; the same index
 // sets and the same f32 scores, bit for bit), and the bf16-GEMM path against the f32-GEMM path
-// (NS_CPU_MINE_GEMM=f32): identical outputs, at 1, 2 and 3 threads.
+// (NS_CPU_MINE_GEMM=f32): identical outputs, at 1, 2 and 3 threads; k up to 4096, reservoirs that
+// refill, the portable scan, bf16 inputs past the bf16 range, more queries than one tile.
 #include <gtest/gtest.h>
 
 #include "negsamp.h"
@@ -194,4 +195,54 @@ TEST(MineExact, ManyQueryTilesAndCorpusBlocks) {
     // 2048 queries: corpus blocks of 4096 rows (ns_mine_corpus_block), three of them.
     Data D = adversarial(2048, 9000, 24, 20, 1.0, 7);
     check(D, 20, 1.0f);
+}
+
+// Large k: 3k near-ties at the k-th of query 0 overflow the reservoir's room (~5k): shrinks
+// that re-score, thresholds from the radix counting passes.
+TEST(MineExact, KIs1000WithNearTies) {
+    check(adversarial(3, 12000, 40, 1000, 0.5, 8), 1000, 1.0f);
+}
+
+// Scores that rise along the corpus (rows a_j·q0 + noise, a_j increasing) over two corpus blocks
+// (65,536 rows each for few queries): every row of the second block beats the threshold the
+// first left, so the reservoir fills and shrinks again and again; query 1 is random.
+TEST(MineExact, RisingScoresRefillTheReservoir) {
+    const int64_t N = 70000, d = 8, k = 1000;
+    Data D = adversarial(2, N, d, 1, 0.0, 13);
+    std::mt19937 g(14);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int64_t j = 0; j < N; j++)
+        for (int64_t t = 0; t < d; t++)
+            D.c[(size_t)(j * d + t)] = (float)(1.0 + 3.0 * (double)j / (double)N) * D.q[(size_t)t] +
+                                       0.05f * nd(g);
+    check(D, k, 1.0f);
+}
+
+TEST(MineExact, KIs4096) { check(adversarial(2, 14000, 16, 4096, 0.0, 9), 4096, 1.0f); }
+
+// The portable scan (no AVX-512 compress) lists the same columns: the same exact result.
+TEST(MineExact, PortableScanGivesTheSameResult) {
+    setenv("NS_CPU_MINE_SCAN", "portable", 1);
+    check(adversarial(5, 6000, 40, 300, 0.5, 10), 300, 1.0f);
+    unsetenv("NS_CPU_MINE_SCAN");
+}
+
+// bf16 inputs whose rows pass the bf16 GEMM's range (|x| > 2^32): those blocks take the f32
+// GEMM, which needs the f32 view of bf16 data made on demand.
+TEST(MineExact, Bf16InputsPastTheBf16LimitTakeTheF32Gemm) {
+    Data D = adversarial(4, 2500, 32, 40, 0.0, 11);
+    for (int64_t j = 0; j < D.N; j++)
+        if (j % 5 == 0)
+            for (int64_t t = 0; t < D.d; t++) D.c[(size_t)(j * D.d + t)] *= 3e9f;
+    D.to_bf16();
+    check(D, 40, 1e-12f);
+}
+
+// More queries than one query tile (NS_MINE_QUERY_BLOCK): each tile's bf16 copy / f32 view is
+// made again for every corpus block; bf16 inputs and f32 inputs.
+TEST(MineExact, MoreQueriesThanOneTile) {
+    Data D = adversarial(4100, 700, 8, 5, 0.5, 12);
+    check(D, 5, 1.0f);
+    D.to_bf16();
+    check(D, 5, 1.0f);
 }
