@@ -246,3 +246,39 @@ TEST(MineExact, MoreQueriesThanOneTile) {
     D.to_bf16();
     check(D, 5, 1.0f);
 }
+
+// Data where the bf16 bound's residual terms (ns_bound.h, 7) are tight: rounding residuals
+// aligned with the other row, so Cauchy–Schwarz holds with equality, and a best row (exactly)
+// whose bf16 score is below another row's by 0.4 of the residual term. Halves of d = 64:
+// (bf16's spacing at 1 is 2^-7; its unit roundoff u_b = 2^-8, half of it.)
+//   query 0 = 0 | 1 (exact in bf16);        query 1 = 1 + 0.499·2^-7 (rounds to 1) | 1
+//   row 100 = 0 | 14 of 32 at 1 + 2^-7, the rest 1 (exact in bf16: ŝ = exact = 32 + 14·2^-7)
+//   row 300 = 0 | 1 + 0.45·2^-7 (rounds to 1): query 0's best through the corpus residual
+//   row 400 = 1 | 0: query 1's best through the query's residual
+// A bound short of ~95 % of the corpus residual term (query 0; the rest of the margin is the
+// radix threshold's 2^-13 granularity), or missing the query's residual term (query 1: that term
+// widens every row's bound for the query alike, so only its absence shows), drops the best row.
+TEST(MineExact, ResidualBoundIsTightOnAlignedRoundingErrors) {
+    const int64_t d = 64, h = d / 2, N = 600;
+    const float q_up = 1.0f + 0.499f / 128.0f, c_up = 1.0f + 0.45f / 128.0f;
+    const float bf_next = 1.0f + 1.0f / 128.0f;
+    Data D;
+    D.Q = 2, D.N = N, D.d = d;
+    D.q.assign((size_t)(2 * d), 1.0f);
+    for (int64_t t = 0; t < h; t++) D.q[(size_t)t] = 0.0f, D.q[(size_t)(d + t)] = q_up;
+    std::mt19937 g(15);
+    std::uniform_real_distribution<float> ud(-0.2f, 0.2f);
+    D.c.resize((size_t)(N * d));
+    for (auto &x : D.c) x = ud(g); // low scores
+    auto row = [&](int64_t j) { return &D.c[(size_t)(j * d)]; };
+    for (int64_t t = 0; t < d; t++) {
+        row(100)[t] = t < h ? 0.0f : (t - h < 14 ? bf_next : 1.0f);
+        row(300)[t] = t < h ? 0.0f : c_up;
+        row(400)[t] = t < h ? 1.0f : 0.0f;
+    }
+    Result want = brute_force(D, 1, 1.0f);
+    ASSERT_EQ(want.index[0], 300);
+    ASSERT_EQ(want.index[1], 400);
+    check(D, 1, 1.0f);
+    check(D, 3, 1.0f);
+}

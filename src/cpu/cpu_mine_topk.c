@@ -337,14 +337,17 @@ static inline float down(float x) { return step_float(x, -1); }
 
 /* What select_row needs besides the tile row: the bound's parts for this query and block. */
 typedef struct {
-    float fq;      /* K·|α|·‖q_i‖, rounded up */
+    float fq, gq;    /* per query (query_bound), rounded up */
     const float *cn; /* ‖c_j‖ of the block's rows, rounded up */
-    float abs_e;   /* A, rounded up */
-    float emax;    /* fq·max ‖c_j‖ + A, rounded up */
+    const float *cr; /* ‖c_j − bf16(c_j)‖, rounded up; NULL on the f32 GEMM (no such term) */
+    float abs_e;     /* A, rounded up */
+    float emax;      /* the largest e_j of the block, rounded up */
 } row_bound;
 
 static inline float bound_of(const row_bound *b, int64_t j) {
-    return up(up(b->fq * b->cn[j]) + b->abs_e);
+    float e = up(b->fq * b->cn[j]);
+    if (b->cr) e = up(e + up(b->gq * b->cr[j]));
+    return up(e + b->abs_e);
 }
 
 /* Re-scores exactly: what each thread needs (its row buffers) and where the rows are. */
@@ -529,6 +532,7 @@ typedef struct {
     int32_t *cols;  /* per thread: cb + 16 */
     uint16_t *qb16, *cb16;
     float *qn, *cn;       /* ‖q_i‖, ‖c_j‖ of the block, rounded up */
+    float *qr, *cr;       /* ‖q_i − bf16(q_i)‖, the same of the block's c_j, rounded up */
     float *hs, *es, *thr;
     int64_t *hi, *cnt;
 } mine_plan;
@@ -548,6 +552,8 @@ static void mine_layout(void *plan, ns_arena *a) {
     p->rows = (float *)ns_arena_carve(a, (size_t)p->threads * 2 * (size_t)p->d * sizeof(float));
     p->qn = (float *)ns_arena_carve(a, (size_t)p->Q * sizeof(float));
     p->cn = (float *)ns_arena_carve(a, (size_t)p->cb * sizeof(float));
+    p->qr = (float *)ns_arena_carve(a, (size_t)p->Q * sizeof(float));
+    p->cr = (float *)ns_arena_carve(a, (size_t)p->cb * sizeof(float));
     p->hs = (float *)ns_arena_carve(a, (size_t)(p->Q * p->width) * sizeof(float));
     p->es = (float *)ns_arena_carve(a, (size_t)(p->Q * p->width) * sizeof(float));
     p->hi = (int64_t *)ns_arena_carve(a, (size_t)(p->Q * p->width) * sizeof(int64_t));
@@ -611,10 +617,35 @@ static rescorer thread_rescorer(const mine_plan *p, ns_matrix q, ns_matrix corpu
 
 /* The bound's constants of one GEMM call (ns_bound.h). */
 typedef struct {
-    double rel;  /* K·|α| */
-    float abs_e; /* A, rounded up */
-    float cmax;  /* max ‖c_j‖ of the block */
+    int residual; /* the bf16 GEMM's bound with rounding residuals (ns_bound.h, 7) */
+    double rel;   /* K·|α| (f32 GEMM), K0·|α| (bf16 GEMM) */
+    double aabs;  /* |α| */
+    float abs_e;  /* A, rounded up */
+    float cmax;   /* max ‖c_j‖ of the block */
+    float crmax;  /* max ‖c_j − bf16(c_j)‖ of the block */
 } tile_bound;
+
+/* Query qi's part of the bound (ns_bound.h): e_j = fq·‖c_j‖ + gq·‖c_j − bf16(c_j)‖ + A, with
+ * fq = |α|·(K0·‖q‖ + ‖q − bf16(q)‖) and gq = |α|·(1 + u_b)·‖q‖ on the bf16 GEMM (each relative
+ * part times NS_BOUND_SAFETY), fq = K·|α|·‖q‖ and no gq on the f32 GEMM; everything rounded up. */
+static row_bound query_bound(const mine_plan *p, const tile_bound *tb, int64_t qi) {
+    row_bound b;
+    const double qn = (double)p->qn[qi];
+    b.cn = p->cn;
+    b.abs_e = tb->abs_e;
+    if (tb->residual) {
+        b.fq = up((float)(tb->rel * qn + tb->aabs * NS_BOUND_SAFETY * (double)p->qr[qi]));
+        b.gq = up((float)(tb->aabs * NS_BOUND_SAFETY * (1.0 + NS_BOUND_U_BF16) * qn));
+        b.cr = p->cr;
+        b.emax = up(up(up(b.fq * tb->cmax) + up(b.gq * tb->crmax)) + b.abs_e);
+    } else {
+        b.fq = up((float)(tb->rel * qn));
+        b.gq = 0.0f;
+        b.cr = NULL;
+        b.emax = up(up(b.fq * tb->cmax) + b.abs_e);
+    }
+    return b;
+}
 
 /* Merges the score tile of queries [q0, q0+nq) × corpus rows [c0, c0+nc) into the reservoirs,
  * excluded rows first overwritten with EXCLUDED. */
@@ -637,11 +668,7 @@ static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float 
                 int64_t id = ex->ids[t];
                 if (id >= c0 && id < c0 + nc) trow[id - c0] = EXCLUDED;
             }
-        row_bound b;
-        b.fq = up((float)(tb->rel * (double)p->qn[qi]));
-        b.cn = p->cn;
-        b.abs_e = tb->abs_e;
-        b.emax = up(up(b.fq * tb->cmax) + b.abs_e);
+        row_bound b = query_bound(p, tb, qi);
         rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
         row_scratch ws = {p->keys + (size_t)tid * scratch, p->cols + (size_t)tid * (size_t)(p->cb + 16),
                           p->avx512};
@@ -651,38 +678,62 @@ static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float 
     }
 }
 
-/* ‖row‖ in double from an f32 view, rounded up to f32 (8 partial sums: any order is fine,
- * the bound carries a margin for it), and, when out16, the row rounded to bf16 (nearest even;
- * NaN stays NaN or becomes ±Inf: non-finite either way, and reported through its scores). */
+/* Round to nearest even bf16 (bits); NaN stays NaN or becomes ±Inf: non-finite either way,
+ * and reported through its scores. */
+static inline uint16_t bf16_bits(uint32_t b) { return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16); }
+
+/* ‖row‖ and ‖row − bf16(row)‖ (the bf16 rounding residual) in double from an f32 view, each
+ * rounded up to f32 (8 partial sums: any order is fine, the bound carries a margin for it; the
+ * residuals and their squares are exact in double), and, when out16, the bf16 copy. */
 NS_VECTOR_CLONES
-static float row_prepare(const float *x, int64_t d, uint16_t *out16) {
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+static float row_prepare(const float *x, int64_t d, uint16_t *out16, float *resid) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, res[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const uint32_t *u = (const uint32_t *)(const void *)x;
     int64_t t = 0;
     for (; t + 8 <= d; t += 8)
-        for (int l = 0; l < 8; l++) acc[l] += (double)x[t + l] * (double)x[t + l];
-    for (; t < d; t++) acc[0] += (double)x[t] * (double)x[t];
-    if (out16) {
-        const uint32_t *u = (const uint32_t *)(const void *)x;
-        for (int64_t j = 0; j < d; j++) {
-            uint32_t b = u[j];
-            out16[j] = (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+        for (int l = 0; l < 8; l++) {
+            uint32_t h = (uint32_t)bf16_bits(u[t + l]) << 16;
+            float xh;
+            memcpy(&xh, &h, 4);
+            const double r = (double)x[t + l] - (double)xh;
+            acc[l] += (double)x[t + l] * (double)x[t + l];
+            res[l] += r * r;
         }
+    for (; t < d; t++) {
+        uint32_t h = (uint32_t)bf16_bits(u[t]) << 16;
+        float xh;
+        memcpy(&xh, &h, 4);
+        const double r = (double)x[t] - (double)xh;
+        acc[0] += (double)x[t] * (double)x[t];
+        res[0] += r * r;
     }
+    if (out16)
+        for (int64_t j = 0; j < d; j++) out16[j] = bf16_bits(u[j]);
     double s2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    double r2 = ((res[0] + res[4]) + (res[1] + res[5])) + ((res[2] + res[6]) + (res[3] + res[7]));
+    *resid = up((float)sqrt(r2));
     return up((float)sqrt(s2));
 }
 
-/* Norms of n rows of an f32 view, and (when out16) their bf16 copy; returns the largest norm. */
-static float rows_prepare(const float *v, int64_t ld, int64_t n, int64_t d, float *norms,
-                          uint16_t *out16, int threads) {
-    float mx = 0.0f;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : mx) if (n * d >= 65536)
+/* Norms and residual norms (row_prepare) of n rows of an f32 view, and (when out16) their
+ * bf16 copy; returns the largest norm, *rmax the largest residual norm. */
+typedef struct {
+    float norm, resid;
+} norm_max;
+
+static norm_max rows_prepare(const float *v, int64_t ld, int64_t n, int64_t d, float *norms,
+                             float *resids, uint16_t *out16, int threads) {
+    float mx = 0.0f, rx = 0.0f;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : mx, rx) if (n * d >= 65536)
     for (int64_t r = 0; r < n; r++) {
-        float nr = row_prepare(v + r * ld, d, out16 ? out16 + r * d : NULL);
+        float rr, nr = row_prepare(v + r * ld, d, out16 ? out16 + r * d : NULL, &rr);
         if (norms) norms[r] = nr;
+        if (resids) resids[r] = rr;
         if (nr > mx) mx = nr;
+        if (rr > rx) rx = rr;
     }
-    return mx;
+    norm_max m = {mx, rx};
+    return m;
 }
 
 /* ‖row‖ of a bf16 row from its bits (the same norm as of its f32 widening), rounded up. */
@@ -707,12 +758,13 @@ static float row_norm_bf16(const uint16_t *x, int64_t d) {
     return up((float)sqrt(s2));
 }
 
-/* Norms of rows [r0, r0+n) of m, and (when out16) their bf16 copy; returns the largest norm.
- * bf16 data used as it is (exact16: not normalised) is read from its bits, with no f32 copy
- * (*view = NULL); otherwise *view, *ld = the f32 view made on the way (ns_tile_rows). */
-static float norms_of(ns_matrix m, int64_t r0, int64_t n, int exact16, int normalize, float *buf,
-                      float *norms, uint16_t *out16, int threads, const float **view,
-                      int64_t *ld) {
+/* Norms and bf16 residual norms of rows [r0, r0+n) of m, and (when out16) their bf16 copy;
+ * returns the largest of each. bf16 data used as it is (exact16: not normalised) is read from
+ * its bits, with no f32 copy (*view = NULL; residuals 0); otherwise *view, *ld = the f32 view
+ * made on the way (ns_tile_rows). */
+static norm_max norms_of(ns_matrix m, int64_t r0, int64_t n, int exact16, int normalize,
+                         float *buf, float *norms, float *resids, uint16_t *out16, int threads,
+                         const float **view, int64_t *ld) {
     *view = NULL;
     if (exact16 && !out16) {
         const uint16_t *x = (const uint16_t *)ns_row(m, r0);
@@ -722,12 +774,14 @@ static float norms_of(ns_matrix m, int64_t r0, int64_t n, int exact16, int norma
         for (int64_t r = 0; r < n; r++) {
             float nr = row_norm_bf16(x + r * ld, d);
             norms[r] = nr;
+            resids[r] = 0.0f;
             if (nr > mx) mx = nr;
         }
-        return mx;
+        norm_max mm = {mx, 0.0f};
+        return mm;
     }
     *view = ns_tile_rows(m, r0, n, normalize, buf, ld, threads);
-    return rows_prepare(*view, *ld, n, m.cols, norms, out16, threads);
+    return rows_prepare(*view, *ld, n, m.cols, norms, resids, out16, threads);
 }
 
 /* Streams the corpus once, block by block; each block against every query tile. The f32 views
@@ -743,9 +797,9 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
     const float *qv = NULL;
     for (int64_t q0 = 0; q0 < Q; q0 += p->qb) {
         const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
-        float m = norms_of(q, q0, nq, p->q_exact, p->normalize, p->qbuf, p->qn + q0, NULL,
-                           p->threads, &qv, &ldq);
-        if (m > qmax) qmax = m;
+        norm_max m = norms_of(q, q0, nq, p->q_exact, p->normalize, p->qbuf, p->qn + q0,
+                              p->qr + q0, NULL, p->threads, &qv, &ldq);
+        if (m.norm > qmax) qmax = m.norm;
     }
     const uint16_t *q16 = NULL;
     int64_t ldq16 = d;
@@ -758,8 +812,10 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
         const float *cv = NULL;
         tile_bound tb;
         const int convert16 = p->bf16 && !p->c_exact;
-        tb.cmax = norms_of(corpus, c0, nc, p->c_exact && p->bf16, p->normalize, p->cbuf, p->cn,
-                           convert16 ? p->cb16 : NULL, p->threads, &cv, &ldc);
+        norm_max cm = norms_of(corpus, c0, nc, p->c_exact && p->bf16, p->normalize, p->cbuf,
+                               p->cn, p->cr, convert16 ? p->cb16 : NULL, p->threads, &cv, &ldc);
+        tb.cmax = cm.norm;
+        tb.crmax = cm.resid;
         /* This block by bf16 when the rows are within the bound's range (ns_bound.h, 5); a
          * block outside it (its bf16 copy may hold ±Inf) takes the f32 GEMM. */
         const int bf16 = p->bf16 && qmax <= NS_BOUND_MAX_ABS && tb.cmax <= NS_BOUND_MAX_ABS;
@@ -773,8 +829,10 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
                 c16 = p->cb16;
             }
         }
-        tb.rel = ns_bound_relative(d, bf16 && !(p->q_exact && p->c_exact)) * aabs;
+        tb.residual = bf16;
+        tb.rel = (bf16 ? ns_bound_residual_relative(d) : ns_bound_relative(d, 0)) * aabs;
         tb.abs_e = up((float)ns_bound_absolute(d, aabs));
+        tb.aabs = aabs;
         for (int64_t q0 = 0; q0 < Q; q0 += p->qb) {
             const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
             if (!p->q_once) qv_ok = q16_ok = 0;
@@ -786,7 +844,7 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
                 } else if (!q16_ok) {
                     if (!qv_ok) qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
                     qv_ok = 1;
-                    rows_prepare(qv, ldq, nq, d, NULL, p->qb16, p->threads);
+                    rows_prepare(qv, ldq, nq, d, NULL, NULL, p->qb16, p->threads);
                     q16 = p->qb16;
                     ldq16 = d;
                     q16_ok = 1;
@@ -801,6 +859,7 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
                 if (!cv) cv = ns_tile_rows(corpus, c0, nc, p->normalize, p->cbuf, &ldc, p->threads);
                 ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
                 tbq.rel = ns_bound_relative(d, 0) * aabs;
+                tbq.residual = 0;
             }
             merge_tile(p, q, corpus, opt->scale, opt->exclude, q0, nq, c0, nc, &tbq, &bad);
             if (bad.set) return fail_bad_score(ctx, fn, corpus, &bad);
