@@ -282,3 +282,18 @@ TEST(MineExact, ResidualBoundIsTightOnAlignedRoundingErrors) {
     check(D, 1, 1.0f);
     check(D, 3, 1.0f);
 }
+
+// Scores that underflow to +0 and −0 (α·q·c below f32's range): ns_before ties them, so the
+// rows come in increasing order whatever the sign of their zero, and each zero keeps its sign.
+TEST(MineExact, SignedZeroScoresTieToTheLowerRow) {
+    const int64_t N = 60, d = 4;
+    Data D;
+    D.Q = 1, D.N = N, D.d = d;
+    D.q = {1.0f, 0.0f, 0.0f, 0.0f};
+    D.c.assign((size_t)(N * d), 0.0f);
+    for (int64_t j = 0; j < N; j++) D.c[(size_t)(j * d)] = (j % 3 == 1 ? -1e-20f : 1e-20f) * (1.0f + (float)j);
+    Result want = brute_force(D, N, 1e-30f);
+    ASSERT_TRUE(std::signbit(want.score[1]) && want.index[1] == 1); // the test has −0 scores
+    check(D, N, 1e-30f);
+    check(D, 7, 1e-30f);
+}

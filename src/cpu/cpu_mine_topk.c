@@ -530,6 +530,7 @@ typedef struct {
     float *tile, *cbuf, *qbuf, *rows;
     uint32_t *keys; /* per thread: max(cb, width) */
     int32_t *cols;  /* per thread: cb + 16 */
+    uint64_t *sortbuf; /* per thread: 2 · width */
     uint16_t *qb16, *cb16;
     float *qn, *cn;       /* ‖q_i‖, ‖c_j‖ of the block, rounded up */
     float *qr, *cr;       /* ‖q_i − bf16(q_i)‖, the same of the block's c_j, rounded up */
@@ -549,6 +550,7 @@ static void mine_layout(void *plan, ns_arena *a) {
         a, p->bf16 && !p->q_exact ? (size_t)(p->qb * p->d) * sizeof(uint16_t) : 0);
     p->keys = (uint32_t *)ns_arena_carve(a, (size_t)p->threads * scratch * sizeof(uint32_t));
     p->cols = (int32_t *)ns_arena_carve(a, (size_t)p->threads * (size_t)(p->cb + 16) * sizeof(int32_t));
+    p->sortbuf = (uint64_t *)ns_arena_carve(a, (size_t)p->threads * 2 * (size_t)p->width * sizeof(uint64_t));
     p->rows = (float *)ns_arena_carve(a, (size_t)p->threads * 2 * (size_t)p->d * sizeof(float));
     p->qn = (float *)ns_arena_carve(a, (size_t)p->Q * sizeof(float));
     p->cn = (float *)ns_arena_carve(a, (size_t)p->cb * sizeof(float));
@@ -937,6 +939,36 @@ static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix co
     return 0;
 }
 
+/* Sorts n exact (score, row) pairs best first, ties to the lower row (rows < 2^32): an LSD
+ * radix sort (8-bit digits, constant digits skipped) of the 64-bit keys ~(order_key(score) << 32
+ * | (2^32 − 1 − row)), ascending, i.e. the order ns_before. buf: room for 2n keys. Returns -1,
+ * sorting nothing, when a score is −0 (ns_before ties it with +0; the keys would not, and the
+ * sign of the zero must survive). */
+static int sort_best_first_radix(float *s, int64_t *id, int64_t n, uint64_t *buf) {
+    for (int64_t j = 0; j < n; j++)
+        if (s[j] == 0.0f && signbit(s[j])) return -1;
+    uint64_t *a = buf, *b = buf + n;
+    for (int64_t j = 0; j < n; j++)
+        a[j] = ~((uint64_t)order_key(s[j]) << 32 | (uint64_t)(0xffffffffu - (uint32_t)id[j]));
+    for (int shift = 0; shift < 64; shift += 8) {
+        int64_t count[257];
+        memset(count, 0, sizeof count);
+        for (int64_t j = 0; j < n; j++) count[((a[j] >> shift) & 0xff) + 1]++;
+        if (count[((a[0] >> shift) & 0xff) + 1] == n) continue; /* one digit value: in order */
+        for (int v = 0; v < 256; v++) count[v + 1] += count[v];
+        for (int64_t j = 0; j < n; j++) b[count[(a[j] >> shift) & 0xff]++] = a[j];
+        uint64_t *t = a;
+        a = b;
+        b = t;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        const uint64_t key = ~a[j];
+        s[j] = key_value((uint32_t)(key >> 32));
+        id[j] = (int64_t)(0xffffffffu - (uint32_t)key);
+    }
+    return 0;
+}
+
 /* Success is certain now: each query's short list re-scored exactly, its k best kept, sorted
  * (ties to the lower row) and written. */
 static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
@@ -968,12 +1000,17 @@ static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, flo
             rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
             rescore(&rs, i, s, e, id, n);
         }
-        if (n > k) {
-            select_nth(s, id, n, k - 1);
-            n = k;
+        if (p->N <= ((int64_t)1 << 32) &&
+            sort_best_first_radix(s, id, n, p->sortbuf + (size_t)tid * 2 * (size_t)p->width) == 0) {
+            if (n > k) n = k;
+        } else { /* rows past 2^32, or a −0 score: quickselect and heapsort */
+            if (n > k) {
+                select_nth(s, id, n, k - 1);
+                n = k;
+            }
+            for (int64_t j = 1; j < n; j++) heap_push(s, id, j, s[j], id[j]);
+            heap_sort_best_first(s, id, n);
         }
-        for (int64_t j = 1; j < n; j++) heap_push(s, id, j, s[j], id[j]);
-        heap_sort_best_first(s, id, n);
         memcpy(score + i * k, s, (size_t)n * sizeof(float));
         memcpy(index + i * k, id, (size_t)n * sizeof(int64_t));
         for (int64_t j = n; j < k; j++) {
