@@ -1091,7 +1091,10 @@ def mine_readme(md_path):
         return False
     body = open(md_path).read()
     rel = os.path.relpath(md_path, ROOT)
-    new = text[:text.index(a) + len(a)] + "\n" + body.split("\n", 2)[2] + f"\n(from `{rel}`)\n" + text[text.index(b):]
+    png = md_path[:-len(".md")] + ".png"
+    plot = (f"\n![mining ratios]({os.path.relpath(png, ROOT)})\n" if os.path.exists(png) else "")
+    new = (text[:text.index(a) + len(a)] + "\n" + body.split("\n", 2)[2] + plot
+           + f"\n(from `{rel}`)\n" + text[text.index(b):])
     open(readme, "w").write(new)
     return True
 

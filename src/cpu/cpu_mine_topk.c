@@ -917,20 +917,21 @@ static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix co
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *qrow = p->rows + (size_t)tid * 2 * p->d, *crow = qrow + p->d;
-        const int raw16 = p->q_exact && p->c_exact; /* bf16 rows as they are */
+        const rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
+        const float *qr = NULL; /* the f32 row of query `last`, when one was made */
+        int64_t last = -1;
         for (int64_t t = start[b]; t < start[b + 1]; t++) {
-            const int64_t at = pair[t], i = at / p->width;
-            if (raw16) {
-                p->hs[at] = score_exact_bf16((const uint16_t *)ns_row(q, i),
-                                             (const uint16_t *)ns_row(corpus, p->hi[at]), p->d,
-                                             scale);
-                p->es[at] = 0.0f;
-                continue;
+            /* The reservoir slots of the pairs ahead are scattered over all queries' reservoirs
+             * (tens of MiB): fetch them early. */
+            if (t + 8 < start[b + 1]) {
+                const int64_t ahead = pair[t + 8];
+                __builtin_prefetch(p->hi + ahead, 0);
+                __builtin_prefetch(p->hs + ahead, 1);
+                __builtin_prefetch(p->es + ahead, 1);
             }
-            const float *qr = f32_row(q, i, p->normalize, qrow);
-            const float *cr = f32_row(corpus, p->hi[at], p->normalize, crow);
-            p->hs[at] = score_exact(qr, cr, p->d, scale);
+            const int64_t at = pair[t], i = at / p->width;
+            if (i != last) qr = NULL, last = i; /* pairs come in query order within a bucket */
+            p->hs[at] = score_pair(&rs, i, p->hi[at], &qr);
             p->es[at] = 0.0f;
         }
     }
