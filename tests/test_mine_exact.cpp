@@ -189,6 +189,12 @@ TEST(MineExact, Bf16InputsAreExactInTheBf16Gemm) {
     Data D = adversarial(6, 3000, 384, 100, 0.0, 6);
     D.to_bf16();
     check(D, 100, 1.0f);
+    Data E = adversarial(4, 2000, 45, 30, 1.0, 16); // d = 32 + 13: the scorers' tail too
+    E.to_bf16();
+    check(E, 30, -0.5f);
+    setenv("NS_CPU_MINE_SCAN", "portable", 1);      // the generic scorer
+    check(E, 30, -0.5f);
+    unsetenv("NS_CPU_MINE_SCAN");
 }
 
 TEST(MineExact, ManyQueryTilesAndCorpusBlocks) {

@@ -236,8 +236,9 @@ __attribute__((target("avx512f"))) static int64_t scan_row_avx512(const float *r
 }
 #endif
 
-/* Whether scan_row may take the AVX-512 version: the CPU has it, and NS_CPU_MINE_SCAN is not
- * "portable" (the lists are the same either way; the variable lets tests cover both). */
+/* Whether scan_row and the exact scorers may take their AVX-512 versions: the CPU has it, and
+ * NS_CPU_MINE_SCAN is not "portable" (the lists and scores are the same either way; the
+ * variable lets tests cover both). */
 static int scan_avx512_usable(void) {
 #ifdef NS_HAVE_SCAN_AVX512
     const char *v = getenv("NS_CPU_MINE_SCAN");
@@ -332,6 +333,58 @@ static float score_exact_bf16(const uint16_t *q, const uint16_t *c, int64_t d, f
     return (float)((double)scale * acc[0]);
 }
 
+/* An AVX-512 version of score_exact_bf16 (chosen at run time): the 32 lanes are four registers
+ * of 8 doubles, lane l summing the same terms in the same order, and an FMA of widened bf16
+ * values in double rounds once, as the exact product and the add do, so the bits are the same.
+ * Written out because the compiler's version of the loop above shuffles: 81 ns against 35 ns
+ * per d = 384 score (CPU time; score_exact's own vector clone takes 30 ns). */
+#ifdef NS_HAVE_SCAN_AVX512
+__attribute__((target("avx512f"))) static inline void fma32(__m512 x0, __m512 x1, __m512 y0,
+                                                            __m512 y1, __m512d *a) {
+#define NS_LO(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
+#define NS_HI(v) _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+    a[0] = _mm512_fmadd_pd(NS_LO(x0), NS_LO(y0), a[0]);
+    a[1] = _mm512_fmadd_pd(NS_HI(x0), NS_HI(y0), a[1]);
+    a[2] = _mm512_fmadd_pd(NS_LO(x1), NS_LO(y1), a[2]);
+    a[3] = _mm512_fmadd_pd(NS_HI(x1), NS_HI(y1), a[3]);
+#undef NS_LO
+#undef NS_HI
+}
+
+__attribute__((target("avx512f"))) static inline __m512 widen16(const uint16_t *x) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)x));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+/* The tail (t < d, fewer than 32 terms) and the tree, as in score_exact_bf16. */
+static float finish_exact(double *acc, const float *q, const float *c, int64_t t, int64_t d,
+                          float scale) {
+    for (int l = 0; t < d; t++, l++) acc[l] += (double)q[t] * (double)c[t];
+    for (int w = 16; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return (float)((double)scale * acc[0]);
+}
+
+__attribute__((target("avx512f"))) static float score_exact_bf16_avx512(const uint16_t *q,
+                                                                        const uint16_t *c,
+                                                                        int64_t d, float scale) {
+    __m512d a[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
+                    _mm512_setzero_pd()};
+    int64_t t = 0;
+    for (; t + 32 <= d; t += 32)
+        fma32(widen16(q + t), widen16(q + t + 16), widen16(c + t), widen16(c + t + 16), a);
+    double acc[32];
+    for (int r = 0; r < 4; r++) _mm512_storeu_pd(acc + 8 * r, a[r]);
+    float qt[32], ct[32];
+    for (int64_t j = t; j < d; j++) {
+        uint32_t u = (uint32_t)q[j] << 16, v = (uint32_t)c[j] << 16;
+        memcpy(&qt[j - t], &u, 4);
+        memcpy(&ct[j - t], &v, 4);
+    }
+    return finish_exact(acc, qt, ct, 0, d - t, scale);
+}
+#endif
+
 static inline float up(float x) { return step_float(x, 1); }
 static inline float down(float x) { return step_float(x, -1); }
 
@@ -355,6 +408,7 @@ typedef struct {
     ns_matrix q, corpus;
     int normalize;
     int raw16; /* q and corpus are bf16 data used as they are: scored from their bits */
+    int avx512; /* the AVX-512 scorers apply (the same bits) */
     float scale;
     float *qrow, *crow; /* this thread's d floats each */
 } rescorer;
@@ -366,12 +420,17 @@ static const float *f32_row(ns_matrix m, int64_t r, int normalize, float *buf) {
 
 /* s* of query row `query` and corpus row `row`; *qr caches the query's f32 row (NULL at first). */
 static float score_pair(const rescorer *rs, int64_t query, int64_t row, const float **qr) {
-    if (rs->raw16)
-        return score_exact_bf16((const uint16_t *)ns_row(rs->q, query),
-                                (const uint16_t *)ns_row(rs->corpus, row), rs->q.cols, rs->scale);
+    if (rs->raw16) {
+        const uint16_t *a = (const uint16_t *)ns_row(rs->q, query);
+        const uint16_t *b = (const uint16_t *)ns_row(rs->corpus, row);
+#ifdef NS_HAVE_SCAN_AVX512
+        if (rs->avx512) return score_exact_bf16_avx512(a, b, rs->q.cols, rs->scale);
+#endif
+        return score_exact_bf16(a, b, rs->q.cols, rs->scale);
+    }
     if (!*qr) *qr = f32_row(rs->q, query, rs->normalize, rs->qrow);
-    return score_exact(*qr, f32_row(rs->corpus, row, rs->normalize, rs->crow), rs->q.cols,
-                       rs->scale);
+    const float *cr = f32_row(rs->corpus, row, rs->normalize, rs->crow);
+    return score_exact(*qr, cr, rs->q.cols, rs->scale);
 }
 
 /* Candidates with a bound get their exact score (and e = 0). */
@@ -613,7 +672,8 @@ static ns_status fail_bad_score(ns_context *ctx, const char *fn, ns_matrix corpu
 static rescorer thread_rescorer(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
                                 int tid) {
     float *rows = p->rows + (size_t)tid * 2 * (size_t)p->d;
-    rescorer rs = {q, corpus, p->normalize, p->q_exact && p->c_exact, scale, rows, rows + p->d};
+    rescorer rs = {q, corpus, p->normalize, p->q_exact && p->c_exact, p->avx512, scale, rows,
+                   rows + p->d};
     return rs;
 }
 
