@@ -297,14 +297,17 @@ static float score_exact(const float *q, const float *c, int64_t d, float scale)
 }
 
 /* The next float above / below a finite x (nextafterf without the libm call); ±Inf and NaN
- * are returned as they are. */
+ * are returned as they are. Branch-free (selects), so that the loops over reservoirs that
+ * bound every entry vectorise. */
 static inline float step_float(float x, int dir) {
-    if (!(fabsf(x) <= FLT_MAX)) return x;
-    if (x == 0.0f) return dir > 0 ? FLT_TRUE_MIN : -FLT_TRUE_MIN;
     uint32_t u;
     memcpy(&u, &x, 4);
-    u = ((x > 0.0f) == (dir > 0)) ? u + 1 : u - 1; /* away from / towards zero */
-    memcpy(&x, &u, 4);
+    const uint32_t mag = u & 0x7fffffffu;
+    const int away = (int)(u >> 31) == (dir < 0); /* negative going down, positive going up */
+    uint32_t r = away ? u + 1u : u - 1u;          /* away from / towards zero */
+    r = mag == 0 ? (dir > 0 ? 0x00000001u : 0x80000001u) : r; /* ±0 → ±FLT_TRUE_MIN */
+    r = mag >= 0x7f800000u ? u : r;                           /* ±Inf, NaN as they are */
+    memcpy(&x, &r, 4);
     return x;
 }
 /* The same score for bf16 rows (bits; widened exactly): no f32 copy of either row. */
@@ -934,6 +937,10 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
     return NS_OK;
 }
 
+static inline void prefetch_row(const void *row, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)row + o, 0);
+}
+
 /* Re-scores every short-listed candidate that still has a bound, in corpus order: the pairs
  * (query, slot) are bucketed by corpus row (a counting sort over blocks of rows), and each
  * bucket's rows — RESCORE_BYTES, a part of a core's L2 — are read while they sit in the cache,
@@ -978,6 +985,8 @@ static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix co
         tid = omp_get_thread_num();
 #endif
         const rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
+        const size_t row_bytes = (size_t)p->d * ns_dtype_size(corpus.dtype),
+                     q_bytes = (size_t)p->d * ns_dtype_size(q.dtype);
         const float *qr = NULL; /* the f32 row of query `last`, when one was made */
         int64_t last = -1;
         for (int64_t t = start[b]; t < start[b + 1]; t++) {
@@ -988,6 +997,13 @@ static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix co
                 __builtin_prefetch(p->hi + ahead, 0);
                 __builtin_prefetch(p->hs + ahead, 1);
                 __builtin_prefetch(p->es + ahead, 1);
+            }
+            /* and the rows of the pair after next: the score itself is ~30 ns of arithmetic,
+             * a row's first touch from memory more */
+            if (t + 2 < start[b + 1]) {
+                const int64_t ahead = pair[t + 2];
+                prefetch_row(ns_row(corpus, p->hi[ahead]), row_bytes);
+                if (ahead / p->width != last) prefetch_row(ns_row(q, ahead / p->width), q_bytes);
             }
             const int64_t at = pair[t], i = at / p->width;
             if (i != last) qr = NULL, last = i; /* pairs come in query order within a bucket */
