@@ -145,17 +145,33 @@ static int top_bin(const uint32_t *hist, int64_t k, int64_t *above) {
     return b;
 }
 
+/* Counts the 11-bit digit (key >> shift) of the keys whose higher bits (key >> (shift + 11))
+ * equal `prefix` (all keys when shift = 21) into hist. Four interleaved partial histograms:
+ * scores cluster in a few bins, and one counter incremented back to back waits on itself. */
+static void count_digits(const uint32_t *key, int64_t n, int shift, uint32_t prefix,
+                         uint32_t *hist) {
+    uint32_t part[4][RADIX_BINS];
+    memset(part, 0, sizeof part);
+    const int top = shift + RADIX_BITS;
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+        for (int l = 0; l < 4; l++) {
+            const uint32_t x = key[j + l];
+            if (top >= 32 || x >> top == prefix) part[l][(x >> shift) & (RADIX_BINS - 1)]++;
+        }
+    for (; j < n; j++)
+        if (top >= 32 || key[j] >> top == prefix) part[0][(key[j] >> shift) & (RADIX_BINS - 1)]++;
+    for (int b = 0; b < RADIX_BINS; b++) hist[b] = part[0][b] + part[1][b] + part[2][b] + part[3][b];
+}
+
 /* A lower bound, within 2^-13 relative, of the k-th largest of the n keys (1 ≤ k ≤ n), as a
  * key: the lower edge of the 22-bit prefix bin that holds the k-th largest. */
 static uint32_t kth_key_floor(const uint32_t *key, int64_t n, int64_t k) {
     uint32_t hist[RADIX_BINS];
-    memset(hist, 0, sizeof hist);
-    for (int64_t j = 0; j < n; j++) hist[key[j] >> 21]++;
+    count_digits(key, n, 21, 0, hist);
     int64_t above = 0;
     const uint32_t b1 = (uint32_t)top_bin(hist, k, &above);
-    memset(hist, 0, sizeof hist);
-    for (int64_t j = 0; j < n; j++)
-        if (key[j] >> 21 == b1) hist[(key[j] >> 10) & (RADIX_BINS - 1)]++;
+    count_digits(key, n, 10, b1, hist);
     const uint32_t b2 = (uint32_t)top_bin(hist, k, &above);
     return b1 << 21 | b2 << 10;
 }
@@ -447,13 +463,6 @@ static void rescore(const rescorer *rs, int64_t query, float *s, float *e, const
     }
 }
 
-static inline void swap3(float *s, float *e, int64_t *id, int64_t a, int64_t b) {
-    float ts = s[a], te = e[a];
-    int64_t ti = id[a];
-    s[a] = s[b], e[a] = e[b], id[a] = id[b];
-    s[b] = ts, e[b] = te, id[b] = ti;
-}
-
 /* The reservoir's short list: T = a lower bound (kth_key_floor) of the k-th largest lower bound
  * held, then only candidates whose upper bound reaches T are kept (the others score below k held
  * rows). When that still fills more than three quarters of the room, the survivors are
@@ -466,11 +475,12 @@ static int64_t shrink(const rescorer *rs, int64_t query, float *s, float *e, int
     for (int64_t j = 0; j < cnt; j++) keys[j] = order_key(e[j] > 0.0f ? down(s[j] - e[j]) : s[j]);
     float t = key_value(kth_key_floor(keys, cnt, k));
     int64_t n = 0;
-    for (int64_t j = 0; j < cnt; j++)
-        if ((e[j] > 0.0f ? up(s[j] + e[j]) : s[j]) >= t) {
-            if (n != j) swap3(s, e, id, n, j);
-            n++;
-        }
+    for (int64_t j = 0; j < cnt; j++) { /* branch-free compaction: entries past n are dropped */
+        const float sj = s[j], ej = e[j];
+        const int64_t ij = id[j];
+        s[n] = sj, e[n] = ej, id[n] = ij;
+        n += (ej > 0.0f ? up(sj + ej) : sj) >= t;
+    }
     if (n > cap - cap / 4) {
         rescore(rs, query, s, e, id, n);
         select_nth(s, id, n, k - 1); /* e is all 0 now */
