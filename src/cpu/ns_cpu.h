@@ -28,6 +28,17 @@ void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, i
 void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* The context's thread count for one CPU operation (NS_DISPATCH, src/ns_dispatch.h): OpenMP's
+ * default team size (the nthreads ICV of the calling thread) is set to ns_threads(ctx), so the
+ * GEMM libraries that size their teams from it (oneDNN's dnnl_sgemm and matmul, OpenBLAS's OpenMP
+ * build) use the context's threads, not OMP_NUM_THREADS; leave restores the caller's value.
+ * enter returns what leave needs. Both are no-ops without OpenMP. */
+int ns_cpu_threads_enter(const ns_context *ctx);
+void ns_cpu_threads_leave(int saved);
+/* The OpenMP team size a GEMM call of this thread last saw (omp_get_max_threads() at the call:
+ * what oneDNN and OpenBLAS size their teams from); 0 before any. For tests. */
+int ns_gemm_last_threads(void);
+
 /* The GEMM library in use ("oneDNN (...) + OpenBLAS (OpenMP)"), for `negsamp info` and benchmarks. */
 const char *ns_gemm_name(void);
 /* Whether ns_gemm_bf16_nt is available (oneDNN built in and its CPU engine created). */
