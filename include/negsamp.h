@@ -323,6 +323,30 @@ typedef struct {
     const int64_t *extra_id;     /* E ids; NULL = none equal */
 } ns_infonce_inputs;
 
+/* Same-group false negatives (ClusterNS; cluster-aware batches, where in-batch candidates from
+ * the query's own cluster are often positives in disguise): the logit of query i and a
+ * candidate c with query[i] == group of c (both >= 0; a negative id = no group) is masked
+ * (weight 0) or down-weighted (weight w in (0, 1]: it enters every formula as logit + log w,
+ * i.e. e^l becomes w·e^l), in the forward and the backward, in both terms of the symmetric loss
+ * (one rule per logit: the passage→query term of passage p sees query k's logit as the
+ * query→passage term of k does). A row's positive is never masked or weighted. The arrays are
+ * per query (B) and per candidate block (passage N, hard B·h, extra E; NULL = no candidate of
+ * that block is in a group), host pointers on a CPU context, device pointers on a CUDA one, and
+ * must stay alive as the inputs do (the step: until its backward).
+ * Versioned (struct_size) because ns_infonce_inputs is frozen: it reaches the loss through
+ * ns_loss_options.groups, a field appended to that struct, so older callers (smaller
+ * struct_size) get groups = NULL, the loss without the rule. */
+typedef struct {
+    size_t struct_size;
+    const int64_t *query;   /* B group ids (required) */
+    const int64_t *passage; /* N, or NULL */
+    const int64_t *hard;    /* B·h (rows as in ns_infonce_inputs.hard), or NULL */
+    const int64_t *extra;   /* E, or NULL */
+    float weight;           /* 0 = mask (default); in (0, 1]: down-weight by this factor */
+} ns_loss_groups;
+
+#define NS_LOSS_GROUPS_INIT {sizeof(ns_loss_groups), NULL, NULL, NULL, NULL, 0.0f}
+
 typedef struct {
     size_t struct_size;
     float temperature;    /* τ > 0 */
@@ -332,9 +356,10 @@ typedef struct {
     float beta;           /* hard-negative reweighting (Robinson et al. 2021) β ≥ 0; 0 = off */
     int share_hard;       /* 1: every query also contrasts against every other query's hard
                              negatives (Tevatron-style shared pool); 0: only its own h */
+    const ns_loss_groups *groups; /* same-group false negatives (above); NULL = off */
 } ns_loss_options;
 
-#define NS_LOSS_OPTIONS_INIT {sizeof(ns_loss_options), 0.05f, 0, 1, 0.0f, 0.0f, 0}
+#define NS_LOSS_OPTIONS_INIT {sizeof(ns_loss_options), 0.05f, 0, 1, 0.0f, 0.0f, 0, NULL}
 
 /* Floats per query that the forward saves for the backward (row statistics of the online
  * softmax; the first is the row's log-sum-exp in the plain case). */
