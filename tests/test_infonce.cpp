@@ -508,9 +508,10 @@ bool same_bits(const std::vector<T> &a, const std::vector<T> &b) {
 }
 
 // ns_infonce_forward_backward: the outputs of ns_infonce_forward then ns_infonce_backward, bit
-// for bit, for every option set, with and without ids and masks, f32 and f16 inputs, default
-// and tiny tiles (every boundary), grad_loss ≠ 1 and gradients left out; and against the
-// double reference and finite differences on its own.
+// for bit, for every option set (the symmetric ones through the fused symmetric path: column
+// pass, then forward + backward per row tile), with and without ids, masks and groups (masked
+// or down-weighted), f32 and f16 inputs, default and tiny tiles (every boundary), grad_loss ≠ 1
+// and gradients left out; and against the double reference and finite differences on its own.
 TEST(InfoNCE, FusedForwardBackwardIsForwardThenBackwardBitForBit) {
     Ctx c(NS_BACKEND_CPU, 2);
     ASSERT_EQ(c.status, NS_OK) << c.why;
@@ -523,6 +524,7 @@ TEST(InfoNCE, FusedForwardBackwardIsForwardThenBackwardBitForBit) {
                 for (const OptionSet &o : kOptions) {
                     Case k = make_case({11, 13, 6, 2, 4}, 500 + compared, dt, 1, ids, ids);
                     apply(k.P, o);
+                    if (ids) add_groups(k, 900 + compared, compared % 2 ? 0.5 : 0.0);
                     const float gl = compared % 3 == 0 ? 0.37f : 1.0f;
                     const bool wq = compared % 5 != 1, wp = compared % 5 != 2,
                                wh = compared % 5 != 3;

@@ -319,14 +319,18 @@ ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
 
 /* ------------------------------------------------------------------ fused forward + backward */
 
-/* The strip of one row tile (every block's columns) is capped: beyond it, or for the symmetric
- * loss (whose column statistics need every row before any gradient), the fused call runs the
- * forward, then the backward. tb × columns: 2048 × 16384 logits are 128 MiB. */
+/* The strip of one row tile (every block's columns) is capped: beyond it the fused call runs
+ * the forward, then the backward. tb × columns: 2048 × 16384 logits are 128 MiB. The symmetric
+ * loss's gradients need every row's column statistics: a first pass gathers them (the passage
+ * tiles' GEMMs only), then each row tile runs forward and backward on its strip — four GEMMs per
+ * passage tile as the two calls (the column pass cannot be avoided without keeping all B × N
+ * logits), three per hard or extra tile, and the same bits as the two calls. */
 #define NS_LOSS_STRIP_BYTES ((int64_t)256 << 20)
 
 typedef struct {
     ns_loss_fwd f;
     bwd_work b;
+    float *clse; /* symmetric: each query's column log-sum-exp, from the column pass */
 } fused_work;
 
 static void fused_layout(void *plan, ns_arena *a) {
@@ -339,6 +343,23 @@ static void fused_layout(void *plan, ns_arena *a) {
     w->b.t = w->f.t; /* the forward's tiles */
     bwd_carve(&w->b, a, 0);
     w->b.strip = w->f.strip;
+    w->clse = (float *)ns_arena_carve(a, p->sym ? (size_t)p->B * sizeof(float) : 0);
+}
+
+/* Symmetric: every row tile's column statistics and positive logits, then each query's column
+ * log-sum-exp (the value the forward's finish saves) and the backward's column factors. */
+static void fused_columns(fused_work *w, float *saved) {
+    const ns_loss_plan *p = w->f.p;
+    for (int64_t r0 = 0; r0 < p->B; r0 += w->f.t.tb)
+        ns_loss_fwd_column_tile(&w->f, r0, p->B - r0 < w->f.t.tb ? p->B - r0 : w->f.t.tb, saved);
+    for (int64_t i = 0; i < p->B; i++) {
+        float *sv = saved + i * NS_INFONCE_SAVED_PER_QUERY;
+        const int64_t j = ns_loss_pos(p, i);
+        w->clse[i] = (float)ns_loss_column_lse(w->f.cmax[j], w->f.csum[j], sv[NS_SAVED_LPOS], p->same);
+        sv[NS_SAVED_COLLSE] = w->clse[i];
+    }
+    bwd_column_factors(p, saved, w->b.colc);
+    w->f.columns_done = 1;
 }
 
 ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
@@ -356,7 +377,7 @@ ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inpu
     w.f.p = w.b.p = p;
     ns_loss_tiles_shape(p, &w.f.t);
     const int64_t cols = ns_loss_block_base(p, p->nblocks);
-    if (p->sym || w.f.t.tb * cols * (int64_t)sizeof(float) > NS_LOSS_STRIP_BYTES) {
+    if (w.f.t.tb * cols * (int64_t)sizeof(float) > NS_LOSS_STRIP_BYTES) {
         if ((st = ns_cpu_infonce_forward(ctx, in, opt, loss, per_query, saved))) return st;
         return ns_cpu_infonce_backward(ctx, in, opt, saved, grad_loss, grads);
     }
@@ -368,12 +389,16 @@ ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inpu
     if (gq) memset(gq, 0, (size_t)(B * d) * 4);
     if (gp) memset(gp, 0, (size_t)(N * d) * 4);
     if (gh) memset(gh, 0, (size_t)(B * h * d) * 4);
-    const double wl = (double)grad_loss / (double)B;
+    if (p->sym) fused_columns(&w, saved);
+    const double wl = (double)grad_loss / (double)B * (p->sym ? 0.5 : 1.0);
     const float wt = (float)(wl / p->tau);
     double tau_sum = 0.0, tau_explicit = 0.0;
     for (int64_t r0 = 0; r0 < B; r0 += w.f.t.tb) {
         const int64_t nb = B - r0 < w.f.t.tb ? B - r0 : w.f.t.tb;
         ns_loss_fwd_row_tile(&w.f, r0, nb, saved);
+        if (p->sym) /* the row finish cleared it; the backward's same-id columns read it */
+            for (int64_t k = 0; k < nb; k++)
+                saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_COLLSE] = w.clse[r0 + k];
         bwd_row_tile(&w.b, r0, nb, saved, grads, wt, &tau_sum, &tau_explicit);
     }
     *loss = ns_loss_fwd_finish(&w.f, saved, per_query);

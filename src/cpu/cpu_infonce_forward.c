@@ -286,7 +286,7 @@ void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *s
             float *xt = w->strip ? ns_loss_strip_tile(w->strip, p, b, nb, j0) : w->t.xt;
             ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
             ns_loss_columns(p, blk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok, w->t.cgrp);
-            if (p->sym && blk->kind == NS_BLK_PASSAGE)
+            if (p->sym && blk->kind == NS_BLK_PASSAGE && !w->columns_done)
                 column_update(p, xt, nb, nc, r0, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
             fwd_block_tile(w, blk, r0, nb, j0, nc, xt, saved);
         }
@@ -295,6 +295,29 @@ void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *s
     for (int64_t k = 0; k < nb; k++)
         ns_loss_row_finish(p->general, p->tau, p->tau_plus, p->beta, w->rs.m[k], w->rs.a[k],
                            w->rs.w[k], w->rs.n[k], saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY);
+}
+
+void ns_loss_fwd_column_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *saved) {
+    const ns_loss_plan *p = w->p;
+    const ns_loss_block *blk = &p->blk[0]; /* the passages */
+    int64_t ldq;
+    const float *q = ns_loss_view(p->in->query, r0, nb, w->t.qbuf, &ldq, p->nt);
+    for (int64_t k = 0; k < nb; k++) {
+        w->rs.pos[k] = ns_loss_pos(p, r0 + k);
+        w->rs.posid[k] = ns_loss_pid(p, w->rs.pos[k]);
+    }
+    for (int64_t j0 = 0; j0 < blk->m.rows; j0 += w->t.tn) {
+        const int64_t nc = blk->m.rows - j0 < w->t.tn ? blk->m.rows - j0 : w->t.tn;
+        int64_t ldc;
+        const float *c = ns_loss_view(blk->m, j0, nc, w->t.cbuf, &ldc, p->nt);
+        ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->t.xt, nc);
+        column_update(p, w->t.xt, nb, nc, r0, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
+        for (int64_t k = 0; k < nb; k++) {
+            const int64_t pc = w->rs.pos[k] - j0;
+            if (pc >= 0 && pc < nc)
+                saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = w->t.xt[k * nc + pc];
+        }
+    }
 }
 
 float ns_loss_fwd_finish(const ns_loss_fwd *w, float *saved, float *per_query) {
