@@ -508,9 +508,21 @@ typedef struct {
      * under graph capture). Not with comm (NS_ERR_UNSUPPORTED). grads->temperature, a host
      * float, still synchronises when given. 0 (default) = the checked, host-output step. */
     int sync_free;
+    /* Same-group false negatives (ns_loss_groups, above) for the step's loss: groups->query (B)
+     * of the queries, groups->passage (B, optional) of the positives, groups->hard (B·C,
+     * optional) of the candidate slots — the sampled hard negatives take their slots' groups —
+     * and groups->weight; groups->extra is not read (queue rows are in no group). Device
+     * pointers on CUDA, alive until ns_step_backward. NULL = off; not with comm
+     * (NS_ERR_UNSUPPORTED); options->loss->groups must be NULL (the step makes the loss's). */
+    const ns_loss_groups *groups;
+    /* 1: no ns_step_backward follows this forward (evaluation): the loss alone. 0 (default):
+     * on a CPU context without comm the forward computes the gradients too, at grad_loss = 1
+     * (ns_infonce_forward_backward: each logit tile once, three GEMMs instead of four), and
+     * ns_step_backward scales them by its grad_loss (2·B·d floats more of step memory). */
+    int forward_only;
 } ns_step_options;
 
-#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0}
+#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, 0}
 
 typedef struct {
     float loss;                   /* mean over the (global) batch */

@@ -71,6 +71,9 @@ ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query
 /* grad_cand (B·C × d) = 0, then grad_cand[row[r]] += grad_hard[r] for every r with row ≥ 0. */
 ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                                const int64_t *row, int64_t nrow, float *grad_cand);
+/* dst[r] = row[r] >= 0 ? src[row[r]] : -1 (r < n): the sampled hard negatives' group ids. */
+ns_status ns_cuda_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row,
+                                  const int64_t *src, int64_t *dst);
 /* The queue's push (kernels/cuda_queue.cu): rows [first, first + n) of the device matrix rows
  * into ring slots start, start + 1, ... (mod capacity) of a ring of ring_dtype (converted,
  * round to nearest even, when rows.dtype differs), and ids (NULL: −1) into ring_ids. validate:

@@ -15,11 +15,13 @@ struct StepOptions {
     int enqueue = 0;
     ns_comm *comm = nullptr;
     int sync_free = 0;
+    const ns_loss_groups *groups = nullptr;
+    int forward_only = 0;
     ns_step_options step{};
 
     const ns_step_options *get() {
         step = ns_step_options{struct_size, hard_negatives, &filter, &sampler, &loss,
-                               queue, enqueue, comm, sync_free};
+                               queue, enqueue, comm, sync_free, groups, forward_only};
         return &step;
     }
 };

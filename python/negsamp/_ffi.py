@@ -128,10 +128,16 @@ class ns_infonce_inputs(Structure):
                 ("extra_id", POINTER(c_int64))]
 
 
+class ns_loss_groups(Structure):
+    _fields_ = [("struct_size", c_size_t), ("query", POINTER(c_int64)),
+                ("passage", POINTER(c_int64)), ("hard", POINTER(c_int64)),
+                ("extra", POINTER(c_int64)), ("weight", c_float)]
+
+
 class ns_loss_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("temperature", c_float), ("symmetric", c_int),
                 ("mask_same_id", c_int), ("tau_plus", c_float), ("beta", c_float),
-                ("share_hard", c_int)]
+                ("share_hard", c_int), ("groups", POINTER(ns_loss_groups))]
 
 
 class ns_infonce_grads(Structure):
@@ -151,7 +157,8 @@ class ns_step_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("hard_negatives", c_int64),
                 ("filter", POINTER(ns_filter_options)), ("sampler", POINTER(ns_sampler_options)),
                 ("loss", POINTER(ns_loss_options)), ("queue", c_void_p), ("enqueue", c_int),
-                ("comm", c_void_p), ("sync_free", c_int)]
+                ("comm", c_void_p), ("sync_free", c_int), ("groups", POINTER(ns_loss_groups)),
+                ("forward_only", c_int)]
 
 
 class ns_step_result(Structure):
@@ -174,7 +181,7 @@ NS_NCCL_UNIQUE_ID_BYTES = 128
 # Every struct of the header, for the ABI test.
 STRUCTS = [ns_context_options, ns_matrix, ns_id_lists, ns_mine_options, ns_candidates,
            ns_filter_options, ns_filter_counts, ns_sampler_options, ns_infonce_inputs,
-           ns_loss_options, ns_infonce_grads, ns_comm_options, ns_batch, ns_step_options,
+           ns_loss_groups, ns_loss_options, ns_infonce_grads, ns_comm_options, ns_batch, ns_step_options,
            ns_step_result, ns_step_grads, ns_corpus_weights, ns_corpus_sampler_options]
 
 
@@ -201,8 +208,12 @@ def corpus_sampler_options_init() -> ns_corpus_sampler_options:
     return ns_corpus_sampler_options(ctypes.sizeof(ns_corpus_sampler_options), 1.0, 0, 0, 0)
 
 
+def loss_groups_init() -> ns_loss_groups:
+    return ns_loss_groups(ctypes.sizeof(ns_loss_groups), None, None, None, None, 0.0)
+
+
 def loss_options_init() -> ns_loss_options:
-    return ns_loss_options(ctypes.sizeof(ns_loss_options), 0.05, 0, 1, 0.0, 0.0, 0)
+    return ns_loss_options(ctypes.sizeof(ns_loss_options), 0.05, 0, 1, 0.0, 0.0, 0, None)
 
 
 def comm_options_init() -> ns_comm_options:
@@ -210,7 +221,8 @@ def comm_options_init() -> ns_comm_options:
 
 
 def step_options_init() -> ns_step_options:
-    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0)
+    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0,
+                           None, 0)
 
 
 # ------------------------------------------------------------------ signatures
@@ -241,6 +253,9 @@ _SIGNATURES = {
                                    POINTER(c_float), _P, _P]),
     "ns_infonce_backward": (c_int, [_P, POINTER(ns_infonce_inputs), POINTER(ns_loss_options), _P,
                                     c_float, POINTER(ns_infonce_grads)]),
+    "ns_infonce_forward_backward": (c_int, [_P, POINTER(ns_infonce_inputs),
+                                            POINTER(ns_loss_options), c_float, POINTER(c_float),
+                                            _P, _P, POINTER(ns_infonce_grads)]),
     "ns_queue_create": (c_int, [_P, c_int64, c_int64, POINTER(c_void_p)]),
     "ns_queue_destroy": (c_int, [_P]),
     "ns_queue_push": (c_int, [_P, _P, ns_matrix, _P]),

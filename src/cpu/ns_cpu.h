@@ -97,6 +97,9 @@ ns_status ns_cpu_step_ids(ns_context *ctx, int64_t B, int64_t C, int64_t query_o
                           int64_t *pos_offsets, int64_t *pos_ids, int64_t *cand_ids);
 ns_status ns_cpu_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                               const int64_t *row, int64_t nrow, float *grad_cand);
+/* dst[r] = row[r] >= 0 ? src[row[r]] : -1 (r < n): the sampled hard negatives' group ids. */
+ns_status ns_cpu_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row,
+                                 const int64_t *src, int64_t *dst);
 
 #ifdef __cplusplus
 }
