@@ -544,6 +544,11 @@ class NegsampLoss(_Module):
       never. ``contrast_anchors`` adds the other anchors as candidates (the anchor itself
       masked). Anchors with a masked candidate are computed densely (their logit rows only);
       the rest by negsamp's op.
+    - ``group_weight`` (ClusterNS-style false negatives): rows carry a group id (a cluster, a
+      topic; the trainer's ``labels``, i.e. the dataset's ``label`` column, or ``groups=`` of
+      ``compute_loss_from_embeddings``); a candidate whose row is in the anchor's group is
+      masked (0) or down-weighted (logit + log w, w in (0, 1]); the anchor's own positive never.
+      Anchor i and its positive are in group i's; negative columns are in none.
     - ``gather_across_devices``: every rank's positives and negatives (any sizes: uneven last
       batches are fine) are candidates of every anchor, the gradient of a gathered row goes back
       to its rank, and each rank's loss is scaled by world_size · B_rank / B_global, so that
@@ -558,7 +563,7 @@ class NegsampLoss(_Module):
                  symmetric: bool = False, tau_plus: float = 0.0, beta: float = 0.0,
                  learn_temperature: bool = False, guide=None, margin_strategy: str = "absolute",
                  margin: float = 0.0, contrast_anchors: bool = False,
-                 contrast_positives: bool = False):
+                 contrast_positives: bool = False, group_weight: float | None = None):
         super().__init__()
         from .torch_ops import InfoNCELoss
         fn = type(self).__name__
@@ -594,6 +599,13 @@ class NegsampLoss(_Module):
         if (guide is not None or contrast_anchors) and (symmetric or tau_plus or beta):
             raise Unsupported(f"{fn}: a guide or contrast_anchors with symmetric, tau_plus or "
                               f"beta is not supported")
+        self.group_weight = None if group_weight is None else float(group_weight)
+        if self.group_weight is not None and not 0.0 <= self.group_weight <= 1.0:
+            raise InvalidArgument(f"{fn}: group_weight ({group_weight}) must be 0 (mask) or in "
+                                  f"(0, 1] (down-weight)")
+        if self.group_weight is not None and (guide is not None or gather_across_devices):
+            raise Unsupported(f"{fn}: group_weight with a guide or gather_across_devices is not "
+                              f"supported")
         if self.symmetric and self.gather_across_devices:
             raise Unsupported(f"{fn}: symmetric with gather_across_devices is not supported")
         self.hard_negatives = hard_negatives
@@ -624,7 +636,7 @@ class NegsampLoss(_Module):
                 "learn_temperature": self.learn_temperature,
                 "guide": None if self.guide is None else type(self.guide).__name__,
                 "margin_strategy": self.margin_strategy, "margin": self.margin,
-                "contrast_anchors": self.contrast_anchors}
+                "contrast_anchors": self.contrast_anchors, "group_weight": self.group_weight}
 
     @property
     def citation(self) -> str:
@@ -640,7 +652,9 @@ class NegsampLoss(_Module):
         ids = [_row_ids(f) for f in features] if (self.mask_same_id or self.contrast_anchors) \
             else None
         guide = self._guide_embeddings(features) if self.guide is not None else None
-        return self.compute_loss_from_embeddings(embeddings, labels, ids=ids, guide=guide)
+        groups = labels if self.group_weight is not None else None
+        return self.compute_loss_from_embeddings(embeddings, labels, ids=ids, guide=guide,
+                                                 groups=groups)
 
     def _guide_embeddings(self, features):
         with _torch.no_grad():
@@ -657,7 +671,10 @@ class NegsampLoss(_Module):
             return [_torch.nn.functional.normalize(e.float(), dim=-1)
                     for e in _embed(self.guide, features)]
 
-    def compute_loss_from_embeddings(self, embeddings, labels=None, *, ids=None, guide=None):
+    def compute_loss_from_embeddings(self, embeddings, labels=None, *, ids=None, guide=None,
+                                     groups=None):
+        """groups (B integer ids, with group_weight): row i's group — its anchor's and its
+        positive's; negatives are in none."""
         torch = _torch
         F = torch.nn.functional
         q, p = embeddings[0], embeddings[1]
@@ -734,12 +751,24 @@ class NegsampLoss(_Module):
         sparse = torch.ones(B, dtype=torch.bool, device=dev) if dense is None else ~dense
         n_sparse = int(sparse.sum())
         use_ids = self.mask_same_id or self.contrast_anchors
+        qgroup = pgroup = None
+        if groups is not None and self.group_weight is not None:
+            qgroup = torch.as_tensor(groups, device=dev).reshape(-1).to(torch.int64)
+            if qgroup.numel() != B:
+                raise InvalidArgument(f"{type(self).__name__}: groups has {qgroup.numel()} ids "
+                                      f"for {B} rows")
+            rest = passages.shape[0] - B - (B if self.contrast_anchors else 0)
+            pgroup = torch.cat([qgroup, torch.full((rest,), -1, dtype=torch.int64, device=dev)]
+                               + ([qgroup] if self.contrast_anchors else []))
         if n_sparse:
+            from .torch_ops import infonce_loss
             qs = q if n_sparse == B else q[sparse]
-            l_sparse, _, _ = torch.ops.negsamp.infonce(
+            l_sparse = infonce_loss(
                 qs, passages, None, None, None, positive[sparse] if n_sparse < B else positive,
                 pids if use_ids else None, None, None, temperature, self.symmetric, use_ids,
-                self.tau_plus, self.beta, False)
+                self.tau_plus, self.beta, False,
+                None if qgroup is None else (qgroup if n_sparse == B else qgroup[sparse]),
+                pgroup, None, None, self.group_weight or 0.0)
             loss = loss + l_sparse * (n_sparse / B)
         if dense is not None and bool(dense.any()):
             qd = q[dense].float()
