@@ -433,7 +433,8 @@ def _infonce_setup(ctx, inputs, output):
 def _infonce_grad(ctx, grad_loss, grad_per_query, grad_saved):
     (query, passage, hard, hard_keep, extra, positive, passage_id, hard_id, extra_id,
      qg, pg, hg, eg, saved) = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    # needs_input_grad may stop before trailing optional inputs passed as None: pad it
+    need = tuple(ctx.needs_input_grad) + (False,) * 3
     gq, gp, gh = torch.ops.negsamp.infonce_backward(
         grad_loss, query, passage, saved, hard, hard_keep, extra, positive, passage_id, hard_id,
         extra_id, *ctx.options, qg, pg, hg, eg, ctx.group_weight, need_query=need[0],
@@ -515,7 +516,7 @@ def _fused_setup(ctx, inputs, output):
 
 
 def _fused_grad(ctx, grad_loss, *unused):
-    need = ctx.needs_input_grad
+    need = tuple(ctx.needs_input_grad) + (False,) * 3
     g = grad_loss.to(torch.float32)
 
     def scaled(i, t):
