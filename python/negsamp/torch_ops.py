@@ -433,7 +433,8 @@ def _infonce_setup(ctx, inputs, output):
 def _infonce_grad(ctx, grad_loss, grad_per_query, grad_saved):
     (query, passage, hard, hard_keep, extra, positive, passage_id, hard_id, extra_id,
      qg, pg, hg, eg, saved) = ctx.saved_tensors
-    # needs_input_grad may stop before trailing optional inputs passed as None: pad it
+    # arguments left at their defaults are dropped from the call, and needs_input_grad with
+    # them (torch.ops.negsamp.infonce(q, p) has two entries): pad it
     need = tuple(ctx.needs_input_grad) + (False,) * 3
     gq, gp, gh = torch.ops.negsamp.infonce_backward(
         grad_loss, query, passage, saved, hard, hard_keep, extra, positive, passage_id, hard_id,

@@ -154,8 +154,14 @@ def test_fused_op_is_forward_then_backward(gen, device, case):
     b = torch_ops.infonce_loss(q, p, hard, keep, **kw)  # fused: gradients are required
     exact = device == "cpu"
     torch.testing.assert_close(b, a, rtol=0 if exact else 1e-6, atol=0 if exact else 1e-6)
-    for x, y in zip(_grads(2.5 * b, q, p, hard), _grads(2.5 * a, q, p, hard)):
+    ga = _grads(2.5 * a, q, p, hard)
+    for x, y in zip(_grads(2.5 * b, q, p, hard), ga):
         torch.testing.assert_close(x, y, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+    # fused=False with every argument positional (trailing None inputs: autograd's
+    # needs_input_grad is shorter then, which the backward once indexed past)
+    c = torch_ops.infonce_loss(q, p, hard, keep, **kw, fused=False)
+    for x, y in zip(_grads(2.5 * c, q, p, hard), ga):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
     with torch.no_grad():  # no gradient wanted: the plain forward
         torch.testing.assert_close(torch_ops.infonce_loss(q, p, hard, keep, **kw), a.detach())
 
@@ -167,10 +173,19 @@ def test_fused_op_only_some_gradients_and_opcheck(gen, device):
     q = _randn(gen, B, d, device=device, grad=True)
     p = _randn(gen, B, d, device=device)  # no gradient: not computed
     hard = _randn(gen, B, h, d, device=device, grad=True)
-    loss = torch_ops.infonce_loss(q, p, hard, temperature=0.3, share_hard=True)
     ref = ref_loss(q, p, hard, 0.3)
-    for x, y in zip(_grads(loss, q, hard), _grads(ref, q, hard)):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    want = _grads(ref, q, hard)
+    for fused in (True, False):
+        loss = torch_ops.infonce_loss(q, p, hard, temperature=0.3, share_hard=True, fused=fused)
+        for x, y in zip(_grads(loss, q, hard), want):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    # Every argument after passage at its default: torch drops them from the call, and
+    # autograd's needs_input_grad holds two entries (the backward once indexed past them).
+    want = _grads(ref_loss(q, p, None, 0.05), q)[0]
+    for fused in (False, True):
+        q.grad = None
+        torch_ops.infonce_loss(q, p, fused=fused).backward()
+        torch.testing.assert_close(q.grad, want, rtol=1e-4, atol=1e-5)
     _opcheck(ops.infonce_fused.default, (q, p, hard), dict(temperature=0.3, share_hard=True,
                                                           need_passage=False))
 
