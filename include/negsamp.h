@@ -386,10 +386,12 @@ NS_API ns_status ns_infonce_backward(ns_context *ctx, const ns_infonce_inputs *i
 
 /* ns_infonce_forward then ns_infonce_backward with the same arguments, in one call, for callers
  * that know grad_loss before the forward (gradients are linear in it: pass 1 and scale later,
- * as PyTorch's autograd and ns_step may). Same outputs, bit for bit, as the two calls on the
- * CPU; there each logit tile is computed once instead of twice (three GEMMs per tile, not
- * four), its row tile's tiles held in a strip of at most 256 MiB (memory stays O(B + N)); the
- * symmetric loss, or a strip above the cap, runs as the two calls. CUDA: the two calls. */
+ * as negsamp's PyTorch op infonce_fused and the CPU ns_step do). Same outputs, bit for bit, as
+ * the two calls on the CPU; there each logit tile is computed once instead of twice (three
+ * GEMMs per tile, not four), its row tile's tiles held in a strip of at most 256 MiB (memory
+ * stays O(B + N)); the symmetric loss first gathers its column statistics in a pass over the
+ * passage tiles (so four GEMMs per passage tile, three per hard or extra tile); a strip above
+ * the cap runs as the two calls. CUDA: the two calls. */
 NS_API ns_status ns_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                              const ns_loss_options *options, float grad_loss,
                                              float *loss, float *per_query, float *saved,
