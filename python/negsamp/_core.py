@@ -949,11 +949,13 @@ class Step:
     filter, sampler and loss are dicts of the keyword arguments of negsamp.filter (rules),
     negsamp.sample (strategy, simans_a, simans_b, temperature, seed, step) and
     infonce_forward (temperature, symmetric, mask_same_id, tau_plus, beta, share_hard).
-    The step owns its context (the step's state lives there) unless ctx is given."""
+    The step owns its context (the step's state lives there) unless ctx is given.
+    forward_only=True: no backward will follow (evaluation); otherwise a CPU step computes the
+    gradients in its forward (one ns_infonce_forward_backward) and the backward scales them."""
 
     def __init__(self, hard_negatives: int, *, filter=None, sampler=None, loss=None,
                  queue: Queue = None, enqueue: bool = False, comm: "Comm" = None,
-                 ctx: Context = None):
+                 ctx: Context = None, forward_only: bool = False):
         if ctx is None:
             ctx = (comm.ctx if comm is not None else
                    queue.ctx if queue is not None else Context("cpu"))
@@ -971,6 +973,7 @@ class Step:
         o.loss = ctypes.pointer(self._loss)
         o.queue = None if queue is None else queue.handle
         o.enqueue = int(chk.flag(enqueue, "Step", "enqueue"))
+        o.forward_only = int(chk.flag(forward_only, "Step", "forward_only"))
         o.comm = None if comm is None else comm.handle
         self.comm = comm
         self.options = o
