@@ -526,7 +526,8 @@ def _fused_grad(ctx, grad_loss, *unused):
             return None
         return (t * g).to(ctx.like[i][0])
     gq, gp, gh = ctx.saved_tensors
-    return (scaled(0, gq), scaled(1, gp), scaled(2, gh)) + (None,) * (_N_INFONCE_ARGS + 3 - 3)
+    # 23 inputs: query, passage, hard, then 17 more of infonce's and the three need_* flags
+    return (scaled(0, gq), scaled(1, gp), scaled(2, gh)) + (None,) * _N_INFONCE_ARGS
 
 
 infonce_fused.register_autograd(_fused_grad, setup_context=_fused_setup)
