@@ -338,6 +338,29 @@ def _candidates():
     return found
 
 
+def _share_torch_nccl():
+    """Loads the NCCL of PyTorch's wheel (the nvidia-nccl-cu* package), when it is installed,
+    before libnegsamp. A process holds one libnccl.so.2: libnegsamp links the toolkit's NCCL,
+    and if that one is loaded first, a later `import torch` fails on NCCL symbols only torch's
+    newer NCCL has (`undefined symbol: ncclCommResume`). NCCL keeps its ABI within major
+    version 2, so libnegsamp runs on the newer one. NEGSAMP_NO_TORCH_NCCL=1 skips this."""
+    if os.environ.get("NEGSAMP_NO_TORCH_NCCL") == "1":
+        return
+    try:
+        import importlib.util
+        spec = importlib.util.find_spec("nvidia.nccl")
+    except (ImportError, ValueError):
+        return
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "lib", "libnccl.so.2")
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass  # then the toolkit's NCCL is used, as without torch
+            return
+
+
 def library():
     """The loaded CDLL (loaded on first use)."""
     global _lib, _lib_path
@@ -347,6 +370,7 @@ def library():
         if _lib is not None:
             return _lib
         tried = []
+        _share_torch_nccl()
         for origin, path in _candidates():
             try:
                 _lib = ctypes.CDLL(path)
