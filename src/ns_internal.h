@@ -26,7 +26,7 @@ struct ns_context {
     int threads;
     char error[NS_ERROR_CAPACITY];
     ns_arena scratch; /* host workspace of one operation (src/ns_arena.h) */
-    int64_t loss_tile_rows, loss_tile_cols; /* CPU loss tiles; 0 = chosen per call (tests) */
+    int64_t loss_tile_rows, loss_tile_cols; /* loss tiles (CPU, CUDA); 0 = chosen per call (tests) */
     /* Set by the step around its ns_sample only, right after its ns_filter checked the same
      * candidates' ids and scores on the CPU: ns_sample skips that second scan (it still checks
      * the positive scores). Never set for a caller's own ns_filter + ns_sample: the data could
