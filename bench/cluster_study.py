@@ -566,7 +566,7 @@ def make_plots(stem, d):
         print("cluster_study: matplotlib not installed; no plots", file=sys.stderr)
         return []
     tasks = list(d["tasks"])
-    fig, ax = plt.subplots(1, len(tasks) + 1, figsize=(6 * len(tasks) + 5, 4.8))
+    fig, ax = plt.subplots(1, len(tasks) + 1, figsize=(6 * len(tasks) + 5, 5.6))
     for a, tname in zip(ax, tasks):
         tab = d["tasks"][tname]["summary"]
         names = list(tab)
@@ -589,7 +589,7 @@ def make_plots(stem, d):
         b.set_ylabel("% false negatives among the negatives used")
         h1, l1 = a.get_legend_handles_labels()
         h2, l2 = b.get_legend_handles_labels()
-        a.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)
+        b.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=8)
     c = d["cost"]
     names = list(c["seconds"])
     ax[-1].barh(names, [1000 * c["seconds"][a] for a in names])
