@@ -8,6 +8,7 @@
 
 #include "ns_cuda.h"
 #include "cuda_common.cuh"
+#include "cuda_util.cuh"
 
 int ns_cuda_device_count_impl(void) {
     int n = 0;
@@ -122,6 +123,8 @@ ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes) {
     if (e != cudaSuccess) return ns_fail(ctx, NS_ERR_CUDA, "cudaMalloc: %s", cudaGetErrorString(e));
     return NS_OK;
 }
+
+int ns_cuda_stream_capturing(ns_context *ctx) { return ns_cuda_capturing(ctx); }
 
 ns_status ns_cuda_free_ordered(ns_context *ctx, void *p) {
     if (!p) return NS_OK;

@@ -82,6 +82,8 @@ ns_status ns_cuda_queue_push(ns_context *ctx, ns_matrix rows, const int64_t *ids
 /* Device memory for the arenas (src/arena.c): ns_cuda_free_ordered frees after the work queued
  * on ctx's stream (ctx NULL: after all work on the device) and returns any failure. */
 ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes);
+/* 1 while ctx's stream is being captured into a CUDA graph (no allocation, free or sync then). */
+int ns_cuda_stream_capturing(ns_context *ctx);
 ns_status ns_cuda_free_ordered(ns_context *ctx, void *p);
 /* Page-locked host memory; freed after the work on ctx's stream and copy stream. */
 ns_status ns_cuda_host_alloc(ns_context *ctx, void **p, size_t bytes);

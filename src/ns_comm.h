@@ -4,9 +4,10 @@
  * Every collective is called by every rank in the same order. Buffers live where the
  * communicator's backend keeps data: host memory for MPI (CPU contexts), device memory for NCCL
  * (CUDA contexts, ordered on ctx->stream). Functions named *_host take host memory on both.
- * Each call returns only when its result is ready (NCCL: the stream has reached it), or fails
- * with NS_ERR_COMM once timeout_ms passed without the other ranks; the communicator is then
- * marked broken and every later call fails at once. fn names the public caller in messages. */
+ * Each call returns when its result is ready for what follows (MPI: in memory; NCCL: enqueued
+ * on ctx->stream, where later work sees it, with no host wait except for the *_host exchanges),
+ * or fails with NS_ERR_COMM once timeout_ms passed without the other ranks; the communicator is
+ * then marked broken and every later call fails at once. fn names the public caller in messages. */
 #ifndef NS_COMM_H
 #define NS_COMM_H
 

@@ -13,6 +13,9 @@
 
 #include "../src/ns_comm.h"
 #include "ns_test_util.h"
+#ifdef NS_CUDA_HOST_LAYER
+#include "cuda_host_internal.h"
+#endif
 #include "step_options.h"
 #ifdef NS_HAVE_NCCL
 #include <nccl.h>
@@ -28,6 +31,12 @@ float tag(int r, int64_t row, int64_t col) { return (float)(r * 1000 + row) + 0.
     do {                                                                                      \
         if (!kNcclBuilt) GTEST_SKIP() << "this build has no NCCL communicator (built without NCCL)"; \
     } while (0)
+
+#ifdef NS_CUDA_HOST_LAYER
+const bool kHostLayer = true;
+#else
+const bool kHostLayer = false;
+#endif
 
 #ifdef NS_HAVE_NCCL
 const bool kNcclBuilt = true;
@@ -218,6 +227,7 @@ struct DeviceCtx : Ctx {
 #define NS_REQUIRE_GPUS(n)                                                                    \
     do {                                                                                      \
         NS_REQUIRE_NCCL();                                                                    \
+        if (kHostLayer) GTEST_SKIP() << "the host execution layer's NCCL has one rank";        \
         int have_ = ns_cuda_device_count();                                                   \
         if (have_ < (n))                                                                      \
             GTEST_SKIP() << "needs " << (n) << " GPUs for one rank per GPU; this machine has " \
@@ -375,3 +385,97 @@ TEST(CommNcclMultiGpu, RankThatStopsAnsweringTimesOut) {
 }
 
 }  // namespace
+
+#if defined(NS_HAVE_NCCL) && defined(NS_CUDA_HOST_LAYER)
+// Issue 11 item 8, through the host layer's one-rank NCCL (tests/cuda_host/nccl.h).
+
+// The caller's current device survives every NCCL entry: a context and communicator on device
+// 1 used while device 0 is current (before: comm_nccl.c set device 1 and left it current).
+TEST(CommNccl, EntriesRestoreTheCallersDevice) {
+    const int saved = cuda_host::config_mut().devices;
+    cuda_host::config_mut().devices = 2;
+    {
+        ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
+        o.backend = NS_BACKEND_CUDA;
+        o.device = 1;
+        ns_context *g = nullptr;
+        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+        ASSERT_EQ(ns_context_create(&g, &o), NS_OK) << ns_last_error(nullptr);
+        auto current = [] {
+            int d = -1;
+            EXPECT_EQ(cudaGetDevice(&d), cudaSuccess);
+            return d;
+        };
+        char id[NS_NCCL_UNIQUE_ID_BYTES];
+        ASSERT_EQ(ns_nccl_unique_id(g, id), NS_OK);
+        ns_comm *comm = nullptr;
+        ASSERT_EQ(ns_comm_create_nccl_id(g, id, 1, 0, nullptr, &comm), NS_OK) << ns_last_error(g);
+        EXPECT_EQ(current(), 0) << "ns_comm_create_nccl_id left device 1 current";
+        const int64_t rows = 5, cols = 7;
+        std::vector<float> h((size_t)(rows * cols));
+        for (size_t e = 0; e < h.size(); e++) h[e] = (float)e + 0.5f;
+        float *src = nullptr, *out = nullptr, *rs = nullptr;
+        ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+        ASSERT_EQ(cudaMalloc((void **)&src, h.size() * 4), cudaSuccess);
+        ASSERT_EQ(cudaMalloc((void **)&out, h.size() * 4), cudaSuccess);
+        ASSERT_EQ(cudaMalloc((void **)&rs, h.size() * 4), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(src, h.data(), h.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+        ASSERT_EQ(ns_comm_allgather_rows(g, comm, f32_matrix(src, rows, cols), out, "test"), NS_OK) << ns_last_error(g);
+        EXPECT_EQ(current(), 0) << "allgather_rows left device 1 current";
+        ASSERT_EQ(ns_comm_reduce_scatter_f32(g, comm, out, rs, h.size(), "test"), NS_OK) << ns_last_error(g);
+        EXPECT_EQ(current(), 0) << "reduce_scatter left device 1 current";
+        double v[2] = {1.5, -2.0};
+        ASSERT_EQ(ns_comm_allreduce_sum_host(g, comm, v, 2, "test"), NS_OK) << ns_last_error(g);
+        EXPECT_EQ(current(), 0) << "allreduce_sum_host left device 1 current";
+        EXPECT_EQ(v[0], 1.5);
+        EXPECT_EQ(v[1], -2.0);
+        std::vector<float> back(h.size());
+        ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(back.data(), rs, back.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+        EXPECT_EQ(back, h);
+        cudaFree(src), cudaFree(out), cudaFree(rs);
+        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+        EXPECT_EQ(ns_comm_destroy(comm), NS_OK);
+        EXPECT_EQ(current(), 0) << "ns_comm_destroy left device 1 current";
+        ns_context_destroy(g);
+    }
+    cuda_host::config_mut().devices = saved;
+}
+
+// Device collectives are ordered on ctx's stream, not waited for: right after they return the
+// stream still holds their work (before: each drained the stream by polling cudaStreamQuery),
+// and no host synchronisation happens; the host-value exchange waits for its own copy only
+// (before: a pageable H2D copy and a synchronous cudaMemcpy). Results as before.
+TEST(CommNccl, DeviceCollectivesDoNotDrainTheStream) {
+    Ctx c(NS_BACKEND_CUDA);
+    NS_REQUIRE_BACKEND(c);
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    ASSERT_EQ(ns_context_set_stream(c, s), NS_OK);
+    char id[NS_NCCL_UNIQUE_ID_BYTES];
+    ASSERT_EQ(ns_nccl_unique_id(c, id), NS_OK);
+    ns_comm *comm = nullptr;
+    ASSERT_EQ(ns_comm_create_nccl_id(c, id, 1, 0, nullptr, &comm), NS_OK) << ns_last_error(c);
+    double warm[1] = {0};
+    ASSERT_EQ(ns_comm_allreduce_sum_host(c, comm, warm, 1, "test"), NS_OK);  // sizes the exchange
+    const int64_t rows = 6, cols = 5;
+    std::vector<float> h = random_floats((size_t)(rows * cols), 9);
+    Buf<float> src(c, h), out(c, h.size(), NAN), rs(c, h.size(), NAN);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const unsigned long long s0 = cuda_host_sync_count();
+    ASSERT_EQ(ns_comm_allgather_rows(c, comm, f32_matrix(src.ptr(), rows, cols), out.ptr(), "test"), NS_OK);
+    ASSERT_EQ(ns_comm_reduce_scatter_f32(c, comm, out.ptr(), rs.ptr(), h.size(), "test"), NS_OK);
+    EXPECT_EQ(cuda_host_sync_count() - s0, 0u) << "host synchronisations in device collectives";
+    EXPECT_EQ(cudaStreamQuery(s), cudaErrorNotReady) << "the collectives drained the stream";
+    const unsigned long long s1 = cuda_host_sync_count();
+    double v[3] = {1.0, 2.0, 3.0};
+    ASSERT_EQ(ns_comm_allreduce_sum_host(c, comm, v, 3, "test"), NS_OK);
+    EXPECT_LE(cuda_host_sync_count() - s1, 1u) << "more than one host synchronisation in an exchange";
+    EXPECT_EQ(v[2], 3.0);
+    EXPECT_EQ(rs.fetch(), h);
+    EXPECT_EQ(ns_comm_destroy(comm), NS_OK);
+    ASSERT_EQ(ns_context_set_stream(c, nullptr), NS_OK);
+    cudaStreamDestroy(s);
+}
+#endif

@@ -16,6 +16,12 @@ extern "C" {
 // cudaFree, and any copy from or to pageable host memory (a real GPU runs those synchronously
 // with the host). Tests take the difference around a call.
 unsigned long long cuda_host_sync_count(void);
+// Fault injection: the n-th resource creation from now (cudaMalloc, cudaHostAlloc,
+// cudaStreamCreate*, cudaEventCreate*, cublasCreate) fails, n <= 0: none (also
+// NS_CUDA_HOST_FAIL_AT=n at start). Returns the creations counted since the previous call.
+long cuda_host_fail_at(long n);
+// Live device/pinned allocations, streams, events and cuBLAS handles (leak checks).
+long cuda_host_live_resources(void);
 #ifdef __cplusplus
 }
 #endif
