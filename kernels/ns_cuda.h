@@ -79,6 +79,11 @@ ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const
 ns_status ns_cuda_queue_push(ns_context *ctx, ns_matrix rows, const int64_t *ids, int64_t first,
                              int64_t n, void *ring, ns_dtype ring_dtype, int64_t capacity,
                              int64_t start, int64_t *ring_ids, int validate);
+/* The multi-rank loss's device steps (kernels/cuda_comm.cu), on ctx's stream: dst[i] =
+ * (src ? src[i] : i) + add for i < n; dst = dst + src (mean 0) or 0.5·(dst + src) (mean 1). */
+ns_status ns_cuda_offset_ids(ns_context *ctx, int64_t *dst, const int64_t *src, int64_t n,
+                             int64_t add);
+ns_status ns_cuda_combine_f32(ns_context *ctx, float *dst, const float *src, int64_t n, int mean);
 /* Device memory for the arenas (src/arena.c): ns_cuda_free_ordered frees after the work queued
  * on ctx's stream (ctx NULL: after all work on the device) and returns any failure. */
 ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes);

@@ -32,8 +32,6 @@ typedef struct {
     float *rev_saved;
     float *grad_passage, *grad_hard, *grad_query, *grad_tmp;
     float *stage_query, *stage_query2, *stage_passage, *stage_hard;
-    void *host; /* host staging: ids, and the per-query and gradient sums on CUDA */
-    size_t host_bytes;
 } ns_comm_loss_bufs;
 
 typedef struct {
@@ -62,9 +60,9 @@ struct ns_comm {
     const ns_comm_ops *ops;
     void *impl;
     /* The distributed loss (src/comm_loss.c): gathered rows and ids of the last forward, kept
-     * for its backward, in an arena of the backend's memory (and a host one for staging),
-     * reserved by each forward for its shapes. */
-    ns_arena mem, host;
+     * for its backward, in an arena of the backend's memory reserved by each forward for its
+     * shapes (ids and sums are made there: nothing goes through the host). */
+    ns_arena mem;
     ns_comm_loss_bufs bufs;
     int loss_ready;
     ns_loss_options loss_opt;
