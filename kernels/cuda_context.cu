@@ -86,6 +86,8 @@ void ns_cuda_context_free(ns_context *ctx) {
     ns_arena_release(ctx, &s->pinned);
     cudaFree(s->dflag);
     cudaFreeHost(s->hflag);
+    cudaFree(s->defer);
+    cudaFreeHost(s->hdefer);
     for (int i = 0; i < 4; i++)
         if (s->ev[i]) cudaEventDestroy(s->ev[i]);
     if (s->copy) {

@@ -178,7 +178,9 @@ int ns_cuda_capturing(ns_context *ctx) {
     return c != cudaStreamCaptureStatusNone;
 }
 
-int ns_cuda_validating(ns_context *ctx) { return !ctx->cuda->unchecked && !ns_cuda_capturing(ctx); }
+int ns_cuda_validating(ns_context *ctx) {
+    return !ctx->cuda->unchecked && !ctx->cuda->deferring && !ns_cuda_capturing(ctx);
+}
 
 extern "C" void ns_cuda_set_input_checks(ns_context *ctx, int on) {
     if (ctx && ctx->cuda) ctx->cuda->unchecked = !on;

@@ -68,6 +68,15 @@ ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query
                               const int64_t *cand_id, const uint8_t *slot_keep,
                               const int64_t *chosen_id, int64_t h, void *hard, uint8_t *keep,
                               int64_t *row);
+/* The checked step's deferred validation (kernels/cuda_step_checks.cu): begin zeroes the
+ * deferred words, scans the batch's queries and positives into them and makes the ops defer
+ * their synchronising checks (*deferring = 1; 0 while capturing or with checks off: nothing
+ * deferred). end (always called after a begin that deferred) stops deferring and, when so_far
+ * is NS_OK, reads the words and the device loss with one synchronisation: the first failure,
+ * else *loss and (when counts, the step filtered) the filter counts. */
+ns_status ns_cuda_step_defer_begin(ns_context *ctx, const ns_batch *batch, int *deferring);
+ns_status ns_cuda_step_defer_end(ns_context *ctx, ns_status so_far, const ns_batch *batch,
+                                 const float *loss_dev, float *loss, ns_filter_counts *counts);
 /* grad_cand (B·C × d) = 0, then grad_cand[row[r]] += grad_hard[r] for every r with row ≥ 0. */
 ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                                const int64_t *row, int64_t nrow, float *grad_cand);

@@ -1332,3 +1332,71 @@ TEST(CudaParity, ContextCreationAndFirstUseUnderFaultInjection) {
     EXPECT_GE(failures, total - 2) << "only the workspace's first try may be absorbed (retried at its exact size)";
 #endif
 }
+
+#ifdef NS_HAVE_CUDA
+// Issue 11 item 3: the checked step (host loss and filter counts) synchronises the host once per
+// forward — its validation, the counts and the loss read together — and not at all in the
+// backward unless grads->temperature (a host value) is asked for; its outputs are those of the
+// CPU step (run_step_case covers the values), and bad data is still refused with the op's
+// message and nothing written to the result.
+TEST(CudaParity, CheckedStepSynchronisesOncePerForward) {
+#if defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "counts host synchronisations through the host execution layer";
+#else
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const int64_t B = 10, C = 6, d = 12, h = 2;
+    HostMat qh(NS_F32, B, d, d, 71), ph(NS_F32, B, d, d, 72), ch(NS_F32, B * C, d, d, 73);
+    std::vector<int64_t> pid, cid;
+    for (int64_t i = 0; i < B; i++) pid.push_back(100 + i);
+    for (int64_t r = 0; r < B * C; r++) cid.push_back(500 + r);
+    for (int64_t i = 0; i < B; i++) cid[(size_t)(i * C + 1)] = pid[(size_t)i];
+    StepSide sc(p.cpu, C, qh, ph, ch, pid, cid, 3), sg(p.gpu, C, qh, ph, ch, pid, cid, 3);
+    StepOptions o;
+    o.hard_negatives = h;
+    o.filter.rules = NS_FILTER_SAME_ID | NS_FILTER_MARGIN;
+    o.filter.margin = 0.05f;
+    o.sampler.strategy = NS_SAMPLE_SOFTMAX;
+    o.sampler.seed = 4;
+    o.loss.temperature = 0.1f;
+    Buf<float> gq(p.gpu, (size_t)(B * d), 0.f), gp(p.gpu, (size_t)(B * d), 0.f), gc(p.gpu, (size_t)(B * C * d), 0.f);
+    float tau = 0.f;
+    ns_step_result rc, rg;
+    ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, o.get(), &rc), NS_OK) << ns_last_error(p.cpu);
+    for (int rep = 0; rep < 3; rep++) {  // the first sizes the workspaces
+        SCOPED_TRACE("step " + std::to_string(rep));
+        const unsigned long long s0 = host_syncs();
+        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, o.get(), &rg), NS_OK) << ns_last_error(p.gpu);
+        const unsigned long long s1 = host_syncs();
+        ns_step_grads g{gq.ptr(), gp.ptr(), gc.ptr(), rep == 2 ? &tau : nullptr};
+        ASSERT_EQ(ns_step_backward(p.gpu, 1.f, &g), NS_OK) << ns_last_error(p.gpu);
+        const unsigned long long s2 = host_syncs();
+        if (rep > 0) {
+            EXPECT_LE(s1 - s0, 1u) << "host synchronisations in the checked ns_step_forward";
+            EXPECT_EQ(s2 - s1, rep == 2 ? 1u : 0u) << "host synchronisations in ns_step_backward";
+        }
+        EXPECT_EQ(0, std::memcmp(&rc.filtered, &rg.filtered, sizeof rc.filtered)) << "filter counts differ";
+        EXPECT_TRUE(close(rg.loss, rc.loss, 1e-6, 1e-4)) << rg.loss << " vs " << rc.loss;
+    }
+    // Bad data: the op that finds it names it, the result is not written.
+    auto refused = [&](HostMat q2, HostMat c2, const char *needle) {
+        StepSide bad(p.gpu, C, q2, ph, c2, pid, cid, 3);
+        ns_step_result r;
+        std::memset(&r, 0x5a, sizeof r);
+        const ns_step_result untouched = r;
+        EXPECT_EQ(ns_step_forward(p.gpu, &bad.b, o.get(), &r), NS_ERR_NONFINITE);
+        EXPECT_NE(std::string(ns_last_error(p.gpu)).find(needle), std::string::npos) << ns_last_error(p.gpu);
+        EXPECT_EQ(std::memcmp(&r, &untouched, sizeof r), 0) << "result written on failure";
+        ns_step_grads g{gq.ptr(), gp.ptr(), gc.ptr(), nullptr};
+        EXPECT_EQ(ns_step_backward(p.gpu, 1.f, &g), NS_ERR_INVALID_ARGUMENT) << "a failed forward left a backward";
+    };
+    HostMat qn = qh, cn = ch;
+    qn.f[(size_t)(3 * d + 5)] = NAN;  // its scores are NaN too: the filter's check names them first
+    refused(qn, ch, "ns_filter: cand->score[18]");
+    cn.f[(size_t)(7 * d + 2)] = INFINITY;  // candidate row 7 = query 1, slot 1
+    refused(qh, cn, "ns_filter: cand->score[7]");
+    o.hard_negatives = 0;  // no filter: the loss's check of the queries
+    refused(qn, ch, "ns_infonce_forward: query[3][5] is not finite");
+#endif
+}
+#endif
