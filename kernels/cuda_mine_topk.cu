@@ -17,6 +17,10 @@
 // Order: ns_before (src/hostdevice/ns_order.h, the CPU backend's order): score descending, ties
 // to the lower corpus row, a total order, so the result is exactly the CPU backend's for equal
 // scores. The sort and the comparator are in cuda_primitives.cuh.
+// Exact mode (the default for same-dtype rows without NS_NORMALIZE; "exact scores" below): the
+// GEMM runs on bf16 copies of f32 rows and only the rows within the proven bound of a query's
+// threshold are re-scored exactly, so the result is the CPU's, bit for bit; NS_CUDA_MINE_GEMM=f32
+// keeps the plain path (the GEMM's scores as they are) for the benchmark.
 // Future work: the fused tensor-core GEMM + selection (scores never leave registers/shared).
 #include <climits>
 #include <cmath>
@@ -171,7 +175,7 @@ __device__ float exact_score(const TileArgs &a, int64_t qi, int j) {
     return (float)((double)a.scale * acc[0]);
 }
 
-// 1 when the exact score of (qi, tile row j) may reach the threshold (tv, ti): ŝ + e ≥ tv in
+// 1 when the exact score of (qi, tile row j) may reach the threshold score tv: ŝ + e ≥ tv in
 // double (e ≥ 2^-8·|ŝ|, so the double sum's rounding is far inside NS_BOUND_SAFETY). A
 // non-finite ŝ (a bf16 copy overflowed) or a row outside the bound's range is always one.
 __device__ __forceinline__ bool may_enter(const TileArgs &a, double qn, int j, float s, float tv) {
