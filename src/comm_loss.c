@@ -59,6 +59,7 @@ static ns_status combine(ns_context *ctx, float *dst, const float *src, size_t n
 #ifdef NS_HAVE_CUDA
     if (on_device(ctx)) return ns_cuda_combine_f32(ctx, dst, src, (int64_t)n, mean);
 #endif
+    (void)ctx;
     for (size_t k = 0; k < n; k++) dst[k] = mean ? 0.5f * (dst[k] + src[k]) : dst[k] + src[k];
     return NS_OK;
 }
