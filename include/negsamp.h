@@ -139,6 +139,9 @@ NS_API ns_status ns_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float 
  * then returns NS_ERR_INVALID_ARGUMENT with "cancelled" and leaves outputs untouched). */
 typedef int (*ns_progress_fn)(int64_t done, int64_t total, void *user);
 
+/* Other ranks (NCCL / MPI): see the communicator functions below. NULL = one rank. */
+typedef struct ns_comm ns_comm;
+
 typedef struct {
     size_t struct_size;
     float scale;                 /* score = scale · q·c; default 1 */
@@ -146,13 +149,30 @@ typedef struct {
     const ns_id_lists *exclude;  /* corpus rows never returned for query i (positives, self) */
     ns_progress_fn progress;     /* optional */
     void *progress_user;
+    ns_comm *comm;               /* other ranks: corpus sharded over them (below); default NULL */
 } ns_mine_options;
 
-#define NS_MINE_OPTIONS_INIT {sizeof(ns_mine_options), 1.0f, 0u, NULL, NULL, NULL}
+#define NS_MINE_OPTIONS_INIT {sizeof(ns_mine_options), 1.0f, 0u, NULL, NULL, NULL, NULL}
 
 /* Exact top-k: for each query the k corpus rows of highest score, best first, ties to the lower
  * row index. index/score are q.rows × k. When exclusions leave fewer than k rows, the tail is
- * index -1, score -INFINITY. Bounds: 1 ≤ k ≤ corpus.rows, k ≤ NS_MAX_K. */
+ * index -1, score -INFINITY. Bounds: 1 ≤ k ≤ corpus.rows, k ≤ NS_MAX_K.
+ *
+ * Across ranks (options->comm; a field of the options rather than a second entry point, so a
+ * caller turns a one-process miner into a multi-rank one by setting one pointer, and an older
+ * caller's smaller struct_size means comm = NULL): the global corpus is the concatenation of
+ * every rank's `corpus` in rank order, so rank r's rows are global rows [o_r, o_r + rows) with
+ * o_r = the sum of the lower ranks' corpus.rows (an exclusive scan over the communicator; a rank
+ * may hold 0 rows). Every rank passes the same queries (q.rows, cols, dtypes, k, scale, flags
+ * and whether exclude is set are checked: a difference fails every rank with NS_ERR_COMM naming
+ * the value and the ranks), 1 ≤ k ≤ the global row count (k may exceed a shard: a shard with
+ * fewer rows contributes what it has), exclusion ids are global rows and, on a CUDA context too,
+ * exclusion lists are in host memory. Each rank mines its shard, the per-rank lists are
+ * all-gathered by query blocks and merged by ns_before (ties to the lower global row), so the
+ * result, on every rank, is exactly the one-rank result over the concatenated corpus, index
+ * holding global rows. A rank whose own part fails fails with its message; the others with
+ * NS_ERR_COMM naming it. progress counts query blocks mined here; a cancel on any rank cancels
+ * all. CPU contexts with an MPI communicator, CUDA contexts with NCCL (merged on the host). */
 #define NS_MAX_K 16384
 NS_API ns_status ns_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
                               const ns_mine_options *options, int64_t *index, float *score);
@@ -392,10 +412,7 @@ NS_API int64_t ns_queue_size(const ns_queue *queue);
 
 /* ------------------------------------------------------------------ communicators */
 
-/* Other ranks (NCCL / MPI): see the communicator functions. NULL = one rank. */
-typedef struct ns_comm ns_comm;
-
-/* A communicator lets every rank's queries contrast against all ranks' rows (ns_step_options
+/* ns_comm is declared with ns_mine_options above. A communicator lets every rank's queries contrast against all ranks' rows (ns_step_options
  * .comm). Its collectives never hang: a rank that dies or stops answering makes the others fail
  * with NS_ERR_COMM after timeout_ms; ranks that pass different shapes or options fail with
  * NS_ERR_COMM naming the value and the ranks. After any NS_ERR_COMM the communicator is
