@@ -333,6 +333,8 @@ static int mine_prepare(mine_run *r) {
     s->B = r->Q.m.rows;
     s->C = a->k;
     if (stage_load_positives(s, r->Q.m.rows, r->C.m.rows) || stage_context(s)) return -1;
+    s->random_exclude_self = a->exclude_self;
+    if (stage_random_open(s, r->C.m.rows)) return -1;
     if (a->t.has_texts && s->has_pos && !a->exclude_self &&
         mine_keep_positive_queries(s, &r->Q, &r->GQ, &a->t.q))
         return -1;
