@@ -452,9 +452,13 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
      * rest is the step's own data); restored on every return. */
     const int cuda = ctx->backend == NS_BACKEND_CUDA;
     const int checks = cuda && opt->sync_free ? ns_cuda_swap_input_checks(ctx, 0) : 1;
+    /* Checked (and one rank): the ops' validation is deferred to one read at the end, with the
+     * counts and the loss (kernels/cuda_step_checks.cu): one synchronisation per forward. */
+    int deferred = 0;
+    if (cuda && !opt->sync_free && !opt->comm) st = ns_cuda_step_defer_begin(ctx, batch, &deferred);
 #endif
     const int64_t *cand_ids;
-    st = step_ids(ctx, s, batch, &cand_ids);
+    if (!st) st = step_ids(ctx, s, batch, &cand_ids);
     if (!st && s->buf.h > 0) st = step_negatives(ctx, s, batch, cand_ids, &counts);
     if (!st) st = step_loss_inputs(ctx, s, batch, opt);
     if (!st && opt->comm) {
@@ -470,7 +474,7 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
             st = ns_infonce_check(ctx, "ns_infonce_forward", &s->in, &lo, &defaults);
             if (!st) st = ns_cuda_infonce_forward_device(ctx, &s->in, lo, s->buf.loss,
                                                          s->buf.per_query, s->buf.saved);
-            if (!st && !opt->sync_free) st = ns_copy(ctx, &loss, s->buf.loss, 4, NS_COPY_D2H);
+            if (!st && !opt->sync_free && !deferred) st = ns_copy(ctx, &loss, s->buf.loss, 4, NS_COPY_D2H);
         } else
 #endif
         if (s->buf.fused) { /* the gradients now, at grad_loss 1; the backward scales them */
@@ -486,6 +490,8 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
     }
 #ifdef NS_HAVE_CUDA
     if (cuda && opt->sync_free) ns_cuda_swap_input_checks(ctx, checks);
+    if (deferred)
+        st = ns_cuda_step_defer_end(ctx, st, batch, s->buf.loss, &loss, s->buf.h > 0 ? &counts : NULL);
 #endif
     if (st) return st;
 
@@ -570,8 +576,10 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
     g.hard = grad_hard;
     g.temperature = grads->temperature;
 #ifdef NS_HAVE_CUDA
+    /* Everything the backward reads was checked by its forward (or trusted under sync_free):
+     * no synchronising validation (a host dτ is the only synchronisation left). */
     const int cuda = ctx->backend == NS_BACKEND_CUDA;
-    const int checks = cuda && s->opt.sync_free ? ns_cuda_swap_input_checks(ctx, 0) : 1;
+    const int checks = cuda ? ns_cuda_swap_input_checks(ctx, 0) : 1;
 #endif
     if (s->opt.comm) {
         *collective = 1;
@@ -589,14 +597,14 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
     }
     if (!st) {
         s->ready = 0;
-        /* The positives were checked by the forward's loss (or trusted under sync_free): the
-         * push's own scan is skipped under sync_free, and it takes any dtype, so it cannot
-         * fail on the data after the backward ran. */
+        /* The positives were checked by the forward (or trusted under sync_free): the push's
+         * own scan is skipped on CUDA (checks are off in the backward), and it takes any
+         * dtype, so it cannot fail on the data after the backward ran. */
         if (s->opt.enqueue && s->opt.queue)
             st = ns_queue_push(ctx, s->opt.queue, s->batch.positive, s->positives.ids);
     }
 #ifdef NS_HAVE_CUDA
-    if (cuda && s->opt.sync_free) ns_cuda_swap_input_checks(ctx, checks);
+    if (cuda) ns_cuda_swap_input_checks(ctx, checks);
 #endif
     return st;
 }
