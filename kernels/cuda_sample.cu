@@ -194,3 +194,11 @@ ns_status ns_cuda_sample(ns_context *ctx, const ns_candidates *cand, const uint8
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }
+
+ns_status ns_cuda_filter_sample(ns_context *ctx, const ns_candidates *cand,
+                                const ns_filter_options *fo, const ns_sampler_options *so,
+                                int64_t m, uint8_t *keep, ns_filter_counts *counts,
+                                int64_t *index, float *score, int64_t *count) {
+    ns_status rc = ns_cuda_filter(ctx, cand, fo, keep, counts);
+    return rc ? rc : ns_cuda_sample(ctx, cand, keep, so, m, index, score, count);
+}

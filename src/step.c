@@ -232,7 +232,7 @@ static ns_status step_ids(ns_context *ctx, struct ns_step_state *s, const ns_bat
     return NS_OK;
 }
 
-/* score → filter → sample → gather: the h hard negatives of every query. */
+/* score → filter + sample → gather: the h hard negatives of every query. */
 static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const ns_batch *batch,
                                 const int64_t *cand_ids, ns_filter_counts *counts) {
     step_bufs *b = &s->buf;
@@ -253,11 +253,10 @@ static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const 
     cand.query_offset = batch->query_offset;
     ns_filter_options fo = s->filter;
     if (!batch->candidate_id) fo.rules &= ~(unsigned)NS_FILTER_SAME_ID; /* nothing to match */
-    if ((st = ns_filter(ctx, &cand, &fo, b->keep, s->opt.sync_free ? NULL : counts))) return st;
-    ctx->candidate_slots_checked = 1; /* ns_filter just scanned these ids and scores */
-    st = ns_sample(ctx, &cand, b->keep, &s->sampler, b->h, b->chosen_id, NULL, b->count);
-    ctx->candidate_slots_checked = 0;
-    if (st) return st;
+    /* filter and sample in one call: on the CPU fused per row, one scan of the data checks */
+    if ((st = ns_filter_sample(ctx, &cand, &fo, &s->sampler, b->h, b->keep,
+                               s->opt.sync_free ? NULL : counts, b->chosen_id, NULL, b->count)))
+        return st;
     return NS_DISPATCH(ctx, step_gather, (ctx, batch->candidate, b->C, cand_ids, b->keep,
                                           b->chosen_id, b->h, b->hard, b->hard_keep,
                                           b->chosen_row));
