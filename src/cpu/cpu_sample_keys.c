@@ -25,6 +25,13 @@ static int forced_isa = -1; /* tests: ns_cpu_sample_keys_force */
 
 void ns_cpu_sample_keys_force(int isa) { forced_isa = isa; }
 
+/* The scalar loop, also compiled for FMA hardware (picked at load time): ns_logf's fmaf is then
+ * one instruction instead of a libm call. The fused result is the same correctly rounded value,
+ * so the keys are the same bits on either. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__FMA__) && \
+    defined(__linux__)
+__attribute__((target_clones("fma", "default")))
+#endif
 static void keys_scalar(const ns_sampler_options *o, int64_t qid, float sp, const int64_t *ids,
                         const float *s, int64_t n, float *keys) {
     const int strategy = (int)o->strategy;
