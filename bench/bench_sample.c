@@ -187,8 +187,8 @@ int main(int argc, char **argv) {
         FILE *f = fopen(json, "w");
         if (!f) return 1;
         fprintf(f,
-                "{\"bench\": \"sample_cpu\", \"cpu\": \"%s\", \"threads\": %d, \"gemm\": \"%s "
-                "(unused)\", \"B\": %lld, \"C\": %lld, \"m\": %lld, \"strategy\": \"%s\", "
+                "{\"bench\": \"sample_cpu\", \"cpu\": \"%s\", \"threads\": %d, \"gemm\": \"%s\", "
+                "\"B\": %lld, \"C\": %lld, \"m\": %lld, \"strategy\": \"%s\", "
                 "\"keys\": \"%s\", \"reps\": %d, \"read_s\": %.6f, \"filter_s\": %.6f, "
                 "\"sample_s\": %.6f, \"sample_avx2_s\": %.6f, \"sample_scalar_s\": %.6f, "
                 "\"filter_sample_s\": %.6f, \"fused_s\": %.6f, "
