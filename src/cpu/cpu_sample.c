@@ -1,16 +1,19 @@
 /* ns_sample on the CPU, one query row at a time (ns_cpu_sample_row, also the second half of
  * ns_cpu_filter_sample's fused row):
- *   1. the candidates: the kept, non-empty slots, packed (column, id, score);
+ *   1. the candidates: the kept, non-empty slots, compressed in column order (column, id, score);
  *   2. their Gumbel keys (ns_cpu_sample_keys: ns_sample_key of src/hostdevice/ns_math.h, the
  *      CUDA kernel's code, 8 or 16 lanes wide, bit-identical);
- *   3. the best m by (key, lower column), kept sorted by insertion behind a threshold;
+ *   3. the best m by (key, lower column): sorted insertion behind the m-th best, or, for m <= 16
+ *      on the AVX-512 path, a branch-free insert into two sorted registers;
  *   4. eligibility: a candidate is eligible when no earlier kept slot of the row has its id (a
  *      duplicate draws the same noise and could be returned twice; the first kept copy is the
- *      one drawn). Duplicates are rare in mined lists, so only the m winners are checked, by a
- *      scan of the columns before them; when one is a later copy, the row is deduplicated with
- *      a hash set and step 3 runs again on the first copies. The winners are the same either
- *      way: the eligible candidates are a subset, so m winners that are all eligible are the
- *      best m eligible ones. */
+ *      one drawn). Duplicates are rare in mined lists, so only the m winners are checked (a
+ *      scan of the candidates before each; on AVX-512, whether any winner's id occurs twice);
+ *      when one may be a later copy, the row is deduplicated with a hash set and step 3 runs
+ *      again on the first copies. The winners are the same either way: the eligible candidates
+ *      are a subset, so m winners that are all eligible are the best m eligible ones.
+ * Steps 1, 3 and 4 have AVX-512 forms beside the portable ones, taken with the AVX-512 keys;
+ * tests/test_sample_keys.cpp and tests/test_filter_sample.cpp force every path. */
 #include "ns_cpu.h"
 #include "cpu_candidates.h"
 #include "ns_math.h"
