@@ -1651,9 +1651,9 @@ def readme_regenerate(readme=None, results_dir=None):
         md = js[:-len(".json")] + ".md"
         if not os.path.exists(md):
             continue
-        body = open(md).read().split("\n", 1)[1].strip("\n")
+        body = open(md).read().split("\n", 2)[2]  # without the title line and the blank after it
         rel = os.path.relpath(md, os.path.dirname(readme))
-        text = (text[:text.index(a) + len(a)] + "\n" + body + f"\n\n(from `{rel}`)\n"
+        text = (text[:text.index(a) + len(a)] + "\n" + body + f"\n(from `{rel}`)\n"
                 + text[text.index(b):])
         did.append(f"{name} ← {rel}")
     open(readme, "w").write(text)
