@@ -551,7 +551,7 @@ def make_plots(stem, table, base):
               "(pip install -r bench/requirements.txt)", file=sys.stderr)
         return []
     names = list(table)
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.8))
     x = np.arange(len(names))
     for i, k in enumerate(["R@1", "MRR", "R@10"]):
         ax[0].bar(x + (i - 1) * 0.27, [table[n][k][0] for n in names], 0.27,
@@ -561,6 +561,8 @@ def make_plots(stem, table, base):
         for k, c in (("R@1", "C0"), ("MRR", "C1"), ("R@10", "C2")):
             ax[0].axhline(tf[k], color=c, ls="--", lw=0.8)
     ax[0].set_xticks(x, names, rotation=30, ha="right")
+    ax[0].set_xlabel("negatives used in training (strategy)")
+    ax[0].set_ylabel("recall@1, MRR, recall@10 (held-out glosses)")
     ax[0].set_title("held-out retrieval, mean ± std over seeds (dashed: TF-IDF cosine)")
     ax[0].legend(loc="lower right")
     ax[0].set_ylim(0, 1.2 * max(table[n]["R@10"][0] for n in names))
@@ -570,6 +572,7 @@ def make_plots(stem, table, base):
                   label={"fn_lemma": "shares a lemma",
                          "fn_related": "shares a lemma or hyper/hyponym"}[k])
     ax[1].set_xticks(x, names, rotation=30, ha="right")
+    ax[1].set_xlabel("negatives used in training (strategy)")
     ax[1].set_ylabel("% of chosen negatives")
     ax[1].set_title("false negatives among the chosen negatives")
     ax[1].legend()

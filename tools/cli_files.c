@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 const char *cli_file_kind(mode_t mode) {
     if (S_ISREG(mode)) return "a regular file";
@@ -72,38 +73,66 @@ FILE *cli_open_input(const char *path) {
     return f;
 }
 
-/* Reads a file into a NUL-terminated buffer. */
-char *cli_read_text(const char *path, size_t *len_out) {
-    FILE *f = cli_open_input(path);
-    if (!f) return NULL;
+/* Reads the whole stream; gzread passes a plain file through unchanged, so gzip-compressed
+ * texts (*.jsonl.gz, *.tsv.gz: recognised by their magic bytes, not their name) read alike.
+ * NULL with the message printed (a truncated or corrupt gzip stream is an error, never a
+ * shorter text). */
+static char *read_all(gzFile g, const char *path, size_t *len_out) {
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap + 1);
-    for (;;) {
-        if (!buf) break;
-        size_t n = fread(buf + len, 1, cap - len, f);
-        len += n;
-        if (len < cap) break;
+    int n = 0;
+    while (buf) {
+        size_t want = cap - len > (1u << 30) ? (1u << 30) : cap - len;
+        n = gzread(g, buf + len, (unsigned)want);
+        if (n <= 0) break;
+        len += (size_t)n;
+        if (len < cap) continue;
         cap *= 2;
         char *nb = realloc(buf, cap + 1);
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
+        if (!nb) free(buf);
         buf = nb;
     }
-    int err = ferror(f) ? errno : 0;
-    fclose(f);
     if (!buf) {
         cli_error("%s: out of memory reading the file", path);
         return NULL;
     }
-    if (err) {
-        cli_error("%s: read error: %s", path, strerror(err));
+    int errnum = Z_OK;
+    const char *msg = gzerror(g, &errnum);
+    const char *fd_name = strstr(msg, ">: "); /* zlib prefixes "<fd:N>: " */
+    if (!strncmp(msg, "<fd:", 4) && fd_name) msg = fd_name + 3;
+    if (n < 0 || (errnum != Z_OK && errnum != Z_STREAM_END)) {
+        if (errnum == Z_ERRNO) cli_error("%s: read error: %s", path, strerror(errno));
+        else cli_error("%s: not a valid gzip file after %zu bytes of text (%s): truncated or "
+                       "corrupt", path, len, msg);
         free(buf);
         return NULL;
     }
     buf[len] = '\0';
+    *len_out = len;
+    return buf;
+}
+
+/* Reads a text file, plain or gzip-compressed, into a NUL-terminated buffer. */
+char *cli_read_text(const char *path, size_t *len_out) {
+    FILE *f = cli_open_input(path);
+    if (!f) return NULL;
+    int fd = dup(fileno(f));
+    fclose(f);
+    gzFile g = fd >= 0 ? gzdopen(fd, "rb") : NULL;
+    if (!g) {
+        cli_error("%s: cannot open a stream: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    size_t len = 0;
+    char *buf = read_all(g, path, &len);
+    int closed = gzclose_r(g);
+    if (buf && closed != Z_OK) {
+        cli_error("%s: not a complete gzip file (zlib status %d): truncated?", path, closed);
+        free(buf);
+        return NULL;
+    }
+    if (!buf) return NULL;
     const char *nul = memchr(buf, '\0', len);
     if (nul) {
         int64_t line = 1;

@@ -76,10 +76,28 @@ static void write_json(FILE *f, const inspect_stats *st) {
     fputs("}}\n", f);
 }
 
-/* Each series' histogram as a density (share of its own total), overlaid. */
+/* Labels of a plot: title on top, x label under the tick labels, y label up the left side,
+ * the y ticks' values (0 .. vmax in tenths, every other one) beside the axis. */
+static void plot_labels(png_canvas *c, int x0, int y0, int x1, int y1, const char *title,
+                        const char *xlabel, const char *ylabel, double vmax, int percent) {
+    png_text(c, (x0 + x1 - png_text_width(title, 1)) / 2, 4, title, 1, 0x000000);
+    png_text(c, (x0 + x1 - png_text_width(xlabel, 1)) / 2, c->h - 12, xlabel, 1, 0x000000);
+    png_text_up(c, 4, (y0 + y1 + png_text_width(ylabel, 1)) / 2, ylabel, 1, 0x000000);
+    for (int i = 0; i <= 10; i += 2) {
+        char v[32];
+        double t = vmax * i / 10;
+        if (percent) snprintf(v, sizeof v, "%.3g%%", 100 * t);
+        else snprintf(v, sizeof v, "%.3g", t);
+        int y = y1 - (y1 - y0) * i / 10;
+        png_text(c, x0 - 7 - png_text_width(v, 1), y - 3, v, 1, 0x000000);
+    }
+}
+
+/* Each series' histogram as a density (share of its own total), overlaid; a legend. */
 static int plot_scores(FILE *f, const inspect_stats *st) {
+    enum { X0 = 66, Y0 = 20, X1 = 620, Y1 = 330 };
     png_canvas c;
-    if (png_canvas_init(&c, 640, 360)) return -1;
+    if (png_canvas_init(&c, 640, 370)) return -1;
     double v[INS_SERIES][INSPECT_BINS], vmax = 0;
     for (int s = 0; s < INS_SERIES; s++) {
         int64_t n = 0;
@@ -89,21 +107,48 @@ static int plot_scores(FILE *f, const inspect_stats *st) {
             if (v[s][b] > vmax) vmax = v[s][b];
         }
     }
-    png_axes(&c, 50, 20, 620, 330);
+    png_axes(&c, X0, Y0, X1, Y1);
     for (int s = INS_SERIES - 1; s >= 0; s--)
-        png_bars(&c, v[s], INSPECT_BINS, vmax, 50, 20, 620, 330, SERIES_COLOR[s], 110);
+        png_bars(&c, v[s], INSPECT_BINS, vmax, X0, Y0, X1, Y1, SERIES_COLOR[s], 110);
+    plot_labels(&c, X0, Y0, X1, Y1, "SCORE HISTOGRAMS (EACH SERIES AS A SHARE OF ITS TOTAL)",
+                "score", "share of the series", vmax, 1);
+    for (int i = 0; i <= 10; i += 2) { /* x ticks: the score at every fifth of the range */
+        char t[32];
+        snprintf(t, sizeof t, "%.3g", st->lo + (st->hi - st->lo) * i / 10);
+        png_text(&c, X0 + (X1 - X0) * i / 10 - png_text_width(t, 1) / 2, Y1 + 8, t, 1,
+                 0x000000);
+    }
+    for (int s = 0; s < INS_SERIES; s++) { /* legend, top right */
+        int y = Y0 + 6 + 12 * s, x = X1 - 8 - png_text_width(INSPECT_SERIES_NAMES[s], 1);
+        png_fill(&c, x - 14, y, x - 4, y + 8, SERIES_COLOR[s], 256);
+        png_text(&c, x, y, INSPECT_SERIES_NAMES[s], 1, 0x000000);
+    }
     int rc = png_write(f, &c);
     png_canvas_free(&c);
     return rc;
 }
 
-static int plot_counts(FILE *f, const int64_t *n, int count, uint32_t color) {
+/* Bars of counts with a name under each (names turned upwards when they do not fit). */
+static int plot_counts(FILE *f, const int64_t *n, const char *const *names, int count,
+                       uint32_t color, const char *title, const char *xlabel) {
+    int longest = 0;
+    for (int i = 0; i < count; i++)
+        if (png_text_width(names[i], 1) > longest) longest = png_text_width(names[i], 1);
+    int x0 = 66, y0 = 20, x1 = 460, bar = (x1 - x0) / count, up = longest > bar - 4;
+    int y1 = 300 - (up ? longest : 10);
     png_canvas c;
-    if (png_canvas_init(&c, 480, 300)) return -1;
+    if (png_canvas_init(&c, 480, 330)) return -1;
     double v[8], vmax = 0;
     for (int i = 0; i < count; i++) v[i] = (double)n[i], vmax = v[i] > vmax ? v[i] : vmax;
-    png_axes(&c, 40, 20, 460, 270);
-    png_bars(&c, v, count, vmax, 40, 20, 460, 270, color, 256);
+    png_axes(&c, x0, y0, x1, y1);
+    png_bars(&c, v, count, vmax, x0, y0, x1, y1, color, 256);
+    plot_labels(&c, x0, y0, x1, y1, title, xlabel, "count", vmax, 0);
+    for (int i = 0; i < count; i++) {
+        int mid = x0 + (x1 - x0) * (2 * i + 1) / (2 * count);
+        if (up) png_text_up(&c, mid - 4, y1 + 8 + png_text_width(names[i], 1), names[i], 1,
+                            0x000000);
+        else png_text(&c, mid - png_text_width(names[i], 1) / 2, y1 + 8, names[i], 1, 0x000000);
+    }
     int rc = png_write(f, &c);
     png_canvas_free(&c);
     return rc;
@@ -182,8 +227,11 @@ int inspect_write_report(char path[INS_FILES][4096], const inspect_trace *t,
     if (!rc) {
         write_markdown(o[0].f, t, st);
         write_json(o[1].f, st);
-        rc = plot_scores(o[2].f, st) || plot_counts(o[3].f, st->rank, INS_RANKS, 0x1f77b4) ||
-             plot_counts(o[4].f, st->rule, 8, 0xd62728);
+        rc = plot_scores(o[2].f, st) ||
+             plot_counts(o[3].f, st->rank, RANK_NAMES, INS_RANKS, 0x1f77b4,
+                         "QUERIES BY THE RANK OF THEIR BEST POSITIVE", "rank of the positive") ||
+             plot_counts(o[4].f, st->rule, INSPECT_RULE_NAMES, 8, 0xd62728,
+                         "CANDIDATES EACH RULE REMOVED", "rule");
     }
     for (int i = 0; i < INS_FILES && !rc; i++) rc = cli_output_commit(&o[i]);
     if (rc)

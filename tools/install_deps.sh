@@ -79,10 +79,11 @@ fi
 # SentenceTransformerTrainer); their tests skip without.
 #   NS_NO_ST=1  leave them out
 if [ "${NS_NO_ST:-0}" != 1 ] && "$vpy" -c "import torch" >/dev/null 2>&1 &&
-   ! "$vpy" -c "import sentence_transformers, datasets, accelerate" >/dev/null 2>&1; then
-  echo "install_deps: pip install sentence-transformers datasets into $venv"
+   ! "$vpy" -c "import sentence_transformers, datasets, accelerate, pyarrow" >/dev/null 2>&1; then
+  echo "install_deps: pip install sentence-transformers datasets pyarrow into $venv"
   start=$(date +%s)
-  if pip_install "sentence-transformers[train]" datasets; then
+  # pyarrow (datasets pulls it too): python -m negsamp.parquet and the cli_beir_parquet test
+  if pip_install "sentence-transformers[train]" datasets pyarrow; then
     echo "install_deps: sentence-transformers and datasets installed in $(( $(date +%s) - start )) s"
   else
     echo "install_deps: WARNING: sentence-transformers/datasets not installed; their tests skip" >&2

@@ -1,16 +1,30 @@
 /* Where `negsamp mine` finds texts, embeddings and qrels: a BEIR folder (--beir DIR: corpus.jsonl,
  * queries.jsonl, qrels/SPLIT.tsv; embeddings DIR/queries.npy and DIR/corpus.npy unless
  * --queries-emb/--corpus-emb name them), or HF-style JSONL files (--queries Q.jsonl --corpus
- * C.jsonl with --queries-emb/--corpus-emb), or embeddings alone (--queries/--corpus .npy/.fvecs). */
+ * C.jsonl with --queries-emb/--corpus-emb), or embeddings alone (--queries/--corpus .npy/.fvecs).
+ * Texts and qrels may be gzip-compressed (NAME.jsonl.gz; in a BEIR folder NAME.gz is read when
+ * NAME is absent). */
 #define _GNU_SOURCE
 #include "mine_beir.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
-static int is_jsonl(const char *p) {
-    size_t n = p ? strlen(p) : 0;
-    return n > 6 && !strcmp(p + n - 6, ".jsonl");
+static int ends_with(const char *p, const char *suffix) {
+    size_t n = p ? strlen(p) : 0, k = strlen(suffix);
+    return n > k && !strcmp(p + n - k, suffix);
+}
+
+/* JSONL texts, plain or gzip-compressed (cli_read_text reads both). */
+static int is_jsonl(const char *p) { return ends_with(p, ".jsonl") || ends_with(p, ".jsonl.gz"); }
+
+/* A BEIR folder may hold DIR/NAME.gz instead of DIR/NAME (as some downloads ship it). */
+static void prefer_existing(char *path, size_t cap) {
+    size_t n = strlen(path);
+    if (access(path, F_OK) == 0 || n + 4 > cap) return;
+    strcpy(path + n, ".gz");
+    if (access(path, F_OK) != 0) path[n] = '\0';
 }
 
 static int join(char *buf, size_t cap, const char *dir, const char *name) {
@@ -36,6 +50,9 @@ static int resolve_beir(mine_texts *t, stage_opts *o, const char **qpath, const 
         join(t->cemb, sizeof t->cemb, t->beir, "corpus.npy") ||
         join(t->qrels, sizeof t->qrels, t->beir, split))
         return CLI_USAGE;
+    prefer_existing(t->qtext, sizeof t->qtext);
+    prefer_existing(t->ctext, sizeof t->ctext);
+    prefer_existing(t->qrels, sizeof t->qrels);
     if (!o->qrels && !o->positives && !o->paired) o->qrels = t->qrels;
     *qpath = t->queries_emb ? t->queries_emb : t->qemb;
     *cpath = t->corpus_emb ? t->corpus_emb : t->cemb;
@@ -70,8 +87,10 @@ int mine_texts_resolve(mine_texts *t, stage_opts *o, const char **qpath, const c
     if (!t->has_texts && o->format == FMT_FLAG)
         return cli_usage_error("--format flag writes texts: pass --beir DIR or JSONL "
                                "--queries/--corpus");
-    if (o->with_scores && (!t->has_texts || (o->format != FMT_ST && o->format != FMT_FLAG)))
-        return cli_usage_error("--with-scores adds scores to the st and flag rows with texts");
+    if (o->with_scores && (!t->has_texts || (o->format != FMT_ST && o->format != FMT_FLAG &&
+                                             o->format != FMT_TEVATRON)))
+        return cli_usage_error("--with-scores adds scores to the st, flag and tevatron rows with "
+                               "texts");
     return 0;
 }
 

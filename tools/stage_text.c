@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include "stage.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,20 +31,29 @@ static void passage(FILE *f, const cli_texts *c, int64_t r) {
     free(s);
 }
 
-/* {"docid": id, "title": t, "text": x} of corpus row r. */
-static void tevatron_passage(FILE *f, const stage *s, int64_t r) {
+/* {"docid": id, "title": t, "text": x[, "score": s]} of corpus row r (score NULL: none). */
+static void tevatron_passage(FILE *f, const stage *s, int64_t r, const float *score) {
     fputs("{\"docid\": ", f);
     str(f, s->cids.id[r]);
     fputs(", \"title\": ", f);
     str(f, s->ct->title[r]);
     fputs(", \"text\": ", f);
     str(f, s->ct->body[r]);
+    if (score) {
+        fputs(", \"score\": ", f);
+        cli_json_float(f, *score);
+    }
     fputc('}', f);
 }
 
-static void write_tevatron(stage *s, int64_t q, const int64_t *idx, int64_t n) {
+/* Tevatron's training rows; every negative passage carries its mining score (as the id-only
+ * tevatron rows do: Tevatron's readers keep only the keys they know), the positives theirs with
+ * --with-scores (null where none was computed). */
+static void write_tevatron(stage *s, int64_t q, const int64_t *idx, const float *sc, int64_t n) {
     FILE *f = s->out.f;
     int64_t pb = s->pos.offsets[q], pe = s->pos.offsets[q + 1];
+    const float *pos_sc = s->pos_each ? s->pos_each + pb : NULL;
+    const float nan_score = NAN;
     fputs("{\"query_id\": ", f);
     str(f, s->qids.id[q]);
     fputs(", \"query\": ", f);
@@ -51,12 +61,13 @@ static void write_tevatron(stage *s, int64_t q, const int64_t *idx, int64_t n) {
     fputs(", \"positive_passages\": [", f);
     for (int64_t p = pb; p < pe; p++) {
         if (p > pb) fputs(", ", f);
-        tevatron_passage(f, s, s->pos.ids[p]);
+        const float *ps = !s->o->with_scores ? NULL : pos_sc ? &pos_sc[p - pb] : &nan_score;
+        tevatron_passage(f, s, s->pos.ids[p], ps);
     }
     fputs("], \"negative_passages\": [", f);
     for (int64_t j = 0; j < n; j++) {
         if (j) fputs(", ", f);
-        tevatron_passage(f, s, idx[j]);
+        tevatron_passage(f, s, idx[j], &sc[j]);
     }
     fputs("]}\n", f);
     s->jsonl_rows++;
@@ -129,7 +140,7 @@ static void write_st(stage *s, int64_t q, const int64_t *idx, const float *sc, i
 
 void stage_write_text_jsonl(stage *s, int64_t q, const int64_t *idx, const float *sc, int64_t n) {
     switch (s->o->format) {
-    case FMT_TEVATRON: write_tevatron(s, q, idx, n); return;
+    case FMT_TEVATRON: write_tevatron(s, q, idx, sc, n); return;
     case FMT_FLAG: write_flag(s, q, idx, sc, n); return;
     case FMT_ST: write_st(s, q, idx, sc, n); return;
     default: stage_write_jsonl(s, q, idx, sc, n); return;

@@ -172,16 +172,23 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
       ``num_negatives`` give fewer negatives, never a filtered one.
     - ``include_positives=True`` keeps the positives among the candidates (their ranks count);
       the output format is forced to "n-tuple" as in sentence-transformers.
-    - ``cross_encoder`` rescoring is not supported (raises Unsupported); ``use_faiss`` and other
-      FAISS / multi-process arguments are accepted and ignored (negsamp's search is exact).
+    - ``cross_encoder`` (anything with sentence-transformers' ``CrossEncoder.predict``, one
+      score per (query, passage) pair): the mined candidates and the positives are rescored by
+      it, the candidates re-ordered by its scores (ties keep the bi-encoder's order), and every
+      rule (margins — the FlagEmbedding / NV-Retriever practice of dropping candidates the
+      cross-encoder scores near or above the positive —, max/min score, range_min counted in
+      the re-ordered list, the draw) and the output scores use the cross-encoder's scores.
+      sentence-transformers rescores only when a margin or score rule is given and ignores the
+      cross-encoder otherwise; negsamp always rescores when one is given. With a rule the two
+      agree.
+    - ``use_faiss`` and other FAISS / multi-process arguments are accepted and ignored
+      (negsamp's search is exact).
     """
     fn = "mine_hard_negatives"
     try:
         from datasets import Dataset
     except ImportError as e:  # pragma: no cover - exercised where datasets is missing
         raise ImportError(f"{fn}: needs the datasets package (pip install datasets)") from e
-    if cross_encoder is not None:
-        raise Unsupported(f"{fn}: cross_encoder rescoring is not supported by negsamp's miner")
     unknown = set(ignored) - {"faiss_batch_size", "use_multi_process", "cache_folder"}
     if unknown:
         raise TypeError(f"{fn}: unexpected keyword arguments {sorted(unknown)}")
@@ -279,7 +286,7 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
 
     # ---- the candidates: exact top range_max of the non-positive rows
     filtering = (absolute_margin is not None or relative_margin is not None
-                 or max_score is not None
+                 or max_score is not None or (cross_encoder is not None and min_score is not None)
                  or guide_model is not None or guide_query_embeddings is not None)
     if range_max is None:  # sentence-transformers' default, so "top" mines the same rows
         range_max = range_min + num_negatives * (10 if filtering else 1) + max_pos
@@ -292,6 +299,9 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
 
     pos_score = _pair_scores(np.repeat(qe, n_pos, axis=0),
                              ce[np.concatenate([np.asarray(p) for p in pos_of])], normalize)
+    if cross_encoder is not None:
+        index, score, pos_score = _rescore(cross_encoder, queries, texts, pos_of, index, score,
+                                           batch_size)
     bounds = np.concatenate([[0], np.cumsum(n_pos)])
     s_plus = np.array([pos_score[bounds[i]:bounds[i + 1]].min() for i in range(Q)], np.float32)
 
@@ -372,6 +382,38 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
               f"{counts}; {kept} negatives drawn ({Q * num_negatives - kept} missing)")
     ds = Dataset.from_dict(out)
     return (ds, counts) if return_counts else ds
+
+
+def _cross_encoder_scores(cross_encoder, pairs, batch_size):
+    out = cross_encoder.predict(pairs, batch_size=batch_size, show_progress_bar=False)
+    if hasattr(out, "detach"):
+        out = out.detach().cpu().numpy()
+    out = np.asarray(out, dtype=np.float32).reshape(len(pairs), -1)
+    if out.shape[1] != 1:
+        raise InvalidArgument(f"mine_hard_negatives: cross_encoder.predict gave {out.shape[1]} "
+                              f"scores per pair; expected one (a CrossEncoder with num_labels=1)")
+    if not np.isfinite(out).all():
+        raise InvalidArgument(f"mine_hard_negatives: cross_encoder.predict gave "
+                              f"{int((~np.isfinite(out)).sum())} non-finite scores")
+    return out[:, 0]
+
+
+def _rescore(cross_encoder, queries, texts, pos_of, index, score, batch_size):
+    """The candidates and positives scored by the cross-encoder, the candidates re-ordered by
+    those scores (stable: ties keep the bi-encoder's order; padding stays last). One predict
+    call per query, then one for the positives, as sentence-transformers batches them: a
+    model's scores can depend on the padding of its batch."""
+    ce_score = np.full(index.shape, -np.inf, np.float32)
+    for a in range(len(queries)):
+        cs = np.nonzero(index[a] >= 0)[0]
+        if cs.size:
+            ce_score[a, cs] = _cross_encoder_scores(
+                cross_encoder, [(queries[a], texts[index[a, c]]) for c in cs], batch_size)
+    pos_pairs = [(queries[a], texts[p]) for a in range(len(queries)) for p in pos_of[a]]
+    pos_score = _cross_encoder_scores(cross_encoder, pos_pairs, batch_size)
+    order = np.argsort(-ce_score, axis=1, kind="stable")
+    return (np.take_along_axis(index, order, 1), np.take_along_axis(ce_score, order, 1),
+            pos_score)
 
 
 def _format(output_format, scores, a_col, p_col, queries, texts, pos_of, pos_score, bounds, neg,
@@ -518,6 +560,44 @@ def _embed(model, features):
     return embed_columns(model, features)
 
 
+_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+_HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
+# Ids that never equal a text id (those are < 2**62): the candidates no rule may mask.
+_FRESH_ID = 1 << 62
+_QUEUE_ID = (1 << 62) + (1 << 61)
+
+
+def _blocks_from_directions(fn, directions, partition_mode):
+    """sentence-transformers 6's MultipleNegativesRankingLoss directions / partition_mode as
+    negsamp's extra candidate blocks ({"q2q", "d2q", "d2d"}) and the symmetric flag."""
+    if isinstance(directions, str):
+        directions = (directions,)
+    directions = tuple(directions)
+    bad = [x for x in directions if x not in _DIRECTIONS]
+    if not directions or bad:
+        raise InvalidArgument(f"{fn}: directions {directions} must be a non-empty subset of "
+                              f"{_DIRECTIONS}" + (f" ({bad} are not)" if bad else ""))
+    if "query_to_doc" not in directions:
+        raise InvalidArgument(f"{fn}: directions {directions} must include 'query_to_doc' (it "
+                              f"holds the positive pair)")
+    if partition_mode not in ("joint", "per_direction"):
+        raise InvalidArgument(f"{fn}: partition_mode ({partition_mode!r}) is not 'joint' or "
+                              f"'per_direction'")
+    if partition_mode == "per_direction":
+        same_type = sorted(set(directions) & {"query_to_query", "doc_to_doc"})
+        if same_type:
+            raise InvalidArgument(f"{fn}: partition_mode='per_direction' with directions "
+                                  f"{same_type}: their candidates never include the positive "
+                                  f"(sentence-transformers refuses it too); use 'joint'")
+        return set(), "doc_to_query" in directions
+    blocks = {"q2q"} if "query_to_query" in directions else set()
+    if "doc_to_query" in directions:
+        blocks.add("d2q")
+    if "doc_to_doc" in directions:
+        blocks.add("d2d")
+    return blocks, False
+
+
 class NegsampLoss(_Module):
     """InfoNCE over (anchor, positive, negative_1..n) columns by ``torch.ops.negsamp.infonce``:
     the B × (B·(1+n)) logits are never formed (O(B + N) extra memory, a tiled backward).
@@ -539,11 +619,26 @@ class NegsampLoss(_Module):
     - ``symmetric`` (adds the positive→anchor term, (L_q + L_p)/2), ``tau_plus`` (debiased
       InfoNCE), ``beta`` (hard-negative reweighting), ``learn_temperature`` (τ is a parameter
       ``log_temperature`` of this module).
+    - ``queue_size=K``: a FIFO of the last K positives (embeddings after normalisation, no
+      gradient; a ring on the embeddings' device) joins every anchor's candidates as negatives,
+      through the op's extra rows (cross-batch memory, as ns_step's queue). Pushed after each
+      training forward (``self.training`` with gradients enabled), so a batch never contrasts
+      with itself; a queued passage whose text equals the anchor's positive is masked
+      (same-id). Per rank under ``gather_across_devices`` (not gathered). ``reset_queue()``
+      empties it.
+    - ``directions`` / ``partition_mode``: sentence-transformers 6's interaction terms.
+      "query_to_query" (= ``contrast_anchors``: the other anchors are candidates, the anchor
+      itself masked), "doc_to_query" (joint: the anchor's row also holds p_i·q_j for every
+      anchor j) and "doc_to_doc" (p_i·d for every document of the batch but the anchor's own)
+      share one softmax ("joint"); "per_direction" with query_to_doc + doc_to_query is
+      ``symmetric``. Still without the logit matrix: the anchor row [q_i, p_i] and candidates
+      [c, 0] / [0, c] make every term an inner product of one op call (twice the width).
     - ``guide`` (GISTEmbed): a guide model's cosine g; candidate j of anchor i is masked when
       g_ij > g_i⁺ − margin (``margin_strategy`` "relative": g_i⁺ − |g_i⁺|·margin), the positive
-      never. ``contrast_anchors`` adds the other anchors as candidates (the anchor itself
-      masked). Anchors with a masked candidate are computed densely (their logit rows only);
-      the rest by negsamp's op.
+      never. ``contrast_anchors`` adds the other anchors as candidates, ``contrast_positives``
+      the other positives p_i·p_j (the anchor's own always masked; GISTEmbedLoss leaves that to
+      the guide, which masks it unless margin < g⁺ − 1). Anchors with a masked candidate are
+      computed densely (their logit rows only); the rest by negsamp's op.
     - ``gather_across_devices``: every rank's positives and negatives (any sizes: uneven last
       batches are fine) are candidates of every anchor, the gradient of a gathered row goes back
       to its rank, and each rank's loss is scaled by world_size · B_rank / B_global, so that
@@ -558,7 +653,8 @@ class NegsampLoss(_Module):
                  symmetric: bool = False, tau_plus: float = 0.0, beta: float = 0.0,
                  learn_temperature: bool = False, guide=None, margin_strategy: str = "absolute",
                  margin: float = 0.0, contrast_anchors: bool = False,
-                 contrast_positives: bool = False):
+                 contrast_positives: bool = False, directions=("query_to_doc",),
+                 partition_mode: str = "joint", queue_size: int = 0):
         super().__init__()
         from .torch_ops import InfoNCELoss
         fn = type(self).__name__
@@ -577,7 +673,17 @@ class NegsampLoss(_Module):
         self.normalize = _is_cosine(similarity_fct)
         self.gather_across_devices = bool(gather_across_devices)
         self.mask_same_id = bool(mask_same_id)
-        self.symmetric = bool(symmetric)
+        self.directions = tuple((directions,) if isinstance(directions, str) else directions)
+        self.partition_mode = partition_mode
+        blocks, per_direction_symmetric = _blocks_from_directions(fn, directions, partition_mode)
+        self.symmetric = bool(symmetric) or per_direction_symmetric
+        if contrast_anchors:
+            blocks.add("q2q")
+        if contrast_positives:
+            blocks.add("p2p")
+        self._blocks = blocks
+        self.contrast_anchors = "q2q" in blocks
+        self.contrast_positives = "p2p" in blocks
         self.tau_plus = float(tau_plus)
         self.beta = float(beta)
         self.guide = guide
@@ -586,16 +692,14 @@ class NegsampLoss(_Module):
                                   f"'absolute' or 'relative'")
         self.margin_strategy = margin_strategy
         self.margin = float(margin)
-        self.contrast_anchors = bool(contrast_anchors)
-        if contrast_positives:
-            raise Unsupported(f"{fn}: contrast_positives (positive–positive logits in the "
-                              f"anchor's softmax) is not an inner product of the anchor; negsamp "
-                              f"contrasts anchors with passages only")
-        if (guide is not None or contrast_anchors) and (symmetric or tau_plus or beta):
-            raise Unsupported(f"{fn}: a guide or contrast_anchors with symmetric, tau_plus or "
-                              f"beta is not supported")
-        if self.symmetric and self.gather_across_devices:
-            raise Unsupported(f"{fn}: symmetric with gather_across_devices is not supported")
+        self._check_combinations(fn, guide)
+        if not isinstance(queue_size, (int, np.integer)) or queue_size < 0:
+            raise InvalidArgument(f"{fn}: queue_size ({queue_size!r}) must be an integer ≥ 0")
+        if queue_size and guide is not None:
+            raise Unsupported(f"{fn}: queue_size with a guide (the queue keeps no guide "
+                              f"embeddings to filter its rows by)")
+        self.queue_size = int(queue_size)
+        self.reset_queue()
         self.hard_negatives = hard_negatives
         # The selection machinery of negsamp.InfoNCELoss (filter + sample, ns_step's keys).
         self._select = InfoNCELoss(temperature=float(temperature), hard_negatives=hard_negatives,
@@ -606,6 +710,56 @@ class NegsampLoss(_Module):
             if tau_plus:
                 raise Unsupported(f"{fn}: learn_temperature with tau_plus is not supported")
             self.log_temperature = _torch.nn.Parameter(_torch.tensor(float(temperature)).log())
+
+    def _check_combinations(self, fn, guide):
+        names = {"q2q": "contrast_anchors / query_to_query", "p2p": "contrast_positives",
+                 "d2q": "doc_to_query (joint)", "d2d": "doc_to_doc"}
+        extra = [names[b] for b in sorted(self._blocks)]
+        with_loss_options = [n for n, v in (("symmetric", self.symmetric),
+                                            ("tau_plus", self.tau_plus), ("beta", self.beta)) if v]
+        if (guide is not None or extra) and with_loss_options:
+            what = (["a guide"] if guide is not None else []) + extra
+            raise Unsupported(f"{fn}: {', '.join(what)} with {', '.join(with_loss_options)} is "
+                              f"not supported")
+        if guide is not None and self._blocks & {"d2q", "d2d"}:
+            raise Unsupported(f"{fn}: a guide with directions doc_to_query / doc_to_doc is not "
+                              f"supported (GISTEmbedLoss has no such terms)")
+        if self.symmetric and self.gather_across_devices:
+            raise Unsupported(f"{fn}: symmetric with gather_across_devices is not supported")
+
+    # -- the queue of past passages
+    def reset_queue(self):
+        """Empties the queue of past passages."""
+        self._queue_rows = None
+        self._queue_ids = None
+        self._queue_count = 0   # rows held
+        self._queue_next = 0    # the ring slot the next row goes to
+        self._queue_pushed = 0  # rows ever pushed (fresh ids for rows without text ids)
+
+    def queue_view(self):
+        """(rows (n, d), ids (n,)) held now, storage order (a ring), or (None, None)."""
+        if not self._queue_count:
+            return None, None
+        return self._queue_rows[:self._queue_count], self._queue_ids[:self._queue_count]
+
+    def _queue_push(self, rows, ids):
+        torch = _torch
+        rows = rows.detach()
+        cap = self.queue_size
+        if (self._queue_rows is None or self._queue_rows.shape[1] != rows.shape[1]
+                or self._queue_rows.device != rows.device):
+            self.reset_queue()
+            self._queue_rows = rows.new_zeros((cap, rows.shape[1]))
+            self._queue_ids = torch.full((cap,), -1, dtype=torch.int64, device=rows.device)
+        if ids is None:  # no text ids: ids that no later anchor can share
+            ids = _QUEUE_ID + self._queue_pushed + torch.arange(rows.shape[0], device=rows.device)
+        self._queue_pushed += rows.shape[0]
+        rows, ids = rows[-cap:], ids.detach()[-cap:]
+        slots = (self._queue_next + torch.arange(rows.shape[0], device=rows.device)) % cap
+        self._queue_rows[slots] = rows.to(self._queue_rows.dtype)
+        self._queue_ids[slots] = ids.to(torch.int64)
+        self._queue_next = (self._queue_next + rows.shape[0]) % cap
+        self._queue_count = min(cap, self._queue_count + rows.shape[0])
 
     # -- sentence-transformers' loss interface
     @property
@@ -624,7 +778,9 @@ class NegsampLoss(_Module):
                 "learn_temperature": self.learn_temperature,
                 "guide": None if self.guide is None else type(self.guide).__name__,
                 "margin_strategy": self.margin_strategy, "margin": self.margin,
-                "contrast_anchors": self.contrast_anchors}
+                "contrast_anchors": self.contrast_anchors,
+                "contrast_positives": self.contrast_positives, "directions": self.directions,
+                "partition_mode": self.partition_mode, "queue_size": self.queue_size}
 
     @property
     def citation(self) -> str:
@@ -637,8 +793,7 @@ class NegsampLoss(_Module):
             raise InvalidArgument(f"{type(self).__name__}: expected (anchor, positive, "
                                   f"negative...) columns; got {len(features)}")
         embeddings = _embed(self.model, features)
-        ids = [_row_ids(f) for f in features] if (self.mask_same_id or self.contrast_anchors) \
-            else None
+        ids = [_row_ids(f) for f in features] if self.mask_same_id else None
         guide = self._guide_embeddings(features) if self.guide is not None else None
         return self.compute_loss_from_embeddings(embeddings, labels, ids=ids, guide=guide)
 
@@ -657,6 +812,79 @@ class NegsampLoss(_Module):
             return [_torch.nn.functional.normalize(e.float(), dim=-1)
                     for e in _embed(self.guide, features)]
 
+    def _batch_ids(self, ids, B, n_cols, dev):
+        """(positive ids, negative ids per column, the rank's id base): the texts' ids, or made
+        up (unique on every rank) when the features carry none."""
+        torch = _torch
+        if ids is not None and all(i is not None for i in ids[:2 + n_cols]):
+            return ids[1], list(ids[2:2 + n_cols]), 0, True
+        base = 0
+        if self.gather_across_devices:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                base = dist.get_rank() << 45
+        pid = base + torch.arange(B, device=dev)
+        n_ids = [base + (c + 1) * B + torch.arange(B, device=dev) + (1 << 40)
+                 for c in range(n_cols)]
+        return pid, n_ids, base, False
+
+    def _select_hard(self, q, p, negs, n_ids, owners, g_negs, pid, have_ids):
+        """hard_negatives=h: each anchor's h of its candidate columns (filter + draw), as flat
+        rows with their ids, owners (the anchor row) and guide rows."""
+        torch = _torch
+        B, d = q.shape
+        hard = torch.stack(negs, 1)                                       # (B, C, d)
+        hid = torch.stack(n_ids, 1)
+        rows, keep = self._select.select(q, p, hard, hid if have_ids else None,
+                                         pid if have_ids else None)
+        if self.training:
+            self._select.step += 1
+        safe = rows.clamp(min=0)
+        flat = keep.reshape(-1)
+        negs = [torch.gather(hard, 1, safe.unsqueeze(-1).expand(-1, -1, d)).reshape(-1, d)[flat]]
+        n_ids = [torch.gather(hid, 1, safe).reshape(-1)[flat]]
+        owners = [torch.arange(B, device=q.device).unsqueeze(1).expand_as(rows).reshape(-1)[flat]]
+        if g_negs is not None:
+            gh = torch.stack(g_negs, 1)
+            g_negs = [torch.gather(gh, 1, safe.unsqueeze(-1).expand(-1, -1, gh.shape[2]))
+                      .reshape(-1, gh.shape[2])[flat]]
+        return negs, n_ids, owners, g_negs
+
+    def _candidates(self, q, p, negs, pid, n_ids, owners, base, guide, g_negs):
+        """The anchor rows and the candidate rows with their ids (and guide rows): the
+        documents, then the extra blocks of contrast_anchors / contrast_positives / directions.
+        With a block on the positive's side the anchor row is [q_i, p_i] and each candidate
+        [c, 0] (against q_i) or [0, c] (against p_i): one inner product per term."""
+        torch = _torch
+        two = bool(self._blocks & {"p2p", "d2q", "d2d"})
+
+        def side(t, second):
+            if t is None or not two:
+                return t
+            z = t.new_zeros(t.shape)
+            return torch.cat([z, t] if second else [t, z], 1)
+
+        docs = torch.cat([p] + negs) if negs else p
+        doc_ids = torch.cat([pid] + n_ids) if n_ids else pid
+        g_docs = None if guide is None else torch.cat([guide[1]] + (g_negs or []))
+        parts = [(docs, doc_ids, g_docs, False)]
+        g_q, g_p = (None, None) if guide is None else (guide[0], guide[1])
+        if "q2q" in self._blocks:   # anchor i carries its positive's id: masked for i
+            parts.append((q, pid, g_q, False))
+        if "p2p" in self._blocks:
+            parts.append((p, pid, g_p, True))
+        if "d2q" in self._blocks:   # p_i·q_j, every j (its own anchor too): never masked
+            parts.append((q, _FRESH_ID + base + torch.arange(q.shape[0], device=q.device),
+                          None, True))
+        if "d2d" in self._blocks:   # p_i·d, masked for the anchor's own documents
+            parts.append((docs, torch.cat([pid] + [pid[o] for o in owners]), None, True))
+        passages = torch.cat([side(t, s) for t, _, _, s in parts])
+        pids = torch.cat([i for _, i, _, _ in parts])
+        g_cand = None if guide is None else torch.cat([side(g, s) for _, _, g, s in parts])
+        query = torch.cat([q, p], 1) if two else q
+        g_query = None if guide is None else (torch.cat([g_q, g_p], 1) if two else g_q)
+        return query, passages, pids, g_query, g_cand, two
+
     def compute_loss_from_embeddings(self, embeddings, labels=None, *, ids=None, guide=None):
         torch = _torch
         F = torch.nn.functional
@@ -667,44 +895,19 @@ class NegsampLoss(_Module):
             q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
             negs = [F.normalize(n, dim=-1) for n in negs]
         dev = q.device
-        have_ids = ids is not None and all(i is not None for i in ids)
-        base = 0  # ids made up when the features carry none: unique on every rank
-        if not have_ids and self.gather_across_devices:
-            import torch.distributed as dist
-            if dist.is_available() and dist.is_initialized():
-                base = dist.get_rank() << 45
-        pid = ids[1] if have_ids else base + torch.arange(B, device=dev)
-        n_ids = list(ids[2:]) if have_ids else [
-            base + (c + 1) * B + torch.arange(B, device=dev) + (1 << 40)
-            for c in range(len(negs))]
+        pid, n_ids, base, have_ids = self._batch_ids(ids, B, len(negs), dev)
+        owners = [torch.arange(B, device=dev) for _ in negs]
         g_negs = list(guide[2:]) if guide is not None else None
         if negs and self.hard_negatives is not None and self.hard_negatives < len(negs):
-            hard = torch.stack(negs, 1)                                       # (B, C, d)
-            hid = torch.stack(n_ids, 1)
-            rows, keep = self._select.select(q, p, hard, hid if have_ids else None,
-                                             pid if have_ids else None)
-            if self.training:
-                self._select.step += 1
-            safe = rows.clamp(min=0)
-            flat = keep.reshape(-1)
-            negs = [torch.gather(hard, 1, safe.unsqueeze(-1).expand(-1, -1, d))
-                    .reshape(-1, d)[flat]]
-            n_ids = [torch.gather(hid, 1, safe).reshape(-1)[flat]]
-            if g_negs is not None:
-                gh = torch.stack(g_negs, 1)
-                g_negs = [torch.gather(gh, 1, safe.unsqueeze(-1).expand(-1, -1, gh.shape[2]))
-                          .reshape(-1, gh.shape[2])[flat]]
-        passages = torch.cat([p] + negs) if negs else p
-        pids = torch.cat([pid] + n_ids) if n_ids else pid
-        g_q = g_cand = None
-        if guide is not None:
-            g_q = guide[0]
-            g_cand = torch.cat([guide[1]] + (g_negs or []))
-        if self.contrast_anchors:
-            passages = torch.cat([passages, q])
-            pids = torch.cat([pids, pid])  # anchor i carries its positive's id: masked for i
-            if g_cand is not None:
-                g_cand = torch.cat([g_cand, g_q])
+            negs, n_ids, owners, g_negs = self._select_hard(q, p, negs, n_ids, owners, g_negs,
+                                                            pid, have_ids)
+        query, passages, pids, g_q, g_cand, two = self._candidates(
+            q, p, negs, pid, n_ids, owners, base, guide, g_negs)
+        extra, extra_id = self.queue_view()
+        if extra is not None:  # a copy: the backward must not see the next push
+            extra = extra.to(device=dev, dtype=query.dtype, copy=True)
+            extra = torch.cat([extra, extra.new_zeros(extra.shape)], 1) if two else extra
+            extra_id = extra_id.to(dev, copy=True)
         offset, scale_by = 0, 1.0
         if self.gather_across_devices:
             import torch.distributed as dist
@@ -719,8 +922,19 @@ class NegsampLoss(_Module):
         positive = offset + torch.arange(B, device=dev)
         temperature = 1.0 / self.scale
         if self.learn_temperature:
-            q = q / self.log_temperature.exp().to(q.dtype)
+            query = query / self.log_temperature.exp().to(query.dtype)
             temperature = 1.0
+        loss = self._loss(query, passages, pids, extra, extra_id, positive, g_q, g_cand,
+                          temperature)
+        if self.queue_size and self.training and torch.is_grad_enabled():
+            self._queue_push(p, pid if have_ids else None)
+        return loss * scale_by
+
+    def _loss(self, query, passages, pids, extra, extra_id, positive, g_q, g_cand, temperature):
+        """The mean InfoNCE over the anchors: negsamp's op for the rows the guide masks nothing
+        of, the dense rows (logits of those anchors only) for the rest."""
+        torch = _torch
+        B, dev = query.shape[0], query.device
         mask = None
         if g_q is not None:
             g = g_q @ g_cand.T
@@ -730,19 +944,19 @@ class NegsampLoss(_Module):
             mask = g > bound
             mask[torch.arange(B, device=dev), positive] = False
         dense = None if mask is None else mask.any(1)
-        loss = q.new_zeros((), dtype=torch.float32)
+        loss = query.new_zeros((), dtype=torch.float32)
         sparse = torch.ones(B, dtype=torch.bool, device=dev) if dense is None else ~dense
         n_sparse = int(sparse.sum())
-        use_ids = self.mask_same_id or self.contrast_anchors
+        use_ids = self.mask_same_id or bool(self._blocks)
         if n_sparse:
-            qs = q if n_sparse == B else q[sparse]
+            qs = query if n_sparse == B else query[sparse]
             l_sparse, _, _ = torch.ops.negsamp.infonce(
-                qs, passages, None, None, None, positive[sparse] if n_sparse < B else positive,
-                pids if use_ids else None, None, None, temperature, self.symmetric, use_ids,
-                self.tau_plus, self.beta, False)
+                qs, passages, None, None, extra, positive[sparse] if n_sparse < B else positive,
+                pids if use_ids else None, None, extra_id if use_ids else None, temperature,
+                self.symmetric, use_ids, self.tau_plus, self.beta, False)
             loss = loss + l_sparse * (n_sparse / B)
         if dense is not None and bool(dense.any()):
-            qd = q[dense].float()
+            qd = query[dense].float()
             logits = qd @ passages.float().T / temperature
             drop = mask[dense].clone()
             pos_d = positive[dense]
@@ -752,43 +966,60 @@ class NegsampLoss(_Module):
             drop[r, pos_d] = False
             logits = logits.masked_fill(drop, float("-inf"))
             loss = loss + (torch.logsumexp(logits, 1) - logits[r, pos_d]).sum() / B
-        return loss * scale_by
+        return loss
 
 
 class MultipleNegativesRankingLoss(NegsampLoss):
     """Drop-in for ``sentence_transformers.losses.MultipleNegativesRankingLoss`` (model, scale,
-    similarity_fct, gather_across_devices) computed by negsamp; see NegsampLoss for the extras
-    (keyword-only). ``directions``/``partition_mode``/``hardness_*`` of sentence-transformers 6
-    are accepted at their defaults only."""
+    similarity_fct, gather_across_devices, directions, partition_mode) computed by negsamp; see
+    NegsampLoss for the extras (keyword-only: queue_size, hard_negatives, ...).
+
+    ``directions`` / ``partition_mode``: every combination sentence-transformers 6 accepts
+    (joint: one softmax over query_to_doc plus any of query_to_query, doc_to_query,
+    doc_to_doc; per_direction: query_to_doc + doc_to_query averaged = ``symmetric``).
+    ``hardness_mode`` with ``hardness_strength`` > 0 raises Unsupported: its penalty
+    α·stop_grad(s) is added to some negatives of a row and not to others (its own positive and
+    hard negatives), a per-(anchor, candidate) choice that negsamp's shared candidate set
+    cannot express without forming the logits; negsamp's ``beta`` (Robinson et al.'s
+    reweighting) is the supported hardness weighting."""
 
     def __init__(self, model, scale: float = 20.0, similarity_fct=None,
                  gather_across_devices: bool = False, directions=("query_to_doc",),
                  partition_mode: str = "joint", hardness_mode=None,
                  hardness_strength: float = 0.0, **negsamp_options):
-        if tuple(directions) == ("query_to_doc", "doc_to_query") and partition_mode == \
-                "per_direction":
-            negsamp_options.setdefault("symmetric", True)
-        elif tuple(directions) != ("query_to_doc",):
-            raise Unsupported(f"{type(self).__name__}: directions {tuple(directions)} (negsamp: "
-                              f"query_to_doc, or query_to_doc + doc_to_query per_direction = "
-                              f"symmetric=True)")
-        if hardness_mode is not None and hardness_strength:
-            raise Unsupported(f"{type(self).__name__}: hardness_mode (use beta=, negsamp's "
-                              f"hard-negative reweighting)")
-        super().__init__(model, scale, similarity_fct, gather_across_devices, **negsamp_options)
+        _check_hardness(type(self).__name__, hardness_mode, hardness_strength)
+        super().__init__(model, scale, similarity_fct, gather_across_devices,
+                         directions=directions, partition_mode=partition_mode, **negsamp_options)
+        self.hardness_mode, self.hardness_strength = hardness_mode, float(hardness_strength)
+
+    def get_config_dict(self):
+        return {**super().get_config_dict(), "hardness_mode": self.hardness_mode,
+                "hardness_strength": self.hardness_strength}
+
+
+def _check_hardness(fn, hardness_mode, hardness_strength):
+    if hardness_mode not in _HARDNESS_MODES:
+        raise InvalidArgument(f"{fn}: hardness_mode ({hardness_mode!r}) is not one of "
+                              f"{_HARDNESS_MODES}")
+    if not hardness_strength >= 0:
+        raise InvalidArgument(f"{fn}: hardness_strength ({hardness_strength}) must be ≥ 0")
+    if hardness_mode is not None and hardness_strength > 0:
+        raise Unsupported(f"{fn}: hardness_mode={hardness_mode!r} with hardness_strength="
+                          f"{hardness_strength} is not supported (a penalty on some negatives of "
+                          f"a row and not on others needs the logit matrix); use beta=, negsamp's "
+                          f"hard-negative reweighting")
 
 
 class GISTEmbedLoss(NegsampLoss):
     """Drop-in for ``sentence_transformers.losses.GISTEmbedLoss`` (model, guide, temperature,
-    margin_strategy, margin, contrast_anchors, gather_across_devices) computed by negsamp.
-
-    Differences: ``contrast_positives`` (positive–positive logits) is not supported and defaults
-    to False (sentence-transformers: True); equal to sentence-transformers' loss with
-    contrast_positives=False. The similarity is cosine, as in GISTEmbed."""
+    margin_strategy, margin, contrast_anchors, contrast_positives, gather_across_devices)
+    computed by negsamp; the similarity is cosine, as in GISTEmbed. The anchor–anchor and
+    positive–positive blocks always mask the anchor's own row (sentence-transformers leaves it
+    to the guide, which masks it unless margin < g⁺ − 1)."""
 
     def __init__(self, model, guide, temperature: float = 0.01,
                  margin_strategy: str = "absolute", margin: float = 0.0,
-                 contrast_anchors: bool = True, contrast_positives: bool = False,
+                 contrast_anchors: bool = True, contrast_positives: bool = True,
                  gather_across_devices: bool = False, **negsamp_options):
         super().__init__(model, temperature=temperature,
                          gather_across_devices=gather_across_devices, guide=guide,

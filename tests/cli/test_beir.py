@@ -9,44 +9,19 @@ References are independent of negsamp: numpy brute force in float64, Python's js
 zlib modules, FNV-1a written here.
 """
 import argparse
-import gzip
 import json
 import os
 import struct
-import subprocess
 import sys
-import tempfile
-import time
-import traceback
 import zlib
 
 import numpy as np
 
-NEGSAMP = None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli_harness  # noqa: E402
+from cli_harness import Failure, check, read_jsonl, run  # noqa: E402,F401
 
-
-class Failure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def run(*args, expect=0, timeout=180):
-    p = subprocess.run([NEGSAMP, *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout)
-    if p.returncode != expect:
-        raise Failure(f"negsamp {' '.join(map(str, args))}\n  exit {p.returncode}, expected "
-                      f"{expect}\n  stdout: {p.stdout[-2000:]}\n  stderr: {p.stderr[-2000:]}")
-    return p.stdout, p.stderr
-
-
-def read_jsonl(path):
-    op = gzip.open if path.endswith(".gz") else open
-    with op(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+PYTHON = sys.executable  # the Python of `python -m negsamp.parquet` (--python)
 
 
 def fnv1a64(path):
@@ -207,6 +182,131 @@ def group_beir_inputs(tmp):
                  expect=1)
     check("qe.npy has 11 query rows" in err and "queries.jsonl has 10 lines" in err, err)
     print("  HF JSONL == --beir; dev split; unknown ids; rows vs lines")
+
+
+def gzip_file(path, keep=False):
+    """path -> path.gz (mtime 0: the same bytes every run); the plain file removed."""
+    import gzip
+    with open(path, "rb") as f, gzip.GzipFile(path + ".gz", "wb", mtime=0) as g:
+        g.write(f.read())
+    if not keep:
+        os.remove(path)
+    return path + ".gz"
+
+
+def group_beir_gzip_scores(tmp):
+    """.jsonl.gz texts (--beir with NAME.gz, HF --queries/--corpus .jsonl.gz, qrels .tsv.gz)
+    give the rows the plain files give; a truncated gzip is an error naming the file; tevatron
+    rows carry each negative's score (and with --with-scores each positive's), against numpy."""
+    b = Beir(os.path.join(tmp, "b"))
+    r = b.root
+    k, m = 10, 3
+    plain = os.path.join(tmp, "plain.jsonl")
+    run("mine", "--beir", r, "-k", k, "-m", m, "--format", "tevatron", "--with-scores",
+        "--out", plain, "--quiet")
+    rows = read_jsonl(plain)
+    for row in rows:
+        q = b.qid.index(row["query_id"])
+        _, ref = b.ref_top(q, k, m)
+        got = [p["score"] for p in row["negative_passages"]]
+        check(np.allclose(got, [b.S[q, j] for j in ref], atol=1e-5),
+              f"tevatron negative scores of {q}: {got}")
+        pos = [p["score"] for p in row["positive_passages"]]
+        check(np.allclose(pos, [b.S[q, p] for p in sorted(b.pos[q])], atol=1e-5),
+              f"tevatron positive scores of {q}: {pos}")
+    # without --with-scores: the negatives keep their scores, the positives have none
+    nos = os.path.join(tmp, "noscores.jsonl")
+    run("mine", "--beir", r, "-k", k, "-m", m, "--format", "tevatron", "--out", nos, "--quiet")
+    for row, ref_row in zip(read_jsonl(nos), rows):
+        check(all("score" not in p for p in row["positive_passages"]), "positive score")
+        check(row["negative_passages"] == ref_row["negative_passages"], "negatives differ")
+    # HF-style .jsonl.gz inputs
+    qz = gzip_file(os.path.join(r, "queries.jsonl"), keep=True)
+    cz = gzip_file(os.path.join(r, "corpus.jsonl"), keep=True)
+    hf = os.path.join(tmp, "hf.jsonl")
+    run("mine", "--queries", qz, "--corpus", cz, "--queries-emb", f"{r}/queries.npy",
+        "--corpus-emb", f"{r}/corpus.npy", "--qrels", f"{r}/qrels/test.tsv", "-k", k, "-m", m,
+        "--format", "tevatron", "--with-scores", "--out", hf, "--quiet")
+    check(read_jsonl(hf) == rows, ".jsonl.gz inputs differ from the plain ones")
+    # a BEIR folder that ships only NAME.gz
+    os.remove(os.path.join(r, "queries.jsonl"))
+    os.remove(os.path.join(r, "corpus.jsonl"))
+    gzip_file(os.path.join(r, "qrels", "test.tsv"))
+    bz = os.path.join(tmp, "beir_gz.jsonl")
+    run("mine", "--beir", r, "-k", k, "-m", m, "--format", "tevatron", "--with-scores",
+        "--out", bz, "--quiet")
+    check(read_jsonl(bz) == rows, "--beir with .gz files differs")
+    # truncated: refused, naming the file; nothing written
+    with open(cz, "rb") as f:
+        data = f.read()
+    bad = os.path.join(tmp, "cut.jsonl.gz")
+    with open(bad, "wb") as f:
+        f.write(data[:len(data) // 2])
+    out = os.path.join(tmp, "cut_out.jsonl")
+    _, err = run("mine", "--queries", qz, "--corpus", bad, "--queries-emb", f"{r}/queries.npy",
+                 "--corpus-emb", f"{r}/corpus.npy", "--qrels", f"{r}/qrels/test.tsv.gz",
+                 "-k", k, "--out", out, expect=1)
+    check("cut.jsonl.gz" in err and "truncated" in err, f"truncated gzip: {err}")
+    check(not os.path.exists(out), "an output was written for a truncated input")
+    print(f"  {len(rows)} tevatron rows with scores; .gz inputs == plain; truncated refused")
+
+
+def group_beir_parquet(tmp):
+    """python -m negsamp.parquet: HF-style Parquet --queries/--corpus/--qrels and --out
+    FILE.parquet give the rows of the JSONL run (read back with pyarrow), the sidecar names the
+    Parquet inputs; an existing output is kept without --force."""
+    import subprocess
+    py = PYTHON
+    if subprocess.call([py, "-c", "import pyarrow"], stderr=subprocess.DEVNULL) != 0:
+        print(f"  SKIP: {py} has no pyarrow")
+        return
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.path.join(repo, "python"))
+    b = Beir(os.path.join(tmp, "b"))
+    r = b.root
+    k, m = 10, 3
+    conv = os.path.join(tmp, "convert.py")
+    with open(conv, "w") as f:  # the HF layout: Parquet with _id / title / text columns
+        f.write("import json, sys, pyarrow as pa, pyarrow.parquet as pq\n"
+                "src, dst, kind = sys.argv[1:]\n"
+                "if kind == 'qrels':\n"
+                "    rows = [l.rstrip('\\n').split('\\t') for l in open(src)][1:]\n"
+                "    t = pa.table({'query-id': [r[0] for r in rows], 'corpus-id': [r[1] for r "
+                "in rows], 'score': [int(r[2]) for r in rows]})\n"
+                "elif kind == 'table':\n"
+                "    t = pq.read_table(src); print(json.dumps(t.to_pylist())); sys.exit(0)\n"
+                "else:\n"
+                "    rows = [json.loads(l) for l in open(src, encoding='utf-8')]\n"
+                "    t = pa.table({'_id': [r['_id'] for r in rows], 'title': [r.get('title', '')"
+                " for r in rows], 'text': [r['text'] for r in rows]})\n"
+                "pq.write_table(t, dst)\n")
+    for name, kind in (("queries", "texts"), ("corpus", "texts"), ("qrels", "qrels")):
+        src = f"{r}/qrels/test.tsv" if kind == "qrels" else f"{r}/{name}.jsonl"
+        subprocess.check_call([py, conv, src, os.path.join(tmp, f"{name}.parquet"), kind])
+    common = ["-k", k, "-m", m, "--queries-emb", f"{r}/queries.npy", "--corpus-emb",
+              f"{r}/corpus.npy", "--quiet"]
+    for fmt in ("st", "tevatron"):  # flat columns; lists of structs
+        ref = os.path.join(tmp, f"{fmt}.jsonl")
+        run("mine", "--queries", f"{r}/queries.jsonl", "--corpus", f"{r}/corpus.jsonl",
+            "--qrels", f"{r}/qrels/test.tsv", "--format", fmt, "--out", ref, *common)
+        out = os.path.join(tmp, f"{fmt}.parquet")
+        cmd = [py, "-m", "negsamp.parquet", "--negsamp", cli_harness.NEGSAMP, "mine",
+               "--queries", os.path.join(tmp, "queries.parquet"),
+               "--corpus", os.path.join(tmp, "corpus.parquet"),
+               "--qrels", os.path.join(tmp, "qrels.parquet"), "--format", fmt,
+               "--out", out, *map(str, common)]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        check(p.returncode == 0, f"negsamp.parquet {fmt}: {p.returncode} {p.stderr[-2000:]}")
+        got = json.loads(subprocess.check_output([py, conv, out, "-", "table"]))
+        check(got == read_jsonl(ref), f"{fmt}: Parquet rows differ from the JSONL run")
+        prov = json.load(open(out + ".provenance.json"))
+        flags = {i["flag"]: i for i in prov["parquet"]["inputs"]}
+        check(set(flags) == {"--queries", "--corpus", "--qrels"}, f"provenance {flags}")
+        check(flags["--corpus"]["fnv1a64"] == fnv1a64(os.path.join(tmp, "corpus.parquet")),
+              "provenance hash of the Parquet corpus")
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    check(p.returncode == 1 and "exists" in p.stderr, f"existing output: {p.stderr}")
+    print("  st / tevatron Parquet == JSONL; provenance names the Parquet inputs")
 
 
 def write(path, text):
@@ -386,6 +486,33 @@ def check_png(path):
     return w, h
 
 
+def png_pixels(path):
+    """The RGB pixels (h, w, 3) of an 8-bit RGB PNG with filter type 0 rows (negsamp's)."""
+    data = open(path, "rb").read()
+    pos, idat = 8, b""
+    while pos < len(data):
+        n, typ = struct.unpack(">I4s", data[pos:pos + 8])
+        if typ == b"IHDR":
+            w, h = struct.unpack(">II", data[pos + 8:pos + 16])
+        if typ == b"IDAT":
+            idat += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 3 * w + 1)
+    check((raw[:, 0] == 0).all(), f"{path}: a row filter other than none")
+    return raw[:, 1:].reshape(h, w, 3)
+
+
+def check_png_labels(path):
+    """The plot is labelled: black text in the title band (top), the x-label band (bottom),
+    the y-label strip (left edge) and the y tick values left of the axis (x = 66)."""
+    px = png_pixels(path)
+    h, w, _ = px.shape
+    ink = (px.max(axis=2) < 40)  # black text; the bars and grid are coloured or grey
+    for name, region in (("title", ink[:12, :]), ("x label", ink[h - 13:, :]),
+                         ("y label", ink[20:h - 40, :13]), ("y ticks", ink[20:h - 40, 16:58])):
+        check(region.sum() > 20, f"{path}: no {name} drawn ({int(region.sum())} ink pixels)")
+
+
 def ref_inspect(pre, qrels_pos, eps):
     """summary.json recomputed with numpy from the trace and the labels (query row -> rows)."""
     cand = np.load(pre + ".candidates.npy")
@@ -476,10 +603,11 @@ def group_beir_inspect(tmp):
                   f"{name}: histogram {key}: {got['histogram'][key]} != {want['histogram'][key]}")
         check(abs(got["histogram"]["lo"] - want["histogram"]["lo"]) < 1e-6, "histogram lo")
         md = open(os.path.join(rep, "report.md")).read()
-        for png, size in (("scores.png", (640, 360)), ("ranks.png", (480, 300)),
-                          ("rules.png", (480, 300))):
+        for png, size in (("scores.png", (640, 370)), ("ranks.png", (480, 330)),
+                          ("rules.png", (480, 330))):
             check(f"]({png})" in md, f"report.md does not show {png}")
             check(check_png(os.path.join(rep, png)) == size, f"{png} size")
+            check_png_labels(os.path.join(rep, png))
         if name == "plain":
             check(got["labels"]["sampled_labelled"] > 0, "no false negative found in the plain run")
         else:
@@ -521,24 +649,15 @@ GROUPS = {name[6:]: fn for name, fn in globals().items() if name.startswith("gro
 
 
 def main():
-    global NEGSAMP
     ap = argparse.ArgumentParser()
     ap.add_argument("--negsamp", required=True)
     ap.add_argument("--group", action="append", choices=sorted(GROUPS))
+    ap.add_argument("--python", default=sys.executable,
+                    help="the Python that runs negsamp.parquet (needs pyarrow)")
     a = ap.parse_args()
-    NEGSAMP = a.negsamp
-    failed = 0
-    for g in a.group or list(GROUPS):
-        with tempfile.TemporaryDirectory(prefix=f"negsamp-beir-{g}-") as tmp:
-            t0 = time.time()
-            try:
-                GROUPS[g](tmp)
-                print(f"PASS {g} ({time.time() - t0:.1f}s)")
-            except Exception:
-                failed += 1
-                print(f"FAIL {g}")
-                traceback.print_exc()
-    return 1 if failed else 0
+    global PYTHON
+    PYTHON = a.python
+    return cli_harness.run_groups(a.negsamp, GROUPS, a.group, "negsamp-beir")
 
 
 if __name__ == "__main__":

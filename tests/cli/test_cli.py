@@ -14,33 +14,15 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 import numpy as np
 
-NEGSAMP = None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli_harness  # noqa: E402
+from cli_harness import Failure, check, read_jsonl, run  # noqa: E402,F401
+
 DATA = None
-
-
-class Failure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def run(*args, expect=0, timeout=180):
-    """Runs negsamp; checks the exit status; returns (stdout, stderr)."""
-    p = subprocess.run([NEGSAMP, *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout)
-    if p.returncode != expect:
-        raise Failure(f"negsamp {' '.join(map(str, args))}\n  exit {p.returncode}, expected "
-                      f"{expect}\n  stdout: {p.stdout[-2000:]}\n  stderr: {p.stderr[-2000:]}")
-    return p.stdout, p.stderr
 
 
 TEMP_TAG = ".negsamp-tmp-"
@@ -108,11 +90,6 @@ def save_fvecs(path, x):
 def save_npy_v2(path, x):
     with open(path, "wb") as f:
         np.lib.format.write_array(f, np.ascontiguousarray(x), version=(2, 0))
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def digits():
@@ -868,7 +845,7 @@ def group_friction(tmp):
 
 
 def start_mine(q, c, *out):
-    return subprocess.Popen([NEGSAMP, "mine", "--queries", q, "--corpus", c, "-k", "100",
+    return subprocess.Popen([cli_harness.NEGSAMP, "mine", "--queries", q, "--corpus", c, "-k", "100",
                              "-m", "10", "--batch", "500", *out, "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -957,31 +934,19 @@ GROUPS = {name[6:]: fn for name, fn in globals().items() if name.startswith("gro
 
 
 def main():
-    global NEGSAMP, DATA
+    global DATA
     ap = argparse.ArgumentParser()
     ap.add_argument("--negsamp", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--group", action="append", choices=sorted(GROUPS))
     a = ap.parse_args()
-    NEGSAMP, DATA = a.negsamp, a.data
-    failed = ran = 0
-    for g in a.group or list(GROUPS):
+    DATA = a.data
+
+    def skip(g):
         if g in ("mine_digits", "demo") and not os.path.exists(DATA):
-            print(f"SKIP {g}: digits data not found at {DATA}")
-            continue
-        ran += 1
-        with tempfile.TemporaryDirectory(prefix=f"negsamp-cli-{g}-") as tmp:
-            t0 = time.time()
-            try:
-                GROUPS[g](tmp)
-                print(f"PASS {g} ({time.time() - t0:.1f}s)")
-            except Exception:
-                failed += 1
-                print(f"FAIL {g}")
-                traceback.print_exc()
-    if not ran:
-        return 77  # every group skipped: ctest's SKIP_RETURN_CODE
-    return 1 if failed else 0
+            return f"digits data not found at {DATA}"
+        return None
+    return cli_harness.run_groups(a.negsamp, GROUPS, a.group, "negsamp-cli", skip)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,20 @@ def test_mine_equals_sentence_transformers_several_positives(model):
         _assert_same(nst.mine_hard_negatives(ds, model, **kw), _st_mine(ds, model, **kw))
 
 
+def test_mine_prompts_and_batch_size_equal_sentence_transformers(model):
+    # query/corpus prompts reach the encoder as sentence-transformers passes them ("query" is
+    # an unknown word of the tiny vocabulary: its token shifts every query's embedding).
+    ds = pairs(30, seed=50)
+    corpus = corpus_words(100, seed=51)
+    kw = dict(corpus=corpus, num_negatives=3, output_format="n-tuple", output_scores=True,
+              query_prompt="query: red ", corpus_prompt="passage: ", batch_size=7)
+    ours = nst.mine_hard_negatives(ds, model, **kw)
+    _assert_same(ours, _st_mine(ds, model, **kw))
+    plain = nst.mine_hard_negatives(ds, model, **{k: v for k, v in kw.items()
+                                                  if "prompt" not in k})
+    assert ours["scores"] != plain["scores"]
+
+
 @pytest.mark.parametrize("strategy", ["top", "random", "simans", "softmax"])
 def test_mine_negatives_never_positives(model, strategy):
     # Repeated anchors with several positives, a corpus holding the positives again (the
@@ -286,8 +300,93 @@ def test_mine_arguments_checked(model):
                                 corpus_embeddings=np.zeros((5, 3), np.float32))
     with pytest.raises(negsamp.InvalidArgument, match="give a model"):
         nst.mine_hard_negatives(ds)
-    with pytest.raises(negsamp.Unsupported, match="cross_encoder"):
-        nst.mine_hard_negatives(ds, model, cross_encoder=object())
+    with pytest.raises(negsamp.InvalidArgument, match="scores per pair"):
+        nst.mine_hard_negatives(ds, model, cross_encoder=StubCrossEncoder(tiny_model(), width=2))
+
+
+class StubCrossEncoder:
+    """CrossEncoder.predict's interface over a bi-encoder: the score of (query, passage) is
+    5·cos of another tiny model's embeddings plus 0.1·(number of shared words), so it ranks
+    differently from the miner's model. Test-only."""
+
+    def __init__(self, model, width=1):
+        self.model, self.width, self.calls = model, width, 0
+
+    def predict(self, pairs, batch_size=32, show_progress_bar=None, convert_to_numpy=True,
+                convert_to_tensor=False, pool=None, **kw):
+        self.calls += 1
+        a = self.model.encode([x for x, _ in pairs], normalize_embeddings=True)
+        b = self.model.encode([y for _, y in pairs], normalize_embeddings=True)
+        shared = [len(set(x.split()) & set(y.split())) for x, y in pairs]
+        s = 5.0 * (a * b).sum(1) + 0.1 * np.asarray(shared, np.float32)
+        s = np.repeat(s[:, None], self.width, 1) if self.width > 1 else s
+        return torch.from_numpy(s.astype(np.float32)) if convert_to_tensor else s
+
+
+@pytest.mark.parametrize("kw", [dict(absolute_margin=0.0, output_format="n-tuple"),
+                                dict(relative_margin=0.05, output_format="triplet"),
+                                dict(max_score=3.0, min_score=-1.0,
+                                     output_format="labeled-list")])
+def test_mine_cross_encoder_equals_sentence_transformers(model, kw):
+    # With a score rule sentence-transformers rescores the candidates with the cross-encoder
+    # and filters / ranks by its scores: negsamp gives the same rows and scores.
+    ds = pairs(30, seed=41)
+    corpus = corpus_words(120, seed=42)
+    ce = StubCrossEncoder(tiny_model(seed=43))
+    kw = dict(corpus=corpus, num_negatives=3, output_scores=True, **kw)
+    ours = nst.mine_hard_negatives(ds, model, cross_encoder=ce, **kw)
+    assert ce.calls >= 2
+    _assert_same(ours, _st_mine(ds, model, cross_encoder=ce, **kw))
+
+
+def tiny_cross_encoder(path, seed=0):
+    """A sentence-transformers CrossEncoder over a 1-layer, 16-wide BERT with one output (random
+    weights) and the local word-level tokenizer, saved to path and loaded back: no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from sentence_transformers import CrossEncoder
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    for w in WORDS + [f"x{i}" for i in range(100)]:
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=1,
+                     initializer_range=0.5)  # spread scores: no ties among the candidates
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return CrossEncoder(str(path), device="cpu")
+
+
+def test_mine_real_cross_encoder_equals_sentence_transformers(model, tmp_path):
+    # A real (tiny, local) CrossEncoder through its own predict: the same rows and scores as
+    # sentence-transformers' miner given that cross-encoder.
+    ds = pairs(12, seed=47)
+    corpus = corpus_words(50, seed=48)
+    ce = tiny_cross_encoder(tmp_path / "ce", seed=49)
+    kw = dict(corpus=corpus, num_negatives=2, absolute_margin=0.0, output_format="n-tuple",
+              output_scores=True)
+    _assert_same(nst.mine_hard_negatives(ds, model, cross_encoder=ce, **kw),
+                 _st_mine(ds, model, cross_encoder=ce, **kw))
+
+
+def test_mine_cross_encoder_filters_above_the_positive(model):
+    # The NV-Retriever rule on cross-encoder scores: no negative scores above 95% of the
+    # positive's cross-encoder score, checked with the stub's own scores.
+    ds = pairs(25, seed=44)
+    corpus = corpus_words(100, seed=45) + list(ds["answer"][:5])
+    ce = StubCrossEncoder(tiny_model(seed=46))
+    out, counts = nst.mine_hard_negatives(ds, model, corpus=corpus, cross_encoder=ce,
+                                          relative_margin=0.05, num_negatives=4,
+                                          output_format="triplet", return_counts=True)
+    assert len(out) > 0 and sum(counts.values()) > 0, counts
+    sp = ce.predict(list(zip(out["query"], out["answer"])))
+    sn = ce.predict(list(zip(out["query"], out["negative"])))
+    assert np.all(sn <= sp - np.abs(sp) * 0.05 + 1e-5)
 
 
 # ------------------------------------------------------------------ losses
@@ -360,24 +459,134 @@ def _st_gist(model, guide, **kw):
     L.margin_strategy = kw.get("margin_strategy", "absolute")
     L.margin = kw.get("margin", 0.0)
     L.contrast_anchors = kw.get("contrast_anchors", True)
-    L.contrast_positives = False
+    L.contrast_positives = kw.get("contrast_positives", True)
     L.gather_across_devices = False
     L.cross_entropy_loss = torch.nn.CrossEntropyLoss()
     return L
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(contrast_anchors=False),
+                                dict(contrast_positives=False),
+                                dict(contrast_anchors=False, contrast_positives=False),
                                 dict(margin_strategy="relative", margin=0.1),
                                 dict(margin=-0.3, temperature=0.05)])
-def test_gist_equals_sentence_transformers(kw):
+@pytest.mark.parametrize("negs", [0, 1])
+def test_gist_equals_sentence_transformers(kw, negs):
     model, guide = tiny_model(seed=5), tiny_model(seed=6)
-    feats, _ = _batch(model, n=12, negs=1, seed=7)
+    feats, _ = _batch(model, n=12, negs=negs, seed=7)
     ref = _loss_and_grad(model, _st_gist(model, guide, **kw), feats)
     ours_fn = nst.GISTEmbedLoss(model, guide, **kw)
     ours = _loss_and_grad(model, ours_fn, feats)
     _assert_close_loss_grad(ours, ref, rtol=5e-4, atol=1e-5)
-    with pytest.raises(negsamp.Unsupported, match="contrast_positives"):
-        nst.GISTEmbedLoss(model, guide, contrast_positives=True)
+    with pytest.raises(negsamp.Unsupported, match="queue_size"):
+        nst.GISTEmbedLoss(model, guide, queue_size=4)
+
+
+@pytest.mark.parametrize("directions,partition_mode", [
+    (("query_to_doc", "query_to_query"), "joint"),
+    (("query_to_doc", "doc_to_query"), "joint"),
+    (("query_to_doc", "doc_to_doc"), "joint"),
+    (("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"), "joint"),
+    (("query_to_doc", "doc_to_query"), "per_direction"),
+    (("query_to_doc",), "per_direction")])
+@pytest.mark.parametrize("similarity,negs", [("cos_sim", 2), ("dot_score", 1), ("cos_sim", 0)])
+def test_mnrl_directions_equal_sentence_transformers(directions, partition_mode, similarity,
+                                                     negs):
+    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers import util
+    model = tiny_model(seed=24)
+    feats, _ = _batch(model, n=7, negs=negs, seed=25 + negs)
+    fct = getattr(util, similarity)
+    scale = 20.0 if similarity == "cos_sim" else 1.0
+    kw = dict(directions=directions, partition_mode=partition_mode)
+    ref = _loss_and_grad(model, losses.MultipleNegativesRankingLoss(model, scale, fct, **kw),
+                         feats)
+    ours = _loss_and_grad(model, nst.MultipleNegativesRankingLoss(model, scale, fct, **kw),
+                          feats)
+    _assert_close_loss_grad(ours, ref)
+
+
+def test_mnrl_arguments_that_cannot_be_supported_are_named():
+    model = tiny_model(seed=26)
+    for mode in ("in_batch_negatives", "hard_negatives", "all_negatives"):
+        with pytest.raises(negsamp.Unsupported, match=f"hardness_mode='{mode}'"):
+            nst.MultipleNegativesRankingLoss(model, hardness_mode=mode, hardness_strength=5.0)
+    # hardness_strength 0 has no effect in sentence-transformers either: accepted.
+    nst.MultipleNegativesRankingLoss(model, hardness_mode="hard_negatives")
+    with pytest.raises(negsamp.InvalidArgument, match="hardness_mode"):
+        nst.MultipleNegativesRankingLoss(model, hardness_mode="hardest")
+    with pytest.raises(negsamp.InvalidArgument, match="directions"):
+        nst.MultipleNegativesRankingLoss(model, directions=("doc_to_query",))
+    with pytest.raises(negsamp.InvalidArgument, match="per_direction"):
+        nst.MultipleNegativesRankingLoss(model, directions=("query_to_doc", "query_to_query"),
+                                         partition_mode="per_direction")
+    with pytest.raises(negsamp.Unsupported, match="doc_to_doc with beta"):
+        nst.MultipleNegativesRankingLoss(model, directions=("query_to_doc", "doc_to_doc"),
+                                         beta=0.5)
+
+
+def _queue_reference(model, feats, queue_texts, scale=20.0, mask=True):
+    """MNRL in float64 over [positives; negatives; queue] (queue without gradient), a
+    queued text equal to the anchor's positive masked for that anchor."""
+    def loss(features, labels):
+        e = [torch.nn.functional.normalize(model(f)["sentence_embedding"].double(), dim=-1)
+             for f in features]
+        with torch.no_grad():
+            qe = torch.nn.functional.normalize(
+                torch.from_numpy(model.encode(queue_texts)).double(), dim=-1)
+        logits = e[0] @ torch.cat(e[1:] + [qe]).T * scale
+        pos_texts = features_texts[1]
+        for i, t in enumerate(pos_texts):
+            for j, u in enumerate(queue_texts):
+                if t == u and mask:
+                    logits[i, len(pos_texts) * (len(e) - 1) + j] = float("-inf")
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(pos_texts)))
+    features_texts = feats
+    return loss
+
+
+def test_queue_equals_float64_reference():
+    # capacity 10, batches of 6: after two batches the queue holds b1's last 4 positives and
+    # b2's 6 (FIFO); b3's loss and gradient equal the float64 MNRL with those 10 extra
+    # negatives, the one whose text is b3's first positive masked for anchor 0.
+    model = tiny_model(seed=27)
+    tok = getattr(model, "preprocess", None) or model.tokenize
+    loss_fn = nst.MultipleNegativesRankingLoss(model, queue_size=10)
+    batches = [_batch(model, n=6, negs=1, seed=28 + b)[1] for b in range(3)]
+    for b in range(2):
+        for c in range(3):
+            batches[b][c] = [t + f" b{b}" for t in batches[b][c]]
+    batches[2][1][0] = batches[1][1][3]  # b3's first positive was queued in b2 ...
+    batches[2][0][0] = batches[1][1][3]  # ... and is its anchor: the copy's logit is the max
+    for cols in batches[:2]:
+        _loss_and_grad(model, loss_fn, [tok(c) for c in cols])
+    queued = batches[0][1][2:] + batches[1][1]
+    rows, ids = loss_fn.queue_view()
+    assert rows.shape == (10, 16) and ids.shape == (10,)
+    want = torch.nn.functional.normalize(torch.from_numpy(model.encode(queued)), dim=-1)
+    got_sorted = sorted(map(tuple, rows.numpy().round(5)))
+    assert got_sorted == sorted(map(tuple, want.numpy().round(5)))
+    feats = [tok(c) for c in batches[2]]
+    ours = _loss_and_grad(model, loss_fn, feats)
+    ref = _loss_and_grad(model, _queue_reference(model, batches[2], queued), feats)
+    _assert_close_loss_grad(ours, ref)
+    # mask_same_id=False keeps the queued copy of the positive: the unmasked reference
+    nomask = nst.MultipleNegativesRankingLoss(model, queue_size=10, mask_same_id=False)
+    for cols in batches[:2]:
+        _loss_and_grad(model, nomask, [tok(c) for c in cols])
+    ref_nomask = _loss_and_grad(model, _queue_reference(model, batches[2], queued, mask=False),
+                                feats)
+    assert ref_nomask[0] > ref[0] + 0.05
+    _assert_close_loss_grad(_loss_and_grad(model, nomask, feats), ref_nomask)
+    # no push without gradients (evaluation) or in eval mode
+    n_pushed = loss_fn._queue_pushed
+    with torch.no_grad():
+        loss_fn([tok(c) for c in batches[0]], None)
+    loss_fn.eval()
+    loss_fn([tok(c) for c in batches[0]], None)
+    assert loss_fn._queue_pushed == n_pushed
+    with pytest.raises(negsamp.InvalidArgument, match="queue_size"):
+        nst.MultipleNegativesRankingLoss(model, queue_size=-1)
 
 
 def test_same_id_masking_equals_masked_reference():
@@ -432,6 +641,38 @@ def test_hard_negative_selection_inside_the_loss():
     _assert_close_loss_grad(ours, ref)
 
 
+def test_doc_to_doc_after_selection_masks_the_anchors_own_documents():
+    # hard_negatives=1 of 4 columns, then directions query_to_doc + doc_to_doc (joint): row i
+    # is q_i·[P; chosen] and p_i·[P; chosen] with p_i's own positive and own chosen negative
+    # masked; the chosen rows follow their anchor (owner) through the selection.
+    # The margin filter leaves some anchors without a negative, so the chosen rows are not
+    # one per anchor in order.
+    model = tiny_model(seed=10)
+    feats, _ = _batch(model, n=6, negs=4, seed=12)
+    loss_fn = nst.MultipleNegativesRankingLoss(
+        model, hard_negatives=1, filter=dict(margin=0.0), sampler=dict(strategy="top"),
+        directions=("query_to_doc", "doc_to_doc"))
+    ours = _loss_and_grad(model, loss_fn, feats)
+    seen = {}
+
+    def ref_loss(features, labels):
+        e = [torch.nn.functional.normalize(model(f)["sentence_embedding"].double(), dim=-1)
+             for f in features]
+        q, p, h = e[0], e[1], torch.stack(e[2:], 1)
+        with torch.no_grad():
+            s = torch.einsum("bd,bcd->bc", q, h)
+            s = s.masked_fill(s > (q * p).sum(-1, keepdim=True), float("-inf"))
+            best, ok = s.argmax(1), torch.isfinite(s.max(1).values)
+        seen["ok"] = ok
+        docs = torch.cat([p, h[torch.arange(6), best][ok]])
+        own = torch.cat([torch.eye(6), torch.eye(6)[:, ok]], 1).bool()
+        d2d = (p @ docs.T).masked_fill(own, float("-inf"))
+        logits = torch.cat([q @ docs.T, d2d], 1) * 20.0
+        return torch.nn.functional.cross_entropy(logits, torch.arange(6))
+    _assert_close_loss_grad(ours, _loss_and_grad(model, ref_loss, feats))
+    assert 0 < int(seen["ok"].sum()) < 6 and not bool(seen["ok"][0]), seen  # rows shift
+
+
 def test_learn_temperature_gets_a_gradient():
     model = tiny_model(seed=12)
     feats, _ = _batch(model, n=6, negs=1, seed=13)
@@ -458,6 +699,9 @@ def _train(loss_name, tmp_path):
         loss = nst.CachedMultipleNegativesRankingLoss(model, mini_batch_size=8)
     elif loss_name == "gist":
         loss = nst.GISTEmbedLoss(model, tiny_model(seed=17), temperature=0.05)
+    elif loss_name == "queue":
+        loss = nst.MultipleNegativesRankingLoss(model, queue_size=40,
+                                                directions=("query_to_doc", "query_to_query"))
     else:
         loss = nst.NegsampLoss(model, temperature=0.05, symmetric=True, beta=0.5,
                                learn_temperature=True)
@@ -472,23 +716,49 @@ def _train(loss_name, tmp_path):
     return losses, loss
 
 
-@pytest.mark.parametrize("loss_name", ["mnrl", "cached", "gist", "extras"])
+@pytest.mark.parametrize("loss_name", ["mnrl", "cached", "gist", "extras", "queue"])
 def test_trainer_end_to_end(loss_name, tmp_path):
     losses, loss = _train(loss_name, tmp_path)
     assert len(losses) >= 12 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    if loss_name == "queue":  # the trainer's steps filled the queue (capacity 40)
+        assert loss.queue_view()[0].shape[0] == 40
     if loss_name == "extras":  # the trainer's optimizer also updates the loss's temperature
         assert abs(loss.temperature - 0.05) > 1e-4, loss.temperature
 
 
-def test_debiased_tau_plus():
-    # τ⁺ > 0 changes the loss (the debiased estimator) and keeps it differentiable and finite.
+@pytest.mark.parametrize("tau_plus,beta", [(0.1, 0.0), (0.05, 0.5), (0.0, 1.0)])
+def test_debiased_and_reweighted_equal_float64_reference(tau_plus, beta):
+    # DESIGN.md's estimator (Chuang et al. debiasing, Robinson et al. reweighting) written
+    # here in float64 torch over the whole candidate set: the loss and the model's gradient.
     model = tiny_model(seed=18)
     feats, _ = _batch(model, n=8, negs=1, seed=19)
-    plain = _loss_and_grad(model, nst.NegsampLoss(model, temperature=0.05), feats)
-    deb = _loss_and_grad(model, nst.NegsampLoss(model, temperature=0.05, tau_plus=0.1), feats)
-    assert np.isfinite(deb[0]) and bool(torch.isfinite(deb[1]).all())
-    assert abs(deb[0] - plain[0]) > 1e-4
+    tau = 0.05
+    ours = _loss_and_grad(model, nst.NegsampLoss(model, temperature=tau, tau_plus=tau_plus,
+                                                 beta=beta), feats)
+
+    def ref_loss(features, labels):
+        e = [torch.nn.functional.normalize(model(f)["sentence_embedding"].double(), dim=-1)
+             for f in features]
+        logits = e[0] @ torch.cat(e[1:]).T / tau
+        B = logits.shape[0]
+        per = []
+        for i in range(B):
+            lp = logits[i, i]
+            x = torch.cat([logits[i, :i], logits[i, i + 1:]])
+            n = x.numel()
+            rw = n * torch.exp((1 + beta) * x).sum() / torch.exp(beta * x).sum()
+            floor = n * torch.exp(torch.tensor(-1.0 / tau, dtype=torch.float64))
+            ng = torch.maximum((rw - tau_plus * n * torch.exp(lp)) / (1 - tau_plus), floor)
+            per.append(-lp + torch.log(torch.exp(lp) + ng))
+        return torch.stack(per).mean()
+    _assert_close_loss_grad(ours, _loss_and_grad(model, ref_loss, feats))
+    plain = _loss_and_grad(model, nst.NegsampLoss(model, temperature=tau), feats)
+    assert abs(ours[0] - plain[0]) > 1e-4  # the estimator changes the loss
+
+
+_DIRECTIONS_TRIED = [("query_to_doc",),
+                     ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")]
 
 
 def _gather_worker(rank, world, init_file, out, sizes):
@@ -501,16 +771,22 @@ def _gather_worker(rank, world, init_file, out, sizes):
         lo = sum(sizes[:rank])
         tok = getattr(model, "preprocess", None) or model.tokenize
         feats = [tok(c[lo:lo + sizes[rank]]) for c in cols]
-        loss_fn = nst.MultipleNegativesRankingLoss(model, gather_across_devices=True)
-        loss = loss_fn(feats, None)
-        loss.backward()
-        g = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
-        dist.all_reduce(g)
-        g /= world  # what DistributedDataParallel does with the ranks' gradients
-        total = loss.detach().clone()
-        dist.all_reduce(total)
+        got = []
+        for directions in _DIRECTIONS_TRIED:  # one process group for all: spawning is slow
+            model.zero_grad()
+            loss_fn = nst.MultipleNegativesRankingLoss(model, gather_across_devices=True,
+                                                       directions=directions)
+            loss = loss_fn([dict(f) for f in feats], None)
+            loss.backward()
+            g = torch.cat([p.grad.reshape(-1) for p in model.parameters()
+                           if p.grad is not None])
+            dist.all_reduce(g)
+            g /= world  # what DistributedDataParallel does with the ranks' gradients
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            got.append({"grad": g, "loss": total / world})
         if rank == 0:
-            torch.save({"grad": g, "loss": total / world}, out)
+            torch.save(got, out)
     finally:
         dist.destroy_process_group()
 
@@ -526,7 +802,8 @@ def _gather_columns(sizes):
 
 def test_gather_across_devices_gradient_equals_single_process(tmp_path):
     # 2 CPU processes (gloo), uneven batches (5 + 3): the DDP-averaged gradient equals the
-    # gradient of the whole batch of 8 in one process, and so does the mean loss.
+    # gradient of the whole batch of 8 in one process, and so does the mean loss; with every
+    # direction too (the gathered candidates then hold the other ranks' anchors).
     import torch.distributed as dist
     import torch.multiprocessing as mp
     if not dist.is_available() or not dist.is_gloo_available():
@@ -537,14 +814,15 @@ def test_gather_across_devices_gradient_equals_single_process(tmp_path):
     # sentence-transformers again, the slow part of this test.
     mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(out), sizes), nprocs=2,
              join=True)
-    got = torch.load(out)
     model = tiny_model(seed=20)
     tok = getattr(model, "preprocess", None) or model.tokenize
     feats = [tok(c) for c in _gather_columns(sizes)]
-    loss, g = _loss_and_grad(model, nst.MultipleNegativesRankingLoss(model), feats)
-    torch.testing.assert_close(got["grad"], g, rtol=1e-4, atol=1e-6)
-    # Each rank's loss is scaled by world · B_rank / B_global: their mean is the global mean.
-    assert abs(float(got["loss"]) - loss) < 1e-4 * max(1.0, abs(loss))
+    for directions, got in zip(_DIRECTIONS_TRIED, torch.load(out)):
+        loss, g = _loss_and_grad(
+            model, nst.MultipleNegativesRankingLoss(model, directions=directions), feats)
+        torch.testing.assert_close(got["grad"], g, rtol=1e-4, atol=1e-6)
+        # Each rank's loss is scaled by world · B_rank / B_global: their mean is the global mean.
+        assert abs(float(got["loss"]) - loss) < 1e-4 * max(1.0, abs(loss)), directions
 
 
 def test_mine_guide_embeddings_equal_guide_model(model):
