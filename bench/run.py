@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """negsamp beside its peers: the one benchmark runner.
 
-    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all|mine|sample] [--build DIR]
-                         [--out DIR] [--readme]
+    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all|mine|kmeans|sample]
+                         [--build DIR] [--out DIR] [--readme]
 
 Runs every suite this machine supports and writes bench/results/<machine>-<date>.json, a
 Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
@@ -11,6 +11,8 @@ Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
            argpartition per query chunk); InfoNCE forward+backward: negsamp vs numpy
            (materialised logits); peak RSS of each InfoNCE in its own process against batch size.
   gpu      bench/gpu_run.sh when a GPU exists, else recorded as skipped with the reason.
+  kmeans   negsamp.kmeans vs faiss.Kmeans: time (interleaved medians) and final inertia
+           (--suite kmeans only; not part of all).
   quality  bench/quality_digits (C): negative-sampling strategies on the UCI digits, false-
            negative share and held-out retrieval over several seeds.
   mine     exact mining beside faiss-cpu, torch and numpy at 1 and 2 threads.
@@ -868,9 +870,11 @@ def quality_verdict(summary, runs=None):
 # before any library loads; inside it, per shape, the implementations run interleaved, medians
 # of --repeats: negsamp f32 (default GEMM: bf16 candidates + exact re-score), negsamp f32 with
 # NS_CPU_MINE_GEMM=f32, negsamp on bf16 inputs, faiss-cpu IndexFlatIP, torch (mm + topk over
-# query chunks), numpy (matmul + argpartition). Top-k sets: negsamp's default and f32-GEMM paths
-# must be identical (exact mining); agreement with faiss/torch/numpy (f32 GEMMs, whose near-ties
-# may order differently) is reported.
+# query chunks), numpy (matmul + argpartition), and the bare GEMM with no selection (torch.mm over
+# the same query chunks, f32 and bf16: what mining cannot go below). Top-k sets: negsamp's default
+# and f32-GEMM paths must be identical (exact mining); agreement with faiss/torch/numpy (f32
+# GEMMs, whose near-ties may order differently) is reported. Writes .json, .md and a .png of the
+# ratios under bench/results/, named by CPU and date.
 
 MINE_SHAPES_FULL = [(4096, 200_000, 384, 100), (4096, 200_000, 384, 1000), (1024, 1_000_000, 768, 100)]
 MINE_SHAPES_QUICK = [(1024, 100_000, 384, 100), (1024, 100_000, 384, 1000), (512, 200_000, 768, 100)]
@@ -895,6 +899,17 @@ def torch_topk(torch, q, c, k, chunk=256):
         s = qt[i:i + chunk] @ ct.T
         idx.append(torch.topk(s, k, dim=1).indices)
     return torch.cat(idx).numpy()
+
+
+def torch_bare_gemm(qt, ct, chunk=256):
+    """The score GEMM alone, query chunk by chunk into one reused output (no selection)."""
+    import torch
+    out = torch.empty((min(chunk, qt.shape[0]), ct.shape[0]), dtype=qt.dtype)
+    ctt = ct.T
+    for i in range(0, qt.shape[0], chunk):
+        qq = qt[i:i + chunk]
+        torch.mm(qq, ctt, out=out[:qq.shape[0]])
+    return None
 
 
 def mine_child(shapes, repeats, threads, lib):
@@ -948,6 +963,10 @@ def mine_child(shapes, repeats, threads, lib):
             impls["faiss"] = lambda: index.search(q, k)[1]
         if "torch" in peers:
             impls["torch"] = lambda: torch_topk(peers["torch"], q, c, k)
+            tq, tc = peers["torch"].from_numpy(q), peers["torch"].from_numpy(c)
+            tq16, tc16 = tq.to(peers["torch"].bfloat16), tc.to(peers["torch"].bfloat16)
+            impls["gemm_f32"] = lambda: torch_bare_gemm(tq, tc)
+            impls["gemm_bf16"] = lambda: torch_bare_gemm(tq16, tc16)
         for fn in impls.values():  # warm-up, untimed
             fn()
         times = {n: [] for n in impls}
@@ -973,67 +992,102 @@ def mine_child(shapes, repeats, threads, lib):
         log(f"[mine] T={threads} Q={Q} N={N} d={d} k={k}: " + ", ".join(
             f"{n} {row[n]['median']:.2f} s" for n in impls))
         del c, q, q16, c16, impls, outs
+        if "torch" in peers:
+            del tq, tc, tq16, tc16
     return rows
+
+
+MINE_PEERS = [("faiss", "faiss-cpu IndexFlatIP"), ("torch", "torch mm + topk"),
+              ("numpy", "numpy matmul + argpartition"), ("gemm_f32", "bare GEMM f32 (torch.mm)"),
+              ("gemm_bf16", "bare GEMM bf16 (torch.mm)")]
+
+
+def mine_ratio(r, peer, ours):
+    if peer not in r or ours not in r:
+        return float("nan")
+    return r[peer]["median"] / r[ours]["median"]
 
 
 def mine_report(res):
     m = res["machine"]
     out = ["# Mining beside faiss-cpu, torch and numpy", "",
            f"{m['cpu']}, {m['cores']} cores; GEMM: {res['gemm']}; load average {res['load_start']} "
-           f"at the start, {res['load_end']} at the end (a machine shared with other jobs: "
+           f"at the start, {res['load_end']} at the end (`uptime`; a machine shared with other jobs: "
            "timings are noisy, compare ratios within a row).",
            f"Command: `{res['command']}`; medians of {res['repeats']} interleaved runs; "
            f"git {res['git']}.", "",
            "ratio = peer time ÷ negsamp time (> 1: negsamp faster). negsamp = exact mining (bf16 "
            "candidates, exact f32 re-score); `f32 GEMM` = the same exact mining with f32 "
-           "candidates; `bf16 in` = bf16 inputs (peers on the f32 data).", "",
+           "candidates; `bf16 in` = bf16 inputs (peers on the f32 data). `bare GEMM` = the score "
+           "GEMM alone with no selection (torch.mm; f32 for the f32 rows, bf16 for the bf16 rows): "
+           "below 1 means the selection and re-score cost that much on top of a GEMM.", "",
            "| shape Q × N × d, k | threads | negsamp s | f32 GEMM s | bf16 in s | faiss ÷ negsamp | "
-           "faiss ÷ bf16 in | torch ÷ negsamp | numpy ÷ negsamp | same sets (exact paths) | "
-           "agreement faiss |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "faiss ÷ bf16 in | torch ÷ negsamp | numpy ÷ negsamp | bare f32 GEMM ÷ negsamp | "
+           "bare bf16 GEMM ÷ bf16 in | same sets (exact paths) | agreement faiss |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"]:
         med = lambda n: r[n]["median"] if n in r else float("nan")  # noqa: E731
         out.append(
             f"| {r['Q']} × {r['N']} × {r['d']}, {r['k']} | {r['threads']} | {med('negsamp'):.2f} | "
             f"{med('negsamp_f32gemm'):.2f} | {med('negsamp_bf16in'):.2f} | "
-            f"{med('faiss') / med('negsamp'):.2f} | {med('faiss') / med('negsamp_bf16in'):.2f} | "
-            f"{med('torch') / med('negsamp'):.2f} | {med('numpy') / med('negsamp'):.2f} | "
+            f"{mine_ratio(r, 'faiss', 'negsamp'):.2f} | {mine_ratio(r, 'faiss', 'negsamp_bf16in'):.2f} | "
+            f"{mine_ratio(r, 'torch', 'negsamp'):.2f} | {mine_ratio(r, 'numpy', 'negsamp'):.2f} | "
+            f"{mine_ratio(r, 'gemm_f32', 'negsamp'):.2f} | {mine_ratio(r, 'gemm_bf16', 'negsamp_bf16in'):.2f} | "
             f"{'yes' if r['identical_default_vs_f32gemm'] and r['identical_bf16in_default_vs_f32gemm'] else 'NO'} | "
             f"{r['set_agreement_with_negsamp'].get('faiss', float('nan')):.4f} |")
     by = {(r["Q"], r["N"], r["d"], r["k"], r["threads"]): r for r in res["rows"]}
-    out += ["", "Thread scaling 1 → 2 (time at 1 ÷ time at 2; ideal 2):", "",
-            "| shape | negsamp | bf16 in | faiss | torch |", "| --- | --- | --- | --- | --- |"]
+    out += ["", "Thread scaling 1 → 2 (time at 1 ÷ time at 2; ideal 2, in brackets the share of "
+            "ideal):", "",
+            "| shape | negsamp | bf16 in | faiss | torch | bare f32 GEMM |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for (Q, N, d, k, t), r in by.items():
         if t != 1 or (Q, N, d, k, 2) not in by:
             continue
         r2 = by[(Q, N, d, k, 2)]
-        f = lambda n: (r[n]["median"] / r2[n]["median"]) if n in r and n in r2 else float("nan")  # noqa: E731
-        out.append(f"| {Q} × {N} × {d}, {k} | {f('negsamp'):.2f} | {f('negsamp_bf16in'):.2f} | "
-                   f"{f('faiss'):.2f} | {f('torch'):.2f} |")
+
+        def f(n):
+            if n not in r or n not in r2:
+                return "—"
+            x = r[n]["median"] / r2[n]["median"]
+            return f"{x:.2f} ({x / 2:.0%})"
+        out.append(f"| {Q} × {N} × {d}, {k} | {f('negsamp')} | {f('negsamp_bf16in')} | "
+                   f"{f('faiss')} | {f('torch')} | {f('gemm_f32')} |")
     return "\n".join(out) + "\n"
 
 
 def mine_plot(res, path):
+    """Bars of peer ÷ negsamp per shape and thread count (f32 inputs left, bf16 inputs right),
+    with the issue's targets (2× faiss on f32 inputs, 3× on bf16) as dashed lines."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception:  # noqa: BLE001
         return None
-    names = ["negsamp", "negsamp_f32gemm", "negsamp_bf16in", "faiss", "torch", "numpy"]
     rows = res["rows"]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    w = 0.8 / len(names)
-    for i, n in enumerate(names):
-        ax.bar([j + i * w for j in range(len(rows))], [r[n]["median"] if n in r else 0 for r in rows],
-               w, label=n)
-    ax.set_xticks([j + 0.4 for j in range(len(rows))])
-    ax.set_xticklabels([f"{r['Q']}×{r['N']//1000}k×{r['d']}\nk={r['k']} T={r['threads']}" for r in rows],
-                       fontsize=7)
-    ax.set_ylabel("seconds (median)")
-    ax.set_title(f"exact top-k mining, {res['machine']['cpu']}, {res['gemm']}", fontsize=8)
-    ax.legend(fontsize=7)
+    labels = [f"{r['Q']}×{r['N'] // 1000}k×{r['d']}\nk={r['k']} T={r['threads']}" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    for ax, ours, title, target, bare in (
+            (axes[0], "negsamp", "f32 inputs: peer time ÷ negsamp time", 2.0, "gemm_f32"),
+            (axes[1], "negsamp_bf16in", "bf16 inputs: peer time ÷ negsamp (bf16 in) time", 3.0,
+             "gemm_bf16")):
+        peers = [(n, lab) for n, lab in MINE_PEERS if n in ("faiss", "torch", "numpy", bare)]
+        w = 0.8 / len(peers)
+        for i, (n, lab) in enumerate(peers):
+            ax.bar([j + i * w for j in range(len(rows))], [mine_ratio(r, n, ours) for r in rows],
+                   w, label=lab)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axhline(target, color="r", lw=0.8, ls="--", label=f"target {target:g}× faiss")
+        ax.set_xticks([j + 0.4 - w / 2 for j in range(len(rows))])
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("ratio (> 1: negsamp faster)")
+    fig.suptitle(f"exact top-k mining, {res['machine']['cpu']}, {res['machine']['cores']} cores, "
+                 f"{res['gemm']}; load {res['load_start']} → {res['load_end']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
@@ -1046,7 +1100,10 @@ def mine_readme(md_path):
         return False
     body = open(md_path).read()
     rel = os.path.relpath(md_path, ROOT)
-    new = text[:text.index(a) + len(a)] + "\n" + body.split("\n", 2)[2] + f"\n(from `{rel}`)\n" + text[text.index(b):]
+    png = md_path[:-len(".md")] + ".png"
+    plot = (f"\n![mining ratios]({os.path.relpath(png, ROOT)})\n" if os.path.exists(png) else "")
+    new = (text[:text.index(a) + len(a)] + "\n" + body.split("\n", 2)[2] + plot
+           + f"\n(from `{rel}`)\n" + text[text.index(b):])
     open(readme, "w").write(new)
     return True
 
@@ -1093,11 +1150,134 @@ def mine_main(args):
         + ("; README's mining table regenerated" if mine_readme(stem + ".md") else ""))
 
 
+# ------------------------------------------------------------------ k-means beside faiss (issue 15)
+# python3 bench/run.py --suite kmeans [--quick] [--kmeans-shape n,d,k,iterations] [--repeats 3]
+# One process, all cores: negsamp.kmeans (random init, tolerance 0: exactly `iterations`
+# updates) and faiss.Kmeans (same k, same iterations, no subsampling) on the same data,
+# interleaved, medians of --repeats. Both final inertias are recomputed the same way (faiss
+# IndexFlatL2 nearest centroid, f64 sum). negsamp runs iterations + 1 assignments (the init's
+# and one after each update, so its labels match its centroids); faiss runs `iterations`.
+
+KMEANS_SHAPE_FULL = (100_000, 384, 1024, 10)
+KMEANS_SHAPE_QUICK = (20_000, 128, 256, 5)
+
+
+def kmeans_inertia(faiss, x, centroids):
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(centroids.astype("float32"))
+    dist = index.search(x, 1)[0]
+    return float(dist.astype("float64").sum())
+
+
+def kmeans_main(args):
+    import numpy as np
+    build = os.path.abspath(args.build)
+    lib = ensure_build(build)
+    subprocess.run(["cmake", "--build", build, "-j2", "--target", "negsamp_cli"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    os.environ["NEGSAMP_LIBRARY"] = lib
+    try:
+        import faiss
+    except ImportError as e:
+        sys.exit(f"--suite kmeans needs faiss-cpu (bench/requirements.txt): {e}")
+    import negsamp as ns
+    n, d, k, iters = KMEANS_SHAPE_QUICK if args.quick else KMEANS_SHAPE_FULL
+    if args.kmeans_shape:
+        n, d, k, iters = (int(v) for v in args.kmeans_shape.split(","))
+    repeats = args.repeats or 3
+    threads = os.cpu_count()
+    faiss.omp_set_num_threads(threads)
+    ctx = ns.Context("cpu", threads=threads)
+    rng = np.random.default_rng(0)
+    # Clustered data (2k true centres, noise), as embeddings are: not uniform noise.
+    centres = rng.standard_normal((2 * k, d), dtype=np.float32)
+    x = centres[rng.integers(0, 2 * k, n)] + 0.5 * rng.standard_normal((n, d), dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+
+    def run_negsamp():
+        r = ns.kmeans(x, k, seed=1, iterations=iters, init="random", tolerance=0, ctx=ctx)
+        return r.centroids, list(r.inertia)
+
+    def run_faiss():
+        km = faiss.Kmeans(d, k, niter=iters, seed=1, verbose=False,
+                          max_points_per_centroid=n)  # no subsampling: every row, as negsamp
+        km.train(x)
+        return km.centroids, list(km.obj)
+
+    impls = {"negsamp": run_negsamp, "faiss": run_faiss}
+    times = {name: [] for name in impls}
+    outs = {}
+    log(f"[kmeans] n={n} d={d} k={k} iterations={iters}, {threads} threads, {repeats} repeats")
+    load0 = " ".join(open("/proc/loadavg").read().split()[:3])
+    for rep in range(repeats):
+        for name, fn in impls.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+            log(f"[kmeans] {name} run {rep + 1}: {times[name][-1]:.2f} s")
+    res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python3 bench/run.py --suite kmeans" + (" --quick" if args.quick else "")
+           + (f" --kmeans-shape {args.kmeans_shape}" if args.kmeans_shape else "")
+           + f" --repeats {repeats}",
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
+                       "numpy": np.__version__, "faiss": getattr(faiss, "__version__", "?")},
+           "gemm": gemm_library(build), "n": n, "d": d, "k": k, "iterations": iters,
+           "repeats": repeats, "load_start": load0,
+           "load_end": " ".join(open("/proc/loadavg").read().split()[:3]),
+           "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 stdout=subprocess.PIPE, text=True).stdout.strip()}
+    for name in impls:
+        res[name] = {"time": summary(times[name]), "curve": outs[name][1],
+                     "inertia": kmeans_inertia(faiss, x, outs[name][0])}
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
+                        f"{res['date'][:10]}-kmeans-faiss" + ("-quick" if args.quick else ""))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name in impls:
+            ax.plot(range(len(res[name]["curve"])), res[name]["curve"], marker="o", label=name)
+        ax.set_xlabel("assignment pass")
+        ax.set_ylabel("inertia (sum of squared distances)")
+        ax.set_title(f"k-means, n={n} d={d} k={k}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(stem + ".png", dpi=120)
+        res["plot"] = os.path.basename(stem + ".png")
+    except Exception as e:  # noqa: BLE001
+        log("[kmeans] no plot:", e)
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    ratio = res["faiss"]["time"]["median"] / res["negsamp"]["time"]["median"]
+    md = ["# k-means beside faiss.Kmeans", "",
+          f"{res['machine']['cpu']}, {threads} threads; GEMM: {res['gemm']}; faiss "
+          f"{res['machine']['faiss']}; load average {res['load_start']} at the start, "
+          f"{res['load_end']} at the end (a shared machine: timings are noisy, the ratio was "
+          "taken interleaved).", f"Command: `{res['command']}`; git {res['git']}.", "",
+          f"n = {n}, d = {d}, k = {k}, {iters} updates, random init, every row (no subsampling).",
+          "", "| | median s | min s | final inertia (same recomputation) |",
+          "| --- | --- | --- | --- |"]
+    for name in impls:
+        t = res[name]["time"]
+        md.append(f"| {name} | {t['median']:.2f} | {t['min']:.2f} | {res[name]['inertia']:.6g} |")
+    md += ["", f"faiss time ÷ negsamp time: {ratio:.2f} (> 1: negsamp faster). negsamp's "
+           f"{iters + 1} assignments are exact and deterministic (the same bits at any thread "
+           f"count, CPU or CUDA); faiss runs {iters}."]
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    log(f"wrote {stem}.json/.md")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer seeds (a smoke run)")
-    ap.add_argument("--suite", choices=["cpu", "gpu", "quality", "all", "mine", "sample"],
+    ap.add_argument("--suite",
+                    choices=["cpu", "gpu", "quality", "all", "mine", "kmeans", "sample"],
                     default="all",
                     help="mine: exact mining beside faiss-cpu, torch, numpy at 1 and 2 threads; "
                     "sample: filter + sampling beside numpy and one read of the scores")
@@ -1106,6 +1286,7 @@ def main():
                     "under bench/results (alone, or after --suite sample)")
     ap.add_argument("--mine-shapes", help="--suite mine: 'Q,N,d,k;Q,N,d,k...' instead of the defaults")
     ap.add_argument("--mine-child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--kmeans-shape", help="--suite kmeans: 'n,d,k,iterations' instead of the default")
     ap.add_argument("--build", default=os.environ.get("NEGSAMP_BUILD",
                                                       os.path.join(ROOT, "build-bench")),
                     help="CMake build directory (configured and built when missing)")
@@ -1129,6 +1310,8 @@ def main():
         return None
     if args.suite == "mine":
         return mine_main(args)
+    if args.suite == "kmeans":
+        return kmeans_main(args)
     if args.suite == "sample":
         return sample_main(args)
     if args.readme:
@@ -1609,14 +1792,16 @@ def sample_plot(res, path):
 # python3 bench/run.py --readme: every suite's latest results (bench/results/*.json, newest by
 # the "date" inside) replace the README block between that suite's markers,
 #     <!-- <marker>:begin --> ... <!-- <marker>:end -->
-# with the suite's Markdown report (written beside its JSON), title line dropped. A suite whose
-# markers README lacks is left out; add the markers to bring it in.
+# with the suite's Markdown report (written beside its JSON), title line dropped, and its PNG
+# plot when the report does not show it. A suite whose markers README lacks is left out; add
+# the markers to bring it in.
 README_SUITES = [
     # (name, results-file suffix, README marker)
     ("mining", "-mining-peers.json", "mining-results"),
     ("sampling", "-sample.json", "sampling-results"),
     ("loss", "-loss-sampling.json", "loss-results"),
     ("wordnet", "-wordnet.json", "wordnet-results"),
+    ("kmeans", "-kmeans-faiss.json", "kmeans-results"),
 ]
 
 
@@ -1653,7 +1838,11 @@ def readme_regenerate(readme=None, results_dir=None):
             continue
         body = open(md).read().split("\n", 2)[2]  # without the title line and the blank after it
         rel = os.path.relpath(md, os.path.dirname(readme))
-        text = (text[:text.index(a) + len(a)] + "\n" + body + f"\n(from `{rel}`)\n"
+        png = md[:-len(".md")] + ".png"
+        rel_png = os.path.relpath(png, os.path.dirname(readme))
+        plot = (f"\n![{name} ratios]({rel_png})\n"
+                if os.path.exists(png) and rel_png not in body else "")
+        text = (text[:text.index(a) + len(a)] + "\n" + body + plot + f"\n(from `{rel}`)\n"
                 + text[text.index(b):])
         did.append(f"{name} ← {rel}")
     open(readme, "w").write(text)

@@ -139,6 +139,9 @@ NS_API ns_status ns_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float 
  * then returns NS_ERR_INVALID_ARGUMENT with "cancelled" and leaves outputs untouched). */
 typedef int (*ns_progress_fn)(int64_t done, int64_t total, void *user);
 
+/* Other ranks (NCCL / MPI): see the communicator functions below. NULL = one rank. */
+typedef struct ns_comm ns_comm;
+
 typedef struct {
     size_t struct_size;
     float scale;                 /* score = scale · q·c; default 1 */
@@ -146,13 +149,30 @@ typedef struct {
     const ns_id_lists *exclude;  /* corpus rows never returned for query i (positives, self) */
     ns_progress_fn progress;     /* optional */
     void *progress_user;
+    ns_comm *comm;               /* other ranks: corpus sharded over them (below); default NULL */
 } ns_mine_options;
 
-#define NS_MINE_OPTIONS_INIT {sizeof(ns_mine_options), 1.0f, 0u, NULL, NULL, NULL}
+#define NS_MINE_OPTIONS_INIT {sizeof(ns_mine_options), 1.0f, 0u, NULL, NULL, NULL, NULL}
 
 /* Exact top-k: for each query the k corpus rows of highest score, best first, ties to the lower
  * row index. index/score are q.rows × k. When exclusions leave fewer than k rows, the tail is
- * index -1, score -INFINITY. Bounds: 1 ≤ k ≤ corpus.rows, k ≤ NS_MAX_K. */
+ * index -1, score -INFINITY. Bounds: 1 ≤ k ≤ corpus.rows, k ≤ NS_MAX_K.
+ *
+ * Across ranks (options->comm; a field of the options rather than a second entry point, so a
+ * caller turns a one-process miner into a multi-rank one by setting one pointer, and an older
+ * caller's smaller struct_size means comm = NULL): the global corpus is the concatenation of
+ * every rank's `corpus` in rank order, so rank r's rows are global rows [o_r, o_r + rows) with
+ * o_r = the sum of the lower ranks' corpus.rows (an exclusive scan over the communicator; a rank
+ * may hold 0 rows). Every rank passes the same queries (q.rows, cols, dtypes, k, scale, flags
+ * and whether exclude is set are checked: a difference fails every rank with NS_ERR_COMM naming
+ * the value and the ranks), 1 ≤ k ≤ the global row count (k may exceed a shard: a shard with
+ * fewer rows contributes what it has), exclusion ids are global rows and, on a CUDA context too,
+ * exclusion lists are in host memory. Each rank mines its shard, the per-rank lists are
+ * all-gathered by query blocks and merged by ns_before (ties to the lower global row), so the
+ * result, on every rank, is exactly the one-rank result over the concatenated corpus, index
+ * holding global rows. A rank whose own part fails fails with its message; the others with
+ * NS_ERR_COMM naming it. progress counts query blocks mined here; a cancel on any rank cancels
+ * all. CPU contexts with an MPI communicator, CUDA contexts with NCCL (merged on the host). */
 #define NS_MAX_K 16384
 NS_API ns_status ns_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
                               const ns_mine_options *options, int64_t *index, float *score);
@@ -315,6 +335,94 @@ NS_API ns_status ns_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                   const ns_corpus_sampler_options *options, int64_t queries,
                                   int64_t m, int64_t *index, int64_t *count);
 
+/* ------------------------------------------------------------------ k-means */
+
+typedef enum {
+    NS_KMEANS_PLUSPLUS = 0, /* k-means++ (Arthur & Vassilvitskii 2007): D² sampling, exact;
+                             * costs O(n·k·d) outside the GEMM (large n·k: RANDOM) */
+    NS_KMEANS_RANDOM = 1    /* k distinct rows drawn uniformly */
+} ns_kmeans_init;
+
+typedef struct {
+    size_t struct_size;
+    int spherical;           /* 1: cosine — rows and centroids compared by direction: each
+                              * centroid is the renormalised mean of its unit rows, rows go to
+                              * the centroid of largest dot product, a row costs 1 − cos;
+                              * 0 (default): Euclidean, a row costs ‖x − c‖² */
+    ns_kmeans_init init;     /* default NS_KMEANS_PLUSPLUS */
+    uint64_t seed;           /* Philox4x32-10 key of the init and nothing else */
+    int64_t max_iterations;  /* Lloyd updates, >= 0; default 25 (0: the init's assignment) */
+    double tolerance;        /* stop once (I_{t-1} − I_t) <= tolerance · I_{t-1} (I: inertia);
+                              * >= 0, default 1e-4; a step that changes no label stops too */
+    double balance;          /* < 0 (default −1): unconstrained. >= 0: balanced — no cluster holds
+                              * more than ceil(n/k · (1 + balance)) rows (capacity-constrained
+                              * assignment, scheme in src/kmeans_lloyd.c) */
+    const float *init_centroids; /* optional k × d f32 (backend memory): the start instead of
+                                  * init (spherical: normalised first) */
+    ns_progress_fn progress; /* optional; units: the init's centroids + assignment passes */
+    void *progress_user;
+} ns_kmeans_options;
+
+#define NS_KMEANS_OPTIONS_INIT \
+    {sizeof(ns_kmeans_options), 0, NS_KMEANS_PLUSPLUS, 0u, 25, 1e-4, -1.0, NULL, NULL, NULL}
+
+/* Lloyd's k-means of the n = x.rows rows of x (f32/f16/bf16; may be a memory-mapped .npy
+ * larger than RAM: x is read block by block, never copied whole). Deterministic: for a seed the
+ * labels, centroids and inertia are the same bits at any thread count and on either backend —
+ * assignments are exact (the GEMM's scores, within a proven rounding bound, only shortlist the
+ * centroids a row is re-scored against in double; ties go to the lower centroid), per-cluster
+ * sums are in double in row order, empty clusters are re-seeded from the rows of largest cost.
+ * Outputs: labels (n, int64 in [0, k)): each row's cluster under the returned centroids
+ * (k × d f32); inertia (host, max_iterations + 1 doubles): the total cost after the init (0)
+ * and after each update, NaN past the last one run; *iterations (host): the updates run.
+ * Bounds: 1 <= k <= n, finite x, spherical rows non-zero. On CUDA x may be device memory or
+ * host memory (streamed to the device block by block); labels, centroids and init_centroids
+ * are device memory; the call synchronises. Cancelled through progress: outputs untouched. */
+NS_API ns_status ns_kmeans(ns_context *ctx, ns_matrix x, int64_t k,
+                           const ns_kmeans_options *options, int64_t *labels, float *centroids,
+                           double *inertia, int64_t *iterations);
+
+/* ------------------------------------------------------------------ batch planning */
+
+/* Options of ns_plan_batches. */
+typedef struct {
+    size_t struct_size;
+    int drop_last;                 /* 1: batches shorter than batch_size are dropped (default 0) */
+    /* NGAME mode: the nearest groups of each group (e.g. from centroid similarities), group g's
+     * list being neighbors->ids[offsets[g] .. offsets[g+1]), nearest first; group ids are then
+     * the rows of this table, in [0, neighbors->queries). NULL = TAS-B mode (one group per
+     * batch, any int64 group ids). */
+    const ns_id_lists *neighbors;
+    int64_t groups_per_batch;      /* NGAME: a batch draws from its seed group and at most
+                                    * groups_per_batch − 1 of its neighbours, an equal share from
+                                    * each; in [1, 64], default 2 (ignored without neighbors) */
+    /* Each query's positive ids (queries = n), optional: no positive id is shared by more than
+     * max_duplicate_positives queries of one batch (in-batch false negatives). */
+    const ns_id_lists *positives;
+    int64_t max_duplicate_positives; /* >= 1, default 1 (no two queries share a positive) */
+    uint64_t seed;
+    uint64_t epoch;                /* part of the RNG counter: a new plan per epoch */
+} ns_plan_options;
+
+#define NS_PLAN_OPTIONS_INIT {sizeof(ns_plan_options), 0, NULL, 2, NULL, 1, 0u, 0u}
+
+/* An epoch's batches of at most batch_size queries from per-query group ids (cluster labels,
+ * topics, labels): every query of [0, n) exactly once; each batch filled from one group (TAS-B:
+ * the group's queries in a seeded order, spilling to the next group of a seeded group order
+ * when the group runs out) or, with options->neighbors, from a group and its nearest groups
+ * (NGAME); never more than max_duplicate_positives queries with the same positive id in a batch
+ * (a batch that cannot be filled under the cap is closed short). Batches shorter than
+ * batch_size come last; full batches are in a seeded order. Seeded with Philox4x32-10 (seed,
+ * epoch): the same plan on every run, backend and thread count.
+ * Outputs: order (n) the queries batch after batch — batch b is order[offsets[b] ..
+ * offsets[b+1]) — then, with drop_last, the dropped queries; offsets (capacity n + 1); *batches
+ * the number of batches. Index bookkeeping that runs on the host for either backend: every
+ * pointer is host memory, also on a CUDA context. O(n log n) time plus the rescans of queries
+ * held back by the cap; O(n) host memory. */
+NS_API ns_status ns_plan_batches(ns_context *ctx, const int64_t *group, int64_t n,
+                                 int64_t batch_size, const ns_plan_options *options,
+                                 int64_t *order, int64_t *offsets, int64_t *batches);
+
 /* ------------------------------------------------------------------ InfoNCE */
 
 /* The candidate set of query i: every in-batch passage (its positive among them), its own hard
@@ -402,10 +510,7 @@ NS_API int64_t ns_queue_size(const ns_queue *queue);
 
 /* ------------------------------------------------------------------ communicators */
 
-/* Other ranks (NCCL / MPI): see the communicator functions. NULL = one rank. */
-typedef struct ns_comm ns_comm;
-
-/* A communicator lets every rank's queries contrast against all ranks' rows (ns_step_options
+/* ns_comm is declared with ns_mine_options above. A communicator lets every rank's queries contrast against all ranks' rows (ns_step_options
  * .comm). Its collectives never hang: a rank that dies or stops answering makes the others fail
  * with NS_ERR_COMM after timeout_ms; ranks that pass different shapes or options fail with
  * NS_ERR_COMM naming the value and the ranks. After any NS_ERR_COMM the communicator is
@@ -493,9 +598,26 @@ typedef struct {
      * under graph capture). Not with comm (NS_ERR_UNSUPPORTED). grads->temperature, a host
      * float, still synchronises when given. 0 (default) = the checked, host-output step. */
     int sync_free;
+    /* Random + hard mixing (h_rand random negatives beside the h hard ones, as FlagEmbedding
+     * and contrastors pad with random negatives): after the sampler drew the h hard negatives,
+     * random_negatives more per query are drawn uniformly without replacement (Philox, seed =
+     * sampler->seed ^ NS_STEP_RANDOM_SEED_XOR: independent of the hard draw) among the kept
+     * candidates of the random pool whose id is not one of the query's chosen hard ids. The
+     * random pool is the last random_pool candidate slots of each query, which the hard sampler
+     * then never sees: put corpus-wide negatives there (ns_sample_corpus, by weight; with
+     * random_pool == random_negatives the step takes every kept one). random_pool = 0: the pool
+     * is every candidate slot (random among the kept mined ones). The negatives of query i are
+     * then h + h_rand columns, the hard ones first (result.negative_id/row, -1 padded) — the
+     * loss sees them all alike. Bounds: h + h_rand <= C; with a pool, h <= C − pool and
+     * h_rand <= pool. A random id that is also kept among the query's hard-region slots takes
+     * that slot's row (same id, same document). 0 (default) = no random negatives. */
+    int64_t random_negatives;
+    int64_t random_pool;
 } ns_step_options;
 
-#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0}
+#define NS_STEP_RANDOM_SEED_XOR 0x9E3779B97F4A7C15ull
+
+#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0, 0, 0}
 
 typedef struct {
     float loss;                   /* mean over the (global) batch */

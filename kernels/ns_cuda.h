@@ -42,6 +42,8 @@ ns_status ns_cuda_filter_sample(ns_context *ctx, const ns_candidates *cand,
 ns_status ns_cuda_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                 const ns_id_lists *exclude, const ns_corpus_sampler_options *opt,
                                 int64_t queries, int64_t m, int64_t *index, int64_t *count);
+ns_status ns_cuda_kmeans(ns_context *ctx, ns_matrix x, int64_t k, const ns_kmeans_options *opt,
+                         int64_t *labels, float *centroids, double *inertia, int64_t *iterations);
 ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
                                   const ns_loss_options *opt, float *loss, float *per_query,
                                   float *saved);
@@ -78,6 +80,17 @@ ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query
 /* grad_cand (B·C × d) = 0, then grad_cand[row[r]] += grad_hard[r] for every r with row ≥ 0. */
 ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                                const int64_t *row, int64_t nrow, float *grad_cand);
+/* The step's random + hard mixing (kernels/cuda_step_mix.cu; rules in src/hostdevice/ns_step_mix.h):
+ * mix_mask: out[t] (B·C) = the filter kept slot t (keep NULL: all), its column is in [lo, hi),
+ * its id (cand_id) is >= 0 and none of query i's ndrop ids drop[i·ndrop ..];
+ * mix_merge: id (B × (h + hr)) = each query's h hard ids then its hr random ids, count (B) = its
+ * ids >= 0 (hard may be NULL when h = 0). */
+ns_status ns_cuda_step_mix_mask(ns_context *ctx, int64_t B, int64_t C, const uint8_t *keep,
+                              const int64_t *cand_id, int64_t lo, int64_t hi,
+                              const int64_t *drop, int64_t ndrop, uint8_t *out);
+ns_status ns_cuda_step_mix_merge(ns_context *ctx, int64_t B, const int64_t *hard, int64_t h,
+                               const int64_t *rnd, int64_t hr, int64_t *id, int64_t *count);
+
 /* The queue's push (kernels/cuda_queue.cu): rows [first, first + n) of the device matrix rows
  * into ring slots start, start + 1, ... (mod capacity) of a ring of ring_dtype (converted,
  * round to nearest even, when rows.dtype differs), and ids (NULL: −1) into ring_ids. validate:

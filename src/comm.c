@@ -159,6 +159,7 @@ ns_status ns_nccl_unique_id(ns_context *ctx, void *unique_id) {
 ns_status ns_comm_destroy(ns_comm *comm) {
     if (!comm) return NS_OK;
     ns_comm_loss_free(comm);
+    ns_arena_release(NULL, &comm->mine);
     if (comm->ops) comm->ops->destroy(comm);
     free(comm);
     return NS_OK;

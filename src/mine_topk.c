@@ -2,6 +2,7 @@
  * kernels/cuda_mine_topk.cu). The exclusion lists are data: their offsets and ids are checked by
  * the backend that can read them. */
 #include "ns_dispatch.h"
+#include "ns_mine_ranks.h"
 
 #include <limits.h>
 #include <math.h>
@@ -18,11 +19,15 @@ static ns_status check_exclusions(ns_context *ctx, const char *fn, const ns_id_l
     return NS_OK;
 }
 
+/* ranks: with a communicator this rank's corpus is a shard, which may be empty and smaller than
+ * k (the bound on k is over every rank's rows, checked by src/mine_ranks.c). */
 static ns_status check_args(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corpus,
-                            int64_t k, const ns_mine_options *opt, int64_t *index, float *score) {
+                            int64_t k, const ns_mine_options *opt, int64_t *index, float *score,
+                            int ranks) {
     ns_status st;
     if ((st = ns_check_matrix(ctx, fn, "q", q, 0))) return st;
-    if ((st = ns_check_matrix(ctx, fn, "corpus", corpus, 0))) return st;
+    if ((st = ns_check_matrix(ctx, fn, "corpus", corpus, ranks))) return st;
+    if (corpus.rows == 0) corpus.cols = q.cols, corpus.ld = 0;
     if (q.cols != corpus.cols)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: q has %lld columns but corpus has %lld",
                        fn, (long long)q.cols, (long long)corpus.cols);
@@ -34,7 +39,7 @@ static ns_status check_args(ns_context *ctx, const char *fn, ns_matrix q, ns_mat
     if (k < 1)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: k (%lld) must be at least 1", fn,
                        (long long)k);
-    if (k > corpus.rows)
+    if (k > corpus.rows && !ranks)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: k (%lld) is larger than the corpus (%lld rows)", fn, (long long)k,
                        (long long)corpus.rows);
@@ -64,6 +69,8 @@ ns_status ns_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k
                                  options, &resolved)))
         return st;
     options = &resolved;
-    if ((st = check_args(ctx, fn, q, corpus, k, options, index, score))) return st;
+    st = check_args(ctx, fn, q, corpus, k, options, index, score, options->comm != NULL);
+    if (options->comm) return ns_mine_topk_ranks(ctx, q, corpus, k, options, index, score, st, fn);
+    if (st) return st;
     return NS_DISPATCH(ctx, mine_topk, (ctx, q, corpus, k, options, index, score));
 }

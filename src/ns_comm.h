@@ -68,6 +68,8 @@ struct ns_comm {
     int loss_ready;
     ns_loss_options loss_opt;
     ns_infonce_inputs gathered, reversed;
+    /* Multi-rank mining (src/mine_ranks.c): a block's local lists in backend memory (CUDA). */
+    ns_arena mine;
 };
 
 /* Shared by the constructors: allocates the ns_comm shell with validated options. */

@@ -6,6 +6,16 @@
 #define NS_DISPATCH_H
 
 #include "ns_cpu.h"
+/* The CPU branch runs with OpenMP's default team size set to the context's thread count (so
+ * oneDNN and OpenBLAS, which size their teams from it, follow the context; src/cpu/cpu_blas.c),
+ * the caller's restored after it. */
+#define NS_DISPATCH_CPU(ctx, op, args)                                                     \
+    __extension__({                                                                        \
+        const int ns_saved_threads_ = ns_cpu_threads_enter(ctx);                           \
+        const ns_status ns_cpu_st_ = ns_cpu_##op args;                                     \
+        ns_cpu_threads_leave(ns_saved_threads_);                                           \
+        ns_cpu_st_;                                                                        \
+    })
 #ifdef NS_HAVE_CUDA
 #include "ns_cuda.h"
 /* The CUDA branch runs under the device guard: ctx's device current during the op, the
@@ -17,9 +27,9 @@
         ns_cuda_device_leave(ctx, ns_prev_device_);                                        \
         ns_dispatch_st_;                                                                   \
     })                                                                                     \
-                                       : ns_cpu_##op args)
+                                       : NS_DISPATCH_CPU(ctx, op, args))
 #else
-#define NS_DISPATCH(ctx, op, args) (ns_cpu_##op args)
+#define NS_DISPATCH(ctx, op, args) NS_DISPATCH_CPU(ctx, op, args)
 #endif
 
 #endif

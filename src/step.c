@@ -16,7 +16,10 @@
  * that batch's shapes, so a step of unchanged shapes allocates nothing. Nothing is staged
  * through the host: the ids are built by the backend (ns_*_step_ids). */
 typedef struct {
-    int64_t B, C, h, d;
+    int64_t B, C, h, d; /* h: the negatives per query, hard and random (h_hard + hr) */
+    int64_t hr;         /* random negatives per query (options->random_negatives) */
+    int64_t *mix_hard, *mix_rand, *mix_hcount, *mix_rcount; /* hr > 0: the two draws */
+    uint8_t *mix_keep;  /* hr > 0: the eligible slots of a draw */
     int64_t *pos_ids, *pos_offsets, *cand_ids, *chosen_id, *chosen_row, *count;
     float *loss, *per_query, *saved, *cand_score, *pos_score, *grad_hard;
     void *hard;             /* B·h rows of d in the candidates' dtype (ns_step_gather) */
@@ -56,6 +59,12 @@ static void step_layout(void *plan, ns_arena *a) {
     b->hard = ns_arena_carve(a, (size_t)(B * h * d) * 4); /* room for any dtype */
     b->hard_keep = (uint8_t *)ns_arena_carve(a, (size_t)(B * h));
     b->grad_hard = (float *)ns_arena_carve(a, (size_t)(B * h * d) * 4);
+    const int64_t hr = b->hr, R = hr > 0;
+    b->mix_hard = (int64_t *)ns_arena_carve(a, R * (size_t)(B * (h - hr)) * 8);
+    b->mix_rand = (int64_t *)ns_arena_carve(a, (size_t)(B * hr) * 8);
+    b->mix_hcount = (int64_t *)ns_arena_carve(a, R * (size_t)B * 8);
+    b->mix_rcount = (int64_t *)ns_arena_carve(a, R * (size_t)B * 8);
+    b->mix_keep = (uint8_t *)ns_arena_carve(a, R * (size_t)(B * C));
 }
 
 void ns_step_state_free(ns_context *ctx, struct ns_step_state *s) {
@@ -65,7 +74,8 @@ void ns_step_state_free(ns_context *ctx, struct ns_step_state *s) {
 }
 
 /* The step state of ctx with its buffers carved for this batch. */
-static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, int64_t h, const char *fn) {
+static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, int64_t h, int64_t hr,
+                              const char *fn) {
     if (!ctx->step) {
         ctx->step = (struct ns_step_state *)calloc(1, sizeof(struct ns_step_state));
         if (!ctx->step) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the step state", fn);
@@ -74,7 +84,8 @@ static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, int64_t h,
     struct ns_step_state *s = ctx->step;
     s->ready = 0;
     step_bufs *b = &s->buf;
-    b->B = batch->query.rows, b->d = batch->query.cols, b->C = batch->candidates_per_query, b->h = h;
+    b->B = batch->query.rows, b->d = batch->query.cols, b->C = batch->candidates_per_query;
+    b->h = h + hr, b->hr = hr;
     return ns_arena_lay_out(ctx, &s->mem, step_layout, b, fn);
 }
 
@@ -110,6 +121,31 @@ static ns_status resolve_config(ns_context *ctx, const char *fn, const ns_step_o
     cfg->opt.sampler = &cfg->sampler;
     cfg->opt.loss = &cfg->loss;
     cfg->resolved = 1;
+    return NS_OK;
+}
+
+/* random_negatives and random_pool against h and C (ns_step_options). */
+static ns_status check_mix(ns_context *ctx, const char *fn, const ns_step_options *o, int64_t C) {
+    const int64_t h = o->hard_negatives, hr = o->random_negatives, pool = o->random_pool;
+    if (hr < 0 || hr > C - h)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->random_negatives (%lld) must be in [0, %lld] "
+                       "(batch->candidates_per_query %lld − options->hard_negatives %lld)",
+                       fn, (long long)hr, (long long)(C - h), (long long)C, (long long)h);
+    if (pool < 0 || pool > C)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->random_pool (%lld) must be in [0, %lld] "
+                       "(batch->candidates_per_query)", fn, (long long)pool, (long long)C);
+    if (pool > 0 && (h > C - pool || hr > pool))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->random_pool (%lld) leaves %lld slots for "
+                       "options->hard_negatives (%lld) and %lld for options->random_negatives "
+                       "(%lld)", fn, (long long)pool, (long long)(C - pool), (long long)h,
+                       (long long)pool, (long long)hr);
+    if (pool > 0 && hr == 0)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->random_pool (%lld) without options->random_negatives", fn,
+                       (long long)pool);
     return NS_OK;
 }
 
@@ -154,6 +190,7 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
                        "%s: options->hard_negatives (%lld) must be in [0, %lld] "
                        "(batch->candidates_per_query)",
                        fn, (long long)o->hard_negatives, (long long)C);
+    if ((st = check_mix(ctx, fn, o, C))) return st;
     if (o->queue && ns_queue_size(o->queue) > 0) {
         ns_matrix rows;
         const int64_t *ids;
@@ -232,7 +269,45 @@ static ns_status step_ids(ns_context *ctx, struct ns_step_state *s, const ns_bat
     return NS_OK;
 }
 
-/* score → filter + sample → gather: the h hard negatives of every query. */
+/* Random + hard mixing (options->random_negatives > 0): the hard draw over the kept slots of
+ * the hard region, then the uniform random draw over the kept slots of the pool minus the
+ * chosen hard ids, merged into each query's row (hard first). Why this design: the step's
+ * inputs are one candidate block per query, so corpus-wide random negatives arrive as its
+ * last random_pool slots (drawn by the caller with ns_sample_corpus, by weight, exactly) and
+ * pass the same filter (positives, false-negative scores), gather and loss as the mined ones;
+ * two ns_sample calls and two index kernels (src/hostdevice/ns_step_mix.h) add no host
+ * synchronisation (sync_free holds) and no new sampling code. */
+static ns_status step_mix(ns_context *ctx, struct ns_step_state *s, const ns_candidates *cand) {
+    step_bufs *b = &s->buf;
+    const int64_t B = b->B, C = b->C, hr = b->hr, hh = b->h - hr;
+    const int64_t pool = s->opt.random_pool, split = pool > 0 ? C - pool : 0;
+    ns_status st = NS_OK;
+    if (hh > 0) {
+        const uint8_t *hard_keep = b->keep;
+        if (pool > 0) {
+            if ((st = NS_DISPATCH(ctx, step_mix_mask, (ctx, B, C, b->keep, cand->id, 0, split,
+                                                       NULL, 0, b->mix_keep))))
+                return st;
+            hard_keep = b->mix_keep;
+        }
+        if ((st = ns_sample(ctx, cand, hard_keep, &s->sampler, hh, b->mix_hard, NULL,
+                            b->mix_hcount)))
+            return st;
+    }
+    if ((st = NS_DISPATCH(ctx, step_mix_mask, (ctx, B, C, b->keep, cand->id, split, C,
+                                               hh > 0 ? b->mix_hard : NULL, hh, b->mix_keep))))
+        return st;
+    ns_sampler_options uniform = s->sampler;
+    uniform.strategy = NS_SAMPLE_UNIFORM;
+    uniform.seed ^= NS_STEP_RANDOM_SEED_XOR;
+    if ((st = ns_sample(ctx, cand, b->mix_keep, &uniform, hr, b->mix_rand, NULL, b->mix_rcount)))
+        return st;
+    return NS_DISPATCH(ctx, step_mix_merge, (ctx, B, hh > 0 ? b->mix_hard : NULL, hh,
+                                             b->mix_rand, hr, b->chosen_id, b->count));
+}
+
+/* score → filter + sample (with mixing: filter → step_mix) → gather: the h hard negatives of
+ * every query. */
 static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const ns_batch *batch,
                                 const int64_t *cand_ids, ns_filter_counts *counts) {
     step_bufs *b = &s->buf;
@@ -253,10 +328,16 @@ static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const 
     cand.query_offset = batch->query_offset;
     ns_filter_options fo = s->filter;
     if (!batch->candidate_id) fo.rules &= ~(unsigned)NS_FILTER_SAME_ID; /* nothing to match */
-    /* filter and sample in one call: on the CPU fused per row, one scan of the data checks */
-    if ((st = ns_filter_sample(ctx, &cand, &fo, &s->sampler, b->h, b->keep,
-                               s->opt.sync_free ? NULL : counts, b->chosen_id, NULL, b->count)))
+    /* filter and sample in one call (on the CPU fused per row, one scan of the data checks);
+     * with random + hard mixing, the filter and then its two draws */
+    ns_filter_counts *fc = s->opt.sync_free ? NULL : counts;
+    if (b->hr > 0) {
+        if ((st = ns_filter(ctx, &cand, &fo, b->keep, fc)) || (st = step_mix(ctx, s, &cand)))
+            return st;
+    } else if ((st = ns_filter_sample(ctx, &cand, &fo, &s->sampler, b->h, b->keep, fc,
+                                      b->chosen_id, NULL, b->count))) {
         return st;
+    }
     return NS_DISPATCH(ctx, step_gather, (ctx, batch->candidate, b->C, cand_ids, b->keep,
                                           b->chosen_id, b->h, b->hard, b->hard_keep,
                                           b->chosen_row));
@@ -300,12 +381,14 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
     if ((st = ns_check_ptr(ctx, fn, "result", result))) return st;
     if ((st = check_step(ctx, batch, given, cfg))) return st;
     const ns_step_options *opt = &cfg->opt;
-    if ((st = step_reserve(ctx, batch, opt->hard_negatives, fn))) return st;
+    if ((st = step_reserve(ctx, batch, opt->hard_negatives, opt->random_negatives, fn)))
+        return st;
     struct ns_step_state *s = ctx->step;
     s->filter = cfg->filter;
     s->sampler = cfg->sampler;
     s->loss = cfg->loss;
     s->opt.sync_free = opt->sync_free;
+    s->opt.random_pool = opt->random_pool;
     float loss = 0.f;
     ns_filter_counts counts;
     memset(&counts, 0, sizeof counts);

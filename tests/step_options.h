@@ -15,11 +15,14 @@ struct StepOptions {
     int enqueue = 0;
     ns_comm *comm = nullptr;
     int sync_free = 0;
+    int64_t random_negatives = 0;
+    int64_t random_pool = 0;
     ns_step_options step{};
 
     const ns_step_options *get() {
         step = ns_step_options{struct_size, hard_negatives, &filter, &sampler, &loss,
-                               queue, enqueue, comm, sync_free};
+                               queue, enqueue, comm, sync_free, random_negatives,
+                               random_pool};
         return &step;
     }
 };

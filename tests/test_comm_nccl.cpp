@@ -374,4 +374,59 @@ TEST(CommNcclMultiGpu, RankThatStopsAnsweringTimesOut) {
     });
 }
 
+// Mining across GPUs, one rank per GPU: each rank mines its shard of the corpus (uneven, rank 0
+// smaller than k), every rank gets the one-rank top-k of the concatenated corpus (computed on
+// GPU 0 without a communicator), global rows, exclusions in global rows, entry for entry.
+TEST(CommNcclMultiGpu, MineEqualsOneRankOverConcatenatedCorpus) {
+    NS_REQUIRE_GPUS(2);
+    const int R = ns_cuda_device_count();
+    const int64_t Q = 9, d = 16, k = 7;
+    std::vector<int64_t> start{0};
+    for (int r = 0; r < R; r++) start.push_back(start.back() + (r == 0 ? 3 : 40 + 5 * r));
+    const int64_t N = start.back();
+    std::vector<float> q = random_floats((size_t)(Q * d), 21), corpus = random_floats((size_t)(N * d), 22);
+    std::copy_n(corpus.begin(), 3 * d, corpus.end() - 3 * d);  // ties across shards
+    std::vector<int64_t> off{0}, ids;
+    for (int64_t i = 0; i < Q; i++) ids.push_back((5 * i) % N), off.push_back((int64_t)ids.size());
+    ns_id_lists el{off.data(), ids.data(), Q};
+    std::vector<int64_t> ref_i((size_t)(Q * k));
+    std::vector<float> ref_s((size_t)(Q * k));
+    {
+        Ctx c(NS_BACKEND_CUDA);
+        NS_REQUIRE_BACKEND(c);
+        Buf<float> bq(c, q), bc(c, corpus);
+        Buf<int64_t> oi(c, ref_i.size(), 0);
+        Buf<float> os(c, ref_s.size(), 0.f);
+        ns_mine_options o = NS_MINE_OPTIONS_INIT;
+        o.exclude = &el;
+        ASSERT_EQ(ns_mine_topk(c, f32_matrix(bq.ptr(), Q, d), f32_matrix(bc.ptr(), N, d), k, &o,
+                               oi.ptr(), os.ptr()),
+                  NS_OK)
+            << ns_last_error(c);
+        ref_i = oi.fetch(), ref_s = os.fetch();
+    }
+    on_ranks(R, 60000, [&](const Ctx &c, ns_comm *comm, int r, std::vector<std::string> *errors) {
+#ifdef NS_HAVE_CUDA
+        cudaSetDevice(r);
+#endif
+        const int64_t n = start[(size_t)r + 1] - start[(size_t)r];
+        Buf<float> bq(c, q);
+        Buf<float> bc(c, std::vector<float>(corpus.begin() + start[(size_t)r] * d,
+                                            corpus.begin() + start[(size_t)r + 1] * d));
+        Buf<int64_t> oi(c, ref_i.size(), 0);
+        Buf<float> os(c, ref_s.size(), 0.f);
+        ns_mine_options o = NS_MINE_OPTIONS_INIT;
+        o.exclude = &el;
+        o.comm = comm;
+        ns_status st = ns_mine_topk(c, f32_matrix(bq.ptr(), Q, d), f32_matrix(bc.ptr(), n, d), k,
+                                    &o, oi.ptr(), os.ptr());
+        if (st != NS_OK) {
+            errors->push_back("rank " + std::to_string(r) + ": " + ns_last_error(c));
+            return;
+        }
+        if (oi.fetch() != ref_i || os.fetch() != ref_s)
+            errors->push_back("rank " + std::to_string(r) + ": differs from one rank");
+    });
+}
+
 }  // namespace

@@ -5,7 +5,8 @@
 // bf16 inputs, several corpus blocks and query tiles — against an independent float64 brute force
 // (the score is fl32(α·Σ q_t c_t) with the sum in double; ties to the lower row; the same index
 // sets and the same f32 scores, bit for bit), and the bf16-GEMM path against the f32-GEMM path
-// (NS_CPU_MINE_GEMM=f32): identical outputs, at 1, 2 and 3 threads.
+// (NS_CPU_MINE_GEMM=f32): identical outputs, at 1, 2 and 3 threads; k up to 4096, reservoirs that
+// refill, the portable scan, bf16 inputs past the bf16 range, more queries than one tile.
 #include <gtest/gtest.h>
 
 #include "negsamp.h"
@@ -188,10 +189,117 @@ TEST(MineExact, Bf16InputsAreExactInTheBf16Gemm) {
     Data D = adversarial(6, 3000, 384, 100, 0.0, 6);
     D.to_bf16();
     check(D, 100, 1.0f);
+    Data E = adversarial(4, 2000, 45, 30, 1.0, 16); // d = 32 + 13: the scorers' tail too
+    E.to_bf16();
+    check(E, 30, -0.5f);
+    setenv("NS_CPU_MINE_SCAN", "portable", 1);      // the generic scorer
+    check(E, 30, -0.5f);
+    unsetenv("NS_CPU_MINE_SCAN");
 }
 
 TEST(MineExact, ManyQueryTilesAndCorpusBlocks) {
     // 2048 queries: corpus blocks of 4096 rows (ns_mine_corpus_block), three of them.
     Data D = adversarial(2048, 9000, 24, 20, 1.0, 7);
     check(D, 20, 1.0f);
+}
+
+// Large k: 3k near-ties at the k-th of query 0 overflow the reservoir's room (~5k): shrinks
+// that re-score, thresholds from the radix counting passes.
+TEST(MineExact, KIs1000WithNearTies) {
+    check(adversarial(3, 12000, 40, 1000, 0.5, 8), 1000, 1.0f);
+}
+
+// Scores that rise along the corpus (rows a_j·q0 + noise, a_j increasing) over two corpus blocks
+// (65,536 rows each for few queries): every row of the second block beats the threshold the
+// first left, so the reservoir fills and shrinks again and again; query 1 is random.
+TEST(MineExact, RisingScoresRefillTheReservoir) {
+    const int64_t N = 70000, d = 8, k = 1000;
+    Data D = adversarial(2, N, d, 1, 0.0, 13);
+    std::mt19937 g(14);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int64_t j = 0; j < N; j++)
+        for (int64_t t = 0; t < d; t++)
+            D.c[(size_t)(j * d + t)] = (float)(1.0 + 3.0 * (double)j / (double)N) * D.q[(size_t)t] +
+                                       0.05f * nd(g);
+    check(D, k, 1.0f);
+}
+
+TEST(MineExact, KIs4096) { check(adversarial(2, 14000, 16, 4096, 0.0, 9), 4096, 1.0f); }
+
+// The portable scan (no AVX-512 compress) lists the same columns: the same exact result.
+TEST(MineExact, PortableScanGivesTheSameResult) {
+    setenv("NS_CPU_MINE_SCAN", "portable", 1);
+    check(adversarial(5, 6000, 40, 300, 0.5, 10), 300, 1.0f);
+    unsetenv("NS_CPU_MINE_SCAN");
+}
+
+// bf16 inputs whose rows pass the bf16 GEMM's range (|x| > 2^32): those blocks take the f32
+// GEMM, which needs the f32 view of bf16 data made on demand.
+TEST(MineExact, Bf16InputsPastTheBf16LimitTakeTheF32Gemm) {
+    Data D = adversarial(4, 2500, 32, 40, 0.0, 11);
+    for (int64_t j = 0; j < D.N; j++)
+        if (j % 5 == 0)
+            for (int64_t t = 0; t < D.d; t++) D.c[(size_t)(j * D.d + t)] *= 3e9f;
+    D.to_bf16();
+    check(D, 40, 1e-12f);
+}
+
+// More queries than one query tile (NS_MINE_QUERY_BLOCK): each tile's bf16 copy / f32 view is
+// made again for every corpus block; bf16 inputs and f32 inputs.
+TEST(MineExact, MoreQueriesThanOneTile) {
+    Data D = adversarial(4100, 700, 8, 5, 0.5, 12);
+    check(D, 5, 1.0f);
+    D.to_bf16();
+    check(D, 5, 1.0f);
+}
+
+// Data where the bf16 bound's residual terms (ns_bound.h, 7) are tight: rounding residuals
+// aligned with the other row, so Cauchy–Schwarz holds with equality, and a best row (exactly)
+// whose bf16 score is below another row's by 0.4 of the residual term. Halves of d = 64:
+// (bf16's spacing at 1 is 2^-7; its unit roundoff u_b = 2^-8, half of it.)
+//   query 0 = 0 | 1 (exact in bf16);        query 1 = 1 + 0.499·2^-7 (rounds to 1) | 1
+//   row 100 = 0 | 14 of 32 at 1 + 2^-7, the rest 1 (exact in bf16: ŝ = exact = 32 + 14·2^-7)
+//   row 300 = 0 | 1 + 0.45·2^-7 (rounds to 1): query 0's best through the corpus residual
+//   row 400 = 1 | 0: query 1's best through the query's residual
+// A bound short of ~95 % of the corpus residual term (query 0; the rest of the margin is the
+// radix threshold's 2^-13 granularity), or missing the query's residual term (query 1: that term
+// widens every row's bound for the query alike, so only its absence shows), drops the best row.
+TEST(MineExact, ResidualBoundIsTightOnAlignedRoundingErrors) {
+    const int64_t d = 64, h = d / 2, N = 600;
+    const float q_up = 1.0f + 0.499f / 128.0f, c_up = 1.0f + 0.45f / 128.0f;
+    const float bf_next = 1.0f + 1.0f / 128.0f;
+    Data D;
+    D.Q = 2, D.N = N, D.d = d;
+    D.q.assign((size_t)(2 * d), 1.0f);
+    for (int64_t t = 0; t < h; t++) D.q[(size_t)t] = 0.0f, D.q[(size_t)(d + t)] = q_up;
+    std::mt19937 g(15);
+    std::uniform_real_distribution<float> ud(-0.2f, 0.2f);
+    D.c.resize((size_t)(N * d));
+    for (auto &x : D.c) x = ud(g); // low scores
+    auto row = [&](int64_t j) { return &D.c[(size_t)(j * d)]; };
+    for (int64_t t = 0; t < d; t++) {
+        row(100)[t] = t < h ? 0.0f : (t - h < 14 ? bf_next : 1.0f);
+        row(300)[t] = t < h ? 0.0f : c_up;
+        row(400)[t] = t < h ? 1.0f : 0.0f;
+    }
+    Result want = brute_force(D, 1, 1.0f);
+    ASSERT_EQ(want.index[0], 300);
+    ASSERT_EQ(want.index[1], 400);
+    check(D, 1, 1.0f);
+    check(D, 3, 1.0f);
+}
+
+// Scores that underflow to +0 and −0 (α·q·c below f32's range): ns_before ties them, so the
+// rows come in increasing order whatever the sign of their zero, and each zero keeps its sign.
+TEST(MineExact, SignedZeroScoresTieToTheLowerRow) {
+    const int64_t N = 60, d = 4;
+    Data D;
+    D.Q = 1, D.N = N, D.d = d;
+    D.q = {1.0f, 0.0f, 0.0f, 0.0f};
+    D.c.assign((size_t)(N * d), 0.0f);
+    for (int64_t j = 0; j < N; j++) D.c[(size_t)(j * d)] = (j % 3 == 1 ? -1e-20f : 1e-20f) * (1.0f + (float)j);
+    Result want = brute_force(D, N, 1e-30f);
+    ASSERT_TRUE(std::signbit(want.score[1]) && want.index[1] == 1); // the test has −0 scores
+    check(D, N, 1e-30f);
+    check(D, 7, 1e-30f);
 }

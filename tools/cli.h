@@ -278,6 +278,7 @@ int cli_csv_read(const char *path, double **values, int64_t *rows, int64_t *cols
 
 int cli_cmd_mine(int argc, char **argv);
 int cli_cmd_sample(int argc, char **argv);
+int cli_cmd_kmeans(int argc, char **argv);
 int cli_cmd_demo(int argc, char **argv);
 int cli_cmd_info(int argc, char **argv);
 int cli_cmd_bench_mine(int argc, char **argv);

@@ -2,6 +2,8 @@
  * Queries are processed in blocks (--batch) so memory stays O(batch · k); the sampler's RNG is
  * countered by the global query row, so the block size never changes the draws. */
 #define _GNU_SOURCE
+#include "cli_checkpoint.h"
+#include "cli_shard.h"
 #include "mine_beir.h"
 
 #include <getopt.h>
@@ -26,6 +28,9 @@ static const char MINE_HELP[] =
     "  --scale X             score = X * q.c (default 1)\n"
     "  --exclude-self        never return corpus row i for query row i (queries = corpus)\n"
     "  --batch N             queries per block (default 16384; memory O(N * k))\n"
+    "  --checkpoint FILE     record each finished block's top-k in FILE; a rerun of the same\n"
+    "                        command after a crash, kill or Ctrl-C resumes from it (FILE is\n"
+    "                        removed once the outputs are written)\n"
     "  --guide-queries FILE, --guide-corpus FILE  a guide model's embeddings of the same rows,\n"
     "                        for --guide-margin / --guide-rel-margin (cosine with --cosine)\n"
     "Texts (joined into st / tevatron / flag rows; ids are the JSONL's \"_id\"s):\n"
@@ -38,7 +43,10 @@ static const char MINE_HELP[] =
     "                        instead of DIR/*.npy; with JSONL --queries/--corpus, required)\n"
     "  --queries/--corpus FILE.jsonl  HF-style JSONL texts (same fields as BEIR's)\n"
     "  With texts, only the queries with a positive in the qrels are mined and written (rows\n"
-    "  of --out-index etc. and of the trace follow them in file order).\n";
+    "  of --out-index etc. and of the trace follow them in file order).\n"
+    "Across ranks: mpirun -np R negsamp mine ... (--backend cpu): each rank mines 1/R of the\n"
+    "  corpus rows, the ranks' top-k are merged exactly and rank 0 writes the outputs, byte for\n"
+    "  byte those of one process.\n";
 
 static const char MINE_EXAMPLES[] =
     "\nExamples:\n"
@@ -47,7 +55,9 @@ static const char MINE_EXAMPLES[] =
     "  negsamp mine --queries q.fvecs --corpus c.fvecs --paired --cosine -k 200 \\\n"
     "      --sampler simans --simans-a 20 -m 15 --out-index idx.npy --out-score score.npy\n"
     "  negsamp mine --queries c.npy --corpus c.npy --exclude-self -k 50 --sampler uniform \\\n"
-    "      --out neighbours.jsonl\n";
+    "      --out neighbours.jsonl\n"
+    "  mpirun -np 4 negsamp mine --queries q.npy --corpus c.npy -k 100 --checkpoint run.ckpt \\\n"
+    "      --out-index idx.npy\n";
 
 /* s⁺ of query row q: the lowest score among its positives; 0 when it has none. Each
  * positive's score goes to each[p] (aligned with pos->ids). */
@@ -119,7 +129,7 @@ static void guide_scores(const cli_embeddings *GQ, const cli_embeddings *GC, con
 /* The command line of mine. */
 typedef struct {
     stage_opts o;
-    const char *qpath, *cpath, *gqpath, *gcpath;
+    const char *qpath, *cpath, *gqpath, *gcpath, *checkpoint;
     mine_texts t;
     int argc;
     char **argv;
@@ -140,7 +150,13 @@ typedef struct {
     int64_t *eoff, *cand_id;
     void *d_q, *d_eoff, *d_eids, *d_ci, *d_cs;
     cli_progress prog;
+    cli_shard sh;      /* ranks (mpirun); one process: rank 0 of 1 */
+    cli_checkpoint ck; /* --checkpoint (rank 0) */
+    int64_t resumed;   /* blocks read back from the checkpoint */
 } mine_run;
+
+/* Options of this command alone (after the stage's). */
+enum { O_CHECKPOINT = 700 };
 
 /* Returns -1 to go on, or the exit status (--help, a usage error). */
 static int mine_parse(int argc, char **argv, mine_args *a) {
@@ -159,6 +175,7 @@ static int mine_parse(int argc, char **argv, mine_args *a) {
         {"split", required_argument, 0, O_SPLIT},
         {"queries-emb", required_argument, 0, O_QUERIES_EMB},
         {"corpus-emb", required_argument, 0, O_CORPUS_EMB},
+        {"checkpoint", required_argument, 0, O_CHECKPOINT},
         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     stage_defaults(&a->o);
@@ -196,6 +213,7 @@ static int mine_parse(int argc, char **argv, mine_args *a) {
         case O_SPLIT: a->t.split = optarg; break;
         case O_QUERIES_EMB: a->t.queries_emb = optarg; break;
         case O_CORPUS_EMB: a->t.corpus_emb = optarg; break;
+        case O_CHECKPOINT: a->checkpoint = optarg; break;
         case O_BATCH:
             if (cli_parse_i64("--batch", optarg, 1, INT64_MAX / 2, &a->batch)) return CLI_USAGE;
             break;
@@ -315,13 +333,15 @@ static int mine_prepare(mine_run *r) {
     s->B = r->Q.m.rows;
     s->C = a->k;
     if (stage_load_positives(s, r->Q.m.rows, r->C.m.rows) || stage_context(s)) return -1;
+    s->random_exclude_self = a->exclude_self;
+    if (stage_random_open(s, r->C.m.rows)) return -1;
     if (a->t.has_texts && s->has_pos && !a->exclude_self &&
         mine_keep_positive_queries(s, &r->Q, &r->GQ, &a->t.q))
         return -1;
     if (cli_lists_with_self(a->o.same_id && s->has_pos ? &s->pos : NULL, s->B, a->exclude_self,
                             &r->excl))
         return -1;
-    if (stage_write_headers(s)) {
+    if (cli_shard_writer(&r->sh) && stage_write_headers(s)) {
         cli_error("cannot write the .npy headers");
         return -1;
     }
@@ -356,11 +376,24 @@ static int mine_topk_block(mine_run *r, int64_t b0, int64_t nb) {
     mo.scale = a->scale;
     mo.flags = a->cosine ? NS_NORMALIZE : 0u;
     mo.exclude = ne ? &el : NULL;
+    ns_matrix corpus = r->C.m;
+    if (r->sh.comm) {
+        /* This rank's rows; exclusions stay global rows, in host memory. */
+        int64_t c0, cn;
+        cli_shard_rows(&r->sh, corpus.rows, &c0, &cn);
+        corpus.data = cn ? (const char *)corpus.data +
+                               (size_t)(c0 * (corpus.ld ? corpus.ld : corpus.cols)) *
+                                   (corpus.dtype == NS_F32 ? 4 : 2)
+                         : NULL;
+        corpus.rows = cn;
+        el.offsets = r->eoff, el.ids = eids;
+        mo.comm = r->sh.comm;
+    }
     mo.progress = cli_progress_update;
     mo.progress_user = &r->prog;
     r->prog.base = b0;
     r->prog.span = nb;
-    ns_status st = ns_mine_topk(ctx, qm, r->C.m, k, &mo, r->d_ci, r->d_cs);
+    ns_status st = ns_mine_topk(ctx, qm, corpus, k, &mo, r->d_ci, r->d_cs);
     if (st != NS_OK) {
         cli_error("mining %s against %s failed: %s (%s)", a->qpath, a->cpath, ns_last_error(ctx),
                   ns_status_string(st));
@@ -376,11 +409,22 @@ static int mine_topk_block(mine_run *r, int64_t b0, int64_t nb) {
     return 0;
 }
 
-/* Queries [b0, b0 + nb): top-k, s⁺ (and the guide scores), then the stage. */
-static int mine_block(mine_run *r, int64_t b0, int64_t nb) {
+/* Block blk's top-k: read back from the checkpoint (rank 0; the other ranks skip it), or mined
+ * (across the ranks) and recorded. */
+static int mine_candidates(mine_run *r, int64_t b0, int64_t nb, int64_t blk) {
+    const int writer = cli_shard_writer(&r->sh);
+    if (blk < r->resumed)
+        return writer ? cli_checkpoint_read(&r->ck, b0, nb, r->cand_id, r->cand_sc) : 0;
+    if (mine_topk_block(r, b0, nb)) return -1;
+    return writer && r->ck.f ? cli_checkpoint_append(&r->ck, b0, nb, r->cand_id, r->cand_sc) : 0;
+}
+
+/* Queries [b0, b0 + nb): top-k, s⁺ (and the guide scores), then the stage (rank 0). */
+static int mine_block(mine_run *r, int64_t b0, int64_t nb, int64_t blk) {
     const mine_args *a = r->a;
     stage *s = &r->s;
-    if (mine_topk_block(r, b0, nb)) return -1;
+    if (mine_candidates(r, b0, nb, blk)) return -1;
+    if (!cli_shard_writer(&r->sh)) return 0;
     for (int64_t i = 0; i < nb; i++) {
         int64_t q = b0 + i;
         r->valid[i] = !s->has_pos || s->pos.offsets[q] < s->pos.offsets[q + 1];
@@ -419,6 +463,71 @@ static void mine_free(mine_run *r) {
     cli_embeddings_free(&r->GQ);
     cli_embeddings_free(&r->GC);
     mine_texts_free(&r->a->t);
+    cli_checkpoint_close(&r->ck, 0);
+    cli_shard_finish(&r->sh);
+}
+
+/* The checkpoint is neither an input nor an output. 0 or CLI_USAGE. */
+static int mine_check_checkpoint(const mine_args *a) {
+    const char *c = a->checkpoint;
+    if (!c) return 0;
+    const char *outs[] = {a->o.out, a->o.out_index, a->o.out_score, a->o.out_positive_score,
+                          a->o.provenance, a->o.trace};
+    for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++)
+        if (outs[i] && strcmp(outs[i], c) == 0)
+            return cli_usage_error("--checkpoint %s is also an output", c);
+    if (cli_is_temp_name(c) || cli_is_input(c))
+        return cli_usage_error("--checkpoint %s: not a usable checkpoint path (an input, or a "
+                               "temporary output's name)",
+                               c);
+    return 0;
+}
+
+/* What the top-k depends on, one "name value" a line: the inputs' sizes and hashes (not their
+ * paths: a moved file resumes), k, the block size, scoring, exclusions and shapes. The ranks
+ * are not in it: a run may resume with another rank count. */
+static int mine_checkpoint_desc(mine_run *r, const cli_named_path *in, int n, char *buf,
+                                size_t cap) {
+    const mine_args *a = r->a;
+    const stage_opts *o = &a->o;
+    const cli_named_path ids[] = {{"--query-ids", o->query_ids}, {"--corpus-ids", o->corpus_ids},
+                                  {"--qrels", o->qrels}, {"--positives", o->positives}};
+    size_t w = 0;
+    for (int i = 0; i < n + 4; i++) {
+        const cli_named_path *p = i < n ? &in[i] : &ids[i - n];
+        if (!p->path || strncmp(p->flag, "--guide", 7) == 0) continue;
+        uint64_t h;
+        int64_t size;
+        if (cli_file_fingerprint(p->path, &h, &size)) return -1;
+        w += (size_t)snprintf(buf + w, cap - w, "input %s %lld %016llx\n", p->flag,
+                              (long long)size, (unsigned long long)h);
+        if (w >= cap) return -1;
+    }
+    uint32_t sb;
+    memcpy(&sb, &a->scale, 4);
+    w += (size_t)snprintf(buf + w, cap - w,
+                          "k %lld\nbatch %lld\ncosine %d\nscale %08x\nexclude_self %d\n"
+                          "same_id %d\npaired %d\nqueries %lld\ncorpus %lld x %lld\n",
+                          (long long)a->k, (long long)a->batch, a->cosine, sb, a->exclude_self,
+                          o->same_id, o->paired, (long long)r->s.B, (long long)r->C.m.rows,
+                          (long long)r->C.m.cols);
+    return w < cap ? 0 : -1;
+}
+
+/* --checkpoint on rank 0: created, or opened to resume (a mismatch refused). */
+static int mine_open_checkpoint(mine_run *r, const cli_named_path *in, int n) {
+    const mine_args *a = r->a;
+    if (!a->checkpoint) return 0;
+    char desc[8192];
+    if (mine_checkpoint_desc(r, in, n, desc, sizeof desc)) {
+        cli_error("--checkpoint %s: cannot describe the inputs", a->checkpoint);
+        return -1;
+    }
+    if (cli_checkpoint_open(&r->ck, a->checkpoint, desc, a->k, a->batch)) return -1;
+    if (r->ck.done && !a->o.quiet)
+        fprintf(stderr, "%s: resuming from %s: %lld finished block(s) read back, not mined\n",
+                cli_command, a->checkpoint, (long long)r->ck.done);
+    return 0;
 }
 
 static int mine_provenance(mine_run *r, const cli_named_path *in, int n) {
@@ -462,26 +571,34 @@ int cli_cmd_mine(int argc, char **argv) {
                                  {"--guide-queries", a.gqpath}, {"--guide-corpus", a.gcpath},
                                  {"queries JSONL", a.t.has_texts ? a.t.qtext : NULL},
                                  {"corpus JSONL", a.t.has_texts ? a.t.ctext : NULL}};
-    if ((u = stage_check_files(&a.o, in, 6))) return u;
+    if ((u = stage_check_files(&a.o, in, 6)) || (u = mine_check_checkpoint(&a))) return u;
     mine_run r;
     memset(&r, 0, sizeof r);
     r.a = &a;
     r.s.o = &a.o;
     int rc = CLI_RUNTIME;
+    if (cli_shard_init(&r.sh)) return CLI_RUNTIME;
+    const int writer = cli_shard_writer(&r.sh);
+    if (!writer) a.o.quiet = 1; /* rank 0 reports for all */
+    if (r.sh.size > 1 && a.o.backend == NS_BACKEND_AUTO) a.o.backend = NS_BACKEND_CPU; /* MPI */
     cli_install_signal_cleanup();
-    if (stage_open_outputs(&r.s) || mine_load_inputs(&r)) goto fail;
-    if ((u = mine_fit_k(&r))) {
-        rc = u;
-        goto fail;
-    }
-    if (mine_prepare(&r)) goto fail;
+    int failed = (writer && stage_open_outputs(&r.s)) || mine_load_inputs(&r);
+    if (!failed && (u = mine_fit_k(&r))) rc = u, failed = 1;
+    failed = failed || mine_prepare(&r) || cli_shard_comm(&r.sh, r.s.ctx) ||
+             (writer && mine_open_checkpoint(&r, in, 6));
+    if (cli_shard_any_failed(&r.sh, failed)) goto fail;
+    r.resumed = cli_shard_bcast(&r.sh, r.ck.done);
     cli_progress_init(&r.prog, "mining", r.s.B, a.o.quiet);
     double t0 = cli_now();
-    for (int64_t b0 = 0; b0 < r.s.B; b0 += a.batch)
-        if (mine_block(&r, b0, r.s.B - b0 < a.batch ? r.s.B - b0 : a.batch)) goto fail;
+    for (int64_t b0 = 0, blk = 0; b0 < r.s.B; b0 += a.batch, blk++) {
+        failed = mine_block(&r, b0, r.s.B - b0 < a.batch ? r.s.B - b0 : a.batch, blk);
+        /* A failure on rank 0 after the merge (writing) stops the others too. */
+        if (r.sh.size > 1 ? cli_shard_any_failed(&r.sh, failed) : failed) goto fail;
+    }
     cli_progress_finish(&r.prog);
-    if (mine_provenance(&r, in, 6) || stage_commit(&r.s)) goto fail;
-    stage_summary(&r.s, "mined, filtered and sampled", cli_now() - t0);
+    if (writer && (mine_provenance(&r, in, 6) || stage_commit(&r.s))) goto fail;
+    cli_checkpoint_close(&r.ck, 1);
+    if (writer) stage_summary(&r.s, "mined, filtered and sampled", cli_now() - t0);
     rc = CLI_OK;
     goto done;
 fail:

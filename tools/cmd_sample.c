@@ -84,6 +84,9 @@ static int sample_parse(int argc, char **argv, sample_args *a) {
     if (a->o.guide_set && (!a->gspath || !a->gppath))
         return cli_usage_error("--guide-margin/--guide-rel-margin need --guide-scores and "
                                "--guide-positive-score");
+    if (a->o.random_m && !a->o.weights && !a->o.corpus_ids)
+        return cli_usage_error("--random-negatives needs the corpus size: pass --weights or "
+                               "--corpus-ids");
     int u = stage_check(&a->o, 0, 0);
     return u ? u : -1;
 }
@@ -200,7 +203,8 @@ int cli_cmd_sample(int argc, char **argv) {
                              "%s", (long long)a.o.m, (long long)s->C, a.ipath);
         goto fail;
     }
-    if (stage_context(s) || stage_write_headers(s) || stage_alloc(s, s->B) ||
+    if (stage_context(s) || stage_random_open(s, -1) || stage_write_headers(s) ||
+        stage_alloc(s, s->B) ||
         sample_positive_scores(&r))
         goto fail;
     double t0 = cli_now();

@@ -1,4 +1,4 @@
-/* negsamp: the command-line program. Subcommands: mine, sample, inspect, demo, info, bench-mine. */
+/* negsamp: the command-line program. Subcommands: mine, sample, kmeans, inspect, demo, info, bench-mine. */
 #include "cli.h"
 
 #include <stdlib.h>
@@ -11,6 +11,7 @@ static const char MAIN_HELP[] =
     "  mine     mine hard negatives for queries against a corpus (.npy / .fvecs embeddings,\n"
     "           BEIR qrels) and write JSONL (ids, sentence-transformers, Tevatron) or .npy\n"
     "  sample   filter and sample negatives from a precomputed candidate .npy matrix\n"
+    "  kmeans   cluster embeddings (.npy) into k groups for cluster-aware batches: int64 labels\n"
     "  inspect  a report on a mining run (mine --trace): rules, positives among the negatives,\n"
     "           ranks, score histograms; Markdown with PNG plots\n"
     "  demo     false negatives of each sampling setting on the digits data set\n"
@@ -82,6 +83,7 @@ int main(int argc, char **argv) {
     cli_command = name;
     if (!strcmp(cmd, "mine")) return cli_cmd_mine(argc - 1, argv + 1);
     if (!strcmp(cmd, "sample")) return cli_cmd_sample(argc - 1, argv + 1);
+    if (!strcmp(cmd, "kmeans")) return cli_cmd_kmeans(argc - 1, argv + 1);
     if (!strcmp(cmd, "demo")) return cli_cmd_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cli_cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return cli_cmd_inspect(argc - 1, argv + 1);

@@ -21,8 +21,9 @@ int stage_open_outputs(stage *s) {
 }
 
 int stage_write_headers(stage *s) {
-    if (s->out_index.f && cli_npy_write_header(s->out_index.f, "<i8", s->B, s->o->m)) return -1;
-    if (s->out_score.f && cli_npy_write_header(s->out_score.f, "<f4", s->B, s->o->m)) return -1;
+    const int64_t w = stage_width(s->o);
+    if (s->out_index.f && cli_npy_write_header(s->out_index.f, "<i8", s->B, w)) return -1;
+    if (s->out_score.f && cli_npy_write_header(s->out_score.f, "<f4", s->B, w)) return -1;
     if (s->out_pos.f && cli_npy_write_header(s->out_pos.f, "<f4", s->B, 0)) return -1;
     return stage_trace_headers(s);
 }
@@ -186,10 +187,21 @@ static int block_run(stage *s, block_bufs *d, int64_t b0, int64_t nb) {
     return 0;
 }
 
+/* A JSONL row's negatives: the hard ones, then the random ones, without the padding between
+ * (in place: the padding moves to the end of the row). Returns how many. */
+static int64_t row_compact(const stage *s, int64_t i, int64_t *idx, float *sc) {
+    const int64_t m = s->o->m, k = s->count[i];
+    if (!s->o->random_m) return k;
+    const int64_t r = s->rcount[i];
+    memmove(idx + k, idx + m, (size_t)r * 8);
+    memmove(sc + k, sc + m, (size_t)r * 4);
+    return k + r;
+}
+
 /* The block's JSONL rows and .npy rows; queries without positive become -1 / NaN rows. */
 static void block_write(stage *s, int64_t b0, int64_t nb, const float *pos_score,
                         const uint8_t *valid) {
-    int64_t m = s->o->m;
+    const int64_t m = stage_width(s->o);
     for (int64_t i = 0; i < nb; i++) {
         int64_t *idx = s->index + i * m;
         float *sc = s->score + i * m;
@@ -199,9 +211,20 @@ static void block_write(stage *s, int64_t b0, int64_t nb, const float *pos_score
             s->no_pos_rows++;
             continue;
         }
-        if (s->count[i] < m) s->short_rows++;
-        if (s->out.f && s->qt) stage_write_text_jsonl(s, b0 + i, idx, sc, s->count[i]);
-        else if (s->out.f) stage_write_jsonl(s, b0 + i, idx, sc, s->count[i]);
+        if (s->count[i] < s->o->m || (s->o->random_m && s->rcount[i] < s->o->random_m))
+            s->short_rows++;
+        if (!s->out.f) continue;
+        int64_t *ri = idx;
+        float *rs = sc;
+        if (s->o->random_m) { /* the .npy keeps the columns: compact a copy */
+            ri = s->index + nb * m;
+            rs = s->score + nb * m;
+            memcpy(ri, idx, (size_t)m * 8);
+            memcpy(rs, sc, (size_t)m * 4);
+        }
+        const int64_t n = row_compact(s, i, ri, rs);
+        if (s->qt) stage_write_text_jsonl(s, b0 + i, ri, rs, n);
+        else stage_write_jsonl(s, b0 + i, ri, rs, n);
     }
     if (s->out_index.f) fwrite(s->index, 8, (size_t)(nb * m), s->out_index.f);
     if (s->out_score.f) fwrite(s->score, 4, (size_t)(nb * m), s->out_score.f);
@@ -223,6 +246,7 @@ int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id, const 
     d.guide_score = guide_score;
     d.guide_pos = guide_pos;
     int rc = block_upload(s, &d, b0, nb) || block_run(s, &d, b0, nb) ? -1 : 0;
+    if (!rc && s->o->random_m) rc = stage_random_block(s, b0, nb, valid);
     if (!rc && s->o->trace)
         stage_write_trace(s, nb, cand_id, cand_score, pos_score, valid, guide_score, guide_pos, b0);
     if (!rc) block_write(s, b0, nb, pos_score, valid);
@@ -231,8 +255,9 @@ int stage_block(stage *s, int64_t b0, int64_t nb, const int64_t *cand_id, const 
 }
 
 int stage_alloc(stage *s, int64_t nb) {
-    s->index = malloc((size_t)(nb * s->o->m) * 8);
-    s->score = malloc((size_t)(nb * s->o->m) * 4);
+    const int64_t w = stage_width(s->o); /* one more row: block_write's JSONL copy */
+    s->index = malloc((size_t)((nb + 1) * w) * 8);
+    s->score = malloc((size_t)((nb + 1) * w) * 4);
     s->count = malloc((size_t)nb * 8);
     if (!s->index || !s->score || !s->count) {
         cli_error("out of memory for a block of %lld queries", (long long)nb);
@@ -246,6 +271,7 @@ void stage_free(stage *s) {
     free(s->score);
     free(s->count);
     free(s->pos_each);
+    stage_random_free(s);
     cli_lists_free(&s->pos);
     cli_ids_free(&s->qids);
     cli_ids_free(&s->cids);

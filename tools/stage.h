@@ -25,7 +25,15 @@ typedef struct {
     char trace_path[6][4096];
     int force, quiet, threads;
     ns_backend backend;
+    /* --random-negatives M: M corpus rows per query by weight^alpha (ns_sample_corpus) after the
+     * m hard ones, never a positive or a chosen hard negative (stage_random.c) */
+    int64_t random_m;
+    float random_alpha;
+    const char *weights; /* --weights W.npy: one weight per corpus row; NULL = uniform */
 } stage_opts;
+
+/* Columns of an output row: the m hard negatives (-1 padded), then the random ones. */
+static inline int64_t stage_width(const stage_opts *o) { return o->m + o->random_m; }
 
 enum {
     O_HELP = 'h', O_M = 'm', O_K = 'k',
@@ -37,7 +45,9 @@ enum {
     O_QUERIES, O_CORPUS, O_COSINE, O_SCALE, O_EXCLUDE_SELF, O_BATCH, O_GUIDE_QUERIES,
     O_GUIDE_CORPUS, O_BEIR, O_SPLIT, O_QUERIES_EMB, O_CORPUS_EMB, O_WITH_SCORES, O_TRACE,
     /* sample */
-    O_CANDIDATES, O_SCORES, O_POSITIVE_SCORE, O_GUIDE_SCORES, O_GUIDE_POSITIVE_SCORE
+    O_CANDIDATES, O_SCORES, O_POSITIVE_SCORE, O_GUIDE_SCORES, O_GUIDE_POSITIVE_SCORE,
+    /* random negatives */
+    O_RANDOM_NEGATIVES, O_RANDOM_ALPHA, O_WEIGHTS
 };
 
 #define STAGE_LONG_OPTIONS                                                                    \
@@ -70,7 +80,10 @@ enum {
         {"guide-margin", required_argument, 0, O_GUIDE_MARGIN},                               \
         {"guide-rel-margin", required_argument, 0, O_GUIDE_REL},                              \
         {"with-scores", no_argument, 0, O_WITH_SCORES},                                       \
-        {"trace", required_argument, 0, O_TRACE}
+        {"trace", required_argument, 0, O_TRACE},                                             \
+        {"random-negatives", required_argument, 0, O_RANDOM_NEGATIVES},                       \
+        {"random-alpha", required_argument, 0, O_RANDOM_ALPHA},                               \
+        {"weights", required_argument, 0, O_WEIGHTS}
 
 
 extern const char STAGE_HELP[];
@@ -97,9 +110,17 @@ typedef struct {
     float *pos_each;          /* each positive's score, aligned with pos.ids (NULL: not known) */
     int64_t trace_rows;       /* corpus rows the trace names: 1 + the largest candidate */
     int64_t skipped_queries;  /* query rows without positive left out before mining (texts) */
-    /* per block, host */
+    /* per block, host: rows of stage_width columns (the hard ones first, -1 padded to m) */
     int64_t *index, *count;
     float *score;
+    /* random negatives: the corpus size, the weights (host, and on the context's backend),
+     * per block the random count per query and the exclusion lists (host) */
+    int64_t corpus_rows;
+    int random_exclude_self; /* mine --exclude-self: query row i is corpus row i */
+    cli_array weights;
+    void *weights_d;
+    int64_t *rcount, *xoff, *xids;
+    int64_t xcap;
     /* totals for the summary */
     ns_filter_counts counts;
     int64_t short_rows, no_pos_rows, jsonl_rows;
@@ -113,6 +134,13 @@ int stage_commit(stage *s);
 /* Loads ids and positives. qrows/crows: rows of queries and corpus (-1: unknown). */
 int stage_load_positives(stage *s, int64_t qrows, int64_t crows);
 int stage_alloc(stage *s, int64_t nb);
+/* --random-negatives: the corpus size (rows, or -1 when the command does not know it: then
+ * --weights or --corpus-ids tells) and the weights. After stage_context. 0 or -1. */
+int stage_random_open(stage *s, int64_t rows);
+/* Draws the block's random negatives (ns_sample_corpus) and widens s->index/score rows from m
+ * to stage_width columns (random scores NaN). 0 or -1. */
+int stage_random_block(stage *s, int64_t b0, int64_t nb, const uint8_t *valid);
+void stage_random_free(stage *s);
 void stage_free(stage *s);
 int stage_context(stage *s);
 void stage_summary(const stage *s, const char *what, double secs);

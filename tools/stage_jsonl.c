@@ -36,7 +36,7 @@ void stage_write_jsonl(stage *s, int64_t q, const int64_t *idx, const float *sc,
         s->jsonl_rows++;
         return;
     }
-    if (o->format == FMT_ST && n < o->m) return; /* n-tuples need every column */
+    if (o->format == FMT_ST && n < stage_width(o)) return; /* n-tuples need every column */
     /* One row per (query, positive); a query without positives gets "positive": null. */
     int64_t rows = s->has_pos ? pe - pb : 1;
     for (int64_t r = 0; r < rows; r++) {

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "stage.h"
 
+#include <math.h>
 #include <string.h>
 
 const char STAGE_HELP[] =
@@ -32,6 +33,13 @@ const char STAGE_HELP[] =
     "  --simans-a A, --simans-b B  SimANS w = exp(-a (s - s+ - b)^2) (defaults 0.5, 0)\n"
     "  --temperature T       softmax w = exp(s / T) (default 1)\n"
     "  --seed N              random seed (default 0); same seed, same negatives\n"
+    "Random negatives (corpus-wide, after the m hard ones; ns_sample_corpus):\n"
+    "  --random-negatives M  M more corpus rows per query, drawn without replacement by\n"
+    "                        weight^alpha, never a positive or a chosen hard negative; they\n"
+    "                        fill columns m..m+M-1 of the .npy rows (score NaN: not scored)\n"
+    "                        and follow the hard ones in JSONL (provenance: random_negatives)\n"
+    "  --weights FILE.npy    one weight >= 0 per corpus row (frequency, degree); default uniform\n"
+    "  --random-alpha A      weights^A (default 1; word2vec's unigram: 0.75)\n"
     "Output (at least one; written to a temporary file and renamed when complete):\n"
     "  --out FILE.jsonl      JSONL, in --format (gzip-compressed when FILE ends in .gz):\n"
     "        ids       {\"query\": id, \"positive\": id, \"negatives\": [ids], \"scores\": [s]}\n"
@@ -78,6 +86,7 @@ void stage_defaults(stage_opts *o) {
     o->same_id = 1;
     o->format = FMT_IDS;
     o->backend = NS_BACKEND_AUTO;
+    o->random_alpha = 1.0f;
 }
 
 /* -m and the sampler's options. */
@@ -202,8 +211,26 @@ static int io_option(stage_opts *o, int c, const char *arg) {
     }
 }
 
+/* Corpus-wide random negatives. */
+static int random_option(stage_opts *o, int c, const char *arg) {
+    switch (c) {
+    case O_RANDOM_NEGATIVES:
+        return cli_parse_i64("--random-negatives", arg, 1, NS_MAX_K, &o->random_m) ? -1 : 1;
+    case O_RANDOM_ALPHA:
+        if (cli_parse_f32("--random-alpha", arg, &o->random_alpha)) return -1;
+        if (!(fabsf(o->random_alpha) <= 64.0f)) {
+            cli_usage_error("--random-alpha (%s) must be finite with |A| <= 64", arg);
+            return -1;
+        }
+        return 1;
+    case O_WEIGHTS: o->weights = arg; return 1;
+    default: return 0;
+    }
+}
+
 int stage_option(stage_opts *o, int c, const char *arg) {
     int r = sampler_option(o, c, arg);
+    if (!r) r = random_option(o, c, arg);
     if (!r) r = filter_option(o, c, arg);
     if (!r) r = io_option(o, c, arg);
     return r;
@@ -241,6 +268,8 @@ int stage_check(stage_opts *o, int64_t C_hint, int mine) {
                                    (long long)o->filter.rank_min, (long long)o->filter.rank_max);
     }
     if (o->same_id && npos) o->filter.rules |= NS_FILTER_SAME_ID;
+    if (!o->random_m && (o->weights || o->random_alpha != 1.0f))
+        return cli_usage_error("--weights and --random-alpha need --random-negatives M");
     const char *first = o->out         ? o->out
                         : o->out_index ? o->out_index
                         : o->out_score ? o->out_score
@@ -261,8 +290,8 @@ int stage_check(stage_opts *o, int64_t C_hint, int mine) {
 int stage_check_files(const stage_opts *o, const cli_named_path *inputs, int n) {
     cli_named_path in[CLI_MAX_FILES] = {
         {"--query-ids", o->query_ids}, {"--corpus-ids", o->corpus_ids}, {"--qrels", o->qrels},
-        {"--positives", o->positives}};
-    int nin = 4;
+        {"--positives", o->positives}, {"--weights", o->weights}};
+    int nin = 5;
     for (int i = 0; i < n && nin < CLI_MAX_FILES; i++) in[nin++] = inputs[i];
     const cli_named_path out[11] = {{"--out", o->out}, {"--out-index", o->out_index},
                                    {"--out-score", o->out_score},

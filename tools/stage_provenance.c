@@ -101,18 +101,24 @@ int stage_write_provenance(stage *s, int argc, char **argv, const char *command,
             (long long)o->m, (long long)s->B);
     static const char *fmt[] = {"ids", "st", "tevatron", "flag"};
     fprintf(f, "  \"format\": \"%s\",\n", fmt[o->format]);
+    if (o->random_m)
+        fprintf(f, "  \"random_negatives\": {\"count\": %lld, \"columns\": [%lld, %lld], "
+                   "\"alpha\": %.9g, \"weights\": %s, \"scores\": \"NaN (not scored)\"},\n",
+                (long long)o->random_m, (long long)o->m, (long long)stage_width(o),
+                (double)o->random_alpha, o->weights ? "\"--weights\"" : "\"uniform\"");
     if (extra) fputs(extra, f);
     if (o->trace) {
         fputs("  \"trace\": ", f);
         cli_json_string(f, o->trace, strlen(o->trace));
         fputs(",\n", f);
     }
-    cli_named_path all[CLI_MAX_FILES + 4] = {{"--query-ids", o->query_ids},
+    cli_named_path all[CLI_MAX_FILES + 5] = {{"--query-ids", o->query_ids},
                                              {"--corpus-ids", o->corpus_ids},
                                              {"--qrels", o->qrels},
-                                             {"--positives", o->positives}};
-    int na = 4;
-    for (int i = 0; i < n && na < CLI_MAX_FILES + 4; i++) all[na++] = inputs[i];
+                                             {"--positives", o->positives},
+                                             {"--weights", o->weights}};
+    int na = 5;
+    for (int i = 0; i < n && na < CLI_MAX_FILES + 5; i++) all[na++] = inputs[i];
     if (write_inputs(f, all, na)) return -1;
     fprintf(f, "  \"rows_written\": %lld\n}\n", (long long)s->jsonl_rows);
     return ferror(f) ? -1 : 0;

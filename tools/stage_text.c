@@ -111,7 +111,7 @@ static void write_flag(stage *s, int64_t q, const int64_t *idx, const float *sc,
 /* One (anchor, positive, negative_1..n) row per positive of the query. */
 static void write_st(stage *s, int64_t q, const int64_t *idx, const float *sc, int64_t n) {
     FILE *f = s->out.f;
-    if (n < s->o->m) return; /* n-tuples need every column */
+    if (n < stage_width(s->o)) return; /* n-tuples need every column */
     int64_t pb = s->pos.offsets[q], pe = s->pos.offsets[q + 1];
     const float *pos_sc = s->pos_each ? s->pos_each + pb : NULL;
     for (int64_t p = pb; p < pe; p++) {

@@ -36,7 +36,7 @@ static int32_t decision(const stage *s, int64_t i, int64_t j, int64_t q, const i
     if (hit) return (int32_t)hit;
     int32_t d = STAGE_KEPT;
     for (int64_t k = 0; k < s->count[i]; k++)
-        if (s->index[i * o->m + k] == id) d |= STAGE_SAMPLED;
+        if (s->index[i * stage_width(o) + k] == id) d |= STAGE_SAMPLED;
     return d;
 }
 

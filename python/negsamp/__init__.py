@@ -17,6 +17,8 @@ from ._core import (Context, default_context, version, version_info, status_stri
                     infonce_backward, InfoNCEForward, InfoNCEGrads, Queue, Step, StepResult,
                     StepGrads, Comm, nccl_unique_id)
 from ._weighted import sample_corpus, CorpusSample
+from ._kmeans import kmeans, KMeans
+from ._plan import plan_batches, BatchPlan
 
 __version__ = "0.1.0"
 
@@ -28,12 +30,15 @@ __all__ = [
     "NpyFile", "npy_open", "filter", "sample", "Sample", "infonce_forward", "infonce_backward",
     "InfoNCEForward", "InfoNCEGrads", "Queue", "Step", "StepResult", "StepGrads",
     "NS_INFONCE_SAVED_PER_QUERY", "NS_MAX_K", "Comm", "nccl_unique_id", "sample_corpus",
-    "CorpusSample",
+    "CorpusSample", "kmeans", "KMeans", "plan_batches", "BatchPlan",
 ]
 
 
 def __getattr__(name):
     # torch is heavy and optional: load the torch side only when asked for.
+    if name == "ClusterBatchSampler":
+        import importlib
+        return importlib.import_module(".batch_sampler", __name__).ClusterBatchSampler
     if name in ("torch_ops", "InfoNCELoss"):
         import importlib
         mod = importlib.import_module(".torch_ops", __name__)

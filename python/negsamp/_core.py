@@ -949,17 +949,23 @@ class Step:
     filter, sampler and loss are dicts of the keyword arguments of negsamp.filter (rules),
     negsamp.sample (strategy, simans_a, simans_b, temperature, seed, step) and
     infonce_forward (temperature, symmetric, mask_same_id, tau_plus, beta, share_hard).
+    random_negatives: h_rand more per query drawn uniformly among the kept candidates not
+    chosen as hard — the last random_pool candidate slots only, when random_pool > 0 (put
+    negsamp.sample_corpus draws there; the hard sampler then never sees them); the results'
+    negative columns are the h hard ones, then the h_rand random ones.
     The step owns its context (the step's state lives there) unless ctx is given."""
 
     def __init__(self, hard_negatives: int, *, filter=None, sampler=None, loss=None,
                  queue: Queue = None, enqueue: bool = False, comm: "Comm" = None,
-                 ctx: Context = None):
+                 random_negatives: int = 0, random_pool: int = 0, ctx: Context = None):
         if ctx is None:
             ctx = (comm.ctx if comm is not None else
                    queue.ctx if queue is not None else Context("cpu"))
         self.ctx = _ctx(ctx)
         o = _ffi.step_options_init()
         o.hard_negatives = chk.int64(hard_negatives, "Step", "hard_negatives", 0)
+        o.random_negatives = chk.int64(random_negatives, "Step", "random_negatives", 0)
+        o.random_pool = chk.int64(random_pool, "Step", "random_pool", 0)
         f = dict(filter or {})
         f.setdefault("same_id", True)
         # The step options point to these: they live as long as the step.
@@ -1039,7 +1045,7 @@ class Step:
         # The library reads the batch again in the backward: keep its buffers alive.
         self._batch, self._keep, self._cand_shape = b, keep, cand_shape
         self._shapes = (q.shape, p.shape, keep["c"].shape if "c" in keep else None)
-        h = self.options.hard_negatives
+        h = self.options.hard_negatives + self.options.random_negatives
 
         def arr(ptr, n, dtype):
             if not ptr or n == 0:

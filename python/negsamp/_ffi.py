@@ -13,8 +13,8 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from ctypes import (POINTER, Structure, c_char_p, c_float, c_int, c_int64, c_size_t, c_uint,
-                    c_uint64, c_void_p)
+from ctypes import (POINTER, Structure, c_char_p, c_double, c_float, c_int, c_int64, c_size_t,
+                    c_uint, c_uint64, c_void_p)
 from pathlib import Path
 
 # ------------------------------------------------------------------ enums and constants
@@ -57,6 +57,9 @@ NS_SAMPLE_SOFTMAX = 3
 
 NS_INFONCE_SAVED_PER_QUERY = 8
 
+NS_KMEANS_PLUSPLUS = 0
+NS_KMEANS_RANDOM = 1
+
 # C enums are int-sized on every ABI negsamp targets.
 c_enum = c_int
 
@@ -83,7 +86,7 @@ ns_progress_fn = ctypes.CFUNCTYPE(c_int, c_int64, c_int64, c_void_p)
 class ns_mine_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("scale", c_float), ("flags", c_uint),
                 ("exclude", POINTER(ns_id_lists)), ("progress", ns_progress_fn),
-                ("progress_user", c_void_p)]
+                ("progress_user", c_void_p), ("comm", c_void_p)]
 
 
 class ns_candidates(Structure):
@@ -120,6 +123,13 @@ class ns_corpus_sampler_options(Structure):
                 ("step", c_uint64), ("query_offset", c_int64)]
 
 
+class ns_plan_options(Structure):
+    _fields_ = [("struct_size", c_size_t), ("drop_last", c_int),
+                ("neighbors", POINTER(ns_id_lists)), ("groups_per_batch", c_int64),
+                ("positives", POINTER(ns_id_lists)), ("max_duplicate_positives", c_int64),
+                ("seed", c_uint64), ("epoch", c_uint64)]
+
+
 class ns_infonce_inputs(Structure):
     _fields_ = [("query", ns_matrix), ("passage", ns_matrix), ("positive", POINTER(c_int64)),
                 ("hard", ns_matrix), ("hard_per_query", c_int64),
@@ -151,7 +161,8 @@ class ns_step_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("hard_negatives", c_int64),
                 ("filter", POINTER(ns_filter_options)), ("sampler", POINTER(ns_sampler_options)),
                 ("loss", POINTER(ns_loss_options)), ("queue", c_void_p), ("enqueue", c_int),
-                ("comm", c_void_p), ("sync_free", c_int)]
+                ("comm", c_void_p), ("sync_free", c_int), ("random_negatives", c_int64),
+                ("random_pool", c_int64)]
 
 
 class ns_step_result(Structure):
@@ -172,10 +183,18 @@ class ns_comm_options(Structure):
 NS_NCCL_UNIQUE_ID_BYTES = 128
 
 # Every struct of the header, for the ABI test.
+class ns_kmeans_options(Structure):
+    _fields_ = [("struct_size", c_size_t), ("spherical", c_int), ("init", c_enum),
+                ("seed", c_uint64), ("max_iterations", c_int64), ("tolerance", c_double),
+                ("balance", c_double), ("init_centroids", c_void_p),
+                ("progress", ns_progress_fn), ("progress_user", c_void_p)]
+
+
 STRUCTS = [ns_context_options, ns_matrix, ns_id_lists, ns_mine_options, ns_candidates,
            ns_filter_options, ns_filter_counts, ns_sampler_options, ns_infonce_inputs,
            ns_loss_options, ns_infonce_grads, ns_comm_options, ns_batch, ns_step_options,
-           ns_step_result, ns_step_grads, ns_corpus_weights, ns_corpus_sampler_options]
+           ns_step_result, ns_step_grads, ns_corpus_weights, ns_corpus_sampler_options,
+           ns_kmeans_options, ns_plan_options]
 
 
 # The defaults of the NS_*_INIT macros.
@@ -184,7 +203,8 @@ def context_options_init() -> ns_context_options:
 
 
 def mine_options_init() -> ns_mine_options:
-    return ns_mine_options(ctypes.sizeof(ns_mine_options), 1.0, 0, None, ns_progress_fn(), None)
+    return ns_mine_options(ctypes.sizeof(ns_mine_options), 1.0, 0, None, ns_progress_fn(), None,
+                           None)
 
 
 def filter_options_init() -> ns_filter_options:
@@ -201,6 +221,15 @@ def corpus_sampler_options_init() -> ns_corpus_sampler_options:
     return ns_corpus_sampler_options(ctypes.sizeof(ns_corpus_sampler_options), 1.0, 0, 0, 0)
 
 
+def kmeans_options_init() -> ns_kmeans_options:
+    return ns_kmeans_options(ctypes.sizeof(ns_kmeans_options), 0, NS_KMEANS_PLUSPLUS, 0, 25,
+                             1e-4, -1.0, None, ns_progress_fn(), None)
+
+
+def plan_options_init() -> ns_plan_options:
+    return ns_plan_options(ctypes.sizeof(ns_plan_options), 0, None, 2, None, 1, 0, 0)
+
+
 def loss_options_init() -> ns_loss_options:
     return ns_loss_options(ctypes.sizeof(ns_loss_options), 0.05, 0, 1, 0.0, 0.0, 0)
 
@@ -210,7 +239,8 @@ def comm_options_init() -> ns_comm_options:
 
 
 def step_options_init() -> ns_step_options:
-    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0)
+    return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0,
+                           0, 0)
 
 
 # ------------------------------------------------------------------ signatures
@@ -238,8 +268,11 @@ _SIGNATURES = {
     "ns_filter_sample": (c_int, [_P, POINTER(ns_candidates), POINTER(ns_filter_options),
                                  POINTER(ns_sampler_options), c_int64, _P,
                                  POINTER(ns_filter_counts), _P, _P, _P]),
+    "ns_kmeans": (c_int, [_P, ns_matrix, c_int64, POINTER(ns_kmeans_options), _P, _P, _P, _P]),
     "ns_sample_corpus": (c_int, [_P, POINTER(ns_corpus_weights), POINTER(ns_id_lists),
                                  POINTER(ns_corpus_sampler_options), c_int64, c_int64, _P, _P]),
+    "ns_plan_batches": (c_int, [_P, _P, c_int64, c_int64, POINTER(ns_plan_options), _P, _P,
+                                POINTER(c_int64)]),
     "ns_infonce_forward": (c_int, [_P, POINTER(ns_infonce_inputs), POINTER(ns_loss_options),
                                    POINTER(c_float), _P, _P]),
     "ns_infonce_backward": (c_int, [_P, POINTER(ns_infonce_inputs), POINTER(ns_loss_options), _P,

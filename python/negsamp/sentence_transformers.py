@@ -6,6 +6,9 @@ sentence-transformers trains on, and losses that SentenceTransformerTrainer acce
   CPU or CUDA, no FAISS k ≤ 2048 cap), filtered by ``negsamp.filter`` and drawn by
   ``negsamp.sample`` (seeded; "top", "random", "simans", "softmax"); precomputed embeddings
   instead of a model; a guide model (GISTEmbed-style) as one more filter.
+- ``cluster_batch_sampler(group_ids, ...)``: the ``batch_sampler`` of
+  SentenceTransformerTrainingArguments for batches of one cluster (TAS-B) or of nearest
+  clusters (NGAME), planned by ``negsamp.plan_batches`` (``ClusterBatchSampler``).
 - ``NegsampLoss`` and the drop-ins ``MultipleNegativesRankingLoss``,
   ``CachedMultipleNegativesRankingLoss`` and ``GISTEmbedLoss``: the InfoNCE of
   ``torch.ops.negsamp.infonce`` (the B×N logits are never formed) over the trainer's
@@ -22,7 +25,8 @@ from . import _core
 from ._errors import InvalidArgument, Unsupported
 from ._ffi import NS_MAX_K
 
-__all__ = ["mine_hard_negatives", "NegsampLoss", "MultipleNegativesRankingLoss",
+__all__ = ["mine_hard_negatives", "cluster_batch_sampler", "ClusterBatchSampler", "NegsampLoss",
+           "MultipleNegativesRankingLoss",
            "CachedMultipleNegativesRankingLoss", "GISTEmbedLoss"]
 
 _FORMATS = ("triplet", "n-tuple", "n-tuple-scores", "labeled-pair", "labeled-list")
@@ -122,7 +126,7 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
                         softmax_temperature: float = 1.0, guide_model=None,
                         guide_query_embeddings=None, guide_corpus_embeddings=None,
                         guide_margin: float = 0.0, guide_relative: bool = False,
-                        return_counts: bool = False, **ignored):
+                        random_negatives: int = 0, return_counts: bool = False, **ignored):
     """Adds mined hard negatives to a dataset of (anchor, positive) pairs, as
     ``sentence_transformers.util.mine_hard_negatives`` does, and returns a ``datasets.Dataset``
     with the same columns in the same row order (sentence-transformers 6.x): ``output_format``
@@ -151,6 +155,10 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
       ``guide_query_embeddings`` / ``guide_corpus_embeddings``, shaped like the embeddings
       above) drops candidate j when g_j > g⁺ − ``guide_margin`` (``guide_relative``: g_j >
       g⁺ − |g⁺|·margin), g⁺ the guide's lowest positive score.
+    - ``random_negatives=M``: M more negatives per query after the hard ones (random padding,
+      as FlagEmbedding and contrastors add): corpus entries drawn uniformly without replacement
+      by ``negsamp.sample_corpus`` (seeded by ``seed``), never a positive or one of the query's
+      hard negatives; n-tuple rows get num_negatives + M negative columns, hard ones first.
     - ``return_counts=True`` returns (dataset, counts): candidates each rule removed.
 
     Where the semantics differ from sentence-transformers', on purpose:
@@ -209,6 +217,9 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
                               f"{_STRATEGIES}")
     if not isinstance(num_negatives, (int, np.integer)) or num_negatives < 1:
         raise InvalidArgument(f"{fn}: num_negatives ({num_negatives!r}) must be an integer ≥ 1")
+    if not isinstance(random_negatives, (int, np.integer)) or random_negatives < 0:
+        raise InvalidArgument(f"{fn}: random_negatives ({random_negatives!r}) must be an "
+                              f"integer ≥ 0")
     if not isinstance(range_min, (int, np.integer)) or range_min < 0:
         raise InvalidArgument(f"{fn}: range_min ({range_min!r}) must be an integer ≥ 0")
     if range_max is not None and range_min >= range_max:
@@ -374,6 +385,15 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
         neg = np.concatenate([neg, np.full((Q, pad), -1, np.int64)], 1)
         neg_s = np.concatenate([neg_s, np.full((Q, pad), -np.inf, np.float32)], 1)
 
+    if random_negatives:  # scored as the hard ones are: by the cross-encoder when given
+        def score_pairs(qi, ci):
+            if cross_encoder is not None:
+                return _cross_encoder_scores(cross_encoder, [(queries[a], texts[c]) for a, c in
+                                                             zip(qi, ci)], batch_size)
+            return _pair_scores(qe[qi], ce[ci], normalize)
+        neg, neg_s = _add_random(neg, neg_s, random_negatives, pos_of, len(texts), seed,
+                                 score_pairs)
+        num_negatives += random_negatives
     out = _format(output_format, output_scores, anchor_column_name, positive_column_name,
                   queries, texts, pos_of, pos_score, bounds, neg, neg_s, num_negatives)
     if verbose:
@@ -382,6 +402,23 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
               f"{counts}; {kept} negatives drawn ({Q * num_negatives - kept} missing)")
     ds = Dataset.from_dict(out)
     return (ds, counts) if return_counts else ds
+
+
+def _add_random(neg, neg_s, M, pos_of, N, seed, score_pairs):
+    """M more negatives per query after the hard ones: corpus rows (of N) drawn uniformly
+    without replacement by negsamp.sample_corpus, never a positive or a hard one; scored by
+    score_pairs(query rows, corpus rows) like the hard ones."""
+    from ._weighted import sample_corpus
+    Q = neg.shape[0]
+    ex = [list(pos_of[i]) + [int(x) for x in neg[i] if x >= 0] for i in range(Q)]
+    rid = sample_corpus(None, Q, min(M, N), rows=N, exclude=ex, seed=seed).index
+    if M > N:
+        rid = np.concatenate([rid, np.full((Q, M - N), -1, np.int64)], 1)
+    qi, ci = np.nonzero(rid >= 0)
+    rsc = np.full(rid.shape, -np.inf, np.float32)
+    if qi.size:
+        rsc[qi, ci] = np.asarray(score_pairs(qi, rid[qi, ci]), np.float32)
+    return np.concatenate([neg, rid], 1), np.concatenate([neg_s, rsc], 1)
 
 
 def _cross_encoder_scores(cross_encoder, pairs, batch_size):
@@ -1082,3 +1119,11 @@ class CachedMultipleNegativesRankingLoss(_cached_mixin(), MultipleNegativesRanki
 
     def get_config_dict(self):
         return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}
+
+
+def __getattr__(name):
+    # the trainer's batch sampler subclasses sentence-transformers' own: imported when asked for
+    if name in ("ClusterBatchSampler", "cluster_batch_sampler"):
+        from . import _st_sampler
+        return getattr(_st_sampler, name)
+    raise AttributeError(f"module 'negsamp.sentence_transformers' has no attribute {name!r}")

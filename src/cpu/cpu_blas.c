@@ -14,6 +14,46 @@
 #include <pthread.h>
 #endif
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---------------------------------------------------------------- the context's threads
+ * oneDNN (OpenMP runtime) sizes every GEMM's team, and keys its primitive cache, by
+ * omp_get_max_threads() at the call; OpenBLAS's OpenMP build does the same. That value is the
+ * calling thread's nthreads ICV, so setting it for the duration of an operation reaches every
+ * library on the one OpenMP pool without touching other threads of the caller. */
+int ns_cpu_threads_enter(const ns_context *ctx) {
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads(), want = ns_threads(ctx);
+    if (want != saved) omp_set_num_threads(want);
+    return saved;
+#else
+    (void)ctx;
+    return 0;
+#endif
+}
+
+void ns_cpu_threads_leave(int saved) {
+#ifdef _OPENMP
+    if (saved > 0 && omp_get_max_threads() != saved) omp_set_num_threads(saved);
+#else
+    (void)saved;
+#endif
+}
+
+static _Thread_local int g_last_threads;
+
+int ns_gemm_last_threads(void) { return g_last_threads; }
+
+static void note_threads(void) {
+#ifdef _OPENMP
+    g_last_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+    g_last_threads = 1;
+#endif
+}
+
 #ifndef NS_GEMM_NAME
 #define NS_GEMM_NAME "CBLAS"
 #endif
@@ -24,6 +64,7 @@ const char *ns_gemm_name(void) { return NS_GEMM_NAME; }
 /* dnnl_sgemm is row-major, like the callers. */
 static void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                   int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    note_threads();
     if (dnnl_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == dnnl_success) return;
     /* Never expected (the arguments are valid); CBLAS computes the same product. */
     cblas_sgemm(CblasRowMajor, ta == 'T' ? CblasTrans : CblasNoTrans,
@@ -33,6 +74,7 @@ static void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha
 #else
 static void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                   int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    note_threads();
     cblas_sgemm(CblasRowMajor, ta == 'T' ? CblasTrans : CblasNoTrans,
                 tb == 'T' ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a, (int)lda,
                 b, (int)ldb, beta, c, (int)ldc);
@@ -75,6 +117,7 @@ int ns_gemm_has_bf16(void) {
 int ns_gemm_bf16_nt(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
                     const uint16_t *b, int64_t ldb, float *c, int64_t ldc) {
     if (!ns_gemm_has_bf16()) return -1;
+    note_threads();
     dnnl_memory_desc_t a_md, b_md, c_md;
     dnnl_dims_t ad = {m, k}, bd = {k, n}, cd = {m, n};
     dnnl_dims_t as = {lda, 1}, bs = {1, ldb}, cs = {ldc, 1}; /* B = corpusᵀ: a strided view */

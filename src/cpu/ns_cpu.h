@@ -28,6 +28,17 @@ void ns_sgemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, i
 void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* The context's thread count for one CPU operation (NS_DISPATCH, src/ns_dispatch.h): OpenMP's
+ * default team size (the nthreads ICV of the calling thread) is set to ns_threads(ctx), so the
+ * GEMM libraries that size their teams from it (oneDNN's dnnl_sgemm and matmul, OpenBLAS's OpenMP
+ * build) use the context's threads, not OMP_NUM_THREADS; leave restores the caller's value.
+ * enter returns what leave needs. Both are no-ops without OpenMP. */
+int ns_cpu_threads_enter(const ns_context *ctx);
+void ns_cpu_threads_leave(int saved);
+/* The OpenMP team size a GEMM call of this thread last saw (omp_get_max_threads() at the call:
+ * what oneDNN and OpenBLAS size their teams from); 0 before any. For tests. */
+int ns_gemm_last_threads(void);
+
 /* The GEMM library in use ("oneDNN (...) + OpenBLAS (OpenMP)"), for `negsamp info` and benchmarks. */
 const char *ns_gemm_name(void);
 /* Whether ns_gemm_bf16_nt is available (oneDNN built in and its CPU engine created). */
@@ -75,6 +86,9 @@ ns_status ns_cpu_filter_sample(ns_context *ctx, const ns_candidates *cand,
 ns_status ns_cpu_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                const ns_id_lists *exclude, const ns_corpus_sampler_options *opt,
                                int64_t queries, int64_t m, int64_t *index, int64_t *count);
+/* src/cpu/cpu_kmeans.c */
+ns_status ns_cpu_kmeans(ns_context *ctx, ns_matrix x, int64_t k, const ns_kmeans_options *opt,
+                        int64_t *labels, float *centroids, double *inertia, int64_t *iterations);
 /* src/cpu/cpu_infonce_forward.c, src/cpu/cpu_infonce_backward.c */
 ns_status ns_cpu_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
                                  const ns_loss_options *opt, float *loss, float *per_query,
@@ -105,6 +119,17 @@ ns_status ns_cpu_step_ids(ns_context *ctx, int64_t B, int64_t C, int64_t query_o
                           int64_t *pos_offsets, int64_t *pos_ids, int64_t *cand_ids);
 ns_status ns_cpu_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                               const int64_t *row, int64_t nrow, float *grad_cand);
+/* The step's random + hard mixing (src/cpu/cpu_step_mix.c; rules in src/hostdevice/ns_step_mix.h):
+ * mix_mask: out[t] (B·C) = the filter kept slot t (keep NULL: all), its column is in [lo, hi),
+ * its id (cand_id) is >= 0 and none of query i's ndrop ids drop[i·ndrop ..];
+ * mix_merge: id (B × (h + hr)) = each query's h hard ids then its hr random ids, count (B) = its
+ * ids >= 0 (hard may be NULL when h = 0). */
+ns_status ns_cpu_step_mix_mask(ns_context *ctx, int64_t B, int64_t C, const uint8_t *keep,
+                              const int64_t *cand_id, int64_t lo, int64_t hi,
+                              const int64_t *drop, int64_t ndrop, uint8_t *out);
+ns_status ns_cpu_step_mix_merge(ns_context *ctx, int64_t B, const int64_t *hard, int64_t h,
+                               const int64_t *rnd, int64_t hr, int64_t *id, int64_t *count);
+
 
 #ifdef __cplusplus
 }

@@ -31,7 +31,22 @@
  * and the norms themselves (computed in double from f32 rows, relative error < (d+2)·2^-53) and
  * the f32 evaluation of the bound are covered by NS_BOUND_SAFETY (relative) and by rounding
  * every bound up (nextafterf). For unit vectors and d = 384: K ≈ 7.85e-3 (bf16-rounded inputs),
- * 2.3e-5 (f32 GEMM, or inputs already in bf16). */
+ * 2.3e-5 (f32 GEMM, or inputs already in bf16).
+ *
+ *  7. A tighter bound for the bf16 GEMM from the rounding residuals (what the CPU backend uses):
+ *     1. bounds the input rounding by its worst case u_b per component; the actual residuals
+ *     q_r = q − q̂, c_r = c − ĉ (exact in f32 and in double: |q_r| ≤ u_b|q| has at most 24
+ *     significant bits) are known when the rows are rounded. From the exact identity
+ *         q·c − q̂·ĉ = q̂·c_r + q_r·c
+ *     and Cauchy–Schwarz, |q·c − q̂·ĉ| ≤ ‖q̂‖‖c_r‖ + ‖q_r‖‖c‖ ≤ (1 + u_b)‖q‖‖c_r‖ + ‖q_r‖‖c‖
+ *     (|q̂_t| ≤ (1 + u_b)|q_t|). With 2.–6. unchanged (Σ|q̂_t ĉ_t| ≤ (1 + u_b)²‖q‖‖c‖):
+ *         |ŝ − s*| ≤ |α|·[K0·‖q‖‖c‖ + ‖q_r‖‖c‖ + (1 + u_b)·‖q‖‖c_r‖] + A,
+ *         K0 = (1 + u_b)²·γ_{d+1} + u + (d+1)·2^-50   (ns_bound_residual_relative).
+ *     Since ‖q_r‖ ≤ u_b‖q‖ and ‖c_r‖ ≤ u_b‖c‖ this never exceeds the bound of 1.–6.; for random
+ *     data ‖x_r‖ ≈ 0.0017‖x‖ (not 0.0039), so the bound — and the band of candidates the exact
+ *     re-score must settle — is about 2.3× narrower. Data already in bf16 has q_r = c_r = 0.
+ *     The residual norms are computed in double (relative error (d+2)·2^-53, inside
+ *     NS_BOUND_SAFETY, which multiplies every relative part) and rounded up. */
 #ifndef NS_BOUND_H
 #define NS_BOUND_H
 
@@ -51,6 +66,15 @@ NS_HD NS_MATH_INLINE double ns_bound_relative(long long d, int inputs_rounded) {
     const double k = (2.0 * ub + ub * ub) + (1.0 + ub) * (1.0 + ub) * gamma + u +
                      n * 8.8817841970012523e-16 /* 2^-50 */;
     return k * NS_BOUND_SAFETY;
+}
+
+/* K0 of 7. above (times NS_BOUND_SAFETY): the bf16 GEMM's bound apart from the residual terms. */
+NS_HD NS_MATH_INLINE double ns_bound_residual_relative(long long d) {
+    const double u = NS_BOUND_U_F32, ub = NS_BOUND_U_BF16;
+    const double n = (double)(d + 1);
+    const double gamma = n * u / (1.0 - n * u);
+    return ((1.0 + ub) * (1.0 + ub) * gamma + u + n * 8.8817841970012523e-16 /* 2^-50 */) *
+           NS_BOUND_SAFETY;
 }
 
 /* A above: |α|·(d + 2)·2^-90. */

@@ -105,7 +105,7 @@ def digits():
 def group_help(tmp):
     out, _ = run("--help")
     check("usage" in out and "mine" in out and "demo" in out, "main --help lacks the commands")
-    for cmd in ("mine", "sample", "demo", "info", "bench-mine"):
+    for cmd in ("mine", "sample", "kmeans", "demo", "info", "bench-mine"):
         out, _ = run(cmd, "--help")
         check("usage: negsamp " + cmd in out, f"{cmd} --help lacks its usage line")
         if cmd != "info":
@@ -479,6 +479,154 @@ def group_sample(tmp):
     check(all(r["negatives"] == I[r["query"], :3].tolist() for r in rows), "sample JSONL negs")
 
 
+def group_kmeans(tmp):
+    """negsamp kmeans: labels int64 in [0, k), each the nearest written centroid (float64
+    here), separated blobs recovered, the balance bound, the same files for the same seed at 1
+    and 2 threads, f16 input, usage and input errors, outputs never replace an input."""
+    rng = np.random.default_rng(8)
+    k, d, n = 5, 8, 1500
+    centres = rng.standard_normal((k, d))
+    truth = rng.integers(0, k, n)
+    x = (centres[truth] + 0.05 * rng.standard_normal((n, d))).astype(np.float32)
+    xp, lp, cp = (os.path.join(tmp, f) for f in ("x.npy", "l.npy", "c.npy"))
+    np.save(xp, x)
+    out, _ = run("kmeans", "--embeddings", xp, "-k", k, "--seed", 3, "--out", lp,
+                 "--centroids", cp)
+    check("k-means: 1500 rows x 8 dims into 5 clusters" in out, f"summary: {out}")
+    lab, cen = np.load(lp), np.load(cp)
+    check(lab.dtype == np.int64 and lab.shape == (n,) and lab.min() >= 0 and lab.max() < k,
+          f"labels: {lab.dtype} {lab.shape}")
+    check(cen.dtype == np.float32 and cen.shape == (k, d), f"centroids {cen.shape}")
+    c64 = cen.astype(np.float64)
+    g = x.astype(np.float64) @ c64.T - 0.5 * (c64 * c64).sum(1)
+    check(np.array_equal(g.argmax(1), lab), "a label is not the nearest centroid")
+    check(len(set(zip(truth.tolist(), lab.tolist()))) == k, "blobs not recovered")
+    # Same seed, 1 vs 2 threads, spherical + balanced: the same bytes.
+    l1, l2, c1, c2 = (os.path.join(tmp, f) for f in ("l1.npy", "l2.npy", "c1.npy", "c2.npy"))
+    common = ("--embeddings", xp, "-k", 7, "--spherical", "--balanced", 0.1, "--seed", 5,
+              "--iterations", 6, "--quiet")
+    run("kmeans", *common, "--threads", 1, "--out", l1, "--centroids", c1)
+    run("kmeans", *common, "--threads", 2, "--out", l2, "--centroids", c2)
+    check(open(l1, "rb").read() == open(l2, "rb").read(), "labels differ across threads")
+    check(open(c1, "rb").read() == open(c2, "rb").read(), "centroids differ across threads")
+    check(np.bincount(np.load(l1)).max() <= int(np.ceil(n / 7 * 1.1)), "balance bound")
+    # float16 input.
+    hp = os.path.join(tmp, "h.npy")
+    np.save(hp, x.astype(np.float16))
+    run("kmeans", "--embeddings", hp, "-k", k, "--seed", 3, "--out", l1, "--force", "--quiet")
+    check(np.load(l1).shape == (n,), "f16 input")
+    # Errors: usage (2) and data (1), nothing written.
+    before = sorted(os.listdir(tmp))
+    _, err = run("kmeans", "--embeddings", xp, "-k", n + 1, "--out", os.path.join(tmp, "z.npy"),
+                 expect=2)
+    check(f"-k ({n + 1}) is larger than the number of rows" in err, err)
+    _, err = run("kmeans", "--embeddings", xp, "-k", 0, "--out", os.path.join(tmp, "z.npy"),
+                 expect=2)
+    check("-k" in err, err)
+    _, err = run("kmeans", "--embeddings", xp, "-k", 2, "--balanced", -1, "--out",
+                 os.path.join(tmp, "z.npy"), expect=2)
+    check("--balanced" in err, err)
+    _, err = run("kmeans", "--embeddings", xp, "-k", 2, "--out", xp, expect=2)
+    check("never replaces an input" in err, err)
+    _, err = run("kmeans", "--embeddings", xp, "-k", 2, "--out", lp, expect=1)
+    check("--force" in err or "exists" in err, err)
+    bad = x.copy()
+    bad[17, 3] = np.nan
+    bp = os.path.join(tmp, "bad.npy")
+    np.save(bp, bad)
+    before = sorted(os.listdir(tmp))
+    _, err = run("kmeans", "--embeddings", bp, "-k", 2, "--out", os.path.join(tmp, "z.npy"),
+                 expect=1)
+    check("x[17][3]" in err, err)
+    check(sorted(os.listdir(tmp)) == before and not leftovers(tmp), "an error left a file")
+
+
+def chi2_critical(df):  # upper 1e-4 quantile (Wilson-Hilferty)
+    h = 2.0 / (9.0 * df)
+    return df * (1 - h + 3.719 * np.sqrt(h)) ** 3
+
+
+def group_random_negatives(tmp):
+    """--random-negatives: m hard columns then M random ones, never a positive or a chosen hard
+    one, distinct, NaN scores; weights^alpha by chi-square against the exact law of one draw."""
+    rng = np.random.default_rng(11)
+    N, d, k, m, M = 80, 6, 20, 5, 4
+    x = rng.standard_normal((N, d)).astype(np.float32)
+    xp, hard, ri, rs = (os.path.join(tmp, n) for n in ("x.npy", "h.npy", "ri.npy", "rs.npy"))
+    np.save(xp, x)
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m, "--out-index",
+        hard, "--quiet")
+    j = os.path.join(tmp, "r.jsonl")
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m,
+        "--random-negatives", M, "--seed", 3, "--out-index", ri, "--out-score", rs, "--out", j,
+        "--quiet")
+    H, I, S = np.load(hard), np.load(ri), np.load(rs)
+    check(I.shape == (N, m + M) and np.array_equal(I[:, :m], H), "hard columns unchanged")
+    R = I[:, m:]
+    check(((R >= 0) & (R < N)).all() and np.isnan(S[:, m:]).all(), "random ids, NaN scores")
+    for i in range(N):
+        check(len(set(R[i].tolist())) == M, f"query {i}: random ids repeat")
+        check(i not in R[i] and not set(R[i].tolist()) & set(H[i].tolist()),
+              f"query {i}: a random negative is a positive or a hard one")
+    rows = read_jsonl(j)
+    check(all(r["negatives"] == I[r["query"]].tolist() for r in rows), "JSONL hard + random")
+    check(all(r["scores"][m:] == [None] * M for r in rows), "JSONL random scores null")
+    prov = json.load(open(j + ".provenance.json"))
+    check(prov["random_negatives"]["count"] == M and prov["random_negatives"]["columns"] ==
+          [m, m + M], "provenance random_negatives")
+    # Same seed, same draw; another seed, another.
+    r2 = os.path.join(tmp, "r2.npy")
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m,
+        "--random-negatives", M, "--seed", 3, "--batch", 7, "--out-index", r2, "--quiet")
+    check(np.array_equal(np.load(r2), I), "the draw depends on --batch")
+    run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m,
+        "--random-negatives", M, "--seed", 4, "--out-index", r2, "--force", "--quiet")
+    check(not np.array_equal(np.load(r2), I), "another seed draws the same")
+
+    # sample: weights^alpha, positives and hard ones excluded; one draw per query has law
+    # w_r^a / (sum of w^a over the rows not excluded for that query).
+    Q, C, Nc, alpha = 6000, 6, 40, 0.75
+    w = rng.uniform(0.2, 3.0, Nc).astype(np.float32)
+    w[[3, 17]] = 0.0  # never drawn
+    cand = np.stack([rng.choice(Nc, C, replace=False) for _ in range(Q)]).astype(np.int64)
+    pos = rng.integers(0, Nc, Q)
+    ci, cs, wp, pp, out = (os.path.join(tmp, n) for n in
+                           ("ci.npy", "cs.npy", "w.npy", "pos.txt", "o.npy"))
+    np.save(ci, cand)
+    np.save(cs, rng.standard_normal((Q, C)).astype(np.float32))
+    np.save(wp, w)
+    with open(pp, "w") as f:
+        f.writelines(f"{p}\n" for p in pos)
+    run("sample", "--candidates", ci, "--scores", cs, "--positives", pp, "-m", 2,
+        "--random-negatives", 1, "--weights", wp, "--random-alpha", alpha, "--seed", 5,
+        "--out-index", out, "--quiet")
+    O = np.load(out)
+    v = np.where(w > 0, w.astype(np.float64) ** alpha, 0.0)
+    expect = np.zeros(Nc)
+    for i in range(Q):
+        ex = set(O[i, :2].tolist()) | {int(pos[i])}
+        check(int(O[i, 2]) not in ex and w[O[i, 2]] > 0, f"query {i}: excluded row drawn")
+        vi = v.copy()
+        vi[list(ex)] = 0
+        expect += vi / vi.sum()
+    obs = np.bincount(O[:, 2], minlength=Nc)
+    live = expect > 0
+    chi2 = float((((obs - expect) ** 2)[live] / expect[live]).sum())
+    df = int(live.sum()) - 1
+    check(chi2 < chi2_critical(df), f"random draw chi2 {chi2:.1f} >= {chi2_critical(df):.1f}")
+    # errors: options without --random-negatives; no corpus size; weights of the wrong length
+    _, err = run("sample", "--candidates", ci, "--scores", cs, "--weights", wp, "--out-index",
+                 out, "--force", expect=2)
+    check("--random-negatives" in err, err)
+    _, err = run("sample", "--candidates", ci, "--scores", cs, "-m", 2, "--random-negatives",
+                 2, "--out-index", out, "--force", expect=2)
+    check("--weights or --corpus-ids" in err, err)
+    _, err = run("mine", "--queries", xp, "--corpus", xp, "--paired", "-k", k, "-m", m,
+                 "--random-negatives", 2, "--weights", wp, "--out-index", r2, "--force",
+                 expect=1)
+    check("40 weights but the corpus has 80 rows" in err, err)
+
+
 def group_errors(tmp):
     rng = np.random.default_rng(9)
     good = os.path.join(tmp, "good.npy")
@@ -739,7 +887,7 @@ def readme_flags_exist():
     bad = []
     text = open(readme).read().replace("\\\n", " ")
     for line in text.splitlines():
-        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|inspect|demo|bench-mine|info)\b(.*)", line)
+        m = re.match(r"\s*(?:\S*/)?negsamp (mine|sample|kmeans|inspect|demo|bench-mine|info)\b(.*)", line)
         if not m:
             continue
         cmd = m.group(1)

@@ -21,7 +21,7 @@ CONSTANTS = [
     "NS_FILTER_MIN_SCORE", "NS_FILTER_MARGIN", "NS_FILTER_REL_MARGIN", "NS_FILTER_RANK",
     "NS_FILTER_GUIDE", "NS_FILTER_GUIDE_REL", "NS_SAMPLE_TOP", "NS_SAMPLE_UNIFORM",
     "NS_SAMPLE_SIMANS", "NS_SAMPLE_SOFTMAX", "NS_INFONCE_SAVED_PER_QUERY",
-    "NS_NCCL_UNIQUE_ID_BYTES",
+    "NS_NCCL_UNIQUE_ID_BYTES", "NS_KMEANS_PLUSPLUS", "NS_KMEANS_RANDOM",
 ]
 
 # Initializer macros and the Python functions that mirror them.
@@ -33,7 +33,9 @@ INITS = [("ns_context_options", "NS_CONTEXT_OPTIONS_INIT", _ffi.context_options_
          ("ns_comm_options", "NS_COMM_OPTIONS_INIT", _ffi.comm_options_init),
          ("ns_step_options", "NS_STEP_OPTIONS_INIT", _ffi.step_options_init),
          ("ns_corpus_sampler_options", "NS_CORPUS_SAMPLER_OPTIONS_INIT",
-          _ffi.corpus_sampler_options_init)]
+          _ffi.corpus_sampler_options_init),
+         ("ns_kmeans_options", "NS_KMEANS_OPTIONS_INIT", _ffi.kmeans_options_init),
+         ("ns_plan_options", "NS_PLAN_OPTIONS_INIT", _ffi.plan_options_init)]
 
 
 def _c_program():

@@ -1,0 +1,103 @@
+/* negsamp mine across MPI ranks: launch detection, the communicator, the shard split and the
+ * CLI's own agreements between phases (tools/cli_shard.h). */
+#include "cli_shard.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef NS_CLI_MPI
+#include <mpi.h>
+#endif
+
+/* The rank count the launcher announced (Open MPI's mpirun; MPICH's Hydra and other PMI
+ * launchers); 1 when none. */
+static int launched_size(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && atoi(v) > 0) return atoi(v);
+    }
+    return 1;
+}
+
+int cli_shard_init(cli_shard *sh) {
+    memset(sh, 0, sizeof *sh);
+    sh->size = 1;
+    if (launched_size() <= 1) return 0;
+#ifdef NS_CLI_MPI
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited && MPI_Init(NULL, NULL) != MPI_SUCCESS) {
+        cli_error("MPI_Init failed");
+        return -1;
+    }
+    sh->mpi = !inited;
+    MPI_Comm_rank(MPI_COMM_WORLD, &sh->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &sh->size);
+    return 0;
+#else
+    cli_error("launched with %d ranks, but this negsamp was built without MPI (configure with "
+              "MPI found and -DNS_MPI=ON), so each rank would write the whole output",
+              launched_size());
+    return -1;
+#endif
+}
+
+int cli_shard_comm(cli_shard *sh, ns_context *ctx) {
+    if (sh->size <= 1) return 0;
+#ifdef NS_CLI_MPI
+    if (ns_context_backend(ctx) != NS_BACKEND_CPU) {
+        cli_error("mining across ranks runs on --backend cpu (MPI); NCCL ranks are available "
+                  "through the library (ns_comm_create_nccl), not yet through the CLI");
+        return -1;
+    }
+    MPI_Comm world = MPI_COMM_WORLD;
+    ns_status st = ns_comm_create_mpi(ctx, &world, NULL, &sh->comm);
+    if (st != NS_OK) {
+        cli_error("rank %d: cannot create the MPI communicator: %s", sh->rank,
+                  ns_last_error(ctx));
+        return -1;
+    }
+    return 0;
+#else
+    (void)ctx;
+    return -1;
+#endif
+}
+
+void cli_shard_rows(const cli_shard *sh, int64_t rows, int64_t *r0, int64_t *n) {
+    /* Even split, the first rows % size ranks one row longer: every shard's rows are known to
+     * every rank without an exchange. */
+    int64_t R = sh->size, r = sh->rank, base = rows / R, extra = rows % R;
+    *r0 = r * base + (r < extra ? r : extra);
+    *n = base + (r < extra ? 1 : 0);
+}
+
+int cli_shard_any_failed(const cli_shard *sh, int failed) {
+    if (sh->size <= 1) return failed != 0;
+#ifdef NS_CLI_MPI
+    int mine = failed != 0, any = 1;
+    if (MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS) return 1;
+    return any;
+#else
+    return failed != 0;
+#endif
+}
+
+int64_t cli_shard_bcast(const cli_shard *sh, int64_t v) {
+#ifdef NS_CLI_MPI
+    if (sh->size > 1) MPI_Bcast(&v, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+#else
+    (void)sh;
+#endif
+    return v;
+}
+
+void cli_shard_finish(cli_shard *sh) {
+    ns_comm_destroy(sh->comm);
+    sh->comm = NULL;
+#ifdef NS_CLI_MPI
+    if (sh->mpi) MPI_Finalize();
+#endif
+    sh->mpi = 0;
+}
