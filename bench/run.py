@@ -1389,6 +1389,9 @@ def main():
 #   process) beside torch CPU (matmul + F.cross_entropy, autograd) and numpy (logits
 #   materialised), each a fresh process per point and round, the rounds interleaved (impl order
 #   rotated), medians reported with the load average; peak RSS of the call beyond its inputs.
+#   --loss-impls adds "op_fused" / "op_separate": the PyTorch op with autograd
+#   (negsamp.torch_ops.infonce_loss fused=True: one ns_infonce_forward_backward in the forward,
+#   the backward a scaling; fused=False: negsamp::infonce + its backward op).
 #   Filter + SimANS sampling: bench/bench_sample (read once, filter, sample with vector and
 #   scalar keys, filter + sample) beside a numpy filter + Gumbel-top-m (no duplicate-id rule).
 
@@ -1404,7 +1407,22 @@ def ls_child_loss(impl, B, d):
     q = make_data(rng, B, d)
     p = make_data(rng, B, d)
     tau = 0.05
-    if impl == "torch":
+    if impl in ("op_fused", "op_separate"):
+        import torch
+        sys.path.insert(0, os.path.join(ROOT, "python"))
+        from negsamp import torch_ops
+        tq, tp = torch.from_numpy(q), torch.from_numpy(p)
+        fused = impl == "op_fused"
+
+        def fn():
+            a = tq.clone().requires_grad_(True)
+            b = tp.clone().requires_grad_(True)
+            loss = torch_ops.infonce_loss(a, b, temperature=tau, mask_same_id=False, fused=fused)
+            loss.backward()
+            return float(loss), a.grad, b.grad
+        a = tq[:8].clone().requires_grad_(True)
+        torch_ops.infonce_loss(a, tp[:8], temperature=tau, fused=fused).backward()  # load, warm
+    elif impl == "torch":
         import torch
         import torch.nn.functional as F
         tq, tp = torch.from_numpy(q), torch.from_numpy(p)
@@ -1489,6 +1507,8 @@ def ls_main(argv):
     ap.add_argument("--sample-shapes",
                     default=",".join(f"{b}x{c}x{m}" for b, c, m in LS_SAMPLE_SHAPES))
     ap.add_argument("--big-rounds", type=int, default=1, help="rounds for B >= 16384")
+    ap.add_argument("--loss-impls", default="separate,fused,torch,numpy",
+                    help="of separate, fused, torch, numpy, op_fused, op_separate")
     args = ap.parse_args(argv)
     build = os.path.abspath(args.build)
     import tempfile
@@ -1508,8 +1528,8 @@ def ls_main(argv):
            "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                                  stdout=subprocess.PIPE, text=True).stdout.strip(),
            "loss": [], "sample": []}
-    impls = ["separate", "fused", "torch", "numpy"]
-    for shape in args.loss_shapes.split(","):
+    impls = args.loss_impls.split(",")
+    for shape in filter(None, args.loss_shapes.split(",")):
         B, d = (int(x) for x in shape.split("x"))
         rounds = args.big_rounds if B >= 16384 else args.rounds
         runs = {k: [] for k in impls}
@@ -1528,11 +1548,11 @@ def ls_main(argv):
             row[impl] = {"median_s": ls_median([x["seconds"] for x in ok]),
                          "extra_mib": ls_median([x["extra_mib"] for x in ok])}
         for k in ("cpu", "gemm"):
-            for x in runs["fused"]:
+            for x in runs.get("fused", []):
                 if k in x:
                     res[k if k != "cpu" else "cpu_bench"] = x[k]
         res["loss"].append(row)
-    for shape in args.sample_shapes.split(","):
+    for shape in filter(None, args.sample_shapes.split(",")):
         B, C, m = (int(x) for x in shape.split("x"))
         js = os.path.join(tmp, f"sample-{B}-{C}.json")
         out, err = ls_run([os.path.join(build, "bench", "bench_sample"), "--B", str(B), "--C",
@@ -1568,15 +1588,24 @@ def ls_report(res):
          "## InfoNCE forward + backward (B = N, in-batch positives, f32)", "",
          "Median seconds of one forward + backward per fresh process; memory: peak RSS of the "
          "call beyond its inputs (negsamp: the loss's workspace plus its dQ, dP).", "",
-         "| B = N | d | rounds | negsamp separate | negsamp fused | torch | numpy | "
-         "torch / fused | MiB fused | MiB torch | MiB numpy |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "Implementations: separate / fused = the C calls (bench_infonce), op_separate / "
+         "op_fused = the PyTorch op with autograd (negsamp::infonce + backward op / "
+         "negsamp::infonce_fused), torch = matmul + F.cross_entropy, numpy = logits "
+         "materialised.", ""]
+    names = [k for k in ("separate", "fused", "op_separate", "op_fused", "torch", "numpy")
+             if res["loss"] and k in res["loss"][0]]
+    L += ["| B = N | d | rounds | " + " | ".join(f"{k} s" for k in names) + " | torch / fused | "
+          "op_separate / op_fused | " + " | ".join(f"MiB {k}" for k in names) + " |",
+          "|---|---|---|" + "---|" * (2 * len(names) + 2)]
     for r in res["loss"]:
-        f, s, t, n = r["fused"], r["separate"], r["torch"], r["numpy"]
-        L.append(f"| {r['B']} | {r['d']} | {r['rounds']} | {s['median_s']:.2f} | "
-                 f"{f['median_s']:.2f} | {t['median_s']:.2f} | {n['median_s']:.2f} | "
-                 f"{t['median_s'] / f['median_s']:.2f}x | {f['extra_mib']:.0f} | "
-                 f"{t['extra_mib']:.0f} | {n['extra_mib']:.0f} |")
+        med = {k: r[k]["median_s"] for k in names}
+
+        def ratio(a, b):
+            return f"{med[a] / med[b]:.2f}x" if a in med and b in med else "—"
+        L.append(f"| {r['B']} | {r['d']} | {r['rounds']} | "
+                 + " | ".join(f"{med[k]:.2f}" for k in names)
+                 + f" | {ratio('torch', 'fused')} | {ratio('op_separate', 'op_fused')} | "
+                 + " | ".join(f"{r[k]['extra_mib']:.0f}" for k in names) + " |")
     L += ["", "## Filter + SimANS sampling (m = 16)", "",
           "Best of rounds, wall ms; × read = over one pass reading every id and score.", "",
           "| B × C | read once | ns_filter | ns_sample vector keys | ns_sample scalar keys | "

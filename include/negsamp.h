@@ -441,6 +441,30 @@ typedef struct {
     const int64_t *extra_id;     /* E ids; NULL = none equal */
 } ns_infonce_inputs;
 
+/* Same-group false negatives (ClusterNS; cluster-aware batches, where in-batch candidates from
+ * the query's own cluster are often positives in disguise): the logit of query i and a
+ * candidate c with query[i] == group of c (both >= 0; a negative id = no group) is masked
+ * (weight 0) or down-weighted (weight w in (0, 1]: it enters every formula as logit + log w,
+ * i.e. e^l becomes w·e^l), in the forward and the backward, in both terms of the symmetric loss
+ * (one rule per logit: the passage→query term of passage p sees query k's logit as the
+ * query→passage term of k does). A row's positive is never masked or weighted. The arrays are
+ * per query (B) and per candidate block (passage N, hard B·h, extra E; NULL = no candidate of
+ * that block is in a group), host pointers on a CPU context, device pointers on a CUDA one, and
+ * must stay alive as the inputs do (the step: until its backward).
+ * Versioned (struct_size) because ns_infonce_inputs is frozen: it reaches the loss through
+ * ns_loss_options.groups, a field appended to that struct, so older callers (smaller
+ * struct_size) get groups = NULL, the loss without the rule. */
+typedef struct {
+    size_t struct_size;
+    const int64_t *query;   /* B group ids (required) */
+    const int64_t *passage; /* N, or NULL */
+    const int64_t *hard;    /* B·h (rows as in ns_infonce_inputs.hard), or NULL */
+    const int64_t *extra;   /* E, or NULL */
+    float weight;           /* 0 = mask (default); in (0, 1]: down-weight by this factor */
+} ns_loss_groups;
+
+#define NS_LOSS_GROUPS_INIT {sizeof(ns_loss_groups), NULL, NULL, NULL, NULL, 0.0f}
+
 typedef struct {
     size_t struct_size;
     float temperature;    /* τ > 0 */
@@ -450,9 +474,10 @@ typedef struct {
     float beta;           /* hard-negative reweighting (Robinson et al. 2021) β ≥ 0; 0 = off */
     int share_hard;       /* 1: every query also contrasts against every other query's hard
                              negatives (Tevatron-style shared pool); 0: only its own h */
+    const ns_loss_groups *groups; /* same-group false negatives (above); NULL = off */
 } ns_loss_options;
 
-#define NS_LOSS_OPTIONS_INIT {sizeof(ns_loss_options), 0.05f, 0, 1, 0.0f, 0.0f, 0}
+#define NS_LOSS_OPTIONS_INIT {sizeof(ns_loss_options), 0.05f, 0, 1, 0.0f, 0.0f, 0, NULL}
 
 /* Floats per query that the forward saves for the backward (row statistics of the online
  * softmax; the first is the row's log-sum-exp in the plain case). */
@@ -479,10 +504,12 @@ NS_API ns_status ns_infonce_backward(ns_context *ctx, const ns_infonce_inputs *i
 
 /* ns_infonce_forward then ns_infonce_backward with the same arguments, in one call, for callers
  * that know grad_loss before the forward (gradients are linear in it: pass 1 and scale later,
- * as PyTorch's autograd and ns_step may). Same outputs, bit for bit, as the two calls on the
- * CPU; there each logit tile is computed once instead of twice (three GEMMs per tile, not
- * four), its row tile's tiles held in a strip of at most 256 MiB (memory stays O(B + N)); the
- * symmetric loss, or a strip above the cap, runs as the two calls. CUDA: the two calls. */
+ * as negsamp's PyTorch op infonce_fused and the CPU ns_step do). Same outputs, bit for bit, as
+ * the two calls on the CPU; there each logit tile is computed once instead of twice (three
+ * GEMMs per tile, not four), its row tile's tiles held in a strip of at most 256 MiB (memory
+ * stays O(B + N)); the symmetric loss first gathers its column statistics in a pass over the
+ * passage tiles (so four GEMMs per passage tile, three per hard or extra tile); a strip above
+ * the cap runs as the two calls. CUDA: the two calls. */
 NS_API ns_status ns_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                              const ns_loss_options *options, float grad_loss,
                                              float *loss, float *per_query, float *saved,
@@ -613,11 +640,23 @@ typedef struct {
      * that slot's row (same id, same document). 0 (default) = no random negatives. */
     int64_t random_negatives;
     int64_t random_pool;
+    /* Same-group false negatives (ns_loss_groups, above) for the step's loss: groups->query (B)
+     * of the queries, groups->passage (B, optional) of the positives, groups->hard (B·C,
+     * optional) of the candidate slots — the sampled hard negatives take their slots' groups —
+     * and groups->weight; groups->extra is not read (queue rows are in no group). Device
+     * pointers on CUDA, alive until ns_step_backward. NULL = off; not with comm
+     * (NS_ERR_UNSUPPORTED); options->loss->groups must be NULL (the step makes the loss's). */
+    const ns_loss_groups *groups;
+    /* 1: no ns_step_backward follows this forward (evaluation): the loss alone. 0 (default):
+     * on a CPU context without comm the forward computes the gradients too, at grad_loss = 1
+     * (ns_infonce_forward_backward: each logit tile once, three GEMMs instead of four), and
+     * ns_step_backward scales them by its grad_loss (2·B·d floats more of step memory). */
+    int forward_only;
 } ns_step_options;
 
 #define NS_STEP_RANDOM_SEED_XOR 0x9E3779B97F4A7C15ull
 
-#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0, 0, 0}
+#define NS_STEP_OPTIONS_INIT {sizeof(ns_step_options), 0, NULL, NULL, NULL, NULL, 0, NULL, 0, 0, 0, NULL, 0}
 
 typedef struct {
     float loss;                   /* mean over the (global) batch */

@@ -62,6 +62,11 @@ ns_status plan_init(ns_context *ctx, const char *fn, const ns_infonce_inputs *in
     P->ids.positive = in->positive, P->ids.passage_id = in->passage_id;
     P->ids.hard_id = in->hard_id, P->ids.extra_id = in->extra_id, P->ids.hard_keep = in->hard_keep;
     P->ids.same = o->mask_same_id, P->ids.h = P->h, P->ids.posid = nullptr;
+    ns_loss_groups g;
+    ns_loss_groups_resolve(o, &g);
+    P->ids.qgroup = g.query, P->ids.pgroup = g.passage;
+    P->ids.hgroup = P->h > 0 ? g.hard : nullptr, P->ids.egroup = P->E > 0 ? g.extra : nullptr;
+    P->ids.group_adj = g.weight > 0.0f ? logf(g.weight) : -INFINITY;
     cudaStream_t st = ns_stream(ctx);
     ns_status rc;
     if (ns_cuda_validating(ctx)) {
@@ -138,6 +143,8 @@ static void state_layout(void *plan, ns_arena *a) {
     s->csum = sym ? (double *)ns_arena_carve(a, (size_t)P.N * 8) : nullptr;
     s->colmax = sym ? (int *)ns_arena_carve(a, (size_t)P.N * 4) : nullptr;
     s->colc = sym ? (float *)ns_arena_carve(a, (size_t)P.N * 4) : nullptr;
+    s->colfix = sym ? (unsigned long long *)ns_arena_carve(a, (size_t)P.N * 8) : nullptr;
+    s->part = (double *)ns_arena_carve(a, (size_t)2 * kMaxPartials * 8);
     s->qf = conv ? (float *)ns_arena_carve(a, (size_t)(P.B * P.d) * 4) : nullptr;
     s->pf = conv ? (float *)ns_arena_carve(a, (size_t)(P.N * P.d) * 4) : nullptr;
     s->hf = conv && P.h > 0 ? (float *)ns_arena_carve(a, (size_t)(P.B * P.h * P.d) * 4) : nullptr;
@@ -158,6 +165,9 @@ ns_status setup(ns_context *ctx, const char *fn, const ns_infonce_inputs *in, Pl
     if (P.E > maxc) maxc = P.E;
     S.tb = P.B < 4096 ? P.B : 4096;
     S.tn = maxc < 4096 ? maxc : 4096;
+    // Tests cross many tile boundaries at small sizes (ns_infonce_set_tiles, as on the CPU).
+    if (ctx->loss_tile_rows > 0 && ctx->loss_tile_rows < S.tb) S.tb = ctx->loss_tile_rows;
+    if (ctx->loss_tile_cols > 0 && ctx->loss_tile_cols < S.tn) S.tn = ctx->loss_tile_cols;
     Work w = {&P, conv, P.t != NS_F32, &S};
     ns_status rc = ns_arena_lay_out(ctx, &ctx->cuda->scratch, state_layout, &w, fn);
     if (rc) return rc;
@@ -184,6 +194,26 @@ int blocks_of(const Plan &P, Block *b, float *gp, float *gh) {
     if (P.share) b[n++] = {NS_BLK_HARD, P.hd, P.B * P.h, gh};
     if (P.E > 0) b[n++] = {NS_BLK_EXTRA, P.ex, P.E, nullptr};
     return n;
+}
+
+namespace {
+// out[s] = Σ_b part[s·n + b] in a fixed order: per thread in index order, then the block's
+// fixed reduction tree. One block: the partials are few (one per block of a row kernel).
+__global__ void __launch_bounds__(kT) ns_k_loss_reduce(const double *part, int64_t n, double *out) {
+    __shared__ double shd[kT / 32];
+    const double *p = part + blockIdx.x * n;
+    double t = 0.0;
+    for (int64_t b = threadIdx.x; b < n; b += kT) t += p[b];
+    t = ns_block_reduce<kT>(t, NsSumD(), shd);
+    if (threadIdx.x == 0) out[blockIdx.x] = t;
+}
+}  // namespace
+
+ns_status reduce_partials(ns_context *ctx, const char *fn, const double *part, int64_t n, int m,
+                          double *out) {
+    ns_k_loss_reduce<<<(unsigned)m, kT, 0, ns_stream(ctx)>>>(part, n, out);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
 }
 
 ns_status init_state(ns_context *ctx, const char *fn, const InitArgs &a, bool columns) {

@@ -8,6 +8,7 @@
 
 #include "cuda_util.cuh"
 #include "cuda_primitives.cuh"
+#include "infonce_internal.h"
 #include "ns_cuda.h"
 #include "ns_loss_math.h"
 
@@ -47,6 +48,8 @@ struct State {
     double *cmax, *csum;
     int *colmax;
     float *colc;
+    unsigned long long *colfix; // N: the backward's column sums in fixed point (deterministic)
+    double *part;               // per-block partial sums, reduced in a fixed order (ns_k_loss_reduce)
     float *qf, *pf, *hf, *ef;
     int64_t tb, tn;
     float *tile, *htile;
@@ -81,5 +84,11 @@ ns_status setup(ns_context *ctx, const char *fn, const ns_infonce_inputs *in, Pl
 int blocks_of(const Plan &P, Block *b, float *gp, float *gh);
 // Per-row (and, when symmetric, per-column) state initialised on the stream.
 ns_status init_state(ns_context *ctx, const char *fn, const InitArgs &a, bool columns);
+
+// Deterministic sums, no float atomics: blocks write partials (series s of n partials at
+// part + s·n), one block adds each series in a fixed order into out[s] (m series).
+constexpr int kMaxPartials = 65536;  // blocks of the reducing kernels (grid-stride beyond)
+ns_status reduce_partials(ns_context *ctx, const char *fn, const double *part, int64_t n, int m,
+                          double *out);
 
 }  // namespace nsloss

@@ -17,26 +17,34 @@ __device__ __forceinline__ int float_order(float f) {
 __device__ __forceinline__ float order_float(int i) { return __int_as_float(i >= 0 ? i : i ^ 0x7fffffff); }
 
 // colc_p = −log Σ_{i: positive[i] = p} e^{−collse_i} (symmetric): max pass, sum pass, finish.
+// Several queries may share a positive, so the sum is accumulated by atomics — in fixed point
+// (integers add associatively: the same bits whatever the order). Each term is e^{v − max} in
+// (0, 1], scaled by 2^40: up to 2^23 queries per passage without overflow, an absolute error
+// of 2^-41 per term against a sum >= 1 (colc is a float).
+constexpr double kColFix = 1099511627776.0;  // 2^40
+
 __global__ void ns_k_colc_max(int64_t B, ns_loss_ids ids, const float *saved, int *cmaxo) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B; i += (int64_t)gridDim.x * blockDim.x)
         atomicMax(cmaxo + ns_loss_positive(&ids, i), float_order(-saved[i * kSaved + NS_SAVED_COLLSE]));
 }
-__global__ void ns_k_colc_sum(int64_t B, ns_loss_ids ids, const float *saved, const int *cmaxo, double *csum) {
+__global__ void ns_k_colc_sum(int64_t B, ns_loss_ids ids, const float *saved, const int *cmaxo,
+                              unsigned long long *cfix) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t j = ns_loss_positive(&ids, i);
         double v = -(double)saved[i * kSaved + NS_SAVED_COLLSE];
-        atomicAdd(csum + j, exp(v - (double)order_float(cmaxo[j])));
+        const double e = exp(v - (double)order_float(cmaxo[j]));
+        atomicAdd(cfix + j, (unsigned long long)llrint(e * kColFix));  // ns-int-atomic
     }
 }
-__global__ void ns_k_colc_init(int64_t N, int *cmaxo, double *csum) {
+__global__ void ns_k_colc_init(int64_t N, int *cmaxo, unsigned long long *cfix) {
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < N; j += (int64_t)gridDim.x * blockDim.x) {
         cmaxo[j] = float_order(-INFINITY);
-        csum[j] = 0.0;
+        cfix[j] = 0;
     }
 }
-__global__ void ns_k_colc_finish(int64_t N, const int *cmaxo, const double *csum, float *colc) {
+__global__ void ns_k_colc_finish(int64_t N, const int *cmaxo, const unsigned long long *cfix, float *colc) {
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < N; j += (int64_t)gridDim.x * blockDim.x)
-        colc[j] = csum[j] > 0.0 ? (float)-((double)order_float(cmaxo[j]) + log(csum[j])) : INFINITY;
+        colc[j] = cfix[j] ? (float)-((double)order_float(cmaxo[j]) + log((double)cfix[j] / kColFix)) : INFINITY;
 }
 
 struct GradArgs {
@@ -67,7 +75,9 @@ __global__ void __launch_bounds__(kT) ns_k_loss_grad(GradArgs a) {
         const float xv = x[c];
         const int cl = ns_loss_col_class(&a.ids, a.kind, i, pos, posid, j);
         const int same_id = symcol && a.same && ns_loss_passage_id(&a.ids, j) == posid;
-        const float g = ns_loss_element_grad(&f, a.beta, cl, xv, symcol, symcol ? a.colc[j] : 0.0f,
+        // the gradient at the group-adjusted logit (l + log w; -inf masked); dl/dτ of the raw l
+        const float xa = xv + ns_loss_group_adj(&a.ids, a.kind, i, pos, j);
+        const float g = ns_loss_element_grad(&f, a.beta, cl, xa, symcol, symcol ? a.colc[j] : 0.0f,
                                              same_id, j == pos);
         tacc += (double)g * (double)xv;
         const float G = g * a.wt;
@@ -79,25 +89,30 @@ __global__ void __launch_bounds__(kT) ns_k_loss_grad(GradArgs a) {
     if (threadIdx.x == 0) a.rtau[i] += tacc;
 }
 
-__global__ void __launch_bounds__(kT) ns_k_tau_sum(int64_t B, const double *rtau, const float *saved, double *out) {
+// Per block: Σ rtau and Σ the explicit ∂L/∂τ of its queries into part[block] and
+// part[nblocks + block] (ns_k_loss_reduce adds them in a fixed order: no float atomics).
+__global__ void __launch_bounds__(kT) ns_k_tau_sum(int64_t B, const double *rtau, const float *saved, double *part) {
     __shared__ double shd[kT / 32];
-    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    double t = i < B ? rtau[i] : 0.0, x = i < B ? (double)saved[i * kSaved + NS_SAVED_DTAU] : 0.0;
+    double t = 0.0, x = 0.0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B; i += (int64_t)gridDim.x * blockDim.x) {
+        t += rtau[i];
+        x += (double)saved[i * kSaved + NS_SAVED_DTAU];
+    }
     t = ns_block_reduce<kT>(t, NsSumD(), shd);
     x = ns_block_reduce<kT>(x, NsSumD(), shd);
     if (threadIdx.x == 0) {
-        atomicAdd(out, t);
-        atomicAdd(out + 1, x);
+        part[blockIdx.x] = t;
+        part[gridDim.x + blockIdx.x] = x;
     }
 }
 
 // colc_p = −log Σ_{i: positive[i] = p} e^{−collse_i} (symmetric): max pass, sum pass, finish.
 ns_status column_factors(ns_context *ctx, const char *fn, const Plan &P, const State &S, const float *saved) {
     cudaStream_t st = ns_stream(ctx);
-    ns_k_colc_init<<<ns_blocks(P.N), NS_CUDA_THREADS, 0, st>>>(P.N, S.colmax, S.csum);
+    ns_k_colc_init<<<ns_blocks(P.N), NS_CUDA_THREADS, 0, st>>>(P.N, S.colmax, S.colfix);
     ns_k_colc_max<<<ns_blocks(P.B), NS_CUDA_THREADS, 0, st>>>(P.B, P.ids, saved, S.colmax);
-    ns_k_colc_sum<<<ns_blocks(P.B), NS_CUDA_THREADS, 0, st>>>(P.B, P.ids, saved, S.colmax, S.csum);
-    ns_k_colc_finish<<<ns_blocks(P.N), NS_CUDA_THREADS, 0, st>>>(P.N, S.colmax, S.csum, S.colc);
+    ns_k_colc_sum<<<ns_blocks(P.B), NS_CUDA_THREADS, 0, st>>>(P.B, P.ids, saved, S.colmax, S.colfix);
+    ns_k_colc_finish<<<ns_blocks(P.N), NS_CUDA_THREADS, 0, st>>>(P.N, S.colmax, S.colfix, S.colc);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }
@@ -200,8 +215,10 @@ ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
     }
     if (!want_tau) return NS_OK;
     double *out = (double *)(NS_CUDA_WIDE(flags) + W_TAU);
-    ns_k_tau_sum<<<ns_blocks(P.B, kT), kT, 0, st>>>(P.B, S.rtau, saved, out);
+    const unsigned ntb = ns_blocks(P.B, kT) < (unsigned)kMaxPartials ? ns_blocks(P.B, kT) : kMaxPartials;
+    ns_k_tau_sum<<<ntb, kT, 0, st>>>(P.B, S.rtau, saved, S.part);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    if ((rc = reduce_partials(ctx, fn, S.part, ntb, 2, out))) return rc;
     const int *hf;
     if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
     const double *r = (const double *)(NS_CUDA_WIDE(hf) + W_TAU);

@@ -1,9 +1,12 @@
 // ns_infonce_forward on CUDA: a logit tile from one cuBLAS GEMM (tensor cores for f16/bf16,
 // FP32 for f32) into a fixed-size workspace tile, then one block per query row folds the tile
 // into the row's online statistics (running max m of the negatives, A = Σ e^{(1+β)(x−m)},
-// W = Σ e^{β(x−m)}, in double) and, when symmetric, one thread per positive-passage column folds
-// it into the column statistics; one thread per query finishes its row (ns_loss_row_finish,
-// src/hostdevice/ns_loss_math.h) and the loss is summed on the device, read back with one sync.
+// W = Σ e^{β(x−m)}, in double) and, when symmetric, a block per tile of 32 positive-passage
+// columns (its rows split over 8 thread rows, combined in a fixed order) folds it into the
+// column statistics; one thread per query finishes its row (ns_loss_row_finish,
+// src/hostdevice/ns_loss_math.h) and the loss is summed on the device — per-block partials
+// added in a fixed order, no float atomics, so the bits do not depend on block scheduling —
+// and read back with one sync.
 #include "cuda_infonce.cuh"
 
 using namespace nsloss;
@@ -41,7 +44,8 @@ __global__ void __launch_bounds__(kT) ns_k_loss_rows(RowArgs a) {
         }
         if (cl) continue;
         cnt++;
-        if (x[c] > tmax) tmax = x[c];
+        const float v = x[c] + ns_loss_group_adj(&a.ids, a.kind, i, pos, a.j0 + c);
+        if (v > tmax) tmax = v;
     }
     tmax = ns_block_reduce<kT>(tmax, NsMaxF(), shf);
     cnt = ns_block_reduce<kT>(cnt, NsSumI(), shi);
@@ -61,7 +65,7 @@ __global__ void __launch_bounds__(kT) ns_k_loss_rows(RowArgs a) {
     double sa = 0.0, sw = 0.0;
     for (int64_t c = threadIdx.x; c < a.nc; c += kT) {
         if (ns_loss_col_class(&a.ids, a.kind, i, pos, posid, a.j0 + c)) continue;
-        float e = x[c] - mn;
+        float e = (x[c] + ns_loss_group_adj(&a.ids, a.kind, i, pos, a.j0 + c)) - mn;
         if (beta > 0.0f) {
             float v = expf(beta * e);
             sa += (double)(v * expf(e));
@@ -88,29 +92,56 @@ struct ColArgs {
     double *cmax, *csum;
 };
 
-// One thread per passage column (symmetric): column_update of the CPU forward.
-__global__ void ns_k_loss_cols(ColArgs a) {
-    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (c >= a.nc) return;
-    const int64_t j = a.j0 + c;
-    if (!a.ispos[j]) return;
-    const int64_t pj = ns_loss_passage_id(&a.ids, j);
-    double tmax = -INFINITY;
-    for (int64_t k = 0; k < a.nb; k++) {
-        if (a.ids.same && a.ids.posid[a.r0 + k] == pj) continue;
-        double v = a.x[k * a.ldx + c];
-        if (v > tmax) tmax = v;
+// The symmetric column statistics (column_update of the CPU forward): a block per tile of kCW
+// positive-passage columns, its threads kCR rows of kCW columns (adjacent threads read adjacent
+// columns of a row); each thread takes every kCR-th row of the tile, the kCR partial maxima and
+// sums of a column are combined in row-slice order, and the tile's maximum merges into the
+// running (cmax, csum) by ns_loss_lse_rescale, as on the CPU.
+constexpr int kCW = 32, kCR = kT / kCW;
+
+__global__ void __launch_bounds__(kT) ns_k_loss_cols(ColArgs a) {
+    __shared__ double sh[kCR][kCW];
+    __shared__ double mn_s[kCW];
+    const int tx = threadIdx.x % kCW, ty = threadIdx.x / kCW;
+    const int64_t c = blockIdx.x * (int64_t)kCW + tx, j = a.j0 + c;
+    const bool live = c < a.nc && a.ispos[j];
+    const int64_t pj = live ? ns_loss_passage_id(&a.ids, j) : 0;
+    double t = -INFINITY;
+    if (live)
+        for (int64_t k = ty; k < a.nb; k += kCR) {
+            const float v = ns_loss_col_logit(&a.ids, a.r0 + k, a.ids.posid[a.r0 + k], pj, j,
+                                              a.x[k * a.ldx + c]);
+            if (v > t) t = v;
+        }
+    sh[ty][tx] = t;
+    __syncthreads();
+    if (ty == 0) {
+        for (int r = 1; r < kCR; r++) t = sh[r][tx] > t ? sh[r][tx] : t;
+        if (live) {
+            double m = a.cmax[j], s = a.csum[j];
+            ns_loss_lse_rescale(&m, &s, t);
+            a.cmax[j] = m;
+            a.csum[j] = s;
+            mn_s[tx] = m;
+        }
     }
-    if (tmax == -INFINITY) return;
-    double mn = tmax > a.cmax[j] ? tmax : a.cmax[j];
-    double cs = a.csum[j] * exp(a.cmax[j] - mn);
-    double t = 0.0;
-    for (int64_t k = 0; k < a.nb; k++) {
-        if (a.ids.same && a.ids.posid[a.r0 + k] == pj) continue;
-        t += (double)expf((float)((double)a.x[k * a.ldx + c] - mn));
+    __syncthreads();
+    t = 0.0;
+    if (live && mn_s[tx] != -INFINITY) {
+        const double mn = mn_s[tx];
+        for (int64_t k = ty; k < a.nb; k += kCR) {
+            const float v = ns_loss_col_logit(&a.ids, a.r0 + k, a.ids.posid[a.r0 + k], pj, j,
+                                              a.x[k * a.ldx + c]);
+            if (v != -INFINITY) t += (double)expf((float)((double)v - mn));
+        }
     }
-    a.cmax[j] = mn;
-    a.csum[j] = cs + t;
+    __syncthreads();  // every thread 0 row has read sh before it is reused
+    sh[ty][tx] = t;
+    __syncthreads();
+    if (ty == 0 && live) {
+        for (int r = 1; r < kCR; r++) t += sh[r][tx];
+        a.csum[j] += t;
+    }
 }
 
 struct FinishArgs {
@@ -123,15 +154,17 @@ struct FinishArgs {
     const int64_t *n;
     const double *cmax, *csum;
     float *saved, *per_query;
-    double *total;
+    double *part;
 };
 
-// One thread per query: the row finish and the symmetric term (ns_loss_math.h).
+// One thread per query: the row finish and the symmetric term (ns_loss_math.h); each block's
+// sum of its losses goes to f.part[block] (ns_k_loss_reduce adds them in a fixed order).
 __global__ void __launch_bounds__(kT) ns_k_loss_finish(FinishArgs f) {
     __shared__ double shd[kT / 32];
-    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    double L = 0.0;
-    if (i < f.B) {
+    double acc = 0.0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < f.B;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        double L;
         float *sv = f.saved + i * kSaved;
         L = ns_loss_row_finish(f.general, f.tau, f.tau_plus, f.beta, f.m[i], f.a[i], f.w[i], f.n[i], sv);
         if (f.sym) {
@@ -142,9 +175,10 @@ __global__ void __launch_bounds__(kT) ns_k_loss_finish(FinishArgs f) {
             L = 0.5 * (L + (clse - lp));
         }
         if (f.per_query) f.per_query[i] = (float)L;
+        acc += L;
     }
-    double s = ns_block_reduce<kT>(L, NsSumD(), shd);
-    if (threadIdx.x == 0) atomicAdd(f.total, s);
+    double s = ns_block_reduce<kT>(acc, NsSumD(), shd);
+    if (threadIdx.x == 0) f.part[blockIdx.x] = s;
 }
 
 // One row tile [r0, r0+nb): a GEMM logit tile per tile of every shared block, folded into the
@@ -163,7 +197,7 @@ ns_status forward_row_tile(ns_context *ctx, const char *fn, const Plan &P, const
                 return rc;
             if (P.sym && blk[b].kind == NS_BLK_PASSAGE) {
                 ColArgs ca{S.tile, nc, nb, nc, j0, r0, P.ids, S.ispos, S.cmax, S.csum};
-                ns_k_loss_cols<<<ns_blocks(nc), NS_CUDA_THREADS, 0, st>>>(ca);
+                ns_k_loss_cols<<<ns_blocks(nc, kCW), kT, 0, st>>>(ca);
                 NS_CUDA_TRY(ctx, fn, cudaGetLastError());
             }
             RowArgs ra{S.tile, nc, nc, j0, r0, blk[b].kind, P.ids, beta, S.m, S.a, S.w, S.n, saved};
@@ -223,9 +257,11 @@ ns_status forward(ns_context *ctx, const ns_infonce_inputs *in, const ns_loss_op
         if ((rc = forward_row_tile(ctx, fn, P, S, blk, nblk, opt->beta, r0, P.B - r0 < tb ? P.B - r0 : tb, saved)))
             return rc;
     FinishArgs fa{P.B, P.ids, P.general, P.sym, (double)P.tau, (double)opt->tau_plus, (double)opt->beta,
-                  S.m, S.a, S.w, S.n, S.cmax, S.csum, saved, per_query, total};
-    ns_k_loss_finish<<<ns_blocks(P.B, kT), kT, 0, st>>>(fa);
+                  S.m, S.a, S.w, S.n, S.cmax, S.csum, saved, per_query, S.part};
+    const unsigned nfb = ns_blocks(P.B, kT) < (unsigned)kMaxPartials ? ns_blocks(P.B, kT) : kMaxPartials;
+    ns_k_loss_finish<<<nfb, kT, 0, st>>>(fa);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    if ((rc = reduce_partials(ctx, fn, S.part, nfb, 1, total))) return rc;
     if (loss_dev) {
         ns_k_loss_mean<<<1, 32, 0, st>>>(total, P.B, loss_dev);
         NS_CUDA_TRY(ctx, fn, cudaGetLastError());

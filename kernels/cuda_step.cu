@@ -163,3 +163,18 @@ ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }
+
+namespace {
+__global__ void ns_k_step_gather_ids(int64_t n, const int64_t *row, const int64_t *src, int64_t *dst) {
+    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < n; r += (int64_t)gridDim.x * blockDim.x)
+        dst[r] = row[r] >= 0 ? src[row[r]] : -1;
+}
+}  // namespace
+
+ns_status ns_cuda_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row,
+                                  const int64_t *src, int64_t *dst) {
+    if (n == 0) return NS_OK;
+    ns_k_step_gather_ids<<<ns_blocks(n), NS_CUDA_THREADS, 0, ns_stream(ctx)>>>(n, row, src, dst);
+    NS_CUDA_TRY(ctx, "ns_step_forward", cudaGetLastError());
+    return NS_OK;
+}

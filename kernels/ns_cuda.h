@@ -91,6 +91,9 @@ ns_status ns_cuda_step_mix_mask(ns_context *ctx, int64_t B, int64_t C, const uin
 ns_status ns_cuda_step_mix_merge(ns_context *ctx, int64_t B, const int64_t *hard, int64_t h,
                                const int64_t *rnd, int64_t hr, int64_t *id, int64_t *count);
 
+/* dst[r] = row[r] >= 0 ? src[row[r]] : -1 (r < n): the sampled hard negatives' group ids. */
+ns_status ns_cuda_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row,
+                                  const int64_t *src, int64_t *dst);
 /* The queue's push (kernels/cuda_queue.cu): rows [first, first + n) of the device matrix rows
  * into ring slots start, start + 1, ... (mod capacity) of a ring of ring_dtype (converted,
  * round to nearest even, when rows.dtype differs), and ids (NULL: −1) into ring_ids. validate:

@@ -5,8 +5,40 @@
 #include "ns_dispatch.h"
 
 #include <math.h>
+#include <string.h>
 
 static int is_flag(int v) { return v == 0 || v == 1; }
+
+void ns_loss_groups_resolve(const ns_loss_options *o, ns_loss_groups *g) {
+    static const ns_loss_groups init = NS_LOSS_GROUPS_INIT;
+    *g = init;
+    if (!o->groups) return;
+    size_t n;
+    memcpy(&n, o->groups, sizeof n);
+    memcpy(g, o->groups, n < sizeof *g ? n : sizeof *g);
+    g->struct_size = sizeof *g;
+}
+
+/* options->groups: struct_size (an older or newer header), the query ids, the weight. The ids'
+ * values need no check: any negative id is "no group". */
+static ns_status check_groups(ns_context *ctx, const char *fn, const ns_loss_groups *given) {
+    if (!given) return NS_OK;
+    ns_loss_groups g;
+    ns_status st = NS_RESOLVE_OPTIONS(ctx, fn, "options->groups", ns_loss_groups,
+                                      NS_LOSS_GROUPS_INIT, given, &g);
+    if (st) return st;
+    if (!g.query)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->groups->query is NULL (the query group ids are required "
+                       "when options->groups is given)",
+                       fn);
+    if (!(g.weight >= 0.0f && g.weight <= 1.0f))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->groups->weight (%g) must be 0 (mask) or in (0, 1] "
+                       "(down-weight)",
+                       fn, (double)g.weight);
+    return NS_OK;
+}
 
 ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
                            const ns_loss_options **optp, ns_loss_options *defaults) {
@@ -35,6 +67,8 @@ ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inp
     if (!is_flag(o->share_hard))
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->share_hard (%d) must be 0 or 1",
                        fn, o->share_hard);
+
+    if ((st = check_groups(ctx, fn, o->groups))) return st;
 
     if ((st = ns_check_matrix(ctx, fn, "query", in->query, 0))) return st;
     if ((st = ns_check_matrix(ctx, fn, "passage", in->passage, 0))) return st;

@@ -15,6 +15,10 @@ extern "C" {
 ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
                            const ns_loss_options **opt, ns_loss_options *defaults);
 
+/* options->groups (checked by ns_infonce_check) as this build's struct: the fields past the
+ * caller's struct_size take their defaults; all NULL when options->groups is NULL. */
+void ns_loss_groups_resolve(const ns_loss_options *opt, ns_loss_groups *groups);
+
 /* Tile sizes of ctx's CPU loss (rows of queries × columns of candidates); 0 restores the
  * defaults. For tests, which use tiny tiles to cross many tile boundaries at small sizes. */
 void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);

@@ -26,7 +26,7 @@ struct ns_context {
     int threads;
     char error[NS_ERROR_CAPACITY];
     ns_arena scratch; /* host workspace of one operation (src/ns_arena.h) */
-    int64_t loss_tile_rows, loss_tile_cols; /* CPU loss tiles; 0 = chosen per call (tests) */
+    int64_t loss_tile_rows, loss_tile_cols; /* loss tiles (CPU, CUDA); 0 = chosen per call (tests) */
     struct ns_step_state *step;
     struct ns_cuda_state *cuda;
 };

@@ -24,6 +24,10 @@ typedef struct {
     float *loss, *per_query, *saved, *cand_score, *pos_score, *grad_hard;
     void *hard;             /* B·h rows of d in the candidates' dtype (ns_step_gather) */
     uint8_t *keep, *hard_keep;
+    int grouped, fused;     /* options->groups given; the CPU forward computes the gradients */
+    int64_t *hard_group;    /* grouped: B·h, the sampled hard negatives' groups */
+    float *fgq, *fgp;       /* fused: dL/dQ and dL/dP at grad_loss = 1 (B·d each) */
+    float fdtau;            /* fused: dL/dτ at grad_loss = 1 */
 } step_bufs;
 
 struct ns_step_state {
@@ -35,6 +39,7 @@ struct ns_step_state {
     ns_filter_options filter; /* the options resolved (defaults where the caller gave none) */
     ns_sampler_options sampler;
     ns_loss_options loss;
+    ns_loss_groups groups;    /* the loss's groups (options->groups with the hard ones gathered) */
     ns_infonce_inputs in;
     ns_id_lists positives;
 };
@@ -65,6 +70,9 @@ static void step_layout(void *plan, ns_arena *a) {
     b->mix_hcount = (int64_t *)ns_arena_carve(a, R * (size_t)B * 8);
     b->mix_rcount = (int64_t *)ns_arena_carve(a, R * (size_t)B * 8);
     b->mix_keep = (uint8_t *)ns_arena_carve(a, R * (size_t)(B * C));
+    b->hard_group = (int64_t *)ns_arena_carve(a, b->grouped ? (size_t)(B * h) * 8 : 0);
+    b->fgq = (float *)ns_arena_carve(a, b->fused ? (size_t)(B * d) * 4 : 0);
+    b->fgp = (float *)ns_arena_carve(a, b->fused ? (size_t)(B * d) * 4 : 0);
 }
 
 void ns_step_state_free(ns_context *ctx, struct ns_step_state *s) {
@@ -74,8 +82,9 @@ void ns_step_state_free(ns_context *ctx, struct ns_step_state *s) {
 }
 
 /* The step state of ctx with its buffers carved for this batch. */
-static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, int64_t h, int64_t hr,
+static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, const ns_step_options *o,
                               const char *fn) {
+    const int64_t h = o->hard_negatives, hr = o->random_negatives;
     if (!ctx->step) {
         ctx->step = (struct ns_step_state *)calloc(1, sizeof(struct ns_step_state));
         if (!ctx->step) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the step state", fn);
@@ -86,6 +95,8 @@ static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, int64_t h,
     step_bufs *b = &s->buf;
     b->B = batch->query.rows, b->d = batch->query.cols, b->C = batch->candidates_per_query;
     b->h = h + hr, b->hr = hr;
+    b->grouped = o->groups != NULL;
+    b->fused = ctx->backend == NS_BACKEND_CPU && !o->comm && !o->forward_only;
     return ns_arena_lay_out(ctx, &s->mem, step_layout, b, fn);
 }
 
@@ -99,6 +110,7 @@ typedef struct {
     ns_filter_options filter;
     ns_sampler_options sampler;
     ns_loss_options loss;
+    ns_loss_groups groups;
 } step_config;
 
 static ns_status resolve_config(ns_context *ctx, const char *fn, const ns_step_options *given,
@@ -117,10 +129,44 @@ static ns_status resolve_config(ns_context *ctx, const char *fn, const ns_step_o
     if ((st = NS_RESOLVE_OPTIONS(ctx, fn, "options->loss", ns_loss_options, NS_LOSS_OPTIONS_INIT,
                                  o->loss, &cfg->loss)))
         return st;
+    if (o->groups && (st = NS_RESOLVE_OPTIONS(ctx, fn, "options->groups", ns_loss_groups,
+                                              NS_LOSS_GROUPS_INIT, o->groups, &cfg->groups)))
+        return st;
     cfg->opt.filter = &cfg->filter;
     cfg->opt.sampler = &cfg->sampler;
     cfg->opt.loss = &cfg->loss;
+    if (o->groups) cfg->opt.groups = &cfg->groups;
     cfg->resolved = 1;
+    return NS_OK;
+}
+
+/* options->groups and forward_only (the group ids' values need no check: negative = none). */
+static ns_status check_groups(ns_context *ctx, const char *fn, const step_config *cfg) {
+    const ns_step_options *o = &cfg->opt;
+    if (o->forward_only != 0 && o->forward_only != 1)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->forward_only (%d) must be 0 or 1", fn, o->forward_only);
+    if (cfg->loss.groups)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->loss->groups is set; the step takes the groups from "
+                       "options->groups (candidate slots' groups, gathered with the sampled rows)",
+                       fn);
+    if (!o->groups) return NS_OK;
+    if (o->comm)
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: options->groups with options->comm: the multi-rank loss does not "
+                       "gather group ids",
+                       fn);
+    if (!o->groups->query)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->groups->query is NULL (the query group ids are required "
+                       "when options->groups is given)",
+                       fn);
+    if (!(o->groups->weight >= 0.0f && o->groups->weight <= 1.0f))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->groups->weight (%g) must be 0 (mask) or in (0, 1] "
+                       "(down-weight)",
+                       fn, (double)o->groups->weight);
     return NS_OK;
 }
 
@@ -200,6 +246,7 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
                            "%s: options->queue holds rows of %lld columns but batch->query has %lld",
                            fn, (long long)rows.cols, (long long)d);
     }
+    if ((st = check_groups(ctx, fn, cfg))) return st;
     if ((st = NS_DISPATCH(ctx, step_check_batch, (ctx, b)))) return st;
     if (o->comm && (st = ns_comm_usable(ctx, o->comm, fn))) return st;
     if (o->sync_free != 0 && o->sync_free != 1)
@@ -370,6 +417,19 @@ static ns_status step_loss_inputs(ns_context *ctx, struct ns_step_state *s, cons
         if (st) return st;
         in->extra_id = qids;
     }
+    if (opt->groups) { /* the hard negatives take the groups of the slots they were drawn from */
+        const ns_loss_groups *g = opt->groups;
+        const int gather = b->h > 0 && g->hard;
+        s->groups = (ns_loss_groups)NS_LOSS_GROUPS_INIT;
+        s->groups.query = g->query;
+        s->groups.passage = g->passage;
+        s->groups.hard = gather ? b->hard_group : NULL;
+        s->groups.weight = g->weight;
+        s->loss.groups = &s->groups;
+        if (gather)
+            return NS_DISPATCH(ctx, step_gather_ids,
+                               (ctx, b->B * b->h, b->chosen_row, g->hard, b->hard_group));
+    }
     return NS_OK;
 }
 
@@ -381,8 +441,7 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
     if ((st = ns_check_ptr(ctx, fn, "result", result))) return st;
     if ((st = check_step(ctx, batch, given, cfg))) return st;
     const ns_step_options *opt = &cfg->opt;
-    if ((st = step_reserve(ctx, batch, opt->hard_negatives, opt->random_negatives, fn)))
-        return st;
+    if ((st = step_reserve(ctx, batch, opt, fn))) return st;
     struct ns_step_state *s = ctx->step;
     s->filter = cfg->filter;
     s->sampler = cfg->sampler;
@@ -418,7 +477,13 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
             if (!st && !opt->sync_free) st = ns_copy(ctx, &loss, s->buf.loss, 4, NS_COPY_D2H);
         } else
 #endif
-        {
+        if (s->buf.fused) { /* the gradients now, at grad_loss 1; the backward scales them */
+            step_bufs *b = &s->buf;
+            ns_infonce_grads g = {b->fgq, b->fgp, b->h > 0 ? b->grad_hard : NULL, &b->fdtau};
+            st = ns_infonce_forward_backward(ctx, &s->in, &s->loss, 1.0f, &loss, b->per_query,
+                                             b->saved, &g);
+            if (!st) *b->loss = loss;
+        } else {
             st = ns_infonce_forward(ctx, &s->in, &s->loss, &loss, s->buf.per_query, s->buf.saved);
             if (!st) *s->buf.loss = loss; /* CPU: the backend's memory is the host's */
         }
@@ -473,6 +538,19 @@ ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grad
     return st;
 }
 
+/* The fused forward's gradients (grad_loss = 1) times grad_loss into the wanted buffers (the
+ * hard rows' in place: they are the step's own). */
+static void step_fused_scale(step_bufs *b, float grad_loss, const ns_infonce_grads *g) {
+    const int64_t n = b->B * b->d, nh = b->B * b->h * b->d;
+    if (g->query)
+        for (int64_t i = 0; i < n; i++) g->query[i] = b->fgq[i] * grad_loss;
+    if (g->passage)
+        for (int64_t i = 0; i < n; i++) g->passage[i] = b->fgp[i] * grad_loss;
+    if (g->hard)
+        for (int64_t i = 0; i < nh; i++) g->hard[i] *= grad_loss;
+    if (g->temperature) *g->temperature = b->fdtau * grad_loss;
+}
+
 static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads,
                                int *collective) {
     static const char *fn = "ns_step_backward";
@@ -503,6 +581,8 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
         *collective = 1;
         st = ns_comm_infonce_backward(ctx, s->opt.comm, &s->in, &s->loss, s->buf.saved,
                                       grad_loss, &g, fn);
+    } else if (s->buf.fused) {
+        step_fused_scale(&s->buf, grad_loss, &g);
     } else {
         st = ns_infonce_backward(ctx, &s->in, &s->loss, s->buf.saved, grad_loss, &g);
     }

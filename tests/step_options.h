@@ -17,12 +17,14 @@ struct StepOptions {
     int sync_free = 0;
     int64_t random_negatives = 0;
     int64_t random_pool = 0;
+    const ns_loss_groups *groups = nullptr;
+    int forward_only = 0;
     ns_step_options step{};
 
     const ns_step_options *get() {
         step = ns_step_options{struct_size, hard_negatives, &filter, &sampler, &loss,
                                queue, enqueue, comm, sync_free, random_negatives,
-                               random_pool};
+                               random_pool, groups, forward_only};
         return &step;
     }
 };

@@ -863,6 +863,7 @@ struct StepCase {
     ns_dtype t = NS_F32;
     bool queue = false;   // two steps: the first pushes its positives, the second uses them
     bool stream = false;  // the CUDA context on a created non-blocking stream
+    float group_weight = -1;  // >= 0: options->groups (0 masks, (0, 1] down-weights)
 };
 
 // Runs one or two steps (forward + backward) on both backends and compares negatives, filter
@@ -919,6 +920,19 @@ void run_step_case(Pair &p, const StepCase &c, uint64_t seed) {
         o.enqueue = c.queue;
         StepOptions oc = o, og = o;
         oc.queue = qc, og.queue = qg;
+        // Groups: few, so that sampled rows often share their query's group.
+        std::vector<int64_t> qgrp(c.B), pgrp(c.B), cgrp(c.B * c.C);
+        for (int64_t i = 0; i < c.B; i++) qgrp[i] = i % 3, pgrp[i] = (i * 7) % 4 - 1;
+        for (int64_t r = 0; r < c.B * c.C; r++) cgrp[r] = (r * 5) % 4 - 1;
+        Buf<int64_t> qgc(p.cpu, qgrp), pgc(p.cpu, pgrp), cgc(p.cpu, cgrp);
+        Buf<int64_t> qgg(p.gpu, qgrp), pgg(p.gpu, pgrp), cgg(p.gpu, cgrp);
+        ns_loss_groups grc = NS_LOSS_GROUPS_INIT, grg = NS_LOSS_GROUPS_INIT;
+        if (c.group_weight >= 0) {
+            grc.query = qgc.ptr(), grc.passage = pgc.ptr(), grc.hard = cgc.ptr();
+            grg.query = qgg.ptr(), grg.passage = pgg.ptr(), grg.hard = cgg.ptr();
+            grc.weight = grg.weight = c.group_weight;
+            oc.groups = &grc, og.groups = &grg;
+        }
         ns_step_result rc, rg;
         ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, oc.get(), &rc), NS_OK) << ns_last_error(p.cpu);
         ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, og.get(), &rg), NS_OK) << ns_last_error(p.gpu);
@@ -970,6 +984,18 @@ TEST(CudaParity, StepSameNegativesLossAndGradients) {
     };
     uint64_t seed = 8000;
     for (const StepCase &c : cases) run_step_case(p, c, seed += 100);
+}
+
+// options->groups: the step gathers the sampled slots' groups on the device (step_gather_ids)
+// and the loss masks or down-weights same-group candidates, as on the CPU.
+TEST(CudaParity, StepWithGroups) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    StepCase c{17, 9, 13, 4, NS_SAMPLE_SIMANS, NS_FILTER_SAME_ID | NS_FILTER_MARGIN, 1};
+    c.group_weight = 0.0f;
+    run_step_case(p, c, 8600);
+    c.group_weight = 0.4f, c.sym = 0;
+    run_step_case(p, c, 8700);
 }
 
 TEST(CudaParity, StepBf16AndF16Inputs) {

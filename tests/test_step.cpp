@@ -167,6 +167,132 @@ TEST_P(Step, GradientsMatchFiniteDifferences) {
     EXPECT_TRUE(close(gt, want_t, 2e-3, 2e-3)) << gt << " vs " << want_t;
 }
 
+// The CPU step computes the gradients in its forward (ns_infonce_forward_backward at
+// grad_loss 1) and scales them in the backward; forward_only = 1 runs the loss alone and the
+// backward after it. Same loss; the same gradient bits at grad_loss 1, the same values at 1.7.
+TEST_P(Step, FusedForwardEqualsForwardOnlyThenBackward) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    if (c.cuda()) GTEST_SKIP() << "the fused step is the CPU's";
+    StepData s = make_data(9, 5, 6, 123, true);
+    ns_batch b = batch_of(s);
+    for (int sym : {0, 1})
+        for (float gl : {1.0f, 1.7f}) {
+            std::vector<float> out[2][3];
+            float loss[2], gt[2];
+            for (int fo : {0, 1}) {
+                StepOptions o = uniform_options(3, 0.5f);
+                o.loss.symmetric = sym;
+                o.forward_only = fo;
+                ns_step_result r;
+                ASSERT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_OK) << ns_last_error(c);
+                loss[fo] = r.loss;
+                out[fo][0].assign(s.q.size(), 9.f);
+                out[fo][1].assign(s.p.size(), 9.f);
+                out[fo][2].assign(s.cand.size(), 9.f);
+                ns_step_grads g{out[fo][0].data(), out[fo][1].data(), out[fo][2].data(), &gt[fo]};
+                ASSERT_EQ(ns_step_backward(c, gl, &g), NS_OK) << ns_last_error(c);
+            }
+            SCOPED_TRACE("symmetric " + std::to_string(sym) + " grad_loss " + std::to_string(gl));
+            EXPECT_EQ(loss[0], loss[1]);
+            for (int t = 0; t < 3; t++)
+                for (size_t i = 0; i < out[0][t].size(); i++) {
+                    if (gl == 1.0f)
+                        ASSERT_EQ(out[0][t][i], out[1][t][i]) << "tensor " << t << " [" << i << "]";
+                    else
+                        ASSERT_TRUE(close(out[0][t][i], out[1][t][i], 1e-7, 1e-6))
+                            << "tensor " << t << " [" << i << "]: " << out[0][t][i] << " vs "
+                            << out[1][t][i];
+                }
+            EXPECT_TRUE(close(gt[0], gt[1], 1e-7, 1e-6)) << gt[0] << " vs " << gt[1];
+        }
+}
+
+// options->groups: the sampled hard negatives take their candidate slots' groups; the step's
+// loss and gradients are those of ns_infonce_* over the same rows with those groups.
+TEST_P(Step, GroupsReachTheLossWithTheSampledSlotsGroups) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    if (c.cuda()) GTEST_SKIP() << "step parity on CUDA is covered by test_cuda_parity";
+    StepData s = make_data(8, 6, 5, 321, false);
+    const int64_t h = 3;
+    std::vector<int64_t> qg(s.B), pg(s.B), cg(s.B * s.C);
+    for (int64_t i = 0; i < s.B; i++) qg[i] = i % 3, pg[i] = (i + 1) % 3;
+    for (int64_t r = 0; r < s.B * s.C; r++) cg[r] = r % 4 == 3 ? -1 : r % 3;
+    ns_batch b = batch_of(s);
+    for (float w : {0.0f, 0.5f}) {
+        ns_loss_groups g = NS_LOSS_GROUPS_INIT;
+        g.query = qg.data(), g.passage = pg.data(), g.hard = cg.data(), g.weight = w;
+        StepOptions o = uniform_options(h, 0.5f);
+        o.groups = &g;
+        ns_step_result r;
+        ASSERT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_OK) << ns_last_error(c);
+        const float step_loss = r.loss;
+        std::vector<int64_t> rows(r.negative_row, r.negative_row + s.B * h);
+        std::vector<float> sq(s.q.size()), sp(s.p.size()), sc(s.cand.size());
+        float st = 0;
+        ns_step_grads sg{sq.data(), sp.data(), sc.data(), &st};
+        ASSERT_EQ(ns_step_backward(c, 1.0f, &sg), NS_OK) << ns_last_error(c);
+        // The same loss by hand: gathered rows, their ids, keep and groups.
+        std::vector<float> hard(s.B * h * s.d, 0.f);
+        std::vector<int64_t> hid(s.B * h, -1), hg(s.B * h, -1);
+        std::vector<uint8_t> keep(s.B * h, 0);
+        for (int64_t k = 0; k < s.B * h; k++)
+            if (rows[k] >= 0) {
+                std::copy(&s.cand[rows[k] * s.d], &s.cand[(rows[k] + 1) * s.d], &hard[k * s.d]);
+                hid[k] = s.cand_id[rows[k]], hg[k] = cg[rows[k]], keep[k] = 1;
+            }
+        ns_infonce_inputs in{};
+        in.query = f32_matrix(s.q.data(), s.B, s.d);
+        in.passage = f32_matrix(s.p.data(), s.B, s.d);
+        in.hard = f32_matrix(hard.data(), s.B * h, s.d);
+        in.hard_per_query = h;
+        in.hard_keep = keep.data();
+        in.extra = ns_matrix{nullptr, NS_F32, 0, s.d, 0};
+        in.passage_id = s.pos_id.data();
+        in.hard_id = hid.data();
+        ns_loss_groups lg = g;
+        lg.hard = hg.data();
+        ns_loss_options lo = o.loss;
+        lo.groups = &lg;
+        std::vector<float> saved(s.B * NS_INFONCE_SAVED_PER_QUERY), gq(s.q.size()), gp(s.p.size()),
+            gh(s.B * h * s.d);
+        float want = 0, wt = 0;
+        ASSERT_EQ(ns_infonce_forward(c, &in, &lo, &want, nullptr, saved.data()), NS_OK) << ns_last_error(c);
+        ns_infonce_grads ig{gq.data(), gp.data(), gh.data(), &wt};
+        ASSERT_EQ(ns_infonce_backward(c, &in, &lo, saved.data(), 1.0f, &ig), NS_OK);
+        EXPECT_EQ(step_loss, want) << "weight " << w;
+        EXPECT_EQ(st, wt);
+        EXPECT_EQ(sq, gq);
+        EXPECT_EQ(sp, gp);
+        for (int64_t k = 0; k < s.B * h; k++)
+            for (int64_t e = 0; e < s.d && rows[k] >= 0; e++)
+                ASSERT_EQ(sc[rows[k] * s.d + e], gh[k * s.d + e]) << k;
+        // and the groups change the loss (some sampled row shares its query's group)
+        StepOptions o2 = uniform_options(h, 0.5f);
+        ASSERT_EQ(ns_step_forward(c, &b, o2.get(), &r), NS_OK);
+        EXPECT_NE(r.loss, step_loss);
+        ASSERT_EQ(ns_step_backward(c, 1.0f, &sg), NS_OK);
+    }
+    // Bad groups are named.
+    ns_loss_groups g = NS_LOSS_GROUPS_INIT;
+    StepOptions o = uniform_options(h, 0.5f);
+    o.groups = &g;
+    ns_step_result r;
+    EXPECT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(c)).find("options->groups->query is NULL"), std::string::npos)
+        << ns_last_error(c);
+    g.query = qg.data(), g.weight = 3.f;
+    EXPECT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(c)).find("options->groups->weight (3)"), std::string::npos)
+        << ns_last_error(c);
+    g.weight = 0.f;
+    o.loss.groups = &g;
+    EXPECT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(c)).find("options->loss->groups"), std::string::npos)
+        << ns_last_error(c);
+}
+
 TEST_P(Step, NegativesDoNotDependOnBatchSplitOrThreads) {
     Ctx c1(GetParam(), 1), c2(GetParam(), 2);
     NS_REQUIRE_BACKEND(c1);

@@ -953,11 +953,14 @@ class Step:
     chosen as hard — the last random_pool candidate slots only, when random_pool > 0 (put
     negsamp.sample_corpus draws there; the hard sampler then never sees them); the results'
     negative columns are the h hard ones, then the h_rand random ones.
-    The step owns its context (the step's state lives there) unless ctx is given."""
+    The step owns its context (the step's state lives there) unless ctx is given.
+    forward_only=True: no backward will follow (evaluation); otherwise a CPU step computes the
+    gradients in its forward (one ns_infonce_forward_backward) and the backward scales them."""
 
     def __init__(self, hard_negatives: int, *, filter=None, sampler=None, loss=None,
                  queue: Queue = None, enqueue: bool = False, comm: "Comm" = None,
-                 random_negatives: int = 0, random_pool: int = 0, ctx: Context = None):
+                 random_negatives: int = 0, random_pool: int = 0, ctx: Context = None,
+                 forward_only: bool = False):
         if ctx is None:
             ctx = (comm.ctx if comm is not None else
                    queue.ctx if queue is not None else Context("cpu"))
@@ -977,6 +980,7 @@ class Step:
         o.loss = ctypes.pointer(self._loss)
         o.queue = None if queue is None else queue.handle
         o.enqueue = int(chk.flag(enqueue, "Step", "enqueue"))
+        o.forward_only = int(chk.flag(forward_only, "Step", "forward_only"))
         o.comm = None if comm is None else comm.handle
         self.comm = comm
         self.options = o

@@ -138,10 +138,16 @@ class ns_infonce_inputs(Structure):
                 ("extra_id", POINTER(c_int64))]
 
 
+class ns_loss_groups(Structure):
+    _fields_ = [("struct_size", c_size_t), ("query", POINTER(c_int64)),
+                ("passage", POINTER(c_int64)), ("hard", POINTER(c_int64)),
+                ("extra", POINTER(c_int64)), ("weight", c_float)]
+
+
 class ns_loss_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("temperature", c_float), ("symmetric", c_int),
                 ("mask_same_id", c_int), ("tau_plus", c_float), ("beta", c_float),
-                ("share_hard", c_int)]
+                ("share_hard", c_int), ("groups", POINTER(ns_loss_groups))]
 
 
 class ns_infonce_grads(Structure):
@@ -162,7 +168,8 @@ class ns_step_options(Structure):
                 ("filter", POINTER(ns_filter_options)), ("sampler", POINTER(ns_sampler_options)),
                 ("loss", POINTER(ns_loss_options)), ("queue", c_void_p), ("enqueue", c_int),
                 ("comm", c_void_p), ("sync_free", c_int), ("random_negatives", c_int64),
-                ("random_pool", c_int64)]
+                ("random_pool", c_int64), ("groups", POINTER(ns_loss_groups)),
+                ("forward_only", c_int)]
 
 
 class ns_step_result(Structure):
@@ -192,9 +199,9 @@ class ns_kmeans_options(Structure):
 
 STRUCTS = [ns_context_options, ns_matrix, ns_id_lists, ns_mine_options, ns_candidates,
            ns_filter_options, ns_filter_counts, ns_sampler_options, ns_infonce_inputs,
-           ns_loss_options, ns_infonce_grads, ns_comm_options, ns_batch, ns_step_options,
-           ns_step_result, ns_step_grads, ns_corpus_weights, ns_corpus_sampler_options,
-           ns_kmeans_options, ns_plan_options]
+           ns_loss_groups, ns_loss_options, ns_infonce_grads, ns_comm_options, ns_batch,
+           ns_step_options, ns_step_result, ns_step_grads, ns_corpus_weights,
+           ns_corpus_sampler_options, ns_kmeans_options, ns_plan_options]
 
 
 # The defaults of the NS_*_INIT macros.
@@ -221,6 +228,10 @@ def corpus_sampler_options_init() -> ns_corpus_sampler_options:
     return ns_corpus_sampler_options(ctypes.sizeof(ns_corpus_sampler_options), 1.0, 0, 0, 0)
 
 
+def loss_groups_init() -> ns_loss_groups:
+    return ns_loss_groups(ctypes.sizeof(ns_loss_groups), None, None, None, None, 0.0)
+
+
 def kmeans_options_init() -> ns_kmeans_options:
     return ns_kmeans_options(ctypes.sizeof(ns_kmeans_options), 0, NS_KMEANS_PLUSPLUS, 0, 25,
                              1e-4, -1.0, None, ns_progress_fn(), None)
@@ -231,7 +242,7 @@ def plan_options_init() -> ns_plan_options:
 
 
 def loss_options_init() -> ns_loss_options:
-    return ns_loss_options(ctypes.sizeof(ns_loss_options), 0.05, 0, 1, 0.0, 0.0, 0)
+    return ns_loss_options(ctypes.sizeof(ns_loss_options), 0.05, 0, 1, 0.0, 0.0, 0, None)
 
 
 def comm_options_init() -> ns_comm_options:
@@ -240,7 +251,7 @@ def comm_options_init() -> ns_comm_options:
 
 def step_options_init() -> ns_step_options:
     return ns_step_options(ctypes.sizeof(ns_step_options), 0, None, None, None, None, 0, None, 0,
-                           0, 0)
+                           0, 0, None, 0)
 
 
 # ------------------------------------------------------------------ signatures
@@ -277,6 +288,9 @@ _SIGNATURES = {
                                    POINTER(c_float), _P, _P]),
     "ns_infonce_backward": (c_int, [_P, POINTER(ns_infonce_inputs), POINTER(ns_loss_options), _P,
                                     c_float, POINTER(ns_infonce_grads)]),
+    "ns_infonce_forward_backward": (c_int, [_P, POINTER(ns_infonce_inputs),
+                                            POINTER(ns_loss_options), c_float, POINTER(c_float),
+                                            _P, _P, POINTER(ns_infonce_grads)]),
     "ns_queue_create": (c_int, [_P, c_int64, c_int64, POINTER(c_void_p)]),
     "ns_queue_destroy": (c_int, [_P]),
     "ns_queue_push": (c_int, [_P, _P, ns_matrix, _P]),
@@ -327,6 +341,29 @@ def _candidates():
     return found
 
 
+def _share_torch_nccl():
+    """Loads the NCCL of PyTorch's wheel (the nvidia-nccl-cu* package), when it is installed,
+    before libnegsamp. A process holds one libnccl.so.2: libnegsamp links the toolkit's NCCL,
+    and if that one is loaded first, a later `import torch` fails on NCCL symbols only torch's
+    newer NCCL has (`undefined symbol: ncclCommResume`). NCCL keeps its ABI within major
+    version 2, so libnegsamp runs on the newer one. NEGSAMP_NO_TORCH_NCCL=1 skips this."""
+    if os.environ.get("NEGSAMP_NO_TORCH_NCCL") == "1":
+        return
+    try:
+        import importlib.util
+        spec = importlib.util.find_spec("nvidia.nccl")
+    except (ImportError, ValueError):
+        return
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "lib", "libnccl.so.2")
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass  # then the toolkit's NCCL is used, as without torch
+            return
+
+
 def library():
     """The loaded CDLL (loaded on first use)."""
     global _lib, _lib_path
@@ -336,6 +373,7 @@ def library():
         if _lib is not None:
             return _lib
         tried = []
+        _share_torch_nccl()
         for origin, path in _candidates():
             try:
                 _lib = ctypes.CDLL(path)

@@ -676,6 +676,11 @@ class NegsampLoss(_Module):
       the other positives p_i·p_j (the anchor's own always masked; GISTEmbedLoss leaves that to
       the guide, which masks it unless margin < g⁺ − 1). Anchors with a masked candidate are
       computed densely (their logit rows only); the rest by negsamp's op.
+    - ``group_weight`` (ClusterNS-style false negatives): rows carry a group id (a cluster, a
+      topic; the trainer's ``labels``, i.e. the dataset's ``label`` column, or ``groups=`` of
+      ``compute_loss_from_embeddings``); a candidate whose row is in the anchor's group is
+      masked (0) or down-weighted (logit + log w, w in (0, 1]); the anchor's own positive never.
+      Anchor i and its positive are in group i's; negative columns and queued rows are in none.
     - ``gather_across_devices``: every rank's positives and negatives (any sizes: uneven last
       batches are fine) are candidates of every anchor, the gradient of a gathered row goes back
       to its rank, and each rank's loss is scaled by world_size · B_rank / B_global, so that
@@ -691,7 +696,8 @@ class NegsampLoss(_Module):
                  learn_temperature: bool = False, guide=None, margin_strategy: str = "absolute",
                  margin: float = 0.0, contrast_anchors: bool = False,
                  contrast_positives: bool = False, directions=("query_to_doc",),
-                 partition_mode: str = "joint", queue_size: int = 0):
+                 partition_mode: str = "joint", queue_size: int = 0,
+                 group_weight: float | None = None):
         super().__init__()
         from .torch_ops import InfoNCELoss
         fn = type(self).__name__
@@ -730,6 +736,14 @@ class NegsampLoss(_Module):
         self.margin_strategy = margin_strategy
         self.margin = float(margin)
         self._check_combinations(fn, guide)
+        self.group_weight = None if group_weight is None else float(group_weight)
+        if self.group_weight is not None and not 0.0 <= self.group_weight <= 1.0:
+            raise InvalidArgument(f"{fn}: group_weight ({group_weight}) must be 0 (mask) or in "
+                                  f"(0, 1] (down-weight)")
+        if self.group_weight is not None and (guide is not None or gather_across_devices
+                                              or self._blocks):
+            raise Unsupported(f"{fn}: group_weight with a guide, gather_across_devices or extra "
+                              f"directions is not supported")
         if not isinstance(queue_size, (int, np.integer)) or queue_size < 0:
             raise InvalidArgument(f"{fn}: queue_size ({queue_size!r}) must be an integer ≥ 0")
         if queue_size and guide is not None:
@@ -817,7 +831,8 @@ class NegsampLoss(_Module):
                 "margin_strategy": self.margin_strategy, "margin": self.margin,
                 "contrast_anchors": self.contrast_anchors,
                 "contrast_positives": self.contrast_positives, "directions": self.directions,
-                "partition_mode": self.partition_mode, "queue_size": self.queue_size}
+                "partition_mode": self.partition_mode, "queue_size": self.queue_size,
+                "group_weight": self.group_weight}
 
     @property
     def citation(self) -> str:
@@ -832,7 +847,9 @@ class NegsampLoss(_Module):
         embeddings = _embed(self.model, features)
         ids = [_row_ids(f) for f in features] if self.mask_same_id else None
         guide = self._guide_embeddings(features) if self.guide is not None else None
-        return self.compute_loss_from_embeddings(embeddings, labels, ids=ids, guide=guide)
+        groups = labels if self.group_weight is not None else None
+        return self.compute_loss_from_embeddings(embeddings, labels, ids=ids, guide=guide,
+                                                 groups=groups)
 
     def _guide_embeddings(self, features):
         with _torch.no_grad():
@@ -922,7 +939,10 @@ class NegsampLoss(_Module):
         g_query = None if guide is None else (torch.cat([g_q, g_p], 1) if two else g_q)
         return query, passages, pids, g_query, g_cand, two
 
-    def compute_loss_from_embeddings(self, embeddings, labels=None, *, ids=None, guide=None):
+    def compute_loss_from_embeddings(self, embeddings, labels=None, *, ids=None, guide=None,
+                                     groups=None):
+        """groups (B integer ids, with group_weight): row i's group — its anchor's and its
+        positive's; negatives are in none."""
         torch = _torch
         F = torch.nn.functional
         q, p = embeddings[0], embeddings[1]
@@ -962,12 +982,26 @@ class NegsampLoss(_Module):
             query = query / self.log_temperature.exp().to(query.dtype)
             temperature = 1.0
         loss = self._loss(query, passages, pids, extra, extra_id, positive, g_q, g_cand,
-                          temperature)
+                          temperature, self._groups(groups, B, passages.shape[0], dev))
         if self.queue_size and self.training and torch.is_grad_enabled():
             self._queue_push(p, pid if have_ids else None)
         return loss * scale_by
 
-    def _loss(self, query, passages, pids, extra, extra_id, positive, g_q, g_cand, temperature):
+    def _groups(self, groups, B, n_passages, dev):
+        """(query groups, passage groups) for the op, or (None, None): the rows' groups for
+        the anchors and their positives (the first B passages), none for the rest."""
+        torch = _torch
+        if groups is None or self.group_weight is None:
+            return None, None
+        qg = torch.as_tensor(groups, device=dev).reshape(-1).to(torch.int64)
+        if qg.numel() != B:
+            raise InvalidArgument(f"{type(self).__name__}: groups has {qg.numel()} ids for {B} "
+                                  f"rows")
+        rest = torch.full((n_passages - B,), -1, dtype=torch.int64, device=dev)
+        return qg, torch.cat([qg, rest])
+
+    def _loss(self, query, passages, pids, extra, extra_id, positive, g_q, g_cand, temperature,
+              groups=(None, None)):
         """The mean InfoNCE over the anchors: negsamp's op for the rows the guide masks nothing
         of, the dense rows (logits of those anchors only) for the rest."""
         torch = _torch
@@ -986,11 +1020,16 @@ class NegsampLoss(_Module):
         n_sparse = int(sparse.sum())
         use_ids = self.mask_same_id or bool(self._blocks)
         if n_sparse:
+            from .torch_ops import infonce_loss  # fused when autograd will want gradients
             qs = query if n_sparse == B else query[sparse]
-            l_sparse, _, _ = torch.ops.negsamp.infonce(
+            qg, pg = groups
+            if qg is not None and n_sparse < B:
+                qg = qg[sparse]
+            l_sparse = infonce_loss(
                 qs, passages, None, None, extra, positive[sparse] if n_sparse < B else positive,
                 pids if use_ids else None, None, extra_id if use_ids else None, temperature,
-                self.symmetric, use_ids, self.tau_plus, self.beta, False)
+                self.symmetric, use_ids, self.tau_plus, self.beta, False, qg, pg, None, None,
+                self.group_weight or 0.0)
             loss = loss + l_sparse * (n_sparse / B)
         if dense is not None and bool(dense.any()):
             qd = query[dense].float()

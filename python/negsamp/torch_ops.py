@@ -4,6 +4,13 @@ Ops (torch.library.custom_op, traceable by torch.compile, checked by torch.libra
 
     negsamp::infonce           (query, passage, hard?, ...) -> (loss, per_query, saved)
     negsamp::infonce_backward  (grad_loss, ..., saved) -> (grad_query, grad_passage, grad_hard)
+    negsamp::infonce_fused     (query, passage, hard?, ...) -> (loss, per_query, saved,
+                                grad_query, grad_passage, grad_hard): one
+                                ns_infonce_forward_backward call at grad_loss = 1 (the CPU
+                                computes each logit tile once: three GEMMs, not four); autograd
+                                scales the kept gradients by grad_loss in the backward
+    infonce_loss(...)          the loss through infonce_fused when autograd will need gradients,
+                               else through infonce (InfoNCELoss and NegsampLoss call it)
     negsamp::mine_topk         (query, corpus, k, ...) -> (index, score)
     negsamp::filter            (candidate_id, score, ...) -> (keep, counts)
     negsamp::sample            (candidate_id, score, m, ...) -> (index, score, count)
@@ -25,7 +32,7 @@ from . import _ffi
 from ._core import Context, _c, _counts_dict, _COUNT_NAMES  # noqa: F401
 from ._errors import InvalidArgument, NonFinite, Unsupported
 
-__all__ = ["infonce", "infonce_backward", "mine_topk", "filter", "sample", "InfoNCELoss",
+__all__ = ["infonce", "infonce_backward", "infonce_fused", "infonce_loss", "mine_topk", "filter", "sample", "InfoNCELoss",
            "context_for", "FILTER_COUNT_NAMES"]
 
 FILTER_COUNT_NAMES = list(_COUNT_NAMES)
@@ -167,6 +174,39 @@ def _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_ha
     return lo(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard)
 
 
+class _Groups:
+    """ns_loss_groups over tensors (kept alive with the struct), or none: the same-group rule
+    (group ids per query B, passage N, hard (B, h), extra E; a negative id = no group; weight 0
+    masks same-group candidates, (0, 1] down-weights them)."""
+
+    def __init__(self, inp, query_group, passage_group, hard_group, extra_group, weight, fn):
+        import ctypes
+        self.struct = None
+        if query_group is None:
+            if any(g is not None for g in (passage_group, hard_group, extra_group)):
+                raise InvalidArgument(f"{fn}: candidate group ids without query_group")
+            return
+        dev = inp.query.device
+        B, N = inp.query.shape[0], inp.passage.shape[0]
+        h = 0 if inp.hard is None else inp.hard.shape[0] // max(B, 1)
+        E = 0 if inp.extra is None else inp.extra.shape[0]
+        self.q = _flat(query_group, torch.int64, "query_group", B, fn, dev)
+        self.p = _flat(passage_group, torch.int64, "passage_group", N, fn, dev)
+        self.h = _flat(hard_group, torch.int64, "hard_group", B * h, fn, dev)
+        self.e = _flat(extra_group, torch.int64, "extra_group", E, fn, dev)
+        i64 = ctypes.c_int64
+        g = _ffi.loss_groups_init()
+        g.query, g.passage, g.hard, g.extra = (_p(t, i64) for t in (self.q, self.p, self.h, self.e))
+        g.weight = chk.real(weight, fn, "group_weight")
+        self.struct = g
+
+    def apply(self, opt):
+        import ctypes
+        if self.struct is not None:
+            opt.groups = ctypes.pointer(self.struct)
+        return opt
+
+
 class _Inputs:
     """ns_infonce_inputs over tensors (kept alive with the struct)."""
 
@@ -264,16 +304,25 @@ def infonce(query: Tensor, passage: Tensor, hard: Optional[Tensor] = None,
             hard_id: Optional[Tensor] = None, extra_id: Optional[Tensor] = None,
             temperature: float = 0.05, symmetric: bool = False, mask_same_id: bool = True,
             tau_plus: float = 0.0, beta: float = 0.0,
-            share_hard: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+            share_hard: bool = False, query_group: Optional[Tensor] = None,
+            passage_group: Optional[Tensor] = None, hard_group: Optional[Tensor] = None,
+            extra_group: Optional[Tensor] = None,
+            group_weight: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
     """InfoNCE loss (0-d f32), per-query losses (B) and the saved row statistics
-    (B × NS_INFONCE_SAVED_PER_QUERY). hard is (B, h, d); hard_keep/hard_id are (B, h)."""
+    (B × NS_INFONCE_SAVED_PER_QUERY). hard is (B, h, d); hard_keep/hard_id are (B, h).
+    query_group (B) with passage_group (N), hard_group (B, h), extra_group (E), each optional:
+    same-group candidates masked (group_weight 0) or down-weighted (logit + log group_weight),
+    the positive never (ns_loss_groups)."""
     import ctypes
     dev = query.device
     ctx = context_for(dev)
     inp = _Inputs(query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
                   extra_id, "infonce")
+    grp = _Groups(inp, query_group, passage_group, hard_group, extra_group, group_weight,
+                  "infonce")
     B = query.shape[0]
-    opt = _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard)
+    opt = grp.apply(_loss_options(temperature, symmetric, mask_same_id, tau_plus, beta,
+                                  share_hard))
     per_query = torch.empty(B, dtype=torch.float32, device=dev)
     saved = torch.empty((B, _SAVED), dtype=torch.float32, device=dev)
     loss = ctypes.c_float()
@@ -289,7 +338,8 @@ def infonce(query: Tensor, passage: Tensor, hard: Optional[Tensor] = None,
 @infonce.register_fake
 def _(query, passage, hard=None, hard_keep=None, extra=None, positive=None, passage_id=None,
       hard_id=None, extra_id=None, temperature=0.05, symmetric=False, mask_same_id=True,
-      tau_plus=0.0, beta=0.0, share_hard=False):
+      tau_plus=0.0, beta=0.0, share_hard=False, query_group=None, passage_group=None,
+      hard_group=None, extra_group=None, group_weight=0.0):
     B = query.shape[0]
     return (query.new_empty((), dtype=torch.float32),
             query.new_empty((B,), dtype=torch.float32),
@@ -304,6 +354,10 @@ def infonce_backward(grad_loss: Tensor, query: Tensor, passage: Tensor, saved: T
                      extra_id: Optional[Tensor] = None, temperature: float = 0.05,
                      symmetric: bool = False, mask_same_id: bool = True,
                      tau_plus: float = 0.0, beta: float = 0.0, share_hard: bool = False,
+                     query_group: Optional[Tensor] = None,
+                     passage_group: Optional[Tensor] = None,
+                     hard_group: Optional[Tensor] = None, extra_group: Optional[Tensor] = None,
+                     group_weight: float = 0.0,
                      need_query: bool = True, need_passage: bool = True,
                      need_hard: bool = True,
                      check_saved: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
@@ -318,7 +372,9 @@ def infonce_backward(grad_loss: Tensor, query: Tensor, passage: Tensor, saved: T
     ctx = context_for(dev)
     inp = _Inputs(query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
                   extra_id, fn)
-    opt = _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard)
+    grp = _Groups(inp, query_group, passage_group, hard_group, extra_group, group_weight, fn)
+    opt = grp.apply(_loss_options(temperature, symmetric, mask_same_id, tau_plus, beta,
+                                  share_hard))
     if check_saved:
         saved = _check_saved(saved, inp, opt.temperature, fn)
     else:
@@ -351,7 +407,8 @@ def infonce_backward(grad_loss: Tensor, query: Tensor, passage: Tensor, saved: T
 @infonce_backward.register_fake
 def _(grad_loss, query, passage, saved, hard=None, hard_keep=None, extra=None, positive=None,
       passage_id=None, hard_id=None, extra_id=None, temperature=0.05, symmetric=False,
-      mask_same_id=True, tau_plus=0.0, beta=0.0, share_hard=False, need_query=True,
+      mask_same_id=True, tau_plus=0.0, beta=0.0, share_hard=False, query_group=None,
+      passage_group=None, hard_group=None, extra_group=None, group_weight=0.0, need_query=True,
       need_passage=True, need_hard=True, check_saved=True):
     def out(need, like):
         return like.new_empty(like.shape) if need and like is not None else \
@@ -363,27 +420,142 @@ _INFONCE_TENSORS = ("query", "passage", "hard", "hard_keep", "extra", "positive"
                     "hard_id", "extra_id")
 _INFONCE_OPTIONS = ("temperature", "symmetric", "mask_same_id", "tau_plus", "beta",
                     "share_hard")
+_N_INFONCE_ARGS = 20  # 9 tensors, 6 options, 4 group tensors, group_weight
 
 
 def _infonce_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:9], output[2])
-    ctx.options = inputs[9:]
+    ctx.save_for_backward(*inputs[:9], *inputs[15:19], output[2])
+    ctx.options = inputs[9:15]
+    ctx.group_weight = inputs[19]
     ctx.mark_non_differentiable(output[1], output[2])
 
 
 def _infonce_grad(ctx, grad_loss, grad_per_query, grad_saved):
-    query, passage, hard, hard_keep, extra, positive, passage_id, hard_id, extra_id, saved = \
-        ctx.saved_tensors
-    need = ctx.needs_input_grad
+    (query, passage, hard, hard_keep, extra, positive, passage_id, hard_id, extra_id,
+     qg, pg, hg, eg, saved) = ctx.saved_tensors
+    # arguments left at their defaults are dropped from the call, and needs_input_grad with
+    # them (torch.ops.negsamp.infonce(q, p) has two entries): pad it
+    need = tuple(ctx.needs_input_grad) + (False,) * 3
     gq, gp, gh = torch.ops.negsamp.infonce_backward(
         grad_loss, query, passage, saved, hard, hard_keep, extra, positive, passage_id, hard_id,
-        extra_id, *ctx.options, need_query=need[0], need_passage=need[1],
-        need_hard=need[2] and hard is not None, check_saved=False)
+        extra_id, *ctx.options, qg, pg, hg, eg, ctx.group_weight, need_query=need[0],
+        need_passage=need[1], need_hard=need[2] and hard is not None, check_saved=False)
     return ((gq if need[0] else None), (gp if need[1] else None),
-            (gh if need[2] and hard is not None else None)) + (None,) * 12
+            (gh if need[2] and hard is not None else None)) + (None,) * (_N_INFONCE_ARGS - 3)
 
 
 infonce.register_autograd(_infonce_grad, setup_context=_infonce_setup)
+
+
+@torch.library.custom_op("negsamp::infonce_fused", mutates_args=())
+def infonce_fused(query: Tensor, passage: Tensor, hard: Optional[Tensor] = None,
+                  hard_keep: Optional[Tensor] = None, extra: Optional[Tensor] = None,
+                  positive: Optional[Tensor] = None, passage_id: Optional[Tensor] = None,
+                  hard_id: Optional[Tensor] = None, extra_id: Optional[Tensor] = None,
+                  temperature: float = 0.05, symmetric: bool = False, mask_same_id: bool = True,
+                  tau_plus: float = 0.0, beta: float = 0.0, share_hard: bool = False,
+                  query_group: Optional[Tensor] = None, passage_group: Optional[Tensor] = None,
+                  hard_group: Optional[Tensor] = None, extra_group: Optional[Tensor] = None,
+                  group_weight: float = 0.0, need_query: bool = True, need_passage: bool = True,
+                  need_hard: bool = True
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """negsamp::infonce's outputs and the f32 gradients of the loss itself (grad_loss = 1)
+    w.r.t. query, passage and hard (empty when not needed), from one
+    ns_infonce_forward_backward call: for autograd, which learns grad_loss only in the
+    backward — gradients are linear in it, so the backward scales these (memory: the
+    gradients, O((B + N)·d), kept from the forward to the backward)."""
+    import ctypes
+    fn = "infonce_fused"
+    dev = query.device
+    ctx = context_for(dev)
+    inp = _Inputs(query, passage, hard, hard_keep, extra, positive, passage_id, hard_id,
+                  extra_id, fn)
+    grp = _Groups(inp, query_group, passage_group, hard_group, extra_group, group_weight, fn)
+    opt = grp.apply(_loss_options(temperature, symmetric, mask_same_id, tau_plus, beta,
+                                  share_hard))
+    B = query.shape[0]
+    f32 = dict(dtype=torch.float32, device=dev)
+    per_query = torch.empty(B, **f32)
+    saved = torch.empty((B, _SAVED), **f32)
+    gq = torch.empty(query.shape, **f32) if need_query else None
+    gp = torch.empty(passage.shape, **f32) if need_passage else None
+    gh = torch.empty(hard.shape, **f32) if need_hard and hard is not None else None
+    fc = ctypes.c_float
+    grads = _ffi.ns_infonce_grads(_p(gq, fc), _p(gp, fc), _p(gh, fc), None)
+    loss = ctypes.c_float()
+    with _on_device(dev):
+        ctx.check(_c("ns_infonce_forward_backward")(
+            ctx.handle, ctypes.byref(inp.struct), ctypes.byref(opt), 1.0, ctypes.byref(loss),
+            per_query.data_ptr(), saved.data_ptr(), ctypes.byref(grads)))
+    out = torch.full((), loss.value, **f32)
+    def grad(t):  # a distinct empty tensor for each gradient not computed (no aliasing)
+        return query.new_empty((0,), dtype=torch.float32) if t is None else t
+    return out, per_query, saved, grad(gq), grad(gp), grad(gh)
+
+
+@infonce_fused.register_fake
+def _(query, passage, hard=None, hard_keep=None, extra=None, positive=None, passage_id=None,
+      hard_id=None, extra_id=None, temperature=0.05, symmetric=False, mask_same_id=True,
+      tau_plus=0.0, beta=0.0, share_hard=False, query_group=None, passage_group=None,
+      hard_group=None, extra_group=None, group_weight=0.0, need_query=True, need_passage=True,
+      need_hard=True):
+    B = query.shape[0]
+    f32 = dict(dtype=torch.float32)
+
+    def grad(need, like):
+        return like.new_empty(like.shape, **f32) if need and like is not None else \
+            query.new_empty((0,), **f32)
+    return (query.new_empty((), **f32), query.new_empty((B,), **f32),
+            query.new_empty((B, _SAVED), **f32), grad(need_query, query),
+            grad(need_passage, passage), grad(need_hard, hard))
+
+
+def _fused_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[3], output[4], output[5])
+    ctx.like = tuple(None if t is None else (t.dtype, tuple(t.shape)) for t in inputs[:3])
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _fused_grad(ctx, grad_loss, *unused):
+    need = tuple(ctx.needs_input_grad) + (False,) * 3
+    g = grad_loss.to(torch.float32)
+
+    def scaled(i, t):
+        # None where not asked for (or not computed: need_* was false in the forward)
+        if not need[i] or ctx.like[i] is None or tuple(t.shape) != ctx.like[i][1]:
+            return None
+        return (t * g).to(ctx.like[i][0])
+    gq, gp, gh = ctx.saved_tensors
+    # 23 inputs: query, passage, hard, then 17 more of infonce's and the three need_* flags
+    return (scaled(0, gq), scaled(1, gp), scaled(2, gh)) + (None,) * _N_INFONCE_ARGS
+
+
+infonce_fused.register_autograd(_fused_grad, setup_context=_fused_setup)
+
+
+def infonce_loss(query: Tensor, passage: Tensor, hard: Optional[Tensor] = None,
+                 hard_keep: Optional[Tensor] = None, extra: Optional[Tensor] = None,
+                 positive: Optional[Tensor] = None, passage_id: Optional[Tensor] = None,
+                 hard_id: Optional[Tensor] = None, extra_id: Optional[Tensor] = None,
+                 temperature: float = 0.05, symmetric: bool = False, mask_same_id: bool = True,
+                 tau_plus: float = 0.0, beta: float = 0.0, share_hard: bool = False,
+                 query_group: Optional[Tensor] = None, passage_group: Optional[Tensor] = None,
+                 hard_group: Optional[Tensor] = None, extra_group: Optional[Tensor] = None,
+                 group_weight: float = 0.0, fused: Optional[bool] = None) -> Tensor:
+    """The mean InfoNCE loss (0-d f32) with autograd. fused (default: when grad mode is on and
+    query, passage or hard requires a gradient): negsamp::infonce_fused — forward and backward
+    in one library call in the forward, the backward a scaling; else negsamp::infonce, whose
+    backward recomputes the logit tiles. Same values either way."""
+    needs = [t is not None and t.requires_grad for t in (query, passage, hard)]
+    if fused is None:
+        fused = torch.is_grad_enabled() and any(needs)
+    args = (query, passage, hard, hard_keep, extra, positive, passage_id, hard_id, extra_id,
+            temperature, symmetric, mask_same_id, tau_plus, beta, share_hard, query_group,
+            passage_group, hard_group, extra_group, group_weight)
+    if fused:
+        return torch.ops.negsamp.infonce_fused(*args, need_query=needs[0],
+                                               need_passage=needs[1], need_hard=needs[2])[0]
+    return torch.ops.negsamp.infonce(*args)[0]
 
 # ------------------------------------------------------------------ mining
 
@@ -607,9 +779,11 @@ class InfoNCELoss(torch.nn.Module):
                  symmetric: bool = False, share_hard: bool = True, mask_same_id: bool = True,
                  tau_plus: float = 0.0, beta: float = 0.0,
                  hard_negatives: Optional[int] = None, filter: Optional[dict] = None,
-                 sampler: Optional[dict] = None, learn_temperature: bool = False):
+                 sampler: Optional[dict] = None, learn_temperature: bool = False,
+                 group_weight: float = 0.0):
         super().__init__()
         self.temperature = float(temperature)
+        self.group_weight = float(group_weight)
         self.learn_temperature = learn_temperature
         if learn_temperature:
             if tau_plus > 0:
@@ -726,7 +900,12 @@ class InfoNCELoss(torch.nn.Module):
                 hard_keep: Optional[Tensor] = None, *, positive_id: Optional[Tensor] = None,
                 hard_id: Optional[Tensor] = None, extra: Optional[Tensor] = None,
                 extra_id: Optional[Tensor] = None, step: Optional[int] = None,
-                query_offset: Optional[int] = None) -> Tensor:
+                query_offset: Optional[int] = None, query_group: Optional[Tensor] = None,
+                positive_group: Optional[Tensor] = None, hard_group: Optional[Tensor] = None,
+                extra_group: Optional[Tensor] = None) -> Tensor:
+        """query_group (B) with positive_group (B), hard_group (B, C) and extra_group (E),
+        each optional: the same-group rule (group_weight of the module: 0 masks a candidate of
+        the query's group, (0, 1] down-weights it; the positive never)."""
         if self.normalize:
             query = torch.nn.functional.normalize(query, dim=-1)
             positive = torch.nn.functional.normalize(positive, dim=-1)
@@ -747,6 +926,9 @@ class InfoNCELoss(torch.nn.Module):
             if hard_keep is not None:
                 sel_keep = sel_keep & torch.gather(hard_keep.reshape(rows.shape[0], -1).bool(),
                                                    1, safe)
+            if hard_group is not None:
+                hard_group = torch.gather(hard_group.reshape(rows.shape[0], -1)
+                                          .to(torch.int64), 1, safe)
             hard_keep = sel_keep
         if self.training and step is None:
             self.step += 1
@@ -756,8 +938,8 @@ class InfoNCELoss(torch.nn.Module):
         if self.learn_temperature:
             query = query / self.log_temperature.exp().to(query.dtype)
             temperature = 1.0
-        loss, _, _ = torch.ops.negsamp.infonce(
+        return infonce_loss(
             query, positive, hard, hard_keep, extra, None, positive_id, hard_id, extra_id,
             temperature, self.symmetric, self.mask_same_id, self.tau_plus, self.beta,
-            self.share_hard)
-        return loss
+            self.share_hard, query_group, positive_group, hard_group, extra_group,
+            self.group_weight)

@@ -2,6 +2,7 @@
  * (cpu_infonce_backward.c): the checks of the host data, the blocks of candidates, the tile
  * sizes, the column facts of a tile and the f32 views of rows. */
 #include "cpu_infonce.h"
+#include "infonce_internal.h"
 
 #include <math.h>
 #include <string.h>
@@ -112,6 +113,14 @@ void ns_loss_plan_init(ns_loss_plan *p, ns_context *ctx, const ns_infonce_inputs
     p->ids.posid = NULL;
     p->ids.same = opt->mask_same_id;
     p->ids.h = p->h;
+    ns_loss_groups g;
+    ns_loss_groups_resolve(opt, &g);
+    p->grouped = g.query != NULL;
+    p->ids.qgroup = g.query;
+    p->ids.pgroup = g.passage;
+    p->ids.hgroup = p->h > 0 ? g.hard : NULL;
+    p->ids.egroup = p->E > 0 ? g.extra : NULL;
+    p->ids.group_adj = g.weight > 0.0f ? logf(g.weight) : -INFINITY;
     p->blk[p->nblocks++] = (ns_loss_block){in->passage, NS_BLK_PASSAGE, NULL};
     if (p->h > 0 && opt->share_hard) p->blk[p->nblocks++] = (ns_loss_block){in->hard, NS_BLK_HARD, NULL};
     if (p->E > 0) p->blk[p->nblocks++] = (ns_loss_block){in->extra, NS_BLK_EXTRA, NULL};
@@ -120,12 +129,14 @@ void ns_loss_plan_init(ns_loss_plan *p, ns_context *ctx, const ns_infonce_inputs
 }
 
 void ns_loss_columns(const ns_loss_plan *p, const ns_loss_block *b, int64_t j0, int64_t n,
-                     uint8_t *mask, int64_t *id, uint8_t *idok) {
+                     uint8_t *mask, int64_t *id, uint8_t *idok, int64_t *grp) {
     for (int64_t c = 0; c < n; c++) {
         int ok;
         mask[c] = (uint8_t)ns_loss_column(&p->ids, b->kind, j0 + c, &id[c], &ok);
         idok[c] = (uint8_t)ok;
     }
+    if (ns_loss_block_grouped(p, b))
+        for (int64_t c = 0; c < n; c++) grp[c] = ns_loss_col_group(&p->ids, b->kind, j0 + c);
 }
 
 void ns_loss_tiles_shape(const ns_loss_plan *p, ns_loss_tiles *t) {
@@ -148,6 +159,7 @@ void ns_loss_tiles_carve(const ns_loss_plan *p, ns_loss_tiles *t, ns_arena *a) {
     t->hbuf = (float *)ns_arena_carve(
         a, p->own_hard && in->hard.dtype != NS_F32 ? (size_t)(tb * h * d) * 4 : 0);
     t->cid = (int64_t *)ns_arena_carve(a, (size_t)tn * 8);
+    t->cgrp = (int64_t *)ns_arena_carve(a, p->grouped ? (size_t)tn * 8 : 0);
     t->cmask = (uint8_t *)ns_arena_carve(a, (size_t)tn);
     t->cidok = (uint8_t *)ns_arena_carve(a, (size_t)tn);
 }

@@ -27,6 +27,7 @@ typedef struct {
     int64_t B, N, d, h, E;
     int general;  /* tau_plus > 0 or beta > 0 */
     int sym, same, own_hard;
+    int grouped;  /* options->groups given: the same-group rule (ids.qgroup, ns_loss_math.h) */
     float tau, inv_tau, beta, tau_plus;
     int nblocks;
     ns_loss_block blk[3];
@@ -48,14 +49,32 @@ static inline int64_t ns_loss_pid(const ns_loss_plan *p, int64_t j) {
 static inline int64_t ns_loss_posid(const ns_loss_plan *p, int64_t i) {
     return ns_loss_pid(p, ns_loss_pos(p, i));
 }
-/* Hard row r masked for a query whose positive id is posid. */
-static inline int ns_loss_hard_masked(const ns_loss_plan *p, int64_t r, int64_t posid) {
-    return ns_loss_col_class(&p->ids, NS_BLK_HARD, 0, -1, posid, r) != NS_COL_NEGATIVE;
+/* Own hard negative r of query i masked for it (positive id posid; the same-group rule too). */
+static inline int ns_loss_hard_masked(const ns_loss_plan *p, int64_t i, int64_t r, int64_t posid) {
+    return ns_loss_col_class(&p->ids, NS_BLK_OWN, i, -1, posid, r) != NS_COL_NEGATIVE;
 }
 /* Per-column facts of a tile of block b, columns [j0, j0+n): mask[c] = 1 when masked for every
- * query; idok[c] = 1 when id[c] takes part in same-id masking. */
+ * query; idok[c] = 1 when id[c] takes part in same-id masking; grp[c] its group (grouped plans
+ * only, else grp is not written). */
 void ns_loss_columns(const ns_loss_plan *p, const ns_loss_block *b, int64_t j0, int64_t n,
-                     uint8_t *mask, int64_t *id, uint8_t *idok);
+                     uint8_t *mask, int64_t *id, uint8_t *idok, int64_t *grp);
+/* Whether block b's candidates can be in the query's group (the plan is grouped and the block
+ * has group ids). */
+static inline int ns_loss_block_grouped(const ns_loss_plan *p, const ns_loss_block *b) {
+    if (!p->grouped) return 0;
+    return (b->kind == NS_BLK_PASSAGE ? p->ids.pgroup
+            : b->kind == NS_BLK_HARD  ? p->ids.hgroup
+                                      : p->ids.egroup) != NULL;
+}
+/* The group adjustment of row x[0..n) of a block's tile for a query of group qg (>= 0) whose
+ * positive is column pc of the tile (-1: none): adj[c] = ids.group_adj where grp[c] == qg, else
+ * 0 (and 0 at the positive). */
+static inline void ns_loss_row_adj(const ns_loss_plan *p, const int64_t *grp, int64_t n,
+                                   int64_t qg, int64_t pc, float *adj) {
+    const float a = p->ids.group_adj;
+    for (int64_t c = 0; c < n; c++) adj[c] = grp[c] == qg ? a : 0.0f;
+    if (pc >= 0) adj[pc] = 0.0f;
+}
 
 /* The tile buffers forward and backward both carve from the scratch arena: the logit tile
  * (tb × tn), f32 copies of f16/bf16 query, candidate and own-hard tiles, and a tile's column
@@ -64,7 +83,7 @@ typedef struct {
     int64_t tb, tn;
     int half_cols;
     float *xt, *qbuf, *cbuf, *hbuf;
-    int64_t *cid;
+    int64_t *cid, *cgrp;
     uint8_t *cmask, *cidok;
 } ns_loss_tiles;
 
@@ -111,7 +130,10 @@ typedef struct {
     double *cmax, *csum;
     uint8_t *ispos;
     float *strip;  /* fused: the row tile's logit tiles, kept for the backward; else NULL */
+    int columns_done; /* fused symmetric: the column statistics were gathered first (a pass of
+                         their own), the row tiles leave them alone */
     float *rowbuf; /* fused: per thread, a row copy to mask (the strip keeps the raw logits) */
+    float *adjbuf; /* grouped: per thread, a row's group adjustments */
 } ns_loss_fwd;
 
 /* Carves w's buffers (its tiles too; not the strip or rowbuf); init after the real carve. */
@@ -119,6 +141,9 @@ void ns_loss_fwd_carve(ns_loss_fwd *w, ns_arena *a);
 void ns_loss_fwd_init(ns_loss_fwd *w);
 /* Rows [r0, r0+nb): every tile of every block, own hard negatives, the rows' finish. */
 void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *saved);
+/* Symmetric: the column statistics of rows [r0, r0+nb) alone (the passage tiles' GEMMs and
+ * column_update, as ns_loss_fwd_row_tile computes them) and their positive logits. */
+void ns_loss_fwd_column_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *saved);
 /* The symmetric terms, per_query (optional) and the mean loss, once every row tile is done. */
 float ns_loss_fwd_finish(const ns_loss_fwd *w, float *saved, float *per_query);
 

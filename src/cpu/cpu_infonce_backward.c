@@ -43,38 +43,41 @@ static float element_grad(const tile_info *t, int64_t cc, float xv, const float 
                                 p->same && t->cid[cc] == posid, is_pos);
 }
 
-/* Turns row x[0..nc) of logits into w·dL/ds in place, g being scratch; returns Σ dL/dl · l. */
+/* Turns row x[0..nc) of logits into w·dL/ds in place, g being scratch; returns Σ dL/dl · l.
+ * xa: NULL, or the row's logits with the group adjustments added (-inf: masked by the group
+ * rule), which the gradient is taken at (l + log w), while dl/dτ = -l/τ stays the raw logit's. */
 NS_LOSS_CLONES
-static float row_grad(const tile_info *t, float *x, float *g, const float *sv, int64_t pos,
-                      int64_t posid) {
+static float row_grad(const tile_info *t, float *x, const float *xa, float *g, const float *sv,
+                      int64_t pos, int64_t posid) {
     const ns_loss_plan *p = t->p;
     const int64_t nc = t->nc;
     const float shift = sv[NS_SAVED_SHIFT], cu = sv[NS_SAVED_CU], cv = sv[NS_SAVED_CV];
     const float beta = p->beta, beta1 = 1.0f + p->beta;
     const float *keepf = t->keepf;
+    const float *xe = xa ? xa : x;
     if (cu == 0.0f) {
         for (int64_t cc = 0; cc < nc; cc++) g[cc] = 0.0f;
     } else if (cv != 0.0f) {
         for (int64_t cc = 0; cc < nc; cc++) {
-            float gr = ns_loss_grad_reweighted(x[cc] - shift, cu, cv, beta);
-            g[cc] = keepf[cc] != 0.0f ? gr : 0.0f;
+            float gr = ns_loss_grad_reweighted(xe[cc] - shift, cu, cv, beta);
+            g[cc] = keepf[cc] != 0.0f && xe[cc] != -INFINITY ? gr : 0.0f;
         }
     } else {
         for (int64_t cc = 0; cc < nc; cc++) {
-            float gr = ns_loss_grad_plain(x[cc] - shift, cu, beta1);
-            g[cc] = keepf[cc] != 0.0f ? gr : 0.0f;
+            float gr = ns_loss_grad_plain(xe[cc] - shift, cu, beta1);
+            g[cc] = keepf[cc] != 0.0f && xe[cc] != -INFINITY ? gr : 0.0f;
         }
     }
     if (t->symcol) {
         const float *colc = t->colc;
         for (int64_t cc = 0; cc < nc; cc++) {
-            float es = ns_loss_exp(x[cc] - colc[cc]);
-            g[cc] += colc[cc] != INFINITY ? es : 0.0f;
+            float es = ns_loss_exp(xe[cc] - colc[cc]);
+            g[cc] += colc[cc] != INFINITY && xe[cc] != -INFINITY ? es : 0.0f;
         }
     }
     if (t->anyid)
         for (int64_t cc = 0; cc < nc; cc++)
-            if (t->cidok[cc] && t->cid[cc] == posid) g[cc] = element_grad(t, cc, x[cc], sv, pos, posid);
+            if (t->cidok[cc] && t->cid[cc] == posid) g[cc] = element_grad(t, cc, xe[cc], sv, pos, posid);
     if (t->passage && pos >= t->j0 && pos < t->j0 + nc)
         g[pos - t->j0] = element_grad(t, pos - t->j0, x[pos - t->j0], sv, pos, posid);
     float lt[NS_LANES];
@@ -103,6 +106,7 @@ typedef struct {
     ns_loss_block blk[3];
     ns_loss_tiles t;
     float *keepf, *gscratch, *colc;
+    float *adjbuf, *xabuf; /* grouped: per thread, a row's group adjustments and adjusted logits */
     int64_t *rpos, *rposid;
     double *rtau;
     float *strip; /* fused: the forward's logit tiles of this row tile (no recompute) */
@@ -116,6 +120,8 @@ static void bwd_carve(bwd_work *w, ns_arena *a, int carve_tiles) {
     if (carve_tiles) ns_loss_tiles_carve(p, &w->t, a);
     w->keepf = (float *)ns_arena_carve(a, (size_t)tn * 4);
     w->gscratch = (float *)ns_arena_carve(a, (size_t)p->nt * (size_t)tn * 4);
+    w->adjbuf = (float *)ns_arena_carve(a, p->grouped ? (size_t)p->nt * (size_t)tn * 4 : 0);
+    w->xabuf = (float *)ns_arena_carve(a, p->grouped ? (size_t)p->nt * (size_t)tn * 4 : 0);
     w->rpos = (int64_t *)ns_arena_carve(a, (size_t)tb * 8);
     w->rposid = (int64_t *)ns_arena_carve(a, (size_t)tb * 8);
     w->rtau = (double *)ns_arena_carve(a, (size_t)tb * 8);
@@ -172,7 +178,8 @@ static void bwd_block_tile(bwd_work *w, int b, const float *q, int64_t ldq, int6
     /* The logit tile: the fused call's forward kept it (the same sgemm's bits), else again. */
     float *xt = w->strip ? ns_loss_strip_tile(w->strip, p, b, nb, j0) : w->t.xt;
     if (!w->strip) ns_sgemm_nt(nb, nc, d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
-    ns_loss_columns(p, bk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok);
+    ns_loss_columns(p, bk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok, w->t.cgrp);
+    const int grouped = ns_loss_block_grouped(p, bk);
     tile_info ti = {p, j0, nc, passage, symcol, 0, w->keepf, symcol ? w->colc + j0 : NULL,
                     w->t.cid, w->t.cidok, w->t.cmask, wt};
     for (int64_t cc = 0; cc < nc; cc++) {
@@ -189,8 +196,17 @@ static void bwd_block_tile(bwd_work *w, int b, const float *q, int64_t ldq, int6
         tid = omp_get_thread_num();
 #endif
         const float *sv = saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY;
-        w->rtau[k] += (double)row_grad(&ti, xt + k * nc, w->gscratch + (int64_t)tid * w->t.tn,
-                                       sv, w->rpos[k], w->rposid[k]);
+        float *x = xt + k * nc, *xa = NULL;
+        if (grouped && p->ids.qgroup[r0 + k] >= 0) { /* the same-group rule: + -inf or log w */
+            float *adj = w->adjbuf + (int64_t)tid * w->t.tn;
+            const int64_t pos = w->rpos[k];
+            ns_loss_row_adj(p, w->t.cgrp, nc, p->ids.qgroup[r0 + k],
+                            passage && pos >= j0 && pos < j0 + nc ? pos - j0 : -1, adj);
+            xa = w->xabuf + (int64_t)tid * w->t.tn;
+            for (int64_t cc = 0; cc < nc; cc++) xa[cc] = x[cc] + adj[cc];
+        }
+        w->rtau[k] += (double)row_grad(&ti, x, xa, w->gscratch + (int64_t)tid * w->t.tn, sv,
+                                       w->rpos[k], w->rposid[k]);
     }
     if (gq) ns_sgemm_nn(nb, d, nc, 1.0f, xt, nc, c, ldc, 1.0f, gq + r0 * d, d);
     if (bk->grad) ns_sgemm_tn(nc, d, nb, 1.0f, xt, nc, q, ldq, 1.0f, bk->grad + j0 * d, d);
@@ -214,11 +230,13 @@ static void bwd_own_hard(bwd_work *w, const float *q, int64_t ldq, int64_t r0, i
         if (cu == 0.0f) continue; /* clamped or no negatives: no gradient here */
         for (int64_t r = 0; r < h; r++) {
             const int64_t R = (r0 + k) * h + r;
-            if (ns_loss_hard_masked(p, R, w->rposid[k])) continue;
+            if (ns_loss_hard_masked(p, r0 + k, r, w->rposid[k])) continue;
             const float *hr = hq + (k * h + r) * ldh;
             float s = 0.0f;
             for (int64_t e = 0; e < d; e++) s += qk[e] * hr[e];
-            const float xv = s * p->inv_tau, e = xv - shift;
+            /* the gradient at l + log w (same-group rule), dl/dτ of the raw l */
+            const float xv = s * p->inv_tau,
+                        e = xv + ns_loss_group_adj(&p->ids, NS_BLK_OWN, r0 + k, -1, r) - shift;
             const float g = cv != 0.0f ? ns_loss_grad_reweighted(e, cu, cv, beta)
                                        : ns_loss_grad_plain(e, cu, beta1);
             tacc += (double)g * (double)xv;
@@ -301,14 +319,18 @@ ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
 
 /* ------------------------------------------------------------------ fused forward + backward */
 
-/* The strip of one row tile (every block's columns) is capped: beyond it, or for the symmetric
- * loss (whose column statistics need every row before any gradient), the fused call runs the
- * forward, then the backward. tb × columns: 2048 × 16384 logits are 128 MiB. */
+/* The strip of one row tile (every block's columns) is capped: beyond it the fused call runs
+ * the forward, then the backward. tb × columns: 2048 × 16384 logits are 128 MiB. The symmetric
+ * loss's gradients need every row's column statistics: a first pass gathers them (the passage
+ * tiles' GEMMs only), then each row tile runs forward and backward on its strip — four GEMMs per
+ * passage tile as the two calls (the column pass cannot be avoided without keeping all B × N
+ * logits), three per hard or extra tile, and the same bits as the two calls. */
 #define NS_LOSS_STRIP_BYTES ((int64_t)256 << 20)
 
 typedef struct {
     ns_loss_fwd f;
     bwd_work b;
+    float *clse; /* symmetric: each query's column log-sum-exp, from the column pass */
 } fused_work;
 
 static void fused_layout(void *plan, ns_arena *a) {
@@ -321,6 +343,23 @@ static void fused_layout(void *plan, ns_arena *a) {
     w->b.t = w->f.t; /* the forward's tiles */
     bwd_carve(&w->b, a, 0);
     w->b.strip = w->f.strip;
+    w->clse = (float *)ns_arena_carve(a, p->sym ? (size_t)p->B * sizeof(float) : 0);
+}
+
+/* Symmetric: every row tile's column statistics and positive logits, then each query's column
+ * log-sum-exp (the value the forward's finish saves) and the backward's column factors. */
+static void fused_columns(fused_work *w, float *saved) {
+    const ns_loss_plan *p = w->f.p;
+    for (int64_t r0 = 0; r0 < p->B; r0 += w->f.t.tb)
+        ns_loss_fwd_column_tile(&w->f, r0, p->B - r0 < w->f.t.tb ? p->B - r0 : w->f.t.tb, saved);
+    for (int64_t i = 0; i < p->B; i++) {
+        float *sv = saved + i * NS_INFONCE_SAVED_PER_QUERY;
+        const int64_t j = ns_loss_pos(p, i);
+        w->clse[i] = (float)ns_loss_column_lse(w->f.cmax[j], w->f.csum[j], sv[NS_SAVED_LPOS], p->same);
+        sv[NS_SAVED_COLLSE] = w->clse[i];
+    }
+    bwd_column_factors(p, saved, w->b.colc);
+    w->f.columns_done = 1;
 }
 
 ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
@@ -338,7 +377,7 @@ ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inpu
     w.f.p = w.b.p = p;
     ns_loss_tiles_shape(p, &w.f.t);
     const int64_t cols = ns_loss_block_base(p, p->nblocks);
-    if (p->sym || w.f.t.tb * cols * (int64_t)sizeof(float) > NS_LOSS_STRIP_BYTES) {
+    if (w.f.t.tb * cols * (int64_t)sizeof(float) > NS_LOSS_STRIP_BYTES) {
         if ((st = ns_cpu_infonce_forward(ctx, in, opt, loss, per_query, saved))) return st;
         return ns_cpu_infonce_backward(ctx, in, opt, saved, grad_loss, grads);
     }
@@ -350,12 +389,16 @@ ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inpu
     if (gq) memset(gq, 0, (size_t)(B * d) * 4);
     if (gp) memset(gp, 0, (size_t)(N * d) * 4);
     if (gh) memset(gh, 0, (size_t)(B * h * d) * 4);
-    const double wl = (double)grad_loss / (double)B;
+    if (p->sym) fused_columns(&w, saved);
+    const double wl = (double)grad_loss / (double)B * (p->sym ? 0.5 : 1.0);
     const float wt = (float)(wl / p->tau);
     double tau_sum = 0.0, tau_explicit = 0.0;
     for (int64_t r0 = 0; r0 < B; r0 += w.f.t.tb) {
         const int64_t nb = B - r0 < w.f.t.tb ? B - r0 : w.f.t.tb;
         ns_loss_fwd_row_tile(&w.f, r0, nb, saved);
+        if (p->sym) /* the row finish cleared it; the backward's same-id columns read it */
+            for (int64_t k = 0; k < nb; k++)
+                saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_COLLSE] = w.clse[r0 + k];
         bwd_row_tile(&w.b, r0, nb, saved, grads, wt, &tau_sum, &tau_explicit);
     }
     *loss = ns_loss_fwd_finish(&w.f, saved, per_query);

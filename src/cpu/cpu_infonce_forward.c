@@ -106,8 +106,8 @@ static void row_update(const float *x, int64_t n, float beta, float *m, double *
 /* Column statistics of the positive passages over the queries of this tile (symmetric loss):
  * cmax/csum hold max and Σ e^{l − max} over the unmasked queries k of each passage column. */
 static void column_update(const ns_loss_plan *p, const float *xt, int64_t nb, int64_t nc,
-                          int64_t j0, const int64_t *rposid, const uint8_t *ispos, double *cmax,
-                          double *csum) {
+                          int64_t r0, int64_t j0, const int64_t *rposid, const uint8_t *ispos,
+                          double *cmax, double *csum) {
     int64_t chunks = (nc + 63) / 64;
 #pragma omp parallel for num_threads(p->nt) schedule(static)
     for (int64_t ch = 0; ch < chunks; ch++) {
@@ -119,25 +119,24 @@ static void column_update(const ns_loss_plan *p, const float *xt, int64_t nb, in
             tsum[c - c0] = 0.0;
             pid[c - c0] = ns_loss_pid(p, j0 + c);
         }
+        /* ns_loss_col_logit: -inf = query k out of column j (same id, group mask) */
         for (int64_t k = 0; k < nb; k++) {
             const float *x = xt + k * nc;
             for (int64_t c = c0; c < c1; c++) {
-                if (!ispos[j0 + c] || (p->same && rposid[k] == pid[c - c0])) continue;
-                if (x[c] > tmax[c - c0]) tmax[c - c0] = x[c];
+                if (!ispos[j0 + c]) continue;
+                const float v = ns_loss_col_logit(&p->ids, r0 + k, rposid[k], pid[c - c0], j0 + c, x[c]);
+                if (v > tmax[c - c0]) tmax[c - c0] = v;
             }
         }
-        for (int64_t c = c0; c < c1; c++) {
-            int64_t j = j0 + c;
-            if (!ispos[j] || tmax[c - c0] == -INFINITY) continue;
-            double mn = tmax[c - c0] > cmax[j] ? tmax[c - c0] : cmax[j];
-            csum[j] *= exp(cmax[j] - mn);
-            cmax[j] = mn;
-        }
+        for (int64_t c = c0; c < c1; c++)
+            if (ispos[j0 + c]) ns_loss_lse_rescale(&cmax[j0 + c], &csum[j0 + c], tmax[c - c0]);
         for (int64_t k = 0; k < nb; k++) {
             const float *x = xt + k * nc;
             for (int64_t c = c0; c < c1; c++) {
-                if (!ispos[j0 + c] || (p->same && rposid[k] == pid[c - c0])) continue;
-                tsum[c - c0] += (double)ns_loss_exp((float)((double)x[c] - cmax[j0 + c]));
+                if (!ispos[j0 + c]) continue;
+                const float v = ns_loss_col_logit(&p->ids, r0 + k, rposid[k], pid[c - c0], j0 + c, x[c]);
+                if (v == -INFINITY) continue;
+                tsum[c - c0] += (double)ns_loss_exp((float)((double)v - cmax[j0 + c]));
             }
         }
         for (int64_t c = c0; c < c1; c++) csum[j0 + c] += tsum[c - c0];
@@ -162,6 +161,7 @@ void ns_loss_fwd_carve(ns_loss_fwd *w, ns_arena *a) {
     w->cmax = p->sym ? (double *)ns_arena_carve(a, (size_t)p->N * 8) : NULL;
     w->csum = p->sym ? (double *)ns_arena_carve(a, (size_t)p->N * 8) : NULL;
     w->ispos = p->sym ? (uint8_t *)ns_arena_carve(a, (size_t)p->N) : NULL;
+    w->adjbuf = (float *)ns_arena_carve(a, p->grouped ? (size_t)(p->nt * w->t.tn) * 4 : 0);
 }
 
 static void fwd_layout(void *plan, ns_arena *a) { ns_loss_fwd_carve((ns_loss_fwd *)plan, a); }
@@ -196,6 +196,7 @@ static void fwd_block_tile(const fwd_work *w, const ns_loss_block *blk, int64_t 
     const int passage = blk->kind == NS_BLK_PASSAGE;
     const uint8_t *cmask = w->t.cmask, *cidok = w->t.cidok;
     const int64_t *cid = w->t.cid;
+    const int grouped = ns_loss_block_grouped(p, blk);
     /* Row-independent masks, and whether any id can match a row's positive id (passage rows
      * without passage_id only match at the positive itself). */
     int anymask = 0, anyid = 0;
@@ -207,11 +208,11 @@ static void fwd_block_tile(const fwd_work *w, const ns_loss_block *blk, int64_t 
 #pragma omp parallel for num_threads(ns_loss_elem_threads(p->nt, nb * nc)) schedule(static)
     for (int64_t k = 0; k < nb; k++) {
         float *x = xt + k * nc;
-        if (w->rowbuf) { /* fused: mask a copy, the strip keeps the raw logits */
-            int tid = 0;
+        int tid = 0;
 #ifdef _OPENMP
-            tid = omp_get_thread_num();
+        tid = omp_get_thread_num();
 #endif
+        if (w->rowbuf) { /* fused: mask a copy, the strip keeps the raw logits */
             float *copy = w->rowbuf + (int64_t)tid * w->t.tn;
             memcpy(copy, x, (size_t)nc * sizeof(float));
             x = copy;
@@ -225,6 +226,11 @@ static void fwd_block_tile(const fwd_work *w, const ns_loss_block *blk, int64_t 
         if (anyid)
             for (int64_t cc = 0; cc < nc; cc++)
                 if (cidok[cc] && cid[cc] == posid) x[cc] = -INFINITY;
+        if (grouped && p->ids.qgroup[r0 + k] >= 0) { /* the same-group rule: + -inf or log w */
+            float *adj = w->adjbuf + (int64_t)tid * w->t.tn;
+            ns_loss_row_adj(p, w->t.cgrp, nc, p->ids.qgroup[r0 + k], -1, adj);
+            for (int64_t cc = 0; cc < nc; cc++) x[cc] += adj[cc];
+        }
         if (has_pos) x[pos - j0] = -INFINITY;
         row_update(x, nc, p->beta, &w->rs.m[k], &w->rs.a[k], &w->rs.w[k], &w->rs.n[k]);
     }
@@ -243,15 +249,14 @@ static void fwd_own_hard(const fwd_work *w, const float *q, int64_t ldq, int64_t
         for (int64_t r0h = 0; r0h < h; r0h += 64) {
             int64_t nh = h - r0h < 64 ? h - r0h : 64;
             for (int64_t r = 0; r < nh; r++) {
-                int64_t R = (r0 + k) * h + r0h + r;
-                if (ns_loss_hard_masked(p, R, w->rs.posid[k])) {
+                if (ns_loss_hard_masked(p, r0 + k, r0h + r, w->rs.posid[k])) {
                     x[r] = -INFINITY;
                     continue;
                 }
                 const float *hr = hq + (k * h + r0h + r) * ldh;
                 float s = 0.0f;
                 for (int64_t e = 0; e < d; e++) s += qk[e] * hr[e];
-                x[r] = s * p->inv_tau;
+                x[r] = s * p->inv_tau + ns_loss_group_adj(&p->ids, NS_BLK_OWN, r0 + k, -1, r0h + r);
             }
             row_update(x, nh, p->beta, &w->rs.m[k], &w->rs.a[k], &w->rs.w[k], &w->rs.n[k]);
         }
@@ -280,9 +285,9 @@ void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *s
             const float *c = ns_loss_view(blk->m, j0, nc, w->t.cbuf, &ldc, nt);
             float *xt = w->strip ? ns_loss_strip_tile(w->strip, p, b, nb, j0) : w->t.xt;
             ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
-            ns_loss_columns(p, blk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok);
-            if (p->sym && blk->kind == NS_BLK_PASSAGE)
-                column_update(p, xt, nb, nc, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
+            ns_loss_columns(p, blk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok, w->t.cgrp);
+            if (p->sym && blk->kind == NS_BLK_PASSAGE && !w->columns_done)
+                column_update(p, xt, nb, nc, r0, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
             fwd_block_tile(w, blk, r0, nb, j0, nc, xt, saved);
         }
     }
@@ -290,6 +295,29 @@ void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *s
     for (int64_t k = 0; k < nb; k++)
         ns_loss_row_finish(p->general, p->tau, p->tau_plus, p->beta, w->rs.m[k], w->rs.a[k],
                            w->rs.w[k], w->rs.n[k], saved + (r0 + k) * NS_INFONCE_SAVED_PER_QUERY);
+}
+
+void ns_loss_fwd_column_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *saved) {
+    const ns_loss_plan *p = w->p;
+    const ns_loss_block *blk = &p->blk[0]; /* the passages */
+    int64_t ldq;
+    const float *q = ns_loss_view(p->in->query, r0, nb, w->t.qbuf, &ldq, p->nt);
+    for (int64_t k = 0; k < nb; k++) {
+        w->rs.pos[k] = ns_loss_pos(p, r0 + k);
+        w->rs.posid[k] = ns_loss_pid(p, w->rs.pos[k]);
+    }
+    for (int64_t j0 = 0; j0 < blk->m.rows; j0 += w->t.tn) {
+        const int64_t nc = blk->m.rows - j0 < w->t.tn ? blk->m.rows - j0 : w->t.tn;
+        int64_t ldc;
+        const float *c = ns_loss_view(blk->m, j0, nc, w->t.cbuf, &ldc, p->nt);
+        ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->t.xt, nc);
+        column_update(p, w->t.xt, nb, nc, r0, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
+        for (int64_t k = 0; k < nb; k++) {
+            const int64_t pc = w->rs.pos[k] - j0;
+            if (pc >= 0 && pc < nc)
+                saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = w->t.xt[k * nc + pc];
+        }
+    }
 }
 
 float ns_loss_fwd_finish(const ns_loss_fwd *w, float *saved, float *per_query) {

@@ -122,3 +122,10 @@ ns_status ns_cpu_step_scatter(ns_context *ctx, int64_t rows, int64_t d, const fl
     }
     return NS_OK;
 }
+
+ns_status ns_cpu_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row,
+                                 const int64_t *src, int64_t *dst) {
+    (void)ctx;
+    for (int64_t r = 0; r < n; r++) dst[r] = row[r] >= 0 ? src[row[r]] : -1;
+    return NS_OK;
+}

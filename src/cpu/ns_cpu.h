@@ -130,6 +130,9 @@ ns_status ns_cpu_step_mix_mask(ns_context *ctx, int64_t B, int64_t C, const uint
 ns_status ns_cpu_step_mix_merge(ns_context *ctx, int64_t B, const int64_t *hard, int64_t h,
                                const int64_t *rnd, int64_t hr, int64_t *id, int64_t *count);
 
+/* dst[r] = row[r] >= 0 ? src[row[r]] : -1 (r < n): the sampled hard negatives' group ids. */
+ns_status ns_cpu_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row,
+                                 const int64_t *src, int64_t *dst);
 
 #ifdef __cplusplus
 }

@@ -36,13 +36,16 @@ enum { NS_BLK_PASSAGE = 0, NS_BLK_HARD = 1, NS_BLK_EXTRA = 2, NS_BLK_OWN = 3 };
 /* What column j of a block is for query i. */
 enum { NS_COL_NEGATIVE = 0, NS_COL_MASKED = 1, NS_COL_POSITIVE = 2 };
 
-/* The id arrays of ns_infonce_inputs and the same-id rule. */
+/* The id arrays of ns_infonce_inputs, the same-id rule and the same-group rule
+ * (options->groups: qgroup NULL = off). */
 typedef struct {
     const int64_t *positive, *passage_id, *hard_id, *extra_id;
     const uint8_t *hard_keep;
     const int64_t *posid; /* CUDA: the id of each query's positive, filled on the device */
     int same;             /* options->mask_same_id */
     int64_t h;            /* hard_per_query */
+    const int64_t *qgroup, *pgroup, *hgroup, *egroup; /* B, N, B·h, E group ids; < 0 = none */
+    float group_adj;      /* added to a same-group logit: -inf (mask) or log(weight) */
 } ns_loss_ids;
 
 NS_HD NS_MATH_INLINE int64_t ns_loss_positive(const ns_loss_ids *d, int64_t i) {
@@ -80,10 +83,34 @@ NS_HD NS_MATH_INLINE int ns_loss_column(const ns_loss_ids *d, int kind, int64_t 
     return 0;
 }
 
-/* Column j of a block for query i (positive row pos, positive id posid): NS_COL_*. */
+/* The group of column j of a block (kind PASSAGE, HARD or EXTRA; -1: none). */
+NS_HD NS_MATH_INLINE int64_t ns_loss_col_group(const ns_loss_ids *d, int kind, int64_t j) {
+    const int64_t *g = kind == NS_BLK_PASSAGE ? d->pgroup : kind == NS_BLK_HARD ? d->hgroup : d->egroup;
+    return g ? g[j] : -1;
+}
+
+/* The same-group rule (ClusterNS-style false negatives): the logit of query i and column j of a
+ * block (its own hard row for NS_BLK_OWN) gets group_adj added — -inf masks it, log w
+ * down-weights it — when both are in one group (>= 0). The positive of the row (pos) never is:
+ * one rule per logit, so the symmetric column term sees the same logits as the rows. */
+NS_HD NS_MATH_INLINE float ns_loss_group_adj(const ns_loss_ids *d, int kind, int64_t i,
+                                             int64_t pos, int64_t j) {
+    if (!d->qgroup || d->qgroup[i] < 0) return 0.0f;
+    if (kind == NS_BLK_PASSAGE && j == pos) return 0.0f;
+    if (kind == NS_BLK_OWN) {
+        kind = NS_BLK_HARD;
+        j = i * d->h + j;
+    }
+    return ns_loss_col_group(d, kind, j) == d->qgroup[i] ? d->group_adj : 0.0f;
+}
+
+/* Column j of a block for query i (positive row pos, positive id posid): NS_COL_*. A same-group
+ * column masked by the group rule is NS_COL_MASKED; a down-weighted one stays a negative (its
+ * logit + ns_loss_group_adj enters the formulas). */
 NS_HD NS_MATH_INLINE int ns_loss_col_class(const ns_loss_ids *d, int kind, int64_t i, int64_t pos,
                                            int64_t posid, int64_t j) {
     if (kind == NS_BLK_PASSAGE && j == pos) return NS_COL_POSITIVE;
+    if (ns_loss_group_adj(d, kind, i, pos, j) == -INFINITY) return NS_COL_MASKED;
     if (kind == NS_BLK_OWN) {
         kind = NS_BLK_HARD;
         j = i * d->h + j;
@@ -92,6 +119,26 @@ NS_HD NS_MATH_INLINE int ns_loss_col_class(const ns_loss_ids *d, int kind, int64
     int idok;
     if (ns_loss_column(d, kind, j, &id, &idok)) return NS_COL_MASKED;
     return idok && id == posid ? NS_COL_MASKED : NS_COL_NEGATIVE;
+}
+
+/* The logit of query i (positive id posid_i) in the symmetric passage→query term of passage
+ * column j (id pid_j), x being the raw logit: -inf when query i is out of the column (the
+ * same-id rule: i's positive has j's id — column_lse adds i itself back; the group mask), else
+ * x plus the group adjustment. Both backends' column statistics. */
+NS_HD NS_MATH_INLINE float ns_loss_col_logit(const ns_loss_ids *d, int64_t i, int64_t posid_i,
+                                             int64_t pid_j, int64_t j, float x) {
+    if (d->same && posid_i == pid_j) return -INFINITY;
+    return d->qgroup ? x + ns_loss_group_adj(d, NS_BLK_PASSAGE, i, ns_loss_positive(d, i), j) : x;
+}
+
+/* Running column statistics (max m, s = Σ e^{x − m}) meeting a tile whose maximum is tmax: m
+ * becomes the larger, s is rescaled to it; the tile's Σ e^{x − m} (taken after) is added. The
+ * merge both backends' column statistics use, in a fixed order of tiles. */
+NS_HD NS_MATH_INLINE void ns_loss_lse_rescale(double *m, double *s, double tmax) {
+    if (tmax == -INFINITY) return;
+    const double mn = tmax > *m ? tmax : *m;
+    *s *= exp(*m - mn);
+    *m = mn;
 }
 
 /* The query→passage loss L_i of one row from its statistics (m: max negative logit, a = A',
@@ -223,7 +270,8 @@ NS_HD NS_MATH_INLINE ns_loss_factors ns_loss_row_factors(const float *sv) {
 
 /* dL/dl of one logit xv of class cl (NS_COL_*). symcol: a passage column of the symmetric loss
  * with column factor colc (+inf: not a positive column); same_id: the column's id is the row's
- * positive id under the same-id rule; is_pos: the column is the row's positive. */
+ * positive id under the same-id rule; is_pos: the column is the row's positive. xv includes the
+ * group adjustment (-inf: masked by the group rule, out of the column term too). */
 NS_HD NS_MATH_INLINE float ns_loss_element_grad(const ns_loss_factors *f, float beta, int cl,
                                                 float xv, int symcol, float colc, int same_id,
                                                 int is_pos) {
@@ -235,7 +283,7 @@ NS_HD NS_MATH_INLINE float ns_loss_element_grad(const ns_loss_factors *f, float 
         g = f->cv != 0.0f ? ns_loss_grad_reweighted(e, f->cu, f->cv, beta)
                           : ns_loss_grad_plain(e, f->cu, 1.0f + beta);
     }
-    if (symcol && colc != INFINITY) {
+    if (symcol && colc != INFINITY && xv != -INFINITY) {
         if (same_id) {
             if (is_pos) g += ns_loss_expf(xv - f->clse) - 1.0f;
         } else {

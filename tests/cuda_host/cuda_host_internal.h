@@ -10,6 +10,8 @@ namespace cuda_host {
 
 struct Config {
     bool reverse = false;        // NS_CUDA_HOST_ORDER=reverse: fibers of a block in reverse order
+    bool shuffle = false;        // NS_CUDA_HOST_ORDER=shuffle[:seed]: blocks of a grid and fibers
+    unsigned long long seed = 0; //   of a block in a seeded random order (new order per launch)
     int devices = 1;             // NS_CUDA_HOST_DEVICES=N emulated devices
     bool abort_on_fault = false; // NS_CUDA_HOST_ABORT=1: abort() at the first fault (for a debugger)
     bool quiet = false;          // NS_CUDA_HOST_QUIET=1: no diagnostics for API errors (faults still print)

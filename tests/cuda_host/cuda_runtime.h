@@ -16,6 +16,10 @@ extern "C" {
 // cudaFree, and any copy from or to pageable host memory (a real GPU runs those synchronously
 // with the host). Tests take the difference around a call.
 unsigned long long cuda_host_sync_count(void);
+// The order the layer runs blocks and threads in from now on (as NS_CUDA_HOST_ORDER): 0 forward,
+// 1 reverse (threads of a block), 2 shuffled (blocks of a grid and threads of a block in a random
+// order drawn from seed and a launch counter). Tests that compare results across orders.
+void cuda_host_set_order(int order, unsigned long long seed);
 #ifdef __cplusplus
 }
 #endif

@@ -163,6 +163,13 @@ __global__ void k_fill(float *out, int n, float value) {
 
 namespace faults {
 
+__global__ void k_run_order(int *counter, int *out) {
+    out[atomicAdd(counter, 1)] = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+}
+cudaError_t run_order(int *counter, int *out, int blocks, int threads, cudaStream_t s) {
+    k_run_order<<<blocks, threads, 0, s>>>(counter, out);
+    return cudaGetLastError();
+}
 cudaError_t reverse(const float *in, float *out, int n, int with_barrier, cudaStream_t s) {
     k_reverse<<<1, n, 0, s>>>(in, out, n, with_barrier);
     return cudaGetLastError();

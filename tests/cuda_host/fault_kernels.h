@@ -36,6 +36,9 @@ struct Holder {
 cudaError_t struct_arg(Holder h, float *out, cudaStream_t s = 0);
 // A launch with the given block and grid (an empty kernel).
 cudaError_t empty(dim3 grid, dim3 block, cudaStream_t s = 0);
+// The order blocks and threads ran in: out[k] = the linear id (block · threads + thread) of
+// the k-th thread to run (an atomic counter; blocks × threads ≤ n entries).
+cudaError_t run_order(int *counter, int *out, int blocks, int threads, cudaStream_t s = 0);
 // out[i] = value for i < n, on stream s (grid-stride).
 cudaError_t fill(float *out, int n, float value, cudaStream_t s = 0);
 

@@ -21,6 +21,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <random>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -56,6 +57,8 @@ Config &config_mut() {
         Config k;
         const char *o = getenv("NS_CUDA_HOST_ORDER");
         k.reverse = o && strcmp(o, "reverse") == 0;
+        k.shuffle = o && strncmp(o, "shuffle", 7) == 0;
+        if (k.shuffle && o[7] == ':') k.seed = strtoull(o + 8, nullptr, 10);
         const char *d = getenv("NS_CUDA_HOST_DEVICES");
         k.devices = d ? atoi(d) : 1;
         if (k.devices < 0) k.devices = 0;
@@ -878,6 +881,10 @@ static std::unordered_map<const void *, int> &func_smem_attr() {
 static const size_t kStaticSmemMax = 48 * 1024;
 static const size_t kSmemOptinMax = 227 * 1024;
 
+// Shuffled order (Config::shuffle): one generator, reseeded from the seed and a launch counter.
+static std::mt19937_64 g_order_rng;
+static unsigned long long g_launches = 0;
+
 static void run_block(KernelRun &K, int nthreads) {
     Sched &S = g_sched;
     S.n = nthreads;
@@ -900,10 +907,14 @@ static void run_block(KernelRun &K, int nthreads) {
         fiber_init(f);
     }
     const bool rev = config().reverse;
+    static std::vector<int> order;
+    order.resize(nthreads);
+    for (int i = 0; i < nthreads; i++) order[i] = rev ? nthreads - 1 - i : i;
+    if (config().shuffle) std::shuffle(order.begin(), order.end(), g_order_rng);
     for (;;) {
         bool ran = false;
         for (int i = 0; i < nthreads && !S.error; i++) {
-            Fiber *f = &S.fibers[rev ? nthreads - 1 - i : i];
+            Fiber *f = &S.fibers[order[i]];
             if (f->state != F_READY) continue;
             run_fiber(f);
             ran = true;
@@ -969,9 +980,20 @@ static void run_kernel(KernelRun &K) {
     g_static_bytes = 0;
     g_static_seen.clear();
     bool failed = false;
-    for (unsigned z = 0; z < s.grid.z && !failed; z++)
-        for (unsigned y = 0; y < s.grid.y && !failed; y++)
-            for (unsigned x = 0; x < s.grid.x && !failed; x++) {
+    // Blocks in index order, or (shuffle) in a random permutation: results must not depend on it.
+    const uint64_t nblocks = (uint64_t)s.grid.x * s.grid.y * s.grid.z;
+    std::vector<uint64_t> border;
+    if (config().shuffle) {
+        g_order_rng.seed(config().seed * 0x9e3779b97f4a7c15ull + ++g_launches);
+        border.resize(nblocks);
+        for (uint64_t b = 0; b < nblocks; b++) border[b] = b;
+        std::shuffle(border.begin(), border.end(), g_order_rng);
+    }
+    for (uint64_t b = 0; b < nblocks && !failed; b++) {
+        const uint64_t lb = border.empty() ? b : border[b];
+        const unsigned x = (unsigned)(lb % s.grid.x), y = (unsigned)(lb / s.grid.x % s.grid.y),
+                       z = (unsigned)(lb / ((uint64_t)s.grid.x * s.grid.y));
+        {
                 t_block_idx = uint3{x, y, z};
                 t_block_dim = s.block;
                 t_grid_dim = s.grid;
@@ -1010,6 +1032,7 @@ static void run_kernel(KernelRun &K) {
                     failed = true;
                 }
             }
+    }
     asan_unpoison(dyn, s.shm + tail);
     free(dyn);
 }
@@ -1121,6 +1144,12 @@ using namespace cuda_host;
 // for the device or that a real GPU runs synchronously with the host — device, stream and event
 // synchronisation, cudaMemcpy, cudaFree, and copies from or to pageable host memory.
 static unsigned long long g_host_syncs = 0;
+extern "C" void cuda_host_set_order(int order, unsigned long long seed) {
+    std::lock_guard<std::recursive_mutex> lock(g_mu);
+    config_mut().reverse = order == 1;
+    config_mut().shuffle = order == 2;
+    config_mut().seed = seed;
+}
 extern "C" unsigned long long cuda_host_sync_count(void) {
     std::lock_guard<std::recursive_mutex> lock(g_mu);
     return g_host_syncs;

@@ -34,6 +34,7 @@ class Layer : public ::testing::Test {
     }
     void TearDown() override {
         cuda_host::config_mut().reverse = saved_reverse;
+        cuda_host::config_mut().shuffle = false;
         cuda_host::config_mut().devices = 1;
         cudaSetDevice(0);
         cudaDeviceReset();
@@ -521,4 +522,37 @@ TEST_F(Layer, HalfAndBfloat16ConversionsRoundToNearestEven) {
     EXPECT_EQ(__bfloat162float(__float2bfloat16_rn(1.0f + 1.0f / 256)), 1.0f);
     EXPECT_EQ(__bfloat162float(__float2bfloat16_rn(1.0f + 3.0f / 256)), 1.0f + 1.0f / 64);
     EXPECT_TRUE(std::isnan(__bfloat162float(__float2bfloat16_rn(NAN))));
+}
+
+// NS_CUDA_HOST_ORDER=shuffle / cuda_host_set_order(2, seed): blocks of a grid and threads of a
+// block run in a seeded random order — a permutation, a new one per launch, the same for the
+// same seed and launch count; forward and reverse keep the block order.
+TEST_F(Layer, ShuffledOrderPermutesBlocksAndThreads) {
+    const int blocks = 16, threads = 32, n = blocks * threads;
+    auto run = [&](int order, unsigned long long seed) {
+        cuda_host_set_order(order, seed);
+        Dev<int> counter(std::vector<int>(1, 0)), out(std::vector<int>(n, -1));
+        EXPECT_EQ(faults::run_order(counter.p, out.p, blocks, threads), cudaSuccess);
+        std::vector<int> h(n);
+        EXPECT_EQ(cudaMemcpy(h.data(), out.p, n * sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+        cuda_host_set_order(0, 0);
+        return h;
+    };
+    std::vector<int> ident(n);
+    for (int i = 0; i < n; i++) ident[i] = i;
+    EXPECT_EQ(run(0, 0), ident);
+    std::vector<int> rev = run(1, 0);  // threads reversed within a block, blocks in order
+    EXPECT_EQ(rev[0], threads - 1);
+    EXPECT_EQ(rev[threads], 2 * threads - 1);
+    std::vector<int> a = run(2, 7), b = run(2, 7);
+    for (const auto &v : {a, b}) {
+        std::vector<int> sorted = v;
+        std::sort(sorted.begin(), sorted.end());
+        EXPECT_EQ(sorted, ident) << "not a permutation";
+        EXPECT_NE(v, ident);
+        bool blocks_moved = false;  // the first thread to run is not always of block 0
+        for (int k = 0; k < n; k += threads) blocks_moved |= v[k] / threads != k / threads;
+        EXPECT_TRUE(blocks_moved);
+    }
+    EXPECT_NE(a, b) << "a new order per launch";
 }

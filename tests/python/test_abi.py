@@ -30,6 +30,7 @@ INITS = [("ns_context_options", "NS_CONTEXT_OPTIONS_INIT", _ffi.context_options_
          ("ns_filter_options", "NS_FILTER_OPTIONS_INIT", _ffi.filter_options_init),
          ("ns_sampler_options", "NS_SAMPLER_OPTIONS_INIT", _ffi.sampler_options_init),
          ("ns_loss_options", "NS_LOSS_OPTIONS_INIT", _ffi.loss_options_init),
+         ("ns_loss_groups", "NS_LOSS_GROUPS_INIT", _ffi.loss_groups_init),
          ("ns_comm_options", "NS_COMM_OPTIONS_INIT", _ffi.comm_options_init),
          ("ns_step_options", "NS_STEP_OPTIONS_INIT", _ffi.step_options_init),
          ("ns_corpus_sampler_options", "NS_CORPUS_SAMPLER_OPTIONS_INIT",

@@ -131,6 +131,25 @@ def test_step_equals_filter_sample_infonce(rng, with_ids):
     np.testing.assert_allclose(g.candidate.reshape(B * C, d), gc, rtol=1e-5, atol=1e-6)
 
 
+def test_step_forward_only_gives_the_same_loss_and_gradients(rng):
+    # The CPU step computes its gradients in the forward unless forward_only: both give the
+    # same loss, and the backward after a forward_only forward the same gradients.
+    require("ns_step_forward", "ns_step_backward")
+    B, C, h, d = 6, 5, 2, 8
+    q, p = (rng.standard_normal((B, d)).astype(np.float32) for _ in range(2))
+    cand = rng.standard_normal((B, C, d)).astype(np.float32)
+    out = []
+    for fo in (False, True):
+        st = negsamp.Step(h, sampler=dict(strategy="uniform", seed=3), forward_only=fo)
+        r = st.forward(q, p, cand)
+        out.append((r.loss, st.backward(0.7)))
+    assert out[0][0] == out[1][0]
+    for a, b in zip(out[0][1][:3], out[1][1][:3]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(negsamp.InvalidArgument, match="forward_only"):
+        negsamp.Step(h, forward_only=2)
+
+
 def test_step_with_queue_enqueues_positives(rng):
     require("ns_step_forward", "ns_step_backward", "ns_queue_create")
     B, C, d = 4, 3, 6

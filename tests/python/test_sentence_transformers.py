@@ -614,6 +614,32 @@ def test_same_id_masking_equals_masked_reference():
     assert unmasked[0] > ours[0]
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_group_false_negatives_equal_masked_reference(weight):
+    # Rows in one group (the trainer's labels): another row's positive in the anchor's group is
+    # masked (weight 0) or down-weighted (+ log w) — MNRL on logits with those entries changed;
+    # negative columns are in no group.
+    from sentence_transformers import util
+    model = tiny_model(seed=18)
+    feats, _ = _batch(model, n=6, negs=1, seed=19)
+    groups = torch.tensor([0, 1, 0, 2, 1, -1])
+    loss = nst.MultipleNegativesRankingLoss(model, group_weight=weight)
+    ours = _loss_and_grad(model, lambda f, _: loss(f, groups), feats)
+
+    def ref_loss(features, labels):
+        e = [model(f)["sentence_embedding"] for f in features]
+        s = (util.cos_sim(e[0], torch.cat(e[1:])) * 20.0).clone()
+        same = (groups.unsqueeze(1) == groups.unsqueeze(0)) & (groups.unsqueeze(1) >= 0)
+        same.fill_diagonal_(False)
+        adj = float("-inf") if weight == 0 else float(np.log(weight))
+        s[:, :6] = torch.where(same, s[:, :6] + adj, s[:, :6])
+        return torch.nn.functional.cross_entropy(s, torch.arange(6))
+    ref = _loss_and_grad(model, ref_loss, feats)
+    _assert_close_loss_grad(ours, ref)
+    with pytest.raises(negsamp.InvalidArgument, match="group_weight"):
+        nst.MultipleNegativesRankingLoss(model, group_weight=1.5)
+
+
 def test_hard_negative_selection_inside_the_loss():
     # 4 candidate columns, h = 1 drawn per anchor by "top" after a filter that drops everything
     # above the positive: equals MNRL over the one column of the best surviving candidates.

@@ -135,6 +135,104 @@ def test_opcheck_infonce(gen, device):
 
 
 @DEVICES
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+                         or "plain")
+def test_fused_op_is_forward_then_backward(gen, device, case):
+    """negsamp::infonce_fused (one ns_infonce_forward_backward in the forward, autograd scales
+    the kept gradients) gives the loss and gradients of negsamp::infonce + its backward; on the
+    CPU bit for bit (the library's fused call equals its two calls)."""
+    require("ns_infonce_forward_backward")
+    B, d = 6, 16
+    q = _randn(gen, B, d, device=device, grad=True)
+    p = _randn(gen, B, d, device=device, grad=True)
+    h = case.get("h", 0)
+    hard = _randn(gen, B, h, d, device=device, grad=True) if h else None
+    keep = (torch.rand(B, h, generator=gen) < 0.6).to(device) if case.get("keep") else None
+    kw = dict(temperature=0.1, symmetric=case.get("symmetric", False),
+              share_hard=case.get("share_hard", True))
+    a = ops.infonce(q, p, hard, keep, **kw)[0]
+    b = torch_ops.infonce_loss(q, p, hard, keep, **kw)  # fused: gradients are required
+    exact = device == "cpu"
+    torch.testing.assert_close(b, a, rtol=0 if exact else 1e-6, atol=0 if exact else 1e-6)
+    ga = _grads(2.5 * a, q, p, hard)
+    for x, y in zip(_grads(2.5 * b, q, p, hard), ga):
+        torch.testing.assert_close(x, y, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+    # fused=False with every argument positional (trailing None inputs: autograd's
+    # needs_input_grad is shorter then, which the backward once indexed past)
+    c = torch_ops.infonce_loss(q, p, hard, keep, **kw, fused=False)
+    for x, y in zip(_grads(2.5 * c, q, p, hard), ga):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    with torch.no_grad():  # no gradient wanted: the plain forward
+        torch.testing.assert_close(torch_ops.infonce_loss(q, p, hard, keep, **kw), a.detach())
+
+
+@DEVICES
+def test_fused_op_only_some_gradients_and_opcheck(gen, device):
+    require("ns_infonce_forward_backward")
+    B, h, d = 4, 2, 8
+    q = _randn(gen, B, d, device=device, grad=True)
+    p = _randn(gen, B, d, device=device)  # no gradient: not computed
+    hard = _randn(gen, B, h, d, device=device, grad=True)
+    ref = ref_loss(q, p, hard, 0.3)
+    want = _grads(ref, q, hard)
+    for fused in (True, False):
+        loss = torch_ops.infonce_loss(q, p, hard, temperature=0.3, share_hard=True, fused=fused)
+        for x, y in zip(_grads(loss, q, hard), want):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    # Every argument after passage at its default: torch drops them from the call, and
+    # autograd's needs_input_grad holds two entries (the backward once indexed past them).
+    want = _grads(ref_loss(q, p, None, 0.05), q)[0]
+    for fused in (False, True):
+        q.grad = None
+        torch_ops.infonce_loss(q, p, fused=fused).backward()
+        torch.testing.assert_close(q.grad, want, rtol=1e-4, atol=1e-5)
+    _opcheck(ops.infonce_fused.default, (q, p, hard), dict(temperature=0.3, share_hard=True,
+                                                          need_passage=False))
+
+
+def ref_group_loss(q, p, qg, pg, weight, temperature):
+    """Plain PyTorch: cross_entropy over q·pᵀ/τ with same-group off-diagonal logits masked
+    (weight 0) or shifted by log(weight)."""
+    logits = (q.double() @ p.double().T) / temperature
+    same = (qg.unsqueeze(1) == pg.unsqueeze(0)) & (qg.unsqueeze(1) >= 0)
+    same.fill_diagonal_(False)
+    adj = torch.full_like(logits, float("-inf") if weight == 0 else float(np.log(weight)))
+    logits = torch.where(same, logits + adj, logits)
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+
+@DEVICES
+@pytest.mark.parametrize("weight", [0.0, 0.25])
+@pytest.mark.parametrize("fused", [False, True])
+def test_groups_mask_or_down_weight_same_group_candidates(gen, device, weight, fused):
+    require("ns_infonce_forward", "ns_infonce_backward")
+    B, d = 8, 12
+    q = _randn(gen, B, d, device=device, grad=True)
+    p = _randn(gen, B, d, device=device, grad=True)
+    qg = torch.tensor([0, 0, 1, 1, 1, -1, 2, 0], device=device)
+    pg = torch.tensor([0, 1, 1, 0, 1, 2, 2, -1], device=device)
+    loss = torch_ops.infonce_loss(q, p, temperature=0.2, mask_same_id=False, query_group=qg,
+                                  passage_group=pg, group_weight=weight, fused=fused)
+    ref = ref_group_loss(q, p, qg, pg, weight, 0.2)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    for x, y in zip(_grads(loss, q, p), _grads(ref, q, p)):
+        torch.testing.assert_close(x.double(), y.double(), rtol=1e-4, atol=1e-5)
+    mod = negsamp.InfoNCELoss(temperature=0.2, mask_same_id=False, group_weight=weight)
+    torch.testing.assert_close(mod(q, p, query_group=qg, positive_group=pg), loss)
+
+
+def test_groups_are_checked(gen):
+    q, p = _randn(gen, 3, 4), _randn(gen, 3, 4)
+    with pytest.raises(negsamp.InvalidArgument, match="passage_group"):
+        ops.infonce(q, p, query_group=torch.zeros(3, dtype=torch.int64),
+                    passage_group=torch.zeros(5, dtype=torch.int64))
+    with pytest.raises(negsamp.InvalidArgument, match="without query_group"):
+        ops.infonce(q, p, passage_group=torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(negsamp.InvalidArgument, match="weight"):
+        ops.infonce(q, p, query_group=torch.zeros(3, dtype=torch.int64), group_weight=2.0)
+
+
+@DEVICES
 def test_opcheck_mine_topk_filter_sample(gen, device):
     require("ns_mine_topk", "ns_filter", "ns_sample")
     q = _randn(gen, 3, 8, device=device)
