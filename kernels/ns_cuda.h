@@ -32,6 +32,13 @@ ns_status ns_cuda_filter(ns_context *ctx, const ns_candidates *cand, const ns_fi
 ns_status ns_cuda_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
                          const ns_sampler_options *opt, int64_t m, int64_t *index, float *score,
                          int64_t *count);
+/* ns_filter_sample: the data both need checked first (nothing written on failure), then
+ * ns_cuda_filter and ns_cuda_sample on its keep (cuda_sample.cu). Their own checks run again:
+ * one kernel each, cheap on the device beside the host's scans. */
+ns_status ns_cuda_filter_sample(ns_context *ctx, const ns_candidates *cand,
+                                const ns_filter_options *fo, const ns_sampler_options *so,
+                                int64_t m, uint8_t *keep, ns_filter_counts *counts,
+                                int64_t *index, float *score, int64_t *count);
 ns_status ns_cuda_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                 const ns_id_lists *exclude, const ns_corpus_sampler_options *opt,
                                 int64_t queries, int64_t m, int64_t *index, int64_t *count);

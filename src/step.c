@@ -353,7 +353,8 @@ static ns_status step_mix(ns_context *ctx, struct ns_step_state *s, const ns_can
                                              b->mix_rand, hr, b->chosen_id, b->count));
 }
 
-/* score → filter → sample → gather: the h hard negatives of every query. */
+/* score → filter + sample (with mixing: filter → step_mix) → gather: the h hard negatives of
+ * every query. */
 static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const ns_batch *batch,
                                 const int64_t *cand_ids, ns_filter_counts *counts) {
     step_bufs *b = &s->buf;
@@ -374,13 +375,16 @@ static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const 
     cand.query_offset = batch->query_offset;
     ns_filter_options fo = s->filter;
     if (!batch->candidate_id) fo.rules &= ~(unsigned)NS_FILTER_SAME_ID; /* nothing to match */
-    if ((st = ns_filter(ctx, &cand, &fo, b->keep, s->opt.sync_free ? NULL : counts))) return st;
-    ctx->candidate_slots_checked = 1; /* ns_filter just scanned these ids and scores */
-    st = b->hr > 0 ? step_mix(ctx, s, &cand)
-                   : ns_sample(ctx, &cand, b->keep, &s->sampler, b->h, b->chosen_id, NULL,
-                               b->count);
-    ctx->candidate_slots_checked = 0;
-    if (st) return st;
+    /* filter and sample in one call (on the CPU fused per row, one scan of the data checks);
+     * with random + hard mixing, the filter and then its two draws */
+    ns_filter_counts *fc = s->opt.sync_free ? NULL : counts;
+    if (b->hr > 0) {
+        if ((st = ns_filter(ctx, &cand, &fo, b->keep, fc)) || (st = step_mix(ctx, s, &cand)))
+            return st;
+    } else if ((st = ns_filter_sample(ctx, &cand, &fo, &s->sampler, b->h, b->keep, fc,
+                                      b->chosen_id, NULL, b->count))) {
+        return st;
+    }
     return NS_DISPATCH(ctx, step_gather, (ctx, batch->candidate, b->C, cand_ids, b->keep,
                                           b->chosen_id, b->h, b->hard, b->hard_keep,
                                           b->chosen_row));
