@@ -5,6 +5,12 @@
  *   bench_gpu_ops copy   BYTES            device-to-device copy bandwidth (the sampling floor)
  *   bench_gpu_ops mine   Q N d k [host]   ns_mine_topk, bf16, corpus on device (or host memory),
  *                                         beside cuBLAS on the same Q×N×d in the miner's tiles
+ *   bench_gpu_ops mine32 Q N d k          ns_mine_topk on f32 rows (device): the exact path (bf16 GEMM
+ *                                         + bound re-score, the default) and the plain f32 GEMM
+ *                                         (NS_CUDA_MINE_GEMM=f32), interleaved, median of 3, beside
+ *                                         cuBLAS bf16 in the miner's tiles
+ *   bench_gpu_ops step   B C d h          ns_step_forward + backward, bf16: the checked step (one
+ *                                         host sync per forward) and sync_free, interleaved, median of 3
  *   bench_gpu_ops loss   B N d            ns_infonce_forward + backward, bf16, time and extra memory
  *   bench_gpu_ops sample B C m            ns_filter-free ns_sample, SimANS, C candidates → m,
  *                                         beside a device copy of the B×C scores
@@ -12,6 +18,7 @@
  * Inputs are random (a fixed xorshift), generated on the host in chunks and uploaded. Times are
  * CUDA-event times on the context's stream after one warm-up call (the warm-up grows the
  * workspace: no allocation in the timed call). Nothing here is a test: no assertion on speed. */
+#define _POSIX_C_SOURCE 200809L /* setenv, unsetenv */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,6 +252,132 @@ static int bench_mine(int64_t Q, int64_t N, int64_t d, int64_t k, int host) {
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static double median3(double *v) {
+    qsort(v, 3, sizeof *v, cmp_double);
+    return v[1];
+}
+
+/* Exact f32 mining: the default path (bf16 GEMM scores, every candidate within the proven bound
+ * of the running k-th re-scored exactly: the CPU's result) against the plain f32 GEMM path
+ * (NS_CUDA_MINE_GEMM=f32: SIMT f32 scores, not re-scored), the two interleaved (median of 3),
+ * beside cuBLAS bf16 on the same product in the miner's tiles (the ceiling). */
+static int bench_mine_f32(int64_t Q, int64_t N, int64_t d, int64_t k) {
+    ns_context *ctx = make_ctx();
+    float *q, *c;
+    uint16_t *q16, *c16;
+    int64_t *idx;
+    float *sc;
+    CK(cudaMalloc((void **)&q, (size_t)(Q * d) * 4));
+    CK(cudaMalloc((void **)&c, (size_t)(N * d) * 4));
+    CK(cudaMalloc((void **)&idx, (size_t)(Q * k) * 8));
+    CK(cudaMalloc((void **)&sc, (size_t)(Q * k) * 4));
+    fill_f32(q, (size_t)(Q * d), 1.0f);
+    fill_f32(c, (size_t)(N * d), 1.0f);
+    ns_mine_options o = NS_MINE_OPTIONS_INIT;
+    ns_matrix qm = {q, NS_F32, Q, d, 0}, cm = {c, NS_F32, N < 100000 ? N : 100000, d, 0};
+    NS(ctx, ns_mine_topk(ctx, qm, cm, k < cm.rows ? k : cm.rows, &o, idx, sc));  /* workspace */
+    cm.rows = N;
+    double exact[3], plain[3];
+    for (int r = 0; r < 3; r++) {
+        unsetenv("NS_CUDA_MINE_GEMM");
+        tic();
+        NS(ctx, ns_mine_topk(ctx, qm, cm, k, &o, idx, sc));
+        exact[r] = toc_ms();
+        setenv("NS_CUDA_MINE_GEMM", "f32", 1);
+        tic();
+        NS(ctx, ns_mine_topk(ctx, qm, cm, k, &o, idx, sc));
+        plain[r] = toc_ms();
+    }
+    unsetenv("NS_CUDA_MINE_GEMM");
+    ns_context_destroy(ctx);
+    cudaFree(idx);
+    cudaFree(sc);
+    cudaFree(c);  /* room for the bf16 copies of the ceiling */
+    CK(cudaMalloc((void **)&q16, (size_t)(Q * d) * 2));
+    CK(cudaMalloc((void **)&c16, (size_t)(N * d) * 2));
+    fill_bf16(q16, (size_t)(Q * d), 1.0f);
+    fill_bf16(c16, (size_t)(N * d), 1.0f);
+    const double gms = tiled_gemm_ms(q16, c16, Q, N, d), flop = 2.0 * Q * N * d;
+    const double ems = median3(exact), pms = median3(plain);
+    printf("{\"bench\":\"mine_topk_f32\",\"gpu\":\"%s\",\"Q\":%lld,\"N\":%lld,\"d\":%lld,\"k\":%lld,"
+           "\"exact_bf16_ms\":%.3f,\"plain_f32_ms\":%.3f,\"exact_speedup_over_plain\":%.2f,"
+           "\"exact_effective_tflops\":%.2f,\"gemm_bf16_same_shape_ms\":%.3f,"
+           "\"exact_fraction_of_bf16_gemm\":%.3f}\n",
+           gpu_name(), (long long)Q, (long long)N, (long long)d, (long long)k, ems, pms, pms / ems,
+           flop / (ems * 1e-3) / 1e12, gms, gms / ems);
+    cudaFree(q);
+    cudaFree(q16);
+    cudaFree(c16);
+    return 0;
+}
+
+/* The training step, bf16, B queries × C candidates → h hard negatives: the checked step (host
+ * loss and filter counts: one synchronisation per forward, none in the backward) against
+ * sync_free (none), interleaved, median of 3 of forward + backward. */
+static int bench_step(int64_t B, int64_t C, int64_t d, int64_t h) {
+    ns_context *ctx = make_ctx();
+    uint16_t *q, *p, *c;
+    int64_t *cid;
+    float *gq, *gp, *gc;
+    CK(cudaMalloc((void **)&q, (size_t)(B * d) * 2));
+    CK(cudaMalloc((void **)&p, (size_t)(B * d) * 2));
+    CK(cudaMalloc((void **)&c, (size_t)(B * C * d) * 2));
+    CK(cudaMalloc((void **)&cid, (size_t)(B * C) * 8));
+    CK(cudaMalloc((void **)&gq, (size_t)(B * d) * 4));
+    CK(cudaMalloc((void **)&gp, (size_t)(B * d) * 4));
+    CK(cudaMalloc((void **)&gc, (size_t)(B * C * d) * 4));
+    fill_bf16(q, (size_t)(B * d), 0.05f);
+    fill_bf16(p, (size_t)(B * d), 0.05f);
+    fill_bf16(c, (size_t)(B * C * d), 0.05f);
+    {
+        int64_t *hid;
+        CK(cudaMallocHost((void **)&hid, (size_t)(B * C) * 8));
+        for (int64_t r = 0; r < B * C; r++) hid[r] = 1000000 + r;
+        CK(cudaMemcpy(cid, hid, (size_t)(B * C) * 8, cudaMemcpyHostToDevice));
+        CK(cudaFreeHost(hid));
+    }
+    ns_batch b;
+    memset(&b, 0, sizeof b);
+    b.query = bf16_matrix(q, B, d);
+    b.positive = bf16_matrix(p, B, d);
+    b.candidate = bf16_matrix(c, B * C, d);
+    b.candidates_per_query = C;
+    b.candidate_id = cid;
+    ns_filter_options fo = NS_FILTER_OPTIONS_INIT;
+    ns_sampler_options so = NS_SAMPLER_OPTIONS_INIT;
+    ns_loss_options lo = NS_LOSS_OPTIONS_INIT;
+    so.strategy = NS_SAMPLE_SIMANS;
+    ns_step_options o = NS_STEP_OPTIONS_INIT;
+    o.hard_negatives = h;
+    o.filter = &fo, o.sampler = &so, o.loss = &lo;
+    ns_step_result res;
+    ns_step_grads g = {gq, gp, gc, NULL};
+    double ms[2][3];
+    for (int r = -1; r < 3; r++)  /* r = -1: the warm-up of both */
+        for (int sf = 0; sf < 2; sf++) {
+            o.sync_free = sf;
+            so.step = (uint64_t)(r + 2);
+            tic();
+            NS(ctx, ns_step_forward(ctx, &b, &o, &res));
+            NS(ctx, ns_step_backward(ctx, 1.0f, &g));
+            const double t = toc_ms();
+            if (r >= 0) ms[sf][r] = t;
+        }
+    const double checked = median3(ms[0]), free_ = median3(ms[1]);
+    printf("{\"bench\":\"step\",\"gpu\":\"%s\",\"B\":%lld,\"C\":%lld,\"d\":%lld,\"h\":%lld,"
+           "\"checked_ms\":%.3f,\"sync_free_ms\":%.3f,\"checked_over_sync_free\":%.3f,"
+           "\"checked_host_syncs_per_step\":1}\n",
+           gpu_name(), (long long)B, (long long)C, (long long)d, (long long)h, checked, free_,
+           checked / free_);
+    ns_context_destroy(ctx);
+    cudaFree(q), cudaFree(p), cudaFree(c), cudaFree(cid), cudaFree(gq), cudaFree(gp), cudaFree(gc);
+    return 0;
+}
+
 static int bench_loss(int64_t B, int64_t N, int64_t d) {
     ns_context *ctx = make_ctx();
     uint16_t *q, *p;
@@ -375,7 +508,7 @@ static int64_t arg(int argc, char **argv, int i, int64_t dflt) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s gemm|copy|mine|loss|sample [sizes...]\n", argv[0]);
+        fprintf(stderr, "usage: %s gemm|copy|mine|mine32|step|loss|sample [sizes...]\n", argv[0]);
         return 1;
     }
     if (ns_cuda_device_count() == 0) {
@@ -390,6 +523,12 @@ int main(int argc, char **argv) {
     if (!strcmp(w, "mine"))
         return bench_mine(arg(argc, argv, 2, 8192), arg(argc, argv, 3, 2000000), arg(argc, argv, 4, 768),
                           arg(argc, argv, 5, 256), argc > 6 && !strcmp(argv[6], "host"));
+    if (!strcmp(w, "mine32"))
+        return bench_mine_f32(arg(argc, argv, 2, 8192), arg(argc, argv, 3, 2000000), arg(argc, argv, 4, 768),
+                              arg(argc, argv, 5, 256));
+    if (!strcmp(w, "step"))
+        return bench_step(arg(argc, argv, 2, 4096), arg(argc, argv, 3, 64), arg(argc, argv, 4, 768),
+                          arg(argc, argv, 5, 8));
     if (!strcmp(w, "loss")) return bench_loss(arg(argc, argv, 2, 32768), arg(argc, argv, 3, 32768), arg(argc, argv, 4, 768));
     if (!strcmp(w, "sample")) return bench_sample(arg(argc, argv, 2, 1000000), arg(argc, argv, 3, 1024), arg(argc, argv, 4, 16));
     fprintf(stderr, "%s: unknown benchmark %s\n", argv[0], w);

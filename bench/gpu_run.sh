@@ -426,6 +426,9 @@ run_benchmarks() {
         bench_row mine-k4096 90 "$b" mine "$q" $n $d 4096
         bench_row mine-k16384 90 "$b" mine "$q" $n $d 16384
         bench_row torch-mine 120 $tp mine "$q" $n $d $k
+        # f32 rows: exact mining via the bf16 GEMM + re-score vs the plain f32 GEMM path
+        bench_row mine-f32-exact 150 "$b" mine32 "$q" $n $d $k
+        bench_row step-checked-vs-sync-free 60 "$b" step 4096 64 768 8
         bench_row loss 60 "$b" loss 32768 32768 768
         bench_row torch-loss 60 $tp loss 32768 32768 768
         bench_row sample 90 "$b" sample 1000000 1024 16

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """negsamp beside its peers: the one benchmark runner.
 
-    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all|mine|kmeans] [--build DIR] [--out DIR]
+    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all|mine|kmeans|sample]
+                         [--build DIR] [--out DIR] [--readme]
 
 Runs every suite this machine supports and writes bench/results/<machine>-<date>.json, a
 Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
@@ -14,6 +15,12 @@ Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
            (--suite kmeans only; not part of all).
   quality  bench/quality_digits (C): negative-sampling strategies on the UCI digits, false-
            negative share and held-out retrieval over several seeds.
+  mine     exact mining beside faiss-cpu, torch and numpy at 1 and 2 threads.
+  sample   filter + SimANS sampling (bench/bench_sample) beside numpy and one read of the
+           scores, interleaved rounds (section "sampling suite" below).
+
+--readme regenerates README.md's results blocks (between <!-- NAME:begin/end --> markers) from
+every suite's latest results under bench/results (section "README results" below).
 
 negsamp is called through its Python binding (python/negsamp) with NEGSAMP_LIBRARY pointing at
 the libnegsamp.so of the build directory (--build, default build-bench/; configured and built
@@ -1269,9 +1276,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer seeds (a smoke run)")
-    ap.add_argument("--suite", choices=["cpu", "gpu", "quality", "all", "mine", "kmeans"],
+    ap.add_argument("--suite",
+                    choices=["cpu", "gpu", "quality", "all", "mine", "kmeans", "sample"],
                     default="all",
-                    help="mine: exact mining beside faiss-cpu, torch, numpy at 1 and 2 threads")
+                    help="mine: exact mining beside faiss-cpu, torch, numpy at 1 and 2 threads; "
+                    "sample: filter + sampling beside numpy and one read of the scores")
+    ap.add_argument("--readme", action="store_true",
+                    help="regenerate README's results blocks from every suite's latest results "
+                    "under bench/results (alone, or after --suite sample)")
     ap.add_argument("--mine-shapes", help="--suite mine: 'Q,N,d,k;Q,N,d,k...' instead of the defaults")
     ap.add_argument("--mine-child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--kmeans-shape", help="--suite kmeans: 'n,d,k,iterations' instead of the default")
@@ -1300,6 +1312,10 @@ def main():
         return mine_main(args)
     if args.suite == "kmeans":
         return kmeans_main(args)
+    if args.suite == "sample":
+        return sample_main(args)
+    if args.readme:
+        return readme_regenerate()
     if args.report_only:
         res = json.load(open(args.report_only))
         res["quality"]["summary"] = summarise_quality(res["quality"]["runs"]) \
@@ -1608,6 +1624,262 @@ def ls_report(res):
     return "\n".join(L) + "\n"
 
 
+# ------------------------------------------------------------------ sampling suite
+# python3 bench/run.py --suite sample [--quick] [--repeats N] [--threads T] [--readme]
+#   Filter + SimANS sampling (m = 16) at issue 12's shapes: bench/bench_sample (one fresh process
+#   per round: read the ids and scores once, ns_filter, ns_sample on every key path, the two
+#   calls, the fused ns_filter_sample; draws of every path compared) beside numpy (a fresh
+#   process per round: the same filter rules, Gumbel keys, argpartition + sort of the m, without
+#   the duplicate-id rule), the two interleaved (order alternating), ratios taken per round and
+#   their medians reported. Writes <machine>-<date>-sample.json/.md/.png.
+
+SAMPLE_SHAPES_FULL = [(1000000, 100, 16), (100000, 1000, 16)]
+SAMPLE_SHAPES_QUICK = [(100000, 100, 16), (10000, 1000, 16)]
+
+
+def sample_numpy_child(B, C, m):
+    """numpy filter (margin + max score) and SimANS Gumbel-top-m (sorted) on B × C candidates,
+    the data drawn like bench_sample's; prints seconds as JSON."""
+    import numpy as np
+    rng = np.random.default_rng(2)
+    s = rng.uniform(-0.2, 0.9, size=(B, C)).astype(np.float32)
+    sp = rng.uniform(0.5, 1.0, size=(B, 1)).astype(np.float32)
+    ids = rng.integers(0, 20000000, size=(B, C), dtype=np.int64)
+    t0 = time.perf_counter()
+    float(s.sum()) + float((ids & 1).sum())
+    t1 = time.perf_counter()
+    keep = (s <= np.float32(0.85)) & ~(s > sp - np.float32(0.05))
+    u = rng.uniform(2.0**-24, 1 - 2.0**-24, size=(B, C)).astype(np.float32)
+    key = np.where(keep, np.float32(-0.5) * (s - sp) ** 2 - np.log(-np.log(u)), -np.inf)
+    top = np.argpartition(-key, m, axis=1)[:, :m]
+    order = np.argsort(-np.take_along_axis(key, top, axis=1), axis=1)
+    chosen = np.take_along_axis(ids, np.take_along_axis(top, order, axis=1), axis=1)
+    t2 = time.perf_counter()
+    print(json.dumps({"read_s": t1 - t0, "filter_sample_s": t2 - t1, "m": int(chosen.shape[1])}))
+
+
+def sample_main(args):
+    build = os.path.abspath(args.build)
+    ensure_build(build)
+    r = subprocess.run(["cmake", "--build", build, "-j2", "--target", "bench_sample"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        sys.exit("building bench_sample failed:\n" + r.stdout[-3000:])
+    exe = os.path.join(build, "bench", "bench_sample")
+    shapes = SAMPLE_SHAPES_QUICK if args.quick else SAMPLE_SHAPES_FULL
+    rounds = args.repeats or 3
+    load = lambda: " ".join(open("/proc/loadavg").read().split()[:3])  # noqa: E731
+    import numpy as np
+    res = {"suite": "sample",
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python3 bench/run.py --suite sample" + (" --quick" if args.quick else "")
+           + f" --repeats {rounds}" + (f" --threads {args.threads}" if args.threads else ""),
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "numpy": np.__version__},
+           "load_start": load(), "rounds": rounds,
+           "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 stdout=subprocess.PIPE, text=True).stdout.strip(), "rows": []}
+    tmp = tempfile.mkdtemp(prefix="ns-sample-")
+    total, done = len(shapes) * rounds * 2, 0
+    for B, C, m in shapes:
+        runs = {"negsamp": [], "numpy": []}
+        for rd in range(rounds):
+            for impl in (["negsamp", "numpy"] if rd % 2 == 0 else ["numpy", "negsamp"]):
+                if impl == "negsamp":
+                    js = os.path.join(tmp, f"{B}-{C}-{rd}.json")
+                    out = subprocess.run([exe, "--B", str(B), "--C", str(C), "--m", str(m),
+                                          "--reps", "1", "--threads", str(args.threads),
+                                          "--json", js],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+                    pt = json.load(open(js)) if out.returncode == 0 else \
+                        {"error": out.stderr[-400:] or out.stdout[-400:]}
+                else:
+                    out = subprocess.run([sys.executable, os.path.abspath(__file__),
+                                          "--sample-numpy-child", str(B), str(C), str(m)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+                    pt = json.loads(out.stdout) if out.returncode == 0 else \
+                        {"error": out.stderr[-400:]}
+                pt["load"] = load()
+                runs[impl].append(pt)
+                done += 1
+                log(f"[sample {done}/{total}] B={B} C={C} m={m} {impl}: "
+                    + (pt["error"] if "error" in pt else
+                       f"{(pt.get('fused_s') or pt['filter_sample_s']) * 1e3:.0f} ms"))
+        res["rows"].append(sample_row(B, C, m, runs))
+    res["load_end"] = load()
+    first = next((x for r in res["rows"] for x in r["runs"]["negsamp"] if "cpu" in x), {})
+    res["machine"].update({"threads": first.get("threads"), "gemm": first.get("gemm"),
+                           "keys": first.get("keys")})
+    log(f"machine: {res['machine']['cpu']}, threads {res['machine']['threads']}, "
+        f"GEMM {res['machine']['gemm']}, keys {res['machine']['keys']}")
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
+                        f"{res['date'][:10]}-sample" + ("-quick" if args.quick else ""))
+    res["plot"] = sample_plot(res, stem + ".png")
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(sample_report(res))
+    log(f"wrote {stem}.json/.md" + (" and .png" if res["plot"] else ""))
+    if args.readme:
+        readme_regenerate()
+
+
+def sample_row(B, C, m, runs):
+    """Per-round ratios (each from one round's side-by-side runs), then their medians."""
+    ok = [(a, b) for a, b in zip(runs["negsamp"], runs["numpy"])
+          if "error" not in a and "error" not in b]
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    row = {"B": B, "C": C, "m": m, "runs": runs, "rounds_ok": len(ok)}
+    for k in ("read_s", "filter_s", "sample_s", "sample_avx2_s", "sample_scalar_s",
+              "filter_sample_s", "fused_s", "read_cpu_s", "fused_cpu_s"):
+        row[k] = med([a[k] for a, _ in ok if a.get(k, -1) >= 0])
+    row["numpy_s"] = med([b["filter_sample_s"] for _, b in ok])
+    for k in ("filter_s", "sample_s", "sample_avx2_s", "sample_scalar_s", "filter_sample_s",
+              "fused_s"):
+        row["x_read_" + k[:-2]] = med([a[k] / a["read_s"] for a, _ in ok if a.get(k, -1) >= 0])
+    row["x_read_numpy"] = med([b["filter_sample_s"] / a["read_s"] for a, b in ok])
+    row["x_read_fused_cpu"] = med([a["fused_cpu_s"] / a["read_cpu_s"] for a, _ in ok])
+    row["numpy_over_fused"] = med([b["filter_sample_s"] / a["fused_s"] for a, b in ok])
+    row["numpy_over_two_calls"] = med([b["filter_sample_s"] / a["filter_sample_s"]
+                                       for a, b in ok])
+    row["draws_identical"] = all(a.get("draws_identical") for a, _ in ok) and bool(ok)
+    return row
+
+
+def sample_report(res):
+    mc = res["machine"]
+    L = [f"# negsamp filter + sampling, CPU ({res['date']})", "",
+         f"{mc['cpu']}, {mc['cores']} cores, {mc.get('threads')} threads; GEMM: {mc.get('gemm')} "
+         f"(not used here); keys: {mc.get('keys')}; numpy {mc['numpy']} (1 thread). Load average "
+         f"{res['load_start']} at the start, {res['load_end']} at the end (a shared machine: "
+         "compare the ratios, each taken within one round, not absolute times).",
+         f"Command: `{res['command']}`; {res['rounds']} interleaved rounds, medians; "
+         f"git {res['git']}.", "",
+         "× read = time ÷ reading every id and score once (the same process, the same round); "
+         "SimANS, m = 16, filter rules margin + max score. fused = `ns_filter_sample` (one data "
+         "check, filter and sample per row); two calls = `ns_filter` + `ns_sample`; numpy = "
+         "mask, Gumbel keys, argpartition + sort of the m (no duplicate-id rule).", "",
+         "| B × C | read once ms | ns_filter × read | ns_sample × read | two calls × read | "
+         "fused × read | fused × read (CPU time) | numpy × read | numpy ÷ fused | "
+         "sample AVX2 ÷ widest | sample scalar ÷ widest | draws identical |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["rows"]:
+        if not r["rounds_ok"]:
+            err = (r["runs"]["negsamp"] + r["runs"]["numpy"])[0].get("error", "")
+            L.append(f"| {r['B']:,} × {r['C']:,} | error: {err[:80]} |" + " |" * 10)
+            continue
+        avx2 = (f"{r['sample_avx2_s'] / r['sample_s']:.2f}"
+                if r["sample_avx2_s"] == r["sample_avx2_s"] else "—")
+        L.append(f"| {r['B']:,} × {r['C']:,} | {r['read_s'] * 1e3:.0f} | "
+                 f"{r['x_read_filter']:.1f} | {r['x_read_sample']:.1f} | "
+                 f"{r['x_read_filter_sample']:.1f} | **{r['x_read_fused']:.1f}** | "
+                 f"{r['x_read_fused_cpu']:.1f} | {r['x_read_numpy']:.1f} | "
+                 f"{r['numpy_over_fused']:.1f} | {avx2} | "
+                 f"{r['sample_scalar_s'] / r['sample_s']:.2f} | "
+                 f"{'yes' if r['draws_identical'] else 'NO'} |")
+    if res.get("plot"):
+        L += ["", f"![filter + sampling]({os.path.relpath(res['plot'], ROOT)})"]
+    return "\n".join(L) + "\n"
+
+
+def sample_plot(res, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001
+        return None
+    rows = [r for r in res["rows"] if r["rounds_ok"]]
+    if not rows:
+        return None
+    bars = [("x_read_filter", "ns_filter"), ("x_read_sample", "ns_sample"),
+            ("x_read_filter_sample", "ns_filter + ns_sample"),
+            ("x_read_fused", "ns_filter_sample (fused)"), ("x_read_numpy", "numpy")]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    w = 0.8 / len(bars)
+    for i, (k, name) in enumerate(bars):
+        ax.bar([j + i * w for j in range(len(rows))], [r[k] for r in rows], w, label=name)
+    ax.axhline(10, color="k", ls="--", lw=1, label="target: 10× one read")
+    ax.set_yscale("log")
+    ax.set_ylim(1, 6 * max(max(r[k] for k, _ in bars) for r in rows))  # room for the legend
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(rows))])
+    ax.set_xticklabels([f"{r['B']:,} × {r['C']:,} → {r['m']}" for r in rows], fontsize=8)
+    ax.set_ylabel("time ÷ reading the scores once")
+    mc = res["machine"]
+    ax.set_title(f"filter + SimANS sampling, {mc['cpu']}, {mc.get('threads')} threads, "
+                 f"keys {mc.get('keys')}; load {res['load_start']}", fontsize=8)
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------ README results
+# python3 bench/run.py --readme: every suite's latest results (bench/results/*.json, newest by
+# the "date" inside) replace the README block between that suite's markers,
+#     <!-- <marker>:begin --> ... <!-- <marker>:end -->
+# with the suite's Markdown report (written beside its JSON), title line dropped, and its PNG
+# plot when the report does not show it. A suite whose markers README lacks is left out; add
+# the markers to bring it in.
+README_SUITES = [
+    # (name, results-file suffix, README marker)
+    ("mining", "-mining-peers.json", "mining-results"),
+    ("sampling", "-sample.json", "sampling-results"),
+    ("loss", "-loss-sampling.json", "loss-results"),
+    ("wordnet", "-wordnet.json", "wordnet-results"),
+    ("kmeans", "-kmeans-faiss.json", "kmeans-results"),
+]
+
+
+def latest_results(suffix, results_dir=None):
+    """The newest results JSON of a suite (quick runs excluded), by its recorded date."""
+    results_dir = results_dir or os.path.join(HERE, "results")
+    best, best_key = None, None
+    for name in os.listdir(results_dir) if os.path.isdir(results_dir) else []:
+        if not name.endswith(suffix) or "-quick" in name:
+            continue
+        path = os.path.join(results_dir, name)
+        try:
+            date = json.load(open(path)).get("date", "")
+        except (OSError, ValueError):
+            continue
+        key = (date, os.path.getmtime(path))
+        if best_key is None or key > best_key:
+            best, best_key = path, key
+    return best
+
+
+def readme_regenerate(readme=None, results_dir=None):
+    """Rewrites each suite's README block from its latest results; returns what it did."""
+    readme = readme or os.path.join(ROOT, "README.md")
+    text = open(readme).read()
+    did = []
+    for name, suffix, marker in README_SUITES:
+        a, b = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+        js = latest_results(suffix, results_dir)
+        if a not in text or b not in text or not js:
+            continue
+        md = js[:-len(".json")] + ".md"
+        if not os.path.exists(md):
+            continue
+        body = open(md).read().split("\n", 2)[2]  # without the title line and the blank after it
+        rel = os.path.relpath(md, os.path.dirname(readme))
+        png = md[:-len(".md")] + ".png"
+        rel_png = os.path.relpath(png, os.path.dirname(readme))
+        plot = (f"\n![{name} ratios]({rel_png})\n"
+                if os.path.exists(png) and rel_png not in body else "")
+        text = (text[:text.index(a) + len(a)] + "\n" + body + plot + f"\n(from `{rel}`)\n"
+                + text[text.index(b):])
+        did.append(f"{name} ← {rel}")
+    open(readme, "w").write(text)
+    for d in did:
+        log(f"[readme] {d}")
+    return did
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--loss-sampling":
         ls_main(sys.argv[2:])
@@ -1615,5 +1887,7 @@ if __name__ == "__main__":
         ls_child_loss(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--ls-child-sample":
         ls_child_sample(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--sample-numpy-child":
+        sample_numpy_child(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     else:
         main()

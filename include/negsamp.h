@@ -289,6 +289,16 @@ NS_API ns_status ns_sample(ns_context *ctx, const ns_candidates *cand, const uin
                            const ns_sampler_options *options, int64_t m, int64_t *index,
                            float *score, int64_t *count);
 
+/* ns_filter, then ns_sample on its keep, in one call: the same keep, counts, index, score and
+ * count as the two calls (keep is written: B×C, as ns_filter's). The CPU backend fuses them
+ * row by row and reads the candidates once for the data checks and once for the work (the two
+ * calls read them four times). Errors name "ns_filter_sample". */
+NS_API ns_status ns_filter_sample(ns_context *ctx, const ns_candidates *cand,
+                                  const ns_filter_options *filter,
+                                  const ns_sampler_options *sampler, int64_t m, uint8_t *keep,
+                                  ns_filter_counts *counts, int64_t *index, float *score,
+                                  int64_t *count);
+
 /* ------------------------------------------------------------------ corpus-wide negatives */
 
 /* Per-row weights of a corpus of `rows` rows (frozen data struct). weight == NULL: uniform.

@@ -25,6 +25,12 @@ struct ns_cuda_state {
     cudaStream_t side;
     cudaEvent_t side_ev[6];
     int unchecked;          // 1: skip the synchronising input validation (ns_cuda_set_input_checks)
+    // The checked step's deferred validation (kernels/cuda_step_checks.cu): while deferring, the
+    // ops do not synchronise to validate; the candidate check and the filter counts go to the
+    // device words defer (NS_CUDA_FLAGS ints, the flags' layout), read once with the loss at the
+    // end of the forward into hdefer (pinned). Created on first use.
+    int *defer, *hdefer;
+    int deferring;
 };
 #define NS_CUDA_FLAGS 128
 #define NS_CUDA_WIDE(flags) ((unsigned long long *)((flags) + 32))

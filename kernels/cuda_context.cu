@@ -8,6 +8,7 @@
 
 #include "ns_cuda.h"
 #include "cuda_common.cuh"
+#include "cuda_util.cuh"
 
 int ns_cuda_device_count_impl(void) {
     int n = 0;
@@ -85,6 +86,8 @@ void ns_cuda_context_free(ns_context *ctx) {
     ns_arena_release(ctx, &s->pinned);
     cudaFree(s->dflag);
     cudaFreeHost(s->hflag);
+    cudaFree(s->defer);
+    cudaFreeHost(s->hdefer);
     for (int i = 0; i < 4; i++)
         if (s->ev[i]) cudaEventDestroy(s->ev[i]);
     if (s->copy) {
@@ -122,6 +125,8 @@ ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes) {
     if (e != cudaSuccess) return ns_fail(ctx, NS_ERR_CUDA, "cudaMalloc: %s", cudaGetErrorString(e));
     return NS_OK;
 }
+
+int ns_cuda_stream_capturing(ns_context *ctx) { return ns_cuda_capturing(ctx); }
 
 ns_status ns_cuda_free_ordered(ns_context *ctx, void *p) {
     if (!p) return NS_OK;

@@ -6,7 +6,8 @@
 // slots, finite s⁺/g⁺ where a rule or strategy uses them, positive lists) and synchronises once
 // to report a failure before any output is written; while the stream is captured into a CUDA
 // graph it is skipped. ns_filter synchronises a second time only when counts (host memory) are
-// asked for.
+// asked for. Inside the checked training step neither synchronises: the check and the counts go
+// to the step's deferred words, read once at the end of its forward (kernels/cuda_step_checks.cu).
 #include <climits>
 
 #include "cuda_util.cuh"
@@ -51,7 +52,15 @@ __global__ void ns_k_check_candidates(NsCandArgs a, unsigned long long *w) {
 }  // namespace
 
 // Launches the check, synchronises and turns the first failure into the CPU backend's message.
+// While the checked step defers (ctx->cuda->deferring) the check goes to the step's words and
+// is read, with the rest, at the end of its forward (ns_cuda_candidates_error there).
 ns_status ns_cuda_check_candidates(ns_context *ctx, const char *fn, const NsCandArgs &a) {
+    if (ctx->cuda->deferring) {
+        ns_k_check_candidates<<<ns_blocks(a.B * a.C), NS_CUDA_THREADS, 0, ns_stream(ctx)>>>(
+            a, NS_CUDA_WIDE(ctx->cuda->defer));
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+        return NS_OK;
+    }
     if (!ns_cuda_validating(ctx)) return NS_OK;
     int *flags;
     const int *hf;
@@ -61,7 +70,11 @@ ns_status ns_cuda_check_candidates(ns_context *ctx, const char *fn, const NsCand
         a, NS_CUDA_WIDE(flags));
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
-    const unsigned long long *w = NS_CUDA_WIDE(hf);
+    return ns_cuda_candidates_error(ctx, fn, a.C, NS_CUDA_WIDE(hf));
+}
+
+ns_status ns_cuda_candidates_error(ns_context *ctx, const char *fn, int64_t C,
+                                   const unsigned long long *w) {
     int64_t t;
     if ((t = first_of(w, W_ID)) >= 0)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
@@ -70,12 +83,12 @@ ns_status ns_cuda_check_candidates(ns_context *ctx, const char *fn, const NsCand
     if ((t = first_of(w, W_SCORE)) >= 0)
         return ns_fail(ctx, NS_ERR_NONFINITE,
                        "%s: cand->score[%lld] (query %lld, column %lld) is not finite (expected finite)",
-                       fn, (long long)t, (long long)(t / a.C), (long long)(t % a.C));
+                       fn, (long long)t, (long long)(t / C), (long long)(t % C));
     if ((t = first_of(w, W_GUIDE)) >= 0)
         return ns_fail(ctx, NS_ERR_NONFINITE,
                        "%s: cand->guide_score[%lld] (query %lld, column %lld) is not finite "
                        "(expected finite)",
-                       fn, (long long)t, (long long)(t / a.C), (long long)(t % a.C));
+                       fn, (long long)t, (long long)(t / C), (long long)(t % C));
     if ((t = first_of(w, W_SP)) >= 0)
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: cand->positive_score[%lld] is not finite (expected finite)",
                        fn, (long long)t);
@@ -189,28 +202,35 @@ ns_status ns_cuda_filter(ns_context *ctx, const ns_candidates *cand, const ns_fi
     fa.pos_off = ca.pos_off, fa.pos_ids = ca.pos_ids, fa.o = *o, fa.keep = keep;
     fa.counts = nullptr;
     int *flags = nullptr;
-    if (counts) {
+    const int defer = counts && ctx->cuda->deferring;  // counts read by the step, at its end
+    if (defer) {
+        fa.counts = NS_CUDA_WIDE(ctx->cuda->defer) + W_COUNTS;
+    } else if (counts) {
         if ((rc = ns_cuda_flags_reset(ctx, fn, &flags))) return rc;
         fa.counts = NS_CUDA_WIDE(flags) + W_COUNTS;
     }
     ns_k_filter<<<ns_blocks(B * C), NS_CUDA_THREADS, 0, ns_stream(ctx)>>>(fa);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-    if (counts) {
+    if (counts && !defer) {
         const int *hf;
         if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
-        const unsigned long long *c = NS_CUDA_WIDE(hf) + W_COUNTS;
-        counts->examined = B * C;
-        counts->kept = (int64_t)c[C_KEPT];
-        counts->removed = (int64_t)c[C_REMOVED];
-        counts->empty = (int64_t)c[C_EMPTY];
-        counts->same_id = (int64_t)c[C_SAME_ID];
-        counts->max_score = (int64_t)c[C_MAX];
-        counts->min_score = (int64_t)c[C_MIN];
-        counts->margin = (int64_t)c[C_MARGIN];
-        counts->rel_margin = (int64_t)c[C_REL];
-        counts->rank = (int64_t)c[C_RANK];
-        counts->guide = (int64_t)c[C_GUIDE];
+        ns_cuda_filter_counts(NS_CUDA_WIDE(hf), B * C, counts);
     }
     return NS_OK;
+}
+
+void ns_cuda_filter_counts(const unsigned long long *w, int64_t examined, ns_filter_counts *counts) {
+    const unsigned long long *c = w + W_COUNTS;
+    counts->examined = examined;
+    counts->kept = (int64_t)c[C_KEPT];
+    counts->removed = (int64_t)c[C_REMOVED];
+    counts->empty = (int64_t)c[C_EMPTY];
+    counts->same_id = (int64_t)c[C_SAME_ID];
+    counts->max_score = (int64_t)c[C_MAX];
+    counts->min_score = (int64_t)c[C_MIN];
+    counts->margin = (int64_t)c[C_MARGIN];
+    counts->rel_margin = (int64_t)c[C_REL];
+    counts->rank = (int64_t)c[C_RANK];
+    counts->guide = (int64_t)c[C_GUIDE];
 }
 

@@ -17,13 +17,19 @@
 // Order: ns_before (src/hostdevice/ns_order.h, the CPU backend's order): score descending, ties
 // to the lower corpus row, a total order, so the result is exactly the CPU backend's for equal
 // scores. The sort and the comparator are in cuda_primitives.cuh.
+// Exact mode (the default for same-dtype rows without NS_NORMALIZE; "exact scores" below): the
+// GEMM runs on bf16 copies of f32 rows and only the rows within the proven bound of a query's
+// threshold are re-scored exactly, so the result is the CPU's, bit for bit; NS_CUDA_MINE_GEMM=f32
+// keeps the plain path (the GEMM's scores as they are) for the benchmark.
 // Future work: the fused tensor-core GEMM + selection (scores never leave registers/shared).
 #include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
 #include "cuda_primitives.cuh"
 #include "cuda_util.cuh"
+#include "ns_bound.h"
 #include "ns_cuda.h"
 
 namespace {
@@ -127,7 +133,56 @@ struct TileArgs {
     int *scr_i;
     int64_t slot;
     int *flags;
+    // Exact mode (xq non-NULL; see "Exact scores" below): score holds ŝ from a low-precision
+    // GEMM, every candidate within the bound of the threshold is re-scored from the rows.
+    const void *xq;         // Q rows of the queries (xdt), ld ldxq
+    int64_t ldxq;
+    const void *xc;         // nt rows of this corpus tile (xdt), ld ldxc
+    int64_t ldxc;
+    ns_dtype xdt;
+    int d;
+    const double *qn;       // Q row norms ‖q_i‖ (NS_BOUND_MAX_ABS < norm: no bound, +INF)
+    const double *cn;       // nt row norms of this tile
+    double rel, abs_e;      // K·|α| and A of ns_bound.h
+    float scale;            // α of the exact score
 };
+
+// ---------------------------------------------------------------- exact scores
+// Exact mining on the device (the CPU's two-stage mining, src/cpu/cpu_mine_topk.c, with the
+// bound of src/hostdevice/ns_bound.h, not re-derived here): the GEMM gives ŝ (bf16 inputs for
+// f32 rows, or the rows themselves when they are bf16/f16), |ŝ − s*| ≤ e = K·|α|·‖q‖‖c‖ + A.
+// The buffers hold EXACT scores only: a row is a candidate when ŝ + e reaches the threshold
+// (the k-th best exact score held: s* ≤ ŝ + e below it cannot enter), and a candidate is
+// re-scored exactly before it is compared and appended. So the buffers, the reductions and the
+// final sort are those of the plain path, on s*: the result is exact f32 mining, the CPU's bits.
+
+// s* = fl32(α · Σ q_t c_t), the sum in double in the CPU's order (cpu_mine_topk.c score_exact:
+// 32 interleaved partial sums, then a pairwise tree): the products of f32 values are exact in
+// double, so the same order gives the same bits.
+__device__ float exact_score(const TileArgs &a, int64_t qi, int j) {
+    double acc[32];
+    for (int l = 0; l < 32; l++) acc[l] = 0.0;
+    const size_t qb = (size_t)(qi * a.ldxq), cb = (size_t)((int64_t)j * a.ldxc);
+    int t = 0;
+    for (; t + 32 <= a.d; t += 32)
+        for (int l = 0; l < 32; l++)
+            acc[l] += (double)ns_load_f32(a.xq, a.xdt, qb + t + l) *
+                      (double)ns_load_f32(a.xc, a.xdt, cb + t + l);
+    for (int l = 0; t < a.d; t++, l++)
+        acc[l] += (double)ns_load_f32(a.xq, a.xdt, qb + t) * (double)ns_load_f32(a.xc, a.xdt, cb + t);
+    for (int w = 16; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return (float)((double)a.scale * acc[0]);
+}
+
+// 1 when the exact score of (qi, tile row j) may reach the threshold score tv: ŝ + e ≥ tv in
+// double (e ≥ 2^-8·|ŝ|, so the double sum's rounding is far inside NS_BOUND_SAFETY). A
+// non-finite ŝ (a bf16 copy overflowed) or a row outside the bound's range is always one.
+__device__ __forceinline__ bool may_enter(const TileArgs &a, double qn, int j, float s, float tv) {
+    const double cn = a.cn[j];
+    if (!isfinite(s) || !(qn <= NS_BOUND_MAX_ABS) || !(cn <= NS_BOUND_MAX_ABS)) return true;
+    return (double)s + (a.rel * qn * cn + a.abs_e) >= (double)tv;
+}
 
 // Append-then-select, one block per query of the block: scans the query's score row, appends
 // every finite, non-excluded score that comes before the query's threshold to its buffer (no
@@ -150,6 +205,7 @@ __global__ void __launch_bounds__(kThreads) ns_k_topk_tile(TileArgs a) {
     int *si = a.scr_i + (int64_t)b * a.slot;
     const float *row = a.score + b * a.ld_score;
     const float sq = a.inv_q ? a.inv_q[qi] : 1.0f;
+    const double qn = a.xq ? a.qn[qi] : 0.0;
     int64_t e0 = 0, ne = 0;
     if (a.ex_off && a.ex_ids) {  // NULL ids: refused by mine_validate (ignored when unchecked)
         e0 = a.ex_off[qi];
@@ -185,6 +241,10 @@ __global__ void __launch_bounds__(kThreads) ns_k_topk_tile(TileArgs a) {
             if (j >= a.nt) break;
             float s = row[j];
             if (a.inv_q) s = s * (sq * a.inv_c[j]);
+            if (a.xq) {  // exact mode: ŝ → s* for the candidates only
+                if (!may_enter(a, qn, j, s, tv_)) continue;
+                s = exact_score(a, qi, j);
+            }
             if (!isfinite(s)) {
                 bad = 1;
                 continue;
@@ -273,6 +333,30 @@ __global__ void ns_k_check_exclusions(const int64_t *off, const int64_t *ids, in
     }
 }
 
+// norm[r] = ‖row r‖₂ in double (any order: the bound carries a margin for it) of n rows.
+__global__ void ns_k_row_norms_d(const void *x, ns_dtype t, int64_t ld, int64_t n, int64_t d,
+                                 double *norm) {
+    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < n;
+         r += (int64_t)gridDim.x * blockDim.x) {
+        double s2 = 0.0;
+        for (int64_t c = 0; c < d; c++) {
+            const double v = ns_load_f32(x, t, (size_t)(r * ld + c));
+            s2 += v * v;
+        }
+        norm[r] = sqrt(s2);
+    }
+}
+
+// dst (n × d, dense) = the f32 rows rounded to bf16, nearest even (the GEMM's inputs).
+__global__ void ns_k_rows_to_bf16(const float *x, int64_t ld, int64_t n, int64_t d,
+                                  __nv_bfloat16 *dst) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n * d;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = e / d, c = e - r * d;
+        dst[e] = __float2bfloat16_rn(x[r * ld + c]);
+    }
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ host side, by stage
@@ -286,7 +370,11 @@ struct MinePlan {
     int P2;                  // k rounded up to a power of two: a scratch slot
     size_t esz, ctile_b;     // bytes of one corpus tile
     int normalize, host_corpus, pinned_corpus, mixed, host_ex, validate;
+    int exact;               // exact scores (TileArgs::xq): bf16 GEMM + re-score; 0: plain
+    double rel, abs_e;       // the bound's constants (ns_bound.h) in exact mode
     float *tile[2], *inv_c[2];  // score tiles and tile norms, ping-ponged (mine_tile)
+    double *qn, *cn[2];      // exact mode: ‖q_i‖ and the tile's ‖c_j‖ (ping-ponged)
+    __nv_bfloat16 *q16, *c16;  // exact mode on f32 rows: their bf16 copies for the GEMM
     float *inv_q, *qf, *cf, *buf_v, *thr_v, *scr_v;
     int *buf_i, *cnt, *thr_i, *scr_i;
     char *ctile[2];          // the corpus tiles of a host corpus (double buffer)
@@ -316,6 +404,12 @@ void mine_layout(void *plan, ns_arena *a) {
     P->thr_i = (int *)ns_arena_carve(a, (size_t)P->Q * 4);
     P->scr_v = (float *)ns_arena_carve(a, (size_t)P->qb * P->P2 * 4);
     P->scr_i = (int *)ns_arena_carve(a, (size_t)P->qb * P->P2 * 4);
+    const int to16 = P->exact && P->esz == 4;
+    P->qn = P->exact ? (double *)ns_arena_carve(a, (size_t)P->Q * 8) : nullptr;
+    for (int b = 0; b < 2; b++)
+        P->cn[b] = P->exact ? (double *)ns_arena_carve(a, (size_t)P->nt * 8) : nullptr;
+    P->q16 = to16 ? (__nv_bfloat16 *)ns_arena_carve(a, (size_t)(P->Q * P->d) * 2) : nullptr;
+    P->c16 = to16 ? (__nv_bfloat16 *)ns_arena_carve(a, (size_t)(P->nt * P->d) * 2) : nullptr;
 }
 
 // The per-query state of append-then-select, as the kernels see it.
@@ -368,6 +462,14 @@ ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corp
         if (n > 0 && n < P->nt) P->nt = n;
     }
     P->ctile_b = (size_t)(P->nt * P->d) * P->esz;
+    // Exact scores unless NS_CUDA_MINE_GEMM=f32 (the plain path: the scores of a GEMM in the
+    // data's dtype, kept for the benchmark) or the rows are normalised or of mixed dtypes (the
+    // re-score would need the CPU's normalised rows: those take the plain path).
+    const char *gemm = getenv("NS_CUDA_MINE_GEMM");
+    P->exact = !P->normalize && !P->mixed && !(gemm && strcmp(gemm, "f32") == 0);
+    const double aabs = fabs((double)opt->scale);
+    P->rel = ns_bound_relative(P->d, P->esz == 4) * aabs;  // f32 rows are rounded to bf16
+    P->abs_e = ns_bound_absolute(P->d, aabs);
     P->cap = buffer_cap(k);
     P->P2 = 1;
     while (P->P2 < k) P->P2 <<= 1;
@@ -484,7 +586,7 @@ ns_status pipe_join(ns_context *ctx, const char *fn, const Pipe &pp) {
 
 // One staged corpus tile t against every query block: GEMM score tile, then ns_k_topk_tile.
 ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp, ns_matrix ct,
-                    int64_t t, int64_t c0, const void *qdata, ns_dtype gdt, int64_t ldq,
+                    int64_t t, int64_t c0, ns_matrix qrows, const void *qdata, ns_dtype gdt, int64_t ldq,
                     float scale, const int64_t *ex_off, const int64_t *ex_ids, int *flags) {
     cudaStream_t st = ns_stream(ctx);
     ns_status rc;
@@ -492,12 +594,22 @@ ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp
     const int tp = (int)(t & 1);
     if (P.validate && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
         return rc;
-    if (P.normalize) {
+    if (P.normalize || P.exact) {
         if (t >= 2) NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, pp.norms_free[tp], 0));
-        if ((rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, P.inv_c[tp], st))) return rc;
     }
+    if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, P.inv_c[tp], st))) return rc;
     const void *cdata = ct.data;
     int64_t ldc = ns_ld(ct);
+    if (P.exact) {
+        ns_k_row_norms_d<<<ns_blocks(n), NS_CUDA_THREADS, 0, st>>>(ct.data, ct.dtype, ldc, n, P.d, P.cn[tp]);
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+        if (P.c16) {  // the GEMM of this tile is the last reader of c16 before the next tile's copy
+            ns_k_rows_to_bf16<<<ns_blocks(n * P.d), NS_CUDA_THREADS, 0, st>>>(
+                (const float *)ct.data, ldc, n, P.d, P.c16);
+            NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+            cdata = P.c16, ldc = P.d;
+        }
+    }
     if (P.mixed) {
         if ((rc = ns_cuda_rows_to_f32(ctx, fn, ct, 0, n, P.cf, st))) return rc;
         cdata = P.cf, ldc = P.d;
@@ -517,11 +629,18 @@ ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp
         a.inv_q = P.inv_q, a.inv_c = P.inv_c[tp], a.ex_off = ex_off, a.ex_ids = ex_ids;
         fill_state(P, &a);
         a.flags = flags;
+        a.xq = nullptr, a.xc = nullptr, a.qn = nullptr, a.cn = nullptr;
+        a.ldxq = a.ldxc = 0, a.xdt = ct.dtype, a.d = (int)P.d, a.rel = P.rel, a.abs_e = P.abs_e;
+        a.scale = scale;
+        if (P.exact) {
+            a.xq = qrows.data, a.ldxq = ns_ld(qrows), a.xc = ct.data, a.ldxc = ns_ld(ct);
+            a.qn = P.qn, a.cn = P.cn[tp];
+        }
         ns_k_topk_tile<<<(unsigned)nq, kThreads, 0, pp.side>>>(a);
         NS_CUDA_TRY(ctx, fn, cudaGetLastError());
         NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.sel_done[b], pp.side));
     }
-    if (P.normalize) {
+    if (P.normalize || P.exact) {
         NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.norms_free[tp], pp.side));
         // sel_done of the last pair marks the side stream's end again (pipe_join waits on it).
         NS_CUDA_TRY(ctx, fn, cudaEventRecord(pp.sel_done[(pp.j - 1) & 1], pp.side));
@@ -584,6 +703,16 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
         if ((rc = ns_cuda_rows_to_f32(ctx, fn, q, 0, P.Q, P.qf, st))) return rc;
         qdata = P.qf, gdt = NS_F32, ldq = P.d;
     }
+    if (P.exact) {
+        ns_k_row_norms_d<<<ns_blocks(P.Q), NS_CUDA_THREADS, 0, st>>>(q.data, q.dtype, ldq, P.Q, P.d, P.qn);
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+        if (P.q16) {
+            ns_k_rows_to_bf16<<<ns_blocks(P.Q * P.d), NS_CUDA_THREADS, 0, st>>>(
+                (const float *)q.data, ldq, P.Q, P.d, P.q16);
+            NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+            qdata = P.q16, gdt = NS_BF16, ldq = P.d;
+        }
+    }
     if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, q, 0, P.Q, P.inv_q, st))) return rc;
     ns_k_topk_init<<<ns_blocks(P.Q), NS_CUDA_THREADS, 0, st>>>(P.cnt, P.thr_v, P.thr_i, P.Q);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
@@ -609,10 +738,13 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
         const int buf = (int)(t & 1);
         ns_matrix ct;
         if ((rc = mine_stage_tile(ctx, fn, P, corpus, t, copy, &ct)) ||
-            (rc = mine_tile(ctx, fn, P, pp, ct, t, c0, qdata, gdt, ldq, opt->scale, ex_off, ex_ids, flags))) {
+            (rc = mine_tile(ctx, fn, P, pp, ct, t, c0, q, qdata, gdt, ldq, opt->scale, ex_off, ex_ids, flags))) {
             pipe_join(ctx, fn, pp);  // queued selections still use the workspace
             return rc;
         }
+        // Exact mode re-scores from the staged tile on the side stream: its buffer is free for
+        // the copy of tile t + 2 only after those selections.
+        if (copy && P.exact && (rc = pipe_join(ctx, fn, pp))) return rc;
         if (copy) NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[buf], st));
         if (opt->progress) {
             if (t >= 1) NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(consumed[buf ^ 1]));

@@ -194,3 +194,26 @@ ns_status ns_cuda_sample(ns_context *ctx, const ns_candidates *cand, const uint8
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }
+
+ns_status ns_cuda_filter_sample(ns_context *ctx, const ns_candidates *cand,
+                                const ns_filter_options *fo, const ns_sampler_options *so,
+                                int64_t m, uint8_t *keep, ns_filter_counts *counts,
+                                int64_t *index, float *score, int64_t *count) {
+    // First the data both need, named for this call: nothing is written when it fails (the
+    // filter would otherwise have written keep before the sampler's own check).
+    const unsigned r = fo->rules;
+    const int need_sp = (r & (NS_FILTER_MARGIN | NS_FILTER_REL_MARGIN)) != 0 ||
+                        so->strategy == NS_SAMPLE_SIMANS;
+    const int need_guide = (r & (NS_FILTER_GUIDE | NS_FILTER_GUIDE_REL)) != 0;
+    const int same_id = (r & NS_FILTER_SAME_ID) != 0;
+    NsCandArgs ca;
+    ca.B = cand->queries, ca.C = cand->per_query, ca.id = cand->id, ca.score = cand->score;
+    ca.sp = need_sp ? cand->positive_score : nullptr;
+    ca.guide = need_guide ? cand->guide_score : nullptr;
+    ca.gp = need_guide ? cand->guide_positive_score : nullptr;
+    ca.pos_off = same_id ? cand->positive_id->offsets : nullptr;
+    ca.pos_ids = same_id ? cand->positive_id->ids : nullptr;
+    ns_status rc = ns_cuda_check_candidates(ctx, "ns_filter_sample", ca);
+    if (!rc) rc = ns_cuda_filter(ctx, cand, fo, keep, counts);
+    return rc ? rc : ns_cuda_sample(ctx, cand, keep, so, m, index, score, count);
+}

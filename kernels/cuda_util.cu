@@ -145,6 +145,12 @@ int ns_cuda_first_nonfinite(const int *hflags, int slot, int64_t cols, int64_t *
 
 ns_status ns_cuda_flags_reset(ns_context *ctx, const char *fn, int **flags) {
     ns_cuda_state *s = ctx->cuda;
+    if (!s->dflag && ns_cuda_capturing(ctx))
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: the context's device status words are allocated on first use "
+                       "(cudaMalloc), impossible while ctx's stream is captured into a CUDA graph; "
+                       "run one call outside the capture first",
+                       fn);
     if (!s->dflag) {
         NS_CUDA_TRY(ctx, fn, cudaMalloc(&s->dflag, NS_CUDA_FLAGS * sizeof(int)));
         NS_CUDA_TRY(ctx, fn, cudaHostAlloc(&s->hflag, NS_CUDA_FLAGS * sizeof(int), cudaHostAllocDefault));
@@ -172,7 +178,9 @@ int ns_cuda_capturing(ns_context *ctx) {
     return c != cudaStreamCaptureStatusNone;
 }
 
-int ns_cuda_validating(ns_context *ctx) { return !ctx->cuda->unchecked && !ns_cuda_capturing(ctx); }
+int ns_cuda_validating(ns_context *ctx) {
+    return !ctx->cuda->unchecked && !ctx->cuda->deferring && !ns_cuda_capturing(ctx);
+}
 
 extern "C" void ns_cuda_set_input_checks(ns_context *ctx, int on) {
     if (ctx && ctx->cuda) ctx->cuda->unchecked = !on;

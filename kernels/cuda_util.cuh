@@ -98,4 +98,9 @@ struct NsCandArgs {
     const int64_t *pos_off, *pos_ids;
 };
 ns_status ns_cuda_check_candidates(ns_context *ctx, const char *fn, const NsCandArgs &a);
+// The check's verdict from its wide words read back (the first failure, as the CPU backend
+// names it), and the filter's counts from the same words (kernels/cuda_filter.cu).
+ns_status ns_cuda_candidates_error(ns_context *ctx, const char *fn, int64_t C,
+                                   const unsigned long long *w);
+void ns_cuda_filter_counts(const unsigned long long *w, int64_t examined, ns_filter_counts *counts);
 

@@ -32,6 +32,13 @@ ns_status ns_cuda_filter(ns_context *ctx, const ns_candidates *cand, const ns_fi
 ns_status ns_cuda_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
                          const ns_sampler_options *opt, int64_t m, int64_t *index, float *score,
                          int64_t *count);
+/* ns_filter_sample: the data both need checked first (nothing written on failure), then
+ * ns_cuda_filter and ns_cuda_sample on its keep (cuda_sample.cu). Their own checks run again:
+ * one kernel each, cheap on the device beside the host's scans. */
+ns_status ns_cuda_filter_sample(ns_context *ctx, const ns_candidates *cand,
+                                const ns_filter_options *fo, const ns_sampler_options *so,
+                                int64_t m, uint8_t *keep, ns_filter_counts *counts,
+                                int64_t *index, float *score, int64_t *count);
 ns_status ns_cuda_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                 const ns_id_lists *exclude, const ns_corpus_sampler_options *opt,
                                 int64_t queries, int64_t m, int64_t *index, int64_t *count);
@@ -70,6 +77,15 @@ ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query
                               const int64_t *cand_id, const uint8_t *slot_keep,
                               const int64_t *chosen_id, int64_t h, void *hard, uint8_t *keep,
                               int64_t *row);
+/* The checked step's deferred validation (kernels/cuda_step_checks.cu): begin zeroes the
+ * deferred words, scans the batch's queries and positives into them and makes the ops defer
+ * their synchronising checks (*deferring = 1; 0 while capturing or with checks off: nothing
+ * deferred). end (always called after a begin that deferred) stops deferring and, when so_far
+ * is NS_OK, reads the words and the device loss with one synchronisation: the first failure,
+ * else *loss and (when counts, the step filtered) the filter counts. */
+ns_status ns_cuda_step_defer_begin(ns_context *ctx, const ns_batch *batch, int *deferring);
+ns_status ns_cuda_step_defer_end(ns_context *ctx, ns_status so_far, const ns_batch *batch,
+                                 const float *loss_dev, float *loss, ns_filter_counts *counts);
 /* grad_cand (B·C × d) = 0, then grad_cand[row[r]] += grad_hard[r] for every r with row ≥ 0. */
 ns_status ns_cuda_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                                const int64_t *row, int64_t nrow, float *grad_cand);
@@ -95,9 +111,16 @@ ns_status ns_cuda_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row
 ns_status ns_cuda_queue_push(ns_context *ctx, ns_matrix rows, const int64_t *ids, int64_t first,
                              int64_t n, void *ring, ns_dtype ring_dtype, int64_t capacity,
                              int64_t start, int64_t *ring_ids, int validate);
+/* The multi-rank loss's device steps (kernels/cuda_comm.cu), on ctx's stream: dst[i] =
+ * (src ? src[i] : i) + add for i < n; dst = dst + src (mean 0) or 0.5·(dst + src) (mean 1). */
+ns_status ns_cuda_offset_ids(ns_context *ctx, int64_t *dst, const int64_t *src, int64_t n,
+                             int64_t add);
+ns_status ns_cuda_combine_f32(ns_context *ctx, float *dst, const float *src, int64_t n, int mean);
 /* Device memory for the arenas (src/arena.c): ns_cuda_free_ordered frees after the work queued
  * on ctx's stream (ctx NULL: after all work on the device) and returns any failure. */
 ns_status ns_cuda_malloc(ns_context *ctx, void **p, size_t bytes);
+/* 1 while ctx's stream is being captured into a CUDA graph (no allocation, free or sync then). */
+int ns_cuda_stream_capturing(ns_context *ctx);
 ns_status ns_cuda_free_ordered(ns_context *ctx, void *p);
 /* Page-locked host memory; freed after the work on ctx's stream and copy stream. */
 ns_status ns_cuda_host_alloc(ns_context *ctx, void **p, size_t bytes);

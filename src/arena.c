@@ -38,6 +38,18 @@ ns_status ns_arena_reserve(ns_context *ctx, ns_arena *a, size_t bytes, const cha
     if (a->base && a->capacity >= bytes) return NS_OK;
     size_t grow = a->capacity + a->capacity / 2;
     size_t want = ((bytes > grow ? bytes : grow) + al - 1) & ~(al - 1);
+#ifdef NS_HAVE_CUDA
+    /* Growing frees the old block after the queued work (a synchronisation) and allocates a new
+     * one: neither may happen while the stream is captured into a CUDA graph (the capture would
+     * be invalidated). Refuse, with the arena and the capture left as they were. */
+    if (a->kind != NS_MEM_HOST && ctx && ctx->backend == NS_BACKEND_CUDA && ns_cuda_stream_capturing(ctx))
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: the %s workspace must grow from %zu to %zu bytes, which needs a "
+                       "synchronisation and cudaMalloc/cudaFree, impossible while ctx's stream is "
+                       "captured into a CUDA graph; run one call of the same shapes outside the "
+                       "capture first (the workspace is kept and reused)",
+                       fn, a->kind == NS_MEM_DEVICE ? "device" : "pinned host", a->capacity, bytes);
+#endif
     ns_status st = block_free(ctx, a->kind, a->base);
     a->base = NULL;
     a->capacity = 0;

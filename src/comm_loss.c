@@ -27,7 +27,6 @@ static int on_device(const ns_context *ctx) { return ctx->backend == NS_BACKEND_
 
 void ns_comm_loss_free(ns_comm *c) {
     ns_arena_release(NULL, &c->mem);
-    ns_arena_release(NULL, &c->host);
 }
 
 /* Every buffer of one forward and its backward, from its shapes. */
@@ -54,37 +53,27 @@ static void loss_layout(void *plan, ns_arena *a) {
     b->stage_hard = h > 0 ? (float *)ns_arena_carve(a, sizeof(float) * nh) : NULL;
 }
 
-static void host_layout(void *plan, ns_arena *a) {
-    ns_comm_loss_bufs *b = (ns_comm_loss_bufs *)plan;
-    b->host = ns_arena_carve(a, b->host_bytes);
+/* dst[0..n) = dst + src (mean 0) or 0.5·(dst + src) (mean 1) on the backend (CUDA: a kernel on
+ * the stream, the same f32 operations; the symmetric loss's two terms). */
+static ns_status combine(ns_context *ctx, float *dst, const float *src, size_t n, int mean) {
+#ifdef NS_HAVE_CUDA
+    if (on_device(ctx)) return ns_cuda_combine_f32(ctx, dst, src, (int64_t)n, mean);
+#endif
+    (void)ctx;
+    for (size_t k = 0; k < n; k++) dst[k] = mean ? 0.5f * (dst[k] + src[k]) : dst[k] + src[k];
+    return NS_OK;
 }
 
-/* Host ↔ backend copies of small arrays (ids, positives); device to pageable host memory
- * returns once the copy is done. */
-static ns_status to_backend(ns_context *ctx, void *dst, const void *src, size_t bytes) {
-    return ns_copy(ctx, dst, src, bytes, NS_COPY_H2D);
-}
-static ns_status from_backend(ns_context *ctx, void *dst, const void *src, size_t bytes) {
-    return ns_copy(ctx, dst, src, bytes, NS_COPY_D2H);
-}
-
-/* dst[0..n) += src[0..n) on the backend (CUDA: through the host; only the symmetric loss
- * needs it). */
-static ns_status add_into(ns_context *ctx, void *stage, float *dst, const float *src, size_t n,
-                          const char *fn) {
-    if (!on_device(ctx)) {
-        for (size_t k = 0; k < n; k++) dst[k] += src[k];
-        return NS_OK;
-    }
-    float *a = (float *)stage; /* 2n floats of the host staging */
-    ns_status st = from_backend(ctx, a, dst, sizeof(float) * n);
-    if (!st) st = from_backend(ctx, a + n, src, sizeof(float) * n);
-    if (!st) {
-        for (size_t k = 0; k < n; k++) a[k] += a[n + k];
-        st = to_backend(ctx, dst, a, sizeof(float) * n);
-    }
-    (void)fn;
-    return st;
+/* dst[i] = (src ? src[i] : i) + add, i < n, in backend memory (CUDA: a kernel on the stream,
+ * no host copy of the ids). */
+static ns_status offset_ids(ns_context *ctx, int64_t *dst, const int64_t *src, int64_t n,
+                            int64_t add) {
+#ifdef NS_HAVE_CUDA
+    if (on_device(ctx)) return ns_cuda_offset_ids(ctx, dst, src, n, add);
+#endif
+    (void)ctx;
+    for (int64_t i = 0; i < n; i++) dst[i] = (src ? src[i] : i) + add;
+    return NS_OK;
 }
 
 static int64_t float_bits(float f) {
@@ -238,23 +227,16 @@ static ns_status gather_inputs(ns_context *ctx, ns_comm *c, const ns_infonce_inp
 
     const ns_comm_loss_bufs *bf = &c->bufs;
     void *P = bf->passage;
-    int64_t *pid = bf->passage_id, *pos = bf->positive, *host = (int64_t *)bf->host;
+    int64_t *pid = bf->passage_id, *pos = bf->positive;
     if ((st = ns_comm_allgather_rows(ctx, c, in->passage, P, fn))) goto out;
     if (in->passage_id) {
         if ((st = ns_comm_allgather(ctx, c, in->passage_id, (size_t)N, sizeof(int64_t), pid, fn)))
             goto out;
-    } else {
-        /* NULL ids are row numbers: in the concatenated batch, the global rows. */
-        for (int64_t j = 0; j < R * N; j++) host[j] = j;
-        if ((st = to_backend(ctx, pid, host, sizeof(int64_t) * (size_t)(R * N)))) goto out;
+    } else if ((st = offset_ids(ctx, pid, NULL, R * N, 0))) { /* NULL ids: the global rows */
+        goto out;
     }
-    if (in->positive) {
-        if ((st = from_backend(ctx, host, in->positive, sizeof(int64_t) * (size_t)B))) goto out;
-    } else {
-        for (int64_t i = 0; i < B; i++) host[i] = i;
-    }
-    for (int64_t i = 0; i < B; i++) host[i] += (int64_t)me * N;
-    if ((st = to_backend(ctx, pos, host, sizeof(int64_t) * (size_t)B))) goto out;
+    /* Query i's positive is global passage me·N + positive[i] (NULL: i). */
+    if ((st = offset_ids(ctx, pos, in->positive, B, (int64_t)me * N))) goto out;
     g.passage = (ns_matrix){P, in->passage.dtype, R * N, d, 0};
     g.passage_id = pid;
     g.positive = pos;
@@ -286,8 +268,7 @@ static ns_status gather_inputs(ns_context *ctx, ns_comm *c, const ns_infonce_inp
         void *Q = bf->query;
         int64_t *rpos = bf->rev_positive;
         if ((st = ns_comm_allgather_rows(ctx, c, in->query, Q, fn))) goto out;
-        for (int64_t i = 0; i < B; i++) host[i] = (int64_t)me * B + i;
-        if ((st = to_backend(ctx, rpos, host, sizeof(int64_t) * (size_t)B))) goto out;
+        if ((st = offset_ids(ctx, rpos, NULL, B, (int64_t)me * B))) goto out;
         ns_infonce_inputs rv;
         memset(&rv, 0, sizeof rv);
         rv.query = in->passage;
@@ -315,13 +296,8 @@ static ns_status reserve(ns_context *ctx, ns_comm *c, const ns_infonce_inputs *i
     b->es_query = ns_dtype_size(in->query.dtype);
     b->share = o->share_hard && b->h > 0, b->sym = o->symmetric;
     b->hard_id = in->hard_id != NULL, b->hard_keep = in->hard_keep != NULL;
-    /* ids (R·N + B + 1), or on CUDA the per-query sums (2B floats) and gradient sums (2·n). */
-    size_t n = b->N > b->B ? b->N : b->B;
-    size_t ids = sizeof(int64_t) * (b->R * b->N + b->B + 1), sums = sizeof(float) * 2 * n * b->d;
-    b->host_bytes = ids > sums ? ids : sums;
     if (!c->mem.base && !c->mem.capacity) c->mem = ns_arena_empty(ns_backend_memory(ctx));
     ns_status st = ns_arena_lay_out(ctx, &c->mem, loss_layout, b, fn);
-    if (!st) st = ns_arena_lay_out(ctx, &c->host, host_layout, b, fn);
     if (!st) return NS_OK;
     return ns_fail(ctx, st,
                    "%s: cannot allocate the buffers for the rows gathered from %zu ranks "
@@ -363,19 +339,7 @@ ns_status ns_comm_infonce_forward(ns_context *ctx, ns_comm *c, const ns_infonce_
         pq_rev = rsaved + (size_t)B * NS_INFONCE_SAVED_PER_QUERY;
         local = ns_infonce_forward(ctx, &c->reversed, &ro, &lp, pq_rev, rsaved);
         /* per_query = (L_q + L_p) / 2, as the one-rank symmetric loss. */
-        if (!local && per_query) {
-            if (!on_device(ctx)) {
-                for (int64_t i = 0; i < B; i++) per_query[i] = 0.5f * (per_query[i] + pq_rev[i]);
-            } else {
-                float *a = (float *)c->bufs.host; /* 2B floats */
-                local = from_backend(ctx, a, per_query, sizeof(float) * (size_t)B);
-                if (!local) local = from_backend(ctx, a + B, pq_rev, sizeof(float) * (size_t)B);
-                if (!local) {
-                    for (int64_t i = 0; i < B; i++) a[i] = 0.5f * (a[i] + a[B + i]);
-                    local = to_backend(ctx, per_query, a, sizeof(float) * (size_t)B);
-                }
-            }
-        }
+        if (!local && per_query) local = combine(ctx, per_query, pq_rev, (size_t)B, 1);
     }
     double sum = opt->symmetric ? 0.5 * ((double)lq + (double)lp) * (double)B : (double)lq * (double)B;
     if ((st = share_outcome(ctx, c, local, &sum, 1, fn))) return st;
@@ -450,8 +414,8 @@ ns_status ns_comm_infonce_backward(ns_context *ctx, ns_comm *c, const ns_infonce
     if (share && (st = ns_comm_reduce_scatter_f32(ctx, c, gh, sh, nh, fn))) return st;
     if (sym) {
         if ((st = ns_comm_reduce_scatter_f32(ctx, c, gq, sq2, nq, fn))) return st;
-        if (grads->query && (st = add_into(ctx, bf->host, sq, sq2, nq, fn))) return st;
-        if (grads->passage && (st = add_into(ctx, bf->host, sp, tmp, np, fn))) return st;
+        if (grads->query && (st = combine(ctx, sq, sq2, nq, 0))) return st;
+        if (grads->passage && (st = combine(ctx, sp, tmp, np, 0))) return st;
     }
     if (grads->query && (st = copy_backend(ctx, grads->query, sq, sizeof(float) * nq))) return st;
     if (grads->passage && (st = copy_backend(ctx, grads->passage, sp, sizeof(float) * np))) return st;

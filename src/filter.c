@@ -12,8 +12,11 @@
 
 static const char *const FN = "ns_filter";
 
-/* Checks of the options alone (no data is read, so they hold for every backend). */
-static ns_status check_options(ns_context *ctx, const ns_candidates *c, const ns_filter_options *o) {
+/* Checks of the options alone (no data is read, so they hold for every backend); also
+ * ns_filter_sample's (src/filter_sample.c). */
+ns_status ns_filter_check_options(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  const ns_filter_options *o) {
+    const char *const FN = fn;
     unsigned r = o->rules;
     if (r & ~NS_FILTER_KNOWN_RULES)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
@@ -69,7 +72,7 @@ ns_status ns_filter(ns_context *ctx, const ns_candidates *cand, const ns_filter_
                                  options, &resolved)))
         return st;
     const ns_filter_options *o = &resolved;
-    if ((st = check_options(ctx, cand, o))) return st;
+    if ((st = ns_filter_check_options(ctx, FN, cand, o))) return st;
 
     return NS_DISPATCH(ctx, filter, (ctx, cand, o, keep, counts));
 }

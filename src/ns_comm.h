@@ -4,9 +4,10 @@
  * Every collective is called by every rank in the same order. Buffers live where the
  * communicator's backend keeps data: host memory for MPI (CPU contexts), device memory for NCCL
  * (CUDA contexts, ordered on ctx->stream). Functions named *_host take host memory on both.
- * Each call returns only when its result is ready (NCCL: the stream has reached it), or fails
- * with NS_ERR_COMM once timeout_ms passed without the other ranks; the communicator is then
- * marked broken and every later call fails at once. fn names the public caller in messages. */
+ * Each call returns when its result is ready for what follows (MPI: in memory; NCCL: enqueued
+ * on ctx->stream, where later work sees it, with no host wait except for the *_host exchanges),
+ * or fails with NS_ERR_COMM once timeout_ms passed without the other ranks; the communicator is
+ * then marked broken and every later call fails at once. fn names the public caller in messages. */
 #ifndef NS_COMM_H
 #define NS_COMM_H
 
@@ -31,8 +32,6 @@ typedef struct {
     float *rev_saved;
     float *grad_passage, *grad_hard, *grad_query, *grad_tmp;
     float *stage_query, *stage_query2, *stage_passage, *stage_hard;
-    void *host; /* host staging: ids, and the per-query and gradient sums on CUDA */
-    size_t host_bytes;
 } ns_comm_loss_bufs;
 
 typedef struct {
@@ -61,9 +60,9 @@ struct ns_comm {
     const ns_comm_ops *ops;
     void *impl;
     /* The distributed loss (src/comm_loss.c): gathered rows and ids of the last forward, kept
-     * for its backward, in an arena of the backend's memory (and a host one for staging),
-     * reserved by each forward for its shapes. */
-    ns_arena mem, host;
+     * for its backward, in an arena of the backend's memory reserved by each forward for its
+     * shapes (ids and sums are made there: nothing goes through the host). */
+    ns_arena mem;
     ns_comm_loss_bufs bufs;
     int loss_ready;
     ns_loss_options loss_opt;

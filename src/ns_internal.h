@@ -27,11 +27,6 @@ struct ns_context {
     char error[NS_ERROR_CAPACITY];
     ns_arena scratch; /* host workspace of one operation (src/ns_arena.h) */
     int64_t loss_tile_rows, loss_tile_cols; /* loss tiles (CPU, CUDA); 0 = chosen per call (tests) */
-    /* Set by the step around its ns_sample only, right after its ns_filter checked the same
-     * candidates' ids and scores on the CPU: ns_sample skips that second scan (it still checks
-     * the positive scores). Never set for a caller's own ns_filter + ns_sample: the data could
-     * change between the calls. */
-    int candidate_slots_checked;
     struct ns_step_state *step;
     struct ns_cuda_state *cuda;
 };
@@ -99,6 +94,12 @@ int ns_threads(const ns_context *ctx);
 /* Validation shared by ns_filter and ns_sample: the shapes and pointers (the data is checked
  * by the backend). */
 ns_status ns_check_candidates(ns_context *ctx, const char *fn, const ns_candidates *c);
+/* The option checks (no data read) of ns_filter (src/filter.c) and ns_sample (src/sample.c),
+ * also run by ns_filter_sample (src/filter_sample.c); fn names the caller in the message. */
+ns_status ns_filter_check_options(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  const ns_filter_options *o);
+ns_status ns_sample_check_options(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  const ns_sampler_options *o, int64_t m);
 
 #ifdef __cplusplus
 }

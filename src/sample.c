@@ -9,8 +9,10 @@
 
 static const char *const FN = "ns_sample";
 
-static ns_status check_options(ns_context *ctx, const ns_candidates *c,
-                               const ns_sampler_options *o, int64_t m) {
+/* Checks of the options alone (no data is read); also ns_filter_sample's (src/filter_sample.c). */
+ns_status ns_sample_check_options(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  const ns_sampler_options *o, int64_t m) {
+    const char *const FN = fn;
     if (o->strategy != NS_SAMPLE_TOP && o->strategy != NS_SAMPLE_UNIFORM &&
         o->strategy != NS_SAMPLE_SIMANS && o->strategy != NS_SAMPLE_SOFTMAX)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
@@ -57,7 +59,7 @@ ns_status ns_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *k
                                  options, &resolved)))
         return st;
     const ns_sampler_options *o = &resolved;
-    if ((st = check_options(ctx, cand, o, m))) return st;
+    if ((st = ns_sample_check_options(ctx, FN, cand, o, m))) return st;
 
     return NS_DISPATCH(ctx, sample, (ctx, cand, keep, o, m, index, score, count));
 }

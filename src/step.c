@@ -353,7 +353,8 @@ static ns_status step_mix(ns_context *ctx, struct ns_step_state *s, const ns_can
                                              b->mix_rand, hr, b->chosen_id, b->count));
 }
 
-/* score → filter → sample → gather: the h hard negatives of every query. */
+/* score → filter + sample (with mixing: filter → step_mix) → gather: the h hard negatives of
+ * every query. */
 static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const ns_batch *batch,
                                 const int64_t *cand_ids, ns_filter_counts *counts) {
     step_bufs *b = &s->buf;
@@ -374,13 +375,16 @@ static ns_status step_negatives(ns_context *ctx, struct ns_step_state *s, const 
     cand.query_offset = batch->query_offset;
     ns_filter_options fo = s->filter;
     if (!batch->candidate_id) fo.rules &= ~(unsigned)NS_FILTER_SAME_ID; /* nothing to match */
-    if ((st = ns_filter(ctx, &cand, &fo, b->keep, s->opt.sync_free ? NULL : counts))) return st;
-    ctx->candidate_slots_checked = 1; /* ns_filter just scanned these ids and scores */
-    st = b->hr > 0 ? step_mix(ctx, s, &cand)
-                   : ns_sample(ctx, &cand, b->keep, &s->sampler, b->h, b->chosen_id, NULL,
-                               b->count);
-    ctx->candidate_slots_checked = 0;
-    if (st) return st;
+    /* filter and sample in one call (on the CPU fused per row, one scan of the data checks);
+     * with random + hard mixing, the filter and then its two draws */
+    ns_filter_counts *fc = s->opt.sync_free ? NULL : counts;
+    if (b->hr > 0) {
+        if ((st = ns_filter(ctx, &cand, &fo, b->keep, fc)) || (st = step_mix(ctx, s, &cand)))
+            return st;
+    } else if ((st = ns_filter_sample(ctx, &cand, &fo, &s->sampler, b->h, b->keep, fc,
+                                      b->chosen_id, NULL, b->count))) {
+        return st;
+    }
     return NS_DISPATCH(ctx, step_gather, (ctx, batch->candidate, b->C, cand_ids, b->keep,
                                           b->chosen_id, b->h, b->hard, b->hard_keep,
                                           b->chosen_row));
@@ -452,9 +456,13 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
      * rest is the step's own data); restored on every return. */
     const int cuda = ctx->backend == NS_BACKEND_CUDA;
     const int checks = cuda && opt->sync_free ? ns_cuda_swap_input_checks(ctx, 0) : 1;
+    /* Checked (and one rank): the ops' validation is deferred to one read at the end, with the
+     * counts and the loss (kernels/cuda_step_checks.cu): one synchronisation per forward. */
+    int deferred = 0;
+    if (cuda && !opt->sync_free && !opt->comm) st = ns_cuda_step_defer_begin(ctx, batch, &deferred);
 #endif
     const int64_t *cand_ids;
-    st = step_ids(ctx, s, batch, &cand_ids);
+    if (!st) st = step_ids(ctx, s, batch, &cand_ids);
     if (!st && s->buf.h > 0) st = step_negatives(ctx, s, batch, cand_ids, &counts);
     if (!st) st = step_loss_inputs(ctx, s, batch, opt);
     if (!st && opt->comm) {
@@ -470,7 +478,7 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
             st = ns_infonce_check(ctx, "ns_infonce_forward", &s->in, &lo, &defaults);
             if (!st) st = ns_cuda_infonce_forward_device(ctx, &s->in, lo, s->buf.loss,
                                                          s->buf.per_query, s->buf.saved);
-            if (!st && !opt->sync_free) st = ns_copy(ctx, &loss, s->buf.loss, 4, NS_COPY_D2H);
+            if (!st && !opt->sync_free && !deferred) st = ns_copy(ctx, &loss, s->buf.loss, 4, NS_COPY_D2H);
         } else
 #endif
         if (s->buf.fused) { /* the gradients now, at grad_loss 1; the backward scales them */
@@ -486,6 +494,8 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
     }
 #ifdef NS_HAVE_CUDA
     if (cuda && opt->sync_free) ns_cuda_swap_input_checks(ctx, checks);
+    if (deferred)
+        st = ns_cuda_step_defer_end(ctx, st, batch, s->buf.loss, &loss, s->buf.h > 0 ? &counts : NULL);
 #endif
     if (st) return st;
 
@@ -570,8 +580,10 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
     g.hard = grad_hard;
     g.temperature = grads->temperature;
 #ifdef NS_HAVE_CUDA
+    /* Everything the backward reads was checked by its forward (or trusted under sync_free):
+     * no synchronising validation (a host dτ is the only synchronisation left). */
     const int cuda = ctx->backend == NS_BACKEND_CUDA;
-    const int checks = cuda && s->opt.sync_free ? ns_cuda_swap_input_checks(ctx, 0) : 1;
+    const int checks = cuda ? ns_cuda_swap_input_checks(ctx, 0) : 1;
 #endif
     if (s->opt.comm) {
         *collective = 1;
@@ -589,14 +601,14 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
     }
     if (!st) {
         s->ready = 0;
-        /* The positives were checked by the forward's loss (or trusted under sync_free): the
-         * push's own scan is skipped under sync_free, and it takes any dtype, so it cannot
-         * fail on the data after the backward ran. */
+        /* The positives were checked by the forward (or trusted under sync_free): the push's
+         * own scan is skipped on CUDA (checks are off in the backward), and it takes any
+         * dtype, so it cannot fail on the data after the backward ran. */
         if (s->opt.enqueue && s->opt.queue)
             st = ns_queue_push(ctx, s->opt.queue, s->batch.positive, s->positives.ids);
     }
 #ifdef NS_HAVE_CUDA
-    if (cuda && s->opt.sync_free) ns_cuda_swap_input_checks(ctx, checks);
+    if (cuda) ns_cuda_swap_input_checks(ctx, checks);
 #endif
     return st;
 }

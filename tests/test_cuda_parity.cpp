@@ -1227,3 +1227,202 @@ TEST(CudaParity, ADevice1ContextLeavesTheCallersDeviceCurrent) {
     cuda_host::config_mut().devices = saved_devices;
 #endif
 }
+
+#ifdef NS_HAVE_CUDA
+// Issue 11 item 9: an op whose workspace must grow while the stream is captured into a graph
+// refuses with NS_ERR_UNSUPPORTED naming the bytes needed and held and what to do, and leaves
+// the capture valid (before: the growth synchronised and freed inside the capture, which
+// invalidated it, and failed as NS_ERR_CUDA). After one call outside the capture the same call
+// is captured and its replay gives the ordinary call's list.
+TEST(CudaParity, WorkspaceGrowthWhileCapturingIsRefusedClearly) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    ScopedEnv env("NS_CUDA_MINE_TILE_ROWS", "500");
+    HostMat q(NS_F32, 3, 8, 8, 41), corpus(NS_F32, 1200, 8, 8, 42);
+    DevMat qg(p.gpu, q), cg(p.gpu, corpus);
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    ASSERT_EQ(ns_context_set_stream(p.gpu, s), NS_OK);
+    ns_mine_options o = NS_MINE_OPTIONS_INIT;
+    const int64_t k = 20;
+    Buf<int64_t> i0(p.gpu, 3 * k, 0), i1(p.gpu, 3 * k, 0);
+    Buf<float> s0(p.gpu, 3 * k, 0.f), s1(p.gpu, 3 * k, 0.f);
+    // A tiny first call sizes the workspace small (and creates the status words).
+    ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, 1, &o, i0.ptr(), s0.ptr()), NS_OK) << ns_last_error(p.gpu);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    for (int round = 0; round < 2; round++) {
+        ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+        ns_status rc = ns_mine_topk(p.gpu, qg.m, cg.m, k, &o, i1.ptr(), s1.ptr());
+        cudaGraph_t g = nullptr;
+        ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaSuccess) << "the capture was invalidated";
+        if (round == 0) {
+            EXPECT_EQ(rc, NS_ERR_UNSUPPORTED) << ns_last_error(p.gpu);
+            const std::string why = ns_last_error(p.gpu);
+            EXPECT_NE(why.find("device workspace must grow from"), std::string::npos) << why;
+            EXPECT_NE(why.find("outside the capture first"), std::string::npos) << why;
+            cudaGraphDestroy(g);
+            // Outside the capture the same call sizes the workspace.
+            ASSERT_EQ(ns_mine_topk(p.gpu, qg.m, cg.m, k, &o, i0.ptr(), s0.ptr()), NS_OK) << ns_last_error(p.gpu);
+            ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+            continue;
+        }
+        ASSERT_EQ(rc, NS_OK) << ns_last_error(p.gpu);
+        cudaGraphExec_t ge;
+        ASSERT_EQ(cudaGraphInstantiate(&ge, g, 0), cudaSuccess);
+        ASSERT_EQ(cudaGraphLaunch(ge, s), cudaSuccess);
+        ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+        EXPECT_EQ(i0.fetch(), i1.fetch());
+        EXPECT_EQ(0, std::memcmp(s0.fetch().data(), s1.fetch().data(), 3 * k * sizeof(float)));
+        cudaGraphExecDestroy(ge);
+        cudaGraphDestroy(g);
+    }
+    ASSERT_EQ(ns_context_set_stream(p.gpu, nullptr), NS_OK);
+    cudaStreamDestroy(s);
+}
+#endif
+
+// Issue 11 item 9: fault injection into a CUDA context's creation and first use. The n-th
+// resource creation (cudaMalloc, cudaHostAlloc, stream, event, cublasCreate) fails, for every n
+// that the creation plus one mining call (side stream, events, status words, workspace) make:
+// each failure is a clear NS_ERR_OUT_OF_MEMORY / NS_ERR_CUDA naming the call, and afterwards the
+// live device resources are what they were before (nothing of a partly made context leaks;
+// the ASan pass checks the host side).
+TEST(CudaParity, ContextCreationAndFirstUseUnderFaultInjection) {
+#if !defined(NS_CUDA_HOST_LAYER) || defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "needs the host execution layer's fault injection";
+#else
+    HostMat q(NS_F32, 2, 8, 8, 51), corpus(NS_F32, 300, 8, 8, 52);
+    std::vector<float> want_score;
+    long total = 0;  // creations of the fault-free run (context + call)
+    auto attempt = [&](long n, ns_status *create, ns_status *use, std::string *why) {
+        cuda_host_fail_at(n);
+        ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
+        o.backend = NS_BACKEND_CUDA;
+        ns_context *g = nullptr;
+        *create = ns_context_create(&g, &o);
+        *use = NS_OK;
+        if (*create) {
+            *why = ns_last_error(nullptr);
+            return;
+        }
+        // The inputs are made with injection off; the call's own creations are counted.
+        const long counted = cuda_host_fail_at(0);
+        float *qd = nullptr, *cd = nullptr, *sd = nullptr;
+        int64_t *id = nullptr;
+        EXPECT_EQ(cudaMalloc((void **)&qd, q.f.size() * 4), cudaSuccess);
+        EXPECT_EQ(cudaMalloc((void **)&cd, corpus.f.size() * 4), cudaSuccess);
+        EXPECT_EQ(cudaMalloc((void **)&sd, 2 * 5 * 4), cudaSuccess);
+        EXPECT_EQ(cudaMalloc((void **)&id, 2 * 5 * 8), cudaSuccess);
+        cudaMemcpy(qd, q.f.data(), q.f.size() * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(cd, corpus.f.data(), corpus.f.size() * 4, cudaMemcpyHostToDevice);
+        cuda_host_fail_at(n > counted ? n - counted : -1);
+        ns_mine_options mo = NS_MINE_OPTIONS_INIT;
+        *use = ns_mine_topk(g, f32_matrix(qd, 2, 8), f32_matrix(cd, 300, 8), 5, &mo, id, sd);
+        *why = ns_last_error(g);
+        if (n == 0) total = counted + cuda_host_fail_at(0);
+        cuda_host_fail_at(0);
+        if (*use == NS_OK) {
+            std::vector<float> got(10);
+            cudaMemcpy(got.data(), sd, 40, cudaMemcpyDeviceToHost);
+            if (want_score.empty()) want_score = got;
+            EXPECT_EQ(got, want_score) << "fault at " << n;
+        }
+        cudaFree(qd), cudaFree(cd), cudaFree(sd), cudaFree(id);
+        ns_context_destroy(g);
+    };
+    ns_status c0, u0;
+    std::string why;
+    const long base = cuda_host_live_resources();
+    attempt(0, &c0, &u0, &why);
+    ASSERT_EQ(c0, NS_OK) << why;
+    ASSERT_EQ(u0, NS_OK) << why;
+    ASSERT_EQ(cuda_host_live_resources(), base) << "a context and one call leak without faults";
+    ASSERT_GE(total, 5) << "the context and the call make at least: cublasCreate, its workspace, "
+                           "the status words, the side stream and the mining workspace";
+    int failures = 0;
+    for (long n = 1; n <= total; n++) {
+        SCOPED_TRACE("resource creation " + std::to_string(n) + " of " + std::to_string(total) + " fails");
+        ns_status cs, us;
+        attempt(n, &cs, &us, &why);
+        EXPECT_EQ(cuda_host_live_resources(), base) << "resources leaked";
+        if (cs == NS_OK && us == NS_OK) continue;  // a workspace retried at its exact size
+        failures++;
+        const ns_status st = cs ? cs : us;
+        EXPECT_TRUE(st == NS_ERR_OUT_OF_MEMORY || st == NS_ERR_CUDA) << ns_status_string(st) << ": " << why;
+        EXPECT_TRUE(why.find("ns_context_create") != std::string::npos || why.find("ns_mine_topk") != std::string::npos) << why;
+        EXPECT_TRUE(why.find("cudaMalloc") != std::string::npos || why.find("cublasCreate") != std::string::npos ||
+                    why.find("cudaStreamCreate") != std::string::npos || why.find("cudaEventCreate") != std::string::npos ||
+                    why.find("workspace") != std::string::npos || why.find("cudaHostAlloc") != std::string::npos)
+            << why;
+    }
+    EXPECT_GE(failures, total - 2) << "only the workspace's first try may be absorbed (retried at its exact size)";
+#endif
+}
+
+#ifdef NS_HAVE_CUDA
+// Issue 11 item 3: the checked step (host loss and filter counts) synchronises the host once per
+// forward — its validation, the counts and the loss read together — and not at all in the
+// backward unless grads->temperature (a host value) is asked for; its outputs are those of the
+// CPU step (run_step_case covers the values), and bad data is still refused with the op's
+// message and nothing written to the result.
+TEST(CudaParity, CheckedStepSynchronisesOncePerForward) {
+#if defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "counts host synchronisations through the host execution layer";
+#else
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    const int64_t B = 10, C = 6, d = 12, h = 2;
+    HostMat qh(NS_F32, B, d, d, 71), ph(NS_F32, B, d, d, 72), ch(NS_F32, B * C, d, d, 73);
+    std::vector<int64_t> pid, cid;
+    for (int64_t i = 0; i < B; i++) pid.push_back(100 + i);
+    for (int64_t r = 0; r < B * C; r++) cid.push_back(500 + r);
+    for (int64_t i = 0; i < B; i++) cid[(size_t)(i * C + 1)] = pid[(size_t)i];
+    StepSide sc(p.cpu, C, qh, ph, ch, pid, cid, 3), sg(p.gpu, C, qh, ph, ch, pid, cid, 3);
+    StepOptions o;
+    o.hard_negatives = h;
+    o.filter.rules = NS_FILTER_SAME_ID | NS_FILTER_MARGIN;
+    o.filter.margin = 0.05f;
+    o.sampler.strategy = NS_SAMPLE_SOFTMAX;
+    o.sampler.seed = 4;
+    o.loss.temperature = 0.1f;
+    Buf<float> gq(p.gpu, (size_t)(B * d), 0.f), gp(p.gpu, (size_t)(B * d), 0.f), gc(p.gpu, (size_t)(B * C * d), 0.f);
+    float tau = 0.f;
+    ns_step_result rc, rg;
+    ASSERT_EQ(ns_step_forward(p.cpu, &sc.b, o.get(), &rc), NS_OK) << ns_last_error(p.cpu);
+    for (int rep = 0; rep < 3; rep++) {  // the first sizes the workspaces
+        SCOPED_TRACE("step " + std::to_string(rep));
+        const unsigned long long s0 = host_syncs();
+        ASSERT_EQ(ns_step_forward(p.gpu, &sg.b, o.get(), &rg), NS_OK) << ns_last_error(p.gpu);
+        const unsigned long long s1 = host_syncs();
+        ns_step_grads g{gq.ptr(), gp.ptr(), gc.ptr(), rep == 2 ? &tau : nullptr};
+        ASSERT_EQ(ns_step_backward(p.gpu, 1.f, &g), NS_OK) << ns_last_error(p.gpu);
+        const unsigned long long s2 = host_syncs();
+        if (rep > 0) {
+            EXPECT_LE(s1 - s0, 1u) << "host synchronisations in the checked ns_step_forward";
+            EXPECT_EQ(s2 - s1, rep == 2 ? 1u : 0u) << "host synchronisations in ns_step_backward";
+        }
+        EXPECT_EQ(0, std::memcmp(&rc.filtered, &rg.filtered, sizeof rc.filtered)) << "filter counts differ";
+        EXPECT_TRUE(close(rg.loss, rc.loss, 1e-6, 1e-4)) << rg.loss << " vs " << rc.loss;
+    }
+    // Bad data: the op that finds it names it, the result is not written.
+    auto refused = [&](HostMat q2, HostMat c2, const char *needle) {
+        StepSide bad(p.gpu, C, q2, ph, c2, pid, cid, 3);
+        ns_step_result r;
+        std::memset(&r, 0x5a, sizeof r);
+        const ns_step_result untouched = r;
+        EXPECT_EQ(ns_step_forward(p.gpu, &bad.b, o.get(), &r), NS_ERR_NONFINITE);
+        EXPECT_NE(std::string(ns_last_error(p.gpu)).find(needle), std::string::npos) << ns_last_error(p.gpu);
+        EXPECT_EQ(std::memcmp(&r, &untouched, sizeof r), 0) << "result written on failure";
+        ns_step_grads g{gq.ptr(), gp.ptr(), gc.ptr(), nullptr};
+        EXPECT_EQ(ns_step_backward(p.gpu, 1.f, &g), NS_ERR_INVALID_ARGUMENT) << "a failed forward left a backward";
+    };
+    HostMat qn = qh, cn = ch;
+    qn.f[(size_t)(3 * d + 5)] = NAN;  // its scores are NaN too: the filter's check names them first
+    refused(qn, ch, "ns_filter: cand->score[18]");
+    cn.f[(size_t)(7 * d + 2)] = INFINITY;  // candidate row 7 = query 1, slot 1
+    refused(qh, cn, "ns_filter: cand->score[7]");
+    o.hard_negatives = 0;  // no filter: the loss's check of the queries
+    refused(qn, ch, "ns_infonce_forward: query[3][5] is not finite");
+#endif
+}
+#endif

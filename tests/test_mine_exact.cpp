@@ -11,6 +11,7 @@
 
 #include "negsamp.h"
 #include "../src/ns_internal.h"
+#include "ns_test_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -302,4 +303,79 @@ TEST(MineExact, SignedZeroScoresTieToTheLowerRow) {
     ASSERT_TRUE(std::signbit(want.score[1]) && want.index[1] == 1); // the test has −0 scores
     check(D, N, 1e-30f);
     check(D, 7, 1e-30f);
+}
+
+// ---------------------------------------------------------------- the CUDA backend
+// The same mining on CUDA (kernels/cuda_mine_topk.cu, exact mode): ŝ from a bf16 GEMM of the
+// f32 rows (the rows themselves when they are bf16), every candidate within the bound of the
+// running k-th re-scored in the CPU's order: the same indices and scores as the float64 brute
+// force and the CPU, bit for bit. Corpus tiles of 700 rows (NS_CUDA_MINE_TILE_ROWS), so the
+// thresholds, buffer reductions and bounds cross tiles. The plain path (NS_CUDA_MINE_GEMM=f32)
+// is the benchmark's baseline: here it runs and finds the same index sets within a tolerance
+// only (a GPU's f32 GEMM rounds differently from the layer's double-accumulating reference).
+namespace {
+
+Result mine_cuda(const Data &D, int64_t k, float scale, const char *gemm, bool *skipped) {
+    Result r;
+    nstest::Ctx c(NS_BACKEND_CUDA);
+    *skipped = c.status != NS_OK;
+    if (*skipped) return r;
+    if (gemm) setenv("NS_CUDA_MINE_GEMM", gemm, 1);
+    else unsetenv("NS_CUDA_MINE_GEMM");
+    setenv("NS_CUDA_MINE_TILE_ROWS", "700", 1);
+    const bool bf = D.dtype == NS_BF16;
+    nstest::Buf<float> qf(c, bf ? std::vector<float>(1) : D.q), cf(c, bf ? std::vector<float>(1) : D.c);
+    nstest::Buf<uint16_t> q16(c, bf ? D.q16 : std::vector<uint16_t>(1)),
+        c16(c, bf ? D.c16 : std::vector<uint16_t>(1));
+    nstest::Buf<int64_t> index(c, (size_t)(D.Q * k), -7);
+    nstest::Buf<float> score(c, (size_t)(D.Q * k), 0.0f);
+    ns_matrix mq = D.mq(), mc = D.mc();
+    mq.data = bf ? (const void *)q16.ptr() : (const void *)qf.ptr();
+    mc.data = bf ? (const void *)c16.ptr() : (const void *)cf.ptr();
+    ns_mine_options mo = NS_MINE_OPTIONS_INIT;
+    mo.scale = scale;
+    EXPECT_EQ(ns_mine_topk(c, mq, mc, k, &mo, index.ptr(), score.ptr()), NS_OK) << ns_last_error(c);
+    unsetenv("NS_CUDA_MINE_GEMM");
+    unsetenv("NS_CUDA_MINE_TILE_ROWS");
+    r.index = index.fetch();
+    r.score = score.fetch();
+    return r;
+}
+
+void check_cuda(const Data &D, int64_t k, float scale) {
+    bool skipped = false;
+    Result got = mine_cuda(D, k, scale, nullptr, &skipped);
+    if (skipped) GTEST_SKIP() << "no CUDA backend here";
+    expect_same(brute_force(D, k, scale), got, D.Q, k, "CUDA exact (bf16 GEMM) vs float64");
+    expect_same(mine(D, k, scale, 2, nullptr), got, D.Q, k, "CUDA exact vs CPU");
+    Result plain = mine_cuda(D, k, scale, "f32", &skipped);
+    int64_t far = 0;
+    for (size_t i = 0; i < got.score.size(); i++)
+        far += !nstest::close(plain.score[i], got.score[i], 1e-6, 1e-4);
+    EXPECT_EQ(far, 0) << "the plain f32 path (NS_CUDA_MINE_GEMM=f32) is far from the exact scores";
+}
+
+}  // namespace
+
+TEST(MineExactCuda, NearTiesAndDuplicatesAtTheKth) {
+    check_cuda(adversarial(5, 3000, 96, 100, 0.0, 1), 100, 1.0f);
+}
+
+TEST(MineExactCuda, KIsOneMixedScalesNegativeScale) {
+    check_cuda(adversarial(4, 2000, 48, 1, 3.0, 4), 1, -0.37f);
+}
+
+TEST(MineExactCuda, LargeNormsIncludingPastTheBf16Limit) {
+    Data D = adversarial(3, 2100, 32, 40, 0.0, 5);
+    for (int64_t j = 0; j < D.N; j++) {
+        float sc = j % 3 == 0 ? 1e6f : j % 3 == 1 ? 3e9f : 1.0f;  // past 2^32: no bound, re-scored
+        for (int64_t t = 0; t < D.d; t++) D.c[(size_t)(j * D.d + t)] *= sc;
+    }
+    check_cuda(D, 40, 1e-12f);
+}
+
+TEST(MineExactCuda, Bf16InputsAreExactInTheBf16Gemm) {
+    Data D = adversarial(4, 2500, 160, 64, 0.0, 6);
+    D.to_bf16();
+    check_cuda(D, 64, 1.0f);
 }

@@ -1,8 +1,10 @@
-// The CPU sampler's vector keys (src/cpu/cpu_sample_keys.c): bit for bit the scalar keys of
-// the shared header (ns_sample_key, src/hostdevice/ns_math.h) on many seeds, steps, query and
-// candidate ids (beyond 2^32), scores (up to the overflow of SimANS and softmax), strategies
-// and row lengths that are not a multiple of 16; and ns_sample draws the same candidates and
-// scores on the vector and the scalar path (forced), on ragged shapes, keep masks, duplicates.
+// The CPU sampler's key paths (src/cpu/cpu_sample_keys.c: scalar, AVX2 8 lanes, AVX-512 16
+// lanes — every one this CPU has): bit for bit the keys of the shared header (ns_sample_key,
+// src/hostdevice/ns_math.h) on many seeds, steps, query and candidate ids (beyond 2^32), scores
+// (up to the overflow of SimANS and softmax), strategies and row lengths that are not a multiple
+// of 8 or 16; and ns_sample draws the same candidates and scores on every path (forced; each
+// path also has its own candidate gather, selection and duplicate check), on ragged shapes, keep
+// masks, duplicates, m below and above 16.
 #include "ns_test_util.h"
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 extern "C" {
 // Internal (src/cpu/ns_cpu.h); the test links the static library.
 int ns_cpu_sample_keys_isa(void);
+int ns_cpu_sample_keys_supported(int isa);
 void ns_cpu_sample_keys_force(int isa);
 void ns_cpu_sample_keys(int isa, const ns_sampler_options *o, int64_t qid, float sp,
                         const int64_t *ids, const float *s, int64_t n, float *keys);
@@ -22,7 +25,7 @@ using namespace nstest;
 
 namespace {
 
-constexpr int kScalar = 0, kAvx512 = 1;
+constexpr int kScalar = 0, kAvx512 = 1, kAvx2 = 2;
 
 uint32_t bits(float x) {
     uint32_t u;
@@ -30,9 +33,16 @@ uint32_t bits(float x) {
     return u;
 }
 
-bool have_avx512() {
-    ns_cpu_sample_keys_force(-1);
-    return ns_cpu_sample_keys_isa() == kAvx512;
+// The paths this CPU has, scalar first.
+std::vector<int> paths() {
+    std::vector<int> p = {kScalar};
+    for (int isa : {kAvx2, kAvx512})
+        if (ns_cpu_sample_keys_supported(isa)) p.push_back(isa);
+    return p;
+}
+
+const char *path_name(int isa) {
+    return isa == kAvx512 ? "AVX-512" : isa == kAvx2 ? "AVX2" : "scalar";
 }
 
 struct ForceIsa {
@@ -40,8 +50,17 @@ struct ForceIsa {
     ~ForceIsa() { ns_cpu_sample_keys_force(-1); }
 };
 
-TEST(SampleKeys, VectorKeysAreTheHeaderKeysBitForBit) {
-    if (!have_avx512()) GTEST_SKIP() << "this CPU has no AVX-512F/DQ/VL: the scalar path only";
+// The paths the CPU reports are the ones ns_sample takes: the widest it has.
+TEST(SampleKeys, DefaultPathIsTheWidestSupported) {
+    ns_cpu_sample_keys_force(-1);
+    const std::vector<int> p = paths();
+    EXPECT_EQ(ns_cpu_sample_keys_isa(), p.back()) << path_name(p.back());
+    EXPECT_TRUE(ns_cpu_sample_keys_supported(kScalar));
+}
+
+TEST(SampleKeys, EveryPathGivesTheHeaderKeysBitForBit) {
+    const std::vector<int> isas = paths();
+    if (isas.size() < 2) GTEST_SKIP() << "this CPU has neither AVX2+FMA nor AVX-512: scalar only";
     std::mt19937_64 g(7);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     int64_t compared = 0, mismatches = 0;
@@ -61,37 +80,37 @@ TEST(SampleKeys, VectorKeysAreTheHeaderKeysBitForBit) {
         const int64_t qid = trial % 2 ? (int64_t)(g() >> 16) : (int64_t)trial;  // up to 2^48
         const float sp = trial % 13 == 0 ? 3e38f : u(g);
         std::vector<int64_t> ids((size_t)n);
-        std::vector<float> s((size_t)n), kv((size_t)n + 16, -7.f), ks((size_t)n + 16, -7.f);
+        std::vector<float> s((size_t)n);
         for (int64_t j = 0; j < n; j++) {
             ids[(size_t)j] = j % 3 == 0 ? (int64_t)(g() >> 16) : (int64_t)(g() % 5000);
             if (j % 29 == 5) ids[(size_t)j] = -1;  // empty slots get a key too (ignored later)
             s[(size_t)j] = j % 31 == 7 ? 1e38f * u(g) : u(g);
         }
-        ns_cpu_sample_keys(kAvx512, &o, qid, sp, ids.data(), s.data(), n, kv.data());
-        ns_cpu_sample_keys(kScalar, &o, qid, sp, ids.data(), s.data(), n, ks.data());
-        for (int64_t j = 0; j < n; j++) {
-            const float want = ns_sample_key((int)o.strategy, s[(size_t)j], sp, o.simans_a,
-                                             o.simans_b, o.temperature, o.seed, o.step, qid,
-                                             ids[(size_t)j]);
-            compared++;
-            if (bits(kv[(size_t)j]) != bits(want) || bits(ks[(size_t)j]) != bits(want)) {
-                if (mismatches++ == 0) {
+        for (int isa : isas) {
+            std::vector<float> k((size_t)n + 16, -7.f);
+            ns_cpu_sample_keys(isa, &o, qid, sp, ids.data(), s.data(), n, k.data());
+            for (int64_t j = 0; j < n; j++) {
+                const float want = ns_sample_key((int)o.strategy, s[(size_t)j], sp, o.simans_a,
+                                                 o.simans_b, o.temperature, o.seed, o.step, qid,
+                                                 ids[(size_t)j]);
+                compared++;
+                if (bits(k[(size_t)j]) != bits(want) && mismatches++ == 0) {
                     char buf[256];
                     std::snprintf(buf, sizeof buf,
-                                  "trial %d strategy %d n %lld slot %lld: vector %a scalar %a "
-                                  "header %a",
-                                  trial, (int)o.strategy, (long long)n, (long long)j,
-                                  (double)kv[(size_t)j], (double)ks[(size_t)j], (double)want);
+                                  "%s path, trial %d strategy %d n %lld slot %lld: %a, header %a",
+                                  path_name(isa), trial, (int)o.strategy, (long long)n,
+                                  (long long)j, (double)k[(size_t)j], (double)want);
                     first = buf;
                 }
             }
+            // nothing written past n
+            for (int64_t j = n; j < n + 16; j++)
+                ASSERT_EQ(k[(size_t)j], -7.f) << path_name(isa) << " trial " << trial;
         }
-        // nothing written past n
-        for (int64_t j = n; j < n + 16; j++) ASSERT_EQ(kv[(size_t)j], -7.f) << "trial " << trial;
     }
     EXPECT_EQ(mismatches, 0) << mismatches << " of " << compared << " keys differ; first: "
                              << first;
-    EXPECT_GT(compared, 50000);
+    EXPECT_GT(compared, 100000);
 }
 
 struct Draw {
@@ -106,8 +125,11 @@ Draw draw(ns_context *ctx, int64_t B, int64_t C, int64_t m, uint64_t seed,
     std::vector<int64_t> id((size_t)(B * C));
     std::vector<float> s((size_t)(B * C)), sp((size_t)B);
     std::vector<uint8_t> keep((size_t)(B * C));
+    // odd seeds: ids from a wide range (rows without duplicates: the fast eligibility check);
+    // even seeds: many duplicates per row (the hash-set path)
+    const uint64_t range = seed % 2 ? (uint64_t)1 << 40 : (uint64_t)(3 * C + 1);
     for (size_t t = 0; t < id.size(); t++) {
-        id[t] = g() % 13 == 0 ? -1 : (int64_t)(g() % (uint64_t)(3 * C + 1));  // duplicates
+        id[t] = g() % 13 == 0 ? -1 : (int64_t)(g() % range);
         if (g() % 17 == 0 && id[t] >= 0) id[t] += (int64_t)1 << 40;
         s[t] = u(g);
         keep[t] = g() % 5 != 0;
@@ -131,12 +153,14 @@ Draw draw(ns_context *ctx, int64_t B, int64_t C, int64_t m, uint64_t seed,
     return d;
 }
 
-TEST(SampleKeys, VectorAndScalarPathsDrawTheSame) {
-    if (!have_avx512()) GTEST_SKIP() << "this CPU has no AVX-512F/DQ/VL: the scalar path only";
+TEST(SampleKeys, EveryPathDrawsTheSame) {
+    const std::vector<int> isas = paths();
+    if (isas.size() < 2) GTEST_SKIP() << "this CPU has neither AVX2+FMA nor AVX-512: scalar only";
     Ctx c(NS_BACKEND_CPU, 2);
     NS_REQUIRE_BACKEND(c);
-    const int64_t shapes[][3] = {{1, 1, 1},   {3, 15, 4},  {5, 16, 16}, {7, 17, 3},
-                                 {9, 33, 33}, {40, 100, 16}, {6, 257, 20}, {2, 1000, 64}};
+    const int64_t shapes[][3] = {{1, 1, 1},     {3, 15, 4},   {5, 16, 16},   {7, 17, 3},
+                                 {9, 33, 33},   {40, 100, 16}, {6, 257, 20}, {2, 1000, 64},
+                                 {30, 120, 17}, {20, 64, 8}};
     uint64_t seed = 31;
     for (auto &sh : shapes)
         for (ns_sampler st : {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS,
@@ -149,23 +173,27 @@ TEST(SampleKeys, VectorAndScalarPathsDrawTheSame) {
                 o.simans_a = 3.f;
                 o.simans_b = 0.1f;
                 o.temperature = 0.05f;
-                Draw v, s;
-                {
-                    ForceIsa f(kAvx512);
-                    v = draw(c, sh[0], sh[1], sh[2], seed, o, keep);
-                }
+                Draw s;
                 {
                     ForceIsa f(kScalar);
                     s = draw(c, sh[0], sh[1], sh[2], seed, o, keep);
                 }
-                const std::string what = "B=" + std::to_string(sh[0]) + " C=" +
-                                         std::to_string(sh[1]) + " m=" + std::to_string(sh[2]) +
-                                         " strategy " + std::to_string((int)st) +
-                                         (keep ? " keep" : "");
-                ASSERT_EQ(v.count, s.count) << what;
-                ASSERT_EQ(v.index, s.index) << what;
-                for (size_t t = 0; t < v.score.size(); t++)
-                    ASSERT_EQ(bits(v.score[t]), bits(s.score[t])) << what << " slot " << t;
+                for (size_t p = 1; p < isas.size(); p++) {
+                    Draw v;
+                    {
+                        ForceIsa f(isas[p]);
+                        v = draw(c, sh[0], sh[1], sh[2], seed, o, keep);
+                    }
+                    const std::string what = std::string(path_name(isas[p])) +
+                                             " B=" + std::to_string(sh[0]) + " C=" +
+                                             std::to_string(sh[1]) + " m=" +
+                                             std::to_string(sh[2]) + " strategy " +
+                                             std::to_string((int)st) + (keep ? " keep" : "");
+                    ASSERT_EQ(v.count, s.count) << what;
+                    ASSERT_EQ(v.index, s.index) << what;
+                    for (size_t t = 0; t < v.score.size(); t++)
+                        ASSERT_EQ(bits(v.score[t]), bits(s.score[t])) << what << " slot " << t;
+                }
                 seed++;
             }
 }

@@ -52,20 +52,22 @@ int ns_gemm_bf16_nt(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t
  * finite scores in non-empty slots, finite positive scores and guide scores when asked for. */
 ns_status ns_check_candidate_data(ns_context *ctx, const char *fn, const ns_candidates *c,
                                   int need_positive_score, int need_guide);
-/* The per-query part of it alone (positive and guide positive scores): what ns_sample still
- * checks when the step's ns_filter has just checked the slots (ctx->candidate_slots_checked). */
+/* The per-query part of it alone (positive and guide positive scores): what the fused
+ * ns_cpu_filter_sample's sampler still checks after its one scan of the slots. */
 ns_status ns_check_candidate_rows(ns_context *ctx, const char *fn, const ns_candidates *c,
                                   int need_positive_score, int need_guide);
 /* src/cpu/cpu_filter.c */
 ns_status ns_cpu_filter(ns_context *ctx, const ns_candidates *cand, const ns_filter_options *opt,
                         uint8_t *keep, ns_filter_counts *counts);
 /* src/cpu/cpu_sample_keys.c: ns_sample_key (ns_math.h) of n slots of query qid (ids, scores
- * s) into keys, bit-identical on every path; isa: NS_KEYS_ISA_SCALAR or _AVX512 (16 lanes,
- * only where ns_cpu_sample_keys_isa says the CPU has it). ns_cpu_sample_keys_isa: the path
- * ns_sample takes (run-time CPU check; ns_cpu_sample_keys_force(isa ≥ 0) overrides it for
- * tests, -1 restores it). */
+ * s) into keys, bit-identical on every path; isa: NS_KEYS_ISA_SCALAR, _AVX2 (8 lanes) or
+ * _AVX512 (16 lanes), only one that ns_cpu_sample_keys_supported says the CPU has.
+ * ns_cpu_sample_keys_isa: the path ns_sample takes (the widest the CPU has, checked at run
+ * time; ns_cpu_sample_keys_force(isa ≥ 0) overrides it for tests, -1 restores it). */
 #define NS_KEYS_ISA_SCALAR 0
 #define NS_KEYS_ISA_AVX512 1
+#define NS_KEYS_ISA_AVX2 2
+int ns_cpu_sample_keys_supported(int isa);
 int ns_cpu_sample_keys_isa(void);
 void ns_cpu_sample_keys_force(int isa);
 void ns_cpu_sample_keys(int isa, const ns_sampler_options *o, int64_t qid, float sp,
@@ -74,6 +76,12 @@ void ns_cpu_sample_keys(int isa, const ns_sampler_options *o, int64_t qid, float
 ns_status ns_cpu_sample(ns_context *ctx, const ns_candidates *cand, const uint8_t *keep,
                         const ns_sampler_options *opt, int64_t m, int64_t *index, float *score,
                         int64_t *count);
+/* src/cpu/cpu_filter_sample.c: ns_cpu_filter then ns_cpu_sample on its keep, fused per row
+ * with one scan of the data checks. */
+ns_status ns_cpu_filter_sample(ns_context *ctx, const ns_candidates *cand,
+                               const ns_filter_options *fo, const ns_sampler_options *so,
+                               int64_t m, uint8_t *keep, ns_filter_counts *counts,
+                               int64_t *index, float *score, int64_t *count);
 /* src/cpu/cpu_weighted.c */
 ns_status ns_cpu_sample_corpus(ns_context *ctx, const ns_corpus_weights *w,
                                const ns_id_lists *exclude, const ns_corpus_sampler_options *opt,

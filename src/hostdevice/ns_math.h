@@ -233,21 +233,26 @@ NS_HD NS_MATH_INLINE float ns_sample_key(int strategy, float s, float sp, float 
 /* The NS_FILTER_* bits among MAX_SCORE, MIN_SCORE, MARGIN, REL_MARGIN, RANK, GUIDE, GUIDE_REL
  * that remove a candidate in column col of score s (guide score g) for a query with positive
  * score sp (guide positive gp). NS_FILTER_SAME_ID needs the positive lists and is the caller's.
- * Only the rules set in o->rules are evaluated; sp, g, gp are ignored when no enabled rule
- * uses them. Thresholds are formed in f32 exactly as written here on both backends. */
+ * Only the rules set in o->rules can hit; sp, g, gp are ignored when no enabled rule uses them
+ * (the caller may pass 0). Thresholds are formed in f32 exactly as written here on both
+ * backends. Every rule is evaluated and the disabled ones masked off, without a branch, so that
+ * the CPU's loop over a row vectorises (comparisons with a disabled rule's threshold, even a
+ * NaN one, only ever produce a masked bit). */
 NS_HD NS_MATH_INLINE unsigned ns_filter_hits(const ns_filter_options *o, float s, float sp,
                                              float g, float gp, int64_t col) {
-    unsigned r = o->rules, hit = 0u;
-    if ((r & NS_FILTER_MAX_SCORE) && s > o->max_score) hit |= NS_FILTER_MAX_SCORE;
-    if ((r & NS_FILTER_MIN_SCORE) && s < o->min_score) hit |= NS_FILTER_MIN_SCORE;
-    if ((r & NS_FILTER_MARGIN) && s > ns_fsub(sp, o->margin)) hit |= NS_FILTER_MARGIN;
-    if ((r & NS_FILTER_REL_MARGIN) && s > ns_fsub(sp, ns_fmul(ns_fabs(sp), o->rel_margin)))
-        hit |= NS_FILTER_REL_MARGIN;
-    if ((r & NS_FILTER_RANK) && (col < o->rank_min || col >= o->rank_max)) hit |= NS_FILTER_RANK;
-    if ((r & NS_FILTER_GUIDE) && g > ns_fsub(gp, o->guide_margin)) hit |= NS_FILTER_GUIDE;
-    if ((r & NS_FILTER_GUIDE_REL) && g > ns_fsub(gp, ns_fmul(ns_fabs(gp), o->guide_margin)))
-        hit |= NS_FILTER_GUIDE_REL;
-    return hit;
+    const float margin = ns_fsub(sp, o->margin);
+    const float rel_margin = ns_fsub(sp, ns_fmul(ns_fabs(sp), o->rel_margin));
+    const float guide = ns_fsub(gp, o->guide_margin);
+    const float guide_rel = ns_fsub(gp, ns_fmul(ns_fabs(gp), o->guide_margin));
+    const unsigned hit = (s > o->max_score ? (unsigned)NS_FILTER_MAX_SCORE : 0u) |
+                         (s < o->min_score ? (unsigned)NS_FILTER_MIN_SCORE : 0u) |
+                         (s > margin ? (unsigned)NS_FILTER_MARGIN : 0u) |
+                         (s > rel_margin ? (unsigned)NS_FILTER_REL_MARGIN : 0u) |
+                         ((col < o->rank_min) | (col >= o->rank_max) ? (unsigned)NS_FILTER_RANK
+                                                                     : 0u) |
+                         (g > guide ? (unsigned)NS_FILTER_GUIDE : 0u) |
+                         (g > guide_rel ? (unsigned)NS_FILTER_GUIDE_REL : 0u);
+    return hit & o->rules & ~(unsigned)NS_FILTER_SAME_ID;
 }
 
 #ifdef __cplusplus

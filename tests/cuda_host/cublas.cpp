@@ -254,6 +254,13 @@ cublasStatus_t gemm(const char *fn, cublasHandle_t h, cublasOperation_t ta, cubl
 
 }  // namespace
 
+long cuda_host_live_blas_handles() {
+    std::lock_guard<std::recursive_mutex> lk(mutex());
+    long n = 0;
+    for (auto &p : handles()) n += p->live;
+    return n;
+}
+
 cublasStatus_t cublasCreate(cublasHandle_t *h) {
     std::lock_guard<std::recursive_mutex> lk(mutex());
     if (!h) return CUBLAS_STATUS_INVALID_VALUE;
@@ -262,6 +269,7 @@ cublasStatus_t cublasCreate(cublasHandle_t *h) {
         cudaGetLastError();
         return CUBLAS_STATUS_NOT_INITIALIZED;
     }
+    if (cuda_host::inject_failure("cublasCreate")) return CUBLAS_STATUS_ALLOC_FAILED;
     handles().emplace_back(new cublasContext{current_device(), nullptr, nullptr, 0, CUBLAS_POINTER_MODE_HOST, true});
     *h = handles().back().get();
     return CUBLAS_STATUS_SUCCESS;

@@ -17,6 +17,7 @@ struct Config {
     bool quiet = false;          // NS_CUDA_HOST_QUIET=1: no diagnostics for API errors (faults still print)
     bool struct_scan = true;     // NS_CUDA_HOST_STRUCT_SCAN=0: no host-pointer scan of struct arguments
     size_t memory = 0;           // NS_CUDA_HOST_MEMORY_GIB per device (default 16)
+    long fail_at = 0;            // NS_CUDA_HOST_FAIL_AT=N: the N-th resource creation fails (0: none)
 };
 const Config &config();
 Config &config_mut();  // for the layer's own tests (e.g. two emulated devices)
@@ -51,5 +52,9 @@ void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 cudaError_t api_error(cudaError_t e, const char *fmt, ...);
 cudaError_t fault(cudaError_t e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 cudaError_t sticky();
+// Fault injection (NS_CUDA_HOST_FAIL_AT, cuda_host_fail_at): counts a resource creation —
+// cudaMalloc, cudaHostAlloc, cudaStreamCreate*, cudaEventCreate*, cublasCreate — and returns
+// true for the one that is to fail.
+bool inject_failure(const char *what);
 
 }  // namespace cuda_host

@@ -20,6 +20,12 @@ unsigned long long cuda_host_sync_count(void);
 // 1 reverse (threads of a block), 2 shuffled (blocks of a grid and threads of a block in a random
 // order drawn from seed and a launch counter). Tests that compare results across orders.
 void cuda_host_set_order(int order, unsigned long long seed);
+// Fault injection: the n-th resource creation from now (cudaMalloc, cudaHostAlloc,
+// cudaStreamCreate*, cudaEventCreate*, cublasCreate) fails, n <= 0: none (also
+// NS_CUDA_HOST_FAIL_AT=n at start). Returns the creations counted since the previous call.
+long cuda_host_fail_at(long n);
+// Live device/pinned allocations, streams, events and cuBLAS handles (leak checks).
+long cuda_host_live_resources(void);
 #ifdef __cplusplus
 }
 #endif

@@ -8,9 +8,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 passes=("$@")
 [ ${#passes[@]} -eq 0 ] && passes=(forward reverse asan)
-# The parity suite (CudaParity.*), the CUDA instances of the per-op suites (*/CUDA, Cuda*), and the
-# layer's own planted-fault tests (Layer.*).
-suites='CUDA|Cuda|^Layer\.'
+# The parity suite (CudaParity.*), the CUDA instances of the per-op suites (*/CUDA, Cuda*), the
+# layer's own planted-fault tests (Layer.*) and the NCCL communicator on the layer's one-rank NCCL
+# (CommNccl.*).
+suites='CUDA|Cuda|^Layer\.|^CommNccl\.'
 # The sampler's distribution tests draw hundreds of thousands of samples: they check statistics,
 # not memory, and run in the forward and reverse passes; under ASan they would take 10+ minutes.
 statistical='InDistribution|GivesEqualFrequencies'

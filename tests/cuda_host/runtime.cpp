@@ -71,6 +71,8 @@ Config &config_mut() {
         k.struct_scan = !sc || atoi(sc) != 0;
         const char *mem = getenv("NS_CUDA_HOST_MEMORY_GIB");
         k.memory = (size_t)((mem ? atof(mem) : 16.0) * (double)((size_t)1 << 30));
+        const char *fa = getenv("NS_CUDA_HOST_FAIL_AT");
+        k.fail_at = fa ? atol(fa) : 0;
         return k;
     }();
     return c;
@@ -1294,6 +1296,40 @@ cudaError_t cudaMemGetInfo(size_t *f, size_t *t) {
     return cudaSuccess;
 }
 
+// ------------------------------------------------------------------ fault injection
+
+static long g_creations = 0;  // resource creations counted since the last cuda_host_fail_at
+
+bool cuda_host::inject_failure(const char *what) {
+    std::lock_guard<std::recursive_mutex> lock(g_mu);
+    ++g_creations;
+    if (config().fail_at <= 0 || g_creations != config().fail_at) return false;
+    if (!config().quiet) report("fault injection: %s, resource creation %ld, fails", what, g_creations);
+    return true;
+}
+
+// The n-th resource creation from now fails (n ≤ 0: none); returns the creations counted since
+// the previous call (a test learns how many a call makes by running it with n = 0 first).
+extern "C" long cuda_host_fail_at(long n) {
+    std::lock_guard<std::recursive_mutex> lock(g_mu);
+    const long seen = g_creations;
+    g_creations = 0;
+    config_mut().fail_at = n;
+    return seen;
+}
+
+long cuda_host_live_blas_handles();  // cublas.cpp
+
+// Live device and pinned allocations, streams, events and cuBLAS handles: what a failed or
+// destroyed context must give back.
+extern "C" long cuda_host_live_resources(void) {
+    std::lock_guard<std::recursive_mutex> lock(g_mu);
+    long n = (long)allocs().size() + cuda_host_live_blas_handles();
+    for (auto &s : streams()) n += !s->destroyed && !s->legacy;  // the legacy streams are not created by anyone
+    for (auto &e : events()) n += !e->destroyed;
+    return n;
+}
+
 // ------------------------------------------------------------------ memory
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
@@ -1306,7 +1342,8 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
         *p = nullptr;
         return cudaSuccess;
     }
-    if (bytes > config().memory - g_used[t_device]) return api_error(cudaErrorMemoryAllocation, nullptr);
+    if (bytes > config().memory - g_used[t_device] || inject_failure("cudaMalloc"))
+        return api_error(cudaErrorMemoryAllocation, nullptr);
     cudaError_t e = alloc_register(p, bytes, false, t_device);
     if (e) return api_error(e, nullptr);
     g_used[t_device] += bytes;
@@ -1339,6 +1376,7 @@ cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags) {
     (void)flags;
     if (!p) return api_error(cudaErrorInvalidValue, nullptr);
     if (cudaError_t e = capture_guard("cudaHostAlloc")) return e;
+    if (inject_failure("cudaHostAlloc")) return api_error(cudaErrorMemoryAllocation, nullptr);
     cudaError_t e = alloc_register(p, bytes ? bytes : 1, true, -1);
     return e ? api_error(e, nullptr) : cudaSuccess;
 }
@@ -1544,6 +1582,7 @@ cudaError_t cudaStreamCreateWithPriority(cudaStream_t *s, unsigned int flags, in
     (void)priority;
     if (!s) return api_error(cudaErrorInvalidValue, nullptr);
     if (config().devices == 0) return api_error(cudaErrorNoDevice, nullptr);
+    if (inject_failure("cudaStreamCreate")) return api_error(cudaErrorMemoryAllocation, nullptr);
     streams().emplace_back(new Stream);
     Stream *st = streams().back().get();
     st->device = t_device;
@@ -1624,6 +1663,7 @@ cudaError_t cudaStreamGetDevice(cudaStream_t hs, int *device) {
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
     NS_CH_LOCK;
     if (!e) return api_error(cudaErrorInvalidValue, nullptr);
+    if (inject_failure("cudaEventCreate")) return api_error(cudaErrorMemoryAllocation, nullptr);
     events().emplace_back(new Event);
     Event *ev = events().back().get();
     ev->device = t_device;
