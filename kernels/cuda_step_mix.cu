@@ -17,17 +17,9 @@ __global__ void ns_k_mix_mask(int64_t n, int64_t C, const uint8_t *keep, const i
 // One thread per query: its row of h + hr ids and their count.
 __global__ void ns_k_mix_merge(int64_t B, const int64_t *hard, int64_t h, const int64_t *rnd,
                                int64_t hr, int64_t *id, int64_t *count) {
-    const int64_t H = h + hr;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t n = 0;
-        for (int64_t c = 0; c < H; c++) {
-            const int64_t v = ns_mix_id(hard, h, rnd, hr, i * H + c);
-            id[i * H + c] = v;
-            n += v >= 0;
-        }
-        count[i] = n;
-    }
+         i += (int64_t)gridDim.x * blockDim.x)
+        count[i] = ns_mix_merge_row(hard, h, rnd, hr, i, id);
 }
 
 }  // namespace

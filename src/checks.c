@@ -124,3 +124,39 @@ ns_status ns_check_candidates(ns_context *ctx, const char *fn, const ns_candidat
     }
     return NS_OK;
 }
+
+ns_status ns_check_id_lists_data(ns_context *ctx, const char *fn, const char *name,
+                                 const ns_id_lists *x, int64_t queries, int64_t id_bound,
+                                 const char *bound_name, int64_t *max_id) {
+    if (max_id) *max_id = -1;
+    if (x->offsets[0] != 0)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->offsets[0] (%lld) must be 0", fn,
+                       name, (long long)x->offsets[0]);
+    for (int64_t i = 0; i < queries; i++)
+        if (x->offsets[i + 1] < x->offsets[i])
+            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                           "%s: %s->offsets[%lld] (%lld) is smaller than offsets[%lld] (%lld); "
+                           "offsets must not decrease",
+                           fn, name, (long long)(i + 1), (long long)x->offsets[i + 1],
+                           (long long)i, (long long)x->offsets[i]);
+    const int64_t total = x->offsets[queries];
+    if (total > 0 && !x->ids)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: %s->ids is NULL but offsets[%lld] is %lld", fn, name,
+                       (long long)queries, (long long)total);
+    int64_t top = -1;
+    for (int64_t j = 0; j < total; j++) {
+        const int64_t id = x->ids[j];
+        if (id_bound != NS_IDS_ANY && (id < 0 || (id_bound >= 0 && id >= id_bound))) {
+            if (id_bound == NS_IDS_NONNEG)
+                return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->ids[%lld] (%lld) is negative",
+                               fn, name, (long long)j, (long long)id);
+            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                           "%s: %s->ids[%lld] (%lld) is outside %s [0, %lld)", fn, name,
+                           (long long)j, (long long)id, bound_name, (long long)id_bound);
+        }
+        if (id > top) top = id;
+    }
+    if (max_id) *max_id = top;
+    return NS_OK;
+}

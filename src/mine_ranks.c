@@ -46,35 +46,14 @@ static int64_t float_bits(float f) {
     return (int64_t)u;
 }
 
-/* The exclusion lists' data, read on the host; *max_id = the largest id (-1 when none). */
+/* The exclusion lists' data, read on the host; *max_id = the largest id (-1 when none): the
+ * bound on global rows is checked once the ranks agree on the corpus size. */
 static ns_status check_exclusions(ns_context *ctx, const char *fn, const ns_id_lists *ex,
                                   int64_t *max_id) {
     *max_id = -1;
     if (!ex) return NS_OK;
-    if (ex->offsets[0] != 0)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->exclude->offsets[0] (%lld) must be 0", fn,
-                       (long long)ex->offsets[0]);
-    for (int64_t i = 0; i < ex->queries; i++)
-        if (ex->offsets[i + 1] < ex->offsets[i])
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: options->exclude->offsets[%lld] (%lld) is smaller than "
-                           "offsets[%lld] (%lld); offsets must not decrease",
-                           fn, (long long)(i + 1), (long long)ex->offsets[i + 1], (long long)i,
-                           (long long)ex->offsets[i]);
-    int64_t total = ex->offsets[ex->queries];
-    if (total > 0 && !ex->ids)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->exclude->ids is NULL but offsets[%lld] is %lld", fn,
-                       (long long)ex->queries, (long long)total);
-    for (int64_t t = 0; t < total; t++) {
-        if (ex->ids[t] < 0)
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: options->exclude->ids[%lld] (%lld) is negative", fn, (long long)t,
-                           (long long)ex->ids[t]);
-        if (ex->ids[t] > *max_id) *max_id = ex->ids[t];
-    }
-    return NS_OK;
+    return ns_check_id_lists_data(ctx, fn, "options->exclude", ex, ex->queries, NS_IDS_NONNEG,
+                                  NULL, max_id);
 }
 
 /* The local checks' verdict and this rank's header, all-gathered: every rank fails alike on a

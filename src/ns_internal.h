@@ -48,6 +48,17 @@ static inline ns_memory ns_backend_memory(const ns_context *ctx) {
 /* Argument checks. Each returns NS_OK or records "fn: name ..." and returns the failure. */
 ns_status ns_check_context(ns_context *ctx, const char *fn);
 ns_status ns_check_ptr(ns_context *ctx, const char *fn, const char *name, const void *p);
+/* The data of CSR id lists in host memory, read here (the caller checked queries and that
+ * offsets is not NULL): offsets[0] == 0, non-decreasing, ids given when the lists hold any, and
+ * every id in [0, id_bound) — or, for id_bound NS_IDS_ANY, any id (document ids), for
+ * NS_IDS_NONNEG any id >= 0. bound_name says what the bound counts ("the corpus rows").
+ * *max_id (optional): the largest id, -1 when none. One rule for every op that takes lists
+ * (exclusions, positives, neighbours). */
+#define NS_IDS_ANY (-1)
+#define NS_IDS_NONNEG (-2)
+ns_status ns_check_id_lists_data(ns_context *ctx, const char *fn, const char *name,
+                                 const ns_id_lists *x, int64_t queries, int64_t id_bound,
+                                 const char *bound_name, int64_t *max_id);
 /* A matrix with data, a supported dtype, rows ≥ 1 (≥ 0 with allow_empty), cols ≥ 1, ld ≥ cols. */
 ns_status ns_check_matrix(ns_context *ctx, const char *fn, const char *name, ns_matrix m,
                           int allow_empty);

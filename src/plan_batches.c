@@ -63,26 +63,7 @@ static ns_status check_lists(ns_context *ctx, const char *name, const ns_id_list
                        name, (long long)x->queries, (long long)queries);
     if (!x->offsets)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->offsets is NULL", FN, name);
-    if (x->offsets[0] != 0)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->offsets[0] (%lld) must be 0", FN,
-                       name, (long long)x->offsets[0]);
-    for (int64_t i = 0; i < queries; i++)
-        if (x->offsets[i + 1] < x->offsets[i])
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: %s->offsets[%lld] (%lld) is below offsets[%lld] (%lld)", FN, name,
-                           (long long)(i + 1), (long long)x->offsets[i + 1], (long long)i,
-                           (long long)x->offsets[i]);
-    const int64_t total = x->offsets[queries];
-    if (total > 0 && !x->ids)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->ids is NULL but offsets[%lld] is %lld",
-                       FN, name, (long long)queries, (long long)total);
-    if (id_bound >= 0)
-        for (int64_t j = 0; j < total; j++)
-            if (x->ids[j] < 0 || x->ids[j] >= id_bound)
-                return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                               "%s: %s->ids[%lld] (%lld) is not a group in [0, %lld)", FN, name,
-                               (long long)j, (long long)x->ids[j], (long long)id_bound);
-    return NS_OK;
+    return ns_check_id_lists_data(ctx, FN, name, x, queries, id_bound, "the groups", NULL);
 }
 
 static ns_status check_plan(ns_context *ctx, const int64_t *group, int64_t n, int64_t batch_size,
@@ -105,7 +86,8 @@ static ns_status check_plan(ns_context *ctx, const int64_t *group, int64_t n, in
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: options->max_duplicate_positives (%lld) must be at least 1", FN,
                        (long long)o->max_duplicate_positives);
-    if (o->positives && (st = check_lists(ctx, "options->positives", o->positives, n, -1)))
+    if (o->positives &&
+        (st = check_lists(ctx, "options->positives", o->positives, n, NS_IDS_ANY)))
         return st;
     if (o->neighbors) {
         const int64_t G = o->neighbors->queries;

@@ -348,6 +348,25 @@ def similarity(q, p, scale: float = 1.0, normalize: bool = False, *, dtype=None,
     return s
 
 
+def progress_callback(progress, fn):
+    """(C callback or None, list of exceptions) for a Python progress(done, total) -> bool:
+    True cancels. An exception in it cancels the call and is kept in the list, to re-raise once
+    the C call returns (it must never cross the C frame). Keep the callback alive for the call."""
+    raised = []
+    if progress is None:
+        return None, raised
+    if not callable(progress):
+        raise InvalidArgument(f"{fn}: progress must be callable (done, total) -> bool")
+
+    def _cb(done, total, user):
+        try:
+            return 1 if progress(int(done), int(total)) else 0
+        except BaseException as e:
+            raised.append(e)
+            return 1
+    return _ffi.ns_progress_fn(_cb), raised
+
+
 def mine_topk(q, corpus, k: int, *, scale: float = 1.0, normalize: bool = False, exclude=None,
               progress=None, dtype=None, ctx: Context = None):
     """Exact top-k corpus rows per query: (index int64 B×k, score float32 B×k), best first.
@@ -380,18 +399,8 @@ def mine_topk(q, corpus, k: int, *, scale: float = 1.0, normalize: bool = False,
     ex = _id_lists(exclude, fn, "exclude", q.shape[0])
     if ex is not None:
         opt.exclude = ctypes.pointer(ex.struct)
-    raised = []
-    if progress is not None:
-        if not callable(progress):
-            raise InvalidArgument(f"{fn}: progress must be callable (done, total) -> bool")
-
-        def _cb(done, total, user):
-            try:
-                return 1 if progress(int(done), int(total)) else 0
-            except BaseException as e:  # never let an exception cross the C frame
-                raised.append(e)
-                return 1
-        cb = _ffi.ns_progress_fn(_cb)
+    cb, raised = progress_callback(progress, fn)
+    if cb is not None:
         opt.progress = cb
     shape = (q.shape[0], k)
     index = np.empty(shape, dtype=np.int64)

@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _checks as chk
 from . import _ffi
-from ._core import NpyFile, _c, _ctx, _float_rows, _matrix
+from ._core import NpyFile, _c, _ctx, _float_rows, _matrix, progress_callback
 from ._errors import InvalidArgument
 
 KMeans = namedtuple("KMeans", "labels centroids inertia iterations")
@@ -88,18 +88,9 @@ def kmeans(x, k: int, *, spherical: bool = False, balanced=None, seed: int = 0,
             raise InvalidArgument(f"{fn}: init has shape {start.shape}; expected (k, d) = "
                                   f"({k}, {m.cols})")
         o.init_centroids = start.ctypes.data
-    raised = []
-    if progress is not None:
-        if not callable(progress):
-            raise InvalidArgument(f"{fn}: progress must be callable (done, total) -> bool")
-
-        def _cb(done, total, user):
-            try:
-                return 1 if progress(int(done), int(total)) else 0
-            except BaseException as e:  # never let an exception cross the C frame
-                raised.append(e)
-                return 1
-        o.progress = _ffi.ns_progress_fn(_cb)
+    cb, raised = progress_callback(progress, fn)
+    if cb is not None:
+        o.progress = cb
     labels = np.empty(m.rows, dtype=np.int64)
     centroids = np.empty((k, m.cols), dtype=np.float32)
     inertia = np.empty(o.max_iterations + 1, dtype=np.float64)

@@ -95,22 +95,8 @@ ns_status ns_check_candidate_rows(ns_context *ctx, const char *fn, const ns_cand
 }
 
 static ns_status check_positive_lists(ns_context *ctx, const char *fn, const ns_id_lists *p) {
-    if (p->offsets[0] != 0)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: cand->positive_id->offsets[0] (%lld) must be 0", fn,
-                       (long long)p->offsets[0]);
-    for (int64_t i = 0; i < p->queries; i++)
-        if (p->offsets[i + 1] < p->offsets[i])
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: cand->positive_id->offsets[%lld] (%lld) is smaller than "
-                           "offsets[%lld] (%lld) (expected non-decreasing)",
-                           fn, (long long)(i + 1), (long long)p->offsets[i + 1], (long long)i,
-                           (long long)p->offsets[i]);
-    if (p->offsets[p->queries] > 0 && !p->ids)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: cand->positive_id->ids is NULL but the lists hold %lld ids", fn,
-                       (long long)p->offsets[p->queries]);
-    return NS_OK;
+    return ns_check_id_lists_data(ctx, fn, "cand->positive_id", p, p->queries, NS_IDS_ANY,
+                                  NULL, NULL);
 }
 
 ns_status ns_cpu_filter_check(ns_context *ctx, const char *fn, const ns_candidates *cand,

@@ -562,29 +562,8 @@ static void select_row(const float *row, int64_t n, int64_t base, const row_boun
 static ns_status check_exclusions(ns_context *ctx, const char *fn, const ns_id_lists *ex,
                                   int64_t queries, int64_t corpus_rows) {
     if (!ex) return NS_OK;
-    if (ex->offsets[0] != 0)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->exclude->offsets[0] (%lld) must be 0", fn,
-                       (long long)ex->offsets[0]);
-    for (int64_t i = 0; i < queries; i++)
-        if (ex->offsets[i + 1] < ex->offsets[i])
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: options->exclude->offsets[%lld] (%lld) is smaller than "
-                           "offsets[%lld] (%lld); offsets must not decrease",
-                           fn, (long long)(i + 1), (long long)ex->offsets[i + 1], (long long)i,
-                           (long long)ex->offsets[i]);
-    int64_t total = ex->offsets[queries];
-    if (total > 0 && !ex->ids)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->exclude->ids is NULL but offsets[%lld] is %lld", fn,
-                       (long long)queries, (long long)total);
-    for (int64_t t = 0; t < total; t++)
-        if (ex->ids[t] < 0 || ex->ids[t] >= corpus_rows)
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: options->exclude->ids[%lld] (%lld) is outside the corpus rows "
-                           "[0, %lld)",
-                           fn, (long long)t, (long long)ex->ids[t], (long long)corpus_rows);
-    return NS_OK;
+    return ns_check_id_lists_data(ctx, fn, "options->exclude", ex, queries, corpus_rows,
+                                  "the corpus rows", NULL);
 }
 
 /* ---------------------------------------------------------------- the CPU backend */

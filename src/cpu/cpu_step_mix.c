@@ -15,15 +15,6 @@ ns_status ns_cpu_step_mix_mask(ns_context *ctx, int64_t B, int64_t C, const uint
 ns_status ns_cpu_step_mix_merge(ns_context *ctx, int64_t B, const int64_t *hard, int64_t h,
                                 const int64_t *rnd, int64_t hr, int64_t *id, int64_t *count) {
     (void)ctx;
-    const int64_t H = h + hr;
-    for (int64_t i = 0; i < B; i++) {
-        int64_t n = 0;
-        for (int64_t c = 0; c < H; c++) {
-            const int64_t v = ns_mix_id(hard, h, rnd, hr, i * H + c);
-            id[i * H + c] = v;
-            n += v >= 0;
-        }
-        count[i] = n;
-    }
+    for (int64_t i = 0; i < B; i++) count[i] = ns_mix_merge_row(hard, h, rnd, hr, i, id);
     return NS_OK;
 }

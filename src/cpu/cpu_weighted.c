@@ -24,27 +24,7 @@ static void wt_layout(void *plan, ns_arena *a) {
 
 /* The lists: offsets[0] == 0, non-decreasing, ids in [0, N). */
 static ns_status check_lists(ns_context *ctx, const ns_id_lists *x, int64_t N) {
-    const int64_t B = x->queries;
-    if (x->offsets[0] != 0)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: exclude->offsets[0] (%lld) must be 0",
-                       FN, (long long)x->offsets[0]);
-    for (int64_t i = 0; i < B; i++)
-        if (x->offsets[i + 1] < x->offsets[i])
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: exclude->offsets[%lld] (%lld) is below offsets[%lld] (%lld)", FN,
-                           (long long)(i + 1), (long long)x->offsets[i + 1], (long long)i,
-                           (long long)x->offsets[i]);
-    const int64_t n = x->offsets[B];
-    if (n > 0 && !x->ids)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: exclude->ids is NULL but offsets[%lld] is %lld", FN, (long long)B,
-                       (long long)n);
-    for (int64_t j = 0; j < n; j++)
-        if (x->ids[j] < 0 || x->ids[j] >= N)
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: exclude->ids[%lld] (%lld) is not a corpus row in [0, %lld)", FN,
-                           (long long)j, (long long)x->ids[j], (long long)N);
-    return NS_OK;
+    return ns_check_id_lists_data(ctx, FN, "exclude", x, x->queries, N, "the corpus rows", NULL);
 }
 
 ns_status ns_cpu_sample_corpus(ns_context *ctx, const ns_corpus_weights *cw,

@@ -34,4 +34,17 @@ NS_HD NS_MATH_INLINE int64_t ns_mix_id(const int64_t *hard, int64_t h, const int
     return c < h ? hard[i * h + c] : rnd[i * hr + (c - h)];
 }
 
+/* Query i's merged row: its h + hr ids (hard first) into id, and how many are not -1. */
+NS_HD NS_MATH_INLINE int64_t ns_mix_merge_row(const int64_t *hard, int64_t h, const int64_t *rnd,
+                                              int64_t hr, int64_t i, int64_t *id) {
+    const int64_t H = h + hr;
+    int64_t n = 0;
+    for (int64_t c = 0; c < H; c++) {
+        const int64_t v = ns_mix_id(hard, h, rnd, hr, i * H + c);
+        id[i * H + c] = v;
+        n += v >= 0;
+    }
+    return n;
+}
+
 #endif /* NS_STEP_MIX_H */
