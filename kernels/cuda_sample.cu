@@ -214,6 +214,12 @@ ns_status ns_cuda_filter_sample(ns_context *ctx, const ns_candidates *cand,
     ca.pos_off = same_id ? cand->positive_id->offsets : nullptr;
     ca.pos_ids = same_id ? cand->positive_id->ids : nullptr;
     ns_status rc = ns_cuda_check_candidates(ctx, "ns_filter_sample", ca);
-    if (!rc) rc = ns_cuda_filter(ctx, cand, fo, keep, counts);
-    return rc ? rc : ns_cuda_sample(ctx, cand, keep, so, m, index, score, count);
+    if (rc) return rc;
+    // Checked once: the two ops below skip their own scans of the same data (each would
+    // synchronise again outside the checked step's deferral).
+    const int was = ns_cuda_swap_input_checks(ctx, 0);
+    rc = ns_cuda_filter(ctx, cand, fo, keep, counts);
+    if (!rc) rc = ns_cuda_sample(ctx, cand, keep, so, m, index, score, count);
+    ns_cuda_swap_input_checks(ctx, was);
+    return rc;
 }
