@@ -1,4 +1,4 @@
-// Two-stage exact mining on the CPU (src/cpu/cpu_mine_topk.c, bound in src/hostdevice/ns_bound.h):
+// Two-stage exact mining on the CPU (src/cpu/cpu_mine_*.c, bound in src/hostdevice/ns_bound.h):
 // candidate scores from the bf16 GEMM (or the f32 one), an exact re-score of every candidate
 // within the proven bound of the k-th. Checked on adversarial data — near-ties at the k-th score,
 // exact duplicates, large norms (past the bf16 range limit too), mixed scales, negative scale,
