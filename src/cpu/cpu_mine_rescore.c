@@ -151,76 +151,141 @@ static inline void prefetch_row(const void *row, size_t bytes) {
 }
 
 /* Re-scores every short-listed candidate that still has a bound, in corpus order: the pairs
- * (query, slot) are bucketed by corpus row (a counting sort over blocks of rows), and each
+ * (query, row) are bucketed by corpus row (a counting sort over blocks of rows), and each
  * bucket's rows — RESCORE_BYTES, a part of a core's L2 — are read while they sit in the cache,
- * the pairs of a bucket in query order (each query row read once per bucket), instead of one
- * random corpus row per pair. Returns 0, or -1 when the pair list cannot be allocated (the
- * caller then re-scores query by query). */
+ * the pairs of a bucket in query order, instead of one random corpus row per pair.
+ *
+ * The reservoirs (tens to hundreds of MiB) are only ever read and written in their own order:
+ * the pair list holds each pair's query and row (packed, 8 bytes) and its exact score goes to a
+ * list in pair order; a last pass walks the reservoirs again, in the order that filled the list,
+ * and takes the scores back. (Scoring straight into the reservoir slots cost three scattered
+ * cache misses per pair, ~2/3 of a pair's ~150 ns.) Every pass but the bucket scan splits the
+ * queries into one contiguous range per thread; the buckets hold the ranges in thread order, so
+ * each bucket's pairs stay in query order. Returns 0, or -1 when the lists cannot be allocated
+ * (the caller then re-scores query by query). */
 #define RESCORE_BYTES (256 << 10)
+#define PAIR_ROW_BITS 16 /* a row's offset in its bucket (buckets hold at most 2^16 rows) */
+
+typedef struct {
+    int64_t rows, nb; /* corpus rows per bucket, buckets */
+    int threads;
+    int64_t *at;      /* [threads][nb]: the next list position of each (thread, bucket) */
+    uint64_t *pair;   /* query << PAIR_ROW_BITS | row offset in the bucket */
+    float *score;     /* s* of each pair */
+    int64_t *start;   /* [nb + 1]: each bucket's first pair */
+} pair_lists;
+
+/* Thread tid's contiguous range of queries. */
+static void query_range(const mine_plan *p, int tid, int threads, int64_t *lo, int64_t *hi) {
+    *lo = p->Q * tid / threads;
+    *hi = p->Q * (tid + 1) / threads;
+}
+
+/* pass 0: count the pairs of each (thread, bucket); 1: list them; 2: take the scores back. */
+static void walk_reservoirs(const mine_plan *p, pair_lists *L, int pass, int tid) {
+    int64_t lo, hi;
+    query_range(p, tid, L->threads, &lo, &hi);
+    int64_t *at = L->at + (size_t)tid * (size_t)L->nb;
+    for (int64_t i = lo; i < hi; i++) {
+        float *s = p->hs + i * p->width, *e = p->es + i * p->width;
+        const int64_t *id = p->hi + i * p->width;
+        for (int64_t j = 0; j < p->cnt[i]; j++) {
+            if (!(e[j] > 0.0f)) continue;
+            const int64_t b = id[j] / L->rows;
+            if (pass == 0) {
+                at[b]++;
+            } else if (pass == 1) {
+                L->pair[at[b]++] = (uint64_t)i << PAIR_ROW_BITS | (uint64_t)(id[j] - b * L->rows);
+            } else {
+                s[j] = L->score[at[b]++];
+                e[j] = 0.0f;
+            }
+        }
+    }
+}
+
+/* Each (thread, bucket)'s first list position: buckets in order, threads in order within.
+ * counts: L->at holds the counts (pass 0), and each bucket's start is noted; otherwise it holds
+ * each segment's end (pass 1: one past its last pair, which is where the next segment starts). */
+static void bucket_positions(pair_lists *L, int counts) {
+    int64_t pos = 0;
+    for (int64_t b = 0; b < L->nb; b++) {
+        if (counts) L->start[b] = pos;
+        for (int t = 0; t < L->threads; t++) {
+            int64_t *c = L->at + (size_t)t * (size_t)L->nb + b;
+            const int64_t next = counts ? pos + *c : *c;
+            *c = pos;
+            pos = next;
+        }
+    }
+    if (counts) L->start[L->nb] = pos;
+}
+
+/* The exact scores of bucket b's pairs, into L->score. */
+static void score_bucket(const mine_plan *p, const pair_lists *L, const rescorer *rs, int64_t b) {
+    const size_t row_bytes = (size_t)p->d * ns_dtype_size(rs->corpus.dtype),
+                 q_bytes = (size_t)p->d * ns_dtype_size(rs->q.dtype);
+    const int64_t base = b * L->rows, end = L->start[b + 1];
+    const uint64_t mask = ((uint64_t)1 << PAIR_ROW_BITS) - 1;
+    const float *qr = NULL; /* the f32 row of query `last`, when one was made */
+    int64_t last = -1;
+    for (int64_t t = L->start[b]; t < end; t++) {
+        /* the rows of the pair after next: the score itself is ~30 ns of arithmetic, a row's
+         * first touch from memory more */
+        if (t + 2 < end) {
+            const uint64_t ahead = L->pair[t + 2];
+            prefetch_row(ns_row(rs->corpus, base + (int64_t)(ahead & mask)), row_bytes);
+            const int64_t qa = (int64_t)(ahead >> PAIR_ROW_BITS);
+            if (qa != last) prefetch_row(ns_row(rs->q, qa), q_bytes);
+        }
+        const int64_t i = (int64_t)(L->pair[t] >> PAIR_ROW_BITS);
+        if (i != last) qr = NULL, last = i; /* pairs come in query order within a bucket */
+        L->score[t] = score_pair(rs, i, base + (int64_t)(L->pair[t] & mask), &qr);
+    }
+}
+
 int ns_mine_rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix corpus,
                                     float scale) {
+    pair_lists L;
     int64_t total = 0;
     for (int64_t i = 0; i < p->Q; i++) total += p->cnt[i];
     const int64_t elem = p->c_exact ? 2 : 4, fit = RESCORE_BYTES / (p->d * elem);
-    const int64_t rows = fit < 16 ? 16 : fit, nb = (p->N + rows - 1) / rows;
-    int64_t *start = (int64_t *)calloc((size_t)nb + 1, sizeof(int64_t));
-    int64_t *pair = (int64_t *)malloc((size_t)(total > 0 ? total : 1) * sizeof(int64_t));
-    if (!start || !pair) {
-        free(start);
-        free(pair);
-        return -1;
-    }
-    for (int64_t i = 0; i < p->Q; i++)
-        for (int64_t j = 0; j < p->cnt[i]; j++)
-            if (p->es[i * p->width + j] > 0.0f) start[p->hi[i * p->width + j] / rows + 1]++;
-    for (int64_t b = 0; b < nb; b++) start[b + 1] += start[b];
-    int64_t *fill = (int64_t *)malloc((size_t)nb * sizeof(int64_t));
-    if (!fill) {
-        free(start);
-        free(pair);
-        return -1;
-    }
-    memcpy(fill, start, (size_t)nb * sizeof(int64_t));
-    for (int64_t i = 0; i < p->Q; i++)
-        for (int64_t j = 0; j < p->cnt[i]; j++) {
-            int64_t at = i * p->width + j;
-            if (p->es[at] > 0.0f) pair[fill[p->hi[at] / rows]++] = at;
-        }
-    free(fill);
-#pragma omp parallel for num_threads(p->threads) schedule(dynamic, 1)
-    for (int64_t b = 0; b < nb; b++) {
+    const int64_t cap = (int64_t)1 << PAIR_ROW_BITS;
+    L.rows = fit < 16 ? 16 : fit > cap ? cap : fit;
+    L.nb = (p->N + L.rows - 1) / L.rows;
+    L.threads = 1; /* the team's size, set inside the parallel region */
+    L.at = (int64_t *)calloc((size_t)p->threads * (size_t)L.nb, sizeof(int64_t));
+    L.start = (int64_t *)malloc((size_t)(L.nb + 1) * sizeof(int64_t));
+    L.pair = (uint64_t *)malloc((size_t)(total > 0 ? total : 1) * sizeof(uint64_t));
+    L.score = (float *)malloc((size_t)(total > 0 ? total : 1) * sizeof(float));
+    int rc = -1;
+    if (!L.at || !L.start || !L.pair || !L.score) goto done;
+#pragma omp parallel num_threads(p->threads)
+    {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
+#pragma omp single
+        L.threads = omp_get_num_threads(); /* the team OpenMP gave (at most p->threads) */
 #endif
+        walk_reservoirs(p, &L, 0, tid);
+#pragma omp barrier
+#pragma omp single
+        bucket_positions(&L, 1);
+        walk_reservoirs(p, &L, 1, tid);
+#pragma omp barrier
         const rescorer rs = ns_mine_thread_rescorer(p, q, corpus, scale, tid);
-        const size_t row_bytes = (size_t)p->d * ns_dtype_size(corpus.dtype),
-                     q_bytes = (size_t)p->d * ns_dtype_size(q.dtype);
-        const float *qr = NULL; /* the f32 row of query `last`, when one was made */
-        int64_t last = -1;
-        for (int64_t t = start[b]; t < start[b + 1]; t++) {
-            /* The reservoir slots of the pairs ahead are scattered over all queries' reservoirs
-             * (tens of MiB): fetch them early. */
-            if (t + 8 < start[b + 1]) {
-                const int64_t ahead = pair[t + 8];
-                __builtin_prefetch(p->hi + ahead, 0);
-                __builtin_prefetch(p->hs + ahead, 1);
-                __builtin_prefetch(p->es + ahead, 1);
-            }
-            /* and the rows of the pair after next: the score itself is ~30 ns of arithmetic,
-             * a row's first touch from memory more */
-            if (t + 2 < start[b + 1]) {
-                const int64_t ahead = pair[t + 2];
-                prefetch_row(ns_row(corpus, p->hi[ahead]), row_bytes);
-                if (ahead / p->width != last) prefetch_row(ns_row(q, ahead / p->width), q_bytes);
-            }
-            const int64_t at = pair[t], i = at / p->width;
-            if (i != last) qr = NULL, last = i; /* pairs come in query order within a bucket */
-            p->hs[at] = score_pair(&rs, i, p->hi[at], &qr);
-            p->es[at] = 0.0f;
-        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < L.nb; b++) score_bucket(p, &L, &rs, b);
+#pragma omp single
+        bucket_positions(&L, 0);
+        walk_reservoirs(p, &L, 2, tid);
     }
-    free(start);
-    free(pair);
-    return 0;
+    rc = 0;
+done:
+    free(L.at);
+    free(L.start);
+    free(L.pair);
+    free(L.score);
+    return rc;
 }
