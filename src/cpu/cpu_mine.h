@@ -82,10 +82,13 @@ static inline float down(float x) { return step_float(x, -1); }
 typedef struct {
     int64_t Q, N, d, k, qb, cb, cap, width;
     int normalize, threads, q_once, avx512;
+    int thread_tiles;     /* each thread computes and merges its own sub-tiles */
+    int64_t sq, sr;       /* a thread's sub-tile: queries × corpus rows */
     int convert_q, convert_c;
     int bf16;             /* the bf16 GEMM (oneDNN) computes ŝ */
     int q_exact, c_exact; /* q / corpus are bf16 data used as they are (no rounding) */
-    float *tile, *cbuf, *qbuf, *rows;
+    float *tile; /* the score tile, or each thread's sub-tile (thread_tiles) */
+    float *cbuf, *qbuf, *rows;
     uint32_t *keys; /* per thread: max(cb, width) */
     int32_t *cols;  /* per thread: cb + 16 */
     uint64_t *sortbuf; /* per thread: 2 · width */

@@ -161,7 +161,9 @@ static ns_status check_exclusions(ns_context *ctx, const char *fn, const ns_id_l
 static void mine_layout(void *plan, ns_arena *a) {
     mine_plan *p = (mine_plan *)plan;
     const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
-    p->tile = (float *)ns_arena_carve(a, (size_t)(p->qb * p->cb) * sizeof(float));
+    const size_t tile = p->thread_tiles ? (size_t)p->threads * p->sq * p->sr
+                                        : (size_t)(p->qb * p->cb);
+    p->tile = (float *)ns_arena_carve(a, tile * sizeof(float));
     p->cbuf = (float *)ns_arena_carve(a, p->convert_c ? (size_t)(p->cb * p->d) * sizeof(float) : 0);
     p->qbuf = (float *)ns_arena_carve(a, p->convert_q ? (size_t)(p->qb * p->d) * sizeof(float) : 0);
     p->cb16 = (uint16_t *)ns_arena_carve(
@@ -191,6 +193,16 @@ static int want_bf16(void) {
     return ns_gemm_has_bf16();
 }
 
+/* Whether each thread computes its own sub-tiles (merge_block_threads): with oneDNN (its calls
+ * from a parallel region run on the calling thread, side by side), unless
+ * NS_CPU_MINE_TILES=shared (one tile threaded by the GEMM, then merged: the same result; for
+ * benchmarks and tests). */
+static int use_thread_tiles(void) {
+    const char *v = getenv("NS_CPU_MINE_TILES");
+    if (v && !strcmp(v, "shared")) return 0;
+    return ns_gemm_has_bf16();
+}
+
 static void mine_plan_init(mine_plan *p, ns_context *ctx, ns_matrix q, ns_matrix corpus,
                            int64_t k, const ns_mine_options *opt) {
     p->normalize = (opt->flags & NS_NORMALIZE) != 0;
@@ -206,6 +218,14 @@ static void mine_plan_init(mine_plan *p, ns_context *ctx, ns_matrix q, ns_matrix
     p->cb = ns_mine_corpus_block(p->Q, p->N, p->d, p->convert_c);
     p->q_once = p->Q <= p->qb; /* one query tile: convert it once for the whole corpus */
     p->avx512 = ns_mine_scan_avx512_usable();
+    /* Sub-tiles of at most 256 × 1024 scores (1 MiB, a Zen 4 core's L2; fewer queries and the
+     * GEMM packs each corpus slice for too few rows: 64 cost 18 % more CPU time than 256), at
+     * least two query slices per thread (dynamic: a preempted thread does not hold the block
+     * back), each of at least 32 queries; fewer queries take the shared tile. */
+    p->sq = p->Q / (2 * (int64_t)p->threads) / 16 * 16;
+    if (p->sq > 256) p->sq = 256;
+    p->sr = 1024;
+    p->thread_tiles = p->q_once && p->sq >= 32 && use_thread_tiles();
     /* A larger cap means rarer shrinks but a threshold that lags more. The bf16 bound keeps
      * short lists of about 3·k (unit vectors): room for them, or shrinks re-score early. */
     int64_t extra = k < 64 ? 64 : k > 4096 ? 4096 : k;
@@ -261,12 +281,33 @@ static row_bound query_bound(const mine_plan *p, const tile_bound *tb, int64_t q
     return b;
 }
 
-/* Merges the score tile of queries [q0, q0+nq) × corpus rows [c0, c0+nc) into the reservoirs,
- * excluded rows first overwritten with EXCLUDED. */
+/* Merges query qi's tile row trow (scores of corpus rows base .. base+n-1, base = c0 + j0: j0
+ * columns into the block at c0) into its reservoir, excluded rows first overwritten with
+ * EXCLUDED. */
+static void merge_row(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
+                      const ns_id_lists *ex, int64_t qi, float *trow, int64_t c0, int64_t j0,
+                      int64_t n, const tile_bound *tb, bad_score *bad, int tid) {
+    const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
+    const int64_t base = c0 + j0;
+    if (ex)
+        for (int64_t t = ex->offsets[qi]; t < ex->offsets[qi + 1]; t++) {
+            int64_t id = ex->ids[t];
+            if (id >= base && id < base + n) trow[id - base] = EXCLUDED;
+        }
+    row_bound b = query_bound(p, tb, qi);
+    b.cn += j0;
+    if (b.cr) b.cr += j0;
+    rescorer rs = ns_mine_thread_rescorer(p, q, corpus, scale, tid);
+    row_scratch ws = {p->keys + (size_t)tid * scratch, p->cols + (size_t)tid * (size_t)(p->cb + 16),
+                      p->avx512};
+    select_row(trow, n, base, &b, p->hs + qi * p->width, p->es + qi * p->width,
+               p->hi + qi * p->width, p->cnt + qi, p->thr + qi, p->k, p->cap, qi, &ws, &rs, bad);
+}
+
+/* Merges the score tile of queries [q0, q0+nq) × corpus rows [c0, c0+nc) (p->tile). */
 static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
                        const ns_id_lists *ex, int64_t q0, int64_t nq, int64_t c0, int64_t nc,
                        const tile_bound *tb, bad_score *bad) {
-    const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
     /* Dynamic chunks: a thread that the OS preempts (a busy machine) does not hold the whole
      * tile back. */
 #pragma omp parallel for num_threads(p->threads) schedule(dynamic, 32)
@@ -275,21 +316,84 @@ static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float 
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        const int64_t qi = q0 + i;
-        float *trow = p->tile + i * nc;
-        if (ex)
-            for (int64_t t = ex->offsets[qi]; t < ex->offsets[qi + 1]; t++) {
-                int64_t id = ex->ids[t];
-                if (id >= c0 && id < c0 + nc) trow[id - c0] = EXCLUDED;
-            }
-        row_bound b = query_bound(p, tb, qi);
-        rescorer rs = ns_mine_thread_rescorer(p, q, corpus, scale, tid);
-        row_scratch ws = {p->keys + (size_t)tid * scratch, p->cols + (size_t)tid * (size_t)(p->cb + 16),
-                          p->avx512};
-        select_row(trow, nc, c0, &b, p->hs + qi * p->width, p->es + qi * p->width,
-                   p->hi + qi * p->width, p->cnt + qi, p->thr + qi, p->k, p->cap, qi, &ws, &rs,
-                   bad);
+        merge_row(p, q, corpus, scale, ex, q0 + i, p->tile + i * nc, c0, 0, nc, tb, bad, tid);
     }
+}
+
+/* ---------------------------------------------------------------- per-thread tiles
+ * With every query in one tile (Q ≤ NS_MINE_QUERY_BLOCK) and oneDNN, a corpus block is cut into
+ * sub-tiles of p->sq queries × p->sr corpus rows (mine_plan_init): each thread of the one
+ * OpenMP team takes a query slice, computes its sub-tiles with its own single-threaded GEMM and
+ * merges each while it sits in L2, the corpus rows of a query still in increasing order. One
+ * team, no switch between the GEMM's threads and the selection's, no barrier between them, and
+ * no score tile written to and read back from memory (a shared tile is 32 MiB). */
+
+/* One corpus block's GEMM operands: bf16 (c16 set) or f32. */
+typedef struct {
+    const uint16_t *q16, *c16;
+    int64_t ldq16, ldc16;
+    const float *qv, *cv;
+    int64_t ldq, ldc;
+} block_operands;
+
+/* C = alpha·A·Bᵀ from bf16 bits with f32 products (exact) and f32 sums: what the bf16 GEMM
+ * computes, within the same bound (ns_bound.h, 2.–4.), should oneDNN refuse a call. */
+static void gemm_bf16_portable(int64_t m, int64_t n, int64_t d, float alpha, const uint16_t *a,
+                               int64_t lda, const uint16_t *b, int64_t ldb, float *c) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int64_t t = 0; t < d; t++) {
+                const uint32_t x = (uint32_t)a[i * lda + t] << 16, y = (uint32_t)b[j * ldb + t] << 16;
+                float fx, fy;
+                memcpy(&fx, &x, 4);
+                memcpy(&fy, &y, 4);
+                s += fx * fy;
+            }
+            c[i * n + j] = alpha * s;
+        }
+}
+
+/* The scores of queries [q0, q0+nq) × block columns [j0, j0+n) into tile (n wide). */
+static void sub_gemm(const mine_plan *p, const block_operands *o, float scale, int64_t q0,
+                     int64_t nq, int64_t j0, int64_t n, float *tile) {
+    if (o->c16) {
+        const uint16_t *a = o->q16 + q0 * o->ldq16, *b = o->c16 + j0 * o->ldc16;
+        if (ns_gemm_bf16_nt(nq, n, p->d, scale, a, o->ldq16, b, o->ldc16, tile, n) != 0)
+            gemm_bf16_portable(nq, n, p->d, scale, a, o->ldq16, b, o->ldc16, tile);
+        return;
+    }
+    ns_sgemm_nt(nq, n, p->d, scale, o->qv + q0 * o->ldq, o->ldq, o->cv + j0 * o->ldc, o->ldc, 0.0f,
+                tile, n);
+}
+
+static void merge_block_threads(const mine_plan *p, ns_matrix q, ns_matrix corpus,
+                                const ns_mine_options *opt, const block_operands *o, int64_t c0,
+                                int64_t nc, const tile_bound *tb, bad_score *bad) {
+    const int64_t slices = (p->Q + p->sq - 1) / p->sq;
+    int team = 1;
+#pragma omp parallel num_threads(p->threads)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        omp_set_num_threads(1); /* this task's GEMMs: on this thread (oneDNN sizes by it) */
+        if (tid == 0) team = omp_get_num_threads();
+#endif
+        float *tile = p->tile + (size_t)tid * (size_t)(p->sq * p->sr);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t s = 0; s < slices; s++) {
+            const int64_t q0 = s * p->sq, nq = p->Q - q0 < p->sq ? p->Q - q0 : p->sq;
+            for (int64_t j0 = 0; j0 < nc; j0 += p->sr) {
+                const int64_t n = nc - j0 < p->sr ? nc - j0 : p->sr;
+                sub_gemm(p, o, opt->scale, q0, nq, j0, n, tile);
+                for (int64_t i = 0; i < nq; i++)
+                    merge_row(p, q, corpus, opt->scale, opt->exclude, q0 + i, tile + i * n, c0, j0,
+                              n, tb, bad, tid);
+            }
+        }
+    }
+    ns_gemm_note_threads(team);
 }
 
 /* Streams the corpus once, block by block; each block against every query tile. The f32 views
@@ -346,6 +450,7 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
             const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
             if (!p->q_once) qv_ok = q16_ok = 0;
             int done = 0;
+            block_operands o = {NULL, NULL, 0, 0, NULL, NULL, 0, 0};
             if (bf16) {
                 if (p->q_exact) {
                     q16 = (const uint16_t *)ns_row(q, q0);
@@ -358,19 +463,28 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
                     ldq16 = d;
                     q16_ok = 1;
                 }
-                done = ns_gemm_bf16_nt(nq, nc, d, opt->scale, q16, ldq16, c16, ldc16, p->tile,
-                                       nc) == 0;
+                if (p->thread_tiles) { /* each thread's own GEMMs, in merge_block_threads */
+                    o.q16 = q16, o.ldq16 = ldq16, o.c16 = c16, o.ldc16 = ldc16;
+                    done = 1;
+                } else {
+                    done = ns_gemm_bf16_nt(nq, nc, d, opt->scale, q16, ldq16, c16, ldc16, p->tile,
+                                           nc) == 0;
+                }
             }
             tile_bound tbq = tb;
             if (!done) { /* f32 GEMM: the f32 bound */
                 if (!qv_ok) qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
                 qv_ok = 1;
                 if (!cv) cv = ns_tile_rows(corpus, c0, nc, p->normalize, p->cbuf, &ldc, p->threads);
-                ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
+                if (p->thread_tiles) o.qv = qv, o.ldq = ldq, o.cv = cv, o.ldc = ldc;
+                else ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
                 tbq.rel = ns_bound_relative(d, 0) * aabs;
                 tbq.residual = 0;
             }
-            merge_tile(p, q, corpus, opt->scale, opt->exclude, q0, nq, c0, nc, &tbq, &bad);
+            if (p->thread_tiles) /* q_once: this is every query */
+                merge_block_threads(p, q, corpus, opt, &o, c0, nc, &tbq, &bad);
+            else
+                merge_tile(p, q, corpus, opt->scale, opt->exclude, q0, nq, c0, nc, &tbq, &bad);
             if (bad.set) return fail_bad_score(ctx, fn, corpus, &bad);
         }
         if (opt->progress && opt->progress(c0 + nc, N, opt->progress_user))
