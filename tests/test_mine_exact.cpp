@@ -255,12 +255,12 @@ TEST(MineExact, MoreQueriesThanOneTile) {
 }
 
 // Enough queries for per-thread tiles (each thread computes and merges its own sub-tiles of
-// the block with a single-threaded GEMM: 256 queries make slices of 128, 64 and 80 at 1, 2 and
-// 3 threads), several sub-tiles of corpus rows, every third row past the bf16 range (those
+// the block with a single-threaded GEMM: 800 queries make slices of 256, 192 and 128 at 1, 2
+// and 3 threads), several sub-tiles of corpus rows, every third row past the bf16 range (those
 // blocks' sub-tiles take the f32 GEMM), near-ties at the k-th; then the same with one shared
 // tile (NS_CPU_MINE_TILES=shared), and with bf16 inputs.
 TEST(MineExact, PerThreadTilesAndTheSharedTileAgree) {
-    Data D = adversarial(256, 5000, 40, 100, 2.0, 17); // norms over 10^±2: wrong bounds show
+    Data D = adversarial(800, 3000, 24, 100, 2.0, 17);
     check(D, 100, 1.0f);
     Data E = D;
     for (int64_t j = 0; j < E.N; j += 3)
@@ -317,11 +317,11 @@ TEST(MineExact, ResidualBoundIsTightOnAlignedRoundingErrors) {
     check(D, 3, 1.0f);
 }
 
-// The same rows in a later sub-tile of per-thread tiles (columns 2048.. of the block, 256
+// The same rows in a later sub-tile of per-thread tiles (columns 2048.. of the block, 800
 // queries): each row's bound must be its own (a bound taken from another row of the block, all
 // of them small, drops the best rows).
 TEST(MineExact, ResidualBoundIsTightInEverySubTile) {
-    Data D = aligned_residuals(256, 3000, 2048);
+    Data D = aligned_residuals(800, 3000, 2048);
     Result want = brute_force(D, 1, 1.0f);
     ASSERT_EQ(want.index[0], 2048 + 300);
     ASSERT_EQ(want.index[1], 2048 + 400);

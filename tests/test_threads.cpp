@@ -71,7 +71,7 @@ Mined mine(int threads, const char *gemm, const std::vector<float> &q, const std
 
 }  // namespace
 
-// 64 queries: one score tile, threaded by the GEMM library; 512: per-thread sub-tiles, each
+// 64 queries: one score tile, threaded by the GEMM library; 800: per-thread sub-tiles, each
 // team member running its own GEMMs (the team's size is what reaches them).
 class ThreadsMining : public ::testing::TestWithParam<int64_t> {};
 
@@ -98,7 +98,7 @@ TEST_P(ThreadsMining, TheContextsThreadCountReachesTheMiningGemm) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(Queries, ThreadsMining, ::testing::Values(64, 512));
+INSTANTIATE_TEST_SUITE_P(Queries, ThreadsMining, ::testing::Values(64, 800));
 
 TEST(Threads, TheContextsThreadCountReachesTheSimilarityGemm) {
     const int64_t B = 40, d = 24;
