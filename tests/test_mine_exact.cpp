@@ -255,8 +255,8 @@ TEST(MineExact, MoreQueriesThanOneTile) {
 }
 
 // Enough queries for per-thread tiles (each thread computes and merges its own sub-tiles of
-// the block with a single-threaded GEMM: 800 queries make slices of 256, 192 and 128 at 1, 2
-// and 3 threads), several sub-tiles of corpus rows, every third row past the bf16 range (those
+// the block with a single-threaded GEMM: 800 queries make slices of 192 and 128 at 2 and 3
+// threads; 1 thread takes the shared tile), several sub-tiles of corpus rows, every third row past the bf16 range (those
 // blocks' sub-tiles take the f32 GEMM), near-ties at the k-th; then the same with one shared
 // tile (NS_CPU_MINE_TILES=shared), and with bf16 inputs.
 TEST(MineExact, PerThreadTilesAndTheSharedTileAgree) {

@@ -221,11 +221,13 @@ static void mine_plan_init(mine_plan *p, ns_context *ctx, ns_matrix q, ns_matrix
     /* Sub-tiles of at most 256 × 1024 scores (1 MiB, a Zen 4 core's L2; fewer queries and the
      * GEMM packs each corpus slice for too few rows: 64 cost 18 % more CPU time than 256), at
      * least two query slices per thread (dynamic: a preempted thread does not hold the block
-     * back), each of at least 128 queries; fewer queries take the shared tile. */
+     * back), each of at least 128 queries; fewer queries, or one thread (nothing to hand
+     * over; the shared tile's first row sets a threshold from 8192 columns: 5 % less CPU time
+     * at k = 1000), take the shared tile. */
     p->sq = p->Q / (2 * (int64_t)p->threads) / 16 * 16;
     if (p->sq > 256) p->sq = 256;
     p->sr = 1024;
-    p->thread_tiles = p->q_once && p->sq >= 128 && use_thread_tiles();
+    p->thread_tiles = p->threads > 1 && p->q_once && p->sq >= 128 && use_thread_tiles();
     /* A larger cap means rarer shrinks but a threshold that lags more. The bf16 bound keeps
      * short lists of about 3·k (unit vectors): room for them, or shrinks re-score early. */
     int64_t extra = k < 64 ? 64 : k > 4096 ? 4096 : k;
