@@ -89,6 +89,7 @@ typedef struct {
     int bf16;             /* the bf16 GEMM (oneDNN) computes ŝ */
     int q_exact, c_exact; /* q / corpus are bf16 data used as they are (no rounding) */
     float *tile; /* the score tile, or each thread's sub-tile (thread_tiles) */
+    size_t tile_bytes; /* free once the corpus is streamed: the re-score's lists, if they fit */
     float *cbuf, *qbuf, *rows;
     uint32_t *keys; /* per thread: max(cb, width) */
     int32_t *cols;  /* per thread: cb + 16 */

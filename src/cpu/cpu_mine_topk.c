@@ -164,6 +164,7 @@ static void mine_layout(void *plan, ns_arena *a) {
     const size_t tile = p->thread_tiles ? (size_t)p->threads * p->sq * p->sf
                                         : (size_t)(p->qb * p->cb);
     p->tile = (float *)ns_arena_carve(a, tile * sizeof(float));
+    p->tile_bytes = tile * sizeof(float);
     p->cbuf = (float *)ns_arena_carve(a, p->convert_c ? (size_t)(p->cb * p->d) * sizeof(float) : 0);
     p->qbuf = (float *)ns_arena_carve(a, p->convert_q ? (size_t)(p->qb * p->d) * sizeof(float) : 0);
     p->cb16 = (uint16_t *)ns_arena_carve(
