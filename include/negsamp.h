@@ -167,10 +167,11 @@ typedef struct {
  * and whether exclude is set are checked: a difference fails every rank with NS_ERR_COMM naming
  * the value and the ranks), 1 ≤ k ≤ the global row count (k may exceed a shard: a shard with
  * fewer rows contributes what it has), exclusion ids are global rows and, on a CUDA context too,
- * exclusion lists are in host memory. Each rank mines its shard, the per-rank lists are
- * all-gathered by query blocks and merged by ns_before (ties to the lower global row), so the
- * result, on every rank, is exactly the one-rank result over the concatenated corpus, index
- * holding global rows. A rank whose own part fails fails with its message; the others with
+ * exclusion lists are in host memory. Each rank mines its shard and the per-rank lists are
+ * merged by ns_before (ties to the lower global row) by query blocks: a block of at least R
+ * queries is cut into R slices, rank j merges slice j (an all-to-all) and the merged slices are
+ * all-gathered; a smaller block is all-gathered and merged on every rank. The result, on every
+ * rank, is exactly the one-rank result over the concatenated corpus, index holding global rows. A rank whose own part fails fails with its message; the others with
  * NS_ERR_COMM naming it. progress counts query blocks mined here; a cancel on any rank cancels
  * all. CPU contexts with an MPI communicator, CUDA contexts with NCCL (merged on the host). */
 #define NS_MAX_K 16384
