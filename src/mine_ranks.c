@@ -12,7 +12,10 @@
  *        2·(R−1)/R · nb·k·12 bytes and merges nb/R queries.
  *      - all-gather (fewer queries than ranks): every rank's lists to every rank, each merges the
  *        whole block: (R−1) · nb·k·12 bytes received, nb queries merged.
- *   3. copy the staged result into index/score (the outputs are written only on success).
+ *      With NS_MINE_RESULT_ON_RANK0 the merged slices go to rank 0 only (and in the all-gather
+ *      merge only rank 0 merges): the other ranks receive about half the bytes.
+ *   3. copy the staged result into index/score (the outputs are written only on success; with
+ *      NS_MINE_RESULT_ON_RANK0 on rank 0 only).
  * The merge runs on the host for both backends: it is O(R · k) per query, small beside the
  * mining, and the host exchanges work on MPI and NCCL alike. */
 #include "ns_comm.h"
@@ -39,6 +42,7 @@ static int must_agree(int i) { return i != H_OK && i != H_ROWS && i != H_MAXEX; 
 typedef struct {
     ns_comm *c;
     int R;
+    int rank0_only;                /* NS_MINE_RESULT_ON_RANK0: the result on rank 0 alone */
     int64_t Q, k, N, offset, rows; /* global rows N; this rank's [offset, offset + rows) */
     int64_t *ex_off, *ex_ids;      /* this rank's exclusions, local rows (NULL: none) */
     int64_t *index, *head;         /* the staged result (Q × k); the merge's list heads (R) */
@@ -201,7 +205,7 @@ static ns_status mine_block(ns_context *ctx, const ranks_plan *p, ns_matrix q, n
     qb.data = (const char *)q.data + (size_t)(b0 * ns_ld(q)) * ns_dtype_size(q.dtype);
     ns_id_lists el;
     ns_mine_options lo = *o;
-    lo.comm = NULL, lo.progress = NULL;
+    lo.comm = NULL, lo.progress = NULL, lo.flags &= NS_NORMALIZE;
     const size_t n = (size_t)(nb * kr);
     int64_t *eo = (int64_t *)malloc(sizeof(int64_t) * (size_t)(nb + 1));
     int64_t *hi = (int64_t *)malloc(sizeof(int64_t) * n);
@@ -282,6 +286,7 @@ static ns_status merge_allgather(ns_context *ctx, ranks_plan *p, ns_status local
     packet_stamp(ctx, p->pk, bytes, local);
     ns_status st = p->c->ops->allgather_host(ctx, p->c, p->pk, p->all, bytes, fn);
     if (!st) st = packets_verdict(ctx, p, local, p->pk, bytes, p->all, bytes, fn);
+    if (p->rank0_only && p->c->rank != 0) return st; /* no result here */
     for (int64_t i = 0; i < nb && !st; i++)
         merge_query(p, p->all, bytes, nb, i, p->head, p->index + (b0 + i) * p->k,
                     p->score + (b0 + i) * p->k);
@@ -316,8 +321,22 @@ static ns_status slices_exchange(ns_context *ctx, ranks_plan *p, ns_status local
                                      fn);
 }
 
+/* The merged slices (each padded to the largest, gb bytes, packed at p->send) to every rank,
+ * or to rank 0 alone (NS_MINE_RESULT_ON_RANK0: an all-to-all whose only receiver is rank 0). */
+static ns_status slices_share(ns_context *ctx, ranks_plan *p, size_t gb, const char *fn) {
+    if (!p->rank0_only) return p->c->ops->allgather_host(ctx, p->c, p->send, p->all, gb, fn);
+    const int R = p->R, me = p->c->rank;
+    size_t *scount = p->a2a, *sdispl = scount + R, *rcount = sdispl + R, *rdispl = rcount + R;
+    for (int j = 0; j < R; j++) {
+        scount[j] = j == 0 ? gb : 0, sdispl[j] = 0;
+        rcount[j] = me == 0 ? gb : 0, rdispl[j] = (size_t)j * gb;
+    }
+    return p->c->ops->alltoallv_host(ctx, p->c, p->send, scount, sdispl, p->all, rcount, rdispl,
+                                     fn);
+}
+
 /* The sharded merge of queries [b0, b0 + nb): slices exchanged, this rank's slice merged, the
- * merged slices all-gathered (each padded to the largest slice, ceil(nb / R) queries). */
+ * merged slices shared (each padded to the largest slice, ceil(nb / R) queries). */
 static ns_status merge_sharded(ns_context *ctx, ranks_plan *p, ns_status local, int64_t b0,
                                int64_t nb, const char *fn) {
     const int R = p->R, me = p->c->rank;
@@ -333,7 +352,8 @@ static ns_status merge_sharded(ns_context *ctx, ranks_plan *p, ns_status local, 
     const size_t ids = (size_t)(w * k) * 8, gb = (size_t)(w * k) * 12;
     memcpy(p->send, p->index + (b0 + s0) * k, (size_t)(m * k) * 8);
     memcpy(p->send + ids, p->score + (b0 + s0) * k, (size_t)(m * k) * 4);
-    if ((st = p->c->ops->allgather_host(ctx, p->c, p->send, p->all, gb, fn))) return st;
+    if ((st = slices_share(ctx, p, gb, fn))) return st;
+    if (p->rank0_only && me != 0) return NS_OK; /* no result here */
     for (int r = 0; r < R; r++) {
         const int64_t r0 = slice_start(nb, R, r), n = slice_start(nb, R, r + 1) - r0;
         if (r == me || !n) continue;
@@ -416,6 +436,7 @@ ns_status ns_mine_topk_ranks(ns_context *ctx, ns_matrix q, ns_matrix corpus, int
     p.c = o->comm;
     p.R = p.c->size;
     p.Q = q.rows, p.k = k, p.rows = corpus.rows;
+    p.rank0_only = (o->flags & NS_MINE_RESULT_ON_RANK0) != 0;
     int64_t max_ex = -1;
     /* A broken communicator, or one of another backend or device, cannot exchange at all. */
     ns_status usable = ns_comm_usable(ctx, p.c, fn);
@@ -426,8 +447,11 @@ ns_status ns_mine_topk_ranks(ns_context *ctx, ns_matrix q, ns_matrix corpus, int
     ns_status st = agree(ctx, &p, local, q, corpus, k, o, max_ex, fn);
     if (!st) st = mine_blocks(ctx, &p, q, corpus, o, local_exclusions(ctx, &p, o->exclude, fn),
                               fn);
-    if (!st) st = ns_copy(ctx, index, p.index, sizeof(int64_t) * (size_t)(p.Q * k), NS_COPY_H2D);
-    if (!st) st = ns_copy(ctx, score, p.score, sizeof(float) * (size_t)(p.Q * k), NS_COPY_H2D);
+    const int writes = !p.rank0_only || p.c->rank == 0;
+    if (!st && writes)
+        st = ns_copy(ctx, index, p.index, sizeof(int64_t) * (size_t)(p.Q * k), NS_COPY_H2D);
+    if (!st && writes)
+        st = ns_copy(ctx, score, p.score, sizeof(float) * (size_t)(p.Q * k), NS_COPY_H2D);
     plan_free(&p);
     return st;
 }

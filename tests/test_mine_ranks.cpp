@@ -168,7 +168,7 @@ struct RankOut {
 // Runs rank r's call on its own context in its own thread; bad_index_on: that rank passes NULL.
 std::vector<RankOut> run_ranks(ns_backend be, const World &w, int64_t k, bool ex,
                                int bad_index_on = -1, Hub *counted = nullptr,
-                               int cancel_on = -1) {
+                               int cancel_on = -1, unsigned flags = 0) {
     const int R = (int)w.start.size() - 1, Q = (int)w.Q;
     Hub own(R);
     Hub &hub = counted ? *counted : own;
@@ -189,10 +189,14 @@ std::vector<RankOut> run_ranks(ns_backend be, const World &w, int64_t k, bool ex
             o.exclude = ex ? &el : nullptr;
             o.comm = comm;
             if (r == cancel_on) o.progress = [](int64_t, int64_t, void *) { return 1; };
+            o.flags = flags;
+            // With the result on rank 0 only, odd ranks pass no outputs at all.
+            const bool none = (flags & NS_MINE_RESULT_ON_RANK0) && r % 2 == 1;
             RankOut &ro = out[(size_t)r];
             ro.st = ns_mine_topk(c, f32_matrix(q.ptr(), Q, D),
                                  f32_matrix(n ? shard.ptr() : nullptr, n, n ? D : 0), k, &o,
-                                 r == bad_index_on ? nullptr : idx.ptr(), sc.ptr());
+                                 r == bad_index_on || none ? nullptr : idx.ptr(),
+                                 none ? nullptr : sc.ptr());
             ro.err = ns_last_error(c);
             ro.idx = idx.fetch();
             ro.sc = sc.fetch();
@@ -285,6 +289,32 @@ TEST_P(MineRanks, FewerQueriesThanRanksAndForcedMerges) {
     setenv("NS_MINE_RANKS_MERGE", "allgather", 1);
     expect_global(GetParam(), make_world({4, 11, 13}), 6, true, 0);
     unsetenv("NS_MINE_RANKS_MERGE");
+}
+
+// NS_MINE_RESULT_ON_RANK0: rank 0 gets the one-rank result; the other ranks' outputs are not
+// written (odd ranks pass NULL), through both merges (19 queries on 4 ranks: sharded; 3: all-
+// gathered), and the merged slices reach rank 0 through an all-to-all, not an all-gather.
+TEST_P(MineRanks, ResultOnRankZeroOnly) {
+    Ctx probe(GetParam());
+    NS_REQUIRE_BACKEND(probe);
+    for (int64_t Q : {19, 3}) {
+        World w = make_world({4, 0, 9, 13}, Q);
+        std::vector<int64_t> bi;
+        std::vector<float> bs;
+        brute(w, 6, true, bi, bs);
+        Hub hub(4);
+        auto out = run_ranks(GetParam(), w, 6, true, -1, &hub, -1, NS_MINE_RESULT_ON_RANK0);
+        EXPECT_EQ(hub.alltoalls.load(), Q >= 4 ? 2 : 0) << "Q " << Q;
+        for (size_t r = 0; r < out.size(); r++) {
+            ASSERT_EQ(out[r].st, NS_OK) << "rank " << r << ": " << out[r].err;
+            if (r == 0) {
+                EXPECT_EQ(out[r].idx, bi) << "Q " << Q;
+                EXPECT_EQ(out[r].sc, bs) << "Q " << Q;
+            } else {
+                EXPECT_EQ(out[r].idx, std::vector<int64_t>(bi.size(), -7)) << "rank " << r;
+            }
+        }
+    }
 }
 
 // A rank that fails during the sharded exchange (its progress callback cancels) fails every

@@ -389,6 +389,7 @@ static int mine_topk_block(mine_run *r, int64_t b0, int64_t nb) {
         corpus.rows = cn;
         el.offsets = r->eoff, el.ids = eids;
         mo.comm = r->sh.comm;
+        mo.flags |= NS_MINE_RESULT_ON_RANK0; /* rank 0 alone runs the stage */
     }
     mo.progress = cli_progress_update;
     mo.progress_user = &r->prog;

@@ -6,7 +6,8 @@
 //   per block of nb queries, packet(m) = round8(8 + m·k·12 + 1024) (status, lists, error text):
 //     sharded merge (nb ≥ R): Σ_{j≠me} packet(n_j) + (R−1) · ceil(nb/R)·k·12
 //     all-gather merge (nb < R): (R−1) · packet(nb)
-// with n_j = the size of rank j's contiguous slice, floor((j+1)·nb/R) − floor(j·nb/R). The old
+// with n_j = the size of rank j's contiguous slice, floor((j+1)·nb/R) − floor(j·nb/R);
+// NS_MINE_RESULT_ON_RANK0: the merged slices to rank 0 only (rank 0 sends none of them). The old
 // all-gather for many queries sends (R−1)·packet(nb) and fails the check. The results are also
 // compared with the one-rank call, and rank 0 prints the per-rank bytes of both merges.
 #include <mpi.h>
@@ -21,7 +22,7 @@
 using namespace mpitest;
 
 namespace {
-long long g_sent = 0;
+long long g_sent = 0, g_recv = 0;
 
 int type_bytes(MPI_Datatype t) {
     int s = 0;
@@ -35,6 +36,11 @@ int MPI_Isend(const void *buf, int count, MPI_Datatype type, int dest, int tag, 
               MPI_Request *req) {
     g_sent += (long long)count * type_bytes(type);
     return PMPI_Isend(buf, count, type, dest, tag, comm, req);
+}
+int MPI_Irecv(void *buf, int count, MPI_Datatype type, int src, int tag, MPI_Comm comm,
+              MPI_Request *req) {
+    g_recv += (long long)count * type_bytes(type);  // the library posts exact sizes
+    return PMPI_Irecv(buf, count, type, src, tag, comm, req);
 }
 int MPI_Iallgather(const void *sbuf, int scount, MPI_Datatype stype, void *rbuf, int rcount,
                    MPI_Datatype rtype, MPI_Comm comm, MPI_Request *req) {
@@ -65,15 +71,19 @@ constexpr int64_t D = 8;
 long long packet(int64_t m, int64_t k) { return (8 + m * k * 12 + 1024 + 7) / 8 * 8; }
 int64_t slice(int64_t nb, int R, int j) { return nb * j / R; }
 
-// The formula above for one call of Q queries in blocks of nb_max.
-long long expected_sent(int64_t Q, int64_t nb_max, int64_t k, int R, int me, bool sharded_rule) {
+// The formula above for one call of Q queries in blocks of nb_max. rank0_only
+// (NS_MINE_RESULT_ON_RANK0): the merged slices go to rank 0 alone, so rank 0 sends none and the
+// others send theirs once.
+long long expected_sent(int64_t Q, int64_t nb_max, int64_t k, int R, int me, bool sharded_rule,
+                        bool rank0_only = false) {
     long long b = (long long)(R - 1) * 88;
     for (int64_t b0 = 0; b0 < Q; b0 += nb_max) {
         int64_t nb = Q - b0 < nb_max ? Q - b0 : nb_max;
         if (sharded_rule && nb >= R) {
             for (int j = 0; j < R; j++)
                 if (j != me) b += packet(slice(nb, R, j + 1) - slice(nb, R, j), k);
-            b += (long long)(R - 1) * ((nb + R - 1) / R) * k * 12;
+            long long slice = (long long)((nb + R - 1) / R) * k * 12;
+            b += rank0_only ? (me == 0 ? 0 : slice) : (R - 1) * slice;
         } else {
             b += (long long)(R - 1) * packet(nb, k);
         }
@@ -82,22 +92,24 @@ long long expected_sent(int64_t Q, int64_t nb_max, int64_t k, int R, int me, boo
 }
 
 struct Run {
-    long long sent;
+    long long sent, recv;
     std::vector<int64_t> idx;
     std::vector<float> sc;
 };
 
 Run mine(ns_context *ctx, ns_comm *comm, const std::vector<float> &q, int64_t Q,
-         const std::vector<float> &shard, int64_t rows, int64_t k) {
-    Run r{0, std::vector<int64_t>((size_t)(Q * k)), std::vector<float>((size_t)(Q * k))};
+         const std::vector<float> &shard, int64_t rows, int64_t k, unsigned flags = 0) {
+    Run r{0, 0, std::vector<int64_t>((size_t)(Q * k)), std::vector<float>((size_t)(Q * k))};
     ns_mine_options o = NS_MINE_OPTIONS_INIT;
     o.comm = comm;
-    long long before = g_sent;
+    o.flags = flags;
+    long long before = g_sent, before_recv = g_recv;
     MT_CHECK_OK(ctx, ns_mine_topk(ctx, ns_matrix{q.data(), NS_F32, Q, D, 0},
                                   ns_matrix{rows ? shard.data() : nullptr, NS_F32, rows,
                                             rows ? D : 0, 0},
                                   k, &o, r.idx.data(), r.sc.data()));
     r.sent = g_sent - before;
+    r.recv = g_recv - before_recv;
     return r;
 }
 
@@ -117,6 +129,7 @@ void check_case(ns_context *ctx, ns_comm *comm, int64_t Q, int64_t k, int64_t pe
         nb_max = Q;
     }
     Run now = mine(ctx, comm, q, Q, shard, per, k);
+    Run root = mine(ctx, comm, q, Q, shard, per, k, NS_MINE_RESULT_ON_RANK0);
     setenv("NS_MINE_RANKS_MERGE", "allgather", 1);
     Run old = mine(ctx, comm, q, Q, shard, per, k);
     unsetenv("NS_MINE_RANKS_MERGE");
@@ -128,6 +141,9 @@ void check_case(ns_context *ctx, ns_comm *comm, int64_t Q, int64_t k, int64_t pe
              now.sent, want, want_old);
     MT_CHECK(old.sent == want_old, "forced all-gather: sent %lld bytes, the formula says %lld",
              old.sent, want_old);
+    long long want_root = expected_sent(Q, nb_max, k, R, me, true, true);
+    MT_CHECK(root.sent == want_root, "NS_MINE_RESULT_ON_RANK0: sent %lld bytes, the formula says "
+             "%lld", root.sent, want_root);
     // Both merges give the one-rank result.
     std::vector<int64_t> oi((size_t)(Q * k));
     std::vector<float> os((size_t)(Q * k));
@@ -139,14 +155,20 @@ void check_case(ns_context *ctx, ns_comm *comm, int64_t Q, int64_t k, int64_t pe
              (long long)Q);
     MT_CHECK(old.idx == oi && old.sc == os, "all-gather merge differs from one rank (Q=%lld)",
              (long long)Q);
-    // The largest count over the ranks, for the record.
-    long long mx[2] = {now.sent, old.sent}, all[2] = {0, 0};
-    MPI_Allreduce(mx, all, 2, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
     if (me == 0)
-        std::printf("traffic R=%d Q=%lld k=%lld block=%lld: sent per rank (max) sharded %lld B, "
-                    "all-gather %lld B (%.3fx)\n",
-                    R, (long long)Q, (long long)k, (long long)nb_max, all[0], all[1],
-                    (double)all[0] / (double)all[1]);
+        MT_CHECK(root.idx == oi && root.sc == os, "the rank-0 result differs from one rank");
+    // For the record: rank 0's bytes and the largest of the other ranks', sent / received.
+    const Run *runs[3] = {&now, &old, &root};
+    const char *what[3] = {"sharded", "all-gather", "sharded, result on rank 0 only"};
+    for (int v = 0; v < 3; v++) {
+        long long mine[2] = {me ? runs[v]->sent : 0, me ? runs[v]->recv : 0}, others[2] = {0, 0};
+        MPI_Allreduce(mine, others, 2, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+        if (me == 0)
+            std::printf("traffic R=%d Q=%lld k=%lld block=%lld %-31s rank 0 sent %9lld B "
+                        "received %9lld B; other ranks (max) sent %9lld B received %9lld B\n",
+                        R, (long long)Q, (long long)k, (long long)nb_max, what[v],
+                        runs[v]->sent, runs[v]->recv, others[0], others[1]);
+    }
 }
 
 }  // namespace
