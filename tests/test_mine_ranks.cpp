@@ -168,7 +168,7 @@ struct RankOut {
 // Runs rank r's call on its own context in its own thread; bad_index_on: that rank passes NULL.
 std::vector<RankOut> run_ranks(ns_backend be, const World &w, int64_t k, bool ex,
                                int bad_index_on = -1, Hub *counted = nullptr,
-                               int cancel_on = -1, unsigned flags = 0) {
+                               int cancel_on = -1, unsigned flags = 0, int plain_on = -1) {
     const int R = (int)w.start.size() - 1, Q = (int)w.Q;
     Hub own(R);
     Hub &hub = counted ? *counted : own;
@@ -189,7 +189,7 @@ std::vector<RankOut> run_ranks(ns_backend be, const World &w, int64_t k, bool ex
             o.exclude = ex ? &el : nullptr;
             o.comm = comm;
             if (r == cancel_on) o.progress = [](int64_t, int64_t, void *) { return 1; };
-            o.flags = flags;
+            o.flags = r == plain_on ? 0u : flags;  // plain_on: the rank that disagrees
             // With the result on rank 0 only, odd ranks pass no outputs at all.
             const bool none = (flags & NS_MINE_RESULT_ON_RANK0) && r % 2 == 1;
             RankOut &ro = out[(size_t)r];
@@ -314,6 +314,21 @@ TEST_P(MineRanks, ResultOnRankZeroOnly) {
                 EXPECT_EQ(out[r].idx, std::vector<int64_t>(bi.size(), -7)) << "rank " << r;
             }
         }
+    }
+}
+
+// Ranks that disagree about NS_MINE_RESULT_ON_RANK0 fail alike, naming options->flags.
+TEST_P(MineRanks, RanksDisagreeingAboutTheResultRankFail) {
+    Ctx probe(GetParam());
+    NS_REQUIRE_BACKEND(probe);
+    World w = make_world({4, 11, 13});
+    auto out = run_ranks(GetParam(), w, 4, false, -1, nullptr, -1, NS_MINE_RESULT_ON_RANK0, 2);
+    for (size_t r = 0; r < out.size(); r++) {
+        EXPECT_EQ(out[r].st, NS_ERR_COMM) << "rank " << r;
+        EXPECT_NE(out[r].err.find("options->flags is 2 on rank 0 but 0 on rank 2"),
+                  std::string::npos)
+            << out[r].err;
+        EXPECT_EQ(out[r].idx[0], -7) << "a failed call wrote its output";
     }
 }
 
