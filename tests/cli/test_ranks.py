@@ -199,8 +199,10 @@ def group_forced(tmp):
     if CUDA and "no CUDA device" in err:
         raise Skip("no CUDA device usable")
     args = [a for a in mine_args(tmp, "forced", extra=backend) if a != "--quiet"]
+    env = dict(os.environ, **MPI_ENV, NS_CLI_TEST_FORCE_RANKS="1")
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"  # MPI's own, as run()
     p = subprocess.run([NEGSAMP, *map(str, args)], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, **MPI_ENV, NS_CLI_TEST_FORCE_RANKS="1"))
+                       env=env)
     check(p.returncode == 0, f"forced ranks: exit {p.returncode}: {p.stderr[-3000:]}")
     want = "over NCCL" if CUDA else "over MPI"
     check(f"mining across 1 rank(s) {want}" in p.stderr, p.stderr[-3000:])
