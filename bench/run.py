@@ -56,13 +56,31 @@ def log(*a):
 # ------------------------------------------------------------------ building and finding things
 
 
+def cmake_cache_value(build, key):
+    """A CMakeCache.txt entry of `build` (None when absent)."""
+    try:
+        for line in open(os.path.join(build, "CMakeCache.txt")):
+            if line.startswith(key + ":"):
+                return line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def ensure_build(build):
-    """libnegsamp.so and bench/quality_digits in `build`, configured and built when missing."""
+    """libnegsamp.so and the benchmark programs in `build`, built when missing. A directory
+    CMake has not configured yet (the runner's own, build-bench/ by default) is configured
+    Release without tests; one already configured is never reconfigured: it may be someone's
+    test build (NS_TESTS=ON, another build type), and a configure here would turn its tests
+    off. Only the targets are built there."""
     lib = os.path.join(build, "libnegsamp.so")
-    if not os.path.exists(lib) or not os.path.exists(os.path.join(build, "CMakeCache.txt")):
+    if not os.path.exists(os.path.join(build, "CMakeCache.txt")):
         log(f"[build] configuring {build}")
         subprocess.run(["cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                         "-DNS_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
+    elif (cmake_cache_value(build, "CMAKE_BUILD_TYPE") or "") != "Release":
+        log(f"[build] note: {build} is a {cmake_cache_value(build, 'CMAKE_BUILD_TYPE') or 'default'}"
+            " build (left as configured); timings of a Release build are what the README shows")
     targets = ["negsamp", "negsamp_static"]
     have_bench_target = os.path.exists(os.path.join(HERE, "CMakeLists.txt"))
     if have_bench_target:
