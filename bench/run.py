@@ -2135,10 +2135,12 @@ def loss_plot(res, path):
     labels = [f"B=N={r['B']:,}\nd={r['d']}" for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.2))
     fast = [n for n in names if n != "torch"]
+    color = {n: f"C{i}" for i, n in enumerate(names)}  # one colour per implementation
     w = 0.8 / max(1, len(fast))
     for i, n in enumerate(fast):
         ax[0].bar([j + i * w for j in range(len(rows))],
-                  [r[n].get("torch_over", float("nan")) for r in rows], w, label=n)
+                  [r[n].get("torch_over", float("nan")) for r in rows], w, label=n,
+                  color=color[n])
     ax[0].axhline(1.0, color="k", lw=0.8)
     ax[0].axhline(res["target"], color="r", ls="--", lw=1, label=f"target {res['target']}×")
     ax[0].set_ylabel("torch time ÷ time (> 1: faster)")
@@ -2146,7 +2148,7 @@ def loss_plot(res, path):
     w2 = 0.8 / len(names)
     for i, n in enumerate(names):
         ax[1].bar([j + i * w2 for j in range(len(rows))],
-                  [max(r[n]["extra_mib"], 0.1) for r in rows], w2, label=n)
+                  [max(r[n]["extra_mib"], 0.1) for r in rows], w2, label=n, color=color[n])
     ax[1].set_yscale("log")
     ax[1].set_ylabel("peak MiB beyond the inputs")
     ax[1].set_title("memory of one call (gradients included)", fontsize=9)
