@@ -176,3 +176,5 @@ void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols) {
     ctx->loss_tile_rows = rows > 0 ? rows : 0;
     ctx->loss_tile_cols = cols > 0 ? cols : 0;
 }
+
+void ns_infonce_set_keep(ns_context *ctx, int keep) { ctx->loss_no_keep = !keep; }
