@@ -234,30 +234,32 @@ TEST_P(Sample, SoftmaxMatchesSequentialSamplingInDistribution) {
     chi_square_case(c, s, 0.0f, o, lw, 3, "softmax");
 }
 
-// The CUDA backend's large-C path (keys in arena scratch; NS_CUDA_SAMPLE_GLOBAL=1 takes it at
-// any C) draws from the same distributions: softmax (unordered triples) and SimANS (ordered
-// pairs).
+// The CUDA backend's large-C paths (NS_CUDA_SAMPLE_PATH: the sort in arena scratch, the
+// stream path's append-then-select; forced at any C) draw from the same distributions: softmax
+// (unordered triples) and SimANS (ordered pairs).
 TEST_P(Sample, LargeCPathMatchesSequentialSamplingInDistribution) {
     Ctx c(GetParam());
     NS_REQUIRE_BACKEND(c);
-    setenv("NS_CUDA_SAMPLE_GLOBAL", "1", 1);
-    const std::vector<float> s = {0.1f, -0.3f, 0.5f, 0.2f, -0.1f, 0.4f};
-    const float tau = 0.35f;
-    std::vector<double> lw;
-    for (float x : s) lw.push_back((double)x / tau);
-    ns_sampler_options o = opts(NS_SAMPLE_SOFTMAX, 7, 5);
-    o.temperature = tau;
-    chi_square_case(c, s, 0.0f, o, lw, 3, "softmax-global");
-    const float sp = 0.6f, a = 6.0f, b = -0.1f;
-    std::vector<double> lws;
-    for (float x : s) {
-        double d = (double)x - sp - b;
-        lws.push_back(-(double)a * d * d);
+    for (const char *path : {"global", "stream"}) {
+        setenv("NS_CUDA_SAMPLE_PATH", path, 1);
+        const std::vector<float> s = {0.1f, -0.3f, 0.5f, 0.2f, -0.1f, 0.4f};
+        const float tau = 0.35f;
+        std::vector<double> lw;
+        for (float x : s) lw.push_back((double)x / tau);
+        ns_sampler_options o = opts(NS_SAMPLE_SOFTMAX, 7, 5);
+        o.temperature = tau;
+        chi_square_case(c, s, 0.0f, o, lw, 3, (std::string("softmax-") + path).c_str());
+        const float sp = 0.6f, a = 6.0f, b = -0.1f;
+        std::vector<double> lws;
+        for (float x : s) {
+            double d = (double)x - sp - b;
+            lws.push_back(-(double)a * d * d);
+        }
+        ns_sampler_options os = opts(NS_SAMPLE_SIMANS, 31, 2);
+        os.simans_a = a, os.simans_b = b;
+        chi_square_case(c, s, sp, os, lws, 2, (std::string("simans-") + path).c_str());
     }
-    ns_sampler_options os = opts(NS_SAMPLE_SIMANS, 31, 2);
-    os.simans_a = a, os.simans_b = b;
-    chi_square_case(c, s, sp, os, lws, 2, "simans-global");
-    unsetenv("NS_CUDA_SAMPLE_GLOBAL");
+    unsetenv("NS_CUDA_SAMPLE_PATH");
 }
 
 // Uniform: every ordered pair equally likely, whatever the scores.
