@@ -38,7 +38,7 @@ constexpr int kStreamMaxM = 512;   // the stream path's largest m
 constexpr int64_t kStreamMinC = 2048;  // and smallest C by default (below, the shared sort)
 constexpr int kStreamStep = kSampleThreads * 4;             // columns per block per step
 constexpr int kStreamCap = kStreamMaxM + 2 * kStreamStep;   // buffer entries: m kept + 2 steps
-constexpr int kStreamHash = 2 * kStreamMaxM;                // winners' id table (load ≤ 1/2)
+constexpr int kStreamHash = 2 * kStreamMaxM;                // winners' id table, at most
 constexpr size_t kRedoScratch = (size_t)64 << 20;           // the stream path's fallback slots
 
 // Eligible before ineligible; among either, the larger key first, ties to the lower column.
@@ -211,8 +211,9 @@ __device__ void stream_select(StreamShared &sh, int n, int m) {
     __syncthreads();
 }
 
-__device__ __forceinline__ int stream_hash(int64_t id) {
-    return (int)(((unsigned long long)id * 0x9E3779B97F4A7C15ull) >> 54) & (kStreamHash - 1);
+// A slot of the winners' table of H entries (a power of two ≥ 2·m: load ≤ 1/2).
+__device__ __forceinline__ int stream_hash(int64_t id, int H) {
+    return (int)(((unsigned long long)id * 0x9E3779B97F4A7C15ull) >> 40) & (H - 1);
 }
 
 // 1 when a winner is a later copy of an id: some kept slot before the winner's column holds
@@ -220,14 +221,16 @@ __device__ __forceinline__ int stream_hash(int64_t id) {
 // a table (id → the largest winner column with it), then the kept slots before the last winner
 // are looked up. Called by the whole block.
 __device__ int stream_later_copy(StreamShared &sh, const int64_t *ids, const uint8_t *kp, int n) {
-    for (int t = threadIdx.x; t < kStreamHash; t += blockDim.x) sh.hid[t] = ~0ull, sh.hcol[t] = -1;
+    int H = 2;
+    while (H < 2 * n) H <<= 1;
+    for (int t = threadIdx.x; t < H; t += blockDim.x) sh.hid[t] = ~0ull, sh.hcol[t] = -1;
     if (threadIdx.x == 0) sh.last = 0;
     __syncthreads();
     for (int t = threadIdx.x; t < n; t += blockDim.x) {
         const int c = stream_col(sh.buf[t]);
         const unsigned long long id = (unsigned long long)ids[c];
         atomicMax(&sh.last, c);
-        for (int h = stream_hash((int64_t)id);; h = (h + 1) & (kStreamHash - 1)) {
+        for (int h = stream_hash((int64_t)id, H);; h = (h + 1) & (H - 1)) {
             const unsigned long long prev = atomicCAS(&sh.hid[h], ~0ull, id);
             if (prev == ~0ull || prev == id) {
                 atomicMax(&sh.hcol[h], c);
@@ -240,7 +243,7 @@ __device__ int stream_later_copy(StreamShared &sh, const int64_t *ids, const uin
     for (int j = threadIdx.x; j < sh.last; j += blockDim.x) {
         const int64_t id = ids[j];
         if (id == -1 || (kp && !kp[j])) continue;
-        for (int h = stream_hash(id); sh.hid[h] != ~0ull; h = (h + 1) & (kStreamHash - 1))
+        for (int h = stream_hash(id, H); sh.hid[h] != ~0ull; h = (h + 1) & (H - 1))
             if (sh.hid[h] == (unsigned long long)id) {
                 later |= j < sh.hcol[h];
                 break;

@@ -348,6 +348,79 @@ TEST(CudaParity, MineTopkCancelAndNonFinite) {
     for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
 }
 
+// Query super-blocks (options->workspace_bytes) on the paths MineExactCuda does not take:
+// cosine scores (the queries' norms per super-block), bf16 and f16 rows streamed from pageable
+// host memory through the pinned buffers (the corpus staged once per super-block), mixed dtypes
+// (f32 copies of the super-block's queries), exclusion lists (offsets from the super-block's
+// first query). Budgets from one query per super-block up: the same bits as one super-block, and
+// within rounding of the CPU (run_mine_case's checks at the default budget).
+TEST(CudaParity, MineTopkQuerySuperBlocksGiveTheSameBits) {
+#if defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "the budget is the CUDA backend's";
+#endif
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    ScopedEnv env("NS_CUDA_MINE_TILE_ROWS", "400");
+    struct Case { ns_dtype tq, tc; unsigned flags; bool host; };
+    const Case cases[] = {{NS_F32, NS_F32, NS_NORMALIZE, false}, {NS_BF16, NS_BF16, 0, true},
+                          {NS_F16, NS_F16, NS_NORMALIZE, true}, {NS_F32, NS_BF16, 0, false}};
+    const int64_t Q = 6, N = 1000, d = 12, k = 30;
+    uint64_t seed = 4400;
+    for (const Case &c : cases) {
+        SCOPED_TRACE(std::string(dtype_name(c.tq)) + "/" + dtype_name(c.tc) + " flags " + std::to_string(c.flags) +
+                     (c.host ? " host corpus" : " device corpus"));
+        if (c.tq == c.tc) run_mine_case(p, MineCase{Q, N, d, k, c.tq, c.flags, true, c.host ? PAGEABLE_HOST : ON_DEVICE}, seed);
+        HostMat q(c.tq, Q, d, d, seed), corpus(c.tc, N, d, d, seed + 1);
+        seed += 10;
+        std::vector<int64_t> off{0}, ids;
+        for (int64_t i = 0; i < Q; i++) {
+            for (int64_t t = 0; t < 1 + i % 3; t++) ids.push_back((i * 131 + t * 17) % N);
+            off.push_back((int64_t)ids.size());
+        }
+        DevMat qg(p.gpu, q);
+        std::unique_ptr<DevMat> cdev;
+        ns_matrix cm;
+        cm.dtype = c.tc, cm.rows = N, cm.cols = d, cm.ld = d;
+        if (c.host) cm.data = c.tc == NS_F32 ? (const void *)corpus.f.data() : (const void *)corpus.h.data();
+        else cdev.reset(new DevMat(p.gpu, corpus)), cm = cdev->m;
+        Buf<int64_t> offg(p.gpu, off), idsg(p.gpu, ids);
+        ns_id_lists ex{offg.ptr(), idsg.ptr(), Q};
+        auto run = [&](size_t budget, int64_t *blocks, std::vector<int64_t> *idx, std::vector<float> *sc) {
+            Buf<int64_t> ig(p.gpu, (size_t)(Q * k), 0);
+            Buf<float> sg(p.gpu, (size_t)(Q * k), 0.f);
+            ns_mine_options o = NS_MINE_OPTIONS_INIT;
+            o.scale = 1.5f, o.flags = c.flags, o.exclude = &ex, o.workspace_bytes = budget;
+            int64_t total = 0;
+            o.progress = [](int64_t, int64_t t, void *u) {
+                *(int64_t *)u = t;
+                return 0;
+            };
+            o.progress_user = &total;
+            const ns_status st = ns_mine_topk(p.gpu, qg.m, cm, k, &o, ig.ptr(), sg.ptr());
+            *blocks = total / N;
+            if (st == NS_OK) *idx = ig.fetch(), *sc = sg.fetch();
+            return st == NS_OK ? std::string() : std::string(ns_last_error(p.gpu));
+        };
+        std::vector<int64_t> i1, ib;
+        std::vector<float> s1, sb;
+        int64_t blocks = 0;
+        ASSERT_EQ(run(0, &blocks, &i1, &s1), "");
+        EXPECT_EQ(blocks, 1);
+        const std::string e = run(1, &blocks, &ib, &sb);
+        const size_t at = e.find("below the ");
+        ASSERT_NE(at, std::string::npos) << e;
+        const size_t min = (size_t)std::stoull(e.substr(at + 10));
+        for (size_t budget : {min, min + min / 3, 2 * min}) {
+            ASSERT_EQ(run(budget, &blocks, &ib, &sb), "");
+            SCOPED_TRACE("budget " + std::to_string(budget) + ": " + std::to_string(blocks) + " super-blocks");
+            if (budget == min) EXPECT_EQ(blocks, Q);
+            EXPECT_GT(blocks, 1);
+            EXPECT_EQ(ib, i1);
+            EXPECT_EQ(0, std::memcmp(sb.data(), s1.data(), s1.size() * sizeof(float)));
+        }
+    }
+}
+
 // Append-then-select against brute force, with many exact ties: small-integer queries and
 // corpus rows (every score an exact small integer on both backends), corpus tiles of a few
 // thousand rows (NS_CUDA_MINE_TILE_ROWS), so the candidate buffers fill, reduce and tighten
