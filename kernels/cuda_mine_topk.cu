@@ -513,9 +513,9 @@ size_t mine_bytes(const MinePlan &P, int64_t S) {
     return sz.used;
 }
 
-// Super-blocks: S = Q when everything fits the budget, else the largest S whose workspace fits
-// (bisection: the bytes grow with S), each super-block streaming the whole corpus. Fails when
-// not even one query fits.
+// Super-blocks: S = Q when everything fits the budget, else as few super-blocks as the largest
+// S whose workspace fits allows (bisection: the bytes grow with S), made equal in size; each
+// streams the whole corpus. Fails when not even one query fits.
 ns_status mine_super_block(ns_context *ctx, const char *fn, MinePlan *P) {
     int64_t lo = 1, hi = P->Q;
     if (mine_bytes(*P, hi) > P->budget) {
@@ -530,7 +530,8 @@ ns_status mine_super_block(ns_context *ctx, const char *fn, MinePlan *P) {
             if (mine_bytes(*P, mid) <= P->budget) lo = mid;
             else hi = mid;
         }
-        hi = lo;
+        const int64_t blocks = (P->Q + lo - 1) / lo;
+        hi = (P->Q + blocks - 1) / blocks;  // ≤ lo: fits
     }
     P->S = hi;
     P->qb = hi < 2048 ? hi : 2048;
