@@ -486,3 +486,43 @@ TEST(MineExactCuda, QuerySuperBlocksGiveTheSameBitsForEveryBudget) {
     }
     EXPECT_GT(between, 0) << "no budget gave super-blocks of several queries";
 }
+
+// The re-score's summation order, where the order decides the value: rows with components ±2^60
+// and 1 (norms past 2^32: always re-scored) against a query of ones, d = 64. The CPU's order
+// (lane l sums t ≡ l mod 32, then the pairwise tree) loses the 1 in rows "A" (2^60 + 1 in one
+// lane, −2^60 in the next: 0) and keeps it in rows "B" (±2^60 in one lane, 1 in the next: 1); a
+// left-to-right sum would give the opposite. The CUDA top-k must be the B rows (score 1), then
+// the A rows (score 0), as on the CPU, ahead of the ordinary rows (negative scores).
+TEST(MineExactCuda, ReScoreFollowsTheCpuSummationOrder) {
+    std::mt19937 g(5);
+    std::uniform_real_distribution<float> ud(0.5f, 1.0f);
+    Data D;
+    D.Q = 1, D.N = 600, D.d = 64;
+    D.q.assign((size_t)D.d, 1.0f);
+    D.c.resize((size_t)(D.N * D.d));
+    for (auto &x : D.c) x = -ud(g);
+    const float big = 0x1p60f;
+    std::vector<int64_t> a_rows, b_rows;
+    for (int64_t r = 0; r < 4; r++) {
+        const int64_t a = 100 + 97 * r, b = 150 + 89 * r;
+        float *ca = &D.c[(size_t)(a * D.d)], *cb = &D.c[(size_t)(b * D.d)];
+        std::fill(ca, ca + D.d, 0.0f);
+        std::fill(cb, cb + D.d, 0.0f);
+        const int l = (int)(r % 16) * 2;  // the lanes l, l + 1
+        ca[l] = big, ca[l + 32] = 1.0f, ca[l + 1] = -big;   // lane l: 2^60 + 1 = 2^60; lane l+1: −2^60
+        cb[l] = big, cb[l + 32] = -big, cb[l + 1] = 1.0f;   // lane l: 0; lane l+1: 1
+        a_rows.push_back(a), b_rows.push_back(b);
+    }
+    const int64_t k = 8;
+    Result cpu = mine(D, k, 1.0f, 2, nullptr);
+    std::vector<int64_t> want = b_rows;
+    want.insert(want.end(), a_rows.begin(), a_rows.end());
+    for (int64_t r = 0; r < k; r++) {
+        EXPECT_EQ(cpu.index[(size_t)r], want[(size_t)r]) << "CPU rank " << r;
+        EXPECT_EQ(cpu.score[(size_t)r], r < 4 ? 1.0f : 0.0f) << "CPU rank " << r;
+    }
+    bool skipped = false;
+    Result got = mine_cuda(D, k, 1.0f, nullptr, &skipped);
+    if (skipped) GTEST_SKIP() << "no CUDA backend here";
+    expect_same(cpu, got, D.Q, k, "CUDA exact vs CPU, order-dependent sums");
+}
