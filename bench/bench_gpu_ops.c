@@ -5,6 +5,9 @@
  *   bench_gpu_ops copy   BYTES            device-to-device copy bandwidth (the sampling floor)
  *   bench_gpu_ops mine   Q N d k [host]   ns_mine_topk, bf16, corpus on device (or host memory),
  *                                         beside cuBLAS on the same Q×N×d in the miner's tiles
+ *                                         (device corpus: interleaved, median of 3);
+ *                                         NS_BENCH_MINE_WORKSPACE=bytes sets options->workspace_bytes
+ *                                         (query super-blocks; 0 = NS_MINE_WORKSPACE_DEFAULT)
  *   bench_gpu_ops mine32 Q N d k          ns_mine_topk on f32 rows (device): the exact path (bf16 GEMM
  *                                         + bound re-score, the default) and the plain f32 GEMM
  *                                         (NS_CUDA_MINE_GEMM=f32), interleaved, median of 3, beside
@@ -13,7 +16,9 @@
  *                                         host sync per forward) and sync_free, interleaved, median of 3
  *   bench_gpu_ops loss   B N d            ns_infonce_forward + backward, bf16, time and extra memory
  *   bench_gpu_ops sample B C m            ns_filter-free ns_sample, SimANS, C candidates → m,
- *                                         beside a device copy of the B×C scores
+ *                                         beside a device copy of the B×C scores; every sampling
+ *                                         path that can run the shape (NS_CUDA_SAMPLE_PATH: stream,
+ *                                         shared, global) and the copy interleaved, median of 3
  *
  * Inputs are random (a fixed xorshift), generated on the host in chunks and uploaded. Times are
  * CUDA-event times on the context's stream after one warm-up call (the warm-up grows the
@@ -179,8 +184,10 @@ static int bench_copy(size_t bytes) {
 /* cuBLAS bf16 GEMMs over the whole Q×N×d product in the tile shape of ns_mine_topk on a device
  * corpus (kernels/cuda_mine_topk.cu, mine_plan: QB = min(Q, 2048) queries × NT = min(N, 8 Mi / QB)
  * corpus rows, every tile written into one L2-sized f32 score tile): the GEMM rate of the same
- * shape, the ceiling the miner's selection is measured against. Best of 2 after a warm-up. */
-static double tiled_gemm_ms(const uint16_t *q, const uint16_t *c, int64_t Q, int64_t N, int64_t d) {
+ * shape, the ceiling the miner's selection is measured against. rounds = 0: best of 2 after a
+ * warm-up; otherwise that many timed rounds, the last one's time (the caller interleaves). */
+static double tiled_gemm_rounds(const uint16_t *q, const uint16_t *c, int64_t Q, int64_t N, int64_t d,
+                                int rounds) {
     const int64_t qb = Q < 2048 ? Q : 2048;
     int64_t nt = ((int64_t)8 << 20) / qb;
     if (nt > N) nt = N;
@@ -189,8 +196,8 @@ static double tiled_gemm_ms(const uint16_t *q, const uint16_t *c, int64_t Q, int
     cublasHandle_t h;
     if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(2);
     const float one = 1.0f, zero = 0.0f;
-    double best = 1e30;
-    for (int r = 0; r < 3; r++) {
+    double best = 1e30, last = 0;
+    for (int r = 0; r < (rounds ? rounds : 3); r++) {
         tic();
         for (int64_t c0 = 0; c0 < N; c0 += nt) {
             const int64_t n = N - c0 < nt ? N - c0 : nt;
@@ -203,11 +210,20 @@ static double tiled_gemm_ms(const uint16_t *q, const uint16_t *c, int64_t Q, int
             }
         }
         double ms = toc_ms();
+        last = ms;
         if (r > 0 && ms < best) best = ms;
     }
     cublasDestroy(h);
     cudaFree(tile);
-    return best;
+    return rounds ? last : best;
+}
+static double tiled_gemm_ms(const uint16_t *q, const uint16_t *c, int64_t Q, int64_t N, int64_t d) {
+    return tiled_gemm_rounds(q, c, Q, N, d, 0);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
 }
 
 static int bench_mine(int64_t Q, int64_t N, int64_t d, int64_t k, int host) {
@@ -227,22 +243,32 @@ static int bench_mine(int64_t Q, int64_t N, int64_t d, int64_t k, int host) {
         fill_bf16(c, (size_t)(N * d), 1.0f);
     }
     ns_mine_options o = NS_MINE_OPTIONS_INIT;
-    /* warm-up on a corpus slice: grows the workspace (tiles, Q×k staging) to its final size */
+    const char *ws = getenv("NS_BENCH_MINE_WORKSPACE");
+    o.workspace_bytes = ws ? (size_t)strtoull(ws, NULL, 10) : 0;
+    /* warm-up on a corpus slice: grows the workspace (tiles, candidate buffers) to its final size */
     ns_matrix qm = bf16_matrix(q, Q, d), cm = bf16_matrix(c, N < 100000 ? N : 100000, d);
     NS(ctx, ns_mine_topk(ctx, qm, cm, k < cm.rows ? k : cm.rows, &o, idx, sc));
     cm.rows = N;
-    tic();
-    NS(ctx, ns_mine_topk(ctx, qm, cm, k, &o, idx, sc));
-    double ms = toc_ms();
+    /* the miner and the same product through cuBLAS alone in the miner's tiles (device corpus),
+     * interleaved, median of 3 each (a host corpus: the miner alone, 3 rounds) */
+    double mv[3], gv[3];
+    for (int r = 0; r < 3; r++) {
+        tic();
+        NS(ctx, ns_mine_topk(ctx, qm, cm, k, &o, idx, sc));
+        mv[r] = toc_ms();
+        gv[r] = host ? 0.0 : tiled_gemm_rounds(q, c, Q, N, d, r == 0 ? 2 : 1);
+    }
+    qsort(mv, 3, sizeof *mv, cmp_double);
+    qsort(gv, 3, sizeof *gv, cmp_double);
+    const double ms = mv[1], gms = gv[1];
     double tflops = 2.0 * Q * N * d / (ms * 1e-3) / 1e12;
-    /* the same product through cuBLAS alone, in the miner's tiles (device corpus only) */
-    double gms = host ? 0.0 : tiled_gemm_ms(q, c, Q, N, d);
     double gtflops = host ? 0.0 : 2.0 * Q * N * d / (gms * 1e-3) / 1e12;
     printf("{\"bench\":\"mine_topk\",\"gpu\":\"%s\",\"Q\":%lld,\"N\":%lld,\"d\":%lld,\"k\":%lld,"
-           "\"corpus\":\"%s\",\"ms\":%.3f,\"effective_tflops\":%.2f,\"gemm_same_shape_ms\":%.3f,"
-           "\"gemm_same_shape_tflops\":%.2f,\"fraction_of_gemm\":%.3f}\n",
+           "\"corpus\":\"%s\",\"workspace_bytes\":%zu,\"ms\":%.3f,\"effective_tflops\":%.2f,"
+           "\"gemm_same_shape_ms\":%.3f,\"gemm_same_shape_tflops\":%.2f,\"fraction_of_gemm\":%.3f}\n",
            gpu_name(), (long long)Q, (long long)N, (long long)d, (long long)k, host ? "host" : "device",
-           ms, tflops, gms, gtflops, host ? 0.0 : gms / ms);
+           o.workspace_bytes ? o.workspace_bytes : NS_MINE_WORKSPACE_DEFAULT, ms, tflops, gms, gtflops,
+           host ? 0.0 : gms / ms);
     ns_context_destroy(ctx);
     cudaFree(q);
     if (host) cudaFreeHost(c);
@@ -252,10 +278,6 @@ static int bench_mine(int64_t Q, int64_t N, int64_t d, int64_t k, int host) {
     return 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 static double median3(double *v) {
     qsort(v, 3, sizeof *v, cmp_double);
     return v[1];
@@ -469,29 +491,51 @@ static int bench_sample(int64_t B, int64_t C, int64_t m) {
     ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
     o.strategy = NS_SAMPLE_SIMANS;
     o.seed = 42;
-    NS(ctx, ns_sample(ctx, &cand, NULL, &o, m, idx, osc, cnt));
-    double best = 1e30;
-    for (int r = 0; r < 3; r++) {
-        tic();
-        NS(ctx, ns_sample(ctx, &cand, NULL, &o, m, idx, osc, cnt));
-        double ms = toc_ms();
-        if (ms < best) best = ms;
-    }
-    /* beside it: one device copy of the scores (reads them once, and writes them) */
+    /* The paths (kernels/cuda_sample.cu): the default, then each one forced where it can run
+     * this shape (stream: m ≤ 512; shared: 13·P bytes within the opt-in shared memory). Each
+     * warmed up once (workspace), then rounds of [copy, every path] interleaved, median of 3. */
+    const char *pp[4];
+    int np = 0, optin = 0, P = 1;
+    while (P < C) P <<= 1;
+    CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+    pp[np++] = "";
+    if (m <= 512) pp[np++] = "stream";
+    if ((int64_t)P * 13 <= optin) pp[np++] = "shared";
+    pp[np++] = "global";
+    double t[4][3], cv[3];
     float *copy;
     CK(cudaMalloc((void **)&copy, (size_t)(B * C) * 4));
-    double copy_best = 1e30;
-    for (int r = 0; r < 4; r++) {
+    for (int p = 0; p < np; p++) {
+        if (pp[p][0]) setenv("NS_CUDA_SAMPLE_PATH", pp[p], 1);
+        else unsetenv("NS_CUDA_SAMPLE_PATH");
+        NS(ctx, ns_sample(ctx, &cand, NULL, &o, m, idx, osc, cnt));
+    }
+    CK(cudaMemcpyAsync(copy, score, (size_t)(B * C) * 4, cudaMemcpyDeviceToDevice, 0));
+    for (int r = 0; r < 3; r++) {
+        /* one device copy of the scores (reads them once, and writes them) */
         tic();
         CK(cudaMemcpyAsync(copy, score, (size_t)(B * C) * 4, cudaMemcpyDeviceToDevice, 0));
-        double ms = toc_ms();
-        if (r > 0 && ms < copy_best) copy_best = ms;
+        cv[r] = toc_ms();
+        for (int p = 0; p < np; p++) {
+            if (pp[p][0]) setenv("NS_CUDA_SAMPLE_PATH", pp[p], 1);
+            else unsetenv("NS_CUDA_SAMPLE_PATH");
+            tic();
+            NS(ctx, ns_sample(ctx, &cand, NULL, &o, m, idx, osc, cnt));
+            t[p][r] = toc_ms();
+        }
     }
+    unsetenv("NS_CUDA_SAMPLE_PATH");
     cudaFree(copy);
+    double med[4];
+    for (int p = 0; p < np; p++) qsort(t[p], 3, sizeof(double), cmp_double), med[p] = t[p][1];
+    qsort(cv, 3, sizeof(double), cmp_double);
+    const double best = med[0], copy_best = cv[1];
     printf("{\"bench\":\"sample_simans\",\"gpu\":\"%s\",\"B\":%lld,\"C\":%lld,\"m\":%lld,\"ms\":%.3f,"
-           "\"score_bytes\":%lld,\"input_bytes\":%lld,\"copy_scores_ms\":%.3f,\"ratio_to_copy\":%.3f}\n",
+           "\"score_bytes\":%lld,\"input_bytes\":%lld,\"copy_scores_ms\":%.3f,\"ratio_to_copy\":%.3f",
            gpu_name(), (long long)B, (long long)C, (long long)m, best, (long long)(B * C * 4),
            (long long)(B * C * 12 + B * 4), copy_best, best / copy_best);
+    for (int p = 1; p < np; p++) printf(",\"forced_%s_ms\":%.3f", pp[p], med[p]);
+    printf("}\n");
     ns_context_destroy(ctx);
     cudaFree(score);
     cudaFree(id);

@@ -431,11 +431,20 @@ run_benchmarks() {
         bench_row step-checked-vs-sync-free 60 "$b" step 4096 64 768 8
         bench_row loss 60 "$b" loss 32768 32768 768
         bench_row torch-loss 60 $tp loss 32768 32768 768
-        bench_row sample 90 "$b" sample 1000000 1024 16
-        bench_row sample-large-C 60 "$b" sample 2000 65536 16  # the global-memory path (C > smem)
+        # sampling beside one copy of the scores; each row also times every path that runs the
+        # shape (forced_stream/shared/global_ms), interleaved: where the stream path should start
+        bench_row sample 120 "$b" sample 1000000 1024 16
+        bench_row sample-large-C 90 "$b" sample 4096 65536 16  # the stream path (C past shared memory)
         bench_row mine-host-corpus 90 "$b" mine "$q" $n $d $k host
         if [[ ${NS_BENCH_FULL:-0} == 1 ]]; then
+            # the issue's shape, k = 256 / 4096 / 16384, each beside cuBLAS (interleaved, median
+            # of 3); at k = 16384 the default 4 GiB budget mines in query super-blocks, and a
+            # 32 GiB budget (one super-block) shows what the corpus re-reads cost
             bench_row mine-full 150 "$b" mine 65536 $n $d $k
+            bench_row mine-full-k4096 240 "$b" mine 65536 $n $d 4096
+            bench_row mine-full-k16384 300 "$b" mine 65536 $n $d 16384
+            bench_row mine-full-k16384-one-superblock 300 env NS_BENCH_MINE_WORKSPACE=$((32 << 30)) \
+                "$b" mine 65536 $n $d 16384
             bench_row torch-mine-full 240 $tp mine 65536 $n $d $k
         fi
     }

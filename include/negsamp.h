@@ -150,9 +150,22 @@ typedef struct {
     ns_progress_fn progress;     /* optional */
     void *progress_user;
     ns_comm *comm;               /* other ranks: corpus sharded over them (below); default NULL */
+    size_t workspace_bytes;      /* CUDA: device workspace budget of one call; 0 = the default,
+                                  * NS_MINE_WORKSPACE_DEFAULT (below); ignored on CPU */
 } ns_mine_options;
 
-#define NS_MINE_OPTIONS_INIT {sizeof(ns_mine_options), 1.0f, 0u, NULL, NULL, NULL, NULL}
+#define NS_MINE_OPTIONS_INIT {sizeof(ns_mine_options), 1.0f, 0u, NULL, NULL, NULL, NULL, 0}
+
+/* The CUDA miner keeps, per query, a candidate buffer of (k + max(k, 2048)) entries of 8 bytes
+ * while it streams the corpus. When the buffers of all q.rows queries and the fixed tiles do not
+ * fit workspace_bytes, the queries go in super-blocks of as many rows as fit, the corpus streamed
+ * once per super-block (from the device: a small cost next to the GEMMs; from host memory: once
+ * more over PCIe per super-block); the result is the same for every budget. A budget below one
+ * query's needs fails with NS_ERR_OUT_OF_MEMORY naming both sizes. The exclusion lists, when
+ * in host memory, are copied whole besides the budget. With several super-blocks, a cancel
+ * (progress counts corpus rows over all super-blocks) or a score that overflows f32 in a later
+ * super-block ends the call after the earlier super-blocks' rows were written. */
+#define NS_MINE_WORKSPACE_DEFAULT ((size_t)4 << 30)
 
 /* Exact top-k: for each query the k corpus rows of highest score, best first, ties to the lower
  * row index. index/score are q.rows × k. When exclusions leave fewer than k rows, the tail is

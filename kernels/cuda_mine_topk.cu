@@ -157,22 +157,32 @@ struct TileArgs {
 // final sort are those of the plain path, on s*: the result is exact f32 mining, the CPU's bits.
 
 // s* = fl32(α · Σ q_t c_t), the sum in double in the CPU's order (cpu_mine_rescore.c score_exact:
-// 32 interleaved partial sums, then a pairwise tree): the products of f32 values are exact in
-// double, so the same order gives the same bits.
-__device__ float exact_score(const TileArgs &a, int64_t qi, int j) {
-    double acc[32];
-    for (int l = 0; l < 32; l++) acc[l] = 0.0;
-    const size_t qb = (size_t)(qi * a.ldxq), cb = (size_t)((int64_t)j * a.ldxc);
-    int t = 0;
-    for (; t + 32 <= a.d; t += 32)
-        for (int l = 0; l < 32; l++)
-            acc[l] += (double)ns_load_f32(a.xq, a.xdt, qb + t + l) *
-                      (double)ns_load_f32(a.xc, a.xdt, cb + t + l);
-    for (int l = 0; t < a.d; t++, l++)
-        acc[l] += (double)ns_load_f32(a.xq, a.xdt, qb + t) * (double)ns_load_f32(a.xc, a.xdt, cb + t);
-    for (int w = 16; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return (float)((double)a.scale * acc[0]);
+// 32 interleaved partial sums acc[l] over t ≡ l (mod 32) in increasing t, then a pairwise tree
+// acc[l] += acc[l + w] for w = 16, 8, .., 1): the products of f32 values are exact in double,
+// so the same order gives the same bits. One warp per candidate: lane l is the CPU's acc[l]
+// (so lane l reads t = l, l + 32, ..: each step of the warp reads 32 consecutive elements of
+// both rows, coalesced), and the tree is shuffle-down steps (lane l < w adds lane l + w).
+// Called by all 32 lanes of the warp together; each lane with want set gets its own (qi, j)
+// re-scored, the warp taking the candidates one after another (a candidate group of ≤ 32).
+__device__ float warp_exact_scores(const TileArgs &a, int64_t qi, int j, bool want, float s) {
+    const unsigned full = 0xffffffffu;
+    const int lane = threadIdx.x & 31;
+    const size_t qb = (size_t)(qi * a.ldxq);
+    for (unsigned pending = __ballot_sync(full, want); pending; pending &= pending - 1) {
+        const int src = __ffs((int)pending) - 1;
+        const int jj = __shfl_sync(full, j, src);
+        const size_t cb = (size_t)((int64_t)jj * a.ldxc);
+        double acc = 0.0;
+        for (int t = lane; t < a.d; t += 32)
+            acc += (double)ns_load_f32(a.xq, a.xdt, qb + t) * (double)ns_load_f32(a.xc, a.xdt, cb + t);
+        for (int w = 16; w >= 1; w /= 2) {
+            const double o = __shfl_down_sync(full, acc, w);
+            if (lane < w) acc += o;
+        }
+        const float v = __shfl_sync(full, (float)((double)a.scale * acc), 0);
+        if (lane == src) s = v;
+    }
+    return s;
 }
 
 // 1 when the exact score of (qi, tile row j) may reach the threshold score tv: ŝ + e ≥ tv in
@@ -237,14 +247,17 @@ __global__ void __launch_bounds__(kThreads) ns_k_topk_tile(TileArgs a) {
         const int ti_ = thr_i;
 #pragma unroll
         for (int it = 0; it < kItems; it++) {
-            int j = base + it * kThreads + threadIdx.x;
-            if (j >= a.nt) break;
-            float s = row[j];
-            if (a.inv_q) s = s * (sq * a.inv_c[j]);
-            if (a.xq) {  // exact mode: ŝ → s* for the candidates only
-                if (!may_enter(a, qn, j, s, tv_)) continue;
-                s = exact_score(a, qi, j);
+            // No early exit: every lane of a warp reaches the warp's exact re-score.
+            const int j = base + it * kThreads + threadIdx.x;
+            const bool in = j < a.nt;
+            float s = in ? row[j] : 0.0f;
+            if (in && a.inv_q) s = s * (sq * a.inv_c[j]);
+            if (a.xq) {  // exact mode: ŝ → s* for the candidates only (a warp per candidate)
+                const bool want = in && may_enter(a, qn, j, s, tv_);
+                s = warp_exact_scores(a, qi, j, want, s);
+                if (!want) continue;
             }
+            if (!in) continue;
             if (!isfinite(s)) {
                 bad = 1;
                 continue;
@@ -366,6 +379,8 @@ namespace {
 // One call's shapes, modes and device workspace (the context's scratch arena).
 struct MinePlan {
     int64_t Q, N, d, k, qb, nt, ex_total;
+    int64_t S;               // queries per super-block (all Q when the budget allows)
+    size_t budget;           // options->workspace_bytes (or the default)
     int64_t cap;             // entries of a query's candidate buffer (buffer_cap)
     int P2;                  // k rounded up to a power of two: a scratch slot
     size_t esz, ctile_b;     // bytes of one corpus tile
@@ -383,32 +398,33 @@ struct MinePlan {
 };
 
 // 2 score tiles | inv_q | 2 inv_c | 2 corpus tiles (host corpus) | f32 copies (mixed dtypes) |
-// exclusion copies (host lists) | staged top-k and merge scratch.
+// exclusion copies (host lists) | candidate buffers and merge scratch | exact-mode norms and bf16
+// copies. Everything per query is sized by the super-block (S queries), not by all Q.
 void mine_layout(void *plan, ns_arena *a) {
     MinePlan *P = (MinePlan *)plan;
     for (int b = 0; b < 2; b++) P->tile[b] = (float *)ns_arena_carve(a, (size_t)(P->qb * P->nt) * 4);
-    P->inv_q = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->Q * 4) : nullptr;
+    P->inv_q = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->S * 4) : nullptr;
     for (int b = 0; b < 2; b++)
         P->inv_c[b] = P->normalize ? (float *)ns_arena_carve(a, (size_t)P->nt * 4) : nullptr;
     for (int b = 0; b < 2; b++)
         P->ctile[b] = P->host_corpus ? (char *)ns_arena_carve(a, P->ctile_b) : nullptr;
-    P->qf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->Q * P->d) * 4) : nullptr;
+    P->qf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->S * P->d) * 4) : nullptr;
     P->cf = P->mixed ? (float *)ns_arena_carve(a, (size_t)(P->nt * P->d) * 4) : nullptr;
     P->ex_off = P->host_ex ? (int64_t *)ns_arena_carve(a, (size_t)(P->Q + 1) * 8) : nullptr;
     P->ex_ids = P->host_ex ? (int64_t *)ns_arena_carve(a, (size_t)(P->ex_total > 0 ? P->ex_total : 1) * 8)
                            : nullptr;
-    P->buf_v = (float *)ns_arena_carve(a, (size_t)(P->Q * P->cap) * 4);
-    P->buf_i = (int *)ns_arena_carve(a, (size_t)(P->Q * P->cap) * 4);
-    P->cnt = (int *)ns_arena_carve(a, (size_t)P->Q * 4);
-    P->thr_v = (float *)ns_arena_carve(a, (size_t)P->Q * 4);
-    P->thr_i = (int *)ns_arena_carve(a, (size_t)P->Q * 4);
+    P->buf_v = (float *)ns_arena_carve(a, (size_t)(P->S * P->cap) * 4);
+    P->buf_i = (int *)ns_arena_carve(a, (size_t)(P->S * P->cap) * 4);
+    P->cnt = (int *)ns_arena_carve(a, (size_t)P->S * 4);
+    P->thr_v = (float *)ns_arena_carve(a, (size_t)P->S * 4);
+    P->thr_i = (int *)ns_arena_carve(a, (size_t)P->S * 4);
     P->scr_v = (float *)ns_arena_carve(a, (size_t)P->qb * P->P2 * 4);
     P->scr_i = (int *)ns_arena_carve(a, (size_t)P->qb * P->P2 * 4);
     const int to16 = P->exact && P->esz == 4;
-    P->qn = P->exact ? (double *)ns_arena_carve(a, (size_t)P->Q * 8) : nullptr;
+    P->qn = P->exact ? (double *)ns_arena_carve(a, (size_t)P->S * 8) : nullptr;
     for (int b = 0; b < 2; b++)
         P->cn[b] = P->exact ? (double *)ns_arena_carve(a, (size_t)P->nt * 8) : nullptr;
-    P->q16 = to16 ? (__nv_bfloat16 *)ns_arena_carve(a, (size_t)(P->Q * P->d) * 2) : nullptr;
+    P->q16 = to16 ? (__nv_bfloat16 *)ns_arena_carve(a, (size_t)(P->S * P->d) * 2) : nullptr;
     P->c16 = to16 ? (__nv_bfloat16 *)ns_arena_carve(a, (size_t)(P->nt * P->d) * 2) : nullptr;
 }
 
@@ -449,7 +465,9 @@ ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corp
                        "being captured into a CUDA graph cannot do",
                        fn);
     P->esz = ns_dtype_size(corpus.dtype);
-    // Tile shape: a score tile of at most 8 Mi floats (32 MiB: stays in H100's 50 MB L2).
+    // Tile shape: a score tile of at most 8 Mi floats (32 MiB: stays in H100's 50 MB L2). The
+    // corpus tile's rows follow from all Q (not the super-block), so that the workspace grows
+    // with the super-block's size (mine_super_block searches it).
     const int64_t area = 8ll << 20;
     P->qb = P->Q < 2048 ? P->Q : 2048;
     P->nt = area / P->qb;
@@ -473,6 +491,8 @@ ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corp
     P->cap = buffer_cap(k);
     P->P2 = 1;
     while (P->P2 < k) P->P2 <<= 1;
+    P->S = P->Q;
+    P->budget = opt->workspace_bytes ? opt->workspace_bytes : NS_MINE_WORKSPACE_DEFAULT;
     const ns_id_lists *ex = opt->exclude;
     P->host_ex = ex && !ns_cuda_is_device_ptr(ex->offsets);
     P->ex_total = P->host_ex ? ex->offsets[P->Q] : 0;  // host lists: copied to the device once
@@ -480,6 +500,41 @@ ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corp
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                        "%s: options->exclude->ids is NULL but offsets[%lld] is %lld", fn,
                        (long long)P->Q, (long long)P->ex_total);
+    return NS_OK;
+}
+
+// The device workspace of the plan with super-blocks of S queries (mine_layout on a sizing arena).
+size_t mine_bytes(const MinePlan &P, int64_t S) {
+    MinePlan T = P;
+    T.S = S;
+    T.qb = S < 2048 ? S : 2048;
+    ns_arena sz = ns_arena_sizer(NS_MEM_DEVICE);
+    mine_layout(&T, &sz);
+    return sz.used;
+}
+
+// Super-blocks: S = Q when everything fits the budget, else as few super-blocks as the largest
+// S whose workspace fits allows (bisection: the bytes grow with S), made equal in size; each
+// streams the whole corpus. Fails when not even one query fits.
+ns_status mine_super_block(ns_context *ctx, const char *fn, MinePlan *P) {
+    int64_t lo = 1, hi = P->Q;
+    if (mine_bytes(*P, hi) > P->budget) {
+        const size_t one = mine_bytes(*P, 1);
+        if (one > P->budget)
+            return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY,
+                           "%s: options->workspace_bytes (%zu) is below the %zu bytes of device "
+                           "workspace one query needs (k %lld, %lld columns)",
+                           fn, P->budget, one, (long long)P->k, (long long)P->d);
+        while (lo < hi - 1) {  // bytes(lo) fits, bytes(hi) does not
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (mine_bytes(*P, mid) <= P->budget) lo = mid;
+            else hi = mid;
+        }
+        const int64_t blocks = (P->Q + lo - 1) / lo;
+        hi = (P->Q + blocks - 1) / blocks;  // ≤ lo: fits
+    }
+    P->S = hi;
+    P->qb = hi < 2048 ? hi : 2048;
     return NS_OK;
 }
 
@@ -526,14 +581,15 @@ ns_status mine_validate(ns_context *ctx, const char *fn, const MinePlan &P, ns_m
 }
 
 // The corpus tile t as a device matrix whose row 0 is corpus row c0: a device corpus in place;
-// a host corpus copied on the copy stream through the pinned double buffer (unless pinned).
+// a host corpus copied on the copy stream through the pinned double buffer (unless pinned), the
+// buffer g & 1 (g: tiles staged in this call, over every super-block).
 ns_status mine_stage_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns_matrix corpus,
-                          int64_t t, cudaStream_t copy, ns_matrix *ct) {
+                          int64_t t, int64_t g, cudaStream_t copy, ns_matrix *ct) {
     ns_cuda_state *cs = ctx->cuda;
     cudaStream_t st = ns_stream(ctx);
     cudaEvent_t *copied = cs->ev, *consumed = cs->ev + 2;
     const int64_t c0 = t * P.nt, n = P.N - c0 < P.nt ? P.N - c0 : P.nt;
-    const int buf = (int)(t & 1);
+    const int buf = (int)(g & 1);
     *ct = corpus;
     ct->rows = n;
     if (!P.host_corpus) {
@@ -545,7 +601,7 @@ ns_status mine_stage_tile(ns_context *ctx, const char *fn, const MinePlan &P, ns
     const char *src = (const char *)corpus.data + (size_t)c0 * ld_b;
     size_t spitch = ld_b;
     if (!P.pinned_corpus) {
-        // The pinned buffer's previous copy (tile t−2) must have left it.
+        // The pinned buffer's previous copy (tile g−2) must have left it.
         NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(copied[buf]));
         char *pin = P.pin[buf];
         if (ld_b == row_b) memcpy(pin, src, (size_t)n * row_b);
@@ -584,18 +640,34 @@ ns_status pipe_join(ns_context *ctx, const char *fn, const Pipe &pp) {
     return NS_OK;
 }
 
-// One staged corpus tile t against every query block: GEMM score tile, then ns_k_topk_tile.
+// The queries of one super-block as the kernels see them: their rows (qrows: the caller's),
+// the GEMM's operand (qdata, gdt, ldq) and their exclusion offsets (ex_off + the first query).
+struct QueryBlock {
+    ns_matrix qrows;
+    const void *qdata;
+    ns_dtype gdt;
+    int64_t ldq;
+    const int64_t *ex_off;
+};
+
+// One staged corpus tile (g: its count in the call, the parity of the ping-ponged norms)
+// against every query block of the super-block: GEMM score tile, then ns_k_topk_tile. The
+// corpus is scanned for non-finite values in the first super-block only (scan).
 ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp, ns_matrix ct,
-                    int64_t t, int64_t c0, ns_matrix qrows, const void *qdata, ns_dtype gdt, int64_t ldq,
-                    float scale, const int64_t *ex_off, const int64_t *ex_ids, int *flags) {
+                    int64_t g, int64_t c0, const QueryBlock &qs, float scale, const int64_t *ex_ids,
+                    int *flags, int scan) {
     cudaStream_t st = ns_stream(ctx);
     ns_status rc;
     const int64_t n = ct.rows;
-    const int tp = (int)(t & 1);
-    if (P.validate && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
+    const int tp = (int)(g & 1);
+    const void *qdata = qs.qdata;
+    const ns_dtype gdt = qs.gdt;
+    const int64_t ldq = qs.ldq, sbq = qs.qrows.rows;
+    const int64_t *ex_off = qs.ex_off;
+    if (scan && (rc = ns_cuda_scan_nonfinite(ctx, fn, ct, 0, n, flags, F_CORPUS, st, c0)))
         return rc;
     if (P.normalize || P.exact) {
-        if (t >= 2) NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, pp.norms_free[tp], 0));
+        if (g >= 2) NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, pp.norms_free[tp], 0));
     }
     if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, ct, 0, n, P.inv_c[tp], st))) return rc;
     const void *cdata = ct.data;
@@ -614,8 +686,8 @@ ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp
         if ((rc = ns_cuda_rows_to_f32(ctx, fn, ct, 0, n, P.cf, st))) return rc;
         cdata = P.cf, ldc = P.d;
     }
-    for (int64_t q0 = 0; q0 < P.Q; q0 += P.qb, pp.j++) {
-        const int64_t nq = P.Q - q0 < P.qb ? P.Q - q0 : P.qb;
+    for (int64_t q0 = 0; q0 < sbq; q0 += P.qb, pp.j++) {
+        const int64_t nq = sbq - q0 < P.qb ? sbq - q0 : P.qb;
         const int b = (int)(pp.j & 1);
         const void *qblk = (const char *)qdata + (size_t)(q0 * ldq) * ns_dtype_size(gdt);
         if (pp.j >= 2) NS_CUDA_TRY(ctx, fn, cudaStreamWaitEvent(st, pp.sel_done[b], 0));
@@ -633,7 +705,7 @@ ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp
         a.ldxq = a.ldxc = 0, a.xdt = ct.dtype, a.d = (int)P.d, a.rel = P.rel, a.abs_e = P.abs_e;
         a.scale = scale;
         if (P.exact) {
-            a.xq = qrows.data, a.ldxq = ns_ld(qrows), a.xc = ct.data, a.ldxc = ns_ld(ct);
+            a.xq = qs.qrows.data, a.ldxq = ns_ld(qs.qrows), a.xc = ct.data, a.ldxc = ns_ld(ct);
             a.qn = P.qn, a.cn = P.cn[tp];
         }
         ns_k_topk_tile<<<(unsigned)nq, kThreads, 0, pp.side>>>(a);
@@ -648,8 +720,10 @@ ns_status mine_tile(ns_context *ctx, const char *fn, const MinePlan &P, Pipe &pp
     return NS_OK;
 }
 
-// The non-finite status of the corpus and scores (one sync), then the outputs (async).
-ns_status mine_finish(ns_context *ctx, const char *fn, const MinePlan &P, int64_t *index, float *score) {
+// The non-finite status of the corpus and scores (one sync), then the outputs of the nq
+// queries of the super-block (async; index and score point at its first row).
+ns_status mine_finish(ns_context *ctx, const char *fn, const MinePlan &P, int64_t nq, int64_t *index,
+                      float *score) {
     cudaStream_t st = ns_stream(ctx);
     ns_status rc;
     if (P.validate) {
@@ -669,18 +743,51 @@ ns_status mine_finish(ns_context *ctx, const char *fn, const MinePlan &P, int64_
     memset(&a, 0, sizeof a);
     a.k = (int)P.k;
     fill_state(P, &a);
-    ns_k_topk_final<<<(unsigned)P.qb, kThreads, 0, st>>>(a, P.Q, P.P2, index, score);
+    ns_k_topk_final<<<(unsigned)P.qb, kThreads, 0, st>>>(a, nq, P.P2, index, score);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }
 
 }  // namespace
 
+// The per-query state of super-block [s0, s0 + n): the GEMM's operand (f32 copies of mixed
+// dtypes, bf16 copies of f32 rows in exact mode), the norms, the empty candidate buffers.
+ns_status mine_queries(ns_context *ctx, const char *fn, const MinePlan &P, ns_matrix q, int64_t s0,
+                       int64_t n, const int64_t *ex_off, QueryBlock *qs) {
+    cudaStream_t st = ns_stream(ctx);
+    ns_status rc;
+    ns_matrix rows = q;
+    rows.data = (const char *)q.data + (size_t)(s0 * ns_ld(q)) * ns_dtype_size(q.dtype);
+    rows.rows = n;
+    rows.ld = ns_ld(q);
+    qs->qrows = rows;
+    qs->qdata = rows.data, qs->gdt = q.dtype, qs->ldq = rows.ld;
+    qs->ex_off = ex_off ? ex_off + s0 : nullptr;
+    if (P.mixed) {
+        if ((rc = ns_cuda_rows_to_f32(ctx, fn, rows, 0, n, P.qf, st))) return rc;
+        qs->qdata = P.qf, qs->gdt = NS_F32, qs->ldq = P.d;
+    }
+    if (P.exact) {
+        ns_k_row_norms_d<<<ns_blocks(n), NS_CUDA_THREADS, 0, st>>>(rows.data, q.dtype, rows.ld, n, P.d, P.qn);
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+        if (P.q16) {
+            ns_k_rows_to_bf16<<<ns_blocks(n * P.d), NS_CUDA_THREADS, 0, st>>>(
+                (const float *)rows.data, rows.ld, n, P.d, P.q16);
+            NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+            qs->qdata = P.q16, qs->gdt = NS_BF16, qs->ldq = P.d;
+        }
+    }
+    if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, rows, 0, n, P.inv_q, st))) return rc;
+    ns_k_topk_init<<<ns_blocks(n), NS_CUDA_THREADS, 0, st>>>(P.cnt, P.thr_v, P.thr_i, n);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
+}
+
 // Synchronisation: once after validating the exclusion lists and scanning q (so bad input
 // fails before any work), once per tile only when a progress callback is set or the corpus is
-// in host memory (waiting for the tile before last: at most two tiles in flight), and once at
-// the end to learn whether a score was non-finite; the outputs are written after that (async).
-// While the stream is captured into a graph none of these checks run.
+// in host memory (waiting for the tile before last: at most two tiles in flight), and once per
+// super-block at its end to learn whether a score was non-finite; the super-block's outputs are
+// written after that (async). While the stream is captured into a graph none of these checks run.
 ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
                             const ns_mine_options *opt, int64_t *index, float *score) {
     static const char *fn = "ns_mine_topk";
@@ -689,33 +796,12 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
     ns_status rc;
     MinePlan P;
     if ((rc = mine_plan(ctx, fn, q, corpus, k, opt, &P))) return rc;
+    if ((rc = mine_super_block(ctx, fn, &P))) return rc;
     if ((rc = ns_arena_lay_out(ctx, &cs->scratch, mine_layout, &P, fn))) return rc;
     const int64_t *ex_off = opt->exclude ? opt->exclude->offsets : nullptr;
     const int64_t *ex_ids = opt->exclude ? opt->exclude->ids : nullptr;
     int *flags;
     if ((rc = mine_validate(ctx, fn, P, q, ex_off, ex_ids, flags))) return rc;
-
-    // The queries as the GEMM sees them.
-    const void *qdata = q.data;
-    ns_dtype gdt = q.dtype;
-    int64_t ldq = ns_ld(q);
-    if (P.mixed) {
-        if ((rc = ns_cuda_rows_to_f32(ctx, fn, q, 0, P.Q, P.qf, st))) return rc;
-        qdata = P.qf, gdt = NS_F32, ldq = P.d;
-    }
-    if (P.exact) {
-        ns_k_row_norms_d<<<ns_blocks(P.Q), NS_CUDA_THREADS, 0, st>>>(q.data, q.dtype, ldq, P.Q, P.d, P.qn);
-        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-        if (P.q16) {
-            ns_k_rows_to_bf16<<<ns_blocks(P.Q * P.d), NS_CUDA_THREADS, 0, st>>>(
-                (const float *)q.data, ldq, P.Q, P.d, P.q16);
-            NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-            qdata = P.q16, gdt = NS_BF16, ldq = P.d;
-        }
-    }
-    if (P.normalize && (rc = ns_cuda_row_inv_norms(ctx, fn, q, 0, P.Q, P.inv_q, st))) return rc;
-    ns_k_topk_init<<<ns_blocks(P.Q), NS_CUDA_THREADS, 0, st>>>(P.cnt, P.thr_v, P.thr_i, P.Q);
-    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
 
     cudaStream_t copy = nullptr;
     cudaEvent_t *consumed = cs->ev + 2;
@@ -732,31 +818,41 @@ ns_status ns_cuda_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int6
     cudaEvent_t *sev;
     if ((rc = ns_cuda_side_stream(ctx, fn, &pp.side, &sev))) return rc;
     pp.gemm_done = sev, pp.sel_done = sev + 2, pp.norms_free = sev + 4, pp.j = 0;
-    const int64_t tiles = (P.N + P.nt - 1) / P.nt;
-    for (int64_t t = 0; t < tiles; t++) {
-        const int64_t c0 = t * P.nt;
-        const int buf = (int)(t & 1);
-        ns_matrix ct;
-        if ((rc = mine_stage_tile(ctx, fn, P, corpus, t, copy, &ct)) ||
-            (rc = mine_tile(ctx, fn, P, pp, ct, t, c0, q, qdata, gdt, ldq, opt->scale, ex_off, ex_ids, flags))) {
-            pipe_join(ctx, fn, pp);  // queued selections still use the workspace
-            return rc;
-        }
-        // Exact mode re-scores from the staged tile on the side stream: its buffer is free for
-        // the copy of tile t + 2 only after those selections.
-        if (copy && P.exact && (rc = pipe_join(ctx, fn, pp))) return rc;
-        if (copy) NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[buf], st));
-        if (opt->progress) {
-            if (t >= 1) NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(consumed[buf ^ 1]));
-            if (opt->progress(c0 + ct.rows, P.N, opt->progress_user)) {
-                pipe_join(ctx, fn, pp);
-                cudaStreamSynchronize(st);  // the queued tiles still use the workspace
-                return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                               "%s: cancelled by the progress callback after %lld of %lld corpus rows",
-                               fn, (long long)(c0 + ct.rows), (long long)P.N);
+    const int64_t tiles = (P.N + P.nt - 1) / P.nt, blocks = (P.Q + P.S - 1) / P.S;
+    int64_t g = 0;  // corpus tiles staged in this call (the double buffers' parity)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t s0 = b * P.S, nq = P.Q - s0 < P.S ? P.Q - s0 : P.S;
+        QueryBlock qs;
+        if ((rc = mine_queries(ctx, fn, P, q, s0, nq, ex_off, &qs))) return rc;
+        for (int64_t t = 0; t < tiles; t++, g++) {
+            const int64_t c0 = t * P.nt;
+            const int buf = (int)(g & 1);
+            ns_matrix ct;
+            if ((rc = mine_stage_tile(ctx, fn, P, corpus, t, g, copy, &ct)) ||
+                (rc = mine_tile(ctx, fn, P, pp, ct, g, c0, qs, opt->scale, ex_ids, flags,
+                                P.validate && b == 0))) {
+                pipe_join(ctx, fn, pp);  // queued selections still use the workspace
+                return rc;
+            }
+            // Exact mode re-scores from the staged tile on the side stream: its buffer is free
+            // for the copy of tile g + 2 only after those selections.
+            if (copy && P.exact && (rc = pipe_join(ctx, fn, pp))) return rc;
+            if (copy) NS_CUDA_TRY(ctx, fn, cudaEventRecord(consumed[buf], st));
+            if (opt->progress) {
+                if (g >= 1) NS_CUDA_TRY(ctx, fn, cudaEventSynchronize(consumed[buf ^ 1]));
+                const int64_t done = b * P.N + c0 + ct.rows, total = blocks * P.N;
+                if (opt->progress(done, total, opt->progress_user)) {
+                    pipe_join(ctx, fn, pp);
+                    cudaStreamSynchronize(st);  // the queued tiles still use the workspace
+                    return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                                   "%s: cancelled by the progress callback after %lld of %lld corpus "
+                                   "rows (%lld query super-blocks)",
+                                   fn, (long long)done, (long long)total, (long long)blocks);
+                }
             }
         }
+        if ((rc = pipe_join(ctx, fn, pp))) return rc;
+        if ((rc = mine_finish(ctx, fn, P, nq, index + s0 * P.k, score + s0 * P.k))) return rc;
     }
-    if ((rc = pipe_join(ctx, fn, pp))) return rc;
-    return mine_finish(ctx, fn, P, index, score);
+    return NS_OK;
 }

@@ -120,7 +120,7 @@ struct DevMat {
 };
 
 // Sets an environment variable for one scope (the CUDA backend's test knobs:
-// NS_CUDA_SAMPLE_GLOBAL=1 the large-C sampling path for every C, NS_CUDA_MINE_TILE_ROWS=n
+// NS_CUDA_SAMPLE_PATH=stream|shared|global one sampling path for every C, NS_CUDA_MINE_TILE_ROWS=n
 // mining's corpus tiles of n rows).
 struct ScopedEnv {
     std::string name;
@@ -348,6 +348,79 @@ TEST(CudaParity, MineTopkCancelAndNonFinite) {
     for (int64_t v : ig.fetch()) EXPECT_EQ(v, 7);
 }
 
+// Query super-blocks (options->workspace_bytes) on the paths MineExactCuda does not take:
+// cosine scores (the queries' norms per super-block), bf16 and f16 rows streamed from pageable
+// host memory through the pinned buffers (the corpus staged once per super-block), mixed dtypes
+// (f32 copies of the super-block's queries), exclusion lists (offsets from the super-block's
+// first query). Budgets from one query per super-block up: the same bits as one super-block, and
+// within rounding of the CPU (run_mine_case's checks at the default budget).
+TEST(CudaParity, MineTopkQuerySuperBlocksGiveTheSameBits) {
+#if defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "the budget is the CUDA backend's";
+#endif
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    ScopedEnv env("NS_CUDA_MINE_TILE_ROWS", "400");
+    struct Case { ns_dtype tq, tc; unsigned flags; bool host; };
+    const Case cases[] = {{NS_F32, NS_F32, NS_NORMALIZE, false}, {NS_BF16, NS_BF16, 0, true},
+                          {NS_F16, NS_F16, NS_NORMALIZE, true}, {NS_F32, NS_BF16, 0, false}};
+    const int64_t Q = 6, N = 1000, d = 12, k = 30;
+    uint64_t seed = 4400;
+    for (const Case &c : cases) {
+        SCOPED_TRACE(std::string(dtype_name(c.tq)) + "/" + dtype_name(c.tc) + " flags " + std::to_string(c.flags) +
+                     (c.host ? " host corpus" : " device corpus"));
+        if (c.tq == c.tc) run_mine_case(p, MineCase{Q, N, d, k, c.tq, c.flags, true, c.host ? PAGEABLE_HOST : ON_DEVICE}, seed);
+        HostMat q(c.tq, Q, d, d, seed), corpus(c.tc, N, d, d, seed + 1);
+        seed += 10;
+        std::vector<int64_t> off{0}, ids;
+        for (int64_t i = 0; i < Q; i++) {
+            for (int64_t t = 0; t < 1 + i % 3; t++) ids.push_back((i * 131 + t * 17) % N);
+            off.push_back((int64_t)ids.size());
+        }
+        DevMat qg(p.gpu, q);
+        std::unique_ptr<DevMat> cdev;
+        ns_matrix cm;
+        cm.dtype = c.tc, cm.rows = N, cm.cols = d, cm.ld = d;
+        if (c.host) cm.data = c.tc == NS_F32 ? (const void *)corpus.f.data() : (const void *)corpus.h.data();
+        else cdev.reset(new DevMat(p.gpu, corpus)), cm = cdev->m;
+        Buf<int64_t> offg(p.gpu, off), idsg(p.gpu, ids);
+        ns_id_lists ex{offg.ptr(), idsg.ptr(), Q};
+        auto run = [&](size_t budget, int64_t *blocks, std::vector<int64_t> *idx, std::vector<float> *sc) {
+            Buf<int64_t> ig(p.gpu, (size_t)(Q * k), 0);
+            Buf<float> sg(p.gpu, (size_t)(Q * k), 0.f);
+            ns_mine_options o = NS_MINE_OPTIONS_INIT;
+            o.scale = 1.5f, o.flags = c.flags, o.exclude = &ex, o.workspace_bytes = budget;
+            int64_t total = 0;
+            o.progress = [](int64_t, int64_t t, void *u) {
+                *(int64_t *)u = t;
+                return 0;
+            };
+            o.progress_user = &total;
+            const ns_status st = ns_mine_topk(p.gpu, qg.m, cm, k, &o, ig.ptr(), sg.ptr());
+            *blocks = total / N;
+            if (st == NS_OK) *idx = ig.fetch(), *sc = sg.fetch();
+            return st == NS_OK ? std::string() : std::string(ns_last_error(p.gpu));
+        };
+        std::vector<int64_t> i1, ib;
+        std::vector<float> s1, sb;
+        int64_t blocks = 0;
+        ASSERT_EQ(run(0, &blocks, &i1, &s1), "");
+        EXPECT_EQ(blocks, 1);
+        const std::string e = run(1, &blocks, &ib, &sb);
+        const size_t at = e.find("below the ");
+        ASSERT_NE(at, std::string::npos) << e;
+        const size_t min = (size_t)std::stoull(e.substr(at + 10));
+        for (size_t budget : {min, min + min / 3, 2 * min}) {
+            ASSERT_EQ(run(budget, &blocks, &ib, &sb), "");
+            SCOPED_TRACE("budget " + std::to_string(budget) + ": " + std::to_string(blocks) + " super-blocks");
+            if (budget == min) EXPECT_EQ(blocks, Q);
+            EXPECT_GT(blocks, 1);
+            EXPECT_EQ(ib, i1);
+            EXPECT_EQ(0, std::memcmp(sb.data(), s1.data(), s1.size() * sizeof(float)));
+        }
+    }
+}
+
 // Append-then-select against brute force, with many exact ties: small-integer queries and
 // corpus rows (every score an exact small integer on both backends), corpus tiles of a few
 // thousand rows (NS_CUDA_MINE_TILE_ROWS), so the candidate buffers fill, reduce and tighten
@@ -515,10 +588,11 @@ struct CandHost {
     std::vector<int64_t> id, pos_off, pos_ids;
     std::vector<float> score, sp, guide, gp;
     std::vector<uint8_t> keep;
-    CandHost(int64_t B_, int64_t C_, uint64_t seed) : B(B_), C(C_) {
+    // idspace 0: C·2 + 3, small: duplicate ids inside a row happen; a large one: (almost) none.
+    CandHost(int64_t B_, int64_t C_, uint64_t seed, int64_t idspace = 0) : B(B_), C(C_) {
         std::mt19937_64 g(seed);
         std::uniform_real_distribution<float> u(-1.f, 1.f);
-        int64_t idspace = C * 2 + 3;  // small: duplicate ids inside a row happen
+        if (idspace == 0) idspace = C * 2 + 3;
         for (int64_t t = 0; t < B * C; t++) {
             id.push_back(g() % 9 == 0 ? -1 : (int64_t)(g() % idspace));
             score.push_back(u(g));
@@ -596,11 +670,11 @@ struct SampleShape { int64_t B, C, m; };
 
 // CPU and CUDA draw the same negatives, counts and scores, for every shape × strategy × keep.
 void sample_parity(const Pair &p, const std::vector<SampleShape> &shapes,
-                   const std::vector<ns_sampler> &strategies, uint64_t seed) {
+                   const std::vector<ns_sampler> &strategies, uint64_t seed, int64_t idspace = 0) {
     for (const SampleShape &s : shapes)
         for (ns_sampler st : strategies)
             for (int use_keep : {0, 1}) {
-                CandHost h(s.B, s.C, seed++);
+                CandHost h(s.B, s.C, seed++, idspace);
                 CandDev dc(p.cpu, h, 1234), dg(p.gpu, h, 1234);
                 ns_sampler_options o = NS_SAMPLER_OPTIONS_INIT;
                 o.strategy = st;
@@ -636,23 +710,42 @@ TEST(CudaParity, SampleIdenticalNegatives) {
                   {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX}, 900);
 }
 
-// The large-C path (keys in arena scratch, sorted in global memory) at the same shapes, forced
-// by NS_CUDA_SAMPLE_GLOBAL=1: the same draws as the CPU.
+// The sort path in arena scratch at the same shapes, forced by NS_CUDA_SAMPLE_PATH=global: the
+// same draws as the CPU.
 TEST(CudaParity, SampleGlobalPathIdenticalNegatives) {
     Pair p;
     NS_REQUIRE_GPU(p);
-    ScopedEnv env("NS_CUDA_SAMPLE_GLOBAL", "1");
+    ScopedEnv env("NS_CUDA_SAMPLE_PATH", "global");
     sample_parity(p, {{1, 1, 1}, {17, 37, 5}, {64, 1024, 16}, {5, 300, 300}, {3, 5000, 40}, {2, 4096, 4096}},
                   {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX}, 1900);
 }
 
-// Above 8192 candidates per query (refused before issue 11): C = 8193 and 16,384 in shared
-// memory (212,992 B with the opt-in, within the 227 KiB of Hopper; the host layer's limit),
-// 16,385 and 65,536 through the large-C path; m from 1 to C.
+// The stream path (append-then-select in shared memory, kernels/cuda_sample.cu) forced at small
+// C too (NS_CUDA_SAMPLE_PATH=stream), m up to its limit of 512, buffers cut many times (C ≫ m):
+// the same draws as the CPU, with rows full of duplicate ids (winners that are later copies send
+// the query to the fallback launch) and with (almost) unique ids (the stream path's own output).
+TEST(CudaParity, SampleStreamPathIdenticalNegatives) {
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    ScopedEnv env("NS_CUDA_SAMPLE_PATH", "stream");
+    const std::vector<SampleShape> shapes = {{1, 1, 1},     {17, 37, 5},   {64, 1024, 16},
+                                             {5, 300, 300}, {3, 5000, 40}, {2, 4096, 512}};
+    const std::vector<ns_sampler> all = {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX};
+    sample_parity(p, shapes, all, 2900);
+    sample_parity(p, shapes, all, 3900, 1ll << 40);
+}
+
+// Above 8192 candidates per query (refused before issue 11), each path at its default: the
+// stream path for m ≤ 512 (C = 8193, 16,385, 65,536 and 100,000, duplicate ids and unique ones),
+// the shared sort for m > 512 while 13·P fits (C = 16,384: 212,992 B with the opt-in, within the
+// 227 KiB of Hopper; the host layer's limit), the global sort beyond (C = m = 65,536).
 TEST(CudaParity, SampleAbove8192Candidates) {
     Pair p;
     NS_REQUIRE_GPU(p);
-    sample_parity(p, {{2, 8193, 16}, {1, 16384, 100}, {1, 16385, 16}, {2, 65536, 16}}, {NS_SAMPLE_SOFTMAX, NS_SAMPLE_SIMANS}, 950);
+    const std::vector<SampleShape> stream = {{2, 8193, 16}, {1, 16385, 512}, {2, 65536, 16}, {1, 100000, 64}};
+    sample_parity(p, stream, {NS_SAMPLE_SOFTMAX, NS_SAMPLE_SIMANS}, 950);
+    sample_parity(p, stream, {NS_SAMPLE_UNIFORM, NS_SAMPLE_TOP}, 970, 1ll << 40);
+    sample_parity(p, {{1, 16384, 1000}}, {NS_SAMPLE_SOFTMAX}, 980);
     sample_parity(p, {{1, 65536, 65536}, {1, 20000, 1}}, {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM}, 960);
 }
 

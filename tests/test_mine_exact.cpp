@@ -12,6 +12,7 @@
 #include "negsamp.h"
 #include "../src/ns_internal.h"
 #include "ns_test_util.h"
+#include "../src/hostdevice/ns_bound.h"
 
 #include <algorithm>
 #include <cmath>
@@ -365,7 +366,10 @@ TEST(MineExact, SignedZeroScoresTieToTheLowerRow) {
 // only (a GPU's f32 GEMM rounds differently from the layer's double-accumulating reference).
 namespace {
 
-Result mine_cuda(const Data &D, int64_t k, float scale, const char *gemm, bool *skipped) {
+// budget: options->workspace_bytes (0: the default); *blocks: the query super-blocks the call
+// streamed the corpus for (the progress callback's total over the corpus rows).
+Result mine_cuda(const Data &D, int64_t k, float scale, const char *gemm, bool *skipped,
+                 size_t budget = 0, int64_t *blocks = nullptr) {
     Result r;
     nstest::Ctx c(NS_BACKEND_CUDA);
     *skipped = c.status != NS_OK;
@@ -384,12 +388,44 @@ Result mine_cuda(const Data &D, int64_t k, float scale, const char *gemm, bool *
     mc.data = bf ? (const void *)c16.ptr() : (const void *)cf.ptr();
     ns_mine_options mo = NS_MINE_OPTIONS_INIT;
     mo.scale = scale;
+    mo.workspace_bytes = budget;
+    int64_t total = 0;
+    if (blocks) {
+        mo.progress = [](int64_t, int64_t t, void *u) {
+            *(int64_t *)u = t;
+            return 0;
+        };
+        mo.progress_user = &total;
+    }
     EXPECT_EQ(ns_mine_topk(c, mq, mc, k, &mo, index.ptr(), score.ptr()), NS_OK) << ns_last_error(c);
+    if (blocks) *blocks = total / D.N;
     unsetenv("NS_CUDA_MINE_GEMM");
     unsetenv("NS_CUDA_MINE_TILE_ROWS");
     r.index = index.fetch();
     r.score = score.fetch();
     return r;
+}
+
+// The device workspace one query needs for this shape: the number the refusal of a 1-byte
+// budget names.
+size_t one_query_bytes(const Data &D, int64_t k) {
+    nstest::Ctx c(NS_BACKEND_CUDA);
+    if (c.status != NS_OK) return 0;
+    setenv("NS_CUDA_MINE_TILE_ROWS", "700", 1);
+    nstest::Buf<float> qf(c, D.q), cf(c, D.c);
+    nstest::Buf<int64_t> index(c, (size_t)(D.Q * k), -7);
+    nstest::Buf<float> score(c, (size_t)(D.Q * k), 0.0f);
+    ns_matrix mq = D.mq(), mc = D.mc();
+    mq.data = qf.ptr(), mc.data = cf.ptr();
+    ns_mine_options mo = NS_MINE_OPTIONS_INIT;
+    mo.workspace_bytes = 1;
+    EXPECT_EQ(ns_mine_topk(c, mq, mc, k, &mo, index.ptr(), score.ptr()), NS_ERR_OUT_OF_MEMORY);
+    unsetenv("NS_CUDA_MINE_TILE_ROWS");
+    const std::string e = ns_last_error(c);
+    EXPECT_NE(e.find("options->workspace_bytes (1)"), std::string::npos) << e;
+    for (int64_t v : index.fetch()) EXPECT_EQ(v, -7);  // refused before any output
+    const size_t at = e.find("below the ");
+    return at == std::string::npos ? 0 : (size_t)std::stoull(e.substr(at + 10));
 }
 
 void check_cuda(const Data &D, int64_t k, float scale) {
@@ -428,4 +464,115 @@ TEST(MineExactCuda, Bf16InputsAreExactInTheBf16Gemm) {
     Data D = adversarial(4, 2500, 160, 64, 0.0, 6);
     D.to_bf16();
     check_cuda(D, 64, 1.0f);
+}
+
+// Many candidates per query: corpus rows that are one common row plus noise 2^-12 of its size,
+// so every score lies within ~1e-3 relative of the k-th while the bf16 bound is ~8e-3: nearly
+// the whole corpus is re-scored exactly (the warp-per-candidate re-score, candidates arriving
+// 32 per warp at once). Checked: the data does put most rows inside the bound, and the result
+// is the float64 brute force's and the CPU's, bit for bit.
+TEST(MineExactCuda, ManyCandidatesPerQueryAllReScored) {
+    std::mt19937 g(77);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    Data D;
+    D.Q = 3, D.N = 1500, D.d = 77;  // d not a multiple of 32: the lanes' tails
+    D.q.resize((size_t)(D.Q * D.d));
+    D.c.resize((size_t)(D.N * D.d));
+    for (auto &x : D.q) x = 1.0f + 0.1f * nd(g);  // all scores positive, of one size
+    std::vector<float> base((size_t)D.d);
+    for (auto &x : base) x = 1.0f + 0.1f * nd(g);
+    for (int64_t j = 0; j < D.N; j++)
+        for (int64_t t = 0; t < D.d; t++)
+            D.c[(size_t)(j * D.d + t)] = base[(size_t)t] * (1.0f + 0x1p-12f * nd(g));
+    const int64_t k = 64;
+    Result want = brute_force(D, k, 1.0f);
+    const double rel = ns_bound_relative(D.d, 1);
+    for (int64_t i = 0; i < D.Q; i++) {  // rows whose score is within the bound of the k-th
+        const double kth = want.score[(size_t)(i * k + k - 1)];
+        int64_t inside = 0;
+        for (int64_t j = 0; j < D.N; j++) {
+            double s = 0, nq = 0, nc = 0;
+            for (int64_t t = 0; t < D.d; t++) {
+                const double a = D.q[(size_t)(i * D.d + t)], b = D.c[(size_t)(j * D.d + t)];
+                s += a * b, nq += a * a, nc += b * b;
+            }
+            inside += s + 2 * rel * std::sqrt(nq * nc) >= kth;
+        }
+        EXPECT_GT(inside, D.N * 9 / 10) << "query " << i << ": the data should put most rows in the band";
+    }
+    bool skipped = false;
+    Result got = mine_cuda(D, k, 1.0f, nullptr, &skipped);
+    if (skipped) GTEST_SKIP() << "no CUDA backend here";
+    expect_same(want, got, D.Q, k, "CUDA exact, every row a candidate, vs float64");
+    expect_same(mine(D, k, 1.0f, 2, nullptr), got, D.Q, k, "CUDA exact vs CPU");
+}
+
+// Query super-blocks (options->workspace_bytes): the smallest budget that holds one query
+// streams the corpus once per query, larger ones a few queries per super-block; every budget
+// gives the float64 brute force's bits (and the default budget's: one super-block). A budget
+// below one query is refused, naming both sizes, before any output is written.
+TEST(MineExactCuda, QuerySuperBlocksGiveTheSameBitsForEveryBudget) {
+    Data D = adversarial(7, 2100, 40, 50, 1.0, 11);
+    const int64_t k = 50;
+    bool skipped = false;
+    int64_t blocks = 0;
+    Result one = mine_cuda(D, k, 1.0f, nullptr, &skipped, 0, &blocks);
+    if (skipped) GTEST_SKIP() << "no CUDA backend here";
+    EXPECT_EQ(blocks, 1);
+    const Result want = brute_force(D, k, 1.0f);
+    expect_same(want, one, D.Q, k, "default budget vs float64");
+    const size_t min = one_query_bytes(D, k);
+    ASSERT_GT(min, 0u);
+    const size_t budgets[] = {min, min + min / 4, min + min / 2, 2 * min};
+    int64_t last = D.Q, between = 0;
+    for (int b = 0; b < 4; b++) {
+        Result got = mine_cuda(D, k, 1.0f, nullptr, &skipped, budgets[b], &blocks);
+        SCOPED_TRACE("budget " + std::to_string(budgets[b]) + " bytes, " + std::to_string(blocks) + " super-blocks");
+        if (b == 0) EXPECT_EQ(blocks, D.Q);  // one query per super-block
+        EXPECT_LE(blocks, last);             // a larger budget, no more super-blocks
+        between += blocks > 1 && blocks < D.Q;
+        last = blocks;
+        expect_same(want, got, D.Q, k, "super-blocks vs float64");
+    }
+    EXPECT_GT(between, 0) << "no budget gave super-blocks of several queries";
+}
+
+// The re-score's summation order, where the order decides the value: rows with components ±2^60
+// and 1 (norms past 2^32: always re-scored) against a query of ones, d = 64. The CPU's order
+// (lane l sums t ≡ l mod 32, then the pairwise tree) loses the 1 in rows "A" (2^60 + 1 in one
+// lane, −2^60 in the next: 0) and keeps it in rows "B" (±2^60 in one lane, 1 in the next: 1); a
+// left-to-right sum would give the opposite. The CUDA top-k must be the B rows (score 1), then
+// the A rows (score 0), as on the CPU, ahead of the ordinary rows (negative scores).
+TEST(MineExactCuda, ReScoreFollowsTheCpuSummationOrder) {
+    std::mt19937 g(5);
+    std::uniform_real_distribution<float> ud(0.5f, 1.0f);
+    Data D;
+    D.Q = 1, D.N = 600, D.d = 64;
+    D.q.assign((size_t)D.d, 1.0f);
+    D.c.resize((size_t)(D.N * D.d));
+    for (auto &x : D.c) x = -ud(g);
+    const float big = 0x1p60f;
+    std::vector<int64_t> a_rows, b_rows;
+    for (int64_t r = 0; r < 4; r++) {
+        const int64_t a = 100 + 97 * r, b = 150 + 89 * r;
+        float *ca = &D.c[(size_t)(a * D.d)], *cb = &D.c[(size_t)(b * D.d)];
+        std::fill(ca, ca + D.d, 0.0f);
+        std::fill(cb, cb + D.d, 0.0f);
+        const int l = (int)(r % 16) * 2;  // the lanes l, l + 1
+        ca[l] = big, ca[l + 32] = 1.0f, ca[l + 1] = -big;   // lane l: 2^60 + 1 = 2^60; lane l+1: −2^60
+        cb[l] = big, cb[l + 32] = -big, cb[l + 1] = 1.0f;   // lane l: 0; lane l+1: 1
+        a_rows.push_back(a), b_rows.push_back(b);
+    }
+    const int64_t k = 8;
+    Result cpu = mine(D, k, 1.0f, 2, nullptr);
+    std::vector<int64_t> want = b_rows;
+    want.insert(want.end(), a_rows.begin(), a_rows.end());
+    for (int64_t r = 0; r < k; r++) {
+        EXPECT_EQ(cpu.index[(size_t)r], want[(size_t)r]) << "CPU rank " << r;
+        EXPECT_EQ(cpu.score[(size_t)r], r < 4 ? 1.0f : 0.0f) << "CPU rank " << r;
+    }
+    bool skipped = false;
+    Result got = mine_cuda(D, k, 1.0f, nullptr, &skipped);
+    if (skipped) GTEST_SKIP() << "no CUDA backend here";
+    expect_same(cpu, got, D.Q, k, "CUDA exact vs CPU, order-dependent sums");
 }

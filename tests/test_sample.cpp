@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <array>
 #include <map>
 #include <numeric>
+#include <unordered_set>
 
 #include "ns_math.h"
 
@@ -234,13 +236,15 @@ TEST_P(Sample, SoftmaxMatchesSequentialSamplingInDistribution) {
     chi_square_case(c, s, 0.0f, o, lw, 3, "softmax");
 }
 
-// The CUDA backend's large-C path (keys in arena scratch; NS_CUDA_SAMPLE_GLOBAL=1 takes it at
-// any C) draws from the same distributions: softmax (unordered triples) and SimANS (ordered
-// pairs).
+// The CUDA backend's sort in arena scratch (NS_CUDA_SAMPLE_PATH=global takes it at any C) draws
+// from the same distributions: softmax (unordered triples) and SimANS (ordered pairs). (The
+// stream path is checked draw for draw against the CPU and the brute-force Gumbel-top-m:
+// tests/test_cuda_parity.cpp, LargeCDrawIsGumbelTopMOfTheHeaderKeys; its 30,000 one-query blocks
+// would take minutes on the host execution layer.)
 TEST_P(Sample, LargeCPathMatchesSequentialSamplingInDistribution) {
     Ctx c(GetParam());
     NS_REQUIRE_BACKEND(c);
-    setenv("NS_CUDA_SAMPLE_GLOBAL", "1", 1);
+    setenv("NS_CUDA_SAMPLE_PATH", "global", 1);
     const std::vector<float> s = {0.1f, -0.3f, 0.5f, 0.2f, -0.1f, 0.4f};
     const float tau = 0.35f;
     std::vector<double> lw;
@@ -257,7 +261,7 @@ TEST_P(Sample, LargeCPathMatchesSequentialSamplingInDistribution) {
     ns_sampler_options os = opts(NS_SAMPLE_SIMANS, 31, 2);
     os.simans_a = a, os.simans_b = b;
     chi_square_case(c, s, sp, os, lws, 2, "simans-global");
-    unsetenv("NS_CUDA_SAMPLE_GLOBAL");
+    unsetenv("NS_CUDA_SAMPLE_PATH");
 }
 
 // Uniform: every ordered pair equally likely, whatever the scores.
@@ -332,20 +336,16 @@ float header_key(const ns_sampler_options &o, float s, float sp, int64_t qid, in
                          o.step, qid, id);
 }
 
-}  // namespace
-
-// The backend's draw is exactly Gumbel-top-m over the keys of src/hostdevice/ns_math.h: eligible =
-// kept, non-empty, first occurrence of its id; best key first, ties to the lower column.
-TEST_P(Sample, DrawIsGumbelTopMOfTheHeaderKeys) {
-    Ctx c(GetParam(), 2);
-    NS_REQUIRE_BACKEND(c);
-    const int64_t shapes[][3] = {{1, 1, 1}, {4, 9, 9}, {19, 60, 7}, {6, 500, 40}, {50, 12, 3}};
-    uint64_t seed = 900;
+// The brute-force Gumbel-top-m over the keys of src/hostdevice/ns_math.h: eligible = kept,
+// non-empty, first occurrence of its id; best key first, ties to the lower column. Checks the
+// backend's draw (ids, scores, counts) on random rows with ids drawn from id_space(C) values.
+void expect_gumbel_top_m(const Ctx &c, const std::vector<std::array<int64_t, 3>> &shapes,
+                         int64_t (*id_space)(int64_t), uint64_t seed) {
     for (auto &sh : shapes)
         for (ns_sampler st : {NS_SAMPLE_TOP, NS_SAMPLE_UNIFORM, NS_SAMPLE_SIMANS, NS_SAMPLE_SOFTMAX}) {
             Rows r = random_rows(sh[0], sh[1], seed++);
             for (auto &id : r.id)
-                if (id >= 0) id %= 3 * sh[1];  // duplicates within rows
+                if (id >= 0) id %= id_space(sh[1]);
             r.offset = (int64_t)seed * 1000003;
             ns_sampler_options o = opts(st, seed * 0x9E3779B97F4A7C15ull, seed % 7);
             o.simans_a = 2.5f;
@@ -356,12 +356,11 @@ TEST_P(Sample, DrawIsGumbelTopMOfTheHeaderKeys) {
             ASSERT_EQ(got.status, NS_OK) << got.error;
             for (int64_t i = 0; i < r.B; i++) {
                 std::vector<std::pair<float, int64_t>> kc;  // (key, column)
-                std::vector<int64_t> seen;
+                std::unordered_set<int64_t> seen;
                 for (int64_t j = 0; j < r.C; j++) {
                     const int64_t t = i * r.C + j;
                     if (r.id[t] == -1 || !r.keep[t]) continue;
-                    if (std::find(seen.begin(), seen.end(), r.id[t]) != seen.end()) continue;
-                    seen.push_back(r.id[t]);
+                    if (!seen.insert(r.id[t]).second) continue;
                     kc.push_back({header_key(o, r.score[t], r.sp[i], r.offset + i, r.id[t]), j});
                 }
                 std::sort(kc.begin(), kc.end(), [](const auto &a, const auto &b) {
@@ -378,6 +377,26 @@ TEST_P(Sample, DrawIsGumbelTopMOfTheHeaderKeys) {
                 }
             }
         }
+}
+
+}  // namespace
+
+// The backend's draw is exactly Gumbel-top-m over the header's keys, with duplicates within rows.
+TEST_P(Sample, DrawIsGumbelTopMOfTheHeaderKeys) {
+    Ctx c(GetParam(), 2);
+    NS_REQUIRE_BACKEND(c);
+    expect_gumbel_top_m(c, {{1, 1, 1}, {4, 9, 9}, {19, 60, 7}, {6, 500, 40}, {50, 12, 3}},
+                        [](int64_t C) { return 3 * C; }, 900);
+}
+
+// The same at large C (on CUDA the stream path for m ≤ 512; m = 600 the sort paths): C = 8192,
+// 65,536 and 70,000, ids with duplicates (a third of the slots repeat an id) and without.
+TEST_P(Sample, LargeCDrawIsGumbelTopMOfTheHeaderKeys) {
+    Ctx c(GetParam(), 2);
+    NS_REQUIRE_BACKEND(c);
+    const std::vector<std::array<int64_t, 3>> shapes = {{2, 8192, 16}, {1, 65536, 16}, {1, 70000, 300}, {1, 9000, 600}};
+    expect_gumbel_top_m(c, shapes, [](int64_t C) { return 2 * C; }, 4100);
+    expect_gumbel_top_m(c, shapes, [](int64_t) { return (int64_t)1 << 40; }, 4200);
 }
 
 // Same seed → the same draws across runs, thread counts and batch splits; the draw of a

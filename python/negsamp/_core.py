@@ -368,14 +368,16 @@ def progress_callback(progress, fn):
 
 
 def mine_topk(q, corpus, k: int, *, scale: float = 1.0, normalize: bool = False, exclude=None,
-              progress=None, dtype=None, ctx: Context = None):
+              progress=None, dtype=None, workspace_bytes: int = 0, ctx: Context = None):
     """Exact top-k corpus rows per query: (index int64 B×k, score float32 B×k), best first.
 
     corpus: a 2-D array (np.memmap works) or an open NpyFile. exclude: per-query corpus rows
     never returned, as a list of lists, an (offsets, ids) pair or an IdLists. dtype: how to
     read q and an array corpus when they are not floating-point ('float32', 'float16',
     'bfloat16' bit patterns in uint16). progress(done, total) may return True to cancel (the
-    call then raises InvalidArgument)."""
+    call then raises InvalidArgument). workspace_bytes: the CUDA backend's device workspace
+    budget (0 = the library's default; the queries go in super-blocks when their buffers do not
+    fit; the CPU ignores it)."""
     fn = "mine_topk"
     ctx = _ctx(ctx)
     q = _float_rows(q, "q", dtype, fn)
@@ -396,6 +398,7 @@ def mine_topk(q, corpus, k: int, *, scale: float = 1.0, normalize: bool = False,
     opt = _ffi.mine_options_init()
     opt.scale = chk.real(scale, fn, "scale")
     opt.flags = _ffi.NS_NORMALIZE if chk.flag(normalize, fn, "normalize") else 0
+    opt.workspace_bytes = chk.integer(workspace_bytes, fn, "workspace_bytes", lo=0)
     ex = _id_lists(exclude, fn, "exclude", q.shape[0])
     if ex is not None:
         opt.exclude = ctypes.pointer(ex.struct)

@@ -86,7 +86,7 @@ ns_progress_fn = ctypes.CFUNCTYPE(c_int, c_int64, c_int64, c_void_p)
 class ns_mine_options(Structure):
     _fields_ = [("struct_size", c_size_t), ("scale", c_float), ("flags", c_uint),
                 ("exclude", POINTER(ns_id_lists)), ("progress", ns_progress_fn),
-                ("progress_user", c_void_p), ("comm", c_void_p)]
+                ("progress_user", c_void_p), ("comm", c_void_p), ("workspace_bytes", c_size_t)]
 
 
 class ns_candidates(Structure):
@@ -211,7 +211,7 @@ def context_options_init() -> ns_context_options:
 
 def mine_options_init() -> ns_mine_options:
     return ns_mine_options(ctypes.sizeof(ns_mine_options), 1.0, 0, None, ns_progress_fn(), None,
-                           None)
+                           None, 0)
 
 
 def filter_options_init() -> ns_filter_options:

@@ -563,9 +563,10 @@ def infonce_loss(query: Tensor, passage: Tensor, hard: Optional[Tensor] = None,
 @torch.library.custom_op("negsamp::mine_topk", mutates_args=())
 def mine_topk(query: Tensor, corpus: Tensor, k: int, scale: float = 1.0,
               normalize: bool = False, exclude_offsets: Optional[Tensor] = None,
-              exclude_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+              exclude_ids: Optional[Tensor] = None, workspace_bytes: int = 0) -> Tuple[Tensor, Tensor]:
     """Exact top-k corpus rows per query: (index int64 B×k, score f32 B×k), best first.
-    Exclusions in CSR form: exclude_ids[exclude_offsets[i]:exclude_offsets[i+1]]."""
+    Exclusions in CSR form: exclude_ids[exclude_offsets[i]:exclude_offsets[i+1]].
+    workspace_bytes: the device workspace budget on CUDA (0 = the library's default)."""
     import ctypes
     fn = "mine_topk"
     dev = query.device
@@ -583,6 +584,7 @@ def mine_topk(query: Tensor, corpus: Tensor, k: int, scale: float = 1.0,
     opt = _ffi.mine_options_init()
     opt.scale = chk.real(scale, fn, "scale")
     opt.flags = _ffi.NS_NORMALIZE if normalize else 0
+    opt.workspace_bytes = chk.integer(workspace_bytes, fn, "workspace_bytes", lo=0)
     keep = []
     if exclude_offsets is not None:
         off, ids = _csr(exclude_offsets, exclude_ids, q.shape[0], fn, "exclude", dev)
@@ -601,7 +603,8 @@ def mine_topk(query: Tensor, corpus: Tensor, k: int, scale: float = 1.0,
 
 
 @mine_topk.register_fake
-def _(query, corpus, k, scale=1.0, normalize=False, exclude_offsets=None, exclude_ids=None):
+def _(query, corpus, k, scale=1.0, normalize=False, exclude_offsets=None, exclude_ids=None,
+      workspace_bytes=0):
     B = query.shape[0]
     return (query.new_empty((B, k), dtype=torch.int64),
             query.new_empty((B, k), dtype=torch.float32))

@@ -147,6 +147,21 @@ def test_mine_topk_errors(rng):
     assert "ns_mine_topk" in str(e.value)
 
 
+def test_mine_topk_workspace_bytes(rng):
+    """The CUDA device workspace budget reaches the options (the CPU ignores it: same result);
+    a negative or non-integer budget is an argument error."""
+    require("ns_mine_topk")
+    q = rng.standard_normal((3, 8)).astype(np.float32)
+    c = rng.standard_normal((50, 8)).astype(np.float32)
+    i0, s0 = negsamp.mine_topk(q, c, 5)
+    i1, s1 = negsamp.mine_topk(q, c, 5, workspace_bytes=1 << 20)
+    assert np.array_equal(i0, i1) and np.array_equal(s0, s1)
+    with pytest.raises(negsamp.InvalidArgument, match="workspace_bytes"):
+        negsamp.mine_topk(q, c, 5, workspace_bytes=-1)
+    with pytest.raises(negsamp.InvalidArgument, match="workspace_bytes"):
+        negsamp.mine_topk(q, c, 5, workspace_bytes=1.5)
+
+
 # ------------------------------------------------------------------ .npy
 
 

@@ -241,6 +241,7 @@ def test_opcheck_mine_topk_filter_sample(gen, device):
     off = torch.tensor([0, 2, 2, 3], device=device)
     ids = torch.tensor([4, 7, 1], device=device)
     _opcheck(ops.mine_topk.default, (q, corpus, 4), dict(exclude_offsets=off, exclude_ids=ids))
+    _opcheck(ops.mine_topk.default, (q, corpus, 4), dict(workspace_bytes=1 << 20))
     cid = torch.arange(30, device=device).reshape(3, 10)
     s = _randn(gen, 3, 10, device=device)
     sp = _randn(gen, 3, device=device)
