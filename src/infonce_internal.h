@@ -23,6 +23,12 @@ void ns_loss_groups_resolve(const ns_loss_options *opt, ns_loss_groups *groups);
  * defaults. For tests, which use tiny tiles to cross many tile boundaries at small sizes. */
 void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
 
+/* The fused CUDA loss's strip (kernels/cuda_infonce_fused.cu): at most bytes of kept logit
+ * tiles, and no fewer than min_rows rows per GEMM row tile before it falls back to the forward
+ * then the backward; 0 restores the defaults. For tests (several strips, thin strips and the
+ * fallback at small sizes). */
+void ns_infonce_set_strip(ns_context *ctx, int64_t bytes, int64_t min_rows);
+
 #ifdef __cplusplus
 }
 #endif
