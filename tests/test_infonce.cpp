@@ -1155,17 +1155,17 @@ TEST_P(InfoNCEBackend, BitwiseTheSameInAnyBlockOrder) {
         Case k = make_case({520, 150, 8, 1, 3}, 1700, NS_F32, 0, true, true);
         apply(k.P, o);
         add_groups(k, 1800, 0.5);
-        // row tiles of 128 (the symmetric column statistics merge five of them); the fused
+        // row tiles of 256 (the symmetric column statistics merge three of them); the fused
         // call in strips of two row tiles (its column pass) — the two calls' bits
-        ns_infonce_set_tiles(c, 128, 64);
+        ns_infonce_set_tiles(c, 256, 160);
         cuda_host_set_order(0, 0);
         LibResult want = run_cuda(c, k);
         ASSERT_EQ(want.bwd, NS_OK) << ns_last_error(c);
-        const std::pair<int, bool> runs[] = {{1, false}, {2, false}, {0, true}, {2, true}};
+        const std::pair<int, bool> runs[] = {{1, false}, {2, false}, {2, true}};
         for (auto [order, fused] : runs) {
                 static unsigned long long seed = 0;
                 cuda_host_set_order(order, ++seed);
-                ns_infonce_set_strip(c, fused ? 900000 : 0, 1);  // 2 row tiles of 13 column tiles
+                ns_infonce_set_strip(c, fused ? 2000000 : 0, 1);  // 2 row tiles of 6 column tiles
                 LibResult got = run_cuda(c, k, fused);
                 ns_infonce_set_strip(c, 0, 0);
                 cuda_host_set_order(0, 0);
@@ -1196,45 +1196,46 @@ TEST_P(InfoNCEBackend, FusedIsForwardThenBackwardBitForBit) {
     NS_REQUIRE_BACKEND(c);
     if (!c.cuda()) GTEST_SKIP() << "the CPU fused path has its own test (InfoNCE.FusedForwardBackward*)";
 #ifdef NS_HAVE_CUDA
-    const int64_t tiles[][2] = {{0, 0}, {3, 5}, {7, 9}};
-    const int64_t strips[] = {0, 3072};  // bytes: the default (one strip here), or a few row tiles
+    // tiles, strip bytes: the default (one strip), several row tiles in one strip, strips of
+    // one row tile (the symmetric column pass)
+    const int64_t runs[][3] = {{0, 0, 0}, {7, 9, 0}, {3, 5, 3072}};
     int compared = 0;
-    for (auto &t : tiles)
-        for (int64_t strip : strips) {
-            ns_infonce_set_tiles(c, t[0], t[1]);
-            ns_infonce_set_strip(c, strip, 1);
-            for (ns_dtype dt : {NS_F32, NS_F16, NS_BF16})
-                for (bool ids : {false, true})
-                    for (const OptionSet &o : kOptions) {
-                        if (dt != NS_F32 && compared % 3 != 0) {  // halves: every third set
-                            compared++;
-                            continue;
-                        }
-                        Case k = make_case({11, 13, 6, 2, 4}, 2500 + compared, dt, 1, ids, ids);
-                        apply(k.P, o);
-                        if (ids) add_groups(k, 2900 + compared, compared % 2 ? 0.5 : 0.0);
-                        const float gl = compared % 3 == 0 ? 0.37f : 1.0f;
-                        const bool wq = compared % 5 != 1, wp = compared % 5 != 2, wh = compared % 5 != 3;
-                        LibResult a = run_cuda(c, k, false, gl, wh, wq, wp);
-                        LibResult b = run_cuda(c, k, true, gl, wh, wq, wp);
-                        const std::string what = std::string(o.name) + (ids ? " ids" : "") + " dtype " +
-                                                 std::to_string((int)dt) + " tiles " + std::to_string(t[0]) +
-                                                 "x" + std::to_string(t[1]) + " strip " + std::to_string(strip);
-                        ASSERT_EQ(a.bwd, NS_OK) << what << ": " << ns_last_error(c);
-                        ASSERT_EQ(b.bwd, NS_OK) << what << ": " << ns_last_error(c);
-                        EXPECT_EQ(std::memcmp(&a.loss, &b.loss, 4), 0) << what << ": loss " << a.loss << " vs " << b.loss;
-                        EXPECT_EQ(std::memcmp(&a.dtau, &b.dtau, 4), 0) << what << ": dtau " << a.dtau << " vs " << b.dtau;
-                        EXPECT_TRUE(same_bits(a.per, b.per)) << what << ": per_query";
-                        EXPECT_TRUE(same_bits(a.saved, b.saved)) << what << ": saved";
-                        EXPECT_TRUE(same_bits(a.dq, b.dq)) << what << ": dQ";
-                        EXPECT_TRUE(same_bits(a.dp, b.dp)) << what << ": dP";
-                        EXPECT_TRUE(same_bits(a.dh, b.dh)) << what << ": dH";
+    for (auto &t : runs) {
+        const int64_t strip = t[2];
+        ns_infonce_set_tiles(c, t[0], t[1]);
+        ns_infonce_set_strip(c, strip, 1);
+        for (ns_dtype dt : {NS_F32, NS_F16, NS_BF16})
+            for (bool ids : {false, true})
+                for (const OptionSet &o : kOptions) {
+                    if (dt != NS_F32 && compared % 3 != 0) {  // halves: every third set
                         compared++;
+                        continue;
                     }
-        }
+                    Case k = make_case({11, 13, 6, 2, 4}, 2500 + compared, dt, 1, ids, ids);
+                    apply(k.P, o);
+                    if (ids) add_groups(k, 2900 + compared, compared % 2 ? 0.5 : 0.0);
+                    const float gl = compared % 3 == 0 ? 0.37f : 1.0f;
+                    const bool wq = compared % 5 != 1, wp = compared % 5 != 2, wh = compared % 5 != 3;
+                    LibResult a = run_cuda(c, k, false, gl, wh, wq, wp);
+                    LibResult b = run_cuda(c, k, true, gl, wh, wq, wp);
+                    const std::string what = std::string(o.name) + (ids ? " ids" : "") + " dtype " +
+                                             std::to_string((int)dt) + " tiles " + std::to_string(t[0]) +
+                                             "x" + std::to_string(t[1]) + " strip " + std::to_string(strip);
+                    ASSERT_EQ(a.bwd, NS_OK) << what << ": " << ns_last_error(c);
+                    ASSERT_EQ(b.bwd, NS_OK) << what << ": " << ns_last_error(c);
+                    EXPECT_EQ(std::memcmp(&a.loss, &b.loss, 4), 0) << what << ": loss " << a.loss << " vs " << b.loss;
+                    EXPECT_EQ(std::memcmp(&a.dtau, &b.dtau, 4), 0) << what << ": dtau " << a.dtau << " vs " << b.dtau;
+                    EXPECT_TRUE(same_bits(a.per, b.per)) << what << ": per_query";
+                    EXPECT_TRUE(same_bits(a.saved, b.saved)) << what << ": saved";
+                    EXPECT_TRUE(same_bits(a.dq, b.dq)) << what << ": dQ";
+                    EXPECT_TRUE(same_bits(a.dp, b.dp)) << what << ": dP";
+                    EXPECT_TRUE(same_bits(a.dh, b.dh)) << what << ": dH";
+                    compared++;
+                }
+    }
     ns_infonce_set_tiles(c, 0, 0);
     ns_infonce_set_strip(c, 0, 0);
-    EXPECT_EQ(compared, 3 * 2 * 3 * 2 * (int)(sizeof kOptions / sizeof kOptions[0]));
+    EXPECT_EQ(compared, 3 * 3 * 2 * (int)(sizeof kOptions / sizeof kOptions[0]));
 #endif
 }
 
@@ -1249,7 +1250,7 @@ TEST_P(InfoNCEBackend, FusedThinStripsAndFallback) {
 #ifdef NS_HAVE_CUDA
     Ctx cpu(NS_BACKEND_CPU, 2);
     int n = 0, thin_differs = 0;
-    for (const OptionSet &o : kOptions) {
+    for (const OptionSet &o : {kOptions[0], kOptions[2], kOptions[5], kOptions[7], kOptions[8]}) {
         Case k = make_case({40, 45, 6, 2, 5}, 3100 + n, NS_F32, 0, true, true);
         apply(k.P, o);
         if (n % 2) add_groups(k, 3200 + n, n % 4 == 1 ? 0.0 : 0.5);
