@@ -942,17 +942,20 @@ def mine_child(shapes, repeats, threads, lib):
         bits = lambda a: ((a.view(np.uint32) + 0x7FFF + ((a.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)  # noqa: E731
         q16, c16 = bits(q), bits(c)
 
-        def ns_run(qq, cc, gemm=None):
-            if gemm:
-                os.environ["NS_CPU_MINE_GEMM"] = gemm
-            else:
-                os.environ.pop("NS_CPU_MINE_GEMM", None)
+        def ns_run(qq, cc, gemm=None, tiles=None):
+            for var, val in (("NS_CPU_MINE_GEMM", gemm), ("NS_CPU_MINE_TILES", tiles)):
+                if val:
+                    os.environ[var] = val
+                else:
+                    os.environ.pop(var, None)
             try:
                 return ns.mine_topk(qq, cc, k, ctx=ctx,
                                     dtype="bfloat16" if qq.dtype == np.uint16 else None)[0]
             finally:
                 os.environ.pop("NS_CPU_MINE_GEMM", None)
+                os.environ.pop("NS_CPU_MINE_TILES", None)
         impls = {"negsamp": lambda: ns_run(q, c),
+                 "negsamp_shared_tile": lambda: ns_run(q, c, tiles="shared"),
                  "negsamp_f32gemm": lambda: ns_run(q, c, "f32"),
                  "negsamp_bf16in": lambda: ns_run(q16, c16),
                  "negsamp_bf16in_f32gemm": lambda: ns_run(q16, c16, "f32"),
@@ -980,7 +983,9 @@ def mine_child(shapes, repeats, threads, lib):
                "load": " ".join(open("/proc/loadavg").read().split()[:3])}
         for n in impls:
             row[n] = summary(times[n])
-        row["identical_default_vs_f32gemm"] = bool(np.array_equal(outs["negsamp"], outs["negsamp_f32gemm"]))
+        row["identical_default_vs_f32gemm"] = bool(np.array_equal(outs["negsamp"], outs["negsamp_f32gemm"])
+                                                   and np.array_equal(outs["negsamp"],
+                                                                      outs["negsamp_shared_tile"]))
         row["identical_bf16in_default_vs_f32gemm"] = bool(
             np.array_equal(outs["negsamp_bf16in"], outs["negsamp_bf16in_f32gemm"]))
         ref = outs["negsamp"]
@@ -1021,15 +1026,17 @@ def mine_report(res):
            "candidates; `bf16 in` = bf16 inputs (peers on the f32 data). `bare GEMM` = the score "
            "GEMM alone with no selection (torch.mm; f32 for the f32 rows, bf16 for the bf16 rows): "
            "below 1 means the selection and re-score cost that much on top of a GEMM.", "",
-           "| shape Q × N × d, k | threads | negsamp s | f32 GEMM s | bf16 in s | faiss ÷ negsamp | "
+           "`shared tile` = the same exact mining with one score tile threaded by the GEMM "
+           "(NS_CPU_MINE_TILES=shared) instead of per-thread sub-tiles.", "",
+           "| shape Q × N × d, k | threads | negsamp s | shared tile ÷ negsamp | f32 GEMM s | bf16 in s | faiss ÷ negsamp | "
            "faiss ÷ bf16 in | torch ÷ negsamp | numpy ÷ negsamp | bare f32 GEMM ÷ negsamp | "
            "bare bf16 GEMM ÷ bf16 in | same sets (exact paths) | agreement faiss |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"]:
         med = lambda n: r[n]["median"] if n in r else float("nan")  # noqa: E731
         out.append(
             f"| {r['Q']} × {r['N']} × {r['d']}, {r['k']} | {r['threads']} | {med('negsamp'):.2f} | "
-            f"{med('negsamp_f32gemm'):.2f} | {med('negsamp_bf16in'):.2f} | "
+            f"{mine_ratio(r, 'negsamp_shared_tile', 'negsamp'):.2f} | {med('negsamp_f32gemm'):.2f} | {med('negsamp_bf16in'):.2f} | "
             f"{mine_ratio(r, 'faiss', 'negsamp'):.2f} | {mine_ratio(r, 'faiss', 'negsamp_bf16in'):.2f} | "
             f"{mine_ratio(r, 'torch', 'negsamp'):.2f} | {mine_ratio(r, 'numpy', 'negsamp'):.2f} | "
             f"{mine_ratio(r, 'gemm_f32', 'negsamp'):.2f} | {mine_ratio(r, 'gemm_bf16', 'negsamp_bf16in'):.2f} | "
@@ -1038,8 +1045,8 @@ def mine_report(res):
     by = {(r["Q"], r["N"], r["d"], r["k"], r["threads"]): r for r in res["rows"]}
     out += ["", "Thread scaling 1 → 2 (time at 1 ÷ time at 2; ideal 2, in brackets the share of "
             "ideal):", "",
-            "| shape | negsamp | bf16 in | faiss | torch | bare f32 GEMM |",
-            "| --- | --- | --- | --- | --- | --- |"]
+            "| shape | negsamp | shared tile | bf16 in | faiss | torch | bare f32 GEMM |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for (Q, N, d, k, t), r in by.items():
         if t != 1 or (Q, N, d, k, 2) not in by:
             continue
@@ -1050,7 +1057,8 @@ def mine_report(res):
                 return "—"
             x = r[n]["median"] / r2[n]["median"]
             return f"{x:.2f} ({x / 2:.0%})"
-        out.append(f"| {Q} × {N} × {d}, {k} | {f('negsamp')} | {f('negsamp_bf16in')} | "
+        out.append(f"| {Q} × {N} × {d}, {k} | {f('negsamp')} | {f('negsamp_shared_tile')} | "
+                   f"{f('negsamp_bf16in')} | "
                    f"{f('faiss')} | {f('torch')} | {f('gemm_f32')} |")
     return "\n".join(out) + "\n"
 
@@ -1108,6 +1116,21 @@ def mine_readme(md_path):
     return True
 
 
+def mine_pool(pooled, row):
+    """Adds a child's row to the pooled row of its (shape, threads): runs concatenated."""
+    key = (row["Q"], row["N"], row["d"], row["k"], row["threads"])
+    if key not in pooled:
+        pooled[key] = row
+        return
+    p = pooled[key]
+    for n, v in row.items():
+        if isinstance(v, dict) and "runs" in v:
+            p[n] = summary(p[n]["runs"] + v["runs"])
+    for n in ("identical_default_vs_f32gemm", "identical_bf16in_default_vs_f32gemm"):
+        p[n] = p[n] and row[n]
+    p["load"] += " / " + row["load"]
+
+
 def mine_main(args):
     build = os.path.abspath(args.build)
     lib = ensure_build(build)
@@ -1121,22 +1144,30 @@ def mine_main(args):
     res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": "python3 bench/run.py --suite mine" + (" --quick" if args.quick else "")
            + (f" --mine-shapes '{args.mine_shapes}'" if args.mine_shapes else "")
-           + f" --repeats {repeats}",
+           + f" --repeats {repeats}" + (f" --mine-rounds {args.mine_rounds}" if args.mine_rounds > 1 else ""),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "numpy": np.__version__},
            "gemm": gemm_library(build), "repeats": repeats,
            "load_start": " ".join(open("/proc/loadavg").read().split()[:3]),
            "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                                  stdout=subprocess.PIPE, text=True).stdout.strip(), "rows": []}
-    for threads in (1, 2):
-        env = dict(os.environ)
-        for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[v] = str(threads)
-        with tempfile.NamedTemporaryFile("r", suffix=".json") as tf:
-            r = subprocess.run([sys.executable, __file__, "--mine-child", tf.name, str(threads),
-                                json.dumps([list(s) for s in shapes]), str(repeats), lib], env=env)
-            if r.returncode != 0:
-                sys.exit(f"mining child (threads {threads}) failed")
-            res["rows"] += json.load(open(tf.name))
+    # Rounds of (1 thread, 2 threads), so that the thread scaling is measured interleaved too;
+    # each (shape, threads) row pools its runs over the rounds.
+    rounds = max(1, args.mine_rounds)
+    pooled = {}
+    for _ in range(rounds):
+        for threads in (1, 2):
+            env = dict(os.environ)
+            for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[v] = str(threads)
+            with tempfile.NamedTemporaryFile("r", suffix=".json") as tf:
+                r = subprocess.run([sys.executable, __file__, "--mine-child", tf.name, str(threads),
+                                    json.dumps([list(s) for s in shapes]), str(repeats), lib],
+                                   env=env)
+                if r.returncode != 0:
+                    sys.exit(f"mining child (threads {threads}) failed")
+                for row in json.load(open(tf.name)):
+                    mine_pool(pooled, row)
+    res["rows"] = sorted(pooled.values(), key=lambda r: r["threads"])
     res["load_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
@@ -1219,7 +1250,7 @@ def kmeans_main(args):
     res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": "python3 bench/run.py --suite kmeans" + (" --quick" if args.quick else "")
            + (f" --kmeans-shape {args.kmeans_shape}" if args.kmeans_shape else "")
-           + f" --repeats {repeats}",
+           + f" --repeats {repeats}" + (f" --mine-rounds {args.mine_rounds}" if args.mine_rounds > 1 else ""),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
                        "numpy": np.__version__, "faiss": getattr(faiss, "__version__", "?")},
            "gemm": gemm_library(build), "n": n, "d": d, "k": k, "iterations": iters,
@@ -1285,6 +1316,8 @@ def main():
                     help="regenerate README's results blocks from every suite's latest results "
                     "under bench/results (alone, or after --suite sample)")
     ap.add_argument("--mine-shapes", help="--suite mine: 'Q,N,d,k;Q,N,d,k...' instead of the defaults")
+    ap.add_argument("--mine-rounds", type=int, default=1,
+                    help="--suite mine: rounds of (1 thread, 2 threads) children, runs pooled")
     ap.add_argument("--mine-child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--kmeans-shape", help="--suite kmeans: 'n,d,k,iterations' instead of the default")
     ap.add_argument("--build", default=os.environ.get("NEGSAMP_BUILD",

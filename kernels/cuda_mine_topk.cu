@@ -156,7 +156,7 @@ struct TileArgs {
 // re-scored exactly before it is compared and appended. So the buffers, the reductions and the
 // final sort are those of the plain path, on s*: the result is exact f32 mining, the CPU's bits.
 
-// s* = fl32(α · Σ q_t c_t), the sum in double in the CPU's order (cpu_mine_topk.c score_exact:
+// s* = fl32(α · Σ q_t c_t), the sum in double in the CPU's order (cpu_mine_rescore.c score_exact:
 // 32 interleaved partial sums, then a pairwise tree): the products of f32 values are exact in
 // double, so the same order gives the same bits.
 __device__ float exact_score(const TileArgs &a, int64_t qi, int j) {

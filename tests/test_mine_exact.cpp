@@ -1,4 +1,4 @@
-// Two-stage exact mining on the CPU (src/cpu/cpu_mine_topk.c, bound in src/hostdevice/ns_bound.h):
+// Two-stage exact mining on the CPU (src/cpu/cpu_mine_*.c, bound in src/hostdevice/ns_bound.h):
 // candidate scores from the bf16 GEMM (or the f32 one), an exact re-score of every candidate
 // within the proven bound of the k-th. Checked on adversarial data — near-ties at the k-th score,
 // exact duplicates, large norms (past the bf16 range limit too), mixed scales, negative scale,
@@ -254,6 +254,25 @@ TEST(MineExact, MoreQueriesThanOneTile) {
     check(D, 5, 1.0f);
 }
 
+// Enough queries for per-thread tiles (each thread computes and merges its own sub-tiles of
+// the block with a single-threaded GEMM: 800 queries make slices of 192 and 128 at 2 and 3
+// threads; 1 thread takes the shared tile), several sub-tiles of corpus rows, every third row past the bf16 range (those
+// blocks' sub-tiles take the f32 GEMM), near-ties at the k-th; then the same with one shared
+// tile (NS_CPU_MINE_TILES=shared), and with bf16 inputs.
+TEST(MineExact, PerThreadTilesAndTheSharedTileAgree) {
+    Data D = adversarial(800, 3000, 24, 100, 2.0, 17);
+    check(D, 100, 1.0f);
+    Data E = D;
+    for (int64_t j = 0; j < E.N; j += 3)
+        for (int64_t t = 0; t < E.d; t++) E.c[(size_t)(j * E.d + t)] *= 3e9f;
+    check(E, 100, 1e-12f);
+    setenv("NS_CPU_MINE_TILES", "shared", 1);
+    check(D, 100, 1.0f);
+    unsetenv("NS_CPU_MINE_TILES");
+    D.to_bf16();
+    check(D, 100, 1.0f);
+}
+
 // Data where the bf16 bound's residual terms (ns_bound.h, 7) are tight: rounding residuals
 // aligned with the other row, so Cauchy–Schwarz holds with equality, and a best row (exactly)
 // whose bf16 score is below another row's by 0.4 of the residual term. Halves of d = 64:
@@ -265,27 +284,47 @@ TEST(MineExact, MoreQueriesThanOneTile) {
 // A bound short of ~95 % of the corpus residual term (query 0; the rest of the margin is the
 // radix threshold's 2^-13 granularity), or missing the query's residual term (query 1: that term
 // widens every row's bound for the query alike, so only its absence shows), drops the best row.
-TEST(MineExact, ResidualBoundIsTightOnAlignedRoundingErrors) {
-    const int64_t d = 64, h = d / 2, N = 600;
+// The data above: rows 100, 300, 400 at `at` + 100, ...; queries past the first two random.
+Data aligned_residuals(int64_t Q, int64_t N, int64_t at) {
+    const int64_t d = 64, h = d / 2;
     const float q_up = 1.0f + 0.499f / 128.0f, c_up = 1.0f + 0.45f / 128.0f;
     const float bf_next = 1.0f + 1.0f / 128.0f;
     Data D;
-    D.Q = 2, D.N = N, D.d = d;
-    D.q.assign((size_t)(2 * d), 1.0f);
-    for (int64_t t = 0; t < h; t++) D.q[(size_t)t] = 0.0f, D.q[(size_t)(d + t)] = q_up;
+    D.Q = Q, D.N = N, D.d = d;
     std::mt19937 g(15);
     std::uniform_real_distribution<float> ud(-0.2f, 0.2f);
+    D.q.resize((size_t)(Q * d));
+    for (auto &x : D.q) x = ud(g);
+    for (int64_t t = 0; t < d; t++) D.q[(size_t)t] = t < h ? 0.0f : 1.0f;
+    for (int64_t t = 0; t < d; t++) D.q[(size_t)(d + t)] = t < h ? q_up : 1.0f;
     D.c.resize((size_t)(N * d));
     for (auto &x : D.c) x = ud(g); // low scores
-    auto row = [&](int64_t j) { return &D.c[(size_t)(j * d)]; };
+    auto row = [&](int64_t j) { return &D.c[(size_t)((at + j) * d)]; };
     for (int64_t t = 0; t < d; t++) {
         row(100)[t] = t < h ? 0.0f : (t - h < 14 ? bf_next : 1.0f);
         row(300)[t] = t < h ? 0.0f : c_up;
         row(400)[t] = t < h ? 1.0f : 0.0f;
     }
+    return D;
+}
+
+TEST(MineExact, ResidualBoundIsTightOnAlignedRoundingErrors) {
+    Data D = aligned_residuals(2, 600, 0);
     Result want = brute_force(D, 1, 1.0f);
     ASSERT_EQ(want.index[0], 300);
     ASSERT_EQ(want.index[1], 400);
+    check(D, 1, 1.0f);
+    check(D, 3, 1.0f);
+}
+
+// The same rows in a later sub-tile of per-thread tiles (columns 2048.. of the block, 800
+// queries): each row's bound must be its own (a bound taken from another row of the block, all
+// of them small, drops the best rows).
+TEST(MineExact, ResidualBoundIsTightInEverySubTile) {
+    Data D = aligned_residuals(800, 3000, 2048);
+    Result want = brute_force(D, 1, 1.0f);
+    ASSERT_EQ(want.index[0], 2048 + 300);
+    ASSERT_EQ(want.index[1], 2048 + 400);
     check(D, 1, 1.0f);
     check(D, 3, 1.0f);
 }

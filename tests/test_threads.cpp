@@ -71,8 +71,12 @@ Mined mine(int threads, const char *gemm, const std::vector<float> &q, const std
 
 }  // namespace
 
-TEST(Threads, TheContextsThreadCountReachesTheMiningGemm) {
-    const int64_t Q = 64, N = 5000, d = 48, k = 30;
+// 64 queries: one score tile, threaded by the GEMM library; 800: per-thread sub-tiles, each
+// team member running its own GEMMs (the team's size is what reaches them).
+class ThreadsMining : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(ThreadsMining, TheContextsThreadCountReachesTheMiningGemm) {
+    const int64_t Q = GetParam(), N = 5000, d = 48, k = 30;
     std::mt19937 g(11);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     std::vector<float> q((size_t)(Q * d)), c((size_t)(N * d));
@@ -93,6 +97,8 @@ TEST(Threads, TheContextsThreadCountReachesTheMiningGemm) {
         EXPECT_EQ(mine(0, gemm, q, c, Q, N, d, k).gemm_threads, kCallerThreads);
     }
 }
+
+INSTANTIATE_TEST_SUITE_P(Queries, ThreadsMining, ::testing::Values(64, 800));
 
 TEST(Threads, TheContextsThreadCountReachesTheSimilarityGemm) {
     const int64_t B = 40, d = 24;

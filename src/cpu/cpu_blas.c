@@ -46,9 +46,13 @@ static _Thread_local int g_last_threads;
 
 int ns_gemm_last_threads(void) { return g_last_threads; }
 
+void ns_gemm_note_threads(int threads) { g_last_threads = threads; }
+
+/* Outside a parallel region a GEMM is threaded by the libraries with omp_get_max_threads();
+ * inside one (mining's per-thread tiles) each team member runs its own GEMMs side by side. */
 static void note_threads(void) {
 #ifdef _OPENMP
-    g_last_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    g_last_threads = omp_in_parallel() ? omp_get_num_threads() : omp_get_max_threads();
 #else
     g_last_threads = 1;
 #endif
@@ -98,15 +102,29 @@ void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, i
 
 #ifdef NS_HAVE_ONEDNN
 static dnnl_engine_t g_engine;
-static dnnl_stream_t g_stream;
 static int g_ready;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_key_t g_stream_key; /* each thread's stream, destroyed with the thread */
+
+static void stream_destroy(void *s) { dnnl_stream_destroy((dnnl_stream_t)s); }
 
 static void dnnl_init(void) {
     if (dnnl_engine_create(&g_engine, dnnl_cpu, 0) != dnnl_success) return;
-    if (dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags) != dnnl_success) return;
+    if (pthread_key_create(&g_stream_key, stream_destroy)) return;
     g_ready = 1;
+}
+
+/* The calling thread's stream: a stream is not thread-safe, primitives are (oneDNN), so each
+ * thread executes on its own and calls from several threads run side by side. */
+static dnnl_stream_t thread_stream(void) {
+    dnnl_stream_t s = (dnnl_stream_t)pthread_getspecific(g_stream_key);
+    if (s) return s;
+    if (dnnl_stream_create(&s, g_engine, dnnl_stream_default_flags) != dnnl_success) return NULL;
+    if (pthread_setspecific(g_stream_key, s)) {
+        dnnl_stream_destroy(s);
+        return NULL;
+    }
+    return s;
 }
 
 int ns_gemm_has_bf16(void) {
@@ -142,12 +160,10 @@ int ns_gemm_bf16_nt(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t
         goto done;
     {
         dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
-        /* One stream for the process: executions are serialised (callers are outside any
-         * parallel region; oneDNN threads each one with the OpenMP team). */
-        pthread_mutex_lock(&g_lock);
-        rc = (dnnl_primitive_execute(prim, g_stream, 3, args) || dnnl_stream_wait(g_stream)) ? -1
-                                                                                              : 0;
-        pthread_mutex_unlock(&g_lock);
+        /* Outside a parallel region oneDNN threads the call with the OpenMP team; inside one
+         * (nested teams are off) it runs on the calling thread alone. */
+        dnnl_stream_t s = thread_stream();
+        rc = (!s || dnnl_primitive_execute(prim, s, 3, args) || dnnl_stream_wait(s)) ? -1 : 0;
     }
 done:
     if (ma) dnnl_memory_destroy(ma);

@@ -1,180 +1,35 @@
-/* ns_mine_topk on the CPU: exact top-k corpus rows per query.
+/* ns_mine_topk on the CPU: exact top-k corpus rows per query — the driver (cpu_mine.h lists
+ * the other files: scan, radix orders, exact re-score, row norms).
  *
  * The corpus is streamed once, block by block (so a memory-mapped corpus larger than RAM is read
- * once, in order). For each corpus block and each query tile, OpenBLAS computes the score tile
- * (one sgemm call from this thread; OpenBLAS threads itself), then an OpenMP team merges the
- * tile into per-query reservoirs of candidates. Corpus rows arrive in increasing index order, so
- * a new score can matter only when strictly above the query's running k-th best score (a tie
- * loses to the lower row already held): one vectorised compare per score, appends rare, and a
- * quickselect now and then. Reservoirs live in the context's scratch arena and reach index/score
- * only once the whole call has succeeded. */
+ * once, in order). For each corpus block and each query tile, the GEMM (oneDNN's bf16 matmul or
+ * f32 sgemm, cpu_blas.c; threaded by the same OpenMP pool) computes the score tile, then an
+ * OpenMP team merges the tile into per-query reservoirs of candidates.
+ *
+ * Two-stage exact mining. The GEMM (f32, or bf16 at about twice the speed) gives each score ŝ
+ * with a proven bound e: |ŝ − s*| ≤ e, s* the exact score (src/hostdevice/ns_bound.h: its
+ * definition, the derivation, e = K·|α|·‖q‖·‖c‖ + A). Each query keeps a reservoir of
+ * candidates (ŝ, e, row) — e = 0 once a candidate is re-scored exactly — and a threshold T, a
+ * proven lower bound of its k-th best exact score so far: the k-th largest of the lower bounds
+ * ŝ − e held. A new row (rows arrive in increasing order) can enter the top-k only if ŝ + e > T:
+ * otherwise k held rows, all lower, score at least as much. One vectorised compare per score
+ * against T − max e, appends rare; when the reservoir is full, T is recomputed and only
+ * candidates with ŝ + e ≥ T are kept (the short list). At the end the short list is re-scored
+ * exactly (cpu_mine_rescore.c) and the k best kept, ties to the lower row: the result is exact
+ * f32 mining whatever GEMM, blocking or thread count produced ŝ. Reservoirs live in the
+ * context's scratch arena and reach index/score only once the whole call has succeeded. */
+#include "cpu_mine.h"
 #include "cpu_tiles.h"
-#include "ns_cpu.h"
 #include "ns_bound.h"
-#include "ns_order.h"
+#include "ns_cpu.h"
 
 #include <float.h>
-#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
-/* ---------------------------------------------------------------- ordering, heapsort, quickselect */
-
-/* a ranks below b (ns_order.h): b comes before a. */
-static inline int worse(float sa, int64_t ia, float sb, int64_t ib) { return ns_before(sb, ib, sa, ia); }
-
-static inline void heap_push(float *hs, int64_t *hi, int64_t n, float s, int64_t id) {
-    int64_t c = n;
-    while (c > 0) {
-        int64_t p = (c - 1) / 2;
-        if (!worse(s, id, hs[p], hi[p])) break;
-        hs[c] = hs[p];
-        hi[c] = hi[p];
-        c = p;
-    }
-    hs[c] = s;
-    hi[c] = id;
-}
-
-/* Sifts (s, id) down from the root of a heap of n entries (replacing the root). */
-static inline void heap_sift(float *hs, int64_t *hi, int64_t n, float s, int64_t id) {
-    int64_t c = 0;
-    for (;;) {
-        int64_t l = 2 * c + 1;
-        if (l >= n) break;
-        int64_t m = (l + 1 < n && worse(hs[l + 1], hi[l + 1], hs[l], hi[l])) ? l + 1 : l;
-        if (!worse(hs[m], hi[m], s, id)) break;
-        hs[c] = hs[m];
-        hi[c] = hi[m];
-        c = m;
-    }
-    hs[c] = s;
-    hi[c] = id;
-}
-
-/* In-place heapsort of a worst-at-root heap: leaves the n entries best first. */
-static void heap_sort_best_first(float *hs, int64_t *hi, int64_t n) {
-    for (int64_t end = n - 1; end > 0; end--) {
-        float s = hs[end];
-        int64_t id = hi[end];
-        hs[end] = hs[0];
-        hi[end] = hi[0];
-        heap_sift(hs, hi, end, s, id);
-    }
-}
-
-/* Puts the entry of rank m (in the order ns_before) at position m, the better ones before it
- * and the worse after (quickselect with a median-of-three pivot; rows are unique, so the order
- * is strict and the loops terminate). */
-#define before ns_before
-
-static inline void swap_entries(float *s, int64_t *id, int64_t a, int64_t b) {
-    float ts = s[a];
-    int64_t ti = id[a];
-    s[a] = s[b];
-    id[a] = id[b];
-    s[b] = ts;
-    id[b] = ti;
-}
-
-static void select_nth(float *s, int64_t *id, int64_t n, int64_t m) {
-    int64_t lo = 0, hi = n - 1;
-    while (hi - lo >= 16) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (before(s[mid], id[mid], s[lo], id[lo])) swap_entries(s, id, mid, lo);
-        if (before(s[hi], id[hi], s[lo], id[lo])) swap_entries(s, id, hi, lo);
-        if (before(s[hi], id[hi], s[mid], id[mid])) swap_entries(s, id, hi, mid);
-        float ps = s[mid];
-        int64_t pi = id[mid];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (before(s[i], id[i], ps, pi)) i++;
-            while (before(ps, pi, s[j], id[j])) j--;
-            if (i <= j) swap_entries(s, id, i++, j--);
-        }
-        if (m <= j) hi = j;
-        else if (m >= i) lo = i;
-        else return;
-    }
-    for (int64_t i = lo + 1; i <= hi; i++) /* insertion sort of the last few */
-        for (int64_t j = i; j > lo && before(s[j], id[j], s[j - 1], id[j - 1]); j--)
-            swap_entries(s, id, j, j - 1);
-}
-
-/* ---------------------------------------------------------------- thresholds by radix
- * A threshold only has to be a lower bound of the k-th largest value, not the k-th itself, so it
- * is found by two counting passes over order keys (no data movement, no unpredictable branches):
- * the 22-bit key prefix (sign, exponent, 13 fraction bits) that holds the k-th largest, and its
- * lower edge as the threshold — at least k values are ≥ it, and it lies within 2^-13 relative
- * below the k-th, far inside any score bound. */
-
-/* f32 → uint32 in the same order (−0 just below +0; NaN beyond ±Inf). */
-static inline uint32_t order_key(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
-}
-
-static inline float key_value(uint32_t key) {
-    uint32_t u = (key & 0x80000000u) ? key & 0x7fffffffu : ~key;
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
-#define RADIX_BITS 11
-#define RADIX_BINS (1 << RADIX_BITS)
-
-/* The bin of hist (from the top) where the running count from above reaches k; *above = the
- * count in the bins above it. */
-static int top_bin(const uint32_t *hist, int64_t k, int64_t *above) {
-    int64_t acc = *above;
-    int b = RADIX_BINS - 1;
-    for (; b > 0; b--) {
-        if (acc + (int64_t)hist[b] >= k) break;
-        acc += hist[b];
-    }
-    *above = acc;
-    return b;
-}
-
-/* Counts the 11-bit digit (key >> shift) of the keys whose higher bits (key >> (shift + 11))
- * equal `prefix` (all keys when shift = 21) into hist. Four interleaved partial histograms:
- * scores cluster in a few bins, and one counter incremented back to back waits on itself. */
-static void count_digits(const uint32_t *key, int64_t n, int shift, uint32_t prefix,
-                         uint32_t *hist) {
-    uint32_t part[4][RADIX_BINS];
-    memset(part, 0, sizeof part);
-    const int top = shift + RADIX_BITS;
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4)
-        for (int l = 0; l < 4; l++) {
-            const uint32_t x = key[j + l];
-            if (top >= 32 || x >> top == prefix) part[l][(x >> shift) & (RADIX_BINS - 1)]++;
-        }
-    for (; j < n; j++)
-        if (top >= 32 || key[j] >> top == prefix) part[0][(key[j] >> shift) & (RADIX_BINS - 1)]++;
-    for (int b = 0; b < RADIX_BINS; b++) hist[b] = part[0][b] + part[1][b] + part[2][b] + part[3][b];
-}
-
-/* A lower bound, within 2^-13 relative, of the k-th largest of the n keys (1 ≤ k ≤ n), as a
- * key: the lower edge of the 22-bit prefix bin that holds the k-th largest. */
-static uint32_t kth_key_floor(const uint32_t *key, int64_t n, int64_t k) {
-    uint32_t hist[RADIX_BINS];
-    count_digits(key, n, 21, 0, hist);
-    int64_t above = 0;
-    const uint32_t b1 = (uint32_t)top_bin(hist, k, &above);
-    count_digits(key, n, 10, b1, hist);
-    const uint32_t b2 = (uint32_t)top_bin(hist, k, &above);
-    return b1 << 21 | b2 << 10;
-}
 
 /* A score that is not finite although the inputs were: q·c overflowed f32. */
 typedef struct {
@@ -182,230 +37,6 @@ typedef struct {
     int64_t query, row;
     float value;
 } bad_score;
-
-/* Scores tested per step: one vectorised compare each, then a branch per chunk. */
-#define CHUNK 32
-
-/* Excluded corpus rows are overwritten in the tile with this score, which never passes a
- * threshold (thresholds never go below it). A real score of exactly -FLT_MAX (at the edge of f32
- * overflow) is therefore never returned. */
-#define EXCLUDED (-FLT_MAX)
-
-/* Whether a score needs a look: above the threshold, or not finite (NaN, ±Inf). Non-finite
- * scores are how NaN/Inf in the corpus shows (a product with Inf or NaN is never finite, with or
- * without normalisation), so the corpus needs no scan of its own: one pass over it, by the GEMM.
- * (A bad corpus row that every query excludes is never ranked, and goes unreported.) */
-static inline int needs_look(float v, float thr) { return !(v <= thr) | !(v >= -FLT_MAX); }
-
-/* Bit t set where needs_look(r[t], thr), t < 32: two vector compares per 4 scores. */
-static inline uint32_t chunk_mask(const float *r, float thr) {
-#if defined(__SSE2__)
-    const __m128 t = _mm_set1_ps(thr), lo = _mm_set1_ps(-FLT_MAX);
-    uint32_t m = 0;
-    for (int i = 0; i < CHUNK; i += 4) {
-        __m128 v = _mm_loadu_ps(r + i);
-        m |= (uint32_t)_mm_movemask_ps(_mm_or_ps(_mm_cmpnle_ps(v, t), _mm_cmpnge_ps(v, lo))) << i;
-    }
-    return m;
-#else
-    uint32_t m = 0;
-    for (int i = 0; i < CHUNK; i++) m |= (uint32_t)needs_look(r[i], thr) << i;
-    return m;
-#endif
-}
-
-/* The columns t of row[0, n) with needs_look(row[t], thr), in increasing order, into out (room
- * for n + 16); returns their count. The AVX-512 version (chosen at run time) compresses 16
- * columns per compare into the list (compress to a register, then one store: the memory form of
- * vpcompressd is slow on Zen 4); the portable one takes the SSE2 mask of 32 at a time. */
-static int64_t scan_row_portable(const float *row, int64_t n, float thr, int32_t *out) {
-    int64_t cnt = 0, j0 = 0;
-    for (; j0 + CHUNK <= n; j0 += CHUNK)
-        for (uint32_t m = chunk_mask(row + j0, thr); m; m &= m - 1)
-            out[cnt++] = (int32_t)(j0 + __builtin_ctz(m));
-    for (; j0 < n; j0++)
-        if (needs_look(row[j0], thr)) out[cnt++] = (int32_t)j0;
-    return cnt;
-}
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define NS_HAVE_SCAN_AVX512 1
-__attribute__((target("avx512f"))) static int64_t scan_row_avx512(const float *row, int64_t n,
-                                                                   float thr, int32_t *out) {
-    const __m512 t = _mm512_set1_ps(thr), lo = _mm512_set1_ps(-FLT_MAX);
-    const __m512i step = _mm512_set1_epi32(16);
-    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    int64_t cnt = 0, j = 0;
-    for (; j + 16 <= n; j += 16, idx = _mm512_add_epi32(idx, step)) {
-        const __m512 v = _mm512_loadu_ps(row + j);
-        const __mmask16 m = (__mmask16)(_mm512_cmp_ps_mask(v, t, _CMP_NLE_UQ) |
-                                        _mm512_cmp_ps_mask(v, lo, _CMP_NGE_UQ));
-        if (m) {
-            _mm512_storeu_si512((void *)(out + cnt), _mm512_maskz_compress_epi32(m, idx));
-            cnt += __builtin_popcount(m);
-        }
-    }
-    for (; j < n; j++)
-        if (needs_look(row[j], thr)) out[cnt++] = (int32_t)j;
-    return cnt;
-}
-#endif
-
-/* Whether scan_row and the exact scorers may take their AVX-512 versions: the CPU has it, and
- * NS_CPU_MINE_SCAN is not "portable" (the lists and scores are the same either way; the
- * variable lets tests cover both). */
-static int scan_avx512_usable(void) {
-#ifdef NS_HAVE_SCAN_AVX512
-    const char *v = getenv("NS_CPU_MINE_SCAN");
-    if (v && !strcmp(v, "portable")) return 0;
-    return __builtin_cpu_supports("avx512f") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
-
-static int64_t scan_row(const float *row, int64_t n, float thr, int32_t *out, int avx512) {
-#ifdef NS_HAVE_SCAN_AVX512
-    if (avx512) return scan_row_avx512(row, n, thr, out);
-#else
-    (void)avx512;
-#endif
-    return scan_row_portable(row, n, thr, out);
-}
-
-/* ---------------------------------------------------------------- two-stage exact mining
- *
- * The GEMM (f32, or bf16 at about twice the speed) gives each score ŝ with a proven bound e:
- * |ŝ − s*| ≤ e, s* the exact score (src/hostdevice/ns_bound.h: its definition, the derivation,
- * e = K·|α|·‖q‖·‖c‖ + A). Each query keeps a reservoir of candidates (ŝ, e, row) — e = 0 once a
- * candidate is re-scored exactly — and a threshold T, a proven lower bound of its k-th best
- * exact score so far: the k-th largest of the lower bounds ŝ − e held. A new row (rows arrive in
- * increasing order) can enter the top-k only if ŝ + e > T: otherwise k held rows, all lower, score
- * at least as much. One vectorised compare per score against T − max e, appends rare; when the
- * reservoir is full, T is recomputed and only candidates with ŝ + e ≥ T are kept (the short
- * list). At the end the short list is re-scored exactly (ns_score_exact) and the k best kept,
- * ties to the lower row: the result is exact f32 mining whatever GEMM, blocking or thread count
- * produced ŝ. Reservoirs live in the context's scratch arena and reach index/score only once the
- * whole call has succeeded. */
-
-/* s* = fl32(α · Σ q_t c_t), the sum in double in one fixed order (32 interleaved partial sums,
- * then a pairwise tree): products of f32 values are exact in double, so this is the real score
- * to (d+1)·2^-53 relative, rounded once, the same bits on every machine and thread count. */
-/* Vector clones (chosen at run time) compute the same bits: each of the 32 lanes sums in the
- * same order whatever the vector width, and the products are exact (no contraction matters). */
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define NS_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NS_VECTOR_CLONES
-#endif
-NS_VECTOR_CLONES
-static float score_exact(const float *q, const float *c, int64_t d, float scale) {
-    double acc[32];
-    for (int l = 0; l < 32; l++) acc[l] = 0.0;
-    int64_t t = 0;
-    for (; t + 32 <= d; t += 32)
-        for (int l = 0; l < 32; l++) acc[l] += (double)q[t + l] * (double)c[t + l];
-    for (int l = 0; t < d; t++, l++) acc[l] += (double)q[t] * (double)c[t];
-    for (int w = 16; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return (float)((double)scale * acc[0]);
-}
-
-/* The next float above / below a finite x (nextafterf without the libm call); ±Inf and NaN
- * are returned as they are. Branch-free (selects), so that the loops over reservoirs that
- * bound every entry vectorise. */
-static inline float step_float(float x, int dir) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    const uint32_t mag = u & 0x7fffffffu;
-    const int away = (int)(u >> 31) == (dir < 0); /* negative going down, positive going up */
-    uint32_t r = away ? u + 1u : u - 1u;          /* away from / towards zero */
-    r = mag == 0 ? (dir > 0 ? 0x00000001u : 0x80000001u) : r; /* ±0 → ±FLT_TRUE_MIN */
-    r = mag >= 0x7f800000u ? u : r;                           /* ±Inf, NaN as they are */
-    memcpy(&x, &r, 4);
-    return x;
-}
-/* The same score for bf16 rows (bits; widened exactly): no f32 copy of either row. */
-NS_VECTOR_CLONES
-static float score_exact_bf16(const uint16_t *q, const uint16_t *c, int64_t d, float scale) {
-    double acc[32];
-    for (int l = 0; l < 32; l++) acc[l] = 0.0;
-    int64_t t = 0;
-    for (; t + 32 <= d; t += 32)
-        for (int l = 0; l < 32; l++) {
-            uint32_t a = (uint32_t)q[t + l] << 16, b = (uint32_t)c[t + l] << 16;
-            float fa, fb;
-            memcpy(&fa, &a, 4);
-            memcpy(&fb, &b, 4);
-            acc[l] += (double)fa * (double)fb;
-        }
-    for (int l = 0; t < d; t++, l++) {
-        uint32_t a = (uint32_t)q[t] << 16, b = (uint32_t)c[t] << 16;
-        float fa, fb;
-        memcpy(&fa, &a, 4);
-        memcpy(&fb, &b, 4);
-        acc[l] += (double)fa * (double)fb;
-    }
-    for (int w = 16; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return (float)((double)scale * acc[0]);
-}
-
-/* An AVX-512 version of score_exact_bf16 (chosen at run time): the 32 lanes are four registers
- * of 8 doubles, lane l summing the same terms in the same order, and an FMA of widened bf16
- * values in double rounds once, as the exact product and the add do, so the bits are the same.
- * Written out because the compiler's version of the loop above shuffles: 81 ns against 35 ns
- * per d = 384 score (CPU time; score_exact's own vector clone takes 30 ns). */
-#ifdef NS_HAVE_SCAN_AVX512
-__attribute__((target("avx512f"))) static inline void fma32(__m512 x0, __m512 x1, __m512 y0,
-                                                            __m512 y1, __m512d *a) {
-#define NS_LO(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
-#define NS_HI(v) _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
-    a[0] = _mm512_fmadd_pd(NS_LO(x0), NS_LO(y0), a[0]);
-    a[1] = _mm512_fmadd_pd(NS_HI(x0), NS_HI(y0), a[1]);
-    a[2] = _mm512_fmadd_pd(NS_LO(x1), NS_LO(y1), a[2]);
-    a[3] = _mm512_fmadd_pd(NS_HI(x1), NS_HI(y1), a[3]);
-#undef NS_LO
-#undef NS_HI
-}
-
-__attribute__((target("avx512f"))) static inline __m512 widen16(const uint16_t *x) {
-    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)x));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-
-/* The tail (t < d, fewer than 32 terms) and the tree, as in score_exact_bf16. */
-static float finish_exact(double *acc, const float *q, const float *c, int64_t t, int64_t d,
-                          float scale) {
-    for (int l = 0; t < d; t++, l++) acc[l] += (double)q[t] * (double)c[t];
-    for (int w = 16; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return (float)((double)scale * acc[0]);
-}
-
-__attribute__((target("avx512f"))) static float score_exact_bf16_avx512(const uint16_t *q,
-                                                                        const uint16_t *c,
-                                                                        int64_t d, float scale) {
-    __m512d a[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
-                    _mm512_setzero_pd()};
-    int64_t t = 0;
-    for (; t + 32 <= d; t += 32)
-        fma32(widen16(q + t), widen16(q + t + 16), widen16(c + t), widen16(c + t + 16), a);
-    double acc[32];
-    for (int r = 0; r < 4; r++) _mm512_storeu_pd(acc + 8 * r, a[r]);
-    float qt[32], ct[32];
-    for (int64_t j = t; j < d; j++) {
-        uint32_t u = (uint32_t)q[j] << 16, v = (uint32_t)c[j] << 16;
-        memcpy(&qt[j - t], &u, 4);
-        memcpy(&ct[j - t], &v, 4);
-    }
-    return finish_exact(acc, qt, ct, 0, d - t, scale);
-}
-#endif
-
-static inline float up(float x) { return step_float(x, 1); }
-static inline float down(float x) { return step_float(x, -1); }
 
 /* What select_row needs besides the tile row: the bound's parts for this query and block. */
 typedef struct {
@@ -422,48 +53,7 @@ static inline float bound_of(const row_bound *b, int64_t j) {
     return up(e + b->abs_e);
 }
 
-/* Re-scores exactly: what each thread needs (its row buffers) and where the rows are. */
-typedef struct {
-    ns_matrix q, corpus;
-    int normalize;
-    int raw16; /* q and corpus are bf16 data used as they are: scored from their bits */
-    int avx512; /* the AVX-512 scorers apply (the same bits) */
-    float scale;
-    float *qrow, *crow; /* this thread's d floats each */
-} rescorer;
-
-static const float *f32_row(ns_matrix m, int64_t r, int normalize, float *buf) {
-    int64_t ld;
-    return ns_tile_rows(m, r, 1, normalize, buf, &ld, 1);
-}
-
-/* s* of query row `query` and corpus row `row`; *qr caches the query's f32 row (NULL at first). */
-static float score_pair(const rescorer *rs, int64_t query, int64_t row, const float **qr) {
-    if (rs->raw16) {
-        const uint16_t *a = (const uint16_t *)ns_row(rs->q, query);
-        const uint16_t *b = (const uint16_t *)ns_row(rs->corpus, row);
-#ifdef NS_HAVE_SCAN_AVX512
-        if (rs->avx512) return score_exact_bf16_avx512(a, b, rs->q.cols, rs->scale);
-#endif
-        return score_exact_bf16(a, b, rs->q.cols, rs->scale);
-    }
-    if (!*qr) *qr = f32_row(rs->q, query, rs->normalize, rs->qrow);
-    const float *cr = f32_row(rs->corpus, row, rs->normalize, rs->crow);
-    return score_exact(*qr, cr, rs->q.cols, rs->scale);
-}
-
-/* Candidates with a bound get their exact score (and e = 0). */
-static void rescore(const rescorer *rs, int64_t query, float *s, float *e, const int64_t *id,
-                    int64_t n) {
-    const float *qr = NULL;
-    for (int64_t j = 0; j < n; j++) {
-        if (e[j] == 0.0f) continue;
-        s[j] = score_pair(rs, query, id[j], &qr);
-        e[j] = 0.0f;
-    }
-}
-
-/* The reservoir's short list: T = a lower bound (kth_key_floor) of the k-th largest lower bound
+/* The reservoir's short list: T = a lower bound (ns_mine_kth_key_floor) of the k-th largest lower bound
  * held, then only candidates whose upper bound reaches T are kept (the others score below k held
  * rows). When that still fills more than three quarters of the room, the survivors are
  * re-scored exactly and exactly k kept (so the reservoir always makes progress; with the bounds
@@ -473,7 +63,7 @@ static int64_t shrink(const rescorer *rs, int64_t query, float *s, float *e, int
                       int64_t cnt, int64_t k, int64_t cap, uint32_t *keys, float *thr) {
     if (cnt <= k) return cnt;
     for (int64_t j = 0; j < cnt; j++) keys[j] = order_key(e[j] > 0.0f ? down(s[j] - e[j]) : s[j]);
-    float t = key_value(kth_key_floor(keys, cnt, k));
+    float t = key_value(ns_mine_kth_key_floor(keys, cnt, k));
     int64_t n = 0;
     for (int64_t j = 0; j < cnt; j++) { /* branch-free compaction: entries past n are dropped */
         const float sj = s[j], ej = e[j];
@@ -482,8 +72,8 @@ static int64_t shrink(const rescorer *rs, int64_t query, float *s, float *e, int
         n += (ej > 0.0f ? up(sj + ej) : sj) >= t;
     }
     if (n > cap - cap / 4) {
-        rescore(rs, query, s, e, id, n);
-        select_nth(s, id, n, k - 1); /* e is all 0 now */
+        ns_mine_rescore(rs, query, s, e, id, n);
+        ns_mine_select_nth(s, id, n, k - 1); /* e is all 0 now */
         n = k;
         t = s[k - 1];
     }
@@ -499,7 +89,7 @@ static int64_t shrink(const rescorer *rs, int64_t query, float *s, float *e, int
 static float first_threshold(const float *row, int64_t n, int64_t k, float emax, uint32_t *keys) {
     if (k > n) return EXCLUDED;
     for (int64_t t = 0; t < n; t++) keys[t] = order_key(row[t]);
-    float top = key_value(kth_key_floor(keys, n, k));
+    float top = key_value(ns_mine_kth_key_floor(keys, n, k));
     if (!(fabsf(top) <= FLT_MAX)) return EXCLUDED;
     float thr = down(down(top) - emax);
     return thr >= EXCLUDED ? thr : EXCLUDED;
@@ -525,7 +115,7 @@ static void select_row(const float *row, int64_t n, int64_t base, const row_boun
     if (cnt == 0 && thr == EXCLUDED && n > cap) thr = first_threshold(row, n, k, b->emax, ws->keys);
     float pre = down(thr - b->emax); /* ŝ ≤ pre cannot reach ŝ + e > thr */
     if (!(pre >= EXCLUDED)) pre = EXCLUDED;
-    const int64_t m = scan_row(row, n, pre, ws->cols, ws->avx512);
+    const int64_t m = ns_mine_scan_row(row, n, pre, ws->cols, ws->avx512);
     for (int64_t c = 0; c < m; c++) {
         const int64_t j = ws->cols[c];
         const float v = row[j];
@@ -568,31 +158,12 @@ static ns_status check_exclusions(ns_context *ctx, const char *fn, const ns_id_l
 
 /* ---------------------------------------------------------------- the CPU backend */
 
-/* One call's blocking and workspace: the score tile, the converted corpus block and query
- * tile if needed (f32 views; bf16 copies for the bf16 GEMM), per-thread scratch (threshold keys,
- * the scan's column list, two rows to re-score), the rows' norms, and per query a reservoir of
- * cap + CHUNK (ŝ, e, row), its fill count and threshold. */
-typedef struct {
-    int64_t Q, N, d, k, qb, cb, cap, width;
-    int normalize, threads, q_once, avx512;
-    int convert_q, convert_c;
-    int bf16;             /* the bf16 GEMM (oneDNN) computes ŝ */
-    int q_exact, c_exact; /* q / corpus are bf16 data used as they are (no rounding) */
-    float *tile, *cbuf, *qbuf, *rows;
-    uint32_t *keys; /* per thread: max(cb, width) */
-    int32_t *cols;  /* per thread: cb + 16 */
-    uint64_t *sortbuf; /* per thread: 2 · width */
-    uint16_t *qb16, *cb16;
-    float *qn, *cn;       /* ‖q_i‖, ‖c_j‖ of the block, rounded up */
-    float *qr, *cr;       /* ‖q_i − bf16(q_i)‖, the same of the block's c_j, rounded up */
-    float *hs, *es, *thr;
-    int64_t *hi, *cnt;
-} mine_plan;
-
 static void mine_layout(void *plan, ns_arena *a) {
     mine_plan *p = (mine_plan *)plan;
     const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
-    p->tile = (float *)ns_arena_carve(a, (size_t)(p->qb * p->cb) * sizeof(float));
+    const size_t tile = p->thread_tiles ? (size_t)p->threads * p->sq * p->sr
+                                        : (size_t)(p->qb * p->cb);
+    p->tile = (float *)ns_arena_carve(a, tile * sizeof(float));
     p->cbuf = (float *)ns_arena_carve(a, p->convert_c ? (size_t)(p->cb * p->d) * sizeof(float) : 0);
     p->qbuf = (float *)ns_arena_carve(a, p->convert_q ? (size_t)(p->qb * p->d) * sizeof(float) : 0);
     p->cb16 = (uint16_t *)ns_arena_carve(
@@ -622,6 +193,16 @@ static int want_bf16(void) {
     return ns_gemm_has_bf16();
 }
 
+/* Whether each thread computes its own sub-tiles (merge_block_threads): with oneDNN (its calls
+ * from a parallel region run on the calling thread, side by side), unless
+ * NS_CPU_MINE_TILES=shared (one tile threaded by the GEMM, then merged: the same result; for
+ * benchmarks and tests). */
+static int use_thread_tiles(void) {
+    const char *v = getenv("NS_CPU_MINE_TILES");
+    if (v && !strcmp(v, "shared")) return 0;
+    return ns_gemm_has_bf16();
+}
+
 static void mine_plan_init(mine_plan *p, ns_context *ctx, ns_matrix q, ns_matrix corpus,
                            int64_t k, const ns_mine_options *opt) {
     p->normalize = (opt->flags & NS_NORMALIZE) != 0;
@@ -636,7 +217,17 @@ static void mine_plan_init(mine_plan *p, ns_context *ctx, ns_matrix q, ns_matrix
     p->qb = ns_mine_query_block(p->Q);
     p->cb = ns_mine_corpus_block(p->Q, p->N, p->d, p->convert_c);
     p->q_once = p->Q <= p->qb; /* one query tile: convert it once for the whole corpus */
-    p->avx512 = scan_avx512_usable();
+    p->avx512 = ns_mine_scan_avx512_usable();
+    /* Sub-tiles of at most 256 × 1024 scores (1 MiB, a Zen 4 core's L2; fewer queries and the
+     * GEMM packs each corpus slice for too few rows: 64 cost 18 % more CPU time than 256), at
+     * least two query slices per thread (dynamic: a preempted thread does not hold the block
+     * back), each of at least 128 queries; fewer queries, or one thread (nothing to hand
+     * over; the shared tile's first row sets a threshold from 8192 columns: 5 % less CPU time
+     * at k = 1000), take the shared tile. */
+    p->sq = p->Q / (2 * (int64_t)p->threads) / 16 * 16;
+    if (p->sq > 256) p->sq = 256;
+    p->sr = 1024;
+    p->thread_tiles = p->threads > 1 && p->q_once && p->sq >= 128 && use_thread_tiles();
     /* A larger cap means rarer shrinks but a threshold that lags more. The bf16 bound keeps
      * short lists of about 3·k (unit vectors): room for them, or shrinks re-score early. */
     int64_t extra = k < 64 ? 64 : k > 4096 ? 4096 : k;
@@ -658,15 +249,6 @@ static ns_status fail_bad_score(ns_context *ctx, const char *fn, ns_matrix corpu
                    "are finite: q·corpus overflows f32 (scale the embeddings or options->scale "
                    "down)",
                    fn, (long long)bad->query, (long long)bad->row, (double)bad->value);
-}
-
-/* Thread tid's re-scorer. */
-static rescorer thread_rescorer(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
-                                int tid) {
-    float *rows = p->rows + (size_t)tid * 2 * (size_t)p->d;
-    rescorer rs = {q, corpus, p->normalize, p->q_exact && p->c_exact, p->avx512, scale, rows,
-                   rows + p->d};
-    return rs;
 }
 
 /* The bound's constants of one GEMM call (ns_bound.h). */
@@ -701,12 +283,33 @@ static row_bound query_bound(const mine_plan *p, const tile_bound *tb, int64_t q
     return b;
 }
 
-/* Merges the score tile of queries [q0, q0+nq) × corpus rows [c0, c0+nc) into the reservoirs,
- * excluded rows first overwritten with EXCLUDED. */
+/* Merges query qi's tile row trow (scores of corpus rows base .. base+n-1, base = c0 + j0: j0
+ * columns into the block at c0) into its reservoir, excluded rows first overwritten with
+ * EXCLUDED. */
+static void merge_row(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
+                      const ns_id_lists *ex, int64_t qi, float *trow, int64_t c0, int64_t j0,
+                      int64_t n, const tile_bound *tb, bad_score *bad, int tid) {
+    const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
+    const int64_t base = c0 + j0;
+    if (ex)
+        for (int64_t t = ex->offsets[qi]; t < ex->offsets[qi + 1]; t++) {
+            int64_t id = ex->ids[t];
+            if (id >= base && id < base + n) trow[id - base] = EXCLUDED;
+        }
+    row_bound b = query_bound(p, tb, qi);
+    b.cn += j0;
+    if (b.cr) b.cr += j0;
+    rescorer rs = ns_mine_thread_rescorer(p, q, corpus, scale, tid);
+    row_scratch ws = {p->keys + (size_t)tid * scratch, p->cols + (size_t)tid * (size_t)(p->cb + 16),
+                      p->avx512};
+    select_row(trow, n, base, &b, p->hs + qi * p->width, p->es + qi * p->width,
+               p->hi + qi * p->width, p->cnt + qi, p->thr + qi, p->k, p->cap, qi, &ws, &rs, bad);
+}
+
+/* Merges the score tile of queries [q0, q0+nq) × corpus rows [c0, c0+nc) (p->tile). */
 static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
                        const ns_id_lists *ex, int64_t q0, int64_t nq, int64_t c0, int64_t nc,
                        const tile_bound *tb, bad_score *bad) {
-    const size_t scratch = (size_t)(p->cb > p->width ? p->cb : p->width);
     /* Dynamic chunks: a thread that the OS preempts (a busy machine) does not hold the whole
      * tile back. */
 #pragma omp parallel for num_threads(p->threads) schedule(dynamic, 32)
@@ -715,127 +318,84 @@ static void merge_tile(const mine_plan *p, ns_matrix q, ns_matrix corpus, float 
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        const int64_t qi = q0 + i;
-        float *trow = p->tile + i * nc;
-        if (ex)
-            for (int64_t t = ex->offsets[qi]; t < ex->offsets[qi + 1]; t++) {
-                int64_t id = ex->ids[t];
-                if (id >= c0 && id < c0 + nc) trow[id - c0] = EXCLUDED;
-            }
-        row_bound b = query_bound(p, tb, qi);
-        rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
-        row_scratch ws = {p->keys + (size_t)tid * scratch, p->cols + (size_t)tid * (size_t)(p->cb + 16),
-                          p->avx512};
-        select_row(trow, nc, c0, &b, p->hs + qi * p->width, p->es + qi * p->width,
-                   p->hi + qi * p->width, p->cnt + qi, p->thr + qi, p->k, p->cap, qi, &ws, &rs,
-                   bad);
+        merge_row(p, q, corpus, scale, ex, q0 + i, p->tile + i * nc, c0, 0, nc, tb, bad, tid);
     }
 }
 
-/* Round to nearest even bf16 (bits); NaN stays NaN or becomes ±Inf: non-finite either way,
- * and reported through its scores. */
-static inline uint16_t bf16_bits(uint32_t b) { return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16); }
+/* ---------------------------------------------------------------- per-thread tiles
+ * With every query in one tile (Q ≤ NS_MINE_QUERY_BLOCK) and oneDNN, a corpus block is cut into
+ * sub-tiles of p->sq queries × p->sr corpus rows (mine_plan_init): each thread of the one
+ * OpenMP team takes a query slice, computes its sub-tiles with its own single-threaded GEMM and
+ * merges each while it sits in L2, the corpus rows of a query still in increasing order. One
+ * team, no switch between the GEMM's threads and the selection's, no barrier between them, and
+ * no score tile written to and read back from memory (a shared tile is 32 MiB). */
 
-/* ‖row‖ and ‖row − bf16(row)‖ (the bf16 rounding residual) in double from an f32 view, each
- * rounded up to f32 (8 partial sums: any order is fine, the bound carries a margin for it; the
- * residuals and their squares are exact in double), and, when out16, the bf16 copy. */
-NS_VECTOR_CLONES
-static float row_prepare(const float *x, int64_t d, uint16_t *out16, float *resid) {
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, res[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const uint32_t *u = (const uint32_t *)(const void *)x;
-    int64_t t = 0;
-    for (; t + 8 <= d; t += 8)
-        for (int l = 0; l < 8; l++) {
-            uint32_t h = (uint32_t)bf16_bits(u[t + l]) << 16;
-            float xh;
-            memcpy(&xh, &h, 4);
-            const double r = (double)x[t + l] - (double)xh;
-            acc[l] += (double)x[t + l] * (double)x[t + l];
-            res[l] += r * r;
-        }
-    for (; t < d; t++) {
-        uint32_t h = (uint32_t)bf16_bits(u[t]) << 16;
-        float xh;
-        memcpy(&xh, &h, 4);
-        const double r = (double)x[t] - (double)xh;
-        acc[0] += (double)x[t] * (double)x[t];
-        res[0] += r * r;
-    }
-    if (out16)
-        for (int64_t j = 0; j < d; j++) out16[j] = bf16_bits(u[j]);
-    double s2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    double r2 = ((res[0] + res[4]) + (res[1] + res[5])) + ((res[2] + res[6]) + (res[3] + res[7]));
-    *resid = up((float)sqrt(r2));
-    return up((float)sqrt(s2));
-}
-
-/* Norms and residual norms (row_prepare) of n rows of an f32 view, and (when out16) their
- * bf16 copy; returns the largest norm, *rmax the largest residual norm. */
+/* One corpus block's GEMM operands: bf16 (c16 set) or f32. */
 typedef struct {
-    float norm, resid;
-} norm_max;
+    const uint16_t *q16, *c16;
+    int64_t ldq16, ldc16;
+    const float *qv, *cv;
+    int64_t ldq, ldc;
+} block_operands;
 
-static norm_max rows_prepare(const float *v, int64_t ld, int64_t n, int64_t d, float *norms,
-                             float *resids, uint16_t *out16, int threads) {
-    float mx = 0.0f, rx = 0.0f;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : mx, rx) if (n * d >= 65536)
-    for (int64_t r = 0; r < n; r++) {
-        float rr, nr = row_prepare(v + r * ld, d, out16 ? out16 + r * d : NULL, &rr);
-        if (norms) norms[r] = nr;
-        if (resids) resids[r] = rr;
-        if (nr > mx) mx = nr;
-        if (rr > rx) rx = rr;
-    }
-    norm_max m = {mx, rx};
-    return m;
+/* C = alpha·A·Bᵀ from bf16 bits with f32 products (exact) and f32 sums: what the bf16 GEMM
+ * computes, within the same bound (ns_bound.h, 2.–4.), should oneDNN refuse a call. */
+static void gemm_bf16_portable(int64_t m, int64_t n, int64_t d, float alpha, const uint16_t *a,
+                               int64_t lda, const uint16_t *b, int64_t ldb, float *c) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int64_t t = 0; t < d; t++) {
+                const uint32_t x = (uint32_t)a[i * lda + t] << 16, y = (uint32_t)b[j * ldb + t] << 16;
+                float fx, fy;
+                memcpy(&fx, &x, 4);
+                memcpy(&fy, &y, 4);
+                s += fx * fy;
+            }
+            c[i * n + j] = alpha * s;
+        }
 }
 
-/* ‖row‖ of a bf16 row from its bits (the same norm as of its f32 widening), rounded up. */
-NS_VECTOR_CLONES
-static float row_norm_bf16(const uint16_t *x, int64_t d) {
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t t = 0;
-    for (; t + 8 <= d; t += 8)
-        for (int l = 0; l < 8; l++) {
-            uint32_t u = (uint32_t)x[t + l] << 16;
-            float f;
-            memcpy(&f, &u, 4);
-            acc[l] += (double)f * (double)f;
-        }
-    for (; t < d; t++) {
-        uint32_t u = (uint32_t)x[t] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        acc[0] += (double)f * (double)f;
+/* The scores of queries [q0, q0+nq) × block columns [j0, j0+n) into tile (n wide). */
+static void sub_gemm(const mine_plan *p, const block_operands *o, float scale, int64_t q0,
+                     int64_t nq, int64_t j0, int64_t n, float *tile) {
+    if (o->c16) {
+        const uint16_t *a = o->q16 + q0 * o->ldq16, *b = o->c16 + j0 * o->ldc16;
+        if (ns_gemm_bf16_nt(nq, n, p->d, scale, a, o->ldq16, b, o->ldc16, tile, n) != 0)
+            gemm_bf16_portable(nq, n, p->d, scale, a, o->ldq16, b, o->ldc16, tile);
+        return;
     }
-    double s2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    return up((float)sqrt(s2));
+    ns_sgemm_nt(nq, n, p->d, scale, o->qv + q0 * o->ldq, o->ldq, o->cv + j0 * o->ldc, o->ldc, 0.0f,
+                tile, n);
 }
 
-/* Norms and bf16 residual norms of rows [r0, r0+n) of m, and (when out16) their bf16 copy;
- * returns the largest of each. bf16 data used as it is (exact16: not normalised) is read from
- * its bits, with no f32 copy (*view = NULL; residuals 0); otherwise *view, *ld = the f32 view
- * made on the way (ns_tile_rows). */
-static norm_max norms_of(ns_matrix m, int64_t r0, int64_t n, int exact16, int normalize,
-                         float *buf, float *norms, float *resids, uint16_t *out16, int threads,
-                         const float **view, int64_t *ld) {
-    *view = NULL;
-    if (exact16 && !out16) {
-        const uint16_t *x = (const uint16_t *)ns_row(m, r0);
-        const int64_t ld = ns_ld(m), d = m.cols;
-        float mx = 0.0f;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : mx) if (n * d >= 65536)
-        for (int64_t r = 0; r < n; r++) {
-            float nr = row_norm_bf16(x + r * ld, d);
-            norms[r] = nr;
-            resids[r] = 0.0f;
-            if (nr > mx) mx = nr;
+static void merge_block_threads(const mine_plan *p, ns_matrix q, ns_matrix corpus,
+                                const ns_mine_options *opt, const block_operands *o, int64_t c0,
+                                int64_t nc, const tile_bound *tb, bad_score *bad) {
+    const int64_t slices = (p->Q + p->sq - 1) / p->sq;
+    int team = 1;
+#pragma omp parallel num_threads(p->threads)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        omp_set_num_threads(1); /* this task's GEMMs: on this thread (oneDNN sizes by it) */
+        if (tid == 0) team = omp_get_num_threads();
+#endif
+        float *tile = p->tile + (size_t)tid * (size_t)(p->sq * p->sr);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t s = 0; s < slices; s++) {
+            const int64_t q0 = s * p->sq, nq = p->Q - q0 < p->sq ? p->Q - q0 : p->sq;
+            for (int64_t j0 = 0; j0 < nc; j0 += p->sr) {
+                const int64_t n = nc - j0 < p->sr ? nc - j0 : p->sr;
+                sub_gemm(p, o, opt->scale, q0, nq, j0, n, tile);
+                for (int64_t i = 0; i < nq; i++)
+                    merge_row(p, q, corpus, opt->scale, opt->exclude, q0 + i, tile + i * n, c0, j0,
+                              n, tb, bad, tid);
+            }
         }
-        norm_max mm = {mx, 0.0f};
-        return mm;
     }
-    *view = ns_tile_rows(m, r0, n, normalize, buf, ld, threads);
-    return rows_prepare(*view, *ld, n, m.cols, norms, resids, out16, threads);
+    ns_gemm_note_threads(team);
 }
 
 /* Streams the corpus once, block by block; each block against every query tile. The f32 views
@@ -851,8 +411,8 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
     const float *qv = NULL;
     for (int64_t q0 = 0; q0 < Q; q0 += p->qb) {
         const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
-        norm_max m = norms_of(q, q0, nq, p->q_exact, p->normalize, p->qbuf, p->qn + q0,
-                              p->qr + q0, NULL, p->threads, &qv, &ldq);
+        norm_max m = ns_mine_norms_of(q, q0, nq, p->q_exact, p->normalize, p->qbuf, p->qn + q0,
+                                      p->qr + q0, NULL, p->threads, &qv, &ldq);
         if (m.norm > qmax) qmax = m.norm;
     }
     const uint16_t *q16 = NULL;
@@ -866,8 +426,9 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
         const float *cv = NULL;
         tile_bound tb;
         const int convert16 = p->bf16 && !p->c_exact;
-        norm_max cm = norms_of(corpus, c0, nc, p->c_exact && p->bf16, p->normalize, p->cbuf,
-                               p->cn, p->cr, convert16 ? p->cb16 : NULL, p->threads, &cv, &ldc);
+        norm_max cm = ns_mine_norms_of(corpus, c0, nc, p->c_exact && p->bf16, p->normalize,
+                                       p->cbuf, p->cn, p->cr, convert16 ? p->cb16 : NULL,
+                                       p->threads, &cv, &ldc);
         tb.cmax = cm.norm;
         tb.crmax = cm.resid;
         /* This block by bf16 when the rows are within the bound's range (ns_bound.h, 5); a
@@ -891,6 +452,7 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
             const int64_t nq = Q - q0 < p->qb ? Q - q0 : p->qb;
             if (!p->q_once) qv_ok = q16_ok = 0;
             int done = 0;
+            block_operands o = {NULL, NULL, 0, 0, NULL, NULL, 0, 0};
             if (bf16) {
                 if (p->q_exact) {
                     q16 = (const uint16_t *)ns_row(q, q0);
@@ -898,24 +460,33 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
                 } else if (!q16_ok) {
                     if (!qv_ok) qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
                     qv_ok = 1;
-                    rows_prepare(qv, ldq, nq, d, NULL, NULL, p->qb16, p->threads);
+                    ns_mine_rows_prepare(qv, ldq, nq, d, NULL, NULL, p->qb16, p->threads);
                     q16 = p->qb16;
                     ldq16 = d;
                     q16_ok = 1;
                 }
-                done = ns_gemm_bf16_nt(nq, nc, d, opt->scale, q16, ldq16, c16, ldc16, p->tile,
-                                       nc) == 0;
+                if (p->thread_tiles) { /* each thread's own GEMMs, in merge_block_threads */
+                    o.q16 = q16, o.ldq16 = ldq16, o.c16 = c16, o.ldc16 = ldc16;
+                    done = 1;
+                } else {
+                    done = ns_gemm_bf16_nt(nq, nc, d, opt->scale, q16, ldq16, c16, ldc16, p->tile,
+                                           nc) == 0;
+                }
             }
             tile_bound tbq = tb;
             if (!done) { /* f32 GEMM: the f32 bound */
                 if (!qv_ok) qv = ns_tile_rows(q, q0, nq, p->normalize, p->qbuf, &ldq, p->threads);
                 qv_ok = 1;
                 if (!cv) cv = ns_tile_rows(corpus, c0, nc, p->normalize, p->cbuf, &ldc, p->threads);
-                ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
+                if (p->thread_tiles) o.qv = qv, o.ldq = ldq, o.cv = cv, o.ldc = ldc;
+                else ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
                 tbq.rel = ns_bound_relative(d, 0) * aabs;
                 tbq.residual = 0;
             }
-            merge_tile(p, q, corpus, opt->scale, opt->exclude, q0, nq, c0, nc, &tbq, &bad);
+            if (p->thread_tiles) /* q_once: this is every query */
+                merge_block_threads(p, q, corpus, opt, &o, c0, nc, &tbq, &bad);
+            else
+                merge_tile(p, q, corpus, opt->scale, opt->exclude, q0, nq, c0, nc, &tbq, &bad);
             if (bad.set) return fail_bad_score(ctx, fn, corpus, &bad);
         }
         if (opt->progress && opt->progress(c0 + nc, N, opt->progress_user))
@@ -924,115 +495,6 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
                            fn, (long long)(c0 + nc), (long long)N);
     }
     return NS_OK;
-}
-
-static inline void prefetch_row(const void *row, size_t bytes) {
-    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)row + o, 0);
-}
-
-/* Re-scores every short-listed candidate that still has a bound, in corpus order: the pairs
- * (query, slot) are bucketed by corpus row (a counting sort over blocks of rows), and each
- * bucket's rows — RESCORE_BYTES, a part of a core's L2 — are read while they sit in the cache,
- * the pairs of a bucket in query order (each query row read once per bucket), instead of one
- * random corpus row per pair. Returns 0, or -1 when the pair list cannot be allocated (the
- * caller then re-scores query by query). */
-#define RESCORE_BYTES (256 << 10)
-static int rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix corpus,
-                                   float scale) {
-    int64_t total = 0;
-    for (int64_t i = 0; i < p->Q; i++) total += p->cnt[i];
-    const int64_t elem = p->c_exact ? 2 : 4, fit = RESCORE_BYTES / (p->d * elem);
-    const int64_t rows = fit < 16 ? 16 : fit, nb = (p->N + rows - 1) / rows;
-    int64_t *start = (int64_t *)calloc((size_t)nb + 1, sizeof(int64_t));
-    int64_t *pair = (int64_t *)malloc((size_t)(total > 0 ? total : 1) * sizeof(int64_t));
-    if (!start || !pair) {
-        free(start);
-        free(pair);
-        return -1;
-    }
-    for (int64_t i = 0; i < p->Q; i++)
-        for (int64_t j = 0; j < p->cnt[i]; j++)
-            if (p->es[i * p->width + j] > 0.0f) start[p->hi[i * p->width + j] / rows + 1]++;
-    for (int64_t b = 0; b < nb; b++) start[b + 1] += start[b];
-    int64_t *fill = (int64_t *)malloc((size_t)nb * sizeof(int64_t));
-    if (!fill) {
-        free(start);
-        free(pair);
-        return -1;
-    }
-    memcpy(fill, start, (size_t)nb * sizeof(int64_t));
-    for (int64_t i = 0; i < p->Q; i++)
-        for (int64_t j = 0; j < p->cnt[i]; j++) {
-            int64_t at = i * p->width + j;
-            if (p->es[at] > 0.0f) pair[fill[p->hi[at] / rows]++] = at;
-        }
-    free(fill);
-#pragma omp parallel for num_threads(p->threads) schedule(dynamic, 1)
-    for (int64_t b = 0; b < nb; b++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        const rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
-        const size_t row_bytes = (size_t)p->d * ns_dtype_size(corpus.dtype),
-                     q_bytes = (size_t)p->d * ns_dtype_size(q.dtype);
-        const float *qr = NULL; /* the f32 row of query `last`, when one was made */
-        int64_t last = -1;
-        for (int64_t t = start[b]; t < start[b + 1]; t++) {
-            /* The reservoir slots of the pairs ahead are scattered over all queries' reservoirs
-             * (tens of MiB): fetch them early. */
-            if (t + 8 < start[b + 1]) {
-                const int64_t ahead = pair[t + 8];
-                __builtin_prefetch(p->hi + ahead, 0);
-                __builtin_prefetch(p->hs + ahead, 1);
-                __builtin_prefetch(p->es + ahead, 1);
-            }
-            /* and the rows of the pair after next: the score itself is ~30 ns of arithmetic,
-             * a row's first touch from memory more */
-            if (t + 2 < start[b + 1]) {
-                const int64_t ahead = pair[t + 2];
-                prefetch_row(ns_row(corpus, p->hi[ahead]), row_bytes);
-                if (ahead / p->width != last) prefetch_row(ns_row(q, ahead / p->width), q_bytes);
-            }
-            const int64_t at = pair[t], i = at / p->width;
-            if (i != last) qr = NULL, last = i; /* pairs come in query order within a bucket */
-            p->hs[at] = score_pair(&rs, i, p->hi[at], &qr);
-            p->es[at] = 0.0f;
-        }
-    }
-    free(start);
-    free(pair);
-    return 0;
-}
-
-/* Sorts n exact (score, row) pairs best first, ties to the lower row (rows < 2^32): an LSD
- * radix sort (8-bit digits, constant digits skipped) of the 64-bit keys ~(order_key(score) << 32
- * | (2^32 − 1 − row)), ascending, i.e. the order ns_before. buf: room for 2n keys. Returns -1,
- * sorting nothing, when a score is −0 (ns_before ties it with +0; the keys would not, and the
- * sign of the zero must survive). */
-static int sort_best_first_radix(float *s, int64_t *id, int64_t n, uint64_t *buf) {
-    for (int64_t j = 0; j < n; j++)
-        if (s[j] == 0.0f && signbit(s[j])) return -1;
-    uint64_t *a = buf, *b = buf + n;
-    for (int64_t j = 0; j < n; j++)
-        a[j] = ~((uint64_t)order_key(s[j]) << 32 | (uint64_t)(0xffffffffu - (uint32_t)id[j]));
-    for (int shift = 0; shift < 64; shift += 8) {
-        int64_t count[257];
-        memset(count, 0, sizeof count);
-        for (int64_t j = 0; j < n; j++) count[((a[j] >> shift) & 0xff) + 1]++;
-        if (count[((a[0] >> shift) & 0xff) + 1] == n) continue; /* one digit value: in order */
-        for (int v = 0; v < 256; v++) count[v + 1] += count[v];
-        for (int64_t j = 0; j < n; j++) b[count[(a[j] >> shift) & 0xff]++] = a[j];
-        uint64_t *t = a;
-        a = b;
-        b = t;
-    }
-    for (int64_t j = 0; j < n; j++) {
-        const uint64_t key = ~a[j];
-        s[j] = key_value((uint32_t)(key >> 32));
-        id[j] = (int64_t)(0xffffffffu - (uint32_t)key);
-    }
-    return 0;
 }
 
 /* Success is certain now: each query's short list re-scored exactly, its k best kept, sorted
@@ -1053,7 +515,7 @@ static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, flo
                            p->hi + i * p->width, p->cnt[i], k, 2 * p->width + 2,
                            p->keys + (size_t)tid * scratch, &thr);
     }
-    const int by_query = rescore_in_corpus_order(p, q, corpus, scale) != 0;
+    const int by_query = ns_mine_rescore_in_corpus_order(p, q, corpus, scale) != 0;
 #pragma omp parallel for num_threads(p->threads) schedule(dynamic, 16)
     for (int64_t i = 0; i < p->Q; i++) {
         int tid = 0;
@@ -1063,19 +525,18 @@ static void write_results(const mine_plan *p, ns_matrix q, ns_matrix corpus, flo
         float *s = p->hs + i * p->width, *e = p->es + i * p->width;
         int64_t *id = p->hi + i * p->width, n = p->cnt[i];
         if (by_query) {
-            rescorer rs = thread_rescorer(p, q, corpus, scale, tid);
-            rescore(&rs, i, s, e, id, n);
+            rescorer rs = ns_mine_thread_rescorer(p, q, corpus, scale, tid);
+            ns_mine_rescore(&rs, i, s, e, id, n);
         }
-        if (p->N <= ((int64_t)1 << 32) &&
-            sort_best_first_radix(s, id, n, p->sortbuf + (size_t)tid * 2 * (size_t)p->width) == 0) {
+        uint64_t *sortbuf = p->sortbuf + (size_t)tid * 2 * (size_t)p->width;
+        if (p->N <= ((int64_t)1 << 32) && ns_mine_sort_best_first_radix(s, id, n, sortbuf) == 0) {
             if (n > k) n = k;
         } else { /* rows past 2^32, or a −0 score: quickselect and heapsort */
             if (n > k) {
-                select_nth(s, id, n, k - 1);
+                ns_mine_select_nth(s, id, n, k - 1);
                 n = k;
             }
-            for (int64_t j = 1; j < n; j++) heap_push(s, id, j, s[j], id[j]);
-            heap_sort_best_first(s, id, n);
+            ns_mine_sort_best_first_heap(s, id, n);
         }
         memcpy(score + i * k, s, (size_t)n * sizeof(float));
         memcpy(index + i * k, id, (size_t)n * sizeof(int64_t));
@@ -1104,3 +565,4 @@ ns_status ns_cpu_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64
     write_results(&p, q, corpus, opt->scale, index, score);
     return NS_OK;
 }
+

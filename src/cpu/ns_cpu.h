@@ -35,16 +35,21 @@ void ns_sgemm_tn(int64_t m, int64_t n, int64_t k, float alpha, const float *a, i
  * enter returns what leave needs. Both are no-ops without OpenMP. */
 int ns_cpu_threads_enter(const ns_context *ctx);
 void ns_cpu_threads_leave(int saved);
-/* The OpenMP team size a GEMM call of this thread last saw (omp_get_max_threads() at the call:
- * what oneDNN and OpenBLAS size their teams from); 0 before any. For tests. */
+/* The threads computing GEMMs that a GEMM call of this thread last saw: omp_get_max_threads()
+ * outside a parallel region (what oneDNN and OpenBLAS size their teams from), the team size
+ * inside one (each member runs its own GEMMs); 0 before any. For tests. */
 int ns_gemm_last_threads(void);
+/* Sets what ns_gemm_last_threads reports: a caller whose team members each ran their own GEMMs
+ * (mining's per-thread tiles) notes the team size on the calling thread. */
+void ns_gemm_note_threads(int threads);
 
 /* The GEMM library in use ("oneDNN (...) + OpenBLAS (OpenMP)"), for `negsamp info` and benchmarks. */
 const char *ns_gemm_name(void);
 /* Whether ns_gemm_bf16_nt is available (oneDNN built in and its CPU engine created). */
 int ns_gemm_has_bf16(void);
 /* C = alpha · A · Bᵀ, row-major, A and B bf16 (raw bits), f32 accumulation, f32 C. 0 on success,
- * -1 where unavailable or failed (the caller then computes in f32). Not inside a parallel region. */
+ * -1 where unavailable or failed (the caller then computes in f32). Inside a parallel region it
+ * runs on the calling thread alone (its own oneDNN stream), side by side with the others. */
 int ns_gemm_bf16_nt(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
                     const uint16_t *b, int64_t ldb, float *c, int64_t ldc);
 

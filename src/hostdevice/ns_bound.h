@@ -1,4 +1,4 @@
-/* Rounding bounds of low-precision scores: two-stage exact mining (src/cpu/cpu_mine_topk.c;
+/* Rounding bounds of low-precision scores: two-stage exact mining (src/cpu/cpu_mine_*.c;
  * shared so that the CUDA backend can bound its bf16/TF32 tiles the same way).
  *
  * What "exact" means. The exact score of query row q and corpus row c (both the f32 rows the

@@ -1,0 +1,291 @@
+/* The exact re-score of ns_mine_topk on the CPU (cpu_mine.h): s* for a (query, corpus row) pair,
+ * f32 and bf16 rows, with vector versions that give the same bits; and the re-score of every
+ * short-listed candidate in corpus order. */
+#include "cpu_mine.h"
+#include "cpu_tiles.h"
+
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* s* = fl32(α · Σ q_t c_t), the sum in double in one fixed order (32 interleaved partial sums,
+ * then a pairwise tree): products of f32 values are exact in double, so this is the real score
+ * to (d+1)·2^-53 relative, rounded once, the same bits on every machine and thread count. */
+/* Vector clones (chosen at run time) compute the same bits: each of the 32 lanes sums in the
+ * same order whatever the vector width, and the products are exact (no contraction matters). */
+NS_VECTOR_CLONES
+static float score_exact(const float *q, const float *c, int64_t d, float scale) {
+    double acc[32];
+    for (int l = 0; l < 32; l++) acc[l] = 0.0;
+    int64_t t = 0;
+    for (; t + 32 <= d; t += 32)
+        for (int l = 0; l < 32; l++) acc[l] += (double)q[t + l] * (double)c[t + l];
+    for (int l = 0; t < d; t++, l++) acc[l] += (double)q[t] * (double)c[t];
+    for (int w = 16; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return (float)((double)scale * acc[0]);
+}
+
+/* The same score for bf16 rows (bits; widened exactly): no f32 copy of either row. */
+NS_VECTOR_CLONES
+static float score_exact_bf16(const uint16_t *q, const uint16_t *c, int64_t d, float scale) {
+    double acc[32];
+    for (int l = 0; l < 32; l++) acc[l] = 0.0;
+    int64_t t = 0;
+    for (; t + 32 <= d; t += 32)
+        for (int l = 0; l < 32; l++) {
+            uint32_t a = (uint32_t)q[t + l] << 16, b = (uint32_t)c[t + l] << 16;
+            float fa, fb;
+            memcpy(&fa, &a, 4);
+            memcpy(&fb, &b, 4);
+            acc[l] += (double)fa * (double)fb;
+        }
+    for (int l = 0; t < d; t++, l++) {
+        uint32_t a = (uint32_t)q[t] << 16, b = (uint32_t)c[t] << 16;
+        float fa, fb;
+        memcpy(&fa, &a, 4);
+        memcpy(&fb, &b, 4);
+        acc[l] += (double)fa * (double)fb;
+    }
+    for (int w = 16; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return (float)((double)scale * acc[0]);
+}
+
+/* An AVX-512 version of score_exact_bf16 (chosen at run time): the 32 lanes are four registers
+ * of 8 doubles, lane l summing the same terms in the same order, and an FMA of widened bf16
+ * values in double rounds once, as the exact product and the add do, so the bits are the same.
+ * Written out because the compiler's version of the loop above shuffles: 81 ns against 35 ns
+ * per d = 384 score (CPU time; score_exact's own vector clone takes 30 ns). */
+#ifdef NS_HAVE_SCAN_AVX512
+__attribute__((target("avx512f"))) static inline void fma32(__m512 x0, __m512 x1, __m512 y0,
+                                                            __m512 y1, __m512d *a) {
+#define NS_LO(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
+#define NS_HI(v) _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+    a[0] = _mm512_fmadd_pd(NS_LO(x0), NS_LO(y0), a[0]);
+    a[1] = _mm512_fmadd_pd(NS_HI(x0), NS_HI(y0), a[1]);
+    a[2] = _mm512_fmadd_pd(NS_LO(x1), NS_LO(y1), a[2]);
+    a[3] = _mm512_fmadd_pd(NS_HI(x1), NS_HI(y1), a[3]);
+#undef NS_LO
+#undef NS_HI
+}
+
+__attribute__((target("avx512f"))) static inline __m512 widen16(const uint16_t *x) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)x));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+/* The tail (t < d, fewer than 32 terms) and the tree, as in score_exact_bf16. */
+static float finish_exact(double *acc, const float *q, const float *c, int64_t t, int64_t d,
+                          float scale) {
+    for (int l = 0; t < d; t++, l++) acc[l] += (double)q[t] * (double)c[t];
+    for (int w = 16; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return (float)((double)scale * acc[0]);
+}
+
+__attribute__((target("avx512f"))) static float score_exact_bf16_avx512(const uint16_t *q,
+                                                                        const uint16_t *c,
+                                                                        int64_t d, float scale) {
+    __m512d a[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
+                    _mm512_setzero_pd()};
+    int64_t t = 0;
+    for (; t + 32 <= d; t += 32)
+        fma32(widen16(q + t), widen16(q + t + 16), widen16(c + t), widen16(c + t + 16), a);
+    double acc[32];
+    for (int r = 0; r < 4; r++) _mm512_storeu_pd(acc + 8 * r, a[r]);
+    float qt[32], ct[32];
+    for (int64_t j = t; j < d; j++) {
+        uint32_t u = (uint32_t)q[j] << 16, v = (uint32_t)c[j] << 16;
+        memcpy(&qt[j - t], &u, 4);
+        memcpy(&ct[j - t], &v, 4);
+    }
+    return finish_exact(acc, qt, ct, 0, d - t, scale);
+}
+#endif
+
+static const float *f32_row(ns_matrix m, int64_t r, int normalize, float *buf) {
+    int64_t ld;
+    return ns_tile_rows(m, r, 1, normalize, buf, &ld, 1);
+}
+
+/* s* of query row `query` and corpus row `row`; *qr caches the query's f32 row (NULL at first). */
+static float score_pair(const rescorer *rs, int64_t query, int64_t row, const float **qr) {
+    if (rs->raw16) {
+        const uint16_t *a = (const uint16_t *)ns_row(rs->q, query);
+        const uint16_t *b = (const uint16_t *)ns_row(rs->corpus, row);
+#ifdef NS_HAVE_SCAN_AVX512
+        if (rs->avx512) return score_exact_bf16_avx512(a, b, rs->q.cols, rs->scale);
+#endif
+        return score_exact_bf16(a, b, rs->q.cols, rs->scale);
+    }
+    if (!*qr) *qr = f32_row(rs->q, query, rs->normalize, rs->qrow);
+    const float *cr = f32_row(rs->corpus, row, rs->normalize, rs->crow);
+    return score_exact(*qr, cr, rs->q.cols, rs->scale);
+}
+
+/* Candidates with a bound get their exact score (and e = 0). */
+void ns_mine_rescore(const rescorer *rs, int64_t query, float *s, float *e, const int64_t *id,
+                     int64_t n) {
+    const float *qr = NULL;
+    for (int64_t j = 0; j < n; j++) {
+        if (e[j] == 0.0f) continue;
+        s[j] = score_pair(rs, query, id[j], &qr);
+        e[j] = 0.0f;
+    }
+}
+
+/* Thread tid's re-scorer. */
+rescorer ns_mine_thread_rescorer(const mine_plan *p, ns_matrix q, ns_matrix corpus, float scale,
+                                 int tid) {
+    float *rows = p->rows + (size_t)tid * 2 * (size_t)p->d;
+    rescorer rs = {q, corpus, p->normalize, p->q_exact && p->c_exact, p->avx512, scale, rows,
+                   rows + p->d};
+    return rs;
+}
+
+static inline void prefetch_row(const void *row, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)row + o, 0);
+}
+
+/* Re-scores every short-listed candidate that still has a bound, in corpus order: the pairs
+ * (query, row) are bucketed by corpus row (a counting sort over blocks of rows), and each
+ * bucket's rows — RESCORE_BYTES, a part of a core's L2 — are read while they sit in the cache,
+ * the pairs of a bucket in query order, instead of one random corpus row per pair.
+ *
+ * The reservoirs (tens to hundreds of MiB) are only ever read and written in their own order:
+ * the pair list holds each pair's query and row (packed, 8 bytes) and its exact score goes to a
+ * list in pair order; a last pass walks the reservoirs again, in the order that filled the list,
+ * and takes the scores back. (Scoring straight into the reservoir slots cost three scattered
+ * cache misses per pair, ~2/3 of a pair's ~150 ns.) Every pass but the bucket scan splits the
+ * queries into one contiguous range per thread; the buckets hold the ranges in thread order, so
+ * each bucket's pairs stay in query order. Returns 0, or -1 when the lists cannot be allocated
+ * (the caller then re-scores query by query). */
+#define RESCORE_BYTES (256 << 10)
+#define PAIR_ROW_BITS 16 /* a row's offset in its bucket (buckets hold at most 2^16 rows) */
+
+typedef struct {
+    int64_t rows, nb; /* corpus rows per bucket, buckets */
+    int threads;
+    int64_t *at;      /* [threads][nb]: the next list position of each (thread, bucket) */
+    uint64_t *pair;   /* query << PAIR_ROW_BITS | row offset in the bucket */
+    float *score;     /* s* of each pair */
+    int64_t *start;   /* [nb + 1]: each bucket's first pair */
+} pair_lists;
+
+/* Thread tid's contiguous range of queries. */
+static void query_range(const mine_plan *p, int tid, int threads, int64_t *lo, int64_t *hi) {
+    *lo = p->Q * tid / threads;
+    *hi = p->Q * (tid + 1) / threads;
+}
+
+/* pass 0: count the pairs of each (thread, bucket); 1: list them; 2: take the scores back. */
+static void walk_reservoirs(const mine_plan *p, pair_lists *L, int pass, int tid) {
+    int64_t lo, hi;
+    query_range(p, tid, L->threads, &lo, &hi);
+    int64_t *at = L->at + (size_t)tid * (size_t)L->nb;
+    for (int64_t i = lo; i < hi; i++) {
+        float *s = p->hs + i * p->width, *e = p->es + i * p->width;
+        const int64_t *id = p->hi + i * p->width;
+        for (int64_t j = 0; j < p->cnt[i]; j++) {
+            if (!(e[j] > 0.0f)) continue;
+            const int64_t b = id[j] / L->rows;
+            if (pass == 0) {
+                at[b]++;
+            } else if (pass == 1) {
+                L->pair[at[b]++] = (uint64_t)i << PAIR_ROW_BITS | (uint64_t)(id[j] - b * L->rows);
+            } else {
+                s[j] = L->score[at[b]++];
+                e[j] = 0.0f;
+            }
+        }
+    }
+}
+
+/* Each (thread, bucket)'s first list position: buckets in order, threads in order within.
+ * counts: L->at holds the counts (pass 0), and each bucket's start is noted; otherwise it holds
+ * each segment's end (pass 1: one past its last pair, which is where the next segment starts). */
+static void bucket_positions(pair_lists *L, int counts) {
+    int64_t pos = 0;
+    for (int64_t b = 0; b < L->nb; b++) {
+        if (counts) L->start[b] = pos;
+        for (int t = 0; t < L->threads; t++) {
+            int64_t *c = L->at + (size_t)t * (size_t)L->nb + b;
+            const int64_t next = counts ? pos + *c : *c;
+            *c = pos;
+            pos = next;
+        }
+    }
+    if (counts) L->start[L->nb] = pos;
+}
+
+/* The exact scores of bucket b's pairs, into L->score. */
+static void score_bucket(const mine_plan *p, const pair_lists *L, const rescorer *rs, int64_t b) {
+    const size_t row_bytes = (size_t)p->d * ns_dtype_size(rs->corpus.dtype),
+                 q_bytes = (size_t)p->d * ns_dtype_size(rs->q.dtype);
+    const int64_t base = b * L->rows, end = L->start[b + 1];
+    const uint64_t mask = ((uint64_t)1 << PAIR_ROW_BITS) - 1;
+    const float *qr = NULL; /* the f32 row of query `last`, when one was made */
+    int64_t last = -1;
+    for (int64_t t = L->start[b]; t < end; t++) {
+        /* the rows of the pair after next: the score itself is ~30 ns of arithmetic, a row's
+         * first touch from memory more */
+        if (t + 2 < end) {
+            const uint64_t ahead = L->pair[t + 2];
+            prefetch_row(ns_row(rs->corpus, base + (int64_t)(ahead & mask)), row_bytes);
+            const int64_t qa = (int64_t)(ahead >> PAIR_ROW_BITS);
+            if (qa != last) prefetch_row(ns_row(rs->q, qa), q_bytes);
+        }
+        const int64_t i = (int64_t)(L->pair[t] >> PAIR_ROW_BITS);
+        if (i != last) qr = NULL, last = i; /* pairs come in query order within a bucket */
+        L->score[t] = score_pair(rs, i, base + (int64_t)(L->pair[t] & mask), &qr);
+    }
+}
+
+int ns_mine_rescore_in_corpus_order(const mine_plan *p, ns_matrix q, ns_matrix corpus,
+                                    float scale) {
+    pair_lists L;
+    int64_t total = 0;
+    for (int64_t i = 0; i < p->Q; i++) total += p->cnt[i];
+    const int64_t elem = p->c_exact ? 2 : 4, fit = RESCORE_BYTES / (p->d * elem);
+    const int64_t cap = (int64_t)1 << PAIR_ROW_BITS;
+    L.rows = fit < 16 ? 16 : fit > cap ? cap : fit;
+    L.nb = (p->N + L.rows - 1) / L.rows;
+    L.threads = 1; /* the team's size, set inside the parallel region */
+    L.at = (int64_t *)calloc((size_t)p->threads * (size_t)L.nb, sizeof(int64_t));
+    L.start = (int64_t *)malloc((size_t)(L.nb + 1) * sizeof(int64_t));
+    L.pair = (uint64_t *)malloc((size_t)(total > 0 ? total : 1) * sizeof(uint64_t));
+    L.score = (float *)malloc((size_t)(total > 0 ? total : 1) * sizeof(float));
+    int rc = -1;
+    if (!L.at || !L.start || !L.pair || !L.score) goto done;
+#pragma omp parallel num_threads(p->threads)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#pragma omp single
+        L.threads = omp_get_num_threads(); /* the team OpenMP gave (at most p->threads) */
+#endif
+        walk_reservoirs(p, &L, 0, tid);
+#pragma omp barrier
+#pragma omp single
+        bucket_positions(&L, 1);
+        walk_reservoirs(p, &L, 1, tid);
+#pragma omp barrier
+        const rescorer rs = ns_mine_thread_rescorer(p, q, corpus, scale, tid);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < L.nb; b++) score_bucket(p, &L, &rs, b);
+#pragma omp single
+        bucket_positions(&L, 0);
+        walk_reservoirs(p, &L, 2, tid);
+    }
+    rc = 0;
+done:
+    free(L.at);
+    free(L.start);
+    free(L.pair);
+    free(L.score);
+    return rc;
+}
