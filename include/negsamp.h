@@ -145,7 +145,7 @@ typedef struct ns_comm ns_comm;
 typedef struct {
     size_t struct_size;
     float scale;                 /* score = scale · q·c; default 1 */
-    unsigned flags;              /* NS_NORMALIZE */
+    unsigned flags;              /* NS_NORMALIZE, NS_MINE_RESULT_ON_RANK0 (below) */
     const ns_id_lists *exclude;  /* corpus rows never returned for query i (positives, self) */
     ns_progress_fn progress;     /* optional */
     void *progress_user;
@@ -167,12 +167,19 @@ typedef struct {
  * and whether exclude is set are checked: a difference fails every rank with NS_ERR_COMM naming
  * the value and the ranks), 1 ≤ k ≤ the global row count (k may exceed a shard: a shard with
  * fewer rows contributes what it has), exclusion ids are global rows and, on a CUDA context too,
- * exclusion lists are in host memory. Each rank mines its shard, the per-rank lists are
- * all-gathered by query blocks and merged by ns_before (ties to the lower global row), so the
- * result, on every rank, is exactly the one-rank result over the concatenated corpus, index
- * holding global rows. A rank whose own part fails fails with its message; the others with
- * NS_ERR_COMM naming it. progress counts query blocks mined here; a cancel on any rank cancels
- * all. CPU contexts with an MPI communicator, CUDA contexts with NCCL (merged on the host). */
+ * exclusion lists are in host memory. Each rank mines its shard and the per-rank lists are
+ * merged by ns_before (ties to the lower global row) by query blocks: a block of at least R
+ * queries is cut into R slices, rank j merges slice j (an all-to-all) and the merged slices are
+ * all-gathered; a smaller block is all-gathered and merged on every rank. The result, on every
+ * rank, is exactly the one-rank result over the concatenated corpus, index holding global rows.
+ * With flags | NS_MINE_RESULT_ON_RANK0 only rank 0's index/score are written (the other ranks'
+ * are not, and may be NULL): the merged slices are gathered to rank 0 instead of to every rank,
+ * which halves the bytes a rank other than 0 receives (a caller that writes the result from
+ * rank 0, like `negsamp mine`). A rank whose own part fails fails with its message; the others
+ * with NS_ERR_COMM naming it. progress counts query blocks mined here; a cancel on any rank
+ * cancels all. CPU contexts with an MPI communicator, CUDA contexts with NCCL (merged on the
+ * host). Without a communicator NS_MINE_RESULT_ON_RANK0 changes nothing (the caller is rank 0). */
+#define NS_MINE_RESULT_ON_RANK0 2u /* options->flags, across ranks: the result on rank 0 only */
 #define NS_MAX_K 16384
 NS_API ns_status ns_mine_topk(ns_context *ctx, ns_matrix q, ns_matrix corpus, int64_t k,
                               const ns_mine_options *options, int64_t *index, float *score);

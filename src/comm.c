@@ -2,6 +2,7 @@
  * the small table each transport fills (src/comm_mpi.c, src/comm_nccl.c). */
 #include "ns_comm.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +223,78 @@ static void *host_scratch(ns_context *ctx, ns_comm *c, size_t bytes, const char 
     void *p = malloc(bytes ? bytes : 1);
     if (!p) ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes", fn, bytes);
     return p;
+}
+
+/* The local arguments of ns_comm_alltoallv_host (they read no other rank's values). */
+static ns_status alltoallv_local(ns_context *ctx, const ns_comm *c, const void *send,
+                                 const size_t *scount, const size_t *sdispl, const void *recv,
+                                 const size_t *rcount, const size_t *rdispl, const char *fn) {
+    const void *arrays[] = {scount, sdispl, rcount, rdispl};
+    const char *names[] = {"scount", "sdispl", "rcount", "rdispl"};
+    for (int i = 0; i < 4; i++)
+        if (!arrays[i])
+            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s is NULL (it needs %d entries)",
+                           fn, names[i], c->size);
+    for (int j = 0; j < c->size; j++) {
+        if (scount[j] && !send)
+            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: send is NULL but scount[%d] is %zu",
+                           fn, j, scount[j]);
+        if (rcount[j] && !recv)
+            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: recv is NULL but rcount[%d] is %zu",
+                           fn, j, rcount[j]);
+        if (sdispl[j] > SIZE_MAX - scount[j] || rdispl[j] > SIZE_MAX - rcount[j])
+            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                           "%s: the range of rank %d (sdispl %zu + scount %zu, rdispl %zu + "
+                           "rcount %zu) overflows",
+                           fn, j, sdispl[j], scount[j], rdispl[j], rcount[j]);
+    }
+    return NS_OK;
+}
+
+/* Every rank's verdict and counts on every rank: all fail alike on a rejected argument or on
+ * counts that do not pair up (rank r's scount[j] must be rank j's rcount[r]). */
+static ns_status alltoallv_agree(ns_context *ctx, ns_comm *c, ns_status local,
+                                 const size_t *scount, const size_t *rcount, const char *fn) {
+    const size_t R = (size_t)c->size, row = 1 + 2 * R;
+    int64_t *all = (int64_t *)host_scratch(ctx, c, sizeof(int64_t) * row * (R + 1), fn);
+    if (!all) return NS_ERR_OUT_OF_MEMORY;
+    int64_t *mine = all + row * R;
+    memset(mine, 0, sizeof(int64_t) * row);
+    mine[0] = local == NS_OK;
+    for (size_t j = 0; j < R && !local; j++)
+        mine[1 + j] = (int64_t)scount[j], mine[1 + R + j] = (int64_t)rcount[j];
+    char own[NS_ERROR_CAPACITY];
+    memcpy(own, ctx->error, sizeof own);
+    ns_status st = c->ops->allgather_host(ctx, c, mine, all, sizeof(int64_t) * row, fn);
+    if (!st && local) memcpy(ctx->error, own, sizeof own), st = local;
+    for (int r = 0; r < c->size && !st; r++)
+        if (!all[(size_t)r * row])
+            st = ns_fail(ctx, NS_ERR_COMM,
+                         "%s: rank %d rejected its arguments (its own error names them), so "
+                         "every rank fails this call (this is rank %d)",
+                         fn, r, c->rank);
+    for (size_t r = 0; r < R && !st; r++)
+        for (size_t j = 0; j < R && !st; j++) {
+            int64_t sends = all[r * row + 1 + j], expects = all[j * row + 1 + R + r];
+            if (sends != expects)
+                st = ns_fail(ctx, NS_ERR_COMM,
+                             "%s: ranks disagree: rank %zu sends %lld bytes to rank %zu (its "
+                             "scount[%zu]) but rank %zu expects %lld from it (its rcount[%zu]); "
+                             "this is rank %d",
+                             fn, r, (long long)sends, j, j, j, (long long)expects, r, c->rank);
+        }
+    free(all);
+    return st;
+}
+
+ns_status ns_comm_alltoallv_host(ns_context *ctx, ns_comm *c, const void *send,
+                                 const size_t *scount, const size_t *sdispl, void *recv,
+                                 const size_t *rcount, const size_t *rdispl, const char *fn) {
+    ns_status st = ns_comm_usable(ctx, c, fn);
+    if (st) return st;
+    ns_status local = alltoallv_local(ctx, c, send, scount, sdispl, recv, rcount, rdispl, fn);
+    if ((st = alltoallv_agree(ctx, c, local, scount, rcount, fn))) return st;
+    return c->ops->alltoallv_host(ctx, c, send, scount, sdispl, recv, rcount, rdispl, fn);
 }
 
 ns_status ns_comm_allreduce_sum_host(ns_context *ctx, ns_comm *c, double *v, int n,

@@ -107,23 +107,27 @@ static ns_status mpi_reduce_scatter_f32(ns_context *ctx, ns_comm *c, const float
     return NS_OK;
 }
 
-/* Point-to-point rather than MPI_Iallgather, so that a timeout can name the ranks whose
- * message never came. Used for the small per-call headers and scalars. */
-static ns_status mpi_allgather_host(ns_context *ctx, ns_comm *c, const void *mine, void *all,
-                                    size_t bytes, const char *fn) {
+/* One exchange of point-to-point messages inside buf (the communicator's staging, which MPI
+ * may still write after a timeout): from each peer r, rcount[r] bytes into buf + roff[r]; to
+ * each peer r, scount[r] bytes from buf + soff[r]; this rank and empty messages are skipped.
+ * req holds 2·size requests. Polled against the deadline, so a timeout names the ranks whose
+ * message never came (the first few). */
+static ns_status p2p_exchange(ns_context *ctx, ns_comm *c, char *buf, const size_t *soff,
+                              const size_t *scount, const size_t *roff, const size_t *rcount,
+                              MPI_Request *req, const char *fn) {
     mpi_impl *m = (mpi_impl *)c->impl;
     int R = c->size, me = c->rank;
-    if (bytes > INT_MAX)
-        return ns_fail(ctx, NS_ERR_UNSUPPORTED, "%s: %zu bytes per rank are too many", fn, bytes);
-    size_t reqs_at = (bytes * (size_t)R + 63) / 64 * 64;
-    char *buf = (char *)staging(ctx, c, reqs_at + sizeof(MPI_Request) * 2 * (size_t)R, fn);
-    if (!buf) return NS_ERR_OUT_OF_MEMORY;
-    MPI_Request *req = (MPI_Request *)(buf + reqs_at); /* [0,R): receives, [R,2R): sends */
-    memcpy(buf + bytes * (size_t)me, mine, bytes);
-    for (int r = 0; r < R; r++) req[r] = req[R + r] = MPI_REQUEST_NULL;
     for (int r = 0; r < R; r++) {
-        if (r == me) continue;
-        int rc = MPI_Irecv(buf + bytes * (size_t)r, (int)bytes, MPI_BYTE, r, NS_MPI_TAG, m->comm,
+        req[r] = req[R + r] = MPI_REQUEST_NULL;
+        if (scount[r] > INT_MAX || rcount[r] > INT_MAX)
+            return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                           "%s: %zu bytes between rank %d and rank %d exceed what one MPI message "
+                           "carries (%d)",
+                           fn, scount[r] > rcount[r] ? scount[r] : rcount[r], me, r, INT_MAX);
+    }
+    for (int r = 0; r < R; r++) {
+        if (r == me || !rcount[r]) continue;
+        int rc = MPI_Irecv(buf + roff[r], (int)rcount[r], MPI_BYTE, r, NS_MPI_TAG, m->comm,
                            &req[r]);
         if (rc != MPI_SUCCESS) {
             m->abandoned = 1;
@@ -131,8 +135,8 @@ static ns_status mpi_allgather_host(ns_context *ctx, ns_comm *c, const void *min
         }
     }
     for (int r = 0; r < R; r++) {
-        if (r == me) continue;
-        int rc = MPI_Isend(buf + bytes * (size_t)me, (int)bytes, MPI_BYTE, r, NS_MPI_TAG, m->comm,
+        if (r == me || !scount[r]) continue;
+        int rc = MPI_Isend(buf + soff[r], (int)scount[r], MPI_BYTE, r, NS_MPI_TAG, m->comm,
                            &req[R + r]);
         if (rc != MPI_SUCCESS) {
             m->abandoned = 1;
@@ -148,7 +152,7 @@ static ns_status mpi_allgather_host(ns_context *ctx, ns_comm *c, const void *min
             m->abandoned = 1;
             return mpi_fail(ctx, c, rc, fn, "MPI_Testall");
         }
-        if (done) break;
+        if (done) return NS_OK;
         if (ns_comm_now() > deadline) {
             /* Name the ranks we heard nothing from (the first few). */
             char who[160];
@@ -172,7 +176,62 @@ static ns_status mpi_allgather_host(ns_context *ctx, ns_comm *c, const void *min
         }
         ns_comm_backoff(&round);
     }
-    memcpy(all, buf, bytes * (size_t)R);
+}
+
+/* The staging of one exchange: `data` bytes of messages, then four size_t arrays of size
+ * entries (offsets and counts) and 2·size requests. NULL on OOM (message set). */
+static char *exchange_staging(ns_context *ctx, ns_comm *c, size_t data, size_t **arrays,
+                              MPI_Request **req, const char *fn) {
+    size_t R = (size_t)c->size, at = (data + 63) / 64 * 64;
+    size_t req_at = at + (4 * R * sizeof(size_t) + 63) / 64 * 64;
+    char *buf = (char *)staging(ctx, c, req_at + sizeof(MPI_Request) * 2 * R, fn);
+    if (!buf) return NULL;
+    *arrays = (size_t *)(buf + at);
+    *req = (MPI_Request *)(buf + req_at);
+    return buf;
+}
+
+/* Point-to-point rather than MPI_Iallgather, so that a timeout can name the ranks whose
+ * message never came. Used for the small per-call headers and scalars. */
+static ns_status mpi_allgather_host(ns_context *ctx, ns_comm *c, const void *mine, void *all,
+                                    size_t bytes, const char *fn) {
+    size_t R = (size_t)c->size, me = (size_t)c->rank, *a;
+    MPI_Request *req;
+    char *buf = exchange_staging(ctx, c, bytes * R, &a, &req, fn);
+    if (!buf) return NS_ERR_OUT_OF_MEMORY;
+    size_t *soff = a, *scount = a + R, *roff = a + 2 * R, *rcount = a + 3 * R;
+    for (size_t r = 0; r < R; r++)
+        soff[r] = bytes * me, scount[r] = rcount[r] = bytes, roff[r] = bytes * r;
+    memcpy(buf + bytes * me, mine, bytes);
+    ns_status st = p2p_exchange(ctx, c, buf, soff, scount, roff, rcount, req, fn);
+    if (!st) memcpy(all, buf, bytes * R);
+    return st;
+}
+
+/* Point-to-point too (the MPI_Alltoallv equivalent, with the timeout naming silent ranks): the
+ * messages packed in the staging, received ones first; this rank's own part copied directly. */
+static ns_status mpi_alltoallv_host(ns_context *ctx, ns_comm *c, const void *send,
+                                    const size_t *scount, const size_t *sdispl, void *recv,
+                                    const size_t *rcount, const size_t *rdispl, const char *fn) {
+    size_t R = (size_t)c->size, me = (size_t)c->rank, in = 0, out = 0, *a;
+    for (size_t r = 0; r < R; r++)
+        if (r != me) in += rcount[r], out += scount[r];
+    MPI_Request *req;
+    char *buf = exchange_staging(ctx, c, in + out, &a, &req, fn);
+    if (!buf) return NS_ERR_OUT_OF_MEMORY;
+    size_t *soff = a, *sc = a + R, *roff = a + 2 * R, *rc = a + 3 * R;
+    size_t ri = 0, si = in;
+    for (size_t r = 0; r < R; r++) {
+        sc[r] = r == me ? 0 : scount[r], rc[r] = r == me ? 0 : rcount[r];
+        roff[r] = ri, soff[r] = si;
+        if (sc[r]) memcpy(buf + si, (const char *)send + sdispl[r], sc[r]);
+        ri += rc[r], si += sc[r];
+    }
+    ns_status st = p2p_exchange(ctx, c, buf, soff, sc, roff, rc, req, fn);
+    if (st) return st;
+    for (size_t r = 0; r < R; r++)
+        if (rc[r]) memcpy((char *)recv + rdispl[r], buf + roff[r], rc[r]);
+    if (scount[me]) memcpy((char *)recv + rdispl[me], (const char *)send + sdispl[me], scount[me]);
     return NS_OK;
 }
 
@@ -192,8 +251,11 @@ static void mpi_destroy(ns_comm *c) {
     c->impl = NULL;
 }
 
-static const ns_comm_ops mpi_ops = {mpi_allgather_rows, mpi_reduce_scatter_f32, mpi_allgather_host,
-                                    mpi_destroy};
+static const ns_comm_ops mpi_ops = {.allgather_rows = mpi_allgather_rows,
+                                    .reduce_scatter_f32 = mpi_reduce_scatter_f32,
+                                    .allgather_host = mpi_allgather_host,
+                                    .alltoallv_host = mpi_alltoallv_host,
+                                    .destroy = mpi_destroy};
 
 ns_status ns_comm_mpi_init(ns_context *ctx, ns_comm *c, const void *mpi_comm, const char *fn) {
     int inited = 0, finalized = 0;

@@ -224,6 +224,61 @@ static ns_status nccl_allgather_host(ns_context *ctx, ns_comm *c, const void *mi
     return device_leave(prev, allgather_host_on(ctx, c, mine, all, bytes, fn));
 }
 
+/* The all-to-all through the exchange buffers: this rank's messages packed into the pinned
+ * buffer (sent ones first, then room for the received ones), copied to the device scratch,
+ * one group of ncclSend/ncclRecv (this rank's own part too: NCCL pairs a self send with the
+ * self receive of the group), copied back, and the host waits for that copy's event only. */
+static ns_status alltoallv_host_on(ns_context *ctx, ns_comm *c, const void *send,
+                                   const size_t *scount, const size_t *sdispl, void *recv,
+                                   const size_t *rcount, const size_t *rdispl, const char *fn) {
+    nccl_impl *n = (nccl_impl *)c->impl;
+    size_t out = 0, in = 0;
+    for (int r = 0; r < c->size; r++) out += scount[r], in += rcount[r];
+    ns_status st = exchange_reserve(ctx, c, out + in, fn);
+    if (st) return st;
+    char *d = (char *)n->scratch, *h = (char *)n->pinned;
+    for (size_t r = 0, at = 0; r < (size_t)c->size; at += scount[r], r++)
+        memcpy(h + at, (const char *)send + sdispl[r], scount[r]);
+    cudaError_t e = out ? cudaMemcpyAsync(d, h, out, cudaMemcpyHostToDevice, stream_of(ctx))
+                        : cudaSuccess;
+    if (e != cudaSuccess) return cuda_fail(ctx, c, e, fn, "cudaMemcpyAsync");
+    if ((st = nccl_enqueued(ctx, c, ncclGroupStart(), fn, "ncclGroupStart"))) return st;
+    size_t so = 0, ro = out;
+    for (int r = 0; r < c->size && !st; r++) {
+        if (scount[r])
+            st = nccl_enqueued(ctx, c, ncclSend(d + so, scount[r], ncclUint8, r, n->comm,
+                                                stream_of(ctx)),
+                               fn, "ncclSend");
+        if (!st && rcount[r])
+            st = nccl_enqueued(ctx, c, ncclRecv(d + ro, rcount[r], ncclUint8, r, n->comm,
+                                                stream_of(ctx)),
+                               fn, "ncclRecv");
+        so += scount[r], ro += rcount[r];
+    }
+    /* The group is closed on every path: an open group would swallow later calls. */
+    ns_status end = nccl_enqueued(ctx, c, ncclGroupEnd(), fn, "ncclGroupEnd");
+    if (st || (st = end)) return st;
+    e = in ? cudaMemcpyAsync(h + out, d + out, in, cudaMemcpyDeviceToHost, stream_of(ctx))
+           : cudaSuccess;
+    if (e != cudaSuccess) return cuda_fail(ctx, c, e, fn, "cudaMemcpyAsync");
+    if ((e = cudaEventRecord(n->done, stream_of(ctx))) != cudaSuccess)
+        return cuda_fail(ctx, c, e, fn, "cudaEventRecord");
+    if ((st = nccl_wait(ctx, c, n->done, fn, "all-to-all"))) return st;
+    for (size_t r = 0, at = out; r < (size_t)c->size; at += rcount[r], r++)
+        memcpy((char *)recv + rdispl[r], h + at, rcount[r]);
+    return NS_OK;
+}
+
+static ns_status nccl_alltoallv_host(ns_context *ctx, ns_comm *c, const void *send,
+                                     const size_t *scount, const size_t *sdispl, void *recv,
+                                     const size_t *rcount, const size_t *rdispl, const char *fn) {
+    int prev;
+    if (!device_enter(c, &prev))
+        return device_leave(prev, cuda_fail(ctx, c, cudaGetLastError(), fn, "cudaSetDevice"));
+    return device_leave(prev, alltoallv_host_on(ctx, c, send, scount, sdispl, recv, rcount,
+                                                rdispl, fn));
+}
+
 static void nccl_destroy(ns_comm *c) {
     nccl_impl *n = (nccl_impl *)c->impl;
     if (!n) return;
@@ -260,7 +315,7 @@ static void nccl_destroy(ns_comm *c) {
 }
 
 static const ns_comm_ops nccl_ops = {nccl_allgather_rows, nccl_reduce_scatter_f32,
-                                     nccl_allgather_host, nccl_destroy};
+                                     nccl_allgather_host, nccl_alltoallv_host, nccl_destroy};
 
 ns_status ns_comm_nccl_init(ns_context *ctx, ns_comm *c, void *nccl_comm, const void *unique_id,
                             int nranks, int rank, const char *fn) {

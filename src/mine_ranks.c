@@ -4,11 +4,20 @@
  *      options, shard size, largest exclusion id): every rank sees the same table, so all fail
  *      together on a bad argument or a disagreement; the shard offsets are its exclusive scan.
  *   2. per query block: mine this rank's shard (the one-rank backend, k_r = min(k, rows)), turn
- *      the rows global, pad to k, all-gather the blocks' lists (R · nb · k · 12 bytes received
- *      by each rank) and merge the R sorted lists by ns_before (ties to the lower global row).
- *   3. copy the staged result into index/score (the outputs are written only on success).
+ *      the rows global, pad to k, then merge the R sorted lists of each query by ns_before (ties
+ *      to the lower global row) in one of two ways (merge_rule):
+ *      - sharded (the block has at least R queries): the block's queries are cut into R
+ *        contiguous slices; an all-to-all sends rank j every rank's lists of slice j, rank j
+ *        merges its slice, and the merged slices are all-gathered. Each rank receives about
+ *        2·(R−1)/R · nb·k·12 bytes and merges nb/R queries.
+ *      - all-gather (fewer queries than ranks): every rank's lists to every rank, each merges the
+ *        whole block: (R−1) · nb·k·12 bytes received, nb queries merged.
+ *      With NS_MINE_RESULT_ON_RANK0 the merged slices go to rank 0 only (and in the all-gather
+ *      merge only rank 0 merges): the other ranks receive about half the bytes.
+ *   3. copy the staged result into index/score (the outputs are written only on success; with
+ *      NS_MINE_RESULT_ON_RANK0 on rank 0 only).
  * The merge runs on the host for both backends: it is O(R · k) per query, small beside the
- * mining, and the all-gather of a host block works on MPI and NCCL alike. */
+ * mining, and the host exchanges work on MPI and NCCL alike. */
 #include "ns_comm.h"
 #include "ns_dispatch.h"
 #include "ns_mine_ranks.h"
@@ -33,11 +42,15 @@ static int must_agree(int i) { return i != H_OK && i != H_ROWS && i != H_MAXEX; 
 typedef struct {
     ns_comm *c;
     int R;
+    int rank0_only;                /* NS_MINE_RESULT_ON_RANK0: the result on rank 0 alone */
     int64_t Q, k, N, offset, rows; /* global rows N; this rank's [offset, offset + rows) */
     int64_t *ex_off, *ex_ids;      /* this rank's exclusions, local rows (NULL: none) */
     int64_t *index, *head;         /* the staged result (Q × k); the merge's list heads (R) */
     float *score;
-    char *pk, *all;                /* this rank's packet; every rank's (R packets) */
+    char *pk;                      /* this rank's lists of a block, as one packet */
+    char *send;                    /* sharded: the packets for every rank, then the merged slice */
+    char *all;                     /* the received packets (R), or the gathered merged slices */
+    size_t *a2a;                   /* the all-to-all's counts and displacements (4 · R) */
 } ranks_plan;
 
 static int64_t float_bits(float f) {
@@ -145,6 +158,18 @@ static size_t packet_bytes(int64_t nb, int64_t k) {
     return (8 + (size_t)(nb * k) * 12 + NS_ERROR_CAPACITY + 7) & ~(size_t)7;
 }
 
+static int64_t *packet_ids(char *pk) { return (int64_t *)(pk + 8); }
+static float *packet_scores(char *pk, int64_t nb, int64_t k) {
+    return (float *)(pk + 8 + (size_t)(nb * k) * 8);
+}
+
+/* Writes the status and this rank's error text into a packet of `bytes`. */
+static void packet_stamp(const ns_context *ctx, char *pk, size_t bytes, ns_status local) {
+    int64_t mine = (int64_t)local;
+    memcpy(pk, &mine, 8);
+    memcpy(pk + bytes - NS_ERROR_CAPACITY, ctx->error, NS_ERROR_CAPACITY);
+}
+
 /* Queries per block: the received R packets stay under RANKS_BLOCK_BYTES. */
 static int64_t block_queries(const ranks_plan *p) {
     size_t cap = RANKS_BLOCK_BYTES;
@@ -171,8 +196,8 @@ static ns_status mine_block(ns_context *ctx, const ranks_plan *p, ns_matrix q, n
                             const ns_mine_options *o, int64_t b0, int64_t nb, char *pk,
                             void *dev, const char *fn) {
     const int64_t k = p->k, kr = p->rows < k ? p->rows : k;
-    int64_t *id = (int64_t *)(pk + 8);
-    float *sc = (float *)(pk + 8 + (size_t)(nb * k) * 8);
+    int64_t *id = packet_ids(pk);
+    float *sc = packet_scores(pk, nb, k);
     for (int64_t t = 0; t < nb * k; t++) id[t] = -1, sc[t] = -INFINITY;
     if (kr == 0) return NS_OK; /* an empty shard contributes nothing */
     ns_matrix qb = q;
@@ -180,7 +205,7 @@ static ns_status mine_block(ns_context *ctx, const ranks_plan *p, ns_matrix q, n
     qb.data = (const char *)q.data + (size_t)(b0 * ns_ld(q)) * ns_dtype_size(q.dtype);
     ns_id_lists el;
     ns_mine_options lo = *o;
-    lo.comm = NULL, lo.progress = NULL;
+    lo.comm = NULL, lo.progress = NULL, lo.flags &= NS_NORMALIZE;
     const size_t n = (size_t)(nb * kr);
     int64_t *eo = (int64_t *)malloc(sizeof(int64_t) * (size_t)(nb + 1));
     int64_t *hi = (int64_t *)malloc(sizeof(int64_t) * n);
@@ -221,8 +246,8 @@ static void merge_query(const ranks_plan *p, const char *all, size_t bytes, int6
         for (int r = 0; r < p->R; r++) {
             if (head[r] >= k) continue;
             const char *pk = all + (size_t)r * bytes;
-            int64_t id = ((const int64_t *)(pk + 8))[i * k + head[r]];
-            float s = ((const float *)(pk + 8 + (size_t)(nb * k) * 8))[i * k + head[r]];
+            int64_t id = packet_ids((char *)pk)[i * k + head[r]];
+            float s = packet_scores((char *)pk, nb, k)[i * k + head[r]];
             if (id >= 0 && (best < 0 || ns_before(s, id, bs, bi))) best = r, bs = s, bi = id;
         }
         if (best >= 0) head[best]++;
@@ -231,16 +256,13 @@ static void merge_query(const ranks_plan *p, const char *all, size_t bytes, int6
     }
 }
 
-/* The all-gathered packets: a failed rank fails every rank (its own message on it). */
-static ns_status share_block(ns_context *ctx, ranks_plan *p, ns_status local, char *pk,
-                             char *all, size_t bytes, const char *fn) {
-    int64_t mine = (int64_t)local;
-    memcpy(pk, &mine, 8);
-    memcpy(pk + bytes - NS_ERROR_CAPACITY, ctx->error, NS_ERROR_CAPACITY);
-    ns_status st = p->c->ops->allgather_host(ctx, p->c, pk, all, bytes, fn);
-    if (st) return st;
+/* The received packets (R, `bytes` apart): a failed rank fails every rank (its own message on
+ * it, restored from its own packet pk). */
+static ns_status packets_verdict(ns_context *ctx, const ranks_plan *p, ns_status local,
+                                 const char *pk, size_t pk_bytes, const char *all, size_t bytes,
+                                 const char *fn) {
     if (local) {
-        memcpy(ctx->error, pk + bytes - NS_ERROR_CAPACITY, NS_ERROR_CAPACITY);
+        memcpy(ctx->error, pk + pk_bytes - NS_ERROR_CAPACITY, NS_ERROR_CAPACITY);
         return local;
     }
     for (int r = 0; r < p->R; r++) {
@@ -254,6 +276,101 @@ static ns_status share_block(ns_context *ctx, ranks_plan *p, ns_status local, ch
                            all + (size_t)r * bytes + bytes - NS_ERROR_CAPACITY, p->c->rank);
     }
     return NS_OK;
+}
+
+/* The all-gather merge of queries [b0, b0 + nb): every rank's packet to every rank, each
+ * merges every query. */
+static ns_status merge_allgather(ns_context *ctx, ranks_plan *p, ns_status local, int64_t b0,
+                                 int64_t nb, const char *fn) {
+    const size_t bytes = packet_bytes(nb, p->k);
+    packet_stamp(ctx, p->pk, bytes, local);
+    ns_status st = p->c->ops->allgather_host(ctx, p->c, p->pk, p->all, bytes, fn);
+    if (!st) st = packets_verdict(ctx, p, local, p->pk, bytes, p->all, bytes, fn);
+    if (p->rank0_only && p->c->rank != 0) return st; /* no result here */
+    for (int64_t i = 0; i < nb && !st; i++)
+        merge_query(p, p->all, bytes, nb, i, p->head, p->index + (b0 + i) * p->k,
+                    p->score + (b0 + i) * p->k);
+    return st;
+}
+
+/* Rank j's slice of a block of nb queries: [slice_start(j), slice_start(j + 1)); contiguous,
+ * sizes nb/R rounded down or up (empty slices when nb < R). */
+static int64_t slice_start(int64_t nb, int R, int j) { return nb * j / R; }
+
+/* Sends rank j its slice of this rank's lists (one packet each, stamped with the status) and
+ * receives every rank's lists of this rank's slice into p->all (packets of `bytes`). */
+static ns_status slices_exchange(ns_context *ctx, ranks_plan *p, ns_status local, int64_t nb,
+                                 size_t bytes, const char *fn) {
+    const int R = p->R;
+    const int64_t k = p->k;
+    size_t *scount = p->a2a, *sdispl = scount + R, *rcount = sdispl + R, *rdispl = rcount + R;
+    packet_stamp(ctx, p->pk, packet_bytes(nb, k), local);
+    size_t at = 0;
+    for (int j = 0; j < R; j++) {
+        const int64_t s0 = slice_start(nb, R, j), m = slice_start(nb, R, j + 1) - s0;
+        char *o = p->send + at;
+        memcpy(packet_ids(o), packet_ids(p->pk) + s0 * k, sizeof(int64_t) * (size_t)(m * k));
+        memcpy(packet_scores(o, m, k), packet_scores(p->pk, nb, k) + s0 * k,
+               sizeof(float) * (size_t)(m * k));
+        scount[j] = packet_bytes(m, k), sdispl[j] = at;
+        packet_stamp(ctx, o, scount[j], local);
+        rcount[j] = bytes, rdispl[j] = (size_t)j * bytes;
+        at += scount[j];
+    }
+    return p->c->ops->alltoallv_host(ctx, p->c, p->send, scount, sdispl, p->all, rcount, rdispl,
+                                     fn);
+}
+
+/* The merged slices (each padded to the largest, gb bytes, packed at p->send) to every rank,
+ * or to rank 0 alone (NS_MINE_RESULT_ON_RANK0: an all-to-all whose only receiver is rank 0). */
+static ns_status slices_share(ns_context *ctx, ranks_plan *p, size_t gb, const char *fn) {
+    if (!p->rank0_only) return p->c->ops->allgather_host(ctx, p->c, p->send, p->all, gb, fn);
+    const int R = p->R, me = p->c->rank;
+    size_t *scount = p->a2a, *sdispl = scount + R, *rcount = sdispl + R, *rdispl = rcount + R;
+    for (int j = 0; j < R; j++) {
+        scount[j] = j == 0 ? gb : 0, sdispl[j] = 0;
+        rcount[j] = me == 0 ? gb : 0, rdispl[j] = (size_t)j * gb;
+    }
+    return p->c->ops->alltoallv_host(ctx, p->c, p->send, scount, sdispl, p->all, rcount, rdispl,
+                                     fn);
+}
+
+/* The sharded merge of queries [b0, b0 + nb): slices exchanged, this rank's slice merged, the
+ * merged slices shared (each padded to the largest slice, ceil(nb / R) queries). */
+static ns_status merge_sharded(ns_context *ctx, ranks_plan *p, ns_status local, int64_t b0,
+                               int64_t nb, const char *fn) {
+    const int R = p->R, me = p->c->rank;
+    const int64_t k = p->k, s0 = slice_start(nb, R, me), m = slice_start(nb, R, me + 1) - s0;
+    const size_t bytes = packet_bytes(m, k);
+    ns_status st = slices_exchange(ctx, p, local, nb, bytes, fn);
+    if (!st) st = packets_verdict(ctx, p, local, p->pk, packet_bytes(nb, k), p->all, bytes, fn);
+    if (st) return st;
+    for (int64_t i = 0; i < m; i++)
+        merge_query(p, p->all, bytes, m, i, p->head, p->index + (b0 + s0 + i) * k,
+                    p->score + (b0 + s0 + i) * k);
+    const int64_t w = (nb + R - 1) / R;
+    const size_t ids = (size_t)(w * k) * 8, gb = (size_t)(w * k) * 12;
+    memcpy(p->send, p->index + (b0 + s0) * k, (size_t)(m * k) * 8);
+    memcpy(p->send + ids, p->score + (b0 + s0) * k, (size_t)(m * k) * 4);
+    if ((st = slices_share(ctx, p, gb, fn))) return st;
+    if (p->rank0_only && me != 0) return NS_OK; /* no result here */
+    for (int r = 0; r < R; r++) {
+        const int64_t r0 = slice_start(nb, R, r), n = slice_start(nb, R, r + 1) - r0;
+        if (r == me || !n) continue;
+        const char *g = p->all + (size_t)r * gb;
+        memcpy(p->index + (b0 + r0) * k, g, (size_t)(n * k) * 8);
+        memcpy(p->score + (b0 + r0) * k, g + ids, (size_t)(n * k) * 4);
+    }
+    return NS_OK;
+}
+
+/* The one rule between the two merges: sharded when the block has at least R queries (every
+ * slice non-empty). NS_MINE_RANKS_MERGE=allgather|sharded forces one (tests, benchmarks). */
+static int merge_rule_sharded(const ranks_plan *p, int64_t nb) {
+    const char *env = getenv("NS_MINE_RANKS_MERGE");
+    if (env && strcmp(env, "allgather") == 0) return 0;
+    if (env && strcmp(env, "sharded") == 0) return 1;
+    return nb >= p->R;
 }
 
 /* Query blocks: mine, share, merge into the staged result. failed: a local failure since the
@@ -272,30 +389,33 @@ static ns_status mine_blocks(ns_context *ctx, ranks_plan *p, ns_matrix q, ns_mat
     const int64_t blocks = (p->Q + nb_max - 1) / nb_max;
     for (int64_t b0 = 0, blk = 0; b0 < p->Q; b0 += nb_max, blk++) {
         const int64_t nb = p->Q - b0 < nb_max ? p->Q - b0 : nb_max;
-        const size_t bytes = packet_bytes(nb, k);
         ns_status local = failed;
         if (!local) local = mine_block(ctx, p, q, corpus, o, b0, nb, p->pk, dev, fn);
         if (!local && o->progress && o->progress(blk + 1, blocks, o->progress_user))
             local = ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
                             "%s: cancelled by the progress callback", fn);
-        ns_status st = share_block(ctx, p, local, p->pk, p->all, bytes, fn);
+        ns_status st = merge_rule_sharded(p, nb) ? merge_sharded(ctx, p, local, b0, nb, fn)
+                                                 : merge_allgather(ctx, p, local, b0, nb, fn);
         if (st) return st;
-        for (int64_t i = 0; i < nb; i++)
-            merge_query(p, p->all, bytes, nb, i, p->head, p->index + (b0 + i) * k,
-                        p->score + (b0 + i) * k);
     }
     return NS_OK;
 }
 
 /* The host buffers of one call (staged result, packets, merge heads); NS_OK or OOM. */
 static ns_status plan_alloc(ns_context *ctx, ranks_plan *p, const char *fn) {
-    const size_t bytes = packet_bytes(block_queries(p), p->k);
+    const int64_t nb = block_queries(p);
+    const size_t bytes = packet_bytes(nb, p->k);
+    /* The sharded merge's outgoing packets: the block's lists plus R packet headers; the same
+     * buffer later holds the merged slice (at most nb queries). Zeroed: padding goes out too. */
+    const size_t send = (size_t)(nb * p->k) * 12 + (size_t)p->R * (packet_bytes(0, p->k) + 8);
     p->index = (int64_t *)malloc(sizeof(int64_t) * (size_t)(p->Q * p->k));
     p->score = (float *)malloc(sizeof(float) * (size_t)(p->Q * p->k));
-    p->pk = (char *)malloc(bytes);
+    p->pk = (char *)calloc(1, bytes);
+    p->send = (char *)calloc(1, send);
     p->all = (char *)malloc(bytes * (size_t)p->R);
     p->head = (int64_t *)malloc(sizeof(int64_t) * (size_t)p->R);
-    if (p->index && p->score && p->pk && p->all && p->head) return NS_OK;
+    p->a2a = (size_t *)malloc(sizeof(size_t) * 4 * (size_t)p->R);
+    if (p->index && p->score && p->pk && p->send && p->all && p->head && p->a2a) return NS_OK;
     return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY,
                    "%s: cannot allocate the staging of %lld × %lld results and %d packets of "
                    "%zu bytes",
@@ -303,7 +423,8 @@ static ns_status plan_alloc(ns_context *ctx, ranks_plan *p, const char *fn) {
 }
 
 static void plan_free(ranks_plan *p) {
-    void *m[] = {p->index, p->score, p->pk, p->all, p->head, p->ex_off, p->ex_ids};
+    void *m[] = {p->index, p->score, p->pk, p->send, p->all, p->head, p->a2a, p->ex_off,
+                 p->ex_ids};
     for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) free(m[i]);
 }
 
@@ -315,6 +436,7 @@ ns_status ns_mine_topk_ranks(ns_context *ctx, ns_matrix q, ns_matrix corpus, int
     p.c = o->comm;
     p.R = p.c->size;
     p.Q = q.rows, p.k = k, p.rows = corpus.rows;
+    p.rank0_only = (o->flags & NS_MINE_RESULT_ON_RANK0) != 0;
     int64_t max_ex = -1;
     /* A broken communicator, or one of another backend or device, cannot exchange at all. */
     ns_status usable = ns_comm_usable(ctx, p.c, fn);
@@ -325,8 +447,11 @@ ns_status ns_mine_topk_ranks(ns_context *ctx, ns_matrix q, ns_matrix corpus, int
     ns_status st = agree(ctx, &p, local, q, corpus, k, o, max_ex, fn);
     if (!st) st = mine_blocks(ctx, &p, q, corpus, o, local_exclusions(ctx, &p, o->exclude, fn),
                               fn);
-    if (!st) st = ns_copy(ctx, index, p.index, sizeof(int64_t) * (size_t)(p.Q * k), NS_COPY_H2D);
-    if (!st) st = ns_copy(ctx, score, p.score, sizeof(float) * (size_t)(p.Q * k), NS_COPY_H2D);
+    const int writes = !p.rank0_only || p.c->rank == 0;
+    if (!st && writes)
+        st = ns_copy(ctx, index, p.index, sizeof(int64_t) * (size_t)(p.Q * k), NS_COPY_H2D);
+    if (!st && writes)
+        st = ns_copy(ctx, score, p.score, sizeof(float) * (size_t)(p.Q * k), NS_COPY_H2D);
     plan_free(&p);
     return st;
 }

@@ -49,11 +49,14 @@ static ns_status check_args(ns_context *ctx, const char *fn, ns_matrix q, ns_mat
     if (!isfinite(opt->scale))
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->scale (%g) must be finite", fn,
                        (double)opt->scale);
-    if (opt->flags & ~NS_NORMALIZE)
+    if (opt->flags & ~(NS_NORMALIZE | NS_MINE_RESULT_ON_RANK0))
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->flags (0x%x) has bits other than NS_NORMALIZE (0x%x)", fn,
-                       opt->flags, NS_NORMALIZE);
+                       "%s: options->flags (0x%x) has bits other than NS_NORMALIZE (0x%x) and "
+                       "NS_MINE_RESULT_ON_RANK0 (0x%x)",
+                       fn, opt->flags, NS_NORMALIZE, NS_MINE_RESULT_ON_RANK0);
     if ((st = check_exclusions(ctx, fn, opt->exclude, q.rows))) return st;
+    /* A rank other than 0 writes no result when it goes to rank 0 only. */
+    if ((opt->flags & NS_MINE_RESULT_ON_RANK0) && ns_comm_rank(opt->comm) != 0) return NS_OK;
     if ((st = ns_check_ptr(ctx, fn, "index", index))) return st;
     if ((st = ns_check_ptr(ctx, fn, "score", score))) return st;
     return NS_OK;

@@ -46,6 +46,14 @@ typedef struct {
      * answer when it can tell. */
     ns_status (*allgather_host)(ns_context *ctx, ns_comm *c, const void *mine, void *all,
                                 size_t bytes, const char *fn);
+    /* Personalised all-to-all of host memory: send + sdispl[j] (scount[j] bytes) on rank r lands
+     * at recv + rdispl[r] (rcount[r] bytes) on rank j; rank r's scount[j] equals rank j's
+     * rcount[r] (the caller guarantees it: ns_comm_alltoallv_host checks it first). The send
+     * and receive ranges do not overlap. MPI: point-to-point messages, so a timeout names the
+     * silent ranks; NCCL: grouped ncclSend/ncclRecv through the exchange buffers. */
+    ns_status (*alltoallv_host)(ns_context *ctx, ns_comm *c, const void *send,
+                                const size_t *scount, const size_t *sdispl, void *recv,
+                                const size_t *rcount, const size_t *rdispl, const char *fn);
     void (*destroy)(ns_comm *c);
 } ns_comm_ops;
 
@@ -98,6 +106,15 @@ ns_status ns_comm_allgather(ns_context *ctx, ns_comm *c, const void *src, size_t
 /* recv (n floats) = the sum over ranks of their send[rank·n .. rank·n + n); send has size·n. */
 ns_status ns_comm_reduce_scatter_f32(ns_context *ctx, ns_comm *c, const float *send,
                                      float *recv, size_t n, const char *fn);
+/* The checked personalised all-to-all (the ops entry above): local arguments (NULL buffers
+ * with bytes to move, ranges that overflow) and the counts of every rank are all-gathered first,
+ * so a rank with a bad argument, or ranks whose counts disagree (rank r sends rank j a number of
+ * bytes rank j does not expect), fail every rank with NS_ERR_COMM naming them. Costs one extra
+ * exchange of 2·size counts per rank: callers whose counts follow from values the ranks already
+ * agreed on (multi-rank mining) call the ops entry directly. */
+ns_status ns_comm_alltoallv_host(ns_context *ctx, ns_comm *c, const void *send,
+                                 const size_t *scount, const size_t *sdispl, void *recv,
+                                 const size_t *rcount, const size_t *rdispl, const char *fn);
 /* v[0..n) (host) = Σ_r v_r, summed in rank order so every rank gets the same bits. */
 ns_status ns_comm_allreduce_sum_host(ns_context *ctx, ns_comm *c, double *v, int n,
                                      const char *fn);

@@ -110,6 +110,29 @@ void check_primitives(const Ctx &c, ns_comm *comm, std::vector<std::string> *err
     st = ns_comm_allreduce_sum_host(c, comm, v, 2, "test");
     if (st) return fail(std::string("allreduce: ") + ns_last_error(c));
     if (std::fabs(v[0] - w0) > 1e-12 || std::fabs(v[1] - w1) > 1e-12) fail("allreduce value");
+    // Personalised all-to-all of host bytes: rank r sends rank j (r + 2j) % 5 + 1 bytes, each
+    // saying (r, j, position); received in reverse rank order with a gap after each.
+    std::vector<size_t> sc((size_t)R), sd((size_t)R), rc((size_t)R), rd((size_t)R);
+    size_t out_b = 0, in_b = 0;
+    for (int j = 0; j < R; j++)
+        sc[(size_t)j] = (size_t)(me + 2 * j) % 5 + 1, sd[(size_t)j] = out_b, out_b += sc[(size_t)j];
+    for (int r = R - 1; r >= 0; r--)
+        rc[(size_t)r] = (size_t)(r + 2 * me) % 5 + 1, rd[(size_t)r] = in_b, in_b += rc[(size_t)r] + 1;
+    auto byte = [](int r, int j, size_t t) { return (unsigned char)(r * 31 + j * 7 + (int)t); };
+    std::vector<unsigned char> a2a_send(out_b), a2a_recv(in_b, 0xee);
+    for (int j = 0; j < R; j++)
+        for (size_t t = 0; t < sc[(size_t)j]; t++) a2a_send[sd[(size_t)j] + t] = byte(me, j, t);
+    st = ns_comm_alltoallv_host(c, comm, a2a_send.data(), sc.data(), sd.data(), a2a_recv.data(),
+                                rc.data(), rd.data(), "test");
+    if (st) return fail(std::string("alltoallv_host: ") + ns_last_error(c));
+    for (int r = 0; r < R; r++) {
+        for (size_t t = 0; t < rc[(size_t)r]; t++)
+            if (a2a_recv[rd[(size_t)r] + t] != byte(r, me, t))
+                return fail("alltoallv_host: byte " + std::to_string(t) + " from rank " +
+                            std::to_string(r));
+        if (a2a_recv[rd[(size_t)r] + rc[(size_t)r]] != 0xee)
+            return fail("alltoallv_host wrote the gap after rank " + std::to_string(r));
+    }
     const char *names[] = {"B", "h"};
     int64_t hv[2] = {32, me == R - 1 && R > 1 ? 5 : 4};
     st = ns_comm_check_same(c, comm, hv, names, 2, "ns_step_forward");
@@ -511,6 +534,14 @@ TEST(CommNccl, EntriesRestoreTheCallersDevice) {
         EXPECT_EQ(current(), 0) << "allreduce_sum_host left device 1 current";
         EXPECT_EQ(v[0], 1.5);
         EXPECT_EQ(v[1], -2.0);
+        const size_t cnt = 3, at = 0, back_at = 1;
+        const char a2a_in[3] = {'a', 'b', 'c'};
+        char a2a_out[4] = {0, 0, 0, 0};
+        ASSERT_EQ(ns_comm_alltoallv_host(g, comm, a2a_in, &cnt, &at, a2a_out, &cnt, &back_at, "test"),
+                  NS_OK)
+            << ns_last_error(g);
+        EXPECT_EQ(current(), 0) << "alltoallv_host left device 1 current";
+        EXPECT_EQ(std::string(a2a_out + 1, 3), "abc");
         std::vector<float> back(h.size());
         ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
         ASSERT_EQ(cudaMemcpy(back.data(), rs, back.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);

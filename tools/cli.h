@@ -264,6 +264,8 @@ double cli_now(void);
  * On a CPU context they return the host pointer / do nothing. */
 /* A context of the backend (threads 0: all cores); 0 or -1 (message printed). */
 int cli_context_create(ns_backend backend, int threads, ns_context **ctx);
+/* The same on CUDA device `device` (a CPU context ignores it). */
+int cli_context_create_on(ns_backend backend, int threads, int device, ns_context **ctx);
 void *cli_dev_put(ns_context *ctx, const void *host, size_t bytes); /* NULL on failure */
 void *cli_dev_alloc(ns_context *ctx, size_t bytes);
 int cli_dev_get(ns_context *ctx, void *host, const void *dev, size_t bytes);

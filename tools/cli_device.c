@@ -6,9 +6,14 @@
 #include <string.h>
 
 int cli_context_create(ns_backend backend, int threads, ns_context **ctx) {
+    return cli_context_create_on(backend, threads, 0, ctx);
+}
+
+int cli_context_create_on(ns_backend backend, int threads, int device, ns_context **ctx) {
     ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
     co.backend = backend;
     co.threads = threads;
+    co.device = backend == NS_BACKEND_CPU ? 0 : device;
     if (ns_context_create(ctx, &co) == NS_OK) return 0;
     cli_error("cannot create a %s context: %s", backend == NS_BACKEND_CUDA ? "CUDA" :
               backend == NS_BACKEND_CPU ? "CPU" : "auto", ns_last_error(NULL));

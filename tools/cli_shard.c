@@ -20,10 +20,30 @@ static int launched_size(void) {
     return 1;
 }
 
+/* Tests take the multi-rank path in one process (the host layer's NCCL has one rank). */
+static int forced(void) {
+    const char *v = getenv("NS_CLI_TEST_FORCE_RANKS");
+    return v && atoi(v) > 0;
+}
+
+#ifdef NS_CLI_MPI
+/* This rank's number among the ranks sharing its node (its memory): the CUDA device it uses. */
+static int node_local_rank(void) {
+    MPI_Comm node;
+    int local = 0;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
+        MPI_SUCCESS)
+        return -1;
+    MPI_Comm_rank(node, &local);
+    MPI_Comm_free(&node);
+    return local;
+}
+#endif
+
 int cli_shard_init(cli_shard *sh) {
     memset(sh, 0, sizeof *sh);
     sh->size = 1;
-    if (launched_size() <= 1) return 0;
+    if (launched_size() <= 1 && !forced()) return 0;
 #ifdef NS_CLI_MPI
     int inited = 0;
     MPI_Initialized(&inited);
@@ -32,8 +52,13 @@ int cli_shard_init(cli_shard *sh) {
         return -1;
     }
     sh->mpi = !inited;
+    sh->ranks = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &sh->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &sh->size);
+    if ((sh->local_rank = node_local_rank()) < 0) {
+        cli_error("rank %d: MPI_Comm_split_type (the ranks of this node) failed", sh->rank);
+        return -1;
+    }
     return 0;
 #else
     cli_error("launched with %d ranks, but this negsamp was built without MPI (configure with "
@@ -43,14 +68,38 @@ int cli_shard_init(cli_shard *sh) {
 #endif
 }
 
-int cli_shard_comm(cli_shard *sh, ns_context *ctx) {
-    if (sh->size <= 1) return 0;
 #ifdef NS_CLI_MPI
-    if (ns_context_backend(ctx) != NS_BACKEND_CPU) {
-        cli_error("mining across ranks runs on --backend cpu (MPI); NCCL ranks are available "
-                  "through the library (ns_comm_create_nccl), not yet through the CLI");
+/* NCCL ranks: rank 0 makes the ncclUniqueId and broadcasts it with its verdict (a failure
+ * there stops every rank at once), then every rank joins the communicator (collective, with
+ * the library's timeout). */
+static int nccl_comm(cli_shard *sh, ns_context *ctx) {
+    unsigned char id[NS_NCCL_UNIQUE_ID_BYTES + 1];
+    memset(id, 0, sizeof id);
+    if (sh->rank == 0) {
+        if (ns_nccl_unique_id(ctx, id) == NS_OK) id[NS_NCCL_UNIQUE_ID_BYTES] = 1;
+        else cli_error("rank 0: cannot make an NCCL unique id: %s", ns_last_error(ctx));
+    }
+    if (MPI_Bcast(id, (int)sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD) != MPI_SUCCESS) {
+        cli_error("rank %d: MPI_Bcast of the NCCL unique id failed", sh->rank);
         return -1;
     }
+    if (!id[NS_NCCL_UNIQUE_ID_BYTES]) {
+        if (sh->rank) cli_error("rank %d: rank 0 could not make the NCCL unique id", sh->rank);
+        return -1;
+    }
+    if (ns_comm_create_nccl_id(ctx, id, sh->size, sh->rank, NULL, &sh->comm) != NS_OK) {
+        cli_error("rank %d (CUDA device %d): cannot create the NCCL communicator: %s", sh->rank,
+                  sh->local_rank, ns_last_error(ctx));
+        return -1;
+    }
+    return 0;
+}
+#endif
+
+int cli_shard_comm(cli_shard *sh, ns_context *ctx) {
+    if (!sh->ranks) return 0;
+#ifdef NS_CLI_MPI
+    if (ns_context_backend(ctx) == NS_BACKEND_CUDA) return nccl_comm(sh, ctx);
     MPI_Comm world = MPI_COMM_WORLD;
     ns_status st = ns_comm_create_mpi(ctx, &world, NULL, &sh->comm);
     if (st != NS_OK) {
@@ -74,7 +123,7 @@ void cli_shard_rows(const cli_shard *sh, int64_t rows, int64_t *r0, int64_t *n) 
 }
 
 int cli_shard_any_failed(const cli_shard *sh, int failed) {
-    if (sh->size <= 1) return failed != 0;
+    if (!sh->ranks) return failed != 0;
 #ifdef NS_CLI_MPI
     int mine = failed != 0, any = 1;
     if (MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS) return 1;
@@ -86,7 +135,7 @@ int cli_shard_any_failed(const cli_shard *sh, int failed) {
 
 int64_t cli_shard_bcast(const cli_shard *sh, int64_t v) {
 #ifdef NS_CLI_MPI
-    if (sh->size > 1) MPI_Bcast(&v, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    if (sh->ranks) MPI_Bcast(&v, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
 #else
     (void)sh;
 #endif

@@ -1,8 +1,12 @@
-/* negsamp mine across MPI ranks (`mpirun -np R negsamp mine ...`): the launch is detected from
+/* negsamp mine across ranks (`mpirun -np R negsamp mine ...`): the launch is detected from
  * the launcher's environment; each rank mines rows [r·N/R, (r+1)·N/R) of the corpus, the
  * library merges the ranks' top-k lists (ns_mine_options.comm) and rank 0 alone writes the
- * outputs, which are byte for byte those of a one-process run. Without a launcher (or with one
- * rank) everything here is a no-op and the program runs as one process. */
+ * outputs, which are byte for byte those of a one-process run. CPU ranks (--backend cpu) share
+ * an MPI communicator; CUDA ranks (--backend cuda) an NCCL one, built from an ncclUniqueId that
+ * rank 0 makes and broadcasts over MPI, each rank on the CUDA device numbered by its rank among
+ * the ranks of its node (MPI_Comm_split_type SHARED). Without a launcher (or with one rank)
+ * everything here is a no-op and the program runs as one process; NS_CLI_TEST_FORCE_RANKS=1
+ * (tests) makes even one process take the multi-rank path (MPI initialised as a singleton). */
 #ifndef NS_CLI_SHARD_H
 #define NS_CLI_SHARD_H
 
@@ -10,15 +14,17 @@
 
 typedef struct {
     int rank, size;  /* 0 and 1 in a one-process run */
+    int ranks;       /* the multi-rank path is taken (size > 1, or forced for tests) */
+    int local_rank;  /* the rank among the ranks of this node: the CUDA device of this rank */
     int mpi;         /* MPI was initialised here */
-    ns_comm *comm;   /* the library's communicator over MPI_COMM_WORLD (size > 1) */
+    ns_comm *comm;   /* the library's communicator over MPI_COMM_WORLD (ranks) */
 } cli_shard;
 
 /* Initialises MPI when launched by mpirun/mpiexec/srun with more than one rank. 0, or -1 with
  * a message (a build without MPI launched with several ranks). */
 int cli_shard_init(cli_shard *sh);
-/* The communicator for ctx (a CPU context: MPI; CUDA contexts are refused, NCCL needs a
- * device per rank which the CLI does not set up yet). 0 or -1 (message printed). */
+/* The communicator for ctx: MPI for a CPU context, NCCL for a CUDA one (ctx on device
+ * local_rank; collective: every rank calls it). 0 or -1 (message printed). */
 int cli_shard_comm(cli_shard *sh, ns_context *ctx);
 /* This rank's rows [*r0, *r0 + *n) of a corpus of rows rows. */
 void cli_shard_rows(const cli_shard *sh, int64_t rows, int64_t *r0, int64_t *n);

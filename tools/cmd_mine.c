@@ -44,9 +44,10 @@ static const char MINE_HELP[] =
     "  --queries/--corpus FILE.jsonl  HF-style JSONL texts (same fields as BEIR's)\n"
     "  With texts, only the queries with a positive in the qrels are mined and written (rows\n"
     "  of --out-index etc. and of the trace follow them in file order).\n"
-    "Across ranks: mpirun -np R negsamp mine ... (--backend cpu): each rank mines 1/R of the\n"
-    "  corpus rows, the ranks' top-k are merged exactly and rank 0 writes the outputs, byte for\n"
-    "  byte those of one process.\n";
+    "Across ranks: mpirun -np R negsamp mine ...: each rank mines 1/R of the corpus rows, the\n"
+    "  ranks' top-k are merged exactly and rank 0 writes the outputs, byte for byte those of one\n"
+    "  process. --backend cpu (the default under mpirun): MPI ranks; --backend cuda: NCCL ranks,\n"
+    "  one GPU each (device = the rank's number among the ranks of its node).\n";
 
 static const char MINE_EXAMPLES[] =
     "\nExamples:\n"
@@ -388,6 +389,7 @@ static int mine_topk_block(mine_run *r, int64_t b0, int64_t nb) {
         corpus.rows = cn;
         el.offsets = r->eoff, el.ids = eids;
         mo.comm = r->sh.comm;
+        mo.flags |= NS_MINE_RESULT_ON_RANK0; /* rank 0 alone runs the stage */
     }
     mo.progress = cli_progress_update;
     mo.progress_user = &r->prog;
@@ -580,20 +582,29 @@ int cli_cmd_mine(int argc, char **argv) {
     if (cli_shard_init(&r.sh)) return CLI_RUNTIME;
     const int writer = cli_shard_writer(&r.sh);
     if (!writer) a.o.quiet = 1; /* rank 0 reports for all */
-    if (r.sh.size > 1 && a.o.backend == NS_BACKEND_AUTO) a.o.backend = NS_BACKEND_CPU; /* MPI */
+    if (r.sh.ranks && a.o.backend == NS_BACKEND_AUTO) a.o.backend = NS_BACKEND_CPU; /* MPI */
+    a.o.device = r.sh.local_rank; /* CUDA ranks: one device per rank of the node */
     cli_install_signal_cleanup();
     int failed = (writer && stage_open_outputs(&r.s)) || mine_load_inputs(&r);
     if (!failed && (u = mine_fit_k(&r))) rc = u, failed = 1;
-    failed = failed || mine_prepare(&r) || cli_shard_comm(&r.sh, r.s.ctx) ||
-             (writer && mine_open_checkpoint(&r, in, 6));
+    failed = failed || mine_prepare(&r);
+    /* Every rank ready before the communicator (collective): a rank that failed stops the
+     * others here instead of leaving them to the communicator's timeout. */
     if (cli_shard_any_failed(&r.sh, failed)) goto fail;
+    failed = cli_shard_comm(&r.sh, r.s.ctx) || (writer && mine_open_checkpoint(&r, in, 6));
+    if (cli_shard_any_failed(&r.sh, failed)) goto fail;
+    if (r.sh.ranks && !a.o.quiet)
+        fprintf(stderr, "%s: mining across %d rank(s) over %s\n", cli_command, r.sh.size,
+                ns_context_backend(r.s.ctx) == NS_BACKEND_CUDA
+                    ? "NCCL (one CUDA device per rank: its number among its node's ranks)"
+                    : "MPI");
     r.resumed = cli_shard_bcast(&r.sh, r.ck.done);
     cli_progress_init(&r.prog, "mining", r.s.B, a.o.quiet);
     double t0 = cli_now();
     for (int64_t b0 = 0, blk = 0; b0 < r.s.B; b0 += a.batch, blk++) {
         failed = mine_block(&r, b0, r.s.B - b0 < a.batch ? r.s.B - b0 : a.batch, blk);
         /* A failure on rank 0 after the merge (writing) stops the others too. */
-        if (r.sh.size > 1 ? cli_shard_any_failed(&r.sh, failed) : failed) goto fail;
+        if (cli_shard_any_failed(&r.sh, failed)) goto fail;
     }
     cli_progress_finish(&r.prog);
     if (writer && (mine_provenance(&r, in, 6) || stage_commit(&r.s))) goto fail;

@@ -279,7 +279,7 @@ void stage_free(stage *s) {
 }
 
 int stage_context(stage *s) {
-    return cli_context_create(s->o->backend, s->o->threads, &s->ctx);
+    return cli_context_create_on(s->o->backend, s->o->threads, s->o->device, &s->ctx);
 }
 
 void stage_summary(const stage *s, const char *what, double secs) {

@@ -25,6 +25,7 @@ typedef struct {
     char trace_path[6][4096];
     int force, quiet, threads;
     ns_backend backend;
+    int device; /* the CUDA device of the context (a rank's under mpirun; 0 otherwise) */
     /* --random-negatives M: M corpus rows per query by weight^alpha (ns_sample_corpus) after the
      * m hard ones, never a positive or a chosen hard negative (stage_random.c) */
     int64_t random_m;

@@ -4,10 +4,16 @@
 Each group runs as its own ctest (cli_<group>, registered in tools/CMakeLists.txt):
     python3 tests/cli/test_ranks.py --negsamp BUILD/tools/negsamp [--mpiexec mpirun] --group resume
 Groups:
-  ranks       mpirun -np 2 and -np 3 write the same bytes as one process (JSONL, .npy index and
+  ranks       mpirun -np 2, 3 and 4 write the same bytes as one process (JSONL, .npy index and
               scores) on data with ties across shards, k larger than a shard and exclusions
-              (positives); the one-process top-k equals a float64 brute force (ties to the lower
-              row). Needs --mpiexec (skipped, exit 77, without it).
+              (positives), through both merges (blocks of 8 queries: sharded; --batch 2 on 3
+              and 4 ranks: all-gathered); the one-process top-k equals a float64 brute force
+              (ties to the lower row). Needs --mpiexec (skipped, exit 77, without it).
+  forced      one process forced onto the multi-rank path (NS_CLI_TEST_FORCE_RANKS=1: MPI as a
+              singleton, a communicator of one rank, the sharded merge) writes the same bytes as
+              a plain run; with --backend cuda (--cuda) the communicator is NCCL (the host
+              execution layer's one-rank NCCL in a -DNS_CUDA_HOST=ON build). Needs a build
+              with MPI (--mpiexec given); --cuda skips (77) where no CUDA device is usable.
   resume      a run killed (SIGKILL) or interrupted (SIGINT) after some blocks resumes from its
               checkpoint without mining those blocks again and writes the same bytes as an
               uninterrupted run; a torn last record is dropped; a checkpoint of other inputs or
@@ -29,6 +35,7 @@ import numpy as np
 
 NEGSAMP = None
 MPIEXEC = None
+CUDA = False
 # As tests/mpi/CMakeLists.txt: root in CI, oversubscribed 2-core machines, containers.
 MPI_ENV = {"OMPI_MCA_rmaps_base_oversubscribe": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
@@ -112,9 +119,15 @@ def group_ranks(tmp):
     need_mpi()
     q, c = make_data(tmp)
     run(mine_args(tmp, "one"))
-    for r in (2, 3):  # 3 ranks: shards of 21, 20, 20 rows < k = 25
+    for r in (2, 3, 4):  # 3 ranks: shards of 21, 20, 20 rows < k = 25; 4: 16, 15, 15, 15
         run(mine_args(tmp, f"r{r}"), ranks=r)
         same_bytes(tmp, "one", f"r{r}")
+    # Blocks of 2 queries: fewer than 3 or 4 ranks, so the all-gather merge; the same bytes.
+    small = ["--batch", 2]
+    run(mine_args(tmp, "one_b2", extra=small))
+    for r in (3, 4):
+        run(mine_args(tmp, f"r{r}_b2", extra=small), ranks=r)
+        same_bytes(tmp, "one_b2", f"r{r}_b2")
     # The merged top-k itself: -m = k with the top sampler writes the mined lists in order.
     top = ["--sampler", "top", "-m", 25]
     args = mine_args(tmp, "top2") + top
@@ -178,17 +191,36 @@ def group_resume(tmp):
         same_bytes(tmp, "full", "mix")
 
 
+def group_forced(tmp):
+    need_mpi()
+    make_data(tmp)
+    backend = ["--backend", "cuda"] if CUDA else []
+    err = run(mine_args(tmp, "one", extra=backend), expect=None)
+    if CUDA and "no CUDA device" in err:
+        raise Skip("no CUDA device usable")
+    args = [a for a in mine_args(tmp, "forced", extra=backend) if a != "--quiet"]
+    env = dict(os.environ, **MPI_ENV, NS_CLI_TEST_FORCE_RANKS="1")
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"  # MPI's own, as run()
+    p = subprocess.run([NEGSAMP, *map(str, args)], capture_output=True, text=True, timeout=300,
+                       env=env)
+    check(p.returncode == 0, f"forced ranks: exit {p.returncode}: {p.stderr[-3000:]}")
+    want = "over NCCL" if CUDA else "over MPI"
+    check(f"mining across 1 rank(s) {want}" in p.stderr, p.stderr[-3000:])
+    same_bytes(tmp, "one", "forced")
+
+
 GROUPS = {name[6:]: fn for name, fn in globals().items() if name.startswith("group_")}
 
 
 def main():
-    global NEGSAMP, MPIEXEC
+    global NEGSAMP, MPIEXEC, CUDA
     ap = argparse.ArgumentParser()
     ap.add_argument("--negsamp", required=True)
     ap.add_argument("--mpiexec")
+    ap.add_argument("--cuda", action="store_true", help="forced: --backend cuda (NCCL)")
     ap.add_argument("--group", action="append", choices=sorted(GROUPS))
     a = ap.parse_args()
-    NEGSAMP, MPIEXEC = a.negsamp, a.mpiexec
+    NEGSAMP, MPIEXEC, CUDA = a.negsamp, a.mpiexec, a.cuda
     failed = ran = 0
     for g in a.group or list(GROUPS):
         with tempfile.TemporaryDirectory(prefix=f"negsamp-cli-{g}-") as tmp:

@@ -2,6 +2,7 @@
 #include "nccl.h"
 
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -63,11 +64,10 @@ ncclResult_t make(ncclComm_t *out, int nranks, int rank, int device, bool blocki
     return blocking ? ncclSuccess : ncclInProgress;
 }
 
-// A collective of one rank: recv = send (count elements), queued on the stream, which must be
-// on the communicator's device, as must the buffers.
-ncclResult_t copy_collective(const char *what, const void *send, void *recv, size_t bytes,
-                             ncclComm_t comm, cudaStream_t stream) {
-    std::lock_guard<std::recursive_mutex> lk(cuda_host::mutex());
+// The checks of real NCCL on a one-rank call: a live communicator, the stream and the buffers
+// on its device. ncclSuccess or the failure.
+ncclResult_t check_call(const char *what, std::initializer_list<const void *> bufs, size_t bytes,
+                        ncclComm_t comm, cudaStream_t stream) {
     if (!live(comm)) return fail(nullptr, ncclInvalidArgument, std::string(what) + ": not a live communicator");
     if (comm->aborted) return fail(comm, ncclInvalidUsage, std::string(what) + ": aborted communicator");
     int sdev = -1;
@@ -75,13 +75,19 @@ ncclResult_t copy_collective(const char *what, const void *send, void *recv, siz
         return fail(comm, ncclInvalidUsage,
                     std::string(what) + ": the stream is not on the communicator's device " +
                         std::to_string(comm->device));
-    for (const void *p : {send, (const void *)recv}) {
+    for (const void *p : bufs) {
         const cuda_host::Alloc *a = cuda_host::find_alloc(p, false);
         if (bytes && (!a || a->pinned || a->device != comm->device))
             return fail(comm, ncclInvalidArgument,
                         std::string(what) + ": a buffer is not device memory of device " +
                             std::to_string(comm->device));
     }
+    return ncclSuccess;
+}
+
+// Queues recv = send (bytes) on the stream; a non-blocking communicator answers InProgress.
+ncclResult_t queue_copy(const void *send, void *recv, size_t bytes, ncclComm_t comm,
+                        cudaStream_t stream) {
     if (send != recv && bytes) {
         cudaError_t e = cudaMemcpyAsync(recv, send, bytes, cudaMemcpyDeviceToDevice, stream);
         if (e != cudaSuccess) return fail(comm, ncclUnhandledCudaError, cudaGetErrorString(e));
@@ -90,6 +96,44 @@ ncclResult_t copy_collective(const char *what, const void *send, void *recv, siz
         comm->pending = 1;
         return ncclInProgress;
     }
+    return ncclSuccess;
+}
+
+// A collective of one rank: recv = send (count elements), queued on the stream, which must be
+// on the communicator's device, as must the buffers.
+ncclResult_t copy_collective(const char *what, const void *send, void *recv, size_t bytes,
+                             ncclComm_t comm, cudaStream_t stream) {
+    std::lock_guard<std::recursive_mutex> lk(cuda_host::mutex());
+    ncclResult_t r = check_call(what, {send, (const void *)recv}, bytes, comm, stream);
+    return r != ncclSuccess ? r : queue_copy(send, recv, bytes, comm, stream);
+}
+
+// Point-to-point calls wait in the open group (ncclGroupStart .. ncclGroupEnd) until its end
+// pairs each communicator's sends with its receives in call order (one rank: peer 0 = self).
+struct P2p {
+    bool send;
+    const void *buf;
+    size_t bytes;
+    ncclComm_t comm;
+    cudaStream_t stream;
+};
+int g_group_depth = 0;
+std::vector<P2p> g_group;
+
+ncclResult_t p2p(const char *what, bool send, const void *buf, size_t count,
+                 ncclDataType_t type, int peer, ncclComm_t comm, cudaStream_t stream) {
+    std::lock_guard<std::recursive_mutex> lk(cuda_host::mutex());
+    size_t bytes = count * type_size(type);
+    ncclResult_t r = check_call(what, {buf}, bytes, comm, stream);
+    if (r != ncclSuccess) return r;
+    if (peer != 0)
+        return fail(comm, ncclInvalidArgument,
+                    std::string(what) + ": peer " + std::to_string(peer) +
+                        " outside the one-rank communicator");
+    if (!g_group_depth)  // real NCCL would wait forever for the self pair
+        return fail(comm, ncclInvalidUsage,
+                    std::string(what) + " to self outside ncclGroupStart/ncclGroupEnd would hang");
+    g_group.push_back(P2p{send, buf, bytes, comm, stream});
     return ncclSuccess;
 }
 
@@ -192,6 +236,48 @@ ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t count, ncclD
                                ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
     (void)op;  // one rank: the sum of one term
     return copy_collective("ncclReduceScatter", send, recv, count * type_size(type), comm, stream);
+}
+
+ncclResult_t ncclGroupStart(void) {
+    std::lock_guard<std::recursive_mutex> lk(cuda_host::mutex());
+    g_group_depth++;
+    return ncclSuccess;
+}
+ncclResult_t ncclGroupEnd(void) {
+    std::lock_guard<std::recursive_mutex> lk(cuda_host::mutex());
+    if (!g_group_depth) return fail(nullptr, ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
+    if (--g_group_depth) return ncclSuccess;
+    std::vector<P2p> ops;
+    ops.swap(g_group);
+    ncclResult_t out = ncclSuccess;
+    std::vector<bool> used(ops.size(), false);
+    for (size_t i = 0; i < ops.size(); i++) {  // each send with the next unused receive
+        if (!ops[i].send) continue;
+        size_t j = 0;
+        while (j < ops.size() && (used[j] || ops[j].send || ops[j].comm != ops[i].comm)) j++;
+        if (j == ops.size() || ops[j].bytes != ops[i].bytes)
+            return fail(ops[i].comm, ncclInvalidUsage,
+                        "ncclSend of " + std::to_string(ops[i].bytes) +
+                            " bytes to self has no ncclRecv of as many bytes in the group");
+        used[i] = used[j] = true;
+        ncclResult_t r = queue_copy(ops[i].buf, const_cast<void *>(ops[j].buf), ops[i].bytes,
+                                    ops[i].comm, ops[j].stream);
+        if (r != ncclSuccess && r != ncclInProgress) return r;
+        if (r == ncclInProgress) out = r;
+    }
+    for (size_t j = 0; j < ops.size(); j++)
+        if (!used[j])
+            return fail(ops[j].comm, ncclInvalidUsage,
+                        "ncclRecv from self has no ncclSend in the group");
+    return out;
+}
+ncclResult_t ncclSend(const void *sendbuff, size_t count, ncclDataType_t datatype, int peer,
+                      ncclComm_t comm, cudaStream_t stream) {
+    return p2p("ncclSend", true, sendbuff, count, datatype, peer, comm, stream);
+}
+ncclResult_t ncclRecv(void *recvbuff, size_t count, ncclDataType_t datatype, int peer,
+                      ncclComm_t comm, cudaStream_t stream) {
+    return p2p("ncclRecv", false, recvbuff, count, datatype, peer, comm, stream);
 }
 
 }  // extern "C"

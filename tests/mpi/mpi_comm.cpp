@@ -1,5 +1,6 @@
 // The communicator primitives under MPI on CPU ranks: all-gather of rows (strided, every dtype),
-// of raw ids, reduce-scatter, the rank-ordered all-reduce, the cross-rank consistency check,
+// of raw ids, reduce-scatter, the rank-ordered all-reduce, the cross-rank consistency check, the
+// personalised all-to-all (uneven and empty messages; counts that disagree, a NULL buffer),
 // sub-communicators, and the argument checks of the public constructors.
 #include <mpi.h>
 
@@ -175,6 +176,55 @@ static void test_check_same(ns_context *ctx, ns_comm *comm) {
     MT_CHECK_OK(ctx, ns_comm_check_same(ctx, comm, v, names, 3, "ns_step_forward"));
 }
 
+// Rank r sends rank j (r + 2j) % 4 bytes (some empty), each byte saying (r, j, position); every
+// rank checks what arrived at its displacements (in reverse rank order, with gaps). Then counts
+// that do not pair up fail every rank naming both ranks, and a NULL send buffer on one rank
+// fails it with its own message and the others with NS_ERR_COMM naming it.
+static unsigned char a2a_byte(int r, int j, size_t t) { return (unsigned char)(r * 31 + j * 7 + t); }
+
+static void test_alltoallv(ns_context *ctx, ns_comm *comm) {
+    const int me = ns_comm_rank(comm), R = ns_comm_size(comm);
+    const char *fn = "test_alltoallv";
+    std::vector<size_t> sc(R), sd(R), rc(R), rd(R);
+    size_t out = 0, in = 0;
+    for (int j = 0; j < R; j++) sc[j] = (size_t)(me + 2 * j) % 4, sd[j] = out, out += sc[j];
+    for (int r = R - 1; r >= 0; r--) rc[r] = (size_t)(r + 2 * me) % 4, rd[r] = in, in += rc[r] + 1;
+    std::vector<unsigned char> send(out + 1), recv(in + 1, 0xee);
+    for (int j = 0; j < R; j++)
+        for (size_t t = 0; t < sc[j]; t++) send[sd[j] + t] = a2a_byte(me, j, t);
+    MT_CHECK_OK(ctx, ns_comm_alltoallv_host(ctx, comm, send.data(), sc.data(), sd.data(),
+                                            recv.data(), rc.data(), rd.data(), fn));
+    for (int r = 0; r < R; r++) {
+        for (size_t t = 0; t < rc[r]; t++)
+            MT_CHECK(recv[rd[r] + t] == a2a_byte(r, me, t), "byte %zu from rank %d", t, r);
+        MT_CHECK(recv[rd[r] + rc[r]] == 0xee, "the gap after rank %d's bytes was written", r);
+    }
+    if (R < 2) return;
+    // The last rank expects one byte more from rank 0 than rank 0 sends it.
+    if (me == R - 1) rc[0]++;
+    ns_status st = ns_comm_alltoallv_host(ctx, comm, send.data(), sc.data(), sd.data(),
+                                          recv.data(), rc.data(), rd.data(), fn);
+    char want[96];
+    std::snprintf(want, sizeof want, "rank 0 sends %zu bytes to rank %d", (size_t)(2 * (R - 1)) % 4,
+                  R - 1);
+    MT_CHECK(st == NS_ERR_COMM && contains(ns_last_error(ctx), want) &&
+                 contains(ns_last_error(ctx), "rcount[0]"),
+             "%s: %s", ns_status_string(st), ns_last_error(ctx));
+    if (me == R - 1) rc[0]--;
+    // Rank 1 passes a NULL send buffer with bytes to send (rank 1 sends (1 + 2j) % 4 > 0 bytes).
+    st = ns_comm_alltoallv_host(ctx, comm, me == 1 ? nullptr : send.data(), sc.data(), sd.data(),
+                                recv.data(), rc.data(), rd.data(), fn);
+    if (me == 1)
+        MT_CHECK(st == NS_ERR_INVALID_ARGUMENT && contains(ns_last_error(ctx), "send is NULL"),
+                 "%s: %s", ns_status_string(st), ns_last_error(ctx));
+    else
+        MT_CHECK(st == NS_ERR_COMM && contains(ns_last_error(ctx), "rank 1 rejected"), "%s: %s",
+                 ns_status_string(st), ns_last_error(ctx));
+    // The communicator still works.
+    MT_CHECK_OK(ctx, ns_comm_alltoallv_host(ctx, comm, send.data(), sc.data(), sd.data(),
+                                            recv.data(), rc.data(), rd.data(), fn));
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     ns_context *ctx = cpu_context();
@@ -192,6 +242,7 @@ int main(int argc, char **argv) {
         test_reduce_scatter(ctx, comm);
         test_allreduce(ctx, comm, MPI_COMM_WORLD);
         test_check_same(ctx, comm);
+        test_alltoallv(ctx, comm);
     }
     ns_comm_destroy(comm);
 
@@ -213,6 +264,8 @@ int main(int argc, char **argv) {
         test_allreduce(ctx, cs, solo);
         test_allreduce(ctx, ch, half);
         test_check_same(ctx, ch);
+        test_alltoallv(ctx, ch);
+        test_alltoallv(ctx, cs);
     }
     ns_comm_destroy(ch);
     ns_comm_destroy(cs);
