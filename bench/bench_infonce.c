@@ -3,7 +3,11 @@
  *   bench_infonce [--B 16384] [--N 16384] [--d 384] [--h 0] [--extra 0] [--dtype f32|f16|bf16]
  *                 [--threads 0] [--reps 3] [--symmetric] [--tau-plus X] [--beta X]
  *                 [--tiles ROWSxCOLS] [--mode both|separate|fused] [--json PATH]
+ *                 [--inputs Q.npy,P.npy]
  *
+ * --inputs: the queries and passages from two f32 .npy files (B and N their rows, d their
+ * columns), copied into the program's own buffers: bench/run.py --suite loss hands every
+ * implementation the same data, so their losses can be compared.
  * Modes: separate = ns_infonce_forward then ns_infonce_backward (the backward recomputes every
  * logit tile: four GEMMs per tile); fused = ns_infonce_forward_backward (three); both = the two
  * interleaved rep by rep in one process (their times side by side; the peak RSS is then the
@@ -103,11 +107,29 @@ static void *make_rows(int64_t rows, int64_t d, ns_dtype dt) {
     return p;
 }
 
+/* rows × cols f32 of a .npy file, copied (NULL, with a message, when it cannot be read). */
+static float *load_npy(const char *path, int64_t *rows, int64_t *cols) {
+    ns_npy_file *f = NULL;
+    if (ns_npy_open(path, &f) != NS_OK) {
+        fprintf(stderr, "bench_infonce: %s\n", ns_last_error(NULL));
+        return NULL;
+    }
+    ns_matrix m = ns_npy_matrix(f);
+    float *x = m.dtype == NS_F32 ? (float *)malloc((size_t)(m.rows * m.cols) * 4) : NULL;
+    if (x) memcpy(x, m.data, (size_t)(m.rows * m.cols) * 4);
+    else fprintf(stderr, "bench_infonce: %s: expected a <f4 matrix (or out of memory)\n", path);
+    *rows = m.rows;
+    *cols = m.cols;
+    ns_npy_close(f);
+    return x;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: bench_infonce [--B n] [--N n] [--d n] [--h n] [--extra n] [--dtype f32|f16|bf16]\n"
             "                     [--threads n] [--reps n] [--symmetric] [--tau-plus x] [--beta x]\n"
-            "                     [--tiles ROWSxCOLS] [--mode both|separate|fused] [--json PATH]\n");
+            "                     [--tiles ROWSxCOLS] [--mode both|separate|fused] [--json PATH]\n"
+            "                     [--inputs Q.npy,P.npy]\n");
 }
 
 int main(int argc, char **argv) {
@@ -116,7 +138,7 @@ int main(int argc, char **argv) {
     float tau_plus = 0.f, beta = 0.f;
     long long tile_rows = 0, tile_cols = 0;
     ns_dtype dt = NS_F32;
-    const char *json = NULL, *dtname = "f32", *mode = "both";
+    const char *json = NULL, *dtname = "f32", *mode = "both", *inputs = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -132,6 +154,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tau-plus")) tau_plus = (float)atof(v);
         else if (!strcmp(a, "--beta")) beta = (float)atof(v);
         else if (!strcmp(a, "--json")) json = v;
+        else if (!strcmp(a, "--inputs")) inputs = v;
         else if (!strcmp(a, "--mode")) {
             mode = v;
             if (strcmp(v, "both") && strcmp(v, "separate") && strcmp(v, "fused")) { usage(); return 2; }
@@ -148,7 +171,28 @@ int main(int argc, char **argv) {
         } else { usage(); return 2; }
         i++;
     }
+    float *qin = NULL, *pin = NULL;
+    if (inputs) { /* Q.npy,P.npy: their shapes replace --B, --N, --d */
+        char qpath[4096];
+        const char *comma = strchr(inputs, ',');
+        if (!comma || dt != NS_F32 || (size_t)(comma - inputs) >= sizeof qpath) { usage(); return 2; }
+        memcpy(qpath, inputs, (size_t)(comma - inputs));
+        qpath[comma - inputs] = 0;
+        int64_t dq, dp;
+        if (!(qin = load_npy(qpath, &B, &dq)) || !(pin = load_npy(comma + 1, &N, &dp))) return 1;
+        if (dq != dp) {
+            fprintf(stderr, "bench_infonce: %s has %lld columns, %s %lld\n", qpath, (long long)dq,
+                    comma + 1, (long long)dp);
+            return 1;
+        }
+        d = dq;
+    }
     if (B < 1 || N < 1 || d < 1 || h < 0 || E < 0 || reps < 1) { usage(); return 2; }
+    if (N < B && inputs) {
+        fprintf(stderr, "bench_infonce: --inputs: %lld passages for %lld queries (the positive of "
+                "query i is passage i)\n", (long long)N, (long long)B);
+        return 1;
+    }
     if (N < B) N = B; /* positives are passage rows 0..B-1 */
 
     ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
@@ -160,10 +204,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (tile_rows || tile_cols) ns_infonce_set_tiles(ctx, tile_rows, tile_cols);
-    double rss_base = status_bytes("VmRSS:");
+    /* the process before any data (inputs read from --inputs are already resident) */
+    double rss_base = status_bytes("VmRSS:") - (inputs ? (double)((B + N) * d) * 4.0 : 0.0);
 
     size_t es = dt == NS_F32 ? 4 : 2;
-    void *q = make_rows(B, d, dt), *p = make_rows(N, d, dt), *hd = h ? make_rows(B * h, d, dt) : NULL;
+    void *q = qin ? (void *)qin : make_rows(B, d, dt), *p = pin ? (void *)pin : make_rows(N, d, dt);
+    void *hd = h ? make_rows(B * h, d, dt) : NULL;
     void *ex = E ? make_rows(E, d, dt) : NULL;
     float *dq = (float *)calloc((size_t)(B * d), 4), *dp = (float *)calloc((size_t)(N * d), 4);
     float *dh = h ? (float *)calloc((size_t)(B * h * d), 4) : NULL;

@@ -93,6 +93,10 @@ static void keep_best(timing *best, timing t) {
     if (t.wall < best->wall) *best = t;
 }
 
+/* The baselines call ns_sgemm_nt directly, outside any library operation: without
+ * ns_cpu_threads_enter they ran on OpenMP's default team (every core) whatever --threads said,
+ * so at --threads 1 a two-thread sgemm was compared with one-thread mining (and its "CPU s"
+ * counted two threads). Each baseline runs on the context's thread count, as mining does. */
 static timing time_blocked_sgemm(const args *a, const float *q, const float *c, float *tile) {
     const int64_t qb = ns_mine_query_block(a->Q);
     const int64_t cb = ns_mine_corpus_block(a->Q, a->N, a->d, a->dtype != NS_F32);
@@ -163,8 +167,14 @@ int main(int argc, char **argv) {
     if (full) t_full.wall = 1e30;
     /* Interleaved repeats (sgemm, mining, full product, again...), best of each: on a shared
      * machine the load drifts, and interleaving keeps the ratio fair. */
+    int sgemm_threads = 0; /* the team the baselines' GEMM ran on (ns_gemm_last_threads) */
     for (int r = 0; r < a.repeat; r++) {
-        if (run_sgemm) keep_best(&t_block, time_blocked_sgemm(&a, q, c, tile));
+        if (run_sgemm) {
+            const int saved = ns_cpu_threads_enter(ctx);
+            keep_best(&t_block, time_blocked_sgemm(&a, q, c, tile));
+            sgemm_threads = ns_gemm_last_threads();
+            ns_cpu_threads_leave(saved);
+        }
         if (run_mine) {
             double t0 = bench_now(), u0 = bench_cpu_now();
             if (ns_mine_topk(ctx, qm, cm, a.k, NULL, index, score) != NS_OK) {
@@ -175,11 +185,19 @@ int main(int argc, char **argv) {
             keep_best(&t_mine, t);
         }
         if (full) {
+            const int saved = ns_cpu_threads_enter(ctx);
             double t0 = bench_now(), u0 = bench_cpu_now();
             ns_sgemm_nt(a.Q, a.N, a.d, 1.0f, q, a.d, c, a.d, 0.0f, full, a.N);
             timing t = {bench_now() - t0, bench_cpu_now() - u0};
+            ns_cpu_threads_leave(saved);
             keep_best(&t_full, t);
         }
+    }
+    /* A ratio of two thread counts is no ratio: refuse to print one. */
+    if (run_sgemm && sgemm_threads != threads) {
+        fprintf(stderr, "bench_mine: the sgemm baseline ran on %d threads, mining on %d\n",
+                sgemm_threads, threads);
+        return 1;
     }
     free(full);
     /* A sanity check that the answer is a top-k: row 0's scores descend. */
@@ -199,9 +217,12 @@ int main(int argc, char **argv) {
     const timing *rows[3] = {&t_block, &t_full, &t_mine};
     for (int i = 0; i < 3; i++) {
         if ((i == 1 && !do_full) || (i == 0 && !run_sgemm) || (i == 2 && !run_mine)) continue;
-        printf("%-16s %9.3f %9.1f %11.3f %9.3f %11.3f\n", names[i], rows[i]->wall,
-               flop / rows[i]->wall * 1e-9, rows[i]->wall / t_block.wall, rows[i]->cpu,
-               rows[i]->cpu / t_block.cpu);
+        printf("%-16s %9.3f %9.1f ", names[i], rows[i]->wall, flop / rows[i]->wall * 1e-9);
+        if (run_sgemm) /* ratios to the baseline only when it ran (--only mine: none) */
+            printf("%11.3f %9.3f %11.3f\n", rows[i]->wall / t_block.wall, rows[i]->cpu,
+                   rows[i]->cpu / t_block.cpu);
+        else
+            printf("%11s %9.3f %11s\n", "-", rows[i]->cpu, "-");
     }
     double rss = bench_peak_rss_mib();
     printf("ratios are to sgemm (blocked); peak RSS %.0f MiB\n", rss);
@@ -224,8 +245,9 @@ int main(int argc, char **argv) {
                 ns_gemm_name(), (long long)a.Q, (long long)a.N, (long long)a.d, (long long)a.k,
                 dt, threads, a.repeat, (int)tile_cols, (int)tile_rows, t_block.wall, t_block.cpu,
                 t_full.wall, t_full.cpu, t_mine.wall, t_mine.cpu, flop / t_mine.wall * 1e-9,
-                t_mine.wall / t_block.wall, do_full ? t_mine.wall / t_full.wall : -1.0,
-                t_mine.cpu / t_block.cpu, rss);
+                run_sgemm ? t_mine.wall / t_block.wall : -1.0,
+                do_full ? t_mine.wall / t_full.wall : -1.0,
+                run_sgemm ? t_mine.cpu / t_block.cpu : -1.0, rss);
         fclose(f);
     }
     ns_context_destroy(ctx);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """negsamp beside its peers: the one benchmark runner.
 
-    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all|mine|kmeans|sample]
+    python3 bench/run.py [--quick] [--suite cpu|gpu|quality|all|mine|kmeans|sample|loss]
                          [--build DIR] [--out DIR] [--readme]
 
 Runs every suite this machine supports and writes bench/results/<machine>-<date>.json, a
@@ -18,6 +18,9 @@ Markdown report bench/results/<machine>-<date>.md and PNG plots beside them.
   mine     exact mining beside faiss-cpu, torch and numpy at 1 and 2 threads.
   sample   filter + SimANS sampling (bench/bench_sample) beside numpy and one read of the
            scores, interleaved rounds (section "sampling suite" below).
+  loss     InfoNCE forward + backward: negsamp's fused C call and two calls, the PyTorch op
+           (fused, separate), torch and numpy on the same inputs, a fresh process per run,
+           interleaved rounds, medians, peak memory, a plot (section "loss suite" below).
 
 --readme regenerates README.md's results blocks (between <!-- NAME:begin/end --> markers) from
 every suite's latest results under bench/results (section "README results" below).
@@ -56,13 +59,31 @@ def log(*a):
 # ------------------------------------------------------------------ building and finding things
 
 
+def cmake_cache_value(build, key):
+    """A CMakeCache.txt entry of `build` (None when absent)."""
+    try:
+        for line in open(os.path.join(build, "CMakeCache.txt")):
+            if line.startswith(key + ":"):
+                return line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def ensure_build(build):
-    """libnegsamp.so and bench/quality_digits in `build`, configured and built when missing."""
+    """libnegsamp.so and the benchmark programs in `build`, built when missing. A directory
+    CMake has not configured yet (the runner's own, build-bench/ by default) is configured
+    Release without tests; one already configured is never reconfigured: it may be someone's
+    test build (NS_TESTS=ON, another build type), and a configure here would turn its tests
+    off. Only the targets are built there."""
     lib = os.path.join(build, "libnegsamp.so")
-    if not os.path.exists(lib) or not os.path.exists(os.path.join(build, "CMakeCache.txt")):
+    if not os.path.exists(os.path.join(build, "CMakeCache.txt")):
         log(f"[build] configuring {build}")
         subprocess.run(["cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                         "-DNS_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
+    elif (cmake_cache_value(build, "CMAKE_BUILD_TYPE") or "") != "Release":
+        log(f"[build] note: {build} is a {cmake_cache_value(build, 'CMAKE_BUILD_TYPE') or 'default'}"
+            " build (left as configured); timings of a Release build are what the README shows")
     targets = ["negsamp", "negsamp_static"]
     have_bench_target = os.path.exists(os.path.join(HERE, "CMakeLists.txt"))
     if have_bench_target:
@@ -1308,7 +1329,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer seeds (a smoke run)")
     ap.add_argument("--suite",
-                    choices=["cpu", "gpu", "quality", "all", "mine", "kmeans", "sample"],
+                    choices=["cpu", "gpu", "quality", "all", "mine", "kmeans", "sample", "loss"],
                     default="all",
                     help="mine: exact mining beside faiss-cpu, torch, numpy at 1 and 2 threads; "
                     "sample: filter + sampling beside numpy and one read of the scores")
@@ -1320,6 +1341,12 @@ def main():
                     help="--suite mine: rounds of (1 thread, 2 threads) children, runs pooled")
     ap.add_argument("--mine-child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--kmeans-shape", help="--suite kmeans: 'n,d,k,iterations' instead of the default")
+    ap.add_argument("--loss-shapes", help="--suite loss: 'BxD,BxD...' (B = N) instead of the "
+                    "defaults (4096x384,4096x768,16384x384,16384x768)")
+    ap.add_argument("--loss-impls", help="--suite loss: a subset of "
+                    + ",".join(n for n, _ in LOSS_IMPLS))
+    ap.add_argument("--symmetric-shape", help="--suite loss: also the symmetric loss at 'BxD' "
+                    "(fused vs the two calls)")
     ap.add_argument("--build", default=os.environ.get("NEGSAMP_BUILD",
                                                       os.path.join(ROOT, "build-bench")),
                     help="CMake build directory (configured and built when missing)")
@@ -1347,6 +1374,8 @@ def main():
         return kmeans_main(args)
     if args.suite == "sample":
         return sample_main(args)
+    if args.suite == "loss":
+        return loss_main(args)
     if args.readme:
         return readme_regenerate()
     if args.report_only:
@@ -1850,6 +1879,326 @@ def sample_plot(res, path):
     return path
 
 
+# ------------------------------------------------------------------ loss suite (issue 12)
+# python3 bench/run.py --suite loss [--quick] [--loss-shapes BxD,...] [--repeats N] [--threads T]
+#                      [--symmetric-shape BxD] [--readme]
+#   InfoNCE forward + backward (B = N, positive of query i = passage i, τ = 0.05, f32, unit
+#   rows): negsamp's fused C call (ns_infonce_forward_backward) and its two calls
+#   (ns_infonce_forward + ns_infonce_backward), both through bench/bench_infonce; the PyTorch op
+#   with autograd, fused (negsamp::infonce_fused) and separate (negsamp::infonce + its backward
+#   op); torch (matmul + F.cross_entropy, autograd); numpy (logits materialised). Every
+#   implementation reads the same inputs (.npy written once per shape) in a fresh process per
+#   round: one untimed warm-up on 8 rows, the peak RSS mark reset (VmHWM), one timed forward +
+#   backward, the peak RSS beyond the inputs (gradients included: torch allocates its own inside
+#   the call; for the C calls the loss's workspace plus dQ, dP). Rounds interleaved with the
+#   order rotated; medians of times, of memory and of per-round ratios torch ÷ impl. The losses
+#   of all implementations are compared (same data). Optionally a symmetric row: bench_infonce
+#   --symmetric --mode both (fused and two calls alternating in one process).
+#   Writes <machine>-<date>-loss.json/.md/.png.
+
+LOSS_SHAPES_FULL = [(4096, 384), (4096, 768), (16384, 384), (16384, 768)]
+LOSS_SHAPES_QUICK = [(1024, 384), (2048, 384)]
+LOSS_IMPLS = [("fused", "negsamp fused C call (ns_infonce_forward_backward)"),
+              ("separate", "negsamp two C calls (ns_infonce_forward + ns_infonce_backward)"),
+              ("op_fused", "PyTorch op, fused (negsamp::infonce_fused + autograd)"),
+              ("op_separate", "PyTorch op, two calls (negsamp::infonce + its backward op)"),
+              ("torch", "torch: matmul + F.cross_entropy, autograd"),
+              ("numpy", "numpy: logits materialised, softmax − one-hot, two GEMMs")]
+LOSS_TAU = 0.05
+LOSS_TARGET = 1.2  # issue 12: forward + backward at least 1.2× torch CPU
+
+
+def loss_child(impl, qpath, ppath, threads):
+    """One forward + backward of `impl` (a Python one) in this fresh process: seconds, peak RSS
+    beyond the inputs, the loss. Printed as JSON."""
+    import numpy as np
+    q, p = np.load(qpath), np.load(ppath)
+    B = q.shape[0]
+    if impl == "numpy":
+        fn = lambda: numpy_infonce(q, p, LOSS_TAU)[0]  # noqa: E731
+        numpy_infonce(q[:8], p[:8], LOSS_TAU)
+    else:
+        import torch
+        if threads:
+            torch.set_num_threads(threads)
+        tq, tp = torch.from_numpy(q), torch.from_numpy(p)
+        if impl == "torch":
+            import torch.nn.functional as F
+
+            def loss_of(a, b):
+                return F.cross_entropy((a @ b.T) / LOSS_TAU, torch.arange(a.shape[0]))
+        else:
+            sys.path.insert(0, os.path.join(ROOT, "python"))
+            from negsamp import torch_ops
+            fused = impl == "op_fused"
+
+            def loss_of(a, b):
+                return torch_ops.infonce_loss(a, b, temperature=LOSS_TAU, mask_same_id=False,
+                                              fused=fused)
+        w = [t[:8].clone().requires_grad_(True) for t in (tq, tp)]
+        loss_of(*w).backward()  # load the libraries, start the thread pools
+        a, b = tq.requires_grad_(True), tp.requires_grad_(True)  # leaves, made before the reset
+
+        def fn():
+            loss = loss_of(a, b)
+            loss.backward()
+            return float(loss)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = proc_status_mib("VmRSS")
+    t = time.perf_counter()
+    loss = fn()
+    secs = time.perf_counter() - t
+    peak = proc_status_mib("VmHWM")
+    print(json.dumps({"seconds": secs, "extra_mib": peak - before, "loss": float(loss),
+                      "threads": threads or os.cpu_count(), "B": B}))
+
+
+def loss_point(impl, qpath, ppath, B, d, threads, exe):
+    """One fresh process of impl on the shape's inputs: its JSON, or {"error": ...}."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072",
+               NEGSAMP_LIBRARY=os.path.join(os.path.dirname(os.path.dirname(exe)),
+                                            "libnegsamp.so"))
+    env["PYTHONPATH"] = os.path.join(ROOT, "python") + os.pathsep + env.get("PYTHONPATH", "")
+    if threads:
+        for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[v] = str(threads)
+    if impl in ("fused", "separate"):
+        with tempfile.TemporaryDirectory() as td:
+            js = os.path.join(td, "out.json")
+            r = subprocess.run([exe, "--inputs", f"{qpath},{ppath}", "--reps", "1", "--mode", impl,
+                                "--threads", str(threads), "--json", js], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if r.returncode != 0 or not os.path.exists(js):
+                return {"error": (r.stderr or r.stdout)[-400:]}
+            j = json.load(open(js))
+        secs = j["fused_s"] if impl == "fused" else j["forward_s"] + j["backward_s"]
+        # the loss's workspace plus the dQ, dP it returns (torch's and numpy's are allocated
+        # inside their calls, so they count there)
+        return {"seconds": secs, "extra_mib": j["loss_mib"] + 2 * B * d * 4 / 2**20,
+                "loss": j["loss"], "cpu": j["cpu"], "gemm": j["gemm"],
+                "threads": threads or os.cpu_count(),
+                "cpu_seconds": j["fused_cpu_s"] if impl == "fused"
+                else j["forward_cpu_s"] + j["backward_cpu_s"]}
+    cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, os.path.abspath(__file__),
+           "--loss-child", impl, qpath, ppath, str(threads)]
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        return {"error": r.stderr[-400:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def loss_row(B, d, runs, impls):
+    """Medians of time and memory, per-round ratios torch ÷ impl and their medians, the largest
+    relative difference of an implementation's loss from the fused call's."""
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    row = {"B": B, "N": B, "d": d, "runs": runs}
+    for n in impls:
+        ok = [x for x in runs[n] if "seconds" in x]
+        row[n] = {"median_s": med([x["seconds"] for x in ok]),
+                  "extra_mib": med([x["extra_mib"] for x in ok]), "ok": len(ok)}
+        if "torch" in runs:
+            row[n]["torch_over"] = med([t["seconds"] / x["seconds"]
+                                        for t, x in zip(runs["torch"], runs[n])
+                                        if "seconds" in t and "seconds" in x])
+    ref = [x["loss"] for x in runs.get("fused", []) if "loss" in x]
+    if ref:
+        row["loss"] = ref[0]
+        row["max_rel_loss_diff"] = max(
+            [abs(x["loss"] - ref[0]) / abs(ref[0]) for n in impls for x in runs[n]
+             if "loss" in x] or [float("nan")])
+    return row
+
+
+def loss_symmetric(exe, B, d, threads, rounds):
+    """Symmetric InfoNCE, fused and the two calls alternating in one process (bench_infonce
+    --mode both): best of rounds each, and the ratio."""
+    with tempfile.TemporaryDirectory() as td:
+        js = os.path.join(td, "sym.json")
+        r = subprocess.run([exe, "--B", str(B), "--N", str(B), "--d", str(d), "--symmetric",
+                            "--mode", "both", "--reps", str(rounds), "--threads", str(threads),
+                            "--json", js], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+        if r.returncode != 0 or not os.path.exists(js):
+            return {"B": B, "d": d, "error": (r.stderr or r.stdout)[-400:]}
+        j = json.load(open(js))
+    return {"B": B, "d": d, "separate_s": j["forward_s"] + j["backward_s"],
+            "fused_s": j["fused_s"], "separate_over_fused": (j["forward_s"] + j["backward_s"])
+            / j["fused_s"], "reps": rounds}
+
+
+def loss_main(args):
+    import numpy as np
+    build = os.path.abspath(args.build)
+    ensure_build(build)
+    subprocess.run(["cmake", "--build", build, "-j2", "--target", "negsamp_cli"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # `negsamp info`: GEMM
+    exe = os.path.join(build, "bench", "bench_infonce")
+    if not os.path.exists(exe):
+        sys.exit(f"{exe} was not built (bench/CMakeLists.txt)")
+    shapes = LOSS_SHAPES_QUICK if args.quick else LOSS_SHAPES_FULL
+    if args.loss_shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.loss_shapes.split(",") if s]
+    rounds = args.repeats or 3
+    threads = args.threads
+    impls = [n for n, _ in LOSS_IMPLS]
+    if args.loss_impls:
+        impls = [n for n in args.loss_impls.split(",") if n]
+        unknown = [n for n in impls if n not in dict(LOSS_IMPLS)]
+        if unknown:
+            sys.exit(f"--loss-impls: unknown {unknown}; known: {[n for n, _ in LOSS_IMPLS]}")
+    load = lambda: " ".join(open("/proc/loadavg").read().split()[:3])  # noqa: E731
+    try:
+        import torch
+        tv = torch.__version__
+    except Exception:  # noqa: BLE001
+        tv = None
+        impls = [n for n in impls if n not in ("torch", "op_fused", "op_separate")]
+        log("[loss] torch not importable: torch and the PyTorch op left out")
+    res = {"suite": "loss",
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python3 bench/run.py --suite loss" + (" --quick" if args.quick else "")
+           + (f" --loss-shapes {args.loss_shapes}" if args.loss_shapes else "")
+           + (f" --loss-impls {args.loss_impls}" if args.loss_impls else "")
+           + (f" --symmetric-shape {args.symmetric_shape}" if args.symmetric_shape else "")
+           + f" --repeats {rounds}" + (f" --threads {threads}" if threads else ""),
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                       "threads": threads or os.cpu_count(), "numpy": np.__version__,
+                       "torch": tv, "gemm": gemm_library(build)},
+           "impls": {n: lab for n, lab in LOSS_IMPLS if n in impls}, "tau": LOSS_TAU,
+           "target": LOSS_TARGET, "rounds": rounds, "load_start": load(),
+           "git": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 stdout=subprocess.PIPE, text=True).stdout.strip(), "rows": []}
+    log(f"[loss] {res['machine']['cpu']}, {res['machine']['threads']} threads, GEMM "
+        f"{res['machine']['gemm']}, torch {tv}")
+    tmp = tempfile.mkdtemp(prefix="ns-loss-")
+    total, done = len(shapes) * rounds * len(impls), 0
+    rng = np.random.default_rng(0)
+    for B, d in shapes:
+        qpath, ppath = os.path.join(tmp, "q.npy"), os.path.join(tmp, "p.npy")
+        np.save(qpath, make_data(rng, B, d))
+        np.save(ppath, make_data(rng, B, d))
+        runs = {n: [] for n in impls}
+        for rd in range(rounds):
+            for n in impls[rd % len(impls):] + impls[:rd % len(impls)]:
+                pt = loss_point(n, qpath, ppath, B, d, threads, exe)
+                pt["load"] = load()
+                runs[n].append(pt)
+                done += 1
+                log(f"[loss {done}/{total}] B=N={B} d={d} {n}: "
+                    + (f"{pt['seconds']:.2f} s, +{pt['extra_mib']:.0f} MiB, loss {pt['loss']:.5f}"
+                       if "seconds" in pt else pt["error"]))
+        res["rows"].append(loss_row(B, d, runs, impls))
+    shutil.rmtree(tmp, ignore_errors=True)
+    if args.symmetric_shape:
+        B, d = (int(v) for v in args.symmetric_shape.split("x"))
+        res["symmetric"] = loss_symmetric(exe, B, d, threads, rounds)
+        log(f"[loss] symmetric B=N={B} d={d}: {res['symmetric']}")
+    res["load_end"] = load()
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
+                        f"{res['date'][:10]}-loss" + ("-quick" if args.quick else ""))
+    res["plot"] = loss_plot(res, stem + ".png")
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(loss_report(res))
+    print(loss_report(res))
+    log(f"wrote {stem}.json/.md" + (" and .png" if res["plot"] else ""))
+    if args.readme:
+        readme_regenerate()
+
+
+def loss_report(res):
+    mc = res["machine"]
+    names = list(res["impls"])
+    L = [f"# negsamp InfoNCE forward + backward, CPU ({res['date']})", "",
+         f"{mc['cpu']}, {mc['cores']} cores, {mc['threads']} threads for every implementation; "
+         f"GEMM: {mc['gemm']}; torch {mc['torch']}, numpy {mc['numpy']}. Load average "
+         f"{res['load_start']} at the start, {res['load_end']} at the end (a shared machine: "
+         "compare the ratios, each taken within one round, not absolute times).",
+         f"Command: `{res['command']}`; {res['rounds']} interleaved rounds, one fresh process per "
+         f"implementation and round, medians; git {res['git']}.", "",
+         "B = N, the positive of query i is passage i, τ = "
+         f"{res['tau']}, f32 unit rows, the same inputs for all. × = torch time ÷ the "
+         "implementation's time, per round, median (> 1: faster than torch; the issue's target "
+         f"is {res['target']}× for the fused call). MiB = peak resident memory of the call "
+         "beyond its inputs, gradients included. Implementations: "
+         + "; ".join(f"{n} = {lab}" for n, lab in res["impls"].items()) + ".", "",
+         "| B = N | d | " + " | ".join(f"{n} s" for n in names)
+         + " | " + " | ".join(f"torch ÷ {n}" for n in names if n != "torch")
+         + " | " + " | ".join(f"MiB {n}" for n in names) + " | losses agree |",
+         "|" + " --- |" * (3 + 2 * len(names) + len([n for n in names if n != "torch"]))]
+    for r in res["rows"]:
+        cells = [f"{r['B']:,}", str(r["d"])]
+        cells += [f"{r[n]['median_s']:.2f}" for n in names]
+        for n in names:
+            if n == "torch":
+                continue
+            x = r[n].get("torch_over", float("nan"))
+            cells.append(f"**{x:.2f}×**" if n == "fused" else f"{x:.2f}×")
+        cells += [f"{r[n]['extra_mib']:.0f}" for n in names]
+        diff = r.get("max_rel_loss_diff", float("nan"))
+        cells.append(f"{'yes' if diff < 1e-4 else 'NO'} ({diff:.1e})")
+        L.append("| " + " | ".join(cells) + " |")
+    sym = res.get("symmetric")
+    if sym and "error" not in sym:
+        L += ["", f"Symmetric loss (B = N = {sym['B']:,}, d = {sym['d']}; `bench_infonce "
+              "--symmetric --mode both`, fused and the two calls alternating in one process, best "
+              f"of {sym['reps']}): two calls {sym['separate_s']:.2f} s, fused {sym['fused_s']:.2f} s, "
+              f"**{sym['separate_over_fused']:.2f}×**."]
+    if res.get("plot"):
+        L += ["", f"![InfoNCE forward + backward]({os.path.relpath(res['plot'], ROOT)})"]
+    return "\n".join(L) + "\n"
+
+
+def loss_plot(res, path):
+    """Left: torch ÷ implementation per shape, the target as a dashed line; right: the peak
+    memory beyond the inputs (log scale)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001
+        return None
+    rows = res["rows"]
+    if not rows:
+        return None
+    names = list(res["impls"])
+    labels = [f"B=N={r['B']:,}\nd={r['d']}" for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.2))
+    fast = [n for n in names if n != "torch"]
+    color = {n: f"C{i}" for i, n in enumerate(names)}  # one colour per implementation
+    w = 0.8 / max(1, len(fast))
+    for i, n in enumerate(fast):
+        ax[0].bar([j + i * w for j in range(len(rows))],
+                  [r[n].get("torch_over", float("nan")) for r in rows], w, label=n,
+                  color=color[n])
+    ax[0].axhline(1.0, color="k", lw=0.8)
+    ax[0].axhline(res["target"], color="r", ls="--", lw=1, label=f"target {res['target']}×")
+    ax[0].set_ylabel("torch time ÷ time (> 1: faster)")
+    ax[0].set_title("InfoNCE forward + backward: speed against torch", fontsize=9)
+    w2 = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax[1].bar([j + i * w2 for j in range(len(rows))],
+                  [max(r[n]["extra_mib"], 0.1) for r in rows], w2, label=n, color=color[n])
+    ax[1].set_yscale("log")
+    ax[1].set_ylabel("peak MiB beyond the inputs")
+    ax[1].set_title("memory of one call (gradients included)", fontsize=9)
+    for a, ww, k in ((ax[0], w, len(fast)), (ax[1], w2, len(names))):
+        a.set_xticks([j + (k - 1) * ww / 2 for j in range(len(rows))])
+        a.set_xticklabels(labels, fontsize=8)
+        a.legend(fontsize=7)
+        a.grid(True, axis="y", alpha=0.3)
+    mc = res["machine"]
+    fig.suptitle(f"{mc['cpu']}, {mc['threads']} threads, {mc['gemm']}; torch {mc['torch']}; "
+                 f"load {res['load_start']} → {res['load_end']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ------------------------------------------------------------------ README results
 # python3 bench/run.py --readme: every suite's latest results (bench/results/*.json, newest by
 # the "date" inside) replace the README block between that suite's markers,
@@ -1861,7 +2210,7 @@ README_SUITES = [
     # (name, results-file suffix, README marker)
     ("mining", "-mining-peers.json", "mining-results"),
     ("sampling", "-sample.json", "sampling-results"),
-    ("loss", "-loss-sampling.json", "loss-results"),
+    ("loss", "-loss.json", "loss-results"),
     ("wordnet", "-wordnet.json", "wordnet-results"),
     ("kmeans", "-kmeans-faiss.json", "kmeans-results"),
 ]
@@ -1920,6 +2269,8 @@ if __name__ == "__main__":
         ls_child_loss(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--ls-child-sample":
         ls_child_sample(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--loss-child":
+        loss_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--sample-numpy-child":
         sample_numpy_child(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     else:

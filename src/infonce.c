@@ -169,3 +169,5 @@ void ns_infonce_set_strip(ns_context *ctx, int64_t bytes, int64_t min_rows) {
     ctx->loss_strip_bytes = bytes > 0 ? bytes : 0;
     ctx->loss_strip_rows = min_rows > 0 ? min_rows : 0;
 }
+
+void ns_infonce_set_keep(ns_context *ctx, int keep) { ctx->loss_no_keep = !keep; }

@@ -22,6 +22,10 @@ void ns_loss_groups_resolve(const ns_loss_options *opt, ns_loss_groups *groups);
 /* Tile sizes of ctx's CPU loss (rows of queries × columns of candidates); 0 restores the
  * defaults. For tests, which use tiny tiles to cross many tile boundaries at small sizes. */
 void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
+/* keep = 0: the CPU fused symmetric loss never keeps the column pass's logit tiles (four GEMMs
+ * per passage tile, as beyond its memory cap); 1 (default): it keeps them when they fit. For
+ * tests, which run both paths at small sizes. */
+void ns_infonce_set_keep(ns_context *ctx, int keep);
 
 /* The fused CUDA loss's strip (kernels/cuda_infonce_fused.cu): at most bytes of kept logit
  * tiles, and no fewer than min_rows rows per GEMM row tile before it falls back to the forward

@@ -12,6 +12,7 @@ using namespace nstest;
 // src/infonce.c: the CPU loss tiles of one context (internal, for tests)
 extern "C" void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
 extern "C" void ns_infonce_set_strip(ns_context *ctx, int64_t bytes, int64_t min_rows);
+extern "C" void ns_infonce_set_keep(ns_context *ctx, int keep);
 
 namespace {
 
@@ -510,15 +511,18 @@ bool same_bits(const std::vector<T> &a, const std::vector<T> &b) {
 
 // ns_infonce_forward_backward: the outputs of ns_infonce_forward then ns_infonce_backward, bit
 // for bit, for every option set (the symmetric ones through the fused symmetric path: column
-// pass, then forward + backward per row tile), with and without ids, masks and groups (masked
-// or down-weighted), f32 and f16 inputs, default and tiny tiles (every boundary), grad_loss ≠ 1
-// and gradients left out; and against the double reference and finite differences on its own.
+// pass, then forward + backward per row tile, the column pass's tiles kept for the row tiles
+// or computed again), with and without ids, masks and groups (masked or down-weighted), f32 and
+// f16 inputs, default and tiny tiles (every boundary), grad_loss ≠ 1 and gradients left out;
+// and against the double reference and finite differences on its own.
 TEST(InfoNCE, FusedForwardBackwardIsForwardThenBackwardBitForBit) {
     Ctx c(NS_BACKEND_CPU, 2);
     ASSERT_EQ(c.status, NS_OK) << c.why;
     const int64_t tiles[][2] = {{0, 0}, {1, 1}, {4, 5}, {3, 7}, {8, 2}, {16, 64}};
     int compared = 0;
+    for (int keep : {1, 0})
     for (auto &t : tiles) {
+        ns_infonce_set_keep(c, keep);
         ns_infonce_set_tiles(c, t[0], t[1]);
         for (ns_dtype dt : {NS_F32, NS_F16})
             for (bool ids : {false, true})
@@ -533,7 +537,8 @@ TEST(InfoNCE, FusedForwardBackwardIsForwardThenBackwardBitForBit) {
                     LibResult b = run_lib_fused(c, k, gl, wh, wq, wp);
                     const std::string what = std::string(o.name) + (ids ? " ids" : "") +
                                              (dt == NS_F16 ? " f16" : " f32") + " tiles " +
-                                             std::to_string(t[0]) + "x" + std::to_string(t[1]);
+                                             std::to_string(t[0]) + "x" + std::to_string(t[1]) +
+                                             (keep ? "" : " no keep");
                     ASSERT_EQ(a.fwd, NS_OK) << what << ": " << ns_last_error(c);
                     ASSERT_EQ(a.bwd, NS_OK) << what << ": " << ns_last_error(c);
                     ASSERT_EQ(b.fwd, NS_OK) << what << ": " << ns_last_error(c);
@@ -550,7 +555,8 @@ TEST(InfoNCE, FusedForwardBackwardIsForwardThenBackwardBitForBit) {
                 }
     }
     ns_infonce_set_tiles(c, 0, 0);
-    EXPECT_EQ(compared, 6 * 2 * 2 * (int)(sizeof kOptions / sizeof kOptions[0]));
+    ns_infonce_set_keep(c, 1);
+    EXPECT_EQ(compared, 2 * 6 * 2 * 2 * (int)(sizeof kOptions / sizeof kOptions[0]));
 }
 
 TEST(InfoNCE, FusedForwardBackwardMatchesReferenceAndFiniteDifferences) {

@@ -273,6 +273,17 @@ TEST(MineExact, PerThreadTilesAndTheSharedTileAgree) {
     check(D, 100, 1.0f);
 }
 
+// Per-thread tiles at k = 1000: the reservoir (5000 on the bf16 GEMM, 2000 on the f32) holds more
+// than a 1024-column sub-tile, so the stream's first sub-tile is wider (its rows set each
+// query's first threshold); near-ties at the k-th of query 0 spread over it and the later ones,
+// a second corpus block; f32 and bf16 inputs.
+TEST(MineExact, PerThreadTilesAtKIs1000) {
+    Data D = adversarial(800, 9000, 8, 1000, 0.5, 21);
+    check(D, 1000, 1.0f);
+    D.to_bf16();
+    check(D, 1000, 1.0f);
+}
+
 // Data where the bf16 bound's residual terms (ns_bound.h, 7) are tight: rounding residuals
 // aligned with the other row, so Cauchy–Schwarz holds with equality, and a best row (exactly)
 // whose bf16 score is below another row's by 0.4 of the residual term. Halves of d = 64:

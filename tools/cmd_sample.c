@@ -195,6 +195,13 @@ int cli_cmd_sample(int argc, char **argv) {
     stage *s = &r.s;
     int rc = CLI_RUNTIME;
     cli_install_signal_cleanup();
+    const char *src[5][2] = {{"--candidates", a.ipath}, {"--scores", a.spath},
+                             {"--positive-score", a.ppath}, {"--guide-scores", a.gspath},
+                             {"--guide-positive-score", a.gppath}}; /* STAGE_SRC_* order */
+    for (int f = 0; f < 5; f++) {
+        s->src_option[f] = src[f][0];
+        s->src_path[f] = src[f][1];
+    }
     if (stage_open_outputs(s) || sample_load_inputs(&r)) goto fail;
     if ((a.o.filter.rules & NS_FILTER_RANK) && !(a.o.rank_set & 2)) a.o.filter.rank_max = s->C;
     if (stage_load_positives(s, s->B, -1) || sample_check_candidates(&r)) goto fail;

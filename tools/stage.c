@@ -157,7 +157,32 @@ static void add_counts(ns_filter_counts *t, const ns_filter_counts *c) {
     t->guide += c->guide;
 }
 
-/* ns_filter then ns_sample on the uploaded block; the results back in s->index/score/count. */
+/* The library names the field of a bad value (cand->score[t] (query q, column c)); the file
+ * it came from is the stage's to name. The longest field name in the message wins
+ * (cand->guide_positive_score before cand->positive_score). Query numbers are the block's,
+ * which starts at row b0. */
+static int check_block_lib(const stage *s, ns_status st, const char *what, int64_t b0) {
+    if (st == NS_OK) return 0;
+    static const char *const field[5] = {"cand->id[", "cand->score[", "cand->positive_score[",
+                                         "cand->guide_score[", "cand->guide_positive_score["};
+    const char *msg = ns_last_error(s->ctx);
+    int best = -1;
+    for (int f = 0; f < 5; f++)
+        if (s->src_path[f] && strstr(msg, field[f]) &&
+            (best < 0 || strlen(field[f]) > strlen(field[best])))
+            best = f;
+    if (best < 0) return check_lib(s->ctx, st, what);
+    if (b0)
+        cli_error("%s %s: %s (queries counted from row %lld; %s)", s->src_option[best],
+                  s->src_path[best], msg, (long long)b0, ns_status_string(st));
+    else
+        cli_error("%s %s: %s (%s)", s->src_option[best], s->src_path[best], msg,
+                  ns_status_string(st));
+    return -1;
+}
+
+/* ns_filter_sample (one check of the data, then filter and sample per row; ns_sample alone
+ * without filter rules) on the uploaded block; the results back in s->index/score/count. */
 static int block_run(stage *s, block_bufs *d, int64_t b0, int64_t nb) {
     ns_context *ctx = s->ctx;
     const stage_opts *o = s->o;
@@ -174,12 +199,16 @@ static int block_run(stage *s, block_bufs *d, int64_t b0, int64_t nb) {
     cand.guide_positive_score = d->gp;
     if (o->filter.rules) {
         ns_filter_counts fc;
-        if (check_lib(ctx, ns_filter(ctx, &cand, &o->filter, d->keep, &fc), "ns_filter")) return -1;
+        if (check_block_lib(s, ns_filter_sample(ctx, &cand, &o->filter, &o->sampler, o->m,
+                                                d->keep, &fc, d->idx, d->osc, d->cnt),
+                            "ns_filter_sample", b0))
+            return -1;
         add_counts(&s->counts, &fc);
-    }
-    if (check_lib(ctx, ns_sample(ctx, &cand, d->keep, &o->sampler, o->m, d->idx, d->osc, d->cnt),
-                  "ns_sample"))
+    } else if (check_block_lib(s, ns_sample(ctx, &cand, NULL, &o->sampler, o->m, d->idx, d->osc,
+                                            d->cnt),
+                               "ns_sample", b0)) {
         return -1;
+    }
     if (cli_dev_get(ctx, s->index, d->idx, (size_t)(nb * o->m) * 8) ||
         cli_dev_get(ctx, s->score, d->osc, (size_t)(nb * o->m) * 4) ||
         cli_dev_get(ctx, s->count, d->cnt, (size_t)nb * 8))

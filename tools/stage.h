@@ -125,7 +125,14 @@ typedef struct {
     /* totals for the summary */
     ns_filter_counts counts;
     int64_t short_rows, no_pos_rows, jsonl_rows;
+    /* Where the candidates came from, for the library's data errors (NULL: computed here, as
+     * mine's are): the option and file of cand->id, score, positive_score, guide_score and
+     * guide_positive_score, in that order (STAGE_SRC_*). */
+    const char *src_option[5], *src_path[5];
 } stage;
+
+enum { STAGE_SRC_ID, STAGE_SRC_SCORE, STAGE_SRC_POSITIVE_SCORE, STAGE_SRC_GUIDE_SCORE,
+       STAGE_SRC_GUIDE_POSITIVE_SCORE };
 
 
 int stage_open_outputs(stage *s);

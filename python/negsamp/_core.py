@@ -701,6 +701,44 @@ class _InfoNCEInputs:
             self.struct.extra_id = queue_view[1]
 
 
+class _LossGroups:
+    """ns_loss_groups over arrays (kept alive with the struct), or none: the same-group rule.
+    query_group (B), passage_group (N), hard_group (B·h, or B×h), extra_group (E) are integer
+    group ids, a negative id = in no group; group_weight 0 masks a query's same-group
+    candidates, (0, 1] down-weights them (their logits get log w); never the query's positive.
+    The candidate groups are optional; query_group is required once any is given."""
+
+    def __init__(self, inp, query_group, passage_group, hard_group, extra_group, group_weight,
+                 fn):
+        self.struct = None
+        given = [g is not None for g in (passage_group, hard_group, extra_group)]
+        if query_group is None:
+            if any(given):
+                raise InvalidArgument(f"{fn}: passage_group, hard_group or extra_group given "
+                                      f"without query_group (the query's group ids)")
+            return
+        B, N = inp.query.shape[0], inp.passage.shape[0]
+        h = 0 if inp.hard is None or B == 0 else inp.hard.shape[0] // B
+        E = (inp.struct.extra.rows if inp.extra is not None or getattr(inp, "queue", None)
+             else 0)
+        vec = lambda a, name, n: None if a is None else chk.int_vector(  # noqa: E731
+            np.asarray(a).reshape(-1) if hasattr(a, "__len__") else a, fn, name, size=n)
+        self.q = vec(query_group, "query_group", B)
+        self.p = vec(passage_group, "passage_group", N)
+        self.h = vec(hard_group, "hard_group", B * h)
+        self.e = vec(extra_group, "extra_group", E)
+        g = _ffi.loss_groups_init()
+        g.query, g.passage, g.hard, g.extra = (_ptr(a, c_int64)
+                                               for a in (self.q, self.p, self.h, self.e))
+        g.weight = chk.real(group_weight, fn, "group_weight")
+        self.struct = g
+
+    def apply(self, opt):
+        if self.struct is not None:
+            opt.groups = ctypes.pointer(self.struct)
+        return opt
+
+
 InfoNCEForward = namedtuple("InfoNCEForward", "loss per_query saved")
 InfoNCEGrads = namedtuple("InfoNCEGrads", "query passage hard temperature")
 
@@ -755,9 +793,15 @@ def _check_saved(saved, inp: _InfoNCEInputs, temperature: float, fn: str) -> np.
 def infonce_forward(query, passage, *, positive=None, hard=None, hard_keep=None, extra=None,
                     passage_id=None, hard_id=None, extra_id=None, temperature=0.05,
                     symmetric=False, mask_same_id=True, tau_plus=0.0, beta=0.0,
-                    share_hard=False, ctx: Context = None) -> InfoNCEForward:
+                    share_hard=False, query_group=None, passage_group=None, hard_group=None,
+                    extra_group=None, group_weight=0.0, ctx: Context = None) -> InfoNCEForward:
     """InfoNCE over in-batch passages, hard negatives (B×h×d or (B·h)×d) and extra rows
     (an array, or a Queue whose rows and ids are used in place).
+
+    Same-group false negatives (ns_loss_groups): query_group (B ids), and optionally
+    passage_group (N), hard_group (B·h) and extra_group (E); a candidate of the query's group
+    (ids >= 0, equal) is masked (group_weight 0) or down-weighted (its logit + log
+    group_weight, group_weight in (0, 1]); the query's positive never is.
 
     Returns (loss: float, per_query: float32 B, saved: float32 B×NS_INFONCE_SAVED_PER_QUERY
     for infonce_backward, which checks that it belongs to the inputs it is given)."""
@@ -766,6 +810,9 @@ def infonce_forward(query, passage, *, positive=None, hard=None, hard_keep=None,
     inp = _InfoNCEInputs(query, passage, positive, hard, hard_keep, extra, passage_id, hard_id,
                          extra_id, fn)
     opt = _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard, fn)
+    groups = _LossGroups(inp, query_group, passage_group, hard_group, extra_group, group_weight,
+                         fn)
+    groups.apply(opt)
     B = inp.query.shape[0]
     loss = c_float()
     per_query = np.empty(B, dtype=np.float32)
@@ -781,17 +828,21 @@ _WANT = ("query", "passage", "hard", "temperature")
 def infonce_backward(query, passage, saved, *, grad_loss=1.0, positive=None, hard=None,
                      hard_keep=None, extra=None, passage_id=None, hard_id=None, extra_id=None,
                      temperature=0.05, symmetric=False, mask_same_id=True, tau_plus=0.0,
-                     beta=0.0, share_hard=False, want=_WANT,
+                     beta=0.0, share_hard=False, query_group=None, passage_group=None,
+                     hard_group=None, extra_group=None, group_weight=0.0, want=_WANT,
                      ctx: Context = None) -> InfoNCEGrads:
-    """Gradients of grad_loss · loss (the same inputs and options as the forward, and its
-    saved: a float32 B×NS_INFONCE_SAVED_PER_QUERY array, refused when its shape, dtype or
-    stored positive logits do not match these inputs). want names the gradients to compute;
-    the others are None."""
+    """Gradients of grad_loss · loss (the same inputs and options as the forward, group ids
+    too, and its saved: a float32 B×NS_INFONCE_SAVED_PER_QUERY array, refused when its shape,
+    dtype or stored positive logits do not match these inputs). want names the gradients to
+    compute; the others are None."""
     fn = "infonce_backward"
     ctx = _ctx(ctx)
     inp = _InfoNCEInputs(query, passage, positive, hard, hard_keep, extra, passage_id, hard_id,
                          extra_id, fn)
     opt = _loss_options(temperature, symmetric, mask_same_id, tau_plus, beta, share_hard, fn)
+    groups = _LossGroups(inp, query_group, passage_group, hard_group, extra_group, group_weight,
+                         fn)
+    groups.apply(opt)
     want = (want,) if isinstance(want, str) else tuple(want)
     unknown = [w for w in want if w not in _WANT]
     if unknown:

@@ -133,6 +133,9 @@ typedef struct {
     int columns_done; /* fused symmetric: the column statistics were gathered first (a pass of
                          their own), the row tiles leave them alone */
     float *rowbuf; /* fused: per thread, a row copy to mask (the strip keeps the raw logits) */
+    float *kept;   /* fused symmetric, when every row tile's strip fits: B × all columns, the
+                      column pass's passage tiles kept there for the row tiles (no recompute) */
+    int passage_kept; /* the row tiles' passage tiles are already in their strip */
     float *adjbuf; /* grouped: per thread, a row's group adjustments */
 } ns_loss_fwd;
 
@@ -142,7 +145,8 @@ void ns_loss_fwd_init(ns_loss_fwd *w);
 /* Rows [r0, r0+nb): every tile of every block, own hard negatives, the rows' finish. */
 void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *saved);
 /* Symmetric: the column statistics of rows [r0, r0+nb) alone (the passage tiles' GEMMs and
- * column_update, as ns_loss_fwd_row_tile computes them) and their positive logits. */
+ * column_update, as ns_loss_fwd_row_tile computes them) and their positive logits; with
+ * w->kept, the passage tiles stay in the row tile's strip there (kept + r0 · columns). */
 void ns_loss_fwd_column_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *saved);
 /* The symmetric terms, per_query (optional) and the mean loss, once every row tile is done. */
 float ns_loss_fwd_finish(const ns_loss_fwd *w, float *saved, float *per_query);

@@ -322,15 +322,20 @@ ns_status ns_cpu_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
 /* The strip of one row tile (every block's columns) is capped: beyond it the fused call runs
  * the forward, then the backward. tb × columns: 2048 × 16384 logits are 128 MiB. The symmetric
  * loss's gradients need every row's column statistics: a first pass gathers them (the passage
- * tiles' GEMMs only), then each row tile runs forward and backward on its strip — four GEMMs per
- * passage tile as the two calls (the column pass cannot be avoided without keeping all B × N
- * logits), three per hard or extra tile, and the same bits as the two calls. */
+ * tiles' GEMMs), then each row tile runs forward and backward on its strip. When every row
+ * tile's strip fits the same cap (B × columns: B = N = 8192 is 256 MiB), the column pass keeps
+ * its passage tiles in them and the row tiles do not compute them again: three GEMMs per tile,
+ * as the plain loss. Beyond it the passage tiles take four (the column statistics of every row
+ * come before any gradient, and a gradient of dQ sums over columns each normalised by its own
+ * statistics, so no rescaling afterwards can stand in for the second product). Either way the
+ * same bits as the two calls. */
 #define NS_LOSS_STRIP_BYTES ((int64_t)256 << 20)
 
 typedef struct {
     ns_loss_fwd f;
     bwd_work b;
     float *clse; /* symmetric: each query's column log-sum-exp, from the column pass */
+    int keep;    /* symmetric: every row tile's strip at once (f.kept), see above */
 } fused_work;
 
 static void fused_layout(void *plan, ns_arena *a) {
@@ -338,7 +343,8 @@ static void fused_layout(void *plan, ns_arena *a) {
     const ns_loss_plan *p = w->f.p;
     ns_loss_fwd_carve(&w->f, a);
     w->f.strip = (float *)ns_arena_carve(
-        a, (size_t)(w->f.t.tb * ns_loss_block_base(p, p->nblocks)) * sizeof(float));
+        a, (size_t)((w->keep ? p->B : w->f.t.tb) * ns_loss_block_base(p, p->nblocks)) *
+               sizeof(float));
     w->f.rowbuf = (float *)ns_arena_carve(a, (size_t)(p->nt * w->f.t.tn) * sizeof(float));
     w->b.t = w->f.t; /* the forward's tiles */
     bwd_carve(&w->b, a, 0);
@@ -350,6 +356,7 @@ static void fused_layout(void *plan, ns_arena *a) {
  * log-sum-exp (the value the forward's finish saves) and the backward's column factors. */
 static void fused_columns(fused_work *w, float *saved) {
     const ns_loss_plan *p = w->f.p;
+    w->f.kept = w->keep ? w->f.strip : NULL;
     for (int64_t r0 = 0; r0 < p->B; r0 += w->f.t.tb)
         ns_loss_fwd_column_tile(&w->f, r0, p->B - r0 < w->f.t.tb ? p->B - r0 : w->f.t.tb, saved);
     for (int64_t i = 0; i < p->B; i++) {
@@ -377,6 +384,8 @@ ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inpu
     w.f.p = w.b.p = p;
     ns_loss_tiles_shape(p, &w.f.t);
     const int64_t cols = ns_loss_block_base(p, p->nblocks);
+    w.keep = p->sym && !ctx->loss_no_keep &&
+             p->B * cols * (int64_t)sizeof(float) <= NS_LOSS_STRIP_BYTES;
     if (w.f.t.tb * cols * (int64_t)sizeof(float) > NS_LOSS_STRIP_BYTES) {
         if ((st = ns_cpu_infonce_forward(ctx, in, opt, loss, per_query, saved))) return st;
         return ns_cpu_infonce_backward(ctx, in, opt, saved, grad_loss, grads);
@@ -393,8 +402,11 @@ ns_status ns_cpu_infonce_forward_backward(ns_context *ctx, const ns_infonce_inpu
     const double wl = (double)grad_loss / (double)B * (p->sym ? 0.5 : 1.0);
     const float wt = (float)(wl / p->tau);
     double tau_sum = 0.0, tau_explicit = 0.0;
+    float *strip = w.f.strip;
+    w.f.passage_kept = w.keep;
     for (int64_t r0 = 0; r0 < B; r0 += w.f.t.tb) {
         const int64_t nb = B - r0 < w.f.t.tb ? B - r0 : w.f.t.tb;
+        if (w.keep) w.f.strip = w.b.strip = strip + r0 * cols; /* this row tile's kept tiles */
         ns_loss_fwd_row_tile(&w.f, r0, nb, saved);
         if (p->sym) /* the row finish cleared it; the backward's same-id columns read it */
             for (int64_t k = 0; k < nb; k++)

@@ -284,7 +284,9 @@ void ns_loss_fwd_row_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float *s
             int64_t ldc;
             const float *c = ns_loss_view(blk->m, j0, nc, w->t.cbuf, &ldc, nt);
             float *xt = w->strip ? ns_loss_strip_tile(w->strip, p, b, nb, j0) : w->t.xt;
-            ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
+            /* the column pass kept this tile: the same sgemm's bits, not computed again */
+            if (!(w->passage_kept && blk->kind == NS_BLK_PASSAGE))
+                ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
             ns_loss_columns(p, blk, j0, nc, w->t.cmask, w->t.cid, w->t.cidok, w->t.cgrp);
             if (p->sym && blk->kind == NS_BLK_PASSAGE && !w->columns_done)
                 column_update(p, xt, nb, nc, r0, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
@@ -310,12 +312,15 @@ void ns_loss_fwd_column_tile(const ns_loss_fwd *w, int64_t r0, int64_t nb, float
         const int64_t nc = blk->m.rows - j0 < w->t.tn ? blk->m.rows - j0 : w->t.tn;
         int64_t ldc;
         const float *c = ns_loss_view(blk->m, j0, nc, w->t.cbuf, &ldc, p->nt);
-        ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, w->t.xt, nc);
-        column_update(p, w->t.xt, nb, nc, r0, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
+        float *xt = w->kept ? ns_loss_strip_tile(w->kept + r0 * ns_loss_block_base(p, p->nblocks),
+                                                 p, 0, nb, j0)
+                            : w->t.xt;
+        ns_sgemm_nt(nb, nc, p->d, p->inv_tau, q, ldq, c, ldc, 0.0f, xt, nc);
+        column_update(p, xt, nb, nc, r0, j0, w->rs.posid, w->ispos, w->cmax, w->csum);
         for (int64_t k = 0; k < nb; k++) {
             const int64_t pc = w->rs.pos[k] - j0;
             if (pc >= 0 && pc < nc)
-                saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = w->t.xt[k * nc + pc];
+                saved[(r0 + k) * NS_INFONCE_SAVED_PER_QUERY + NS_SAVED_LPOS] = xt[k * nc + pc];
         }
     }
 }

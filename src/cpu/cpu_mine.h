@@ -84,10 +84,12 @@ typedef struct {
     int normalize, threads, q_once, avx512;
     int thread_tiles;     /* each thread computes and merges its own sub-tiles */
     int64_t sq, sr;       /* a thread's sub-tile: queries × corpus rows */
+    int64_t sf;           /* the corpus rows of the stream's first sub-tile (≥ sr) */
     int convert_q, convert_c;
     int bf16;             /* the bf16 GEMM (oneDNN) computes ŝ */
     int q_exact, c_exact; /* q / corpus are bf16 data used as they are (no rounding) */
     float *tile; /* the score tile, or each thread's sub-tile (thread_tiles) */
+    size_t tile_bytes; /* free once the corpus is streamed: the re-score's lists, if they fit */
     float *cbuf, *qbuf, *rows;
     uint32_t *keys; /* per thread: max(cb, width) */
     int32_t *cols;  /* per thread: cb + 16 */

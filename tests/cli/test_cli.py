@@ -110,6 +110,10 @@ def group_help(tmp):
         check("usage: negsamp " + cmd in out, f"{cmd} --help lacks its usage line")
         if cmd != "info":
             check("Example" in out, f"{cmd} --help lacks examples")
+    # mine --help names every text format it reads: gzip and the Parquet wrapper too
+    out, _ = run("mine", "--help")
+    for key in (".jsonl.gz", ".tsv.gz", "python -m negsamp.parquet mine", "FILE.parquet"):
+        check(key in out, f"mine --help does not mention '{key}'")
     out, _ = run("info")
     for key in ("negsamp 0.", "cuda backend built:", "cuda devices:", "backends: cpu",
                 "auto resolves to:"):
@@ -699,6 +703,32 @@ def group_errors(tmp):
         (["--candidates", trunc, "--scores", s], [trunc, "truncated"]),
     ]:
         _, err = run("sample", *args, "--out-index", out, "--quiet", expect=1)
+        for n in needles:
+            check(n in err, f"message lacks '{n}' for sample {args}: {err}")
+        check(not os.path.exists(out) and not leftovers(tmp), f"sample {args} left files")
+    # sample: non-finite data, found by the library's one check (ns_filter_sample with filter
+    # rules), named by the option and file it came from and the row and column.
+    sn = os.path.join(tmp, "snan.npy")
+    a = rng.uniform(0, 1, (20, 5)).astype(np.float32)
+    a[3, 2] = np.nan
+    np.save(sn, a)
+    gi = os.path.join(tmp, "ginf.npy")
+    g = rng.uniform(0, 1, (20, 5)).astype(np.float32)
+    g[7, 1] = np.inf
+    np.save(gi, g)
+    s1 = os.path.join(tmp, "s1.npy")
+    np.save(s1, rng.uniform(0, 1, (20, 5)).astype(np.float32))
+    pp = os.path.join(tmp, "pp.npy")
+    np.save(pp, np.full(20, 0.9, np.float32))
+    for args, needles in [
+        (["--candidates", ci, "--scores", sn, "--max-score", 0.95],
+         ["--scores " + sn, "ns_filter_sample", "query 3, column 2", "nan"]),
+        (["--candidates", ci, "--scores", sn], ["--scores " + sn, "query 3, column 2"]),
+        (["--candidates", ci, "--scores", s1, "--positive-score", pp, "--paired",
+          "--guide-scores", gi, "--guide-positive-score", pp, "--guide-margin", 0.1],
+         ["--guide-scores " + gi, "query 7, column 1", "inf"]),
+    ]:
+        _, err = run("sample", *args, "-m", 2, "--out-index", out, "--quiet", expect=1)
         for n in needles:
             check(n in err, f"message lacks '{n}' for sample {args}: {err}")
         check(not os.path.exists(out) and not leftovers(tmp), f"sample {args} left files")

@@ -192,3 +192,76 @@ def test_infonce_errors(rng):
     assert "ns_infonce_forward" in str(e.value)
     with pytest.raises(negsamp.InvalidArgument):
         negsamp.infonce_forward(q, P, hard=np.ones((2, 1, 4), np.float32))
+
+
+def ref_grouped(q, P, H, h, qg, pg, hg, eg, E, weight, tau):
+    """The same-group rule in float64, written out: loss and dL/dq, dL/dP, dL/dH, dL/dE of the
+    mean over queries of lse(row) − l⁺, where a candidate of the query's group (ids >= 0,
+    equal; never the query's own positive, passage i) gets log(weight) added to its logit
+    (−inf at weight 0). Gradients: (softmax of the adjusted row − one-hot) · raw dl/dx."""
+    B, N = len(q), len(P)
+    adj_of = lambda g, i: (np.log(weight) if weight > 0 else -np.inf) \
+        if g is not None and qg[i] >= 0 and g == qg[i] else 0.0  # noqa: E731
+    dq, dP = np.zeros_like(q), np.zeros_like(P)
+    dH = np.zeros_like(H) if H is not None else None
+    dE = np.zeros_like(E) if E is not None else None
+    total = 0.0
+    for i in range(B):
+        cols = []  # (logit, which, row)
+        for j in range(N):
+            a = 0.0 if j == i else adj_of(None if pg is None else pg[j], i)
+            cols.append((q[i] @ P[j] / tau + a, "p", j))
+        for r in range(i * h, i * h + h):
+            cols.append((q[i] @ H[r] / tau + adj_of(None if hg is None else hg[r], i), "h", r))
+        for e in range(0 if E is None else len(E)):
+            cols.append((q[i] @ E[e] / tau + adj_of(None if eg is None else eg[e], i), "e", e))
+        x = np.array([c[0] for c in cols])
+        lse = _lse(x[np.isfinite(x)])
+        total += lse - x[i]
+        G = np.where(np.isfinite(x), np.exp(x - lse), 0.0)
+        G[i] -= 1.0
+        for g, (_, which, r) in zip(G, cols):
+            rows = {"p": P, "h": H, "e": E}[which]
+            dq[i] += g * rows[r] / tau
+            {"p": dP, "h": dH, "e": dE}[which][r] += g * q[i] / tau
+    return total / B, dq / B, dP / B, (None if dH is None else dH / B), \
+        (None if dE is None else dE / B)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_infonce_groups_match_float64_reference(rng, weight):
+    """query_group / passage_group / hard_group / extra_group of infonce_forward and
+    infonce_backward (ns_loss_groups): masked (weight 0) and down-weighted same-group
+    candidates against the float64 reference, gradients of every input."""
+    require("ns_infonce_forward", "ns_infonce_backward")
+    B, d, h, E = 6, 5, 2, 3
+    q = (rng.standard_normal((B, d)) * 0.5).astype(np.float32)
+    P = (rng.standard_normal((B, d)) * 0.5).astype(np.float32)
+    H = (rng.standard_normal((B * h, d)) * 0.5).astype(np.float32)
+    X = (rng.standard_normal((E, d)) * 0.5).astype(np.float32)
+    qg = np.array([0, 1, 0, 2, -1, 1])           # query 4 is in no group
+    pg = np.array([0, 0, 0, 1, 1, -1])           # passage 0 is query 2's group: masked for 2
+    hg = np.array([1, 0, 1, 1, 0, 5, 2, 2, 0, 0, 1, -1])
+    eg = np.array([2, 0, -1])
+    groups = dict(query_group=qg, passage_group=pg, hard_group=hg, extra_group=eg,
+                  group_weight=weight)
+    kw = dict(temperature=0.5, mask_same_id=False, hard=H, extra=X)
+    fwd = negsamp.infonce_forward(q, P, **kw, **groups)
+    ref = ref_grouped(*(a.astype(np.float64) for a in (q, P, H)), h, qg, pg, hg, eg,
+                      X.astype(np.float64), weight, 0.5)
+    np.testing.assert_allclose(fwd.loss, ref[0], rtol=1e-5, atol=1e-6)
+    plain = negsamp.infonce_forward(q, P, **kw)
+    assert abs(plain.loss - fwd.loss) > 1e-3  # the groups changed the loss
+    g = negsamp.infonce_backward(q, P, fwd.saved, **kw, **groups)
+    np.testing.assert_allclose(g.query, ref[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g.passage, ref[2], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g.hard, ref[3], rtol=1e-4, atol=1e-5)
+    # the query and candidate group ids are checked like every other argument
+    with pytest.raises(negsamp.InvalidArgument, match="query_group"):
+        negsamp.infonce_forward(q, P, query_group=qg[:5])
+    with pytest.raises(negsamp.InvalidArgument, match="hard_group"):
+        negsamp.infonce_forward(q, P, hard=H, query_group=qg, hard_group=hg[:3])
+    with pytest.raises(negsamp.InvalidArgument, match="without query_group"):
+        negsamp.infonce_forward(q, P, passage_group=pg)
+    with pytest.raises(negsamp.InvalidArgument, match="group_weight|weight"):
+        negsamp.infonce_forward(q, P, query_group=qg, passage_group=pg, group_weight=1.5)
