@@ -15,6 +15,10 @@
  *   bench_gpu_ops step   B C d h          ns_step_forward + backward, bf16: the checked step (one
  *                                         host sync per forward) and sync_free, interleaved, median of 3
  *   bench_gpu_ops loss   B N d            ns_infonce_forward + backward, bf16, time and extra memory
+ *   bench_gpu_ops lossfused B N d [sym]  ns_infonce_forward_backward (fused: 3 GEMMs per tile) vs
+ *                                         the two calls (4), interleaved, median of 3, beside
+ *                                         cuBLAS running the fused path's 3 GEMMs in its tiles;
+ *                                         the extra memory of each (its own context)
  *   bench_gpu_ops sample B C m            ns_filter-free ns_sample, SimANS, C candidates → m,
  *                                         beside a device copy of the B×C scores; every sampling
  *                                         path that can run the shape (NS_CUDA_SAMPLE_PATH: stream,
@@ -458,6 +462,115 @@ static int bench_loss(int64_t B, int64_t N, int64_t d) {
     return 0;
 }
 
+/* cuBLAS bf16 GEMMs doing the fused loss's GEMM work in its tiles (kernels/cuda_infonce.cu,
+ * shape: 4096 × 4096 logit tiles): per tile the logits L = Q·Pᵀ (f32 out), dQ += G·P and
+ * dP += Gᵀ·Q with G in bf16 — the ceiling the fused loss is measured against. Best of 2 after a
+ * warm-up. */
+static double loss_gemms_ms(const uint16_t *q, const uint16_t *p, int64_t B, int64_t N, int64_t d) {
+    const int64_t tb = B < 4096 ? B : 4096, tn = N < 4096 ? N : 4096;
+    float *tile, *gq, *gp;
+    uint16_t *g;
+    CK(cudaMalloc((void **)&tile, (size_t)(tb * tn) * 4));
+    CK(cudaMalloc((void **)&g, (size_t)(tb * tn) * 2));
+    CK(cudaMalloc((void **)&gq, (size_t)(B * d) * 4));
+    CK(cudaMalloc((void **)&gp, (size_t)(N * d) * 4));
+    fill_bf16(g, (size_t)(tb * tn), 0.01f);
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(2);
+    const float one = 1.0f, zero = 0.0f;
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        tic();
+        for (int64_t r0 = 0; r0 < B; r0 += tb) {
+            const int m = (int)(B - r0 < tb ? B - r0 : tb);
+            for (int64_t j0 = 0; j0 < N; j0 += tn) {
+                const int n = (int)(N - j0 < tn ? N - j0 : tn);
+                /* row-major: L (m×n) = Q·Pᵀ; dQ (m×d) += G·P; dP (n×d) += Gᵀ·Q */
+                cublasStatus_t s1 = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, (int)d, &one, p + j0 * d,
+                                                 CUDA_R_16BF, (int)d, q + r0 * d, CUDA_R_16BF, (int)d, &zero,
+                                                 tile, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                cublasStatus_t s2 = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, m, n, &one, p + j0 * d,
+                                                 CUDA_R_16BF, (int)d, g, CUDA_R_16BF, n, &one, gq + r0 * d,
+                                                 CUDA_R_32F, (int)d, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                cublasStatus_t s3 = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)d, n, m, &one, q + r0 * d,
+                                                 CUDA_R_16BF, (int)d, g, CUDA_R_16BF, n, &one, gp + j0 * d,
+                                                 CUDA_R_32F, (int)d, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                if (s1 || s2 || s3) exit(2);
+            }
+        }
+        double ms = toc_ms();
+        if (r > 0 && ms < best) best = ms;
+    }
+    cublasDestroy(h);
+    cudaFree(tile), cudaFree(g), cudaFree(gq), cudaFree(gp);
+    return best;
+}
+
+/* The fused forward + backward against the forward then the backward, bf16, plain (sym 0) or
+ * symmetric (sym 1), each on its own context (its workspace measured alone), interleaved. */
+static int bench_loss_fused(int64_t B, int64_t N, int64_t d, int sym) {
+    uint16_t *q, *p;
+    float *saved, *pq, *gq, *gp, loss[2], dtau[2];
+    CK(cudaMalloc((void **)&q, (size_t)(B * d) * 2));
+    CK(cudaMalloc((void **)&p, (size_t)(N * d) * 2));
+    CK(cudaMalloc((void **)&saved, (size_t)(B * NS_INFONCE_SAVED_PER_QUERY) * 4));
+    CK(cudaMalloc((void **)&pq, (size_t)B * 4));
+    CK(cudaMalloc((void **)&gq, (size_t)(B * d) * 4));
+    CK(cudaMalloc((void **)&gp, (size_t)(N * d) * 4));
+    fill_bf16(q, (size_t)(B * d), 0.05f);
+    fill_bf16(p, (size_t)(N * d), 0.05f);
+    ns_infonce_inputs in;
+    memset(&in, 0, sizeof in);
+    in.query = bf16_matrix(q, B, d);
+    in.passage = bf16_matrix(p, N, d);
+    in.hard.dtype = in.extra.dtype = NS_BF16;
+    in.hard.cols = in.extra.cols = d;
+    ns_loss_options o = NS_LOSS_OPTIONS_INIT;
+    o.symmetric = sym;
+    ns_context *ctx[2] = {make_ctx(), make_ctx()}; /* 0: fused, 1: two calls */
+    long long extra[2];
+    for (int k = 0; k < 2; k++) { /* warm-up: sizes each context's workspace */
+        size_t f0, f1, total;
+        ns_infonce_grads g = {gq, gp, NULL, &dtau[k]};
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemGetInfo(&f0, &total));
+        if (k == 0) {
+            NS(ctx[0], ns_infonce_forward_backward(ctx[0], &in, &o, 1.0f, &loss[0], pq, saved, &g));
+        } else {
+            NS(ctx[1], ns_infonce_forward(ctx[1], &in, &o, &loss[1], pq, saved));
+            NS(ctx[1], ns_infonce_backward(ctx[1], &in, &o, saved, 1.0f, &g));
+        }
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemGetInfo(&f1, &total));
+        extra[k] = (long long)f0 - (long long)f1;
+    }
+    double t[2][3];
+    for (int r = 0; r < 3; r++)
+        for (int k = 0; k < 2; k++) {
+            ns_infonce_grads g = {gq, gp, NULL, &dtau[k]};
+            tic();
+            if (k == 0) {
+                NS(ctx[0], ns_infonce_forward_backward(ctx[0], &in, &o, 1.0f, &loss[0], pq, saved, &g));
+            } else {
+                NS(ctx[1], ns_infonce_forward(ctx[1], &in, &o, &loss[1], pq, saved));
+                NS(ctx[1], ns_infonce_backward(ctx[1], &in, &o, saved, 1.0f, &g));
+            }
+            t[k][r] = toc_ms();
+        }
+    const double fused = median3(t[0]), two = median3(t[1]), gemm = loss_gemms_ms(q, p, B, N, d);
+    printf("{\"bench\":\"infonce_fused\",\"gpu\":\"%s\",\"B\":%lld,\"N\":%lld,\"d\":%lld,"
+           "\"dtype\":\"bf16\",\"symmetric\":%d,\"fused_ms\":%.3f,\"two_calls_ms\":%.3f,"
+           "\"cublas_3gemm_ms\":%.3f,\"fused_fraction_of_cublas\":%.3f,\"two_calls_over_fused\":%.3f,"
+           "\"gemm_tflops_counted\":%.1f,\"fused_extra_bytes\":%lld,\"two_calls_extra_bytes\":%lld,"
+           "\"loss_fused\":%.6f,\"loss_two_calls\":%.6f}\n",
+           gpu_name(), (long long)B, (long long)N, (long long)d, sym, fused, two, gemm, gemm / fused, two / fused,
+           3 * 2.0 * B * N * d / (fused * 1e-3) / 1e12, extra[0], extra[1], loss[0], loss[1]);
+    ns_context_destroy(ctx[0]);
+    ns_context_destroy(ctx[1]);
+    cudaFree(q), cudaFree(p), cudaFree(saved), cudaFree(pq), cudaFree(gq), cudaFree(gp);
+    return 0;
+}
+
 static int bench_sample(int64_t B, int64_t C, int64_t m) {
     ns_context *ctx = make_ctx();
     float *score, *sp, *osc;
@@ -552,7 +665,7 @@ static int64_t arg(int argc, char **argv, int i, int64_t dflt) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s gemm|copy|mine|mine32|step|loss|sample [sizes...]\n", argv[0]);
+        fprintf(stderr, "usage: %s gemm|copy|mine|mine32|step|loss|lossfused|sample [sizes...]\n", argv[0]);
         return 1;
     }
     if (ns_cuda_device_count() == 0) {
@@ -574,6 +687,9 @@ int main(int argc, char **argv) {
         return bench_step(arg(argc, argv, 2, 4096), arg(argc, argv, 3, 64), arg(argc, argv, 4, 768),
                           arg(argc, argv, 5, 8));
     if (!strcmp(w, "loss")) return bench_loss(arg(argc, argv, 2, 32768), arg(argc, argv, 3, 32768), arg(argc, argv, 4, 768));
+    if (!strcmp(w, "lossfused"))
+        return bench_loss_fused(arg(argc, argv, 2, 32768), arg(argc, argv, 3, 32768), arg(argc, argv, 4, 768),
+                                (int)arg(argc, argv, 5, 0));
     if (!strcmp(w, "sample")) return bench_sample(arg(argc, argv, 2, 1000000), arg(argc, argv, 3, 1024), arg(argc, argv, 4, 16));
     fprintf(stderr, "%s: unknown benchmark %s\n", argv[0], w);
     return 1;

@@ -431,6 +431,9 @@ run_benchmarks() {
         bench_row step-checked-vs-sync-free 60 "$b" step 4096 64 768 8
         bench_row loss 60 "$b" loss 32768 32768 768
         bench_row torch-loss 60 $tp loss 32768 32768 768
+        # the fused forward + backward (3 GEMMs per tile) vs the two calls (4) vs cuBLAS's 3 GEMMs
+        bench_row loss-fused 90 "$b" lossfused 32768 32768 768 0
+        bench_row loss-fused-sym 90 "$b" lossfused 32768 32768 768 1
         # sampling beside one copy of the scores; each row also times every path that runs the
         # shape (forced_stream/shared/global_ms), interleaved: where the stream path should start
         bench_row sample 120 "$b" sample 1000000 1024 16

@@ -153,11 +153,11 @@ static void state_layout(void *plan, ns_arena *a) {
     s->half_tile = half ? ns_arena_carve(a, (size_t)(tb * tn) * 2) : nullptr;
     s->htile = P.own_hard ? (float *)ns_arena_carve(a, (size_t)(tb * P.h) * 4) : nullptr;
     s->half_htile = P.own_hard && half ? ns_arena_carve(a, (size_t)(tb * P.h) * 2) : nullptr;
+    s->strip = s->strip_floats > 0 ? (float *)ns_arena_carve(a, (size_t)s->strip_floats * 4) : nullptr;
 }
 
-ns_status setup(ns_context *ctx, const char *fn, const ns_infonce_inputs *in, Plan &P, State &S) {
-    const int conv = dtypes_differ(in);
-    P.t = conv ? NS_F32 : in->query.dtype;
+void shape(ns_context *ctx, const ns_infonce_inputs *in, Plan &P, State &S) {
+    P.t = dtypes_differ(in) ? NS_F32 : in->query.dtype;
     P.es = ns_dtype_size(P.t);
     // Tiles: up to 4096 × 4096 logits (64 MiB), GEMMs large enough for full tensor-core rate.
     int64_t maxc = P.N;
@@ -168,6 +168,11 @@ ns_status setup(ns_context *ctx, const char *fn, const ns_infonce_inputs *in, Pl
     // Tests cross many tile boundaries at small sizes (ns_infonce_set_tiles, as on the CPU).
     if (ctx->loss_tile_rows > 0 && ctx->loss_tile_rows < S.tb) S.tb = ctx->loss_tile_rows;
     if (ctx->loss_tile_cols > 0 && ctx->loss_tile_cols < S.tn) S.tn = ctx->loss_tile_cols;
+}
+
+ns_status setup(ns_context *ctx, const char *fn, const ns_infonce_inputs *in, Plan &P, State &S) {
+    const int conv = dtypes_differ(in);
+    shape(ctx, in, P, S);
     Work w = {&P, conv, P.t != NS_F32, &S};
     ns_status rc = ns_arena_lay_out(ctx, &ctx->cuda->scratch, state_layout, &w, fn);
     if (rc) return rc;

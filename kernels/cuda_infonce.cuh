@@ -54,6 +54,8 @@ struct State {
     int64_t tb, tn;
     float *tile, *htile;
     void *half_tile, *half_htile;
+    int64_t strip_floats;  // the fused call's strip (set before setup; 0 = none)
+    float *strip;
 };
 
 struct InitArgs {
@@ -77,8 +79,11 @@ struct Block {
 // then resolves the options into the plan.
 ns_status plan_init(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
                     const ns_loss_options *o, Plan *P, const float *saved = nullptr);
-// Carves S from the context's device scratch arena and resolves the GEMM views (f32 copies
-// when the dtypes differ).
+// The GEMM dtype (P.t, P.es) and the tile shape (S.tb × S.tn); no memory yet.
+void shape(ns_context *ctx, const ns_infonce_inputs *in, Plan &P, State &S);
+// shape, then carves S (with S.strip_floats floats for S.strip: the fused call's strip; 0 =
+// none) from the context's device scratch arena and resolves the GEMM views (f32 copies when
+// the dtypes differ).
 ns_status setup(ns_context *ctx, const char *fn, const ns_infonce_inputs *in, Plan &P, State &S);
 // The shared blocks of candidates, with their gradient rows.
 int blocks_of(const Plan &P, Block *b, float *gp, float *gh);
@@ -90,5 +95,57 @@ ns_status init_state(ns_context *ctx, const char *fn, const InitArgs &a, bool co
 constexpr int kMaxPartials = 65536;  // blocks of the reducing kernels (grid-stride beyond)
 ns_status reduce_partials(ns_context *ctx, const char *fn, const double *part, int64_t n, int m,
                           double *out);
+
+// ------------------------------------------------------------------ the pieces of a call
+// The forward's (cuda_infonce_forward.cu) and the backward's (cuda_infonce_backward.cu) steps,
+// shared with the fused forward + backward (cuda_infonce_fused.cu). x is a dense logit tile
+// (ld = its column count).
+
+// One logit tile of block bk, rows [r0, r0+nb) × columns [j0, j0+nc): the GEMM into x, then
+// what it feeds (kTile*): the symmetric column statistics (passage blocks), the row statistics
+// (without them, only the positive logits are saved).
+enum { kTileColumns = 1, kTileRows = 2 };
+ns_status forward_tile(ns_context *ctx, const char *fn, const Plan &P, const State &S, const Block &bk,
+                       float beta, int64_t r0, int64_t nb, int64_t j0, int64_t nc, float *x, int what,
+                       float *saved);
+// Symmetric, the column statistics complete: every query's saved COLLSE (as the finish sets it).
+ns_status column_lse(ns_context *ctx, const char *fn, const Plan &P, const State &S, float *saved);
+// The own hard negatives of rows [r0, r0+nb): one batched GEMM into x (nb × h), the row statistics.
+ns_status forward_own_hard(ns_context *ctx, const char *fn, const Plan &P, const State &S, float beta,
+                           int64_t r0, int64_t nb, float *x, float *saved);
+// The row finish of rows [i0, i0+n) into saved and per_query (optional); with total, the sum of
+// their losses reduced in a fixed order into *total (device). Idempotent.
+ns_status finish_rows(ns_context *ctx, const char *fn, const Plan &P, const State &S,
+                      const ns_loss_options *o, int64_t i0, int64_t n, float *saved, float *per_query,
+                      double *total);
+// *out = *total / B on the device.
+ns_status loss_mean(ns_context *ctx, const char *fn, const double *total, int64_t B, float *out);
+
+// The symmetric backward's column factors S.colc from every query's saved COLLSE.
+ns_status column_factors(ns_context *ctx, const char *fn, const Plan &P, const State &S, const float *saved);
+// Logit tile x of block bk turned into G = dL/dlogit · wt (in place, or into S.half_tile for
+// f16/bf16), then dQ[r0 : r0+nb] += G · C and bk.grad[j0 : j0+nc] += Gᵀ · Q; S.rtau gets dl/dτ.
+ns_status grad_tile(ns_context *ctx, const char *fn, const Plan &P, const State &S, const Block &bk,
+                    float beta, float wt, int64_t r0, int64_t nb, int64_t j0, int64_t nc, float *x,
+                    const float *saved, float *gq);
+// The same for the own hard negatives' logits x (nb × h): dq_k += G_k·H_k, dH_k = G_kᵀ·q_k.
+ns_status grad_own_hard(ns_context *ctx, const char *fn, const Plan &P, const State &S, float beta,
+                        float wt, int64_t r0, int64_t nb, float *x, const float *saved, float *gq,
+                        float *gh);
+// out[0] = Σ S.rtau, out[1] = Σ the saved explicit ∂L/∂τ (device doubles, fixed order).
+ns_status tau_total(ns_context *ctx, const char *fn, const Plan &P, const State &S, const float *saved,
+                    double *out);
+// *out = w · (−sums[0]/τ + sums[1]) on the device.
+ns_status dtau_device(ns_context *ctx, const char *fn, const double *sums, double w, double tau, float *out);
+
+// The whole forward / backward, fn naming the public function. The forward writes the mean
+// loss to the host (loss, one synchronisation) or the device (loss_dev); the backward dτ to the
+// host (grads->temperature, one synchronisation) or the device (dtau_dev, when not NULL).
+ns_status forward_call(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
+                       const ns_loss_options *opt, float *loss, float *loss_dev, float *per_query,
+                       float *saved);
+ns_status backward_call(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
+                        const ns_loss_options *opt, const float *saved, float grad_loss,
+                        const ns_infonce_grads *grads, float *dtau_dev);
 
 }  // namespace nsloss

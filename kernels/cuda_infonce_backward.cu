@@ -106,7 +106,15 @@ __global__ void __launch_bounds__(kT) ns_k_tau_sum(int64_t B, const double *rtau
     }
 }
 
-// colc_p = −log Σ_{i: positive[i] = p} e^{−collse_i} (symmetric): max pass, sum pass, finish.
+// dτ = w · (−Σ rtau / τ + Σ explicit) from the two sums of ns_k_tau_sum (device float).
+__global__ void ns_k_dtau(const double *r, double w, double tau, float *out) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) *out = (float)(w * (-r[0] / tau + r[1]));
+}
+
+}  // namespace
+
+namespace nsloss {
+
 ns_status column_factors(ns_context *ctx, const char *fn, const Plan &P, const State &S, const float *saved) {
     cudaStream_t st = ns_stream(ctx);
     ns_k_colc_init<<<ns_blocks(P.N), NS_CUDA_THREADS, 0, st>>>(P.N, S.colmax, S.colfix);
@@ -117,24 +125,17 @@ ns_status column_factors(ns_context *ctx, const char *fn, const Plan &P, const S
     return NS_OK;
 }
 
-// One logit tile of a shared block: recomputed by a GEMM, turned into G = dL/dlogit · wt
-// (ns_k_loss_grad; for f16/bf16 inputs written in that dtype for the tensor-core GEMMs), then
-// dQ[r0 : r0+nb] += G · C and dC[j0 : j0+nc] += Gᵀ · Q.
-ns_status backward_tile(ns_context *ctx, const char *fn, const Plan &P, const State &S, const Block &bk,
-                        float beta, float wt, int64_t r0, int64_t nb, int64_t j0, int64_t nc,
-                        const float *saved, float *gq) {
-    cudaStream_t st = ns_stream(ctx);
+ns_status grad_tile(ns_context *ctx, const char *fn, const Plan &P, const State &S, const Block &bk,
+                    float beta, float wt, int64_t r0, int64_t nb, int64_t j0, int64_t nc, float *x,
+                    const float *saved, float *gq) {
     ns_status rc;
     const void *q = row_ptr(P.q, r0, P.es), *c = row_ptr(bk.v, j0, P.es);
-    if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, nb, nc, P.d, P.inv_tau, q, P.t, P.q.ld, c, P.t, bk.v.ld,
-                           0.0f, S.tile, nc)))
-        return rc;
     const bool to_half = P.t != NS_F32 && (gq || bk.grad);
-    GradArgs ga{S.tile, nc, nc, j0, r0, bk.kind, P.sym, P.same, P.ids, beta, wt,
+    GradArgs ga{x, nc, nc, j0, r0, bk.kind, P.sym, P.same, P.ids, beta, wt,
                 saved, P.sym ? S.colc : nullptr, S.rtau, to_half ? S.half_tile : nullptr, P.t};
-    ns_k_loss_grad<<<(unsigned)nb, kT, 0, st>>>(ga);
+    ns_k_loss_grad<<<(unsigned)nb, kT, 0, ns_stream(ctx)>>>(ga);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-    const void *g = to_half ? S.half_tile : (const void *)S.tile;
+    const void *g = to_half ? S.half_tile : (const void *)x;
     if (gq && (rc = ns_cuda_gemm(ctx, fn, 0, 0, nb, P.d, nc, 1.0f, g, P.t, nc, c, P.t, bk.v.ld, 1.0f,
                                  gq + r0 * P.d, P.d)))
         return rc;
@@ -144,22 +145,17 @@ ns_status backward_tile(ns_context *ctx, const char *fn, const Plan &P, const St
     return NS_OK;
 }
 
-// The own hard negatives of rows [r0, r0+nb) by strided batched GEMMs per query:
-// dq_k += G_k · H_k (1×h · h×d);  dH_k = G_kᵀ · q_k (h×1 · 1×d).
-ns_status backward_own_hard(ns_context *ctx, const char *fn, const Plan &P, const State &S, float beta,
-                            float wt, int64_t r0, int64_t nb, const float *saved, float *gq, float *gh) {
-    cudaStream_t st = ns_stream(ctx);
+ns_status grad_own_hard(ns_context *ctx, const char *fn, const Plan &P, const State &S, float beta,
+                        float wt, int64_t r0, int64_t nb, float *x, const float *saved, float *gq,
+                        float *gh) {
     ns_status rc;
     const void *q = row_ptr(P.q, r0, P.es), *hr = row_ptr(P.hd, r0 * P.h, P.es);
-    if ((rc = ns_cuda_gemm_batched(ctx, fn, 0, 1, 1, P.h, P.d, P.inv_tau, q, P.q.ld, P.q.ld, hr,
-                                   P.hd.ld, P.h * P.hd.ld, P.t, 0.0f, S.htile, P.h, P.h, nb)))
-        return rc;
     const bool to_half = P.t != NS_F32 && (gq || gh);
-    GradArgs ga{S.htile, P.h, P.h, 0, r0, NS_BLK_OWN, 0, P.same, P.ids, beta, wt, saved, nullptr,
+    GradArgs ga{x, P.h, P.h, 0, r0, NS_BLK_OWN, 0, P.same, P.ids, beta, wt, saved, nullptr,
                 S.rtau, to_half ? S.half_htile : nullptr, P.t};
-    ns_k_loss_grad<<<(unsigned)nb, kT, 0, st>>>(ga);
+    ns_k_loss_grad<<<(unsigned)nb, kT, 0, ns_stream(ctx)>>>(ga);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-    const void *g = to_half ? S.half_htile : (const void *)S.htile;
+    const void *g = to_half ? S.half_htile : (const void *)x;
     if (gq && (rc = ns_cuda_gemm_batched(ctx, fn, 0, 0, 1, P.d, P.h, 1.0f, g, P.h, P.h, hr, P.hd.ld,
                                          P.h * P.hd.ld, P.t, 1.0f, gq + r0 * P.d, P.d, P.d, nb)))
         return rc;
@@ -169,20 +165,64 @@ ns_status backward_own_hard(ns_context *ctx, const char *fn, const Plan &P, cons
     return NS_OK;
 }
 
+ns_status tau_total(ns_context *ctx, const char *fn, const Plan &P, const State &S, const float *saved,
+                    double *out) {
+    const unsigned ntb = ns_blocks(P.B, kT) < (unsigned)kMaxPartials ? ns_blocks(P.B, kT) : kMaxPartials;
+    ns_k_tau_sum<<<ntb, kT, 0, ns_stream(ctx)>>>(P.B, S.rtau, saved, S.part);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return reduce_partials(ctx, fn, S.part, ntb, 2, out);
+}
+
+ns_status dtau_device(ns_context *ctx, const char *fn, const double *sums, double w, double tau, float *out) {
+    ns_k_dtau<<<1, 32, 0, ns_stream(ctx)>>>(sums, w, tau, out);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
+}
+
+}  // namespace nsloss
+
+namespace {
+
+// One logit tile of a shared block: recomputed by a GEMM into the tile, then grad_tile: turned
+// into G = dL/dlogit · wt (for f16/bf16 inputs written in that dtype for the tensor-core GEMMs),
+// dQ[r0 : r0+nb] += G · C and dC[j0 : j0+nc] += Gᵀ · Q.
+ns_status backward_tile(ns_context *ctx, const char *fn, const Plan &P, const State &S, const Block &bk,
+                        float beta, float wt, int64_t r0, int64_t nb, int64_t j0, int64_t nc,
+                        const float *saved, float *gq) {
+    ns_status rc;
+    if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, nb, nc, P.d, P.inv_tau, row_ptr(P.q, r0, P.es), P.t, P.q.ld,
+                           row_ptr(bk.v, j0, P.es), P.t, bk.v.ld, 0.0f, S.tile, nc)))
+        return rc;
+    return grad_tile(ctx, fn, P, S, bk, beta, wt, r0, nb, j0, nc, S.tile, saved, gq);
+}
+
+// The own hard negatives of rows [r0, r0+nb) by strided batched GEMMs per query:
+// dq_k += G_k · H_k (1×h · h×d);  dH_k = G_kᵀ · q_k (h×1 · 1×d).
+ns_status backward_own_hard(ns_context *ctx, const char *fn, const Plan &P, const State &S, float beta,
+                            float wt, int64_t r0, int64_t nb, const float *saved, float *gq, float *gh) {
+    ns_status rc;
+    if ((rc = ns_cuda_gemm_batched(ctx, fn, 0, 1, 1, P.h, P.d, P.inv_tau, row_ptr(P.q, r0, P.es), P.q.ld,
+                                   P.q.ld, row_ptr(P.hd, r0 * P.h, P.es), P.hd.ld, P.h * P.hd.ld, P.t,
+                                   0.0f, S.htile, P.h, P.h, nb)))
+        return rc;
+    return grad_own_hard(ctx, fn, P, S, beta, wt, r0, nb, S.htile, saved, gq, gh);
+}
+
 }  // namespace
 
-ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
-                                   const ns_loss_options *opt, const float *saved,
-                                   float grad_loss, const ns_infonce_grads *grads) {
-    static const char *fn = "ns_infonce_backward";
-    const int want_tau = grads->temperature != nullptr;
-    if (want_tau && ns_cuda_capturing(ctx))
+// grads->temperature (host float: one synchronisation, refused while capturing) or dtau_dev
+// (device float: none); fn names the public function.
+ns_status nsloss::backward_call(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
+                                const ns_loss_options *opt, const float *saved, float grad_loss,
+                                const ns_infonce_grads *grads, float *dtau_dev) {
+    const int want_tau = grads->temperature != nullptr || dtau_dev != nullptr;
+    if (grads->temperature && ns_cuda_capturing(ctx))
         return ns_fail(ctx, NS_ERR_UNSUPPORTED,
                        "%s: grads->temperature is a host float and needs a synchronisation, which "
                        "a stream being captured into a CUDA graph cannot do",
                        fn);
     Plan P;
-    State S;
+    State S{};
     ns_status rc;
     if ((rc = plan_init(ctx, fn, in, opt, &P, saved))) return rc;
     cudaStream_t st = ns_stream(ctx);
@@ -215,13 +255,17 @@ ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
     }
     if (!want_tau) return NS_OK;
     double *out = (double *)(NS_CUDA_WIDE(flags) + W_TAU);
-    const unsigned ntb = ns_blocks(P.B, kT) < (unsigned)kMaxPartials ? ns_blocks(P.B, kT) : kMaxPartials;
-    ns_k_tau_sum<<<ntb, kT, 0, st>>>(P.B, S.rtau, saved, S.part);
-    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-    if ((rc = reduce_partials(ctx, fn, S.part, ntb, 2, out))) return rc;
+    if ((rc = tau_total(ctx, fn, P, S, saved, out))) return rc;
+    if (dtau_dev) return dtau_device(ctx, fn, out, w, (double)P.tau, dtau_dev);
     const int *hf;
     if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
     const double *r = (const double *)(NS_CUDA_WIDE(hf) + W_TAU);
     *grads->temperature = (float)(w * (-r[0] / (double)P.tau + r[1]));
     return NS_OK;
+}
+
+ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                   const ns_loss_options *opt, const float *saved,
+                                   float grad_loss, const ns_infonce_grads *grads) {
+    return backward_call(ctx, "ns_infonce_backward", in, opt, saved, grad_loss, grads, nullptr);
 }

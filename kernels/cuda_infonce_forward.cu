@@ -144,8 +144,29 @@ __global__ void __launch_bounds__(kT) ns_k_loss_cols(ColArgs a) {
     }
 }
 
+// The positive logits of rows [r0, r0+nb) in passage columns [j0, j0+nc) of tile x (what
+// ns_k_loss_rows saves at a positive column): the fused symmetric call's column pass.
+__global__ void ns_k_loss_lpos(const float *x, int64_t ldx, int64_t nb, int64_t j0, int64_t nc, int64_t r0,
+                               ns_loss_ids ids, float *saved) {
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < nb; k += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t pos = ns_loss_positive(&ids, r0 + k);
+        if (pos >= j0 && pos < j0 + nc) saved[(r0 + k) * kSaved + NS_SAVED_LPOS] = x[k * ldx + pos - j0];
+    }
+}
+
+// Every query's symmetric column log-sum-exp (the value ns_k_loss_finish saves) from complete
+// column statistics and its positive logit.
+__global__ void ns_k_loss_collse(int64_t B, ns_loss_ids ids, const double *cmax, const double *csum,
+                                 float *saved) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B; i += (int64_t)gridDim.x * blockDim.x) {
+        float *sv = saved + i * kSaved;
+        const int64_t j = ns_loss_positive(&ids, i);
+        sv[NS_SAVED_COLLSE] = (float)ns_loss_column_lse(cmax[j], csum[j], sv[NS_SAVED_LPOS], ids.same);
+    }
+}
+
 struct FinishArgs {
-    int64_t B;
+    int64_t i0, i1;  // the rows [i0, i1) to finish
     ns_loss_ids ids;
     int general, sym;
     double tau, tau_plus, beta;
@@ -158,11 +179,12 @@ struct FinishArgs {
 };
 
 // One thread per query: the row finish and the symmetric term (ns_loss_math.h); each block's
-// sum of its losses goes to f.part[block] (ns_k_loss_reduce adds them in a fixed order).
+// sum of its losses goes to f.part[block] (ns_k_loss_reduce adds them in a fixed order; NULL:
+// only the saved statistics are wanted). Finishing a row again gives the same bits.
 __global__ void __launch_bounds__(kT) ns_k_loss_finish(FinishArgs f) {
     __shared__ double shd[kT / 32];
     double acc = 0.0;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < f.B;
+    for (int64_t i = f.i0 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < f.i1;
          i += (int64_t)gridDim.x * blockDim.x) {
         double L;
         float *sv = f.saved + i * kSaved;
@@ -178,48 +200,85 @@ __global__ void __launch_bounds__(kT) ns_k_loss_finish(FinishArgs f) {
         acc += L;
     }
     double s = ns_block_reduce<kT>(acc, NsSumD(), shd);
-    if (threadIdx.x == 0) f.part[blockIdx.x] = s;
+    if (threadIdx.x == 0 && f.part) f.part[blockIdx.x] = s;
 }
+
+}  // namespace
+
+namespace nsloss {
+
+ns_status forward_tile(ns_context *ctx, const char *fn, const Plan &P, const State &S, const Block &bk,
+                       float beta, int64_t r0, int64_t nb, int64_t j0, int64_t nc, float *x, int what,
+                       float *saved) {
+    cudaStream_t st = ns_stream(ctx);
+    ns_status rc;
+    if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, nb, nc, P.d, P.inv_tau, row_ptr(P.q, r0, P.es), P.t, P.q.ld,
+                           row_ptr(bk.v, j0, P.es), P.t, bk.v.ld, 0.0f, x, nc)))
+        return rc;
+    if ((what & kTileColumns) && P.sym && bk.kind == NS_BLK_PASSAGE) {
+        ColArgs ca{x, nc, nb, nc, j0, r0, P.ids, S.ispos, S.cmax, S.csum};
+        ns_k_loss_cols<<<ns_blocks(nc, kCW), kT, 0, st>>>(ca);
+        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    }
+    if (what & kTileRows) {
+        RowArgs ra{x, nc, nc, j0, r0, bk.kind, P.ids, beta, S.m, S.a, S.w, S.n, saved};
+        ns_k_loss_rows<<<(unsigned)nb, kT, 0, st>>>(ra);
+    } else if (bk.kind == NS_BLK_PASSAGE) {
+        ns_k_loss_lpos<<<ns_blocks(nb), NS_CUDA_THREADS, 0, st>>>(x, nc, nb, j0, nc, r0, P.ids, saved);
+    }
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
+}
+
+ns_status column_lse(ns_context *ctx, const char *fn, const Plan &P, const State &S, float *saved) {
+    ns_k_loss_collse<<<ns_blocks(P.B), NS_CUDA_THREADS, 0, ns_stream(ctx)>>>(P.B, P.ids, S.cmax, S.csum, saved);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
+}
+
+ns_status forward_own_hard(ns_context *ctx, const char *fn, const Plan &P, const State &S, float beta,
+                           int64_t r0, int64_t nb, float *x, float *saved) {
+    ns_status rc;
+    // Per query k of the tile: its h logits = q_k · H_kᵀ / τ.
+    if ((rc = ns_cuda_gemm_batched(ctx, fn, 0, 1, 1, P.h, P.d, P.inv_tau, row_ptr(P.q, r0, P.es), P.q.ld,
+                                   P.q.ld, row_ptr(P.hd, r0 * P.h, P.es), P.hd.ld, P.h * P.hd.ld, P.t,
+                                   0.0f, x, P.h, P.h, nb)))
+        return rc;
+    RowArgs ra{x, P.h, P.h, 0, r0, NS_BLK_OWN, P.ids, beta, S.m, S.a, S.w, S.n, saved};
+    ns_k_loss_rows<<<(unsigned)nb, kT, 0, ns_stream(ctx)>>>(ra);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
+}
+
+ns_status finish_rows(ns_context *ctx, const char *fn, const Plan &P, const State &S,
+                      const ns_loss_options *o, int64_t i0, int64_t n, float *saved, float *per_query,
+                      double *total) {
+    FinishArgs fa{i0, i0 + n, P.ids, P.general, P.sym, (double)P.tau, (double)o->tau_plus, (double)o->beta,
+                  S.m, S.a, S.w, S.n, S.cmax, S.csum, saved, per_query, total ? S.part : nullptr};
+    const unsigned nfb = ns_blocks(n, kT) < (unsigned)kMaxPartials ? ns_blocks(n, kT) : kMaxPartials;
+    ns_k_loss_finish<<<nfb, kT, 0, ns_stream(ctx)>>>(fa);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return total ? reduce_partials(ctx, fn, S.part, nfb, 1, total) : NS_OK;
+}
+
+}  // namespace nsloss
+
+namespace {
 
 // One row tile [r0, r0+nb): a GEMM logit tile per tile of every shared block, folded into the
 // column statistics (symmetric passages) and the row statistics; then the own hard negatives by
 // one batched GEMM.
 ns_status forward_row_tile(ns_context *ctx, const char *fn, const Plan &P, const State &S,
                            const Block *blk, int nblk, float beta, int64_t r0, int64_t nb, float *saved) {
-    cudaStream_t st = ns_stream(ctx);
     ns_status rc;
-    const void *q = row_ptr(P.q, r0, P.es);
-    for (int b = 0; b < nblk; b++) {
-        for (int64_t j0 = 0; j0 < blk[b].rows; j0 += S.tn) {
-            const int64_t nc = blk[b].rows - j0 < S.tn ? blk[b].rows - j0 : S.tn;
-            if ((rc = ns_cuda_gemm(ctx, fn, 0, 1, nb, nc, P.d, P.inv_tau, q, P.t, P.q.ld,
-                                   row_ptr(blk[b].v, j0, P.es), P.t, blk[b].v.ld, 0.0f, S.tile, nc)))
+    for (int b = 0; b < nblk; b++)
+        for (int64_t j0 = 0; j0 < blk[b].rows; j0 += S.tn)
+            if ((rc = forward_tile(ctx, fn, P, S, blk[b], beta, r0, nb, j0,
+                                   blk[b].rows - j0 < S.tn ? blk[b].rows - j0 : S.tn, S.tile,
+                                   kTileColumns | kTileRows, saved)))
                 return rc;
-            if (P.sym && blk[b].kind == NS_BLK_PASSAGE) {
-                ColArgs ca{S.tile, nc, nb, nc, j0, r0, P.ids, S.ispos, S.cmax, S.csum};
-                ns_k_loss_cols<<<ns_blocks(nc, kCW), kT, 0, st>>>(ca);
-                NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-            }
-            RowArgs ra{S.tile, nc, nc, j0, r0, blk[b].kind, P.ids, beta, S.m, S.a, S.w, S.n, saved};
-            ns_k_loss_rows<<<(unsigned)nb, kT, 0, st>>>(ra);
-            NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-        }
-    }
-    if (!P.own_hard) return NS_OK;
-    // Per query k of the tile: its h logits = q_k · H_kᵀ / τ.
-    if ((rc = ns_cuda_gemm_batched(ctx, fn, 0, 1, 1, P.h, P.d, P.inv_tau, q, P.q.ld, P.q.ld,
-                                   row_ptr(P.hd, r0 * P.h, P.es), P.hd.ld, P.h * P.hd.ld, P.t,
-                                   0.0f, S.htile, P.h, P.h, nb)))
-        return rc;
-    RowArgs ra{S.htile, P.h, P.h, 0, r0, NS_BLK_OWN, P.ids, beta, S.m, S.a, S.w, S.n, saved};
-    ns_k_loss_rows<<<(unsigned)nb, kT, 0, st>>>(ra);
-    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-    return NS_OK;
+    return P.own_hard ? forward_own_hard(ctx, fn, P, S, beta, r0, nb, S.htile, saved) : NS_OK;
 }
-
-}  // namespace
-
-namespace {
 
 // The mean loss as a device float: *out = total / B (the sum ns_k_loss_finish left in the
 // status words), before any later op resets them.
@@ -227,23 +286,30 @@ __global__ void ns_k_loss_mean(const double *total, int64_t B, float *out) {
     if (blockIdx.x == 0 && threadIdx.x == 0) *out = (float)(*total / (double)B);
 }
 
+}  // namespace
+
+ns_status nsloss::loss_mean(ns_context *ctx, const char *fn, const double *total, int64_t B, float *out) {
+    ns_k_loss_mean<<<1, 32, 0, ns_stream(ctx)>>>(total, B, out);
+    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
+    return NS_OK;
+}
+
 // loss (host float: one synchronisation, refused while capturing) or loss_dev (device float:
-// no synchronisation), exactly one of them non-NULL.
-ns_status forward(ns_context *ctx, const ns_infonce_inputs *in, const ns_loss_options *opt,
-                  float *loss, float *loss_dev, float *per_query, float *saved) {
-    static const char *fn = "ns_infonce_forward";
+// no synchronisation), exactly one of them non-NULL; fn names the public function.
+ns_status nsloss::forward_call(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
+                               const ns_loss_options *opt, float *loss, float *loss_dev,
+                               float *per_query, float *saved) {
     if (loss && ns_cuda_capturing(ctx))
         return ns_fail(ctx, NS_ERR_UNSUPPORTED,
                        "%s: loss is a host float and needs a synchronisation, which a stream being "
                        "captured into a CUDA graph cannot do",
                        fn);
     Plan P;
-    State S;
+    State S{};
     ns_status rc;
     if ((rc = plan_init(ctx, fn, in, opt, &P))) return rc;
     if ((rc = setup(ctx, fn, in, P, S))) return rc;
     const int64_t tb = S.tb;
-    cudaStream_t st = ns_stream(ctx);
     int *flags;
     if ((rc = ns_cuda_flags_reset(ctx, fn, &flags))) return rc;
     double *total = (double *)(NS_CUDA_WIDE(flags) + W_TOTAL);
@@ -256,33 +322,22 @@ ns_status forward(ns_context *ctx, const ns_infonce_inputs *in, const ns_loss_op
     for (int64_t r0 = 0; r0 < P.B; r0 += tb)
         if ((rc = forward_row_tile(ctx, fn, P, S, blk, nblk, opt->beta, r0, P.B - r0 < tb ? P.B - r0 : tb, saved)))
             return rc;
-    FinishArgs fa{P.B, P.ids, P.general, P.sym, (double)P.tau, (double)opt->tau_plus, (double)opt->beta,
-                  S.m, S.a, S.w, S.n, S.cmax, S.csum, saved, per_query, S.part};
-    const unsigned nfb = ns_blocks(P.B, kT) < (unsigned)kMaxPartials ? ns_blocks(P.B, kT) : kMaxPartials;
-    ns_k_loss_finish<<<nfb, kT, 0, st>>>(fa);
-    NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-    if ((rc = reduce_partials(ctx, fn, S.part, nfb, 1, total))) return rc;
-    if (loss_dev) {
-        ns_k_loss_mean<<<1, 32, 0, st>>>(total, P.B, loss_dev);
-        NS_CUDA_TRY(ctx, fn, cudaGetLastError());
-        return NS_OK;
-    }
+    if ((rc = finish_rows(ctx, fn, P, S, opt, 0, P.B, saved, per_query, total))) return rc;
+    if (loss_dev) return loss_mean(ctx, fn, total, P.B, loss_dev);
     const int *hf;
     if ((rc = ns_cuda_flags_read(ctx, fn, &hf))) return rc;
     *loss = (float)(*(const double *)(NS_CUDA_WIDE(hf) + W_TOTAL) / (double)P.B);
     return NS_OK;
 }
 
-}  // namespace
-
 ns_status ns_cuda_infonce_forward(ns_context *ctx, const ns_infonce_inputs *in,
                                   const ns_loss_options *opt, float *loss, float *per_query,
                                   float *saved) {
-    return forward(ctx, in, opt, loss, nullptr, per_query, saved);
+    return forward_call(ctx, "ns_infonce_forward", in, opt, loss, nullptr, per_query, saved);
 }
 
 ns_status ns_cuda_infonce_forward_device(ns_context *ctx, const ns_infonce_inputs *in,
                                          const ns_loss_options *opt, float *loss_dev,
                                          float *per_query, float *saved) {
-    return forward(ctx, in, opt, nullptr, loss_dev, per_query, saved);
+    return forward_call(ctx, "ns_infonce_forward", in, opt, nullptr, loss_dev, per_query, saved);
 }

@@ -178,3 +178,17 @@ ns_status ns_cuda_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row
     NS_CUDA_TRY(ctx, "ns_step_forward", cudaGetLastError());
     return NS_OK;
 }
+
+namespace {
+__global__ void ns_k_step_scale(int64_t n, const float *src, float scale, float *dst) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x)
+        dst[e] = src[e] * scale;
+}
+}  // namespace
+
+ns_status ns_cuda_step_scale(ns_context *ctx, int64_t n, const float *src, float scale, float *dst) {
+    if (n == 0) return NS_OK;
+    ns_k_step_scale<<<ns_blocks(n), NS_CUDA_THREADS, 0, ns_stream(ctx)>>>(n, src, scale, dst);
+    NS_CUDA_TRY(ctx, "ns_step_backward", cudaGetLastError());
+    return NS_OK;
+}

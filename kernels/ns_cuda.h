@@ -55,6 +55,19 @@ ns_status ns_cuda_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
 ns_status ns_cuda_infonce_forward_device(ns_context *ctx, const ns_infonce_inputs *in,
                                          const ns_loss_options *opt, float *loss_dev,
                                          float *per_query, float *saved);
+/* The fused forward + backward (kernels/cuda_infonce_fused.cu): each logit tile computed once
+ * (kept in a row strip), three GEMMs per tile; the outputs of the forward then the backward. */
+ns_status ns_cuda_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
+                                           const ns_loss_options *opt, float grad_loss,
+                                           float *loss, float *per_query, float *saved,
+                                           const ns_infonce_grads *grads);
+/* The same with the mean loss and dL/dτ written to device floats (loss_dev; dtau_dev when not
+ * NULL; grads->temperature is ignored): no synchronisation unless the inputs are validated
+ * (the step's path). */
+ns_status ns_cuda_infonce_forward_backward_device(ns_context *ctx, const ns_infonce_inputs *in,
+                                                  const ns_loss_options *opt, float grad_loss,
+                                                  float *loss_dev, float *per_query, float *saved,
+                                                  const ns_infonce_grads *grads, float *dtau_dev);
 /* Turns the ops' synchronising data validation on ctx on (1) or off (0) and returns the
  * previous setting (kernels/cuda_util.cu; see ns_cuda_set_input_checks). */
 int ns_cuda_swap_input_checks(ns_context *ctx, int on);
@@ -77,6 +90,9 @@ ns_status ns_cuda_step_gather(ns_context *ctx, ns_matrix cand, int64_t per_query
                               const int64_t *cand_id, const uint8_t *slot_keep,
                               const int64_t *chosen_id, int64_t h, void *hard, uint8_t *keep,
                               int64_t *row);
+/* dst[e] = src[e] · scale for e < n (dst may be src): the fused step's gradients, made at
+ * grad_loss = 1 in the forward, scaled in the backward. */
+ns_status ns_cuda_step_scale(ns_context *ctx, int64_t n, const float *src, float scale, float *dst);
 /* The checked step's deferred validation (kernels/cuda_step_checks.cu): begin zeroes the
  * deferred words, scans the batch's queries and positives into them and makes the ops defer
  * their synchronising checks (*deferring = 1; 0 while capturing or with checks off: nothing

@@ -141,18 +141,6 @@ ns_status ns_infonce_backward(ns_context *ctx, const ns_infonce_inputs *in,
     return NS_DISPATCH(ctx, infonce_backward, (ctx, in, options, saved, grad_loss, grads));
 }
 
-#ifdef NS_HAVE_CUDA
-/* CUDA: the forward, then the backward (a fused kernel path is kernels/' to add). */
-static ns_status ns_cuda_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
-                                                  const ns_loss_options *o, float grad_loss,
-                                                  float *loss, float *per_query, float *saved,
-                                                  const ns_infonce_grads *grads) {
-    ns_status st = ns_cuda_infonce_forward(ctx, in, o, loss, per_query, saved);
-    if (st) return st;
-    return ns_cuda_infonce_backward(ctx, in, o, saved, grad_loss, grads);
-}
-#endif
-
 ns_status ns_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                       const ns_loss_options *options, float grad_loss,
                                       float *loss, float *per_query, float *saved,
@@ -175,6 +163,11 @@ ns_status ns_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *
 void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols) {
     ctx->loss_tile_rows = rows > 0 ? rows : 0;
     ctx->loss_tile_cols = cols > 0 ? cols : 0;
+}
+
+void ns_infonce_set_strip(ns_context *ctx, int64_t bytes, int64_t min_rows) {
+    ctx->loss_strip_bytes = bytes > 0 ? bytes : 0;
+    ctx->loss_strip_rows = min_rows > 0 ? min_rows : 0;
 }
 
 void ns_infonce_set_keep(ns_context *ctx, int keep) { ctx->loss_no_keep = !keep; }

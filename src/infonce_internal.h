@@ -27,6 +27,12 @@ void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
  * tests, which run both paths at small sizes. */
 void ns_infonce_set_keep(ns_context *ctx, int keep);
 
+/* The fused CUDA loss's strip (kernels/cuda_infonce_fused.cu): at most bytes of kept logit
+ * tiles, and no fewer than min_rows rows per GEMM row tile before it falls back to the forward
+ * then the backward; 0 restores the defaults. For tests (several strips, thin strips and the
+ * fallback at small sizes). */
+void ns_infonce_set_strip(ns_context *ctx, int64_t bytes, int64_t min_rows);
+
 #ifdef __cplusplus
 }
 #endif

@@ -27,6 +27,8 @@ struct ns_context {
     char error[NS_ERROR_CAPACITY];
     ns_arena scratch; /* host workspace of one operation (src/ns_arena.h) */
     int64_t loss_tile_rows, loss_tile_cols; /* loss tiles (CPU, CUDA); 0 = chosen per call (tests) */
+    int64_t loss_strip_bytes, loss_strip_rows; /* the fused CUDA loss's strip: budget, fewest rows
+                                                  (0 = the defaults; tests) */
     int loss_no_keep; /* CPU fused symmetric loss: never keep every logit tile (tests) */
     struct ns_step_state *step;
     struct ns_cuda_state *cuda;

@@ -24,10 +24,11 @@ typedef struct {
     float *loss, *per_query, *saved, *cand_score, *pos_score, *grad_hard;
     void *hard;             /* B·h rows of d in the candidates' dtype (ns_step_gather) */
     uint8_t *keep, *hard_keep;
-    int grouped, fused;     /* options->groups given; the CPU forward computes the gradients */
+    int grouped, fused;     /* options->groups given; the forward computes the gradients */
     int64_t *hard_group;    /* grouped: B·h, the sampled hard negatives' groups */
     float *fgq, *fgp;       /* fused: dL/dQ and dL/dP at grad_loss = 1 (B·d each) */
-    float fdtau;            /* fused: dL/dτ at grad_loss = 1 */
+    float fdtau;            /* fused (CPU): dL/dτ at grad_loss = 1 */
+    float *fdtau_dev;       /* fused (CUDA): the same in device memory */
 } step_bufs;
 
 struct ns_step_state {
@@ -73,6 +74,7 @@ static void step_layout(void *plan, ns_arena *a) {
     b->hard_group = (int64_t *)ns_arena_carve(a, b->grouped ? (size_t)(B * h) * 8 : 0);
     b->fgq = (float *)ns_arena_carve(a, b->fused ? (size_t)(B * d) * 4 : 0);
     b->fgp = (float *)ns_arena_carve(a, b->fused ? (size_t)(B * d) * 4 : 0);
+    b->fdtau_dev = (float *)ns_arena_carve(a, b->fused ? 4 : 0);
 }
 
 void ns_step_state_free(ns_context *ctx, struct ns_step_state *s) {
@@ -96,7 +98,7 @@ static ns_status step_reserve(ns_context *ctx, const ns_batch *batch, const ns_s
     b->B = batch->query.rows, b->d = batch->query.cols, b->C = batch->candidates_per_query;
     b->h = h + hr, b->hr = hr;
     b->grouped = o->groups != NULL;
-    b->fused = ctx->backend == NS_BACKEND_CPU && !o->comm && !o->forward_only;
+    b->fused = !o->comm && !o->forward_only;
     return ns_arena_lay_out(ctx, &s->mem, step_layout, b, fn);
 }
 
@@ -475,9 +477,16 @@ static ns_status step_forward(ns_context *ctx, const ns_batch *batch, const ns_s
         if (cuda) { /* the mean loss on the device; read back only when the caller wants it */
             const ns_loss_options *lo = &s->loss;
             ns_loss_options defaults;
-            st = ns_infonce_check(ctx, "ns_infonce_forward", &s->in, &lo, &defaults);
-            if (!st) st = ns_cuda_infonce_forward_device(ctx, &s->in, lo, s->buf.loss,
-                                                         s->buf.per_query, s->buf.saved);
+            step_bufs *b = &s->buf;
+            st = ns_infonce_check(ctx, b->fused ? "ns_infonce_forward_backward" : "ns_infonce_forward",
+                                  &s->in, &lo, &defaults);
+            if (!st && b->fused) { /* the gradients now, at grad_loss 1; the backward scales them */
+                ns_infonce_grads g = {b->fgq, b->fgp, b->h > 0 ? b->grad_hard : NULL, NULL};
+                st = ns_cuda_infonce_forward_backward_device(ctx, &s->in, lo, 1.0f, b->loss,
+                                                             b->per_query, b->saved, &g, b->fdtau_dev);
+            } else if (!st) {
+                st = ns_cuda_infonce_forward_device(ctx, &s->in, lo, b->loss, b->per_query, b->saved);
+            }
             if (!st && !opt->sync_free && !deferred) st = ns_copy(ctx, &loss, s->buf.loss, 4, NS_COPY_D2H);
         } else
 #endif
@@ -545,16 +554,29 @@ ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grad
 }
 
 /* The fused forward's gradients (grad_loss = 1) times grad_loss into the wanted buffers (the
- * hard rows' in place: they are the step's own). */
-static void step_fused_scale(step_bufs *b, float grad_loss, const ns_infonce_grads *g) {
+ * hard rows' in place: they are the step's own), on the backend. CUDA: dτ is read back (the
+ * backward's one synchronisation, only when asked for). */
+static ns_status step_fused_scale(ns_context *ctx, step_bufs *b, float grad_loss,
+                                  const ns_infonce_grads *g) {
     const int64_t n = b->B * b->d, nh = b->B * b->h * b->d;
-    if (g->query)
-        for (int64_t i = 0; i < n; i++) g->query[i] = b->fgq[i] * grad_loss;
-    if (g->passage)
-        for (int64_t i = 0; i < n; i++) g->passage[i] = b->fgp[i] * grad_loss;
-    if (g->hard)
-        for (int64_t i = 0; i < nh; i++) g->hard[i] *= grad_loss;
-    if (g->temperature) *g->temperature = b->fdtau * grad_loss;
+    ns_status st = NS_OK;
+    if (!st && g->query) st = NS_DISPATCH(ctx, step_scale, (ctx, n, b->fgq, grad_loss, g->query));
+    if (!st && g->passage) st = NS_DISPATCH(ctx, step_scale, (ctx, n, b->fgp, grad_loss, g->passage));
+    if (!st && g->hard) st = NS_DISPATCH(ctx, step_scale, (ctx, nh, g->hard, grad_loss, g->hard));
+    if (st || !g->temperature) return st;
+    float dtau = b->fdtau;
+#ifdef NS_HAVE_CUDA
+    if (ctx->backend == NS_BACKEND_CUDA) {
+        if (ns_cuda_stream_capturing(ctx))
+            return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                           "ns_step_backward: grads->temperature is a host float and needs a "
+                           "synchronisation, which a stream being captured into a CUDA graph "
+                           "cannot do");
+        if ((st = ns_copy(ctx, &dtau, b->fdtau_dev, sizeof dtau, NS_COPY_D2H))) return st;
+    }
+#endif
+    *g->temperature = dtau * grad_loss;
+    return NS_OK;
 }
 
 static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads,
@@ -590,7 +612,7 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
         st = ns_comm_infonce_backward(ctx, s->opt.comm, &s->in, &s->loss, s->buf.saved,
                                       grad_loss, &g, fn);
     } else if (s->buf.fused) {
-        step_fused_scale(&s->buf, grad_loss, &g);
+        st = step_fused_scale(ctx, &s->buf, grad_loss, &g);
     } else {
         st = ns_infonce_backward(ctx, &s->in, &s->loss, s->buf.saved, grad_loss, &g);
     }

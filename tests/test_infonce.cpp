@@ -11,6 +11,7 @@ using namespace nstest;
 
 // src/infonce.c: the CPU loss tiles of one context (internal, for tests)
 extern "C" void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
+extern "C" void ns_infonce_set_strip(ns_context *ctx, int64_t bytes, int64_t min_rows);
 extern "C" void ns_infonce_set_keep(ns_context *ctx, int keep);
 
 namespace {
@@ -1041,8 +1042,10 @@ class InfoNCEBackend : public ::testing::TestWithParam<ns_backend> {};
 
 #ifdef NS_HAVE_CUDA
 // Forward then backward of c on a CUDA context (every input, id and group array copied to the
-// device); fwd = NS_ERR_UNSUPPORTED when this build's CUDA loss is not available.
-LibResult run_cuda(ns_context *ctx, const Case &k) {
+// device), or (fused) one ns_infonce_forward_backward call; grad_loss and the gradients wanted as
+// run_lib's. fwd = NS_ERR_UNSUPPORTED when this build's CUDA loss is not available.
+LibResult run_cuda(ns_context *ctx, const Case &k, bool fused = false, float grad_loss = 1.0f,
+                   bool want_hard = true, bool want_query = true, bool want_passage = true) {
     LibResult r;
     const Problem &P = k.P;
     std::vector<void *> owned;
@@ -1055,13 +1058,16 @@ LibResult run_cuda(ns_context *ctx, const Case &k) {
         return p;
     };
     auto ids = [&](const std::vector<int64_t> &v) { return (const int64_t *)put(v.data(), v.size() * 8); };
+    auto mat = [&](const Mat &m) {
+        return m.m.dtype == NS_F32 ? put(m.f.data(), m.f.size() * 4) : put(m.half.data(), m.half.size() * 2);
+    };
     ns_infonce_inputs in = k.inputs();
     ns_loss_options opt = P.options();
     ns_loss_groups g = P.gs;
-    in.query.data = put(k.q.f.data(), k.q.f.size() * 4);
-    in.passage.data = put(k.p.f.data(), k.p.f.size() * 4);
-    in.hard.data = put(k.hd.f.data(), k.hd.f.size() * 4);
-    in.extra.data = put(k.ex.f.data(), k.ex.f.size() * 4);
+    in.query.data = mat(k.q);
+    in.passage.data = mat(k.p);
+    in.hard.data = mat(k.hd);
+    in.extra.data = mat(k.ex);
     if (in.positive) in.positive = ids(P.positive);
     if (in.hard_keep) in.hard_keep = (const uint8_t *)put(P.keep.data(), P.keep.size());
     if (in.passage_id) in.passage_id = ids(P.pid);
@@ -1071,16 +1077,23 @@ LibResult run_cuda(ns_context *ctx, const Case &k) {
         g.query = ids(P.qg), g.passage = ids(P.pg), g.hard = ids(P.hg), g.extra = ids(P.eg);
         opt.groups = &g;
     }
-    void *dper = put(std::vector<float>(P.B, 0.f).data(), P.B * 4);
-    void *dsaved = put(std::vector<float>(P.B * NS_INFONCE_SAVED_PER_QUERY, 0.f).data(),
+    // NaN where nothing is written: an output left out stays NaN on both paths
+    const float nan = NAN;
+    void *dper = put(std::vector<float>(P.B, nan).data(), P.B * 4);
+    void *dsaved = put(std::vector<float>(P.B * NS_INFONCE_SAVED_PER_QUERY, nan).data(),
                        P.B * NS_INFONCE_SAVED_PER_QUERY * 4);
-    std::vector<float> zq(P.B * P.d, 0.f), zp(P.N * P.d, 0.f), zh(std::max<int64_t>(P.B * P.h * P.d, 1), 0.f);
+    std::vector<float> zq(P.B * P.d, nan), zp(P.N * P.d, nan), zh(std::max<int64_t>(P.B * P.h * P.d, 1), nan);
     void *dq = put(zq.data(), zq.size() * 4), *dp = put(zp.data(), zp.size() * 4),
          *dh = put(zh.data(), zh.size() * 4);
-    r.fwd = ns_infonce_forward(ctx, &in, &opt, &r.loss, (float *)dper, (float *)dsaved);
+    ns_infonce_grads gr{want_query ? (float *)dq : nullptr, want_passage ? (float *)dp : nullptr,
+                        want_hard && P.h ? (float *)dh : nullptr, &r.dtau};
+    if (fused)
+        r.fwd = r.bwd = ns_infonce_forward_backward(ctx, &in, &opt, grad_loss, &r.loss, (float *)dper,
+                                                    (float *)dsaved, &gr);
+    else
+        r.fwd = ns_infonce_forward(ctx, &in, &opt, &r.loss, (float *)dper, (float *)dsaved);
     if (r.fwd == NS_OK) {
-        ns_infonce_grads gr{(float *)dq, (float *)dp, P.h ? (float *)dh : nullptr, &r.dtau};
-        r.bwd = ns_infonce_backward(ctx, &in, &opt, (const float *)dsaved, 1.0f, &gr);
+        if (!fused) r.bwd = ns_infonce_backward(ctx, &in, &opt, (const float *)dsaved, grad_loss, &gr);
         auto get = [](std::vector<float> &v, const void *d, size_t n) {
             v.resize(n);
             cudaMemcpy(v.data(), d, n * 4, cudaMemcpyDeviceToHost);
@@ -1138,6 +1151,7 @@ TEST_P(InfoNCEBackend, MatchesCpuReference) {
 // in (the host execution layer runs them forward, reverse and in seeded random orders): loss,
 // dL/dτ and the column statistics are reduced in a fixed order, never by float atomics. Many
 // blocks (B = 520: three finish blocks, shared positives, the symmetric and debiased terms).
+// The fused forward + backward too, in every order the two calls' bits.
 TEST_P(InfoNCEBackend, BitwiseTheSameInAnyBlockOrder) {
     Ctx c(GetParam(), 2);
     NS_REQUIRE_BACKEND(c);
@@ -1147,28 +1161,220 @@ TEST_P(InfoNCEBackend, BitwiseTheSameInAnyBlockOrder) {
         Case k = make_case({520, 150, 8, 1, 3}, 1700, NS_F32, 0, true, true);
         apply(k.P, o);
         add_groups(k, 1800, 0.5);
+        // row tiles of 256 (the symmetric column statistics merge three of them); the fused
+        // call in strips of two row tiles (its column pass) — the two calls' bits
+        ns_infonce_set_tiles(c, 256, 160);
         cuda_host_set_order(0, 0);
         LibResult want = run_cuda(c, k);
         ASSERT_EQ(want.bwd, NS_OK) << ns_last_error(c);
-        for (int order : {1, 2, 2}) {
-            static unsigned long long seed = 0;
-            cuda_host_set_order(order, ++seed);
-            LibResult got = run_cuda(c, k);
-            cuda_host_set_order(0, 0);
-            ASSERT_EQ(got.bwd, NS_OK) << ns_last_error(c);
-            const std::string what = std::string(o.name) + " order " + std::to_string(order) +
-                                     " seed " + std::to_string(seed);
-            EXPECT_EQ(std::memcmp(&got.loss, &want.loss, 4), 0) << what << ": loss";
-            EXPECT_EQ(std::memcmp(&got.dtau, &want.dtau, 4), 0) << what << ": dtau";
-            EXPECT_TRUE(same_bits(got.per, want.per)) << what << ": per_query";
-            EXPECT_TRUE(same_bits(got.saved, want.saved)) << what << ": saved";
-            EXPECT_TRUE(same_bits(got.dq, want.dq)) << what << ": dQ";
-            EXPECT_TRUE(same_bits(got.dp, want.dp)) << what << ": dP";
-            EXPECT_TRUE(same_bits(got.dh, want.dh)) << what << ": dH";
-        }
+        const std::pair<int, bool> runs[] = {{1, false}, {2, false}, {2, true}};
+        for (auto [order, fused] : runs) {
+                static unsigned long long seed = 0;
+                cuda_host_set_order(order, ++seed);
+                ns_infonce_set_strip(c, fused ? 2000000 : 0, 1);  // 2 row tiles of 6 column tiles
+                LibResult got = run_cuda(c, k, fused);
+                ns_infonce_set_strip(c, 0, 0);
+                cuda_host_set_order(0, 0);
+                ASSERT_EQ(got.bwd, NS_OK) << ns_last_error(c);
+                const std::string what = std::string(o.name) + (fused ? " fused" : "") + " order " +
+                                         std::to_string(order) + " seed " + std::to_string(seed);
+                EXPECT_EQ(std::memcmp(&got.loss, &want.loss, 4), 0) << what << ": loss";
+                EXPECT_EQ(std::memcmp(&got.dtau, &want.dtau, 4), 0) << what << ": dtau";
+                EXPECT_TRUE(same_bits(got.per, want.per)) << what << ": per_query";
+                EXPECT_TRUE(same_bits(got.saved, want.saved)) << what << ": saved";
+                EXPECT_TRUE(same_bits(got.dq, want.dq)) << what << ": dQ";
+                EXPECT_TRUE(same_bits(got.dp, want.dp)) << what << ": dP";
+                EXPECT_TRUE(same_bits(got.dh, want.dh)) << what << ": dH";
+            }
+        ns_infonce_set_tiles(c, 0, 0);
     }
 #else
     GTEST_SKIP() << "block orders are chosen by the host execution layer only";
+#endif
+}
+
+// The CUDA fused forward + backward against the CUDA forward then backward, bit for bit: every
+// option set, with and without ids, masks and groups (masked / down-weighted), f32, f16 and
+// bf16, default and tiny tiles, one strip and many (a strip budget of one or two row tiles:
+// the symmetric ones through the column pass), grad_loss ≠ 1 and gradients left out.
+TEST_P(InfoNCEBackend, FusedIsForwardThenBackwardBitForBit) {
+    Ctx c(GetParam(), 2);
+    NS_REQUIRE_BACKEND(c);
+    if (!c.cuda()) GTEST_SKIP() << "the CPU fused path has its own test (InfoNCE.FusedForwardBackward*)";
+#ifdef NS_HAVE_CUDA
+    // tiles, strip bytes: the default (one strip), several row tiles in one strip, strips of
+    // one row tile (the symmetric column pass)
+    const int64_t runs[][3] = {{0, 0, 0}, {7, 9, 0}, {3, 5, 3072}};
+    int compared = 0;
+    for (auto &t : runs) {
+        const int64_t strip = t[2];
+        ns_infonce_set_tiles(c, t[0], t[1]);
+        ns_infonce_set_strip(c, strip, 1);
+        for (ns_dtype dt : {NS_F32, NS_F16, NS_BF16})
+            for (bool ids : {false, true})
+                for (const OptionSet &o : kOptions) {
+                    if (dt != NS_F32 && compared % 3 != 0) {  // halves: every third set
+                        compared++;
+                        continue;
+                    }
+                    Case k = make_case({11, 13, 6, 2, 4}, 2500 + compared, dt, 1, ids, ids);
+                    apply(k.P, o);
+                    if (ids) add_groups(k, 2900 + compared, compared % 2 ? 0.5 : 0.0);
+                    const float gl = compared % 3 == 0 ? 0.37f : 1.0f;
+                    const bool wq = compared % 5 != 1, wp = compared % 5 != 2, wh = compared % 5 != 3;
+                    LibResult a = run_cuda(c, k, false, gl, wh, wq, wp);
+                    LibResult b = run_cuda(c, k, true, gl, wh, wq, wp);
+                    const std::string what = std::string(o.name) + (ids ? " ids" : "") + " dtype " +
+                                             std::to_string((int)dt) + " tiles " + std::to_string(t[0]) +
+                                             "x" + std::to_string(t[1]) + " strip " + std::to_string(strip);
+                    ASSERT_EQ(a.bwd, NS_OK) << what << ": " << ns_last_error(c);
+                    ASSERT_EQ(b.bwd, NS_OK) << what << ": " << ns_last_error(c);
+                    EXPECT_EQ(std::memcmp(&a.loss, &b.loss, 4), 0) << what << ": loss " << a.loss << " vs " << b.loss;
+                    EXPECT_EQ(std::memcmp(&a.dtau, &b.dtau, 4), 0) << what << ": dtau " << a.dtau << " vs " << b.dtau;
+                    EXPECT_TRUE(same_bits(a.per, b.per)) << what << ": per_query";
+                    EXPECT_TRUE(same_bits(a.saved, b.saved)) << what << ": saved";
+                    EXPECT_TRUE(same_bits(a.dq, b.dq)) << what << ": dQ";
+                    EXPECT_TRUE(same_bits(a.dp, b.dp)) << what << ": dP";
+                    EXPECT_TRUE(same_bits(a.dh, b.dh)) << what << ": dH";
+                    compared++;
+                }
+    }
+    ns_infonce_set_tiles(c, 0, 0);
+    ns_infonce_set_strip(c, 0, 0);
+    EXPECT_EQ(compared, 3 * 3 * 2 * (int)(sizeof kOptions / sizeof kOptions[0]));
+#endif
+}
+
+// Strips of fewer rows than the two calls' row tiles (a budget below one row tile): dC sums over
+// other row chunks, so the gradients equal the two calls' only within f32 rounding — checked
+// against the CPU fused path (1e-5 relative), the float64 loss and finite differences; and the
+// fallback when even min_rows rows do not fit (the two calls' bits).
+TEST_P(InfoNCEBackend, FusedThinStripsAndFallback) {
+    Ctx c(GetParam(), 2);
+    NS_REQUIRE_BACKEND(c);
+    if (!c.cuda()) GTEST_SKIP() << "CUDA's strips";
+#ifdef NS_HAVE_CUDA
+    Ctx cpu(NS_BACKEND_CPU, 2);
+    int n = 0, thin_differs = 0;
+    for (const OptionSet &o : {kOptions[0], kOptions[2], kOptions[5], kOptions[7], kOptions[8]}) {
+        Case k = make_case({40, 45, 6, 2, 5}, 3100 + n, NS_F32, 0, true, true);
+        apply(k.P, o);
+        if (n % 2) add_groups(k, 3200 + n, n % 4 == 1 ? 0.0 : 0.5);
+        n++;
+        SCOPED_TRACE(o.name);
+        // Row tiles of 16 rows and 8 columns: 7 column tiles (17 with the shared hard rows) of
+        // 256-byte aligned slots; the budget holds 8 rows of them, not 16: strips of 8 rows.
+        ns_infonce_set_tiles(c, 16, 8);
+        const int64_t budget = o.share ? 17 * 64 * 4 : 7 * 64 * 4 + 64 * 4;
+        ns_infonce_set_strip(c, budget, 1);
+        LibResult thin = run_cuda(c, k, true, 0.8f);
+        ns_infonce_set_strip(c, budget, 9);  // 8-row strips refused: the forward then the backward
+        LibResult fb = run_cuda(c, k, true, 0.8f);
+        ns_infonce_set_strip(c, 0, 0);
+        LibResult two = run_cuda(c, k, false, 0.8f);
+        ns_infonce_set_tiles(c, 0, 0);
+        ASSERT_EQ(thin.bwd, NS_OK) << ns_last_error(c);
+        ASSERT_EQ(fb.bwd, NS_OK) << ns_last_error(c);
+        ASSERT_EQ(two.bwd, NS_OK) << ns_last_error(c);
+        EXPECT_TRUE(same_bits(fb.dq, two.dq) && same_bits(fb.dp, two.dp) && same_bits(fb.dh, two.dh) &&
+                    same_bits(fb.saved, two.saved) && std::memcmp(&fb.dtau, &two.dtau, 4) == 0)
+            << "the fallback is the two calls";
+        thin_differs += !same_bits(thin.dp, two.dp) || !same_bits(thin.dh, two.dh);
+        LibResult want = run_lib_fused(cpu, k, 0.8f);
+        ASSERT_EQ(want.bwd, NS_OK);
+        auto d = [](const std::vector<float> &v) { return std::vector<double>(v.begin(), v.end()); };
+        EXPECT_TRUE(close(thin.loss, want.loss, 1e-6, 1e-5)) << thin.loss << " vs " << want.loss;
+        expect_close("per_query", thin.per, d(want.per), 1e-6, 1e-5);
+        expect_close("dQ", thin.dq, d(want.dq), 1e-7, 1e-5);
+        expect_close("dP", thin.dp, d(want.dp), 1e-7, 1e-5);
+        std::vector<float> gh(thin.dh.begin(), thin.dh.begin() + k.P.B * k.P.h * k.P.d);
+        std::vector<float> wh(want.dh.begin(), want.dh.begin() + k.P.B * k.P.h * k.P.d);
+        expect_close("dH", gh, d(wh), 1e-7, 1e-5);
+        EXPECT_TRUE(close(thin.dtau, want.dtau, 1e-6, 1e-5)) << thin.dtau << " vs " << want.dtau;
+        if (n % 2 == 0) continue;  // the float64 reference and finite differences on half of them
+        RefGrads g = fd_grads(k.P, 1e-3, -1);
+        std::vector<double> per;
+        const double L = ref_loss(k.P, k.P.q.data(), k.P.p.data(), k.P.hd.data(), k.P.ex.data(), k.P.tau, &per);
+        EXPECT_TRUE(close(thin.loss, L, 1e-5, 1e-5)) << thin.loss << " vs " << L;
+        auto scaled = [](std::vector<double> v) {
+            for (double &x : v) x *= 0.8;
+            return v;
+        };
+        expect_close("dQ vs finite differences", thin.dq, scaled(g.q), 1e-6, 2e-3);
+        expect_close("dP vs finite differences", thin.dp, scaled(g.p), 1e-6, 2e-3);
+        expect_close("dH vs finite differences", gh, scaled(g.hd), 1e-6, 2e-3);
+        EXPECT_TRUE(close(thin.dtau, 0.8 * g.tau, 1e-5, 2e-3)) << thin.dtau << " vs " << 0.8 * g.tau;
+    }
+    // 8-row chunks of dC round differently from 16-row ones somewhere: the strips were thin
+    EXPECT_GT(thin_differs, 0);
+#endif
+}
+
+// Bad input to the CUDA fused call: the data checks name ns_infonce_forward_backward, nothing
+// is written; a host loss while capturing is refused and the capture stays valid.
+TEST_P(InfoNCEBackend, FusedRejectsBadInput) {
+    Ctx c(GetParam(), 1);
+    NS_REQUIRE_BACKEND(c);
+    if (!c.cuda()) GTEST_SKIP() << "InfoNCE.FusedForwardBackwardRejectsBadInput";
+#ifdef NS_HAVE_CUDA
+    Case k = make_case({5, 6, 3, 1, 0}, 3300, NS_F32, 0, false, true);
+    auto expect_refused = [&](Case &bad, ns_status code, const char *text) {
+        LibResult r = run_cuda(c, bad, true);
+        EXPECT_EQ(r.fwd, code) << ns_last_error(c);
+        EXPECT_NE(std::string(ns_last_error(c)).find(text), std::string::npos) << ns_last_error(c);
+        EXPECT_TRUE(std::isnan(r.loss)) << "loss written on failure";
+        EXPECT_TRUE(std::isnan(r.dtau)) << "dtau written on failure";
+    };
+    Case q = k;
+    q.q.f[2 * 3 + 1] = NAN;
+    expect_refused(q, NS_ERR_NONFINITE, "ns_infonce_forward_backward: query[2][1] is not finite");
+    Case h = k;
+    h.hd.f[4 * 3 + 2] = INFINITY;
+    expect_refused(h, NS_ERR_NONFINITE, "ns_infonce_forward_backward: hard[4][2] is not finite");
+    Case p = k;
+    p.P.positive[3] = 6;
+    expect_refused(p, NS_ERR_INVALID_ARGUMENT, "ns_infonce_forward_backward: positive[3] (6) is not a passage row");
+#ifdef NS_CUDA_HOST_LAYER
+    cudaStream_t s;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    ASSERT_EQ(ns_context_set_stream(c, s), NS_OK);
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    ns_infonce_inputs in = k.inputs();  // host pointers: refused before anything reads them
+    ns_loss_options o = k.P.options();
+    float loss = 5.f;
+    ns_infonce_grads g{nullptr, nullptr, nullptr, nullptr};
+    EXPECT_EQ(ns_infonce_forward_backward(c, &in, &o, 1.f, &loss, nullptr, (float *)1, &g), NS_ERR_UNSUPPORTED);
+    EXPECT_NE(std::string(ns_last_error(c)).find("captured into a CUDA graph"), std::string::npos) << ns_last_error(c);
+    cudaGraph_t graph = nullptr;
+    EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess) << "the capture was invalidated";
+    if (graph) cudaGraphDestroy(graph);
+    EXPECT_EQ(loss, 5.f);
+    ASSERT_EQ(ns_context_set_stream(c, nullptr), NS_OK);
+    cudaStreamDestroy(s);
+#endif
+#endif
+}
+
+// The fused call's host synchronisations: its validation and one read of the loss and dL/dτ
+// (the two calls: four — each call's validation, the loss, dτ).
+TEST_P(InfoNCEBackend, FusedSynchronisesTwice) {
+    Ctx c(GetParam(), 2);
+    NS_REQUIRE_BACKEND(c);
+#if defined(NS_HAVE_CUDA) && defined(NS_CUDA_HOST_LAYER)
+    if (!c.cuda()) GTEST_SKIP() << "counts CUDA synchronisations";
+    Case k = make_case({30, 20, 8, 2, 3}, 3400, NS_F32, 0, true, true);
+    apply(k.P, kOptions[8]);
+    ASSERT_EQ(run_cuda(c, k, true).bwd, NS_OK) << ns_last_error(c);  // sizes the workspace
+    auto syncs = [&](bool fused) {
+        const unsigned long long s0 = cuda_host_sync_count();
+        LibResult r = run_cuda(c, k, fused);  // its copies synchronise too: counted apart
+        EXPECT_EQ(r.bwd, NS_OK) << ns_last_error(c);
+        return cuda_host_sync_count() - s0;
+    };
+    const unsigned long long fused = syncs(true), two = syncs(false);
+    EXPECT_EQ(two - fused, 2u) << "fused " << fused << ", two calls " << two;
+#else
+    GTEST_SKIP() << "synchronisations are counted by the host execution layer";
 #endif
 }
 
@@ -1181,7 +1387,7 @@ INSTANTIATE_TEST_SUITE_P(B, InfoNCEBackend, NS_BACKENDS, BackendName());
 TEST(InfoNCEDeterminism, LossKernelsHaveNoFloatAtomics) {
     int files = 0;
     for (const char *name : {"cuda_infonce.cu", "cuda_infonce.cuh", "cuda_infonce_forward.cu",
-                             "cuda_infonce_backward.cu"}) {
+                             "cuda_infonce_backward.cu", "cuda_infonce_fused.cu"}) {
         std::string path = std::string(NS_SOURCE_DIR) + "/kernels/" + name;
         FILE *f = std::fopen(path.c_str(), "r");
         ASSERT_TRUE(f) << path;
@@ -1195,5 +1401,5 @@ TEST(InfoNCEDeterminism, LossKernelsHaveNoFloatAtomics) {
         }
         std::fclose(f);
     }
-    EXPECT_EQ(files, 4);
+    EXPECT_EQ(files, 5);
 }

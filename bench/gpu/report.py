@@ -276,6 +276,12 @@ def derive(rows):
             a, t = by["infonce_fwd_bwd"], by["torch_infonce_fwd_bwd"]
             d["loss_speedup_vs_torch"] = t["forward_backward_ms"] / a["forward_backward_ms"]
             d["loss_extra_memory_ratio_torch_over_negsamp"] = t["extra_bytes"] / max(1, a["extra_bytes"])
+        if "infonce_fused" in by:  # the fused forward + backward (plain, default shapes)
+            f = by["infonce_fused"]
+            d["loss_fused_fraction_of_cublas_3gemm"] = f["fused_fraction_of_cublas"]
+            d["loss_fused_speedup_vs_two_calls"] = f["two_calls_over_fused"]
+            if "torch_infonce_fwd_bwd" in by:
+                d["loss_fused_speedup_vs_torch"] = by["torch_infonce_fwd_bwd"]["forward_backward_ms"] / f["fused_ms"]
         if "sample_simans" in by and "copy_d2d" in by:
             bw = by["copy_d2d"]["read_plus_write_GBps"] / 2 * 1e9  # bytes per second, one direction
             s = by["sample_simans"]
@@ -377,10 +383,12 @@ def markdown(doc):
                 L.append(f"| {r.get('bench')} | | | {why.replace('|', '/')} |")
                 continue
             shape = " ".join(f"{k}={r[k]}" for k in ("Q", "B", "N", "C", "M", "K", "d", "k", "m", "bytes",
-                                                      "corpus", "dtype", "chunk", "scores") if k in r)
-            ms = r.get("forward_backward_ms", r.get("ms", ""))
+                                                      "corpus", "dtype", "chunk", "scores", "symmetric") if k in r)
+            ms = r.get("forward_backward_ms", r.get("fused_ms", r.get("ms", "")))
             extra = [f"{k} {fmt(r[k])}" for k in ("tflops", "effective_tflops", "read_plus_write_GBps",
-                                                   "forward_ms", "extra_bytes", "largest_BN_estimate")
+                                                   "forward_ms", "extra_bytes", "largest_BN_estimate",
+                                                   "two_calls_ms", "cublas_3gemm_ms", "fused_fraction_of_cublas",
+                                                   "fused_extra_bytes")
                      if k in r]
             L.append(f"| {r.get('bench')} | {shape} | {fmt(ms)} | {', '.join(extra)} |")
         L.append("")

@@ -6,8 +6,8 @@ Ops (torch.library.custom_op, traceable by torch.compile, checked by torch.libra
     negsamp::infonce_backward  (grad_loss, ..., saved) -> (grad_query, grad_passage, grad_hard)
     negsamp::infonce_fused     (query, passage, hard?, ...) -> (loss, per_query, saved,
                                 grad_query, grad_passage, grad_hard): one
-                                ns_infonce_forward_backward call at grad_loss = 1 (the CPU
-                                computes each logit tile once: three GEMMs, not four); autograd
+                                ns_infonce_forward_backward call at grad_loss = 1 (CPU and
+                                CUDA compute each logit tile once: three GEMMs, not four); autograd
                                 scales the kept gradients by grad_loss in the backward
     infonce_loss(...)          the loss through infonce_fused when autograd will need gradients,
                                else through infonce (InfoNCELoss and NegsampLoss call it)

@@ -129,3 +129,9 @@ ns_status ns_cpu_step_gather_ids(ns_context *ctx, int64_t n, const int64_t *row,
     for (int64_t r = 0; r < n; r++) dst[r] = row[r] >= 0 ? src[row[r]] : -1;
     return NS_OK;
 }
+
+ns_status ns_cpu_step_scale(ns_context *ctx, int64_t n, const float *src, float scale, float *dst) {
+    (void)ctx;
+    for (int64_t e = 0; e < n; e++) dst[e] = src[e] * scale;
+    return NS_OK;
+}

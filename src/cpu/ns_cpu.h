@@ -124,6 +124,9 @@ ns_status ns_cpu_step_ids(ns_context *ctx, int64_t B, int64_t C, int64_t query_o
                           int64_t *pos_offsets, int64_t *pos_ids, int64_t *cand_ids);
 ns_status ns_cpu_step_scatter(ns_context *ctx, int64_t rows, int64_t dim, const float *grad_hard,
                               const int64_t *row, int64_t nrow, float *grad_cand);
+/* dst[e] = src[e] · scale for e < n (dst may be src): the fused step's gradients, made at
+ * grad_loss = 1 in the forward, scaled in the backward. */
+ns_status ns_cpu_step_scale(ns_context *ctx, int64_t n, const float *src, float scale, float *dst);
 /* The step's random + hard mixing (src/cpu/cpu_step_mix.c; rules in src/hostdevice/ns_step_mix.h):
  * mix_mask: out[t] (B·C) = the filter kept slot t (keep NULL: all), its column is in [lo, hi),
  * its id (cand_id) is >= 0 and none of query i's ndrop ids drop[i·ndrop ..];
