@@ -404,26 +404,42 @@ static int bench_step(int64_t B, int64_t C, int64_t d, int64_t h) {
     return 0;
 }
 
+/* Device buffers of one loss benchmark: bf16 queries and passages, f32 gradients, saved
+ * statistics, per-query losses, and the inputs pointing at them. */
+typedef struct {
+    uint16_t *q, *p;
+    float *saved, *pq, *gq, *gp;
+    ns_infonce_inputs in;
+} loss_buffers;
+
+static loss_buffers loss_buffers_make(int64_t B, int64_t N, int64_t d) {
+    loss_buffers b;
+    CK(cudaMalloc((void **)&b.q, (size_t)(B * d) * 2));
+    CK(cudaMalloc((void **)&b.p, (size_t)(N * d) * 2));
+    CK(cudaMalloc((void **)&b.saved, (size_t)(B * NS_INFONCE_SAVED_PER_QUERY) * 4));
+    CK(cudaMalloc((void **)&b.pq, (size_t)B * 4));
+    CK(cudaMalloc((void **)&b.gq, (size_t)(B * d) * 4));
+    CK(cudaMalloc((void **)&b.gp, (size_t)(N * d) * 4));
+    fill_bf16(b.q, (size_t)(B * d), 0.05f);
+    fill_bf16(b.p, (size_t)(N * d), 0.05f);
+    memset(&b.in, 0, sizeof b.in);
+    b.in.query = bf16_matrix(b.q, B, d);
+    b.in.passage = bf16_matrix(b.p, N, d);
+    b.in.hard.dtype = b.in.extra.dtype = NS_BF16;
+    b.in.hard.cols = b.in.extra.cols = d;
+    return b;
+}
+
+static void loss_buffers_free(loss_buffers *b) {
+    cudaFree(b->q), cudaFree(b->p), cudaFree(b->saved), cudaFree(b->pq), cudaFree(b->gq),
+        cudaFree(b->gp);
+}
+
 static int bench_loss(int64_t B, int64_t N, int64_t d) {
     ns_context *ctx = make_ctx();
-    uint16_t *q, *p;
-    float *saved, *pq, *gq, *gp, loss, dtau;
-    CK(cudaMalloc((void **)&q, (size_t)(B * d) * 2));
-    CK(cudaMalloc((void **)&p, (size_t)(N * d) * 2));
-    CK(cudaMalloc((void **)&saved, (size_t)(B * NS_INFONCE_SAVED_PER_QUERY) * 4));
-    CK(cudaMalloc((void **)&pq, (size_t)B * 4));
-    CK(cudaMalloc((void **)&gq, (size_t)(B * d) * 4));
-    CK(cudaMalloc((void **)&gp, (size_t)(N * d) * 4));
-    fill_bf16(q, (size_t)(B * d), 0.05f);
-    fill_bf16(p, (size_t)(N * d), 0.05f);
-    ns_infonce_inputs in;
-    memset(&in, 0, sizeof in);
-    in.query = bf16_matrix(q, B, d);
-    in.passage = bf16_matrix(p, N, d);
-    in.hard.dtype = NS_BF16;
-    in.hard.cols = d;
-    in.extra.dtype = NS_BF16;
-    in.extra.cols = d;
+    loss_buffers b = loss_buffers_make(B, N, d);
+    float *saved = b.saved, *pq = b.pq, *gq = b.gq, *gp = b.gp, loss, dtau;
+    const ns_infonce_inputs in = b.in;
     ns_loss_options o = NS_LOSS_OPTIONS_INIT;
     ns_infonce_grads g = {gq, gp, NULL, &dtau};
     size_t free0, free1, total;
@@ -453,12 +469,7 @@ static int bench_loss(int64_t B, int64_t N, int64_t d) {
            gpu_name(), (long long)B, (long long)N, (long long)d, best_f, best_fb,
            (long long)(free0 - free1), (long long)(avail / per_row), loss);
     ns_context_destroy(ctx);
-    cudaFree(q);
-    cudaFree(p);
-    cudaFree(saved);
-    cudaFree(pq);
-    cudaFree(gq);
-    cudaFree(gp);
+    loss_buffers_free(&b);
     return 0;
 }
 
@@ -509,22 +520,9 @@ static double loss_gemms_ms(const uint16_t *q, const uint16_t *p, int64_t B, int
 /* The fused forward + backward against the forward then the backward, bf16, plain (sym 0) or
  * symmetric (sym 1), each on its own context (its workspace measured alone), interleaved. */
 static int bench_loss_fused(int64_t B, int64_t N, int64_t d, int sym) {
-    uint16_t *q, *p;
-    float *saved, *pq, *gq, *gp, loss[2], dtau[2];
-    CK(cudaMalloc((void **)&q, (size_t)(B * d) * 2));
-    CK(cudaMalloc((void **)&p, (size_t)(N * d) * 2));
-    CK(cudaMalloc((void **)&saved, (size_t)(B * NS_INFONCE_SAVED_PER_QUERY) * 4));
-    CK(cudaMalloc((void **)&pq, (size_t)B * 4));
-    CK(cudaMalloc((void **)&gq, (size_t)(B * d) * 4));
-    CK(cudaMalloc((void **)&gp, (size_t)(N * d) * 4));
-    fill_bf16(q, (size_t)(B * d), 0.05f);
-    fill_bf16(p, (size_t)(N * d), 0.05f);
-    ns_infonce_inputs in;
-    memset(&in, 0, sizeof in);
-    in.query = bf16_matrix(q, B, d);
-    in.passage = bf16_matrix(p, N, d);
-    in.hard.dtype = in.extra.dtype = NS_BF16;
-    in.hard.cols = in.extra.cols = d;
+    loss_buffers b = loss_buffers_make(B, N, d);
+    float *saved = b.saved, *pq = b.pq, *gq = b.gq, *gp = b.gp, loss[2], dtau[2];
+    const ns_infonce_inputs in = b.in;
     ns_loss_options o = NS_LOSS_OPTIONS_INIT;
     o.symmetric = sym;
     ns_context *ctx[2] = {make_ctx(), make_ctx()}; /* 0: fused, 1: two calls */
@@ -557,7 +555,7 @@ static int bench_loss_fused(int64_t B, int64_t N, int64_t d, int sym) {
             }
             t[k][r] = toc_ms();
         }
-    const double fused = median3(t[0]), two = median3(t[1]), gemm = loss_gemms_ms(q, p, B, N, d);
+    const double fused = median3(t[0]), two = median3(t[1]), gemm = loss_gemms_ms(b.q, b.p, B, N, d);
     printf("{\"bench\":\"infonce_fused\",\"gpu\":\"%s\",\"B\":%lld,\"N\":%lld,\"d\":%lld,"
            "\"dtype\":\"bf16\",\"symmetric\":%d,\"fused_ms\":%.3f,\"two_calls_ms\":%.3f,"
            "\"cublas_3gemm_ms\":%.3f,\"fused_fraction_of_cublas\":%.3f,\"two_calls_over_fused\":%.3f,"
@@ -567,7 +565,7 @@ static int bench_loss_fused(int64_t B, int64_t N, int64_t d, int sym) {
            3 * 2.0 * B * N * d / (fused * 1e-3) / 1e12, extra[0], extra[1], loss[0], loss[1]);
     ns_context_destroy(ctx[0]);
     ns_context_destroy(ctx[1]);
-    cudaFree(q), cudaFree(p), cudaFree(saved), cudaFree(pq), cudaFree(gq), cudaFree(gp);
+    loss_buffers_free(&b);
     return 0;
 }
 

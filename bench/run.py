@@ -136,6 +136,21 @@ def slug(s):
     return re.sub(r"-+", "-", s)
 
 
+def write_results(args, res, suite, plot, report):
+    """bench/results/<machine>-<date>-<suite>[-quick].{json,md,png}: the one naming and writing
+    of every suite's results (the README regeneration reads them back by these names)."""
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
+                        f"{res['date'][:10]}-{suite}" + ("-quick" if args.quick else ""))
+    res["plot"] = plot(res, stem + ".png")
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(report(res))
+    log(f"wrote {stem}.json/.md" + (" and .png" if res["plot"] else ""))
+    return stem
+
+
 def gpu_name():
     """The first GPU's name, or None with the reason."""
     smi = shutil.which("nvidia-smi")
@@ -1190,16 +1205,9 @@ def mine_main(args):
                     mine_pool(pooled, row)
     res["rows"] = sorted(pooled.values(), key=lambda r: r["threads"])
     res["load_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
-                        f"{res['date'][:10]}-mining-peers" + ("-quick" if args.quick else ""))
-    res["plot"] = mine_plot(res, stem + ".png")
-    with open(stem + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(mine_report(res))
-    log(f"wrote {stem}.json/.md" + (" and .png" if res["plot"] else "")
-        + ("; README's mining table regenerated" if mine_readme(stem + ".md") else ""))
+    stem = write_results(args, res, "mining-peers", mine_plot, mine_report)
+    if mine_readme(stem + ".md"):
+        log("README's mining table regenerated")
 
 
 # ------------------------------------------------------------------ k-means beside faiss (issue 15)
@@ -1775,15 +1783,7 @@ def sample_main(args):
                            "keys": first.get("keys")})
     log(f"machine: {res['machine']['cpu']}, threads {res['machine']['threads']}, "
         f"GEMM {res['machine']['gemm']}, keys {res['machine']['keys']}")
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
-                        f"{res['date'][:10]}-sample" + ("-quick" if args.quick else ""))
-    res["plot"] = sample_plot(res, stem + ".png")
-    with open(stem + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(sample_report(res))
-    log(f"wrote {stem}.json/.md" + (" and .png" if res["plot"] else ""))
+    write_results(args, res, "sample", sample_plot, sample_report)
     if args.readme:
         readme_regenerate()
 
@@ -2095,16 +2095,8 @@ def loss_main(args):
         res["symmetric"] = loss_symmetric(exe, B, d, threads, rounds)
         log(f"[loss] symmetric B=N={B} d={d}: {res['symmetric']}")
     res["load_end"] = load()
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"cpu-{os.cpu_count()}core-{slug(cpu_model())}-"
-                        f"{res['date'][:10]}-loss" + ("-quick" if args.quick else ""))
-    res["plot"] = loss_plot(res, stem + ".png")
-    with open(stem + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(loss_report(res))
+    write_results(args, res, "loss", loss_plot, loss_report)
     print(loss_report(res))
-    log(f"wrote {stem}.json/.md" + (" and .png" if res["plot"] else ""))
     if args.readme:
         readme_regenerate()
 
