@@ -60,8 +60,8 @@ __device__ __forceinline__ unsigned long long order_key(float v, int row) {
 inline int64_t buffer_cap(int64_t k) { return k + (k > 2 * kStep ? k : 2 * kStep); }
 
 struct Select {  // shared memory of reduce_to_k
-    int hist[256];
-    int need, digit, pos, thr_i;
+    NsRadixSelect radix;
+    int pos, thr_i;
     float thr_v;
 };
 
@@ -73,27 +73,8 @@ struct Select {  // shared memory of reduce_to_k
 // scratch (sv, si) and one copies them back. Exact: the keys are distinct. Called by the whole
 // block; returns after a barrier.
 __device__ void reduce_to_k(float *v, int *ix, int n, int k, float *sv, int *si, Select &sel) {
-    unsigned long long prefix = 0, mask = 0;
-    int need = k;
-    for (int shift = 56; shift >= 0; shift -= 8) {
-        for (int t = threadIdx.x; t < 256; t += blockDim.x) sel.hist[t] = 0;
-        __syncthreads();
-        for (int e = threadIdx.x; e < n; e += blockDim.x) {
-            const unsigned long long key = order_key(v[e], ix[e]);
-            if ((key & mask) == prefix) atomicAdd(&sel.hist[(int)((key >> shift) & 255u)], 1);
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            int d = 255, above = 0;
-            for (; d > 0 && above + sel.hist[d] < need; d--) above += sel.hist[d];
-            sel.need = need - above;
-            sel.digit = d;
-        }
-        __syncthreads();
-        need = sel.need;
-        prefix |= (unsigned long long)sel.digit << shift;
-        mask |= 255ull << shift;
-    }
+    const unsigned long long prefix =
+        ns_block_radix_kth([&](int e) { return order_key(v[e], ix[e]); }, n, k, sel.radix);
     // prefix is now the k-th largest key.
     if (threadIdx.x == 0) sel.pos = 0;
     __syncthreads();

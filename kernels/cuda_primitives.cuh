@@ -1,5 +1,5 @@
-// Block-level device primitives shared by the kernels: the block reduction and the bitonic
-// sort of (key, value) pairs in shared memory, with the comparators the ops sort by. Plain CUDA
+// Block-level device primitives shared by the kernels: the block reduction, the radix select of
+// the m-th largest 64-bit key, and the bitonic sort of (key, value) pairs in shared memory, with the comparators the ops sort by. Plain CUDA
 // C++ (warp shuffles, __syncthreads), as every kernel of this folder.
 #pragma once
 
@@ -24,6 +24,42 @@ __device__ T ns_block_reduce(T v, Op op, T *sh) {
 struct NsMaxF { __device__ float operator()(float a, float b) const { return a > b ? a : b; } };
 struct NsSumI { __device__ int operator()(int a, int b) const { return a + b; } };
 struct NsSumD { __device__ double operator()(double a, double b) const { return a + b; } };
+
+// Shared memory of ns_block_radix_kth.
+struct NsRadixSelect {
+    int hist[256];
+    int need, digit;
+};
+
+// The m-th largest (1 ≤ m ≤ n) of the n distinct 64-bit values key(e), e in [0, n): a radix
+// select, 8 bits per pass from the top, each pass a 256-bin histogram of the values that share
+// the prefix found so far. Exact because the values are distinct: the values ≥ the result are
+// exactly the m largest. Called by the whole block; returns after a barrier.
+template <class Key>
+__device__ unsigned long long ns_block_radix_kth(Key key, int n, int m, NsRadixSelect &sel) {
+    unsigned long long prefix = 0, mask = 0;
+    int need = m;
+    for (int shift = 56; shift >= 0; shift -= 8) {
+        for (int t = threadIdx.x; t < 256; t += blockDim.x) sel.hist[t] = 0;
+        __syncthreads();
+        for (int e = threadIdx.x; e < n; e += blockDim.x) {
+            const unsigned long long k = key(e);
+            if ((k & mask) == prefix) atomicAdd(&sel.hist[(int)((k >> shift) & 255u)], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int d = 255, above = 0;
+            for (; d > 0 && above + sel.hist[d] < need; d--) above += sel.hist[d];
+            sel.need = need - above;
+            sel.digit = d;
+        }
+        __syncthreads();
+        need = sel.need;
+        prefix |= (unsigned long long)sel.digit << shift;
+        mask |= 255ull << shift;
+    }
+    return prefix;
+}
 
 // Sorts the n pairs (key[i], val[i]) (n a power of two, in shared memory) so that
 // first(key[i], val[i], key[j], val[j]) holds for i < j; first is a strict order on the pairs.

@@ -174,33 +174,16 @@ struct StreamShared {
     unsigned long long thr;              // the m-th best at the last selection (0: none yet)
     unsigned long long hid[kStreamHash]; // winners' ids (~0: empty) → their largest column
     int hcol[kStreamHash];
-    int hist[256];
-    int count, need, digit, pos, last;
+    NsRadixSelect radix;
+    int count, pos, last;
 };
 
 // Cuts buf[0, n), n > m, to its m best (in any order) in buf[0, m) and sets thr to the m-th
 // best: a radix select over the distinct 64-bit values, 8 bits per pass from the top, then one
 // compaction. Called by the whole block; returns after a barrier.
 __device__ void stream_select(StreamShared &sh, int n, int m) {
-    unsigned long long prefix = 0, mask = 0;
-    int need = m;
-    for (int shift = 56; shift >= 0; shift -= 8) {
-        for (int t = threadIdx.x; t < 256; t += blockDim.x) sh.hist[t] = 0;
-        __syncthreads();
-        for (int e = threadIdx.x; e < n; e += blockDim.x)
-            if ((sh.buf[e] & mask) == prefix) atomicAdd(&sh.hist[(int)((sh.buf[e] >> shift) & 255u)], 1);
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            int d = 255, above = 0;
-            for (; d > 0 && above + sh.hist[d] < need; d--) above += sh.hist[d];
-            sh.need = need - above;
-            sh.digit = d;
-        }
-        __syncthreads();
-        need = sh.need;
-        prefix |= (unsigned long long)sh.digit << shift;
-        mask |= 255ull << shift;
-    }
+    const unsigned long long prefix =
+        ns_block_radix_kth([&](int e) { return sh.buf[e]; }, n, m, sh.radix);
     if (threadIdx.x == 0) sh.pos = 0;
     __syncthreads();
     for (int e = threadIdx.x; e < n; e += blockDim.x)
