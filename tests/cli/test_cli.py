@@ -1032,7 +1032,7 @@ def wait_for_temp(p, tmp):
     t0 = time.time()
     while not leftovers(tmp) and p.poll() is None and time.time() - t0 < 30:
         time.sleep(0.005)
-    time.sleep(0.3)  # into the loading / mining
+    time.sleep(0.05)  # into the loading / mining
 
 
 def group_outputs(tmp):
@@ -1043,7 +1043,9 @@ def group_outputs(tmp):
     q = os.path.join(tmp, "q.npy")
     c = os.path.join(tmp, "c.npy")
     np.save(q, rng.standard_normal((4000, 64)).astype(np.float32))
-    np.save(c, rng.standard_normal((60000, 64)).astype(np.float32))
+    # Large enough that a signal lands mid-way on an idle machine (60,000 rows finished in 0.3 s,
+    # before the signal, once CPU mining got faster).
+    np.save(c, rng.standard_normal((200000, 64)).astype(np.float32))
     out = os.path.join(tmp, "big.jsonl")
     interrupted = 0
     sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -1057,7 +1059,8 @@ def group_outputs(tmp):
             interrupted += 1
             check(not os.path.exists(out), f"{sig.name}: output left behind")
         elif p.returncode == 0:  # finished before the signal landed: nothing to check
-            os.unlink(out)
+            os.unlink(out)  # and its provenance sidecar, or the next run refuses to overwrite it
+            os.unlink(out + ".provenance.json")
         else:
             raise Failure(f"{sig.name}: exit {p.returncode}: {p.stderr.read()}")
         check(not leftovers(tmp), f"{sig.name}: temporary files left: {leftovers(tmp)}")
