@@ -189,16 +189,8 @@ void check_case(ns_context *ctx, ns_comm *comm, int64_t Q, int64_t k, int64_t pe
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
-    ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
-    co.backend = NS_BACKEND_CPU;
-    co.threads = 1;
-    ns_context *ctx = nullptr;
-    MT_CHECK(ns_context_create(&ctx, &co) == NS_OK, "%s", ns_last_error(nullptr));
-    MPI_Comm world = MPI_COMM_WORLD;
-    ns_comm_options opt = NS_COMM_OPTIONS_INIT;
-    opt.timeout_ms = 20000;
-    ns_comm *comm = nullptr;
-    if (ctx) MT_CHECK_OK(ctx, ns_comm_create_mpi(ctx, &world, &opt, &comm));
+    ns_context *ctx = cpu_context();
+    ns_comm *comm = world_comm(ctx, 20000);
     if (comm) {
         check_case(ctx, comm, 1000, 100, 60, 0);  // many queries: one sharded block
         // Sharded blocks of 9 and a last one of 1 (< R, all-gathered); forced all-gather:
