@@ -207,8 +207,15 @@ int cli_ids_adopt(cli_ids *ids, const char *path, const char *what, int64_t rows
 
 /* ------------------------------------------------------------------ provenance */
 
-/* FNV-1a 64 of a file's bytes and its size; 0 or -1 (message printed). */
+/* Input fingerprints (cli_fingerprint.c): a file's XXH64 (tools/cli_hash.h) and size, read
+ * once per run and kept (by device and inode; read again if its size or time changed). The
+ * name in the checkpoint header and the provenance sidecar is CLI_FINGERPRINT_NAME. */
+#define CLI_FINGERPRINT_NAME "xxh64"
+/* 0 or -1 (message printed, naming the path: a read error, a file that changed while read). */
 int cli_file_fingerprint(const char *path, uint64_t *hash, int64_t *size);
+/* Fingerprints every input not yet kept (NULL paths skipped), with one progress line over
+ * their bytes when they are large and stderr is a terminal (none when quiet). 0 or -1. */
+int cli_fingerprint_inputs(const cli_named_path *in, int n, int quiet);
 
 /* ------------------------------------------------------------------ outputs */
 
@@ -250,6 +257,7 @@ typedef struct {
     const char *label;
     int64_t total, base, span; /* the block in flight covers [base, base + span) */
     double t0, last;
+    int bytes; /* counts bytes (shown in MiB), not queries */
 } cli_progress;
 
 void cli_progress_init(cli_progress *p, const char *label, int64_t total, int quiet);
@@ -284,6 +292,7 @@ int cli_cmd_kmeans(int argc, char **argv);
 int cli_cmd_demo(int argc, char **argv);
 int cli_cmd_info(int argc, char **argv);
 int cli_cmd_bench_mine(int argc, char **argv);
+int cli_cmd_fingerprint(int argc, char **argv);
 int cli_cmd_inspect(int argc, char **argv);
 
 #endif

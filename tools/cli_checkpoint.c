@@ -1,6 +1,7 @@
 /* negsamp mine --checkpoint: finished blocks' top-k on disk, and the resume (cli_checkpoint.h). */
 #define _GNU_SOURCE
 #include "cli_checkpoint.h"
+#include "cli_hash.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,14 +11,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define CK_FIRST_LINE "negsamp mine checkpoint 1\n"
+/* Format 2: XXH64 input fingerprints and record checksums. Format 1 (FNV-1a) is refused by
+ * name: its input hashes cannot be compared with this run's. */
+#define CK_FIRST_LINE "negsamp mine checkpoint 2\n"
+#define CK_FIRST_LINE_V1 "negsamp mine checkpoint 1\n"
 #define CK_END "end\n"
 #define CK_MAGIC 0x4b43534eu /* "NSCK" */
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
-    const unsigned char *b = (const unsigned char *)p;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
-    return h;
+/* The checksum of a record: XXH64 of its position, rows and scores. */
+static uint64_t record_hash(const int64_t pos[2], const void *id, const void *sc, size_t n) {
+    cli_xxh64 h;
+    cli_xxh64_init(&h);
+    cli_xxh64_update(&h, pos, 16);
+    cli_xxh64_update(&h, id, n * 8);
+    cli_xxh64_update(&h, sc, n * 4);
+    return cli_xxh64_digest(&h);
 }
 
 /* The first line where a and b differ (NUL-terminated texts), into out. */
@@ -56,6 +64,14 @@ static char *read_header(FILE *f) {
     return h;
 }
 
+/* 1 when the file starts as a format-1 checkpoint did. */
+static int old_format(FILE *f) {
+    char line[sizeof CK_FIRST_LINE_V1] = {0};
+    rewind(f);
+    size_t got = fread(line, 1, sizeof line - 1, f);
+    return got == sizeof line - 1 && strcmp(line, CK_FIRST_LINE_V1) == 0;
+}
+
 /* One record at the file position: 0 when whole and its hash right (the position after it),
  * 1 when torn or absent. With id/sc NULL the payload is only checked. */
 static int read_record(cli_checkpoint *c, int64_t *b0, int64_t *nb, int64_t *id, float *sc) {
@@ -67,10 +83,10 @@ static int read_record(cli_checkpoint *c, int64_t *b0, int64_t *nb, int64_t *id,
     size_t n = (size_t)(pos[1] * c->k);
     int64_t *ids = id ? id : (int64_t *)malloc(n * 8);
     float *scs = sc ? sc : (float *)malloc(n * 4);
-    uint64_t want = 0, h = fnv(1469598103934665603ull, pos, sizeof pos);
+    uint64_t want = 0;
     int bad = !ids || !scs || fread(ids, 8, n, c->f) != n || fread(scs, 4, n, c->f) != n ||
               fread(&want, 8, 1, c->f) != 1;
-    if (!bad) h = fnv(fnv(h, ids, n * 8), scs, n * 4), bad = h != want;
+    if (!bad) bad = record_hash(pos, ids, scs, n) != want;
     if (!id) free(ids);
     if (!sc) free(scs);
     *b0 = pos[0], *nb = pos[1];
@@ -112,6 +128,13 @@ int cli_checkpoint_open(cli_checkpoint *c, const char *path, const char *desc, i
             return -1;
         }
         char *h = read_header(c->f);
+        if (!h && old_format(c->f)) {
+            cli_error("--checkpoint %s: written by an older negsamp (checkpoint format 1, FNV-1a "
+                      "input hashes); this version fingerprints inputs with XXH64 and cannot "
+                      "resume it: remove it to start over",
+                      path);
+            return -1;
+        }
         if (!h) {
             cli_error("--checkpoint %s: exists and is not a negsamp mine checkpoint; remove it "
                       "or name another file",
@@ -172,7 +195,7 @@ int cli_checkpoint_append(cli_checkpoint *c, int64_t b0, int64_t nb, const int64
     uint32_t head[2] = {CK_MAGIC, 0};
     int64_t pos[2] = {b0, nb};
     size_t n = (size_t)(nb * c->k);
-    uint64_t h = fnv(fnv(fnv(1469598103934665603ull, pos, sizeof pos), id, n * 8), sc, n * 4);
+    uint64_t h = record_hash(pos, id, sc, n);
     if (fwrite(head, 4, 2, c->f) != 2 || fwrite(pos, 8, 2, c->f) != 2 ||
         fwrite(id, 8, n, c->f) != n || fwrite(sc, 4, n, c->f) != n ||
         fwrite(&h, 8, 1, c->f) != 1 || fflush(c->f) || fdatasync(fileno(c->f))) {

@@ -1,10 +1,10 @@
 /* negsamp mine --checkpoint FILE: the mined top-k of every finished query block, so that a run
  * killed (SIGKILL, a crash, Ctrl-C) continues where it stopped. The file starts with a text
- * header naming what the top-k depends on (the inputs' sizes and FNV-1a hashes, k, the block
+ * header naming what the top-k depends on (the inputs' sizes and XXH64 fingerprints, k, the block
  * size, the scoring and exclusion options, the shapes); a checkpoint whose header differs is
  * refused, naming the first difference. Then one record per finished block, appended in order
  * and flushed to disk before the block goes on to the filter, sampler and outputs: "NSCK", b0,
- * nb, nb·k rows, nb·k scores, and an FNV-1a hash of the record, so a record torn by a kill is
+ * nb, nb·k rows, nb·k scores, and an XXH64 of the record, so a record torn by a kill is
  * recognised and dropped. On resume the recorded blocks are read back instead of mined and go
  * through the same filter → sample → write stage, so the outputs are those of an uninterrupted
  * run. The checkpoint is not a temporary: a caught signal leaves it in place (that is its

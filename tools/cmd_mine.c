@@ -489,24 +489,30 @@ static int mine_check_checkpoint(const mine_args *a) {
     return 0;
 }
 
-/* What the top-k depends on, one "name value" a line: the inputs' sizes and hashes (not their
- * paths: a moved file resumes), k, the block size, scoring, exclusions and shapes. The ranks
- * are not in it: a run may resume with another rank count. */
+/* What the top-k depends on, one "name value" a line: the inputs' sizes and fingerprints (not
+ * their paths: a moved file resumes; the run's one read of each, shared with the provenance),
+ * k, the block size, scoring, exclusions and shapes. The ranks are not in it: a run may resume
+ * with another rank count. */
 static int mine_checkpoint_desc(mine_run *r, const cli_named_path *in, int n, char *buf,
                                 size_t cap) {
     const mine_args *a = r->a;
     const stage_opts *o = &a->o;
     const cli_named_path ids[] = {{"--query-ids", o->query_ids}, {"--corpus-ids", o->corpus_ids},
                                   {"--qrels", o->qrels}, {"--positives", o->positives}};
-    size_t w = 0;
-    for (int i = 0; i < n + 4; i++) {
+    cli_named_path all[CLI_MAX_FILES + 4];
+    int na = 0;
+    for (int i = 0; i < n + 4 && na < CLI_MAX_FILES + 4; i++) {
         const cli_named_path *p = i < n ? &in[i] : &ids[i - n];
-        if (!p->path || strncmp(p->flag, "--guide", 7) == 0) continue;
+        if (p->path && strncmp(p->flag, "--guide", 7) != 0) all[na++] = *p;
+    }
+    if (cli_fingerprint_inputs(all, na, o->quiet)) return -1;
+    size_t w = 0;
+    for (int i = 0; i < na; i++) {
         uint64_t h;
         int64_t size;
-        if (cli_file_fingerprint(p->path, &h, &size)) return -1;
-        w += (size_t)snprintf(buf + w, cap - w, "input %s %lld %016llx\n", p->flag,
-                              (long long)size, (unsigned long long)h);
+        if (cli_file_fingerprint(all[i].path, &h, &size)) return -1;
+        w += (size_t)snprintf(buf + w, cap - w, "input %s %lld %s %016llx\n", all[i].flag,
+                              (long long)size, CLI_FINGERPRINT_NAME, (unsigned long long)h);
         if (w >= cap) return -1;
     }
     uint32_t sb;

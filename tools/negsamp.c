@@ -1,4 +1,5 @@
-/* negsamp: the command-line program. Subcommands: mine, sample, kmeans, inspect, demo, info, bench-mine. */
+/* negsamp: the command-line program. Subcommands: mine, sample, kmeans, inspect, demo, info,
+ * bench-mine, fingerprint. */
 #include "cli.h"
 
 #include <stdlib.h>
@@ -17,6 +18,7 @@ static const char MAIN_HELP[] =
     "  demo     false negatives of each sampling setting on the digits data set\n"
     "  info     version, build, CUDA devices and backends\n"
     "  bench-mine  time mining on given embeddings or a random corpus (--json for scripts)\n"
+    "  fingerprint  the inputs' fingerprints (XXH64) as the checkpoint and provenance record them\n"
     "\n"
     "Examples:\n"
     "  negsamp demo\n"
@@ -89,6 +91,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "info")) return cli_cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return cli_cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-mine")) return cli_cmd_bench_mine(argc - 1, argv + 1);
+    if (!strcmp(cmd, "fingerprint")) return cli_cmd_fingerprint(argc - 1, argv + 1);
     cli_command = "negsamp";
     fprintf(stderr, "negsamp: unknown command '%s'\n\n", cmd);
     fputs(MAIN_HELP, stderr);

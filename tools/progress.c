@@ -19,6 +19,7 @@ void cli_progress_init(cli_progress *p, const char *label, int64_t total, int qu
     p->span = 0;
     p->t0 = cli_now();
     p->last = 0;
+    p->bytes = 0;
 }
 
 static void draw(cli_progress *p, int64_t done, int final) {
@@ -30,8 +31,12 @@ static void draw(cli_progress *p, int64_t done, int final) {
     int fill = (int)(frac * 30);
     for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
     bar[30] = '\0';
-    fprintf(stderr, "\r%s [%s] %5.1f%% %lld/%lld  %.0f q/s", p->label, bar, 100 * frac,
-            (long long)done, (long long)p->total, rate);
+    if (p->bytes)
+        fprintf(stderr, "\r%s [%s] %5.1f%% %.0f/%.0f MiB  %.0f MiB/s", p->label, bar, 100 * frac,
+                (double)done / (1 << 20), (double)p->total / (1 << 20), rate / (1 << 20));
+    else
+        fprintf(stderr, "\r%s [%s] %5.1f%% %lld/%lld  %.0f q/s", p->label, bar, 100 * frac,
+                (long long)done, (long long)p->total, rate);
     if (final) {
         fprintf(stderr, "  %.1fs    \n", el);
     } else {

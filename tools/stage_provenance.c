@@ -1,32 +1,12 @@
 /* The provenance sidecar of a run, OUT.provenance.json: negsamp's version, the command line,
  * the seed, the filter's rules and values, the sampler, k and m, and each input's size and
- * FNV-1a-64 hash of its bytes (so a trainer's data can be traced to the embeddings it came
- * from). Written with the other outputs, committed with them. */
+ * XXH64 of its bytes (key "xxh64"; the run's one fingerprint of the file, cli_fingerprint.c),
+ * so a trainer's data can be traced to the embeddings it came from. Written with the other
+ * outputs, committed with them. */
 #define _GNU_SOURCE
 #include "stage.h"
 
-#include <errno.h>
 #include <string.h>
-#include <sys/stat.h>
-
-int cli_file_fingerprint(const char *path, uint64_t *hash, int64_t *size) {
-    FILE *f = cli_open_input(path);
-    if (!f) return -1;
-    uint64_t h = 1469598103934665603ull;
-    int64_t n = 0;
-    unsigned char buf[1 << 16];
-    for (size_t got; (got = fread(buf, 1, sizeof buf, f)) > 0; n += (int64_t)got)
-        for (size_t i = 0; i < got; i++) h = (h ^ buf[i]) * 1099511628211ull;
-    int err = ferror(f) ? errno : 0;
-    fclose(f);
-    if (err) {
-        cli_error("%s: read error: %s", path, strerror(err));
-        return -1;
-    }
-    *hash = h;
-    *size = n;
-    return 0;
-}
 
 static const char *sampler_name(ns_sampler st) {
     switch (st) {
@@ -59,7 +39,8 @@ static void write_rules(FILE *f, const ns_filter_options *o) {
     fputs("},\n", f);
 }
 
-static int write_inputs(FILE *f, const cli_named_path *in, int n) {
+static int write_inputs(FILE *f, const cli_named_path *in, int n, int quiet) {
+    if (cli_fingerprint_inputs(in, n, quiet)) return -1;
     fputs("  \"inputs\": [", f);
     int first = 1;
     for (int i = 0; i < n; i++) {
@@ -71,8 +52,8 @@ static int write_inputs(FILE *f, const cli_named_path *in, int n) {
         cli_json_string(f, in[i].flag, strlen(in[i].flag));
         fputs(", \"path\": ", f);
         cli_json_string(f, in[i].path, strlen(in[i].path));
-        fprintf(f, ", \"bytes\": %lld, \"fnv1a64\": \"%016llx\"}", (long long)size,
-                (unsigned long long)h);
+        fprintf(f, ", \"bytes\": %lld, \"" CLI_FINGERPRINT_NAME "\": \"%016llx\"}",
+                (long long)size, (unsigned long long)h);
         first = 0;
     }
     fputs("\n  ],\n", f);
@@ -119,7 +100,7 @@ int stage_write_provenance(stage *s, int argc, char **argv, const char *command,
                                              {"--weights", o->weights}};
     int na = 5;
     for (int i = 0; i < n && na < CLI_MAX_FILES + 5; i++) all[na++] = inputs[i];
-    if (write_inputs(f, all, na)) return -1;
+    if (write_inputs(f, all, na, o->quiet)) return -1;
     fprintf(f, "  \"rows_written\": %lld\n}\n", (long long)s->jsonl_rows);
     return ferror(f) ? -1 : 0;
 }

@@ -6,7 +6,7 @@ provenance sidecar, --trace and `negsamp inspect`.
 Each group runs as its own ctest (cli_<group>, registered in tools/CMakeLists.txt):
     python3 tests/cli/test_beir.py --negsamp BUILD/tools/negsamp --group beir_formats
 References are independent of negsamp: numpy brute force in float64, Python's json, gzip and
-zlib modules, FNV-1a written here.
+zlib modules, XXH64 from xxh64_ref.py.
 """
 import argparse
 import json
@@ -24,12 +24,7 @@ from cli_harness import Failure, check, read_jsonl, run  # noqa: E402,F401
 PYTHON = sys.executable  # the Python of `python -m negsamp.parquet` (--python)
 
 
-def fnv1a64(path):
-    h = 1469598103934665603
-    with open(path, "rb") as f:
-        for b in f.read():
-            h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
+from xxh64_ref import xxh64_file  # noqa: E402
 
 
 # ---------------------------------------------------------------- a tiny BEIR folder
@@ -302,7 +297,7 @@ def group_beir_parquet(tmp):
         prov = json.load(open(out + ".provenance.json"))
         flags = {i["flag"]: i for i in prov["parquet"]["inputs"]}
         check(set(flags) == {"--queries", "--corpus", "--qrels"}, f"provenance {flags}")
-        check(flags["--corpus"]["fnv1a64"] == fnv1a64(os.path.join(tmp, "corpus.parquet")),
+        check(flags["--corpus"]["xxh64"] == xxh64_file(os.path.join(tmp, "corpus.parquet")),
               "provenance hash of the Parquet corpus")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     check(p.returncode == 1 and "exists" in p.stderr, f"existing output: {p.stderr}")
@@ -385,7 +380,7 @@ def group_beir_bad_inputs(tmp):
 
 def group_beir_provenance(tmp):
     """The sidecar records version, argv, seed, rules, sampler, k, m, split and each input's
-    size and FNV-1a-64 (recomputed here); an existing sidecar needs --force."""
+    size and XXH64 (xxh64_ref.py); an existing sidecar needs --force."""
     b = Beir(os.path.join(tmp, "b"))
     out = os.path.join(tmp, "o.jsonl.gz")
     args = ["mine", "--beir", b.root, "-k", 9, "-m", 3, "--sampler", "simans", "--seed", 42,
@@ -407,7 +402,7 @@ def group_beir_provenance(tmp):
         path = os.path.join(b.root, name)
         check(path in files, f"{name} not in the provenance inputs {list(files)}")
         check(files[path]["bytes"] == os.path.getsize(path), f"{name} size")
-        check(files[path]["fnv1a64"] == fnv1a64(path), f"{name} hash")
+        check(files[path]["xxh64"] == xxh64_file(path), f"{name} hash")
     _, err = run(*args, expect=1)
     check("exists" in err, err)
     os.unlink(out)

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cli_harness  # noqa: E402
 from cli_harness import Failure, check, read_jsonl, run  # noqa: E402,F401
+from xxh64_ref import xxh64, xxh64_file  # noqa: E402
 
 DATA = None
 
@@ -1115,6 +1116,53 @@ def group_demo(tmp):
     out2, _ = run("demo", "--data", plain, "-k", 20, "-m", 5, "--positive", "random")
     check("300 images x 64 pixels" in out2, out2)
     print(f"  demo took {took:.2f}s")
+
+
+def group_fingerprint(tmp):
+    """Input fingerprints are XXH64 of the file's bytes, equal to the independent reference
+    (xxh64_ref.py) on sizes 0..17, around the 32-byte stripe and the 1 MiB read, and odd tails;
+    one changed byte anywhere changes it; the provenance sidecar records it under "xxh64" (no
+    other hash), one file named twice has one value."""
+    rng = np.random.default_rng(11)
+    sizes = list(range(18)) + [31, 32, 33, 39, 43, 63, 64, 65, 100, 1000, 4099, (1 << 20) - 1,
+                               1 << 20, (1 << 20) + 1, (2 << 20) + 13]
+    paths = []
+    for n in sizes:
+        p = os.path.join(tmp, f"f{n}.bin")
+        with open(p, "wb") as f:
+            f.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        paths.append(p)
+    out, _ = run("fingerprint", *paths)
+    got = dict(line.split("  ", 1)[::-1] for line in out.splitlines())
+    for n, p in zip(sizes, paths):
+        check(got.get(p) == xxh64_file(p), f"{n} bytes: negsamp {got.get(p)}, "
+                                           f"reference {xxh64_file(p)}")
+    # One byte changed at each kind of position (a lane word, the 8-, 4- and 1-byte tails).
+    base = open(paths[-1], "rb").read()[:1000 + 15]
+    for at in (0, 7, 31, 995, 1003, 1007, 1012, 1014):
+        changed = bytearray(base)
+        changed[at] ^= 0x40
+        p = os.path.join(tmp, "changed.bin")
+        with open(p, "wb") as f:
+            f.write(changed)
+        out, _ = run("fingerprint", p)
+        h = out.split()[0]
+        check(h == f"{xxh64(bytes(changed)):016x}" and h != f"{xxh64(base):016x}",
+              f"byte {at} changed: {h}")
+    _, err = run("fingerprint", os.path.join(tmp, "missing.npy"), expect=1)
+    check("missing.npy" in err, err)
+    # The provenance: every input under "xxh64"; queries = corpus is one file, one value.
+    c = rng.standard_normal((40, 8)).astype(np.float32)
+    np.save(os.path.join(tmp, "c.npy"), c)
+    j = os.path.join(tmp, "o.jsonl")
+    run("mine", "--queries", f"{tmp}/c.npy", "--corpus", f"{tmp}/c.npy", "--exclude-self",
+        "-k", 5, "-m", 2, "--out", j, "--backend", "cpu")
+    prov = json.load(open(j + ".provenance.json"))
+    ins = {i["flag"]: i for i in prov["inputs"]}
+    want = xxh64_file(os.path.join(tmp, "c.npy"))
+    for flag in ("--queries", "--corpus"):
+        check(ins[flag]["xxh64"] == want and "fnv1a64" not in ins[flag], f"{flag}: {ins[flag]}")
+    print(f"  {len(sizes)} sizes == reference; 8 changed bytes; provenance \"xxh64\"")
 
 
 GROUPS = {name[6:]: fn for name, fn in globals().items() if name.startswith("group_")}

@@ -19,9 +19,10 @@ Groups:
   resume      a run killed (SIGKILL) or interrupted (SIGINT) after some blocks resumes from its
               checkpoint without mining those blocks again and writes the same bytes as an
               uninterrupted run; a torn last record is dropped; a checkpoint of other inputs or
-              options is refused naming the difference; a checkpoint path that is an input, or a
-              file that is not a checkpoint, is refused. With --mpiexec also: killed as one
-              process, resumed with -np 2.
+              options is refused naming the difference (one byte of an input changed in place:
+              its XXH64 in the header differs); a checkpoint path that is an input, a file that
+              is not a checkpoint, or a checkpoint of the old format (FNV-1a) is refused. With
+              --mpiexec also: killed as one process, resumed with -np 2.
 The kill is real: NS_CLI_TEST_KILL_AFTER_BLOCKS=N makes negsamp raise the signal on itself
 right after its N-th block reached the checkpoint (a deterministic point, no timing).
 """
@@ -34,6 +35,9 @@ import time
 import traceback
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xxh64_ref import xxh64_file  # noqa: E402
 
 NEGSAMP = None
 MPIEXEC = None
@@ -178,6 +182,13 @@ def group_resume(tmp):
     run(mine_args(tmp, "res", extra=["--checkpoint", ck]), expect=-9,
         env={"NS_CLI_TEST_KILL_AFTER_BLOCKS": "2"})
     check(os.path.exists(ck) and not os.path.exists(f"{tmp}/res.jsonl"), "state after the kill")
+    # The header names each input's XXH64 (the reference's value).
+    with open(ck, "rb") as f:
+        head = f.read(4096).split(b"end\n")[0].decode()
+    for flag, name in (("--queries", "q.npy"), ("--corpus", "c.npy")):
+        p = f"{tmp}/{name}"
+        line = f"input {flag} {os.path.getsize(p)} xxh64 {xxh64_file(p)}"
+        check(line in head.splitlines(), f"{line!r} not in the header {head!r}")
     # A mismatched resume is refused, naming what differs, and leaves the checkpoint alone.
     err = run(mine_args(tmp, "res", k=24, extra=["--checkpoint", ck]), expect=1)
     check('"k 25" but this run has "k 24"' in err, err)
@@ -188,6 +199,16 @@ def group_resume(tmp):
     bad[bad.index(f"{tmp}/c.npy")] = f"{tmp}/c2.npy"
     err = run(bad, expect=1)
     check("other inputs" in err and "--corpus" in err, err)
+    # One byte of the corpus changed in place (same path, same size): refused too.
+    with open(f"{tmp}/c.npy", "rb") as f:
+        orig = f.read()
+    with open(f"{tmp}/c.npy", "r+b") as f:
+        f.seek(len(orig) - 3)
+        f.write(bytes([orig[-3] ^ 1]))
+    err = run(mine_args(tmp, "res", extra=["--checkpoint", ck]), expect=1)
+    check("other inputs" in err and "--corpus" in err and "xxh64" in err, err)
+    with open(f"{tmp}/c.npy", "wb") as f:
+        f.write(orig)
     # Resume: the 2 blocks are read back, not mined; the bytes are those of the full run.
     err = run([a for a in mine_args(tmp, "res", extra=["--checkpoint", ck]) if a != "--quiet"])
     check("2 finished block(s) read back" in err, err)
@@ -212,6 +233,17 @@ def group_resume(tmp):
     err = run(mine_args(tmp, "x", extra=["--checkpoint", f"{tmp}/notes.txt"]), expect=1)
     check("not a negsamp mine checkpoint" in err, err)
     check(open(f"{tmp}/notes.txt").read() == "my notes\n", "a foreign file was changed")
+    # A checkpoint of the old format (FNV-1a input hashes) is refused saying so, never used
+    # (nor cut: its bytes stay), whatever its header holds.
+    old = (b"negsamp mine checkpoint 1\ninput --queries 1 0123456789abcdef\nk 25\nend\n"
+           b"NSCK\0\0\0\0" + bytes(40))
+    with open(f"{tmp}/old.ckpt", "wb") as f:
+        f.write(old)
+    err = run(mine_args(tmp, "x", extra=["--checkpoint", f"{tmp}/old.ckpt"]), expect=1)
+    check("older negsamp" in err and "format 1" in err and "XXH64" in err and
+          "remove it" in err, err)
+    check(open(f"{tmp}/old.ckpt", "rb").read() == old, "the old checkpoint was changed")
+    check(not os.path.exists(f"{tmp}/x.jsonl"), "outputs written from an old checkpoint")
     if MPIEXEC:  # killed as one process, resumed on 2 ranks: the ranks are not in the key
         run(mine_args(tmp, "mix", extra=["--checkpoint", ck]), expect=-9,
             env={"NS_CLI_TEST_KILL_AFTER_BLOCKS": "1"})
