@@ -216,6 +216,8 @@ int cli_file_fingerprint(const char *path, uint64_t *hash, int64_t *size);
 /* Fingerprints every input not yet kept (NULL paths skipped), with one progress line over
  * their bytes when they are large and stderr is a terminal (none when quiet). 0 or -1. */
 int cli_fingerprint_inputs(const cli_named_path *in, int n, int quiet);
+/* Forgets the kept fingerprints (bench/bench_fingerprint.c times the read). */
+void cli_fingerprint_forget(void);
 
 /* ------------------------------------------------------------------ outputs */
 

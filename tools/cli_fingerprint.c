@@ -88,6 +88,9 @@ static int hash_file(const char *path, cli_progress *prog, uint64_t *hash, int64
                   (long long)n, (long long)st.st_size);
         return -1;
     }
+    /* Tests count the reads (each input once per run): NS_CLI_TEST_LOG_FINGERPRINTS=1. */
+    if (getenv("NS_CLI_TEST_LOG_FINGERPRINTS"))
+        fprintf(stderr, "%s: fingerprint read %s (%lld bytes)\n", cli_command, path, (long long)n);
     keep(&st, cli_xxh64_digest(&h));
     *hash = cli_xxh64_digest(&h);
     *size = n;
@@ -126,10 +129,15 @@ int cli_fingerprint_inputs(const cli_named_path *in, int n, int quiet) {
         uint64_t h;
         int64_t size;
         if (!in[i].path || find_kept(in[i].path)) continue;
-        if (hash_file(in[i].path, &prog, &h, &size)) return -1;
+        if (hash_file(in[i].path, &prog, &h, &size)) {
+            if (prog.enabled) fputc('\n', stderr); /* the message below the bar */
+            return -1;
+        }
         prog.base += size;
         prog.span = 0;
     }
     cli_progress_finish(&prog);
     return 0;
 }
+
+void cli_fingerprint_forget(void) { nkept = 0; }

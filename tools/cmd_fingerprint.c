@@ -23,6 +23,15 @@ int cli_cmd_fingerprint(int argc, char **argv) {
         }
         if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("unknown option '%s'", argv[i]);
     }
+    /* Large files: one progress line over them all on a terminal; a file that cannot be read
+     * is reported below, by its own call. */
+    cli_named_path in[CLI_MAX_FILES];
+    int n = 0;
+    for (int i = 1; i < argc && n < CLI_MAX_FILES; i++) in[n++] = (cli_named_path){"FILE", argv[i]};
+    int silent = cli_silent;
+    cli_silent = 1;
+    (void)cli_fingerprint_inputs(in, n, 0);
+    cli_silent = silent;
     int rc = CLI_OK;
     for (int i = 1; i < argc; i++) {
         uint64_t h;

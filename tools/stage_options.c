@@ -62,7 +62,7 @@ const char STAGE_HELP[] =
     "  Ids in JSONL are the lines of --query-ids/--corpus-ids (strings) or row numbers\n"
     "  (integers; strings in tevatron).\n"
     "  Every run also writes OUT.provenance.json beside the first output (version, command\n"
-    "  line, seed, rules, sampler, k, m, inputs' sizes and FNV-1a-64 hashes).\n"
+    "  line, seed, rules, sampler, k, m, inputs' sizes and XXH64 fingerprints, \"xxh64\").\n"
     "  --trace PREFIX        PREFIX.candidates.npy (int64 q x k), PREFIX.scores.npy (f32),\n"
     "                        PREFIX.decisions.npy (int32: rule bits, 256 kept, 512 sampled),\n"
     "                        PREFIX.positive_score.npy, PREFIX.query_ids.txt and\n"

@@ -1122,7 +1122,8 @@ def group_fingerprint(tmp):
     """Input fingerprints are XXH64 of the file's bytes, equal to the independent reference
     (xxh64_ref.py) on sizes 0..17, around the 32-byte stripe and the 1 MiB read, and odd tails;
     one changed byte anywhere changes it; the provenance sidecar records it under "xxh64" (no
-    other hash), one file named twice has one value."""
+    other hash), one file named twice has one value; each input is read once per run
+    (checkpoint and sidecar share it)."""
     rng = np.random.default_rng(11)
     sizes = list(range(18)) + [31, 32, 33, 39, 43, 63, 64, 65, 100, 1000, 4099, (1 << 20) - 1,
                                1 << 20, (1 << 20) + 1, (2 << 20) + 13]
@@ -1162,6 +1163,16 @@ def group_fingerprint(tmp):
     want = xxh64_file(os.path.join(tmp, "c.npy"))
     for flag in ("--queries", "--corpus"):
         check(ins[flag]["xxh64"] == want and "fnv1a64" not in ins[flag], f"{flag}: {ins[flag]}")
+    # Each input is read once per run: the checkpoint header and the sidecar share the read,
+    # and c.npy named twice is one file.
+    with open(os.path.join(tmp, "pos.txt"), "w") as f:
+        f.write("".join(f"{(i + 1) % 40}\n" for i in range(40)))
+    _, err = run("mine", "--queries", f"{tmp}/c.npy", "--corpus", f"{tmp}/c.npy", "--exclude-self",
+                 "--positives", f"{tmp}/pos.txt", "-k", 5, "-m", 2, "--out", j, "--force",
+                 "--checkpoint", f"{tmp}/run.ckpt", "--backend", "cpu",
+                 env={**os.environ, "NS_CLI_TEST_LOG_FINGERPRINTS": "1"})
+    reads = sorted(re.findall(r"fingerprint read (\S+)", err))
+    check(reads == [f"{tmp}/c.npy", f"{tmp}/pos.txt"], f"fingerprint reads {reads}")
     print(f"  {len(sizes)} sizes == reference; 8 changed bytes; provenance \"xxh64\"")
 
 
