@@ -1152,6 +1152,11 @@ def group_fingerprint(tmp):
               f"byte {at} changed: {h}")
     _, err = run("fingerprint", os.path.join(tmp, "missing.npy"), expect=1)
     check("missing.npy" in err, err)
+    # A file whose bytes are not the size it claims (Linux /proc: size 0, content not) is a
+    # file that changed while read: refused, naming it.
+    if os.path.exists("/proc/self/status"):
+        _, err = run("fingerprint", "/proc/self/status", expect=1)
+        check("/proc/self/status: read" in err and "changed while it was read" in err, err)
     # The provenance: every input under "xxh64"; queries = corpus is one file, one value.
     c = rng.standard_normal((40, 8)).astype(np.float32)
     np.save(os.path.join(tmp, "c.npy"), c)
