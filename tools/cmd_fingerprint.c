@@ -12,7 +12,10 @@ static const char FINGERPRINT_HELP[] =
     "Prints each file's fingerprint as mine and sample record it in the checkpoint header and\n"
     "the provenance sidecar (\"xxh64\": XXH64 of the file's bytes, seed 0, in hex; the same\n"
     "value as `xxhsum -H1 FILE`), one \"HASH  FILE\" line per file. Not cryptographic: it\n"
-    "detects changed inputs, not adversaries.\n";
+    "detects changed inputs, not adversaries.\n"
+    "\n"
+    "Example:\n"
+    "  negsamp fingerprint corpus.npy queries.npy\n";
 
 int cli_cmd_fingerprint(int argc, char **argv) {
     if (argc < 2) return cli_usage_error("name at least one FILE");

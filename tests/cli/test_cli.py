@@ -107,7 +107,8 @@ def digits():
 def group_help(tmp):
     out, _ = run("--help")
     check("usage" in out, "main --help lacks its usage line")
-    commands = ("mine", "sample", "kmeans", "inspect", "demo", "info", "bench-mine")
+    commands = ("mine", "sample", "kmeans", "inspect", "demo", "info", "bench-mine",
+                "fingerprint")
     listed = set(re.findall(r"^  ([a-z][a-z-]*)\s", out, re.M))
     check(listed >= set(commands), f"main --help does not list {set(commands) - listed}")
     for cmd in commands:
