@@ -101,7 +101,8 @@ NS_AVX512 static inline void append16(reservoir *r, int64_t at, __mmask16 keep, 
 }
 
 /* take_portable 16 columns at a time: the scores and norms gathered, every lane's bound as
- * ns_mine_bound_of computes it. Stops at the end, at a full reservoir, or before a group that
+ * ns_mine_bound_of computes it. Stops at the end, right after the entry that fills the
+ * reservoir (the same entries and stopping point as take_portable), or before a group that
  * holds a non-finite score; returns the list position reached. A group starts only below cap,
  * so it writes at most cap + 15 entries' room. */
 NS_AVX512 static int64_t take_avx512(const float *row, const int32_t *cols, int64_t c,
@@ -126,10 +127,24 @@ NS_AVX512 static int64_t take_avx512(const float *row, const int32_t *cols, int6
         e = step16(_mm512_add_ps(e, abs_e), 1);
         __mmask16 take = _mm512_mask_cmp_ps_mask(in, v, vpre, _CMP_GT_OQ);
         take = _mm512_mask_cmp_ps_mask(take, step16(_mm512_add_ps(v, e), 1), vthr, _CMP_GT_OQ);
+        int64_t next = c + 16;
+        const int64_t room = r->cap - cnt;
+        if (__builtin_popcount(take) >= room) { /* fills the reservoir: stop after the lane that
+                                                   does, as take_portable does */
+            uint32_t x = take;
+            for (int64_t t = 1; t < room; t++) x &= x - 1; /* its lowest set bit: that lane */
+            const int lane = __builtin_ctz(x);
+            take &= (__mmask16)((2u << lane) - 1);
+            next = c + lane + 1;
+        }
         __m512i lo, hi;
         rows16(j, vbase, &lo, &hi);
         append16(r, cnt, take, v, e, lo, hi);
         cnt += __builtin_popcount(take);
+        if (cnt >= r->cap) {
+            c = next;
+            break;
+        }
     }
     r->cnt = cnt;
     return c < stop ? c : stop;

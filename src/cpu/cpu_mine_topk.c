@@ -85,9 +85,7 @@ typedef struct {
 
 /* Merges one query's tile row (scores of corpus rows base .. base+n-1) into its reservoir: the
  * scan lists the columns above the row's pre-threshold T − max e (rare), then each listed column
- * is checked against its own bound and the threshold as it stands (shrinks raise it; a group of
- * 16 on the AVX-512 path is checked against the threshold as it stood when the group began,
- * which only admits more, and the reservoir's room past cap holds a group). */
+ * is checked against its own bound and the threshold as it stands (shrinks raise it). */
 static void select_row(const float *row, int64_t n, int64_t base, const row_bound *b, float *s,
                        float *e, int64_t *id, int64_t *count, float *threshold, int64_t k,
                        int64_t cap, int64_t query, const row_scratch *ws, const rescorer *rs,
