@@ -1,5 +1,6 @@
 /*
- * Mining benchmark: exact top-k with ns_mine_topk beside the OpenBLAS sgemm alone for the same
+ * Mining benchmark: exact top-k with ns_mine_topk beside the f32 GEMM alone (ns_sgemm_nt: the
+ * GEMM library this build uses, printed with the results) for the same
  * shape, in one run on the same data, so the ratio says what the selection costs on top of the
  * product it cannot avoid.
  *
@@ -7,7 +8,7 @@
  *                    with the same blocking ns_mine_topk uses (ns_mine_*_block, src/cpu/cpu_tiles.h)
  *   sgemm (full)     one sgemm call writing the whole Q×N matrix (skipped when it would not fit:
  *                    --full 0/1 forces it)
- *   ns_mine_topk     exact top-k per query (selection merged into per-query heaps per tile)
+ *   ns_mine_topk     exact top-k per query (each tile merged into per-query reservoirs)
  *
  * Usage: bench_mine [--queries 4096] [--corpus 200000] [--dim 384] [--k 100] [--threads 0]
  *                   [--dtype f32|f16|bf16] [--repeat 1] [--full -1|0|1] [--json PATH]

@@ -668,7 +668,7 @@ typedef struct {
      * (NS_ERR_UNSUPPORTED); options->loss->groups must be NULL (the step makes the loss's). */
     const ns_loss_groups *groups;
     /* 1: no ns_step_backward follows this forward (evaluation): the loss alone. 0 (default):
-     * on a CPU context without comm the forward computes the gradients too, at grad_loss = 1
+     * without comm the forward computes the gradients too (either backend), at grad_loss = 1
      * (ns_infonce_forward_backward: each logit tile once, three GEMMs instead of four), and
      * ns_step_backward scales them by its grad_loss (2·B·d floats more of step memory). */
     int forward_only;

@@ -185,7 +185,7 @@ ns_status ns_cuda_sample_corpus(ns_context *ctx, const ns_corpus_weights *cw,
             float v = 0;
             NS_CUDA_TRY(ctx, fn,
                         cudaMemcpy(&v, w + h.bad_weight, sizeof v, cudaMemcpyDeviceToHost));
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+            return ns_fail(ctx, isfinite(v) ? NS_ERR_INVALID_ARGUMENT : NS_ERR_NONFINITE,
                            "%s: w->weight[%lld] (%g) must be finite and >= 0", fn,
                            (long long)h.bad_weight, (double)v);
         }

@@ -264,17 +264,18 @@ TEST_P(Weighted, BadInputNamesTheArgumentAndLeavesOutputs) {
     NS_REQUIRE_BACKEND(c);
     auto bad = [&](const std::vector<float> &w, int64_t N, const Lists *l,
                    ns_corpus_sampler_options o, int64_t B, int64_t m, const char *needle,
-                   int64_t lq = -1) {
+                   int64_t lq = -1, ns_status want = NS_ERR_INVALID_ARGUMENT) {
         Out r = draw(c, w, N, l, o, B, m, lq);
-        EXPECT_NE(r.status, NS_OK) << needle;
+        EXPECT_EQ(r.status, want) << needle;
         EXPECT_NE(r.error.find(needle), std::string::npos) << r.error;
         for (int64_t x : r.index) EXPECT_EQ(x, 77);
         for (int64_t x : r.count) EXPECT_EQ(x, 77);
     };
     const std::vector<float> w = {1, 2, 3, 4};
     bad({1, -2, 3, 4}, 4, nullptr, opts(), 2, 1, "w->weight[1] (-2)");
-    bad({1, 2, NAN, 4}, 4, nullptr, opts(), 2, 1, "w->weight[2] (nan)");
-    bad({1, 2, 3, INFINITY}, 4, nullptr, opts(), 2, 1, "w->weight[3] (inf)");
+    // NaN/Inf data is NS_ERR_NONFINITE, as for every op's inputs; a negative weight is invalid.
+    bad({1, 2, NAN, 4}, 4, nullptr, opts(), 2, 1, "w->weight[2] (nan)", -1, NS_ERR_NONFINITE);
+    bad({1, 2, 3, INFINITY}, 4, nullptr, opts(), 2, 1, "w->weight[3] (inf)", -1, NS_ERR_NONFINITE);
     bad({0, 0, 0, 0}, 4, nullptr, opts(), 2, 1, "no positive entry");
     bad(w, 4, nullptr, opts(1, NAN), 2, 1, "options->alpha (nan)");
     bad(w, 4, nullptr, opts(1, 100.f), 2, 1, "options->alpha (100)");

@@ -646,10 +646,15 @@ static void demo_print(const demo_run *r) {
                demo_settings[si].what, 100 * c0->fn, c0->mean_s, 100 * c1->fn, c1->mean_s,
                c1->per_img);
     }
+    double lo = T->cell[0].ms, hi = T->cell[0].ms; /* the range over the settings */
+    for (int si = 1; si < NSET; si++) {
+        lo = T->cell[si].ms < lo ? T->cell[si].ms : lo;
+        hi = T->cell[si].ms > hi ? T->cell[si].ms : hi;
+    }
     printf("\nfalse neg. = share of the picked negatives that carry the image's own label "
            "(left: raw pixels, right: trained);\nfilter + sample took %.1f-%.1f ms per setting "
            "on %lld x %lld candidates\n",
-           T->cell[0].ms, T->cell[3].ms, (long long)r->n, (long long)a->k);
+           lo, hi, (long long)r->n, (long long)a->k);
 }
 
 int cli_cmd_demo(int argc, char **argv) {

@@ -16,6 +16,7 @@ static const char MAIN_HELP[] =
     "           ranks, score histograms; Markdown with PNG plots\n"
     "  demo     false negatives of each sampling setting on the digits data set\n"
     "  info     version, build, CUDA devices and backends\n"
+    "  bench-mine  time mining on given embeddings or a random corpus (--json for scripts)\n"
     "\n"
     "Examples:\n"
     "  negsamp demo\n"

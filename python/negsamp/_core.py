@@ -1017,8 +1017,9 @@ class Step:
     negsamp.sample_corpus draws there; the hard sampler then never sees them); the results'
     negative columns are the h hard ones, then the h_rand random ones.
     The step owns its context (the step's state lives there) unless ctx is given.
-    forward_only=True: no backward will follow (evaluation); otherwise a CPU step computes the
-    gradients in its forward (one ns_infonce_forward_backward) and the backward scales them."""
+    forward_only=True: no backward will follow (evaluation); otherwise a step without comm (CPU
+    or CUDA) computes the gradients in its forward (one ns_infonce_forward_backward) and the
+    backward scales them."""
 
     def __init__(self, hard_negatives: int, *, filter=None, sampler=None, loss=None,
                  queue: Queue = None, enqueue: bool = False, comm: "Comm" = None,

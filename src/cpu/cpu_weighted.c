@@ -56,7 +56,7 @@ ns_status ns_cpu_sample_corpus(ns_context *ctx, const ns_corpus_weights *cw,
             }
         }
         if (bad < N)
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+            return ns_fail(ctx, isfinite(w[bad]) ? NS_ERR_INVALID_ARGUMENT : NS_ERR_NONFINITE,
                            "%s: w->weight[%lld] (%g) must be finite and >= 0", FN, (long long)bad,
                            (double)w[bad]);
         if (positive == 0)

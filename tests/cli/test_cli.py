@@ -10,6 +10,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -104,11 +105,14 @@ def digits():
 
 def group_help(tmp):
     out, _ = run("--help")
-    check("usage" in out and "mine" in out and "demo" in out, "main --help lacks the commands")
-    for cmd in ("mine", "sample", "kmeans", "demo", "info", "bench-mine"):
+    check("usage" in out, "main --help lacks its usage line")
+    commands = ("mine", "sample", "kmeans", "inspect", "demo", "info", "bench-mine")
+    listed = set(re.findall(r"^  ([a-z][a-z-]*)\s", out, re.M))
+    check(listed >= set(commands), f"main --help does not list {set(commands) - listed}")
+    for cmd in commands:
         out, _ = run(cmd, "--help")
         check("usage: negsamp " + cmd in out, f"{cmd} --help lacks its usage line")
-        if cmd != "info":
+        if cmd not in ("info", "inspect"):
             check("Example" in out, f"{cmd} --help lacks examples")
     # mine --help names every text format it reads: gzip and the Parquet wrapper too
     out, _ = run("mine", "--help")
@@ -912,7 +916,6 @@ def readme_flags_exist():
     readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
     if not os.path.exists(readme):
         return
-    import re
     helps = {}
     bad = []
     text = open(readme).read().replace("\\\n", " ")
@@ -1102,6 +1105,9 @@ def group_demo(tmp):
             parts = line.split()
             pct = float([p for p in parts if p.endswith("%")][0][:-1])
             check(0 <= pct <= 100, f"bad share in {line}")
+    # The time line is a range over the settings: low first.
+    m = re.search(r"filter \+ sample took ([0-9.]+)-([0-9.]+) ms per setting", out)
+    check(m is not None and float(m.group(1)) <= float(m.group(2)), f"demo time range: {out}")
     # A plain CSV (not gzip) works as well; a small k and m.
     x, y = digits()
     plain = os.path.join(tmp, "d.csv")

@@ -28,8 +28,9 @@ __device__ __forceinline__ int rank_in(const float *v, const int *ix, int n, flo
     return lo;
 }
 
-// A copy of merge_collected (kernels/cuda_mine_topk.cu, whose sort is ns_bitonic_sort of
-// kernels/cuda_primitives.cuh) with switchable barriers.
+// The pattern of the miner's former merge_collected (a shared-memory bitonic sort, as
+// ns_bitonic_sort of kernels/cuda_primitives.cuh, then a merge-path merge) with switchable
+// barriers: a fixture for the layer's race detection, not a copy of a current kernel.
 __global__ void __launch_bounds__(256) k_bitonic_merge(const float *keys, int c, float *tv, int *ti, int k, int drop) {
     __shared__ float cv[2048];
     __shared__ int ci[2048];

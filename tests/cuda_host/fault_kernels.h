@@ -8,7 +8,7 @@ namespace faults {
 // out[i] = in[n − 1 − i] through shared memory (one block of n ≤ 1024 threads); with_barrier = 0
 // drops the barrier between the shared-memory store and the load.
 cudaError_t reverse(const float *in, float *out, int n, int with_barrier, cudaStream_t s = 0);
-// The mining kernel's pattern (kernels/cuda_*topk.cu, merge_collected): a shared-memory bitonic
+// The mining kernels' former pattern (merge_collected, since replaced): a shared-memory bitonic
 // sort of n keys (ties to the lower index, n ≤ 2048, k ≤ 2048) by 256 threads, then a
 // merge-path merge into a sorted list of k; drop = 0 keeps every barrier, 1 drops the barrier at
 // the end of the sort, 2 the one between the merge's scratch writes and the copy back.
