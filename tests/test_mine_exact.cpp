@@ -199,10 +199,18 @@ TEST(MineExact, Bf16InputsAreExactInTheBf16Gemm) {
     unsetenv("NS_CPU_MINE_SCAN");
 }
 
+// 2048 queries: corpus blocks of 4096 rows (ns_mine_corpus_block), three of them; and at k = 1000
+// on one thread (the shared tile) query tiles of 1024 with corpus blocks of 8192, so that the
+// first row of a tile holds more than four reservoirs (mine_plan_init), bf16 inputs too.
 TEST(MineExact, ManyQueryTilesAndCorpusBlocks) {
-    // 2048 queries: corpus blocks of 4096 rows (ns_mine_corpus_block), three of them.
     Data D = adversarial(2048, 9000, 24, 20, 1.0, 7);
     check(D, 20, 1.0f);
+    Data E = adversarial(2048, 9000, 8, 1000, 0.5, 23);
+    Result want = brute_force(E, 1000, 1.0f);
+    expect_same(want, mine(E, 1000, 1.0f, 1, nullptr), E.Q, 1000, "k = 1000, one thread");
+    E.to_bf16();
+    want = brute_force(E, 1000, 1.0f);
+    expect_same(want, mine(E, 1000, 1.0f, 1, nullptr), E.Q, 1000, "k = 1000, bf16, one thread");
 }
 
 // Large k: 3k near-ties at the k-th of query 0 overflow the reservoir's room (~5k): shrinks
