@@ -95,7 +95,8 @@ void ns_mine_select_nth(float *s, int64_t *id, int64_t n, int64_t m) {
  * is found by counting passes over order keys (no data movement): a histogram of the keys' range
  * [min, max] in equal bins, the lower edge of the bin that holds the k-th largest as the
  * threshold, and that bin's range counted again only while it holds more than
- * NS_MINE_KTH_SLACK keys (at most three levels: each divides the bin width by ≥ 64).
+ * NS_MINE_KTH_SLACK keys (each level divides the bin width by the bin count, ≥ 64: at most six
+ * levels, and one or two on a reservoir's scores).
  * Bins over the keys' own range, not fixed key digits: the scores of a reservoir share their
  * sign, exponent and first fraction bits, so a fixed first digit puts them all in one bin (a
  * wasted pass), and counting the next digit of only the keys with that prefix took a branch
