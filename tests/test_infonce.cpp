@@ -509,6 +509,18 @@ bool same_bits(const std::vector<T> &a, const std::vector<T> &b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
+// Every output of two runs, bit for bit: the loss, dL/dτ, the per-query losses, the saved
+// statistics and the three gradients.
+void expect_same_bits(const LibResult &a, const LibResult &b, const std::string &what) {
+    EXPECT_EQ(std::memcmp(&a.loss, &b.loss, 4), 0) << what << ": loss " << a.loss << " vs " << b.loss;
+    EXPECT_EQ(std::memcmp(&a.dtau, &b.dtau, 4), 0) << what << ": dtau " << a.dtau << " vs " << b.dtau;
+    EXPECT_TRUE(same_bits(a.per, b.per)) << what << ": per_query";
+    EXPECT_TRUE(same_bits(a.saved, b.saved)) << what << ": saved";
+    EXPECT_TRUE(same_bits(a.dq, b.dq)) << what << ": dQ";
+    EXPECT_TRUE(same_bits(a.dp, b.dp)) << what << ": dP";
+    EXPECT_TRUE(same_bits(a.dh, b.dh)) << what << ": dH";
+}
+
 // ns_infonce_forward_backward: the outputs of ns_infonce_forward then ns_infonce_backward, bit
 // for bit, for every option set (the symmetric ones through the fused symmetric path: column
 // pass, then forward + backward per row tile, the column pass's tiles kept for the row tiles
@@ -542,15 +554,7 @@ TEST(InfoNCE, FusedForwardBackwardIsForwardThenBackwardBitForBit) {
                     ASSERT_EQ(a.fwd, NS_OK) << what << ": " << ns_last_error(c);
                     ASSERT_EQ(a.bwd, NS_OK) << what << ": " << ns_last_error(c);
                     ASSERT_EQ(b.fwd, NS_OK) << what << ": " << ns_last_error(c);
-                    EXPECT_EQ(std::memcmp(&a.loss, &b.loss, 4), 0)
-                        << what << ": loss " << a.loss << " vs fused " << b.loss;
-                    EXPECT_EQ(std::memcmp(&a.dtau, &b.dtau, 4), 0)
-                        << what << ": dtau " << a.dtau << " vs fused " << b.dtau;
-                    EXPECT_TRUE(same_bits(a.per, b.per)) << what << ": per_query";
-                    EXPECT_TRUE(same_bits(a.saved, b.saved)) << what << ": saved";
-                    EXPECT_TRUE(same_bits(a.dq, b.dq)) << what << ": dQ";
-                    EXPECT_TRUE(same_bits(a.dp, b.dp)) << what << ": dP";
-                    EXPECT_TRUE(same_bits(a.dh, b.dh)) << what << ": dH";
+                    expect_same_bits(a, b, what + " (two calls vs fused)");
                     compared++;
                 }
     }
@@ -710,12 +714,7 @@ TEST(InfoNCE, ThreadCountIndependentAndDeterministic) {
         EXPECT_TRUE(close(rs[i].dtau, rs[0].dtau, 1e-6, 1e-5));
     }
     // Same thread count twice: bitwise the same.
-    EXPECT_EQ(std::memcmp(&rs[1].loss, &rs[3].loss, 4), 0);
-    EXPECT_EQ(rs[1].per, rs[3].per);
-    EXPECT_EQ(rs[1].dq, rs[3].dq);
-    EXPECT_EQ(rs[1].dp, rs[3].dp);
-    EXPECT_EQ(rs[1].dh, rs[3].dh);
-    EXPECT_EQ(std::memcmp(&rs[1].dtau, &rs[3].dtau, 4), 0);
+    expect_same_bits(rs[1], rs[3], "the same thread count twice");
 }
 
 TEST(InfoNCE, GradLossScalesEveryGradient) {
@@ -872,12 +871,7 @@ TEST(InfoNCEGroups, WeightOneAndNoGroupAreTheUngroupedLoss) {
             LibResult got = run_lib(c, g);
             ASSERT_EQ(got.bwd, NS_OK) << ns_last_error(c);
             const std::string what = std::string(o.name) + (variant ? " no query group" : " w=1");
-            EXPECT_EQ(std::memcmp(&got.loss, &want.loss, 4), 0) << what;
-            EXPECT_EQ(std::memcmp(&got.dtau, &want.dtau, 4), 0) << what;
-            EXPECT_TRUE(same_bits(got.saved, want.saved)) << what;
-            EXPECT_TRUE(same_bits(got.dq, want.dq)) << what;
-            EXPECT_TRUE(same_bits(got.dp, want.dp)) << what;
-            EXPECT_TRUE(same_bits(got.dh, want.dh)) << what;
+            expect_same_bits(got, want, what);
         }
     }
 }
@@ -1178,13 +1172,7 @@ TEST_P(InfoNCEBackend, BitwiseTheSameInAnyBlockOrder) {
                 ASSERT_EQ(got.bwd, NS_OK) << ns_last_error(c);
                 const std::string what = std::string(o.name) + (fused ? " fused" : "") + " order " +
                                          std::to_string(order) + " seed " + std::to_string(seed);
-                EXPECT_EQ(std::memcmp(&got.loss, &want.loss, 4), 0) << what << ": loss";
-                EXPECT_EQ(std::memcmp(&got.dtau, &want.dtau, 4), 0) << what << ": dtau";
-                EXPECT_TRUE(same_bits(got.per, want.per)) << what << ": per_query";
-                EXPECT_TRUE(same_bits(got.saved, want.saved)) << what << ": saved";
-                EXPECT_TRUE(same_bits(got.dq, want.dq)) << what << ": dQ";
-                EXPECT_TRUE(same_bits(got.dp, want.dp)) << what << ": dP";
-                EXPECT_TRUE(same_bits(got.dh, want.dh)) << what << ": dH";
+                expect_same_bits(got, want, what);
             }
         ns_infonce_set_tiles(c, 0, 0);
     }
@@ -1229,13 +1217,7 @@ TEST_P(InfoNCEBackend, FusedIsForwardThenBackwardBitForBit) {
                                              "x" + std::to_string(t[1]) + " strip " + std::to_string(strip);
                     ASSERT_EQ(a.bwd, NS_OK) << what << ": " << ns_last_error(c);
                     ASSERT_EQ(b.bwd, NS_OK) << what << ": " << ns_last_error(c);
-                    EXPECT_EQ(std::memcmp(&a.loss, &b.loss, 4), 0) << what << ": loss " << a.loss << " vs " << b.loss;
-                    EXPECT_EQ(std::memcmp(&a.dtau, &b.dtau, 4), 0) << what << ": dtau " << a.dtau << " vs " << b.dtau;
-                    EXPECT_TRUE(same_bits(a.per, b.per)) << what << ": per_query";
-                    EXPECT_TRUE(same_bits(a.saved, b.saved)) << what << ": saved";
-                    EXPECT_TRUE(same_bits(a.dq, b.dq)) << what << ": dQ";
-                    EXPECT_TRUE(same_bits(a.dp, b.dp)) << what << ": dP";
-                    EXPECT_TRUE(same_bits(a.dh, b.dh)) << what << ": dH";
+                    expect_same_bits(a, b, what);
                     compared++;
                 }
     }

@@ -1,9 +1,12 @@
 /* negsamp mine across MPI ranks: launch detection, the communicator, the shard split and the
  * CLI's own agreements between phases (tools/cli_shard.h). */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "cli_shard.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef NS_CLI_MPI
 #include <mpi.h>
@@ -27,22 +30,35 @@ static int forced(void) {
 }
 
 #ifdef NS_CLI_MPI
-/* This rank's number among the ranks sharing its node (its memory): the CUDA device it uses. */
-static int node_local_rank(void) {
+/* This rank's number among the ranks sharing its node (its memory): the CUDA device it uses;
+ * and how many ranks share the node (they share its cores). 0, or -1 when MPI fails. */
+static int node_ranks(int *local_rank, int *local_size) {
     MPI_Comm node;
-    int local = 0;
     if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
         MPI_SUCCESS)
         return -1;
-    MPI_Comm_rank(node, &local);
+    MPI_Comm_rank(node, local_rank);
+    MPI_Comm_size(node, local_size);
     MPI_Comm_free(&node);
-    return local;
+    return 0;
 }
 #endif
 
+int cli_shard_threads(const cli_shard *sh, int *cores) {
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    *cores = online > 0 ? (int)online : 1;
+    int share = *cores / (sh->local_size > 0 ? sh->local_size : 1);
+    /* A rank the launcher bound to fewer CPUs than its share keeps to them (OpenMP's own
+     * default would be that count too): more threads than CPUs would only take turns. */
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) < share)
+        share = CPU_COUNT(&set);
+    return share > 1 ? share : 1;
+}
+
 int cli_shard_init(cli_shard *sh) {
     memset(sh, 0, sizeof *sh);
-    sh->size = 1;
+    sh->size = sh->local_size = 1;
     if (launched_size() <= 1 && !forced()) return 0;
 #ifdef NS_CLI_MPI
     int inited = 0;
@@ -55,7 +71,7 @@ int cli_shard_init(cli_shard *sh) {
     sh->ranks = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &sh->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &sh->size);
-    if ((sh->local_rank = node_local_rank()) < 0) {
+    if (node_ranks(&sh->local_rank, &sh->local_size)) {
         cli_error("rank %d: MPI_Comm_split_type (the ranks of this node) failed", sh->rank);
         return -1;
     }

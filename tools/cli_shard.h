@@ -16,6 +16,7 @@ typedef struct {
     int rank, size;  /* 0 and 1 in a one-process run */
     int ranks;       /* the multi-rank path is taken (size > 1, or forced for tests) */
     int local_rank;  /* the rank among the ranks of this node: the CUDA device of this rank */
+    int local_size;  /* the ranks on this node (1 in a one-process run) */
     int mpi;         /* MPI was initialised here */
     ns_comm *comm;   /* the library's communicator over MPI_COMM_WORLD (ranks) */
 } cli_shard;
@@ -23,6 +24,10 @@ typedef struct {
 /* Initialises MPI when launched by mpirun/mpiexec/srun with more than one rank. 0, or -1 with
  * a message (a build without MPI launched with several ranks). */
 int cli_shard_init(cli_shard *sh);
+/* The default CPU threads of a rank: the node's cores (*cores) divided by the ranks on the
+ * node, at least 1, and no more than the CPUs the launcher bound this rank to; so R ranks on
+ * one node do not run R teams of every core each. */
+int cli_shard_threads(const cli_shard *sh, int *cores);
 /* The communicator for ctx: MPI for a CPU context, NCCL for a CUDA one (ctx on device
  * local_rank; collective: every rank calls it). 0 or -1 (message printed). */
 int cli_shard_comm(cli_shard *sh, ns_context *ctx);

@@ -564,6 +564,24 @@ static int mine_provenance(mine_run *r, const cli_named_path *in, int n) {
     return 0;
 }
 
+/* The CPU threads of each rank under mpirun (o->threads) and where the number comes from:
+ * --threads, then OMP_NUM_THREADS, else the rank's share of its node's cores (R ranks of every
+ * core each would oversubscribe the node R-fold). */
+static const char *mine_rank_threads(const cli_shard *sh, stage_opts *o) {
+    static char why[96];
+    const char *omp = getenv("OMP_NUM_THREADS");
+    if (!sh->ranks || o->threads_set) return "--threads";
+    if (omp && atoi(omp) > 0) {
+        o->threads = atoi(omp);
+        return "OMP_NUM_THREADS";
+    }
+    int cores;
+    o->threads = cli_shard_threads(sh, &cores);
+    snprintf(why, sizeof why, "the node's %d cores over its %d rank(s); --threads to change",
+             cores, sh->local_size);
+    return why;
+}
+
 int cli_cmd_mine(int argc, char **argv) {
     mine_args a;
     int u = mine_parse(argc, argv, &a);
@@ -588,6 +606,7 @@ int cli_cmd_mine(int argc, char **argv) {
     if (!writer) a.o.quiet = 1; /* rank 0 reports for all */
     if (r.sh.ranks && a.o.backend == NS_BACKEND_AUTO) a.o.backend = NS_BACKEND_CPU; /* MPI */
     a.o.device = r.sh.local_rank; /* CUDA ranks: one device per rank of the node */
+    const char *why = mine_rank_threads(&r.sh, &a.o);
     cli_install_signal_cleanup();
     int failed = (writer && stage_open_outputs(&r.s)) || mine_load_inputs(&r);
     if (!failed && (u = mine_fit_k(&r))) rc = u, failed = 1;
@@ -602,6 +621,10 @@ int cli_cmd_mine(int argc, char **argv) {
                 ns_context_backend(r.s.ctx) == NS_BACKEND_CUDA
                     ? "NCCL (one CUDA device per rank: its number among its node's ranks)"
                     : "MPI");
+    if (r.sh.ranks && !a.o.quiet && a.o.threads)
+        fprintf(stderr, "%s: %d CPU thread(s) per rank (%s)\n", cli_command, a.o.threads, why);
+    else if (r.sh.ranks && !a.o.quiet)
+        fprintf(stderr, "%s: every core OpenMP sees on each rank (--threads 0)\n", cli_command);
     r.resumed = cli_shard_bcast(&r.sh, r.ck.done);
     cli_progress_init(&r.prog, "mining", r.s.B, a.o.quiet);
     double t0 = cli_now();

@@ -24,6 +24,7 @@ typedef struct {
     char provenance[4096];   /* "<first output>.provenance.json" (stage_check) */
     char trace_path[6][4096];
     int force, quiet, threads;
+    int threads_set; /* --threads given (under mpirun the default is the rank's share) */
     ns_backend backend;
     int device; /* the CUDA device of the context (a rank's under mpirun; 0 otherwise) */
     /* --random-negatives M: M corpus rows per query by weight^alpha (ns_sample_corpus) after the

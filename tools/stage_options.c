@@ -70,7 +70,9 @@ const char STAGE_HELP[] =
     "  --force               overwrite existing outputs\n"
     "Run:\n"
     "  --backend B           auto | cpu | cuda (default auto)\n"
-    "  --threads N           CPU threads (default: all cores)\n"
+    "  --threads N           CPU threads (default: all cores; under mpirun each rank's\n"
+    "                        share: the node's cores over its ranks; OMP_NUM_THREADS also\n"
+    "                        sets it)\n"
     "  --quiet               no progress bar, no summary\n"
     "Exit status: 0 ok, 1 runtime error (files, data), 2 usage error.\n";
 
@@ -197,7 +199,7 @@ static int io_option(stage_opts *o, int c, const char *arg) {
     case O_BACKEND: return cli_parse_backend("--backend", arg, &o->backend) ? -1 : 1;
     case O_THREADS:
         if (cli_parse_i64("--threads", arg, 0, 4096, &v)) return -1;
-        o->threads = (int)v;
+        o->threads = (int)v, o->threads_set = 1;
         return 1;
     case O_QUERY_IDS: o->query_ids = arg; return 1;
     case O_CORPUS_IDS: o->corpus_ids = arg; return 1;

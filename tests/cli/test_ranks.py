@@ -8,7 +8,9 @@ Groups:
               scores) on data with ties across shards, k larger than a shard and exclusions
               (positives), through both merges (blocks of 8 queries: sharded; --batch 2 on 3
               and 4 ranks: all-gathered); the one-process top-k equals a float64 brute force
-              (ties to the lower row). Needs --mpiexec (skipped, exit 77, without it).
+              (ties to the lower row); each rank's default CPU threads are the node's cores
+              over its ranks (--threads and OMP_NUM_THREADS still override). Needs --mpiexec
+              (skipped, exit 77, without it).
   forced      one process forced onto the multi-rank path (NS_CLI_TEST_FORCE_RANKS=1: MPI as a
               singleton, a communicator of one rank, the sharded merge) writes the same bytes as
               a plain run; with --backend cuda (--cuda) the communicator is NCCL (the host
@@ -55,12 +57,16 @@ def check(cond, msg):
         raise Failure(msg)
 
 
-def run(args, expect=0, env=None, ranks=1, timeout=120):
-    """Runs negsamp (under mpiexec with ranks > 1); checks the exit status; returns stderr."""
+def run(args, expect=0, env=None, ranks=1, timeout=120, unset=(), launcher=()):
+    """Runs negsamp (under mpiexec with ranks > 1, with the launcher options given); checks the
+    exit status; returns stderr. unset: environment variables removed."""
     cmd = [NEGSAMP, *map(str, args)]
     if ranks > 1:
-        cmd = [MPIEXEC, "--oversubscribe", "--allow-run-as-root", "-np", str(ranks), *cmd]
-    e = dict(os.environ, **MPI_ENV, **(env or {}))
+        cmd = [MPIEXEC, "--oversubscribe", "--allow-run-as-root", *launcher, "-np", str(ranks),
+               *cmd]
+    e = {**os.environ, **MPI_ENV, **(env or {})}
+    for name in unset:
+        e.pop(name, None)
     if ranks > 1:  # Open MPI's own allocations are never freed (as tests/mpi/CMakeLists.txt)
         e["ASAN_OPTIONS"] = e.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
@@ -140,6 +146,28 @@ def group_ranks(tmp):
     ties = sum(1 for i in range(q.shape[0]) for j in range(1, 25)
                if ref_s[i, j] == ref_s[i, j - 1] and (ref[i, j] < 31) != (ref[i, j - 1] < 31))
     check(ties > 0, "the data has no tie across the two shards")
+    rank_threads(tmp)
+
+
+def rank_threads(tmp):
+    """Each rank's CPU threads: by default the node's cores over the ranks on it (at least 1;
+    unbound ranks, so no launcher binding caps it), else --threads, else OMP_NUM_THREADS; as
+    rank 0 reports it."""
+    args = [a for a in mine_args(tmp, "threads", extra=["--force"]) if a != "--quiet"]
+    at = args.index("--threads")
+    plain = args[:at] + args[at + 2:]
+    cores = os.cpu_count()
+    unbound = ("--bind-to", "none")
+    for r in (2, 4):
+        err = run(plain, ranks=r, unset=("OMP_NUM_THREADS",), launcher=unbound)
+        want = (f"{max(1, cores // r)} CPU thread(s) per rank (the node's {cores} cores over its "
+                f"{r} rank(s)")
+        check(want in err, f"-np {r}: expected '{want}' in:\n{err[-2000:]}")
+        same_bytes(tmp, "one", "threads")
+    err = run(plain + ["--threads", 3], ranks=2, launcher=unbound, env={"OMP_NUM_THREADS": "2"})
+    check("3 CPU thread(s) per rank (--threads)" in err, err[-2000:])
+    err = run(plain, ranks=2, launcher=unbound, env={"OMP_NUM_THREADS": "2"})
+    check("2 CPU thread(s) per rank (OMP_NUM_THREADS)" in err, err[-2000:])
 
 
 def group_resume(tmp):

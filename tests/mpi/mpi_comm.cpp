@@ -18,16 +18,6 @@ static float tag(int r, int64_t row, int64_t col) {
     return (float)(r * 1000 + row) + 0.001f * (float)(col + 1);
 }
 
-static ns_context *cpu_context() {
-    ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
-    o.backend = NS_BACKEND_CPU;
-    o.threads = 1;
-    ns_context *ctx = nullptr;
-    ns_status st = ns_context_create(&ctx, &o);
-    MT_CHECK(st == NS_OK, "ns_context_create: %s", ns_last_error(nullptr));
-    return ctx;
-}
-
 static void test_public_arguments(ns_context *ctx) {
     MPI_Comm world = MPI_COMM_WORLD, null_comm = MPI_COMM_NULL;
     ns_comm *sentinel = (ns_comm *)0x1, *c = sentinel;

@@ -40,11 +40,7 @@ int main(int argc, char **argv) {
     MPI_Comm world = MPI_COMM_WORLD, survivors;
     MPI_Comm_split(MPI_COMM_WORLD, me == leaver ? 1 : 0, me, &survivors);
 
-    ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
-    co.backend = NS_BACKEND_CPU;
-    co.threads = 1;
-    ns_context *ctx = nullptr;
-    MT_CHECK(ns_context_create(&ctx, &co) == NS_OK, "context: %s", ns_last_error(nullptr));
+    ns_context *ctx = cpu_context();
     ns_comm_options o = NS_COMM_OPTIONS_INIT;
     o.timeout_ms = kTimeoutMs;
     ns_comm *a = nullptr, *b = nullptr, *c = nullptr, *sc = nullptr;

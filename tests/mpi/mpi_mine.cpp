@@ -23,16 +23,6 @@ namespace {
 
 constexpr int64_t D = 6, Q = 23;
 
-ns_context *cpu_context() {
-    ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
-    o.backend = NS_BACKEND_CPU;
-    o.threads = 1;
-    ns_context *ctx = nullptr;
-    ns_status st = ns_context_create(&ctx, &o);
-    MT_CHECK(st == NS_OK, "ns_context_create: %s", ns_last_error(nullptr));
-    return ctx;
-}
-
 struct Data {
     int64_t N;
     std::vector<float> corpus, q;
@@ -223,11 +213,7 @@ void test_disagreement(ns_context *ctx, ns_comm *comm, const Data &g) {
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     ns_context *ctx = cpu_context();
-    MPI_Comm world = MPI_COMM_WORLD;
-    ns_comm_options co = NS_COMM_OPTIONS_INIT;
-    co.timeout_ms = 20000;
-    ns_comm *comm = nullptr;
-    MT_CHECK_OK(ctx, ns_comm_create_mpi(ctx, &world, &co, &comm));
+    ns_comm *comm = world_comm(ctx, 20000);
     if (comm) {
         Data g = make_data(size(), 15);
         MT_CHECK(has_cross_shard_tie(g, 6), "the data has no tie across shards at k = 6");
@@ -236,8 +222,11 @@ int main(int argc, char **argv) {
         check_case(ctx, comm, g, 5, true, "exclusions");
         // k larger than every shard, with exclusions leaving fewer than k rows for some queries.
         check_case(ctx, comm, g, g.N - 1, true, "k > shards");
-        // Several query blocks (a block of 2 queries at k = 6).
-        setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(2 * size() * 6 * 12).c_str(), 1);
+        // Several query blocks: R queries each at k = 6 (sharded, one query per rank), then
+        // blocks of 1 (the cap too small for R: all-gathered).
+        setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(size() * 6 * 12).c_str(), 1);
+        check_case(ctx, comm, g, 6, true, "blocks");
+        setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(size() * 6 * 12 - 1).c_str(), 1);
         check_case(ctx, comm, g, 6, true, "blocks");
         unsetenv("NS_MINE_RANKS_BLOCK_BYTES");
         test_disagreement(ctx, comm, g);

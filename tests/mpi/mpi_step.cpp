@@ -262,16 +262,8 @@ void test_failures(ns_context *ctx, ns_comm *comm) {
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
-    ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
-    co.backend = NS_BACKEND_CPU;
-    co.threads = 1;
-    ns_context *ctx = nullptr, *ref_ctx = nullptr;
-    MT_CHECK(ns_context_create(&ctx, &co) == NS_OK, "%s", ns_last_error(nullptr));
-    MT_CHECK(ns_context_create(&ref_ctx, &co) == NS_OK, "%s", ns_last_error(nullptr));
-    MPI_Comm world = MPI_COMM_WORLD;
-    ns_comm_options opt = NS_COMM_OPTIONS_INIT;
-    ns_comm *comm = nullptr;
-    MT_CHECK_OK(ctx, ns_comm_create_mpi(ctx, &world, &opt, &comm));
+    ns_context *ctx = cpu_context(), *ref_ctx = cpu_context();
+    ns_comm *comm = world_comm(ctx);
     if (ctx && ref_ctx && comm) {
         const Config configs[] = {
             // name              B  C  h  d  share sym cid pid sampler            dtype

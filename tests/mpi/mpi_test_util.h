@@ -46,6 +46,30 @@ inline int size() {
                  ns_last_error(ctx));                                                         \
     } while (0)
 
+// A CPU context of one thread (the ranks share the machine's cores); nullptr after a counted
+// failure.
+inline ns_context *cpu_context() {
+    ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
+    o.backend = NS_BACKEND_CPU;
+    o.threads = 1;
+    ns_context *ctx = nullptr;
+    MT_CHECK(ns_context_create(&ctx, &o) == NS_OK, "ns_context_create: %s",
+             ns_last_error(nullptr));
+    return ctx;
+}
+
+// The library's communicator over MPI_COMM_WORLD, with timeout_ms (0: the library's default);
+// nullptr after a counted failure (or without ctx).
+inline ns_comm *world_comm(ns_context *ctx, int timeout_ms = 0) {
+    if (!ctx) return nullptr;
+    MPI_Comm world = MPI_COMM_WORLD;
+    ns_comm_options o = NS_COMM_OPTIONS_INIT;
+    if (timeout_ms) o.timeout_ms = timeout_ms;
+    ns_comm *comm = nullptr;
+    MT_CHECK_OK(ctx, ns_comm_create_mpi(ctx, &world, &o, &comm));
+    return comm;
+}
+
 inline bool contains(const char *hay, const char *needle) {
     return hay && std::strstr(hay, needle) != nullptr;
 }
