@@ -199,10 +199,18 @@ TEST(MineExact, Bf16InputsAreExactInTheBf16Gemm) {
     unsetenv("NS_CPU_MINE_SCAN");
 }
 
+// 2048 queries: corpus blocks of 4096 rows (ns_mine_corpus_block), three of them; and at k = 1000
+// on one thread (the shared tile) query tiles of 1024 with corpus blocks of 8192, so that the
+// first row of a tile holds more than four reservoirs (mine_plan_init), bf16 inputs too.
 TEST(MineExact, ManyQueryTilesAndCorpusBlocks) {
-    // 2048 queries: corpus blocks of 4096 rows (ns_mine_corpus_block), three of them.
     Data D = adversarial(2048, 9000, 24, 20, 1.0, 7);
     check(D, 20, 1.0f);
+    Data E = adversarial(2048, 9000, 8, 1000, 0.5, 23);
+    Result want = brute_force(E, 1000, 1.0f);
+    expect_same(want, mine(E, 1000, 1.0f, 1, nullptr), E.Q, 1000, "k = 1000, one thread");
+    E.to_bf16();
+    want = brute_force(E, 1000, 1.0f);
+    expect_same(want, mine(E, 1000, 1.0f, 1, nullptr), E.Q, 1000, "k = 1000, bf16, one thread");
 }
 
 // Large k: 3k near-ties at the k-th of query 0 overflow the reservoir's room (~5k): shrinks
@@ -575,4 +583,213 @@ TEST(MineExactCuda, ReScoreFollowsTheCpuSummationOrder) {
     Result got = mine_cuda(D, k, 1.0f, nullptr, &skipped);
     if (skipped) GTEST_SKIP() << "no CUDA backend here";
     expect_same(cpu, got, D.Q, k, "CUDA exact vs CPU, order-dependent sums");
+}
+
+// ---------------------------------------------------------------- the CPU's internal passes
+// The passes of src/cpu/cpu_mine_reservoir.c and cpu_mine_order.c on their own, against plain
+// loops written here: the radix threshold's promise, the AVX-512 versions' bits against the
+// portable ones', and the bf16 re-score's summation order.
+extern "C" {
+#include "cpu/cpu_mine.h"
+}
+
+namespace {
+
+// The promise of ns_mine_kth_key_floor against a sort: t ≤ the k-th largest (at least k keys
+// ≥ t), and either t is the k-th largest or fewer than k + NS_MINE_KTH_SLACK keys are ≥ t.
+void expect_kth_floor(const std::vector<uint32_t> &keys, int64_t k, const char *what) {
+    const int64_t n = (int64_t)keys.size();
+    std::vector<uint32_t> sorted = keys;
+    std::sort(sorted.begin(), sorted.end(), std::greater<uint32_t>());
+    const uint32_t kth = sorted[(size_t)(k - 1)];
+    const uint32_t t = ns_mine_kth_key_floor(keys.data(), n, k);
+    int64_t at_least = 0;
+    for (uint32_t x : keys) at_least += x >= t;
+    EXPECT_LE(t, kth) << what << " n " << n << " k " << k;
+    EXPECT_GE(at_least, k) << what << " n " << n << " k " << k;
+    if (t != kth) EXPECT_LT(at_least, k + NS_MINE_KTH_SLACK) << what << " n " << n << " k " << k;
+}
+
+}  // namespace
+
+// Keys spread over all 32 bits, clustered in a narrow band (the scores of one reservoir), with
+// many equal keys at the k-th, a few far outliers that stretch the range (so the first pass's
+// bins are coarse and the k-th's bin is counted again), the extremes 0 and 2^32 − 1, and sizes
+// from 1 to past the largest histogram; k from 1 to n.
+TEST(MineExact, KthKeyFloorIsALowerBoundWithinTheSlack) {
+    std::mt19937 g(31);
+    std::uniform_int_distribution<uint32_t> any;
+    for (int64_t n : {1, 2, 17, 64, 200, 1000, 2000, 5000, 9000}) {
+        for (int shape = 0; shape < 5; shape++) {
+            std::vector<uint32_t> keys((size_t)n);
+            for (auto &x : keys) {
+                const uint32_t r = any(g);
+                x = shape == 0 ? r
+                    : shape == 1 ? 0xbe000000u + (r & 0xfffff)          // a narrow band
+                    : shape == 2 ? 0xbe000000u + (r % 7) * 3            // few distinct values
+                    : shape == 3 ? (r % 50 == 0 ? r : 0xbe000000u + (r & 0x3ff))  // outliers
+                                 : (r & 1 ? 0xffffffffu : 0u);          // the extremes
+            }
+            for (int64_t k : {(int64_t)1, n / 3 + 1, n / 2 + 1, n - 1, n}) {
+                if (k < 1 || k > n) continue;
+                expect_kth_floor(keys, k, ("shape " + std::to_string(shape)).c_str());
+            }
+        }
+    }
+}
+
+namespace {
+
+// A score with 16 random significant bits near 2^e (bf16 products of the tile are such).
+float near_pow2(std::mt19937 &g, int e) {
+    std::uniform_int_distribution<int> m(-65535, 65535);
+    return std::ldexp((float)m(g), e - 16);
+}
+
+}  // namespace
+
+// ns_mine_take_listed, ns_mine_lower_keys and ns_mine_keep_above, AVX-512 against portable:
+// the same entries, the same bits, the same stopping points (right after the entry that fills
+// the reservoir) — tile rows of scores around the threshold (many within a bound of it), ±0,
+// subnormal bounds, list lengths not a multiple of 16, reservoirs that fill part-way through a
+// row and again after being emptied, NaN and ±Inf at several list positions (the group that
+// holds one is taken one by one); entries already exact (e = 0) among the shrink's.
+TEST(MineExact, ReservoirPassesAvx512MatchPortable) {
+    if (!ns_mine_scan_avx512_usable()) GTEST_SKIP() << "no AVX-512 here";
+    std::mt19937 g(41);
+    std::uniform_real_distribution<float> ud(0.0f, 1.0f);
+    for (int trial = 0; trial < 200; trial++) {
+        const int64_t n = 1 + (int64_t)(g() % 300), base = (int64_t)(g() % 100000);
+        std::vector<float> row((size_t)n), cn((size_t)n), cr((size_t)n);
+        for (int64_t j = 0; j < n; j++) {
+            row[(size_t)j] = trial % 7 == 0 && j % 5 == 0 ? (j % 2 ? -0.0f : 0.0f) : near_pow2(g, -2);
+            cn[(size_t)j] = ud(g) * 2.0f;
+            cr[(size_t)j] = trial % 3 == 0 ? 1e-40f : ud(g) * 0.01f;
+        }
+        if (trial % 4 == 1) row[(size_t)(g() % n)] = trial % 8 == 1 ? NAN : -INFINITY;
+        row_bound b;
+        b.fq = 1e-3f * ud(g), b.gq = 1.0f, b.cn = cn.data(), b.cr = trial % 2 ? cr.data() : nullptr;
+        b.abs_e = trial % 5 == 0 ? 1e-45f : 0.0f;
+        b.emax = 0.0f;
+        std::vector<int32_t> cols;
+        for (int64_t j = 0; j < n; j++)
+            if (g() % 3 || !(std::fabs(row[(size_t)j]) <= FLT_MAX)) cols.push_back((int32_t)j);
+        const int64_t m = (int64_t)cols.size();
+        const float thr = near_pow2(g, -3), pre = thr - 0.01f;
+        const int64_t cap = 1 + (int64_t)(g() % (m + 2));
+        std::vector<float> s[2], e[2];
+        std::vector<int64_t> id[2];
+        int64_t ret[2][4], cnt[2][4], filled = 0; // filled: the entries held at the end
+        for (int v = 0; v < 2; v++) {
+            s[v].assign((size_t)(cap + CHUNK), 7.0f), e[v].assign((size_t)(cap + CHUNK), 7.0f);
+            id[v].assign((size_t)(cap + CHUNK), -7);
+            reservoir r = {s[v].data(), e[v].data(), id[v].data(), 0, cap};
+            int64_t c = 0;
+            for (int step = 0; step < 4; step++) { // filling, then emptied and filled again
+                ret[v][step] = ns_mine_take_listed(row.data(), cols.data(), c, m, &b, pre, thr,
+                                                   base, &r, v);
+                cnt[v][step] = r.cnt;
+                if (v == 0) filled = r.cnt;
+                if (ret[v][step] >= 0) break;
+                c = -ret[v][step] - 1;
+                r.cnt = r.cnt / 2;
+            }
+        }
+        for (int step = 0; step < 4; step++) {
+            ASSERT_EQ(ret[0][step], ret[1][step]) << "trial " << trial << " step " << step;
+            ASSERT_EQ(cnt[0][step], cnt[1][step]) << "trial " << trial << " step " << step;
+            if (ret[0][step] >= 0) break;
+        }
+        for (int64_t j = 0; j < filled; j++) {
+            ASSERT_EQ(std::memcmp(&s[0][(size_t)j], &s[1][(size_t)j], 4), 0) << trial << " " << j;
+            ASSERT_EQ(std::memcmp(&e[0][(size_t)j], &e[1][(size_t)j], 4), 0) << trial << " " << j;
+            ASSERT_EQ(id[0][(size_t)j], id[1][(size_t)j]) << trial << " " << j;
+        }
+        // Each entry is one the plain rule takes, with the bound ns_mine_bound_of gives.
+        for (int64_t j = 0; j < filled; j++) {
+            const int64_t col = id[0][(size_t)j] - base;
+            ASSERT_GT(s[0][(size_t)j], pre);
+            ASSERT_EQ(e[0][(size_t)j], ns_mine_bound_of(&b, col));
+            ASSERT_GT(up(s[0][(size_t)j] + e[0][(size_t)j]), thr);
+        }
+        // The shrink's passes on the entries (some exact: e = 0).
+        const int64_t k = std::max<int64_t>(1, filled / 2);
+        std::vector<uint32_t> keys[2];
+        int64_t kept[2];
+        for (int v = 0; v < 2; v++) {
+            for (int64_t j = 0; j < filled; j += 3) e[v][(size_t)j] = 0.0f;
+            keys[v].assign((size_t)filled, 0);
+            ns_mine_lower_keys(s[v].data(), e[v].data(), filled, keys[v].data(), v);
+            const float t = filled ? key_value(ns_mine_kth_key_floor(keys[v].data(), filled, k)) : 0.0f;
+            kept[v] = ns_mine_keep_above(s[v].data(), e[v].data(), id[v].data(), filled, t, v);
+        }
+        ASSERT_EQ(keys[0], keys[1]) << "trial " << trial;
+        ASSERT_EQ(kept[0], kept[1]) << "trial " << trial;
+        for (int64_t j = 0; j < kept[0]; j++) {
+            ASSERT_EQ(std::memcmp(&s[0][(size_t)j], &s[1][(size_t)j], 4), 0);
+            ASSERT_EQ(std::memcmp(&e[0][(size_t)j], &e[1][(size_t)j], 4), 0);
+            ASSERT_EQ(id[0][(size_t)j], id[1][(size_t)j]);
+        }
+    }
+}
+
+// The bf16 re-score's summation order (lane l sums the terms t ≡ l mod 32 in order, then the
+// pairwise tree), which the CUDA re-score mirrors: rows of small bf16 values plus a pair ±2^60 at
+// two of the positions P where every query is 1 (the pair cancels in the real sum; what else
+// survives in those lanes depends on the order), scored by the library with every row returned
+// (k = N) and compared bit for bit with that order written out here — at d = 64, 77 (a tail of
+// 13) and 384, on the AVX-512 scorer (unpacked lanes, the tree in registers) and the portable
+// one, 1 and 2 threads. A left-to-right sum differs on most rows (checked: the data is a test).
+TEST(MineExact, Bf16ReScoreFollowsTheLaneOrder) {
+    std::mt19937 g(51);
+    std::uniform_int_distribution<int> ex(0, 3), mant(-255, 255);
+    for (int64_t d : {64, 77, 384}) {
+        const int64_t P[] = {0, 5, 33, 38, 40, 63};
+        Data D;
+        D.Q = 3, D.N = 200, D.d = d;
+        D.q.resize((size_t)(D.Q * d));
+        D.c.resize((size_t)(D.N * d));
+        for (auto &x : D.q) x = std::ldexp((float)mant(g), -8 + ex(g));
+        for (auto &x : D.c) x = std::ldexp((float)mant(g), ex(g));
+        for (int64_t i = 0; i < D.Q; i++)
+            for (int64_t t : P) D.q[(size_t)(i * d + t)] = 1.0f;
+        for (int64_t j = 0; j < D.N; j++) {
+            const uint32_t ia = g() % 6, ib = (ia + 1 + g() % 5) % 6; // two of P
+            D.c[(size_t)(j * d + P[ia])] = 0x1p60f;
+            D.c[(size_t)(j * d + P[ib])] = -0x1p60f;
+        }
+        D.to_bf16();
+        Result want;
+        int64_t order_matters = 0;
+        for (int64_t i = 0; i < D.Q; i++) {
+            std::vector<std::pair<float, int64_t>> all;
+            for (int64_t j = 0; j < D.N; j++) {
+                double acc[32] = {0}, seq = 0;
+                for (int64_t t = 0; t < d; t++) {
+                    const double p = (double)D.q[(size_t)(i * d + t)] * D.c[(size_t)(j * d + t)];
+                    acc[t % 32] += p;
+                    seq += p;
+                }
+                for (int w = 16; w >= 1; w /= 2)
+                    for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+                all.push_back({(float)acc[0], j});
+                order_matters += (float)acc[0] != (float)seq;
+            }
+            std::sort(all.begin(), all.end(), [](auto x, auto y) {
+                return x.first > y.first || (x.first == y.first && x.second < y.second);
+            });
+            for (auto &x : all) want.score.push_back(x.first), want.index.push_back(x.second);
+        }
+        EXPECT_GT(order_matters, D.Q * D.N / 3) << "d " << d << ": the data should depend on the order";
+        for (const char *scan : {"avx512", "portable"}) {
+            if (!std::strcmp(scan, "portable")) setenv("NS_CPU_MINE_SCAN", "portable", 1);
+            for (int threads : {1, 2}) {
+                Result got = mine(D, D.N, 1.0f, threads, nullptr);
+                expect_same(want, got, D.Q, D.N,
+                            ("d " + std::to_string(d) + " " + scan + " threads " +
+                             std::to_string(threads)).c_str());
+            }
+            unsetenv("NS_CPU_MINE_SCAN");
+        }
+    }
 }

@@ -3,6 +3,7 @@
  *                      corpus blocks (GEMM, then the tile merged into per-query reservoirs), the
  *                      results
  *   cpu_mine_scan.c    the score-tile scan (AVX-512 compress, or portable)
+ *   cpu_mine_reservoir.c  candidates into a reservoir, a shrink's passes (AVX-512, or portable)
  *   cpu_mine_order.c   radix thresholds, the radix sort of the final lists, quickselect/heapsort
  *   cpu_mine_rescore.c the exact score s* of a pair, the re-score of short lists in corpus order
  *   cpu_mine_rows.c    row norms, bf16 rounding-residual norms and bf16 copies
@@ -101,13 +102,40 @@ typedef struct {
     int64_t *hi, *cnt;
 } mine_plan;
 
+/* One query's bound for one corpus block (query_bound in cpu_mine_topk.c): e_j = fq·‖c_j‖ +
+ * gq·‖c_j − bf16(c_j)‖ + A, every step rounded up. */
+typedef struct {
+    float fq, gq;    /* per query, rounded up */
+    const float *cn; /* ‖c_j‖ of the block's rows, rounded up */
+    const float *cr; /* ‖c_j − bf16(c_j)‖, rounded up; NULL where the term is 0 (f32 GEMM, or a
+                      * bf16 corpus used as it is) */
+    float abs_e;     /* A, rounded up */
+    float emax;      /* the largest e_j of the block, rounded up */
+} row_bound;
+
+static inline float ns_mine_bound_of(const row_bound *b, int64_t j) {
+    float e = up(b->fq * b->cn[j]);
+    if (b->cr) e = up(e + up(b->gq * b->cr[j]));
+    return up(e + b->abs_e);
+}
+
+/* A query's reservoir while a tile row is merged: cnt entries (ŝ, e, row); room for cap + CHUNK
+ * (the AVX-512 passes write whole registers of 16 past the last entry). */
+typedef struct {
+    float *s, *e;
+    int64_t *id;
+    int64_t cnt, cap;
+} reservoir;
+
 /* ---------------------------------------------------------------- cpu_mine_order.c */
 
 /* Puts the entry of rank m (ns_before) at position m, the better before it, the worse after. */
 void ns_mine_select_nth(float *s, int64_t *id, int64_t n, int64_t m);
 /* Sorts n entries best first (ns_before): the fallback of the radix sort. */
 void ns_mine_sort_best_first_heap(float *s, int64_t *id, int64_t n);
-/* A lower bound, within 2^-13 relative, of the k-th largest of n order keys, as a key. */
+/* A lower bound t of the k-th largest of n order keys, as a key: at least k keys are ≥ t, and
+ * either t is the k-th largest or fewer than k + NS_MINE_KTH_SLACK keys are ≥ t. */
+#define NS_MINE_KTH_SLACK 32
 uint32_t ns_mine_kth_key_floor(const uint32_t *key, int64_t n, int64_t k);
 /* Sorts n (score, row) pairs best first (rows < 2^32); -1 (nothing sorted) on a −0 score. */
 int ns_mine_sort_best_first_radix(float *s, int64_t *id, int64_t n, uint64_t *buf);
@@ -118,6 +146,21 @@ int ns_mine_sort_best_first_radix(float *s, int64_t *id, int64_t n, uint64_t *bu
 int ns_mine_scan_avx512_usable(void);
 /* The columns t of row[0, n) with needs_look(row[t], thr), increasing, into out (room n + 16). */
 int64_t ns_mine_scan_row(const float *row, int64_t n, float thr, int32_t *out, int avx512);
+
+/* ---------------------------------------------------------------- cpu_mine_reservoir.c */
+
+/* Appends the listed columns cols[c, stop) of a tile row (scores of corpus rows base + column)
+ * that can enter the top-k — ŝ > pre, and ŝ + e_j > thr with e_j the column's own bound — to
+ * the reservoir, until the list ends or the reservoir holds cap. Returns -(the list position
+ * reached) - 1, or the list position of a non-finite score (which stops it). */
+int64_t ns_mine_take_listed(const float *row, const int32_t *cols, int64_t c, int64_t stop,
+                            const row_bound *b, float pre, float thr, int64_t base, reservoir *r,
+                            int avx512);
+/* keys[j] = order_key of entry j's lower bound: down(ŝ − e), or ŝ once exact (e = 0). */
+void ns_mine_lower_keys(const float *s, const float *e, int64_t n, uint32_t *keys, int avx512);
+/* Keeps, in order, the entries whose upper bound (up(ŝ + e), or ŝ once exact) is ≥ t; returns
+ * their count. */
+int64_t ns_mine_keep_above(float *s, float *e, int64_t *id, int64_t n, float t, int avx512);
 
 /* ---------------------------------------------------------------- cpu_mine_rescore.c */
 

@@ -1,5 +1,5 @@
 /* Orders for ns_mine_topk on the CPU (cpu_mine.h): the radix thresholds (a proven lower bound of
- * the k-th largest by two counting passes), the final radix sort of the exact short lists, and
+ * the k-th largest by counting passes), the final radix sort of the exact short lists, and
  * the quickselect/heapsort they fall back on. */
 #include "cpu_mine.h"
 #include "ns_order.h"
@@ -92,19 +92,45 @@ void ns_mine_select_nth(float *s, int64_t *id, int64_t n, int64_t m) {
 
 /* ---------------------------------------------------------------- thresholds by radix
  * A threshold only has to be a lower bound of the k-th largest value, not the k-th itself, so it
- * is found by two counting passes over order keys (no data movement, no unpredictable branches):
- * the 22-bit key prefix (sign, exponent, 13 fraction bits) that holds the k-th largest, and its
- * lower edge as the threshold — at least k values are ≥ it, and it lies within 2^-13 relative
- * below the k-th, far inside any score bound. */
+ * is found by counting passes over order keys (no data movement): a histogram of the keys' range
+ * [min, max] in equal bins, the lower edge of the bin that holds the k-th largest as the
+ * threshold, and that bin's range counted again only while it holds more than
+ * NS_MINE_KTH_SLACK keys (each level divides the bin width by the bin count, ≥ 64: at most six
+ * levels, and one or two on a reservoir's scores).
+ * Bins over the keys' own range, not fixed key digits: the scores of a reservoir share their
+ * sign, exponent and first fraction bits, so a fixed first digit puts them all in one bin (a
+ * wasted pass), and counting the next digit of only the keys with that prefix took a branch
+ * that mispredicted on every other key (~60 % of the old threshold's time); here a refining
+ * pass's bin holds few of the keys. */
 
-#define RADIX_BITS 11
-#define RADIX_BINS (1 << RADIX_BITS)
+#define KTH_BINS_MAX 2048
 
-/* The bin of hist (from the top) where the running count from above reaches k; *above = the
- * count in the bins above it. */
-static int top_bin(const uint32_t *hist, int64_t k, int64_t *above) {
+/* Counts the keys in [lo, lo + span] into bins of 2^shift keys each (span >> shift < bins).
+ * Two interleaved partial histograms, so that a key in the same bin as the one before it does
+ * not wait on that one's increment. The range test is a branch, but a predictable one: the
+ * first pass's range holds every key, a refining pass's (one bin of the pass before) few. */
+static void count_range(const uint32_t *key, int64_t n, uint32_t lo, uint32_t span, int shift,
+                        uint32_t bins, uint32_t *hist) {
+    uint32_t part[2][KTH_BINS_MAX];
+    memset(part, 0, sizeof part[0] * 2);
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2)
+        for (int l = 0; l < 2; l++) {
+            const uint32_t x = key[j + l] - lo; /* keys below lo wrap past span */
+            if (x <= span) part[l][x >> shift]++;
+        }
+    for (; j < n; j++) {
+        const uint32_t x = key[j] - lo;
+        if (x <= span) part[0][x >> shift]++;
+    }
+    for (uint32_t b = 0; b < bins; b++) hist[b] = part[0][b] + part[1][b];
+}
+
+/* The bin of hist (bins of them, from the top) where the running count from above (starting
+ * at *above) reaches k; *above = the count above it. */
+static uint32_t top_bin(const uint32_t *hist, uint32_t bins, int64_t k, int64_t *above) {
     int64_t acc = *above;
-    int b = RADIX_BINS - 1;
+    uint32_t b = bins - 1;
     for (; b > 0; b--) {
         if (acc + (int64_t)hist[b] >= k) break;
         acc += hist[b];
@@ -113,35 +139,46 @@ static int top_bin(const uint32_t *hist, int64_t k, int64_t *above) {
     return b;
 }
 
-/* Counts the 11-bit digit (key >> shift) of the keys whose higher bits (key >> (shift + 11))
- * equal `prefix` (all keys when shift = 21) into hist. Four interleaved partial histograms:
- * scores cluster in a few bins, and one counter incremented back to back waits on itself. */
-static void count_digits(const uint32_t *key, int64_t n, int shift, uint32_t prefix,
-                         uint32_t *hist) {
-    uint32_t part[4][RADIX_BINS];
-    memset(part, 0, sizeof part);
-    const int top = shift + RADIX_BITS;
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4)
-        for (int l = 0; l < 4; l++) {
-            const uint32_t x = key[j + l];
-            if (top >= 32 || x >> top == prefix) part[l][(x >> shift) & (RADIX_BINS - 1)]++;
-        }
-    for (; j < n; j++)
-        if (top >= 32 || key[j] >> top == prefix) part[0][(key[j] >> shift) & (RADIX_BINS - 1)]++;
-    for (int b = 0; b < RADIX_BINS; b++) hist[b] = part[0][b] + part[1][b] + part[2][b] + part[3][b];
+/* The smallest shift with (span >> shift) < bins. */
+static int shift_for(uint32_t span, uint32_t bins) {
+    int s = 0;
+    while ((span >> s) >= bins) s++;
+    return s;
 }
 
-/* A lower bound, within 2^-13 relative, of the k-th largest of the n keys (1 ≤ k ≤ n), as a
- * key: the lower edge of the 22-bit prefix bin that holds the k-th largest. */
+/* The smallest and the largest of n keys (vector clones: no order to keep). */
+NS_VECTOR_CLONES static void key_range(const uint32_t *key, int64_t n, uint32_t *lo,
+                                       uint32_t *hi) {
+    uint32_t a = UINT32_MAX, b = 0;
+    for (int64_t j = 0; j < n; j++) {
+        a = key[j] < a ? key[j] : a;
+        b = key[j] > b ? key[j] : b;
+    }
+    *lo = a, *hi = b;
+}
+
+/* A lower bound t of the k-th largest of the n keys (1 ≤ k ≤ n), as a key: at least k keys are
+ * ≥ t, and either t is the k-th largest itself or fewer than k + NS_MINE_KTH_SLACK keys are ≥ t. */
 uint32_t ns_mine_kth_key_floor(const uint32_t *key, int64_t n, int64_t k) {
-    uint32_t hist[RADIX_BINS];
-    count_digits(key, n, 21, 0, hist);
+    uint32_t lo, hi;
+    key_range(key, n, &lo, &hi);
+    /* about two keys per bin: fewer bins for short lists (the histogram is cleared and summed
+     * on every call) */
+    uint32_t bins = 64;
+    while (bins < KTH_BINS_MAX && 2 * (int64_t)bins < n) bins *= 2;
+    uint32_t hist[KTH_BINS_MAX];
+    uint32_t span = hi - lo; /* the bin's range: keys lo .. lo + span */
     int64_t above = 0;
-    const uint32_t b1 = (uint32_t)top_bin(hist, k, &above);
-    count_digits(key, n, 10, b1, hist);
-    const uint32_t b2 = (uint32_t)top_bin(hist, k, &above);
-    return b1 << 21 | b2 << 10;
+    for (;;) {
+        const int shift = shift_for(span, bins);
+        count_range(key, n, lo, span, shift, bins, hist);
+        const uint32_t b = top_bin(hist, bins, k, &above);
+        lo += b << shift;
+        /* Invariant: `above` < k keys lie above bin b and above + hist[b] ≥ k, so at least k
+         * keys are ≥ lo (bin b's lower edge), and at most above + hist[b] ≤ k − 1 + hist[b]. */
+        if (shift == 0 || hist[b] <= NS_MINE_KTH_SLACK) return lo;
+        span = ((uint32_t)1 << shift) - 1;
+    }
 }
 
 /* Sorts n exact (score, row) pairs best first, ties to the lower row (rows < 2^32): an LSD
