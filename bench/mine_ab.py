@@ -13,11 +13,9 @@ os.environ["NEGSAMP_LIBRARY"] = os.path.join(root, "build", "libnegsamp.so")
 import negsamp as ns, faiss  # noqa: E401
 faiss.omp_set_num_threads(T)
 ctx = ns.Context("cpu", threads=T)
-rng = np.random.default_rng(0)
-c = rng.standard_normal((N, d), dtype=np.float32); c /= np.linalg.norm(c, axis=1, keepdims=True)
-q = rng.standard_normal((Q, d), dtype=np.float32); q /= np.linalg.norm(q, axis=1, keepdims=True)
-bits = lambda a: ((a.view(np.uint32) + 0x7FFF + ((a.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)
-q16, c16 = bits(q), bits(c)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mine_ab_data import unit_rows  # noqa: E402
+q, c, q16, c16 = unit_rows(Q, N, d)
 index = faiss.IndexFlatIP(d); index.add(c)
 def run(v, qq, cc):
     if v == "default": os.environ.pop(VAR, None)

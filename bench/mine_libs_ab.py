@@ -21,12 +21,8 @@ def child(root, Q, N, d, k, T, reps):
     import negsamp as ns, faiss  # noqa: E401
     faiss.omp_set_num_threads(T)
     ctx = ns.Context("cpu", threads=T)
-    rng = np.random.default_rng(0)
-    c = rng.standard_normal((N, d), dtype=np.float32); c /= np.linalg.norm(c, axis=1, keepdims=True)
-    q = rng.standard_normal((Q, d), dtype=np.float32); q /= np.linalg.norm(q, axis=1, keepdims=True)
-    u = lambda a: a.view(np.uint32)
-    bits = lambda a: ((u(a) + 0x7FFF + ((u(a) >> 16) & 1)) >> 16).astype(np.uint16)
-    q16, c16 = bits(q), bits(c)
+    from mine_ab_data import unit_rows
+    q, c, q16, c16 = unit_rows(Q, N, d)
     index = faiss.IndexFlatIP(d); index.add(c)
     impls = {"faiss": lambda: index.search(q, k)[1],
              "f32": lambda: ns.mine_topk(q, c, k, ctx=ctx)[0],
