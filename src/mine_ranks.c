@@ -27,8 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The bytes a rank receives per block of queries are kept about this, so the staging stays
- * small whatever the number of queries (block_queries). */
+/* Received bytes per block (R · nb · k · 12) are kept under this, so the staging stays small
+ * whatever the number of queries. */
 #define RANKS_BLOCK_BYTES ((size_t)32 << 20)
 
 enum { H_OK, H_Q, H_D, H_K, H_QT, H_CT, H_FLAGS, H_SCALE, H_EX, H_ROWS, H_MAXEX, H_COUNT };
@@ -170,36 +170,13 @@ static void packet_stamp(const ns_context *ctx, char *pk, size_t bytes, ns_statu
     memcpy(pk + bytes - NS_ERROR_CAPACITY, ctx->error, NS_ERROR_CAPACITY);
 }
 
-/* The one rule between the two merges: sharded when the block has at least R queries (every
- * slice non-empty). NS_MINE_RANKS_MERGE=allgather|sharded forces one (tests, benchmarks). */
-static int merge_rule_sharded(const ranks_plan *p, int64_t nb) {
-    const char *env = getenv("NS_MINE_RANKS_MERGE");
-    if (env && strcmp(env, "allgather") == 0) return 0;
-    if (env && strcmp(env, "sharded") == 0) return 1;
-    return nb >= p->R;
-}
-
-/* Queries per block, sized by the merge the blocks take, so that what a rank receives per
- * block stays about cap (RANKS_BLOCK_BYTES):
- *   all-gather: every rank's lists of the whole block, R · nb·k·12 bytes: nb = cap / (R·k·12);
- *   sharded: every rank's lists of this rank's slice (R packets of ⌈nb/R⌉ queries), then the
- *     R merged slices into the same buffer: about nb·k·12 bytes each time: nb = cap / (k·12),
- *     R times the all-gather's block, so R times fewer rounds (mining calls, exchanges and
- *     their latencies, packet headers). This rank's own lists and its outgoing slices take
- *     about nb·k·12 bytes each too.
- * The sharded size is used when its blocks take the sharded merge (at least R queries). The
- * last block may hold fewer than R queries and is then all-gathered: R · (R−1)·k·12 bytes at
- * most, beyond the cap only when k·R² exceeds it (the all-gather's own one-query block is
- * R·k·12 then); plan_alloc sizes the receiving buffer for it. */
+/* Queries per block: the received R packets stay under RANKS_BLOCK_BYTES. */
 static int64_t block_queries(const ranks_plan *p) {
     size_t cap = RANKS_BLOCK_BYTES;
     /* Tests set a small cap to cross block boundaries with small inputs. */
     const char *env = getenv("NS_MINE_RANKS_BLOCK_BYTES");
     if (env && atoll(env) > 0) cap = (size_t)atoll(env);
-    const size_t list = (size_t)p->k * 12; /* one query's list: k rows (8 B) and scores (4 B) */
-    int64_t nb = (int64_t)(cap / list);
-    if (nb > p->Q) nb = p->Q;
-    if (nb < 1 || !merge_rule_sharded(p, nb)) nb = (int64_t)(cap / ((size_t)p->R * list));
+    int64_t nb = (int64_t)(cap / ((size_t)p->R * (size_t)p->k * 12));
     if (nb < 1) nb = 1;
     return nb < p->Q ? nb : p->Q;
 }
@@ -387,6 +364,15 @@ static ns_status merge_sharded(ns_context *ctx, ranks_plan *p, ns_status local, 
     return NS_OK;
 }
 
+/* The one rule between the two merges: sharded when the block has at least R queries (every
+ * slice non-empty). NS_MINE_RANKS_MERGE=allgather|sharded forces one (tests, benchmarks). */
+static int merge_rule_sharded(const ranks_plan *p, int64_t nb) {
+    const char *env = getenv("NS_MINE_RANKS_MERGE");
+    if (env && strcmp(env, "allgather") == 0) return 0;
+    if (env && strcmp(env, "sharded") == 0) return 1;
+    return nb >= p->R;
+}
+
 /* Query blocks: mine, share, merge into the staged result. failed: a local failure since the
  * agreement, reported in the first block's exchange. */
 static ns_status mine_blocks(ns_context *ctx, ranks_plan *p, ns_matrix q, ns_matrix corpus,
@@ -415,20 +401,10 @@ static ns_status mine_blocks(ns_context *ctx, ranks_plan *p, ns_matrix q, ns_mat
     return NS_OK;
 }
 
-/* What a rank receives for a block of nb queries (p->all): sharded, R packets of at most
- * ⌈nb/R⌉ queries, then as many merged slices (smaller: no status, no text); all-gathered, R
- * packets of the whole block. */
-static size_t received_bytes(const ranks_plan *p, int64_t nb) {
-    const int64_t m = merge_rule_sharded(p, nb) ? (nb + p->R - 1) / p->R : nb;
-    return (size_t)p->R * packet_bytes(m, p->k);
-}
-
 /* The host buffers of one call (staged result, packets, merge heads); NS_OK or OOM. */
 static ns_status plan_alloc(ns_context *ctx, ranks_plan *p, const char *fn) {
-    const int64_t nb = block_queries(p), last = nb ? p->Q % nb : 0;
+    const int64_t nb = block_queries(p);
     const size_t bytes = packet_bytes(nb, p->k);
-    size_t all = received_bytes(p, nb);
-    if (last && received_bytes(p, last) > all) all = received_bytes(p, last);
     /* The sharded merge's outgoing packets: the block's lists plus R packet headers; the same
      * buffer later holds the merged slice (at most nb queries). Zeroed: padding goes out too. */
     const size_t send = (size_t)(nb * p->k) * 12 + (size_t)p->R * (packet_bytes(0, p->k) + 8);
@@ -436,7 +412,7 @@ static ns_status plan_alloc(ns_context *ctx, ranks_plan *p, const char *fn) {
     p->score = (float *)malloc(sizeof(float) * (size_t)(p->Q * p->k));
     p->pk = (char *)calloc(1, bytes);
     p->send = (char *)calloc(1, send);
-    p->all = (char *)malloc(all);
+    p->all = (char *)malloc(bytes * (size_t)p->R);
     p->head = (int64_t *)malloc(sizeof(int64_t) * (size_t)p->R);
     p->a2a = (size_t *)malloc(sizeof(size_t) * 4 * (size_t)p->R);
     if (p->index && p->score && p->pk && p->send && p->all && p->head && p->a2a) return NS_OK;

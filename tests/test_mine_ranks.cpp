@@ -252,8 +252,7 @@ TEST_P(MineRanks, SeveralQueryBlocks) {
     Ctx probe(GetParam());
     NS_REQUIRE_BACKEND(probe);
     World w = make_world({7, 8, 5});
-    // Blocks of 3 queries (the sharded merge's blocks: 3 · k · 12 bytes received per block).
-    setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(3 * 5 * 12).c_str(), 1);
+    setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(3 * 3 * 5 * 12).c_str(), 1);  // 3 queries
     // 19 queries: six blocks of 3 (sharded, one query per rank) and one of 1 (all-gathered).
     expect_global(GetParam(), w, 5, true, 6);
     unsetenv("NS_MINE_RANKS_BLOCK_BYTES");

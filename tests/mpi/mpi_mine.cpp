@@ -222,11 +222,8 @@ int main(int argc, char **argv) {
         check_case(ctx, comm, g, 5, true, "exclusions");
         // k larger than every shard, with exclusions leaving fewer than k rows for some queries.
         check_case(ctx, comm, g, g.N - 1, true, "k > shards");
-        // Several query blocks: R queries each at k = 6 (sharded, one query per rank), then
-        // blocks of 1 (the cap too small for R: all-gathered).
-        setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(size() * 6 * 12).c_str(), 1);
-        check_case(ctx, comm, g, 6, true, "blocks");
-        setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(size() * 6 * 12 - 1).c_str(), 1);
+        // Several query blocks (a block of 2 queries at k = 6).
+        setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(2 * size() * 6 * 12).c_str(), 1);
         check_case(ctx, comm, g, 6, true, "blocks");
         unsetenv("NS_MINE_RANKS_BLOCK_BYTES");
         test_disagreement(ctx, comm, g);

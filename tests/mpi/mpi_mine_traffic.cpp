@@ -7,16 +7,11 @@
 //     sharded merge (nb ≥ R): Σ_{j≠me} packet(n_j) + (R−1) · ceil(nb/R)·k·12
 //     all-gather merge (nb < R): (R−1) · packet(nb)
 // with n_j = the size of rank j's contiguous slice, floor((j+1)·nb/R) − floor(j·nb/R);
-// NS_MINE_RESULT_ON_RANK0: the merged slices to rank 0 only (rank 0 sends none of them). The
-// blocks: nb = min(Q, cap / (k·12)) queries when that is at least R (the sharded merge receives
-// about nb·k·12 bytes per block), else min(Q, max(1, cap / (R·k·12))) (the all-gather receives
-// R·nb·k·12); the last block holds the rest. The old all-gather for many queries sends
-// (R−1)·packet(nb), and sharded blocks sized as all-gathered ones (R times more blocks, each
-// with its packet headers), both fail the check. The results are also compared with the
-// one-rank call, and rank 0 prints the per-rank bytes of both merges.
+// NS_MINE_RESULT_ON_RANK0: the merged slices to rank 0 only (rank 0 sends none of them). The old
+// all-gather for many queries sends (R−1)·packet(nb) and fails the check. The results are also
+// compared with the one-rank call, and rank 0 prints the per-rank bytes of both merges.
 #include <mpi.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <random>
@@ -76,14 +71,6 @@ constexpr int64_t D = 8;
 long long packet(int64_t m, int64_t k) { return (8 + m * k * 12 + 1024 + 7) / 8 * 8; }
 int64_t slice(int64_t nb, int R, int j) { return nb * j / R; }
 
-// The queries per block for a received-bytes cap (src/mine_ranks.c block_queries): sized for
-// the sharded merge when its blocks take it, else for the all-gather.
-int64_t block_queries(long long cap, int64_t Q, int64_t k, int R, bool sharded_rule) {
-    int64_t nb = std::min<int64_t>(Q, cap / (k * 12));
-    if (nb < 1 || !sharded_rule || nb < R) nb = std::max<int64_t>(1, cap / (R * k * 12));
-    return std::min(nb, Q);
-}
-
 // The formula above for one call of Q queries in blocks of nb_max. rank0_only
 // (NS_MINE_RESULT_ON_RANK0): the merged slices go to rank 0 alone, so rank 0 sends none and the
 // others send theirs once.
@@ -126,10 +113,9 @@ Run mine(ns_context *ctx, ns_comm *comm, const std::vector<float> &q, int64_t Q,
     return r;
 }
 
-// One case: Q queries, k, shards of `per` rows, a received-bytes cap per block (0: the
-// library's 32 MiB).
+// One case: Q queries, k, shards of `per` rows, blocks of nb_max queries (0: one block).
 void check_case(ns_context *ctx, ns_comm *comm, int64_t Q, int64_t k, int64_t per,
-                long long cap) {
+                int64_t nb_max) {
     const int R = size(), me = rank();
     std::mt19937_64 g(11);
     std::uniform_int_distribution<int> v(-3, 3);
@@ -137,10 +123,11 @@ void check_case(ns_context *ctx, ns_comm *comm, int64_t Q, int64_t k, int64_t pe
     for (auto &x : q) x = (float)v(g);
     for (auto &x : corpus) x = (float)v(g);
     std::vector<float> shard(corpus.begin() + me * per * D, corpus.begin() + (me + 1) * per * D);
-    if (cap) setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(cap).c_str(), 1);
-    else cap = 32ll << 20;
-    const int64_t nb_max = block_queries(cap, Q, k, R, true);
-    const int64_t nb_old = block_queries(cap, Q, k, R, false);  // forced all-gather
+    if (nb_max) {
+        setenv("NS_MINE_RANKS_BLOCK_BYTES", std::to_string(nb_max * R * k * 12).c_str(), 1);
+    } else {
+        nb_max = Q;
+    }
     Run now = mine(ctx, comm, q, Q, shard, per, k);
     Run root = mine(ctx, comm, q, Q, shard, per, k, NS_MINE_RESULT_ON_RANK0);
     setenv("NS_MINE_RANKS_MERGE", "allgather", 1);
@@ -148,7 +135,7 @@ void check_case(ns_context *ctx, ns_comm *comm, int64_t Q, int64_t k, int64_t pe
     unsetenv("NS_MINE_RANKS_MERGE");
     unsetenv("NS_MINE_RANKS_BLOCK_BYTES");
     long long want = expected_sent(Q, nb_max, k, R, me, true);
-    long long want_old = expected_sent(Q, nb_old, k, R, me, false);
+    long long want_old = expected_sent(Q, nb_max, k, R, me, false);
     MT_CHECK(now.sent == want, "Q=%lld k=%lld blocks of %lld: sent %lld bytes, the formula says %lld "
              "(the all-gather merge's: %lld)", (long long)Q, (long long)k, (long long)nb_max,
              now.sent, want, want_old);
@@ -179,8 +166,7 @@ void check_case(ns_context *ctx, ns_comm *comm, int64_t Q, int64_t k, int64_t pe
         if (me == 0)
             std::printf("traffic R=%d Q=%lld k=%lld block=%lld %-31s rank 0 sent %9lld B "
                         "received %9lld B; other ranks (max) sent %9lld B received %9lld B\n",
-                        R, (long long)Q, (long long)k, (long long)(v == 1 ? nb_old : nb_max),
-                        what[v],
+                        R, (long long)Q, (long long)k, (long long)nb_max, what[v],
                         runs[v]->sent, runs[v]->recv, others[0], others[1]);
     }
 }
@@ -193,11 +179,7 @@ int main(int argc, char **argv) {
     ns_comm *comm = world_comm(ctx, 20000);
     if (comm) {
         check_case(ctx, comm, 1000, 100, 60, 0);  // many queries: one sharded block
-        // Sharded blocks of 9 and a last one of 1 (< R, all-gathered); forced all-gather:
-        // blocks of 9 / R.
-        check_case(ctx, comm, 37, 10, 6, 9 * 10 * 12);
-        // A cap under R·k·12: sharded blocks of 2 on 2 ranks; one query a block on 4.
-        check_case(ctx, comm, 9, 10, 6, 2 * 10 * 12 + 11);
+        check_case(ctx, comm, 37, 10, 6, 9);      // blocks of 9 and a last one of 1 (< R)
         check_case(ctx, comm, 1, 5, 3, 0);        // fewer queries than ranks: all-gather
     }
     ns_comm_destroy(comm);
