@@ -19,14 +19,21 @@ int ns_cuda_device_count_impl(void) {
     return n;
 }
 
-int ns_cuda_device_enter(ns_context *ctx) {
-    int prev = -1;
-    if (cudaGetDevice(&prev) != cudaSuccess) {
+ns_status ns_cuda_device_enter(ns_context *ctx, const char *fn, int *prev) {
+    *prev = -1;
+    if (cudaGetDevice(prev) != cudaSuccess) {
         cudaGetLastError();
-        prev = -1;
+        *prev = -1;
     }
-    if (prev != ctx->device && cudaSetDevice(ctx->device) != cudaSuccess) cudaGetLastError();
-    return prev;
+    if (*prev == ctx->device) return NS_OK;
+    const cudaError_t e = cudaSetDevice(ctx->device);
+    if (e == cudaSuccess) return NS_OK;
+    cudaGetLastError();  // not sticky: the caller's context stays usable
+    // Going on would run the op's work on the caller's device with ctx's pointers and stream.
+    *prev = -1;          // nothing to restore: the caller's device is still current
+    return ns_fail(ctx, NS_ERR_CUDA,
+                   "%s: cannot make the context's device %d current: cudaSetDevice(%d) failed: %s",
+                   fn, ctx->device, ctx->device, cudaGetErrorString(e));
 }
 
 void ns_cuda_device_leave(ns_context *ctx, int prev) {
@@ -78,7 +85,9 @@ static ns_status context_init(ns_context *ctx) {
 void ns_cuda_context_free(ns_context *ctx) {
     ns_cuda_state *s = ctx->cuda;
     if (!s) return;
-    const int prev = ns_cuda_device_enter(ctx);
+    // Freed whatever happens (a failing guard is recorded in ctx's error; the frees still run).
+    int prev = -1;
+    (void)ns_cuda_device_enter(ctx, "ns_context_destroy", &prev);
     if (ctx->stream) cudaStreamSynchronize((cudaStream_t)ctx->stream);
     else cudaDeviceSynchronize();
     ns_arena_release(ctx, &s->scratch);

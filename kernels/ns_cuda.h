@@ -18,9 +18,11 @@ ns_status ns_cuda_context_init(ns_context *ctx);
 void ns_cuda_context_free(ns_context *ctx);
 ns_status ns_cuda_set_stream(ns_context *ctx, void *stream);
 /* The device guard of every CUDA entry (NS_DISPATCH, the step, the queue, context creation and
- * destruction): enter makes ctx's device current and returns the caller's current device (−1
- * when unreadable); leave restores it. Nested guards are harmless. */
-int ns_cuda_device_enter(ns_context *ctx);
+ * destruction): enter makes ctx's device current and stores the caller's current device in
+ * *prev (−1 when unreadable or nothing to restore); leave restores it. A failing cudaSetDevice
+ * is NS_ERR_CUDA naming fn and the ordinal (*prev = −1: the caller's device is still current),
+ * and the entry returns it before any work. Nested guards are harmless. */
+ns_status ns_cuda_device_enter(ns_context *ctx, const char *fn, int *prev);
 void ns_cuda_device_leave(ns_context *ctx, int prev);
 
 ns_status ns_cuda_similarity(ns_context *ctx, ns_matrix q, ns_matrix p, float scale,

@@ -19,12 +19,16 @@
 #ifdef NS_HAVE_CUDA
 #include "ns_cuda.h"
 /* The CUDA branch runs under the device guard: ctx's device current during the op, the
- * caller's restored after it (a GNU statement expression: gcc and clang). */
+ * caller's restored after it; a device that cannot be made current fails the op before it
+ * runs (a GNU statement expression: gcc and clang). */
 #define NS_DISPATCH(ctx, op, args)                                                         \
     ((ctx)->backend == NS_BACKEND_CUDA ? __extension__({                                   \
-        const int ns_prev_device_ = ns_cuda_device_enter(ctx);                             \
-        const ns_status ns_dispatch_st_ = ns_cuda_##op args;                               \
-        ns_cuda_device_leave(ctx, ns_prev_device_);                                        \
+        int ns_prev_device_ = -1;                                                          \
+        ns_status ns_dispatch_st_ = ns_cuda_device_enter(ctx, "ns_" #op, &ns_prev_device_); \
+        if (ns_dispatch_st_ == NS_OK) {                                                    \
+            ns_dispatch_st_ = ns_cuda_##op args;                                           \
+            ns_cuda_device_leave(ctx, ns_prev_device_);                                    \
+        }                                                                                  \
         ns_dispatch_st_;                                                                   \
     })                                                                                     \
                                        : NS_DISPATCH_CPU(ctx, op, args))

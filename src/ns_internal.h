@@ -51,6 +51,11 @@ static inline ns_memory ns_backend_memory(const ns_context *ctx) {
 /* Argument checks. Each returns NS_OK or records "fn: name ..." and returns the failure. */
 ns_status ns_check_context(ns_context *ctx, const char *fn);
 ns_status ns_check_ptr(ns_context *ctx, const char *fn, const char *name, const void *p);
+/* Everything ns_queue_push needs of a queue (src/queue.c), checked by a caller before it writes
+ * anything: the queue (called `name`) is ctx's backend and device and holds rows of cols
+ * columns; push = 1 adds that ctx's stream is not being captured (a push cannot be replayed). */
+ns_status ns_queue_check_push(ns_context *ctx, const char *fn, const char *name,
+                              const ns_queue *queue, int64_t cols, int push);
 /* The data of CSR id lists in host memory, read here (the caller checked queries and that
  * offsets is not NULL): offsets[0] == 0, non-decreasing, ids given when the lists hold any, and
  * every id in [0, id_bound) — or, for id_bound NS_IDS_ANY, any id (document ids), for

@@ -19,6 +19,7 @@
 struct ns_queue {
     ns_context *ctx;    /* the context it was created on (device memory is freed through it) */
     ns_backend backend;
+    int device;         /* CUDA: the device its ring lives on (ctx->device at creation) */
     int64_t capacity, dim;
     int64_t size;       /* rows held, ≤ capacity */
     int64_t next;       /* the slot the next row goes to */
@@ -54,16 +55,18 @@ ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_que
     if (!qu) return ns_fail(ctx, NS_ERR_OUT_OF_MEMORY, "%s: cannot allocate the queue", fn);
     qu->ctx = ctx;
     qu->backend = ctx->backend;
+    qu->device = ctx->device;
     qu->capacity = capacity;
     qu->dim = dim;
     qu->ring = ns_arena_empty(ns_backend_memory(ctx));
     qu->dtype = NS_F32;
 #ifdef NS_HAVE_CUDA
-    const int prev = ctx->backend == NS_BACKEND_CUDA ? ns_cuda_device_enter(ctx) : -1;
-#endif
-    st = ns_arena_lay_out(ctx, &qu->ring, ring_layout, qu, fn);
-#ifdef NS_HAVE_CUDA
+    int prev = -1;
+    if (ctx->backend == NS_BACKEND_CUDA) st = ns_cuda_device_enter(ctx, fn, &prev);
+    if (!st) st = ns_arena_lay_out(ctx, &qu->ring, ring_layout, qu, fn);
     if (ctx->backend == NS_BACKEND_CUDA) ns_cuda_device_leave(ctx, prev);
+#else
+    st = ns_arena_lay_out(ctx, &qu->ring, ring_layout, qu, fn);
 #endif
     if (st) {
         free(qu);
@@ -75,29 +78,71 @@ ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim, ns_que
 
 ns_status ns_queue_destroy(ns_queue *queue) {
     if (!queue) return NS_OK;
+    ns_status st = NS_OK;
 #ifdef NS_HAVE_CUDA
+    /* Released whatever happens (a failing guard is reported after the release). */
     ns_context *ctx = queue->ctx;
-    const int prev = queue->backend == NS_BACKEND_CUDA ? ns_cuda_device_enter(ctx) : -1;
+    int prev = -1;
+    if (queue->backend == NS_BACKEND_CUDA) st = ns_cuda_device_enter(ctx, "ns_queue_destroy", &prev);
     ns_arena_release(ctx, &queue->ring);
     if (queue->backend == NS_BACKEND_CUDA) ns_cuda_device_leave(ctx, prev);
 #else
     ns_arena_release(queue->ctx, &queue->ring);
 #endif
     free(queue);
-    return NS_OK;
+    return st;
 }
 
 int64_t ns_queue_size(const ns_queue *queue) { return queue ? queue->size : 0; }
 
-static ns_status check_queue(ns_context *ctx, const char *fn, const ns_queue *queue) {
-    ns_status st = ns_check_ptr(ctx, fn, "queue", queue);
+/* The queue (named `name` in messages) is usable with ctx: the same backend and, on CUDA, the
+ * same device (its ring is that device's memory). */
+static ns_status check_queue_named(ns_context *ctx, const char *fn, const char *name,
+                                   const ns_queue *queue) {
+    ns_status st = ns_check_ptr(ctx, fn, name, queue);
     if (st) return st;
     if (queue->backend != ctx->backend)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: the queue was created on a %s context but ctx is %s", fn,
+                       "%s: %s was created on a %s context but ctx is %s", fn, name,
                        queue->backend == NS_BACKEND_CUDA ? "CUDA" : "CPU",
                        ctx->backend == NS_BACKEND_CUDA ? "CUDA" : "CPU");
+    if (queue->backend == NS_BACKEND_CUDA && queue->device != ctx->device)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: %s lives on CUDA device %d but ctx is on device %d", fn, name,
+                       queue->device, ctx->device);
     return NS_OK;
+}
+
+static ns_status check_queue(ns_context *ctx, const char *fn, const ns_queue *queue) {
+    return check_queue_named(ctx, fn, "queue", queue);
+}
+
+/* A push moves the ring's head and size on the host: captured into a CUDA graph, every replay
+ * would write the capture's slots and leave the size as captured. */
+static ns_status check_not_capturing(ns_context *ctx, const char *fn, const char *what) {
+#ifdef NS_HAVE_CUDA
+    if (ctx->backend == NS_BACKEND_CUDA && ns_cuda_stream_capturing(ctx))
+        return ns_fail(ctx, NS_ERR_UNSUPPORTED,
+                       "%s: %s while ctx's stream is being captured into a CUDA graph: the "
+                       "queue's head and size are host values, so every replay would write the "
+                       "same slots and see the captured size; push outside the graph "
+                       "(ns_queue_push after each replay) or capture with enqueue = 0",
+                       fn, what);
+#else
+    (void)ctx, (void)fn, (void)what;
+#endif
+    return NS_OK;
+}
+
+ns_status ns_queue_check_push(ns_context *ctx, const char *fn, const char *name,
+                              const ns_queue *queue, int64_t cols, int push) {
+    ns_status st = check_queue_named(ctx, fn, name, queue);
+    if (st) return st;
+    if (cols != queue->dim)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: %s holds rows of %lld columns but batch->query has %lld", fn, name,
+                       (long long)queue->dim, (long long)cols);
+    return push ? check_not_capturing(ctx, fn, "options->enqueue = 1 (a queue push)") : NS_OK;
 }
 
 
@@ -107,6 +152,7 @@ ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const 
     if (st) return st;
     if ((st = check_queue(ctx, fn, queue))) return st;
     if ((st = ns_check_matrix(ctx, fn, "rows", rows, 1))) return st;
+    if ((st = check_not_capturing(ctx, fn, "a push"))) return st;
     if (rows.rows == 0) return NS_OK;
     if (rows.cols != queue->dim)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
@@ -120,7 +166,8 @@ ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows, const 
     const ns_dtype rt = queue->typed ? queue->dtype : rows.dtype;
 #ifdef NS_HAVE_CUDA
     if (ctx->backend == NS_BACKEND_CUDA) {
-        const int prev = ns_cuda_device_enter(ctx);
+        int prev = -1;
+        if ((st = ns_cuda_device_enter(ctx, fn, &prev))) return st;
         st = ns_cuda_queue_push(ctx, rows, ids, first, n, queue->rows, rt, queue->capacity, start,
                                 queue->ids, 1);
         ns_cuda_device_leave(ctx, prev);

@@ -239,15 +239,13 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
                        "(batch->candidates_per_query)",
                        fn, (long long)o->hard_negatives, (long long)C);
     if ((st = check_mix(ctx, fn, o, C))) return st;
-    if (o->queue && ns_queue_size(o->queue) > 0) {
-        ns_matrix rows;
-        const int64_t *ids;
-        if ((st = ns_queue_view(ctx, o->queue, &rows, &ids))) return st;
-        if (rows.cols != d)
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: options->queue holds rows of %lld columns but batch->query has %lld",
-                           fn, (long long)rows.cols, (long long)d);
-    }
+    if (o->enqueue != 0 && o->enqueue != 1)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->enqueue (%d) must be 0 or 1",
+                       fn, o->enqueue);
+    /* Whatever the queue holds: the loss reads its rows, and the backward's push (enqueue)
+     * must not be the first to find it unusable, after the gradients were written. */
+    if (o->queue && (st = ns_queue_check_push(ctx, fn, "options->queue", o->queue, d, o->enqueue)))
+        return st;
     if ((st = check_groups(ctx, fn, cfg))) return st;
     if ((st = NS_DISPATCH(ctx, step_check_batch, (ctx, b)))) return st;
     if (o->comm && (st = ns_comm_usable(ctx, o->comm, fn))) return st;
@@ -277,11 +275,13 @@ ns_status ns_step_forward(ns_context *ctx, const ns_batch *batch, const ns_step_
     int collective = 0;
     step_config cfg;
     cfg.resolved = 0;
+    ns_status st = NS_OK;
 #ifdef NS_HAVE_CUDA
     const int guard = ctx && ctx->backend == NS_BACKEND_CUDA && ctx->cuda;
-    const int prev_device = guard ? ns_cuda_device_enter(ctx) : -1;
+    int prev_device = -1;
+    if (guard) st = ns_cuda_device_enter(ctx, "ns_step_forward", &prev_device);
 #endif
-    ns_status st = step_forward(ctx, batch, opt, result, &cfg, &collective);
+    if (!st) st = step_forward(ctx, batch, opt, result, &cfg, &collective);
 #ifdef NS_HAVE_CUDA
     if (guard) ns_cuda_device_leave(ctx, prev_device);
 #endif
@@ -533,11 +533,13 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
 
 ns_status ns_step_backward(ns_context *ctx, float grad_loss, ns_step_grads *grads) {
     int collective = 0;
+    ns_status st = NS_OK;
 #ifdef NS_HAVE_CUDA
     const int guard = ctx && ctx->backend == NS_BACKEND_CUDA && ctx->cuda;
-    const int prev_device = guard ? ns_cuda_device_enter(ctx) : -1;
+    int prev_device = -1;
+    if (guard) st = ns_cuda_device_enter(ctx, "ns_step_backward", &prev_device);
 #endif
-    ns_status st = step_backward(ctx, grad_loss, grads, &collective);
+    if (!st) st = step_backward(ctx, grad_loss, grads, &collective);
 #ifdef NS_HAVE_CUDA
     if (guard) ns_cuda_device_leave(ctx, prev_device);
 #endif
@@ -593,6 +595,11 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
                        fn);
     if (!isfinite(grad_loss))
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: grad_loss (%g) is not finite", fn, grad_loss);
+    /* The push comes last: what it needs is checked before any gradient is written (the
+     * forward checked the queue; the stream may since have begun a capture). */
+    if (s->opt.enqueue && s->opt.queue &&
+        (st = ns_queue_check_push(ctx, fn, "options->queue", s->opt.queue, s->buf.d, 1)))
+        return st;
     const int64_t B = s->buf.B, C = s->buf.C, h = s->buf.h, d = s->buf.d;
     /* dH is laid out with the forward's buffers: the backward allocates nothing. */
     float *grad_hard = h > 0 && grads->candidate ? s->buf.grad_hard : NULL;

@@ -1199,7 +1199,10 @@ static unsigned long long host_syncs() {
 
 // Issue 11 item 3: with options->sync_free the step's forward and backward make no host
 // synchronisation (counted by the host execution layer), a whole step can be captured into a
-// CUDA graph and replayed, and both give the bits of the checked step.
+// CUDA graph and replayed, and both give the bits of the checked step. A replay repeats what was
+// captured, host values included: the sampler's seed and step (the same Philox counters, so the
+// same negatives each replay) and the queue as it was (enqueue = 0 here; enqueue = 1 is refused
+// under capture, StepEnqueueWhileCapturingIsRefused).
 TEST(CudaParity, StepSyncFreeHasNoHostSyncAndReplaysAsAGraph) {
 #if !defined(NS_HAVE_CUDA) || defined(NS_PARITY_SELFTEST)
     GTEST_SKIP() << "needs the CUDA backend";
@@ -1311,13 +1314,291 @@ TEST(CudaParity, StepSyncFreeHasNoHostSyncAndReplaysAsAGraph) {
 #endif
 }
 
+// Review gap G1 of issue 11: a queue push moves the ring's head and size on the host, so a
+// captured push would write the same slots on every replay while the loss kept the captured
+// size. With the stream being captured, enqueue = 1 is refused (NS_ERR_UNSUPPORTED, saying why)
+// by the forward and by the backward before either writes anything; the capture stays valid and
+// can be ended, and the context keeps working (the refused backward runs after the capture).
+TEST(CudaParity, StepEnqueueWhileCapturingIsRefused) {
+#if !defined(NS_HAVE_CUDA) || defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "needs the CUDA backend";
+#else
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    Ctx &g = p.gpu;
+    const int64_t B = 6, C = 4, d = 8, h = 2;
+    HostMat qh(NS_F32, B, d, d, 31), ph(NS_F32, B, d, d, 32), ch(NS_F32, B * C, d, d, 33);
+    std::vector<int64_t> pid, cid;
+    for (int64_t i = 0; i < B; i++) pid.push_back(100 + i);
+    for (int64_t r = 0; r < B * C; r++) cid.push_back(500 + r);
+    StepSide sg(g, C, qh, ph, ch, pid, cid, 0);
+    ns_queue *queue = nullptr;
+    ASSERT_EQ(ns_queue_create(g, 4 * B, d, &queue), NS_OK) << ns_last_error(g);
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    ASSERT_EQ(ns_context_set_stream(g, stream), NS_OK) << ns_last_error(g);
+    StepOptions o;
+    o.hard_negatives = h;
+    o.loss.temperature = 0.2f;
+    o.sync_free = 1;
+    o.queue = queue, o.enqueue = 1;
+    const float mark = 3.5f;
+    Buf<float> gq(g, (size_t)(B * d), mark);
+    ns_step_grads grads{gq.ptr(), nullptr, nullptr, nullptr};
+    auto unsupported = [&](ns_status st, const char *fn) {
+        EXPECT_EQ(st, NS_ERR_UNSUPPORTED) << ns_last_error(g);
+        const std::string why = ns_last_error(g);
+        const std::string what = std::string(fn) == "ns_queue_push" ? "a push" : "options->enqueue = 1 (a queue push)";
+        EXPECT_NE(why.find(std::string(fn) + ": " + what + " while ctx's stream is being captured"),
+                  std::string::npos) << why;
+        EXPECT_NE(why.find("push outside the graph"), std::string::npos) << why;
+    };
+    // A warm-up step outside the capture (workspaces sized, one push).
+    ns_step_result r;
+    ASSERT_EQ(ns_step_forward(g, &sg.b, o.get(), &r), NS_OK) << ns_last_error(g);
+    ASSERT_EQ(ns_step_backward(g, 1.f, &grads), NS_OK) << ns_last_error(g);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_EQ(ns_queue_size(queue), B);
+    const float *dloss = ns_step_device_loss(g);
+    float loss0 = 0;
+    ASSERT_EQ(cudaMemcpy(&loss0, dloss, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    std::vector<float> zero((size_t)(B * d), mark);
+    ASSERT_EQ(cudaMemcpy(gq.ptr(), zero.data(), zero.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+
+    // The forward under capture: refused, nothing captured or written.
+    ns_step_result untouched;
+    std::memset(&untouched, 0x5a, sizeof untouched);
+    r = untouched;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    unsupported(ns_step_forward(g, &sg.b, o.get(), &r), "ns_step_forward");
+    unsupported(ns_queue_push(g, queue, sg.b.positive, nullptr), "ns_queue_push");
+    cudaGraph_t graph = nullptr;
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess) << "the refusal invalidated the capture";
+    size_t nodes = 99;
+    ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+    EXPECT_EQ(nodes, 0u) << "a refused call captured work";
+    cudaGraphDestroy(graph);
+    EXPECT_EQ(std::memcmp(&r, &untouched, sizeof r), 0) << "result written by a refused forward";
+    EXPECT_EQ(ns_queue_size(queue), B);
+
+    // The forward outside, the backward under capture: refused before any gradient is written,
+    // and the forward's state survives: the same backward runs once the capture has ended.
+    ASSERT_EQ(ns_step_forward(g, &sg.b, o.get(), &r), NS_OK) << ns_last_error(g);
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    unsupported(ns_step_backward(g, 1.f, &grads), "ns_step_backward");
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess) << "the refusal invalidated the capture";
+    nodes = 99;
+    ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+    EXPECT_EQ(nodes, 0u) << "a refused backward captured work";
+    cudaGraphDestroy(graph);
+    EXPECT_EQ(gq.fetch(), zero) << "a refused backward wrote a gradient";
+    EXPECT_EQ(ns_queue_size(queue), B);
+    ASSERT_EQ(ns_step_backward(g, 1.f, &grads), NS_OK) << ns_last_error(g);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_EQ(ns_queue_size(queue), 2 * B);
+    EXPECT_NE(gq.fetch(), zero);
+    float loss1 = 0;
+    ASSERT_EQ(cudaMemcpy(&loss1, ns_step_device_loss(g), 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_TRUE(std::isfinite(loss1));
+    EXPECT_NE(loss1, loss0) << "the second step's loss sees the first step's queued rows";
+    EXPECT_EQ(ns_context_set_stream(g, nullptr), NS_OK);
+    cudaStreamDestroy(stream);
+    ns_queue_destroy(queue);
+#endif
+}
+
 #ifdef NS_CUDA_HOST_LAYER
 #include "cuda_host_internal.h"
 #endif
 
+#if defined(NS_CUDA_HOST_LAYER) && !defined(NS_PARITY_SELFTEST)
+namespace {
+
+int current_device() {
+    int d = -1;
+    EXPECT_EQ(cudaGetDevice(&d), cudaSuccess);
+    return d;
+}
+
+// Device d current for one scope (placing and reading a context's data), the previous after it.
+struct OnDevice {
+    int prev = -1;
+    explicit OnDevice(int d) {
+        cudaGetDevice(&prev);
+        EXPECT_EQ(cudaSetDevice(d), cudaSuccess);
+    }
+    ~OnDevice() { cudaSetDevice(prev); }
+};
+
+// A buffer in device dev's memory (allocated, filled, read and freed with dev current).
+template <class T> struct DevBuf {
+    int dev;
+    size_t n;
+    T *p = nullptr;
+    DevBuf(int d, const std::vector<T> &v) : dev(d), n(v.size()) {
+        OnDevice on(dev);
+        EXPECT_EQ(cudaMalloc((void **)&p, n * sizeof(T) + 16), cudaSuccess);
+        EXPECT_EQ(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    }
+    DevBuf(int d, size_t count, T fill) : DevBuf(d, std::vector<T>(count, fill)) {}
+    DevBuf(const DevBuf &) = delete;
+    ~DevBuf() {
+        OnDevice on(dev);
+        cudaFree(p);
+    }
+    std::vector<T> get() const {
+        OnDevice on(dev);
+        std::vector<T> v(n);
+        EXPECT_EQ(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+        return v;
+    }
+};
+
+// What every op of the workload wrote, read back (floats as bits: NaN padding compares equal).
+struct DeviceRun {
+    std::vector<std::vector<uint32_t>> f;
+    std::vector<std::vector<int64_t>> i;
+    void add(const std::vector<float> &v) {
+        std::vector<uint32_t> b(v.size());
+        if (!v.empty()) std::memcpy(b.data(), v.data(), v.size() * 4);
+        f.push_back(b);
+    }
+    void add(const std::vector<int64_t> &v) { i.push_back(v); }
+};
+
+// A CUDA context on device dev, used while device 0 is current: similarity, mining (many tiles:
+// its side stream and events), sampling, the loss forward + backward, k-means and a whole step
+// (forward + backward with a queue it pushes to) on data in dev's memory. After every call device
+// 0 is current again; the layer checks every kernel's pointers against the current device.
+DeviceRun device_workload(int dev) {
+    DeviceRun out;
+    ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
+    co.backend = NS_BACKEND_CUDA;
+    co.device = dev;
+    ns_context *g = nullptr;
+    EXPECT_EQ(ns_context_create(&g, &co), NS_OK) << ns_last_error(nullptr);
+    if (!g) return out;
+    EXPECT_EQ(current_device(), 0) << "ns_context_create";
+    auto left0 = [&](const char *what) { EXPECT_EQ(current_device(), 0) << what << " left another device current"; };
+    const int64_t m = 9, n = 300, d = 8, k = 5, B = 6, C = 5, h = 2;
+    HostMat qh(NS_F32, m, d, d, 71), ph(NS_F32, n, d, d, 72);
+    DevBuf<float> q(dev, qh.f), corpus(dev, ph.f);
+    {
+        DevBuf<float> sim(dev, (size_t)(m * n), 0.f);
+        EXPECT_EQ(ns_similarity(g, f32_matrix(q.p, m, d), f32_matrix(corpus.p, n, d), 1.f, 0, sim.p), NS_OK) << ns_last_error(g);
+        left0("ns_similarity");
+        out.add(sim.get());
+    }
+    {
+        ScopedEnv tiles("NS_CUDA_MINE_TILE_ROWS", "64");
+        DevBuf<int64_t> idx(dev, (size_t)(m * k), -7);
+        DevBuf<float> sc(dev, (size_t)(m * k), 0.f);
+        ns_mine_options mo = NS_MINE_OPTIONS_INIT;
+        EXPECT_EQ(ns_mine_topk(g, f32_matrix(q.p, m, d), f32_matrix(corpus.p, n, d), k, &mo, idx.p, sc.p), NS_OK) << ns_last_error(g);
+        left0("ns_mine_topk");
+        out.add(idx.get()), out.add(sc.get());
+    }
+    {
+        std::vector<float> score = random_floats((size_t)(B * C), 81), pos = random_floats((size_t)B, 82);
+        std::vector<int64_t> ids;
+        for (int64_t r = 0; r < B * C; r++) ids.push_back(300 + r);
+        DevBuf<float> s(dev, score), ps(dev, pos);
+        DevBuf<int64_t> id(dev, ids), idx(dev, (size_t)(B * h), -7), cnt(dev, (size_t)B, -7);
+        DevBuf<float> got(dev, (size_t)(B * h), 0.f);
+        ns_candidates cand;
+        std::memset(&cand, 0, sizeof cand);
+        cand.queries = B, cand.per_query = C, cand.id = id.p, cand.score = s.p, cand.positive_score = ps.p;
+        ns_sampler_options so = NS_SAMPLER_OPTIONS_INIT;
+        so.seed = 3;
+        EXPECT_EQ(ns_sample(g, &cand, nullptr, &so, h, idx.p, got.p, cnt.p), NS_OK) << ns_last_error(g);
+        left0("ns_sample");
+        out.add(idx.get()), out.add(got.get()), out.add(cnt.get());
+    }
+    {
+        ns_infonce_inputs in;
+        std::memset(&in, 0, sizeof in);
+        in.query = f32_matrix(q.p, B, d);
+        in.passage = f32_matrix(corpus.p, B, d);
+        in.hard = f32_matrix(corpus.p + B * d, B * h, d);
+        in.hard_per_query = h;
+        in.extra = f32_matrix(nullptr, 0, d);
+        ns_loss_options lo = NS_LOSS_OPTIONS_INIT;
+        lo.temperature = 0.3f, lo.symmetric = 1;
+        float loss = 0, dtau = 0;
+        DevBuf<float> pq(dev, (size_t)B, 0.f), saved(dev, (size_t)(B * NS_INFONCE_SAVED_PER_QUERY), 0.f);
+        DevBuf<float> gq(dev, (size_t)(B * d), 0.f), gp(dev, (size_t)(B * d), 0.f), gh(dev, (size_t)(B * h * d), 0.f);
+        EXPECT_EQ(ns_infonce_forward(g, &in, &lo, &loss, pq.p, saved.p), NS_OK) << ns_last_error(g);
+        left0("ns_infonce_forward");
+        ns_infonce_grads gr{gq.p, gp.p, gh.p, &dtau};
+        EXPECT_EQ(ns_infonce_backward(g, &in, &lo, saved.p, 1.f, &gr), NS_OK) << ns_last_error(g);
+        left0("ns_infonce_backward");
+        out.add(std::vector<float>{loss, dtau}), out.add(pq.get()), out.add(gq.get()), out.add(gp.get()), out.add(gh.get());
+    }
+    {
+        ns_kmeans_options ko = NS_KMEANS_OPTIONS_INIT;
+        ko.seed = 11;
+        DevBuf<int64_t> labels(dev, (size_t)n, -7);
+        DevBuf<float> cent(dev, (size_t)(4 * d), 0.f);
+        std::vector<double> inertia((size_t)ko.max_iterations + 1);
+        int64_t iters = -1;
+        EXPECT_EQ(ns_kmeans(g, f32_matrix(corpus.p, n, d), 4, &ko, labels.p, cent.p, inertia.data(), &iters), NS_OK) << ns_last_error(g);
+        left0("ns_kmeans");
+        out.add(labels.get()), out.add(cent.get()), out.add(std::vector<int64_t>{iters});
+    }
+    {
+        // Two steps: the first pushes its positives into the queue, the second contrasts against them.
+        ns_queue *queue = nullptr;
+        EXPECT_EQ(ns_queue_create(g, 4 * B, d, &queue), NS_OK) << ns_last_error(g);
+        left0("ns_queue_create");
+        std::vector<int64_t> pid, cid;
+        for (int64_t i = 0; i < B; i++) pid.push_back(1000 + i);
+        for (int64_t r = 0; r < B * C; r++) cid.push_back(5000 + r);
+        DevBuf<int64_t> pidb(dev, pid), cidb(dev, cid);
+        for (int step = 0; step < 2; step++) {
+            ns_batch b;
+            std::memset(&b, 0, sizeof b);
+            b.query = f32_matrix(q.p, B, d);
+            b.positive = f32_matrix(corpus.p + step * B * d, B, d);
+            b.positive_id = pidb.p;
+            b.candidate = f32_matrix(corpus.p + 2 * B * d, B * C, d);
+            b.candidates_per_query = C;
+            b.candidate_id = cidb.p;
+            StepOptions o;
+            o.hard_negatives = h;
+            o.sampler.seed = 5;
+            o.sampler.step = step;
+            o.loss.temperature = 0.2f;
+            o.queue = queue, o.enqueue = 1;
+            ns_step_result r;
+            EXPECT_EQ(ns_step_forward(g, &b, o.get(), &r), NS_OK) << ns_last_error(g);
+            left0("ns_step_forward");
+            DevBuf<float> gq(dev, (size_t)(B * d), 0.f), gp(dev, (size_t)(B * d), 0.f), gc(dev, (size_t)(B * C * d), 0.f);
+            ns_step_grads sg{gq.p, gp.p, gc.p, nullptr};
+            EXPECT_EQ(ns_step_backward(g, 1.f, &sg), NS_OK) << ns_last_error(g);
+            left0("ns_step_backward");
+            std::vector<int64_t> neg((size_t)(B * h));
+            {
+                OnDevice on(dev);
+                EXPECT_EQ(cudaMemcpy(neg.data(), r.negative_row, neg.size() * 8, cudaMemcpyDeviceToHost), cudaSuccess);
+            }
+            out.add(std::vector<float>{r.loss}), out.add(neg), out.add(gq.get()), out.add(gp.get()), out.add(gc.get());
+            out.add(std::vector<int64_t>{ns_queue_size(queue)});
+        }
+        EXPECT_EQ(ns_queue_destroy(queue), NS_OK);
+        left0("ns_queue_destroy");
+    }
+    EXPECT_EQ(ns_context_destroy(g), NS_OK);
+    left0("ns_context_destroy");
+    return out;
+}
+
+}  // namespace
+#endif
+
 // Issue 11 item 6: every CUDA entry makes its context's device current and gives the caller's
-// back. A context on device 1 used while device 0 is current: its ops (similarity, a queue,
-// a whole step) work and leave device 0 current.
+// back. The same workload (similarity, mining, sampling, the loss, k-means, two whole steps with
+// a queue) on a device-1 context and on a device-0 context, device 0 current throughout: the
+// same bits, and device 0 current after every call.
 TEST(CudaParity, ADevice1ContextLeavesTheCallersDeviceCurrent) {
 #if !defined(NS_CUDA_HOST_LAYER) || defined(NS_PARITY_SELFTEST)
     GTEST_SKIP() << "needs two devices (the host execution layer emulates them)";
@@ -1325,49 +1606,91 @@ TEST(CudaParity, ADevice1ContextLeavesTheCallersDeviceCurrent) {
     const int saved_devices = cuda_host::config_mut().devices;
     cuda_host::config_mut().devices = 2;
     ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+    const DeviceRun on0 = device_workload(0), on1 = device_workload(1);
+    ASSERT_EQ(on0.f.size(), on1.f.size());
+    ASSERT_EQ(on0.i.size(), on1.i.size());
+    EXPECT_EQ(on0.f.size(), 17u) << "an op of the workload did not run";
+    for (size_t e = 0; e < on0.f.size(); e++) EXPECT_EQ(on0.f[e], on1.f[e]) << "float output " << e;
+    for (size_t e = 0; e < on0.i.size(); e++) EXPECT_EQ(on0.i[e], on1.i[e]) << "int output " << e;
+    EXPECT_EQ(current_device(), 0);
+    cuda_host::config_mut().devices = saved_devices;
+#endif
+}
+
+// Issue 11 item 6 (review gap G4): when the context's device cannot be made current (here: the
+// layer is told device 1 no longer exists) every entry fails with NS_ERR_CUDA naming the ordinal
+// before any work, writes nothing, and leaves the caller's device current; the context works
+// again once the device is back. Before, the guard ignored the failing cudaSetDevice and ran the
+// op on the caller's device. Also: a queue of a device-0 context is refused by a device-1 step.
+TEST(CudaParity, AContextWhoseDeviceCannotBeMadeCurrentFailsCleanly) {
+#if !defined(NS_CUDA_HOST_LAYER) || defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "needs two devices (the host execution layer emulates them)";
+#else
+    const int saved_devices = cuda_host::config_mut().devices;
+    cuda_host::config_mut().devices = 2;
+    ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
     {
-        Ctx cpu(NS_BACKEND_CPU, 2);
-        ns_context_options o = NS_CONTEXT_OPTIONS_INIT;
-        o.backend = NS_BACKEND_CUDA;
-        o.device = 1;
-        ns_context *g = nullptr;
-        ASSERT_EQ(ns_context_create(&g, &o), NS_OK) << ns_last_error(nullptr);
-        auto current = []() {
-            int d = -1;
-            EXPECT_EQ(cudaGetDevice(&d), cudaSuccess);
-            return d;
+        ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
+        co.backend = NS_BACKEND_CUDA;
+        ns_context *g0 = nullptr, *g1 = nullptr;
+        ASSERT_EQ(ns_context_create(&g0, &co), NS_OK) << ns_last_error(nullptr);
+        co.device = 1;
+        ASSERT_EQ(ns_context_create(&g1, &co), NS_OK) << ns_last_error(nullptr);
+        const int64_t B = 4, C = 3, d = 8;
+        HostMat qh(NS_F32, B, d, d, 91), ch(NS_F32, B * C, d, d, 92);
+        DevBuf<float> q(1, qh.f), cand(1, ch.f), sim(1, (size_t)(B * B), 5.f);
+        std::vector<int64_t> cid;
+        for (int64_t r = 0; r < B * C; r++) cid.push_back(50 + r);
+        DevBuf<int64_t> cidb(1, cid);
+        ns_batch b;
+        std::memset(&b, 0, sizeof b);
+        b.query = b.positive = f32_matrix(q.p, B, d);
+        b.candidate = f32_matrix(cand.p, B * C, d);
+        b.candidates_per_query = C;
+        b.candidate_id = cidb.p;
+        StepOptions o;
+        o.hard_negatives = 1;
+        o.loss.temperature = 0.5f;
+        ns_step_result r;
+        // A queue on device 0: a device-1 step refuses it before writing anything.
+        ns_queue *q0 = nullptr, *q1 = nullptr;
+        ASSERT_EQ(ns_queue_create(g0, 8, d, &q0), NS_OK) << ns_last_error(g0);
+        o.queue = q0, o.enqueue = 1;
+        EXPECT_EQ(ns_step_forward(g1, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
+        EXPECT_NE(std::string(ns_last_error(g1)).find("options->queue lives on CUDA device 0 but ctx is on device 1"),
+                  std::string::npos) << ns_last_error(g1);
+        EXPECT_EQ(ns_queue_size(q0), 0);
+        o.queue = nullptr, o.enqueue = 0;
+        ASSERT_EQ(ns_queue_create(g1, 8, d, &q1), NS_OK) << ns_last_error(g1);
+
+        cuda_host::config_mut().devices = 1;  // device 1 is gone: cudaSetDevice(1) fails
+        auto refused = [&](ns_status st, const char *fn) {
+            EXPECT_EQ(st, NS_ERR_CUDA) << fn << ": " << ns_last_error(g1);
+            const std::string why = ns_last_error(g1);
+            EXPECT_NE(why.find(std::string(fn) + ": cannot make the context's device 1 current: cudaSetDevice(1) failed"),
+                      std::string::npos) << why;
+            EXPECT_EQ(current_device(), 0) << fn;
         };
-        EXPECT_EQ(current(), 0) << "ns_context_create left device 1 current";
-        const int64_t m = 9, n = 13, d = 8;
-        HostMat q(NS_F32, m, d, d, 71), pm(NS_F32, n, d, d, 72);
-        float *qd = nullptr, *pd = nullptr, *sd = nullptr;
-        ASSERT_EQ(cudaSetDevice(1), cudaSuccess);  // the data lives on device 1
-        ASSERT_EQ(cudaMalloc((void **)&qd, q.f.size() * 4), cudaSuccess);
-        ASSERT_EQ(cudaMalloc((void **)&pd, pm.f.size() * 4), cudaSuccess);
-        ASSERT_EQ(cudaMalloc((void **)&sd, (size_t)(m * n) * 4), cudaSuccess);
-        ASSERT_EQ(cudaMemcpy(qd, q.f.data(), q.f.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
-        ASSERT_EQ(cudaMemcpy(pd, pm.f.data(), pm.f.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
-        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
-        std::vector<float> want((size_t)(m * n)), got((size_t)(m * n));
-        ASSERT_EQ(ns_similarity(cpu, f32_matrix(q.f.data(), m, d), f32_matrix(pm.f.data(), n, d), 1.f, 0, want.data()), NS_OK);
-        ASSERT_EQ(ns_similarity(g, f32_matrix(qd, m, d), f32_matrix(pd, n, d), 1.f, 0, sd), NS_OK) << ns_last_error(g);
-        EXPECT_EQ(current(), 0) << "ns_similarity left device 1 current";
-        ns_queue *queue = nullptr;
-        ASSERT_EQ(ns_queue_create(g, 4, d, &queue), NS_OK) << ns_last_error(g);
-        EXPECT_EQ(current(), 0) << "ns_queue_create left device 1 current";
-        ASSERT_EQ(ns_queue_push(g, queue, f32_matrix(pd, 3, d), nullptr), NS_OK) << ns_last_error(g);
-        EXPECT_EQ(current(), 0) << "ns_queue_push left device 1 current";
-        ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
-        ASSERT_EQ(cudaMemcpy(got.data(), sd, got.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
-        for (size_t e = 0; e < got.size(); e++) EXPECT_TRUE(close(got[e], want[e], 1e-5, 1e-4)) << e;
-        ns_queue_destroy(queue);
-        EXPECT_EQ(current(), 0) << "ns_queue_destroy left device 1 current";
-        ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
-        cudaFree(qd), cudaFree(pd), cudaFree(sd);
-        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
-        ns_context_destroy(g);
-        EXPECT_EQ(current(), 0) << "ns_context_destroy left device 1 current";
+        refused(ns_similarity(g1, b.query, b.positive, 1.f, 0, sim.p), "ns_similarity");
+        refused(ns_step_forward(g1, &b, o.get(), &r), "ns_step_forward");
+        refused(ns_queue_push(g1, q1, b.positive, nullptr), "ns_queue_push");
+        ns_queue *q2 = nullptr;
+        refused(ns_queue_create(g1, 8, d, &q2), "ns_queue_create");
+        EXPECT_EQ(q2, nullptr);
+        cuda_host::config_mut().devices = 2;
+
+        EXPECT_EQ(sim.get(), std::vector<float>((size_t)(B * B), 5.f)) << "a refused call wrote its output";
+        EXPECT_EQ(ns_queue_size(q1), 0);
+        ASSERT_EQ(ns_similarity(g1, b.query, b.positive, 1.f, 0, sim.p), NS_OK) << ns_last_error(g1);
+        EXPECT_NE(sim.get(), std::vector<float>((size_t)(B * B), 5.f));
+        ASSERT_EQ(ns_step_forward(g1, &b, o.get(), &r), NS_OK) << ns_last_error(g1);
+        ns_step_grads none{nullptr, nullptr, nullptr, nullptr};
+        ASSERT_EQ(ns_step_backward(g1, 1.f, &none), NS_OK) << ns_last_error(g1);
+        EXPECT_EQ(current_device(), 0);
+        ns_queue_destroy(q0);
+        ns_queue_destroy(q1);
+        ns_context_destroy(g1);
+        ns_context_destroy(g0);
     }
     cuda_host::config_mut().devices = saved_devices;
 #endif

@@ -394,6 +394,70 @@ TEST_P(Step, BadInputIsRejectedAndNamed) {
     EXPECT_EQ(ns_step_backward(c, 1.f, &g), NS_ERR_INVALID_ARGUMENT) << "one backward per forward";
 }
 
+// Issue 11 item 2 (review gap G3): a queue the backward's push could not take (an empty one of
+// another dim, one made on another backend's context) is refused by the forward before anything
+// is written, so no backward can run and no gradient is written. Before, an empty queue skipped
+// the check: forward and backward ran and wrote the gradients, then the push failed.
+TEST_P(Step, AQueueThePushCannotTakeIsRefusedBeforeAnythingIsWritten) {
+    Ctx c(GetParam());
+    NS_REQUIRE_BACKEND(c);
+    const int64_t B = 4, C = 3, d = 5;
+    StepData s = make_data(B, C, d, 21, false);
+    Buf<float> q(c, s.q), p(c, s.p), cand(c, s.cand);
+    Buf<int64_t> pid(c, s.pos_id), cid(c, s.cand_id);
+    ns_batch b = batch_of(s);
+    b.query.data = q.ptr(), b.positive.data = p.ptr(), b.candidate.data = cand.ptr();
+    b.positive_id = pid.ptr(), b.candidate_id = cid.ptr();
+    StepOptions o = uniform_options(2, 0.5f);
+    o.enqueue = 1;
+    const float mark = 7.25f;
+    Buf<float> gq(c, (size_t)(B * d), mark), gp(c, (size_t)(B * d), mark), gc(c, (size_t)(B * C * d), mark);
+    ns_step_grads g{gq.ptr(), gp.ptr(), gc.ptr(), nullptr};
+    auto all_marked = [&](Buf<float> &x) {
+        const std::vector<float> &v = x.fetch();
+        return std::all_of(v.begin(), v.end(), [&](float e) { return e == mark; });
+    };
+    auto refused = [&](ns_queue *queue, const std::string &needle) {
+        SCOPED_TRACE(needle);
+        o.queue = queue;
+        ns_step_result r;
+        std::memset(&r, 0x5a, sizeof r);
+        const ns_step_result untouched = r;
+        EXPECT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT) << ns_last_error(c);
+        EXPECT_NE(std::string(ns_last_error(c)).find(needle), std::string::npos) << ns_last_error(c);
+        EXPECT_EQ(std::memcmp(&r, &untouched, sizeof r), 0) << "result written by a refused forward";
+        EXPECT_EQ(ns_step_backward(c, 1.f, &g), NS_ERR_INVALID_ARGUMENT) << "a backward ran after a refused forward";
+        EXPECT_TRUE(all_marked(gq) && all_marked(gp) && all_marked(gc)) << "a gradient was written";
+        EXPECT_EQ(ns_queue_size(queue), 0);
+    };
+    ns_queue *wide = nullptr;
+    ASSERT_EQ(ns_queue_create(c, 8, d + 1, &wide), NS_OK) << ns_last_error(c);
+    refused(wide, "ns_step_forward: options->queue holds rows of 6 columns but batch->query has 5");
+    ns_queue_destroy(wide);
+    Ctx other(c.cuda() ? NS_BACKEND_CPU : NS_BACKEND_CUDA);
+    if (other.status == NS_OK) {  // CUDA exists only in CUDA builds (the host layer's in CI)
+        ns_queue *foreign = nullptr;
+        ASSERT_EQ(ns_queue_create(other, 8, d, &foreign), NS_OK) << ns_last_error(other);
+        refused(foreign, std::string("ns_step_forward: options->queue was created on a ") +
+                             (c.cuda() ? "CPU context but ctx is CUDA" : "CUDA context but ctx is CPU"));
+        ns_queue_destroy(foreign);
+    }
+    o.enqueue = 2;
+    ns_step_result r;
+    EXPECT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(c)).find("options->enqueue (2) must be 0 or 1"), std::string::npos)
+        << ns_last_error(c);
+    // A usable queue: the step runs and pushes the batch's positives.
+    ns_queue *fits = nullptr;
+    ASSERT_EQ(ns_queue_create(c, 8, d, &fits), NS_OK) << ns_last_error(c);
+    o.queue = fits, o.enqueue = 1;
+    ASSERT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_OK) << ns_last_error(c);
+    ASSERT_EQ(ns_step_backward(c, 1.f, &g), NS_OK) << ns_last_error(c);
+    EXPECT_EQ(ns_queue_size(fits), B);
+    EXPECT_FALSE(all_marked(gq)) << "the step wrote no query gradient";
+    ns_queue_destroy(fits);
+}
+
 // Issue 13 item 8b: a duplicated candidate id whose first copy the filter removes and whose later
 // copy it keeps. The sampler draws the kept copy; the gather must take that slot's vector, not
 // the removed one's (the loss and the candidate gradient then belong to the kept slot).
