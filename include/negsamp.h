@@ -548,7 +548,10 @@ NS_API ns_status ns_queue_create(ns_context *ctx, int64_t capacity, int64_t dim,
 NS_API ns_status ns_queue_destroy(ns_queue *queue);
 /* Appends rows (dropping the oldest beyond capacity); ids may be NULL (then -1). On CUDA rows
  * and ids are device memory: the push is one kernel, after a device NaN/Inf scan of the rows
- * that synchronises once (the scan is skipped inside a step, whose loss already checked them). */
+ * that synchronises once (the scan is skipped inside a step, whose loss already checked them).
+ * The queue must be used with contexts of its backend and (CUDA) device. Not while ctx's
+ * stream is being captured into a CUDA graph (NS_ERR_UNSUPPORTED): the ring's head and size
+ * are host values a replay would not move. */
 NS_API ns_status ns_queue_push(ns_context *ctx, ns_queue *queue, ns_matrix rows,
                                const int64_t *ids);
 /* The rows held now (at most capacity), in storage order (a ring: the order carries no
@@ -638,14 +641,22 @@ typedef struct {
     const ns_sampler_options *sampler;  /* NULL = NS_SAMPLER_OPTIONS_INIT */
     const ns_loss_options *loss;        /* NULL = NS_LOSS_OPTIONS_INIT */
     ns_queue *queue;                    /* extra negatives, optional */
-    int enqueue;                        /* push the positives into the queue after the backward */
+    int enqueue;                        /* 1: push the positives into the queue after the
+                                         * backward (the queue is checked by the forward: same
+                                         * backend, device and dim; not under graph capture) */
     ns_comm *comm;                      /* other ranks, optional */
     /* 1 = no host synchronisation inside ns_step_forward/ns_step_backward (CUDA; capturable in a
      * CUDA graph once a step of the same shapes ran outside the capture): result.loss is NaN
      * (the mean loss is on the device: ns_step_device_loss), result.filtered is all zero (no
      * counts), and the batch's data is trusted — no NaN/Inf or id scans (the caller vouches, as
      * under graph capture). Not with comm (NS_ERR_UNSUPPORTED). grads->temperature, a host
-     * float, still synchronises when given. 0 (default) = the checked, host-output step. */
+     * float, still synchronises when given. 0 (default) = the checked, host-output step.
+     * A captured step replays what was captured: sampler->seed and ->step (the same Philox
+     * counters: the same draw each replay; capture one graph per step value for fresh draws)
+     * and the queue's rows as they were. enqueue = 1 while the stream is being captured is
+     * NS_ERR_UNSUPPORTED (the queue's head and size are host values a replay cannot move),
+     * refused before anything is written: capture with enqueue = 0 and ns_queue_push the
+     * positives after each replay (outside the graph). */
     int sync_free;
     /* Random + hard mixing (h_rand random negatives beside the h hard ones, as FlagEmbedding
      * and contrastors pad with random negatives): after the sampler drew the h hard negatives,
