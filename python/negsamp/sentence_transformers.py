@@ -651,8 +651,10 @@ class NegsampLoss(_Module):
     - ``hard_negatives=h`` with ``filter`` (dict of negsamp.filter rules: max_score, min_score,
       margin, rel_margin, rank; scores without gradient) and ``sampler`` (strategy "top" |
       "uniform" | "simans" | "softmax", simans_a, simans_b, temperature, seed): each anchor keeps
-      h of its n candidate columns, filtered then drawn as ``negsamp.InfoNCELoss`` does (keyed by
-      seed, step, global query id, candidate id), before the shared InfoNCE.
+      min(h, n) of its n candidate columns, filtered then drawn as ``negsamp.InfoNCELoss`` does
+      (keyed by seed, step, global query id, candidate id), before the shared InfoNCE. A
+      ``filter`` applies also without ``hard_negatives`` (or with h >= n): every candidate it
+      keeps is then a negative.
     - ``symmetric`` (adds the positive→anchor term, (L_q + L_p)/2), ``tau_plus`` (debiased
       InfoNCE), ``beta`` (hard-negative reweighting), ``learn_temperature`` (τ is a parameter
       ``log_temperature`` of this module).
@@ -955,7 +957,7 @@ class NegsampLoss(_Module):
         pid, n_ids, base, have_ids = self._batch_ids(ids, B, len(negs), dev)
         owners = [torch.arange(B, device=dev) for _ in negs]
         g_negs = list(guide[2:]) if guide is not None else None
-        if negs and self.hard_negatives is not None and self.hard_negatives < len(negs):
+        if negs and self._select.selects:
             negs, n_ids, owners, g_negs = self._select_hard(q, p, negs, n_ids, owners, g_negs,
                                                             pid, have_ids)
         query, passages, pids, g_q, g_cand, two = self._candidates(

@@ -21,6 +21,7 @@ ordered like any PyTorch kernel. One context per (device, thread) is cached.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Optional, Tuple
 
@@ -763,11 +764,13 @@ class InfoNCELoss(torch.nn.Module):
     temperature = 1/scale and share_hard=True (every query contrasts against every hard
     negative of the batch) it is cross_entropy(cat(q·pᵀ, q·Hᵀ)/τ, arange(B)).
 
-    forward(query (B,d), positive (B,d), hard (B,C,d) optional, ...). With hard_negatives=h
-    (< C) the C candidates of each query are first filtered (filter: dict of negsamp.filter
-    rules: same_id, max_score, min_score, margin, rel_margin, rank — scores are the cosine or
-    dot products computed without gradient) and then h are sampled (sampler: dict with
-    strategy 'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed). The
+    forward(query (B,d), positive (B,d), hard (B,C,d) optional, ...). The C candidates of each
+    query are filtered whenever filter is given (dict of negsamp.filter rules: same_id,
+    max_score, min_score, margin, rel_margin, rank — scores are the cosine or dot products
+    computed without gradient), also when hard_negatives is None or >= C; then, with
+    hard_negatives=h, min(h, C) of the survivors are sampled (sampler: dict with strategy
+    'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed; a sampler needs
+    hard_negatives). Without hard_negatives every surviving candidate is a negative. The
     draw is keyed like ns_step's, by (seed, step, global query id, candidate id): the step is
     the module's counter (or the step argument), the global query id query_offset + i
     (query_offset argument; default rank·B under torch.distributed, else 0), the candidate id
@@ -785,7 +788,17 @@ class InfoNCELoss(torch.nn.Module):
                  sampler: Optional[dict] = None, learn_temperature: bool = False,
                  group_weight: float = 0.0):
         super().__init__()
-        self.temperature = float(temperature)
+        fn = "InfoNCELoss"
+        self.temperature = chk.real(temperature, fn, "temperature")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InvalidArgument(f"{fn}: temperature ({temperature}) must be finite and > 0")
+        if hard_negatives is not None:
+            hard_negatives = chk.integer(hard_negatives, fn, "hard_negatives", 1)
+        if sampler is not None and hard_negatives is None:
+            raise InvalidArgument(f"{fn}: sampler ({sampler}) draws hard_negatives=h of the C "
+                                  "candidates per query, but hard_negatives is None: pass "
+                                  "hard_negatives (without it every candidate the filter "
+                                  "keeps is a negative)")
         self.group_weight = float(group_weight)
         self.learn_temperature = learn_temperature
         if learn_temperature:
@@ -803,6 +816,9 @@ class InfoNCELoss(torch.nn.Module):
         self.beta = float(beta)
         self.hard_negatives = hard_negatives
         self.filter_rules, self.filter_kwargs = _filter_rules(filter or {})
+        # Candidates go through select() whenever a rule or a draw applies: a filter is never
+        # skipped because h happens to be >= C (it used to be, keeping false negatives).
+        self.selects = hard_negatives is not None or filter is not None
         s = dict(sampler or {})
         strategy = s.pop("strategy", "top" if sampler is None else "simans")
         if isinstance(strategy, str):
@@ -852,7 +868,7 @@ class InfoNCELoss(torch.nn.Module):
         hard_keep (B, C), optional: candidates never drawn."""
         fn = "InfoNCELoss"
         B, C = hard.shape[0], hard.shape[1]
-        h = int(self.hard_negatives)
+        h = C if self.hard_negatives is None else min(int(self.hard_negatives), C)
         off = (self.default_query_offset(B) if query_offset is None
                else chk.int64(query_offset, fn, "query_offset", 0))
         with torch.no_grad():
@@ -916,8 +932,7 @@ class InfoNCELoss(torch.nn.Module):
             extra = None if extra is None else torch.nn.functional.normalize(extra, dim=-1)
         if hard is not None and hard.dim() == 2:
             hard = hard.unsqueeze(1)
-        if (hard is not None and self.hard_negatives is not None
-                and self.hard_negatives < hard.shape[1]):
+        if hard is not None and self.selects and hard.shape[1] > 0:
             rows, sel_keep = self.select(query, positive, hard, hard_id, positive_id, step,
                                          query_offset, hard_keep)
             safe = rows.clamp(min=0)

@@ -363,6 +363,42 @@ def test_infonce_loss_samples_by_ids_with_same_id_filter(gen):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_infonce_loss_filters_when_h_is_at_least_c(gen):
+    # A filter is applied whatever h is: with h == C (keep every survivor), h > C and no h at
+    # all, the positive planted among the candidates is masked (it used to be drawn as a
+    # negative: the filter ran only for h < C).
+    require("ns_infonce_forward", "ns_filter", "ns_sample")
+    B, C, d = 4, 5, 6
+    q, p, cand = _randn(gen, B, d, grad=True), _randn(gen, B, d), _randn(gen, B, C, d)
+    pid = torch.arange(B) * 100
+    cid = torch.arange(B * C).reshape(B, C) + 1000
+    cid[:, 2] = pid
+    ref = ref_loss(q, p, cand[:, [0, 1, 3, 4]], 0.5, share_hard=False)
+    for h in (C, C + 3, None):
+        mod = negsamp.InfoNCELoss(temperature=0.5, share_hard=False, hard_negatives=h,
+                                  filter=dict(same_id=True))
+        loss = mod(q, p, cand, positive_id=pid, hard_id=cid)
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5, msg=f"h={h}")
+    # a score rule too, without ids: max_score drops the candidates above it
+    with torch.no_grad():
+        s = torch.einsum("bd,bcd->bc", q, cand)
+    cut = float(s.median())
+    mod = negsamp.InfoNCELoss(temperature=0.5, share_hard=False, hard_negatives=C,
+                              filter=dict(max_score=cut))
+    ref = ref_loss(q, p, cand, 0.5, share_hard=False, keep=s <= cut)
+    torch.testing.assert_close(mod(q, p, cand), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_infonce_loss_constructor_names_bad_arguments():
+    for kw, msg in [(dict(temperature=-1.0), r"temperature \(-1.0\) must be finite and > 0"),
+                    (dict(temperature=float("nan")), r"temperature \(nan\)"),
+                    (dict(hard_negatives=0), r"hard_negatives \(0\) must be at least 1"),
+                    (dict(hard_negatives=2.5), r"hard_negatives \(2.5\) must be an integer"),
+                    (dict(sampler=dict(strategy="top")), r"sampler .* hard_negatives is None")]:
+        with pytest.raises(negsamp.InvalidArgument, match=msg):
+            negsamp.InfoNCELoss(**kw)
+
+
 def test_torch_compile_traces_the_loss(gen):
     require("ns_infonce_forward", "ns_infonce_backward", "ns_filter", "ns_sample")
     B, C, d = 6, 5, 8
