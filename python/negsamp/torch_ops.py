@@ -853,6 +853,23 @@ class InfoNCELoss(torch.nn.Module):
             pass
         return 0
 
+    @staticmethod
+    def _check_shapes(query: Tensor, positive: Tensor, hard: Optional[Tensor]):
+        """The shapes as the caller passed them (the op's messages name its own arguments:
+        a positive index array, an unsqueezed hard)."""
+        fn = "InfoNCELoss"
+        if query.dim() != 2 or positive.dim() != 2:
+            raise InvalidArgument(f"{fn}: query and positive must be (B, d); got query "
+                                  f"{tuple(query.shape)} and positive {tuple(positive.shape)}")
+        B = query.shape[0]
+        if positive.shape[0] < B:
+            raise InvalidArgument(f"{fn}: positive has {positive.shape[0]} rows but there are "
+                                  f"{B} queries (row i is the positive of query i)")
+        if hard is not None and (hard.dim() not in (2, 3) or hard.shape[0] != B):
+            raise InvalidArgument(f"{fn}: hard must be (B, C, d), or (B, d) for one per query, "
+                                  f"with B = {B}; got {tuple(hard.shape)} (flat (B·C, d) rows: "
+                                  f"pass hard.reshape(B, C, d))")
+
     def select(self, query: Tensor, positive: Tensor, hard: Tensor,
                hard_id: Optional[Tensor] = None, positive_id: Optional[Tensor] = None,
                step: Optional[int] = None, query_offset: Optional[int] = None,
@@ -925,6 +942,7 @@ class InfoNCELoss(torch.nn.Module):
         """query_group (B) with positive_group (B), hard_group (B, C) and extra_group (E),
         each optional: the same-group rule (group_weight of the module: 0 masks a candidate of
         the query's group, (0, 1] down-weights it; the positive never)."""
+        self._check_shapes(query, positive, hard)
         if self.normalize:
             query = torch.nn.functional.normalize(query, dim=-1)
             positive = torch.nn.functional.normalize(positive, dim=-1)

@@ -389,6 +389,19 @@ def test_infonce_loss_filters_when_h_is_at_least_c(gen):
     torch.testing.assert_close(mod(q, p, cand), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_infonce_loss_names_the_shapes_the_caller_passed(gen):
+    # The op's own messages spoke of "positive is NULL" (its index array) for too few positive
+    # rows and of the unsqueezed (B·C, 1, d) for flat hard rows.
+    q, p = _randn(gen, 4, 8), _randn(gen, 4, 8)
+    mod = negsamp.InfoNCELoss(temperature=0.1)
+    for args, msg in [((q, p[:3]), r"positive has 3 rows but there are 4 queries"),
+                      ((q, p, _randn(gen, 12, 8)), r"hard must be .* got \(12, 8\) .*reshape"),
+                      ((q, p, _randn(gen, 5, 2, 8)), r"with B = 4; got \(5, 2, 8\)"),
+                      ((q[0], p[0]), r"query and positive must be \(B, d\); got query \(8,\)")]:
+        with pytest.raises(negsamp.InvalidArgument, match=msg):
+            mod(*args)
+
+
 def test_infonce_loss_constructor_names_bad_arguments():
     for kw, msg in [(dict(temperature=-1.0), r"temperature \(-1.0\) must be finite and > 0"),
                     (dict(temperature=float("nan")), r"temperature \(nan\)"),
