@@ -234,6 +234,10 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
                               f"corpus_embeddings")
 
     cols = dataset.column_names
+    if len(cols) < 2 and not (anchor_column_name and positive_column_name):
+        raise InvalidArgument(f"{fn}: the dataset has columns {cols}; expected (anchor, "
+                              f"positive) pairs: the first two columns, or "
+                              f"anchor_column_name and positive_column_name")
     anchor_column_name = anchor_column_name or cols[0]
     positive_column_name = positive_column_name or cols[1]
     for name in (anchor_column_name, positive_column_name):

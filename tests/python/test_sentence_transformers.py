@@ -300,6 +300,9 @@ def test_mine_arguments_checked(model):
                                 corpus_embeddings=np.zeros((5, 3), np.float32))
     with pytest.raises(negsamp.InvalidArgument, match="give a model"):
         nst.mine_hard_negatives(ds)
+    # one column: it was an IndexError (list index out of range)
+    with pytest.raises(negsamp.InvalidArgument, match=r"columns \['query'\]; expected"):
+        nst.mine_hard_negatives(ds.select_columns(["query"]), model)
     with pytest.raises(negsamp.InvalidArgument, match="scores per pair"):
         nst.mine_hard_negatives(ds, model, cross_encoder=StubCrossEncoder(tiny_model(), width=2))
 
