@@ -943,6 +943,12 @@ class InfoNCELoss(torch.nn.Module):
         each optional: the same-group rule (group_weight of the module: 0 masks a candidate of
         the query's group, (0, 1] down-weights it; the positive never)."""
         self._check_shapes(query, positive, hard)
+        if (hard is not None and self.filter_rules & _ffi.NS_FILTER_SAME_ID
+                and (hard_id is None or positive_id is None)):
+            raise InvalidArgument("InfoNCELoss: filter same_id compares each candidate's "
+                                  "hard_id with its query's positive_id: pass both (hard_id "
+                                  f"{'missing' if hard_id is None else 'given'}, positive_id "
+                                  f"{'missing' if positive_id is None else 'given'})")
         if self.normalize:
             query = torch.nn.functional.normalize(query, dim=-1)
             positive = torch.nn.functional.normalize(positive, dim=-1)

@@ -400,6 +400,10 @@ def test_infonce_loss_names_the_shapes_the_caller_passed(gen):
                       ((q[0], p[0]), r"query and positive must be \(B, d\); got query \(8,\)")]:
         with pytest.raises(negsamp.InvalidArgument, match=msg):
             mod(*args)
+    # filter same_id without ids: it was skipped in silence (no ids to compare)
+    same = negsamp.InfoNCELoss(temperature=0.1, hard_negatives=1, filter=dict(same_id=True))
+    with pytest.raises(negsamp.InvalidArgument, match="hard_id missing, positive_id given"):
+        same(q, p, _randn(gen, 4, 3, 8), positive_id=torch.arange(4))
 
 
 def test_infonce_loss_constructor_names_bad_arguments():
