@@ -653,7 +653,7 @@ class NegsampLoss(_Module):
       MultipleNegativesRankingLoss counts it as a negative (use its NO_DUPLICATES sampler);
       on batches without duplicate passages the two are equal.
     - ``hard_negatives=h`` with ``filter`` (dict of negsamp.filter rules: max_score, min_score,
-      margin, rel_margin, rank; scores without gradient) and ``sampler`` (strategy "top" |
+      margin, rel_margin, rank; scores without gradient) and ``sampler`` (strategy "top" (default) |
       "uniform" | "simans" | "softmax", simans_a, simans_b, temperature, seed): each anchor keeps
       min(h, n) of its n candidate columns, filtered then drawn as ``negsamp.InfoNCELoss`` does
       (keyed by seed, step, global query id, candidate id), before the shared InfoNCE. A

@@ -769,8 +769,8 @@ class InfoNCELoss(torch.nn.Module):
     max_score, min_score, margin, rel_margin, rank — scores are the cosine or dot products
     computed without gradient), also when hard_negatives is None or >= C; then, with
     hard_negatives=h, min(h, C) of the survivors are sampled (sampler: dict with strategy
-    'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed; a sampler needs
-    hard_negatives). Without hard_negatives every surviving candidate is a negative. The
+    'top' (the default, also in a sampler dict without one)|'uniform'|'simans'|'softmax',
+    simans_a, simans_b, temperature, seed; a sampler needs hard_negatives). Without hard_negatives every surviving candidate is a negative. The
     draw is keyed like ns_step's, by (seed, step, global query id, candidate id): the step is
     the module's counter (or the step argument), the global query id query_offset + i
     (query_offset argument; default rank·B under torch.distributed, else 0), the candidate id
@@ -820,7 +820,9 @@ class InfoNCELoss(torch.nn.Module):
         # skipped because h happens to be >= C (it used to be, keeping false negatives).
         self.selects = hard_negatives is not None or filter is not None
         s = dict(sampler or {})
-        strategy = s.pop("strategy", "top" if sampler is None else "simans")
+        # One default, given a sampler dict or not: a sampler={"seed": 1} added for
+        # reproducibility used to switch the draw from top to SimANS.
+        strategy = s.pop("strategy", "top")
         if isinstance(strategy, str):
             if strategy not in _STRATEGIES:
                 raise InvalidArgument(f"InfoNCELoss: sampler strategy ({strategy!r}) is not one "

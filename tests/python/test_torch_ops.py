@@ -577,6 +577,17 @@ def _draw_module(**sampler):
                                sampler=dict(seed=5, **sampler))
 
 
+def test_infonce_loss_default_strategy_is_top_with_or_without_a_sampler_dict(gen):
+    # sampler={"seed": 5} (no strategy) drew by SimANS while no sampler drew the top h.
+    require("ns_sample")
+    B, C, d = 8, 9, 6
+    q, p, cand = _randn(gen, B, d), _randn(gen, B, d), _randn(gen, B, C, d)
+    top = torch.einsum("bd,bcd->bc", q, cand).argsort(dim=1, descending=True, stable=True)[:, :3]
+    for mod in (_draw_module(), negsamp.InfoNCELoss(temperature=0.2, hard_negatives=3)):
+        rows, _ = mod.select(q, p, cand)
+        assert torch.equal(rows, top), (rows, top)
+
+
 @pytest.mark.parametrize("with_ids", [False, True])
 def test_infonce_loss_draws_do_not_depend_on_the_batch_split(gen, with_ids):
     require("ns_sample")
