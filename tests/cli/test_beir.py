@@ -301,6 +301,11 @@ def group_beir_parquet(tmp):
               "provenance hash of the Parquet corpus")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     check(p.returncode == 1 and "exists" in p.stderr, f"existing output: {p.stderr}")
+    # without --quiet the last line names the Parquet output (it named the temporary JSONL)
+    loud = [a for a in cmd if a != "--quiet"] + ["--force"]
+    p = subprocess.run(loud, env=env, capture_output=True, text=True, timeout=180)
+    check(p.returncode == 0 and p.stderr.rstrip().splitlines()[-1] ==
+          f"negsamp.parquet: wrote {len(read_jsonl(ref))} rows to {out}", f"summary: {p.stderr}")
     print("  st / tevatron Parquet == JSONL; provenance names the Parquet inputs")
 
 
