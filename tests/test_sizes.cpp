@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "ns_loss_math.h"
+#include "step_memory.h"
 
 namespace {
 
@@ -35,4 +36,24 @@ TEST(Sizes, ColumnSumFixedPointNeverWraps) {
         if (s < std::ldexp(1.0, 40)) EXPECT_FALSE(fits(n, 2 * s)) << n << ": a larger scale fits";
     }
     EXPECT_FALSE(fits(int64_t(1) << 24, std::ldexp(1.0, 40)));  // the old constant at 2^24
+}
+
+// kernels/README.md "Sizes and limits" quotes the CUDA step's device memory at the issue's
+// shapes (d = 768 bf16, COMPUTED, not measured): the formula of tests/step_memory.h, which
+// CudaParity.StepDevicePeakMatchesTheFormula holds to the host layer's cudaMalloc count.
+TEST(Sizes, StepDeviceMemoryAtIssueShapes) {
+    auto total = [](int64_t B, bool sym) { return nsmem::step_memory({B, 768, 2, sym}).total(); };
+    EXPECT_EQ(total(32768, false), 1178601216);  // 1.10 GiB, of which the strip 512 MiB
+    EXPECT_EQ(total(32768, true), 1179682560);
+    EXPECT_EQ(total(1000000, false), 15591268096);  // 14.52 GiB: no strip (forward, backward)
+    EXPECT_EQ(total(1000000, true), 15624268288);   // 14.55 GiB
+    EXPECT_EQ(nsmem::strip_bytes(1000000, 1000000, 4096, 4096, int64_t(512) << 20, 256), 0);
+    EXPECT_GT(nsmem::strip_bytes(524288, 524288, 4096, 4096, int64_t(512) << 20, 256), 0);
+    EXPECT_EQ(nsmem::strip_bytes(524288 + 4097, 524288 + 4097, 4096, 4096, int64_t(512) << 20, 256), 0);
+    // The largest B = N whose step fits 139 GiB (an H200's 140.4 GiB less its CUDA context).
+    const int64_t cap = int64_t(139) << 30;
+    EXPECT_LE(total(9627144, true), cap);
+    EXPECT_GT(total(9627145, true), cap);
+    EXPECT_LE(total(9647699, false), cap);
+    EXPECT_GT(total(9647700, false), cap);
 }
