@@ -524,12 +524,14 @@ NS_API ns_status ns_infonce_backward(ns_context *ctx, const ns_infonce_inputs *i
 
 /* ns_infonce_forward then ns_infonce_backward with the same arguments, in one call, for callers
  * that know grad_loss before the forward (gradients are linear in it: pass 1 and scale later,
- * as negsamp's PyTorch op infonce_fused and the CPU ns_step do). Same outputs, bit for bit, as
- * the two calls on the CPU; there each logit tile is computed once instead of twice (three
- * GEMMs per tile, not four), its row tile's tiles held in a strip of at most 256 MiB (memory
- * stays O(B + N)); the symmetric loss first gathers its column statistics in a pass over the
- * passage tiles (so four GEMMs per passage tile, three per hard or extra tile); a strip above
- * the cap runs as the two calls. CUDA: the two calls. */
+ * as negsamp's PyTorch op infonce_fused and ns_step do). Same outputs, bit for bit, as the two
+ * calls; each logit tile is computed once instead of twice (three GEMMs per tile, not four),
+ * its row tile's tiles held in a strip (memory stays O(B + N)): at most 256 MiB on the CPU,
+ * 512 MiB on CUDA. The symmetric loss first gathers its column statistics in a pass over the
+ * passage tiles (four GEMMs per passage tile, three per hard or extra tile), except on CUDA when
+ * one strip holds every row. A strip above the cap runs as the two calls; so does CUDA below 256
+ * rows or when no gradient is asked for, and CUDA's strips thinner than the two calls' row
+ * tiles (a large N) agree with them within f32 rounding, not bit for bit. */
 NS_API ns_status ns_infonce_forward_backward(ns_context *ctx, const ns_infonce_inputs *in,
                                              const ns_loss_options *options, float grad_loss,
                                              float *loss, float *per_query, float *saved,

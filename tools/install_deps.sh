@@ -6,6 +6,8 @@
 # Python: a virtual environment, ${NS_VENV:-<repo>/.venv} (git-ignored), made from python3
 # with numpy, pytest and torch, so the system's ("externally managed") Python is never
 # modified. tools/test.sh and the python ctest use its interpreter.
+#   NS_VENV=dir         the environment's folder (default <repo>/.venv)
+#   NS_BASE_PYTHON=py   the interpreter it is made from (default python3)
 #   NS_NO_TORCH=1       leave torch out (its tests then skip, saying so)
 #   NS_REQUIRE_TORCH=1  fail when torch cannot be installed (default: warn and go on)
 # torch comes from PyPI: the default Linux x86_64 wheel with its CUDA libraries (PyPI has no
@@ -37,7 +39,9 @@ done
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # ---------------------------------------------------------------- the virtual environment
-py=${NS_PYTHON:-python3}
+# The interpreter the environment is made from: NS_BASE_PYTHON (not NS_PYTHON, which names the
+# interpreter the tests run: tools/test.sh).
+py=${NS_BASE_PYTHON:-python3}
 if ! "$venv/bin/python" -c "import sys" >/dev/null 2>&1; then
   echo "install_deps: creating the virtual environment $venv ($("$py" --version 2>&1))"
   rm -rf "$venv"
