@@ -467,7 +467,8 @@ ns_status mine_plan(ns_context *ctx, const char *fn, ns_matrix q, ns_matrix corp
     const char *gemm = getenv("NS_CUDA_MINE_GEMM");
     P->exact = !P->normalize && !P->mixed && !(gemm && strcmp(gemm, "f32") == 0);
     const double aabs = fabs((double)opt->scale);
-    P->rel = ns_bound_relative(P->d, P->esz == 4) * aabs;  // f32 rows are rounded to bf16
+    // f32 rows are rounded to bf16; the tensor cores' accumulation is ns_bound.h's 3'.
+    P->rel = ns_bound_relative(P->d, P->esz == 4, NS_BOUND_ACC_TENSOR_CORE) * aabs;
     P->abs_e = ns_bound_absolute(P->d, aabs);
     P->cap = buffer_cap(k);
     P->P2 = 1;

@@ -1122,6 +1122,30 @@ TEST(CudaParity, StepWithQueueAndHalfInputs) {
     run_step_case(p, c, 8950);
 }
 
+// Issue 11 item 1: a half-precision step (hard rows gathered in their dtype, a queue holding
+// them, the loss's GEMMs) runs no f32 GEMM: on a GPU, every GEMM on tensor cores. The host
+// layer counts the GEMMs' flops per A/B type; values alone cannot show an f32 detour (its
+// reference GEMM sums in double whatever the types).
+TEST(CudaParity, HalfStepRunsNoF32Gemm) {
+#ifndef NS_CUDA_HOST_LAYER
+    GTEST_SKIP() << "the GEMM count is the host execution layer's";
+#else
+    Pair p;
+    NS_REQUIRE_GPU(p);
+    for (ns_dtype t : {NS_BF16, NS_F16})
+        for (int sym : {0, 1}) {
+            SCOPED_TRACE(std::string(dtype_name(t)) + " symmetric " + std::to_string(sym));
+            StepCase c{16, 8, 12, 3, NS_SAMPLE_SOFTMAX, NS_FILTER_SAME_ID, sym, t};
+            c.queue = true;
+            const int half = t == NS_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+            const unsigned long long f0 = cuda_host_gemm_flops(CUDA_R_32F), h0 = cuda_host_gemm_flops(half);
+            run_step_case(p, c, 9400);
+            EXPECT_EQ(cuda_host_gemm_flops(CUDA_R_32F) - f0, 0u) << "f32 GEMM flops in a half step";
+            EXPECT_GT(cuda_host_gemm_flops(half) - h0, 0u);
+        }
+#endif
+}
+
 TEST(CudaParity, StepOnANonDefaultStream) {
     Pair p;
     NS_REQUIRE_GPU(p);

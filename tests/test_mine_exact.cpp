@@ -494,7 +494,7 @@ TEST(MineExactCuda, ManyCandidatesPerQueryAllReScored) {
             D.c[(size_t)(j * D.d + t)] = base[(size_t)t] * (1.0f + 0x1p-12f * nd(g));
     const int64_t k = 64;
     Result want = brute_force(D, k, 1.0f);
-    const double rel = ns_bound_relative(D.d, 1);
+    const double rel = ns_bound_relative(D.d, 1, NS_BOUND_ACC_TENSOR_CORE);  // the CUDA GEMM's
     for (int64_t i = 0; i < D.Q; i++) {  // rows whose score is within the bound of the k-th
         const double kth = want.score[(size_t)(i * k + k - 1)];
         int64_t inside = 0;
@@ -791,5 +791,111 @@ TEST(MineExact, Bf16ReScoreFollowsTheLaneOrder) {
             }
             unsetenv("NS_CPU_MINE_SCAN");
         }
+    }
+}
+
+// ns_bound.h 3': the CUDA bf16 GEMM runs on tensor cores, whose f32 accumulation is not IEEE.
+// tc_dot emulates it as Fasi, Higham, Mikaitis & Pranesh (2021) measured it: block FMAs adding
+// b exact products to the accumulator, every term aligned to the largest one's exponent and
+// truncated to 24 bits (no guard bits), the sum normalised by truncation. rn_dot is IEEE f32
+// (one rounding to nearest per addition), what the CPU GEMMs do.
+namespace {
+
+double truncate_to_24_bits(double x, int top_exponent) {  // toward zero, ulp 2^(top − 23)
+    const double ulp = std::ldexp(1.0, top_exponent - 23);
+    return std::trunc(x / ulp) * ulp;
+}
+
+float tc_dot(const std::vector<float> &q, const std::vector<float> &c, int b) {
+    double acc = 0;  // an f32 value
+    for (size_t t0 = 0; t0 < q.size(); t0 += (size_t)b) {
+        std::vector<double> terms = {acc};
+        for (size_t t = t0; t < q.size() && t < t0 + (size_t)b; t++)
+            terms.push_back((double)q[t] * (double)c[t]);  // exact: bf16 × bf16
+        double top = 0;
+        for (double x : terms) top = std::max(top, std::fabs(x));
+        if (top == 0) continue;
+        double sum = 0;  // exact: at most 33 multiples of one ulp, each below 2^24 ulps
+        for (double x : terms) sum += truncate_to_24_bits(x, std::ilogb(top));
+        acc = sum == 0 ? 0 : truncate_to_24_bits(sum, std::ilogb(sum));
+    }
+    return (float)acc;
+}
+
+float rn_dot(const std::vector<float> &q, const std::vector<float> &c) {
+    volatile float acc = 0;  // volatile: one f32 rounding per step, never contracted
+    for (size_t t = 0; t < q.size(); t++) {
+        volatile float p = q[t] * c[t];  // exact: bf16 × bf16
+        acc = acc + p;
+    }
+    return acc;
+}
+
+struct DotCase {
+    double err;    // |ŝ − s*|, s* = fl32(Σ q_t c_t in double)
+    double scale;  // ‖q‖·‖c‖
+};
+
+DotCase error_of(float got, const std::vector<float> &q, const std::vector<float> &c) {
+    double s = 0, nq = 0, nc = 0;
+    for (size_t t = 0; t < q.size(); t++)
+        s += (double)q[t] * c[t], nq += (double)q[t] * q[t], nc += (double)c[t] * c[t];
+    return {std::fabs((double)got - (double)(float)s), std::sqrt(nq) * std::sqrt(nc)};
+}
+
+double bound_of(const DotCase &e, int64_t d, int acc) {
+    return ns_bound_relative(d, 0, acc) * e.scale + ns_bound_absolute(d, 1.0);
+}
+
+}  // namespace
+
+// c = q = (1, s, …, s) with s² just under 2^-23, one unit of 1's last place: an IEEE adder
+// rounds every s² up into the sum, a truncating one drops every one of them — an error of about
+// 2u per term, twice the nearest-rounding bound (the bound CUDA's exact mining used before).
+TEST(MineExact, TensorCoreAccumulationNeedsItsOwnBound) {
+    const int64_t d = 768;
+    const float s = 0x1.68p-12f;  // 1.40625 · 2^-12, a bf16 value: s² = 0.9888 · 2^-23
+    std::vector<float> q((size_t)d, s);
+    q[0] = 1.0f;
+    for (int b : {1, 4, 8, 16, 32}) {
+        const DotCase tc = error_of(tc_dot(q, q, b), q, q);
+        EXPECT_GT(tc.err, bound_of(tc, d, NS_BOUND_ACC_NEAREST))
+            << "b " << b << ": the emulated tensor-core sum should exceed the nearest-rounding bound";
+        EXPECT_LE(tc.err, bound_of(tc, d, NS_BOUND_ACC_TENSOR_CORE)) << "b " << b;
+    }
+    const DotCase rn = error_of(rn_dot(q, q), q, q);
+    EXPECT_LE(rn.err, bound_of(rn, d, NS_BOUND_ACC_NEAREST)) << "IEEE f32 accumulation";
+}
+
+// Random bf16 rows of mixed signs and scales, every block size: the emulated tensor-core sum
+// stays inside NS_BOUND_ACC_TENSOR_CORE's bound and IEEE f32 inside NS_BOUND_ACC_NEAREST's.
+TEST(MineExact, TensorCoreAccumulationStaysInsideItsBound) {
+    std::mt19937_64 g(20261130);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_int_distribution<int> ex(-6, 6);
+    for (int64_t d : {64, 384, 768, 1000}) {
+        double worst_tc = 0, worst_rn = 0;
+        for (int rep = 0; rep < 60; rep++) {
+            std::vector<float> q((size_t)d), c((size_t)d);
+            const bool same_sign = rep % 3 == 0;  // no cancellation: the bound at its tightest
+            for (int64_t t = 0; t < d; t++) {
+                float a = std::ldexp(nd(g), ex(g)), x = std::ldexp(nd(g), ex(g));
+                if (same_sign) a = std::fabs(a), x = std::fabs(x);
+                q[(size_t)t] = ns_bf16_to_f32(ns_f32_to_bf16(a));
+                c[(size_t)t] = ns_bf16_to_f32(ns_f32_to_bf16(x));
+            }
+            for (int b : {1, 4, 8, 16, 32}) {
+                const DotCase tc = error_of(tc_dot(q, c, b), q, c);
+                const double bt = bound_of(tc, d, NS_BOUND_ACC_TENSOR_CORE);
+                ASSERT_LE(tc.err, bt) << "d " << d << " b " << b << " rep " << rep;
+                worst_tc = std::max(worst_tc, tc.err / bt);
+            }
+            const DotCase rn = error_of(rn_dot(q, c), q, c);
+            const double br = bound_of(rn, d, NS_BOUND_ACC_NEAREST);
+            ASSERT_LE(rn.err, br) << "d " << d << " rep " << rep;
+            worst_rn = std::max(worst_rn, rn.err / br);
+        }
+        RecordProperty("worst_tc_d" + std::to_string(d), std::to_string(worst_tc));
+        RecordProperty("worst_rn_d" + std::to_string(d), std::to_string(worst_rn));
     }
 }

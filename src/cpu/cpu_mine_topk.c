@@ -447,7 +447,10 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
             }
         }
         tb.residual = bf16;
-        tb.rel = (bf16 ? ns_bound_residual_relative(d) : ns_bound_relative(d, 0)) * aabs;
+        /* The CPU GEMMs (vdpbf16ps too) round every f32 addition to nearest. */
+        tb.rel = (bf16 ? ns_bound_residual_relative(d, NS_BOUND_ACC_NEAREST)
+                       : ns_bound_relative(d, 0, NS_BOUND_ACC_NEAREST)) *
+                 aabs;
         tb.abs_e = up((float)ns_bound_absolute(d, aabs));
         tb.aabs = aabs;
         for (int64_t q0 = 0; q0 < Q; q0 += p->qb) {
@@ -482,7 +485,7 @@ static ns_status stream_corpus(ns_context *ctx, const char *fn, mine_plan *p, ns
                 if (!cv) cv = ns_tile_rows(corpus, c0, nc, p->normalize, p->cbuf, &ldc, p->threads);
                 if (p->thread_tiles) o.qv = qv, o.ldq = ldq, o.cv = cv, o.ldc = ldc;
                 else ns_sgemm_nt(nq, nc, d, opt->scale, qv, ldq, cv, ldc, 0.0f, p->tile, nc);
-                tbq.rel = ns_bound_relative(d, 0) * aabs;
+                tbq.rel = ns_bound_relative(d, 0, NS_BOUND_ACC_NEAREST) * aabs;
                 tbq.residual = 0;
             }
             if (p->thread_tiles) /* q_once: this is every query */

@@ -19,7 +19,25 @@
  *  3. The d terms are summed in f32 in an order the library chooses (blocked, FMA chains, a
  *     tree of partial sums): every term passes through at most d roundings (d − 1 additions,
  *     plus one product rounding in the f32 case), so |fl(Σ p_t) − Σ p_t| ≤ γ_d · Σ|p_t|.
- *  4. The scale: one more rounding, |fl(α·x) − α·x| ≤ u·|α·x|; folded into γ_{d+1}.
+ *     That is IEEE f32 arithmetic rounding to nearest (the CPU GEMMs, cuBLAS's f32 SIMT GEMM):
+ *     accumulation model NS_BOUND_ACC_NEAREST, unit u per rounding.
+ *  3'. Tensor cores (the CUDA bf16 GEMM) are not IEEE adders. Measured on V100, T4 and A100
+ *     (Fasi, Higham, Mikaitis & Pranesh, "Numerical behavior of NVIDIA tensor cores", PeerJ CS
+ *     2021; Hopper's is unpublished), a block FMA adds b exact products to the f32 accumulator
+ *     c by aligning every term to the largest one's exponent and truncating to 24 bits, with
+ *     no guard bits, then normalises with truncation. Per block, each of the b terms other
+ *     than the largest M loses less than one unit of M's last place (2^-23·|M|), and the
+ *     normalisation less than 2^-23 of the result: below (b + 1)·2u·(|c| + Σ_b |p|). Over the
+ *     d/b blocks, with |c| the earlier terms' sum, that is at most (first order)
+ *     2u·(b + 1)(d/b + 1)·Σ|p_t| = 2u·(d + b + d/b + 1)·Σ|p_t| ≤ 4u·(d + 1)·Σ|p_t| for any
+ *     1 ≤ b ≤ d. γ_{d+1} with u replaced by 6u (NS_BOUND_ACC_TENSOR_CORE) covers it, the
+ *     scale's rounding of 4 and the second-order terms. Rounding to nearest, guard bits or
+ *     cuBLAS's split-K reductions in f32 only make the error smaller. It assumes the aligned window keeps the
+ *     accumulator's 24 bits (Hopper's FP8 accumulation reportedly keeps fewer; FP8 is not used).
+ *     A truncating accumulator does exceed the bound of 3: c = (1, s, …, s) with s² just
+ *     under 2^-23 loses every s² term (tests/test_mine_exact.cpp emulates it).
+ *  4. The scale: one more rounding, |fl(α·x) − α·x| ≤ u·|α·x|; folded into γ_{d+1} (under 3',
+ *     into its 6u).
  *     With Σ_t |q_t c_t| ≤ ‖q‖‖c‖ (Cauchy–Schwarz) and Σ|p_t| ≤ (1 + u_b)² ‖q‖‖c‖:
  *         |ŝ − r| ≤ |α|·‖q‖‖c‖ · [(2u_b + u_b²) + (1 + u_b)²·γ_{d+1}] + A
  *  5. A, the absolute term: with every |x| ≤ 2^32 (NS_BOUND_MAX_ABS; larger rows take the f32
@@ -57,22 +75,34 @@
 #define NS_BOUND_MAX_ABS 4294967296.0         /* 2^32: larger components take the f32 GEMM */
 #define NS_BOUND_SAFETY 1.0009765625          /* 1 + 2^-10 on every relative bound */
 
+/* How the GEMM accumulates (3 and 3' above): the unit of one addition's error, in u. */
+#define NS_BOUND_ACC_NEAREST 1     /* IEEE f32, round to nearest: CPU GEMMs, f32 cuBLAS */
+#define NS_BOUND_ACC_TENSOR_CORE 6 /* aligned, truncated block FMAs: the CUDA bf16 GEMM */
+
+/* γ_{d+1} of the accumulation model acc (NS_BOUND_ACC_*). */
+NS_HD NS_MATH_INLINE double ns_bound_gamma(long long d, int acc) {
+    const double ua = (double)acc * NS_BOUND_U_F32;
+    const double n = (double)(d + 1);
+    return n * ua / (1.0 - n * ua);
+}
+
 /* K above, for d terms, inputs_rounded: 1 when the GEMM's inputs were rounded to bf16 from
- * other values, 0 when they are the exact values (f32 GEMM, or bf16 data not normalised). */
-NS_HD NS_MATH_INLINE double ns_bound_relative(long long d, int inputs_rounded) {
+ * other values, 0 when they are the exact values (f32 GEMM, or bf16 data not normalised); acc:
+ * the GEMM's accumulation (NS_BOUND_ACC_*). */
+NS_HD NS_MATH_INLINE double ns_bound_relative(long long d, int inputs_rounded, int acc) {
     const double u = NS_BOUND_U_F32, ub = inputs_rounded ? NS_BOUND_U_BF16 : 0.0;
     const double n = (double)(d + 1);
-    const double gamma = n * u / (1.0 - n * u);
+    const double gamma = ns_bound_gamma(d, acc);
     const double k = (2.0 * ub + ub * ub) + (1.0 + ub) * (1.0 + ub) * gamma + u +
                      n * 8.8817841970012523e-16 /* 2^-50 */;
     return k * NS_BOUND_SAFETY;
 }
 
 /* K0 of 7. above (times NS_BOUND_SAFETY): the bf16 GEMM's bound apart from the residual terms. */
-NS_HD NS_MATH_INLINE double ns_bound_residual_relative(long long d) {
+NS_HD NS_MATH_INLINE double ns_bound_residual_relative(long long d, int acc) {
     const double u = NS_BOUND_U_F32, ub = NS_BOUND_U_BF16;
     const double n = (double)(d + 1);
-    const double gamma = n * u / (1.0 - n * u);
+    const double gamma = ns_bound_gamma(d, acc);
     return ((1.0 + ub) * (1.0 + ub) * gamma + u + n * 8.8817841970012523e-16 /* 2^-50 */) *
            NS_BOUND_SAFETY;
 }

@@ -62,7 +62,7 @@ typedef struct {
 
 /* The GEMM bound of an f32 GEMM over d terms on rows whose entries are at most max_abs. */
 NS_HD NS_MATH_INLINE void ns_km_bound(int64_t d, double max_abs, double *K, double *A) {
-    *K = ns_bound_relative((long long)d, 0);
+    *K = ns_bound_relative((long long)d, 0, NS_BOUND_ACC_NEAREST);
     /* ns_bound_absolute assumes entries <= 2^32; larger ones scale the subnormal term. */
     const double s = max_abs > NS_BOUND_MAX_ABS ? max_abs / NS_BOUND_MAX_ABS : 1.0;
     *A = ns_bound_absolute((long long)d, 1.0) * s * s;

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -191,6 +192,12 @@ __attribute__((no_sanitize("address", "undefined"))) void run_gemm(const Gemm &g
     }
 }
 
+// cuda_host_gemm_flops: per A/B type (guarded by mutex()).
+std::map<int, unsigned long long> &gemm_flops() {
+    static std::map<int, unsigned long long> f;
+    return f;
+}
+
 cublasStatus_t gemm(const char *fn, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n,
                     int64_t k, const void *alpha, const void *A, cudaDataType at, int64_t lda, long long sa,
                     const void *B, cudaDataType bt, int64_t ldb, long long sb, const void *beta, void *C,
@@ -244,6 +251,7 @@ cublasStatus_t gemm(const char *fn, cublasHandle_t h, cublasOperation_t ta, cubl
     if (reads_ab && (s = check_operand(fn, "A", A, at, arows, acols, lda, batch, sa))) return s;
     if (reads_ab && (s = check_operand(fn, "B", B, bt, brows, bcols, ldb, batch, sb))) return s;
     if ((s = check_operand(fn, "C", C, ct, m, n, ldc, batch, sc))) return s;
+    if (reads_ab) gemm_flops()[at] += 2ull * (unsigned long long)(m * n) * (unsigned long long)(k * batch);
     Op op;
     op.what = fn;
     op.run = [g]() { run_gemm(g); };
@@ -253,6 +261,11 @@ cublasStatus_t gemm(const char *fn, cublasHandle_t h, cublasOperation_t ta, cubl
 }
 
 }  // namespace
+
+unsigned long long cuda_host_gemm_flops(int ab_type) {
+    std::lock_guard<std::recursive_mutex> lk(mutex());
+    return gemm_flops()[ab_type];
+}
 
 long cuda_host_live_blas_handles() {
     std::lock_guard<std::recursive_mutex> lk(mutex());

@@ -16,6 +16,10 @@ extern "C" {
 // cudaFree, and any copy from or to pageable host memory (a real GPU runs those synchronously
 // with the host). Tests take the difference around a call.
 unsigned long long cuda_host_sync_count(void);
+// Floating-point operations (2·m·n·k per matrix) of the cuBLAS GEMMs queued so far whose A and B
+// are of type ab_type (a cudaDataType: CUDA_R_32F, CUDA_R_16BF, ...). Tests take the difference
+// around a call to see which GEMMs it ran (a half-precision step must run no f32 GEMM).
+unsigned long long cuda_host_gemm_flops(int ab_type);
 // The order the layer runs blocks and threads in from now on (as NS_CUDA_HOST_ORDER): 0 forward,
 // 1 reverse (threads of a block), 2 shuffled (blocks of a grid and threads of a block in a random
 // order drawn from seed and a launch counter). Tests that compare results across orders.
