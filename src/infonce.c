@@ -40,6 +40,31 @@ static ns_status check_groups(ns_context *ctx, const char *fn, const ns_loss_gro
     return NS_OK;
 }
 
+/* The loss's scalar options; name is how the caller knows the struct ("options", or the step's
+ * "options->loss"), so the message names the field the caller set. */
+ns_status ns_loss_check_params(ns_context *ctx, const char *fn, const char *name,
+                               const ns_loss_options *o) {
+    if (!(o->temperature > 0.0f) || !isfinite(o->temperature))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->temperature (%g) must be finite and > 0",
+                       fn, name, (double)o->temperature);
+    if (!(o->tau_plus >= 0.0f && o->tau_plus < 1.0f))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->tau_plus (%g) must be in [0, 1)", fn,
+                       name, (double)o->tau_plus);
+    if (!(o->beta >= 0.0f) || !isfinite(o->beta))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->beta (%g) must be finite and >= 0",
+                       fn, name, (double)o->beta);
+    if (!is_flag(o->symmetric))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->symmetric (%d) must be 0 or 1", fn,
+                       name, o->symmetric);
+    if (!is_flag(o->mask_same_id))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->mask_same_id (%d) must be 0 or 1",
+                       fn, name, o->mask_same_id);
+    if (!is_flag(o->share_hard))
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->share_hard (%d) must be 0 or 1", fn,
+                       name, o->share_hard);
+    return NS_OK;
+}
+
 ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inputs *in,
                            const ns_loss_options **optp, ns_loss_options *defaults) {
     ns_status st;
@@ -48,25 +73,7 @@ ns_status ns_infonce_check(ns_context *ctx, const char *fn, const ns_infonce_inp
                                  *optp, defaults)))
         return st;
     const ns_loss_options *o = *optp = defaults;
-    if (!(o->temperature > 0.0f) || !isfinite(o->temperature))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->temperature (%g) must be finite and > 0", fn,
-                       (double)o->temperature);
-    if (!(o->tau_plus >= 0.0f && o->tau_plus < 1.0f))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->tau_plus (%g) must be in [0, 1)", fn, (double)o->tau_plus);
-    if (!(o->beta >= 0.0f) || !isfinite(o->beta))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->beta (%g) must be finite and >= 0", fn, (double)o->beta);
-    if (!is_flag(o->symmetric))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->symmetric (%d) must be 0 or 1",
-                       fn, o->symmetric);
-    if (!is_flag(o->mask_same_id))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->mask_same_id (%d) must be 0 or 1", fn, o->mask_same_id);
-    if (!is_flag(o->share_hard))
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->share_hard (%d) must be 0 or 1",
-                       fn, o->share_hard);
+    if ((st = ns_loss_check_params(ctx, fn, "options", o))) return st;
 
     if ((st = check_groups(ctx, fn, o->groups))) return st;
 

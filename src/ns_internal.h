@@ -114,6 +114,12 @@ ns_status ns_filter_check_options(ns_context *ctx, const char *fn, const ns_cand
                                   const ns_filter_options *o);
 ns_status ns_sample_check_options(ns_context *ctx, const char *fn, const ns_candidates *c,
                                   const ns_sampler_options *o, int64_t m);
+/* The sampler's and the loss's parameters alone; name is the struct as the caller knows it
+ * ("options", or ns_step_forward's "options->sampler" / "options->loss"). */
+ns_status ns_sampler_check_params(ns_context *ctx, const char *fn, const char *name,
+                                  const ns_sampler_options *o);
+ns_status ns_loss_check_params(ns_context *ctx, const char *fn, const char *name,
+                               const ns_loss_options *o);
 
 #ifdef __cplusplus
 }

@@ -9,40 +9,48 @@
 
 static const char *const FN = "ns_sample";
 
-/* Checks of the options alone (no data is read); also ns_filter_sample's (src/filter_sample.c). */
-ns_status ns_sample_check_options(ns_context *ctx, const char *fn, const ns_candidates *c,
-                                  const ns_sampler_options *o, int64_t m) {
-    const char *const FN = fn;
+/* The sampler's parameters (strategy, SimANS a and b, softmax temperature), each checked for the
+ * strategy that uses it; name is how the caller knows the struct ("options", or the step's
+ * "options->sampler"), so the message names the field the caller set. */
+ns_status ns_sampler_check_params(ns_context *ctx, const char *fn, const char *name,
+                                  const ns_sampler_options *o) {
     if (o->strategy != NS_SAMPLE_TOP && o->strategy != NS_SAMPLE_UNIFORM &&
         o->strategy != NS_SAMPLE_SIMANS && o->strategy != NS_SAMPLE_SOFTMAX)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->strategy (%d) is not NS_SAMPLE_TOP, _UNIFORM, _SIMANS or "
+                       "%s: %s->strategy (%d) is not NS_SAMPLE_TOP, _UNIFORM, _SIMANS or "
                        "_SOFTMAX",
-                       FN, (int)o->strategy);
-    if (m < 1)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: m (%lld) must be at least 1", FN,
-                       (long long)m);
-    if (m > c->per_query)
-        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: m (%lld) is larger than the candidates per query (%lld)", FN,
-                       (long long)m, (long long)c->per_query);
-    /* Parameters are checked for the strategy that uses them only. */
+                       fn, name, (int)o->strategy);
     if (o->strategy == NS_SAMPLE_SIMANS) {
         if (!(o->simans_a > 0.0f) || !isfinite(o->simans_a))
             return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: options->simans_a (%g) must be finite and > 0", FN,
+                           "%s: %s->simans_a (%g) must be finite and > 0", fn, name,
                            (double)o->simans_a);
         if (!isfinite(o->simans_b))
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: options->simans_b (%g) must be finite", FN, (double)o->simans_b);
-        if (!c->positive_score)
-            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                           "%s: cand->positive_score is NULL but NS_SAMPLE_SIMANS needs s+", FN);
+            return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: %s->simans_b (%g) must be finite",
+                           fn, name, (double)o->simans_b);
     }
     if (o->strategy == NS_SAMPLE_SOFTMAX && (!(o->temperature > 0.0f) || !isfinite(o->temperature)))
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
-                       "%s: options->temperature (%g) must be finite and > 0", FN,
+                       "%s: %s->temperature (%g) must be finite and > 0", fn, name,
                        (double)o->temperature);
+    return NS_OK;
+}
+
+/* Checks of the options alone (no data is read); also ns_filter_sample's (src/filter_sample.c). */
+ns_status ns_sample_check_options(ns_context *ctx, const char *fn, const ns_candidates *c,
+                                  const ns_sampler_options *o, int64_t m) {
+    ns_status st;
+    if ((st = ns_sampler_check_params(ctx, fn, "options", o))) return st;
+    if (m < 1)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: m (%lld) must be at least 1", fn,
+                       (long long)m);
+    if (m > c->per_query)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: m (%lld) is larger than the candidates per query (%lld)", fn,
+                       (long long)m, (long long)c->per_query);
+    if (o->strategy == NS_SAMPLE_SIMANS && !c->positive_score)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: cand->positive_score is NULL but NS_SAMPLE_SIMANS needs s+", fn);
     return NS_OK;
 }
 

@@ -239,6 +239,12 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
                        "(batch->candidates_per_query)",
                        fn, (long long)o->hard_negatives, (long long)C);
     if ((st = check_mix(ctx, fn, o, C))) return st;
+    /* named as the caller set them (the inner calls' messages said "ns_filter_sample:
+     * options->simans_a", "ns_infonce_forward_backward: options->temperature") */
+    if (o->hard_negatives > 0 &&
+        (st = ns_sampler_check_params(ctx, fn, "options->sampler", &cfg->sampler)))
+        return st;
+    if ((st = ns_loss_check_params(ctx, fn, "options->loss", &cfg->loss))) return st;
     if (o->queue && ns_queue_size(o->queue) > 0) {
         ns_matrix rows;
         const int64_t *ids;

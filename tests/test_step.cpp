@@ -371,8 +371,16 @@ TEST_P(Step, BadInputIsRejectedAndNamed) {
     expect(NS_ERR_INVALID_ARGUMENT, "batch->candidate has 11 rows");
     o.hard_negatives = 4;
     expect(NS_ERR_INVALID_ARGUMENT, "options->hard_negatives (4)");
-    o.loss.temperature = 0.f;
-    expect(NS_ERR_INVALID_ARGUMENT, "temperature");
+    o.loss.temperature = 0.f;  // named as set (was "ns_infonce_forward_backward: options->temperature")
+    expect(NS_ERR_INVALID_ARGUMENT, "ns_step_forward: options->loss->temperature (0)");
+    o.loss.tau_plus = 1.f;
+    expect(NS_ERR_INVALID_ARGUMENT, "ns_step_forward: options->loss->tau_plus (1)");
+    o.sampler.strategy = NS_SAMPLE_SIMANS;  // was "ns_filter_sample: options->simans_a"
+    o.sampler.simans_a = -1.f;
+    expect(NS_ERR_INVALID_ARGUMENT, "ns_step_forward: options->sampler->simans_a (-1)");
+    o.sampler.strategy = NS_SAMPLE_SOFTMAX;
+    o.sampler.temperature = NAN;
+    expect(NS_ERR_INVALID_ARGUMENT, "ns_step_forward: options->sampler->temperature (nan)");
     o.struct_size = 4;  // below sizeof(size_t): not initialised
     expect(NS_ERR_INVALID_ARGUMENT, "struct_size");
     o.struct_size = sizeof(ns_step_options) + 8;  // a newer header than this library

@@ -7,6 +7,7 @@
 #include "stage.h"
 
 #include <string.h>
+#include <unistd.h>
 
 static const char *sampler_name(ns_sampler st) {
     switch (st) {
@@ -60,6 +61,19 @@ static int write_inputs(FILE *f, const cli_named_path *in, int n, int quiet) {
     return 0;
 }
 
+/* The trace prefix as an absolute path: `negsamp inspect --run OUT` follows it from any working
+ * directory (a relative prefix was read against the inspecting shell's directory, not the
+ * mining run's, and was not found). argv keeps the prefix as given. */
+static void write_trace(FILE *f, const char *trace) {
+    char path[8192], cwd[4096];
+    if (trace[0] != '/' && getcwd(cwd, sizeof cwd) &&
+        snprintf(path, sizeof path, "%s/%s", cwd, trace) < (int)sizeof path)
+        trace = path;
+    fputs("  \"trace\": ", f);
+    cli_json_string(f, trace, strlen(trace));
+    fputs(",\n", f);
+}
+
 int stage_write_provenance(stage *s, int argc, char **argv, const char *command,
                            const cli_named_path *inputs, int n, const char *extra) {
     FILE *f = s->prov.f;
@@ -88,11 +102,7 @@ int stage_write_provenance(stage *s, int argc, char **argv, const char *command,
                 (long long)o->random_m, (long long)o->m, (long long)stage_width(o),
                 (double)o->random_alpha, o->weights ? "\"--weights\"" : "\"uniform\"");
     if (extra) fputs(extra, f);
-    if (o->trace) {
-        fputs("  \"trace\": ", f);
-        cli_json_string(f, o->trace, strlen(o->trace));
-        fputs(",\n", f);
-    }
+    if (o->trace) write_trace(f, o->trace);
     cli_named_path all[CLI_MAX_FILES + 5] = {{"--query-ids", o->query_ids},
                                              {"--corpus-ids", o->corpus_ids},
                                              {"--qrels", o->qrels},
@@ -104,3 +114,4 @@ int stage_write_provenance(stage *s, int argc, char **argv, const char *command,
     fprintf(f, "  \"rows_written\": %lld\n}\n", (long long)s->jsonl_rows);
     return ferror(f) ? -1 : 0;
 }
+

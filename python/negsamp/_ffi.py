@@ -384,7 +384,9 @@ def library():
         raise LibraryNotFound(
             "negsamp: cannot load libnegsamp. Set NEGSAMP_LIBRARY to the path of libnegsamp.so "
             "(e.g. build/libnegsamp.so), or install the package with `pip install ./python`, "
-            "which builds it into negsamp/_lib. Tried: " + ("; ".join(tried) or "nothing found"))
+            "which builds it into negsamp/_lib. Tried: " + ("; ".join(tried) or (
+                f"NEGSAMP_LIBRARY (not set), {_PACKAGE_LIB_DIR} (no libnegsamp there), the "
+                "system loader path (ctypes.util.find_library('negsamp') found none)")))
 
 
 def library_path() -> str:

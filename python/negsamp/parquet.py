@@ -215,8 +215,10 @@ def run(argv):
                     raise ParquetError(f"--out {parquet_out}: is an input")
         code = subprocess.call([prog, *args2])
         if code == 0 and parquet_out:
-            jsonl_to_parquet(jsonl_out, parquet_out)
+            rows = jsonl_to_parquet(jsonl_out, parquet_out)
             _provenance(prog, jsonl_out, parquet_out, inputs, argv)
+            if "--quiet" not in args:  # the program's last line named the temporary JSONL
+                print(f"negsamp.parquet: wrote {rows} rows to {parquet_out}", file=sys.stderr)
         return code
 
 

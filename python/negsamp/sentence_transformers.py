@@ -234,6 +234,10 @@ def mine_hard_negatives(dataset, model=None, anchor_column_name: str | None = No
                               f"corpus_embeddings")
 
     cols = dataset.column_names
+    if len(cols) < 2 and not (anchor_column_name and positive_column_name):
+        raise InvalidArgument(f"{fn}: the dataset has columns {cols}; expected (anchor, "
+                              f"positive) pairs: the first two columns, or "
+                              f"anchor_column_name and positive_column_name")
     anchor_column_name = anchor_column_name or cols[0]
     positive_column_name = positive_column_name or cols[1]
     for name in (anchor_column_name, positive_column_name):
@@ -649,10 +653,12 @@ class NegsampLoss(_Module):
       MultipleNegativesRankingLoss counts it as a negative (use its NO_DUPLICATES sampler);
       on batches without duplicate passages the two are equal.
     - ``hard_negatives=h`` with ``filter`` (dict of negsamp.filter rules: max_score, min_score,
-      margin, rel_margin, rank; scores without gradient) and ``sampler`` (strategy "top" |
+      margin, rel_margin, rank; scores without gradient) and ``sampler`` (strategy "top" (default) |
       "uniform" | "simans" | "softmax", simans_a, simans_b, temperature, seed): each anchor keeps
-      h of its n candidate columns, filtered then drawn as ``negsamp.InfoNCELoss`` does (keyed by
-      seed, step, global query id, candidate id), before the shared InfoNCE.
+      min(h, n) of its n candidate columns, filtered then drawn as ``negsamp.InfoNCELoss`` does
+      (keyed by seed, step, global query id, candidate id), before the shared InfoNCE. A
+      ``filter`` applies also without ``hard_negatives`` (or with h >= n): every candidate it
+      keeps is then a negative.
     - ``symmetric`` (adds the positive→anchor term, (L_q + L_p)/2), ``tau_plus`` (debiased
       InfoNCE), ``beta`` (hard-negative reweighting), ``learn_temperature`` (τ is a parameter
       ``log_temperature`` of this module).
@@ -955,7 +961,7 @@ class NegsampLoss(_Module):
         pid, n_ids, base, have_ids = self._batch_ids(ids, B, len(negs), dev)
         owners = [torch.arange(B, device=dev) for _ in negs]
         g_negs = list(guide[2:]) if guide is not None else None
-        if negs and self.hard_negatives is not None and self.hard_negatives < len(negs):
+        if negs and self._select.selects:
             negs, n_ids, owners, g_negs = self._select_hard(q, p, negs, n_ids, owners, g_negs,
                                                             pid, have_ids)
         query, passages, pids, g_q, g_cand, two = self._candidates(

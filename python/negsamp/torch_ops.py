@@ -21,6 +21,7 @@ ordered like any PyTorch kernel. One context per (device, thread) is cached.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Optional, Tuple
 
@@ -763,11 +764,13 @@ class InfoNCELoss(torch.nn.Module):
     temperature = 1/scale and share_hard=True (every query contrasts against every hard
     negative of the batch) it is cross_entropy(cat(q·pᵀ, q·Hᵀ)/τ, arange(B)).
 
-    forward(query (B,d), positive (B,d), hard (B,C,d) optional, ...). With hard_negatives=h
-    (< C) the C candidates of each query are first filtered (filter: dict of negsamp.filter
-    rules: same_id, max_score, min_score, margin, rel_margin, rank — scores are the cosine or
-    dot products computed without gradient) and then h are sampled (sampler: dict with
-    strategy 'top'|'uniform'|'simans'|'softmax', simans_a, simans_b, temperature, seed). The
+    forward(query (B,d), positive (B,d), hard (B,C,d) optional, ...). The C candidates of each
+    query are filtered whenever filter is given (dict of negsamp.filter rules: same_id,
+    max_score, min_score, margin, rel_margin, rank — scores are the cosine or dot products
+    computed without gradient), also when hard_negatives is None or >= C; then, with
+    hard_negatives=h, min(h, C) of the survivors are sampled (sampler: dict with strategy
+    'top' (the default, also in a sampler dict without one)|'uniform'|'simans'|'softmax',
+    simans_a, simans_b, temperature, seed; a sampler needs hard_negatives). Without hard_negatives every surviving candidate is a negative. The
     draw is keyed like ns_step's, by (seed, step, global query id, candidate id): the step is
     the module's counter (or the step argument), the global query id query_offset + i
     (query_offset argument; default rank·B under torch.distributed, else 0), the candidate id
@@ -785,7 +788,17 @@ class InfoNCELoss(torch.nn.Module):
                  sampler: Optional[dict] = None, learn_temperature: bool = False,
                  group_weight: float = 0.0):
         super().__init__()
-        self.temperature = float(temperature)
+        fn = "InfoNCELoss"
+        self.temperature = chk.real(temperature, fn, "temperature")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InvalidArgument(f"{fn}: temperature ({temperature}) must be finite and > 0")
+        if hard_negatives is not None:
+            hard_negatives = chk.integer(hard_negatives, fn, "hard_negatives", 1)
+        if sampler is not None and hard_negatives is None:
+            raise InvalidArgument(f"{fn}: sampler ({sampler}) draws hard_negatives=h of the C "
+                                  "candidates per query, but hard_negatives is None: pass "
+                                  "hard_negatives (without it every candidate the filter "
+                                  "keeps is a negative)")
         self.group_weight = float(group_weight)
         self.learn_temperature = learn_temperature
         if learn_temperature:
@@ -803,8 +816,13 @@ class InfoNCELoss(torch.nn.Module):
         self.beta = float(beta)
         self.hard_negatives = hard_negatives
         self.filter_rules, self.filter_kwargs = _filter_rules(filter or {})
+        # Candidates go through select() whenever a rule or a draw applies: a filter is never
+        # skipped because h happens to be >= C (it used to be, keeping false negatives).
+        self.selects = hard_negatives is not None or filter is not None
         s = dict(sampler or {})
-        strategy = s.pop("strategy", "top" if sampler is None else "simans")
+        # One default, given a sampler dict or not: a sampler={"seed": 1} added for
+        # reproducibility used to switch the draw from top to SimANS.
+        strategy = s.pop("strategy", "top")
         if isinstance(strategy, str):
             if strategy not in _STRATEGIES:
                 raise InvalidArgument(f"InfoNCELoss: sampler strategy ({strategy!r}) is not one "
@@ -837,6 +855,23 @@ class InfoNCELoss(torch.nn.Module):
             pass
         return 0
 
+    @staticmethod
+    def _check_shapes(query: Tensor, positive: Tensor, hard: Optional[Tensor]):
+        """The shapes as the caller passed them (the op's messages name its own arguments:
+        a positive index array, an unsqueezed hard)."""
+        fn = "InfoNCELoss"
+        if query.dim() != 2 or positive.dim() != 2:
+            raise InvalidArgument(f"{fn}: query and positive must be (B, d); got query "
+                                  f"{tuple(query.shape)} and positive {tuple(positive.shape)}")
+        B = query.shape[0]
+        if positive.shape[0] < B:
+            raise InvalidArgument(f"{fn}: positive has {positive.shape[0]} rows but there are "
+                                  f"{B} queries (row i is the positive of query i)")
+        if hard is not None and (hard.dim() not in (2, 3) or hard.shape[0] != B):
+            raise InvalidArgument(f"{fn}: hard must be (B, C, d), or (B, d) for one per query, "
+                                  f"with B = {B}; got {tuple(hard.shape)} (flat (B·C, d) rows: "
+                                  f"pass hard.reshape(B, C, d))")
+
     def select(self, query: Tensor, positive: Tensor, hard: Tensor,
                hard_id: Optional[Tensor] = None, positive_id: Optional[Tensor] = None,
                step: Optional[int] = None, query_offset: Optional[int] = None,
@@ -852,7 +887,7 @@ class InfoNCELoss(torch.nn.Module):
         hard_keep (B, C), optional: candidates never drawn."""
         fn = "InfoNCELoss"
         B, C = hard.shape[0], hard.shape[1]
-        h = int(self.hard_negatives)
+        h = C if self.hard_negatives is None else min(int(self.hard_negatives), C)
         off = (self.default_query_offset(B) if query_offset is None
                else chk.int64(query_offset, fn, "query_offset", 0))
         with torch.no_grad():
@@ -909,6 +944,13 @@ class InfoNCELoss(torch.nn.Module):
         """query_group (B) with positive_group (B), hard_group (B, C) and extra_group (E),
         each optional: the same-group rule (group_weight of the module: 0 masks a candidate of
         the query's group, (0, 1] down-weights it; the positive never)."""
+        self._check_shapes(query, positive, hard)
+        if (hard is not None and self.filter_rules & _ffi.NS_FILTER_SAME_ID
+                and (hard_id is None or positive_id is None)):
+            raise InvalidArgument("InfoNCELoss: filter same_id compares each candidate's "
+                                  "hard_id with its query's positive_id: pass both (hard_id "
+                                  f"{'missing' if hard_id is None else 'given'}, positive_id "
+                                  f"{'missing' if positive_id is None else 'given'})")
         if self.normalize:
             query = torch.nn.functional.normalize(query, dim=-1)
             positive = torch.nn.functional.normalize(positive, dim=-1)
@@ -916,8 +958,7 @@ class InfoNCELoss(torch.nn.Module):
             extra = None if extra is None else torch.nn.functional.normalize(extra, dim=-1)
         if hard is not None and hard.dim() == 2:
             hard = hard.unsqueeze(1)
-        if (hard is not None and self.hard_negatives is not None
-                and self.hard_negatives < hard.shape[1]):
+        if hard is not None and self.selects and hard.shape[1] > 0:
             rows, sel_keep = self.select(query, positive, hard, hard_id, positive_id, step,
                                          query_offset, hard_keep)
             safe = rows.clamp(min=0)

@@ -301,6 +301,11 @@ def group_beir_parquet(tmp):
               "provenance hash of the Parquet corpus")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     check(p.returncode == 1 and "exists" in p.stderr, f"existing output: {p.stderr}")
+    # without --quiet the last line names the Parquet output (it named the temporary JSONL)
+    loud = [a for a in cmd if a != "--quiet"] + ["--force"]
+    p = subprocess.run(loud, env=env, capture_output=True, text=True, timeout=180)
+    check(p.returncode == 0 and p.stderr.rstrip().splitlines()[-1] ==
+          f"negsamp.parquet: wrote {len(read_jsonl(ref))} rows to {out}", f"summary: {p.stderr}")
     print("  st / tevatron Parquet == JSONL; provenance names the Parquet inputs")
 
 
@@ -628,6 +633,22 @@ def group_beir_inspect(tmp):
     check(got["candidates"] == 11 and got["with_positive"] == 0, f"sample run: {got}")
     for key in ("kept", "sampled", "filtered"):
         check(got["histogram"][key] == want["histogram"][key], f"sample run: histogram {key}")
+    # a relative --trace, inspected from another working directory: the provenance names the
+    # trace by its absolute path (it kept the relative one, which inspect then did not find)
+    import subprocess
+    sub = os.path.join(tmp, "rel")
+    os.makedirs(sub)
+    p = subprocess.run([cli_harness.NEGSAMP, "mine", "--beir", b.root, "-k", "20", "-m", "5",
+                        "--out", "rel.jsonl", "--trace", "rt", "--quiet"], cwd=sub,
+                       capture_output=True, text=True, timeout=180)
+    check(p.returncode == 0, f"mine in {sub}: {p.stderr}")
+    prov = json.load(open(os.path.join(sub, "rel.jsonl.provenance.json")))
+    check(prov["trace"] == os.path.join(os.path.realpath(sub), "rt") or
+          prov["trace"] == os.path.join(sub, "rt"), f"provenance trace {prov['trace']}")
+    p = subprocess.run([cli_harness.NEGSAMP, "inspect", "--run", os.path.join(sub, "rel.jsonl")],
+                       cwd="/", capture_output=True, text=True, timeout=180)
+    check(p.returncode == 0 and "rank of the positive" in p.stdout,
+          f"inspect from /: {p.returncode} {p.stderr}")
     # the same through --trace; a run without a trace; an existing report needs --force
     run("inspect", "--trace", pre, "--quiet", "--report", rep, "--force")
     _, err = run("inspect", "--trace", pre, "--report", rep, expect=1)

@@ -101,6 +101,23 @@ def test_library_not_found_message(tmp_path):
     assert "MSG" in r.stdout and "NEGSAMP_LIBRARY" in r.stdout and "nope.so" in r.stdout
 
 
+def test_library_not_found_says_where_it_looked():
+    # Nothing set and nothing installed: the message lists the places it looked (it said
+    # "Tried: nothing found").
+    import ctypes.util
+    if (_ffi._PACKAGE_LIB_DIR.exists() or ctypes.util.find_library("negsamp")
+            or str(ROOT / "python") not in str(_ffi._PACKAGE_LIB_DIR)):
+        pytest.skip("a libnegsamp is installed where the binding looks")
+    env = {k: v for k, v in os.environ.items() if k != "NEGSAMP_LIBRARY"}
+    env["PYTHONPATH"] = str(ROOT / "python")
+    code = ("import negsamp\ntry:\n    negsamp.version()\nexcept negsamp.LibraryNotFound as e:"
+            "\n    print('MSG', e)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "NEGSAMP_LIBRARY (not set)" in r.stdout, r.stdout
+    assert str(_ffi._PACKAGE_LIB_DIR) in r.stdout and "find_library" in r.stdout, r.stdout
+
+
 def test_missing_symbol_is_unsupported(monkeypatch):
     monkeypatch.setitem(_ffi._SIGNATURES, "ns_not_there", (None, []))
     from negsamp._core import _c

@@ -300,6 +300,9 @@ def test_mine_arguments_checked(model):
                                 corpus_embeddings=np.zeros((5, 3), np.float32))
     with pytest.raises(negsamp.InvalidArgument, match="give a model"):
         nst.mine_hard_negatives(ds)
+    # one column: it was an IndexError (list index out of range)
+    with pytest.raises(negsamp.InvalidArgument, match=r"columns \['query'\]; expected"):
+        nst.mine_hard_negatives(ds.select_columns(["query"]), model)
     with pytest.raises(negsamp.InvalidArgument, match="scores per pair"):
         nst.mine_hard_negatives(ds, model, cross_encoder=StubCrossEncoder(tiny_model(), width=2))
 
@@ -665,6 +668,30 @@ def test_hard_negative_selection_inside_the_loss():
         return torch.nn.functional.cross_entropy(logits, torch.arange(6))
     ref = _loss_and_grad(model, ref_loss, feats)
     _assert_close_loss_grad(ours, ref)
+
+
+def test_filter_applies_when_h_covers_every_column():
+    # 2 negative columns and hard_negatives=2 (or none): the margin filter still drops the
+    # candidates above the positive (it was skipped unless h < the column count).
+    model = tiny_model(seed=10)
+    feats, _ = _batch(model, n=6, negs=2, seed=11)
+
+    def ref_loss(features, labels):
+        e = [torch.nn.functional.normalize(model(f)["sentence_embedding"], dim=-1)
+             for f in features]
+        q, p, h = e[0], e[1], torch.stack(e[2:], 1)
+        with torch.no_grad():
+            keep = torch.einsum("bd,bcd->bc", q, h) <= (q * p).sum(-1, keepdim=True)
+        seen["kept"] = int(keep.sum())
+        logits = q @ torch.cat([p, h[keep]]).T * 20.0
+        return torch.nn.functional.cross_entropy(logits, torch.arange(6))
+    seen = {}
+    ref = _loss_and_grad(model, ref_loss, feats)
+    assert 0 < seen["kept"] < 12, seen  # the filter removes some, not all
+    for h in (2, None):
+        loss_fn = nst.MultipleNegativesRankingLoss(model, hard_negatives=h,
+                                                   filter=dict(margin=0.0))
+        _assert_close_loss_grad(_loss_and_grad(model, loss_fn, feats), ref)
 
 
 def test_doc_to_doc_after_selection_masks_the_anchors_own_documents():

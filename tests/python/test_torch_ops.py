@@ -363,6 +363,59 @@ def test_infonce_loss_samples_by_ids_with_same_id_filter(gen):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_infonce_loss_filters_when_h_is_at_least_c(gen):
+    # A filter is applied whatever h is: with h == C (keep every survivor), h > C and no h at
+    # all, the positive planted among the candidates is masked (it used to be drawn as a
+    # negative: the filter ran only for h < C).
+    require("ns_infonce_forward", "ns_filter", "ns_sample")
+    B, C, d = 4, 5, 6
+    q, p, cand = _randn(gen, B, d, grad=True), _randn(gen, B, d), _randn(gen, B, C, d)
+    pid = torch.arange(B) * 100
+    cid = torch.arange(B * C).reshape(B, C) + 1000
+    cid[:, 2] = pid
+    ref = ref_loss(q, p, cand[:, [0, 1, 3, 4]], 0.5, share_hard=False)
+    for h in (C, C + 3, None):
+        mod = negsamp.InfoNCELoss(temperature=0.5, share_hard=False, hard_negatives=h,
+                                  filter=dict(same_id=True))
+        loss = mod(q, p, cand, positive_id=pid, hard_id=cid)
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5, msg=f"h={h}")
+    # a score rule too, without ids: max_score drops the candidates above it
+    with torch.no_grad():
+        s = torch.einsum("bd,bcd->bc", q, cand)
+    cut = float(s.median())
+    mod = negsamp.InfoNCELoss(temperature=0.5, share_hard=False, hard_negatives=C,
+                              filter=dict(max_score=cut))
+    ref = ref_loss(q, p, cand, 0.5, share_hard=False, keep=s <= cut)
+    torch.testing.assert_close(mod(q, p, cand), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_infonce_loss_names_the_shapes_the_caller_passed(gen):
+    # The op's own messages spoke of "positive is NULL" (its index array) for too few positive
+    # rows and of the unsqueezed (B·C, 1, d) for flat hard rows.
+    q, p = _randn(gen, 4, 8), _randn(gen, 4, 8)
+    mod = negsamp.InfoNCELoss(temperature=0.1)
+    for args, msg in [((q, p[:3]), r"positive has 3 rows but there are 4 queries"),
+                      ((q, p, _randn(gen, 12, 8)), r"hard must be .* got \(12, 8\) .*reshape"),
+                      ((q, p, _randn(gen, 5, 2, 8)), r"with B = 4; got \(5, 2, 8\)"),
+                      ((q[0], p[0]), r"query and positive must be \(B, d\); got query \(8,\)")]:
+        with pytest.raises(negsamp.InvalidArgument, match=msg):
+            mod(*args)
+    # filter same_id without ids: it was skipped in silence (no ids to compare)
+    same = negsamp.InfoNCELoss(temperature=0.1, hard_negatives=1, filter=dict(same_id=True))
+    with pytest.raises(negsamp.InvalidArgument, match="hard_id missing, positive_id given"):
+        same(q, p, _randn(gen, 4, 3, 8), positive_id=torch.arange(4))
+
+
+def test_infonce_loss_constructor_names_bad_arguments():
+    for kw, msg in [(dict(temperature=-1.0), r"temperature \(-1.0\) must be finite and > 0"),
+                    (dict(temperature=float("nan")), r"temperature \(nan\)"),
+                    (dict(hard_negatives=0), r"hard_negatives \(0\) must be at least 1"),
+                    (dict(hard_negatives=2.5), r"hard_negatives \(2.5\) must be an integer"),
+                    (dict(sampler=dict(strategy="top")), r"sampler .* hard_negatives is None")]:
+        with pytest.raises(negsamp.InvalidArgument, match=msg):
+            negsamp.InfoNCELoss(**kw)
+
+
 def test_torch_compile_traces_the_loss(gen):
     require("ns_infonce_forward", "ns_infonce_backward", "ns_filter", "ns_sample")
     B, C, d = 6, 5, 8
@@ -522,6 +575,17 @@ def test_tensors_on_two_devices_are_refused(gen):
 def _draw_module(**sampler):
     return negsamp.InfoNCELoss(temperature=0.2, share_hard=False, hard_negatives=3,
                                sampler=dict(seed=5, **sampler))
+
+
+def test_infonce_loss_default_strategy_is_top_with_or_without_a_sampler_dict(gen):
+    # sampler={"seed": 5} (no strategy) drew by SimANS while no sampler drew the top h.
+    require("ns_sample")
+    B, C, d = 8, 9, 6
+    q, p, cand = _randn(gen, B, d), _randn(gen, B, d), _randn(gen, B, C, d)
+    top = torch.einsum("bd,bcd->bc", q, cand).argsort(dim=1, descending=True, stable=True)[:, :3]
+    for mod in (_draw_module(), negsamp.InfoNCELoss(temperature=0.2, hard_negatives=3)):
+        rows, _ = mod.select(q, p, cand)
+        assert torch.equal(rows, top), (rows, top)
 
 
 @pytest.mark.parametrize("with_ids", [False, True])
