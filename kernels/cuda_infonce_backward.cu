@@ -19,21 +19,21 @@ __device__ __forceinline__ float order_float(int i) { return __int_as_float(i >=
 // colc_p = −log Σ_{i: positive[i] = p} e^{−collse_i} (symmetric): max pass, sum pass, finish.
 // Several queries may share a positive, so the sum is accumulated by atomics — in fixed point
 // (integers add associatively: the same bits whatever the order). Each term is e^{v − max} in
-// (0, 1], scaled by 2^40: up to 2^23 queries per passage without overflow, an absolute error
-// of 2^-41 per term against a sum >= 1 (colc is a float).
-constexpr double kColFix = 1099511627776.0;  // 2^40
+// (0, 1], scaled by fix = ns_loss_colfix_scale(B) (src/hostdevice/ns_loss_math.h: 2^40 up to
+// 2^23 queries, less above, so that B terms never wrap the 64-bit sum), an absolute error of
+// 1/(2·fix) per term against a sum >= 1 (colc is a float).
 
 __global__ void ns_k_colc_max(int64_t B, ns_loss_ids ids, const float *saved, int *cmaxo) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B; i += (int64_t)gridDim.x * blockDim.x)
         atomicMax(cmaxo + ns_loss_positive(&ids, i), float_order(-saved[i * kSaved + NS_SAVED_COLLSE]));
 }
 __global__ void ns_k_colc_sum(int64_t B, ns_loss_ids ids, const float *saved, const int *cmaxo,
-                              unsigned long long *cfix) {
+                              double fix, unsigned long long *cfix) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < B; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t j = ns_loss_positive(&ids, i);
         double v = -(double)saved[i * kSaved + NS_SAVED_COLLSE];
         const double e = exp(v - (double)order_float(cmaxo[j]));
-        atomicAdd(cfix + j, (unsigned long long)llrint(e * kColFix));  // ns-int-atomic
+        atomicAdd(cfix + j, (unsigned long long)llrint(e * fix));  // ns-int-atomic
     }
 }
 __global__ void ns_k_colc_init(int64_t N, int *cmaxo, unsigned long long *cfix) {
@@ -42,9 +42,10 @@ __global__ void ns_k_colc_init(int64_t N, int *cmaxo, unsigned long long *cfix) 
         cfix[j] = 0;
     }
 }
-__global__ void ns_k_colc_finish(int64_t N, const int *cmaxo, const unsigned long long *cfix, float *colc) {
+__global__ void ns_k_colc_finish(int64_t N, const int *cmaxo, const unsigned long long *cfix, double fix,
+                                 float *colc) {
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < N; j += (int64_t)gridDim.x * blockDim.x)
-        colc[j] = cfix[j] ? (float)-((double)order_float(cmaxo[j]) + log((double)cfix[j] / kColFix)) : INFINITY;
+        colc[j] = cfix[j] ? (float)-((double)order_float(cmaxo[j]) + log((double)cfix[j] / fix)) : INFINITY;
 }
 
 struct GradArgs {
@@ -119,8 +120,9 @@ ns_status column_factors(ns_context *ctx, const char *fn, const Plan &P, const S
     cudaStream_t st = ns_stream(ctx);
     ns_k_colc_init<<<ns_blocks(P.N), NS_CUDA_THREADS, 0, st>>>(P.N, S.colmax, S.colfix);
     ns_k_colc_max<<<ns_blocks(P.B), NS_CUDA_THREADS, 0, st>>>(P.B, P.ids, saved, S.colmax);
-    ns_k_colc_sum<<<ns_blocks(P.B), NS_CUDA_THREADS, 0, st>>>(P.B, P.ids, saved, S.colmax, S.colfix);
-    ns_k_colc_finish<<<ns_blocks(P.N), NS_CUDA_THREADS, 0, st>>>(P.N, S.colmax, S.colfix, S.colc);
+    const double fix = ns_loss_colfix_scale(P.B);
+    ns_k_colc_sum<<<ns_blocks(P.B), NS_CUDA_THREADS, 0, st>>>(P.B, P.ids, saved, S.colmax, fix, S.colfix);
+    ns_k_colc_finish<<<ns_blocks(P.N), NS_CUDA_THREADS, 0, st>>>(P.N, S.colmax, S.colfix, fix, S.colc);
     NS_CUDA_TRY(ctx, fn, cudaGetLastError());
     return NS_OK;
 }

@@ -4,6 +4,7 @@
 // decisions and sampled negatives identical. Skips, with the reason, where no GPU exists.
 #include "ns_test_util.h"
 #include "step_options.h"
+#include "step_memory.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -1618,6 +1619,87 @@ DeviceRun device_workload(int dev) {
 
 }  // namespace
 #endif
+
+extern "C" void ns_infonce_set_tiles(ns_context *ctx, int64_t rows, int64_t cols);
+extern "C" void ns_infonce_set_strip(ns_context *ctx, int64_t bytes, int64_t min_rows);
+
+// kernels/README.md "Sizes and limits": the device memory of a CUDA step is the formula of
+// tests/step_memory.h — the peak of every cudaMalloc from the context's creation to the end of
+// the step's backward (the host execution layer counts them), at shapes that cross loss tiles
+// and strips: one strip, several strips, thinner row tiles, no strip (forward then backward).
+TEST(CudaParity, StepDevicePeakMatchesTheFormula) {
+#if !defined(NS_CUDA_HOST_LAYER) || defined(NS_PARITY_SELFTEST)
+    GTEST_SKIP() << "counts cudaMalloc through the host execution layer";
+#else
+    struct Case {
+        const char *what;
+        int64_t B, d;
+        ns_dtype t;
+        bool sym, checked;
+        int64_t tile, budget, min_rows;  // 0: the defaults
+    };
+    const int64_t T = 3, tile = 32;  // 96 columns in tiles of 32
+    const Case cases[] = {
+        {"default tiles, one strip", 96, 32, NS_BF16, true, true, 0, 0, 0},
+        {"3 x 3 tiles, one strip, sync_free", 96, 32, NS_F32, false, false, tile, 0, 0},
+        {"two row tiles per strip", 96, 32, NS_BF16, true, true, tile, 2 * T * tile * tile * 4, 16},
+        {"row tiles of 16 rows", 96, 32, NS_F16, false, true, tile, T * 16 * tile * 4, 16},
+        {"no strip: forward, then backward", 96, 32, NS_F32, true, true, tile, T * 8 * tile * 4, 16},
+    };
+    for (const Case &c : cases) {
+        SCOPED_TRACE(c.what);
+        nsmem::StepShape sh{c.B, c.d, c.t == NS_F32 ? 4 : 2, c.sym, c.checked};
+        if (c.tile) sh.tb = sh.tn = c.tile;
+        if (c.budget) sh.strip_budget = c.budget, sh.strip_min_rows = c.min_rows;
+        const nsmem::StepMemory want = nsmem::step_memory(sh);
+        cuda_host_peak_bytes(1);
+        const unsigned long long live = cuda_host_peak_bytes(1);  // what was live before
+        ns_context *g = nullptr;
+        ns_context_options co = NS_CONTEXT_OPTIONS_INIT;
+        co.backend = NS_BACKEND_CUDA;
+        ASSERT_EQ(ns_context_create(&g, &co), NS_OK) << ns_last_error(nullptr);
+        if (c.tile) ns_infonce_set_tiles(g, c.tile, c.tile);
+        if (c.budget) ns_infonce_set_strip(g, c.budget, c.min_rows);
+        const HostMat qh(c.t, c.B, c.d, c.d, 71), ph(c.t, c.B, c.d, c.d, 72);
+        const size_t in_bytes = (size_t)(c.B * c.d * sh.es), g_bytes = (size_t)(c.B * c.d * 4);
+        void *q = nullptr, *p = nullptr;
+        float *dq = nullptr, *dp = nullptr;
+        ASSERT_EQ(cudaMalloc(&q, in_bytes), cudaSuccess);
+        ASSERT_EQ(cudaMalloc(&p, in_bytes), cudaSuccess);
+        ASSERT_EQ(cudaMalloc(&dq, g_bytes), cudaSuccess);
+        ASSERT_EQ(cudaMalloc(&dp, g_bytes), cudaSuccess);
+        const void *qs = c.t == NS_F32 ? (const void *)qh.f.data() : (const void *)qh.h.data();
+        const void *ps = c.t == NS_F32 ? (const void *)ph.f.data() : (const void *)ph.h.data();
+        ASSERT_EQ(cudaMemcpy(q, qs, in_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(p, ps, in_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+        ns_batch b;
+        std::memset(&b, 0, sizeof b);
+        b.query = {q, c.t, c.B, c.d, c.d};
+        b.positive = {p, c.t, c.B, c.d, c.d};
+        b.candidate = {nullptr, c.t, 0, c.d, 0};
+        StepOptions o;
+        o.loss.temperature = 0.1f;
+        o.loss.symmetric = c.sym;
+        o.sync_free = !c.checked;
+        ns_step_result r;
+        ASSERT_EQ(ns_step_forward(g, &b, o.get(), &r), NS_OK) << ns_last_error(g);
+        ns_step_grads grads{dq, dp, nullptr, nullptr};
+        ASSERT_EQ(ns_step_backward(g, 1.0f, &grads), NS_OK) << ns_last_error(g);
+        const long long got = (long long)(cuda_host_peak_bytes(0) - live);
+        EXPECT_EQ(got, (long long)want.total())
+            << "measured " << got << " B; formula: inputs " << want.inputs << " + grads " << want.grads
+            << " + step " << want.step << " + state " << want.state << " + tiles " << want.tiles
+            << " + strip " << want.strip << " + context " << want.context;
+        std::vector<float> gq((size_t)(c.B * c.d));
+        ASSERT_EQ(cudaMemcpy(gq.data(), dq, g_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        double norm = 0;
+        for (float v : gq) norm += (double)v * v;
+        EXPECT_TRUE(std::isfinite(norm) && norm > 0) << "the step computed no gradient";
+        cudaFree(q), cudaFree(p), cudaFree(dq), cudaFree(dp);
+        ns_context_destroy(g);
+    }
+#endif
+}
 
 // Issue 11 item 6: every CUDA entry makes its context's device current and gives the caller's
 // back. The same workload (similarity, mining, sampling, the loss, k-means, two whole steps with

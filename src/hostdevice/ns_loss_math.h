@@ -197,6 +197,18 @@ NS_HD NS_MATH_INLINE double ns_loss_row_finish(int general, double tau, double t
     return L;
 }
 
+/* The fixed-point scale of the symmetric backward's column sums (kernels/cuda_infonce_backward.cu:
+ * Σ e^{v − max} over the queries whose positive is one passage, added as 64-bit integers so the
+ * bits do not depend on the order). Each term is in (0, 1], so at most n terms (n = B: a passage
+ * is the positive of at most every query) sum to at most n·scale: 2^40 while n ≤ 2^23, else the
+ * largest power of two with n·scale ≤ 2^63, so the sum never wraps (a fixed 2^40 wrapped from
+ * 2^24 queries on one passage). The absolute error is scale^-1 / 2 per term against a sum ≥ 1. */
+NS_HD NS_MATH_INLINE double ns_loss_colfix_scale(int64_t n) {
+    int s = 40;
+    while (s > 0 && (uint64_t)n > ((uint64_t)1 << (63 - s))) s--;
+    return ldexp(1.0, s);
+}
+
 /* The symmetric term's column log-sum-exp for a query whose positive column has statistics
  * (cmax, csum) over the unmasked queries, lp its positive logit: query i itself joins the sum
  * when the same-id rule kept it out. */

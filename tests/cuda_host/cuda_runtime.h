@@ -30,6 +30,9 @@ void cuda_host_set_order(int order, unsigned long long seed);
 long cuda_host_fail_at(long n);
 // Live device/pinned allocations, streams, events and cuBLAS handles (leak checks).
 long cuda_host_live_resources(void);
+// The peak of live device memory (cudaMalloc bytes) on the current device since the last call
+// with reset = 1 (which restarts it from the bytes live now).
+unsigned long long cuda_host_peak_bytes(int reset);
 #ifdef __cplusplus
 }
 #endif

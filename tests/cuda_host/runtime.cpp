@@ -133,6 +133,7 @@ cudaError_t sticky() { return g_sticky; }
 static thread_local int t_device = 0;
 int current_device() { return t_device; }
 static size_t g_used[16];
+static size_t g_peak[16];  // the most g_used held since cuda_host_peak_bytes last reset it
 
 // ------------------------------------------------------------------ the allocation registry
 
@@ -1330,6 +1331,16 @@ extern "C" long cuda_host_live_resources(void) {
     return n;
 }
 
+// The most device memory the current device held (bytes of live cudaMalloc blocks, as asked for)
+// since the last reset; reset = 1 then restarts the count from what is live now. Tests compare a
+// call's peak with the memory formula of kernels/README.md ("Sizes and limits").
+extern "C" unsigned long long cuda_host_peak_bytes(int reset) {
+    std::lock_guard<std::recursive_mutex> lock(g_mu);
+    const size_t peak = g_peak[t_device] > g_used[t_device] ? g_peak[t_device] : g_used[t_device];
+    if (reset) g_peak[t_device] = g_used[t_device];
+    return peak;
+}
+
 // ------------------------------------------------------------------ memory
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
@@ -1347,6 +1358,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
     cudaError_t e = alloc_register(p, bytes, false, t_device);
     if (e) return api_error(e, nullptr);
     g_used[t_device] += bytes;
+    if (g_used[t_device] > g_peak[t_device]) g_peak[t_device] = g_used[t_device];
     return cudaSuccess;
 }
 cudaError_t cudaFree(void *p) {
