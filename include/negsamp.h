@@ -642,8 +642,8 @@ typedef struct {
     const ns_loss_options *loss;        /* NULL = NS_LOSS_OPTIONS_INIT */
     ns_queue *queue;                    /* extra negatives, optional */
     int enqueue;                        /* 1: push the positives into the queue after the
-                                         * backward (the queue is checked by the forward: same
-                                         * backend, device and dim; not under graph capture) */
+                                         * backward (the queue is checked by the forward: given,
+                                         * same backend, device and dim; not under graph capture) */
     ns_comm *comm;                      /* other ranks, optional */
     /* 1 = no host synchronisation inside ns_step_forward/ns_step_backward (CUDA; capturable in a
      * CUDA graph once a step of the same shapes ran outside the capture): result.loss is NaN

@@ -248,6 +248,11 @@ static ns_status check_step(ns_context *ctx, const ns_batch *b, const ns_step_op
     if (o->enqueue != 0 && o->enqueue != 1)
         return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT, "%s: options->enqueue (%d) must be 0 or 1",
                        fn, o->enqueue);
+    if (o->enqueue && !o->queue)
+        return ns_fail(ctx, NS_ERR_INVALID_ARGUMENT,
+                       "%s: options->enqueue is 1 but options->queue is NULL (no queue to push the "
+                       "positives into)",
+                       fn);
     /* Whatever the queue holds: the loss reads its rows, and the backward's push (enqueue)
      * must not be the first to find it unusable, after the gradients were written. */
     if (o->queue && (st = ns_queue_check_push(ctx, fn, "options->queue", o->queue, d, o->enqueue)))

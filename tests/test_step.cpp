@@ -455,6 +455,12 @@ TEST_P(Step, AQueueThePushCannotTakeIsRefusedBeforeAnythingIsWritten) {
     EXPECT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
     EXPECT_NE(std::string(ns_last_error(c)).find("options->enqueue (2) must be 0 or 1"), std::string::npos)
         << ns_last_error(c);
+    // enqueue without a queue was ignored in silence: the caller's positives went nowhere.
+    o.queue = nullptr, o.enqueue = 1;
+    EXPECT_EQ(ns_step_forward(c, &b, o.get(), &r), NS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(ns_last_error(c)).find("options->enqueue is 1 but options->queue is NULL"),
+              std::string::npos)
+        << ns_last_error(c);
     // A usable queue: the step runs and pushes the batch's positives.
     ns_queue *fits = nullptr;
     ASSERT_EQ(ns_queue_create(c, 8, d, &fits), NS_OK) << ns_last_error(c);
