@@ -608,7 +608,7 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
         return ns_fail(ctx, NS_ERR_NONFINITE, "%s: grad_loss (%g) is not finite", fn, grad_loss);
     /* The push comes last: what it needs is checked before any gradient is written (the
      * forward checked the queue; the stream may since have begun a capture). */
-    if (s->opt.enqueue && s->opt.queue &&
+    if (s->opt.enqueue &&
         (st = ns_queue_check_push(ctx, fn, "options->queue", s->opt.queue, s->buf.d, 1)))
         return st;
     const int64_t B = s->buf.B, C = s->buf.C, h = s->buf.h, d = s->buf.d;
@@ -644,7 +644,7 @@ static ns_status step_backward(ns_context *ctx, float grad_loss, ns_step_grads *
         /* The positives were checked by the forward (or trusted under sync_free): the push's
          * own scan is skipped on CUDA (checks are off in the backward), and it takes any
          * dtype, so it cannot fail on the data after the backward ran. */
-        if (s->opt.enqueue && s->opt.queue)
+        if (s->opt.enqueue)
             st = ns_queue_push(ctx, s->opt.queue, s->batch.positive, s->positives.ids);
     }
 #ifdef NS_HAVE_CUDA
